@@ -1,0 +1,233 @@
+//! The command line every agent shares (`run`, `check`, `install`, `uninstall`) and the run loop around an agent:
+//! logging, binding the listeners, readiness, signals and graceful drain. Knows no agent's domain.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{CommonConfig, ConfigError, EXIT_CONFIG};
+use crate::identity::Role;
+use crate::install::{self, Platform, ServiceSpec};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+pub struct AgentCli {
+    /// Log format.
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub cmd: AgentCmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Run the agent in the foreground.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the config and exit: 0 when valid, 78 when not.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Install the agent as a service (systemd unit, or LaunchDaemon on macOS).
+    Install {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the service file instead of writing it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write under this directory instead of / (nothing is activated then).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+    /// Stop and remove the installed service.
+    Uninstall {
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+}
+
+/// The listeners an agent serves on, bound before the agent library runs.
+pub struct Listeners {
+    pub grpc: tokio::net::TcpListener,
+    pub metrics: tokio::net::TcpListener,
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or SIGINT). Cheap to clone.
+#[derive(Clone)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// A shutdown that fires when `trigger` is sent `true` (for tests and embedding).
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Shutdown) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Shutdown(rx))
+    }
+
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+pub type RunFuture = Pin<Box<dyn Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send>>;
+
+/// One agent, as the shared command line sees it.
+pub struct AgentDef<C> {
+    /// Binary name, e.g. `dns-agent`.
+    pub agent: &'static str,
+    pub role: Role,
+    pub description: &'static str,
+    /// Port of `[metrics] listen` when only an address is given.
+    pub default_metrics_port: u16,
+    /// Service hardening: DynamicUser + CAP_NET_BIND_SERVICE (dns-agent) or root (agents that drive docker/zfs/qemu).
+    pub dynamic_user: bool,
+    pub bind_privileged: bool,
+    pub needs_root: bool,
+    pub load: fn(&Path) -> Result<C, ConfigError>,
+    pub common: fn(&C) -> &CommonConfig,
+    pub run: fn(C, Listeners, Shutdown) -> RunFuture,
+}
+
+/// The whole `main` of an agent.
+pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
+    let cli = AgentCli::parse();
+    telemetry::init_logging(cli.log_format);
+    crate::tls::install_crypto_provider();
+    match cli.cmd {
+        AgentCmd::Check { config } => match (def.load)(&config) {
+            Ok(cfg) => match check_tls((def.common)(&cfg), def.role) {
+                Ok(id) => {
+                    println!("{}: ok (serving as {id})", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", config.display());
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            },
+            Err(e) => config_error(&e),
+        },
+        AgentCmd::Run { config } => match (def.load)(&config) {
+            Ok(cfg) => run(def, cfg),
+            Err(e) => config_error(&e),
+        },
+        AgentCmd::Install { config, dry_run, root } => {
+            if let Err(e) = (def.load)(&config) {
+                return config_error(&e);
+            }
+            let config = std::path::absolute(&config).unwrap_or(config);
+            report(
+                install::install(&spec(&def, config), Platform::current(), &root, dry_run, &mut std::io::stdout())
+                    .map(drop),
+            )
+        }
+        AgentCmd::Uninstall { dry_run, root } => report(install::uninstall(
+            &spec(&def, PathBuf::new()),
+            Platform::current(),
+            &root,
+            dry_run,
+            &mut std::io::stdout(),
+        )),
+    }
+}
+
+/// The mTLS files named by the config load and carry this agent's role.
+fn check_tls(common: &CommonConfig, role: Role) -> Result<String, String> {
+    let g = &common.grpc;
+    let tls = crate::tls::TlsMaterial::load(&g.ca, &g.cert, &g.key).map_err(|e| e.to_string())?;
+    if tls.identity.role != role {
+        return Err(format!("{}: identity {} is not a {role}", g.cert.display(), tls.identity));
+    }
+    Ok(tls.identity.uri())
+}
+
+fn spec<C>(def: &AgentDef<C>, config: PathBuf) -> ServiceSpec {
+    ServiceSpec {
+        agent: def.agent.to_string(),
+        description: def.description.to_string(),
+        exec: std::env::current_exe().unwrap_or_else(|_| PathBuf::from(format!("/usr/local/bin/{}", def.agent))),
+        config,
+        dynamic_user: def.dynamic_user,
+        bind_privileged: def.bind_privileged,
+        needs_root: def.needs_root,
+    }
+}
+
+fn report(r: Result<(), install::InstallError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("error: invalid config: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn run<C: Send + 'static>(def: AgentDef<C>, cfg: C) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = rt.block_on(async move {
+        let common = (def.common)(&cfg);
+        let grpc = telemetry::bind("grpc", common.grpc.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {} (grpc.listen): {e}", common.grpc.listen))?;
+        let metrics = telemetry::bind("metrics", common.metrics_listen)
+            .await
+            .map_err(|e| format!("cannot listen on {} (metrics.listen): {e}", common.metrics_listen))?;
+        let (stop_tx, shutdown) = Shutdown::new();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested: draining");
+            let _ = stop_tx.send(true);
+        });
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        tracing::info!(agent = def.agent, version = env!("CARGO_PKG_VERSION"), "started");
+        (def.run)(cfg, Listeners { grpc, metrics }, shutdown).await
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("fatal: {e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT. SIGHUP (systemd's `reload`) must not kill the agent: it is logged, and no agent
+/// re-reads its config yet (reload arrives with the DNS agent's issue).
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) {
+        (Ok(mut term), Ok(mut int), Ok(mut hup)) => loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => tracing::warn!("SIGHUP received: config reload is not built yet; keeping the running config"),
+            }
+        },
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

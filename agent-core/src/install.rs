@@ -1,0 +1,898 @@
+//! Service definitions for the agents: renders the systemd unit or launchd plist, writes it, (de)activates it.
+//! Knows systemd, launchd and their file layout; must not know what an agent does beyond the flags in `ServiceSpec`.
+//!
+//! Files: systemd `ROOT/etc/systemd/system/strata-AGENT.service`, launchd
+//! `ROOT/Library/LaunchDaemons/dev.strata.AGENT.plist`. With `root == "/"` the service manager is told
+//! (`systemctl daemon-reload` + `enable --now`, `launchctl bootout` + `bootstrap`); with any other root only the file is
+//! written, so packaging and tests never touch the running system. System commands go through [`crate::runner`].
+//!
+//! Hardening (systemd). Agents that do not need root (`dns-agent`: `DynamicUser=yes` + `CAP_NET_BIND_SERVICE`) get the
+//! full set: `ProtectSystem=strict`, `ProtectHome`, `PrivateTmp`, `PrivateDevices`, kernel/cgroup/clock protection,
+//! a system-call filter, and so on. Agents that need root (they drive docker, zfs, qemu, borg) get only what creates no
+//! file-system namespace and no device policy: any of `ProtectSystem=`, `ProtectHome=`, `PrivateTmp=`,
+//! `ProtectKernel*=`, `ReadWritePaths=`… puts the service in its own mount namespace whose mounts no longer propagate
+//! to the host, and systemd.exec(5) says `MountFlags=shared` does not bring propagation back. A dataset that
+//! `zfs create`/`zfs clone` mounts from inside such a namespace would be invisible to the host and to dockerd.
+//! They also keep devices (`/dev/zfs`, `/dev/kvm`: no `PrivateDevices=`, no `ProtectClock=` which implies a device
+//! allow-list) and may restore set-uid files from backups (no `RestrictSUIDSGID=`).
+//! No `WatchdogSec=`: the agents do not ping the watchdog.
+
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::runner::{self, Cmd, Output, RunError};
+
+/// Where launchd writes an agent's stdout/stderr (an absolute path inside the plist, whatever the install root).
+pub const LAUNCHD_LOG_DIR: &str = "/Library/Logs/Strata";
+
+/// Mode of every written service file.
+pub const SERVICE_FILE_MODE: u32 = 0o644;
+
+/// What the service manager needs to know about one agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Binary name, e.g. `dns-agent`: lowercase letters, digits and `-`.
+    pub agent: String,
+    pub description: String,
+    /// Absolute path of the agent binary.
+    pub exec: PathBuf,
+    /// Absolute path of the agent's config file.
+    pub config: PathBuf,
+    /// Run as a transient unprivileged user (`DynamicUser=yes`).
+    pub dynamic_user: bool,
+    /// May bind ports below 1024 (`AmbientCapabilities=CAP_NET_BIND_SERVICE`).
+    pub bind_privileged: bool,
+    /// Runs as root with devices and host mounts (drives docker, zfs, qemu).
+    pub needs_root: bool,
+}
+
+impl ServiceSpec {
+    /// `strata-AGENT.service`.
+    pub fn unit_name(&self) -> String {
+        format!("strata-{}.service", self.agent)
+    }
+
+    /// `dev.strata.AGENT`.
+    pub fn launchd_label(&self) -> String {
+        format!("dev.strata.{}", self.agent)
+    }
+
+    /// `strata/dns` for `dns-agent`: relative to `/var/lib` (systemd `StateDirectory=`).
+    pub fn state_directory(&self) -> String {
+        let short = self.agent.strip_suffix("-agent").filter(|s| !s.is_empty()).unwrap_or(&self.agent);
+        format!("strata/{short}")
+    }
+
+    /// `/Library/Logs/Strata/AGENT.log`.
+    pub fn launchd_log_path(&self) -> String {
+        format!("{LAUNCHD_LOG_DIR}/{}.log", self.agent)
+    }
+
+    /// Checks everything [`install`] needs: a safe agent name, absolute UTF-8 paths, a one-line description and
+    /// no contradictory flags.
+    pub fn validate(&self) -> Result<(), InstallError> {
+        self.validate_name()?;
+        let invalid = |reason: String| Err(InstallError::InvalidSpec { agent: self.agent.clone(), reason });
+        if has_control(&self.description) {
+            return invalid("description must be a single line without control characters".into());
+        }
+        if self.description.ends_with('\\') {
+            return invalid("description must not end with a backslash".into());
+        }
+        for (what, path) in [("executable", &self.exec), ("config", &self.config)] {
+            let Some(text) = path.to_str() else {
+                return invalid(format!("{what} path {} is not valid UTF-8", path.display()));
+            };
+            if !path.is_absolute() {
+                return invalid(format!("{what} path {text:?} must be absolute"));
+            }
+            if has_control(text) {
+                return invalid(format!("{what} path {text:?} contains control characters"));
+            }
+        }
+        if self.exec.to_string_lossy().contains(['"', '\'', '\\']) {
+            return invalid(format!("executable path {} must not contain quotes or backslashes", self.exec.display()));
+        }
+        if self.dynamic_user && self.needs_root {
+            return invalid("dynamic_user and needs_root exclude each other".into());
+        }
+        Ok(())
+    }
+
+    /// The part of [`validate`](Self::validate) that [`uninstall`] needs: the agent name builds paths and labels.
+    fn validate_name(&self) -> Result<(), InstallError> {
+        let name = &self.agent;
+        let ok = (1..=64).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(())
+        } else {
+            Err(InstallError::InvalidSpec {
+                agent: name.clone(),
+                reason: "agent name must be 1 to 64 of a-z, 0-9 and '-', starting with a letter".into(),
+            })
+        }
+    }
+}
+
+/// Which service manager to write for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    Systemd,
+    Launchd,
+}
+
+impl Platform {
+    /// launchd on macOS, systemd everywhere else.
+    pub fn current() -> Platform {
+        if cfg!(target_os = "macos") {
+            Platform::Launchd
+        } else {
+            Platform::Systemd
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("invalid service spec for agent {agent:?}: {reason}")]
+    InvalidSpec { agent: String, reason: String },
+    #[error("cannot read service file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write service file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot remove service file {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("service {service}: {source}")]
+    Command {
+        service: String,
+        #[source]
+        source: RunError,
+    },
+    #[error("cannot print install report: {0}")]
+    Output(#[source] io::Error),
+}
+
+/// The systemd unit for `spec` (see the module docs for the hardening choices).
+pub fn systemd_unit(spec: &ServiceSpec) -> String {
+    let mut u = String::new();
+    let mut line = |text: &str| {
+        u.push_str(text);
+        u.push('\n');
+    };
+    line(&format!("# {} — generated by `{} install`; re-run it instead of editing.", spec.unit_name(), spec.agent));
+    line("[Unit]");
+    line(&format!("Description={}", systemd_value(&spec.description)));
+    line("After=network-online.target");
+    line("Wants=network-online.target");
+    line("");
+    line("[Service]");
+    line("Type=notify");
+    line(&format!(
+        "ExecStart={} run --config {}",
+        systemd_exec_path(&spec.exec.to_string_lossy()),
+        systemd_exec_arg(&spec.config.to_string_lossy())
+    ));
+    line("ExecReload=/bin/kill -HUP $MAINPID");
+    line("Restart=on-failure");
+    line("RestartSec=2s");
+    line(&format!("StateDirectory={}", spec.state_directory()));
+    line("StateDirectoryMode=0750");
+    // Safe for every agent: no namespace, no device policy.
+    line("NoNewPrivileges=yes");
+    line("LockPersonality=yes");
+    line("RestrictRealtime=yes");
+    line("SystemCallArchitectures=native");
+    if spec.needs_root {
+        line("# Root with host mounts and devices: docker, zfs (/dev/zfs), qemu (/dev/kvm). No file-system");
+        line("# namespacing (ProtectSystem=, PrivateTmp=, ...): mounts made by zfs must reach the host and dockerd.");
+        line("UMask=0027");
+    } else {
+        if spec.dynamic_user {
+            line("DynamicUser=yes");
+        }
+        if spec.bind_privileged {
+            line("AmbientCapabilities=CAP_NET_BIND_SERVICE");
+            line("CapabilityBoundingSet=CAP_NET_BIND_SERVICE");
+        } else {
+            line("CapabilityBoundingSet=");
+        }
+        line("ProtectSystem=strict");
+        line("ProtectHome=yes");
+        line("PrivateTmp=yes");
+        line("PrivateDevices=yes");
+        line("ProtectKernelTunables=yes");
+        line("ProtectKernelModules=yes");
+        line("ProtectKernelLogs=yes");
+        line("ProtectControlGroups=yes");
+        line("ProtectClock=yes");
+        line("ProtectHostname=yes");
+        line("ProtectProc=invisible");
+        line("RestrictSUIDSGID=yes");
+        line("RestrictNamespaces=yes");
+        line("MemoryDenyWriteExecute=yes");
+        line("RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK");
+        line("SystemCallFilter=@system-service");
+        line("SystemCallErrorNumber=EPERM");
+        line("UMask=0077");
+    }
+    line("");
+    line("[Install]");
+    line("WantedBy=multi-user.target");
+    u
+}
+
+/// The launchd property list for `spec` (an XML plist; every string escaped).
+pub fn launchd_plist(spec: &ServiceSpec) -> String {
+    let log = xml_escape(&spec.launchd_log_path());
+    let mut p = String::new();
+    p.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    p.push_str(
+        "<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n",
+    );
+    p.push_str("<plist version=\"1.0\">\n<dict>\n");
+    // Writing to a String cannot fail.
+    let _ = writeln!(p, "\t<key>Label</key>\n\t<string>{}</string>", xml_escape(&spec.launchd_label()));
+    p.push_str("\t<key>ProgramArguments</key>\n\t<array>\n");
+    for arg in [&*spec.exec.to_string_lossy(), "run", "--config", &*spec.config.to_string_lossy()] {
+        let _ = writeln!(p, "\t\t<string>{}</string>", xml_escape(arg));
+    }
+    p.push_str("\t</array>\n");
+    p.push_str("\t<key>RunAtLoad</key>\n\t<true/>\n");
+    p.push_str("\t<key>KeepAlive</key>\n\t<true/>\n");
+    let _ = writeln!(p, "\t<key>StandardOutPath</key>\n\t<string>{log}</string>");
+    let _ = writeln!(p, "\t<key>StandardErrorPath</key>\n\t<string>{log}</string>");
+    p.push_str("</dict>\n</plist>\n");
+    p
+}
+
+/// Where the service file for `spec` lives under `root`.
+pub fn unit_path(spec: &ServiceSpec, platform: Platform, root: &Path) -> PathBuf {
+    match platform {
+        Platform::Systemd => root.join("etc/systemd/system").join(spec.unit_name()),
+        Platform::Launchd => root.join("Library/LaunchDaemons").join(format!("{}.plist", spec.launchd_label())),
+    }
+}
+
+/// Writes the service file (atomically, mode 0644) and, when `root` is `/`, enables and starts the service.
+/// `dry_run` prints the file to `out` and changes nothing. Returns the written path (`None` on a dry run).
+pub fn install(
+    spec: &ServiceSpec,
+    platform: Platform,
+    root: &Path,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<Option<PathBuf>, InstallError> {
+    install_with(spec, platform, root, dry_run, out, &mut runner::run_ok_blocking)
+}
+
+/// Stops and disables the service when `root` is `/`, then removes its file. A missing file is not an error.
+pub fn uninstall(
+    spec: &ServiceSpec,
+    platform: Platform,
+    root: &Path,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<(), InstallError> {
+    uninstall_with(spec, platform, root, dry_run, out, &mut runner::run_ok_blocking)
+}
+
+/// Runs one system command the way `runner::run_ok_blocking` does (replaceable in tests).
+type Exec<'a> = &'a mut dyn FnMut(Cmd) -> Result<Output, RunError>;
+
+/// A system command of an (un)install; a failing optional step is reported and skipped.
+struct Step {
+    cmd: Cmd,
+    required: bool,
+}
+
+impl Step {
+    fn required(cmd: Cmd) -> Step {
+        Step { cmd, required: true }
+    }
+
+    fn optional(cmd: Cmd) -> Step {
+        Step { cmd, required: false }
+    }
+}
+
+fn systemctl(args: &[&str], timeout: Duration) -> Cmd {
+    Cmd::new("systemctl").args(args).timeout(timeout)
+}
+
+fn launchctl(args: &[&str]) -> Cmd {
+    Cmd::new("launchctl").args(args).timeout(Duration::from_secs(60))
+}
+
+fn activation_steps(spec: &ServiceSpec, platform: Platform, path: &Path) -> Vec<Step> {
+    match platform {
+        Platform::Systemd => vec![
+            Step::required(systemctl(&["daemon-reload"], Duration::from_secs(60))),
+            // Waits for READY=1 (Type=notify): allow for systemd's default 90 s start timeout.
+            Step::required(systemctl(&["enable", "--now", &spec.unit_name()], Duration::from_secs(120))),
+        ],
+        Platform::Launchd => vec![
+            // Fails when the service is not loaded yet: that is fine.
+            Step::optional(launchctl(&["bootout", &format!("system/{}", spec.launchd_label())])),
+            Step::required(launchctl(&["bootstrap", "system"]).arg(path)),
+        ],
+    }
+}
+
+/// Commands before the file is removed, and after.
+fn deactivation_steps(spec: &ServiceSpec, platform: Platform) -> (Vec<Step>, Vec<Step>) {
+    match platform {
+        Platform::Systemd => (
+            vec![Step::required(systemctl(&["disable", "--now", &spec.unit_name()], Duration::from_secs(120)))],
+            vec![Step::required(systemctl(&["daemon-reload"], Duration::from_secs(60)))],
+        ),
+        Platform::Launchd => {
+            (vec![Step::optional(launchctl(&["bootout", &format!("system/{}", spec.launchd_label())]))], vec![])
+        }
+    }
+}
+
+fn is_system_root(root: &Path) -> bool {
+    root == Path::new("/")
+}
+
+fn say(out: &mut dyn Write, text: impl std::fmt::Display) -> Result<(), InstallError> {
+    writeln!(out, "{text}").map_err(InstallError::Output)
+}
+
+fn run_steps(spec: &ServiceSpec, steps: Vec<Step>, out: &mut dyn Write, exec: Exec<'_>) -> Result<(), InstallError> {
+    for step in steps {
+        say(out, format_args!("running: {}", step.cmd.display()))?;
+        match exec(step.cmd) {
+            Ok(_) => {}
+            Err(e) if !step.required => say(out, format_args!("ignored: {e}"))?,
+            Err(source) => return Err(InstallError::Command { service: spec.unit_name(), source }),
+        }
+    }
+    Ok(())
+}
+
+fn render(spec: &ServiceSpec, platform: Platform) -> String {
+    match platform {
+        Platform::Systemd => systemd_unit(spec),
+        Platform::Launchd => launchd_plist(spec),
+    }
+}
+
+fn install_with(
+    spec: &ServiceSpec,
+    platform: Platform,
+    root: &Path,
+    dry_run: bool,
+    out: &mut dyn Write,
+    exec: Exec<'_>,
+) -> Result<Option<PathBuf>, InstallError> {
+    spec.validate()?;
+    let content = render(spec, platform);
+    let path = unit_path(spec, platform, root);
+    if dry_run {
+        out.write_all(content.as_bytes()).map_err(InstallError::Output)?;
+        return Ok(None);
+    }
+
+    let previous = match fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => return Err(InstallError::Read { path, source }),
+    };
+    if previous.as_deref().is_some_and(|old| old != content.as_bytes()) {
+        say(out, format_args!("replacing {} (its content differs)", path.display()))?;
+    }
+    write_atomic(&path, content.as_bytes())?;
+    if platform == Platform::Launchd {
+        // launchd opens StandardOutPath but does not create its directory.
+        let logs = root.join(LAUNCHD_LOG_DIR.trim_start_matches('/'));
+        fs::create_dir_all(&logs).map_err(|source| InstallError::CreateDir { path: logs, source })?;
+    }
+
+    if !is_system_root(root) {
+        say(out, format_args!("wrote {} (not activated: --root given)", path.display()))?;
+        return Ok(Some(path));
+    }
+    say(out, format_args!("wrote {}", path.display()))?;
+    run_steps(spec, activation_steps(spec, platform, &path), out, exec)?;
+    if platform == Platform::Systemd && previous.is_some_and(|old| old != content.as_bytes()) {
+        say(out, format_args!("the unit changed: `systemctl restart {}` applies it now", spec.unit_name()))?;
+    }
+    match platform {
+        Platform::Systemd => say(out, format_args!("enabled and started {}", spec.unit_name()))?,
+        Platform::Launchd => say(out, format_args!("bootstrapped {} (RunAtLoad starts it)", spec.launchd_label()))?,
+    }
+    Ok(Some(path))
+}
+
+fn uninstall_with(
+    spec: &ServiceSpec,
+    platform: Platform,
+    root: &Path,
+    dry_run: bool,
+    out: &mut dyn Write,
+    exec: Exec<'_>,
+) -> Result<(), InstallError> {
+    // `config` and `exec` are not needed (and may be empty) to find and remove a service.
+    spec.validate_name()?;
+    let path = unit_path(spec, platform, root);
+    let exists = match path.try_exists() {
+        Ok(exists) => exists,
+        Err(source) => return Err(InstallError::Read { path, source }),
+    };
+    if !exists {
+        say(out, format_args!("{} is not installed: nothing to remove", path.display()))?;
+        return Ok(());
+    }
+    let system = is_system_root(root);
+    let (before, after) = if system { deactivation_steps(spec, platform) } else { (vec![], vec![]) };
+    if dry_run {
+        for step in &before {
+            say(out, format_args!("would run: {}", step.cmd.display()))?;
+        }
+        say(out, format_args!("would remove {}", path.display()))?;
+        for step in &after {
+            say(out, format_args!("would run: {}", step.cmd.display()))?;
+        }
+        return Ok(());
+    }
+    run_steps(spec, before, out, exec)?;
+    match fs::remove_file(&path) {
+        Ok(()) => say(out, format_args!("removed {}", path.display()))?,
+        // Removed between the check and now: the outcome is the same.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            say(out, format_args!("{} is not installed: nothing to remove", path.display()))?
+        }
+        Err(source) => return Err(InstallError::Remove { path, source }),
+    }
+    run_steps(spec, after, out, exec)
+}
+
+/// Temp file in the same directory, fsync, rename over `path`, fsync the directory. Mode [`SERVICE_FILE_MODE`].
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), InstallError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir).map_err(|source| InstallError::CreateDir { path: dir.clone(), source })?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp); // left over from a crashed run with the same pid
+    let result = (|| -> io::Result<()> {
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(SERVICE_FILE_MODE).open(&tmp)?;
+        file.set_permissions(Permissions::from_mode(SERVICE_FILE_MODE))?; // whatever the umask
+        file.write_all(data)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)?;
+        File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|source| InstallError::Write { path: path.to_path_buf(), source })
+}
+
+fn has_control(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
+
+/// A one-line unit-file value: control characters become spaces, `%` specifiers are escaped, no trailing `\`.
+fn systemd_value(text: &str) -> String {
+    let line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    line.trim_end_matches('\\').replace('%', "%%")
+}
+
+/// The executable of `ExecStart=`: `%` escaped, quoted when not plain. systemd does not expand `$` in it and
+/// refuses quotes and backslashes there (`validate` rejects those).
+fn systemd_exec_path(path: &str) -> String {
+    systemd_word(path, false)
+}
+
+/// An argument of `ExecStart=`: `%` and `$` escaped (no specifier or variable expansion), quoted when not plain.
+fn systemd_exec_arg(word: &str) -> String {
+    systemd_word(word, true)
+}
+
+fn systemd_word(word: &str, escape_dollar: bool) -> String {
+    let word: String = word.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+' | ':' | ',' | '='));
+    if plain {
+        return word;
+    }
+    let mut quoted = String::with_capacity(word.len() + 2);
+    quoted.push('"');
+    for c in word.chars() {
+        match c {
+            '\\' => quoted.push_str("\\\\"),
+            '"' => quoted.push_str("\\\""),
+            '%' => quoted.push_str("%%"),
+            '$' if escape_dollar => quoted.push_str("$$"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
+fn xml_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&apos;"),
+            // Not representable in XML 1.0; `validate` rejects them, this keeps the document well-formed anyway.
+            c if c.is_control() && !matches!(c, '\t' | '\n' | '\r') => escaped.push('\u{FFFD}'),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// The three agents, with flags as their `main` declares them.
+    fn specs(exec: &Path, config: &Path) -> Vec<ServiceSpec> {
+        let spec = |agent: &str, dynamic_user, bind_privileged, needs_root| ServiceSpec {
+            agent: agent.to_owned(),
+            description: format!("Strata {agent} (100% homelab)"),
+            exec: exec.to_path_buf(),
+            config: config.to_path_buf(),
+            dynamic_user,
+            bind_privileged,
+            needs_root,
+        };
+        vec![
+            spec("dns-agent", true, true, false),
+            spec("services-agent", false, false, true),
+            spec("host-agent", false, false, true),
+        ]
+    }
+
+    /// An executable and a config file whose paths need quoting and escaping (space, `%`, `$`; quotes and a
+    /// backslash in the config, where systemd allows them).
+    fn awkward_files(dir: &Path) -> (PathBuf, PathBuf) {
+        let bin_dir = dir.join("bin dir %i $HOME");
+        fs::create_dir_all(&bin_dir).unwrap();
+        let exec = bin_dir.join("agent");
+        std::os::unix::fs::symlink(std::env::current_exe().unwrap(), &exec).unwrap();
+        let config = dir.join("conf %n $USER \"it's\" \\.toml");
+        fs::write(&config, "# test\n").unwrap();
+        (exec, config)
+    }
+
+    fn unit_suffix(name: &str) -> bool {
+        [".service", ".target", ".socket", ".mount", ".slice", ".timer", ".path", ".device", ".scope", ".swap"]
+            .iter()
+            .any(|s| name.ends_with(s))
+    }
+
+    /// `systemd-analyze verify FILE`; `Err(complaints)` when it exits non-zero or says anything about our unit.
+    ///
+    /// verify also loads the units ours references (network-online.target, multi-user.target) from the host and
+    /// reports problems in them, prefixed with *their* file or unit name; those lines are not about our unit and are
+    /// skipped (printed for the record). Every other line counts, including "Unknown key" warnings, which verify
+    /// prints without failing.
+    fn verify_unit(path: &Path) -> Result<(), String> {
+        let unit = path.file_name().unwrap().to_str().unwrap();
+        let output = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(path)
+            .output()
+            .expect("systemd-analyze is required for this test (Debian: apt-get install systemd)");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let mut complaints = Vec::new();
+        for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+            let subject = line.split_once(": ").map(|(s, _)| s.split(':').next().unwrap_or(s)).unwrap_or("");
+            let other_file = subject.starts_with('/') && Path::new(subject) != path;
+            let other_unit = !subject.contains('/') && unit_suffix(subject) && subject != unit;
+            if other_file || other_unit {
+                eprintln!("systemd-analyze, about another unit (ignored): {line}");
+            } else {
+                complaints.push(line.to_owned());
+            }
+        }
+        if output.status.success() && complaints.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} {}", output.status, complaints.join("\n")))
+        }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn generated_units_pass_systemd_analyze_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let (exec, config) = awkward_files(dir.path());
+        let root = dir.path().join("root");
+        for spec in specs(&exec, &config) {
+            let mut out = Vec::new();
+            let path = install(&spec, Platform::Systemd, &root, false, &mut out).unwrap().unwrap();
+            if let Err(complaints) = verify_unit(&path) {
+                panic!("{}:\n{}\n{complaints}", spec.agent, systemd_unit(&spec));
+            }
+        }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_verify_check_catches_a_broken_unit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (exec, config) = awkward_files(dir.path());
+        let spec = &specs(&exec, &config)[0];
+        let path = dir.path().join(spec.unit_name());
+        // An unknown key: verify only warns (exit 0), the check must still fail.
+        fs::write(&path, systemd_unit(spec).replace("Type=notify\n", "Type=notify\nBogusKey=1\n")).unwrap();
+        assert!(verify_unit(&path).unwrap_err().contains("BogusKey"));
+        // A missing executable: verify fails.
+        let missing = ServiceSpec { exec: dir.path().join("no-such-agent"), ..spec.clone() };
+        fs::write(&path, systemd_unit(&missing)).unwrap();
+        assert!(verify_unit(&path).is_err());
+    }
+
+    #[test]
+    fn units_carry_the_hardening_for_their_agent() {
+        let specs = specs(Path::new("/usr/local/bin/x"), Path::new("/etc/strata/x.toml"));
+        let dns = systemd_unit(&specs[0]);
+        for want in [
+            "Type=notify\n",
+            "ExecStart=/usr/local/bin/x run --config /etc/strata/x.toml\n",
+            "ExecReload=/bin/kill -HUP $MAINPID\n",
+            "Restart=on-failure\n",
+            "RestartSec=2s\n",
+            "StateDirectory=strata/dns\n",
+            "DynamicUser=yes\n",
+            "AmbientCapabilities=CAP_NET_BIND_SERVICE\n",
+            "CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n",
+            "ProtectSystem=strict\n",
+            "ProtectHome=yes\n",
+            "PrivateTmp=yes\n",
+            "PrivateDevices=yes\n",
+            "NoNewPrivileges=yes\n",
+            "After=network-online.target\n",
+            "Wants=network-online.target\n",
+            "WantedBy=multi-user.target\n",
+            "Description=Strata dns-agent (100%% homelab)\n",
+        ] {
+            assert!(dns.contains(want), "dns-agent unit lacks {want:?}:\n{dns}");
+        }
+        let services = systemd_unit(&specs[1]);
+        assert!(services.contains("StateDirectory=strata/services\n"));
+        assert!(services.contains("NoNewPrivileges=yes\n"));
+        for absent in
+            ["DynamicUser", "CapabilityBoundingSet", "ProtectSystem", "PrivateDevices", "ProtectClock", "Private"]
+        {
+            assert!(!services.contains(&format!("\n{absent}")), "services-agent unit has {absent}:\n{services}");
+        }
+        for unit in [&dns, &services] {
+            assert!(!unit.contains("WatchdogSec"));
+        }
+        assert_eq!(specs[2].state_directory(), "strata/host");
+    }
+
+    #[test]
+    fn exec_words_are_quoted_and_escaped() {
+        assert_eq!(systemd_exec_arg("/usr/bin/x"), "/usr/bin/x");
+        assert_eq!(systemd_exec_arg("/a b/%i $HOME \"q\" \\"), r#""/a b/%%i $$HOME \"q\" \\""#);
+        assert_eq!(systemd_exec_path("/a b/%i $HOME"), r#""/a b/%%i $HOME""#);
+        assert_eq!(systemd_exec_arg("line\nbreak"), "\"line break\"");
+        assert_eq!(systemd_value("50% \\"), "50%% ");
+    }
+
+    #[test]
+    fn plists_parse_with_the_expected_keys() {
+        let exec = Path::new("/Applications/Strata & Co/<bin>/host-agent");
+        let config = Path::new("/Library/Application Support/Strata/it's \"here\".toml");
+        for spec in specs(exec, config) {
+            let xml = launchd_plist(&spec);
+            let value = plist::Value::from_reader_xml(xml.as_bytes()).unwrap_or_else(|e| panic!("{e}:\n{xml}"));
+            let dict = value.as_dictionary().expect("a dictionary");
+            assert_eq!(dict.get("Label").and_then(|v| v.as_string()), Some(&*format!("dev.strata.{}", spec.agent)));
+            let args: Vec<&str> = dict
+                .get("ProgramArguments")
+                .and_then(|v| v.as_array())
+                .expect("ProgramArguments")
+                .iter()
+                .map(|v| v.as_string().expect("a string"))
+                .collect();
+            assert_eq!(args, [exec.to_str().unwrap(), "run", "--config", config.to_str().unwrap()]);
+            assert_eq!(dict.get("RunAtLoad").and_then(|v| v.as_boolean()), Some(true));
+            assert_eq!(dict.get("KeepAlive").and_then(|v| v.as_boolean()), Some(true));
+            let log = format!("/Library/Logs/Strata/{}.log", spec.agent);
+            assert_eq!(dict.get("StandardOutPath").and_then(|v| v.as_string()), Some(&*log));
+            assert_eq!(dict.get("StandardErrorPath").and_then(|v| v.as_string()), Some(&*log));
+            assert_eq!(dict.len(), 6, "{xml}");
+        }
+    }
+
+    fn no_commands() -> impl FnMut(Cmd) -> Result<Output, RunError> {
+        |cmd: Cmd| panic!("no system command may run with --root, got `{}`", cmd.display())
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn install_with_a_root_writes_the_file_and_runs_nothing() {
+        for platform in [Platform::Systemd, Platform::Launchd] {
+            for spec in specs(Path::new("/usr/local/bin/agent"), Path::new("/etc/strata/agent.toml")) {
+                let root = tempfile::tempdir().unwrap();
+                let mut out = Vec::new();
+                let written = install_with(&spec, platform, root.path(), false, &mut out, &mut no_commands())
+                    .unwrap()
+                    .expect("a path");
+                let path = unit_path(&spec, platform, root.path());
+                assert_eq!(written, path);
+                assert_eq!(fs::read_to_string(&path).unwrap(), render(&spec, platform));
+                assert_eq!(mode(&path), 0o644);
+                let printed = String::from_utf8(out).unwrap();
+                assert_eq!(printed, format!("wrote {} (not activated: --root given)\n", path.display()));
+                // Only the service file (and launchd's log directory): no temp file left behind.
+                let siblings: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().collect();
+                assert_eq!(siblings.len(), 1);
+
+                // Reinstalling over a different file replaces it and says so.
+                fs::write(&path, "stale").unwrap();
+                let mut out = Vec::new();
+                install_with(&spec, platform, root.path(), false, &mut out, &mut no_commands()).unwrap();
+                assert!(String::from_utf8(out).unwrap().starts_with("replacing "));
+                assert_eq!(fs::read_to_string(&path).unwrap(), render(&spec, platform));
+            }
+        }
+        let root = tempfile::tempdir().unwrap();
+        let spec = &specs(Path::new("/a"), Path::new("/b"))[0];
+        install(spec, Platform::Launchd, root.path(), false, &mut Vec::new()).unwrap();
+        assert!(root.path().join("Library/Logs/Strata").is_dir());
+        assert_eq!(
+            unit_path(spec, Platform::Launchd, root.path()),
+            root.path().join("Library/LaunchDaemons/dev.strata.dns-agent.plist")
+        );
+        assert_eq!(
+            unit_path(spec, Platform::Systemd, Path::new("/")),
+            Path::new("/etc/systemd/system/strata-dns-agent.service")
+        );
+    }
+
+    #[test]
+    fn dry_run_prints_the_file_and_writes_nothing() {
+        for platform in [Platform::Systemd, Platform::Launchd] {
+            for spec in specs(Path::new("/usr/local/bin/agent"), Path::new("/etc/strata/agent.toml")) {
+                let root = tempfile::tempdir().unwrap();
+                let mut out = Vec::new();
+                let written = install(&spec, platform, root.path(), true, &mut out).unwrap();
+                assert_eq!(written, None);
+                assert_eq!(String::from_utf8(out).unwrap(), render(&spec, platform));
+                assert_eq!(fs::read_dir(root.path()).unwrap().count(), 0, "dry run wrote something");
+            }
+        }
+    }
+
+    #[test]
+    fn uninstall_removes_the_file_and_tolerates_a_missing_one() {
+        for platform in [Platform::Systemd, Platform::Launchd] {
+            let root = tempfile::tempdir().unwrap();
+            let spec = specs(Path::new("/usr/local/bin/agent"), Path::new("/etc/strata/agent.toml")).remove(1);
+            let path = install(&spec, platform, root.path(), false, &mut Vec::new()).unwrap().unwrap();
+
+            // As the CLI calls it: no config path.
+            let bare = ServiceSpec { config: PathBuf::new(), exec: PathBuf::new(), ..spec };
+            let mut out = Vec::new();
+            uninstall_with(&bare, platform, root.path(), true, &mut out, &mut no_commands()).unwrap();
+            assert!(path.exists(), "dry run removed the file");
+            assert_eq!(String::from_utf8(out).unwrap(), format!("would remove {}\n", path.display()));
+
+            let mut out = Vec::new();
+            uninstall_with(&bare, platform, root.path(), false, &mut out, &mut no_commands()).unwrap();
+            assert!(!path.exists());
+            assert_eq!(String::from_utf8(out).unwrap(), format!("removed {}\n", path.display()));
+
+            let mut out = Vec::new();
+            uninstall(&bare, platform, root.path(), false, &mut out).unwrap();
+            assert!(String::from_utf8(out).unwrap().contains("is not installed: nothing to remove"));
+        }
+    }
+
+    #[test]
+    fn system_root_runs_the_service_manager_commands() {
+        let spec = &specs(Path::new("/usr/local/bin/agent"), Path::new("/etc/strata/agent.toml"))[0];
+        let shown = |steps: Vec<Step>| steps.iter().map(|s| (s.cmd.display(), s.required)).collect::<Vec<_>>();
+        let path = unit_path(spec, Platform::Launchd, Path::new("/"));
+        assert_eq!(
+            shown(activation_steps(spec, Platform::Systemd, Path::new("/x"))),
+            [
+                ("systemctl daemon-reload".to_owned(), true),
+                ("systemctl enable --now strata-dns-agent.service".to_owned(), true)
+            ]
+        );
+        assert_eq!(
+            shown(activation_steps(spec, Platform::Launchd, &path)),
+            [
+                ("launchctl bootout system/dev.strata.dns-agent".to_owned(), false),
+                ("launchctl bootstrap system /Library/LaunchDaemons/dev.strata.dns-agent.plist".to_owned(), true)
+            ]
+        );
+        let (before, after) = deactivation_steps(spec, Platform::Systemd);
+        assert_eq!(shown(before), [("systemctl disable --now strata-dns-agent.service".to_owned(), true)]);
+        assert_eq!(shown(after), [("systemctl daemon-reload".to_owned(), true)]);
+
+        // An optional step may fail; a required one stops the install with a message naming the service.
+        let fail = |cmd: Cmd| -> Result<Output, RunError> {
+            Err(RunError::Failed { cmd: cmd.display(), code: Some(5), stderr: "nope".into() })
+        };
+        let mut out = Vec::new();
+        let steps = vec![Step::optional(Cmd::new("a")), Step::required(Cmd::new("b")), Step::required(Cmd::new("c"))];
+        let err = run_steps(spec, steps, &mut out, &mut { fail }).unwrap_err();
+        assert_eq!(err.to_string(), "service strata-dns-agent.service: `b` failed with exit code 5: nope");
+        let printed = String::from_utf8(out).unwrap();
+        assert_eq!(printed, "running: a\nignored: `a` failed with exit code 5: nope\nrunning: b\n");
+    }
+
+    #[test]
+    fn bad_specs_are_errors_not_panics() {
+        let good = specs(Path::new("/usr/local/bin/agent"), Path::new("/etc/strata/agent.toml")).remove(0);
+        let root = tempfile::tempdir().unwrap();
+        let cases = [
+            ServiceSpec { agent: "../../etc/passwd".into(), ..good.clone() },
+            ServiceSpec { agent: String::new(), ..good.clone() },
+            ServiceSpec { agent: "Dns".into(), ..good.clone() },
+            ServiceSpec { exec: "bin/agent".into(), ..good.clone() },
+            ServiceSpec { exec: "/opt/it's/agent".into(), ..good.clone() },
+            ServiceSpec { config: PathBuf::new(), ..good.clone() },
+            ServiceSpec { description: "two\nlines".into(), ..good.clone() },
+            ServiceSpec { description: "trailing \\".into(), ..good.clone() },
+            ServiceSpec { needs_root: true, ..good.clone() },
+        ];
+        for spec in cases {
+            let err = install(&spec, Platform::Systemd, root.path(), false, &mut Vec::new()).unwrap_err();
+            assert!(matches!(err, InstallError::InvalidSpec { .. }), "{spec:?}: {err}");
+            assert!(err.to_string().starts_with("invalid service spec for agent "), "{err}");
+            // Rendering never panics and never lets a value break out of its line.
+            let unit = systemd_unit(&spec);
+            assert!(unit.lines().all(|l| !l.starts_with("lines")), "{unit}");
+        }
+        assert_eq!(fs::read_dir(root.path()).unwrap().count(), 0);
+        let err = uninstall(
+            &ServiceSpec { agent: "a/b".into(), ..good },
+            Platform::Systemd,
+            root.path(),
+            false,
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, InstallError::InvalidSpec { .. }));
+    }
+}

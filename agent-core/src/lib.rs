@@ -1,0 +1,14 @@
+//! Shared runtime of every Strata agent: config, mTLS identity, authorization, state, telemetry, service install.
+//! Knows no agent's domain (no DNS, Docker, ZFS or VM knowledge lives here).
+
+pub mod authz;
+pub mod cli;
+pub mod config;
+pub mod grpc;
+pub mod identity;
+pub mod install;
+pub mod policy;
+pub mod runner;
+pub mod state;
+pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,96 @@
+//! Agent state on disk: one SQLite database per agent (WAL) and an atomic file writer.
+//! Knows files and SQLite; must not know any agent's schema (each agent migrates its own tables).
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: sqlite: {source}")]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io { path: path.to_path_buf(), source }
+}
+
+/// Creates the state directory (mode 0700) if needed.
+pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))
+}
+
+/// Opens (creating) `STATE_DIR/NAME.db` in WAL mode with a busy timeout and foreign keys on.
+pub fn open_db(state_dir: &Path, name: &str) -> Result<rusqlite::Connection, StateError> {
+    ensure_dir(state_dir)?;
+    let path = state_dir.join(format!("{name}.db"));
+    let sql = |source| StateError::Sqlite { path: path.clone(), source };
+    let conn = rusqlite::Connection::open(&path).map_err(sql)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(sql)?;
+    Ok(conn)
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename, fsync of the directory.
+/// The file has exactly `mode` (set before the rename, so it is never visible with a wider mode).
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file_name = path.file_name().ok_or_else(|| StateError::Io {
+        path: path.into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
+    })?;
+    let tmp = dir.join(format!(".{}.tmp.{}", file_name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io(&tmp))?;
+        // create_new honours the umask; set the exact mode explicitly.
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn atomic_write_sets_mode_and_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret.key");
+        write_atomic(&p, b"one", 0o600).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        write_atomic(&p, b"two", 0o644).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left behind");
+        let err = write_atomic(&dir.path().join("missing/x"), b"", 0o600).unwrap_err().to_string();
+        assert!(err.contains("missing/.x.tmp"), "{err}");
+    }
+
+    #[test]
+    fn db_is_wal_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        {
+            let db = open_db(&state, "agent").unwrap();
+            let mode: String = db.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+            assert_eq!(mode, "wal");
+            db.execute_batch("CREATE TABLE t(x INTEGER); INSERT INTO t VALUES (42);").unwrap();
+        }
+        let db = open_db(&state, "agent").unwrap();
+        let x: i64 = db.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(x, 42);
+        assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+}

@@ -1,0 +1,73 @@
+//! labctl's gRPC edge: connects to agents over mTLS (checking each one's role) and converts replies to plain structs.
+//! The only labctl module that touches proto/tonic types.
+
+use std::time::Duration;
+
+use agent_core::tls::{error_chain, TlsMaterial};
+use strata_proto::v1::agent_client::AgentClient;
+use strata_proto::v1::StatusRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::inventory::AgentAddr;
+
+/// What an agent says about itself.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentStatus {
+    pub name: String,
+    pub role: String,
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub cert_not_after_unix: i64,
+    pub identity: String,
+    pub summary: String,
+    pub health: String,
+}
+
+/// Explains a failed call in one line, naming the agent.
+fn call_error(agent: &AgentAddr, what: &str, s: &tonic::Status) -> String {
+    let mut msg = format!("{what} on {} ({}): {}", agent.key, agent.addr, s.code().description());
+    if !s.message().is_empty() {
+        msg.push_str(": ");
+        msg.push_str(s.message());
+    }
+    if let Some(src) = std::error::Error::source(s) {
+        msg.push_str(": ");
+        msg.push_str(&error_chain(src));
+    }
+    if msg.contains("UnknownCA") || msg.contains("BadCertificate") || msg.contains("CertificateExpired") {
+        msg.push_str(" (the agent rejected our client certificate: is it signed by the lab ca and not expired?)");
+    }
+    msg
+}
+
+/// Asks one agent for its status and health.
+pub async fn status(tls: &TlsMaterial, agent: &AgentAddr, timeout: Duration) -> Result<AgentStatus, String> {
+    let channel = tls.connect(&agent.addr, agent.role, timeout).await.map_err(|e| e.to_string())?;
+    let s = AgentClient::new(channel.clone())
+        .status(StatusRequest {})
+        .await
+        .map_err(|s| call_error(agent, "status", &s))?
+        .into_inner();
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .map_err(|s| call_error(agent, "health check", &s))?
+        .into_inner();
+    let health = match ServingStatus::try_from(health.status) {
+        Ok(ServingStatus::Serving) => "healthy",
+        Ok(ServingStatus::NotServing) => "not serving",
+        _ => "unknown",
+    };
+    Ok(AgentStatus {
+        name: s.name,
+        role: s.role,
+        version: s.version,
+        uptime_seconds: s.uptime_seconds,
+        cert_not_after_unix: s.cert_not_after_unix,
+        identity: s.identity,
+        summary: s.summary,
+        health: health.to_string(),
+    })
+}

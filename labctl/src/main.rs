@@ -1,0 +1,138 @@
+//! The labctl binary: parses the command line and glues the labctl library together. Owns exit codes and output.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agent_core::identity::Role;
+use agent_core::tls::TlsMaterial;
+use anyhow::{Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
+use labctl::inventory::Inventory;
+use labctl::{pki, status};
+
+#[derive(Parser)]
+#[command(name = "labctl", version, about = "Control a Strata homelab: PKI, status, and each agent's commands")]
+struct Cli {
+    /// Inventory file (default: $LABCTL_CONFIG, else ~/.config/strata/labctl.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Print JSON instead of a table (read commands).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Per-agent timeout in seconds.
+    #[arg(long, global = true, default_value_t = 5)]
+    timeout: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The lab's certificate authority.
+    #[command(subcommand)]
+    Pki(PkiCmd),
+    /// Ask every agent in the inventory how it is doing (non-zero exit when any is not healthy).
+    Status,
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum PkiCmd {
+    /// Create DIR/ca.pem and DIR/ca.key (ECDSA P-256, 10 years).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue DIR/NAME.pem and DIR/NAME.key for ROLE, signed by DIR's CA.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        role: Role,
+        #[arg(long)]
+        name: String,
+        /// A DNS name or IP address the holder serves on (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        #[arg(long, default_value_t = 397)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Describe a certificate: identity, SANs, validity.
+    Show { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    agent_core::tls::install_crypto_provider();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Pki(PkiCmd::Init { dir, domain, force }) => {
+            let f = pki::init(&dir, &domain, force)?;
+            println!("created ca for domain {}: {} {}", f.domain, f.cert.display(), f.key.display());
+        }
+        Cmd::Pki(PkiCmd::Issue { dir, role, name, sans, days, force }) => {
+            let f = pki::issue(&dir, &pki::IssueSpec::days(role, &name, &sans, days), force)?;
+            println!("issued {}: {} {}", f.identity, f.cert.display(), f.key.display());
+        }
+        Cmd::Pki(PkiCmd::Show { file }) => {
+            let info = pki::show(&file)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!("identity:   {}", info.identity.as_deref().unwrap_or("-"));
+                println!("subject:    {}\nissuer:     {}", info.subject, info.issuer);
+                println!("dns sans:   {}\nip sans:    {}", info.dns_sans.join(", "), info.ip_sans.join(", "));
+                println!(
+                    "valid:      {} .. {}{}",
+                    info.not_before,
+                    info.not_after,
+                    if info.is_ca { " (ca)" } else { "" }
+                );
+            }
+        }
+        Cmd::Status => return status_cmd(cli.config, cli.json, Duration::from_secs(cli.timeout)),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "labctl", &mut std::io::stdout());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_cmd(config: Option<PathBuf>, json: bool, timeout: Duration) -> Result<ExitCode> {
+    let path = Inventory::locate(config.as_deref());
+    let inv = Inventory::load(&path)?;
+    let tls =
+        TlsMaterial::load(&inv.ca, &inv.cert, &inv.key).with_context(|| format!("inventory {}", path.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rows = rt.block_on(status::collect(&inv, &tls, timeout));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        print!("{}", status::render(&rows, now));
+    }
+    let unhealthy: Vec<&str> = rows.iter().filter(|r| !r.healthy()).map(|r| r.agent.as_str()).collect();
+    if unhealthy.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: not healthy: {}", unhealthy.join(", "));
+        Ok(ExitCode::FAILURE)
+    }
+}

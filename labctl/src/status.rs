@@ -1,0 +1,127 @@
+//! `labctl status`: asks every agent of the inventory in parallel and renders one table (or JSON).
+//! Knows rows and rendering; the calls themselves are in `client`.
+
+use std::time::Duration;
+
+use agent_core::tls::TlsMaterial;
+
+use crate::client::{self, AgentStatus};
+use crate::inventory::Inventory;
+
+/// One row: an agent and either its status or the error that kept us from it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    pub agent: String,
+    pub address: String,
+    #[serde(flatten)]
+    pub status: Option<AgentStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Row {
+    pub fn healthy(&self) -> bool {
+        self.error.is_none() && self.status.as_ref().is_some_and(|s| s.health == "healthy")
+    }
+}
+
+pub async fn collect(inv: &Inventory, tls: &TlsMaterial, timeout: Duration) -> Vec<Row> {
+    let calls = inv.agents.iter().map(|a| async move {
+        let r = client::status(tls, a, timeout).await;
+        let (status, error) = match r {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(e)),
+        };
+        Row { agent: a.key.to_string(), address: a.addr.clone(), status, error }
+    });
+    futures::future::join_all(calls).await
+}
+
+/// Renders rows as an aligned text table; `now` is Unix seconds (for certificate days left).
+pub fn render(rows: &[Row], now: i64) -> String {
+    let header = ["AGENT", "ROLE", "NAME", "VERSION", "UPTIME", "CERT EXPIRES", "HEALTH"].map(String::from);
+    let mut table = vec![header.to_vec()];
+    for r in rows {
+        let cells = match (&r.status, &r.error) {
+            (Some(s), _) => vec![
+                r.agent.clone(),
+                s.role.clone(),
+                s.name.clone(),
+                s.version.clone(),
+                human_duration(s.uptime_seconds),
+                expiry(s.cert_not_after_unix, now),
+                s.health.clone(),
+            ],
+            (None, e) => {
+                let e = e.clone().unwrap_or_default();
+                vec![r.agent.clone(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), format!("error: {e}")]
+            }
+        };
+        table.push(cells);
+    }
+    let widths: Vec<usize> =
+        (0..header.len()).map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in &table {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i + 1 == row.len() { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+fn expiry(not_after: i64, now: i64) -> String {
+    let date = time::OffsetDateTime::from_unix_timestamp(not_after)
+        .map(|t| format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day()))
+        .unwrap_or_else(|_| "?".into());
+    let days = (not_after - now).div_euclid(86400);
+    if not_after < now {
+        format!("{date} (expired)")
+    } else {
+        format!("{date} ({days}d)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_rows_and_errors() {
+        let ok = Row {
+            agent: "dns".into(),
+            address: "https://127.0.0.1:1".into(),
+            status: Some(AgentStatus {
+                name: "dns1".into(),
+                role: "dns-agent".into(),
+                version: "0.1.0".into(),
+                uptime_seconds: 3725,
+                cert_not_after_unix: 86400 * 30,
+                identity: "spiffe://lab/dns-agent/dns1".into(),
+                summary: String::new(),
+                health: "healthy".into(),
+            }),
+            error: None,
+        };
+        let bad = Row { agent: "host".into(), address: "x".into(), status: None, error: Some("refused".into()) };
+        let out = render(&[ok.clone(), bad.clone()], 0);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "AGENT  ROLE       NAME  VERSION  UPTIME  CERT EXPIRES      HEALTH");
+        assert_eq!(lines[1], "dns    dns-agent  dns1  0.1.0    1h2m    1970-01-31 (30d)  healthy");
+        assert_eq!(lines[2], "host   -          -     -        -       -                 error: refused");
+        assert!(ok.healthy() && !bad.healthy());
+    }
+}

@@ -1,0 +1,286 @@
+//! The harness around the real agent binaries: a per-test PKI, agents started on port 0 (their `listening on ADDR`
+//! lines are read back), killed on Drop, with their logs printed when a test fails. Asserts nothing itself.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_core::identity::Role;
+use agent_core::tls::TlsMaterial;
+use anyhow::{anyhow, bail, Context, Result};
+use labctl::pki::{self, IssueSpec};
+
+/// The trust domain of every test PKI.
+pub const DOMAIN: &str = "lab.test";
+
+/// Path of a binary of this workspace, built next to the test executable (`cargo xtask test` builds them first).
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/debug/deps/TEST-HASH -> target/debug/NAME
+    let dir = exe.parent().and_then(Path::parent).ok_or_else(|| anyhow!("unexpected test path {}", exe.display()))?;
+    let p = dir.join(name);
+    if !p.exists() {
+        bail!("{} not built: run `cargo build --workspace --bins` (cargo xtask test does)", p.display());
+    }
+    Ok(p)
+}
+
+/// A throwaway lab CA in a temp directory, issuing certificates on demand.
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Result<Pki> {
+        Self::with_domain(DOMAIN)
+    }
+
+    /// A second, unrelated CA (same domain: an attacker copying the lab's naming).
+    pub fn with_domain(domain: &str) -> Result<Pki> {
+        let dir = tempfile::tempdir()?;
+        pki::init(dir.path(), domain, false)?;
+        Ok(Pki { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join(pki::CA_CERT_FILE)
+    }
+
+    /// Issues (once) `NAME.pem`/`NAME.key` for `role`, valid for localhost and 127.0.0.1.
+    pub fn issue(&self, role: Role, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let cert = self.dir.path().join(format!("{name}.pem"));
+        let key = self.dir.path().join(format!("{name}.key"));
+        if !cert.exists() {
+            let sans = ["localhost".to_string(), "127.0.0.1".to_string()];
+            pki::issue(self.dir.path(), &IssueSpec::days(role, name, &sans, 30), false)?;
+        }
+        Ok((cert, key))
+    }
+
+    /// Issues a certificate that expired yesterday.
+    pub fn issue_expired(&self, role: Role, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let now = time::OffsetDateTime::now_utc();
+        let sans = ["localhost".to_string()];
+        let spec = IssueSpec {
+            role,
+            name,
+            sans: &sans,
+            not_before: now - time::Duration::days(30),
+            not_after: now - time::Duration::days(1),
+        };
+        let f = pki::issue(self.dir.path(), &spec, false)?;
+        Ok((f.cert, f.key))
+    }
+
+    /// TLS material for NAME, trusting `ca` (normally this PKI's own CA).
+    pub fn material(&self, ca: &Path, role: Role, name: &str) -> Result<TlsMaterial> {
+        let (cert, key) = self.issue(role, name)?;
+        Ok(TlsMaterial::load(ca, &cert, &key)?)
+    }
+}
+
+/// Which agent binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentKind {
+    Host,
+    Dns,
+    Services,
+}
+
+impl AgentKind {
+    pub const ALL: [AgentKind; 3] = [AgentKind::Host, AgentKind::Dns, AgentKind::Services];
+
+    pub fn binary(self) -> &'static str {
+        match self {
+            AgentKind::Host => "host-agent",
+            AgentKind::Dns => "dns-agent",
+            AgentKind::Services => "services-agent",
+        }
+    }
+
+    pub fn role(self) -> Role {
+        match self {
+            AgentKind::Host => Role::HostAgent,
+            AgentKind::Dns => Role::DnsAgent,
+            AgentKind::Services => Role::ServicesAgent,
+        }
+    }
+
+    /// The name in the agent's certificate.
+    pub fn cert_name(self) -> &'static str {
+        match self {
+            AgentKind::Host => "host1",
+            AgentKind::Dns => "dns1",
+            AgentKind::Services => "services1",
+        }
+    }
+
+    /// The gRPC service this agent owns besides Agent and health.
+    pub fn domain_service(self) -> &'static str {
+        match self {
+            AgentKind::Host => "strata.v1.Host",
+            AgentKind::Dns => "strata.v1.Dns",
+            AgentKind::Services => "strata.v1.Services",
+        }
+    }
+}
+
+/// The common part of an agent config on port 0, for the given certificate files.
+pub fn base_config(state_dir: &Path, ca: &Path, cert: &Path, key: &Path) -> String {
+    format!(
+        "state_dir = {state:?}\n[grpc]\nlisten = \"127.0.0.1:0\"\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
+        state = state_dir.display().to_string(),
+        ca = ca.display().to_string(),
+        cert = cert.display().to_string(),
+        key = key.display().to_string(),
+    )
+}
+
+/// A running agent process. Killed on Drop; its log is printed if the test is failing.
+pub struct AgentProc {
+    pub kind: AgentKind,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    pub config: PathBuf,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl AgentProc {
+    /// Starts `kind` with a fresh state dir and a certificate from `pki`.
+    pub fn start(kind: AgentKind, pki: &Pki) -> Result<AgentProc> {
+        let dir = tempfile::tempdir()?;
+        let (cert, key) = pki.issue(kind.role(), kind.cert_name())?;
+        let text = base_config(&dir.path().join("state"), &pki.ca(), &cert, &key);
+        let config = dir.path().join(format!("{}.toml", kind.binary()));
+        std::fs::write(&config, text)?;
+        let mut p = Self::start_with_config(kind, &config)?;
+        p._dir = Some(dir);
+        Ok(p)
+    }
+
+    /// Starts `kind` with an existing config file and waits for both `listening on` lines.
+    pub fn start_with_config(kind: AgentKind, config: &Path) -> Result<AgentProc> {
+        let mut child = Command::new(bin(kind.binary())?)
+            .args(["--log-format", "human", "run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {}", kind.binary()))?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr piped");
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                for what in ["grpc", "metrics"] {
+                    if let Some(addr) = line.split(&format!("{what} listening on ")).nth(1) {
+                        let _ = tx.send((what, addr.trim().to_string()));
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut grpc, mut metrics) = (None, None);
+        while grpc.is_none() || metrics.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(("grpc", a)) => grpc = Some(a.parse()?),
+                Ok((_, a)) => metrics = Some(a.parse()?),
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    let log = logs.lock().unwrap().join("\n");
+                    bail!("{} did not start (exit {status:?}); log:\n{log}", kind.binary());
+                }
+            }
+        }
+        Ok(AgentProc {
+            kind,
+            grpc: grpc.expect("set"),
+            metrics: metrics.expect("set"),
+            config: config.to_path_buf(),
+            child,
+            logs,
+            _dir: None,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.grpc)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM and waits for a clean exit (graceful drain), returning the exit code.
+    pub fn terminate(&mut self) -> Result<Option<i32>> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", self.child.id());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s.code());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit within 10 s of SIGTERM", self.kind.binary());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Fetches the agent's Prometheus text.
+    pub fn metrics_text(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics)?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} log ----\n{}\n---- end ----", self.kind.binary(), self.logs());
+        }
+    }
+}
+
+/// Writes a labctl inventory for `agents` using the certificate files given.
+pub fn write_inventory(path: &Path, ca: &Path, cert: &Path, key: &Path, agents: &[&AgentProc]) -> Result<()> {
+    let mut text = format!("ca = {:?}\ncert = {:?}\nkey = {:?}\n[agents]\n", ca, cert, key);
+    for a in agents {
+        let key = match a.kind {
+            AgentKind::Host => "host",
+            AgentKind::Dns => "dns",
+            AgentKind::Services => "services",
+        };
+        text.push_str(&format!("{key} = \"{}\"\n", a.url()));
+    }
+    std::fs::write(path, text)?;
+    Ok(())
+}

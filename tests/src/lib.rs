@@ -1,0 +1,5 @@
+//! Integration harness: a per-test PKI, the real agent binaries on port 0, and fixtures for the real components.
+//! Knows how to start and observe things; asserts nothing itself (tests do).
+
+pub mod fixtures;
+pub mod harness;
