@@ -16,16 +16,21 @@ use labctl::pki::{self, IssueSpec};
 /// The trust domain of every test PKI.
 pub const DOMAIN: &str = "lab.test";
 
-/// Path of a binary of this workspace, built next to the test executable (`cargo xtask test` builds them first).
+/// Path of a binary of this workspace: in `$STRATA_BIN_DIR` when set (xtask's benchmarks use release builds), else
+/// next to the running executable (`target/debug/xtask`) or one level up (`target/debug/deps/TEST-HASH`).
+/// `cargo xtask test` builds the binaries before the tests run.
 pub fn bin(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // target/debug/deps/TEST-HASH -> target/debug/NAME
-    let dir = exe.parent().and_then(Path::parent).ok_or_else(|| anyhow!("unexpected test path {}", exe.display()))?;
-    let p = dir.join(name);
-    if !p.exists() {
-        bail!("{} not built: run `cargo build --workspace --bins` (cargo xtask test does)", p.display());
-    }
-    Ok(p)
+    let dirs: Vec<PathBuf> = match std::env::var_os("STRATA_BIN_DIR") {
+        Some(d) => vec![PathBuf::from(d)],
+        None => {
+            let exe = std::env::current_exe()?;
+            let dir = exe.parent().ok_or_else(|| anyhow!("unexpected executable path {}", exe.display()))?;
+            vec![dir.to_path_buf(), dir.parent().unwrap_or(dir).to_path_buf()]
+        }
+    };
+    dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()).ok_or_else(|| {
+        anyhow!("{name} not built in {dirs:?}: run `cargo build --workspace --bins` (cargo xtask test does)")
+    })
 }
 
 /// A throwaway lab CA in a temp directory, issuing certificates on demand.

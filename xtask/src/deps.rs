@@ -1,14 +1,9 @@
 //! `cargo xtask deps`: installs (apt, Debian only) and starts the real components the integration tests drive:
 //! Docker, zfs-fuse, Borg, QEMU, btrfs, DNS tools, busybox-static. Idempotent; one output line per action.
-//! Owns the machine set-up only; knows nothing about the agents or the test fixtures (it duplicates their small
-//! daemon start logic because xtask cannot depend on the test crate).
+//! Owns the machine set-up only; starting dockerd and zfs-fuse is the test fixtures' own code, reused here.
 
-use std::fs::{self, OpenOptions};
-use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::fs;
 use std::process::{Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -29,9 +24,6 @@ const PACKAGES: &[&str] = &[
     "git",
     "iproute2",
 ];
-
-const DOCKERD_LOG: &str = "/var/log/strata-dockerd.log";
-const ZFS_FUSE_PID_FILE: &str = "/var/run/zfs-fuse.pid";
 
 pub(crate) fn run() -> Result<()> {
     if Command::new("dpkg-query").arg("--version").output().is_err() {
@@ -67,8 +59,8 @@ pub(crate) fn run() -> Result<()> {
         apt(&args)?;
         println!("deps: installed {}", missing.join(" "));
     }
-    ensure_dockerd(root)?;
-    ensure_zfs_fuse(root)?;
+    ensure_dockerd()?;
+    ensure_zfs_fuse()?;
     if fs::File::open("/dev/kvm").is_ok() {
         println!("deps: /dev/kvm usable: QEMU tests run under KVM");
     } else {
@@ -110,83 +102,14 @@ fn candidate_version(pkg: &str) -> Result<String> {
         .with_context(|| format!("apt-cache policy {pkg} shows no candidate version"))
 }
 
-fn succeeds(program: &str, args: &[&str]) -> bool {
-    Command::new(program).args(args).stdin(Stdio::null()).output().is_ok_and(|o| o.status.success())
-}
-
-fn wait_for(timeout: Duration, probe: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if probe() {
-            return true;
-        }
-        sleep(Duration::from_millis(200));
-    }
-    probe()
-}
-
-fn ensure_dockerd(root: bool) -> Result<()> {
-    let up = || succeeds("docker", &["version", "--format", "{{.Server.Version}}"]);
-    if up() {
-        println!("deps: dockerd already answering");
-        return Ok(());
-    }
-    if !root {
-        bail!(
-            "dockerd does not answer for this user (not running, or no access to /var/run/docker.sock); \
-             starting it needs root: rerun `cargo xtask deps` as root"
-        );
-    }
-    let log = OpenOptions::new().create(true).append(true).open(DOCKERD_LOG)?;
-    Command::new("dockerd")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .context("cannot start dockerd")?;
-    if !wait_for(Duration::from_secs(30), up) {
-        bail!("started dockerd but it did not answer within 30 s; see {DOCKERD_LOG}");
-    }
-    println!("deps: started dockerd (log: {DOCKERD_LOG})");
+fn ensure_dockerd() -> Result<()> {
+    let engine = strata_tests::fixtures::docker::DockerEngine::ensure()?;
+    println!("deps: dockerd answering (engine {})", engine.server_version());
     Ok(())
 }
 
-fn ensure_zfs_fuse(root: bool) -> Result<()> {
-    let up = || succeeds("zpool", &["list"]);
-    if up() {
-        println!("deps: zfs-fuse already answering");
-        return Ok(());
-    }
-    if !root {
-        bail!("zfs-fuse does not answer `zpool list`; starting it needs root: rerun `cargo xtask deps` as root");
-    }
-    if !zfs_fuse_alive() {
-        // zfs-fuse exits silently while a stale pid file exists.
-        if Path::new(ZFS_FUSE_PID_FILE).exists() {
-            fs::remove_file(ZFS_FUSE_PID_FILE)?;
-        }
-        Command::new("zfs-fuse")
-            .args(["--pidfile", ZFS_FUSE_PID_FILE])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .status()
-            .context("cannot start zfs-fuse")?;
-    }
-    if !wait_for(Duration::from_secs(20), up) {
-        bail!("zfs-fuse did not answer `zpool list` within 20 s");
-    }
-    println!("deps: started zfs-fuse");
+fn ensure_zfs_fuse() -> Result<()> {
+    strata_tests::fixtures::zfs::ensure_daemon()?;
+    println!("deps: zfs-fuse answering");
     Ok(())
-}
-
-/// True when a live (non-zombie) zfs-fuse process exists.
-fn zfs_fuse_alive() -> bool {
-    let Ok(entries) = fs::read_dir("/proc") else { return false };
-    entries.flatten().any(|e| {
-        let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        stat.split_once(" (zfs-fuse) ").is_some_and(|(_, rest)| !rest.starts_with('Z'))
-    })
 }
