@@ -124,6 +124,21 @@ impl CommonConfig {
     }
 }
 
+/// The whole config file of an agent that has no sections of its own (yet): `state_dir`, `[grpc]`, `[metrics]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommonOnly {
+    state_dir: PathBuf,
+    grpc: GrpcSection,
+    metrics: Option<MetricsSection>,
+}
+
+/// Loads and validates a config file holding only the common sections; any other key is refused.
+pub fn load_common(path: &Path, default_metrics_port: u16) -> Result<CommonConfig, ConfigError> {
+    let raw: RawCommonOnly = load(path)?;
+    CommonConfig::validate(path, raw.state_dir, raw.grpc, raw.metrics, default_metrics_port)
+}
+
 fn parse_listen(s: &str, default_port: u16) -> Option<SocketAddr> {
     s.parse::<SocketAddr>().ok().or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, default_port)))
 }

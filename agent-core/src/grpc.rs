@@ -55,6 +55,8 @@ pub enum ServeError {
     Material(#[from] crate::tls::TlsError),
     #[error("{path}: certificate identity {identity} has role {found}, but this is a {expected}")]
     WrongRole { path: std::path::PathBuf, identity: String, found: Role, expected: Role },
+    #[error("state directory: {0}")]
+    State(crate::state::StateError),
     #[error("metrics server: {0}")]
     Metrics(std::io::Error),
     #[error("grpc tls configuration: {0}")]
@@ -112,6 +114,7 @@ pub async fn run_agent(
     shutdown: crate::cli::Shutdown,
 ) -> Result<(), ServeError> {
     let AgentParts { role, version, summary, domain, metrics } = parts;
+    crate::state::ensure_dir(&common.state_dir).map_err(ServeError::State)?;
     let g = &common.grpc;
     let tls = TlsMaterial::load(&g.ca, &g.cert, &g.key)?;
     if tls.identity.role != role {

@@ -1,23 +1,14 @@
 //! The host-agent config file: raw serde structs (unknown keys refused) validated into `Config`.
 //! Knows the file format; must not know how the agent acts on it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use agent_core::config::{self, CommonConfig, ConfigError, GrpcSection, MetricsSection};
-use serde::Deserialize;
+use agent_core::config::{self, CommonConfig, ConfigError};
 
 /// Port of `[metrics] listen` when only an address is given.
 pub const DEFAULT_METRICS_PORT: u16 = 9441;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    state_dir: PathBuf,
-    grpc: GrpcSection,
-    metrics: Option<MetricsSection>,
-}
-
-/// A validated config.
+/// A validated config. The agent's own sections arrive with its domain issue; until then any other key is refused.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: CommonConfig,
@@ -25,9 +16,7 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = config::load(path)?;
-        let common = CommonConfig::validate(path, raw.state_dir, raw.grpc, raw.metrics, DEFAULT_METRICS_PORT)?;
-        Ok(Config { common })
+        Ok(Config { common: config::load_common(path, DEFAULT_METRICS_PORT)? })
     }
 }
 

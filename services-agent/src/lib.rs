@@ -17,8 +17,6 @@ pub const ROLE: Role = Role::ServicesAgent;
 
 /// Runs the agent until `shutdown` fires.
 pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), agent_core::grpc::ServeError> {
-    agent_core::state::ensure_dir(&cfg.common.state_dir)
-        .map_err(|e| agent_core::grpc::ServeError::Transport(e.to_string()))?;
     let summary: agent_core::grpc::Summary = Arc::new(|| "domain service not built yet".to_string());
     let domain = tonic::service::RoutesBuilder::default();
     let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), summary, domain, metrics: Metrics::new() };
