@@ -115,7 +115,15 @@ pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
             Err(e) => config_error(&e),
         },
         AgentCmd::Run { config } => match (def.load)(&config) {
-            Ok(cfg) => run(def, cfg),
+            // The certificate files are part of the config: a bad one is refused before anything is bound or
+            // READY is sent, with the same exit code as `check`, so systemd does not restart-loop on it.
+            Ok(cfg) => match check_tls((def.common)(&cfg), def.role) {
+                Ok(_) => run(def, cfg),
+                Err(e) => {
+                    eprintln!("error: {}: {e}", config.display());
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            },
             Err(e) => config_error(&e),
         },
         AgentCmd::Install { config, dry_run, root } => {

@@ -36,6 +36,11 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
 pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e| {
         let (line, column, key) = match e.span() {
+            // A missing field is reported on the table that lacks it, not on a key of that table.
+            Some(span) if e.message().starts_with("missing field") => {
+                let (line, column, _) = locate(text, span.start);
+                (line, column, None)
+            }
             Some(span) => locate(text, span.start),
             None => (0, 0, None),
         };
@@ -171,6 +176,7 @@ mod tests {
             ),
             (GOOD.replace("127.0.0.1:0", "nowhere"), "x.toml:3:10: invalid socket address syntax (key `listen`)"),
             (GOOD.replace("key = \"a.key\"\n", ""), "missing field `key`"),
+            (GOOD.replace("state_dir = \"s\"\n", ""), "x.toml:1:1: missing field `state_dir`"),
             ("state_dir = [".to_string(), "x.toml:1:"),
         ];
         for (text, want) in cases {

@@ -33,11 +33,24 @@ fn call_error(agent: &AgentAddr, what: &str, s: &tonic::Status) -> String {
         msg.push_str(s.message());
     }
     if let Some(src) = std::error::Error::source(s) {
-        msg.push_str(": ");
-        msg.push_str(&error_chain(src));
+        for part in error_chain(src).split(": ") {
+            if !msg.contains(part) {
+                msg.push_str(": ");
+                msg.push_str(part);
+            }
+        }
     }
-    if msg.contains("UnknownCA") || msg.contains("BadCertificate") || msg.contains("CertificateExpired") {
-        msg.push_str(" (the agent rejected our client certificate: is it signed by the lab ca and not expired?)");
+    // TLS 1.3 completes the client's side of the handshake before the agent judges our certificate, so a refusal
+    // shows up on the first call as an alert (UnknownCA, BadCertificate, CertificateExpired, DecryptError for a
+    // look-alike CA) or as a connection closed under us.
+    let refused =
+        ["UnknownCA", "BadCertificate", "CertificateExpired", "DecryptError", "broken pipe", "connection reset"];
+    if matches!(s.code(), tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled)
+        && refused.iter().any(|r| msg.contains(r))
+    {
+        msg.push_str(
+            " (the agent closed the connection: is our client certificate signed by its lab ca and not expired?)",
+        );
     }
     msg
 }

@@ -75,7 +75,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Our messages already carry their cause inline: print each part of the chain once.
+            eprintln!("error: {}", agent_core::tls::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -101,8 +102,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("dns sans:   {}\nip sans:    {}", info.dns_sans.join(", "), info.ip_sans.join(", "));
                 println!(
                     "valid:      {} .. {}{}",
-                    info.not_before,
-                    info.not_after,
+                    date(info.not_before),
+                    date(info.not_after),
                     if info.is_ca { " (ca)" } else { "" }
                 );
             }
@@ -113,6 +114,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Unix seconds as an RFC 3339 UTC date-time.
+fn date(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
 }
 
 fn status_cmd(config: Option<PathBuf>, json: bool, timeout: Duration) -> Result<ExitCode> {

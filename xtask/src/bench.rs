@@ -18,15 +18,22 @@ pub(crate) enum Which {
         #[arg(long, default_value_t = 5000)]
         calls: usize,
     },
+    /// dnsperf against dns-agent, unbound and dnsmasq on the same records; a 1,000,000-domain blocklist.
+    Dns {
+        /// Seconds of dnsperf per server.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
 }
 
 pub(crate) fn run(which: Which) -> Result<()> {
     match which {
         Which::Grpc { calls } => grpc(calls),
+        Which::Dns { seconds } => crate::bench_dns::run(seconds),
     }
 }
 
-fn release_bins() -> Result<()> {
+pub(crate) fn release_bins() -> Result<()> {
     sh(
         "cargo",
         &["build", "--release", "-p", "host-agent", "-p", "dns-agent", "-p", "services-agent", "-p", "labctl"],

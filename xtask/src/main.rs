@@ -2,6 +2,7 @@
 //! Owns orchestration only; agent behaviour lives in the agent crates, process and PKI handling in `strata-tests`.
 
 mod bench;
+mod bench_dns;
 mod codegen;
 mod demo;
 mod deps;

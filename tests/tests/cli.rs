@@ -1,0 +1,528 @@
+//! The command lines of the real binaries: `labctl status` against running agents (healthy, foreign certificates, an
+//! agent down), the agents' `run`/`check` on broken configs (exit 78, file:line:key in the message), graceful drain on
+//! SIGTERM, `labctl pki`, `install`/`uninstall` under a temporary root, and shell completions.
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_core::identity::Role;
+use anyhow::{bail, ensure, Context, Result};
+use strata_tests::harness::{base_config, bin, write_inventory, AgentKind, AgentProc, Pki, DOMAIN};
+
+/// Exit code of an invalid config (sysexits EX_CONFIG).
+const EXIT_CONFIG: i32 = 78;
+
+/// What a finished command printed.
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn both(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+impl std::fmt::Display for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {:?}\n--- stdout ---\n{}--- stderr ---\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Runs a workspace binary to completion (killed after 20 s: no command here may hang).
+fn run<I, S>(name: &str, args: I) -> Result<Ran>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut child = Command::new(bin(name)?)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("LABCTL_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {name}"))?;
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped")));
+    let err = drain(Box::new(child.stderr.take().expect("piped")));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{name} did not exit within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    Ok(Ran { code: status.code(), stdout, stderr })
+}
+
+fn labctl_status(inventory: &Path, json: bool) -> Result<Ran> {
+    let mut args = vec![OsStr::new("--config"), inventory.as_os_str(), OsStr::new("status")];
+    if json {
+        args.push(OsStr::new("--json"));
+    }
+    run("labctl", args)
+}
+
+/// The inventory key of an agent (`host`, `dns`, `services`).
+fn key(kind: AgentKind) -> &'static str {
+    kind.binary().trim_end_matches("-agent")
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn start_all(pki: &Pki) -> Result<Vec<AgentProc>> {
+    AgentKind::ALL.iter().map(|k| AgentProc::start(*k, pki)).collect()
+}
+
+/// The table row (whitespace-split cells) whose first cell is `key`.
+fn table_row<'a>(table: &'a str, key: &str) -> Option<Vec<&'a str>> {
+    table.lines().skip(1).map(|l| l.split_whitespace().collect::<Vec<_>>()).find(|cells| cells.first() == Some(&key))
+}
+
+fn json_rows(ran: &Ran) -> Result<Vec<serde_json::Value>> {
+    serde_json::from_str(&ran.stdout).with_context(|| format!("status --json is not a JSON array:\n{ran}"))
+}
+
+fn json_row<'a>(rows: &'a [serde_json::Value], key: &str) -> Result<&'a serde_json::Value> {
+    rows.iter().find(|r| r["agent"] == key).with_context(|| format!("no row for {key} in {rows:?}"))
+}
+
+/// Asserts one healthy JSON row for `agent`.
+fn check_healthy_json(rows: &[serde_json::Value], agent: &AgentProc) -> Result<()> {
+    let row = json_row(rows, key(agent.kind))?;
+    let role = agent.kind.role().as_str();
+    ensure!(row["address"] == agent.url(), "{row}");
+    ensure!(row["role"] == role, "{row}");
+    ensure!(row["name"] == agent.kind.cert_name(), "{row}");
+    ensure!(row["identity"] == format!("spiffe://{DOMAIN}/{role}/{}", agent.kind.cert_name()), "{row}");
+    ensure!(row["health"] == "healthy", "{row}");
+    ensure!(row["version"] == env!("CARGO_PKG_VERSION"), "{row}");
+    ensure!(row["uptime_seconds"].as_u64().is_some_and(|u| u < 600), "{row}");
+    ensure!(row["cert_not_after_unix"].as_i64().is_some_and(|t| t > now_unix()), "{row}");
+    ensure!(row.get("error").is_none(), "{row}");
+    Ok(())
+}
+
+#[test]
+fn status_shows_three_healthy_agents_to_admin_and_viewer() -> Result<()> {
+    let pki = Pki::new()?;
+    let agents = start_all(&pki)?;
+    let refs: Vec<&AgentProc> = agents.iter().collect();
+    let dir = tempfile::tempdir()?;
+    for (role, name) in [(Role::Admin, "alice"), (Role::Viewer, "victor")] {
+        let (cert, key_file) = pki.issue(role, name)?;
+        let inv = dir.path().join(format!("{name}.toml"));
+        write_inventory(&inv, &pki.ca(), &cert, &key_file, &refs)?;
+
+        let table = labctl_status(&inv, false)?;
+        ensure!(table.code == Some(0), "status as {role}: {table}");
+        let lines: Vec<&str> = table.stdout.lines().collect();
+        ensure!(lines.len() == 4 && lines[0].starts_with("AGENT"), "status as {role}: {table}");
+        for a in &agents {
+            let cells =
+                table_row(&table.stdout, key(a.kind)).with_context(|| format!("no {:?} row:\n{table}", a.kind))?;
+            let want_start = [key(a.kind), a.kind.role().as_str(), a.kind.cert_name(), env!("CARGO_PKG_VERSION")];
+            ensure!(cells.starts_with(&want_start), "status as {role}, row {cells:?}:\n{table}");
+            ensure!(cells.last() == Some(&"healthy"), "status as {role}, row {cells:?}:\n{table}");
+        }
+
+        let json = labctl_status(&inv, true)?;
+        ensure!(json.code == Some(0), "status --json as {role}: {json}");
+        let rows = json_rows(&json)?;
+        ensure!(rows.len() == 3, "status --json as {role}: {json}");
+        for a in &agents {
+            check_healthy_json(&rows, a).with_context(|| format!("status --json as {role}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn status_with_a_foreign_certificate_fails_per_agent() -> Result<()> {
+    let pki = Pki::new()?;
+    let other = Pki::new()?; // same domain and CA name, different key
+    let agents = start_all(&pki)?;
+    let refs: Vec<&AgentProc> = agents.iter().collect();
+    let dir = tempfile::tempdir()?;
+    let (alice, alice_key) = pki.issue(Role::Admin, "alice")?;
+    let (mallory, mallory_key) = other.issue(Role::Admin, "mallory")?;
+
+    // (case, ca, cert, key, what every agent's error must mention besides the agent)
+    let cases: [(&str, PathBuf, &Path, &Path, &[&str]); 2] = [
+        // The agents refuse our client certificate. What labctl prints varies per connection (a DecryptError alert
+        // or a broken pipe): only the agent, its address and "error" are stable today.
+        ("client certificate from another ca", pki.ca(), &mallory, &mallory_key, &[]),
+        // We refuse the agents' server certificates.
+        ("inventory trusting another ca", other.ca(), &alice, &alice_key, &["certificate"]),
+    ];
+    for (case, ca, cert, key_file, want) in cases {
+        let inv = dir.path().join("inv.toml");
+        write_inventory(&inv, &ca, cert, key_file, &refs)?;
+        let table = labctl_status(&inv, false)?;
+        ensure!(table.code.is_some_and(|c| c != 0), "{case}: {table}");
+        ensure!(table.stderr.contains("not healthy: host, dns, services"), "{case}: {table}");
+        for a in &agents {
+            let line = table
+                .stdout
+                .lines()
+                .find(|l| l.starts_with(key(a.kind)))
+                .with_context(|| format!("{case}: no {} row:\n{table}", key(a.kind)))?;
+            ensure!(line.contains("error: ") && line.contains(&a.url()), "{case}: {line}");
+            ensure!(!line.contains("healthy"), "{case}: {line}");
+            for w in want {
+                ensure!(line.contains(w), "{case}: want {w:?} in {line}");
+            }
+        }
+        let json = labctl_status(&inv, true)?;
+        ensure!(json.code.is_some_and(|c| c != 0), "{case}: {json}");
+        let rows = json_rows(&json)?;
+        ensure!(rows.len() == 3, "{case}: {json}");
+        for a in &agents {
+            let row = json_row(&rows, key(a.kind))?;
+            ensure!(row["error"].as_str().is_some_and(|e| !e.is_empty()), "{case}: {row}");
+            ensure!(row.get("health").is_none(), "{case}: {row}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn status_with_one_agent_down_reports_it_and_fails() -> Result<()> {
+    let pki = Pki::new()?;
+    let mut agents = start_all(&pki)?;
+    let dir = tempfile::tempdir()?;
+    let (cert, key_file) = pki.issue(Role::Admin, "alice")?;
+    let inv = dir.path().join("inv.toml");
+    write_inventory(&inv, &pki.ca(), &cert, &key_file, &agents.iter().collect::<Vec<_>>())?;
+    let dead = agents.remove(1); // dns-agent
+    ensure!(dead.kind == AgentKind::Dns);
+    let dead_url = dead.url();
+    drop(dead); // killed and reaped
+
+    let table = labctl_status(&inv, false)?;
+    ensure!(table.code.is_some_and(|c| c != 0), "{table}");
+    ensure!(table.stderr.contains("not healthy: dns"), "{table}");
+    ensure!(!table.stderr.contains("host") && !table.stderr.contains("services"), "{table}");
+    let dns = table.stdout.lines().find(|l| l.starts_with("dns ")).with_context(|| format!("no dns row:\n{table}"))?;
+    ensure!(dns.contains("error: ") && dns.contains(&dead_url), "{dns}");
+    for a in &agents {
+        let cells = table_row(&table.stdout, key(a.kind)).with_context(|| format!("no {:?} row:\n{table}", a.kind))?;
+        ensure!(cells.last() == Some(&"healthy"), "{cells:?}\n{table}");
+    }
+
+    let json = labctl_status(&inv, true)?;
+    ensure!(json.code.is_some_and(|c| c != 0), "{json}");
+    let rows = json_rows(&json)?;
+    ensure!(rows.len() == 3, "{json}");
+    let dns = json_row(&rows, "dns")?;
+    ensure!(dns["error"].as_str().is_some_and(|e| e.contains(&dead_url)), "{dns}");
+    for a in &agents {
+        check_healthy_json(&rows, a)?;
+    }
+    Ok(())
+}
+
+/// One broken config: how to write it (None: the file does not exist) and what the error must say besides its path.
+struct BadConfig {
+    case: &'static str,
+    text: fn(&str) -> Option<String>,
+    want: &'static [&'static str],
+}
+
+const GRPC_LISTEN: &str = "listen = \"127.0.0.1:0\"";
+
+const BAD_CONFIGS: &[BadConfig] = &[
+    BadConfig {
+        case: "unknown key",
+        // base_config's first line is state_dir: `colour` lands on line 2, at top level.
+        text: |good| Some(good.replacen('\n', "\ncolour = 1\n", 1)),
+        want: &[":2:1:", "unknown field `colour`", "colour"],
+    },
+    BadConfig {
+        case: "wrong type",
+        text: |good| Some(good.replacen(GRPC_LISTEN, "listen = 5", 1)),
+        want: &[":3:", "invalid type", "(key `listen`)"],
+    },
+    BadConfig { case: "missing file", text: |_| None, want: &["cannot read config"] },
+    BadConfig {
+        case: "missing [grpc]",
+        text: |good| Some(good.lines().next().unwrap_or_default().to_string() + "\n"),
+        want: &["missing field `grpc`"],
+    },
+    BadConfig {
+        case: "bad [metrics] listen",
+        text: |good| Some(good.replace("[metrics]\nlisten = \"127.0.0.1:0\"", "[metrics]\nlisten = \"nowhere\"")),
+        want: &["metrics.listen", "nowhere"],
+    },
+];
+
+/// `AGENT [--log-format human] SUBCOMMAND --config CONFIG`.
+fn agent_cmd(kind: AgentKind, sub: &str, config: &Path) -> Result<Ran> {
+    run(
+        kind.binary(),
+        [OsStr::new("--log-format"), OsStr::new("human"), OsStr::new(sub), OsStr::new("--config"), config.as_os_str()],
+    )
+}
+
+#[test]
+fn agents_refuse_bad_configs_with_exit_78_naming_file_line_and_key() -> Result<()> {
+    let pki = Pki::new()?;
+    let dir = tempfile::tempdir()?;
+    let mut failures = Vec::new();
+    for kind in AgentKind::ALL {
+        let (cert, key_file) = pki.issue(kind.role(), kind.cert_name())?;
+        let good = base_config(&dir.path().join("state"), &pki.ca(), &cert, &key_file);
+        for bad in BAD_CONFIGS {
+            let path = dir.path().join(format!("{}-{}.toml", kind.binary(), bad.case.replace([' ', '[', ']'], "_")));
+            if let Some(text) = (bad.text)(&good) {
+                ensure!(text != good, "case {} did not change the config", bad.case);
+                std::fs::write(&path, text)?;
+            }
+            for sub in ["check", "run"] {
+                let ran = agent_cmd(kind, sub, &path)?;
+                let path_text = path.display().to_string();
+                let missing: Vec<&str> = std::iter::once(path_text.as_str())
+                    .chain(bad.want.iter().copied())
+                    .filter(|w| !ran.stderr.contains(w))
+                    .collect();
+                if ran.code != Some(EXIT_CONFIG) || !missing.is_empty() {
+                    failures.push(format!("{} {sub} ({}): missing {missing:?}; {ran}", kind.binary(), bad.case));
+                }
+            }
+        }
+    }
+    ensure!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    Ok(())
+}
+
+/// One `check`/`run` of an agent on a config naming `cert` and `key`: the exit code wanted (None: any failure) and
+/// what stdout+stderr must contain.
+struct CertCase<'a> {
+    case: &'static str,
+    sub: &'static str,
+    cert: &'a Path,
+    key: &'a Path,
+    code: Option<i32>,
+    want: Vec<&'a str>,
+}
+
+#[test]
+fn check_validates_the_certificate_files() -> Result<()> {
+    let pki = Pki::new()?;
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let mut failures = Vec::new();
+    for (i, kind) in AgentKind::ALL.into_iter().enumerate() {
+        let (cert, key_file) = pki.issue(kind.role(), kind.cert_name())?;
+        // The certificate of the next agent: valid, from the lab CA, but for the wrong role.
+        let wrong = AgentKind::ALL[(i + 1) % 3];
+        let (wrong_cert, wrong_key) = pki.issue(wrong.role(), wrong.cert_name())?;
+        let missing_key = dir.path().join(format!("{}-missing.key", kind.binary()));
+        let role = kind.role().as_str();
+        let wrong_cert_text = wrong_cert.display().to_string();
+        let missing_key_text = missing_key.display().to_string();
+        let identity = format!("spiffe://{DOMAIN}/{role}/{}", kind.cert_name());
+
+        let cases = [
+            CertCase {
+                case: "valid",
+                sub: "check",
+                cert: &cert,
+                key: &key_file,
+                code: Some(0),
+                want: vec!["ok", &identity],
+            },
+            CertCase {
+                case: "wrong-role cert",
+                sub: "check",
+                cert: &wrong_cert,
+                key: &wrong_key,
+                code: Some(EXIT_CONFIG),
+                want: vec![&wrong_cert_text, role, wrong.role().as_str()],
+            },
+            CertCase {
+                case: "missing key",
+                sub: "check",
+                cert: &cert,
+                key: &missing_key,
+                code: Some(EXIT_CONFIG),
+                want: vec![&missing_key_text],
+            },
+            CertCase {
+                case: "wrong-role cert",
+                sub: "run",
+                cert: &wrong_cert,
+                key: &wrong_key,
+                code: None,
+                want: vec![&wrong_cert_text, role, wrong.role().as_str()],
+            },
+        ];
+        for CertCase { case, sub, cert, key, code: want_code, want } in cases {
+            let path = dir.path().join(format!("{}-{sub}-{}.toml", kind.binary(), case.replace(' ', "_")));
+            let text = base_config(&state, &pki.ca(), cert, key);
+            std::fs::write(&path, text)?;
+            let ran = agent_cmd(kind, sub, &path)?;
+            let code_ok = match want_code {
+                Some(c) => ran.code == Some(c),
+                None => ran.code.is_some_and(|c| c != 0),
+            };
+            let all = ran.both();
+            let missing: Vec<&&str> = want.iter().filter(|w| !all.contains(**w)).collect();
+            if !code_ok || !missing.is_empty() {
+                failures.push(format!(
+                    "{} {sub} ({case}): want exit {want_code:?}, missing {missing:?}; {ran}",
+                    kind.binary()
+                ));
+            }
+        }
+    }
+    ensure!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    Ok(())
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() -> Result<()> {
+    let pki = Pki::new()?;
+    let mut agents = start_all(&pki)?;
+    for a in &mut agents {
+        let started = Instant::now();
+        let code = a.terminate()?;
+        ensure!(code == Some(0), "{} exited {code:?} on SIGTERM:\n{}", a.kind.binary(), a.logs());
+        ensure!(started.elapsed() < Duration::from_secs(10), "{}", a.kind.binary());
+        // The log reader thread may still be catching up with the last lines.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !a.logs().contains("stopped") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let logs = a.logs();
+        ensure!(logs.contains("draining") && logs.contains("stopped"), "{}:\n{logs}", a.kind.binary());
+    }
+    Ok(())
+}
+
+#[test]
+fn labctl_pki_init_issue_show() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir()?;
+    let d = tmp.path().join("pki");
+    let ds = d.display().to_string();
+    let pki = |args: &[&str]| run("labctl", ["pki"].iter().chain(args));
+
+    let ran = pki(&["init", "--dir", &ds, "--domain", "lab.test"])?;
+    ensure!(ran.code == Some(0), "init: {ran}");
+    let (ca, ca_key) = (d.join("ca.pem"), d.join("ca.key"));
+    ensure!(ca.is_file() && ca_key.is_file(), "init: {ran}");
+    let mode = std::fs::metadata(&ca_key)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "ca.key mode {mode:o}");
+    let before = (std::fs::read(&ca)?, std::fs::read(&ca_key)?);
+
+    let ran = pki(&["init", "--dir", &ds, "--domain", "lab.test"])?;
+    ensure!(ran.code.is_some_and(|c| c != 0), "second init: {ran}");
+    ensure!(ran.stderr.contains(&ca.display().to_string()) && ran.stderr.contains("already exists"), "{ran}");
+    ensure!(before == (std::fs::read(&ca)?, std::fs::read(&ca_key)?), "second init changed the ca files");
+
+    let issue = ["issue", "--dir", &ds, "--role", "admin", "--name", "alice", "--san", "127.0.0.1"];
+    let ran = pki(&issue)?;
+    ensure!(ran.code == Some(0), "issue: {ran}");
+    let alice = d.join("alice.pem");
+    ensure!(alice.is_file() && d.join("alice.key").is_file(), "issue: {ran}");
+    let alice_before = std::fs::read(&alice)?;
+    let ran = pki(&issue)?;
+    ensure!(ran.code.is_some_and(|c| c != 0), "second issue: {ran}");
+    ensure!(ran.stderr.contains(&alice.display().to_string()) && ran.stderr.contains("already exists"), "{ran}");
+    ensure!(std::fs::read(&alice)? == alice_before, "second issue changed alice.pem");
+
+    let ran = pki(&["issue", "--dir", &ds, "--role", "root", "--name", "bob"])?;
+    ensure!(ran.code.is_some_and(|c| c != 0), "issue --role root: {ran}");
+    for role in Role::ALL {
+        ensure!(ran.stderr.contains(role.as_str()), "issue --role root does not list {role}: {ran}");
+    }
+    ensure!(!d.join("bob.pem").exists(), "issue --role root wrote bob.pem");
+
+    let alice_s = alice.display().to_string();
+    let ran = pki(&["show", &alice_s])?;
+    ensure!(ran.code == Some(0) && ran.stdout.contains("spiffe://lab.test/admin/alice"), "show: {ran}");
+    let ran = pki(&["show", "--json", &alice_s])?;
+    ensure!(ran.code == Some(0), "show --json: {ran}");
+    let v: serde_json::Value = serde_json::from_str(&ran.stdout).with_context(|| format!("show --json: {ran}"))?;
+    ensure!(v["identity"] == "spiffe://lab.test/admin/alice", "{v}");
+    ensure!(v["ip_sans"] == serde_json::json!(["127.0.0.1"]), "{v}");
+    ensure!(v["is_ca"] == false && v["not_after"].as_i64().is_some_and(|t| t > now_unix()), "{v}");
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty)?;
+    let es = empty.display().to_string();
+    let ran = pki(&["issue", "--dir", &es, "--role", "admin", "--name", "alice"])?;
+    ensure!(ran.code.is_some_and(|c| c != 0), "issue without ca: {ran}");
+    ensure!(ran.stderr.contains(&empty.join("ca.pem").display().to_string()), "issue without ca: {ran}");
+    ensure!(std::fs::read_dir(&empty)?.next().is_none(), "issue without ca wrote something");
+    Ok(())
+}
+
+#[test]
+fn install_and_uninstall_under_a_root() -> Result<()> {
+    let pki = Pki::new()?;
+    let tmp = tempfile::tempdir()?;
+    for kind in AgentKind::ALL {
+        let (cert, key_file) = pki.issue(kind.role(), kind.cert_name())?;
+        let config = tmp.path().join(format!("{}.toml", kind.binary()));
+        std::fs::write(&config, base_config(&tmp.path().join("state"), &pki.ca(), &cert, &key_file))?;
+        let root = tmp.path().join(format!("root-{}", kind.binary()));
+        std::fs::create_dir(&root)?;
+        let (c, r) = (config.as_os_str(), root.as_os_str());
+        let name = kind.binary();
+
+        let ran =
+            run(name, [OsStr::new("install"), "--dry-run".as_ref(), "--root".as_ref(), r, "--config".as_ref(), c])?;
+        ensure!(ran.code == Some(0), "{name} install --dry-run: {ran}");
+        let exec = format!("ExecStart={} run --config {}", bin(name)?.display(), config.display());
+        for want in [exec.as_str(), "Type=notify\n"] {
+            ensure!(ran.stdout.contains(want), "{name} install --dry-run lacks {want:?}: {ran}");
+        }
+        ensure!(std::fs::read_dir(&root)?.next().is_none(), "{name} install --dry-run wrote under the root");
+
+        let ran = run(name, [OsStr::new("install"), "--root".as_ref(), r, "--config".as_ref(), c])?;
+        ensure!(ran.code == Some(0), "{name} install: {ran}");
+        let unit = root.join(format!("etc/systemd/system/strata-{name}.service"));
+        let text = std::fs::read_to_string(&unit).with_context(|| format!("{name} install: {ran}"))?;
+        ensure!(text.contains(&exec) && text.contains("Type=notify\n"), "{}:\n{text}", unit.display());
+
+        let ran = run(name, [OsStr::new("uninstall"), "--root".as_ref(), r])?;
+        ensure!(ran.code == Some(0), "{name} uninstall: {ran}");
+        ensure!(!unit.exists(), "{name} uninstall left {}", unit.display());
+    }
+    Ok(())
+}
+
+#[test]
+fn labctl_prints_bash_completions() -> Result<()> {
+    let ran = run("labctl", ["completions", "bash"])?;
+    ensure!(ran.code == Some(0), "{ran}");
+    ensure!(ran.stdout.contains("labctl") && ran.stdout.contains("complete"), "{ran}");
+    for sub in ["pki", "status", "completions"] {
+        ensure!(ran.stdout.contains(sub), "bash completions lack {sub}");
+    }
+    Ok(())
+}

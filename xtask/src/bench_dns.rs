@@ -1,0 +1,348 @@
+//! `cargo xtask bench dns`: dns-agent beside unbound and dnsmasq in one run on the same data. First the same 1,000
+//! local records and query file under dnsperf (qps, p99, ratios); then a 1,000,000-domain blocklist (load time and
+//! added RSS), and RSS across 10 refreshes. Owns the data generation and the measurement; reports, never fails on
+//! numbers.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_core::identity::Role;
+use anyhow::{bail, Context, Result};
+use strata_proto::v1::dns_client::DnsClient;
+use strata_proto::v1::{GetBlocklistRequest, RefreshBlocklistRequest};
+use strata_tests::harness::{self, AgentKind, AgentProc, Pki};
+
+use crate::bench::rss_bytes;
+
+const ZONE: &str = "bench.test";
+const RECORDS: usize = 1_000;
+const BLOCKED: usize = 1_000_000;
+
+/// A local port that was free a moment ago (UDP and TCP are bound by the servers themselves).
+fn free_port() -> Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn record_ip(i: usize) -> String {
+    format!("10.{}.{}.{}", 1 + i / 65536, (i / 256) % 256, i % 256)
+}
+
+/// Deterministic, realistic-looking blocked names (a small xorshift; no randomness crate needed).
+fn blocked_names(n: usize) -> impl Iterator<Item = String> {
+    let tlds = ["com", "net", "org", "io", "info", "biz"];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n).map(move |i| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        format!("ads{:x}-{i}.tracker{}.{}", x & 0xffff_ffff, x % 977, tlds[(x % 6) as usize])
+    })
+}
+
+/// A minimal DNS query for `name` type A, id `id`.
+fn query_packet(id: u16, name: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(64);
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        p.push(label.len() as u8);
+        p.extend_from_slice(label.as_bytes());
+    }
+    p.extend_from_slice(&[0, 0, 1, 0, 1]);
+    p
+}
+
+/// Waits until `server` answers a query for `name`; returns when it did.
+fn wait_answering(server: SocketAddr, name: &str, timeout: Duration) -> Result<Instant> {
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 1500];
+    let mut id = 1u16;
+    while Instant::now() < deadline {
+        id = id.wrapping_add(1);
+        sock.send_to(&query_packet(id, name), server)?;
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if n >= 12 && buf[..2] == id.to_be_bytes() {
+                return Ok(Instant::now());
+            }
+        }
+    }
+    bail!("{server} did not answer {name} within {timeout:?}")
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(name: &str, cmd: &mut Command) -> Result<Proc> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {name} (run `cargo xtask deps`)"))?;
+    Ok(Proc(child))
+}
+
+fn unbound(dir: &Path, port: u16, extra: &str) -> Result<Proc> {
+    let conf = dir.join(format!("unbound-{port}.conf"));
+    let d = dir.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n  interface: 127.0.0.1@{port}\n  do-daemonize: no\n  chroot: \"\"\n  username: \"\"\n  \
+             directory: \"{d}\"\n  pidfile: \"{d}/unbound-{port}.pid\"\n  use-syslog: no\n  logfile: \"\"\n  \
+             num-threads: 2\n  so-reuseport: yes\n  access-control: 127.0.0.0/8 allow\n  verbosity: 0\n{extra}"
+        ),
+    )?;
+    spawn("unbound", Command::new("unbound").arg("-d").arg("-c").arg(&conf))
+}
+
+fn dnsmasq(port: u16, hosts: &Path) -> Result<Proc> {
+    spawn(
+        "dnsmasq",
+        Command::new("dnsmasq")
+            .args(["--keep-in-foreground", "--bind-interfaces", "--listen-address=127.0.0.1", "--no-resolv"])
+            .args(["--no-hosts", "--cache-size=10000", "--user=root", "--pid-file="])
+            .arg(format!("--port={port}"))
+            .arg(format!("--addn-hosts={}", hosts.display())),
+    )
+}
+
+fn dns_agent_config(dir: &Path, pki: &Pki, extra: &str) -> Result<PathBuf> {
+    let (cert, key) = pki.issue(Role::DnsAgent, "dns1")?;
+    let state = dir.join(format!("state-{}", std::process::id() ^ extra.len() as u32));
+    let mut text = harness::base_config(&state, &pki.ca(), &cert, &key);
+    text.push_str("[dns]\nlisten = [\"127.0.0.1:0\"]\n");
+    text.push_str(extra);
+    let path = dir.join(format!("dns-agent-{}.toml", extra.len()));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// The port of the agent's `dns udp listening on ADDR` line.
+fn agent_dns_addr(agent: &AgentProc) -> Result<SocketAddr> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(a) = agent.logs().lines().find_map(|l| l.split("dns udp listening on ").nth(1)) {
+            return Ok(a.trim().parse()?);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("dns-agent never logged `dns udp listening on`:\n{}", agent.logs())
+}
+
+struct PerfResult {
+    qps: f64,
+    p99_us: f64,
+}
+
+/// dnsperf: a throughput run, then a rate-limited verbose run for the latency distribution.
+fn dnsperf(server: SocketAddr, queries: &Path, seconds: u32) -> Result<PerfResult> {
+    let out = Command::new("dnsperf")
+        .args(["-s", &server.ip().to_string(), "-p", &server.port().to_string(), "-d"])
+        .arg(queries)
+        .args(["-l", &seconds.to_string(), "-c", "8", "-q", "256", "-T", "1"])
+        .output()
+        .context("running dnsperf (run `cargo xtask deps`)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let qps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Queries per second:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("no qps in dnsperf output:\n{text}"))?;
+    let lost = text.lines().find(|l| l.contains("Queries lost:")).unwrap_or("").trim().to_string();
+    if !lost.contains(" 0 (") {
+        eprintln!("bench dns: {server}: {lost}");
+    }
+    let out = Command::new("dnsperf")
+        .args(["-s", &server.ip().to_string(), "-p", &server.port().to_string(), "-d"])
+        .arg(queries)
+        .args(["-l", "3", "-Q", "5000", "-c", "4", "-v"])
+        .output()?;
+    let mut lat: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("> "))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    if lat.is_empty() {
+        bail!("dnsperf -v printed no latencies for {server}");
+    }
+    lat.sort_by(f64::total_cmp);
+    let p99 = lat[((lat.len() - 1) as f64 * 0.99) as usize];
+    Ok(PerfResult { qps, p99_us: p99 * 1e6 })
+}
+
+pub(crate) fn run(seconds: u32) -> Result<()> {
+    crate::bench::release_bins()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let pki = Pki::new()?;
+
+    // The same 1,000 records for every server, and one query file.
+    let mut agent_records = String::from("[[zones]]\nname = \"bench.test\"\nrecords = [\n");
+    let mut unbound_records = format!("  local-zone: \"{ZONE}.\" static\n");
+    let mut hosts = String::new();
+    let mut queries = String::new();
+    for i in 0..RECORDS {
+        let (name, ip) = (format!("host{i:04}"), record_ip(i));
+        let _ = writeln!(agent_records, "  {{ name = \"{name}\", type = \"A\", value = \"{ip}\", ttl = 300 }},");
+        let _ = writeln!(unbound_records, "  local-data: \"{name}.{ZONE}. 300 IN A {ip}\"");
+        let _ = writeln!(hosts, "{ip} {name}.{ZONE}");
+        let _ = writeln!(queries, "{name}.{ZONE} A");
+    }
+    agent_records.push_str("]\n");
+    let query_file = dir.join("queries.txt");
+    std::fs::write(&query_file, &queries)?;
+    let hosts_file = dir.join("hosts.txt");
+    std::fs::write(&hosts_file, &hosts)?;
+
+    println!("\nbench dns: {RECORDS} local A records, dnsperf {seconds} s per server (8 clients), release build");
+    let mut results = Vec::new();
+    {
+        let agent = AgentProc::start_with_config(AgentKind::Dns, &dns_agent_config(dir, &pki, &agent_records)?)?;
+        let addr = agent_dns_addr(&agent)?;
+        wait_answering(addr, "host0001.bench.test", Duration::from_secs(5))?;
+        results.push(("dns-agent", dnsperf(addr, &query_file, seconds)?));
+    }
+    {
+        let port = free_port()?;
+        let _u = unbound(dir, port, &unbound_records)?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_answering(addr, "host0001.bench.test", Duration::from_secs(10))?;
+        results.push(("unbound", dnsperf(addr, &query_file, seconds)?));
+    }
+    {
+        let port = free_port()?;
+        let _d = dnsmasq(port, &hosts_file)?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_answering(addr, "host0001.bench.test", Duration::from_secs(10))?;
+        results.push(("dnsmasq", dnsperf(addr, &query_file, seconds)?));
+    }
+    let unbound_qps = results[1].1.qps;
+    println!("{:<10} {:>12} {:>10} {:>16}", "server", "qps", "p99 µs", "qps vs unbound");
+    for (name, r) in &results {
+        println!("{name:<10} {:>12.0} {:>10.0} {:>15.2}x", r.qps, r.p99_us, r.qps / unbound_qps);
+    }
+    println!("target: dns-agent local-record qps ≥ 1.0× unbound");
+
+    blocklist(dir, &pki)
+}
+
+fn blocklist(dir: &Path, pki: &Pki) -> Result<()> {
+    println!("\nbench dns: {BLOCKED} blocked domains");
+    let list = dir.join("blocklist.txt");
+    let mut unbound_zones = String::with_capacity(BLOCKED * 48);
+    let mut hosts = String::with_capacity(BLOCKED * 40);
+    let mut last = String::new();
+    for name in blocked_names(BLOCKED) {
+        let _ = writeln!(unbound_zones, "  local-zone: \"{name}.\" always_nxdomain");
+        let _ = writeln!(hosts, "0.0.0.0 {name}");
+        last = name;
+    }
+    std::fs::write(&list, &hosts)?;
+    println!("{:<10} {:>14} {:>16}", "server", "load s", "added RSS MB");
+
+    // dns-agent: baseline RSS without a list, then the explicit refresh time and RSS with it.
+    let base = AgentProc::start_with_config(AgentKind::Dns, &dns_agent_config(dir, pki, "")?)?;
+    agent_dns_addr(&base)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let base_rss = rss_bytes(base.pid())?;
+    drop(base);
+    let extra = format!("[blocklist]\nsources = [{:?}]\nresponse = \"nxdomain\"\n", list.display().to_string());
+    let agent = AgentProc::start_with_config(AgentKind::Dns, &dns_agent_config(dir, pki, &extra)?)?;
+    let addr = agent_dns_addr(&agent)?;
+    let admin = pki.material(&pki.ca(), Role::Admin, "bench-admin")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let url = agent.url();
+    let mut client = rt.block_on(async {
+        let ch = admin.connect(&url, Role::DnsAgent, Duration::from_secs(60)).await?;
+        anyhow::Ok(DnsClient::new(ch))
+    })?;
+    // Wait for the background load at start, then time an explicit full refresh.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rt.block_on(client.get_blocklist(GetBlocklistRequest {}))?.into_inner().entries < BLOCKED as u64 {
+        if Instant::now() > deadline {
+            bail!("dns-agent did not load the blocklist within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_answering(addr, &last, Duration::from_secs(5))?;
+    let t = Instant::now();
+    let st = rt.block_on(client.refresh_blocklist(RefreshBlocklistRequest {}))?.into_inner();
+    let agent_load = t.elapsed();
+    if st.entries != BLOCKED as u64 {
+        bail!("dns-agent loaded {} entries, expected {BLOCKED}", st.entries);
+    }
+    let agent_rss = rss_bytes(agent.pid())?;
+    println!(
+        "{:<10} {:>14.3} {:>16.1}",
+        "dns-agent",
+        agent_load.as_secs_f64(),
+        (agent_rss as f64 - base_rss as f64) / 1e6
+    );
+
+    // RSS across 10 refreshes.
+    let mut rss = Vec::new();
+    for _ in 0..10 {
+        rt.block_on(client.refresh_blocklist(RefreshBlocklistRequest {}))?;
+        rss.push(rss_bytes(agent.pid())?);
+    }
+    drop(agent);
+
+    // unbound with local-zone lines, dnsmasq with addn-hosts: load = start until the last name answers.
+    let port = free_port()?;
+    let empty = unbound(dir, port, "")?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_answering(addr, "localhost", Duration::from_secs(10))?;
+    let unbound_base = rss_bytes(empty.0.id())?;
+    drop(empty);
+    let port = free_port()?;
+    let t = Instant::now();
+    let u = unbound(dir, port, &unbound_zones)?;
+    let loaded = wait_answering(([127, 0, 0, 1], port).into(), &last, Duration::from_secs(120))?;
+    let unbound_rss = rss_bytes(u.0.id())?;
+    println!(
+        "{:<10} {:>14.3} {:>16.1}",
+        "unbound",
+        (loaded - t).as_secs_f64(),
+        (unbound_rss as f64 - unbound_base as f64) / 1e6
+    );
+    drop(u);
+
+    let empty_hosts = dir.join("empty-hosts.txt");
+    std::fs::write(&empty_hosts, "")?;
+    let port = free_port()?;
+    let e = dnsmasq(port, &empty_hosts)?;
+    wait_answering(([127, 0, 0, 1], port).into(), "localhost", Duration::from_secs(10))?;
+    let dnsmasq_base = rss_bytes(e.0.id())?;
+    drop(e);
+    let port = free_port()?;
+    let t = Instant::now();
+    let d = dnsmasq(port, &list)?;
+    let loaded = wait_answering(([127, 0, 0, 1], port).into(), &last, Duration::from_secs(120))?;
+    let dnsmasq_rss = rss_bytes(d.0.id())?;
+    println!(
+        "{:<10} {:>14.3} {:>16.1}",
+        "dnsmasq",
+        (loaded - t).as_secs_f64(),
+        (dnsmasq_rss as f64 - dnsmasq_base as f64) / 1e6
+    );
+    drop(d);
+
+    let mb: Vec<String> = rss.iter().map(|r| format!("{:.1}", *r as f64 / 1e6)).collect();
+    let growth = rss.last().copied().unwrap_or(0) as f64 - rss.first().copied().unwrap_or(0) as f64;
+    println!("\ndns-agent RSS after each of 10 refreshes (MB): {}", mb.join(" "));
+    println!("growth from refresh 1 to 10: {:.1} MB", growth / 1e6);
+    println!("targets: load ≤ 0.5 s, ≤ 25 MB added RSS, no RSS growth across refreshes");
+    Ok(())
+}
