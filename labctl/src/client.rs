@@ -10,7 +10,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::inventory::AgentAddr;
+use tonic::transport::Channel;
+
+use crate::inventory::{AgentAddr, Inventory};
 
 /// What an agent says about itself.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -26,7 +28,7 @@ pub struct AgentStatus {
 }
 
 /// Explains a failed call in one line, naming the agent.
-fn call_error(agent: &AgentAddr, what: &str, s: &tonic::Status) -> String {
+pub fn status_error(agent: &AgentAddr, what: &str, s: &tonic::Status) -> String {
     let mut msg = format!("{what} on {} ({}): {}", agent.key, agent.addr, s.code().description());
     if !s.message().is_empty() {
         msg.push_str(": ");
@@ -55,18 +57,31 @@ fn call_error(agent: &AgentAddr, what: &str, s: &tonic::Status) -> String {
     msg
 }
 
+/// Connects to the inventory's agent `key` (host, dns, services), checking that it serves with the expected role.
+pub async fn channel(inv: &Inventory, tls: &TlsMaterial, key: &str) -> anyhow::Result<(AgentAddr, Channel)> {
+    let agent = inv
+        .agent(key)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("inventory {} has no `{key}` under [agents]", inv.path.display()))?;
+    let ch = tls.connect(&agent.addr, agent.role, CALL_TIMEOUT).await?;
+    Ok((agent, ch))
+}
+
+/// Timeout for one call of a read or write command (long-running work streams progress instead).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Asks one agent for its status and health.
 pub async fn status(tls: &TlsMaterial, agent: &AgentAddr, timeout: Duration) -> Result<AgentStatus, String> {
     let channel = tls.connect(&agent.addr, agent.role, timeout).await.map_err(|e| e.to_string())?;
     let s = AgentClient::new(channel.clone())
         .status(StatusRequest {})
         .await
-        .map_err(|s| call_error(agent, "status", &s))?
+        .map_err(|s| status_error(agent, "status", &s))?
         .into_inner();
     let health = HealthClient::new(channel)
         .check(HealthCheckRequest { service: String::new() })
         .await
-        .map_err(|s| call_error(agent, "health check", &s))?
+        .map_err(|s| status_error(agent, "health check", &s))?
         .into_inner();
     let health = match ServingStatus::try_from(health.status) {
         Ok(ServingStatus::Serving) => "healthy",

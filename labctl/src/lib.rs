@@ -1,6 +1,9 @@
 //! Library of labctl: PKI, inventory, agent clients and rendering; the binary is glue.
+//! The gRPC edges are `client` (status) and one module per agent's commands (`dns`).
 
 pub mod client;
+pub mod dns;
 pub mod inventory;
 pub mod pki;
 pub mod status;
+pub mod table;

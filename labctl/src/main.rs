@@ -34,6 +34,9 @@ enum Cmd {
     Pki(PkiCmd),
     /// Ask every agent in the inventory how it is doing (non-zero exit when any is not healthy).
     Status,
+    /// The dns-agent: records, blocklist, query log, stats.
+    #[command(subcommand)]
+    Dns(labctl::dns::DnsCmd),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -109,6 +112,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Status => return status_cmd(cli.config, cli.json, Duration::from_secs(cli.timeout)),
+        Cmd::Dns(cmd) => {
+            let (inv, tls) = connect_material(cli.config)?;
+            return runtime()?.block_on(labctl::dns::run(cmd, &inv, &tls, cli.json));
+        }
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "labctl", &mut std::io::stdout());
         }

@@ -7,6 +7,7 @@ use agent_core::tls::TlsMaterial;
 
 use crate::client::{self, AgentStatus};
 use crate::inventory::Inventory;
+use crate::table::Table;
 
 /// One row: an agent and either its status or the error that kept us from it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -39,11 +40,10 @@ pub async fn collect(inv: &Inventory, tls: &TlsMaterial, timeout: Duration) -> V
 
 /// Renders rows as an aligned text table; `now` is Unix seconds (for certificate days left).
 pub fn render(rows: &[Row], now: i64) -> String {
-    let header = ["AGENT", "ROLE", "NAME", "VERSION", "UPTIME", "CERT EXPIRES", "HEALTH"].map(String::from);
-    let mut table = vec![header.to_vec()];
+    let mut t = Table::new(["AGENT", "ROLE", "NAME", "VERSION", "UPTIME", "CERT EXPIRES", "HEALTH"]);
     for r in rows {
-        let cells = match (&r.status, &r.error) {
-            (Some(s), _) => vec![
+        match (&r.status, &r.error) {
+            (Some(s), _) => t.row([
                 r.agent.clone(),
                 s.role.clone(),
                 s.name.clone(),
@@ -51,27 +51,15 @@ pub fn render(rows: &[Row], now: i64) -> String {
                 human_duration(s.uptime_seconds),
                 expiry(s.cert_not_after_unix, now),
                 s.health.clone(),
-            ],
+            ]),
             (None, e) => {
                 let e = e.clone().unwrap_or_default();
-                vec![r.agent.clone(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), format!("error: {e}")]
+                let dash = || "-".to_string();
+                t.row([r.agent.clone(), dash(), dash(), dash(), dash(), dash(), format!("error: {e}")])
             }
-        };
-        table.push(cells);
+        }
     }
-    let widths: Vec<usize> =
-        (0..header.len()).map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in &table {
-        let line: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, c)| if i + 1 == row.len() { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    t.to_string()
 }
 
 fn human_duration(secs: u64) -> String {

@@ -1,0 +1,254 @@
+//! `labctl dns …`: records, blocklist, query log and stats of the dns-agent. One of labctl's gRPC edges: converts
+//! replies to rows and renders them; knows nothing of how the agent serves DNS.
+
+use std::process::ExitCode;
+
+use agent_core::tls::TlsMaterial;
+use anyhow::Result;
+use clap::Subcommand;
+use serde::Serialize;
+use strata_proto::v1::dns_client::DnsClient;
+use strata_proto::v1::{
+    DeleteRecordRequest, GetBlocklistRequest, ListRecordsRequest, QueryLogRequest, Record, RefreshBlocklistRequest,
+    ReloadRequest, StatsRequest, UpsertRecordRequest,
+};
+
+use crate::client::{channel, status_error};
+use crate::inventory::Inventory;
+use crate::table::Table;
+
+#[derive(Debug, Subcommand)]
+pub enum DnsCmd {
+    /// List local and dynamic records.
+    Records {
+        /// Only this zone.
+        #[arg(long)]
+        zone: Option<String>,
+    },
+    /// Add or replace a dynamic record (owned by your identity).
+    Add {
+        name: String,
+        #[arg(value_name = "TYPE")]
+        rtype: String,
+        value: String,
+        #[arg(long)]
+        ttl: Option<u32>,
+    },
+    /// Delete dynamic records by name and type (and value, when given).
+    Rm {
+        name: String,
+        #[arg(value_name = "TYPE")]
+        rtype: String,
+        value: Option<String>,
+    },
+    /// Show the blocklist sources; `--refresh` reloads them now.
+    Blocklist {
+        #[arg(long)]
+        refresh: bool,
+    },
+    /// Recent queries (when `[dns] query_log = true`).
+    Log {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Query counters, cache and blocklist sizes.
+    Stats,
+    /// Re-read the agent's config file (an invalid one is refused and the old one keeps serving).
+    Reload,
+}
+
+#[derive(Debug, Serialize)]
+struct RecordRow {
+    name: String,
+    r#type: String,
+    value: String,
+    ttl: u32,
+    owner: String,
+}
+
+impl From<Record> for RecordRow {
+    fn from(r: Record) -> Self {
+        RecordRow { name: r.name, r#type: r.r#type, value: r.value, ttl: r.ttl, owner: r.owner }
+    }
+}
+
+fn print_json(v: &impl Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> Result<ExitCode> {
+    let (agent, ch) = channel(inv, tls, "dns").await?;
+    let mut c = DnsClient::new(ch);
+    let err = |what: &'static str| {
+        let agent = agent.clone();
+        move |s: tonic::Status| anyhow::anyhow!(status_error(&agent, what, &s))
+    };
+    match cmd {
+        DnsCmd::Records { zone } => {
+            let req = ListRecordsRequest { zone: zone.unwrap_or_default() };
+            let rows: Vec<RecordRow> = c
+                .list_records(req)
+                .await
+                .map_err(err("list records"))?
+                .into_inner()
+                .records
+                .into_iter()
+                .map(RecordRow::from)
+                .collect();
+            if json {
+                return print_json(&rows).map(|_| ExitCode::SUCCESS);
+            }
+            let mut t = Table::new(["NAME", "TYPE", "VALUE", "TTL", "OWNER"]);
+            for r in &rows {
+                let owner = if r.owner.is_empty() { "config".to_string() } else { r.owner.clone() };
+                t.row([r.name.clone(), r.r#type.clone(), r.value.clone(), r.ttl.to_string(), owner]);
+            }
+            print!("{t}");
+        }
+        DnsCmd::Add { name, rtype, value, ttl } => {
+            let record =
+                Record { name, r#type: rtype.to_uppercase(), value, ttl: ttl.unwrap_or(0), owner: String::new() };
+            let r = c
+                .upsert_record(UpsertRecordRequest { record: Some(record) })
+                .await
+                .map_err(err("add record"))?
+                .into_inner();
+            println!("added {} {} {} (ttl {}, owner {})", r.name, r.r#type, r.value, r.ttl, r.owner);
+        }
+        DnsCmd::Rm { name, rtype, value } => {
+            let req = DeleteRecordRequest { name, r#type: rtype.to_uppercase(), value: value.unwrap_or_default() };
+            let n = c.delete_record(req).await.map_err(err("delete record"))?.into_inner().deleted;
+            println!("deleted {n} record(s)");
+            if n == 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        DnsCmd::Blocklist { refresh } => {
+            let st = if refresh {
+                c.refresh_blocklist(RefreshBlocklistRequest {}).await.map_err(err("refresh blocklist"))?
+            } else {
+                c.get_blocklist(GetBlocklistRequest {}).await.map_err(err("get blocklist"))?
+            }
+            .into_inner();
+            #[derive(Serialize)]
+            struct Src {
+                source: String,
+                entries: u64,
+                skipped_lines: u64,
+                error: String,
+                loaded_unix: i64,
+            }
+            let sources: Vec<Src> = st
+                .sources
+                .into_iter()
+                .map(|s| Src {
+                    source: s.source,
+                    entries: s.entries,
+                    skipped_lines: s.skipped_lines,
+                    error: s.error,
+                    loaded_unix: s.loaded_unix,
+                })
+                .collect();
+            if json {
+                #[derive(Serialize)]
+                struct Out<'a> {
+                    entries: u64,
+                    sources: &'a [Src],
+                }
+                return print_json(&Out { entries: st.entries, sources: &sources }).map(|_| ExitCode::SUCCESS);
+            }
+            println!("{} blocked names", st.entries);
+            let mut t = Table::new(["SOURCE", "ENTRIES", "SKIPPED", "ERROR"]);
+            for s in &sources {
+                t.row([s.source.clone(), s.entries.to_string(), s.skipped_lines.to_string(), s.error.clone()]);
+            }
+            print!("{t}");
+            if sources.iter().any(|s| !s.error.is_empty()) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        DnsCmd::Log { limit } => {
+            let entries = c.query_log(QueryLogRequest { limit }).await.map_err(err("query log"))?.into_inner().entries;
+            #[derive(Serialize)]
+            struct Row {
+                time_unix_ms: i64,
+                client: String,
+                name: String,
+                r#type: String,
+                outcome: String,
+                latency_us: u32,
+            }
+            let rows: Vec<Row> = entries
+                .into_iter()
+                .map(|e| Row {
+                    time_unix_ms: e.time_unix_ms,
+                    client: e.client,
+                    name: e.name,
+                    r#type: e.r#type,
+                    outcome: e.outcome,
+                    latency_us: e.latency_us,
+                })
+                .collect();
+            if json {
+                return print_json(&rows).map(|_| ExitCode::SUCCESS);
+            }
+            let mut t = Table::new(["TIME", "CLIENT", "NAME", "TYPE", "OUTCOME", "LATENCY"]);
+            for r in &rows {
+                let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.time_unix_ms) * 1_000_000)
+                    .map(|t| format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second()))
+                    .unwrap_or_default();
+                t.row([
+                    time,
+                    r.client.clone(),
+                    r.name.clone(),
+                    r.r#type.clone(),
+                    r.outcome.clone(),
+                    format!("{}µs", r.latency_us),
+                ]);
+            }
+            print!("{t}");
+        }
+        DnsCmd::Stats => {
+            let s = c.stats(StatsRequest {}).await.map_err(err("stats"))?.into_inner();
+            let mut by_outcome: Vec<(String, u64)> = s.queries_by_outcome.into_iter().collect();
+            by_outcome.sort();
+            if json {
+                #[derive(Serialize)]
+                struct Out {
+                    queries_by_outcome: std::collections::BTreeMap<String, u64>,
+                    cache_entries: u64,
+                    blocklist_entries: u64,
+                }
+                let out = Out {
+                    queries_by_outcome: by_outcome.into_iter().collect(),
+                    cache_entries: s.cache_entries,
+                    blocklist_entries: s.blocklist_entries,
+                };
+                return print_json(&out).map(|_| ExitCode::SUCCESS);
+            }
+            let mut t = Table::new(["OUTCOME", "QUERIES"]);
+            for (k, v) in by_outcome {
+                t.row([k, v.to_string()]);
+            }
+            print!("{t}");
+            println!("cache entries: {}\nblocked names: {}", s.cache_entries, s.blocklist_entries);
+        }
+        DnsCmd::Reload => {
+            let r = c.reload(ReloadRequest {}).await.map_err(err("reload"))?.into_inner();
+            println!(
+                "{}",
+                if r.message.is_empty() {
+                    if r.changed {
+                        "reloaded"
+                    } else {
+                        "unchanged"
+                    }
+                } else {
+                    &r.message
+                }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
