@@ -131,13 +131,22 @@ fn date(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-fn status_cmd(config: Option<PathBuf>, json: bool, timeout: Duration) -> Result<ExitCode> {
+/// The inventory and the operator's TLS material it names.
+fn connect_material(config: Option<PathBuf>) -> Result<(Inventory, TlsMaterial)> {
     let path = Inventory::locate(config.as_deref());
     let inv = Inventory::load(&path)?;
     let tls =
         TlsMaterial::load(&inv.ca, &inv.cert, &inv.key).with_context(|| format!("inventory {}", path.display()))?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let rows = rt.block_on(status::collect(&inv, &tls, timeout));
+    Ok((inv, tls))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn status_cmd(config: Option<PathBuf>, json: bool, timeout: Duration) -> Result<ExitCode> {
+    let (inv, tls) = connect_material(config)?;
+    let rows = runtime()?.block_on(status::collect(&inv, &tls, timeout));
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
