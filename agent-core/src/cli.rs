@@ -90,6 +90,8 @@ pub struct AgentDef<C> {
     pub dynamic_user: bool,
     pub bind_privileged: bool,
     pub needs_root: bool,
+    /// The agent re-reads its config on SIGHUP itself; otherwise SIGHUP is logged and ignored (never fatal).
+    pub reloads_on_sighup: bool,
     pub load: fn(&Path) -> Result<C, ConfigError>,
     pub common: fn(&C) -> &CommonConfig,
     pub run: fn(C, Listeners, Shutdown) -> RunFuture,
@@ -200,8 +202,9 @@ fn run<C: Send + 'static>(def: AgentDef<C>, cfg: C) -> ExitCode {
             .await
             .map_err(|e| format!("cannot listen on {} (metrics.listen): {e}", common.metrics_listen))?;
         let (stop_tx, shutdown) = Shutdown::new();
+        let reloads = def.reloads_on_sighup;
         tokio::spawn(async move {
-            wait_for_signal().await;
+            wait_for_signal(reloads).await;
             tracing::info!("shutdown requested: draining");
             let _ = stop_tx.send(true);
         });
@@ -222,16 +225,18 @@ fn run<C: Send + 'static>(def: AgentDef<C>, cfg: C) -> ExitCode {
     }
 }
 
-/// Waits for SIGTERM or SIGINT. SIGHUP (systemd's `reload`) must not kill the agent: it is logged, and no agent
-/// re-reads its config yet (reload arrives with the DNS agent's issue).
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT. SIGHUP (systemd's `reload`) must never kill an agent: agents that reload handle it
+/// themselves; for the others it is logged and ignored.
+async fn wait_for_signal(reloads: bool) {
     use tokio::signal::unix::{signal, SignalKind};
     match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) {
         (Ok(mut term), Ok(mut int), Ok(mut hup)) => loop {
             tokio::select! {
                 _ = term.recv() => return,
                 _ = int.recv() => return,
-                _ = hup.recv() => tracing::warn!("SIGHUP received: config reload is not built yet; keeping the running config"),
+                _ = hup.recv() => if !reloads {
+                    tracing::warn!("SIGHUP received: this agent does not reload its config; restart it to apply changes")
+                },
             }
         },
         _ => {

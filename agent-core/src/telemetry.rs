@@ -15,10 +15,13 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber. `RUST_LOG` overrides the default level (info).
+/// The default log filter: info, with hickory's per-query INFO lines (two per DNS query) kept out of the journal.
+pub const DEFAULT_FILTER: &str = "info,hickory_server=warn,hickory_net=warn,hickory_proto=warn,hickory_resolver=warn";
+
+/// Installs the global tracing subscriber. `RUST_LOG` overrides the default filter.
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let on_journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let result = match format {

@@ -1,13 +1,21 @@
 //! The dns-agent config file: raw serde structs (unknown keys refused) validated into `Config`.
 //! Knows the file format; must not know how the agent acts on it.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use agent_core::config::{self, CommonConfig, ConfigError, GrpcSection, MetricsSection};
 use serde::Deserialize;
 
+use crate::blocklist::{BlocklistConfig, RawBlocklist};
+use crate::forward::{ForwardConfig, RawForward};
+use crate::records::{check_cname_exclusive, parse_name, Field, LocalRecord};
+use crate::zones::ZoneConfig;
+
 /// Port of `[metrics] listen` when only an address is given.
 pub const DEFAULT_METRICS_PORT: u16 = 9442;
+/// Port of `[dns] listen` entries given as an address only.
+pub const DEFAULT_DNS_PORT: u16 = 53;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -15,20 +23,182 @@ struct RawConfig {
     state_dir: PathBuf,
     grpc: GrpcSection,
     metrics: Option<MetricsSection>,
+    dns: Option<RawDns>,
+    #[serde(default)]
+    zones: Vec<RawZone>,
+    forward: Option<RawForward>,
+    blocklist: Option<RawBlocklist>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    listen: Vec<String>,
+    #[serde(default)]
+    query_log: bool,
+    #[serde(default)]
+    tls_listen: Vec<String>,
+    #[serde(default)]
+    https_listen: Vec<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZone {
+    name: String,
+    #[serde(default)]
+    records: Vec<RawRecord>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    value: String,
+    ttl: Option<u32>,
+}
+
+/// Port of `[dns] tls_listen` entries given as an address only (DNS over TLS).
+pub const DEFAULT_DOT_PORT: u16 = 853;
+/// Port of `[dns] https_listen` entries given as an address only (DNS over HTTPS).
+pub const DEFAULT_DOH_PORT: u16 = 443;
+
+/// `[dns]`, validated. Without a `[dns]` section the agent serves no DNS (gRPC and metrics only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsSection {
+    pub listen: Vec<SocketAddr>,
+    pub query_log: bool,
+    /// DNS over TLS (RFC 7858) listeners.
+    pub tls_listen: Vec<SocketAddr>,
+    /// DNS over HTTPS (RFC 8484, path `/dns-query`) listeners.
+    pub https_listen: Vec<SocketAddr>,
+    /// Certificate chain and key (PEM) for DoT and DoH; set whenever either has a listener.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of the certificate DoT and DoH clients see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A validated config.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file it was read from (reload reads it again).
+    pub path: PathBuf,
     pub common: CommonConfig,
+    pub dns: DnsSection,
+    pub zones: Vec<ZoneConfig>,
+    pub forward: Option<ForwardConfig>,
+    pub blocklist: Option<BlocklistConfig>,
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = config::load(path)?;
-        let common = CommonConfig::validate(path, raw.state_dir, raw.grpc, raw.metrics, DEFAULT_METRICS_PORT)?;
-        Ok(Config { common })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(path, &text)
     }
+
+    /// Parses and validates config text; `path` names the file in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = config::parse(path, text)?;
+        let common = CommonConfig::validate(path, raw.state_dir, raw.grpc, raw.metrics, DEFAULT_METRICS_PORT)?;
+        let dns = match raw.dns {
+            None => DnsSection::default(),
+            Some(d) => validate_dns(path, d)?,
+        };
+        let zones = validate_zones(path, raw.zones)?;
+        let forward = raw.forward.map(|f| ForwardConfig::validate(f, path)).transpose()?;
+        let blocklist = raw.blocklist.map(|b| BlocklistConfig::validate(b, path)).transpose()?;
+        Ok(Config { path: path.to_path_buf(), common, dns, zones, forward, blocklist })
+    }
+}
+
+fn listen_addrs(path: &Path, key: &str, raw: &[String], default_port: u16) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, s) in raw.iter().enumerate() {
+        let addr = s
+            .parse::<SocketAddr>()
+            .ok()
+            .or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, default_port)))
+            .ok_or_else(|| {
+                ConfigError::invalid(path, format!("{key}[{i}]"), format!("`{s}` is not an IP address or IP:PORT"))
+            })?;
+        if out.contains(&addr) {
+            return Err(ConfigError::invalid(path, format!("{key}[{i}]"), format!("{addr} is listed twice")));
+        }
+        out.push(addr);
+    }
+    Ok(out)
+}
+
+fn validate_dns(path: &Path, raw: RawDns) -> Result<DnsSection, ConfigError> {
+    let listen = listen_addrs(path, "dns.listen", &raw.listen, DEFAULT_DNS_PORT)?;
+    if listen.is_empty() {
+        return Err(ConfigError::invalid(path, "dns.listen", "must name at least one address (e.g. \"0.0.0.0:53\")"));
+    }
+    let tls_listen = listen_addrs(path, "dns.tls_listen", &raw.tls_listen, DEFAULT_DOT_PORT)?;
+    let https_listen = listen_addrs(path, "dns.https_listen", &raw.https_listen, DEFAULT_DOH_PORT)?;
+    let tls = match (raw.tls_cert, raw.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(TlsFiles { cert: config::resolve(path, &cert), key: config::resolve(path, &key) })
+        }
+        (None, None) => None,
+        (Some(_), None) => return Err(ConfigError::invalid(path, "dns.tls_key", "is required with dns.tls_cert")),
+        (None, Some(_)) => return Err(ConfigError::invalid(path, "dns.tls_cert", "is required with dns.tls_key")),
+    };
+    if tls.is_none() && !(tls_listen.is_empty() && https_listen.is_empty()) {
+        return Err(ConfigError::invalid(
+            path,
+            "dns.tls_cert",
+            "is required for dns.tls_listen and dns.https_listen (with dns.tls_key)",
+        ));
+    }
+    Ok(DnsSection { listen, query_log: raw.query_log, tls_listen, https_listen, tls })
+}
+
+fn validate_zones(path: &Path, raw: Vec<RawZone>) -> Result<Vec<ZoneConfig>, ConfigError> {
+    let mut zones: Vec<ZoneConfig> = Vec::new();
+    for (zi, z) in raw.into_iter().enumerate() {
+        let key = format!("zones[{zi}]");
+        let origin = parse_name(&z.name, None).map_err(|m| ConfigError::invalid(path, format!("{key}.name"), m))?;
+        if zones.iter().any(|o| o.origin == origin) {
+            return Err(ConfigError::invalid(path, format!("{key}.name"), format!("zone {origin} is listed twice")));
+        }
+        let mut records: Vec<LocalRecord> = Vec::new();
+        for (ri, r) in z.records.into_iter().enumerate() {
+            let rkey = format!("{key}.records[{ri}]");
+            let field_key = |f: Field| format!("{rkey}.{}", f.as_str());
+            let rec = LocalRecord::parse(&r.name, &r.kind, &r.value, r.ttl, "", Some(&origin))
+                .map_err(|e| ConfigError::invalid(path, field_key(e.field), e.message))?;
+            if !origin.zone_of(&rec.name) {
+                return Err(ConfigError::invalid(
+                    path,
+                    field_key(Field::Name),
+                    format!("{} is not in zone {origin}", rec.name),
+                ));
+            }
+            check_cname_exclusive(&rec, records.iter())
+                .map_err(|e| ConfigError::invalid(path, field_key(e.field), e.message))?;
+            if rec.kind == crate::records::Kind::Cname && records.iter().any(|o| o.same_key(&rec)) {
+                return Err(ConfigError::invalid(
+                    path,
+                    field_key(Field::Type),
+                    format!("{} has a second CNAME record", rec.name),
+                ));
+            }
+            records.push(rec);
+        }
+        zones.push(ZoneConfig { origin, records });
+    }
+    Ok(zones)
 }
 
 #[cfg(test)]
@@ -41,5 +211,69 @@ mod tests {
         let cfg = Config::load(&path).unwrap();
         assert_eq!(cfg.common.grpc.listen.port(), 7442);
         assert_eq!(cfg.common.metrics_listen.port(), 9442);
+        assert_eq!(cfg.dns.listen, vec!["0.0.0.0:53".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(cfg.zones.len(), 2);
+        assert!(cfg.zones[0].records.len() >= 7, "every record type is shown");
+        assert!(cfg.forward.is_some() && cfg.blocklist.is_some());
+    }
+
+    const BASE: &str =
+        "state_dir = \"s\"\n[grpc]\nlisten = \"127.0.0.1:0\"\nca = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n";
+
+    fn load(text: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dns.toml");
+        std::fs::write(&p, format!("{BASE}{text}")).unwrap();
+        Config::load(&p).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sections_validate() {
+        let c = load("[dns]\nlisten = [\"127.0.0.1\", \"[::1]:5353\"]\nquery_log = true\n").unwrap();
+        assert_eq!(c.dns.listen[0].port(), 53);
+        assert_eq!(c.dns.listen[1].port(), 5353);
+        assert!(c.dns.query_log);
+        let c = load("[dns]\nlisten = [\"::1\"]\ntls_listen = [\"127.0.0.1\"]\nhttps_listen = [\"127.0.0.1\"]\ntls_cert = \"c.pem\"\ntls_key = \"c.key\"\n").unwrap();
+        assert_eq!((c.dns.tls_listen[0].port(), c.dns.https_listen[0].port()), (853, 443));
+        assert!(c.dns.tls.as_ref().is_some_and(|t| t.cert.is_absolute() && t.key.ends_with("c.key")));
+        let c = load("").unwrap();
+        assert!(c.dns.listen.is_empty() && c.zones.is_empty() && c.forward.is_none() && c.blocklist.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let z = |records: &str| format!("[[zones]]\nname = \"lab.home.arpa\"\nrecords = [{records}]\n");
+        let cases = [
+            ("[dns]\nlisten = [\"here\"]\n".to_string(), "key `dns.listen[0]`: `here` is not an IP address"),
+            ("[dns]\nlisten = []\n".to_string(), "key `dns.listen`: must name at least one"),
+            ("[dns]\nlisten = [\"127.0.0.1:53\", \"127.0.0.1:53\"]\n".to_string(), "key `dns.listen[1]`: 127.0.0.1:53 is listed twice"),
+            ("[dns]\nlisten = [\"127.0.0.1:53\"]\ncolour = 1\n".to_string(), "unknown field `colour`"),
+            ("[dns]\nlisten = [\"127.0.0.1\"]\ntls_listen = [\"127.0.0.1\"]\n".to_string(), "key `dns.tls_cert`: is required for"),
+            ("[dns]\nlisten = [\"127.0.0.1\"]\ntls_cert = \"c.pem\"\n".to_string(), "key `dns.tls_key`: is required with"),
+            ("[dns]\nlisten = [\"127.0.0.1\"]\nhttps_listen = [\"x\"]\n".to_string(), "key `dns.https_listen[0]`: `x` is not"),
+            ("[[zones]]\nname = \"bad zone\"\n".to_string(), "key `zones[0].name`"),
+            (format!("{}{}", z(""), z("")), "key `zones[1].name`: zone lab.home.arpa. is listed twice"),
+            (z("{ name = \"a\", type = \"A\", value = \"::1\" }"), "key `zones[0].records[0].value`: ::1 is an IPv6 address"),
+            (
+                z("{ name = \"a\", type = \"A\", value = \"10.0.0.1\" }, { name = \"a\", type = \"CNAME\", value = \"b\" }"),
+                "key `zones[0].records[1].type`: CNAME at a.lab.home.arpa. is not allowed beside its A record",
+            ),
+            (
+                z("{ name = \"a\", type = \"CNAME\", value = \"b\" }, { name = \"a\", type = \"TXT\", value = \"x\" }"),
+                "key `zones[0].records[1].type`: TXT at a.lab.home.arpa. is not allowed beside its CNAME",
+            ),
+            (
+                z("{ name = \"a\", type = \"CNAME\", value = \"b\" }, { name = \"a\", type = \"CNAME\", value = \"c\" }"),
+                "key `zones[0].records[1].type`: a.lab.home.arpa. has a second CNAME",
+            ),
+            (z("{ name = \"a.example.com.\", type = \"A\", value = \"10.0.0.1\" }"), "key `zones[0].records[0].name`: a.example.com. is not in zone"),
+            (z("{ name = \"a\", type = \"HINFO\", value = \"x\" }"), "key `zones[0].records[0].type`: unknown record type"),
+            (z("{ name = \"a\", type = \"A\", value = \"10.0.0.1\", ttl = 0 }"), "key `zones[0].records[0].ttl`"),
+            (z("{ name = \"a\", type = \"A\", value = \"10.0.0.1\", colour = 1 }"), "unknown field `colour`"),
+        ];
+        for (text, want) in cases {
+            let e = load(&text).unwrap_err();
+            assert!(e.contains(want), "want {want:?} in {e:?} for\n{text}");
+        }
     }
 }

@@ -1,9 +1,22 @@
-//! The dns-agent library: DNS for the whole lab on an embedded hickory-server. `main.rs` is only glue.
-//! Its domain service is not built yet: calls to it answer UNIMPLEMENTED.
+//! The dns-agent library: DNS for the whole lab on an embedded hickory-server (local zones, dynamic records over
+//! gRPC, blocklists, forwarding), wired together by `run`. `main.rs` is only glue; no module here parses argv.
 
+pub mod blocklist;
 pub mod config;
+pub mod forward;
+pub mod fuzz;
+pub mod grpc;
+pub mod handler;
+pub mod metrics;
+pub mod querylog;
+pub mod records;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod zones;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use agent_core::cli::{Listeners, Shutdown};
 use agent_core::grpc::AgentParts;
@@ -14,13 +27,101 @@ pub use config::Config;
 
 /// The role this agent's certificate must carry.
 pub const ROLE: Role = Role::DnsAgent;
+/// How often the cache and blocklist size gauges are updated.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Runs the agent until `shutdown` fires.
-pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), agent_core::grpc::ServeError> {
-    agent_core::state::ensure_dir(&cfg.common.state_dir)
-        .map_err(|e| agent_core::grpc::ServeError::Transport(e.to_string()))?;
-    let summary: agent_core::grpc::Summary = Arc::new(|| "domain service not built yet".to_string());
-    let domain = tonic::service::RoutesBuilder::default();
-    let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), summary, domain, metrics: Metrics::new() };
-    agent_core::grpc::run_agent(&cfg.common, parts, listeners, shutdown).await
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Bind(#[from] server::BindError),
+    #[error(transparent)]
+    Tls(#[from] server::TlsFileError),
+    #[error("dns server: {0}")]
+    Dns(String),
+    #[error(transparent)]
+    Serve(#[from] agent_core::grpc::ServeError),
+}
+
+/// Runs the agent until `shutdown` fires: local zones are served as soon as the DNS sockets are bound (before any
+/// blocklist or upstream is reached); blocklists load in the background; SIGHUP reloads the config.
+pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), RunError> {
+    let registry = Metrics::new();
+    let dns_metrics = metrics::DnsMetrics::new(&registry);
+    let listen = cfg.dns.listen.clone();
+    let dns = service::Dns::new(cfg, dns_metrics)?;
+
+    if listen.is_empty() {
+        tracing::warn!("no [dns] listen addresses in the config: serving gRPC and metrics only");
+    }
+    let bound = server::bind_all(&listen)?;
+    let encrypted = bind_encrypted(&dns.config().dns)?;
+    let mut dns_server = server::serve(bound, encrypted, handler::Handler::new(dns.clone()))
+        .map_err(|e| RunError::Dns(format!("cannot register sockets: {e}")))?;
+    tracing::info!(summary = dns.summary(), "dns serving");
+
+    dns.blocklists.spawn_refresh_loop(shutdown.clone().wait());
+    dns.spawn_gauges(GAUGE_INTERVAL, shutdown.clone());
+    spawn_sighup_reload(dns.clone(), shutdown.clone());
+
+    let summary_dns = dns.clone();
+    let summary: agent_core::grpc::Summary = Arc::new(move || summary_dns.summary());
+    let mut domain = tonic::service::RoutesBuilder::default();
+    domain.add_service(grpc::DnsGrpc::new(dns.clone()).into_server());
+    let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), summary, domain, metrics: registry };
+    let served = agent_core::grpc::run_agent(&dns.config().common, parts, listeners, shutdown).await;
+
+    if !listen.is_empty() {
+        if let Err(e) = dns_server.shutdown_gracefully().await {
+            tracing::warn!(error = %e, "dns server did not stop cleanly");
+        }
+    }
+    served.map_err(RunError::from)
+}
+
+/// Loads the DoT/DoH certificate and binds their listeners, when the config has any.
+fn bind_encrypted(cfg: &config::DnsSection) -> Result<Option<server::Encrypted>, RunError> {
+    let Some(files) = cfg.tls.as_ref().filter(|_| !(cfg.tls_listen.is_empty() && cfg.https_listen.is_empty())) else {
+        return Ok(None);
+    };
+    let certs = server::load_certs(files)?;
+    let tls =
+        cfg.tls_listen.iter().map(|a| server::bind_encrypted(*a, "tls", "dns.tls_listen")).collect::<Result<_, _>>()?;
+    let https = cfg
+        .https_listen
+        .iter()
+        .map(|a| server::bind_encrypted(*a, "https", "dns.https_listen"))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(server::Encrypted { tls, https, certs }))
+}
+
+/// Reloads the config on SIGHUP (the same as the Reload RPC); a refused config is logged and the old one kept.
+fn spawn_sighup_reload(dns: Arc<service::Dns>, shutdown: Shutdown) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP: reload only over gRPC");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let mut stop = std::pin::pin!(shutdown.wait());
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP: reloading the config");
+                    match dns.reload() {
+                        Ok(o) => tracing::info!(changed = o.changed, "{}", o.message),
+                        Err(e) => tracing::warn!("reload refused, keeping the running config: {e}"),
+                    }
+                }
+            }
+        }
+    });
 }

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         dynamic_user: true,
         bind_privileged: true,
         needs_root: false,
+        reloads_on_sighup: true,
         load: Config::load,
         common: |c| &c.common,
         run: |cfg, listeners, shutdown| Box::pin(async move { Ok(dns_agent::run(cfg, listeners, shutdown).await?) }),

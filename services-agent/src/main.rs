@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         dynamic_user: false,
         bind_privileged: false,
         needs_root: true,
+        reloads_on_sighup: false,
         load: Config::load,
         common: |c| &c.common,
         run: |cfg, listeners, shutdown| {

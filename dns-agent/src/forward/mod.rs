@@ -1,0 +1,288 @@
+//! Forwarding of names the agent does not own: the `[forward]` config section, upstream-group selection
+//! (conditional forwarding by longest matching domain), and the cache policy around it (prefetch, serve-stale).
+//! Knows nothing of the DNS server, local zones or blocklists: callers hand it a name and a type.
+
+mod cache;
+mod upstream;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_core::config::ConfigError;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{Name, Record, RecordType};
+use serde::Deserialize;
+
+use cache::{Cache, Hit, Key};
+use upstream::UpstreamGroup;
+pub use upstream::{parse_upstream, Upstream};
+
+/// Default number of cached answers.
+pub const DEFAULT_CACHE_SIZE: usize = 10_000;
+/// Largest accepted `cache_size`.
+pub const MAX_CACHE_SIZE: usize = 10_000_000;
+/// How long one lookup may spend on the upstreams of its group, all of them together.
+pub const UPSTREAM_BUDGET: Duration = Duration::from_secs(2);
+
+/// `[forward]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    /// Default 10000; 0 disables the cache (and with it prefetch and serve-stale).
+    pub cache_size: Option<usize>,
+    #[serde(default)]
+    pub conditional: Vec<RawConditional>,
+}
+
+/// `[[forward.conditional]]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConditional {
+    pub domain: String,
+    pub upstreams: Vec<String>,
+}
+
+/// `[forward]`, validated.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    pub upstreams: Vec<Upstream>,
+    pub cache_size: usize,
+    /// (lowercase domain without trailing dot, its upstreams).
+    pub conditional: Vec<(String, Vec<Upstream>)>,
+}
+
+impl ForwardConfig {
+    /// Checks every upstream and domain; errors name keys such as `forward.upstreams[0]` or
+    /// `forward.conditional[1].domain`.
+    pub fn validate(raw: RawForward, config_path: &Path) -> Result<Self, ConfigError> {
+        let parse_list = |list: &[String], key: &str| -> Result<Vec<Upstream>, ConfigError> {
+            list.iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    parse_upstream(s).map_err(|e| ConfigError::invalid(config_path, format!("{key}[{i}]"), e))
+                })
+                .collect()
+        };
+        let upstreams = parse_list(&raw.upstreams, "forward.upstreams")?;
+        let cache_size = raw.cache_size.unwrap_or(DEFAULT_CACHE_SIZE);
+        if cache_size > MAX_CACHE_SIZE {
+            return Err(ConfigError::invalid(
+                config_path,
+                "forward.cache_size",
+                format!("cache size {cache_size} is above the maximum of {MAX_CACHE_SIZE}"),
+            ));
+        }
+        let mut conditional: Vec<(String, Vec<Upstream>)> = Vec::with_capacity(raw.conditional.len());
+        for (i, c) in raw.conditional.iter().enumerate() {
+            let key = format!("forward.conditional[{i}]");
+            let domain = normalise_domain(&c.domain)
+                .map_err(|e| ConfigError::invalid(config_path, format!("{key}.domain"), e))?;
+            if let Some(j) = conditional.iter().position(|(d, _)| *d == domain) {
+                return Err(ConfigError::invalid(
+                    config_path,
+                    format!("{key}.domain"),
+                    format!("domain `{domain}` is already listed in forward.conditional[{j}]"),
+                ));
+            }
+            if c.upstreams.is_empty() {
+                return Err(ConfigError::invalid(
+                    config_path,
+                    format!("{key}.upstreams"),
+                    format!("conditional domain `{domain}` has no upstreams"),
+                ));
+            }
+            let list = parse_list(&c.upstreams, &format!("{key}.upstreams"))?;
+            conditional.push((domain, list));
+        }
+        Ok(ForwardConfig { upstreams, cache_size, conditional })
+    }
+}
+
+/// Lowercase ASCII (IDNs as punycode), no trailing dot; the root and malformed names are refused.
+fn normalise_domain(s: &str) -> Result<String, String> {
+    let trimmed = s.trim();
+    let bare = trimmed.strip_suffix('.').unwrap_or(trimmed);
+    if bare.is_empty() {
+        return Err(format!(
+            "conditional domain `{s}` is empty or the root; forward.upstreams already covers every other name"
+        ));
+    }
+    let name =
+        Name::from_utf8(bare).map_err(|e| format!("conditional domain `{s}` is not a valid domain name: {e}"))?;
+    if bare.split('.').any(str::is_empty) {
+        return Err(format!("conditional domain `{s}` has an empty label"));
+    }
+    let ascii = name.to_lowercase().to_ascii();
+    Ok(ascii.strip_suffix('.').unwrap_or(&ascii).to_string())
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerSource {
+    /// Just asked upstream.
+    Forwarded,
+    /// From the cache, still within its TTL (TTLs decremented by the time spent in cache).
+    Cached,
+    /// From the cache, expired, because every upstream failed (RFC 8767); TTLs are 30 s.
+    Stale,
+}
+
+/// The answer to a forwarded query. NXDOMAIN has `rcode` NXDomain; NODATA has NoError and no answers; either
+/// carries the zone's SOA in `authority` when the upstream sent one.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub rcode: ResponseCode,
+    pub answers: Vec<Record>,
+    /// SOA of a negative answer.
+    pub authority: Vec<Record>,
+    pub source: AnswerSource,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("no upstream configured")]
+    NoUpstream,
+    #[error("every upstream failed: {0}")]
+    Failed(String),
+}
+
+struct Inner {
+    /// Index 0: `forward.upstreams`; then one per conditional domain, in config order.
+    groups: Vec<UpstreamGroup>,
+    /// Lowercase FQDN of each conditional domain → its group index.
+    conditional: HashMap<Name, usize>,
+    cache: Cache,
+    #[cfg(test)]
+    upstream_queries: std::sync::atomic::AtomicU64,
+}
+
+/// Forwards queries to upstream groups through a shared cache. Cheap to share: wrap it in an `Arc`.
+pub struct Forwarder {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("groups", &self.inner.groups.len())
+            .field("cache_len", &self.inner.cache.len())
+            .finish()
+    }
+}
+
+impl Forwarder {
+    /// Builds one upstream group for `forward.upstreams` and one per conditional domain. No connection is opened
+    /// until the first query. TLS and HTTPS upstreams trust the system CA bundle.
+    pub fn new(cfg: &ForwardConfig) -> Self {
+        let any_encrypted = cfg
+            .upstreams
+            .iter()
+            .chain(cfg.conditional.iter().flat_map(|(_, u)| u.iter()))
+            .any(|u| matches!(u, Upstream::Tls { .. } | Upstream::Https { .. }));
+        let tls = if any_encrypted {
+            upstream::system_tls_config()
+                .inspect_err(|e| tracing::error!(error = %e, "tls and https upstreams will fail"))
+                .ok()
+        } else {
+            None
+        };
+        let mut groups = vec![UpstreamGroup::new(&cfg.upstreams, tls.as_ref(), UPSTREAM_BUDGET)];
+        let mut conditional = HashMap::new();
+        for (domain, upstreams) in &cfg.conditional {
+            match Name::from_ascii(format!("{domain}.")) {
+                Ok(name) => {
+                    conditional.insert(name.to_lowercase(), groups.len());
+                    groups.push(UpstreamGroup::new(upstreams, tls.as_ref(), UPSTREAM_BUDGET));
+                }
+                Err(e) => tracing::error!(%domain, error = %e, "conditional domain is not a valid name; ignored"),
+            }
+        }
+        Forwarder {
+            inner: Arc::new(Inner {
+                groups,
+                conditional,
+                cache: Cache::new(cfg.cache_size),
+                #[cfg(test)]
+                upstream_queries: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Answers from the cache, or asks the group of the longest matching conditional domain (else the default
+    /// group). Popular entries about to expire are refreshed in the background; when every upstream fails, an
+    /// answer that expired less than a day ago is given as `Stale`.
+    pub async fn lookup(&self, name: &Name, rtype: RecordType) -> Result<Answer, ForwardError> {
+        let mut name = name.to_lowercase();
+        name.set_fqdn(true);
+        let group = self.inner.group_for(&name).ok_or(ForwardError::NoUpstream)?;
+        let key = Key { name, rtype, group };
+        match self.inner.cache.get(&key, Instant::now()) {
+            Hit::Fresh { answer, refresh } | Hit::StaleHeld { answer, refresh } => {
+                if refresh {
+                    tokio::spawn(Inner::refresh(self.inner.clone(), key));
+                }
+                return Ok(answer);
+            }
+            Hit::Miss => {}
+        }
+        match self.inner.ask(&key).await {
+            Ok(reply) => Ok(self.inner.cache.insert(key, reply, Instant::now())),
+            Err(e) => match self.inner.cache.stale(&key, Instant::now()) {
+                Some(answer) => {
+                    tracing::debug!(name = %key.name, rtype = %key.rtype, error = %e, "serving stale answer");
+                    Ok(answer)
+                }
+                None => Err(ForwardError::Failed(e)),
+            },
+        }
+    }
+
+    /// Number of cached answers (fresh or stale).
+    pub fn cache_len(&self) -> usize {
+        self.inner.cache.len()
+    }
+
+    #[cfg(test)]
+    fn upstream_queries(&self) -> u64 {
+        self.inner.upstream_queries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Inner {
+    fn group_for(&self, name: &Name) -> Option<usize> {
+        if !self.conditional.is_empty() {
+            for labels in (1..=name.num_labels()).rev() {
+                if let Some(&g) = self.conditional.get(&name.trim_to(usize::from(labels))) {
+                    return Some(g);
+                }
+            }
+        }
+        (!self.groups[0].is_empty()).then_some(0)
+    }
+
+    async fn ask(&self, key: &Key) -> Result<upstream::Reply, String> {
+        #[cfg(test)]
+        self.upstream_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.groups[key.group].query(&key.name, key.rtype).await
+    }
+
+    /// Background refresh (prefetch, or retry after serving stale); at most one per key runs at a time.
+    async fn refresh(self: Arc<Self>, key: Key) {
+        match self.ask(&key).await {
+            Ok(reply) => {
+                self.cache.insert(key, reply, Instant::now());
+            }
+            Err(e) => {
+                tracing::debug!(name = %key.name, rtype = %key.rtype, error = %e, "background refresh failed");
+                self.cache.refresh_failed(&key, Instant::now());
+            }
+        }
+    }
+}

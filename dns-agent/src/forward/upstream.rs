@@ -1,0 +1,413 @@
+//! Upstream DNS servers: parsing `udp://`, `tcp://`, `tls://`, `https://` addresses and querying a group of them in
+//! order over hickory's transports. Knows nothing of caching, prefetch, serve-stale or config files.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{DnsRequestOptions, Query, ResponseCode};
+use hickory_proto::rr::{Name, Record, RecordType};
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverOpts, ServerOrderingStrategy,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::xfer::{DnsHandle, FirstAnswer};
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
+use rustls::pki_types::ServerName;
+
+/// Default path of a DNS-over-HTTPS endpoint (RFC 8484).
+const DEFAULT_DOH_PATH: &str = "/dns-query";
+
+/// One upstream server, as written in the config.
+///
+/// `udp://` also falls back to TCP on the same address when an answer is truncated.
+/// `https://` URLs are kept as written; [`parse_upstream`] accepts two forms, because the agent cannot resolve the
+/// name of its own upstream without itself:
+/// - `https://IP[:PORT][/PATH]` — connect to IP; the TLS name is the IP (the certificate needs an IP SAN);
+/// - `https://HOST[:PORT][/PATH]#IP` — connect to IP; TLS name and HTTP authority are HOST.
+///
+/// PATH defaults to `/dns-query`, PORT to 443.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Upstream {
+    Udp(SocketAddr),
+    Tcp(SocketAddr),
+    Tls { addr: SocketAddr, sni: String },
+    Https { url: String },
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Upstream::Udp(addr) => write!(f, "udp://{addr}"),
+            Upstream::Tcp(addr) => write!(f, "tcp://{addr}"),
+            Upstream::Tls { addr, sni } => write!(f, "tls://{addr}#{sni}"),
+            Upstream::Https { url } => f.write_str(url),
+        }
+    }
+}
+
+/// Parses `udp://IP[:PORT]` (port 53), `tcp://IP[:PORT]` (53), `tls://IP[:PORT][#NAME]` (853; the TLS name defaults
+/// to the IP) and `https://…` (see [`Upstream`]). IPv6 addresses with a port are written `[::1]:53`.
+pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    let s = s.trim();
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return Err(format!(
+            "upstream `{s}` has no scheme: write udp://IP:PORT, tcp://IP:PORT, tls://IP:PORT#NAME or https://HOST/PATH"
+        ));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "udp" => Ok(Upstream::Udp(parse_addr(rest, 53)?)),
+        "tcp" => Ok(Upstream::Tcp(parse_addr(rest, 53)?)),
+        "tls" => {
+            let (addr, sni) = match rest.split_once('#') {
+                Some((addr, sni)) => (parse_addr(addr, 853)?, sni.trim().to_ascii_lowercase()),
+                None => {
+                    let addr = parse_addr(rest, 853)?;
+                    (addr, addr.ip().to_string())
+                }
+            };
+            if sni.is_empty() {
+                return Err(format!("upstream `{s}` has an empty TLS name after `#`"));
+            }
+            if ServerName::try_from(sni.as_str()).is_err() {
+                return Err(format!("upstream `{s}`: `{sni}` is not a valid TLS server name"));
+            }
+            Ok(Upstream::Tls { addr, sni })
+        }
+        "https" => {
+            parse_https(s)?;
+            Ok(Upstream::Https { url: s.to_string() })
+        }
+        other => Err(format!("upstream `{s}` has unsupported scheme `{other}` (use udp, tcp, tls or https)")),
+    }
+}
+
+/// `IP`, `IP:PORT`, `[IPv6]` or `[IPv6]:PORT`. Host names are refused: upstreams are addressed by IP.
+fn parse_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("upstream address is empty".to_string());
+    }
+    let addr = if let Ok(addr) = s.parse::<SocketAddr>() {
+        addr
+    } else if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        SocketAddr::new(ip, default_port)
+    } else {
+        return Err(format!("upstream address `{s}` is not IP, IP:PORT or [IPv6]:PORT (host names are not allowed)"));
+    };
+    if addr.port() == 0 {
+        return Err(format!("upstream address `{s}` has port 0"));
+    }
+    Ok(addr)
+}
+
+/// Where and how to reach a DNS-over-HTTPS upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HttpsTarget {
+    pub(crate) addr: SocketAddr,
+    pub(crate) server_name: String,
+    pub(crate) path: String,
+}
+
+/// Splits an `https://` upstream URL into address, TLS name and path (see [`Upstream`] for the two accepted forms).
+pub(crate) fn parse_https(url: &str) -> Result<HttpsTarget, String> {
+    let rest = url
+        .get(..8)
+        .filter(|p| p.eq_ignore_ascii_case("https://"))
+        .map(|_| &url[8..])
+        .ok_or_else(|| format!("upstream `{url}` does not start with https://"))?;
+    let (main, fragment) = match rest.split_once('#') {
+        Some((m, f)) => (m, Some(f.trim())),
+        None => (rest, None),
+    };
+    let (authority, path) = match main.find('/') {
+        Some(i) => (&main[..i], &main[i..]),
+        None => (main, ""),
+    };
+    let path = if path.is_empty() || path == "/" { DEFAULT_DOH_PATH } else { path };
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("upstream `{url}` has an invalid path `{path}`"));
+    }
+    let (host, port) = split_host_port(authority).map_err(|e| format!("upstream `{url}`: {e}"))?;
+    let port = port.unwrap_or(443);
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        if fragment.is_some() {
+            return Err(format!("upstream `{url}`: `#IP` is only for host names; the host is already an IP"));
+        }
+        return Ok(HttpsTarget {
+            addr: SocketAddr::new(ip, port),
+            server_name: ip.to_string(),
+            path: path.to_string(),
+        });
+    }
+    let host = host.to_ascii_lowercase();
+    if !matches!(ServerName::try_from(host.as_str()), Ok(ServerName::DnsName(_))) {
+        return Err(format!("upstream `{url}`: `{host}` is neither an IP address nor a valid host name"));
+    }
+    let Some(fragment) = fragment else {
+        return Err(format!(
+            "upstream `{url}`: host `{host}` is not an IP address; append the address to connect to as `#IP` \
+             (e.g. https://dns.google/dns-query#8.8.8.8)"
+        ));
+    };
+    let ip = fragment
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .map_err(|_| format!("upstream `{url}`: `#{fragment}` is not an IP address"))?;
+    Ok(HttpsTarget { addr: SocketAddr::new(ip, port), server_name: host, path: path.to_string() })
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port`.
+fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), String> {
+    if authority.is_empty() {
+        return Err("the host is empty".to_string());
+    }
+    let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
+        let (host, after) = inner.split_once(']').ok_or("`[` without `]` in the host")?;
+        match after {
+            "" => (host, None),
+            p => (host, Some(p.strip_prefix(':').ok_or(format!("unexpected `{p}` after `]`"))?)),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(format!("`{p}` is not a port number")),
+            Ok(n) => Some(n),
+        },
+    };
+    if host.is_empty() {
+        return Err("the host is empty".to_string());
+    }
+    Ok((host, port))
+}
+
+/// What an upstream answered, when it answered with data or a negative answer (not an error).
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    pub(crate) rcode: ResponseCode,
+    pub(crate) answers: Vec<Record>,
+    /// SOA records from the authority section, if any.
+    pub(crate) authority: Vec<Record>,
+}
+
+/// How long a failed upstream is tried only after the healthy ones.
+const HOLDDOWN: Duration = Duration::from_secs(10);
+/// No single upstream gets less than this, however many are configured.
+const MIN_PER_UPSTREAM: Duration = Duration::from_millis(500);
+
+struct Member {
+    upstream: Upstream,
+    pool: Result<NameServerPool<TokioRuntimeProvider>, String>,
+    down_until: Mutex<Option<Instant>>,
+}
+
+/// A set of upstreams tried in order (those that failed recently last), within a total time budget.
+pub(crate) struct UpstreamGroup {
+    members: Vec<Member>,
+    budget: Duration,
+    per_upstream: Duration,
+}
+
+impl UpstreamGroup {
+    /// Builds one hickory name-server pool per upstream. Connections are opened lazily, on the first query.
+    pub(crate) fn new(upstreams: &[Upstream], tls: Option<&rustls::ClientConfig>, budget: Duration) -> Self {
+        let n = u32::try_from(upstreams.len().max(1)).unwrap_or(u32::MAX);
+        let per_upstream = (budget / n).max(MIN_PER_UPSTREAM).min(budget);
+        let members = upstreams
+            .iter()
+            .map(|u| Member {
+                upstream: u.clone(),
+                pool: build_pool(u, tls, per_upstream),
+                down_until: Mutex::new(None),
+            })
+            .collect();
+        UpstreamGroup { members, budget, per_upstream }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Asks the upstreams in order until one answers with data, NXDOMAIN or NODATA. Errors (timeouts, refused
+    /// connections, SERVFAIL, REFUSED…) move on to the next one; the error lists what each said.
+    pub(crate) async fn query(&self, name: &Name, rtype: RecordType) -> Result<Reply, String> {
+        let start = Instant::now();
+        let deadline = start + self.budget;
+        let mut order: Vec<(bool, usize)> =
+            self.members.iter().enumerate().map(|(i, m)| (m.is_down(start), i)).collect();
+        order.sort_unstable();
+        let mut failures = Vec::new();
+        for (_, i) in order {
+            let member = &self.members[i];
+            let now = Instant::now();
+            let remaining = deadline.saturating_duration_since(now);
+            if remaining.is_zero() {
+                failures.push(format!("{}: not tried, out of time", member.upstream));
+                continue;
+            }
+            match member.query(name, rtype, remaining.min(self.per_upstream)).await {
+                Ok(reply) => {
+                    member.set_down(None);
+                    return Ok(reply);
+                }
+                Err(e) => {
+                    tracing::debug!(upstream = %member.upstream, %name, %rtype, error = %e, "upstream failed");
+                    member.set_down(Some(Instant::now() + HOLDDOWN));
+                    failures.push(format!("{}: {e}", member.upstream));
+                }
+            }
+        }
+        if failures.is_empty() {
+            return Err("no upstream configured".to_string());
+        }
+        Err(failures.join("; "))
+    }
+}
+
+impl Member {
+    fn is_down(&self, now: Instant) -> bool {
+        let guard = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        guard.is_some_and(|t| t > now)
+    }
+
+    fn set_down(&self, until: Option<Instant>) {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
+    }
+
+    async fn query(&self, name: &Name, rtype: RecordType, timeout: Duration) -> Result<Reply, String> {
+        let pool = self.pool.as_ref().map_err(Clone::clone)?;
+        let lookup = pool.lookup(Query::query(name.clone(), rtype), DnsRequestOptions::default()).first_answer();
+        let result = tokio::time::timeout(timeout, lookup).await.map_err(|_| format!("timed out after {timeout:?}"))?;
+        match result {
+            Ok(response) => match response.response_code {
+                ResponseCode::NoError | ResponseCode::NXDomain => Ok(Reply {
+                    rcode: response.response_code,
+                    answers: response.answers.clone(),
+                    authority: soa_only(response.authorities.iter()),
+                }),
+                other => Err(format!("answered {other}")),
+            },
+            Err(NetError::Dns(DnsError::NoRecordsFound(no_records))) => match no_records.response_code {
+                code @ (ResponseCode::NoError | ResponseCode::NXDomain) => {
+                    let mut authority =
+                        no_records.authorities.as_deref().map(|a| soa_only(a.iter())).unwrap_or_default();
+                    if authority.is_empty() {
+                        if let Some(soa) = no_records.soa {
+                            authority.push(soa.into_record_of_rdata());
+                        }
+                    }
+                    Ok(Reply { rcode: code, answers: Vec::new(), authority })
+                }
+                other => Err(format!("answered {other}")),
+            },
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn soa_only<'a>(records: impl Iterator<Item = &'a Record>) -> Vec<Record> {
+    records.filter(|r| r.record_type() == RecordType::SOA).cloned().collect()
+}
+
+fn build_pool(
+    upstream: &Upstream,
+    tls: Option<&rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<NameServerPool<TokioRuntimeProvider>, String> {
+    let with_port = |protocol: ProtocolConfig, port: u16| {
+        let mut c = ConnectionConfig::new(protocol);
+        c.port = port;
+        c
+    };
+    let (ip, connections) = match upstream {
+        Upstream::Udp(addr) => {
+            (addr.ip(), vec![with_port(ProtocolConfig::Udp, addr.port()), with_port(ProtocolConfig::Tcp, addr.port())])
+        }
+        Upstream::Tcp(addr) => (addr.ip(), vec![with_port(ProtocolConfig::Tcp, addr.port())]),
+        Upstream::Tls { addr, sni } => {
+            (addr.ip(), vec![with_port(ProtocolConfig::Tls { server_name: Arc::from(sni.as_str()) }, addr.port())])
+        }
+        Upstream::Https { url } => {
+            let t = parse_https(url)?;
+            let protocol = ProtocolConfig::Https {
+                server_name: Arc::from(t.server_name.as_str()),
+                path: Arc::from(t.path.as_str()),
+            };
+            (t.addr.ip(), vec![with_port(protocol, t.addr.port())])
+        }
+    };
+    let encrypted = matches!(upstream, Upstream::Tls { .. } | Upstream::Https { .. });
+    let tls = match tls {
+        Some(c) => c.clone(),
+        None if encrypted => return Err("no TLS client configuration available".to_string()),
+        // Plain upstreams never use it; an empty root store is fine.
+        None => plain_tls_placeholder()?,
+    };
+    let mut opts = ResolverOpts::default();
+    opts.timeout = timeout;
+    opts.attempts = 1;
+    opts.num_concurrent_reqs = 1;
+    opts.server_ordering_strategy = ServerOrderingStrategy::UserProvidedOrder;
+    opts.cache_size = 0;
+    opts.use_hosts_file = ResolveHosts::Never;
+    let cx = PoolContext::new(opts, TlsConfig { config: tls });
+    let server = NameServerConfig::new(ip, true, connections);
+    Ok(NameServerPool::from_config([server], Arc::new(cx), TokioRuntimeProvider::default()))
+}
+
+fn plain_tls_placeholder() -> Result<rustls::ClientConfig, String> {
+    client_config_with_roots(rustls::RootCertStore::empty())
+}
+
+fn client_config_with_roots(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls client configuration: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Where distributions keep the system CA bundle; `SSL_CERT_FILE` comes first when set.
+const CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// A TLS client configuration trusting the system CA bundle (hickory is built without webpki-roots here, so its own
+/// default would trust nothing). Errors name the files tried.
+pub(crate) fn system_tls_config() -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let mut candidates: Vec<std::path::PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os("SSL_CERT_FILE") {
+        candidates.push(p.into());
+    }
+    candidates.extend(CA_BUNDLES.iter().map(std::path::PathBuf::from));
+    let mut roots = rustls::RootCertStore::empty();
+    for path in &candidates {
+        let Ok(pem) = std::fs::read(path) else { continue };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok).collect();
+        let (added, _ignored) = roots.add_parsable_certificates(certs);
+        if added > 0 {
+            break;
+        }
+    }
+    if roots.is_empty() {
+        let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        return Err(format!("no CA certificates found for tls/https upstreams (tried {})", tried.join(", ")));
+    }
+    client_config_with_roots(roots)
+}

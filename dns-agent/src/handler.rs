@@ -1,0 +1,363 @@
+//! The query path: one hickory `RequestHandler` that answers from local zones (authoritative), then the blocklist,
+//! then the forwarder, and counts and logs every answer. Never panics on any request.
+//! Knows DNS messages; must not know sockets, SQLite, gRPC or how zones and lists are built.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+
+use crate::blocklist::BlockResponse;
+use crate::forward::{AnswerSource, ForwardError};
+use crate::metrics::Outcome;
+use crate::querylog::LogEntry;
+use crate::service::Dns;
+
+/// TTL of the 0.0.0.0 / :: answers for blocked names.
+pub const BLOCKED_TTL: u32 = 60;
+/// Largest UDP payload advertised in responses (the DNS flag day 2020 value).
+const MAX_UDP_PAYLOAD: u16 = 1232;
+
+/// Answers DNS requests for the agent.
+#[derive(Clone)]
+pub struct Handler {
+    dns: Arc<Dns>,
+}
+
+impl Handler {
+    pub fn new(dns: Arc<Dns>) -> Self {
+        Handler { dns }
+    }
+}
+
+#[tonic::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response_handle: R) -> ResponseInfo {
+        let started = Instant::now();
+        let (info, qtype, outcome) = self.answer(request, response_handle).await;
+        let latency = started.elapsed();
+        self.dns.metrics.record(qtype, outcome, latency);
+        self.dns.query_log.record(|| LogEntry {
+            time_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+            client: request.src().ip(),
+            name: request.queries.queries().first().map(|q| q.name().to_string()).unwrap_or_default(),
+            qtype,
+            outcome,
+            latency_us: u32::try_from(latency.as_micros()).unwrap_or(u32::MAX),
+        });
+        info
+    }
+}
+
+/// What a response is made of, besides the request's question.
+struct Reply<'a, A, N> {
+    meta: Metadata,
+    answers: A,
+    authority: N,
+    edns: Option<&'a Edns>,
+}
+
+async fn send<'a, R, A, N>(request: &Request, mut handle: R, reply: Reply<'a, A, N>) -> ResponseInfo
+where
+    R: ResponseHandler,
+    A: Iterator<Item = &'a Record> + Send + 'a,
+    N: Iterator<Item = &'a Record> + Send + 'a,
+{
+    let mut builder = MessageResponseBuilder::from_message_request(request);
+    if let Some(e) = reply.edns {
+        builder.edns(e);
+    }
+    let meta = reply.meta;
+    let response = builder.build(meta, reply.answers, reply.authority, std::iter::empty(), std::iter::empty());
+    match handle.send_response(response).await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot send dns response");
+            ResponseInfo::from(Header { metadata: meta, counts: HeaderCounts::default() })
+        }
+    }
+}
+
+/// Writes `name` as `a.b.c` (no trailing dot) into `buf` without allocating; `None` for the root or a name that
+/// is not plain text (such names are never on a blocklist).
+fn plain_name<'b>(name: &Name, buf: &'b mut [u8; 256]) -> Option<&'b str> {
+    let mut len = 0;
+    for label in name.iter() {
+        let need = label.len() + usize::from(len > 0);
+        if len + need > buf.len() || label.contains(&b'.') {
+            return None;
+        }
+        if len > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        buf[len..len + label.len()].copy_from_slice(label);
+        len += label.len();
+    }
+    if len == 0 {
+        return None;
+    }
+    std::str::from_utf8(&buf[..len]).ok()
+}
+
+fn outcome_of_rcode(rcode: ResponseCode, otherwise: Outcome) -> Outcome {
+    match rcode {
+        ResponseCode::NXDomain => Outcome::NxDomain,
+        ResponseCode::ServFail => Outcome::Failed,
+        ResponseCode::Refused | ResponseCode::NotImp | ResponseCode::FormErr => Outcome::Refused,
+        _ => otherwise,
+    }
+}
+
+impl Handler {
+    async fn answer<R: ResponseHandler>(&self, request: &Request, handle: R) -> (ResponseInfo, RecordType, Outcome) {
+        let mut meta = Metadata::response_from_request(&request.metadata);
+        let forwarder = self.dns.forwarder();
+        meta.recursion_available = forwarder.is_some();
+        let resp_edns = request.edns.as_ref().map(|req| {
+            let mut e = Edns::new();
+            e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+            e.set_version(0);
+            e
+        });
+        let edns = resp_edns.as_ref();
+        let queries = request.queries.queries();
+        let qtype = queries.first().map(|q| q.query_type()).unwrap_or(RecordType::NULL);
+        let empty = std::iter::empty::<&Record>;
+
+        let error = |code: ResponseCode| {
+            let mut m = meta;
+            m.response_code = code;
+            m
+        };
+        let refuse = |code| Reply { meta: error(code), answers: empty(), authority: empty(), edns };
+        if request.metadata.op_code != OpCode::Query {
+            return (send(request, handle, refuse(ResponseCode::NotImp)).await, qtype, Outcome::Refused);
+        }
+        let [query] = queries else {
+            return (send(request, handle, refuse(ResponseCode::FormErr)).await, qtype, Outcome::Refused);
+        };
+        if query.query_class() != DNSClass::IN {
+            return (send(request, handle, refuse(ResponseCode::Refused)).await, qtype, Outcome::Refused);
+        }
+        match qtype {
+            RecordType::ANY => {
+                return (send(request, handle, refuse(ResponseCode::NotImp)).await, qtype, Outcome::Refused)
+            }
+            RecordType::AXFR | RecordType::IXFR | RecordType::OPT => {
+                return (send(request, handle, refuse(ResponseCode::Refused)).await, qtype, Outcome::Refused)
+            }
+            _ => {}
+        }
+        let qname = query.name();
+
+        // 1. Local zones: authoritative.
+        let zones = Arc::clone(&*self.dns.zones());
+        if let Some(local) = zones.lookup(qname, qtype) {
+            let mut m = meta;
+            m.authoritative = true;
+            m.response_code = local.rcode;
+            let outcome = if local.rcode == ResponseCode::NXDomain { Outcome::NxDomain } else { Outcome::Local };
+            if let (Some(target), Some(fwd)) = (local.external, forwarder.as_ref()) {
+                // A local CNAME to an outside name: resolve the target for the (stub) client.
+                if let Ok(ext) = fwd.lookup(target, qtype).await {
+                    m.response_code = ext.rcode;
+                    let reply = Reply {
+                        meta: m,
+                        answers: local.answers.iter().chain(ext.answers.iter()),
+                        authority: ext.authority.iter(),
+                        edns,
+                    };
+                    return (send(request, handle, reply).await, qtype, outcome);
+                }
+            }
+            let reply = Reply {
+                meta: m,
+                answers: local.answers.iter().chain(local.chained),
+                authority: local.soa.into_iter(),
+                edns,
+            };
+            return (send(request, handle, reply).await, qtype, outcome);
+        }
+
+        // 2. Blocklist.
+        let mut buf = [0u8; 256];
+        if plain_name(qname, &mut buf).is_some_and(|plain| self.dns.blocklists.is_blocked(plain)) {
+            let mut m = meta;
+            let record = match (self.dns.blocklists.response(), qtype) {
+                (BlockResponse::NxDomain, _) => {
+                    m.response_code = ResponseCode::NXDomain;
+                    None
+                }
+                (BlockResponse::Zero, RecordType::A) => {
+                    Some(Record::from_rdata(Name::from(qname.clone()), BLOCKED_TTL, RData::A(A(Ipv4Addr::UNSPECIFIED))))
+                }
+                (BlockResponse::Zero, RecordType::AAAA) => Some(Record::from_rdata(
+                    Name::from(qname.clone()),
+                    BLOCKED_TTL,
+                    RData::AAAA(AAAA(Ipv6Addr::UNSPECIFIED)),
+                )),
+                (BlockResponse::Zero, _) => None,
+            };
+            let reply = Reply { meta: m, answers: record.iter(), authority: empty(), edns };
+            return (send(request, handle, reply).await, qtype, Outcome::Blocked);
+        }
+
+        // 3. Forwarding.
+        let Some(fwd) = forwarder else {
+            return (send(request, handle, refuse(ResponseCode::Refused)).await, qtype, Outcome::Refused);
+        };
+        match fwd.lookup(qname, qtype).await {
+            Ok(ans) => {
+                let mut m = meta;
+                m.response_code = ans.rcode;
+                let by_source = match ans.source {
+                    AnswerSource::Forwarded => Outcome::Forwarded,
+                    AnswerSource::Cached => Outcome::Cached,
+                    AnswerSource::Stale => Outcome::Stale,
+                };
+                let outcome = outcome_of_rcode(ans.rcode, by_source);
+                let reply = Reply { meta: m, answers: ans.answers.iter(), authority: ans.authority.iter(), edns };
+                (send(request, handle, reply).await, qtype, outcome)
+            }
+            Err(ForwardError::NoUpstream) => {
+                (send(request, handle, refuse(ResponseCode::Refused)).await, qtype, Outcome::Refused)
+            }
+            Err(ForwardError::Failed(e)) => {
+                tracing::debug!(name = %qname, %qtype, error = e, "forwarding failed");
+                (send(request, handle, refuse(ResponseCode::ServFail)).await, qtype, Outcome::Failed)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use agent_core::telemetry::Metrics;
+    use hickory_proto::op::{Message, MessageType, Query};
+    use hickory_proto::serialize::binary::BinEncoder;
+    use hickory_server::net::runtime::TokioTime;
+    use hickory_server::net::xfer::Protocol;
+    use hickory_server::net::NetError;
+    use hickory_server::zone_handler::MessageResponse;
+
+    use crate::config::Config;
+    use crate::metrics::DnsMetrics;
+
+    /// Captures the encoded response.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
+
+    #[tonic::async_trait]
+    impl ResponseHandler for Capture {
+        async fn send_response<'a>(
+            &mut self,
+            response: MessageResponse<
+                '_,
+                'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+            >,
+        ) -> Result<ResponseInfo, NetError> {
+            let mut bytes = Vec::new();
+            let info = response.destructive_emit(&mut BinEncoder::new(&mut bytes))?;
+            *self.0.lock().unwrap() = Some(bytes);
+            Ok(info)
+        }
+    }
+
+    async fn ask(h: &Handler, op: OpCode, questions: &[(&str, RecordType)]) -> Message {
+        let mut m = Message::new(42, MessageType::Query, op);
+        for (n, t) in questions {
+            m.add_query(Query::query(Name::from_ascii(n).unwrap(), *t));
+        }
+        let req = Request::from_bytes(m.to_vec().unwrap(), "127.0.0.1:5353".parse().unwrap(), Protocol::Udp).unwrap();
+        let cap = Capture::default();
+        h.handle_request::<_, TokioTime>(&req, cap.clone()).await;
+        let bytes = cap.0.lock().unwrap().take().expect("a response");
+        Message::from_vec(&bytes).unwrap()
+    }
+
+    async fn handler(dir: &std::path::Path, response: &str) -> Handler {
+        std::fs::write(dir.join("list.txt"), "ads.example.com\n").unwrap();
+        let text = format!(
+            "state_dir = \"state\"\n[grpc]\nlisten = \"127.0.0.1:0\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n\
+             [[zones]]\nname = \"lab.home.arpa\"\nrecords = [{{ name = \"nas\", type = \"A\", value = \"10.0.0.10\" }}]\n\
+             [blocklist]\nsources = [\"list.txt\"]\nresponse = \"{response}\"\n"
+        );
+        std::fs::write(dir.join("dns.toml"), text).unwrap();
+        let cfg = Config::load(&dir.join("dns.toml")).unwrap();
+        let dns = Dns::new(cfg, DnsMetrics::new(&Metrics::new())).unwrap();
+        dns.refresh_blocklist().await;
+        Handler::new(dns)
+    }
+
+    #[tokio::test]
+    async fn answers_local_blocked_refused_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handler(dir.path(), "zero").await;
+        let rc = |m: &Message| m.metadata.response_code;
+
+        let local = ask(&h, OpCode::Query, &[("nas.lab.home.arpa.", RecordType::A)]).await;
+        assert_eq!((rc(&local), local.metadata.authoritative, local.answers.len()), (ResponseCode::NoError, true, 1));
+        assert!(!local.metadata.recursion_available, "no upstream");
+
+        let zero = ask(&h, OpCode::Query, &[("x.ads.example.com.", RecordType::A)]).await;
+        assert_eq!(zero.answers[0].data, RData::A(A(Ipv4Addr::UNSPECIFIED)));
+        let zero6 = ask(&h, OpCode::Query, &[("ads.example.com.", RecordType::AAAA)]).await;
+        assert_eq!(zero6.answers[0].data, RData::AAAA(AAAA(Ipv6Addr::UNSPECIFIED)));
+        let nodata = ask(&h, OpCode::Query, &[("ads.example.com.", RecordType::MX)]).await;
+        assert_eq!((rc(&nodata), nodata.answers.len()), (ResponseCode::NoError, 0));
+
+        let refused = ask(&h, OpCode::Query, &[("example.org.", RecordType::A)]).await;
+        assert_eq!(rc(&refused), ResponseCode::Refused, "no upstream configured");
+        let any = ask(&h, OpCode::Query, &[("nas.lab.home.arpa.", RecordType::ANY)]).await;
+        assert_eq!(rc(&any), ResponseCode::NotImp);
+        let axfr = ask(&h, OpCode::Query, &[("lab.home.arpa.", RecordType::AXFR)]).await;
+        assert_eq!(rc(&axfr), ResponseCode::Refused);
+        let two =
+            ask(&h, OpCode::Query, &[("nas.lab.home.arpa.", RecordType::A), ("nas.lab.home.arpa.", RecordType::AAAA)])
+                .await;
+        assert_eq!(rc(&two), ResponseCode::FormErr);
+        let none = ask(&h, OpCode::Query, &[]).await;
+        assert_eq!(rc(&none), ResponseCode::FormErr);
+        let notify = ask(&h, OpCode::Notify, &[("lab.home.arpa.", RecordType::SOA)]).await;
+        assert_eq!(rc(&notify), ResponseCode::NotImp);
+        assert_eq!(notify.metadata.id, 42);
+
+        let totals = h.dns.metrics.totals();
+        assert!(totals.contains(&("blocked", 3)) && totals.contains(&("local", 1)), "{totals:?}");
+        assert!(totals.contains(&("refused", 6)), "{totals:?}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let h = handler(dir.path(), "nxdomain").await;
+        let nx = ask(&h, OpCode::Query, &[("ads.example.com.", RecordType::A)]).await;
+        assert_eq!((rc(&nx), nx.answers.len()), (ResponseCode::NXDomain, 0));
+    }
+
+    #[test]
+    fn plain_names_without_allocation() {
+        let mut buf = [0u8; 256];
+        let n = Name::from_ascii("Ads.Example.COM.").unwrap();
+        assert_eq!(plain_name(&n, &mut buf), Some("Ads.Example.COM"));
+        assert_eq!(plain_name(&Name::root(), &mut buf), None);
+        let odd = Name::from_labels(vec![&b"a.b"[..], &b"c"[..]]).unwrap();
+        assert_eq!(plain_name(&odd, &mut buf), None, "a label holding a dot");
+        let binary = Name::from_labels(vec![&[0xffu8, 0xfe][..]]).unwrap();
+        assert_eq!(plain_name(&binary, &mut buf), None);
+    }
+}

@@ -1,0 +1,758 @@
+//! The dns-agent end to end: the real binary on port 0, queried with `dig` and raw UDP/TCP packets, driven over mTLS
+//! gRPC (dynamic records, ownership, reload), restarted on the same state dir; a real `unbound` as the upstream.
+//! Knows the agent's config format, logs and gRPC API; nothing of its internals.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_core::identity::Role;
+use agent_core::tls;
+use anyhow::{bail, ensure, Context, Result};
+use strata_proto::v1::agent_client::AgentClient;
+use strata_proto::v1::dns_client::DnsClient;
+use strata_proto::v1::{
+    DeleteRecordRequest, ListRecordsRequest, QueryLogRequest, Record, ReloadRequest, StatsRequest, StatusRequest,
+    UpsertRecordRequest,
+};
+use strata_tests::harness::{base_config, AgentKind, AgentProc, Pki};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const ZONES: &str = r#"
+[[zones]]
+name = "lab.home.arpa"
+records = [
+  { name = "nas", type = "A", value = "10.0.0.10", ttl = 120 },
+  { name = "nas", type = "AAAA", value = "fd00::10" },
+  { name = "www", type = "CNAME", value = "nas" },
+  { name = "@", type = "MX", value = "10 mail.lab.home.arpa." },
+  { name = "mail", type = "A", value = "10.0.0.11" },
+  { name = "_http._tcp", type = "SRV", value = "10 5 8080 nas" },
+  { name = "@", type = "TXT", value = "v=spf1 mx -all" },
+  { name = "printer", type = "PTR", value = "printer.example." },
+]
+
+[[zones]]
+name = "10.in-addr.arpa"
+"#;
+
+/// A dns-agent under test: its process, DNS address, config file and state.
+struct Dns {
+    agent: AgentProc,
+    addr: SocketAddr,
+    /// When the `dns udp listening` line was seen.
+    listening_at: Instant,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn config_text(pki: &Pki, dir: &Path, extra: &str) -> Result<String> {
+    let (cert, key) = pki.issue(Role::DnsAgent, "dns1")?;
+    Ok(format!("{}[dns]\nlisten = [\"127.0.0.1:0\"]\n{extra}", base_config(&dir.join("state"), &pki.ca(), &cert, &key)))
+}
+
+impl Dns {
+    fn start(pki: &Pki, extra: &str) -> Result<Dns> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("dns-agent.toml");
+        std::fs::write(&config, config_text(pki, dir.path(), extra)?)?;
+        let (agent, addr, listening_at) = start_on(&config)?;
+        Ok(Dns { agent, addr, listening_at, config, _dir: dir })
+    }
+
+    /// Stops the agent (SIGTERM) and starts it again on the same config and state dir.
+    fn restart(&mut self) -> Result<()> {
+        let code = self.agent.terminate()?;
+        ensure!(code == Some(0), "dns-agent exited with {code:?}");
+        let (agent, addr, at) = start_on(&self.config)?;
+        (self.agent, self.addr, self.listening_at) = (agent, addr, at);
+        Ok(())
+    }
+
+    fn dig(&self, args: &[&str]) -> Result<Dig> {
+        dig(self.addr, args)
+    }
+
+    async fn client(&self, pki: &Pki, role: Role, name: &str) -> Result<DnsClient<Channel>> {
+        Ok(DnsClient::new(self.channel(pki, role, name).await?))
+    }
+
+    async fn channel(&self, pki: &Pki, role: Role, name: &str) -> Result<Channel> {
+        let m = pki.material(&pki.ca(), role, name)?;
+        Ok(m.connect(&self.agent.url(), Role::DnsAgent, Duration::from_secs(5)).await?)
+    }
+
+    fn assert_alive(&mut self) -> Result<()> {
+        ensure!(self.agent_is_running()?, "dns-agent died; log:\n{}", self.agent.logs());
+        Ok(())
+    }
+
+    /// Running (a process that exited but was not reaped yet is a zombie, `Z`, in /proc).
+    fn agent_is_running(&self) -> Result<bool> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.agent.pid())).unwrap_or_default();
+        let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("");
+        Ok(!state.is_empty() && state != "Z" && state != "X")
+    }
+}
+
+/// Starts the agent and waits for its `dns udp listening on ADDR` line (the harness waits for grpc and metrics).
+fn start_on(config: &Path) -> Result<(AgentProc, SocketAddr, Instant)> {
+    let agent = AgentProc::start_with_config(AgentKind::Dns, config)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = agent.logs();
+        if let Some(rest) = logs.split("dns udp listening on ").nth(1) {
+            let at = Instant::now();
+            let addr: SocketAddr = rest.split_whitespace().next().unwrap_or("").parse().context("dns udp address")?;
+            // TCP is bound before UDP is logged; its line follows at once.
+            wait_for("the dns tcp line", Duration::from_secs(5), || {
+                Ok(agent.logs().contains(&format!("dns tcp listening on {addr}")))
+            })?;
+            return Ok((agent, addr, at));
+        }
+        if Instant::now() > deadline {
+            bail!("no `dns udp listening` line; log:\n{logs}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// What `dig` printed, parsed.
+#[derive(Debug)]
+struct Dig {
+    status: String,
+    flags: Vec<String>,
+    answers: Vec<(String, String, String)>,
+    authority: Vec<(String, String, String)>,
+    raw: String,
+}
+
+impl Dig {
+    fn aa(&self) -> bool {
+        self.flags.iter().any(|f| f == "aa")
+    }
+
+    fn values(&self, rtype: &str) -> Vec<String> {
+        self.answers.iter().filter(|a| a.1 == rtype).map(|a| a.2.clone()).collect()
+    }
+}
+
+fn dig(addr: SocketAddr, args: &[&str]) -> Result<Dig> {
+    let out = Command::new("/usr/bin/dig")
+        .arg(format!("@{}", addr.ip()))
+        .args(["-p", &addr.port().to_string(), "+time=3", "+tries=1", "+nocookie"])
+        .args(args)
+        .output()
+        .context("running /usr/bin/dig (install dnsutils / bind9-dnsutils)")?;
+    let raw = String::from_utf8_lossy(&out.stdout).to_string();
+    let status = raw
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .map(str::to_string)
+        .with_context(|| format!("dig {args:?} got no answer: {raw}"))?;
+    let flags = raw
+        .split(";; flags: ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let section = |title: &str| -> Vec<(String, String, String)> {
+        let Some(body) = raw.split(&format!(";; {title} SECTION:\n")).nth(1) else { return Vec::new() };
+        body.lines()
+            .take_while(|l| !l.trim().is_empty())
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 5).then(|| (f[0].to_string(), f[3].to_string(), f[4..].join(" ")))
+            })
+            .collect()
+    };
+    Ok(Dig { status, flags, answers: section("ANSWER"), authority: section("AUTHORITY"), raw })
+}
+
+fn record(name: &str, rtype: &str, value: &str) -> Record {
+    Record { name: name.into(), r#type: rtype.into(), value: value.into(), ttl: 0, owner: String::new() }
+}
+
+fn upsert(r: Record) -> UpsertRecordRequest {
+    UpsertRecordRequest { record: Some(r) }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A DNS query packet for `name`/`qtype` (RD set).
+fn query_packet(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        p.push(label.len() as u8);
+        p.extend_from_slice(label.as_bytes());
+    }
+    p.push(0);
+    p.extend_from_slice(&qtype.to_be_bytes());
+    p.extend_from_slice(&1u16.to_be_bytes());
+    p
+}
+
+/// Sends a raw UDP packet; returns the reply, if one came within `wait`.
+fn udp_exchange(addr: SocketAddr, packet: &[u8], wait: Duration) -> Result<Option<Vec<u8>>> {
+    let s = UdpSocket::bind("127.0.0.1:0")?;
+    s.set_read_timeout(Some(wait))?;
+    s.send_to(packet, addr)?;
+    let mut buf = [0u8; 4096];
+    match s.recv_from(&mut buf) {
+        Ok((n, _)) => Ok(Some(buf[..n].to_vec())),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// (id, rcode, answer count) of a reply.
+fn reply_header(r: &[u8]) -> (u16, u8, u16) {
+    (u16::from_be_bytes([r[0], r[1]]), r[3] & 0x0f, u16::from_be_bytes([r[6], r[7]]))
+}
+
+#[test]
+fn local_zones_answer_every_type_authoritatively() -> Result<()> {
+    let pki = Pki::new()?;
+    let dns = Dns::start(&pki, ZONES)?;
+
+    let a = dns.dig(&["nas.lab.home.arpa", "A"])?;
+    assert_eq!(a.status, "NOERROR", "{}", a.raw);
+    assert!(a.aa(), "answers from a local zone are authoritative: {}", a.raw);
+    assert_eq!(a.values("A"), vec!["10.0.0.10"]);
+    assert_eq!(a.answers[0].1, "A");
+    assert!(a.raw.contains("120\tIN\tA"), "ttl from the config: {}", a.raw);
+
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("NAS.Lab.Home.Arpa", "AAAA", "AAAA", "fd00::10"),
+        ("www.lab.home.arpa", "CNAME", "CNAME", "nas.lab.home.arpa."),
+        ("lab.home.arpa", "MX", "MX", "10 mail.lab.home.arpa."),
+        ("_http._tcp.lab.home.arpa", "SRV", "SRV", "10 5 8080 nas.lab.home.arpa."),
+        ("lab.home.arpa", "TXT", "TXT", "\"v=spf1 mx -all\""),
+        ("printer.lab.home.arpa", "PTR", "PTR", "printer.example."),
+        ("lab.home.arpa", "NS", "NS", "ns.lab.home.arpa."),
+    ];
+    for (name, qtype, rtype, want) in cases {
+        let d = dns.dig(&[name, qtype])?;
+        assert_eq!(d.status, "NOERROR", "{name} {qtype}: {}", d.raw);
+        assert!(d.aa(), "{name} {qtype}: {}", d.raw);
+        assert_eq!(d.values(rtype), vec![want.to_string()], "{name} {qtype}: {}", d.raw);
+    }
+    let soa = dns.dig(&["lab.home.arpa", "SOA"])?;
+    assert!(soa.values("SOA")[0].starts_with("ns.lab.home.arpa. hostmaster.lab.home.arpa."), "{}", soa.raw);
+
+    // A CNAME answer carries the target's records when they are local.
+    let chain = dns.dig(&["www.lab.home.arpa", "A"])?;
+    assert_eq!(chain.values("CNAME"), vec!["nas.lab.home.arpa."], "{}", chain.raw);
+    assert_eq!(chain.values("A"), vec!["10.0.0.10"], "{}", chain.raw);
+
+    // NXDOMAIN (no such name) versus NODATA (the name exists, not that type): both with the SOA.
+    let nx = dns.dig(&["nope.lab.home.arpa", "A"])?;
+    assert_eq!(nx.status, "NXDOMAIN", "{}", nx.raw);
+    assert!(nx.aa() && nx.authority.iter().any(|r| r.1 == "SOA"), "{}", nx.raw);
+    let nodata = dns.dig(&["nas.lab.home.arpa", "TXT"])?;
+    assert_eq!(nodata.status, "NOERROR", "{}", nodata.raw);
+    assert!(nodata.answers.is_empty() && nodata.authority.iter().any(|r| r.1 == "SOA"), "{}", nodata.raw);
+    let ent = dns.dig(&["_tcp.lab.home.arpa", "A"])?;
+    assert_eq!(ent.status, "NOERROR", "an empty non-terminal exists: {}", ent.raw);
+
+    // Reverse lookups are synthesized from A records in the reverse zone.
+    let rev = dns.dig(&["-x", "10.0.0.10"])?;
+    assert_eq!(rev.status, "NOERROR", "{}", rev.raw);
+    assert!(rev.aa(), "{}", rev.raw);
+    assert_eq!(rev.values("PTR"), vec!["nas.lab.home.arpa."]);
+    assert_eq!(dns.dig(&["-x", "10.9.9.9"])?.status, "NXDOMAIN");
+
+    // TCP.
+    let tcp = dns.dig(&["+tcp", "mail.lab.home.arpa", "A"])?;
+    assert_eq!((tcp.status.as_str(), tcp.values("A")), ("NOERROR", vec!["10.0.0.11".to_string()]), "{}", tcp.raw);
+
+    // No upstream configured: names outside the zones are refused; ANY is not implemented.
+    assert_eq!(dns.dig(&["example.com", "A"])?.status, "REFUSED");
+    assert_eq!(dns.dig(&["nas.lab.home.arpa", "ANY"])?.status, "NOTIMP");
+
+    let text = dns.agent.metrics_text()?;
+    assert!(text.contains("strata_dns_queries_total{qtype=\"A\",outcome=\"local\"}"), "{text}");
+    assert!(text.contains("strata_dns_queries_total{qtype=\"A\",outcome=\"refused\"} 1"), "{text}");
+    assert!(text.contains("strata_dns_query_duration_seconds_count"), "{text}");
+
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        tls::install_crypto_provider();
+        let ch = dns.channel(&pki, Role::Viewer, "viewer1").await?;
+        let status = AgentClient::new(ch.clone()).status(StatusRequest {}).await?.into_inner();
+        assert_eq!(status.summary, "2 zones, 8 records, 0 blocked names, 0 upstreams");
+        let stats = DnsClient::new(ch).stats(StatsRequest {}).await?.into_inner();
+        assert!(stats.queries_by_outcome["local"] >= 10, "{stats:?}");
+        assert_eq!(stats.queries_by_outcome["nxdomain"], 2, "{stats:?}");
+        assert_eq!(stats.queries_by_outcome["refused"], 2, "{stats:?}");
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn dynamic_records_ownership_validation_and_restart() -> Result<()> {
+    let pki = Pki::new()?;
+    let mut dns = Dns::start(&pki, ZONES)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    tls::install_crypto_provider();
+
+    rt.block_on(async {
+        let mut admin = dns.client(&pki, Role::Admin, "admin1").await?;
+        let saved = admin.upsert_record(upsert(record("photos.lab.home.arpa.", "A", "10.0.0.20"))).await?.into_inner();
+        assert_eq!(saved.owner, format!("spiffe://{}/admin/admin1", strata_tests::harness::DOMAIN));
+        assert_eq!(saved.ttl, 300);
+        anyhow::Ok(())
+    })?;
+    // Served at once.
+    let d = dns.dig(&["photos.lab.home.arpa", "A"])?;
+    assert_eq!((d.status.as_str(), d.aa(), d.values("A")), ("NOERROR", true, vec!["10.0.0.20".to_string()]));
+    assert_eq!(dns.dig(&["-x", "10.0.0.20"])?.values("PTR"), vec!["photos.lab.home.arpa."]);
+
+    rt.block_on(async {
+        // A viewer may not write (the authorization table refuses it before any handler).
+        let mut viewer = dns.client(&pki, Role::Viewer, "viewer1").await?;
+        let e = viewer.upsert_record(upsert(record("v.lab.home.arpa.", "A", "10.0.0.1"))).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+        // A services-agent writes its own records, not another's.
+        let mut svc1 = dns.client(&pki, Role::ServicesAgent, "svc1").await?;
+        let mut svc2 = dns.client(&pki, Role::ServicesAgent, "svc2").await?;
+        svc1.upsert_record(upsert(record("app.lab.home.arpa", "A", "10.0.0.30"))).await?;
+        svc1.upsert_record(upsert(record("app.lab.home.arpa", "A", "10.0.0.31"))).await?;
+        let owner1 = format!("spiffe://{}/services-agent/svc1", strata_tests::harness::DOMAIN);
+        for e in [
+            svc2.upsert_record(upsert(record("app.lab.home.arpa", "A", "10.0.0.32"))).await.unwrap_err(),
+            svc2.delete_record(DeleteRecordRequest { name: "app.lab.home.arpa".into(), ..Default::default() })
+                .await
+                .unwrap_err(),
+        ] {
+            assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+            assert!(e.message().contains("app.lab.home.arpa.") && e.message().contains(&owner1), "{e:?}");
+        }
+        let e = svc2.upsert_record(upsert(record("photos.lab.home.arpa", "A", "10.0.0.40"))).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert!(e.message().contains("/admin/admin1"), "{e:?}");
+        let e = svc1.upsert_record(upsert(record("nas.lab.home.arpa", "A", "10.0.0.41"))).await.unwrap_err();
+        assert!(e.code() == Code::PermissionDenied && e.message().contains("config file"), "{e:?}");
+
+        // Invalid records: INVALID_ARGUMENT naming the field.
+        let mut admin = dns.client(&pki, Role::Admin, "admin1").await?;
+        let cases = [
+            (record("x.lab.home.arpa", "A", "fd00::1"), "record.value: fd00::1 is an IPv6 address"),
+            (record("x.lab.home.arpa", "AAAA", "10.0.0.1"), "record.value: 10.0.0.1 is an IPv4 address"),
+            (record("x.lab.home.arpa", "NAPTR", "x"), "record.type: unknown record type"),
+            (record("bad name.lab.home.arpa", "A", "10.0.0.1"), "record.name: "),
+            (record("x.example.com", "A", "10.0.0.1"), "record.name: x.example.com. is not in any zone"),
+            (record("nas.lab.home.arpa", "CNAME", "mail.lab.home.arpa."), "record.type: CNAME at nas.lab.home.arpa."),
+            (record("www.lab.home.arpa", "TXT", "x"), "record.type: TXT at www.lab.home.arpa. is not allowed beside"),
+            (Record { ttl: 10_000_000, ..record("x.lab.home.arpa", "A", "10.0.0.1") }, "record.ttl: "),
+        ];
+        for (r, want) in cases {
+            let e = admin.upsert_record(upsert(r.clone())).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{r:?}: {e:?}");
+            assert!(e.message().starts_with(want), "{r:?}: want {want:?}, got {:?}", e.message());
+        }
+        let e = admin.upsert_record(UpsertRecordRequest { record: None }).await.unwrap_err();
+        assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "record: is required"));
+
+        // The owner deletes its own record; deleting a config record is refused.
+        let n = svc1
+            .delete_record(DeleteRecordRequest {
+                name: "app.lab.home.arpa".into(),
+                r#type: "A".into(),
+                value: "10.0.0.31".into(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(n.deleted, 1);
+        let e = admin
+            .delete_record(DeleteRecordRequest {
+                name: "nas.lab.home.arpa".into(),
+                r#type: "A".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+
+        let list = admin.list_records(ListRecordsRequest { zone: "lab.home.arpa".into() }).await?.into_inner();
+        assert_eq!(list.records.len(), 8 + 2, "{list:?}");
+        assert!(list
+            .records
+            .iter()
+            .any(|r| r.name == "app.lab.home.arpa." && r.owner == owner1 && r.value == "10.0.0.30"));
+        anyhow::Ok(())
+    })?;
+    assert_eq!(dns.dig(&["app.lab.home.arpa", "A"])?.values("A"), vec!["10.0.0.30"]);
+
+    // Still there after a restart on the same state dir.
+    dns.restart()?;
+    let d = dns.dig(&["photos.lab.home.arpa", "A"])?;
+    assert_eq!((d.status.as_str(), d.values("A")), ("NOERROR", vec!["10.0.0.20".to_string()]), "{}", d.raw);
+    assert_eq!(dns.dig(&["app.lab.home.arpa", "A"])?.values("A"), vec!["10.0.0.30"]);
+    Ok(())
+}
+
+#[test]
+fn reload_refuses_an_invalid_config_and_sighup_applies_a_valid_one() -> Result<()> {
+    let pki = Pki::new()?;
+    let mut dns = Dns::start(&pki, ZONES)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    tls::install_crypto_provider();
+    let good = std::fs::read_to_string(&dns.config)?;
+
+    // Invalid: refused with the reason; the running zones keep serving.
+    std::fs::write(&dns.config, good.replace("10.0.0.11", "10.0.0.999"))?;
+    rt.block_on(async {
+        let mut admin = dns.client(&pki, Role::Admin, "admin1").await?;
+        let e = admin.reload(ReloadRequest {}).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("zones[0].records[4].value") && e.message().contains("10.0.0.999"), "{e:?}");
+        anyhow::Ok(())
+    })?;
+    assert_eq!(dns.dig(&["mail.lab.home.arpa", "A"])?.values("A"), vec!["10.0.0.11"]);
+
+    // SIGHUP with a valid change: applied without a restart.
+    let listen = "listen = [\"127.0.0.1:0\"]\n";
+    let changed = good.replace("10.0.0.11", "10.0.0.12").replacen(listen, &format!("{listen}query_log = true\n"), 1);
+    std::fs::write(&dns.config, &changed)?;
+    let status = Command::new("kill").args(["-HUP", &dns.agent.pid().to_string()]).status()?;
+    ensure!(status.success());
+    wait_for("the SIGHUP reload", Duration::from_secs(5), || {
+        Ok(dns.dig(&["mail.lab.home.arpa", "A"])?.values("A") == vec!["10.0.0.12"])
+    })?;
+    dns.assert_alive()?;
+    assert!(dns.agent.logs().contains("applied dns.query_log, zones"), "{}", dns.agent.logs());
+
+    rt.block_on(async {
+        let mut admin = dns.client(&pki, Role::Admin, "admin1").await?;
+        // The query log is on now and shows the query just made.
+        let log = admin.query_log(QueryLogRequest { limit: 10 }).await?.into_inner();
+        assert!(
+            log.entries.iter().any(|e| e.name == "mail.lab.home.arpa." && e.r#type == "A" && e.outcome == "local"),
+            "{log:?}"
+        );
+        // Unchanged config: nothing to apply. A listen change needs a restart, and says so.
+        let r = admin.reload(ReloadRequest {}).await?.into_inner();
+        assert!(!r.changed, "{r:?}");
+        std::fs::write(&dns.config, changed.replace(listen, "listen = [\"127.0.0.1:5399\"]\n"))?;
+        let r = admin.reload(ReloadRequest {}).await?.into_inner();
+        assert!(r.changed, "{r:?}");
+        assert_eq!(r.message, "config reloaded: nothing to apply; dns.listen changed: restart the agent to apply");
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn offline_start_serves_local_records_within_100ms() -> Result<()> {
+    let pki = Pki::new()?;
+    // TEST-NET-1 addresses: nothing answers there.
+    let extra = format!(
+        "{ZONES}\n[forward]\nupstreams = [\"udp://192.0.2.1:53\"]\n\n[blocklist]\nsources = [\"http://192.0.2.1/hosts\"]\n"
+    );
+    let dns = Dns::start(&pki, &extra)?;
+    let reply = udp_exchange(dns.addr, &query_packet(7, "nas.lab.home.arpa", 1), Duration::from_millis(100))?;
+    let elapsed = dns.listening_at.elapsed();
+    let reply = reply.context("no answer within 100 ms")?;
+    assert_eq!(reply_header(&reply), (7, 0, 1));
+    assert!(elapsed < Duration::from_millis(100), "answered {elapsed:?} after the listening line");
+    // A non-local name fails (SERVFAIL) instead of hanging forever; local names keep answering.
+    let d = dig(dns.addr, &["example.com", "A"])?;
+    assert_eq!(d.status, "SERVFAIL", "{}", d.raw);
+    assert_eq!(dns.dig(&["nas.lab.home.arpa"])?.values("A"), vec!["10.0.0.10"]);
+    Ok(())
+}
+
+#[test]
+fn malformed_packets_never_kill_the_agent() -> Result<()> {
+    let pki = Pki::new()?;
+    let mut dns = Dns::start(&pki, ZONES)?;
+    let good = query_packet(9, "nas.lab.home.arpa", 1);
+    let short = Duration::from_millis(300);
+
+    // Garbage, a header alone, a truncated question, an oversized datagram: dropped or answered, never fatal.
+    for p in [vec![0xde, 0xad, 0xbe], vec![0u8; 12], good[..good.len() - 3].to_vec(), vec![0x55; 4000]] {
+        if let Some(r) = udp_exchange(dns.addr, &p, short)? {
+            let rcode = r.get(3).map(|b| b & 0x0f);
+            assert!(matches!(rcode, Some(1..=5) | Some(0)), "unexpected reply {r:?}");
+        }
+    }
+    // A truncated question gets FORMERR (the header is readable).
+    let r = udp_exchange(dns.addr, &good[..good.len() - 3], short)?.context("no FORMERR")?;
+    assert_eq!(reply_header(&r).1, 1, "FORMERR");
+    // Two questions: FORMERR. Opcode UPDATE: NOTIMP. A response packet: ignored.
+    let mut two = query_packet(10, "nas.lab.home.arpa", 1);
+    two[5] = 2;
+    two.extend_from_slice(&good[12..]);
+    assert_eq!(reply_header(&udp_exchange(dns.addr, &two, short)?.context("no reply to 2 questions")?).1, 1);
+    let mut update = query_packet(11, "lab.home.arpa", 6);
+    update[2] = 5 << 3;
+    assert_eq!(reply_header(&udp_exchange(dns.addr, &update, short)?.context("no reply to UPDATE")?).1, 4);
+    let mut response = good.clone();
+    response[2] |= 0x80;
+    assert!(udp_exchange(dns.addr, &response, short)?.is_none(), "responses are not answered");
+    // Unknown type (65000) in a local zone: NODATA, not an error.
+    let r = udp_exchange(dns.addr, &query_packet(12, "nas.lab.home.arpa", 65000), short)?.context("no reply")?;
+    assert_eq!(reply_header(&r), (12, 0, 0));
+
+    // A small flood.
+    let s = UdpSocket::bind("127.0.0.1:0")?;
+    for i in 0..2000u16 {
+        let p = if i % 2 == 0 {
+            query_packet(i, "nas.lab.home.arpa", 1)
+        } else {
+            vec![(i & 0xff) as u8; (i % 40) as usize]
+        };
+        s.send_to(&p, dns.addr)?;
+    }
+    // TCP: a bogus length prefix and garbage, then a connection that closes mid-message.
+    {
+        let mut t = TcpStream::connect(dns.addr)?;
+        t.write_all(&[0xff, 0xff, 1, 2, 3])?;
+        drop(t);
+        let mut t = TcpStream::connect(dns.addr)?;
+        t.write_all(&[0, 30, 0, 1])?;
+    }
+    // Still alive and answering, over UDP and TCP.
+    dns.assert_alive()?;
+    let r = udp_exchange(dns.addr, &good, Duration::from_secs(2))?.context("no answer after the garbage")?;
+    assert_eq!(reply_header(&r), (9, 0, 1));
+    let mut t = TcpStream::connect(dns.addr)?;
+    t.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut framed = (good.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&good);
+    t.write_all(&framed)?;
+    let mut len = [0u8; 2];
+    t.read_exact(&mut len)?;
+    let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+    t.read_exact(&mut body)?;
+    assert_eq!(reply_header(&body), (9, 0, 1));
+    dns.assert_alive()?;
+    Ok(())
+}
+
+/// A real unbound on 127.0.0.1:PORT answering `fwd.example.` and `other.example.`; killed on Drop.
+struct Unbound {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Unbound {
+    fn start() -> Result<Unbound> {
+        let dir = tempfile::tempdir()?;
+        let port = {
+            let s = UdpSocket::bind("127.0.0.1:0")?;
+            s.local_addr()?.port()
+        };
+        let conf = dir.path().join("unbound.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  \
+                 directory: \"{d}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  do-ip6: no\n  \
+                 access-control: 127.0.0.0/8 allow\n  local-zone: \"example.\" static\n  \
+                 local-data: \"fwd.example. 300 IN A 192.0.2.7\"\n  local-data: \"other.example. 300 IN A 192.0.2.8\"\n  \
+                 local-data: \"short.example. 1 IN A 192.0.2.9\"\n  local-data: \"ok.ads.example.com. 300 IN A 192.0.2.10\"\n  \
+                 local-zone: \"example.com.\" transparent\n\
+                 remote-control:\n  control-enable: no\n",
+                d = dir.path().display()
+            ),
+        )?;
+        let child = Command::new("/usr/sbin/unbound")
+            .args(["-d", "-c"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting /usr/sbin/unbound")?;
+        let u = Unbound { child, port, _dir: dir };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_for("unbound to answer", Duration::from_secs(10), || {
+            Ok(udp_exchange(addr, &query_packet(1, "fwd.example", 1), Duration::from_millis(200))?.is_some())
+        })?;
+        Ok(u)
+    }
+}
+
+impl Drop for Unbound {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn forwarding_via_unbound_and_blocklist_end_to_end() -> Result<()> {
+    let pki = Pki::new()?;
+    let unbound = Unbound::start()?;
+    let lists = tempfile::tempdir()?;
+    let list = lists.path().join("ads.txt");
+    // All three formats: hosts, plain domain, adblock; the allowlist wins over every list.
+    std::fs::write(&list, "# ads\n0.0.0.0 ads.example.com\ntracker.example.net\n||adblock.example.org^\n")?;
+    let extra = format!(
+        "{ZONES}\n[forward]\nupstreams = [\"udp://127.0.0.1:{}\"]\n\n[blocklist]\nsources = [{:?}]\n\
+         allow = [\"ok.ads.example.com\"]\n",
+        unbound.port,
+        list.display().to_string()
+    );
+    let extra = extra.replace(
+        "  { name = \"printer\"",
+        "  { name = \"ext\", type = \"CNAME\", value = \"fwd.example.\" },\n  { name = \"printer\"",
+    );
+    let dns = Dns::start(&pki, &extra)?;
+
+    let f = dns.dig(&["fwd.example", "A"])?;
+    assert_eq!((f.status.as_str(), f.values("A")), ("NOERROR", vec!["192.0.2.7".to_string()]), "{}", f.raw);
+    assert!(!f.aa(), "forwarded answers are not authoritative");
+    assert!(f.flags.iter().any(|x| x == "ra"), "recursion available with an upstream: {}", f.raw);
+    let again = dns.dig(&["fwd.example", "A"])?;
+    assert_eq!(again.values("A"), vec!["192.0.2.7"]);
+    assert_eq!(dns.dig(&["missing.example", "A"])?.status, "NXDOMAIN");
+    // A local CNAME to an outside name is followed through the forwarder.
+    let ext = dns.dig(&["ext.lab.home.arpa", "A"])?;
+    assert_eq!(ext.values("CNAME"), vec!["fwd.example."], "{}", ext.raw);
+    assert_eq!(ext.values("A"), vec!["192.0.2.7"], "{}", ext.raw);
+    // Local zones still come first.
+    assert!(dns.dig(&["nas.lab.home.arpa", "A"])?.aa());
+
+    // Blocked names (the list loads in the background): A → 0.0.0.0, AAAA → ::, other types NODATA.
+    wait_for("the blocklist to load", Duration::from_secs(10), || {
+        Ok(dns.dig(&["ads.example.com", "A"])?.values("A") == vec!["0.0.0.0"])
+    })?;
+    assert_eq!(dns.dig(&["sub.tracker.example.net", "AAAA"])?.values("AAAA"), vec!["::"]);
+    let mx = dns.dig(&["ads.example.com", "MX"])?;
+    assert_eq!((mx.status.as_str(), mx.answers.len()), ("NOERROR", 0), "{}", mx.raw);
+    assert_eq!(dns.dig(&["x.adblock.example.org", "A"])?.values("A"), vec!["0.0.0.0"], "adblock format, subdomain");
+    let allowed = dns.dig(&["ok.ads.example.com", "A"])?;
+    assert_eq!(allowed.values("A"), vec!["192.0.2.10"], "the allowlist wins over the list: {}", allowed.raw);
+
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        tls::install_crypto_provider();
+        let ch = dns.channel(&pki, Role::Admin, "admin1").await?;
+        let stats = DnsClient::new(ch.clone()).stats(StatsRequest {}).await?.into_inner();
+        assert!(stats.queries_by_outcome["forwarded"] >= 1, "{stats:?}");
+        assert!(stats.queries_by_outcome["cached"] >= 1, "{stats:?}");
+        assert!(stats.queries_by_outcome["blocked"] >= 3, "{stats:?}");
+        assert!(stats.blocklist_entries >= 2 && stats.cache_entries >= 1, "{stats:?}");
+        let bl = DnsClient::new(ch.clone()).get_blocklist(strata_proto::v1::GetBlocklistRequest {}).await?.into_inner();
+        assert_eq!(bl.sources.len(), 1, "{bl:?}");
+        assert!(bl.sources[0].error.is_empty() && bl.sources[0].entries >= 2, "{bl:?}");
+        let status = AgentClient::new(ch).status(StatusRequest {}).await?.into_inner();
+        assert_eq!(status.summary, "2 zones, 9 records, 3 blocked names, 1 upstream");
+        anyhow::Ok(())
+    })?;
+
+    // The upstream goes away: a fresh entry is answered from the cache, an expired one as stale (RFC 8767, TTL 30).
+    let short = dns.dig(&["short.example", "A"])?;
+    assert_eq!(short.values("A"), vec!["192.0.2.9"], "{}", short.raw);
+    drop(unbound);
+    std::thread::sleep(Duration::from_millis(2100));
+    let cached = dns.dig(&["fwd.example", "A"])?;
+    assert_eq!(
+        (cached.status.as_str(), cached.values("A")),
+        ("NOERROR", vec!["192.0.2.7".to_string()]),
+        "{}",
+        cached.raw
+    );
+    let stale = dns.dig(&["short.example", "A"])?;
+    assert_eq!((stale.status.as_str(), stale.values("A")), ("NOERROR", vec!["192.0.2.9".to_string()]), "{}", stale.raw);
+    assert!(stale.raw.contains("\t30\tIN\tA\t192.0.2.9"), "a stale answer carries TTL 30: {}", stale.raw);
+    assert_eq!(dns.dig(&["never-seen.example", "A"])?.status, "SERVFAIL", "no upstream and nothing cached");
+    rt.block_on(async {
+        let ch = dns.channel(&pki, Role::Admin, "admin1").await?;
+        let stats = DnsClient::new(ch).stats(StatsRequest {}).await?.into_inner();
+        assert!(stats.queries_by_outcome["stale"] >= 1, "{stats:?}");
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn dns_over_tls_and_https() -> Result<()> {
+    let pki = Pki::new()?;
+    let (cert, key) = pki.issue(Role::DnsAgent, "dns1")?;
+    let extra = format!(
+        "tls_listen = [\"127.0.0.1:0\"]\nhttps_listen = [\"127.0.0.1:0\"]\ntls_cert = {:?}\ntls_key = {:?}\n{ZONES}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let dns = Dns::start(&pki, &extra)?;
+    let addr_of = |what: &str| -> Result<SocketAddr> {
+        let line = format!("dns {what} listening on ");
+        wait_for(&format!("the `{line}` line"), Duration::from_secs(5), || Ok(dns.agent.logs().contains(&line)))?;
+        let logs = dns.agent.logs();
+        let rest = logs.split(line.as_str()).nth(1).with_context(|| format!("no `{line}` line:\n{logs}"))?;
+        Ok(rest.split_whitespace().next().unwrap_or("").parse()?)
+    };
+    let ca = format!("+tls-ca={}", pki.ca().display());
+    // The certificate is verified against the lab CA (its SANs include 127.0.0.1).
+    let dot = dig(addr_of("tls")?, &[&ca, "nas.lab.home.arpa", "A"])?;
+    assert!(dot.raw.contains("(TLS)"), "{}", dot.raw);
+    assert_eq!((dot.status.as_str(), dot.aa(), dot.values("A")), ("NOERROR", true, vec!["10.0.0.10".to_string()]));
+    let doh = dig(addr_of("https")?, &["+https", &ca, "www.lab.home.arpa", "A"])?;
+    assert!(doh.raw.contains("(HTTPS)"), "{}", doh.raw);
+    assert_eq!(doh.values("A"), vec!["10.0.0.10"], "{}", doh.raw);
+    assert_eq!(dig(addr_of("https")?, &["+https", &ca, "nope.lab.home.arpa", "A"])?.status, "NXDOMAIN");
+    Ok(())
+}
+
+/// hickory's own resolver, as a second real client beside dig, over UDP and over TCP.
+#[test]
+fn hickory_resolver_client_over_udp_and_tcp() -> Result<()> {
+    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    use hickory_resolver::proto::rr::{RData, RecordType};
+    use hickory_resolver::Resolver;
+
+    let pki = Pki::new()?;
+    let dns = Dns::start(&pki, ZONES)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    for protocol in [ProtocolConfig::Udp, ProtocolConfig::Tcp] {
+        let mut conn = ConnectionConfig::new(protocol.clone());
+        conn.port = dns.addr.port();
+        let server = NameServerConfig::new(dns.addr.ip(), true, vec![conn]);
+        let config = ResolverConfig::from_parts(None, vec![], vec![server]);
+        let resolver = Resolver::builder_with_config(config, TokioRuntimeProvider::default()).build()?;
+        rt.block_on(async {
+            let a = resolver.lookup("nas.lab.home.arpa.", RecordType::A).await?;
+            let addrs: Vec<String> = a.answers().iter().map(|r| r.data.to_string()).collect();
+            ensure!(addrs == ["10.0.0.10"], "{protocol:?}: A {addrs:?}");
+            let www = resolver.lookup("www.lab.home.arpa.", RecordType::A).await?;
+            let kinds: Vec<RecordType> = www.answers().iter().map(|r| r.record_type()).collect();
+            ensure!(kinds.contains(&RecordType::CNAME) && kinds.contains(&RecordType::A), "{protocol:?}: {kinds:?}");
+            let mx = resolver.lookup("lab.home.arpa.", RecordType::MX).await?;
+            ensure!(
+                mx.answers()
+                    .iter()
+                    .any(|r| matches!(&r.data, RData::MX(m) if m.exchange.to_ascii() == "mail.lab.home.arpa.")),
+                "{protocol:?}: MX {mx:?}"
+            );
+            let missing = resolver.lookup("nope.lab.home.arpa.", RecordType::A).await;
+            let err = missing.err().context("nope.lab.home.arpa resolved")?;
+            ensure!(err.to_string().to_lowercase().contains("nxdomain") || err.is_nx_domain(), "{protocol:?}: {err}");
+            anyhow::Ok(())
+        })?;
+    }
+    Ok(())
+}
