@@ -1,22 +1,307 @@
-//! The host-agent config file: raw serde structs (unknown keys refused) validated into `Config`.
-//! Knows the file format; must not know how the agent acts on it.
+//! The host-agent config file: raw serde structs (unknown keys refused) validated into `Config`, and the `vm.toml`
+//! of a QEMU VM directory. Knows the file formats; must not know how the agent acts on them.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use agent_core::config::{self, CommonConfig, ConfigError};
+use agent_core::config::{self, CommonConfig, ConfigError, GrpcSection, MetricsSection};
+use serde::Deserialize;
 
 /// Port of `[metrics] listen` when only an address is given.
 pub const DEFAULT_METRICS_PORT: u16 = 9441;
 
-/// A validated config. The agent's own sections arrive with its domain issue; until then any other key is refused.
+/// How long a clean shutdown (ACPI powerdown, `vmrun stop soft`) may take before the hard fallback.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long one `vmrun` call may take before it is killed and the hard variant is tried.
+pub const DEFAULT_VMRUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which hypervisor runs a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Fusion,
+    Workstation,
+    Qemu,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Fusion => "fusion",
+            Backend::Workstation => "workstation",
+            Backend::Qemu => "qemu",
+        }
+    }
+}
+
+/// How a VM is quiesced for its backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Stop,
+    Suspend,
+    Clone,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Stop => "stop",
+            Mode::Suspend => "suspend",
+            Mode::Clone => "clone",
+        }
+    }
+}
+
+/// Which program stores the backups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Borg,
+    Rsync,
+    Timemachine,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Borg => "borg",
+            EngineKind::Rsync => "rsync",
+            EngineKind::Timemachine => "timemachine",
+        }
+    }
+}
+
+/// How many backups to keep per period (borg prune semantics; rsync applies the same rule to its dated copies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    #[serde(default)]
+    pub last: u32,
+    #[serde(default)]
+    pub hourly: u32,
+    #[serde(default)]
+    pub daily: u32,
+    #[serde(default)]
+    pub weekly: u32,
+    #[serde(default)]
+    pub monthly: u32,
+    #[serde(default)]
+    pub yearly: u32,
+}
+
+impl Retention {
+    pub fn is_empty(&self) -> bool {
+        *self == Retention::default()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: PathBuf,
+    grpc: GrpcSection,
+    metrics: Option<MetricsSection>,
+    #[serde(default)]
+    vms: Vec<RawVm>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    name: String,
+    backend: Backend,
+    path: PathBuf,
+    mode: Mode,
+    engine: EngineKind,
+    target: PathBuf,
+    passcommand: Option<String>,
+    schedule: Option<String>,
+    retention: Option<Retention>,
+    guest: Option<String>,
+    #[serde(default)]
+    require_guest: bool,
+    #[serde(default)]
+    require_encrypted_target: bool,
+    /// Seconds a clean shutdown may take before the hard fallback (default 120).
+    shutdown_timeout: Option<u64>,
+    /// The `vmrun` program (VMware backends); default: Fusion's bundled vmrun on macOS, `vmrun` on PATH otherwise.
+    vmrun: Option<PathBuf>,
+    /// Seconds one vmrun call may take (default 60).
+    vmrun_timeout: Option<u64>,
+}
+
+/// One VM, validated.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub name: String,
+    pub backend: Backend,
+    /// The bundle: a `.vmwarevm` directory (VMware) or a directory holding disks and `vm.toml` (QEMU).
+    pub path: PathBuf,
+    pub mode: Mode,
+    pub engine: EngineKind,
+    pub target: PathBuf,
+    pub passcommand: Option<String>,
+    pub schedule: Option<String>,
+    pub retention: Retention,
+    pub guest: Option<String>,
+    pub require_guest: bool,
+    pub require_encrypted_target: bool,
+    pub shutdown_timeout: Duration,
+    pub vmrun: PathBuf,
+    pub vmrun_timeout: Duration,
+}
+
+/// A validated config.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: CommonConfig,
+    pub vms: Vec<VmConfig>,
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Ok(Config { common: config::load_common(path, DEFAULT_METRICS_PORT)? })
+        let raw: RawConfig = config::load(path)?;
+        Self::validate(path, raw)
+    }
+
+    /// Parses config text; `path` names the file in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = config::parse(path, text)?;
+        Self::validate(path, raw)
+    }
+
+    fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+        let common = CommonConfig::validate(path, raw.state_dir, raw.grpc, raw.metrics, DEFAULT_METRICS_PORT)?;
+        let mut names = HashSet::new();
+        let mut vms = Vec::with_capacity(raw.vms.len());
+        for (i, v) in raw.vms.into_iter().enumerate() {
+            let key = |k: &str| format!("vms[{i}].{k}");
+            let bad = |k: &str, m: String| ConfigError::invalid(path, key(k), m);
+            if !valid_name(&v.name) {
+                return Err(bad("name", format!("`{}` must be 1-63 of a-z, 0-9, `-`, `_`", v.name)));
+            }
+            if !names.insert(v.name.clone()) {
+                return Err(bad("name", format!("vm `{}` is defined twice", v.name)));
+            }
+            if v.path.as_os_str().is_empty() || v.target.as_os_str().is_empty() {
+                return Err(bad("path", "path and target must not be empty".into()));
+            }
+            if let Some(s) = &v.schedule {
+                check_schedule(s).map_err(|m| bad("schedule", m))?;
+            }
+            if let Some(g) = &v.guest {
+                if !g.starts_with("https://") || g.len() <= "https://".len() {
+                    return Err(bad("guest", format!("`{g}` must be an https:// address of a services-agent")));
+                }
+            }
+            if v.require_guest && v.guest.is_none() {
+                return Err(bad("require_guest", "is true but no `guest` is set".into()));
+            }
+            if v.passcommand.is_some() && v.engine != EngineKind::Borg {
+                return Err(bad("passcommand", format!("only the borg engine uses it, not {}", v.engine.as_str())));
+            }
+            if v.passcommand.as_deref().is_some_and(|p| p.trim().is_empty()) {
+                return Err(bad("passcommand", "must not be empty".into()));
+            }
+            let vmrun_default = if cfg!(target_os = "macos") {
+                PathBuf::from("/Applications/VMware Fusion.app/Contents/Library/vmrun")
+            } else {
+                PathBuf::from("vmrun")
+            };
+            let secs = |k: &str, s: Option<u64>, d: Duration| match s {
+                Some(0) => Err(bad(k, "must be at least 1 second".into())),
+                Some(s) => Ok(Duration::from_secs(s)),
+                None => Ok(d),
+            };
+            vms.push(VmConfig {
+                shutdown_timeout: secs("shutdown_timeout", v.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT)?,
+                vmrun_timeout: secs("vmrun_timeout", v.vmrun_timeout, DEFAULT_VMRUN_TIMEOUT)?,
+                name: v.name,
+                backend: v.backend,
+                path: config::resolve(path, &v.path),
+                mode: v.mode,
+                engine: v.engine,
+                target: config::resolve(path, &v.target),
+                passcommand: v.passcommand,
+                schedule: v.schedule,
+                retention: v.retention.unwrap_or_default(),
+                guest: v.guest,
+                require_guest: v.require_guest,
+                require_encrypted_target: v.require_encrypted_target,
+                vmrun: v
+                    .vmrun
+                    .map(|p| if p.components().count() > 1 { config::resolve(path, &p) } else { p })
+                    .unwrap_or(vmrun_default),
+            });
+        }
+        Ok(Config { common, vms })
+    }
+
+    pub fn vm(&self, name: &str) -> Option<&VmConfig> {
+        self.vms.iter().find(|v| v.name == name)
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// A five-field cron expression (`m h dom mon dow`), checked by the scheduler's own parser.
+fn check_schedule(s: &str) -> Result<(), String> {
+    crate::schedule::Cron::parse(s).map(drop)
+}
+
+/// A QEMU VM's `vm.toml`: how to start it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmToml {
+    pub memory_mb: u32,
+    pub cpus: u32,
+    /// Relative to the VM directory.
+    pub disks: Vec<PathBuf>,
+    /// Extra `qemu-system-x86_64` arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+/// The file name of a QEMU VM's start description.
+pub const VM_TOML: &str = "vm.toml";
+
+impl VmToml {
+    /// Reads and checks `DIR/vm.toml`.
+    pub fn load(dir: &Path) -> Result<VmToml, ConfigError> {
+        let path = dir.join(VM_TOML);
+        let v: VmToml = config::load(&path)?;
+        v.check(&path)?;
+        Ok(v)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.memory_mb < 16 {
+            return Err(ConfigError::invalid(path, "memory_mb", "must be at least 16"));
+        }
+        if self.cpus == 0 {
+            return Err(ConfigError::invalid(path, "cpus", "must be at least 1"));
+        }
+        if self.disks.is_empty() {
+            return Err(ConfigError::invalid(path, "disks", "must name at least one disk"));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            let escapes = d.is_absolute() || d.components().any(|c| matches!(c, std::path::Component::ParentDir));
+            if escapes || d.as_os_str().is_empty() {
+                return Err(ConfigError::invalid(
+                    path,
+                    format!("disks[{i}]"),
+                    format!("`{}` must be a path inside the VM directory", d.display()),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -24,11 +309,57 @@ impl Config {
 mod tests {
     use super::*;
 
+    const HEAD: &str = "state_dir = \"/s\"\n[grpc]\nlisten = \"127.0.0.1:0\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n";
+    const VM: &str = "[[vms]]\nname = \"lab\"\nbackend = \"qemu\"\npath = \"/vms/lab\"\nmode = \"clone\"\n\
+                      engine = \"borg\"\ntarget = \"/b/lab\"\n";
+
     #[test]
     fn example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/host-agent.toml");
         let cfg = Config::load(&path).unwrap();
         assert_eq!(cfg.common.grpc.listen.port(), 7441);
         assert_eq!(cfg.common.metrics_listen.port(), 9441);
+        let s = cfg.vm("services").unwrap();
+        assert_eq!((s.backend, s.mode, s.engine), (Backend::Fusion, Mode::Clone, EngineKind::Borg));
+        assert_eq!(s.retention, Retention { weekly: 4, monthly: 6, ..Default::default() });
+        assert!(s.require_encrypted_target && !s.require_guest);
+        assert_eq!(s.guest.as_deref(), Some("https://10.0.0.20:7443"));
+        assert_eq!(cfg.vm("lab").unwrap().backend, Backend::Qemu);
+    }
+
+    #[test]
+    fn bad_vms_are_refused_naming_the_key() {
+        let p = Path::new("/etc/strata/host.toml");
+        let cases = [
+            (VM.replace("clone", "snapshot"), "unknown variant `snapshot`"),
+            (format!("{VM}colour = 1\n"), "unknown field `colour`"),
+            (format!("{VM}{VM}"), "key `vms[1].name`: vm `lab` is defined twice"),
+            (VM.replace("\"lab\"", "\"Lab!\""), "key `vms[0].name`"),
+            (format!("{VM}schedule = \"daily\"\n"), "key `vms[0].schedule`"),
+            (format!("{VM}guest = \"http://x\"\n"), "key `vms[0].guest`"),
+            (format!("{VM}require_guest = true\n"), "key `vms[0].require_guest`"),
+            (VM.replace("borg", "rsync") + "passcommand = \"x\"\n", "key `vms[0].passcommand`"),
+            (format!("{VM}shutdown_timeout = 0\n"), "key `vms[0].shutdown_timeout`"),
+        ];
+        for (vm, want) in cases {
+            let err = Config::parse(p, &format!("{HEAD}{vm}")).unwrap_err().to_string();
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
+        let ok = Config::parse(p, &format!("{HEAD}{VM}schedule = \"*/15 4 * * 0,6\"\n")).unwrap();
+        assert_eq!(ok.vms[0].shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+    }
+
+    #[test]
+    fn vm_toml_parses_and_refuses_escaping_disks() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(VM_TOML), "memory_mb = 512\ncpus = 1\ndisks = [\"disk.qcow2\"]\n").unwrap();
+        let v = VmToml::load(dir.path()).unwrap();
+        assert_eq!(v.disks, vec![PathBuf::from("disk.qcow2")]);
+        assert!(v.args.is_empty());
+        std::fs::write(dir.path().join(VM_TOML), "memory_mb = 512\ncpus = 1\ndisks = [\"../x.raw\"]\n").unwrap();
+        let e = VmToml::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("disks[0]"), "{e}");
+        std::fs::write(dir.path().join(VM_TOML), "memory_mb = 512\ncpus = 1\ndisks = []\nram = 1\n").unwrap();
+        assert!(VmToml::load(dir.path()).unwrap_err().to_string().contains("unknown field `ram`"));
     }
 }

@@ -1,24 +1,108 @@
-//! The host-agent library: cold backups of whole VM bundles. `main.rs` is only glue.
-//! Its domain service is not built yet: calls to it answer UNIMPLEMENTED.
+//! The host-agent library: cold backups of whole VM bundles (QEMU/KVM, VMware Fusion/Workstation) with borg, rsync
+//! or Time Machine. `main.rs` is only glue. Knows how the modules fit together; must not know any one of them inside.
 
+pub mod backup;
+pub mod borg;
+pub mod clone;
 pub mod config;
+pub mod encryption;
+pub mod engine;
+pub mod grpc;
+pub mod hypervisor;
+pub mod journal;
+pub mod qemu;
+pub mod qemu_img;
+pub mod rsync;
+pub mod schedule;
+pub mod tmutil;
+pub mod vmrun;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use agent_core::cli::{Listeners, Shutdown};
-use agent_core::grpc::AgentParts;
+use agent_core::grpc::{AgentParts, ServeError};
 use agent_core::identity::Role;
 use agent_core::telemetry::Metrics;
+use agent_core::tls::TlsMaterial;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 
 pub use config::Config;
 
 /// The role this agent's certificate must carry.
 pub const ROLE: Role = Role::HostAgent;
 
-/// Runs the agent until `shutdown` fires.
-pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), agent_core::grpc::ServeError> {
-    let summary: agent_core::grpc::Summary = Arc::new(|| "domain service not built yet".to_string());
-    let domain = tonic::service::RoutesBuilder::default();
-    let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), summary, domain, metrics: Metrics::new() };
-    agent_core::grpc::run_agent(&cfg.common, parts, listeners, shutdown).await
+/// Runs the agent until `shutdown` fires. Before serving, undoes whatever a crashed run left (paused VMs, clones).
+pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), ServeError> {
+    let g = &cfg.common.grpc;
+    let tls = TlsMaterial::load(&g.ca, &g.cert, &g.key)?;
+    let metrics = Metrics::new();
+    let vms = Gauge::<i64>::default();
+    vms.set(cfg.vms.len() as i64);
+    metrics.register("host_vms", "VMs in the host-agent config", vms);
+    let common = cfg.common.clone();
+    let downtime = Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
+    metrics.register("host_backup_downtime_seconds", "VM downtime of the last successful backup", downtime.clone());
+    let backups = Family::<Vec<(String, String)>, Counter>::default();
+    metrics.register("host_backups", "Successful VM backups", backups.clone());
+    let host = backup::Host::new(cfg, Arc::new(grpc::GrpcGuest::new(tls)))
+        .map_err(|e| ServeError::Transport(format!("host agent: {e}")))?
+        .on_backup(move |r| {
+            let labels = vec![("vm".to_string(), r.vm.clone()), ("mode".to_string(), r.mode_used.as_str().to_string())];
+            downtime.get_or_create(&labels).set(r.downtime.as_secs_f64());
+            backups.get_or_create(&labels).inc();
+        });
+    let recovered = host.recover().await;
+    tracing::info!(actions = recovered.len(), "crash recovery done");
+    let host = Arc::new(host);
+    let scheduler = tokio::spawn(schedule::run(host.clone()));
+    let n = host.config().vms.len();
+    let summary: agent_core::grpc::Summary = Arc::new(move || format!("{n} vms"));
+    let mut domain = tonic::service::RoutesBuilder::default();
+    domain.add_service(grpc::HostGrpc::new(host).into_server());
+    let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), summary, domain, metrics };
+    let result = agent_core::grpc::run_agent(&common, parts, listeners, shutdown).await;
+    scheduler.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_core::install::{launchd_plist, ServiceSpec};
+
+    #[test]
+    fn the_launchd_plist_parses_and_holds_its_keys() {
+        // The spec main.rs hands to the shared installer.
+        let spec = ServiceSpec {
+            agent: "host-agent".into(),
+            description: "Strata host-agent: cold backups of whole VM bundles".into(),
+            exec: "/usr/local/bin/host-agent".into(),
+            config: "/Library/Application Support/Strata/host-agent.toml".into(),
+            dynamic_user: false,
+            bind_privileged: false,
+            needs_root: true,
+        };
+        let text = launchd_plist(&spec);
+        let v: plist::Value = plist::from_bytes(text.as_bytes()).unwrap();
+        let d = v.as_dictionary().unwrap();
+        assert_eq!(d.get("Label").and_then(plist::Value::as_string), Some("dev.strata.host-agent"));
+        let args: Vec<&str> = d
+            .get("ProgramArguments")
+            .and_then(plist::Value::as_array)
+            .unwrap()
+            .iter()
+            .filter_map(plist::Value::as_string)
+            .collect();
+        assert_eq!(
+            args,
+            ["/usr/local/bin/host-agent", "run", "--config", "/Library/Application Support/Strata/host-agent.toml"]
+        );
+        assert_eq!(d.get("RunAtLoad").and_then(plist::Value::as_boolean), Some(true));
+        assert_eq!(d.get("KeepAlive").and_then(plist::Value::as_boolean), Some(true));
+        for k in ["StandardOutPath", "StandardErrorPath"] {
+            assert_eq!(d.get(k).and_then(plist::Value::as_string), Some("/Library/Logs/Strata/host-agent.log"), "{k}");
+        }
+    }
 }

@@ -37,6 +37,12 @@ enum Cmd {
     /// The dns-agent: records, blocklist, query log, stats.
     #[command(subcommand)]
     Dns(labctl::dns::DnsCmd),
+    /// The services-agent: stacks, lifecycle, logs, sync, audit.
+    #[command(subcommand)]
+    Services(labctl::services::ServicesCmd),
+    /// VMs on the host-agent: list, start/stop, backups, restore, drill.
+    #[command(subcommand)]
+    Vm(labctl::vm::VmCmd),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -112,6 +118,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Status => return status_cmd(cli.config, cli.json, Duration::from_secs(cli.timeout)),
+        Cmd::Services(cmd) => {
+            let (inv, tls) = connect_material(cli.config)?;
+            return runtime()?.block_on(labctl::services::run(cmd, &inv, &tls, cli.json));
+        }
+        Cmd::Vm(cmd) => {
+            let (inv, tls) = connect_material(cli.config)?;
+            return runtime()?.block_on(labctl::vm::run(cmd, &inv, &tls, cli.json));
+        }
         Cmd::Dns(cmd) => {
             let (inv, tls) = connect_material(cli.config)?;
             return runtime()?.block_on(labctl::dns::run(cmd, &inv, &tls, cli.json));

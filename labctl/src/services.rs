@@ -23,12 +23,22 @@ pub enum ServicesCmd {
     /// List the services: state, health, image, deployed commit, uptime, restarts, last error.
     Ls,
     /// Deploy a service from the checked-out repository (it stays up across syncs).
-    Up { name: String },
+    Up {
+        name: String,
+    },
     /// Stop and remove a service's containers (volumes are kept); syncs leave it down until `up`.
-    Down { name: String },
-    Restart { name: String },
-    Pause { name: String },
-    Unpause { name: String },
+    Down {
+        name: String,
+    },
+    Restart {
+        name: String,
+    },
+    Pause {
+        name: String,
+    },
+    Unpause {
+        name: String,
+    },
     /// Print a service's logs; `-f` follows them.
     Logs {
         name: String,
@@ -113,7 +123,11 @@ fn render(rows: &[ServiceRow]) -> String {
             s.state.clone(),
             s.health.clone(),
             if images.is_empty() { "-".into() } else { images.join(",") },
-            if s.deployed_commit.is_empty() { "-".into() } else { s.deployed_commit[..s.deployed_commit.len().min(12)].into() },
+            if s.deployed_commit.is_empty() {
+                "-".into()
+            } else {
+                s.deployed_commit[..s.deployed_commit.len().min(12)].into()
+            },
             human(uptime),
             restarts.to_string(),
             s.error.clone(),
@@ -141,7 +155,8 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
         _ => channel(inv, tls, "services").await?,
     };
     let mut c = ServicesClient::new(ch);
-    let err = |what: &'static str| move |s: tonic::Status| anyhow::anyhow!(status_error(&agent, what, &s));
+    let agent = &agent;
+    let err = |what: &'static str| move |s: tonic::Status| anyhow::anyhow!(status_error(agent, what, &s));
     match cmd {
         ServicesCmd::Ls => {
             let rows: Vec<ServiceRow> = c
@@ -215,7 +230,8 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
                 print_json(&row)?;
             } else {
                 let commit = if row.commit.is_empty() { "-" } else { &row.commit[..row.commit.len().min(12)] };
-                let redeployed = if row.redeployed.is_empty() { "nothing".to_string() } else { row.redeployed.join(", ") };
+                let redeployed =
+                    if row.redeployed.is_empty() { "nothing".to_string() } else { row.redeployed.join(", ") };
                 println!("synced commit {commit}; redeployed: {redeployed}");
                 for (stack, e) in &row.errors {
                     eprintln!("error: {stack}: {e}");
@@ -277,8 +293,14 @@ mod tests {
             }],
         }];
         let out = render(&rows);
-        assert!(out.starts_with("NAME    STATE      HEALTH     IMAGE  COMMIT        UPTIME  RESTARTS  ERROR\n"), "{out}");
-        assert!(out.contains("photos  unhealthy  unhealthy  img:1  9e117e48d2eb  1h1m    2         stack photos"), "{out}");
+        assert!(
+            out.starts_with("NAME    STATE      HEALTH     IMAGE  COMMIT        UPTIME  RESTARTS  ERROR\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("photos  unhealthy  unhealthy  img:1  9e117e48d2eb  1h1m    2         stack photos"),
+            "{out}"
+        );
         assert!(troubled(&rows[0]));
         assert_eq!(human(59), "59s");
         assert_eq!(human(90000), "1d1h");

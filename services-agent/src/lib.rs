@@ -1,24 +1,70 @@
-//! The services-agent library: compose stacks from Git and per-service ZFS + Borg backups. `main.rs` is only glue.
-//! Its domain service is not built yet: calls to it answer UNIMPLEMENTED.
+//! The services-agent library: compose stacks from Git (sync, deploy, lifecycle), state read from Docker's event
+//! stream, the hub-and-spoke audit and DNS registration. `main.rs` is only glue. Backups (ZFS + Borg) and host
+//! coordination arrive with part 2: those methods answer UNIMPLEMENTED.
 
+pub mod audit;
+pub mod compose;
 pub mod config;
+pub mod dns;
+pub mod docker;
+pub mod git;
+pub mod grpc;
+pub mod live;
+pub mod model;
+pub mod stacks;
+pub mod store;
 
 use std::sync::Arc;
 
 use agent_core::cli::{Listeners, Shutdown};
-use agent_core::grpc::AgentParts;
+use agent_core::grpc::{AgentParts, ServeError};
 use agent_core::identity::Role;
 use agent_core::telemetry::Metrics;
 
 pub use config::Config;
+use stacks::Stacks;
 
 /// The role this agent's certificate must carry.
 pub const ROLE: Role = Role::ServicesAgent;
 
-/// Runs the agent until `shutdown` fires.
-pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), agent_core::grpc::ServeError> {
-    let summary: agent_core::grpc::Summary = Arc::new(|| "domain service not built yet".to_string());
-    let domain = tonic::service::RoutesBuilder::default();
-    let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), summary, domain, metrics: Metrics::new() };
-    agent_core::grpc::run_agent(&cfg.common, parts, listeners, shutdown).await
+/// Runs the agent until `shutdown` fires: the Docker watcher, the sync poller, DNS registration and the gRPC server.
+pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), ServeError> {
+    let common = cfg.common.clone();
+    let cfg = Arc::new(cfg);
+    let stacks = Arc::new(Stacks::open(cfg.clone()).map_err(|e| match e {
+        store::StoreError::Open(e) => ServeError::State(e),
+        store::StoreError::Sql(source) => ServeError::State(agent_core::state::StateError::Sqlite {
+            path: cfg.common.state_dir.join("services.db"),
+            source,
+        }),
+    })?);
+    // Replies such as ListServices span several TCP segments: without TCP_NODELAY, Nagle plus the client's delayed
+    // ACK add ~40 ms to each. Linux hands the listener's TCP_NODELAY down to every accepted connection.
+    if let Err(e) = socket2::SockRef::from(&listeners.grpc).set_tcp_nodelay(true) {
+        tracing::warn!(error = %e, "cannot set TCP_NODELAY on the grpc listener");
+    }
+    let metrics = Metrics::new();
+    stacks.metrics.register(&metrics);
+
+    let watcher = tokio::spawn(docker::watch(
+        stacks.live.clone(),
+        cfg.docker_socket.clone(),
+        stacks.metrics.docker_events.clone(),
+        stacks.metrics.containers.clone(),
+        shutdown.clone(),
+    ));
+    let poller = tokio::spawn(stacks.clone().poll(shutdown.clone()));
+    let dns = tokio::spawn(dns::run(cfg.clone(), stacks.dns.clone(), shutdown.clone()));
+
+    let summary_stacks = stacks.clone();
+    let summary: agent_core::grpc::Summary = Arc::new(move || summary_stacks.summary());
+    let mut domain = tonic::service::RoutesBuilder::default();
+    domain.add_service(grpc::service(stacks));
+    let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), summary, domain, metrics };
+    let served = agent_core::grpc::run_agent(&common, parts, listeners, shutdown).await;
+    // The background tasks stop on the same shutdown; a sync in progress is abandoned (compose is killed on drop).
+    for t in [watcher, poller, dns] {
+        t.abort();
+    }
+    served
 }

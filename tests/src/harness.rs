@@ -232,6 +232,22 @@ impl AgentProc {
         self.child.id()
     }
 
+    /// The address in the first `WHAT listening on ADDR` log line (e.g. `dns udp`), waiting up to 10 s for it.
+    pub fn logged_addr(&self, what: &str) -> Result<SocketAddr> {
+        let needle = format!("{what} listening on ");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(rest) = self.logs().split(needle.as_str()).nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or("");
+                return addr.parse().with_context(|| format!("`{needle}{addr}` is not an address"));
+            }
+            if Instant::now() > deadline {
+                bail!("{} never logged `{needle}`:\n{}", self.kind.binary(), self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }

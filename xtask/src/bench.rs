@@ -18,6 +18,10 @@ pub(crate) enum Which {
         #[arg(long, default_value_t = 5000)]
         calls: usize,
     },
+    /// ListServices (served from the event-fed state) vs `docker ps`, with 50 running containers.
+    Services,
+    /// VM downtime: clone mode at 1 and 8 GiB vs suspend-copy-resume.
+    Vm,
     /// dnsperf against dns-agent, unbound and dnsmasq on the same records; a 1,000,000-domain blocklist.
     Dns {
         /// Seconds of dnsperf per server.
@@ -30,14 +34,18 @@ pub(crate) fn run(which: Which) -> Result<()> {
     match which {
         Which::Grpc { calls } => grpc(calls),
         Which::Dns { seconds } => crate::bench_dns::run(seconds),
+        Which::Services => crate::bench_services::run(),
+        Which::Vm => crate::bench_vm::run(),
     }
 }
 
-pub(crate) fn release_bins() -> Result<()> {
-    sh(
-        "cargo",
-        &["build", "--release", "-p", "host-agent", "-p", "dns-agent", "-p", "services-agent", "-p", "labctl"],
-    )?;
+/// Builds the release binaries of `packages` and points the harness at them.
+pub(crate) fn release_bins(packages: &[&str]) -> Result<()> {
+    let mut args = vec!["build", "--release"];
+    for p in packages {
+        args.extend(["-p", p]);
+    }
+    sh("cargo", &args)?;
     // The harness starts binaries from here.
     std::env::set_var("STRATA_BIN_DIR", project_root().join("target/release"));
     Ok(())
@@ -60,7 +68,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn grpc(calls: usize) -> Result<()> {
-    release_bins()?;
+    release_bins(&["host-agent", "dns-agent", "services-agent"])?;
     let pki = Pki::new()?;
     let agents: Vec<AgentProc> = AgentKind::ALL.iter().map(|k| AgentProc::start(*k, &pki)).collect::<Result<_>>()?;
     let admin = pki.material(&pki.ca(), Role::Admin, "bench-admin")?;

@@ -74,7 +74,17 @@ fn wait_answering(server: SocketAddr, name: &str, timeout: Duration) -> Result<I
     bail!("{server} did not answer {name} within {timeout:?}")
 }
 
-struct Proc(Child);
+/// A server process with its stderr kept in a file, shown when it does not answer.
+struct Proc(Child, PathBuf);
+
+impl Proc {
+    fn wait(&self, addr: SocketAddr, name: &str, timeout: Duration) -> Result<Instant> {
+        wait_answering(addr, name, timeout).with_context(|| {
+            let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+            format!("its log ({}):\n{log}", self.1.display())
+        })
+    }
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -83,14 +93,14 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(name: &str, cmd: &mut Command) -> Result<Proc> {
+fn spawn(name: &str, log: PathBuf, cmd: &mut Command) -> Result<Proc> {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()
         .with_context(|| format!("starting {name} (run `cargo xtask deps`)"))?;
-    Ok(Proc(child))
+    Ok(Proc(child, log))
 }
 
 fn unbound(dir: &Path, port: u16, extra: &str) -> Result<Proc> {
@@ -104,12 +114,14 @@ fn unbound(dir: &Path, port: u16, extra: &str) -> Result<Proc> {
              num-threads: 2\n  so-reuseport: yes\n  access-control: 127.0.0.0/8 allow\n  verbosity: 0\n{extra}"
         ),
     )?;
-    spawn("unbound", Command::new("unbound").arg("-d").arg("-c").arg(&conf))
+    spawn("unbound", dir.join(format!("unbound-{port}.log")), Command::new("unbound").arg("-d").arg("-c").arg(&conf))
 }
 
 fn dnsmasq(port: u16, hosts: &Path) -> Result<Proc> {
+    let log = hosts.with_extension(format!("dnsmasq-{port}.log"));
     spawn(
         "dnsmasq",
+        log,
         Command::new("dnsmasq")
             .args(["--keep-in-foreground", "--bind-interfaces", "--listen-address=127.0.0.1", "--no-resolv"])
             .args(["--no-hosts", "--cache-size=10000", "--user=root", "--pid-file="])
@@ -129,16 +141,9 @@ fn dns_agent_config(dir: &Path, pki: &Pki, extra: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The port of the agent's `dns udp listening on ADDR` line.
+/// The agent's UDP DNS address, from its `dns udp listening on ADDR` line.
 fn agent_dns_addr(agent: &AgentProc) -> Result<SocketAddr> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Some(a) = agent.logs().lines().find_map(|l| l.split("dns udp listening on ").nth(1)) {
-            return Ok(a.trim().parse()?);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    bail!("dns-agent never logged `dns udp listening on`:\n{}", agent.logs())
+    agent.logged_addr("dns udp")
 }
 
 struct PerfResult {
@@ -183,7 +188,7 @@ fn dnsperf(server: SocketAddr, queries: &Path, seconds: u32) -> Result<PerfResul
 }
 
 pub(crate) fn run(seconds: u32) -> Result<()> {
-    crate::bench::release_bins()?;
+    crate::bench::release_bins(&["dns-agent"])?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let pki = Pki::new()?;
@@ -216,16 +221,16 @@ pub(crate) fn run(seconds: u32) -> Result<()> {
     }
     {
         let port = free_port()?;
-        let _u = unbound(dir, port, &unbound_records)?;
+        let u = unbound(dir, port, &unbound_records)?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_answering(addr, "host0001.bench.test", Duration::from_secs(10))?;
+        u.wait(addr, "host0001.bench.test", Duration::from_secs(10))?;
         results.push(("unbound", dnsperf(addr, &query_file, seconds)?));
     }
     {
         let port = free_port()?;
-        let _d = dnsmasq(port, &hosts_file)?;
+        let d = dnsmasq(port, &hosts_file)?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_answering(addr, "host0001.bench.test", Duration::from_secs(10))?;
+        d.wait(addr, "host0001.bench.test", Duration::from_secs(10))?;
         results.push(("dnsmasq", dnsperf(addr, &query_file, seconds)?));
     }
     let unbound_qps = results[1].1.qps;
@@ -300,16 +305,18 @@ fn blocklist(dir: &Path, pki: &Pki) -> Result<()> {
     drop(agent);
 
     // unbound with local-zone lines, dnsmasq with addn-hosts: load = start until the last name answers.
+    // Baselines serve one probe record, so "answering" means the same thing as for the loaded runs.
     let port = free_port()?;
-    let empty = unbound(dir, port, "")?;
+    let empty =
+        unbound(dir, port, "  local-zone: \"probe.test.\" static\n  local-data: \"p.probe.test. 60 IN A 10.9.9.9\"\n")?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_answering(addr, "localhost", Duration::from_secs(10))?;
+    empty.wait(addr, "p.probe.test", Duration::from_secs(10))?;
     let unbound_base = rss_bytes(empty.0.id())?;
     drop(empty);
     let port = free_port()?;
     let t = Instant::now();
     let u = unbound(dir, port, &unbound_zones)?;
-    let loaded = wait_answering(([127, 0, 0, 1], port).into(), &last, Duration::from_secs(120))?;
+    let loaded = u.wait(([127, 0, 0, 1], port).into(), &last, Duration::from_secs(120))?;
     let unbound_rss = rss_bytes(u.0.id())?;
     println!(
         "{:<10} {:>14.3} {:>16.1}",
@@ -320,16 +327,16 @@ fn blocklist(dir: &Path, pki: &Pki) -> Result<()> {
     drop(u);
 
     let empty_hosts = dir.join("empty-hosts.txt");
-    std::fs::write(&empty_hosts, "")?;
+    std::fs::write(&empty_hosts, "10.9.9.9 p.probe.test\n")?;
     let port = free_port()?;
     let e = dnsmasq(port, &empty_hosts)?;
-    wait_answering(([127, 0, 0, 1], port).into(), "localhost", Duration::from_secs(10))?;
+    e.wait(([127, 0, 0, 1], port).into(), "p.probe.test", Duration::from_secs(10))?;
     let dnsmasq_base = rss_bytes(e.0.id())?;
     drop(e);
     let port = free_port()?;
     let t = Instant::now();
     let d = dnsmasq(port, &list)?;
-    let loaded = wait_answering(([127, 0, 0, 1], port).into(), &last, Duration::from_secs(120))?;
+    let loaded = d.wait(([127, 0, 0, 1], port).into(), &last, Duration::from_secs(120))?;
     let dnsmasq_rss = rss_bytes(d.0.id())?;
     println!(
         "{:<10} {:>14.3} {:>16.1}",

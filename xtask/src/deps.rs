@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "sqlite3",
     "git",
     "iproute2",
+    "rsync",
 ];
 
 pub(crate) fn run() -> Result<()> {

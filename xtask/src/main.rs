@@ -3,6 +3,8 @@
 
 mod bench;
 mod bench_dns;
+mod bench_services;
+mod bench_vm;
 mod codegen;
 mod demo;
 mod deps;

@@ -1,0 +1,101 @@
+//! The `Hypervisor` trait: what backups need from a hypervisor (state, start, quiesce, resume, shut down), and the
+//! constructor choosing a backend from a VM's config. Knows VM states; must not know QMP or vmrun details.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use agent_core::runner::RunError;
+
+use crate::config::{Backend, VmConfig};
+
+/// A boxed future, so that `Hypervisor` can be used as `dyn`.
+pub type HvFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HvError>> + Send + 'a>>;
+
+/// What a VM is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmState {
+    Running,
+    /// vCPUs stopped, memory kept by the hypervisor process (QEMU `stop`).
+    Paused,
+    /// Memory written to disk (VMware suspend, `.vmss`); no process.
+    Suspended,
+    Off,
+    /// Any other state the hypervisor reports, verbatim.
+    Other(String),
+}
+
+impl VmState {
+    pub fn as_str(&self) -> &str {
+        match self {
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Suspended => "suspended",
+            VmState::Off => "off",
+            VmState::Other(s) => s,
+        }
+    }
+}
+
+/// How a VM was quiesced for a backup, so that it is brought back the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiesced {
+    Paused,
+    Suspended,
+    Stopped,
+}
+
+impl Quiesced {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quiesced::Paused => "paused",
+            Quiesced::Suspended => "suspended",
+            Quiesced::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Quiesced> {
+        match s {
+            "paused" => Some(Quiesced::Paused),
+            "suspended" => Some(Quiesced::Suspended),
+            "stopped" => Some(Quiesced::Stopped),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HvError {
+    #[error("vm {vm}: bundle {} does not exist", path.display())]
+    Missing { vm: String, path: PathBuf },
+    #[error("vm {vm}: bundle {} is locked by a running VMware instance ({})", path.display(), lock.display())]
+    Locked { vm: String, path: PathBuf, lock: PathBuf },
+    #[error("vm {vm}: qmp socket {} does not answer: {message}", socket.display())]
+    Qmp { vm: String, socket: PathBuf, message: String },
+    #[error("vm {vm}: {source}")]
+    Run { vm: String, source: RunError },
+    #[error("vm {vm}: {message}")]
+    Failed { vm: String, message: String },
+}
+
+/// A hypervisor driving one VM.
+pub trait Hypervisor: Send + Sync {
+    fn state(&self) -> HvFuture<'_, VmState>;
+    /// Starts the VM (from off or suspended); a running VM is left alone.
+    fn start(&self) -> HvFuture<'_, ()>;
+    /// Pauses (QEMU) or suspends (VMware) the VM so that its disks stop changing.
+    fn quiesce(&self) -> HvFuture<'_, Quiesced>;
+    /// Brings the VM back from `how`.
+    fn resume(&self, how: Quiesced) -> HvFuture<'_, ()>;
+    /// Clean shutdown within the configured timeout, then the hard way.
+    fn shutdown(&self) -> HvFuture<'_, ()>;
+}
+
+/// The backend for `vm`; QEMU keeps its sockets under `state_dir`.
+pub fn for_vm(vm: &VmConfig, state_dir: &Path) -> Arc<dyn Hypervisor> {
+    match vm.backend {
+        Backend::Qemu => Arc::new(crate::qemu::Qemu::new(vm, state_dir)),
+        Backend::Fusion | Backend::Workstation => Arc::new(crate::vmrun::Vmrun::new(vm)),
+    }
+}

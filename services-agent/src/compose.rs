@@ -1,0 +1,202 @@
+//! The compose CLI: `docker compose` (v2 plugin) when present, else `docker-compose` (v1); validating, deploying and
+//! driving one project. Builds commands run through `agent_core::runner`; parses their output in pure functions.
+//! Must not know Git, bollard or the audit rules; it never reads container state (that is `docker`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agent_core::runner::{self, Cmd, RunError};
+
+/// `up` may build nothing but still has to create networks and start every container.
+const UP_TIMEOUT: Duration = Duration::from_secs(600);
+const ACTION_TIMEOUT: Duration = Duration::from_secs(180);
+const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// File names a stack directory may use, in the order compose itself prefers.
+pub const COMPOSE_FILES: &[&str] = &["compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error("neither `docker compose` (v2 plugin) nor `docker-compose` (v1) is installed")]
+    Missing,
+    #[error("stack {stack}: no compose file ({}) in {dir}", COMPOSE_FILES.join(", "))]
+    NoFile { stack: String, dir: PathBuf },
+    #[error("stack {stack}: invalid compose file, refused by `config`: {message}")]
+    Invalid { stack: String, message: String },
+    #[error("stack {stack}: compose {action} failed: {source}")]
+    Action { stack: String, action: &'static str, source: RunError },
+}
+
+/// Which compose program this host has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `docker compose` (the v2 CLI plugin).
+    V2,
+    /// `docker-compose` (v1, Python).
+    V1,
+}
+
+/// The compose program with its detected flavor and version.
+#[derive(Debug, Clone)]
+pub struct Compose {
+    pub flavor: Flavor,
+    pub version: String,
+    /// `DOCKER_HOST` for every compose command (`unix:///var/run/docker.sock`).
+    pub docker_host: String,
+}
+
+impl Compose {
+    /// Detects `docker compose version` first, then `docker-compose version`; commands will talk to `socket`.
+    pub async fn detect(socket: &Path) -> Result<Compose, ComposeError> {
+        let docker_host = format!("unix://{}", socket.display());
+        let v2 = Cmd::new("docker").args(["compose", "version", "--short"]).timeout(QUICK_TIMEOUT);
+        if let Ok(out) = runner::run_ok(v2).await {
+            if let Some(version) = parse_version(&out.stdout) {
+                return Ok(Compose { flavor: Flavor::V2, version, docker_host });
+            }
+        }
+        let v1 = Cmd::new("docker-compose").args(["version", "--short"]).timeout(QUICK_TIMEOUT);
+        match runner::run_ok(v1).await {
+            Ok(out) => match parse_version(&out.stdout) {
+                Some(version) => Ok(Compose { flavor: Flavor::V1, version, docker_host }),
+                None => Err(ComposeError::Missing),
+            },
+            Err(_) => Err(ComposeError::Missing),
+        }
+    }
+
+    /// `docker compose` / `docker-compose` with the project name and file.
+    fn project(&self, project: &str, file: &Path) -> Cmd {
+        let base = match self.flavor {
+            Flavor::V2 => Cmd::new("docker").arg("compose"),
+            Flavor::V1 => Cmd::new("docker-compose"),
+        };
+        base.env("COMPOSE_INTERACTIVE_NO_CLI", "1")
+            .env("DOCKER_HOST", &self.docker_host)
+            .arg("-p")
+            .arg(project)
+            .arg("-f")
+            .arg(file)
+    }
+
+    /// Validates the file with `config -q`: nothing is started or stopped.
+    pub async fn validate(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
+        let cmd = self.project(project, file).args(["config", "-q"]).timeout(QUICK_TIMEOUT);
+        match runner::run(cmd).await {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(ComposeError::Invalid { stack: project.into(), message: validation_message(&out.stderr) }),
+            Err(RunError::NotFound { .. }) => Err(ComposeError::Missing),
+            Err(source) => Err(ComposeError::Action { stack: project.into(), action: "config", source }),
+        }
+    }
+
+    /// `up -d --remove-orphans`: creates or recreates what changed, leaves the rest running.
+    pub async fn up(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
+        self.action(project, file, "up", &["up", "-d", "--remove-orphans"], UP_TIMEOUT).await
+    }
+
+    /// `down --remove-orphans`; named volumes (the data) are kept.
+    pub async fn down(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
+        self.action(project, file, "down", &["down", "--remove-orphans"], ACTION_TIMEOUT).await
+    }
+
+    pub async fn restart(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
+        self.action(project, file, "restart", &["restart"], ACTION_TIMEOUT).await
+    }
+
+    pub async fn pause(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
+        self.action(project, file, "pause", &["pause"], ACTION_TIMEOUT).await
+    }
+
+    pub async fn unpause(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
+        self.action(project, file, "unpause", &["unpause"], ACTION_TIMEOUT).await
+    }
+
+    async fn action(
+        &self,
+        project: &str,
+        file: &Path,
+        action: &'static str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<(), ComposeError> {
+        match runner::run_ok(self.project(project, file).args(args).timeout(timeout)).await {
+            Ok(_) => Ok(()),
+            Err(RunError::NotFound { .. }) => Err(ComposeError::Missing),
+            Err(source) => Err(ComposeError::Action { stack: project.into(), action, source }),
+        }
+    }
+}
+
+/// The compose file of the stack in `dir`.
+pub fn find_file(stack: &str, dir: &Path) -> Result<PathBuf, ComposeError> {
+    COMPOSE_FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+        .ok_or_else(|| ComposeError::NoFile { stack: stack.into(), dir: dir.to_path_buf() })
+}
+
+/// `version --short` output: `1.29.2`, `2.24.6`, or `v2.24.6` → the version without a leading `v`.
+pub fn parse_version(stdout: &[u8]) -> Option<String> {
+    let s = String::from_utf8_lossy(stdout);
+    let v = s.lines().next()?.trim().trim_start_matches('v');
+    let ok = !v.is_empty() && v.starts_with(|c: char| c.is_ascii_digit()) && v.split('.').count() >= 2;
+    ok.then(|| v.to_string())
+}
+
+/// What `config -q` printed on stderr, as one line: the reason a file is refused.
+pub fn validation_message(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(|l| l.trim().trim_start_matches("ERROR: ").trim())
+        .filter(|l| !l.is_empty() && !l.starts_with("WARNING:"))
+        .collect();
+    if lines.is_empty() {
+        "compose refused the file without saying why".to_string()
+    } else {
+        lines.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version(b"1.29.2\n").as_deref(), Some("1.29.2"));
+        assert_eq!(parse_version(b"v2.24.6\n").as_deref(), Some("2.24.6"));
+        assert_eq!(parse_version(b"docker: 'compose' is not a docker command.\n"), None);
+        assert_eq!(parse_version(b""), None);
+    }
+
+    /// stderr of `docker-compose -f docker-compose.yml config -q` (1.29.2) on three invalid files.
+    #[test]
+    fn validation_messages_from_compose_v1() {
+        let schema = "The Compose file './docker-compose.yml' is invalid because:\n\
+                      services.web.ports contains an invalid type, it should be an array\n";
+        assert_eq!(
+            validation_message(schema),
+            "The Compose file './docker-compose.yml' is invalid because:; \
+             services.web.ports contains an invalid type, it should be an array"
+        );
+        let yaml = "yaml.parser.ParserError: while parsing a flow node\nexpected the node content, but found \
+                    '<stream end>'\n  in \"./docker-compose.yml\", line 4, column 1\n";
+        let m = validation_message(yaml);
+        assert!(m.starts_with("yaml.parser.ParserError: while parsing a flow node;") && m.contains("line 4"), "{m}");
+        let unknown = "The Compose file './docker-compose.yml' is invalid because:\n\
+                       Unsupported config option for services.web: 'bogus'\n";
+        assert!(validation_message(unknown).ends_with("Unsupported config option for services.web: 'bogus'"));
+        assert_eq!(validation_message("\n"), "compose refused the file without saying why");
+    }
+
+    #[test]
+    fn the_file_is_found_or_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = find_file("photos", dir.path()).unwrap_err().to_string();
+        assert!(err.starts_with("stack photos: no compose file (compose.yaml, "), "{err}");
+        std::fs::write(dir.path().join("docker-compose.yml"), "services: {}\n").unwrap();
+        assert_eq!(find_file("photos", dir.path()).unwrap(), dir.path().join("docker-compose.yml"));
+    }
+}

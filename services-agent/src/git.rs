@@ -1,0 +1,221 @@
+//! The git CLI: cloning and fetching the stacks repository into the checkout directory, and reading which commit and
+//! which directory trees it holds. Builds commands run through `agent_core::runner`; parses their output in pure
+//! functions. Must not know compose, Docker or what a stack means beyond "a directory of the repo".
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agent_core::runner::{self, Cmd, RunError};
+
+/// Clone and fetch may cross a slow network.
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(300);
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("git clone of the stacks repository failed: {0}")]
+    Clone(RunError),
+    #[error("git fetch of branch {branch} failed: {source}")]
+    Fetch { branch: String, source: RunError },
+    #[error("git: {0}")]
+    Run(#[from] RunError),
+    #[error("{dir}: exists and is not a git checkout; move it away or choose another stacks.checkout_dir")]
+    NotACheckout { dir: PathBuf },
+    #[error("git printed unexpected output: {0}")]
+    Parse(String),
+}
+
+/// The stacks repository and where it is checked out.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    pub url: String,
+    pub branch: String,
+    pub dir: PathBuf,
+}
+
+impl Repo {
+    fn git(&self) -> Cmd {
+        let mut cmd = Cmd::new("git")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("LC_ALL", "C")
+            .timeout(LOCAL_TIMEOUT)
+            .arg("-C")
+            .arg(&self.dir);
+        if let Some(secret) = url_secret(&self.url) {
+            cmd = cmd.redact(secret);
+        }
+        cmd
+    }
+
+    /// Clones the branch when the checkout does not exist yet, else fetches it; then moves the work tree to the tip
+    /// of the branch (local changes in tracked files are discarded; untracked files such as bind-mounted data stay).
+    /// Returns the commit checked out.
+    pub async fn sync(&self) -> Result<String, GitError> {
+        if self.dir.join(".git").is_dir() {
+            runner::run_ok(self.git().args(["remote", "set-url", "origin"]).arg(&self.url)).await?;
+            let refspec = format!("+refs/heads/{b}:refs/remotes/origin/{b}", b = self.branch);
+            runner::run_ok(
+                self.git().args(["fetch", "--prune", "--quiet", "origin"]).arg(refspec).timeout(NETWORK_TIMEOUT),
+            )
+            .await
+            .map_err(|source| GitError::Fetch { branch: self.branch.clone(), source })?;
+        } else {
+            if is_non_empty_dir(&self.dir) {
+                return Err(GitError::NotACheckout { dir: self.dir.clone() });
+            }
+            if let Some(parent) = self.dir.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| {
+                    GitError::Run(RunError::Io { cmd: format!("mkdir -p {}", parent.display()), source })
+                })?;
+            }
+            let mut clone = Cmd::new("git")
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .env("LC_ALL", "C")
+                .timeout(NETWORK_TIMEOUT)
+                .args(["clone", "--quiet", "--single-branch", "--branch"])
+                .arg(&self.branch)
+                .arg("--")
+                .arg(&self.url)
+                .arg(&self.dir);
+            if let Some(secret) = url_secret(&self.url) {
+                clone = clone.redact(secret);
+            }
+            if let Err(e) = runner::run_ok(clone).await {
+                // A failed clone may leave a partial directory behind: the next attempt starts afresh.
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return Err(GitError::Clone(e));
+            }
+        }
+        let tip = format!("refs/remotes/origin/{}", self.branch);
+        runner::run_ok(self.git().args(["reset", "--hard", "--quiet"]).arg(&tip)).await?;
+        self.head().await
+    }
+
+    /// The commit checked out.
+    pub async fn head(&self) -> Result<String, GitError> {
+        let out = runner::run_ok(self.git().args(["rev-parse", "--verify", "HEAD^{commit}"])).await?;
+        parse_commit(&out.stdout)
+    }
+
+    /// The top-level directories of HEAD and their tree hashes: a stack changed exactly when its tree hash did.
+    pub async fn trees(&self) -> Result<BTreeMap<String, String>, GitError> {
+        let out = runner::run_ok(self.git().args(["ls-tree", "-z", "HEAD"])).await?;
+        parse_ls_tree(&out.stdout)
+    }
+}
+
+fn is_non_empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).map(|mut d| d.next().is_some()).unwrap_or(false)
+}
+
+/// The password of a URL like `https://user:secret@host/…`, to redact from logs and errors.
+pub fn url_secret(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = rest.split('/').next()?.rsplit_once('@')?.0;
+    let (_, pass) = userinfo.split_once(':')?;
+    (!pass.is_empty()).then(|| pass.to_string())
+}
+
+/// A full hex object name from `git rev-parse`.
+pub fn parse_commit(stdout: &[u8]) -> Result<String, GitError> {
+    let s = String::from_utf8_lossy(stdout).trim().to_string();
+    if (s.len() == 40 || s.len() == 64) && s.bytes().all(|c| c.is_ascii_hexdigit()) {
+        Ok(s)
+    } else {
+        Err(GitError::Parse(format!("not a commit id: {s:?}")))
+    }
+}
+
+/// `git ls-tree -z` output (`MODE SP TYPE SP HASH TAB NAME NUL`…) → directory name → tree hash. Files are skipped.
+pub fn parse_ls_tree(stdout: &[u8]) -> Result<BTreeMap<String, String>, GitError> {
+    let mut trees = BTreeMap::new();
+    for entry in stdout.split(|b| *b == 0).filter(|e| !e.is_empty()) {
+        let entry = String::from_utf8_lossy(entry);
+        let (meta, name) =
+            entry.split_once('\t').ok_or_else(|| GitError::Parse(format!("ls-tree entry without a tab: {entry:?}")))?;
+        let mut parts = meta.split(' ');
+        let (_mode, kind, hash) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(m), Some(k), Some(h)) => (m, k, h),
+            _ => return Err(GitError::Parse(format!("ls-tree entry: {entry:?}"))),
+        };
+        if kind == "tree" {
+            trees.insert(name.to_string(), hash.to_string());
+        }
+    }
+    Ok(trees)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `git ls-tree -z HEAD` captured from git 2.x on a repository with a README and two stack directories.
+    const LS_TREE: &[u8] = b"100644 blob 45b983be36b73c0788dc9cbcb76cbb80fc7bb057\tREADME\0\
+040000 tree 96049031bdab453f6864bcdf8f09302a75e8cb50\tphotos\0\
+040000 tree 1cff14b569ee26090d4b59fe658195df80141bb6\tproxy\0";
+
+    #[test]
+    fn ls_tree_keeps_directories() {
+        let t = parse_ls_tree(LS_TREE).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t["photos"], "96049031bdab453f6864bcdf8f09302a75e8cb50");
+        assert_eq!(t["proxy"], "1cff14b569ee26090d4b59fe658195df80141bb6");
+        assert!(parse_ls_tree(b"").unwrap().is_empty());
+        assert!(parse_ls_tree(b"garbage\0").is_err());
+    }
+
+    #[test]
+    fn commits_and_secrets() {
+        assert_eq!(
+            parse_commit(b"9e117e48d2eb54e7898359e3a6253513928c8330\n").unwrap(),
+            "9e117e48d2eb54e7898359e3a6253513928c8330"
+        );
+        assert!(parse_commit(b"fatal: bad revision\n").is_err());
+        assert_eq!(url_secret("https://bot:s3cret@git.example/lab/stacks.git").as_deref(), Some("s3cret"));
+        assert_eq!(url_secret("https://git.example/lab/stacks.git"), None);
+        assert_eq!(url_secret("/srv/repo"), None);
+        assert_eq!(url_secret("ssh://git@host/x"), None);
+    }
+
+    fn git(dir: &Path, args: &[&str]) {
+        let st = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+            .arg(dir)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    }
+
+    #[tokio::test]
+    async fn clone_then_fetch_follow_the_branch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let origin = tmp.path().join("origin");
+        std::fs::create_dir_all(origin.join("photos")).unwrap();
+        git(&origin, &["init", "-q", "-b", "main"]);
+        std::fs::write(origin.join("photos/docker-compose.yml"), "one\n").unwrap();
+        git(&origin, &["add", "."]);
+        git(&origin, &["commit", "-qm", "one"]);
+        let repo =
+            Repo { url: origin.display().to_string(), branch: "main".into(), dir: tmp.path().join("checkout/stacks") };
+        let first = repo.sync().await.unwrap();
+        let trees1 = repo.trees().await.unwrap();
+        assert!(trees1.contains_key("photos"));
+        std::fs::write(origin.join("photos/docker-compose.yml"), "two\n").unwrap();
+        git(&origin, &["commit", "-qam", "two"]);
+        let second = repo.sync().await.unwrap();
+        assert_ne!(first, second);
+        assert_ne!(trees1["photos"], repo.trees().await.unwrap()["photos"]);
+        assert_eq!(std::fs::read_to_string(repo.dir.join("photos/docker-compose.yml")).unwrap(), "two\n");
+
+        let missing = Repo { url: tmp.path().join("nope").display().to_string(), ..repo.clone() };
+        let missing = Repo { dir: tmp.path().join("other"), ..missing };
+        let err = missing.sync().await.unwrap_err().to_string();
+        assert!(err.starts_with("git clone of the stacks repository failed"), "{err}");
+        assert!(!missing.dir.exists());
+        let branch = Repo { branch: "nope".into(), ..repo };
+        let err = branch.sync().await.unwrap_err().to_string();
+        assert!(err.starts_with("git fetch of branch nope failed"), "{err}");
+    }
+}

@@ -1,0 +1,518 @@
+//! The stacks engine: syncing the repository and redeploying only the stacks whose directory changed, lifecycle
+//! actions, and the service report built from the live (event-fed) picture. One operation at a time changes stacks;
+//! reads never wait for it. Must not know proto/tonic (the `grpc` module converts) nor bollard (that is `docker`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use agent_core::cli::Shutdown;
+use futures::stream::{BoxStream, StreamExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::audit;
+use crate::compose::{self, Compose, ComposeError};
+use crate::config::Config;
+use crate::dns::DnsStatus;
+use crate::docker::{DockerError, Engine};
+use crate::git::{GitError, Repo};
+use crate::live::Live;
+use crate::model::{ContainerInfo, ContainerRow, LogLine, ServiceRow, SyncReport, Violation};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error("service {0} is not in the config")]
+    Unknown(String),
+    #[error("stack {stack}: {source}")]
+    Git { stack: String, source: GitError },
+    #[error(transparent)]
+    Compose(#[from] ComposeError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stack {stack}: no directory {stack} in the repository at commit {commit}")]
+    NotInRepo { stack: String, commit: String },
+    #[error("stack {0}: the stacks repository has not been synced yet")]
+    NotSynced(String),
+}
+
+/// The agent's metrics.
+#[derive(Clone, Default)]
+pub struct StackMetrics {
+    pub syncs: Counter,
+    pub sync_failures: Counter,
+    pub deploys: Counter,
+    pub deploy_failures: Counter,
+    pub docker_events: Counter,
+    pub containers: Gauge,
+}
+
+impl StackMetrics {
+    pub fn register(&self, m: &agent_core::telemetry::Metrics) {
+        m.register("services_syncs", "Syncs of the stacks repository", self.syncs.clone());
+        m.register(
+            "services_sync_failures",
+            "Syncs that failed to fetch or read the repository",
+            self.sync_failures.clone(),
+        );
+        m.register("services_deploys", "Stack deploys (compose up) that succeeded", self.deploys.clone());
+        m.register("services_deploy_failures", "Stack deploys refused or failed", self.deploy_failures.clone());
+        m.register("services_docker_events", "Docker events received", self.docker_events.clone());
+        m.register("services_containers", "Compose containers known to the agent", self.containers.clone());
+    }
+}
+
+pub struct Stacks {
+    cfg: Arc<Config>,
+    /// `None` when the config has no `[stacks]`: nothing to sync.
+    repo: Option<Repo>,
+    store: Store,
+    pub live: Arc<Live>,
+    pub dns: Arc<RwLock<DnsStatus>>,
+    compose: tokio::sync::Mutex<Option<Compose>>,
+    /// One change at a time (sync, up, down, …).
+    ops: tokio::sync::Mutex<()>,
+    /// The last repository error (fetch, read), shown on every stack until a sync succeeds.
+    repo_error: RwLock<Option<String>>,
+    pub metrics: StackMetrics,
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Stacks {
+    pub fn open(cfg: Arc<Config>) -> Result<Stacks, StoreError> {
+        let store = Store::open(&cfg.common.state_dir)?;
+        let repo = cfg.stacks.as_ref().map(|s| Repo {
+            url: s.repo.clone(),
+            branch: s.branch.clone(),
+            dir: s.checkout_dir.clone(),
+        });
+        Ok(Stacks {
+            cfg,
+            repo,
+            store,
+            live: Arc::new(Live::default()),
+            dns: Arc::default(),
+            compose: tokio::sync::Mutex::new(None),
+            ops: tokio::sync::Mutex::new(()),
+            repo_error: RwLock::new(None),
+            metrics: StackMetrics::default(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    async fn compose(&self) -> Result<Compose, ComposeError> {
+        let mut c = self.compose.lock().await;
+        if let Some(c) = c.as_ref() {
+            return Ok(c.clone());
+        }
+        let found = Compose::detect(&self.cfg.docker_socket).await?;
+        tracing::info!(flavor = ?found.flavor, version = found.version, "compose found");
+        *c = Some(found.clone());
+        Ok(found)
+    }
+
+    fn stack_dir(&self, repo: &Repo, name: &str) -> PathBuf {
+        repo.dir.join(name)
+    }
+
+    fn known(&self, name: &str) -> Result<(), StackError> {
+        match self.cfg.service(name) {
+            Some(_) => Ok(()),
+            None => Err(StackError::Unknown(name.to_string())),
+        }
+    }
+
+    fn set_repo_error(&self, e: Option<String>) {
+        *self.repo_error.write().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+
+    /// Fetches the repository and redeploys the stacks whose directory changed since they were deployed (or that have
+    /// no container at all). An invalid compose file is refused before anything is stopped: that stack keeps
+    /// running as it was and carries the error. Stacks taken down with `Down` stay down.
+    pub async fn sync(&self) -> SyncReport {
+        let _op = self.ops.lock().await;
+        let mut report = SyncReport::default();
+        let Some(repo) = &self.repo else { return report };
+        self.metrics.syncs.inc();
+        let fetched = async {
+            let commit = repo.sync().await?;
+            let trees = repo.trees().await?;
+            Ok::<_, GitError>((commit, trees))
+        }
+        .await;
+        let (commit, trees) = match fetched {
+            Ok(x) => x,
+            Err(e) => {
+                self.metrics.sync_failures.inc();
+                let msg = format!("sync: {e}");
+                tracing::warn!(error = msg, "sync failed; running stacks left as they are");
+                for s in &self.cfg.services {
+                    report.errors.insert(s.name.clone(), msg.clone());
+                }
+                self.set_repo_error(Some(msg));
+                return report;
+            }
+        };
+        self.set_repo_error(None);
+        report.commit = commit.clone();
+        let compose = match self.compose().await {
+            Ok(c) => c,
+            Err(e) => {
+                for s in &self.cfg.services {
+                    if let Err(se) = self.store.set_error(&s.name, &e.to_string()) {
+                        tracing::error!(stack = s.name, error = %se, "cannot record the error");
+                    }
+                    report.errors.insert(s.name.clone(), e.to_string());
+                }
+                return report;
+            }
+        };
+        for svc in &self.cfg.services {
+            let name = &svc.name;
+            match self.sync_stack(&compose, repo, name, &commit, &trees).await {
+                Ok(true) => report.redeployed.push(name.clone()),
+                Ok(false) => {}
+                Err(e) => {
+                    self.metrics.deploy_failures.inc();
+                    let msg = e.to_string();
+                    tracing::warn!(stack = name, error = msg, "stack not deployed");
+                    if let Err(se) = self.store.set_error(name, &msg) {
+                        tracing::error!(stack = name, error = %se, "cannot record the error");
+                    }
+                    report.errors.insert(name.clone(), msg);
+                }
+            }
+        }
+        tracing::info!(commit = short(&commit), redeployed = ?report.redeployed, errors = report.errors.len(), "sync done");
+        report
+    }
+
+    /// Deploys one stack when its tree changed; `Ok(true)` when it was redeployed.
+    async fn sync_stack(
+        &self,
+        compose: &Compose,
+        repo: &Repo,
+        name: &str,
+        commit: &str,
+        trees: &BTreeMap<String, String>,
+    ) -> Result<bool, StackError> {
+        let rec = self.store.get(name)?;
+        if !rec.wanted {
+            return Ok(false);
+        }
+        let tree = trees
+            .get(name)
+            .ok_or_else(|| StackError::NotInRepo { stack: name.to_string(), commit: short(commit).to_string() })?;
+        let file = compose::find_file(name, &self.stack_dir(repo, name))?;
+        let running = !self.live.project(name).is_empty() || !self.live.seeded();
+        if rec.tree == *tree && running {
+            if !rec.error.is_empty() {
+                self.store.set_error(name, "")?;
+            }
+            return Ok(false);
+        }
+        compose.validate(name, &file).await.map_err(|e| match e {
+            ComposeError::Invalid { stack, message } => ComposeError::Invalid {
+                stack,
+                message: format!("{message} (commit {}; the running stack was left as it was)", short(commit)),
+            },
+            other => other,
+        })?;
+        compose.up(name, &file).await?;
+        self.store.set_deployed(name, commit, tree)?;
+        self.metrics.deploys.inc();
+        tracing::info!(stack = name, commit = short(commit), "stack deployed");
+        Ok(true)
+    }
+
+    /// The compose file of a configured stack in the checkout.
+    fn file(&self, name: &str) -> Result<(&Repo, PathBuf), StackError> {
+        self.known(name)?;
+        let repo = self.repo.as_ref().ok_or_else(|| StackError::NotSynced(name.to_string()))?;
+        if !repo.dir.join(".git").is_dir() {
+            return Err(StackError::NotSynced(name.to_string()));
+        }
+        Ok((repo, compose::find_file(name, &self.stack_dir(repo, name))?))
+    }
+
+    /// Validates and deploys the stack from the checkout; it stays wanted up.
+    pub async fn up(&self, name: &str) -> Result<String, StackError> {
+        let _op = self.ops.lock().await;
+        let (repo, file) = self.file(name)?;
+        let compose = self.compose().await?;
+        let outcome = async {
+            compose.validate(name, &file).await?;
+            compose.up(name, &file).await?;
+            Ok::<_, StackError>(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            self.store.set_error(name, &e.to_string())?;
+            return Err(e);
+        }
+        self.store.set_wanted(name, true)?;
+        let commit = repo.head().await.map_err(|source| StackError::Git { stack: name.into(), source })?;
+        let trees = repo.trees().await.map_err(|source| StackError::Git { stack: name.into(), source })?;
+        self.store.set_deployed(name, &commit, trees.get(name).map_or("", |t| t.as_str()))?;
+        Ok(format!("{name} is up at commit {}", short(&commit)))
+    }
+
+    /// Stops and removes the stack's containers (volumes stay); sync leaves it down until `Up`.
+    pub async fn down(&self, name: &str) -> Result<String, StackError> {
+        let _op = self.ops.lock().await;
+        let (_, file) = self.file(name)?;
+        self.compose().await?.down(name, &file).await?;
+        self.store.set_wanted(name, false)?;
+        Ok(format!("{name} is down"))
+    }
+
+    pub async fn restart(&self, name: &str) -> Result<String, StackError> {
+        let _op = self.ops.lock().await;
+        let (_, file) = self.file(name)?;
+        self.compose().await?.restart(name, &file).await?;
+        Ok(format!("{name} restarted"))
+    }
+
+    pub async fn pause(&self, name: &str) -> Result<String, StackError> {
+        let _op = self.ops.lock().await;
+        let (_, file) = self.file(name)?;
+        self.compose().await?.pause(name, &file).await?;
+        Ok(format!("{name} paused"))
+    }
+
+    pub async fn unpause(&self, name: &str) -> Result<String, StackError> {
+        let _op = self.ops.lock().await;
+        let (_, file) = self.file(name)?;
+        self.compose().await?.unpause(name, &file).await?;
+        Ok(format!("{name} unpaused"))
+    }
+
+    /// The logs of every container of the stack, merged as they come.
+    pub async fn logs(
+        &self,
+        name: &str,
+        follow: bool,
+        tail: u32,
+    ) -> Result<BoxStream<'static, Result<LogLine, DockerError>>, StackError> {
+        self.known(name)?;
+        let engine = Engine::connect(&self.cfg.docker_socket).await?;
+        let streams: Vec<_> = self.live.project(name).iter().map(|c| engine.logs(&c.name, follow, tail)).collect();
+        Ok(futures::stream::select_all(streams).boxed())
+    }
+
+    /// The hub-and-spoke audit of the configured stacks, from the live picture.
+    pub fn audit(&self) -> Vec<Violation> {
+        let Some(hub) = &self.cfg.hub else { return Vec::new() };
+        let (containers, networks) = self.live.snapshot();
+        audit::audit(&self.cfg.services, hub, &containers, &networks)
+    }
+
+    /// One row per configured service, from memory (no Docker call).
+    pub fn list(&self) -> Vec<ServiceRow> {
+        let now = now_unix();
+        let engine_error = self.live.engine_error();
+        let repo_error = self.repo_error.read().unwrap_or_else(|e| e.into_inner()).clone();
+        self.cfg
+            .services
+            .iter()
+            .map(|svc| {
+                let rec = self.store.get(&svc.name);
+                let (commit, wanted, stack_error) = match &rec {
+                    Ok(r) => (r.commit.clone(), r.wanted, r.error.clone()),
+                    Err(e) => (String::new(), true, e.to_string()),
+                };
+                let containers = self.live.project(&svc.name);
+                let errors: Vec<String> = [repo_error.clone(), Some(stack_error), engine_error.clone()]
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| !e.is_empty())
+                    .collect();
+                let (state, health) = aggregate(&containers, wanted, !commit.is_empty(), engine_error.is_some());
+                ServiceRow {
+                    name: svc.name.clone(),
+                    state,
+                    health,
+                    deployed_commit: commit,
+                    error: errors.join("; "),
+                    containers: containers.iter().map(|c| row(c, now)).collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The one-line summary of `Agent/Status`.
+    pub fn summary(&self) -> String {
+        let rows = self.list();
+        let running = rows.iter().filter(|r| r.state == "running").count();
+        let failing: Vec<&str> = rows.iter().filter(|r| !r.error.is_empty()).map(|r| r.name.as_str()).collect();
+        let containers: usize = rows.iter().map(|r| r.containers.len()).sum();
+        let violations = self.audit().len();
+        let mut s = format!(
+            "{} stacks ({running} running), {containers} containers, {violations} audit violations",
+            rows.len()
+        );
+        if !failing.is_empty() {
+            s.push_str(&format!(", errors in {}", failing.join(" ")));
+        }
+        if let Some(e) = self.live.engine_error() {
+            s.push_str(&format!("; {e}"));
+        }
+        let dns = self.dns.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if self.cfg.dns_agent.is_some() {
+            match dns.error {
+                Some(e) => s.push_str(&format!("; dns names pending: {e}")),
+                None if dns.attempted => s.push_str(&format!("; {} dns names", dns.registered)),
+                None => {}
+            }
+        }
+        s
+    }
+
+    /// Syncs now and then every `[stacks] poll` until `shutdown`.
+    pub async fn poll(self: Arc<Self>, shutdown: Shutdown) {
+        let Some(every) = self.cfg.stacks.as_ref().map(|s| s.poll) else { return };
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        // Let the watcher take its first snapshot so "no containers" is not mistaken for "engine not read yet".
+        for _ in 0..50 {
+            if self.live.seeded() {
+                break;
+            }
+            tokio::select! { _ = &mut stop => return, _ = tokio::time::sleep(Duration::from_millis(100)) => {} }
+        }
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = self.sync() => {}
+            }
+            // Also sync when the engine comes back: a deploy refused while it was away is retried at once.
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(every) => {}
+                _ = self.live.reconnected() => tracing::info!("docker engine back: syncing"),
+            }
+        }
+    }
+}
+
+fn row(c: &ContainerInfo, now: i64) -> ContainerRow {
+    let up = c.state == "running" || c.state == "paused";
+    ContainerRow {
+        name: c.name.clone(),
+        id: c.id.clone(),
+        image: c.image.clone(),
+        state: c.shown_state().to_string(),
+        health: c.health.clone().unwrap_or_else(|| "none".into()),
+        uptime_seconds: match (up, c.started_unix) {
+            (true, Some(t)) => u64::try_from(now - t).unwrap_or(0),
+            _ => 0,
+        },
+        restarts: c.restarts,
+    }
+}
+
+/// The state and health of a service from its containers.
+pub fn aggregate(containers: &[ContainerInfo], wanted: bool, deployed: bool, engine_down: bool) -> (String, String) {
+    let health = if containers.iter().any(|c| c.health.as_deref() == Some("unhealthy")) {
+        "unhealthy"
+    } else if containers.iter().any(|c| c.health.as_deref() == Some("starting")) {
+        "starting"
+    } else if containers.iter().any(|c| c.health.is_some()) {
+        "healthy"
+    } else {
+        "none"
+    };
+    let state = if engine_down {
+        "unknown"
+    } else if containers.is_empty() {
+        match (wanted, deployed) {
+            (false, _) => "down",
+            (true, false) => "not deployed",
+            (true, true) => "missing",
+        }
+    } else {
+        let states: Vec<&str> = containers.iter().map(|c| c.shown_state()).collect();
+        if states.contains(&"unhealthy") {
+            "unhealthy"
+        } else if states.iter().all(|s| *s == "running") {
+            "running"
+        } else if states.iter().all(|s| *s == "running" || *s == "starting") {
+            "starting"
+        } else if states.iter().all(|s| *s == "paused") {
+            "paused"
+        } else if states.iter().all(|s| matches!(*s, "exited" | "dead" | "created" | "oom-killed")) {
+            "stopped"
+        } else {
+            "degraded"
+        }
+    };
+    (state.to_string(), health.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(state: &str, health: Option<&str>) -> ContainerInfo {
+        ContainerInfo {
+            id: "id".into(),
+            name: "n".into(),
+            project: "p".into(),
+            service: "web".into(),
+            image: "img".into(),
+            state: state.into(),
+            health: health.map(String::from),
+            started_unix: Some(100),
+            restarts: 2,
+            oom_killed: false,
+            networks: vec![],
+            published: vec![],
+            network_mode: String::new(),
+            privileged: false,
+            binds: vec![],
+        }
+    }
+
+    fn agg(cs: &[ContainerInfo]) -> (String, String) {
+        aggregate(cs, true, true, false)
+    }
+
+    #[test]
+    fn an_unhealthy_container_is_never_just_running() {
+        assert_eq!(
+            agg(&[c("running", Some("unhealthy")), c("running", None)]),
+            ("unhealthy".into(), "unhealthy".into())
+        );
+        assert_eq!(agg(&[c("running", Some("healthy")), c("running", None)]), ("running".into(), "healthy".into()));
+        assert_eq!(agg(&[c("running", None)]), ("running".into(), "none".into()));
+        assert_eq!(agg(&[c("running", Some("starting"))]).0, "starting");
+        assert_eq!(agg(&[c("running", None), c("exited", None)]).0, "degraded");
+        assert_eq!(agg(&[c("paused", None)]).0, "paused");
+        assert_eq!(agg(&[c("exited", None)]).0, "stopped");
+        let mut oom = c("exited", None);
+        oom.oom_killed = true;
+        assert_eq!(oom.shown_state(), "oom-killed");
+        assert_eq!(agg(&[oom]).0, "stopped");
+        assert_eq!(aggregate(&[], true, false, false).0, "not deployed");
+        assert_eq!(aggregate(&[], false, true, false).0, "down");
+        assert_eq!(aggregate(&[], true, true, false).0, "missing");
+        assert_eq!(aggregate(&[c("running", None)], true, true, true).0, "unknown");
+        let r = row(&c("running", Some("unhealthy")), 160);
+        assert_eq!((r.state.as_str(), r.uptime_seconds, r.restarts), ("unhealthy", 60, 2));
+        assert_eq!(row(&c("exited", None), 160).uptime_seconds, 0);
+    }
+}

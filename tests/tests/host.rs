@@ -1,0 +1,745 @@
+//! The host-agent end to end: the real binary driving a real QEMU/KVM VM (TCG when KVM is missing) whose data disk
+//! changes while it runs, on ext4 (clone falls back to suspend) and on a btrfs loop filesystem (reflink clones), with
+//! real borg and rsync; crash recovery after SIGKILL; encryption refusal; the VMware path against `vmrun-standin`,
+//! the one test double (vmrun cannot run on Linux). Knows the agent's config format, logs and gRPC API only.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_core::identity::Role;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use serde_json::{json, Value};
+use strata_proto::v1::host_client::HostClient;
+use strata_proto::v1::{ListVmsRequest, VmBackupRequest, VmRef, VmRestoreRequest};
+use strata_tests::fixtures::borg::BorgRepo;
+use strata_tests::fixtures::{cmd, require_root, unique_suffix, wait_until};
+use strata_tests::harness::{base_config, bin, AgentKind, AgentProc, Pki};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+/// Blocks in the data disk the writer changes (4 KiB each): a 1 MiB raw disk.
+const BLOCKS: usize = 256;
+const BLOCK: usize = 4096;
+
+// ---------------------------------------------------------------------------------------------------------------
+// A btrfs filesystem on a loop device (reflinks work there), removed on Drop.
+
+struct Btrfs {
+    mnt: TempDir,
+    _img_dir: TempDir,
+    loopdev: String,
+}
+
+impl Btrfs {
+    fn create() -> Result<Btrfs> {
+        require_root("a btrfs loop filesystem")?;
+        cmd::require("mkfs.btrfs", "btrfs-progs")?;
+        cmd::require("losetup", "mount")?;
+        let img_dir = tempfile::Builder::new().prefix("strata-btrfs-img-").tempdir()?;
+        let img = img_dir.path().join("fs.img");
+        std::fs::File::create(&img)?.set_len(1 << 30)?;
+        cmd::run(Command::new("mkfs.btrfs").arg("-q").arg(&img))?;
+        let loopdev = cmd::run(Command::new("losetup").args(["-f", "--show"]).arg(&img))?.trim().to_string();
+        let mnt = tempfile::Builder::new().prefix("strata-btrfs-").tempdir()?;
+        if let Err(e) = cmd::run(Command::new("mount").arg(&loopdev).arg(mnt.path())) {
+            let _ = Command::new("losetup").args(["-d", &loopdev]).status();
+            return Err(e.context("mounting the btrfs loop device"));
+        }
+        Ok(Btrfs { mnt, _img_dir: img_dir, loopdev })
+    }
+
+    fn path(&self) -> &Path {
+        self.mnt.path()
+    }
+}
+
+impl Drop for Btrfs {
+    fn drop(&mut self) {
+        for _ in 0..20 {
+            if Command::new("umount").arg(self.mnt.path()).status().is_ok_and(|s| s.success()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let _ = Command::new("losetup").args(["-d", &self.loopdev]).status();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A small blocking QMP client on the test's own QMP socket (the VM gets a second `-qmp` through vm.toml `args`).
+
+struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    fn connect(path: &Path) -> Result<Qmp> {
+        let s = UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut q = Qmp { writer: s.try_clone()?, reader: BufReader::new(s) };
+        q.read()?;
+        q.exec("qmp_capabilities", None)?;
+        Ok(q)
+    }
+
+    fn read(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("qmp connection closed");
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    fn exec(&mut self, cmd: &str, args: Option<Value>) -> Result<Value> {
+        let mut m = json!({ "execute": cmd });
+        if let Some(a) = args {
+            m["arguments"] = a;
+        }
+        self.writer.write_all(format!("{m}\n").as_bytes())?;
+        loop {
+            let v = self.read()?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                bail!("qmp {cmd}: {e}");
+            }
+        }
+    }
+
+    fn status(&mut self) -> Result<String> {
+        Ok(self.exec("query-status", None)?["status"].as_str().unwrap_or("?").to_string())
+    }
+}
+
+/// Writes 4 KiB blocks into the VM's raw data disk through QEMU (`qemu-io` over HMP) whenever the VM runs, like a
+/// guest would; logs each completed write `(block, byte)` in order.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<(usize, u8)>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn spawn(qmp_path: PathBuf) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (s, l) = (stop.clone(), log.clone());
+        let handle = std::thread::spawn(move || {
+            let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut qmp: Option<Qmp> = None;
+            while !s.load(Ordering::Relaxed) {
+                let Some(q) = qmp.as_mut() else {
+                    qmp = Qmp::connect(&qmp_path).ok();
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                match q.status() {
+                    Ok(st) if st == "running" => {
+                        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                        let block = (seed >> 33) as usize % BLOCKS;
+                        let n = l.lock().unwrap().len();
+                        let byte = (n % 250 + 1) as u8;
+                        let line = format!("qemu-io virtio1 \"write -P {byte} {} 4k\"", block * BLOCK);
+                        match q.exec("human-monitor-command", Some(json!({ "command-line": line }))) {
+                            Ok(v) if v.as_str().unwrap_or("").is_empty() => l.lock().unwrap().push((block, byte)),
+                            _ => qmp = None,
+                        }
+                    }
+                    Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+                    Err(_) => qmp = None,
+                }
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        });
+        Writer { stop, log, handle: Some(handle) }
+    }
+
+    fn writes(&self) -> Vec<(usize, u8)> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The number of logged writes after which the (initially zero) data disk equals `restored`, if there is one.
+fn matching_prefix(restored: &[u8], writes: &[(usize, u8)]) -> Option<usize> {
+    if restored.len() != BLOCKS * BLOCK {
+        return None;
+    }
+    let mut model = vec![0u8; BLOCKS];
+    let uniform: Vec<Option<u8>> =
+        restored.chunks(BLOCK).map(|c| if c.iter().all(|b| *b == c[0]) { Some(c[0]) } else { None }).collect();
+    let mut wrong = (0..BLOCKS).filter(|&i| uniform[i] != Some(model[i])).count();
+    if wrong == 0 {
+        return Some(0);
+    }
+    for (k, &(block, byte)) in writes.iter().enumerate() {
+        let before = uniform[block] == Some(model[block]);
+        model[block] = byte;
+        let after = uniform[block] == Some(model[block]);
+        match (before, after) {
+            (true, false) => wrong += 1,
+            (false, true) => wrong -= 1,
+            _ => {}
+        }
+        if wrong == 0 {
+            return Some(k + 1);
+        }
+    }
+    None
+}
+
+fn sha256(p: &Path) -> Result<String> {
+    let out = cmd::run(Command::new("sha256sum").arg(p))?;
+    Ok(out.split_whitespace().next().unwrap_or("").to_string())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The lab: PKI, a QEMU VM directory, targets, and the agent (restarted with a new config per case).
+
+struct Lab {
+    pki: Pki,
+    dir: TempDir,
+    vm_dir: PathBuf,
+    test_qmp: PathBuf,
+    agent: Option<AgentProc>,
+}
+
+struct VmSpec<'a> {
+    mode: &'a str,
+    engine: &'a str,
+    target: &'a Path,
+    extra: String,
+}
+
+impl Lab {
+    /// A VM directory `lab` under `vm_parent`: a 16 MiB qcow2 system disk and a 1 MiB raw data disk.
+    fn new(vm_parent: &Path) -> Result<Lab> {
+        cmd::require("qemu-system-x86_64", "qemu-system-x86")?;
+        cmd::require("qemu-img", "qemu-utils")?;
+        let dir = tempfile::Builder::new().prefix("strata-host-").tempdir()?;
+        let vm_dir = vm_parent.join("lab");
+        std::fs::create_dir_all(&vm_dir)?;
+        cmd::run(
+            Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(vm_dir.join("disk.qcow2")).arg("16M"),
+        )?;
+        std::fs::File::create(vm_dir.join("data.raw"))?.set_len((BLOCKS * BLOCK) as u64)?;
+        let test_qmp = dir.path().join(format!("t{}.qmp", unique_suffix()));
+        let vm_toml = format!(
+            "memory_mb = 128\ncpus = 1\ndisks = [\"disk.qcow2\", \"data.raw\"]\nargs = [\"-qmp\", \"unix:{},server=on,wait=off\"]\n",
+            test_qmp.display()
+        );
+        std::fs::write(vm_dir.join("vm.toml"), vm_toml)?;
+        Ok(Lab { pki: Pki::new()?, dir, vm_dir, test_qmp, agent: None })
+    }
+
+    fn config_text(&self, vms: &[(&str, &Path, &VmSpec<'_>)]) -> Result<String> {
+        let (cert, key) = self.pki.issue(Role::HostAgent, "host1")?;
+        let mut text = base_config(&self.dir.path().join("state"), &self.pki.ca(), &cert, &key);
+        for (name, path, s) in vms {
+            text.push_str(&format!(
+                "[[vms]]\nname = \"{name}\"\nbackend = \"qemu\"\npath = {path:?}\nmode = \"{}\"\nengine = \"{}\"\n\
+                 target = {:?}\nshutdown_timeout = 2\n{}\n",
+                s.mode, s.engine, s.target, s.extra
+            ));
+        }
+        Ok(text)
+    }
+
+    fn write_config(&self, spec: &VmSpec<'_>) -> Result<PathBuf> {
+        let text = self.config_text(&[("lab", &self.vm_dir, spec)])?;
+        let path = self.dir.path().join("host-agent.toml");
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// (Re)starts the agent with `spec` for the VM `lab`.
+    fn restart(&mut self, spec: &VmSpec<'_>) -> Result<()> {
+        if let Some(mut a) = self.agent.take() {
+            a.terminate()?;
+        }
+        let path = self.write_config(spec)?;
+        self.agent = Some(AgentProc::start_with_config(AgentKind::Host, &path)?);
+        Ok(())
+    }
+
+    fn agent(&self) -> Result<&AgentProc> {
+        self.agent.as_ref().ok_or_else(|| anyhow!("the agent is not started"))
+    }
+
+    async fn client(&self) -> Result<HostClient<Channel>> {
+        let tls = self.pki.material(&self.pki.ca(), Role::Admin, "admin")?;
+        let ch = tls.connect(&self.agent()?.url(), Role::HostAgent, Duration::from_secs(10)).await?;
+        Ok(HostClient::new(ch))
+    }
+
+    async fn state(&self) -> Result<String> {
+        let vms = self.client().await?.list_vms(ListVmsRequest {}).await?.into_inner().vms;
+        Ok(vms.into_iter().find(|v| v.name == "lab").map(|v| v.state).unwrap_or_default())
+    }
+
+    fn qemu_pid(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("state/qemu/lab.pid")).ok().map(|s| s.trim().to_string())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(a) = &self.agent {
+            if std::thread::panicking() {
+                eprintln!("host-agent log:\n{}", a.logs());
+            }
+        }
+        self.agent = None;
+        if let Some(pid) = self.qemu_pid() {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            wait_until(Duration::from_secs(5), || !Path::new(&format!("/proc/{pid}")).exists());
+        }
+    }
+}
+
+/// Runs a streaming Backup and returns the final `finished` message, or the error status text.
+async fn backup(c: &mut HostClient<Channel>, name: &str) -> Result<String> {
+    let mut s = c.backup(VmBackupRequest { name: name.into(), all: false }).await?.into_inner();
+    let mut last = String::new();
+    while let Some(p) = s.message().await? {
+        if p.step == "finished" {
+            last = p.message;
+        }
+    }
+    Ok(last)
+}
+
+async fn restore(c: &mut HostClient<Channel>, name: &str, archive: &str, to: &Path) -> Result<String> {
+    let req = VmRestoreRequest {
+        name: name.into(),
+        archive: archive.into(),
+        to: to.display().to_string(),
+        force: false,
+        start: false,
+    };
+    let mut s = c.restore(req).await?.into_inner();
+    let mut last = String::new();
+    while let Some(p) = s.message().await? {
+        last = p.message;
+    }
+    Ok(last)
+}
+
+/// Every mode × engine on the filesystem holding `vm_parent`: each backup restores to a data disk byte-identical to
+/// a state the running disk had at backup time, a system disk identical to the live one, and the VM runs afterwards.
+async fn modes_and_engines(vm_parent: &Path, reflinks: bool) -> Result<()> {
+    let mut lab = Lab::new(vm_parent)?;
+    let borg = BorgRepo::init("correct horse battery staple")?;
+    let passcommand =
+        borg.env().into_iter().find(|(k, _)| k == "BORG_PASSCOMMAND").map(|(_, v)| v).context("passcommand")?;
+    let rsync_target = lab.dir.path().join("rsync");
+    std::fs::create_dir(&rsync_target)?;
+    cmd::require("rsync", "rsync")?;
+
+    let first = VmSpec { mode: "suspend", engine: "rsync", target: &rsync_target, extra: String::new() };
+    lab.restart(&first)?;
+    let mut c = lab.client().await?;
+    c.start(VmRef { name: "lab".into() }).await?;
+    ensure!(lab.state().await? == "running", "the vm did not start");
+    let writer = Writer::spawn(lab.test_qmp.clone());
+    ensure!(wait_until(Duration::from_secs(20), || writer.writes().len() > 20), "the writer cannot write to the vm");
+
+    let mut restored_count = 0;
+    for mode in ["stop", "suspend", "clone"] {
+        for engine in ["borg", "rsync"] {
+            let case = format!("{mode}/{engine}");
+            let (target, extra) = match engine {
+                "borg" => (borg.path(), format!("passcommand = {passcommand:?}\nretention = {{ last = 20 }}")),
+                _ => (rsync_target.as_path(), "retention = { last = 20 }".to_string()),
+            };
+            lab.restart(&VmSpec { mode, engine, target, extra })?;
+            let mut c = lab.client().await?;
+            let msg = backup(&mut c, "lab").await.with_context(|| format!("{case}: backup"))?;
+            ensure!(msg.contains("backed up as lab-"), "{case}: {msg}");
+            let id =
+                msg.split("backed up as ").nth(1).and_then(|s| s.split_whitespace().next()).context("id")?.to_string();
+            let fell_back = msg.contains("fell back to suspend mode");
+            if mode == "clone" {
+                ensure!(fell_back != reflinks, "{case}: reflinks={reflinks} but the report says: {msg}");
+                let clones: Vec<_> = std::fs::read_dir(vm_parent)?
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("strata-clone-"))
+                    .collect();
+                ensure!(clones.is_empty(), "{case}: clone left behind");
+            }
+
+            // The VM runs again and its disk keeps changing.
+            ensure!(lab.state().await? == "running", "{case}: vm not running after the backup");
+            let n = writer.writes().len();
+            ensure!(
+                wait_until(Duration::from_secs(20), || writer.writes().len() > n + 5),
+                "{case}: the disk stopped changing"
+            );
+
+            let backups = c.list_backups(VmRef { name: "lab".into() }).await?.into_inner().backups;
+            let b = backups.iter().find(|b| b.id == id).with_context(|| format!("{case}: {id} not listed"))?;
+            ensure!(b.downtime_seconds > 0.0, "{case}: downtime not recorded: {b:?}");
+
+            let to = lab.dir.path().join(format!("restored-{mode}-{engine}"));
+            restore(&mut c, "lab", &id, &to).await.with_context(|| format!("{case}: restore"))?;
+            let data = std::fs::read(to.join("data.raw"))?;
+            let writes = writer.writes();
+            let k = matching_prefix(&data, &writes).with_context(|| {
+                format!("{case}: restored data disk matches no state the disk had ({} writes)", writes.len())
+            })?;
+            ensure!(k > 0, "{case}: the backup holds no write at all");
+            ensure!(
+                sha256(&to.join("disk.qcow2"))? == sha256(&lab.vm_dir.join("disk.qcow2"))?,
+                "{case}: system disk differs"
+            );
+            // Never over an existing bundle without --force.
+            let again = restore(&mut c, "lab", &id, &to).await;
+            ensure!(again.as_ref().is_err_and(|e| format!("{e:?}").contains("already exists")), "{case}: {again:?}");
+            restored_count += 1;
+            eprintln!("{case}: ok ({id}, downtime {:.3}s, captured write {k} of {})", b.downtime_seconds, writes.len());
+        }
+    }
+    ensure!(restored_count == 6);
+
+    // A drill restores the latest backup into scratch space, checks it (qemu-img check) and removes it.
+    let mut c = lab.client().await?;
+    let mut s = c.drill(VmRef { name: "lab".into() }).await?.into_inner();
+    let mut report = String::new();
+    while let Some(p) = s.message().await? {
+        report = p.message;
+    }
+    ensure!(report.starts_with("drill ok") && report.contains("scratch copy removed"), "{report}");
+    ensure!(!lab.dir.path().join("state/drill").read_dir()?.any(|e| e.is_ok()), "drill left its scratch copy");
+    // --force moves an existing bundle aside instead of overwriting it.
+    let to = lab.dir.path().join("restored-clone-rsync");
+    let req = VmRestoreRequest {
+        name: "lab".into(),
+        archive: String::new(),
+        to: to.display().to_string(),
+        force: true,
+        start: false,
+    };
+    let mut s = c.restore(req).await?.into_inner();
+    let mut last = String::new();
+    while let Some(p) = s.message().await? {
+        last = p.message;
+    }
+    ensure!(last.contains("the previous bundle was moved to"), "{last}");
+    ensure!(to.join("vm.toml").is_file(), "nothing restored at {}", to.display());
+
+    // Disaster recovery in place: refused while the VM runs; once stopped, the latest backup replaces the bundle
+    // (the old one is moved aside, not deleted) and the VM starts from it.
+    let req = |start: bool| VmRestoreRequest {
+        name: "lab".into(),
+        archive: String::new(),
+        to: lab.vm_dir.display().to_string(),
+        force: true,
+        start,
+    };
+    let running = async { c.clone().restore(req(true)).await?.into_inner().message().await };
+    ensure!(
+        running.await.is_err_and(|e| e.message().contains("stop it before restoring")),
+        "restored over a running vm"
+    );
+    c.stop(VmRef { name: "lab".into() }).await?;
+    ensure!(lab.state().await? == "off", "the vm did not stop");
+    let mut s = c.restore(req(true)).await?.into_inner();
+    let mut last = String::new();
+    while let Some(p) = s.message().await? {
+        last = p.message;
+    }
+    ensure!(last.contains("moved to") && last.contains("started as lab"), "{last}");
+    ensure!(lab.state().await? == "running", "the restored vm does not run");
+    let aside = std::fs::read_dir(vm_parent)?
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("lab.replaced-"));
+    ensure!(aside, "the previous bundle was not kept");
+    drop(writer);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_mode_and_engine_restores_identical_disks_on_ext4() -> Result<()> {
+    let parent = tempfile::Builder::new().prefix("strata-vms-").tempdir()?;
+    modes_and_engines(parent.path(), false).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_mode_and_engine_restores_identical_disks_on_btrfs_with_reflinks() -> Result<()> {
+    let fs = Btrfs::create()?;
+    modes_and_engines(fs.path(), true).await
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Starts the agent with extra environment (the crash hook), returning the child, its gRPC address and its log.
+type Logs = Arc<Mutex<Vec<String>>>;
+
+fn spawn_agent(config: &Path, env: &[(&str, &str)]) -> Result<(Child, String, Logs)> {
+    let mut child = Command::new(bin("host-agent")?)
+        .args(["--log-format", "human", "run", "--config"])
+        .arg(config)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().context("stderr")?;
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let find = |pat: &str| logs.lock().unwrap().iter().find_map(|l| l.split(pat).nth(1).map(|s| s.trim().to_string()));
+    if !wait_until(Duration::from_secs(20), || find("grpc listening on ").is_some()) {
+        let _ = child.kill();
+        bail!("host-agent did not start: {}", logs.lock().unwrap().join("\n"));
+    }
+    let addr = find("grpc listening on ").context("addr")?;
+    Ok((child, format!("https://{addr}"), logs))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_while_paused_then_restart_resumes_the_vm_and_removes_only_our_clone() -> Result<()> {
+    let fs = Btrfs::create()?;
+    let mut lab = Lab::new(fs.path())?;
+    let target = lab.dir.path().join("rsync");
+    std::fs::create_dir(&target)?;
+    let bystander = fs.path().join("strata-clones-are-not-mine");
+    std::fs::create_dir(&bystander)?;
+    let spec = VmSpec { mode: "clone", engine: "rsync", target: &target, extra: String::new() };
+    let config = lab.write_config(&spec)?;
+
+    let (mut child, url, logs) = spawn_agent(&config, &[("STRATA_TEST_CRASH_AT", "resume")])?;
+    let tls = lab.pki.material(&lab.pki.ca(), Role::Admin, "admin")?;
+    let mut c = HostClient::new(tls.connect(&url, Role::HostAgent, Duration::from_secs(10)).await?);
+    c.start(VmRef { name: "lab".into() }).await?;
+    let mut bc = c.clone();
+    let call = tokio::spawn(async move { backup(&mut bc, "lab").await });
+    let held = wait_until(Duration::from_secs(30), || {
+        logs.lock().unwrap().iter().any(|l| l.contains("test hook: holding at step resume"))
+    });
+    ensure!(held, "the agent never reached the crash hook: {}", logs.lock().unwrap().join("\n"));
+    let mut q = Qmp::connect(&lab.test_qmp)?;
+    ensure!(q.status()? == "paused", "the vm should be paused at the crash point");
+    let clones = || -> Result<Vec<String>> {
+        Ok(std::fs::read_dir(fs.path())?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|n| n.starts_with("strata-clone-"))
+            .collect())
+    };
+    ensure!(clones()?.len() == 1, "one clone should exist at the crash point: {:?}", clones()?);
+    Command::new("kill").args(["-KILL", &child.id().to_string()]).status()?;
+    child.wait()?;
+    let _ = call.await;
+    ensure!(q.status()? == "paused", "nothing resumed the vm yet");
+
+    lab.agent = Some(AgentProc::start_with_config(AgentKind::Host, &config)?);
+    // Recovery runs right after the listeners are bound, before serving.
+    let resumed = wait_until(Duration::from_secs(30), || q.status().is_ok_and(|s| s == "running"));
+    ensure!(resumed, "the restarted agent did not resume the vm: {}", lab.agent()?.logs());
+    let removed = wait_until(Duration::from_secs(10), || clones().is_ok_and(|c| c.is_empty()));
+    ensure!(removed, "our clone was not removed: {:?}", clones()?);
+    ensure!(bystander.is_dir() && lab.vm_dir.join("data.raw").is_file(), "recovery removed something not ours");
+    let log = lab.agent()?.logs();
+    ensure!(log.contains("resumed vm lab") && log.contains("removed clone"), "{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unencrypted_or_missing_target_is_refused_and_the_vm_keeps_running() -> Result<()> {
+    let parent = tempfile::Builder::new().prefix("strata-vms-").tempdir()?;
+    let mut lab = Lab::new(parent.path())?;
+    let target = lab.dir.path().join("rsync");
+    std::fs::create_dir(&target)?;
+    let spec =
+        VmSpec { mode: "suspend", engine: "rsync", target: &target, extra: "require_encrypted_target = true".into() };
+    lab.restart(&spec)?;
+    let mut c = lab.client().await?;
+    c.start(VmRef { name: "lab".into() }).await?;
+    let err = backup(&mut c, "lab").await.expect_err("an unencrypted target must be refused");
+    let text = format!("{err:?}");
+    ensure!(text.contains("is not encrypted") && text.contains("require_encrypted_target"), "{text}");
+    ensure!(lab.state().await? == "running", "vm not running after a refused backup");
+    ensure!(std::fs::read_dir(&target)?.next().is_none(), "something was written to the refused target");
+
+    let missing = lab.dir.path().join("no-such-target");
+    lab.restart(&VmSpec { mode: "clone", engine: "rsync", target: &missing, extra: String::new() })?;
+    let mut c = lab.client().await?;
+    let err = backup(&mut c, "lab").await.expect_err("a missing target must fail");
+    ensure!(format!("{err:?}").contains("does not exist"), "{err:?}");
+    ensure!(lab.state().await? == "running", "vm not running after a failed backup");
+
+    // An unreachable guest is a warning, or an abort when require_guest is set; the VM runs either way.
+    let guest = "guest = \"https://127.0.0.1:9\"\n".to_string();
+    lab.restart(&VmSpec { mode: "suspend", engine: "rsync", target: &target, extra: guest.clone() })?;
+    let mut c = lab.client().await?;
+    let msg = backup(&mut c, "lab").await?;
+    ensure!(
+        msg.contains("backed up as") && msg.contains("guest https://127.0.0.1:9 did not prepare for the backup"),
+        "{msg}"
+    );
+    // A real services-agent over mTLS: reached with the host-agent's identity; whatever it answers is reported.
+    let services = AgentProc::start(AgentKind::Services, &lab.pki)?;
+    let real = format!("guest = \"{}\"\n", services.url());
+    lab.restart(&VmSpec { mode: "suspend", engine: "rsync", target: &target, extra: real })?;
+    let mut c = lab.client().await?;
+    let msg = backup(&mut c, "lab").await?;
+    ensure!(msg.contains("backed up as"), "{msg}");
+    if msg.contains("did not prepare") {
+        // Allowed by policy (host-agent may call it), so any refusal is the services-agent's own answer.
+        ensure!(!msg.contains("PermissionDenied") && !msg.contains("Unauthenticated"), "{msg}");
+        ensure!(msg.contains("PrepareHostBackup: "), "the call did not reach the services-agent: {msg}");
+    }
+    eprintln!("real services-agent guest: {msg}");
+    drop(services);
+    let strict = format!("{guest}require_guest = true\n");
+    lab.restart(&VmSpec { mode: "clone", engine: "rsync", target: &target, extra: strict })?;
+    let mut c = lab.client().await?;
+    let err = backup(&mut c, "lab").await.expect_err("require_guest must abort");
+    ensure!(format!("{err:?}").contains("require_guest is set"), "{err:?}");
+    ensure!(lab.state().await? == "running", "vm not running after an aborted backup");
+
+    let ghost = VmSpec { mode: "suspend", engine: "rsync", target: &target, extra: String::new() };
+    let text = lab.config_text(&[("ghost", &lab.dir.path().join("no-vm"), &ghost)])?;
+    let path = lab.dir.path().join("ghost.toml");
+    std::fs::write(&path, text)?;
+    let ghost_agent = AgentProc::start_with_config(AgentKind::Host, &path)?;
+    let tls = lab.pki.material(&lab.pki.ca(), Role::Admin, "admin")?;
+    let mut gc = HostClient::new(tls.connect(&ghost_agent.url(), Role::HostAgent, Duration::from_secs(10)).await?);
+    let err = backup(&mut gc, "ghost").await.expect_err("a missing vm must fail");
+    ensure!(format!("{err:?}").contains("does not exist"), "{err:?}");
+    let err = backup(&mut gc, "nope").await.expect_err("an unknown vm must fail");
+    ensure!(format!("{err:?}").contains("no vm `nope`"), "{err:?}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// VMware through `vmrun-standin`: a shell script answering like vmrun (list / start / suspend / stop), keeping its
+// state in its own directory, able to hang on request. It is the one test double: vmrun cannot run on Linux.
+
+const STANDIN: &str = r#"#!/bin/sh
+# vmrun-standin: answers like VMware's vmrun for the host-agent tests (vmrun cannot run on Linux).
+D="$(dirname "$0")"
+echo "$*" >> "$D/calls.log"
+[ "$1" = "-T" ] || { echo "Error: missing -T" >&2; exit 255; }
+shift 2
+cmd="$1"; vmx="$2"; how="$3"
+[ -f "$D/hang-$cmd-$how" ] && exec sleep 3600
+[ "$cmd" = list ] && [ -f "$D/hang-list" ] && exec sleep 3600
+b="$(dirname "$vmx")"
+case "$cmd" in
+  list) if [ -f "$D/running" ]; then echo "Total running VMs: 1"; cat "$D/running"; else echo "Total running VMs: 0"; fi ;;
+  start) rm -f "$b"/*.vmss; mkdir -p "$vmx.lck"; echo "$vmx" > "$D/running" ;;
+  suspend) [ -f "$D/running" ] || { echo "Error: The virtual machine is not powered on: $vmx" >&2; exit 255; }
+           touch "$b/vm.vmss"; rmdir "$vmx.lck"; rm -f "$D/running" ;;
+  stop) [ -f "$D/running" ] || { echo "Error: The virtual machine is not powered on: $vmx" >&2; exit 255; }
+        rmdir "$vmx.lck"; rm -f "$D/running" ;;
+  *) echo "Error: Unrecognized command: $cmd" >&2; exit 255 ;;
+esac
+"#;
+
+fn standin(dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let p = dir.join("vmrun-standin");
+    std::fs::write(&p, STANDIN)?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+    Ok(p)
+}
+
+fn bundle(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("vm.vmx"), ".encoding = \"UTF-8\"\ndisplayName = \"vm\"\n")?;
+    std::fs::write(dir.join("vm.vmdk"), vec![3u8; 65536])?;
+    Ok(dir.join("vm.vmx"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vmware_through_vmrun_standin_hangs_fall_back_to_hard_and_locks_are_refused() -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("strata-vmware-").tempdir()?;
+    let pki = Pki::new()?;
+    let (cert, key) = pki.issue(Role::HostAgent, "host1")?;
+    let fusion_bin = standin(&dir.path().join("fusion-bin"))?;
+    let ws_bin = standin(&dir.path().join("ws-bin"))?;
+    let fusion = dir.path().join("vms/services.vmwarevm");
+    let vmx = bundle(&fusion)?;
+    let ws = dir.path().join("vms/ws");
+    bundle(&ws)?;
+    let locked = dir.path().join("vms/locked.vmwarevm");
+    bundle(&locked)?;
+    std::fs::create_dir(locked.join("vm.vmx.lck"))?;
+    let target = dir.path().join("rsync");
+    std::fs::create_dir(&target)?;
+    let mut text = base_config(&dir.path().join("state"), &pki.ca(), &cert, &key);
+    for (name, backend, path, vmrun) in [
+        ("services", "fusion", &fusion, &fusion_bin),
+        ("ws", "workstation", &ws, &ws_bin),
+        ("locked", "fusion", &locked, &ws_bin),
+    ] {
+        text.push_str(&format!(
+            "[[vms]]\nname = \"{name}\"\nbackend = \"{backend}\"\npath = {path:?}\nmode = \"suspend\"\nengine = \"rsync\"\n\
+             target = {target:?}\nvmrun = {vmrun:?}\nvmrun_timeout = 1\nshutdown_timeout = 1\n"
+        ));
+    }
+    let config = dir.path().join("host-agent.toml");
+    std::fs::write(&config, text)?;
+    let agent = AgentProc::start_with_config(AgentKind::Host, &config)?;
+    let tls = pki.material(&pki.ca(), Role::Admin, "admin")?;
+    let mut c = HostClient::new(tls.connect(&agent.url(), Role::HostAgent, Duration::from_secs(10)).await?);
+    let calls = |bin: &Path| std::fs::read_to_string(bin.parent().unwrap().join("calls.log")).unwrap_or_default();
+
+    c.start(VmRef { name: "services".into() }).await?;
+    ensure!(calls(&fusion_bin).contains(&format!("-T fusion start {} nogui", vmx.display())), "{}", calls(&fusion_bin));
+
+    // `suspend soft` hangs: killed after vmrun_timeout, then `suspend hard`; backed up; started again.
+    std::fs::write(fusion_bin.parent().unwrap().join("hang-suspend-soft"), "")?;
+    let started = Instant::now();
+    let msg = backup(&mut c, "services").await?;
+    ensure!(msg.contains("backed up as services-"), "{msg}");
+    ensure!(started.elapsed() < Duration::from_secs(30), "the hang was not cut short");
+    let log = calls(&fusion_bin);
+    let soft = log.find(&format!("suspend {} soft", vmx.display())).context("no soft suspend")?;
+    let hard = log.find(&format!("suspend {} hard", vmx.display())).context("no hard fallback")?;
+    let restart = log.rfind(&format!("start {} nogui", vmx.display())).context("not started again")?;
+    ensure!(soft < hard && hard < restart, "{log}");
+    let vms = c.list_vms(ListVmsRequest {}).await?.into_inner().vms;
+    let state = |n: &str| vms.iter().find(|v| v.name == n).map(|v| v.state.clone()).unwrap_or_default();
+    ensure!(state("services") == "running", "{vms:?}");
+    ensure!(state("ws") == "off", "{vms:?}");
+    let copy = std::fs::read_dir(&target)?.next().context("no rsync copy")??.path();
+    ensure!(copy.join("vm.vmx").is_file() && copy.join("vm.vmss").is_file(), "the copy lacks the suspended state");
+
+    // Workstation on Linux: the same code with `-T ws`.
+    c.start(VmRef { name: "ws".into() }).await?;
+    c.stop(VmRef { name: "ws".into() }).await?;
+    ensure!(calls(&ws_bin).contains("-T ws start") && calls(&ws_bin).contains("-T ws stop"), "{}", calls(&ws_bin));
+
+    // A bundle locked by a VMware instance that this host's vmrun does not list: refused, nothing changed.
+    let err = c.start(VmRef { name: "locked".into() }).await.expect_err("a locked bundle must be refused");
+    ensure!(err.message().contains("locked by a running VMware instance"), "{err:?}");
+
+    // vmrun hanging on `list`: a clear error after the timeout, not a hung agent.
+    std::fs::write(fusion_bin.parent().unwrap().join("hang-list"), "")?;
+    let err = c.suspend(VmRef { name: "services".into() }).await.expect_err("a hung vmrun must fail");
+    ensure!(err.message().contains("timed out"), "{err:?}");
+    Ok(())
+}
