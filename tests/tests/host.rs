@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use strata_proto::v1::host_client::HostClient;
 use strata_proto::v1::{ListVmsRequest, VmBackupRequest, VmRef, VmRestoreRequest};
 use strata_tests::fixtures::borg::BorgRepo;
-use strata_tests::fixtures::{cmd, require_root, unique_suffix, wait_until};
+use strata_tests::fixtures::btrfs::Btrfs;
+use strata_tests::fixtures::{cmd, unique_suffix, wait_until};
 use strata_tests::harness::{base_config, bin, AgentKind, AgentProc, Pki};
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -27,48 +28,6 @@ const BLOCKS: usize = 256;
 const BLOCK: usize = 4096;
 
 // ---------------------------------------------------------------------------------------------------------------
-// A btrfs filesystem on a loop device (reflinks work there), removed on Drop.
-
-struct Btrfs {
-    mnt: TempDir,
-    _img_dir: TempDir,
-    loopdev: String,
-}
-
-impl Btrfs {
-    fn create() -> Result<Btrfs> {
-        require_root("a btrfs loop filesystem")?;
-        cmd::require("mkfs.btrfs", "btrfs-progs")?;
-        cmd::require("losetup", "mount")?;
-        let img_dir = tempfile::Builder::new().prefix("strata-btrfs-img-").tempdir()?;
-        let img = img_dir.path().join("fs.img");
-        std::fs::File::create(&img)?.set_len(1 << 30)?;
-        cmd::run(Command::new("mkfs.btrfs").arg("-q").arg(&img))?;
-        let loopdev = cmd::run(Command::new("losetup").args(["-f", "--show"]).arg(&img))?.trim().to_string();
-        let mnt = tempfile::Builder::new().prefix("strata-btrfs-").tempdir()?;
-        if let Err(e) = cmd::run(Command::new("mount").arg(&loopdev).arg(mnt.path())) {
-            let _ = Command::new("losetup").args(["-d", &loopdev]).status();
-            return Err(e.context("mounting the btrfs loop device"));
-        }
-        Ok(Btrfs { mnt, _img_dir: img_dir, loopdev })
-    }
-
-    fn path(&self) -> &Path {
-        self.mnt.path()
-    }
-}
-
-impl Drop for Btrfs {
-    fn drop(&mut self) {
-        for _ in 0..20 {
-            if Command::new("umount").arg(self.mnt.path()).status().is_ok_and(|s| s.success()) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        let _ = Command::new("losetup").args(["-d", &self.loopdev]).status();
-    }
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // A small blocking QMP client on the test's own QMP socket (the VM gets a second `-qmp` through vm.toml `args`).
@@ -481,7 +440,7 @@ async fn every_mode_and_engine_restores_identical_disks_on_ext4() -> Result<()> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_mode_and_engine_restores_identical_disks_on_btrfs_with_reflinks() -> Result<()> {
-    let fs = Btrfs::create()?;
+    let fs = Btrfs::create(1 << 30)?;
     modes_and_engines(fs.path(), true).await
 }
 
@@ -519,7 +478,7 @@ fn spawn_agent(config: &Path, env: &[(&str, &str)]) -> Result<(Child, String, Lo
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_while_paused_then_restart_resumes_the_vm_and_removes_only_our_clone() -> Result<()> {
-    let fs = Btrfs::create()?;
+    let fs = Btrfs::create(1 << 30)?;
     let mut lab = Lab::new(fs.path())?;
     let target = lab.dir.path().join("rsync");
     std::fs::create_dir(&target)?;

@@ -11,44 +11,10 @@ use agent_core::identity::Role;
 use anyhow::{bail, Context, Result};
 use strata_proto::v1::host_client::HostClient;
 use strata_proto::v1::{VmBackupRequest, VmRef};
+use strata_tests::fixtures::btrfs::Btrfs;
 use strata_tests::harness::{base_config, AgentKind, AgentProc, Pki};
 
 const GIB: u64 = 1 << 30;
-
-/// A btrfs filesystem on a loop device over a sparse file; unmounted and detached on Drop.
-struct Btrfs {
-    mnt: tempfile::TempDir,
-    _img: tempfile::TempDir,
-    dev: String,
-}
-
-impl Btrfs {
-    fn create(size: u64) -> Result<Btrfs> {
-        let img = tempfile::Builder::new().prefix("strata-bench-img-").tempdir()?;
-        let file = img.path().join("fs.img");
-        std::fs::File::create(&file)?.set_len(size)?;
-        output(Command::new("mkfs.btrfs").arg("-q").arg(&file))?;
-        let dev = output(Command::new("losetup").args(["-f", "--show"]).arg(&file))?.trim().to_string();
-        let mnt = tempfile::Builder::new().prefix("strata-bench-").tempdir()?;
-        if let Err(e) = output(Command::new("mount").arg(&dev).arg(mnt.path())) {
-            let _ = Command::new("losetup").args(["-d", &dev]).status();
-            return Err(e);
-        }
-        Ok(Btrfs { mnt, _img: img, dev })
-    }
-}
-
-impl Drop for Btrfs {
-    fn drop(&mut self) {
-        for _ in 0..20 {
-            if Command::new("umount").arg(self.mnt.path()).status().is_ok_and(|s| s.success()) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-    }
-}
 
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("cannot run {cmd:?}: run `cargo xtask deps`"))?;
@@ -146,13 +112,13 @@ pub(crate) fn run() -> Result<()> {
     let fs = Btrfs::create(30 * GIB)?;
     let bench = Bench {
         pki: Pki::new()?,
-        work: fs.mnt.path().join("work"),
+        work: fs.path().join("work"),
         rt: tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?,
     };
     std::fs::create_dir_all(&bench.work)?;
     let mut rows = Vec::new();
     for gib in [1u64, 8] {
-        let vm_dir = fs.mnt.path().join(format!("vm-{gib}g"));
+        let vm_dir = fs.path().join(format!("vm-{gib}g"));
         eprintln!("bench vm: writing a {gib} GiB disk…");
         make_vm(&vm_dir, gib * GIB)?;
         let guard = StopVm(bench.work.join("state/qemu/bench.pid"));
