@@ -61,13 +61,54 @@ pub(crate) fn sh(program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The (passed, failed) counts of a libtest summary line: `test result: ok. 25 passed; 0 failed; 0 ignored; …`.
+fn result_counts(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| {
+        rest.split(';')
+            .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Some((count("passed"), count("failed")))
+}
+
+/// Runs `cargo test --workspace`, echoing its output, and returns the summed (passed, failed) counts.
+fn cargo_test() -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("$ cargo test --workspace");
+    let mut child = Command::new("cargo")
+        .args(["test", "--workspace"])
+        .current_dir(project_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().context("cargo test stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f)) = result_counts(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        println!("{passed} passed, {failed} failed");
+        bail!("`cargo test --workspace` failed ({status})");
+    }
+    Ok((passed, failed))
+}
+
 fn test() -> Result<()> {
     deps::run()?;
     sh("cargo", &["fmt", "--all", "--check"])?;
     sh("cargo", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     sh("cargo", &["build", "--workspace", "--bins"])?;
-    sh("cargo", &["test", "--workspace"])?;
-    demo::run(true)
+    let (passed, failed) = cargo_test()?;
+    demo::run(true)?;
+    // The plain closing line CI reads: every test of the workspace, summed.
+    println!("{passed} passed, {failed} failed");
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -78,5 +119,23 @@ fn main() -> Result<()> {
         Cmd::Codegen => codegen::run(&project_root()),
         Cmd::Demo { once } => demo::run(once),
         Cmd::Bench { which } => bench::run(which),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_libtest_summaries() {
+        let cases = [
+            (
+                "test result: ok. 25 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.48s",
+                Some((25, 0)),
+            ),
+            ("test result: FAILED. 12 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out", Some((12, 1))),
+            ("running 3 tests", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(super::result_counts(line), want, "{line}");
+        }
     }
 }
