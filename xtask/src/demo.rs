@@ -101,7 +101,7 @@ pub(crate) fn run(once: bool) -> Result<()> {
     println!(
         "\nTry, in another shell:\n  export LABCTL_CONFIG={}\n  {} status\n  {} status --json\n  {} pki show {}\n  \
          dig -p {} @{} nas.demo.lab\n  {} dns records\n  {} dns add host.demo.lab. A 10.0.0.42\n\
-         \nNot in the demo yet: stacks (the services-agent runs without [stacks]); backups and VMs are not built yet and\ntheir RPCs answer UNIMPLEMENTED.",
+         \nNot in the demo yet: stacks and VMs (the services-agent runs without [stacks], the host-agent without [[vms]]);\nservice backups (services part 2) are not built yet and answer UNIMPLEMENTED.",
         inventory.display(),
         labctl.display(),
         labctl.display(),
