@@ -82,14 +82,38 @@ struct Cleanup {
     prefix: String,
 }
 
+/// True while a process (a `docker-compose up` the killed agent left behind) names one of this test's projects.
+fn compose_running(prefix: &str) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return false };
+    procs.flatten().any(|p| {
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        cmdline.contains("compose") && cmdline.contains(&format!("{prefix}-"))
+    })
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        // Container names are PROJECT_SERVICE_N and every project of the test starts with the prefix.
+        // Container names are PROJECT_SERVICE_N and every project of the test starts with the prefix. A deploy the
+        // killed agent had started can still be creating containers: remove until none is left and none is coming.
         let name = format!("name={}-", self.prefix);
-        let ids = self.engine.docker(["ps", "-aq", "--filter", &name]).unwrap_or_default();
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let _ = self.engine.docker(["rm", "-f", "-v"].into_iter().chain(ids));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ids = self.engine.docker(["ps", "-aq", "--filter", &name]).unwrap_or_default();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            let busy = compose_running(&self.prefix);
+            if !ids.is_empty() {
+                let _ = self.engine.docker(["rm", "-f", "-v"].into_iter().chain(ids));
+            } else if !busy {
+                break;
+            }
+            if Instant::now() > deadline {
+                eprintln!("cleanup: gave up waiting for the containers of {} after 60 s", self.prefix);
+                break;
+            }
+            if busy {
+                std::thread::sleep(Duration::from_millis(250));
+            }
         }
         let nets = self.engine.docker(["network", "ls", "--format", "{{.Name}}"]).unwrap_or_default();
         for n in nets.split_whitespace().filter(|n| n.starts_with(&self.prefix)) {

@@ -65,8 +65,11 @@ fn wait_answering(server: SocketAddr, name: &str, timeout: Duration) -> Result<I
     while Instant::now() < deadline {
         id = id.wrapping_add(1);
         sock.send_to(&query_packet(id, name), server)?;
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            if n >= 12 && buf[..2] == id.to_be_bytes() {
+        // Every probe asks the same name, so a reply to any of them counts (matching only the latest id would
+        // fall one query behind for good after a reply slower than the read timeout).
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let ours = u16::from_be_bytes([buf[0], buf[1]]);
+            if n >= 12 && from == server && buf[2] & 0x80 != 0 && (1..=id).contains(&ours) {
                 return Ok(Instant::now());
             }
         }
