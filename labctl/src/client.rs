@@ -27,6 +27,11 @@ pub struct AgentStatus {
     pub health: String,
 }
 
+/// For `map_err`: a failed call of `what` on `agent`, as a one-line error.
+pub fn call_error<'a>(agent: &'a AgentAddr, what: &'static str) -> impl Fn(tonic::Status) -> anyhow::Error + 'a {
+    move |s| anyhow::anyhow!(status_error(agent, what, &s))
+}
+
 /// Explains a failed call in one line, naming the agent.
 pub fn status_error(agent: &AgentAddr, what: &str, s: &tonic::Status) -> String {
     let mut msg = format!("{what} on {} ({}): {}", agent.key, agent.addr, s.code().description());

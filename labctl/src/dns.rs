@@ -13,7 +13,7 @@ use strata_proto::v1::{
     ReloadRequest, StatsRequest, UpsertRecordRequest,
 };
 
-use crate::client::{channel, status_error};
+use crate::client::{call_error, channel};
 use crate::inventory::Inventory;
 use crate::table::Table;
 
@@ -80,17 +80,13 @@ fn print_json(v: &impl Serialize) -> Result<()> {
 pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> Result<ExitCode> {
     let (agent, ch) = channel(inv, tls, "dns").await?;
     let mut c = DnsClient::new(ch);
-    let err = |what: &'static str| {
-        let agent = agent.clone();
-        move |s: tonic::Status| anyhow::anyhow!(status_error(&agent, what, &s))
-    };
     match cmd {
         DnsCmd::Records { zone } => {
             let req = ListRecordsRequest { zone: zone.unwrap_or_default() };
             let rows: Vec<RecordRow> = c
                 .list_records(req)
                 .await
-                .map_err(err("list records"))?
+                .map_err(call_error(&agent, "list records"))?
                 .into_inner()
                 .records
                 .into_iter()
@@ -112,13 +108,13 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) ->
             let r = c
                 .upsert_record(UpsertRecordRequest { record: Some(record) })
                 .await
-                .map_err(err("add record"))?
+                .map_err(call_error(&agent, "add record"))?
                 .into_inner();
             println!("added {} {} {} (ttl {}, owner {})", r.name, r.r#type, r.value, r.ttl, r.owner);
         }
         DnsCmd::Rm { name, rtype, value } => {
             let req = DeleteRecordRequest { name, r#type: rtype.to_uppercase(), value: value.unwrap_or_default() };
-            let n = c.delete_record(req).await.map_err(err("delete record"))?.into_inner().deleted;
+            let n = c.delete_record(req).await.map_err(call_error(&agent, "delete record"))?.into_inner().deleted;
             println!("deleted {n} record(s)");
             if n == 0 {
                 return Ok(ExitCode::FAILURE);
@@ -126,9 +122,11 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) ->
         }
         DnsCmd::Blocklist { refresh } => {
             let st = if refresh {
-                c.refresh_blocklist(RefreshBlocklistRequest {}).await.map_err(err("refresh blocklist"))?
+                c.refresh_blocklist(RefreshBlocklistRequest {})
+                    .await
+                    .map_err(call_error(&agent, "refresh blocklist"))?
             } else {
-                c.get_blocklist(GetBlocklistRequest {}).await.map_err(err("get blocklist"))?
+                c.get_blocklist(GetBlocklistRequest {}).await.map_err(call_error(&agent, "get blocklist"))?
             }
             .into_inner();
             #[derive(Serialize)]
@@ -169,7 +167,12 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) ->
             }
         }
         DnsCmd::Log { limit } => {
-            let entries = c.query_log(QueryLogRequest { limit }).await.map_err(err("query log"))?.into_inner().entries;
+            let entries = c
+                .query_log(QueryLogRequest { limit })
+                .await
+                .map_err(call_error(&agent, "query log"))?
+                .into_inner()
+                .entries;
             #[derive(Serialize)]
             struct Row {
                 time_unix_ms: i64,
@@ -210,7 +213,7 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) ->
             print!("{t}");
         }
         DnsCmd::Stats => {
-            let s = c.stats(StatsRequest {}).await.map_err(err("stats"))?.into_inner();
+            let s = c.stats(StatsRequest {}).await.map_err(call_error(&agent, "stats"))?.into_inner();
             let mut by_outcome: Vec<(String, u64)> = s.queries_by_outcome.into_iter().collect();
             by_outcome.sort();
             if json {
@@ -235,7 +238,7 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) ->
             println!("cache entries: {}\nblocked names: {}", s.cache_entries, s.blocklist_entries);
         }
         DnsCmd::Reload => {
-            let r = c.reload(ReloadRequest {}).await.map_err(err("reload"))?.into_inner();
+            let r = c.reload(ReloadRequest {}).await.map_err(call_error(&agent, "reload"))?.into_inner();
             println!(
                 "{}",
                 if r.message.is_empty() {

@@ -11,7 +11,7 @@ use serde::Serialize;
 use strata_proto::v1::services_client::ServicesClient;
 use strata_proto::v1::{AuditRequest, ListServicesRequest, LogsRequest, ServiceRef, SyncRequest};
 
-use crate::client::{channel, status_error};
+use crate::client::{call_error, channel};
 use crate::inventory::Inventory;
 use crate::table::Table;
 
@@ -156,13 +156,12 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
     };
     let mut c = ServicesClient::new(ch);
     let agent = &agent;
-    let err = |what: &'static str| move |s: tonic::Status| anyhow::anyhow!(status_error(agent, what, &s));
     match cmd {
         ServicesCmd::Ls => {
             let rows: Vec<ServiceRow> = c
                 .list_services(ListServicesRequest {})
                 .await
-                .map_err(err("list services"))?
+                .map_err(call_error(agent, "list services"))?
                 .into_inner()
                 .services
                 .into_iter()
@@ -199,23 +198,30 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
             }
         }
         ServicesCmd::Up { name } => {
-            println!("{}", c.up(ServiceRef { name }).await.map_err(err("up"))?.into_inner().message)
+            println!("{}", c.up(ServiceRef { name }).await.map_err(call_error(agent, "up"))?.into_inner().message)
         }
         ServicesCmd::Down { name } => {
-            println!("{}", c.down(ServiceRef { name }).await.map_err(err("down"))?.into_inner().message)
+            println!("{}", c.down(ServiceRef { name }).await.map_err(call_error(agent, "down"))?.into_inner().message)
         }
         ServicesCmd::Restart { name } => {
-            println!("{}", c.restart(ServiceRef { name }).await.map_err(err("restart"))?.into_inner().message)
+            println!(
+                "{}",
+                c.restart(ServiceRef { name }).await.map_err(call_error(agent, "restart"))?.into_inner().message
+            )
         }
         ServicesCmd::Pause { name } => {
-            println!("{}", c.pause(ServiceRef { name }).await.map_err(err("pause"))?.into_inner().message)
+            println!("{}", c.pause(ServiceRef { name }).await.map_err(call_error(agent, "pause"))?.into_inner().message)
         }
         ServicesCmd::Unpause { name } => {
-            println!("{}", c.unpause(ServiceRef { name }).await.map_err(err("unpause"))?.into_inner().message)
+            println!(
+                "{}",
+                c.unpause(ServiceRef { name }).await.map_err(call_error(agent, "unpause"))?.into_inner().message
+            )
         }
         ServicesCmd::Logs { name, follow, tail } => {
-            let mut stream = c.logs(LogsRequest { name, follow, tail }).await.map_err(err("logs"))?.into_inner();
-            while let Some(line) = stream.message().await.map_err(err("logs"))? {
+            let mut stream =
+                c.logs(LogsRequest { name, follow, tail }).await.map_err(call_error(agent, "logs"))?.into_inner();
+            while let Some(line) = stream.message().await.map_err(call_error(agent, "logs"))? {
                 if json {
                     println!("{}", serde_json::json!({ "container": line.container, "line": line.line }));
                 } else {
@@ -224,7 +230,7 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
             }
         }
         ServicesCmd::Sync => {
-            let r = c.sync(SyncRequest {}).await.map_err(err("sync"))?.into_inner();
+            let r = c.sync(SyncRequest {}).await.map_err(call_error(agent, "sync"))?.into_inner();
             let row = SyncRow { commit: r.commit, redeployed: r.redeployed, errors: r.errors.into_iter().collect() };
             if json {
                 print_json(&row)?;
@@ -245,7 +251,7 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
             let rows: Vec<ViolationRow> = c
                 .audit(AuditRequest {})
                 .await
-                .map_err(err("audit"))?
+                .map_err(call_error(agent, "audit"))?
                 .into_inner()
                 .violations
                 .into_iter()

@@ -13,7 +13,7 @@ use serde::Serialize;
 use strata_proto::v1::host_client::HostClient;
 use strata_proto::v1::{ListVmsRequest, VmBackupRequest, VmProgress, VmRef, VmRestoreRequest};
 
-use crate::client::{channel, status_error};
+use crate::client::{call_error, channel};
 use crate::inventory::Inventory;
 use crate::table::Table;
 
@@ -143,17 +143,13 @@ async fn follow(mut s: tonic::Streaming<VmProgress>) -> std::result::Result<Vec<
 pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> Result<ExitCode> {
     let (agent, ch) = channel(inv, tls, "host").await?;
     let mut c = HostClient::new(ch);
-    let err = |what: &'static str| {
-        let agent = agent.clone();
-        move |s: tonic::Status| anyhow::anyhow!(status_error(&agent, what, &s))
-    };
     let action = |message: String| {
         println!("{message}");
         Ok(ExitCode::SUCCESS)
     };
     match cmd {
         VmCmd::Ls => {
-            let vms = c.list_vms(ListVmsRequest {}).await.map_err(err("list vms"))?.into_inner().vms;
+            let vms = c.list_vms(ListVmsRequest {}).await.map_err(call_error(&agent, "list vms"))?.into_inner().vms;
             let rows: Vec<VmRow> = vms
                 .into_iter()
                 .map(|v| VmRow {
@@ -187,25 +183,32 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> 
             print!("{t}");
             Ok(ExitCode::SUCCESS)
         }
-        VmCmd::Start { name } => action(c.start(VmRef { name }).await.map_err(err("start"))?.into_inner().message),
-        VmCmd::Stop { name } => action(c.stop(VmRef { name }).await.map_err(err("stop"))?.into_inner().message),
-        VmCmd::Suspend { name } => {
-            action(c.suspend(VmRef { name }).await.map_err(err("suspend"))?.into_inner().message)
+        VmCmd::Start { name } => {
+            action(c.start(VmRef { name }).await.map_err(call_error(&agent, "start"))?.into_inner().message)
         }
-        VmCmd::Resume { name } => action(c.resume(VmRef { name }).await.map_err(err("resume"))?.into_inner().message),
+        VmCmd::Stop { name } => {
+            action(c.stop(VmRef { name }).await.map_err(call_error(&agent, "stop"))?.into_inner().message)
+        }
+        VmCmd::Suspend { name } => {
+            action(c.suspend(VmRef { name }).await.map_err(call_error(&agent, "suspend"))?.into_inner().message)
+        }
+        VmCmd::Resume { name } => {
+            action(c.resume(VmRef { name }).await.map_err(call_error(&agent, "resume"))?.into_inner().message)
+        }
         VmCmd::Backup { name, all } => {
             let s = c
                 .backup(VmBackupRequest { name: name.unwrap_or_default(), all })
                 .await
-                .map_err(err("backup"))?
+                .map_err(call_error(&agent, "backup"))?
                 .into_inner();
-            for line in follow(s).await.map_err(err("backup"))? {
+            for line in follow(s).await.map_err(call_error(&agent, "backup"))? {
                 println!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Backups { name } => {
-            let list = c.list_backups(VmRef { name }).await.map_err(err("list backups"))?.into_inner().backups;
+            let list =
+                c.list_backups(VmRef { name }).await.map_err(call_error(&agent, "list backups"))?.into_inner().backups;
             let rows: Vec<BackupRow> = list
                 .into_iter()
                 .map(|b| BackupRow {
@@ -240,14 +243,14 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> 
                 force,
                 start,
             };
-            let s = c.restore(req).await.map_err(err("restore"))?.into_inner();
-            follow(s).await.map_err(err("restore"))?;
+            let s = c.restore(req).await.map_err(call_error(&agent, "restore"))?.into_inner();
+            follow(s).await.map_err(call_error(&agent, "restore"))?;
             println!("restored into {}", to.display());
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Drill { name } => {
-            let s = c.drill(VmRef { name: name.clone() }).await.map_err(err("drill"))?.into_inner();
-            follow(s).await.map_err(err("drill"))?;
+            let s = c.drill(VmRef { name: name.clone() }).await.map_err(call_error(&agent, "drill"))?.into_inner();
+            follow(s).await.map_err(call_error(&agent, "drill"))?;
             println!("drill of vm {name}: ok");
             Ok(ExitCode::SUCCESS)
         }
