@@ -91,15 +91,9 @@ mod tests {
             service: "web".into(),
             image: "img".into(),
             state: "running".into(),
-            health: None,
-            started_unix: None,
-            restarts: 0,
-            oom_killed: false,
             networks: networks.iter().map(|s| s.to_string()).collect(),
-            published: vec![],
             network_mode: networks.first().map(|s| s.to_string()).unwrap_or_default(),
-            privileged: false,
-            binds: vec![],
+            ..Default::default()
         }
     }
 

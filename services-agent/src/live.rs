@@ -125,15 +125,7 @@ mod tests {
             service: "web".into(),
             image: "img".into(),
             state: "running".into(),
-            health: None,
-            started_unix: None,
-            restarts: 0,
-            oom_killed: false,
-            networks: vec![],
-            published: vec![],
-            network_mode: String::new(),
-            privileged: false,
-            binds: vec![],
+            ..Default::default()
         }
     }
 

@@ -478,12 +478,7 @@ mod tests {
             health: health.map(String::from),
             started_unix: Some(100),
             restarts: 2,
-            oom_killed: false,
-            networks: vec![],
-            published: vec![],
-            network_mode: String::new(),
-            privileged: false,
-            binds: vec![],
+            ..Default::default()
         }
     }
 
