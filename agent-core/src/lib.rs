@@ -2,8 +2,10 @@
 //! Knows no agent's domain (no DNS, Docker, ZFS or VM knowledge lives here).
 
 pub mod authz;
+pub mod borg;
 pub mod cli;
 pub mod config;
+pub mod cron;
 pub mod grpc;
 pub mod identity;
 pub mod install;

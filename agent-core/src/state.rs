@@ -22,6 +22,31 @@ pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))
 }
 
+/// The environment variable of the crash test hook (see [`crash_point`]).
+pub const CRASH_HOOK_ENV: &str = "STRATA_TEST_CRASH_AT";
+
+/// The crash test hook, called by the agents right after they journal a step: when `STRATA_TEST_CRASH_AT` names
+/// `step`, it logs `test hook: holding at step STEP` and then never returns, so that a test can SIGKILL the agent at
+/// exactly that point. It exists only for the crash-recovery tests; leave the variable unset.
+pub fn crash_point(step: &str) {
+    if std::env::var(CRASH_HOOK_ENV).is_ok_and(|s| s == step) {
+        tracing::warn!("test hook: holding at step {step}");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+/// The fault test hook: when `STRATA_TEST_FAIL_AT` names `step`, returns an error message for the caller to fail
+/// that step with (e.g. a safety snapshot that cannot be taken). Only for tests; leave the variable unset.
+pub fn fail_point(step: &str) -> Result<(), String> {
+    if std::env::var("STRATA_TEST_FAIL_AT").is_ok_and(|s| s == step) {
+        tracing::warn!("test hook: failing step {step}");
+        return Err(format!("test hook: step {step} made to fail"));
+    }
+    Ok(())
+}
+
 /// Opens (creating) `STATE_DIR/NAME.db` in WAL mode with a busy timeout and foreign keys on.
 pub fn open_db(state_dir: &Path, name: &str) -> Result<rusqlite::Connection, StateError> {
     ensure_dir(state_dir)?;

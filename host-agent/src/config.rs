@@ -253,7 +253,7 @@ fn valid_name(s: &str) -> bool {
 
 /// A five-field cron expression (`m h dom mon dow`), checked by the scheduler's own parser.
 fn check_schedule(s: &str) -> Result<(), String> {
-    crate::schedule::Cron::parse(s).map(drop)
+    agent_core::cron::Cron::parse(s).map(drop)
 }
 
 /// A QEMU VM's `vm.toml`: how to start it.

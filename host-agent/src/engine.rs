@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use agent_core::cron::{civil, days_from_civil};
 use agent_core::runner::RunError;
 
 use crate::config::{EngineKind, Retention, VmConfig};
@@ -66,7 +67,7 @@ pub fn backup_id(vm: &str, unix: i64) -> String {
 
 /// `YYYYMMDDTHHMMSSZ` for a Unix time (UTC).
 pub fn stamp(unix: i64) -> String {
-    let (y, m, d) = civil_from_days(unix.div_euclid(86_400));
+    let (y, m, d) = civil(unix.div_euclid(86_400));
     let s = unix.rem_euclid(86_400);
     format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", s / 3600, s / 60 % 60, s % 60)
 }
@@ -83,36 +84,7 @@ pub fn parse_backup_id(vm: &str, id: &str) -> Option<i64> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
         return None;
     }
-    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se)
-}
-
-/// (year, month, day) of a day number since 1970-01-01.
-pub fn civil(days: i64) -> (i64, u32, u32) {
-    let (y, m, d) = civil_from_days(days);
-    (y, m as u32, d as u32)
-}
-
-// Howard Hinnant's civil calendar algorithms.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    Some(days_from_civil(y, mo as u32, d as u32) * 86_400 + h * 3600 + mi * 60 + se)
 }
 
 /// The backups to keep under `r` (borg prune semantics): the `last` newest, then per rule the newest backup of each
@@ -131,10 +103,10 @@ pub fn keep(backups: &[BackupInfo], r: &Retention) -> HashSet<String> {
         // 1970-01-01 was a Thursday: shifting by 3 days makes weeks start on Monday.
         (r.weekly, &|t| (day(t) + 3).div_euclid(7)),
         (r.monthly, &|t| {
-            let (y, m, _) = civil_from_days(day(t));
-            y * 12 + m
+            let (y, m, _) = civil(day(t));
+            y * 12 + i64::from(m)
         }),
-        (r.yearly, &|t| civil_from_days(day(t)).0),
+        (r.yearly, &|t| civil(day(t)).0),
     ];
     for (n, bucket) in rules {
         let mut seen = HashSet::new();

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection};
 
 /// The environment variable of the crash test hook (see the module docs).
-pub const CRASH_HOOK_ENV: &str = "STRATA_TEST_CRASH_AT";
+pub const CRASH_HOOK_ENV: &str = agent_core::state::CRASH_HOOK_ENV;
 
 /// The steps the journal knows.
 pub mod step {
@@ -99,7 +99,7 @@ impl Journal {
             )?;
             db.last_insert_rowid()
         };
-        crash_hook(step);
+        agent_core::state::crash_point(step);
         Ok(id)
     }
 
@@ -169,16 +169,6 @@ impl Journal {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-}
-
-/// The test hook: holds forever after journaling the step named by `STRATA_TEST_CRASH_AT`.
-fn crash_hook(step: &str) {
-    if std::env::var(CRASH_HOOK_ENV).is_ok_and(|s| s == step) {
-        tracing::warn!("test hook: holding at step {step}");
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        }
     }
 }
 

@@ -5,6 +5,7 @@ pub mod client;
 pub mod dns;
 pub mod inventory;
 pub mod pki;
+pub mod progress;
 pub mod services;
 pub mod status;
 pub mod table;

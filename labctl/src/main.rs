@@ -37,7 +37,7 @@ enum Cmd {
     /// The dns-agent: records, blocklist, query log, stats.
     #[command(subcommand)]
     Dns(labctl::dns::DnsCmd),
-    /// The services-agent: stacks, lifecycle, logs, sync, audit.
+    /// The services-agent: stacks, lifecycle, logs, sync, audit, backups, restores, checks, drills.
     #[command(subcommand)]
     Services(labctl::services::ServicesCmd),
     /// VMs on the host-agent: list, start/stop, backups, restore, drill.

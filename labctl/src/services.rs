@@ -1,6 +1,8 @@
-//! `labctl services …`: list, lifecycle, logs, sync and audit of the services-agent. One of labctl's gRPC edges:
-//! converts replies to rows and renders them (table or `--json`); knows nothing of how the agent drives compose.
+//! `labctl services …`: list, lifecycle, logs, sync, audit, and the backups (backup, archives, history, restore,
+//! check, drill) of the services-agent. One of labctl's gRPC edges: converts replies to rows and renders them (table
+//! or `--json`), shows streamed work through `progress`; knows nothing of how the agent drives compose, ZFS or Borg.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,14 +11,23 @@ use anyhow::Result;
 use clap::Subcommand;
 use serde::Serialize;
 use strata_proto::v1::services_client::ServicesClient;
-use strata_proto::v1::{AuditRequest, ListServicesRequest, LogsRequest, ServiceRef, SyncRequest};
+use strata_proto::v1::{
+    AuditRequest, BackupRequest, HistoryRequest, ListServicesRequest, LogsRequest, RestoreRequest, ServiceRef,
+    SyncRequest,
+};
 
 use crate::client::{call_error, channel};
-use crate::inventory::Inventory;
+use crate::inventory::{AgentAddr, Inventory};
+use crate::progress;
 use crate::table::Table;
 
 /// Deploys (sync, up, restart) may take minutes on a busy host.
 const ACTION_TIMEOUT: Duration = Duration::from_secs(900);
+/// Backups, restores, checks and drills stream progress and can take hours (a first Borg archive of a large dataset,
+/// a `--verify-data` check): the call is given a day.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The step of the services-agent's last progress update of a unit of work; its message is the summary.
+const FINAL_STEP: &str = "done";
 
 #[derive(Debug, Subcommand)]
 pub enum ServicesCmd {
@@ -52,6 +63,46 @@ pub enum ServicesCmd {
     Sync,
     /// The hub-and-spoke audit: every violation with its container and rule (non-zero exit when any).
     Audit,
+    /// Back up one service now (snapshot, then Borg archive), or every backed-up service with `--all`.
+    Backup {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// List a service's Borg archives: time (UTC), original and deduplicated size.
+    Archives {
+        name: String,
+    },
+    /// Past backups, restores, checks and drills: when, duration, downtime, result.
+    History {
+        /// Only this service's (default: every service's).
+        name: Option<String>,
+        /// At most N entries (default: the agent's).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+    },
+    /// Restore a service from an archive (the latest unless `--archive`) or a local `--snapshot`.
+    Restore {
+        name: String,
+        /// The Borg archive to restore (see `labctl services archives NAME`).
+        #[arg(long, conflicts_with = "snapshot")]
+        archive: Option<String>,
+        /// A local ZFS snapshot to restore instead of an archive.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Restore into this directory on the services host instead of the service's own data.
+        #[arg(long, value_name = "PATH")]
+        to: Option<PathBuf>,
+    },
+    /// Check a service's Borg repository (and archives' data, as configured) now.
+    Check {
+        name: String,
+    },
+    /// Restore a service's latest archive into scratch space, check it, and report (the live service is untouched).
+    Drill {
+        name: String,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -84,6 +135,26 @@ struct ViolationRow {
 }
 
 #[derive(Debug, Serialize)]
+struct ArchiveRow {
+    name: String,
+    time_unix: i64,
+    original_size: u64,
+    deduplicated_size: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct HistoryRow {
+    service: String,
+    kind: String,
+    started_unix: i64,
+    duration_seconds: f64,
+    downtime_seconds: f64,
+    result: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    error: String,
+}
+
+#[derive(Debug, Serialize)]
 struct SyncRow {
     commit: String,
     redeployed: Vec<String>,
@@ -104,6 +175,105 @@ fn human(secs: u64) -> String {
         s if s < 86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
         s => format!("{}d{}h", s / 86400, s % 86400 / 3600),
     }
+}
+
+/// Unix seconds as an RFC 3339 UTC date-time; `-` for none.
+fn utc(unix: i64) -> String {
+    if unix <= 0 {
+        return "-".into();
+    }
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Bytes in binary units: `512 B`, `1.2 MiB`.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// A duration: `4.2s`, `3m7s`, `2h5m`.
+fn span(secs: f64) -> String {
+    if !secs.is_finite() || secs <= 0.0 {
+        return "-".into();
+    }
+    if secs < 60.0 {
+        return format!("{secs:.1}s");
+    }
+    let s = secs.round() as u64;
+    if s < 3600 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{}h{}m", s / 3600, s % 3600 / 60)
+    }
+}
+
+/// Downtime to the millisecond when short (that is what quiescing is judged by).
+fn downtime(secs: f64) -> String {
+    if secs.is_finite() && secs < 60.0 {
+        format!("{:.3}s", secs.max(0.0))
+    } else {
+        span(secs)
+    }
+}
+
+fn render_archives(rows: &[ArchiveRow]) -> String {
+    let mut t = Table::new(["NAME", "TIME", "ORIGINAL", "DEDUPLICATED"]);
+    for a in rows {
+        t.row([a.name.clone(), utc(a.time_unix), size(a.original_size), size(a.deduplicated_size)]);
+    }
+    t.to_string()
+}
+
+fn render_history(rows: &[HistoryRow]) -> String {
+    let mut t = Table::new(["SERVICE", "KIND", "STARTED", "DURATION", "DOWNTIME", "RESULT", "ERROR"]);
+    for h in rows {
+        t.row([
+            h.service.clone(),
+            h.kind.clone(),
+            utc(h.started_unix),
+            span(h.duration_seconds),
+            downtime(h.downtime_seconds),
+            h.result.clone(),
+            h.error.clone(),
+        ]);
+    }
+    t.to_string()
+}
+
+/// Shows a backup/restore/check/drill stream and prints its summaries on stdout (they are in the JSON lines with
+/// `--json`). A stream that ends without a summary is an error: the outcome of the work is unknown.
+async fn follow(
+    agent: &AgentAddr,
+    what: &'static str,
+    stream: tonic::Streaming<strata_proto::v1::Progress>,
+    json: bool,
+) -> Result<ExitCode> {
+    let summaries = progress::follow(stream, json, FINAL_STEP).await.map_err(call_error(agent, what))?;
+    if summaries.is_empty() {
+        anyhow::bail!(
+            "{what} on {} ({}): the agent ended the stream without a final `{FINAL_STEP}` step: outcome unknown",
+            agent.key,
+            agent.addr
+        );
+    }
+    if !json {
+        for s in &summaries {
+            println!("{s}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A service that needs a look: an error, or a state other than running / deliberately down.
@@ -137,22 +307,30 @@ fn render(rows: &[ServiceRow]) -> String {
 }
 
 pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> Result<ExitCode> {
-    let (agent, ch) = match cmd {
+    let long = match cmd {
         // Writes may run long: connect with a generous per-call timeout.
         ServicesCmd::Up { .. }
         | ServicesCmd::Down { .. }
         | ServicesCmd::Restart { .. }
         | ServicesCmd::Pause { .. }
         | ServicesCmd::Unpause { .. }
-        | ServicesCmd::Sync => {
+        | ServicesCmd::Sync => Some(ACTION_TIMEOUT),
+        ServicesCmd::Backup { .. }
+        | ServicesCmd::Restore { .. }
+        | ServicesCmd::Check { .. }
+        | ServicesCmd::Drill { .. } => Some(STREAM_TIMEOUT),
+        _ => None,
+    };
+    let (agent, ch) = match long {
+        Some(timeout) => {
             let agent = inv
                 .agent("services")
                 .cloned()
                 .ok_or_else(|| anyhow::anyhow!("inventory {} has no `services` under [agents]", inv.path.display()))?;
-            let ch = tls.connect(&agent.addr, agent.role, ACTION_TIMEOUT).await?;
+            let ch = tls.connect(&agent.addr, agent.role, timeout).await?;
             (agent, ch)
         }
-        _ => channel(inv, tls, "services").await?,
+        None => channel(inv, tls, "services").await?,
     };
     let mut c = ServicesClient::new(ch);
     let agent = &agent;
@@ -272,6 +450,75 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
                 return Ok(ExitCode::FAILURE);
             }
         }
+        ServicesCmd::Backup { name, all } => {
+            let req = BackupRequest { name: name.unwrap_or_default(), all };
+            let s = c.backup(req).await.map_err(call_error(agent, "backup"))?.into_inner();
+            return follow(agent, "backup", s, json).await;
+        }
+        ServicesCmd::Archives { name } => {
+            let rows: Vec<ArchiveRow> = c
+                .list_archives(ServiceRef { name })
+                .await
+                .map_err(call_error(agent, "list archives"))?
+                .into_inner()
+                .archives
+                .into_iter()
+                .map(|a| ArchiveRow {
+                    name: a.name,
+                    time_unix: a.time_unix,
+                    original_size: a.original_size,
+                    deduplicated_size: a.deduplicated_size,
+                })
+                .collect();
+            if json {
+                print_json(&rows)?;
+            } else {
+                print!("{}", render_archives(&rows));
+            }
+        }
+        ServicesCmd::History { name, limit } => {
+            let req = HistoryRequest { name: name.unwrap_or_default(), limit: limit.unwrap_or(0) };
+            let rows: Vec<HistoryRow> = c
+                .history(req)
+                .await
+                .map_err(call_error(agent, "history"))?
+                .into_inner()
+                .entries
+                .into_iter()
+                .map(|h| HistoryRow {
+                    service: h.service,
+                    kind: h.kind,
+                    started_unix: h.started_unix,
+                    duration_seconds: h.duration_seconds,
+                    downtime_seconds: h.downtime_seconds,
+                    result: h.result,
+                    error: h.error,
+                })
+                .collect();
+            if json {
+                print_json(&rows)?;
+            } else {
+                print!("{}", render_history(&rows));
+            }
+        }
+        ServicesCmd::Restore { name, archive, snapshot, to } => {
+            let req = RestoreRequest {
+                name,
+                archive: archive.unwrap_or_default(),
+                snapshot: snapshot.unwrap_or_default(),
+                to: to.map(|p| p.display().to_string()).unwrap_or_default(),
+            };
+            let s = c.restore(req).await.map_err(call_error(agent, "restore"))?.into_inner();
+            return follow(agent, "restore", s, json).await;
+        }
+        ServicesCmd::Check { name } => {
+            let s = c.check(ServiceRef { name }).await.map_err(call_error(agent, "check"))?.into_inner();
+            return follow(agent, "check", s, json).await;
+        }
+        ServicesCmd::Drill { name } => {
+            let s = c.drill(ServiceRef { name }).await.map_err(call_error(agent, "drill"))?.into_inner();
+            return follow(agent, "drill", s, json).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -310,5 +557,115 @@ mod tests {
         assert!(troubled(&rows[0]));
         assert_eq!(human(59), "59s");
         assert_eq!(human(90000), "1d1h");
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: ServicesCmd,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServicesCmd, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("services").chain(args.iter().copied())).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn backup_commands_parse() {
+        assert!(
+            matches!(parse(&["backup", "photos"]).unwrap(), ServicesCmd::Backup { name: Some(n), all: false } if n == "photos")
+        );
+        assert!(matches!(parse(&["backup", "--all"]).unwrap(), ServicesCmd::Backup { name: None, all: true }));
+        assert!(parse(&["backup"]).is_err());
+        assert!(parse(&["backup", "photos", "--all"]).is_err());
+
+        assert!(matches!(parse(&["archives", "photos"]).unwrap(), ServicesCmd::Archives { .. }));
+        assert!(parse(&["archives"]).is_err());
+
+        assert!(matches!(parse(&["history"]).unwrap(), ServicesCmd::History { name: None, limit: None }));
+        assert!(matches!(
+            parse(&["history", "photos", "--limit", "5"]).unwrap(),
+            ServicesCmd::History { name: Some(_), limit: Some(5) }
+        ));
+
+        assert!(matches!(
+            parse(&["restore", "photos"]).unwrap(),
+            ServicesCmd::Restore { archive: None, snapshot: None, to: None, .. }
+        ));
+        match parse(&["restore", "photos", "--archive", "photos-2026-11-25T03:00", "--to", "/srv/restore"]).unwrap() {
+            ServicesCmd::Restore { name, archive, snapshot, to } => {
+                assert_eq!(name, "photos");
+                assert_eq!(archive.as_deref(), Some("photos-2026-11-25T03:00"));
+                assert_eq!(snapshot, None);
+                assert_eq!(to, Some(PathBuf::from("/srv/restore")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["restore", "photos", "--snapshot", "strata-1"]).unwrap(),
+            ServicesCmd::Restore { snapshot: Some(_), archive: None, .. }
+        ));
+        let e = parse(&["restore", "photos", "--archive", "a", "--snapshot", "s"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+
+        assert!(matches!(parse(&["check", "photos"]).unwrap(), ServicesCmd::Check { .. }));
+        assert!(matches!(parse(&["drill", "photos"]).unwrap(), ServicesCmd::Drill { .. }));
+        assert!(parse(&["drill"]).is_err());
+    }
+
+    #[test]
+    fn archives_table_has_utc_times_and_human_sizes() {
+        let rows = [ArchiveRow {
+            name: "photos-2026-11-25T17:57:07".into(),
+            time_unix: 1_795_629_427,
+            original_size: 1_288_490_189,
+            deduplicated_size: 1_258_291,
+        }];
+        assert_eq!(
+            render_archives(&rows),
+            "NAME                        TIME                  ORIGINAL  DEDUPLICATED\n\
+             photos-2026-11-25T17:57:07  2026-11-25T17:57:07Z  1.2 GiB   1.2 MiB\n"
+        );
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1024), "1.0 KiB");
+        assert_eq!(size(u64::MAX), "16.0 EiB");
+        let json = serde_json::to_value(&rows[0]).unwrap();
+        assert_eq!(json["original_size"], 1_288_490_189u64);
+        assert_eq!(json["time_unix"], 1_795_629_427i64);
+    }
+
+    #[test]
+    fn history_table_shows_duration_downtime_and_error() {
+        let rows = [
+            HistoryRow {
+                service: "photos".into(),
+                kind: "backup".into(),
+                started_unix: 1_795_629_427,
+                duration_seconds: 187.4,
+                downtime_seconds: 0.4123,
+                result: "ok".into(),
+                error: String::new(),
+            },
+            HistoryRow {
+                service: "wiki".into(),
+                kind: "check".into(),
+                started_unix: 1_795_629_500,
+                duration_seconds: 7500.0,
+                downtime_seconds: 0.0,
+                result: "failed".into(),
+                error: "borg check: exit 1".into(),
+            },
+        ];
+        let out = render_history(&rows);
+        assert_eq!(
+            out,
+            "SERVICE  KIND    STARTED               DURATION  DOWNTIME  RESULT  ERROR\n\
+             photos   backup  2026-11-25T17:57:07Z  3m7s      0.412s    ok\n\
+             wiki     check   2026-11-25T17:58:20Z  2h5m      0.000s    failed  borg check: exit 1\n"
+        );
+        assert_eq!(span(4.25), "4.2s");
+        assert_eq!(utc(0), "-");
+        assert!(serde_json::to_value(&rows[0]).unwrap().get("error").is_none());
     }
 }

@@ -1,8 +1,7 @@
 //! `labctl vm …`: list, start/stop/suspend/resume, backup (one or all), backups, restore and drill on the
-//! host-agent. One of labctl's gRPC edges: converts replies to rows, draws progress bars for streamed work, and
+//! host-agent. One of labctl's gRPC edges: converts replies to rows, shows streamed work through `progress`, and
 //! knows nothing of how the agent drives hypervisors or backup engines.
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,11 +10,15 @@ use anyhow::Result;
 use clap::Subcommand;
 use serde::Serialize;
 use strata_proto::v1::host_client::HostClient;
-use strata_proto::v1::{ListVmsRequest, VmBackupRequest, VmProgress, VmRef, VmRestoreRequest};
+use strata_proto::v1::{ListVmsRequest, VmBackupRequest, VmRef, VmRestoreRequest};
 
 use crate::client::{call_error, channel};
 use crate::inventory::Inventory;
+use crate::progress;
 use crate::table::Table;
+
+/// The step of the host-agent's progress update that closes one VM's backup; its message is the summary.
+const FINAL_STEP: &str = "finished";
 
 #[derive(Debug, Subcommand)]
 pub enum VmCmd {
@@ -98,48 +101,6 @@ fn when(unix: i64) -> String {
         .unwrap_or_default()
 }
 
-/// One line of progress: a bar on a terminal (redrawn in place), plain lines otherwise.
-fn progress_line(p: &VmProgress, tty: bool) -> String {
-    if p.step == "finished" {
-        return p.message.clone();
-    }
-    let width = 24usize;
-    let filled = if p.total > 0 { (p.done.min(p.total) as usize * width) / p.total as usize } else { 0 };
-    let bar = format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled));
-    if tty {
-        format!("{bar} {:<10} {}", p.step, p.message)
-    } else {
-        format!("{} {}: {}", p.step, bar, p.message)
-    }
-}
-
-async fn follow(mut s: tonic::Streaming<VmProgress>) -> std::result::Result<Vec<String>, tonic::Status> {
-    let tty = std::io::stderr().is_terminal();
-    let mut finished = Vec::new();
-    let mut err = std::io::stderr();
-    let result = loop {
-        match s.message().await {
-            Ok(Some(p)) => {
-                if p.step == "finished" {
-                    finished.push(p.message.clone());
-                }
-                let line = progress_line(&p, tty);
-                if tty {
-                    let _ = write!(err, "\r\x1b[2K{}", line.chars().take(160).collect::<String>());
-                } else {
-                    let _ = writeln!(err, "{line}");
-                }
-            }
-            Ok(None) => break Ok(finished),
-            Err(e) => break Err(e),
-        }
-    };
-    if tty {
-        let _ = writeln!(err);
-    }
-    result
-}
-
 pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> Result<ExitCode> {
     let (agent, ch) = channel(inv, tls, "host").await?;
     let mut c = HostClient::new(ch);
@@ -201,8 +162,10 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> 
                 .await
                 .map_err(call_error(&agent, "backup"))?
                 .into_inner();
-            for line in follow(s).await.map_err(call_error(&agent, "backup"))? {
-                println!("{line}");
+            for line in progress::follow(s, json, FINAL_STEP).await.map_err(call_error(&agent, "backup"))? {
+                if !json {
+                    println!("{line}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -244,14 +207,18 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> 
                 start,
             };
             let s = c.restore(req).await.map_err(call_error(&agent, "restore"))?.into_inner();
-            follow(s).await.map_err(call_error(&agent, "restore"))?;
-            println!("restored into {}", to.display());
+            progress::follow(s, json, FINAL_STEP).await.map_err(call_error(&agent, "restore"))?;
+            if !json {
+                println!("restored into {}", to.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Drill { name } => {
             let s = c.drill(VmRef { name: name.clone() }).await.map_err(call_error(&agent, "drill"))?.into_inner();
-            follow(s).await.map_err(call_error(&agent, "drill"))?;
-            println!("drill of vm {name}: ok");
+            progress::follow(s, json, FINAL_STEP).await.map_err(call_error(&agent, "drill"))?;
+            if !json {
+                println!("drill of vm {name}: ok");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -278,9 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn progress_renders() {
-        let p = VmProgress { step: "backup".into(), done: 3, total: 6, message: "copying".into() };
-        assert_eq!(progress_line(&p, false), "backup [############............]: copying");
+    fn dates_render() {
         assert_eq!(when(0), "never");
         assert_eq!(when(1_795_629_427), "2026-11-25 17:57Z");
     }

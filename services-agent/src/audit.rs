@@ -80,7 +80,7 @@ mod tests {
     }
 
     fn svc(name: &str, allow: &[&str]) -> Service {
-        Service { name: name.into(), dns: vec![], allow: allow.iter().map(|s| s.to_string()).collect() }
+        Service { name: name.into(), dns: vec![], allow: allow.iter().map(|s| s.to_string()).collect(), backup: None }
     }
 
     fn c(project: &str, networks: &[&str]) -> ContainerInfo {

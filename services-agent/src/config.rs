@@ -8,6 +8,8 @@ use std::time::Duration;
 use agent_core::config::{self, CommonConfig, ConfigError, GrpcSection, MetricsSection};
 use serde::Deserialize;
 
+use crate::notify::{NotifyKind, NotifyTarget};
+
 /// Port of `[metrics] listen` when only an address is given.
 pub const DEFAULT_METRICS_PORT: u16 = 9443;
 
@@ -29,6 +31,67 @@ struct Raw {
     docker: Option<RawDocker>,
     #[serde(default)]
     services: Vec<RawService>,
+    backup: Option<RawBackup>,
+    #[serde(default)]
+    notify: Vec<RawNotify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    #[serde(default = "default_parallel")]
+    parallel: usize,
+    #[serde(default = "default_mount_dir")]
+    snapshot_mount_dir: PathBuf,
+}
+
+fn default_parallel() -> usize {
+    2
+}
+
+fn default_mount_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_SNAPSHOT_MOUNT_DIR)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    kind: String,
+    url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    within: Option<String>,
+    #[serde(default)]
+    last: u32,
+    #[serde(default)]
+    hourly: u32,
+    #[serde(default)]
+    daily: u32,
+    #[serde(default)]
+    weekly: u32,
+    #[serde(default)]
+    monthly: u32,
+    #[serde(default)]
+    yearly: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChecks {
+    repository: Option<String>,
+    verify_data: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    when: String,
+    container: String,
+    command: Vec<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +142,22 @@ struct RawService {
     dns: Vec<String>,
     #[serde(default)]
     allow: Vec<String>,
+    // Backups (all optional; `dataset` and `repo` turn them on).
+    dataset: Option<String>,
+    repo: Option<String>,
+    passcommand: Option<String>,
+    passphrase_file: Option<PathBuf>,
+    quiesce: Option<String>,
+    #[serde(default)]
+    hooks: Vec<RawHook>,
+    schedule: Option<String>,
+    jitter: Option<String>,
+    local_snapshots: Option<u32>,
+    retention: Option<RawRetention>,
+    checks: Option<RawChecks>,
+    healthy_timeout: Option<String>,
+    #[serde(default)]
+    notify: Vec<RawNotify>,
 }
 
 /// `[stacks]`: the Git repository of compose stacks.
@@ -109,6 +188,102 @@ pub struct Service {
     pub dns: Vec<String>,
     /// Audit rules waived for this service (from [`AUDIT_RULES`]).
     pub allow: Vec<String>,
+    /// `None`: the service is not backed up.
+    pub backup: Option<Box<ServiceBackup>>,
+}
+
+/// Where `[backup] snapshot_mount_dir` defaults to.
+pub const DEFAULT_SNAPSHOT_MOUNT_DIR: &str = "/run/strata/snapshots";
+/// How long a restored service may take to be running (and healthy, when it has a health check) by default.
+pub const DEFAULT_HEALTHY_TIMEOUT: Duration = Duration::from_secs(120);
+/// A hook's time limit by default.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(600);
+/// Local snapshots kept by default.
+pub const DEFAULT_LOCAL_SNAPSHOTS: u32 = 3;
+
+/// `[backup]`: settings shared by every service's backups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupGlobal {
+    /// Services backed up at once (each repository still runs one job at a time).
+    pub parallel: usize,
+    /// Snapshot clones are mounted at `DIR/SERVICE`: a stable path keeps Borg's files cache hitting.
+    pub snapshot_mount_dir: PathBuf,
+}
+
+/// How a service's containers are quiesced for the instant of the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiesce {
+    /// Stopped (each with its own grace period), started again right after the snapshot.
+    Stop,
+    /// Frozen with the cgroup freezer, unpaused right after the snapshot.
+    Pause,
+    /// Left running (crash-consistent snapshot).
+    None,
+}
+
+impl Quiesce {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quiesce::Stop => "stop",
+            Quiesce::Pause => "pause",
+            Quiesce::None => "none",
+        }
+    }
+}
+
+/// Where Borg's passphrase comes from; it is handed to borg through `BORG_PASSCOMMAND`, never argv.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Passphrase {
+    /// `passcommand`: run by borg (no shell) to print the passphrase.
+    Command(String),
+    /// `passphrase_file`: a file holding the passphrase (mode 0600 expected).
+    File(PathBuf),
+    /// Neither: an unencrypted repository (or one with a key file and no passphrase).
+    None,
+}
+
+/// When a hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookWhen {
+    BeforeSnapshot,
+    AfterSnapshot,
+}
+
+/// A command run inside one of the stack's containers (by compose service name) around the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub when: HookWhen,
+    pub container: String,
+    pub command: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// `checks`: how often each borg check runs (scheduled), `None` = never on schedule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checks {
+    pub repository: Option<Duration>,
+    pub verify_data: Option<Duration>,
+}
+
+/// A service's backup settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceBackup {
+    /// The ZFS dataset holding the service's data (snapshotted recursively).
+    pub dataset: String,
+    /// The service's own Borg repository (a path or ssh://).
+    pub repo: String,
+    pub passphrase: Passphrase,
+    pub quiesce: Quiesce,
+    pub hooks: Vec<Hook>,
+    pub schedule: Option<agent_core::cron::Cron>,
+    /// A fixed per-service delay after each scheduled minute, spreading services over `jitter`.
+    pub jitter: Duration,
+    pub local_snapshots: u32,
+    pub retention: agent_core::borg::Retention,
+    pub checks: Checks,
+    pub healthy_timeout: Duration,
+    /// Per-service notification targets (the global `[[notify]]` ones apply too).
+    pub notify: Vec<NotifyTarget>,
 }
 
 /// A validated config.
@@ -124,6 +299,9 @@ pub struct Config {
     pub docker_socket: PathBuf,
     /// The hub stack first (added when `[[services]]` does not list it), then the services in file order.
     pub services: Vec<Service>,
+    pub backup: BackupGlobal,
+    /// `[[notify]]`: targets told about every service's backups.
+    pub notify: Vec<NotifyTarget>,
 }
 
 impl Config {
@@ -165,7 +343,7 @@ fn valid_dns_name(name: &str) -> bool {
         })
 }
 
-/// Parses `30s`, `5m`, `2h`, `1d` (a positive integer and one unit).
+/// Parses `30s`, `5m`, `2h`, `1d`, `1w`, `1M` (30 days) (a positive integer and one unit).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit())?;
@@ -176,6 +354,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "m" => n.checked_mul(60)?,
         "h" => n.checked_mul(3600)?,
         "d" => n.checked_mul(86400)?,
+        "w" => n.checked_mul(7 * 86400)?,
+        "M" => n.checked_mul(30 * 86400)?,
         _ => return None,
     };
     Some(Duration::from_secs(secs))
@@ -200,7 +380,18 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
         (None, None) if raw.services.is_empty() => {
             let dns_agent = raw.dns.map(|d| d.agent);
             let docker_socket = docker_socket(path, raw.docker)?;
-            return Ok(Config { common, stacks: None, hub: None, dns_agent, docker_socket, services: Vec::new() });
+            let backup = backup_global(path, raw.backup)?;
+            let notify = notify_targets(path, "notify", raw.notify)?;
+            return Ok(Config {
+                common,
+                stacks: None,
+                hub: None,
+                dns_agent,
+                docker_socket,
+                services: Vec::new(),
+                backup,
+                notify,
+            });
         }
         (None, _) => return Err(bad("stacks", "missing: [[services]] and [hub] need a [stacks] repository".into())),
         (Some(_), None) => {
@@ -273,7 +464,8 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
                 ));
             }
         }
-        services.push(Service { name: s.name, dns, allow: s.allow });
+        let backup = service_backup(path, i, &s)?.map(Box::new);
+        services.push(Service { name: s.name, dns, allow: s.allow, backup });
     }
     // Two services may not claim the same name.
     let mut seen = std::collections::BTreeMap::new();
@@ -287,16 +479,218 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
             }
         }
     }
+    // One repository per service: two services sharing one would serialize and prune each other's archives.
+    let mut repos = std::collections::BTreeMap::new();
+    for (i, s) in services.iter().enumerate() {
+        if let Some(b) = &s.backup {
+            if let Some(other) = repos.insert(b.repo.clone(), s.name.clone()) {
+                return Err(bad(
+                    &format!("services[{i}].repo"),
+                    format!("repository `{}` is already the repository of service `{other}`", b.repo),
+                ));
+            }
+        }
+    }
     match services.iter().position(|s| s.name == hub.stack) {
         Some(0) => {}
         Some(i) => {
             let h = services.remove(i);
             services.insert(0, h);
         }
-        None => services.insert(0, Service { name: hub.stack.clone(), dns: Vec::new(), allow: Vec::new() }),
+        None => {
+            services.insert(0, Service { name: hub.stack.clone(), dns: Vec::new(), allow: Vec::new(), backup: None })
+        }
     }
     let docker_socket = docker_socket(path, raw.docker)?;
-    Ok(Config { common, stacks: Some(stacks), hub: Some(hub), dns_agent, docker_socket, services })
+    let backup = backup_global(path, raw.backup)?;
+    let notify = notify_targets(path, "notify", raw.notify)?;
+    Ok(Config { common, stacks: Some(stacks), hub: Some(hub), dns_agent, docker_socket, services, backup, notify })
+}
+
+fn backup_global(path: &Path, raw: Option<RawBackup>) -> Result<BackupGlobal, ConfigError> {
+    let raw = raw.unwrap_or(RawBackup { parallel: default_parallel(), snapshot_mount_dir: default_mount_dir() });
+    if !(1..=64).contains(&raw.parallel) {
+        return Err(ConfigError::invalid(path, "backup.parallel", format!("{} is not within 1-64", raw.parallel)));
+    }
+    if raw.snapshot_mount_dir.as_os_str().is_empty() {
+        return Err(ConfigError::invalid(path, "backup.snapshot_mount_dir", "must not be empty"));
+    }
+    Ok(BackupGlobal { parallel: raw.parallel, snapshot_mount_dir: config::resolve(path, &raw.snapshot_mount_dir) })
+}
+
+fn notify_targets(path: &Path, key: &str, raw: Vec<RawNotify>) -> Result<Vec<NotifyTarget>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, n) in raw.into_iter().enumerate() {
+        let kind = NotifyKind::parse(&n.kind).ok_or_else(|| {
+            ConfigError::invalid(
+                path,
+                format!("{key}[{i}].kind"),
+                format!("`{}` is not one of healthchecks, ntfy, webhook", n.kind),
+            )
+        })?;
+        if !(n.url.starts_with("https://") || n.url.starts_with("http://")) || n.url.len() < 10 {
+            return Err(ConfigError::invalid(path, format!("{key}[{i}].url"), "must be an http(s) URL"));
+        }
+        out.push(NotifyTarget { kind, url: n.url });
+    }
+    Ok(out)
+}
+
+/// A valid ZFS dataset name: `pool/child/…`, components of `[A-Za-z0-9_.:-]`, no snapshot part.
+pub fn valid_dataset(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 200
+        && d.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && !c.starts_with('-')
+                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+        })
+}
+
+/// `--keep-within` syntax of borg: a positive integer and one of H, d, w, m (months), y.
+fn valid_within(s: &str) -> bool {
+    let Some(split) = s.find(|c: char| !c.is_ascii_digit()) else { return false };
+    let (n, unit) = s.split_at(split);
+    n.parse::<u32>().is_ok_and(|n| n > 0) && ["H", "d", "w", "m", "y"].contains(&unit)
+}
+
+fn service_backup(path: &Path, i: usize, s: &RawService) -> Result<Option<ServiceBackup>, ConfigError> {
+    let key = |k: &str| format!("services[{i}].{k}");
+    let bad = |k: &str, msg: String| ConfigError::invalid(path, key(k), msg);
+    let (dataset, repo) = match (&s.dataset, &s.repo) {
+        (None, None) => {
+            let stray = [
+                ("passcommand", s.passcommand.is_some()),
+                ("passphrase_file", s.passphrase_file.is_some()),
+                ("quiesce", s.quiesce.is_some()),
+                ("hooks", !s.hooks.is_empty()),
+                ("schedule", s.schedule.is_some()),
+                ("local_snapshots", s.local_snapshots.is_some()),
+                ("retention", s.retention.is_some()),
+                ("checks", s.checks.is_some()),
+            ];
+            if let Some((k, _)) = stray.iter().find(|(_, set)| *set) {
+                return Err(bad(k, "is a backup setting: give `dataset` and `repo` too".into()));
+            }
+            return Ok(None);
+        }
+        (Some(_), None) => {
+            return Err(bad("repo", "missing: a backed-up service needs its own Borg repository".into()))
+        }
+        (None, Some(_)) => return Err(bad("dataset", "missing: a backed-up service needs its ZFS dataset".into())),
+        (Some(d), Some(r)) => (d.clone(), r.clone()),
+    };
+    if !valid_dataset(&dataset) || !dataset.contains('/') {
+        return Err(bad("dataset", format!("`{dataset}` is not a ZFS dataset below a pool (pool/name)")));
+    }
+    if repo.trim().is_empty() {
+        return Err(bad("repo", "must not be empty".into()));
+    }
+    let repo = if repo.contains("://") { repo } else { config::resolve(path, Path::new(&repo)).display().to_string() };
+    let passphrase = match (&s.passcommand, &s.passphrase_file) {
+        (Some(_), Some(_)) => {
+            return Err(bad("passphrase_file", "give either passcommand or passphrase_file, not both".into()))
+        }
+        (Some(c), None) if c.trim().is_empty() => return Err(bad("passcommand", "must not be empty".into())),
+        (Some(c), None) => Passphrase::Command(c.clone()),
+        (None, Some(f)) => Passphrase::File(config::resolve(path, f)),
+        (None, None) => Passphrase::None,
+    };
+    let quiesce = match s.quiesce.as_deref().unwrap_or("stop") {
+        "stop" => Quiesce::Stop,
+        "pause" => Quiesce::Pause,
+        "none" => Quiesce::None,
+        other => return Err(bad("quiesce", format!("`{other}` is not one of stop, pause, none"))),
+    };
+    let mut hooks = Vec::new();
+    for (j, h) in s.hooks.iter().enumerate() {
+        let hk = |k: &str| format!("hooks[{j}].{k}");
+        let when = match h.when.as_str() {
+            "before-snapshot" => HookWhen::BeforeSnapshot,
+            "after-snapshot" => HookWhen::AfterSnapshot,
+            other => return Err(bad(&hk("when"), format!("`{other}` is not one of before-snapshot, after-snapshot"))),
+        };
+        if !valid_name(&h.container) {
+            return Err(bad(&hk("container"), format!("`{}` is not a compose service name", h.container)));
+        }
+        if h.command.is_empty() || h.command[0].is_empty() {
+            return Err(bad(&hk("command"), "must name a program".into()));
+        }
+        let timeout = match &h.timeout {
+            None => DEFAULT_HOOK_TIMEOUT,
+            Some(t) => {
+                parse_duration(t).ok_or_else(|| bad(&hk("timeout"), format!("`{t}` is not a duration like 30s, 5m")))?
+            }
+        };
+        hooks.push(Hook { when, container: h.container.clone(), command: h.command.clone(), timeout });
+    }
+    let schedule = match &s.schedule {
+        None => None,
+        Some(c) => Some(agent_core::cron::Cron::parse(c).map_err(|e| bad("schedule", e))?),
+    };
+    let jitter = match &s.jitter {
+        None => Duration::ZERO,
+        Some(j) => parse_duration(j).ok_or_else(|| bad("jitter", format!("`{j}` is not a duration like 10m")))?,
+    };
+    let retention = match &s.retention {
+        None => agent_core::borg::Retention::default(),
+        Some(r) => {
+            if let Some(w) = &r.within {
+                if !valid_within(w) {
+                    return Err(bad("retention.within", format!("`{w}` is not like 2d, 12H, 3w, 6m, 1y")));
+                }
+            }
+            agent_core::borg::Retention {
+                within: r.within.clone(),
+                last: r.last,
+                hourly: r.hourly,
+                daily: r.daily,
+                weekly: r.weekly,
+                monthly: r.monthly,
+                yearly: r.yearly,
+            }
+        }
+    };
+    let check_freq = |k: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(f) => {
+                parse_duration(f).map(Some).ok_or_else(|| bad(k, format!("`{f}` is not a frequency like 1d, 1w, 1M")))
+            }
+        }
+    };
+    let checks = match &s.checks {
+        None => Checks::default(),
+        Some(c) => Checks {
+            repository: check_freq("checks.repository", &c.repository)?,
+            verify_data: check_freq("checks.verify_data", &c.verify_data)?,
+        },
+    };
+    let healthy_timeout = match &s.healthy_timeout {
+        None => DEFAULT_HEALTHY_TIMEOUT,
+        Some(t) => parse_duration(t).ok_or_else(|| bad("healthy_timeout", format!("`{t}` is not a duration")))?,
+    };
+    let notify = notify_targets(
+        path,
+        &key("notify"),
+        s.notify.iter().map(|n| RawNotify { kind: n.kind.clone(), url: n.url.clone() }).collect(),
+    )?;
+    Ok(Some(ServiceBackup {
+        dataset,
+        repo,
+        passphrase,
+        quiesce,
+        hooks,
+        schedule,
+        jitter,
+        local_snapshots: s.local_snapshots.unwrap_or(DEFAULT_LOCAL_SNAPSHOTS),
+        retention,
+        checks,
+        healthy_timeout,
+        notify,
+    }))
 }
 
 #[cfg(test)]
@@ -317,6 +711,53 @@ mod tests {
         let names: Vec<&str> = cfg.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["proxy", "photos", "wiki"]);
         assert_eq!(cfg.service("photos").unwrap().dns, ["photos"]);
+        let b = cfg.service("photos").unwrap().backup.as_deref().unwrap();
+        assert_eq!((b.dataset.as_str(), b.repo.as_str()), ("tank/appdata/photos", "/mnt/backup/borg/photos"));
+        assert_eq!(b.passphrase, Passphrase::Command("cat /etc/strata/secrets/photos".into()));
+        assert_eq!((b.quiesce, b.local_snapshots, b.jitter), (Quiesce::Stop, 24, Duration::from_secs(600)));
+        assert_eq!(b.retention.within.as_deref(), Some("2d"));
+        assert_eq!((b.retention.daily, b.retention.weekly, b.retention.monthly, b.retention.yearly), (7, 4, 6, 2));
+        assert_eq!(b.checks.verify_data, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!(b.hooks[0].when, HookWhen::BeforeSnapshot);
+        assert_eq!(b.hooks[0].command[0], "pg_dumpall");
+        assert_eq!(b.notify[0].kind, NotifyKind::Ntfy);
+        assert_eq!(cfg.notify[0].kind, NotifyKind::Healthchecks);
+        assert_eq!(cfg.backup.parallel, 2);
+        assert!(cfg.service("wiki").unwrap().backup.is_none());
+    }
+
+    #[test]
+    fn bad_backup_settings_name_the_key() {
+        let svc = "[[services]]\nname = \"a\"\n";
+        let full = "dataset = \"tank/a\"\nrepo = \"/b/a\"\n";
+        let cases = [
+            (format!("{svc}dataset = \"tank/a\"\n"), "key `services[0].repo`: missing"),
+            (format!("{svc}repo = \"/b\"\n"), "key `services[0].dataset`: missing"),
+            (format!("{svc}quiesce = \"stop\"\n"), "key `services[0].quiesce`: is a backup setting"),
+            (format!("{svc}dataset = \"tank\"\nrepo = \"/b\"\n"), "key `services[0].dataset`"),
+            (format!("{svc}dataset = \"tank/a@s\"\nrepo = \"/b\"\n"), "key `services[0].dataset`"),
+            (format!("{svc}{full}quiesce = \"freeze\"\n"), "key `services[0].quiesce`: `freeze`"),
+            (format!("{svc}{full}passcommand = \"x\"\npassphrase_file = \"/p\"\n"), "not both"),
+            (format!("{svc}{full}schedule = \"61 * * * *\"\n"), "key `services[0].schedule`"),
+            (format!("{svc}{full}retention = {{ within = \"2x\" }}\n"), "key `services[0].retention.within`"),
+            (format!("{svc}{full}retention = {{ dayly = 2 }}\n"), "unknown field `dayly`"),
+            (format!("{svc}{full}checks = {{ repository = \"often\" }}\n"), "key `services[0].checks.repository`"),
+            (
+                format!("{svc}{full}hooks = [{{ when = \"later\", container = \"db\", command = [\"x\"] }}]\n"),
+                "key `services[0].hooks[0].when`",
+            ),
+            (
+                format!("{svc}{full}hooks = [{{ when = \"before-snapshot\", container = \"db\", command = [] }}]\n"),
+                "key `services[0].hooks[0].command`",
+            ),
+            (format!("{svc}{full}notify = [{{ kind = \"mail\", url = \"https://x.example/\" }}]\n"), "notify[0].kind"),
+            (format!("{svc}{full}[[services]]\nname = \"b\"\n{full}"), "already the repository of service `a`"),
+            (format!("[backup]\nparallel = 0\n{svc}"), "key `backup.parallel`"),
+        ];
+        for (extra, want) in cases {
+            let err = parse(&extra).unwrap_err();
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
     }
 
     const BASE: &str = "state_dir = \"s\"\n[grpc]\nlisten = \"127.0.0.1:0\"\nca = \"ca.pem\"\ncert = \"a.pem\"\n\
@@ -336,7 +777,7 @@ mod tests {
         assert_eq!(c.hub.as_ref().unwrap().domain, "lab.test");
         assert_eq!(c.dns_agent, None);
         assert_eq!(c.docker_socket, Path::new("/var/run/docker.sock"));
-        assert_eq!(c.services[0], Service { name: "proxy".into(), dns: vec![], allow: vec![] });
+        assert_eq!(c.services[0], Service { name: "proxy".into(), dns: vec![], allow: vec![], backup: None });
         assert_eq!(c.services[1].name, "photos");
         let c = parse("").unwrap();
         assert_eq!(c.services.len(), 1);

@@ -1,7 +1,7 @@
 //! All bollard access: the local Docker engine (socket, negotiated API version), compose containers by their project
 //! label, inspection, networks, logs, and the event watcher that keeps `live::Live` current (reconnecting with
-//! backoff when the engine goes away). Read-only: deploying is `compose`'s job. Must not know git, proto/tonic or
-//! the audit rules.
+//! backoff when the engine goes away), and the few container actions a backup needs (stop/start, pause/unpause, exec
+//! of a hook). Deploying is `compose`'s job. Must not know git, proto/tonic, ZFS, Borg or the audit rules.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,8 @@ use crate::model::{ContainerInfo, LogLine, NetworkInfo, PROJECT_LABEL, SERVICE_L
 
 /// Every request but the event and log streams must answer within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A stop waits for the container's own grace period (compose's `stop_grace_period`), which may be long.
+const ACTION_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,104 @@ impl Engine {
                 Some(NetworkInfo { name: n.name?, project })
             })
             .collect())
+    }
+
+    /// The ids of the project's containers that are running now (paused, exited and restarting ones excluded).
+    pub async fn running_in_project(&self, project: &str) -> Result<Vec<String>, DockerError> {
+        let label = format!("{PROJECT_LABEL}={project}");
+        let filters = HashMap::from([("label", vec![label.as_str()]), ("status", vec!["running"])]);
+        let opts = ListContainersOptionsBuilder::default().all(false).filters(&filters).build();
+        let list = self.docker.list_containers(Some(opts)).await.map_err(api)?;
+        let mut ids: Vec<String> = list.into_iter().filter_map(|c| c.id).collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The running container of compose service `service` in `project`, if any.
+    pub async fn service_container(&self, project: &str, service: &str) -> Result<Option<String>, DockerError> {
+        let p = format!("{PROJECT_LABEL}={project}");
+        let s = format!("{SERVICE_LABEL}={service}");
+        let filters = HashMap::from([("label", vec![p.as_str(), s.as_str()]), ("status", vec!["running"])]);
+        let opts = ListContainersOptionsBuilder::default().all(false).filters(&filters).build();
+        let list = self.docker.list_containers(Some(opts)).await.map_err(api)?;
+        Ok(list.into_iter().find_map(|c| c.id))
+    }
+
+    fn long(&self) -> Docker {
+        let mut d = self.docker.clone();
+        d.set_timeout(ACTION_TIMEOUT);
+        d
+    }
+
+    /// Stops a container, giving it its own grace period (`StopTimeout`) before the engine kills it.
+    pub async fn stop(&self, id: &str) -> Result<(), DockerError> {
+        match self.long().stop_container(id, None::<bollard::query_parameters::StopContainerOptions>).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(e) => Err(api(e)),
+        }
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), DockerError> {
+        match self.long().start_container(id, None::<bollard::query_parameters::StartContainerOptions>).await {
+            Ok(()) => Ok(()),
+            // 304: already started.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(e) => Err(api(e)),
+        }
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<(), DockerError> {
+        self.docker.pause_container(id).await.map_err(api)
+    }
+
+    /// Unpauses; a container that is not paused (any more) is fine.
+    pub async fn unpause(&self, id: &str) -> Result<(), DockerError> {
+        match self.docker.unpause_container(id).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, message })
+                if message.contains("not paused") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(api(e)),
+        }
+    }
+
+    /// Runs `cmd` inside container `id` and waits for it (at most `timeout`): its exit code and the tail of its
+    /// output (stdout and stderr merged).
+    pub async fn exec(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<(i64, String), DockerError> {
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        let opts = CreateExecOptions {
+            cmd: Some(cmd.to_vec()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let docker = self.long();
+        let exec = docker.create_exec(id, opts).await.map_err(api)?;
+        let run = async {
+            let mut out = String::new();
+            if let StartExecResults::Attached { mut output, .. } =
+                docker.start_exec(&exec.id, None).await.map_err(api)?
+            {
+                while let Some(chunk) = output.next().await {
+                    out.push_str(&String::from_utf8_lossy(&chunk.map_err(api)?.into_bytes()));
+                    if out.len() > 64 * 1024 {
+                        let cut = out.len() - 32 * 1024;
+                        let cut = (cut..out.len()).find(|i| out.is_char_boundary(*i)).unwrap_or(out.len());
+                        out.drain(..cut);
+                    }
+                }
+            }
+            let code = docker.inspect_exec(&exec.id).await.map_err(api)?.exit_code.unwrap_or(-1);
+            Ok::<_, DockerError>((code, out))
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(DockerError::Api(format!("exec in {id} did not finish within {timeout:?}"))),
+        }
     }
 
     /// The log of one container, line by line (`tail` 0 means all), following it when asked.

@@ -1,6 +1,7 @@
 //! The agent's gRPC edge, the only module touching proto/tonic types: the `strata.v1.Services` server (requests
-//! converted with TryFrom, INVALID_ARGUMENT naming the field; domain errors mapped to status codes) and the client
-//! of the dns-agent's `strata.v1.Dns` used by `dns`. Must not know how stacks are deployed or read.
+//! converted with TryFrom, INVALID_ARGUMENT naming the field; domain errors mapped to status codes; long jobs
+//! streamed as progress) and the client of the dns-agent's `strata.v1.Dns` used by `dns`. Must not know how stacks
+//! are deployed or how backups are made.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,21 +16,24 @@ use strata_proto::v1::services_server::{Services, ServicesServer};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::backup::{Backups, JobError, Reporter};
 use crate::compose::ComposeError;
 use crate::config::valid_name;
 use crate::dns::DnsRecord;
 use crate::model;
+use crate::restore::Source;
 use crate::stacks::{StackError, Stacks};
 
 type PbStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// The `Services` service over the stacks engine.
-pub fn service(stacks: Arc<Stacks>) -> ServicesServer<ServicesSvc> {
-    ServicesServer::new(ServicesSvc { stacks })
+/// The `Services` service over the stacks engine and the backup jobs.
+pub fn service(stacks: Arc<Stacks>, backups: Arc<Backups>) -> ServicesServer<ServicesSvc> {
+    ServicesServer::new(ServicesSvc { stacks, backups })
 }
 
 pub struct ServicesSvc {
     stacks: Arc<Stacks>,
+    backups: Arc<Backups>,
 }
 
 /// A validated service name from a request.
@@ -110,8 +114,93 @@ impl From<model::ServiceRow> for pb::Service {
     }
 }
 
-fn part2<T>() -> Result<T, Status> {
-    Err(Status::unimplemented("backups arrive with services part 2"))
+fn job_status(e: JobError) -> Status {
+    let msg = e.to_string();
+    match e {
+        JobError::Unknown(_) => Status::not_found(msg),
+        JobError::NotBackedUp(_) | JobError::Refused { .. } => Status::failed_precondition(msg),
+        JobError::Step { .. } => Status::aborted(msg),
+        JobError::Journal(_) => Status::internal(msg),
+    }
+}
+
+/// A validated `BackupRequest`: one service or all.
+struct BackupTarget(Option<String>);
+
+impl TryFrom<pb::BackupRequest> for BackupTarget {
+    type Error = Status;
+    fn try_from(r: pb::BackupRequest) -> Result<Self, Status> {
+        match (r.all, r.name.is_empty()) {
+            (true, true) => Ok(BackupTarget(None)),
+            (true, false) => Err(Status::invalid_argument("name: must be empty when all is set")),
+            (false, _) => Ok(BackupTarget(Some(check_name("name", &r.name)?))),
+        }
+    }
+}
+
+/// A validated `RestoreRequest`.
+struct RestoreQuery {
+    name: String,
+    source: Source,
+    to: Option<std::path::PathBuf>,
+}
+
+impl TryFrom<pb::RestoreRequest> for RestoreQuery {
+    type Error = Status;
+    fn try_from(r: pb::RestoreRequest) -> Result<Self, Status> {
+        let name = check_name("name", &r.name)?;
+        let source = match (r.archive.is_empty(), r.snapshot.is_empty()) {
+            (true, true) => Source::Latest,
+            (false, true) => Source::Archive(r.archive),
+            (true, false) => Source::Snapshot(r.snapshot),
+            (false, false) => {
+                return Err(Status::invalid_argument("snapshot: give an archive or a snapshot, not both"))
+            }
+        };
+        for (field, v) in [("archive", source_text(&source)), ("to", r.to.as_str())] {
+            if v.chars().any(char::is_control) || v.len() > 4096 {
+                return Err(Status::invalid_argument(format!("{field}: control characters or too long")));
+            }
+        }
+        let to = match r.to.as_str() {
+            "" => None,
+            p if p.starts_with('/') => Some(std::path::PathBuf::from(p)),
+            p => return Err(Status::invalid_argument(format!("to: `{p}` is not an absolute path"))),
+        };
+        Ok(RestoreQuery { name, source, to })
+    }
+}
+
+fn source_text(s: &Source) -> &str {
+    match s {
+        Source::Latest => "",
+        Source::Archive(a) | Source::Snapshot(a) => a,
+    }
+}
+
+/// Streams a job's progress; the last message has step `done` and the job's summary, or the stream ends with the
+/// job's error. The job goes on if the client goes away.
+fn job_stream<F, Fut>(job: F) -> PbStream<pb::Progress>
+where
+    F: FnOnce(Reporter) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<String, Status>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<model::Progress>(64);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let r = job(Reporter::new(tx)).await;
+        let _ = done_tx.send(r);
+    });
+    let progress = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|p| Ok(pb::Progress { step: p.step, done: p.done, total: p.total, message: p.message }));
+    let end = futures::stream::once(async move {
+        match done_rx.await {
+            Ok(Ok(message)) => Ok(pb::Progress { step: "done".into(), done: 1, total: 1, message }),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(Status::internal("the job ended without a result")),
+        }
+    });
+    Box::pin(progress.chain(end))
 }
 
 #[tonic::async_trait]
@@ -182,48 +271,141 @@ impl Services for ServicesSvc {
 
     type BackupStream = PbStream<pb::Progress>;
 
-    async fn backup(&self, _req: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
-        part2()
+    async fn backup(&self, req: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        let BackupTarget(target) = req.into_inner().try_into()?;
+        let backups = self.backups.clone();
+        if let Some(name) = &target {
+            backups.settings(name).map_err(job_status)?;
+        }
+        Ok(Response::new(job_stream(move |rep| async move {
+            match target {
+                Some(name) => backups.backup(&name, "manual", &rep).await.map(|r| r.summary()).map_err(job_status),
+                None => {
+                    let results = backups.backup_all("manual", &rep).await;
+                    if results.is_empty() {
+                        return Err(Status::failed_precondition("no service has backup settings"));
+                    }
+                    let failed: Vec<String> =
+                        results.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}"))).collect();
+                    if failed.is_empty() {
+                        Ok(results
+                            .iter()
+                            .filter_map(|(_, r)| r.as_ref().ok().map(|r| r.summary()))
+                            .collect::<Vec<_>>()
+                            .join("\n"))
+                    } else {
+                        Err(Status::aborted(format!(
+                            "{} of {} backups failed: {}",
+                            failed.len(),
+                            results.len(),
+                            failed.join("; ")
+                        )))
+                    }
+                }
+            }
+        })))
     }
 
-    async fn list_archives(&self, _req: Request<pb::ServiceRef>) -> Result<Response<pb::ListArchivesResponse>, Status> {
-        part2()
+    async fn list_archives(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::ListArchivesResponse>, Status> {
+        let Name(n) = req.into_inner().try_into()?;
+        let archives = self.backups.archives(&n).await.map_err(job_status)?;
+        Ok(Response::new(pb::ListArchivesResponse {
+            archives: archives
+                .into_iter()
+                .map(|a| pb::Archive {
+                    name: a.name,
+                    time_unix: a.time_unix,
+                    original_size: a.original_size,
+                    deduplicated_size: a.deduplicated_size,
+                })
+                .collect(),
+        }))
     }
 
-    async fn history(&self, _req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
-        part2()
+    async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        let r = req.into_inner();
+        let name = if r.name.is_empty() { None } else { Some(check_name("name", &r.name)?) };
+        let limit = match r.limit {
+            0 => 50,
+            n if n > 10_000 => return Err(Status::invalid_argument("limit: at most 10000")),
+            n => n,
+        };
+        let rows =
+            self.backups.journal().history(name.as_deref(), limit).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::HistoryResponse {
+            entries: rows
+                .into_iter()
+                .map(|h| pb::HistoryEntry {
+                    service: h.service,
+                    kind: h.kind,
+                    started_unix: h.started_unix as i64,
+                    duration_seconds: h.duration_seconds,
+                    downtime_seconds: h.outcome.downtime_seconds,
+                    result: h.outcome.result,
+                    error: h.outcome.error,
+                })
+                .collect(),
+        }))
     }
 
     type RestoreStream = PbStream<pb::Progress>;
 
-    async fn restore(&self, _req: Request<pb::RestoreRequest>) -> Result<Response<Self::RestoreStream>, Status> {
-        part2()
+    async fn restore(&self, req: Request<pb::RestoreRequest>) -> Result<Response<Self::RestoreStream>, Status> {
+        let q: RestoreQuery = req.into_inner().try_into()?;
+        let backups = self.backups.clone();
+        backups.settings(&q.name).map_err(job_status)?;
+        Ok(Response::new(job_stream(move |rep| async move {
+            backups.restore(&q.name, q.source, q.to, &rep).await.map_err(job_status)
+        })))
     }
 
     type CheckStream = PbStream<pb::Progress>;
 
-    async fn check(&self, _req: Request<pb::ServiceRef>) -> Result<Response<Self::CheckStream>, Status> {
-        part2()
+    async fn check(&self, req: Request<pb::ServiceRef>) -> Result<Response<Self::CheckStream>, Status> {
+        let Name(n) = req.into_inner().try_into()?;
+        let backups = self.backups.clone();
+        backups.settings(&n).map_err(job_status)?;
+        Ok(Response::new(job_stream(move |rep| async move {
+            backups.check(&n, "check", "manual", &rep).await.map_err(job_status)
+        })))
     }
 
     type DrillStream = PbStream<pb::Progress>;
 
-    async fn drill(&self, _req: Request<pb::ServiceRef>) -> Result<Response<Self::DrillStream>, Status> {
-        part2()
+    async fn drill(&self, req: Request<pb::ServiceRef>) -> Result<Response<Self::DrillStream>, Status> {
+        let Name(n) = req.into_inner().try_into()?;
+        let backups = self.backups.clone();
+        backups.settings(&n).map_err(job_status)?;
+        Ok(Response::new(job_stream(
+            move |rep| async move { backups.drill(&n, "manual", &rep).await.map_err(job_status) },
+        )))
     }
 
     async fn prepare_host_backup(
         &self,
-        _req: Request<pb::PrepareHostBackupRequest>,
+        req: Request<pb::PrepareHostBackupRequest>,
     ) -> Result<Response<pb::PrepareHostBackupResponse>, Status> {
-        part2()
+        let secs = req.into_inner().lease_seconds;
+        let max = crate::lease::MAX_LEASE.as_secs();
+        if secs == 0 || u64::from(secs) > max {
+            return Err(Status::invalid_argument(format!("lease_seconds: {secs} is not within 1-{max}")));
+        }
+        let lease = self.backups.gate.prepare(Duration::from_secs(u64::from(secs))).await;
+        Ok(Response::new(pb::PrepareHostBackupResponse { lease_id: lease.id, expires_unix: lease.expires_unix }))
     }
 
     async fn release_host_backup(
         &self,
-        _req: Request<pb::ReleaseHostBackupRequest>,
+        req: Request<pb::ReleaseHostBackupRequest>,
     ) -> Result<Response<pb::ReleaseHostBackupResponse>, Status> {
-        part2()
+        let id = req.into_inner().lease_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("lease_id: must not be empty"));
+        }
+        if !self.backups.gate.release(&id) {
+            return Err(Status::not_found(format!("lease_id: no live lease {id} (expired or replaced)")));
+        }
+        Ok(Response::new(pb::ReleaseHostBackupResponse {}))
     }
 }
 

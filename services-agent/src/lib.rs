@@ -1,18 +1,27 @@
 //! The services-agent library: compose stacks from Git (sync, deploy, lifecycle), state read from Docker's event
-//! stream, the hub-and-spoke audit and DNS registration. `main.rs` is only glue. Backups (ZFS + Borg) and host
-//! coordination arrive with part 2: those methods answer UNIMPLEMENTED.
+//! stream, the hub-and-spoke audit, DNS registration, and per-service ZFS snapshot + Borg backups (restore, checks,
+//! drills, crash recovery, the host's lease). `main.rs` is only glue.
 
 pub mod audit;
+pub mod backup;
 pub mod compose;
 pub mod config;
 pub mod dns;
 pub mod docker;
 pub mod git;
 pub mod grpc;
+pub mod journal;
+pub mod lease;
 pub mod live;
 pub mod model;
+pub mod notify;
+pub mod recovery;
+pub mod restore;
+pub mod schedule;
 pub mod stacks;
 pub mod store;
+pub mod verify;
+pub mod zfs;
 
 use std::sync::Arc;
 
@@ -43,8 +52,21 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     if let Err(e) = socket2::SockRef::from(&listeners.grpc).set_tcp_nodelay(true) {
         tracing::warn!(error = %e, "cannot set TCP_NODELAY on the grpc listener");
     }
+    let backups = Arc::new(backup::Backups::open(cfg.clone()).map_err(|e| match e {
+        journal::JournalError::State(e) => ServeError::State(e),
+        journal::JournalError::Sql(source) => ServeError::State(agent_core::state::StateError::Sqlite {
+            path: cfg.common.state_dir.join("services.db"),
+            source,
+        }),
+    })?);
+    // Crash repair comes before anything else may start a job.
+    let recovered = backups.recover().await;
+    if !recovered.actions.is_empty() || !recovered.errors.is_empty() {
+        tracing::warn!(actions = recovered.actions.len(), errors = recovered.errors.len(), "recovery done");
+    }
     let metrics = Metrics::new();
     stacks.metrics.register(&metrics);
+    backups.metrics.register(&metrics);
 
     let watcher = tokio::spawn(docker::watch(
         stacks.live.clone(),
@@ -55,15 +77,17 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     ));
     let poller = tokio::spawn(stacks.clone().poll(shutdown.clone()));
     let dns = tokio::spawn(dns::run(cfg.clone(), stacks.dns.clone(), shutdown.clone()));
+    let scheduler = tokio::spawn(schedule::run(backups.clone(), shutdown.clone()));
 
     let summary_stacks = stacks.clone();
     let summary: agent_core::grpc::Summary = Arc::new(move || summary_stacks.summary());
     let mut domain = tonic::service::RoutesBuilder::default();
-    domain.add_service(grpc::service(stacks));
+    domain.add_service(grpc::service(stacks, backups));
     let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), summary, domain, metrics };
     let served = agent_core::grpc::run_agent(&common, parts, listeners, shutdown).await;
-    // The background tasks stop on the same shutdown; a sync in progress is abandoned (compose is killed on drop).
-    for t in [watcher, poller, dns] {
+    // The background tasks stop on the same shutdown; a sync in progress is abandoned (compose is killed on drop). A
+    // backup in progress is abandoned too: the journal lets the next start repair it.
+    for t in [watcher, poller, dns, scheduler] {
         t.abort();
     }
     served

@@ -102,3 +102,22 @@ pub struct LogLine {
     pub container: String,
     pub line: String,
 }
+
+/// One progress report of a long job (backup, restore, check, drill), streamed to labctl.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub step: String,
+    pub done: u64,
+    pub total: u64,
+    pub message: String,
+}
+
+/// One archive in a service's repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchiveRow {
+    pub name: String,
+    pub time_unix: i64,
+    /// 0 when the archive was not made by this agent (sizes come from its history).
+    pub original_size: u64,
+    pub deduplicated_size: u64,
+}

@@ -175,10 +175,16 @@ impl AgentProc {
 
     /// Starts `kind` with an existing config file and waits for both `listening on` lines.
     pub fn start_with_config(kind: AgentKind, config: &Path) -> Result<AgentProc> {
+        Self::start_with_env(kind, config, &[])
+    }
+
+    /// Like [`AgentProc::start_with_config`], with extra environment variables (the test hooks).
+    pub fn start_with_env(kind: AgentKind, config: &Path, env: &[(&str, &str)]) -> Result<AgentProc> {
         let mut child = Command::new(bin(kind.binary())?)
             .args(["--log-format", "human", "run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -268,6 +274,25 @@ impl AgentProc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGKILL: the agent gets no chance to clean up (the crash tests).
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Waits up to `within` for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        while !self.logs().contains(needle) {
+            if Instant::now() > deadline {
+                bail!("{} never logged `{needle}` within {within:?}:\n{}", self.kind.binary(), self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     /// Fetches the agent's Prometheus text.

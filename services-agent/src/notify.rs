@@ -1,0 +1,482 @@
+//! Job notifications (backup, check, drill, restore): healthchecks.io-style pings, ntfy messages and a JSON webhook,
+//! posted with ureq on the blocking pool. Knows HTTP and those three conventions; must not know how a job runs, what
+//! its message says or where targets are configured. Sending never fails the caller: problems are logged with the
+//! URL's userinfo and query redacted.
+
+use std::time::Duration;
+
+/// Each request's deadline, connection included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest message body sent to healthchecks (bytes, cut at a character boundary).
+pub const MAX_HEALTHCHECKS_BODY: usize = 10_000;
+/// ntfy turns longer messages into attachments (or refuses them): cut before that.
+pub const MAX_NTFY_BODY: usize = 4_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyKind {
+    Healthchecks,
+    Ntfy,
+    Webhook,
+}
+
+impl NotifyKind {
+    /// `healthchecks`, `ntfy` or `webhook`.
+    pub fn parse(s: &str) -> Option<NotifyKind> {
+        match s {
+            "healthchecks" => Some(NotifyKind::Healthchecks),
+            "ntfy" => Some(NotifyKind::Ntfy),
+            "webhook" => Some(NotifyKind::Webhook),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyTarget {
+    pub kind: NotifyKind,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Start,
+    Success,
+    Fail,
+}
+
+impl Phase {
+    /// `start`, `success` or `fail` (the webhook's `phase`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Start => "start",
+            Phase::Success => "success",
+            Phase::Fail => "fail",
+        }
+    }
+}
+
+/// What happened; the webhook receives it as JSON.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Event {
+    pub service: String,
+    /// `backup`, `check`, `drill` or `restore`.
+    pub job: String,
+    /// `start`, `success` or `fail`; [`send`] sets it from its `phase` argument.
+    pub phase: &'static str,
+    pub message: String,
+    pub duration_seconds: f64,
+    pub downtime_seconds: f64,
+    pub archive: String,
+    pub host: String,
+}
+
+/// Sends `event` to every target at once and waits for all (each bounded by [`REQUEST_TIMEOUT`]). Never fails:
+/// errors are logged. ntfy targets are not told about `Start`.
+pub async fn send(targets: &[NotifyTarget], phase: Phase, event: &Event) {
+    let requests: Vec<Request> = targets.iter().filter_map(|t| request_for(t, phase, event)).collect();
+    if requests.is_empty() {
+        return;
+    }
+    let agent = http_agent();
+    let tasks = requests.into_iter().map(|request| {
+        let agent = agent.clone();
+        let shown = redact_url(&request.url);
+        async move {
+            match tokio::task::spawn_blocking(move || deliver(&agent, &request)).await {
+                Ok(Ok(())) => tracing::debug!(url = %shown, "notification sent"),
+                Ok(Err(error)) => tracing::warn!(url = %shown, %error, "notification failed"),
+                Err(e) => tracing::warn!(url = %shown, error = %e, "notification task failed"),
+            }
+        }
+    });
+    futures::future::join_all(tasks).await;
+}
+
+/// One POST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Request {
+    url: String,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+}
+
+/// What `target` is sent for `phase`; `None` when it is not told.
+fn request_for(target: &NotifyTarget, phase: Phase, event: &Event) -> Option<Request> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match target.kind {
+        NotifyKind::Healthchecks => {
+            let url = match phase {
+                Phase::Start => append_path(&target.url, "start"),
+                Phase::Success => target.url.clone(),
+                Phase::Fail => append_path(&target.url, "fail"),
+            };
+            let body = truncate(&event.message, MAX_HEALTHCHECKS_BODY).as_bytes().to_vec();
+            Some(Request { url, headers: vec![("Content-Type", TEXT.into())], body })
+        }
+        NotifyKind::Ntfy => {
+            let (word, tag) = match phase {
+                Phase::Start => return None,
+                Phase::Success => ("ok", "white_check_mark"),
+                Phase::Fail => ("failed", "rotating_light"),
+            };
+            let title = format!("strata {} {} {word}", event.job, event.service);
+            let mut headers =
+                vec![("Content-Type", TEXT.into()), ("Title", header_value(&title)), ("Tags", tag.into())];
+            if phase == Phase::Fail {
+                headers.push(("Priority", "high".into()));
+            }
+            let message = if event.message.trim().is_empty() { title.as_str() } else { event.message.as_str() };
+            Some(Request {
+                url: target.url.clone(),
+                headers,
+                body: truncate(message, MAX_NTFY_BODY).as_bytes().to_vec(),
+            })
+        }
+        NotifyKind::Webhook => {
+            let event = Event { phase: phase.as_str(), ..event.clone() };
+            // Serializing plain strings and finite or non-finite floats (as null) cannot fail; stay safe anyway.
+            let body = serde_json::to_vec(&event).unwrap_or_default();
+            Some(Request { url: target.url.clone(), headers: vec![("Content-Type", "application/json".into())], body })
+        }
+    }
+}
+
+/// Posts one request; the error text has the URL's secrets redacted.
+fn deliver(agent: &ureq::Agent, request: &Request) -> Result<(), String> {
+    let mut post = agent.post(&request.url);
+    for (name, value) in &request.headers {
+        post = post.header(*name, value);
+    }
+    match post.send(&request.body[..]) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(redact_text(&e.to_string(), &request.url)),
+    }
+}
+
+fn http_agent() -> ureq::Agent {
+    let config = ureq::Agent::config_builder()
+        .timeout_global(Some(REQUEST_TIMEOUT))
+        .user_agent(concat!("strata-services-agent/", env!("CARGO_PKG_VERSION")))
+        .build();
+    ureq::Agent::new_with_config(config)
+}
+
+/// `https://hc/ping/ID` + `start` → `https://hc/ping/ID/start`, keeping a query string after the path.
+fn append_path(url: &str, segment: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = format!("{}/{segment}", base.trim_end_matches('/'));
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Printable ASCII only (HTTP header values); anything else becomes `?`.
+fn header_value(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' }).collect()
+}
+
+/// The URL with its userinfo and its query replaced by `***` (both may carry tokens).
+fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, _)) => (base, true),
+        None => (url, false),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => base.to_string(),
+            }
+        }
+        None => base.to_string(),
+    };
+    if query {
+        out.push_str("?***");
+    }
+    out
+}
+
+/// `text` with `url` (or its secret parts, should they appear alone) redacted.
+fn redact_text(text: &str, url: &str) -> String {
+    let mut out = text.replace(url, &redact_url(url));
+    if let Some((_, query)) = url.split_once('?') {
+        if !query.is_empty() {
+            out = out.replace(query, "***");
+        }
+    }
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority = rest.split('/').next().unwrap_or_default();
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            // The password alone first: it may show up without the user name.
+            let password = userinfo.split_once(':').map_or("", |(_, p)| p);
+            for secret in [userinfo, password] {
+                if !secret.is_empty() {
+                    out = out.replace(secret, "***");
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::mpsc;
+
+    /// What the test server received.
+    #[derive(Debug)]
+    struct Received {
+        method: String,
+        path: String,
+        /// Lower-cased names.
+        headers: BTreeMap<String, String>,
+        body: Vec<u8>,
+    }
+
+    /// A tiny HTTP/1.1 server on 127.0.0.1:0: answers 200 (500 for paths starting `/status500`) and reports each
+    /// request before answering it, so a finished `send` means every request is in the channel.
+    fn server() -> (String, mpsc::Receiver<Received>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let tx = tx.clone();
+                std::thread::spawn(move || serve_one(stream, &tx));
+            }
+        });
+        (base, rx)
+    }
+
+    fn serve_one(mut stream: TcpStream, tx: &mpsc::Sender<Received>) {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_string();
+        let path = parts.next().unwrap_or_default().to_string();
+        let mut headers = BTreeMap::new();
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).unwrap();
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        let status = if path.starts_with("/status500") { "500 Internal Server Error" } else { "200 OK" };
+        tx.send(Received { method, path, headers, body }).unwrap();
+        let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    }
+
+    fn event() -> Event {
+        Event {
+            service: "photos".into(),
+            job: "backup".into(),
+            phase: "start",
+            message: "archive photos-2026 created".into(),
+            duration_seconds: 12.5,
+            downtime_seconds: 1.25,
+            archive: "photos-2026".into(),
+            host: "hub".into(),
+        }
+    }
+
+    fn target(kind: NotifyKind, url: String) -> NotifyTarget {
+        NotifyTarget { kind, url }
+    }
+
+    fn drain(rx: &mpsc::Receiver<Received>) -> Vec<Received> {
+        rx.try_iter().collect()
+    }
+
+    #[test]
+    fn kinds_parse() {
+        assert_eq!(NotifyKind::parse("healthchecks"), Some(NotifyKind::Healthchecks));
+        assert_eq!(NotifyKind::parse("ntfy"), Some(NotifyKind::Ntfy));
+        assert_eq!(NotifyKind::parse("webhook"), Some(NotifyKind::Webhook));
+        assert_eq!(NotifyKind::parse("Ntfy"), None);
+        assert_eq!(NotifyKind::parse(""), None);
+    }
+
+    #[tokio::test]
+    async fn each_kind_sends_what_its_service_expects() {
+        let (base, rx) = server();
+        let ev = event();
+        let text = "text/plain; charset=utf-8";
+
+        // (kind, url path, phase, expected method+path, expected headers, expected body; None = nothing sent)
+        type Case = (NotifyKind, &'static str, Phase, Option<(&'static str, Vec<(&'static str, &'static str)>)>);
+        let cases: Vec<Case> = vec![
+            (
+                NotifyKind::Healthchecks,
+                "/ping/abc",
+                Phase::Start,
+                Some(("/ping/abc/start", vec![("content-type", text)])),
+            ),
+            (
+                NotifyKind::Healthchecks,
+                "/ping/abc/",
+                Phase::Success,
+                Some(("/ping/abc/", vec![("content-type", text)])),
+            ),
+            (
+                NotifyKind::Healthchecks,
+                "/ping/abc",
+                Phase::Fail,
+                Some(("/ping/abc/fail", vec![("content-type", text)])),
+            ),
+            (NotifyKind::Healthchecks, "/p/k/x?rid=1", Phase::Fail, Some(("/p/k/x/fail?rid=1", vec![]))),
+            (NotifyKind::Ntfy, "/lab", Phase::Start, None),
+            (
+                NotifyKind::Ntfy,
+                "/lab",
+                Phase::Success,
+                Some(("/lab", vec![("title", "strata backup photos ok"), ("tags", "white_check_mark")])),
+            ),
+            (
+                NotifyKind::Ntfy,
+                "/lab",
+                Phase::Fail,
+                Some((
+                    "/lab",
+                    vec![("title", "strata backup photos failed"), ("tags", "rotating_light"), ("priority", "high")],
+                )),
+            ),
+            (NotifyKind::Webhook, "/hook", Phase::Start, Some(("/hook", vec![("content-type", "application/json")]))),
+            (NotifyKind::Webhook, "/hook", Phase::Success, Some(("/hook", vec![]))),
+            (NotifyKind::Webhook, "/hook", Phase::Fail, Some(("/hook", vec![]))),
+        ];
+        for (kind, path, phase, expected) in cases {
+            let case = format!("{kind:?} {path} {phase:?}");
+            send(&[target(kind, format!("{base}{path}"))], phase, &ev).await;
+            let got = drain(&rx);
+            let Some((want_path, want_headers)) = expected else {
+                assert!(got.is_empty(), "{case}: nothing should be sent, got {got:?}");
+                continue;
+            };
+            assert_eq!(got.len(), 1, "{case}: {got:?}");
+            let r = &got[0];
+            assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", want_path), "{case}");
+            for (name, value) in want_headers {
+                assert_eq!(r.headers.get(name).map(String::as_str), Some(value), "{case}: header {name}");
+            }
+            if kind == NotifyKind::Ntfy && phase == Phase::Success {
+                assert!(!r.headers.contains_key("priority"), "{case}");
+            }
+            match kind {
+                NotifyKind::Healthchecks | NotifyKind::Ntfy => assert_eq!(r.body, ev.message.as_bytes(), "{case}"),
+                NotifyKind::Webhook => {
+                    let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                    let want = serde_json::json!({
+                        "service": "photos", "job": "backup", "phase": phase.as_str(),
+                        "message": "archive photos-2026 created", "duration_seconds": 12.5,
+                        "downtime_seconds": 1.25, "archive": "photos-2026", "host": "hub",
+                    });
+                    assert_eq!(json, want, "{case}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn targets_are_sent_together_and_failures_only_log() {
+        let (base, rx) = server();
+        let closed = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://user:pa55@{}/x?token=s3cret", l.local_addr().unwrap())
+        };
+        let targets = [
+            target(NotifyKind::Healthchecks, format!("{base}/hc")),
+            target(NotifyKind::Ntfy, format!("{base}/topic")),
+            target(NotifyKind::Webhook, format!("{base}/hook")),
+            target(NotifyKind::Webhook, closed.clone()),
+            target(NotifyKind::Webhook, format!("{base}/status500")),
+        ];
+        let started = std::time::Instant::now();
+        send(&targets, Phase::Fail, &event()).await;
+        assert!(started.elapsed() < REQUEST_TIMEOUT, "unreachable targets must not hold the others up");
+        let mut paths: Vec<String> = drain(&rx).into_iter().map(|r| r.path).collect();
+        paths.sort();
+        assert_eq!(paths, ["/hc/fail", "/hook", "/status500", "/topic"]);
+
+        // What gets logged for the unreachable one: an error without the URL's secrets.
+        let request = request_for(&targets[3], Phase::Fail, &event()).unwrap();
+        let error = deliver(&http_agent(), &request).unwrap_err();
+        assert!(!error.contains("pa55") && !error.contains("s3cret"), "{error}");
+        let request = request_for(&targets[4], Phase::Fail, &event()).unwrap();
+        let error = deliver(&http_agent(), &request).unwrap_err();
+        assert!(error.contains("500"), "{error}");
+        drain(&rx);
+
+        // No targets, or only ntfy at Start: nothing happens.
+        send(&[], Phase::Start, &event()).await;
+        send(&targets[1..2], Phase::Start, &event()).await;
+        assert!(drain(&rx).is_empty());
+    }
+
+    #[test]
+    fn bodies_are_cut_and_headers_are_ascii() {
+        let mut ev = event();
+        ev.message = "€".repeat(5_000); // 15,000 bytes
+        let hc = request_for(&target(NotifyKind::Healthchecks, "http://h/p".into()), Phase::Success, &ev).unwrap();
+        assert_eq!(hc.body.len(), 9_999);
+        assert!(std::str::from_utf8(&hc.body).is_ok());
+        ev.service = "fotos-ü\n".into();
+        let ntfy = request_for(&target(NotifyKind::Ntfy, "http://h/t".into()), Phase::Success, &ev).unwrap();
+        assert!(ntfy.body.len() <= MAX_NTFY_BODY);
+        assert!(ntfy.headers.contains(&("Title", "strata backup fotos-?? ok".into())), "{:?}", ntfy.headers);
+        ev.message = " ".into();
+        let ntfy = request_for(&target(NotifyKind::Ntfy, "http://h/t".into()), Phase::Fail, &ev).unwrap();
+        assert_eq!(ntfy.body, b"strata backup fotos-\xc3\xbc\n failed");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        let cases = [
+            ("https://hc-ping.com/uuid", "https://hc-ping.com/uuid"),
+            ("https://user:pw@ntfy.example/topic", "https://***@ntfy.example/topic"),
+            ("https://ntfy.example/topic?auth=tok", "https://ntfy.example/topic?***"),
+            ("http://a:b@h:8080/x?y=z", "http://***@h:8080/x?***"),
+            ("http://h/a@b", "http://h/a@b"),
+            ("not a url", "not a url"),
+            ("", ""),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+        let text = redact_text("cannot reach http://u:pw@h/x?k=v (pw, k=v)", "http://u:pw@h/x?k=v");
+        assert_eq!(text, "cannot reach http://***@h/x?*** (***, ***)");
+        assert_eq!(append_path("https://hc/ping/id/", "start"), "https://hc/ping/id/start");
+        assert_eq!(append_path("https://hc/ping/id?create=1", "fail"), "https://hc/ping/id/fail?create=1");
+    }
+}

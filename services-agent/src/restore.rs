@@ -1,0 +1,465 @@
+//! Restores (in place behind a safety snapshot, or to a path for inspection), Borg checks and restore drills of one
+//! service, each a journaled run in the history. Must not know proto/tonic, nor the CLIs of zfs/borg/docker.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agent_core::borg::CheckKind;
+use agent_core::runner::{self, Cmd};
+
+use crate::backup::{
+    archive_glob, archive_timestamp, clone_tree, preflight, timestamp_now, Backups, JobError, Reporter, CLONE_PREFIX,
+    PRERESTORE_PREFIX, SCRATCH_PREFIX, SNAPSHOT_PREFIX,
+};
+use crate::config::{Quiesce, ServiceBackup};
+use crate::docker::Engine;
+use crate::journal::{step, Outcome};
+use crate::notify::Phase;
+use crate::verify;
+use crate::zfs;
+
+/// Copying a snapshot's data can take long; the timeout only catches a hung copy.
+const COPY_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
+
+/// What to restore from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The newest archive.
+    Latest,
+    Archive(String),
+    /// A local snapshot (`strata-…`, or `DATASET@strata-…`).
+    Snapshot(String),
+}
+
+impl Backups {
+    /// Ends a job run: history row, notification on failure (and success), the message or the error.
+    async fn end(
+        &self,
+        run: i64,
+        name: &str,
+        b: &ServiceBackup,
+        job: &str,
+        started: Instant,
+        result: Result<(String, Outcome), JobError>,
+    ) -> Result<String, JobError> {
+        let mut event = self.event(name, job, "success");
+        event.duration_seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok((message, mut o)) => {
+                if o.result.is_empty() {
+                    o.result = "ok".into();
+                }
+                self.journal.finish(run, &o)?;
+                tracing::info!(service = name, job, "{message}");
+                event.message = message.clone();
+                self.notify(b, Phase::Success, event).await;
+                Ok(message)
+            }
+            Err(e) => {
+                let o = Outcome { result: "failed".into(), error: e.to_string(), ..Default::default() };
+                self.journal.finish(run, &o)?;
+                tracing::error!(service = name, job, error = %e, "{job} failed");
+                event.phase = "fail";
+                event.message = e.to_string();
+                self.notify(b, Phase::Fail, event).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The archive `source` names (the newest for `Latest`), checked to exist.
+    async fn pick_archive(&self, name: &str, b: &ServiceBackup, wanted: Option<&str>) -> Result<String, JobError> {
+        let list = self.repo(b).list(Some(&archive_glob(name))).await.map_err(|e| JobError::step(name, "list", e))?;
+        let mut ours = list.into_iter().filter(|a| archive_timestamp(name, &a.name).is_some());
+        let found = match wanted {
+            Some(w) => ours.find(|a| a.name == w),
+            None => ours.next_back(),
+        };
+        found.map(|a| a.name).ok_or_else(|| JobError::Refused {
+            service: name.to_string(),
+            message: match wanted {
+                Some(w) => format!("no archive {w} in repository {}", b.repo),
+                None => format!("repository {} holds no archive of this service yet", b.repo),
+            },
+        })
+    }
+
+    /// `DATASET@SNAP` of a local snapshot named by the request, checked to exist.
+    async fn pick_snapshot(&self, name: &str, b: &ServiceBackup, wanted: &str) -> Result<String, JobError> {
+        let snap = match wanted.split_once('@') {
+            Some((ds, s)) if ds == b.dataset => s,
+            Some((ds, _)) => {
+                return Err(JobError::Refused {
+                    service: name.into(),
+                    message: format!("snapshot {wanted} is not of the service's dataset {} ({ds})", b.dataset),
+                })
+            }
+            None => wanted,
+        };
+        let all = zfs::snapshots(&b.dataset).await.map_err(|e| JobError::step(name, step::PREFLIGHT, e))?;
+        if !all.iter().any(|s| s.name == snap) {
+            return Err(JobError::Refused {
+                service: name.into(),
+                message: format!("no snapshot {}@{snap}", b.dataset),
+            });
+        }
+        Ok(format!("{}@{snap}", b.dataset))
+    }
+
+    /// Restores the service (see `labctl services restore`). To a path: the data is extracted there (the path must
+    /// not exist or be empty) and the service is not touched. In place: the service is stopped, a safety snapshot
+    /// `strata-prerestore-…` is taken (no safety snapshot, no restore), the dataset's contents are replaced from the
+    /// archive or local snapshot, and the service is started and waited for until running and healthy.
+    pub async fn restore(
+        &self,
+        name: &str,
+        source: Source,
+        to: Option<PathBuf>,
+        rep: &Reporter,
+    ) -> Result<String, JobError> {
+        let (_, b) = self.settings(name)?;
+        if let Some(p) = &to {
+            if !p.is_absolute() {
+                return Err(JobError::Refused {
+                    service: name.into(),
+                    message: format!("--to {}: not an absolute path", p.display()),
+                });
+            }
+        }
+        let _job = self.gate.enter(|_| {}).await;
+        let lock = self.repo_lock(&b.repo);
+        let _repo = lock.lock().await;
+        let run = self.journal.start_run(name, "restore", "manual")?;
+        let started = Instant::now();
+        let result = self.restore_steps(run, name, b, source, to, rep).await;
+        self.end(run, name, b, "restore", started, result).await
+    }
+
+    async fn restore_steps(
+        &self,
+        run: i64,
+        name: &str,
+        b: &ServiceBackup,
+        source: Source,
+        to: Option<PathBuf>,
+        rep: &Reporter,
+    ) -> Result<(String, Outcome), JobError> {
+        let j = &self.journal;
+        let s = j.begin(run, name, step::PREFLIGHT, &b.dataset)?;
+        preflight(name, b, &self.repo(b)).await?;
+        let (archive, snapshot) = match &source {
+            Source::Latest => (Some(self.pick_archive(name, b, None).await?), None),
+            Source::Archive(a) => (Some(self.pick_archive(name, b, Some(a)).await?), None),
+            Source::Snapshot(sn) => (None, Some(self.pick_snapshot(name, b, sn).await?)),
+        };
+        let from = archive.clone().or(snapshot.clone()).unwrap_or_default();
+        let outcome = Outcome {
+            archive: archive.clone().unwrap_or_default(),
+            snapshot: snapshot.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        j.done(s)?;
+
+        if let Some(dest) = to {
+            // For inspection: never into anything that holds data.
+            if dest.exists() {
+                let empty = std::fs::read_dir(&dest).map(|mut d| d.next().is_none()).unwrap_or(false);
+                if !empty {
+                    return Err(JobError::Refused {
+                        service: name.into(),
+                        message: format!("--to {} exists and is not an empty directory", dest.display()),
+                    });
+                }
+            }
+            std::fs::create_dir_all(&dest)
+                .map_err(|e| JobError::step(name, step::EXTRACT, format!("{}: {e}", dest.display())))?;
+            self.fill(run, name, b, archive.as_deref(), snapshot.as_deref(), &dest, rep).await?;
+            return Ok((format!("restored {from} to {} (the service was not touched)", dest.display()), outcome));
+        }
+
+        let mount = zfs::mountpoint(&b.dataset)
+            .await
+            .map_err(|e| JobError::step(name, step::PREFLIGHT, e))?
+            .ok_or_else(|| JobError::step(name, step::PREFLIGHT, format!("dataset {} is not mounted", b.dataset)))?;
+        let engine =
+            Engine::connect(&self.cfg.docker_socket).await.map_err(|e| JobError::step(name, step::RESTORE_STOP, e))?;
+        let ids = engine.running_in_project(name).await.map_err(|e| JobError::step(name, step::RESTORE_STOP, e))?;
+        let detail = format!("stop {}", ids.join(" "));
+        let stop = j.begin(run, name, step::RESTORE_STOP, detail.trim_end())?;
+        rep.say(step::RESTORE_STOP, format!("stopping {} container(s)", ids.len())).await;
+        let stopped = crate::backup::quiesce_all(&engine, Quiesce::Stop, &ids).await;
+        let replaced = match stopped {
+            Err(e) => Err(JobError::step(name, step::RESTORE_STOP, e)),
+            Ok(()) => self.replace(run, name, b, archive.as_deref(), snapshot.as_deref(), &mount, rep).await,
+        };
+        // The service comes back whatever happened above.
+        let s = j.begin(run, name, step::WAIT_HEALTHY, "")?;
+        rep.say(step::WAIT_HEALTHY, format!("starting {} container(s)", ids.len())).await;
+        let started = crate::backup::resume_all(&engine, Quiesce::Stop, &ids).await;
+        if started.is_ok() {
+            j.done(stop)?;
+        }
+        let safety = replaced?;
+        started.map_err(|e| JobError::step(name, step::WAIT_HEALTHY, e))?;
+        wait_healthy(&engine, name, &ids, b.healthy_timeout).await?;
+        j.done(s)?;
+        Ok((format!("restored {from} in place; safety snapshot {safety}; the service is running"), outcome))
+    }
+
+    /// Safety snapshot, then the dataset's contents replaced. Returns the safety snapshot.
+    #[allow(clippy::too_many_arguments)]
+    async fn replace(
+        &self,
+        run: i64,
+        name: &str,
+        b: &ServiceBackup,
+        archive: Option<&str>,
+        snapshot: Option<&str>,
+        mount: &Path,
+        rep: &Reporter,
+    ) -> Result<String, JobError> {
+        let j = &self.journal;
+        let safety = format!("{}@{PRERESTORE_PREFIX}{}", b.dataset, timestamp_now());
+        let s = j.begin(run, name, step::SAFETY_SNAPSHOT, &safety)?;
+        rep.say(step::SAFETY_SNAPSHOT, format!("safety snapshot {safety}")).await;
+        let snap_name = safety.split_once('@').map(|(_, s)| s).unwrap_or_default();
+        let taken = match agent_core::state::fail_point(step::SAFETY_SNAPSHOT) {
+            Ok(()) => zfs::snapshot_recursive(&b.dataset, snap_name).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        taken.map_err(|e| JobError::Refused {
+            service: name.into(),
+            message: format!("refusing to restore without a safety snapshot: {e}"),
+        })?;
+        j.done(s)?;
+        let d = j.begin(run, name, step::RESTORE_DATA, &safety)?;
+        rep.say(step::RESTORE_DATA, format!("replacing the contents of {}", mount.display())).await;
+        let m = mount.to_path_buf();
+        tokio::task::spawn_blocking(move || empty_dir(&m))
+            .await
+            .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?
+            .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?;
+        self.fill(run, name, b, archive, snapshot, mount, rep).await?;
+        j.done(d)?;
+        Ok(safety)
+    }
+
+    /// Writes the data of the archive or snapshot into the existing directory `dest`.
+    #[allow(clippy::too_many_arguments)]
+    async fn fill(
+        &self,
+        run: i64,
+        name: &str,
+        b: &ServiceBackup,
+        archive: Option<&str>,
+        snapshot: Option<&str>,
+        dest: &Path,
+        rep: &Reporter,
+    ) -> Result<(), JobError> {
+        let j = &self.journal;
+        if let Some(a) = archive {
+            let s = j.begin(run, name, step::EXTRACT, a)?;
+            rep.say(step::EXTRACT, format!("borg extract {a} into {}", dest.display())).await;
+            self.repo(b).extract(a, dest).await.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
+            j.done(s)?;
+            return Ok(());
+        }
+        let Some(snapshot) = snapshot else { return Ok(()) };
+        let snap = snapshot.split_once('@').map(|(_, s)| s).unwrap_or_default();
+        let scratch = format!("{}/{SCRATCH_PREFIX}{name}", zfs::pool_of(&b.dataset));
+        let at = self.cfg.backup.snapshot_mount_dir.join(format!("{name}.restore"));
+        let sc = j.begin(run, name, step::SCRATCH, &scratch)?;
+        zfs::destroy(&scratch, true).await.map_err(|e| JobError::step(name, step::SCRATCH, e))?;
+        clone_tree(&b.dataset, snap, &scratch, &at).await.map_err(|e| JobError::step(name, step::SCRATCH, e))?;
+        let s = j.begin(run, name, step::EXTRACT, snapshot)?;
+        rep.say(step::EXTRACT, format!("copying {snapshot} into {}", dest.display())).await;
+        let copy = Cmd::new("cp")
+            .args(["-a", "--reflink=auto", "--"])
+            .arg(at.join("."))
+            .arg(dest)
+            .env(crate::backup::OWNER_ENV, self.owner())
+            .timeout(COPY_TIMEOUT);
+        let copied = runner::run_ok(copy).await;
+        let destroyed = zfs::destroy(&scratch, true).await;
+        copied.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
+        j.done(s)?;
+        destroyed.map_err(|e| JobError::step(name, step::SCRATCH, e))?;
+        j.done(sc)?;
+        Ok(())
+    }
+
+    /// Runs the configured Borg checks: the repository, then the archives (or a full `--verify-data` when
+    /// `checks.verify_data` is set). `kind` is `check` or `verify-data` (scheduled verify-data runs only that).
+    pub async fn check(&self, name: &str, kind: &str, trigger: &str, rep: &Reporter) -> Result<String, JobError> {
+        let (_, b) = self.settings(name)?;
+        let _job = self.gate.enter(|_| {}).await;
+        let lock = self.repo_lock(&b.repo);
+        let _repo = lock.lock().await;
+        let run = self.journal.start_run(name, kind, trigger)?;
+        let started = Instant::now();
+        let kinds: &[CheckKind] = match (kind, b.checks.verify_data.is_some()) {
+            ("verify-data", _) => &[CheckKind::VerifyData],
+            (_, true) => &[CheckKind::Repository, CheckKind::VerifyData],
+            (_, false) => &[CheckKind::Repository, CheckKind::Archives],
+        };
+        let result = async {
+            let s = self.journal.begin(run, name, step::CHECK, &b.repo)?;
+            for (i, k) in kinds.iter().enumerate() {
+                rep.progress(step::CHECK, i as u64, kinds.len() as u64, format!("borg check {k:?} of {}", b.repo))
+                    .await;
+                self.repo(b).check(*k).await.map_err(|e| JobError::step(name, step::CHECK, e))?;
+            }
+            self.journal.done(s)?;
+            Ok((format!("borg check of {} passed ({kinds:?})", b.repo), Outcome::default()))
+        }
+        .await;
+        self.end(run, name, b, kind, started, result).await
+    }
+
+    /// Restore drill: extracts the newest archive whose snapshot is still kept into a scratch dataset and compares
+    /// it file by file (content hash, mode, size) with that snapshot.
+    pub async fn drill(&self, name: &str, trigger: &str, rep: &Reporter) -> Result<String, JobError> {
+        let (_, b) = self.settings(name)?;
+        let _job = self.gate.enter(|_| {}).await;
+        let lock = self.repo_lock(&b.repo);
+        let _repo = lock.lock().await;
+        let run = self.journal.start_run(name, "drill", trigger)?;
+        let started = Instant::now();
+        let result = self.drill_steps(run, name, b, rep).await;
+        self.end(run, name, b, "drill", started, result).await
+    }
+
+    async fn drill_steps(
+        &self,
+        run: i64,
+        name: &str,
+        b: &ServiceBackup,
+        rep: &Reporter,
+    ) -> Result<(String, Outcome), JobError> {
+        let j = &self.journal;
+        let s = j.begin(run, name, step::PREFLIGHT, &b.dataset)?;
+        preflight(name, b, &self.repo(b)).await?;
+        let archives =
+            self.repo(b).list(Some(&archive_glob(name))).await.map_err(|e| JobError::step(name, "list", e))?;
+        let snaps = zfs::snapshots(&b.dataset).await.map_err(|e| JobError::step(name, step::PREFLIGHT, e))?;
+        let pick = archives.iter().rev().find_map(|a| {
+            let ts = archive_timestamp(name, &a.name)?;
+            let snap = format!("{SNAPSHOT_PREFIX}{ts}");
+            snaps.iter().any(|s| s.name == snap).then(|| (a.name.clone(), snap))
+        });
+        let Some((archive, snap)) = pick else {
+            return Err(JobError::Refused {
+                service: name.into(),
+                message: "no archive whose snapshot is still kept locally to compare with (raise local_snapshots)"
+                    .into(),
+            });
+        };
+        j.done(s)?;
+        let pool = zfs::pool_of(&b.dataset);
+        let scratch = format!("{pool}/{SCRATCH_PREFIX}{name}");
+        let clone = format!("{pool}/{CLONE_PREFIX}{name}");
+        let scratch_at = self.cfg.backup.snapshot_mount_dir.join(format!("{name}.drill"));
+        let clone_at = self.mount_path(name);
+
+        let sc = j.begin(run, name, step::SCRATCH, &scratch)?;
+        let c = j.begin(run, name, step::CLONE, &clone)?;
+        let compared = async {
+            zfs::destroy(&scratch, true).await.map_err(|e| JobError::step(name, step::SCRATCH, e))?;
+            zfs::destroy(&clone, true).await.map_err(|e| JobError::step(name, step::CLONE, e))?;
+            zfs::create(&scratch, &scratch_at).await.map_err(|e| JobError::step(name, step::SCRATCH, e))?;
+            clone_tree(&b.dataset, &snap, &clone, &clone_at).await.map_err(|e| JobError::step(name, step::CLONE, e))?;
+            let s = j.begin(run, name, step::EXTRACT, &archive)?;
+            rep.say(step::EXTRACT, format!("borg extract {archive} into scratch")).await;
+            self.repo(b).extract(&archive, &scratch_at).await.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
+            j.done(s)?;
+            let s = j.begin(run, name, step::COMPARE, &snap)?;
+            rep.say(step::COMPARE, format!("comparing with {}@{snap} file by file", b.dataset)).await;
+            let (a, e) = (scratch_at.clone(), clone_at.clone());
+            let (diffs, summary) = tokio::task::spawn_blocking(move || {
+                let expected = verify::manifest(&e)?;
+                let actual = verify::manifest(&a)?;
+                Ok::<_, verify::VerifyError>((verify::compare(&expected, &actual), verify::summary(&expected)))
+            })
+            .await
+            .map_err(|e| JobError::step(name, step::COMPARE, e))?
+            .map_err(|e| JobError::step(name, step::COMPARE, e))?;
+            j.done(s)?;
+            Ok::<_, JobError>((diffs, summary))
+        }
+        .await;
+        let d1 = zfs::destroy(&clone, true).await;
+        let d2 = zfs::destroy(&scratch, true).await;
+        if d1.is_ok() {
+            j.done(c)?;
+        }
+        if d2.is_ok() {
+            j.done(sc)?;
+        }
+        let (diffs, summary) = compared?;
+        d1.map_err(|e| JobError::step(name, step::CLONE, e))?;
+        d2.map_err(|e| JobError::step(name, step::SCRATCH, e))?;
+        let outcome =
+            Outcome { archive: archive.clone(), snapshot: format!("{}@{snap}", b.dataset), ..Default::default() };
+        if !diffs.is_empty() {
+            let shown: Vec<String> =
+                diffs.iter().take(10).map(|d| format!("{}: {}", d.path.display(), d.what)).collect();
+            return Err(JobError::step(
+                name,
+                step::COMPARE,
+                format!(
+                    "archive {archive} differs from its snapshot in {} place(s): {}",
+                    diffs.len(),
+                    shown.join("; ")
+                ),
+            ));
+        }
+        Ok((
+            format!(
+                "drill passed: archive {archive} equals snapshot {snap} ({} files, {} directories, {})",
+                summary.files,
+                summary.dirs,
+                crate::backup::human(summary.bytes)
+            ),
+            outcome,
+        ))
+    }
+}
+
+/// Removes everything inside `dir`; a directory that cannot be removed because it is a mountpoint (a child dataset)
+/// is emptied instead.
+pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            if std::fs::remove_dir_all(&path).is_err() {
+                empty_dir(&path)?;
+            }
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every container of `ids` is running and, when it has a health check, healthy.
+async fn wait_healthy(engine: &Engine, name: &str, ids: &[String], within: Duration) -> Result<(), JobError> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut waiting = None;
+        for id in ids {
+            let c = engine.inspect(id).await.map_err(|e| JobError::step(name, step::WAIT_HEALTHY, e))?;
+            match c {
+                Some(c) if c.state == "running" && matches!(c.health.as_deref(), None | Some("healthy")) => {}
+                Some(c) => waiting = Some(format!("container {} is {}", c.name, c.shown_state())),
+                None => waiting = Some(format!("container {id} is gone")),
+            }
+        }
+        let Some(why) = waiting else { return Ok(()) };
+        if Instant::now() > deadline {
+            return Err(JobError::step(name, step::WAIT_HEALTHY, format!("not healthy within {within:?}: {why}")));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
