@@ -526,6 +526,35 @@ impl Backups {
         })
     }
 
+    /// One line for Status: how many services are backed up, which last backup failed, a live host lease.
+    pub fn summary(&self) -> String {
+        let names = self.backed_up();
+        if names.is_empty() {
+            return String::new();
+        }
+        let mut failed = Vec::new();
+        let mut never = 0;
+        for n in &names {
+            let last = self.journal.history(Some(n), 20).unwrap_or_default();
+            match last.iter().find(|r| r.kind == "backup" && r.outcome.result != "running") {
+                Some(r) if r.outcome.result == "failed" => failed.push(n.as_str()),
+                Some(_) => {}
+                None => never += 1,
+            }
+        }
+        let mut s = format!("backups: {} services", names.len());
+        if never > 0 {
+            s.push_str(&format!(", {never} never backed up"));
+        }
+        if !failed.is_empty() {
+            s.push_str(&format!(", last backup failed: {}", failed.join(" ")));
+        }
+        if let Some(lease) = self.gate.current() {
+            s.push_str(&format!(", held by host lease {lease}"));
+        }
+        s
+    }
+
     /// The archives in the service's repository (oldest first), with the sizes this agent recorded for them.
     pub async fn archives(&self, name: &str) -> Result<Vec<crate::model::ArchiveRow>, JobError> {
         let (_, b) = self.settings(name)?;

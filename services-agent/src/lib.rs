@@ -79,8 +79,16 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     let dns = tokio::spawn(dns::run(cfg.clone(), stacks.dns.clone(), shutdown.clone()));
     let scheduler = tokio::spawn(schedule::run(backups.clone(), shutdown.clone()));
 
-    let summary_stacks = stacks.clone();
-    let summary: agent_core::grpc::Summary = Arc::new(move || summary_stacks.summary());
+    let (summary_stacks, summary_backups) = (stacks.clone(), backups.clone());
+    let summary: agent_core::grpc::Summary = Arc::new(move || {
+        let b = summary_backups.summary();
+        let s = summary_stacks.summary();
+        if b.is_empty() {
+            s
+        } else {
+            format!("{s}; {b}")
+        }
+    });
     let mut domain = tonic::service::RoutesBuilder::default();
     domain.add_service(grpc::service(stacks, backups));
     let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), summary, domain, metrics };
