@@ -86,7 +86,7 @@ pub struct AgentDef<C> {
     pub description: &'static str,
     /// Port of `[metrics] listen` when only an address is given.
     pub default_metrics_port: u16,
-    /// Service hardening: DynamicUser + CAP_NET_BIND_SERVICE (dns-agent) or root (agents that drive docker/zfs/qemu).
+    /// Service hardening: only CAP_NET_BIND_SERVICE (dns-agent), DynamicUser, or root (agents that drive docker/zfs/qemu).
     pub dynamic_user: bool,
     pub bind_privileged: bool,
     pub needs_root: bool,

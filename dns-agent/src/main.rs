@@ -11,7 +11,7 @@ fn main() -> ExitCode {
         role: ROLE,
         description: "Strata dns-agent: DNS for the whole lab on an embedded hickory-server",
         default_metrics_port: DEFAULT_METRICS_PORT,
-        dynamic_user: true,
+        dynamic_user: false,
         bind_privileged: true,
         needs_root: false,
         reloads_on_sighup: true,

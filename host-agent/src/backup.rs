@@ -350,13 +350,9 @@ impl Host {
             });
         }
 
-        let lease = self.lease(vm, &mut warnings).await?;
-        let result = self.quiesced_backup(vm, id, &*hv, &*eng, tx, &mut warnings).await;
-        if let (Some(url), Some(lease_id)) = (&vm.guest, lease) {
-            if let Err(e) = self.guest.release(url, &lease_id).await {
-                warnings.push(format!("guest {url}: cannot release lease {lease_id}: {e}"));
-            }
-        }
+        let mut lease = self.lease(vm, &mut warnings).await?;
+        let result = self.quiesced_backup(vm, id, &*hv, &*eng, tx, &mut lease, &mut warnings).await;
+        self.release_lease(vm, &mut lease, &mut warnings).await;
         let (mode_used, downtime, info) = result?;
         send(tx, "retention", 5, total, format!("applying retention to {}", vm.target.display())).await;
         self.prune(vm, &mut warnings).await;
@@ -391,6 +387,16 @@ impl Host {
 
     /// Quiesce → (clone → resume → back up the clone → delete it) or (back up → resume). The VM is resumed on
     /// every path; the downtime is the time from just before quiesce to just after resume.
+    /// Releases the guest's lease, if one is held (a failure is a warning: the lease expires on its own).
+    async fn release_lease(&self, vm: &VmConfig, lease: &mut Option<String>, warnings: &mut Vec<String>) {
+        if let (Some(url), Some(lease_id)) = (&vm.guest, lease.take()) {
+            if let Err(e) = self.guest.release(url, &lease_id).await {
+                warnings.push(format!("guest {url}: cannot release lease {lease_id}: {e}"));
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn quiesced_backup(
         &self,
         vm: &VmConfig,
@@ -398,6 +404,7 @@ impl Host {
         hv: &dyn Hypervisor,
         eng: &dyn engine::Engine,
         tx: &mpsc::Sender<Progress>,
+        lease: &mut Option<String>,
         warnings: &mut Vec<String>,
     ) -> Result<(Mode, Duration, BackupInfo), HostError> {
         let name = vm.name.as_str();
@@ -463,6 +470,8 @@ impl Host {
                 .await
                 .map_err(|r| HostError::Other { vm: name.into(), message: format!("resuming failed: {r}") })?;
             let downtime = t0.elapsed();
+            // The guest runs again: its backups may go on while the clone is copied.
+            self.release_lease(vm, lease, warnings).await;
             send(
                 tx,
                 "backup",

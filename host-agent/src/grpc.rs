@@ -243,6 +243,9 @@ impl HostRpc for HostGrpc {
     }
 }
 
+/// How long the host waits for the guest's running backup jobs to finish.
+pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The services-agent lease over mTLS: `PrepareHostBackup` / `ReleaseHostBackup`.
 pub struct GrpcGuest {
     tls: TlsMaterial,
@@ -253,9 +256,9 @@ impl GrpcGuest {
         GrpcGuest { tls }
     }
 
-    async fn client(&self, url: &str) -> Result<ServicesClient<tonic::transport::Channel>, String> {
-        let ch =
-            self.tls.connect(url, Role::ServicesAgent, Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+    /// `timeout` bounds each call on the channel (a PrepareHostBackup waits for the guest's running jobs).
+    async fn client(&self, url: &str, timeout: Duration) -> Result<ServicesClient<tonic::transport::Channel>, String> {
+        let ch = self.tls.connect(url, Role::ServicesAgent, timeout).await.map_err(|e| e.to_string())?;
         Ok(ServicesClient::new(ch))
     }
 }
@@ -263,11 +266,13 @@ impl GrpcGuest {
 impl Guest for GrpcGuest {
     fn prepare<'a>(&'a self, url: &'a str, lease_seconds: u32) -> GuestFuture<'a, String> {
         Box::pin(async move {
-            let mut c = self.client(url).await?;
+            let mut c = self.client(url, PREPARE_TIMEOUT + Duration::from_secs(5)).await?;
             let call = c.prepare_host_backup(pb::PrepareHostBackupRequest { lease_seconds });
-            let r = tokio::time::timeout(Duration::from_secs(60), call)
+            let r = tokio::time::timeout(PREPARE_TIMEOUT, call)
                 .await
-                .map_err(|_| "PrepareHostBackup timed out after 60s".to_string())?
+                .map_err(|_| {
+                    format!("PrepareHostBackup timed out after {PREPARE_TIMEOUT:?} (a guest job still running)")
+                })?
                 .map_err(|s| format!("PrepareHostBackup: {:?}: {}", s.code(), s.message()))?;
             Ok(r.into_inner().lease_id)
         })
@@ -275,7 +280,7 @@ impl Guest for GrpcGuest {
 
     fn release<'a>(&'a self, url: &'a str, lease_id: &'a str) -> GuestFuture<'a, ()> {
         Box::pin(async move {
-            let mut c = self.client(url).await?;
+            let mut c = self.client(url, Duration::from_secs(30)).await?;
             let call = c.release_host_backup(pb::ReleaseHostBackupRequest { lease_id: lease_id.to_string() });
             tokio::time::timeout(Duration::from_secs(30), call)
                 .await

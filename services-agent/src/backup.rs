@@ -232,13 +232,20 @@ impl Backups {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
+        let metrics = BackupMetrics::default();
+        // The last success survives a restart: read back from the history, so alerts see no gap.
+        for s in cfg.services.iter().filter(|s| s.backup.is_some()) {
+            if let Ok(Some(t)) = journal.last_ok(&s.name, "backup") {
+                metrics.last_success.get_or_create(&ServiceLabel { service: s.name.clone() }).set(t);
+            }
+        }
         Ok(Backups {
             parallel: Semaphore::new(cfg.backup.parallel),
             cfg,
             journal,
             gate: Gate::default(),
             repo_locks: Mutex::new(HashMap::new()),
-            metrics: BackupMetrics::default(),
+            metrics,
             host,
         })
     }
@@ -289,7 +296,11 @@ impl Backups {
     }
 
     pub(crate) async fn notify(&self, b: &ServiceBackup, phase: Phase, event: Event) {
-        let targets = self.targets(b);
+        let mut targets = self.targets(b);
+        // A healthchecks check is the backup's heartbeat: a passing drill or check must not stand in for it.
+        if event.job != "backup" {
+            targets.retain(|t| t.kind != crate::notify::NotifyKind::Healthchecks);
+        }
         if !targets.is_empty() {
             notify::send(&targets, phase, &event).await;
         }

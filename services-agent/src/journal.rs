@@ -273,6 +273,19 @@ impl Journal {
             .optional()?)
     }
 
+    /// When the last run of `kind` for `service` started, whatever its result.
+    pub fn last_run(&self, service: &str, kind: &str) -> Result<Option<f64>, JournalError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT MAX(started_unix) FROM runs WHERE service = ?1 AND kind = ?2",
+                params![service, kind],
+                |r| r.get::<_, Option<f64>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
     /// When the last successful run of `kind` for `service` started.
     pub fn last_ok(&self, service: &str, kind: &str) -> Result<Option<f64>, JournalError> {
         Ok(self

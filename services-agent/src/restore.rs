@@ -297,10 +297,12 @@ impl Backups {
         let _repo = lock.lock().await;
         let run = self.journal.start_run(name, kind, trigger)?;
         let started = Instant::now();
-        let kinds: &[CheckKind] = match (kind, b.checks.verify_data.is_some()) {
-            ("verify-data", _) => &[CheckKind::VerifyData],
-            (_, true) => &[CheckKind::Repository, CheckKind::VerifyData],
-            (_, false) => &[CheckKind::Repository, CheckKind::Archives],
+        // Scheduled: `check` is the repository and archive metadata, `verify-data` reads every chunk (its own,
+        // usually rarer, frequency). By hand: everything that is configured.
+        let kinds: &[CheckKind] = match (kind, trigger, b.checks.verify_data.is_some()) {
+            ("verify-data", _, _) => &[CheckKind::VerifyData],
+            (_, "manual", true) => &[CheckKind::Repository, CheckKind::VerifyData],
+            _ => &[CheckKind::Repository, CheckKind::Archives],
         };
         let result = async {
             let s = self.journal.begin(run, name, step::CHECK, &b.repo)?;

@@ -1,5 +1,5 @@
 //! Scheduled jobs: each service's backup at the minutes its cron `schedule` matches (UTC), delayed by its fixed
-//! jitter, and its Borg checks when the last successful one is older than the configured frequency. A service whose
+//! jitter, and its Borg checks when the last one (successful or not) is older than the configured frequency. A service whose
 //! previous scheduled run is still going is skipped for that minute (logged), never run twice at once. Knows time;
 //! must not know how a job is done (it calls `Backups`).
 
@@ -42,7 +42,8 @@ pub async fn run(backups: Arc<Backups>, shutdown: Shutdown) {
             let Ok((_, b)) = backups.settings(&name) else { continue };
             for (kind, freq) in [("check", b.checks.repository), ("verify-data", b.checks.verify_data)] {
                 let Some(freq) = freq else { continue };
-                let last = backups.journal().last_ok(&name, kind).ok().flatten();
+                // The last attempt, good or not: a failing check is retried at its frequency, not every tick.
+                let last = backups.journal().last_run(&name, kind).ok().flatten();
                 if last.is_none_or(|t| now - t >= freq.as_secs_f64()) {
                     spawn_job(&backups, &busy, &name, kind, Duration::ZERO);
                 }
