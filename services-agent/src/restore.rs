@@ -203,7 +203,12 @@ impl Backups {
         started.map_err(|e| JobError::step(name, step::WAIT_HEALTHY, e))?;
         wait_healthy(&engine, name, &ids, b.healthy_timeout).await?;
         j.done(s)?;
-        Ok((format!("restored {from} in place; safety snapshot {safety}; the service is running"), outcome))
+        let state = if ids.is_empty() {
+            "the service was not running and stays down (start it with `labctl services up`)".to_string()
+        } else {
+            format!("its {} container(s) are running again", ids.len())
+        };
+        Ok((format!("restored {from} in place; safety snapshot {safety}; {state}"), outcome))
     }
 
     /// Safety snapshot, then the dataset's contents replaced. Returns the safety snapshot.

@@ -22,6 +22,8 @@ pub(crate) enum Which {
     Services,
     /// VM downtime: clone mode at 1 and 8 GiB vs suspend-copy-resume.
     Vm,
+    /// Service backup downtime (pause, stop) at 10 MiB and 1 GiB vs stop-borg-start, and the cost vs bare borg.
+    Backup,
     /// dnsperf against dns-agent, unbound and dnsmasq on the same records; a 1,000,000-domain blocklist.
     Dns {
         /// Seconds of dnsperf per server.
@@ -36,6 +38,7 @@ pub(crate) fn run(which: Which) -> Result<()> {
         Which::Dns { seconds } => crate::bench_dns::run(seconds),
         Which::Services => crate::bench_services::run(),
         Which::Vm => crate::bench_vm::run(),
+        Which::Backup => crate::bench_backup::run(),
     }
 }
 

@@ -2,12 +2,15 @@
 //! Owns orchestration only; agent behaviour lives in the agent crates, process and PKI handling in `strata-tests`.
 
 mod bench;
+mod bench_backup;
 mod bench_dns;
 mod bench_services;
 mod bench_vm;
 mod codegen;
 mod demo;
 mod deps;
+mod drill;
+mod lab;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -30,12 +33,15 @@ enum Cmd {
     Test,
     /// Regenerate proto/src/gen from proto/strata/v1/*.proto.
     Codegen,
-    /// Start the three agents on loopback with a throwaway PKI and show `labctl status`; runs until Ctrl-C.
+    /// The whole lab on this machine from built-in defaults (three agents, a hub and two apps on ZFS, a QEMU VM), one
+    /// backup at each layer, then a tour of commands to try; runs until Ctrl-C and cleans up.
     Demo {
         /// Bring the lab up, print status, and exit (used by `cargo xtask test`).
         #[arg(long)]
         once: bool,
     },
+    /// Set up the whole lab, then a disaster-recovery drill of each layer (service data, VM bundle) with its RTO.
+    Drill,
     /// Benchmarks (release builds), printed side by side with their targets.
     Bench {
         #[command(subcommand)]
@@ -118,6 +124,7 @@ fn main() -> Result<()> {
         Cmd::Test => test(),
         Cmd::Codegen => codegen::run(&project_root()),
         Cmd::Demo { once } => demo::run(once),
+        Cmd::Drill => drill::run(),
         Cmd::Bench { which } => bench::run(which),
     }
 }
