@@ -1,8 +1,9 @@
 //! The harness around the real agent binaries: a per-test PKI, agents started on port 0 (their `listening on ADDR`
 //! lines are read back), killed on Drop, with their logs printed when a test fails. Asserts nothing itself.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -64,6 +65,19 @@ impl Pki {
         let key = self.dir.path().join(format!("{name}.key"));
         if !cert.exists() {
             let sans = ["localhost".to_string(), "127.0.0.1".to_string()];
+            pki::issue(self.dir.path(), &IssueSpec::days(role, name, &sans, 30), false)?;
+        }
+        Ok((cert, key))
+    }
+
+    /// Issues (once) `NAME.pem`/`NAME.key` for `role`, valid for localhost, 127.0.0.1 and each of `ips`: an agent
+    /// reached on another address (the network-namespace tests). Issue it before any plain [`Pki::issue`] of NAME.
+    pub fn issue_for(&self, role: Role, name: &str, ips: &[IpAddr]) -> Result<(PathBuf, PathBuf)> {
+        let cert = self.dir.path().join(format!("{name}.pem"));
+        let key = self.dir.path().join(format!("{name}.key"));
+        if !cert.exists() {
+            let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            sans.extend(ips.iter().map(|ip| ip.to_string()));
             pki::issue(self.dir.path(), &IssueSpec::days(role, name, &sans, 30), false)?;
         }
         Ok((cert, key))
@@ -149,6 +163,11 @@ pub fn base_config(state_dir: &Path, ca: &Path, cert: &Path, key: &Path) -> Stri
     )
 }
 
+/// Like [`base_config`], with gRPC and metrics listening on `ip` (port 0): an agent in a network namespace.
+pub fn base_config_on(state_dir: &Path, ca: &Path, cert: &Path, key: &Path, ip: IpAddr) -> String {
+    base_config(state_dir, ca, cert, key).replace("127.0.0.1:0", &SocketAddr::new(ip, 0).to_string())
+}
+
 /// A running agent process. Killed on Drop; its log is printed if the test is failing.
 pub struct AgentProc {
     pub kind: AgentKind,
@@ -180,7 +199,27 @@ impl AgentProc {
 
     /// Like [`AgentProc::start_with_config`], with extra environment variables (the test hooks).
     pub fn start_with_env(kind: AgentKind, config: &Path, env: &[(&str, &str)]) -> Result<AgentProc> {
-        let mut child = Command::new(bin(kind.binary())?)
+        Self::start_with_prefix::<&str>(&[], kind, config, env)
+    }
+
+    /// Like [`AgentProc::start_with_env`], the binary run through a command `prefix` that execs it (e.g.
+    /// `ip netns exec NS`: the process stays the agent's, so `pid`, `kill` and `terminate` still reach it).
+    pub fn start_with_prefix<S: AsRef<OsStr>>(
+        prefix: &[S],
+        kind: AgentKind,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<AgentProc> {
+        let binary = bin(kind.binary())?;
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&binary);
+                c
+            }
+            None => Command::new(&binary),
+        };
+        let mut child = command
             .args(["--log-format", "human", "run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
