@@ -21,6 +21,7 @@ use strata_proto::v1::{
 };
 use strata_tests::fixtures::borg::BorgRepo;
 use strata_tests::fixtures::docker::{Container, DockerEngine, TestImage, TEST_IMAGE_TAG};
+use strata_tests::fixtures::git::GitRepo;
 use strata_tests::fixtures::zfs::ZfsPool;
 use strata_tests::fixtures::{cmd, unique_suffix};
 use strata_tests::harness::{base_config, AgentKind, AgentProc, Pki};
@@ -132,19 +133,9 @@ impl Lab {
         let (cert, key) = self.pki.issue(Role::ServicesAgent, "services1")?;
         let origin = self.dir.path().join("origin");
         if !origin.exists() {
-            std::fs::create_dir_all(&origin)?;
-            let git = |args: &[&str]| {
-                cmd::run(
-                    Command::new("git")
-                        .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid", "-C"])
-                        .arg(&origin)
-                        .args(args),
-                )
-            };
-            git(&["init", "-q", "-b", "main"])?;
-            std::fs::write(origin.join("README"), "stacks\n")?;
-            git(&["add", "-A"])?;
-            git(&["commit", "-qm", "init"])?;
+            let repo = GitRepo::init(origin.clone())?;
+            repo.write("README", "stacks\n")?;
+            repo.commit("init")?;
         }
         let pass = self.dir.path().join("passphrase");
         std::fs::write(&pass, PASSPHRASE)?;
@@ -298,8 +289,8 @@ impl Drop for SnapshotView {
             if Command::new("zfs").args(["destroy", "-r", &self.clone]).status().is_ok_and(|s| s.success()) {
                 return;
             }
-            let _ = Command::new("zfs").args(["unmount", "-f", &self.clone]).status();
-            std::thread::sleep(Duration::from_millis(200));
+            // Busy right after use: wait (a forced unmount can hang zfs-fuse).
+            std::thread::sleep(Duration::from_millis(300));
         }
     }
 }

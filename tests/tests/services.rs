@@ -16,49 +16,13 @@ use strata_proto::v1::{
     AuditRequest, ListServicesRequest, LogsRequest, Service, ServiceRef, StatusRequest, SyncRequest, SyncResponse,
 };
 use strata_tests::fixtures::docker::{DockerEngine, TestImage, DOCKER_SOCKET, TEST_IMAGE_TAG};
+use strata_tests::fixtures::git::GitRepo;
 use strata_tests::fixtures::{cmd, unique_suffix};
 use strata_tests::harness::{base_config, AgentKind, AgentProc, Pki};
 use tonic::transport::Channel;
 
 const DOMAIN: &str = "svc.test";
 const HUB_ADDRESS: &str = "10.0.0.20";
-
-/// A local Git repository of stacks (the agent's `[stacks] repo`), committed to like an operator would.
-struct Origin {
-    dir: PathBuf,
-}
-
-impl Origin {
-    fn new(dir: PathBuf) -> Result<Origin> {
-        std::fs::create_dir_all(&dir)?;
-        let o = Origin { dir };
-        o.git(&["init", "-q", "-b", "main"])?;
-        Ok(o)
-    }
-
-    fn git(&self, args: &[&str]) -> Result<String> {
-        cmd::run(
-            Command::new("git")
-                .args(["-c", "user.name=Strata Test", "-c", "user.email=test@strata.invalid", "-C"])
-                .arg(&self.dir)
-                .args(args),
-        )
-    }
-
-    fn write(&self, path: &str, text: &str) -> Result<()> {
-        let p = self.dir.join(path);
-        std::fs::create_dir_all(p.parent().context("no parent")?)?;
-        std::fs::write(p, text)?;
-        Ok(())
-    }
-
-    /// Commits everything; returns the commit id.
-    fn commit(&self, message: &str) -> Result<String> {
-        self.git(&["add", "-A"])?;
-        self.git(&["commit", "-qm", message])?;
-        Ok(self.git(&["rev-parse", "HEAD"])?.trim().to_string())
-    }
-}
 
 /// The compose file of the hub: the only stack publishing a host port; it creates the shared hub network.
 fn hub_compose(hub_net: &str) -> String {
@@ -127,7 +91,7 @@ impl Drop for Cleanup {
 struct Lab {
     engine: DockerEngine,
     pki: Pki,
-    origin: Origin,
+    origin: GitRepo,
     prefix: String,
     dir: tempfile::TempDir,
     agent: Option<AgentProc>,
@@ -146,7 +110,7 @@ impl Lab {
         // Compose project names: lowercase letters, digits, '-' and '_'.
         let prefix = format!("st{}", unique_suffix());
         let dir = tempfile::tempdir()?;
-        let origin = Origin::new(dir.path().join("origin"))?;
+        let origin = GitRepo::init(dir.path().join("origin"))?;
         let cleanup = Cleanup { engine: engine.clone(), prefix: prefix.clone() };
         Ok(Lab {
             engine,

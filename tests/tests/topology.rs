@@ -28,6 +28,7 @@ use agent_core::identity::Role;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use strata_tests::fixtures::docker::{DockerEngine, TestImage, TEST_IMAGE_TAG};
+use strata_tests::fixtures::git::GitRepo;
 use strata_tests::fixtures::netns::{Lan, Link, Netns};
 use strata_tests::fixtures::{cmd, unique_suffix, wait_until};
 use strata_tests::harness::{base_config_on, bin, AgentKind, AgentProc, Pki};
@@ -44,44 +45,6 @@ const HUB_CGI: &str = "#!/bin/sh\nname=${HTTP_HOST%%.*}\necho \"Content-Type: te
 
 // ---------------------------------------------------------------------------------------------------------------
 // The stacks repository and the Docker leftovers.
-
-/// A local Git repository of stacks (the agent's `[stacks] repo`).
-struct Origin {
-    dir: PathBuf,
-}
-
-impl Origin {
-    fn new(dir: PathBuf) -> Result<Origin> {
-        std::fs::create_dir_all(&dir)?;
-        let o = Origin { dir };
-        o.git(&["init", "-q", "-b", "main"])?;
-        Ok(o)
-    }
-
-    fn git(&self, args: &[&str]) -> Result<String> {
-        cmd::run(
-            Command::new("git")
-                .args(["-c", "user.name=Strata Test", "-c", "user.email=test@strata.invalid", "-C"])
-                .arg(&self.dir)
-                .args(args),
-        )
-    }
-
-    fn write(&self, path: &str, text: &str, mode: u32) -> Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        let p = self.dir.join(path);
-        std::fs::create_dir_all(p.parent().context("no parent")?)?;
-        std::fs::write(&p, text)?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
-        Ok(())
-    }
-
-    fn commit(&self, message: &str) -> Result<()> {
-        self.git(&["add", "-A"])?;
-        self.git(&["commit", "-qm", message])?;
-        Ok(())
-    }
-}
 
 /// The hub: publishes its port on the Services VM's LAN address only, proxies by name to the spokes.
 fn hub_compose(hub_net: &str, publish_on: Ipv4Addr) -> String {
@@ -135,7 +98,7 @@ impl Drop for DockerCleanup {
 /// The Docker side of a lab: the engine, the stacks repository, the compose project prefix.
 struct Stacks {
     engine: DockerEngine,
-    origin: Origin,
+    origin: GitRepo,
     prefix: String,
     _cleanup: DockerCleanup,
 }
@@ -213,7 +176,7 @@ impl Lab {
         let dir = tempfile::Builder::new().prefix("strata-topology-").tempdir()?;
         let stacks = match stacks {
             Some((engine, prefix)) => Some(Stacks {
-                origin: Origin::new(dir.path().join("origin"))?,
+                origin: GitRepo::init(dir.path().join("origin"))?,
                 _cleanup: DockerCleanup { engine: engine.clone(), prefix: prefix.clone() },
                 engine,
                 prefix,
@@ -325,20 +288,20 @@ impl Lab {
     fn commit_stacks(&self, apps: &[&str]) -> Result<()> {
         let st = self.stacks();
         let hub = st.name("hub");
-        st.origin.write(
+        st.origin.write_mode(
             &format!("{hub}/docker-compose.yml"),
             &hub_compose(&st.hub_net(), self.lan.root_addr()),
             0o644,
         )?;
-        st.origin.write(&format!("{hub}/cgi-bin/index.cgi"), HUB_CGI, 0o755)?;
+        st.origin.write_mode(&format!("{hub}/cgi-bin/index.cgi"), HUB_CGI, 0o755)?;
         for app in apps {
-            st.origin.write(
+            st.origin.write_mode(
                 &format!("{}/docker-compose.yml", st.name(app)),
                 &spoke_compose(&st.hub_net(), app),
                 0o644,
             )?;
         }
-        st.origin.commit("a hub and its apps")
+        st.origin.commit("a hub and its apps").map(drop)
     }
 
     /// Runs `labctl ARGS…` in the labctl namespace with an inventory naming every agent by its LAN address;
