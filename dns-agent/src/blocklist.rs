@@ -22,6 +22,7 @@ use std::future::Future;
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -940,6 +941,8 @@ pub struct Blocklists {
     /// Serializes refreshes; holds which content each cache file has (to skip rewriting unchanged lists).
     refresh_lock: tokio::sync::Mutex<HashMap<String, u64>>,
     config_changed: tokio::sync::Notify,
+    /// Bumped after every change of what a query gets (a new list, a new config): answer caches compare it.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Blocklists {
@@ -972,6 +975,7 @@ impl Blocklists {
             status: std::sync::Mutex::new(status),
             refresh_lock: tokio::sync::Mutex::new(HashMap::new()),
             config_changed: tokio::sync::Notify::new(),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -987,6 +991,11 @@ impl Blocklists {
 
     pub fn response(&self) -> BlockResponse {
         self.cfg.load().response
+    }
+
+    /// Changes whenever the list or the config in use changes (read it before the list; writers bump it after).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Reads every source (URLs fetched), builds one new list and swaps it in; returns the per-source outcome.
@@ -1021,6 +1030,7 @@ impl Blocklists {
             "blocklist loaded"
         );
         self.list.store(Arc::new(list));
+        self.generation.fetch_add(1, Ordering::Release);
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = statuses.clone();
         match task.await {
             Ok(written) => *written_guard = written,
@@ -1043,6 +1053,7 @@ impl Blocklists {
     /// [`refresh`](Self::refresh) to apply them now); a new `refresh` interval counts from the last refresh.
     pub fn set_config(&self, cfg: BlocklistConfig) {
         self.cfg.store(Arc::new(cfg));
+        self.generation.fetch_add(1, Ordering::Release);
         self.config_changed.notify_one();
     }
 

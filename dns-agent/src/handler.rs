@@ -1,5 +1,6 @@
 //! The query path: one hickory `RequestHandler` that answers from local zones (authoritative), then the blocklist,
-//! then the forwarder, and counts and logs every answer. Never panics on any request.
+//! then the forwarder, and counts and logs every answer. Never panics on any request. The part that needs no
+//! waiting (`decide`) is shared with the UDP loops (`udp`), which cache what it answers.
 //! Knows DNS messages; must not know sockets, SQLite, gRPC or how zones and lists are built.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -8,16 +9,17 @@ use std::time::Instant;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
 use crate::blocklist::BlockResponse;
-use crate::forward::{AnswerSource, ForwardError};
+use crate::forward::{Answer, AnswerSource, ForwardError};
 use crate::metrics::Outcome;
 use crate::querylog::LogEntry;
 use crate::service::Dns;
+use crate::zones::ZoneSet;
 
 /// TTL of the 0.0.0.0 / :: answers for blocked names.
 pub const BLOCKED_TTL: u32 = 60;
@@ -34,50 +36,118 @@ impl Handler {
     pub fn new(dns: Arc<Dns>) -> Self {
         Handler { dns }
     }
+
+    pub fn dns(&self) -> &Arc<Dns> {
+        &self.dns
+    }
 }
 
 #[tonic::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response_handle: R) -> ResponseInfo {
         let started = Instant::now();
-        let (info, qtype, outcome) = self.answer(request, response_handle).await;
+        let (info, outcome) = self.answer(request, response_handle).await;
         let latency = started.elapsed();
+        let qtype = qtype_of(request);
         self.dns.metrics.record(qtype, outcome, latency);
-        self.dns.query_log.record(|| LogEntry {
-            time_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0),
-            client: request.src().ip(),
-            name: request.queries.queries().first().map(|q| q.name().to_string()).unwrap_or_default(),
-            qtype,
-            outcome,
-            latency_us: u32::try_from(latency.as_micros()).unwrap_or(u32::MAX),
-        });
+        self.log_query(request.src().ip(), || query_name(request), qtype, outcome, latency);
         info
     }
 }
 
-/// What a response is made of, besides the request's question.
-struct Reply<'a, A, N> {
+/// The type of the request's first question (`NULL` when there is none): what metrics and the log call it.
+pub(crate) fn qtype_of(request: &Request) -> RecordType {
+    request.queries.queries().first().map(|q| q.query_type()).unwrap_or(RecordType::NULL)
+}
+
+/// The request's first question name as the query log shows it.
+pub(crate) fn query_name(request: &Request) -> String {
+    request.queries.queries().first().map(|q| q.name().to_string()).unwrap_or_default()
+}
+
+/// The OPT record of a response to `request`: present when the request had one.
+pub(crate) fn response_edns(request: &Request) -> Option<Edns> {
+    request.edns.as_ref().map(|req| {
+        let mut e = Edns::new();
+        e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+        e.set_version(0);
+        e
+    })
+}
+
+/// What the query path decided without waiting for anything.
+pub(crate) enum Decision<'z> {
+    /// The whole answer is known: local, blocked, or an error.
+    Ready(Ready<'z>),
+    /// A local CNAME chain that leaves the local zones, with a forwarder to follow it; `local` is the answer when
+    /// the forwarder fails.
+    External { local: Ready<'z>, target: &'z Name },
+    /// Neither local nor blocked, and a forwarder is configured.
+    Forward { meta: Metadata, qname: &'z LowerName },
+}
+
+/// A complete answer made of local data (records borrowed from the zone snapshot) or one synthesized record.
+pub(crate) struct Ready<'z> {
+    pub(crate) meta: Metadata,
+    answers: &'z [Record],
+    chained: &'z [Record],
+    authority: Option<&'z Record>,
+    synthesized: Option<Record>,
+    pub(crate) outcome: Outcome,
+}
+
+impl<'z> Ready<'z> {
+    fn error(meta: Metadata, code: ResponseCode) -> Self {
+        let mut meta = meta;
+        meta.response_code = code;
+        Ready { meta, answers: &[], chained: &[], authority: None, synthesized: None, outcome: Outcome::Refused }
+    }
+
+    /// The response message (encode it with a response handler or [`crate::udp::encode`]).
+    pub(crate) fn message<'q>(
+        &'q self,
+        request: &'q Request,
+        edns: Option<&'q Edns>,
+    ) -> MessageResponse<
+        'q,
+        'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+    > {
+        let answers = self.answers.iter().chain(self.chained.iter()).chain(self.synthesized.iter());
+        build(request, edns, self.meta, answers, self.authority.into_iter())
+    }
+}
+
+fn build<'q, A, N>(
+    request: &'q Request,
+    edns: Option<&'q Edns>,
     meta: Metadata,
     answers: A,
     authority: N,
-    edns: Option<&'a Edns>,
+) -> MessageResponse<'q, 'q, A, N, std::iter::Empty<&'q Record>, std::iter::Empty<&'q Record>>
+where
+    A: Iterator<Item = &'q Record> + Send + 'q,
+    N: Iterator<Item = &'q Record> + Send + 'q,
+{
+    let mut builder = MessageResponseBuilder::from_message_request(request);
+    if let Some(e) = edns {
+        builder.edns(e);
+    }
+    builder.build(meta, answers, authority, std::iter::empty(), std::iter::empty())
 }
 
-async fn send<'a, R, A, N>(request: &Request, mut handle: R, reply: Reply<'a, A, N>) -> ResponseInfo
+async fn send<'a, R, A, N, S, D>(mut handle: R, response: MessageResponse<'_, 'a, A, N, S, D>) -> ResponseInfo
 where
     R: ResponseHandler,
     A: Iterator<Item = &'a Record> + Send + 'a,
     N: Iterator<Item = &'a Record> + Send + 'a,
+    S: Iterator<Item = &'a Record> + Send + 'a,
+    D: Iterator<Item = &'a Record> + Send + 'a,
 {
-    let mut builder = MessageResponseBuilder::from_message_request(request);
-    if let Some(e) = reply.edns {
-        builder.edns(e);
-    }
-    let meta = reply.meta;
-    let response = builder.build(meta, reply.answers, reply.authority, std::iter::empty(), std::iter::empty());
+    let meta = *response.metadata();
     match handle.send_response(response).await {
         Ok(info) => info,
         Err(e) => {
@@ -109,6 +179,34 @@ fn plain_name<'b>(name: &Name, buf: &'b mut [u8; 256]) -> Option<&'b str> {
     std::str::from_utf8(&buf[..len]).ok()
 }
 
+/// The response carrying a forwarded (or cached) answer, and how it counts.
+pub(crate) fn forwarded<'q>(
+    request: &'q Request,
+    edns: Option<&'q Edns>,
+    meta: Metadata,
+    ans: &'q Answer,
+) -> (
+    MessageResponse<
+        'q,
+        'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+    >,
+    Outcome,
+) {
+    let mut m = meta;
+    m.response_code = ans.rcode;
+    let by_source = match ans.source {
+        AnswerSource::Forwarded => Outcome::Forwarded,
+        AnswerSource::Cached => Outcome::Cached,
+        AnswerSource::Stale => Outcome::Stale,
+    };
+    let outcome = outcome_of_rcode(ans.rcode, by_source);
+    (build(request, edns, m, ans.answers.iter(), ans.authority.iter()), outcome)
+}
+
 fn outcome_of_rcode(rcode: ResponseCode, otherwise: Outcome) -> Outcome {
     match rcode {
         ResponseCode::NXDomain => Outcome::NxDomain,
@@ -119,74 +217,71 @@ fn outcome_of_rcode(rcode: ResponseCode, otherwise: Outcome) -> Outcome {
 }
 
 impl Handler {
-    async fn answer<R: ResponseHandler>(&self, request: &Request, handle: R) -> (ResponseInfo, RecordType, Outcome) {
-        let mut meta = Metadata::response_from_request(&request.metadata);
-        let forwarder = self.dns.forwarder();
-        meta.recursion_available = forwarder.is_some();
-        let resp_edns = request.edns.as_ref().map(|req| {
-            let mut e = Edns::new();
-            e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-            e.set_version(0);
-            e
+    /// Adds a query to the query log (a no-op, with no lock, while the log is off).
+    pub(crate) fn log_query(
+        &self,
+        client: std::net::IpAddr,
+        name: impl FnOnce() -> String,
+        qtype: RecordType,
+        outcome: Outcome,
+        latency: std::time::Duration,
+    ) {
+        self.dns.query_log.record(|| LogEntry {
+            time_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+            client,
+            name: name(),
+            qtype,
+            outcome,
+            latency_us: u32::try_from(latency.as_micros()).unwrap_or(u32::MAX),
         });
-        let edns = resp_edns.as_ref();
-        let queries = request.queries.queries();
-        let qtype = queries.first().map(|q| q.query_type()).unwrap_or(RecordType::NULL);
-        let empty = std::iter::empty::<&Record>;
+    }
 
-        let error = |code: ResponseCode| {
-            let mut m = meta;
-            m.response_code = code;
-            m
-        };
-        let refuse = |code| Reply { meta: error(code), answers: empty(), authority: empty(), edns };
+    /// Decides the answer from the local zones, the blocklist and whether a forwarder exists, without waiting for
+    /// anything. A `Ready` answer depends only on the request's bytes (its id aside) and on state covered by
+    /// [`Dns::generation`], which is what lets the UDP loops cache it.
+    pub(crate) fn decide<'z>(&self, request: &'z Request, zones: &'z ZoneSet, forwarding: bool) -> Decision<'z> {
+        let mut meta = Metadata::response_from_request(&request.metadata);
+        meta.recursion_available = forwarding;
+        let error = |code| Decision::Ready(Ready::error(meta, code));
         if request.metadata.op_code != OpCode::Query {
-            return (send(request, handle, refuse(ResponseCode::NotImp)).await, qtype, Outcome::Refused);
+            return error(ResponseCode::NotImp);
         }
-        let [query] = queries else {
-            return (send(request, handle, refuse(ResponseCode::FormErr)).await, qtype, Outcome::Refused);
+        let [query] = request.queries.queries() else {
+            return error(ResponseCode::FormErr);
         };
         if query.query_class() != DNSClass::IN {
-            return (send(request, handle, refuse(ResponseCode::Refused)).await, qtype, Outcome::Refused);
+            return error(ResponseCode::Refused);
         }
+        let qtype = query.query_type();
         match qtype {
-            RecordType::ANY => {
-                return (send(request, handle, refuse(ResponseCode::NotImp)).await, qtype, Outcome::Refused)
-            }
-            RecordType::AXFR | RecordType::IXFR | RecordType::OPT => {
-                return (send(request, handle, refuse(ResponseCode::Refused)).await, qtype, Outcome::Refused)
-            }
+            RecordType::ANY => return error(ResponseCode::NotImp),
+            RecordType::AXFR | RecordType::IXFR | RecordType::OPT => return error(ResponseCode::Refused),
             _ => {}
         }
         let qname = query.name();
 
         // 1. Local zones: authoritative.
-        let zones = Arc::clone(&*self.dns.zones());
         if let Some(local) = zones.lookup(qname, qtype) {
             let mut m = meta;
             m.authoritative = true;
             m.response_code = local.rcode;
             let outcome = if local.rcode == ResponseCode::NXDomain { Outcome::NxDomain } else { Outcome::Local };
-            if let (Some(target), Some(fwd)) = (local.external, forwarder.as_ref()) {
-                // A local CNAME to an outside name: resolve the target for the (stub) client.
-                if let Ok(ext) = fwd.lookup(target, qtype).await {
-                    m.response_code = ext.rcode;
-                    let reply = Reply {
-                        meta: m,
-                        answers: local.answers.iter().chain(ext.answers.iter()),
-                        authority: ext.authority.iter(),
-                        edns,
-                    };
-                    return (send(request, handle, reply).await, qtype, outcome);
-                }
-            }
-            let reply = Reply {
+            let ready = Ready {
                 meta: m,
-                answers: local.answers.iter().chain(local.chained),
-                authority: local.soa.into_iter(),
-                edns,
+                answers: local.answers,
+                chained: local.chained,
+                authority: local.soa,
+                synthesized: None,
+                outcome,
             };
-            return (send(request, handle, reply).await, qtype, outcome);
+            return match local.external {
+                // A local CNAME to an outside name: resolve the target for the (stub) client.
+                Some(target) if forwarding => Decision::External { local: ready, target },
+                _ => Decision::Ready(ready),
+            };
         }
 
         // 2. Blocklist.
@@ -208,33 +303,71 @@ impl Handler {
                 )),
                 (BlockResponse::Zero, _) => None,
             };
-            let reply = Reply { meta: m, answers: record.iter(), authority: empty(), edns };
-            return (send(request, handle, reply).await, qtype, Outcome::Blocked);
+            return Decision::Ready(Ready {
+                meta: m,
+                answers: &[],
+                chained: &[],
+                authority: None,
+                synthesized: record,
+                outcome: Outcome::Blocked,
+            });
         }
 
         // 3. Forwarding.
-        let Some(fwd) = forwarder else {
-            return (send(request, handle, refuse(ResponseCode::Refused)).await, qtype, Outcome::Refused);
-        };
-        match fwd.lookup(qname, qtype).await {
-            Ok(ans) => {
-                let mut m = meta;
-                m.response_code = ans.rcode;
-                let by_source = match ans.source {
-                    AnswerSource::Forwarded => Outcome::Forwarded,
-                    AnswerSource::Cached => Outcome::Cached,
-                    AnswerSource::Stale => Outcome::Stale,
+        if !forwarding {
+            return error(ResponseCode::Refused);
+        }
+        Decision::Forward { meta, qname }
+    }
+
+    async fn answer<R: ResponseHandler>(&self, request: &Request, handle: R) -> (ResponseInfo, Outcome) {
+        let zones = Arc::clone(&*self.dns.zones());
+        let forwarder = self.dns.forwarder();
+        let edns = response_edns(request);
+        let edns = edns.as_ref();
+        let qtype = qtype_of(request);
+        match (self.decide(request, &zones, forwarder.is_some()), forwarder.as_ref()) {
+            (Decision::Ready(ready), _) => (send(handle, ready.message(request, edns)).await, ready.outcome),
+            (Decision::External { local, target }, Some(fwd)) => match fwd.lookup(target, qtype).await {
+                Ok(ext) => {
+                    let mut m = local.meta;
+                    m.response_code = ext.rcode;
+                    let answers = local.answers.iter().chain(local.chained.iter()).chain(ext.answers.iter());
+                    let response = build(request, edns, m, answers, ext.authority.iter());
+                    (send(handle, response).await, local.outcome)
+                }
+                Err(_) => (send(handle, local.message(request, edns)).await, local.outcome),
+            },
+            (Decision::Forward { meta, qname }, Some(fwd)) => {
+                let refuse = |code: ResponseCode| {
+                    let mut m = meta;
+                    m.response_code = code;
+                    m
                 };
-                let outcome = outcome_of_rcode(ans.rcode, by_source);
-                let reply = Reply { meta: m, answers: ans.answers.iter(), authority: ans.authority.iter(), edns };
-                (send(request, handle, reply).await, qtype, outcome)
+                let none = std::iter::empty::<&Record>;
+                match fwd.lookup(qname, qtype).await {
+                    Ok(ans) => {
+                        let (response, outcome) = forwarded(request, edns, meta, &ans);
+                        (send(handle, response).await, outcome)
+                    }
+                    Err(ForwardError::NoUpstream) => {
+                        let response = build(request, edns, refuse(ResponseCode::Refused), none(), none());
+                        (send(handle, response).await, Outcome::Refused)
+                    }
+                    Err(ForwardError::Failed(e)) => {
+                        tracing::debug!(name = %qname, %qtype, error = e, "forwarding failed");
+                        let response = build(request, edns, refuse(ResponseCode::ServFail), none(), none());
+                        (send(handle, response).await, Outcome::Failed)
+                    }
+                }
             }
-            Err(ForwardError::NoUpstream) => {
-                (send(request, handle, refuse(ResponseCode::Refused)).await, qtype, Outcome::Refused)
+            // The forwarder was there when deciding: this cannot happen, but never panic.
+            (Decision::External { local, .. }, None) => {
+                (send(handle, local.message(request, edns)).await, local.outcome)
             }
-            Err(ForwardError::Failed(e)) => {
-                tracing::debug!(name = %qname, %qtype, error = e, "forwarding failed");
-                (send(request, handle, refuse(ResponseCode::ServFail)).await, qtype, Outcome::Failed)
+            (Decision::Forward { meta, .. }, None) => {
+                let refused = Ready::error(meta, ResponseCode::Refused);
+                (send(handle, refused.message(request, edns)).await, Outcome::Refused)
             }
         }
     }

@@ -13,6 +13,7 @@ pub mod records;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod udp;
 pub mod zones;
 
 use std::sync::Arc;

@@ -3,14 +3,12 @@
 //! Knows prometheus-client and the outcome names; must not know DNS messages, sockets or gRPC.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_core::telemetry::Metrics;
 use hickory_proto::rr::RecordType;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::MetricType;
@@ -62,7 +60,7 @@ impl Outcome {
     }
 
     fn index(self) -> usize {
-        Outcome::ALL.iter().position(|o| *o == self).unwrap_or(0)
+        self as usize
     }
 }
 
@@ -82,6 +80,9 @@ const QTYPES: [RecordType; 12] = [
     RecordType::ANY,
 ];
 
+/// Query counters: one per (query type label, outcome).
+const SLOTS: usize = (QTYPES.len() + 1) * Outcome::ALL.len();
+
 fn qtype_index(t: RecordType) -> usize {
     QTYPES.iter().position(|q| *q == t).unwrap_or(QTYPES.len())
 }
@@ -90,19 +91,71 @@ fn qtype_label(i: usize) -> String {
     QTYPES.get(i).map(|t| t.to_string()).unwrap_or_else(|| "other".to_string())
 }
 
+/// The counter slot of a query type and outcome (see [`MetricsShard::record_slot`]).
+pub fn slot(qtype: RecordType, outcome: Outcome) -> usize {
+    qtype_index(qtype) * Outcome::ALL.len() + outcome.index()
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueryLabels {
     qtype: String,
     outcome: &'static str,
 }
 
-/// The agent's DNS metrics. Counting a query is a few atomic operations (counters are created up front).
+/// Upper bounds (seconds) of the latency buckets; the last is +Inf.
+fn latency_bounds() -> Vec<f64> {
+    let mut b: Vec<f64> = exponential_buckets(0.000_05, 2.0, 16).collect();
+    b.push(f64::INFINITY);
+    b
+}
+
+/// One set of counters. The shared set is written by many threads (atomic adds); a shard by one thread only
+/// (plain load + store, no locked instruction, no cache line shared with another writer).
+#[derive(Debug)]
+struct Counts {
+    queries: Vec<AtomicU64>,
+    /// Observations per latency bucket (not cumulative).
+    latency: Vec<AtomicU64>,
+    latency_sum_ns: AtomicU64,
+}
+
+impl Counts {
+    fn new(buckets: usize) -> Self {
+        Counts {
+            queries: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            latency: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+            latency_sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Latency bucket bounds in nanoseconds (the last is `u64::MAX`), for the hot path.
+    bounds_ns: Vec<u64>,
+    bounds: Vec<f64>,
+    shared: Counts,
+    /// One per single-writer shard (the UDP loops); read when metrics are scraped.
+    shards: Mutex<Vec<Arc<Counts>>>,
+}
+
+impl Inner {
+    fn bucket(&self, ns: u64) -> usize {
+        self.bounds_ns.partition_point(|b| *b < ns).min(self.bounds_ns.len() - 1)
+    }
+
+    /// Sums `f` over the shared counts and every shard.
+    fn sum(&self, f: impl Fn(&Counts) -> u64) -> u64 {
+        let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        f(&self.shared) + shards.iter().map(|c| f(c)).sum::<u64>()
+    }
+}
+
+/// The agent's DNS metrics. Counting a query is a few atomic operations (counters exist up front); the UDP loops
+/// count into their own [`MetricsShard`] without any locked instruction.
 #[derive(Clone)]
 pub struct DnsMetrics {
-    /// Indexed by `qtype_index * 8 + outcome index`.
-    queries: Arc<Vec<Counter>>,
-    totals: Arc<[AtomicU64; 8]>,
-    latency: LatencyHistogram,
+    inner: Arc<Inner>,
     cache_entries: Gauge,
     blocklist_entries: Gauge,
 }
@@ -110,24 +163,18 @@ pub struct DnsMetrics {
 impl DnsMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn new(registry: &Metrics) -> Self {
-        let family = Family::<QueryLabels, Counter>::default();
-        let mut queries = Vec::with_capacity((QTYPES.len() + 1) * Outcome::ALL.len());
-        for qt in 0..=QTYPES.len() {
-            for o in Outcome::ALL {
-                queries
-                    .push(family.get_or_create(&QueryLabels { qtype: qtype_label(qt), outcome: o.as_str() }).clone());
-            }
-        }
-        let latency = LatencyHistogram::new(exponential_buckets(0.000_05, 2.0, 16));
-        let m = DnsMetrics {
-            queries: Arc::new(queries),
-            totals: Arc::new(Default::default()),
-            latency,
-            cache_entries: Gauge::default(),
-            blocklist_entries: Gauge::default(),
-        };
-        registry.register("dns_queries", "DNS queries by query type and outcome", family);
-        registry.register("dns_query_duration_seconds", "Time to answer a DNS query", m.latency.clone());
+        let bounds = latency_bounds();
+        let bounds_ns =
+            bounds.iter().map(|b| if b.is_finite() { (b * 1e9).round() as u64 } else { u64::MAX }).collect();
+        let inner =
+            Arc::new(Inner { bounds_ns, shared: Counts::new(bounds.len()), bounds, shards: Mutex::new(Vec::new()) });
+        let m = DnsMetrics { inner, cache_entries: Gauge::default(), blocklist_entries: Gauge::default() };
+        registry.register("dns_queries", "DNS queries by query type and outcome", QueryCounters(m.inner.clone()));
+        registry.register(
+            "dns_query_duration_seconds",
+            "Time to answer a DNS query",
+            LatencyHistogram(m.inner.clone()),
+        );
         registry.register("dns_cache_entries", "Entries in the forwarder's cache", m.cache_entries.clone());
         registry.register(
             "dns_blocklist_entries",
@@ -139,12 +186,18 @@ impl DnsMetrics {
 
     /// Counts one answered query.
     pub fn record(&self, qtype: RecordType, outcome: Outcome, latency: Duration) {
-        let i = qtype_index(qtype) * Outcome::ALL.len() + outcome.index();
-        if let Some(c) = self.queries.get(i) {
-            c.inc();
-        }
-        self.totals[outcome.index()].fetch_add(1, Ordering::Relaxed);
-        self.latency.observe(latency);
+        let c = &self.inner.shared;
+        c.queries[slot(qtype, outcome)].fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        c.latency[self.inner.bucket(ns)].fetch_add(1, Ordering::Relaxed);
+        c.latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// A new set of counters for one thread, counted in every total from now on.
+    pub fn shard(&self) -> MetricsShard {
+        let counts = Arc::new(Counts::new(self.inner.bounds.len()));
+        self.inner.shards.lock().unwrap_or_else(|e| e.into_inner()).push(counts.clone());
+        MetricsShard { inner: self.inner.clone(), counts }
     }
 
     pub fn set_sizes(&self, cache_entries: usize, blocklist_entries: usize) {
@@ -154,48 +207,82 @@ impl DnsMetrics {
 
     /// Queries answered so far, per outcome name.
     pub fn totals(&self) -> Vec<(&'static str, u64)> {
-        Outcome::ALL.iter().map(|o| (o.as_str(), self.totals[o.index()].load(Ordering::Relaxed))).collect()
+        let n = Outcome::ALL.len();
+        Outcome::ALL
+            .iter()
+            .map(|o| {
+                let i = o.index();
+                let total =
+                    self.inner.sum(|c| (0..=QTYPES.len()).map(|q| c.queries[q * n + i].load(Ordering::Relaxed)).sum());
+                (o.as_str(), total)
+            })
+            .collect()
+    }
+}
+
+/// Counters owned by one thread: `record_slot` takes `&mut self`, so there is a single writer and a plain load and
+/// store suffice. Readers (scrapes) see every count at once; nothing is buffered.
+#[derive(Debug)]
+pub struct MetricsShard {
+    inner: Arc<Inner>,
+    counts: Arc<Counts>,
+}
+
+fn bump(c: &AtomicU64, by: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+}
+
+impl MetricsShard {
+    /// Counts one answered query; `slot` from [`slot`].
+    pub fn record_slot(&mut self, slot: usize, latency: Duration) {
+        if let Some(q) = self.counts.queries.get(slot) {
+            bump(q, 1);
+        }
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        bump(&self.counts.latency[self.inner.bucket(ns)], 1);
+        bump(&self.counts.latency_sum_ns, ns);
+    }
+}
+
+/// `dns_queries_total{qtype, outcome}`, summed over the shared counters and the shards.
+#[derive(Debug)]
+struct QueryCounters(Arc<Inner>);
+
+impl EncodeMetric for QueryCounters {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let n = Outcome::ALL.len();
+        for q in 0..=QTYPES.len() {
+            for o in Outcome::ALL {
+                let i = q * n + o.index();
+                let v = self.0.sum(|c| c.queries[i].load(Ordering::Relaxed));
+                let labels = QueryLabels { qtype: qtype_label(q), outcome: o.as_str() };
+                encoder.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
     }
 }
 
 /// A histogram of durations updated with atomics only (prometheus-client's `Histogram` takes a mutex per
 /// observation, which every query on every core would contend for).
-#[derive(Clone, Debug)]
-pub struct LatencyHistogram {
-    inner: Arc<LatencyInner>,
-}
-
 #[derive(Debug)]
-struct LatencyInner {
-    /// Upper bounds in seconds; the last is +Inf.
-    bounds: Vec<f64>,
-    /// Observations per bucket (not cumulative).
-    counts: Vec<AtomicU64>,
-    sum_ns: AtomicU64,
-}
-
-impl LatencyHistogram {
-    pub fn new(bounds: impl IntoIterator<Item = f64>) -> Self {
-        let mut bounds: Vec<f64> = bounds.into_iter().collect();
-        bounds.push(f64::INFINITY);
-        let counts = bounds.iter().map(|_| AtomicU64::new(0)).collect();
-        LatencyHistogram { inner: Arc::new(LatencyInner { bounds, counts, sum_ns: AtomicU64::new(0) }) }
-    }
-
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = self.inner.bounds.partition_point(|b| *b < secs).min(self.inner.counts.len() - 1);
-        self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.inner.sum_ns.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-}
+struct LatencyHistogram(Arc<Inner>);
 
 impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let buckets: Vec<(f64, u64)> =
-            self.inner.bounds.iter().zip(&self.inner.counts).map(|(b, c)| (*b, c.load(Ordering::Relaxed))).collect();
+        let inner = &self.0;
+        let buckets: Vec<(f64, u64)> = inner
+            .bounds
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (*b, inner.sum(|c| c.latency[i].load(Ordering::Relaxed))))
+            .collect();
         let count = buckets.iter().map(|(_, c)| c).sum();
-        let sum = self.inner.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = inner.sum(|c| c.latency_sum_ns.load(Ordering::Relaxed)) as f64 / 1e9;
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
@@ -225,5 +312,31 @@ mod tests {
         assert!(text.contains("strata_dns_blocklist_entries 1000000"), "{text}");
         let totals = m.totals();
         assert!(totals.contains(&("local", 2)) && totals.contains(&("refused", 1)) && totals.contains(&("stale", 0)));
+    }
+
+    #[test]
+    fn outcome_index_is_its_position() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(o.index(), i, "{o:?}");
+        }
+    }
+
+    #[test]
+    fn shards_count_in_every_total() {
+        let reg = Metrics::new();
+        let m = DnsMetrics::new(&reg);
+        m.record(RecordType::A, Outcome::Local, Duration::from_micros(80));
+        let mut s1 = m.shard();
+        let mut s2 = m.shard();
+        s1.record_slot(slot(RecordType::A, Outcome::Local), Duration::from_micros(20));
+        s2.record_slot(slot(RecordType::A, Outcome::Local), Duration::from_millis(20));
+        s2.record_slot(slot(RecordType::AAAA, Outcome::Blocked), Duration::from_micros(1));
+        let text = reg.encode();
+        assert!(text.contains("strata_dns_queries_total{qtype=\"A\",outcome=\"local\"} 3"), "{text}");
+        assert!(text.contains("strata_dns_queries_total{qtype=\"AAAA\",outcome=\"blocked\"} 1"), "{text}");
+        assert!(text.contains("strata_dns_query_duration_seconds_count 4"), "{text}");
+        assert!(text.contains("strata_dns_query_duration_seconds_bucket{le=\"0.00005\"} 2"), "{text}");
+        let totals = m.totals();
+        assert!(totals.contains(&("local", 3)) && totals.contains(&("blocked", 1)), "{totals:?}");
     }
 }

@@ -1,12 +1,13 @@
 //! The DNS listeners: binds UDP (several SO_REUSEPORT sockets per address, one per core) and TCP on every
-//! `[dns] listen` address and serves them with hickory's `Server` until shutdown.
-//! Knows sockets and hickory's server; must not know what the answers are (that is `handler`).
+//! `[dns] listen` address; serves UDP on our own loops (`udp`) and TCP, DoT and DoH with hickory's `Server` until
+//! shutdown. Knows sockets and hickory's server; must not know what the answers are (that is `handler`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hickory_server::net::NetError;
 use hickory_server::Server;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -15,6 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::TlsFiles;
 use crate::handler::Handler;
+use crate::udp::UdpServer;
 
 /// Idle timeout of a TCP connection.
 pub const TCP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -152,13 +154,28 @@ pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<Bound>, BindError> {
     Ok(out)
 }
 
-/// Serves the bound sockets with `handler` (must run inside the tokio runtime).
-pub fn serve(bound: Vec<Bound>, encrypted: Option<Encrypted>, handler: Handler) -> std::io::Result<Server<Handler>> {
-    let mut server = Server::new(handler);
+/// The running DNS listeners: UDP on our own loops (`udp`), TCP, DoT and DoH on hickory's `Server`.
+pub struct Servers {
+    hickory: Server<Handler>,
+    udp: UdpServer,
+}
+
+impl Servers {
+    /// Stops the UDP loops and drains hickory's listeners.
+    pub async fn shutdown_gracefully(&mut self) -> Result<(), NetError> {
+        self.udp.shutdown().await;
+        self.hickory.shutdown_gracefully().await
+    }
+}
+
+/// Serves the bound sockets with `handler` (must run inside the tokio runtime): every UDP socket on its own loop
+/// (see `udp`), TCP and the encrypted listeners on hickory's `Server`.
+pub fn serve(bound: Vec<Bound>, encrypted: Option<Encrypted>, handler: Handler) -> std::io::Result<Servers> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
+    let mut udp = Vec::new();
+    let mut server = Server::new(handler.clone());
     for b in bound {
-        for u in b.udp {
-            server.register_socket(tokio::net::UdpSocket::from_std(u)?);
-        }
+        udp.extend(b.udp);
         server.register_listener(tokio::net::TcpListener::from_std(b.tcp)?, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
     }
     if let Some(enc) = encrypted {
@@ -175,7 +192,8 @@ pub fn serve(bound: Vec<Bound>, encrypted: Option<Encrypted>, handler: Handler) 
             )?;
         }
     }
-    Ok(server)
+    let udp = UdpServer::spawn(udp, &handler, runtime)?;
+    Ok(Servers { hickory: server, udp })
 }
 
 #[cfg(test)]

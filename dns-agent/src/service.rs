@@ -2,7 +2,7 @@
 //! records with their ownership rules, the forwarder, the blocklists, metrics and the query log; reload.
 //! Knows the agent's domain operations; must not know sockets, DNS wire handling or proto/tonic types.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +57,8 @@ pub struct Dns {
     /// rebuilds are serialized.
     dynamic: Mutex<Vec<LocalRecord>>,
     serial: AtomicU32,
+    /// Bumped after every swap of the zones or the forwarder (see [`Dns::generation`]).
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Dns {
@@ -97,6 +99,7 @@ impl Dns {
             store,
             dynamic: Mutex::new(dynamic),
             serial: AtomicU32::new(now_unix()),
+            generation: AtomicU64::new(0),
         };
         {
             let dynamic = dns.lock_dynamic();
@@ -119,6 +122,15 @@ impl Dns {
             tracing::warn!("{w}");
         }
         self.zones.store(Arc::new(zones));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes whenever anything a query's answer is made of changes without going through the forwarder: the
+    /// zones (config or dynamic records), the forwarder (present or not), the blocklist or its response. Callers
+    /// that cache answers read it *before* reading the state and drop their cache when it moved; writers bump it
+    /// *after* swapping the state in, so a cached answer can never outlive the change that made it wrong.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire).wrapping_add(self.blocklists.generation())
     }
 
     /// The zone snapshot in use (one atomic load).
@@ -255,6 +267,7 @@ impl Dns {
         let log_changed = new.dns.query_log != old.dns.query_log;
         if forward_changed {
             self.forwarder.store(new.forward.as_ref().map(|f| Arc::new(Forwarder::new(f))));
+            self.generation.fetch_add(1, Ordering::Release);
             applied.push("forward");
         }
         if blocklist_changed {

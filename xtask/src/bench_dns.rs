@@ -1,7 +1,7 @@
 //! `cargo xtask bench dns`: dns-agent beside unbound and dnsmasq in one run on the same data. First the same 1,000
-//! local records and query file under dnsperf (qps, p99, ratios); then a 1,000,000-domain blocklist (load time and
-//! added RSS), and RSS across 10 refreshes. Owns the data generation and the measurement; reports, never fails on
-//! numbers.
+//! local records and query file under dnsperf, the servers interleaved round by round (qps, p99, ratios); then a
+//! 1,000,000-domain blocklist (load time and added RSS), and RSS across 10 refreshes. Owns the data generation and
+//! the measurement; reports, never fails on numbers.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
@@ -149,13 +149,8 @@ fn agent_dns_addr(agent: &AgentProc) -> Result<SocketAddr> {
     agent.logged_addr("dns udp")
 }
 
-struct PerfResult {
-    qps: f64,
-    p99_us: f64,
-}
-
-/// dnsperf: a throughput run, then a rate-limited verbose run for the latency distribution.
-fn dnsperf(server: SocketAddr, queries: &Path, seconds: u32) -> Result<PerfResult> {
+/// dnsperf at full speed for `seconds`: queries per second.
+fn dnsperf_qps(server: SocketAddr, queries: &Path, seconds: u32) -> Result<f64> {
     let out = Command::new("dnsperf")
         .args(["-s", &server.ip().to_string(), "-p", &server.port().to_string(), "-d"])
         .arg(queries)
@@ -172,12 +167,17 @@ fn dnsperf(server: SocketAddr, queries: &Path, seconds: u32) -> Result<PerfResul
     if !lost.contains(" 0 (") {
         eprintln!("bench dns: {server}: {lost}");
     }
+    Ok(qps)
+}
+
+/// dnsperf rate-limited (5,000 qps) and verbose for `seconds`: every latency, in seconds.
+fn dnsperf_latencies(server: SocketAddr, queries: &Path, seconds: u32) -> Result<Vec<f64>> {
     let out = Command::new("dnsperf")
         .args(["-s", &server.ip().to_string(), "-p", &server.port().to_string(), "-d"])
         .arg(queries)
-        .args(["-l", "3", "-Q", "5000", "-c", "4", "-v"])
+        .args(["-l", &seconds.to_string(), "-Q", "5000", "-c", "4", "-v"])
         .output()?;
-    let mut lat: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+    let lat: Vec<f64> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with("> "))
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
@@ -185,9 +185,23 @@ fn dnsperf(server: SocketAddr, queries: &Path, seconds: u32) -> Result<PerfResul
     if lat.is_empty() {
         bail!("dnsperf -v printed no latencies for {server}");
     }
-    lat.sort_by(f64::total_cmp);
-    let p99 = lat[((lat.len() - 1) as f64 * 0.99) as usize];
-    Ok(PerfResult { qps, p99_us: p99 * 1e6 })
+    Ok(lat)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Rounds the `seconds` per server are split into (at least 2 s each), so that the servers are measured
+/// interleaved: load from other work on the machine then falls on all of them alike.
+fn rounds(seconds: u32) -> u32 {
+    (seconds / 2).clamp(1, 5)
 }
 
 pub(crate) fn run(seconds: u32) -> Result<()> {
@@ -214,33 +228,51 @@ pub(crate) fn run(seconds: u32) -> Result<()> {
     let hosts_file = dir.join("hosts.txt");
     std::fs::write(&hosts_file, &hosts)?;
 
-    println!("\nbench dns: {RECORDS} local A records, dnsperf {seconds} s per server (8 clients), release build");
-    let mut results = Vec::new();
-    {
-        let agent = AgentProc::start_with_config(AgentKind::Dns, &dns_agent_config(dir, &pki, &agent_records)?)?;
-        let addr = agent_dns_addr(&agent)?;
-        wait_answering(addr, "host0001.bench.test", Duration::from_secs(5))?;
-        results.push(("dns-agent", dnsperf(addr, &query_file, seconds)?));
+    let rounds = rounds(seconds);
+    let per_round = seconds.div_ceil(rounds).max(1);
+    println!(
+        "\nbench dns: {RECORDS} local A records, dnsperf {rounds} × {per_round} s per server (8 clients), servers \
+         interleaved round by round, release build"
+    );
+    // All three run at once (idle while another is measured), so each round measures them back to back.
+    let agent = AgentProc::start_with_config(AgentKind::Dns, &dns_agent_config(dir, &pki, &agent_records)?)?;
+    let agent_addr = agent_dns_addr(&agent)?;
+    wait_answering(agent_addr, "host0001.bench.test", Duration::from_secs(5))?;
+    let unbound_port = free_port()?;
+    let u = unbound(dir, unbound_port, &unbound_records)?;
+    let unbound_addr: SocketAddr = ([127, 0, 0, 1], unbound_port).into();
+    u.wait(unbound_addr, "host0001.bench.test", Duration::from_secs(10))?;
+    let dnsmasq_port = free_port()?;
+    let d = dnsmasq(dnsmasq_port, &hosts_file)?;
+    let dnsmasq_addr: SocketAddr = ([127, 0, 0, 1], dnsmasq_port).into();
+    d.wait(dnsmasq_addr, "host0001.bench.test", Duration::from_secs(10))?;
+    let servers = [("dns-agent", agent_addr), ("unbound", unbound_addr), ("dnsmasq", dnsmasq_addr)];
+
+    let mut qps: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
+    let mut lat: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
+    for round in 0..rounds {
+        // Rotate who goes first, so that no server always follows the same one.
+        for k in 0..servers.len() {
+            let i = (k + round as usize) % servers.len();
+            qps[i].push(dnsperf_qps(servers[i].1, &query_file, per_round)?);
+        }
+        for k in 0..servers.len() {
+            let i = (k + round as usize) % servers.len();
+            lat[i].extend(dnsperf_latencies(servers[i].1, &query_file, 1)?);
+        }
     }
-    {
-        let port = free_port()?;
-        let u = unbound(dir, port, &unbound_records)?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        u.wait(addr, "host0001.bench.test", Duration::from_secs(10))?;
-        results.push(("unbound", dnsperf(addr, &query_file, seconds)?));
+    drop((agent, u, d));
+
+    let unbound_qps = median(&qps[1]);
+    println!("{:<10} {:>12} {:>10} {:>16}   qps per round", "server", "qps", "p99 µs", "qps vs unbound");
+    for (i, (name, _)) in servers.iter().enumerate() {
+        let q = median(&qps[i]);
+        lat[i].sort_by(f64::total_cmp);
+        let p99 = lat[i][((lat[i].len() - 1) as f64 * 0.99) as usize] * 1e6;
+        let each: Vec<String> = qps[i].iter().map(|v| format!("{v:.0}")).collect();
+        println!("{name:<10} {q:>12.0} {p99:>10.0} {:>15.2}x   {}", q / unbound_qps, each.join(" "));
     }
-    {
-        let port = free_port()?;
-        let d = dnsmasq(port, &hosts_file)?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        d.wait(addr, "host0001.bench.test", Duration::from_secs(10))?;
-        results.push(("dnsmasq", dnsperf(addr, &query_file, seconds)?));
-    }
-    let unbound_qps = results[1].1.qps;
-    println!("{:<10} {:>12} {:>10} {:>16}", "server", "qps", "p99 µs", "qps vs unbound");
-    for (name, r) in &results {
-        println!("{name:<10} {:>12.0} {:>10.0} {:>15.2}x", r.qps, r.p99_us, r.qps / unbound_qps);
-    }
+    println!("qps: median of the rounds; p99: over every round's rate-limited (5,000 qps) run");
     println!("target: dns-agent local-record qps ≥ 1.0× unbound");
 
     blocklist(dir, &pki)

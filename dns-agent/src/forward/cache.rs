@@ -91,6 +91,8 @@ pub(crate) enum Hit {
     Fresh {
         answer: Answer,
         refresh: bool,
+        /// Until then the cache gives this very answer (same TTLs): its age's next whole second, or its expiry.
+        until: Instant,
     },
     /// Expired, but the upstreams failed moments ago: a stale answer without asking them again. `refresh` as above.
     StaleHeld {
@@ -158,8 +160,10 @@ impl Cache {
             let refresh = !entry.refreshing && entry.hits >= PREFETCH_MIN_HITS && left < window;
             entry.refreshing |= refresh;
             let answer = entry.answer(now, AnswerSource::Cached);
+            let age = Duration::from_secs(u64::from(ceil_secs(now.saturating_duration_since(entry.stored))));
+            let until = (entry.stored + age).min(expires);
             inner.touch(key);
-            return Hit::Fresh { answer, refresh };
+            return Hit::Fresh { answer, refresh, until };
         }
         if now.saturating_duration_since(expires) > MAX_STALE {
             inner.remove(key);
@@ -332,16 +336,21 @@ mod tests {
         let t0 = Instant::now();
         let answer = cache.insert(key("a.t.", RecordType::A), a_reply("a.t.", 10 * 86_400), t0);
         assert_eq!(answer.answers[0].ttl, MAX_POSITIVE_TTL);
-        let Hit::Fresh { answer, .. } = cache.get(&key("a.t.", RecordType::A), t0 + Duration::from_millis(2500)) else {
+        let Hit::Fresh { answer, until, .. } = cache.get(&key("a.t.", RecordType::A), t0 + Duration::from_millis(2500))
+        else {
             panic!("expected a fresh hit");
         };
         assert_eq!(answer.answers[0].ttl, MAX_POSITIVE_TTL - 3);
+        assert_eq!(until, t0 + Duration::from_secs(3), "the same TTLs until the age reaches 3 s");
         assert_eq!(answer.source, AnswerSource::Cached);
 
         let nx = Reply { rcode: ResponseCode::NXDomain, answers: vec![], authority: vec![soa(3600, 7)] };
         let answer = cache.insert(key("nx.t.", RecordType::A), nx, t0);
         assert_eq!(answer.authority[0].ttl, 7);
-        assert!(matches!(cache.get(&key("nx.t.", RecordType::A), t0 + Duration::from_secs(6)), Hit::Fresh { .. }));
+        let Hit::Fresh { until, .. } = cache.get(&key("nx.t.", RecordType::A), t0 + Duration::from_millis(6500)) else {
+            panic!("expected a fresh hit");
+        };
+        assert_eq!(until, t0 + Duration::from_secs(7), "never past the expiry");
         assert!(matches!(cache.get(&key("nx.t.", RecordType::A), t0 + Duration::from_secs(8)), Hit::Miss));
         let stale = cache.stale(&key("nx.t.", RecordType::A), t0 + Duration::from_secs(8)).unwrap();
         assert_eq!(

@@ -224,7 +224,7 @@ impl Forwarder {
         let group = self.inner.group_for(&name).ok_or(ForwardError::NoUpstream)?;
         let key = Key { name, rtype, group };
         match self.inner.cache.get(&key, Instant::now()) {
-            Hit::Fresh { answer, refresh } | Hit::StaleHeld { answer, refresh } => {
+            Hit::Fresh { answer, refresh, .. } | Hit::StaleHeld { answer, refresh } => {
                 if refresh {
                     tokio::spawn(Inner::refresh(self.inner.clone(), key));
                 }
@@ -242,6 +242,32 @@ impl Forwarder {
                 None => Err(ForwardError::Failed(e)),
             },
         }
+    }
+
+    /// What [`lookup`](Self::lookup) would answer from the cache, without waiting: `None` when it would have to ask
+    /// an upstream (a miss, or no upstream for the name). Counts the hit and starts prefetch exactly as `lookup`
+    /// does (on the current tokio runtime). With a fresh answer comes the instant until which the cache would give
+    /// this very answer, TTLs included (callers may keep its encoding until then); stale answers come without.
+    pub fn lookup_cached(&self, name: &Name, rtype: RecordType) -> Option<(Answer, Option<Instant>)> {
+        let mut name = name.to_lowercase();
+        name.set_fqdn(true);
+        let group = self.inner.group_for(&name)?;
+        let key = Key { name, rtype, group };
+        let now = Instant::now();
+        let (answer, refresh, until) = match self.inner.cache.get(&key, now) {
+            Hit::Fresh { answer, refresh, until } => (answer, refresh, Some(until)),
+            Hit::StaleHeld { answer, refresh } => (answer, refresh, None),
+            Hit::Miss => return None,
+        };
+        if refresh {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(Inner::refresh(self.inner.clone(), key));
+                }
+                Err(_) => self.inner.cache.refresh_failed(&key, now),
+            }
+        }
+        Some((answer, until))
     }
 
     /// Number of cached answers (fresh or stale).

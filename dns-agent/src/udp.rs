@@ -1,0 +1,379 @@
+//! Serving DNS over UDP: one thread per SO_REUSEPORT socket, each a plain loop (receive → answer → send) with no
+//! task per packet, and its own cache of encoded answers. A query whose answer is ready without waiting (local
+//! zones, dynamic records, the blocklist, errors) is answered in the loop, from the cache when the same packet (its
+//! id aside) was answered before; anything that needs the forwarder goes to the tokio runtime and `Handler`.
+//! Knows sockets and wire bytes; the answers themselves are `handler`'s.
+//!
+//! Correctness of the cache: an entry is the exact response `Handler` gave for the same request bytes (the 2-byte
+//! id excepted, patched in), and `Ready` answers depend only on those bytes and on state covered by
+//! [`Dns::generation`](crate::service::Dns::generation). Each loop reads the generation before anything else
+//! and empties its cache when it moved; writers bump it after swapping the new state in. So once an upsert, a
+//! delete, a reload or a blocklist refresh has returned, no loop serves an answer made before it.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
+use hickory_proto::ProtoError;
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::net::NetError;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
+
+use crate::handler::{forwarded, qtype_of, query_name, response_edns, Decision, Handler};
+use crate::metrics::{self, MetricsShard, Outcome};
+
+/// Largest datagram read (longer ones are cut, as hickory's own UDP listener does).
+pub const RECV_BUFFER: usize = 4096;
+/// Requests longer than this are answered but never cached.
+const MAX_CACHED_REQUEST: usize = 512;
+/// Answers cached per loop; a full cache is emptied (random-name floods cannot grow it).
+const MAX_ENTRIES: usize = 8192;
+/// How often an idle loop looks at the stop flag.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Encodes a response for UDP exactly as hickory's own UDP response handler does: at most the EDNS payload size
+/// (512 bytes without EDNS; larger answers are truncated with TC set), and a bare SERVFAIL if encoding fails.
+pub fn encode<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+) -> Result<(ResponseInfo, Vec<u8>), ProtoError> {
+    let id = response.metadata().id;
+    let max = response.edns().map(|e| e.max_payload()).unwrap_or(512);
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(max);
+    let error = match response.destructive_emit(&mut encoder) {
+        Ok(info) => return Ok((info, bytes)),
+        Err(e) => e,
+    };
+    tracing::error!(%error, "error encoding message");
+    bytes.clear();
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(512);
+    let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+    metadata.response_code = ResponseCode::ServFail;
+    let header = Header { metadata, counts: HeaderCounts::default() };
+    hickory_proto::serialize::binary::BinEncodable::emit(&header, &mut encoder)?;
+    Ok((ResponseInfo::from(header), bytes))
+}
+
+/// Sends a response to one client over one of the UDP sockets (the forwarding path, run on tokio).
+#[derive(Clone)]
+pub struct Responder {
+    socket: Arc<UdpSocket>,
+    dst: SocketAddr,
+}
+
+#[tonic::async_trait]
+impl ResponseHandler for Responder {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let (info, bytes) = encode(response)?;
+        self.socket.send_to(&bytes, self.dst)?;
+        Ok(info)
+    }
+}
+
+/// Whether a reply may be sent to `src` (hickory's rule: not port 0, not an unspecified or broadcast address).
+fn answerable(src: SocketAddr) -> bool {
+    src.port() != 0
+        && match src.ip() {
+            IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_broadcast(),
+            IpAddr::V6(v6) => !v6.is_unspecified(),
+        }
+}
+
+/// One cached answer.
+struct Entry {
+    /// The whole response; bytes 0..2 are the id of whoever asked last.
+    reply: Vec<u8>,
+    /// Metrics slot (query type × outcome) and what the query log shows.
+    slot: usize,
+    qtype: RecordType,
+    outcome: Outcome,
+    name: Box<str>,
+    /// For an answer from the forwarder's cache: when its TTLs would change (it is not served from then on).
+    until: Option<Instant>,
+}
+
+/// Encoded answers keyed by the request bytes after the id (flags, counts, question, EDNS: everything the answer
+/// may depend on), valid for one generation.
+#[derive(Default)]
+struct AnswerCache {
+    generation: u64,
+    index: HashMap<Box<[u8]>, usize>,
+    entries: Vec<Entry>,
+}
+
+impl AnswerCache {
+    fn sync(&mut self, generation: u64) {
+        if generation != self.generation {
+            self.index.clear();
+            self.entries.clear();
+            self.generation = generation;
+        }
+    }
+
+    /// Stores `entry` (replacing an expired one for the same request); returns where it is.
+    fn insert(&mut self, key: &[u8], entry: Entry) -> usize {
+        if let Some(&i) = self.index.get(key) {
+            if let Some(slot) = self.entries.get_mut(i) {
+                *slot = entry;
+                return i;
+            }
+        }
+        if self.entries.len() >= MAX_ENTRIES {
+            self.index.clear();
+            self.entries.clear();
+        }
+        self.index.insert(key.into(), self.entries.len());
+        self.entries.push(entry);
+        self.entries.len() - 1
+    }
+}
+
+/// What to do with one datagram.
+pub enum Action<'a> {
+    /// Send these bytes back.
+    Reply(&'a [u8]),
+    /// Nothing to send (unreadable header, a response, or not answerable).
+    Drop,
+    /// The answer needs the forwarder: hand the request to `Handler` on the runtime.
+    Forward(Box<Request>),
+}
+
+/// The per-socket state of one loop: the answer cache and the loop's own metrics counters.
+pub struct Worker {
+    handler: Handler,
+    cache: AnswerCache,
+    shard: MetricsShard,
+    /// The last uncached reply.
+    scratch: Vec<u8>,
+}
+
+impl Worker {
+    pub fn new(handler: Handler) -> Self {
+        let shard = handler.dns().metrics.shard();
+        Worker { handler, cache: AnswerCache::default(), shard, scratch: Vec::new() }
+    }
+
+    pub fn handler(&self) -> &Handler {
+        &self.handler
+    }
+
+    /// Answers one datagram from `src` as hickory's server and `Handler` would, byte for byte: fewer than 12
+    /// bytes or a response are dropped, an unparsable message gets FORMERR (not counted, as before), everything
+    /// else is answered and counted. Never panics.
+    pub fn process(&mut self, packet: &[u8], src: SocketAddr) -> Action<'_> {
+        let started = Instant::now();
+        if packet.len() < 12 {
+            return Action::Drop;
+        }
+        self.cache.sync(self.handler.dns().generation());
+        let cacheable = packet.len() <= MAX_CACHED_REQUEST;
+        if cacheable {
+            if let Some(&i) = self.cache.index.get(&packet[2..]) {
+                if self.cache.entries.get(i).is_some_and(|e| e.until.is_none_or(|u| started < u)) {
+                    let e = &mut self.cache.entries[i];
+                    e.reply[..2].copy_from_slice(&packet[..2]);
+                    let latency = started.elapsed();
+                    self.shard.record_slot(e.slot, latency);
+                    let name = &e.name;
+                    self.handler.log_query(src.ip(), || name.to_string(), e.qtype, e.outcome, latency);
+                    return Action::Reply(&e.reply);
+                }
+            }
+        }
+
+        let Ok(header) = Header::read(&mut BinDecoder::new(packet)) else {
+            return Action::Drop;
+        };
+        let request = match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::debug!(id = header.metadata.id, %src, %error, "unparsable request: FORMERR");
+                let Ok(queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else { return Action::Drop };
+                let response =
+                    MessageResponseBuilder::new(&queries, None).error_msg(&header.metadata, ResponseCode::FormErr);
+                return match encode(response) {
+                    Ok((_, bytes)) => {
+                        self.scratch = bytes;
+                        Action::Reply(&self.scratch)
+                    }
+                    Err(_) => Action::Drop,
+                };
+            }
+        };
+        if request.metadata.message_type == MessageType::Response {
+            return Action::Drop;
+        }
+        let dns = self.handler.dns().clone();
+        let zones = dns.zones();
+        let forwarder = dns.forwarder();
+        let edns = response_edns(&request);
+        let qtype = qtype_of(&request);
+        let got = match self.handler.decide(&request, &zones, forwarder.is_some()) {
+            Decision::Ready(ready) => {
+                encode(ready.message(&request, edns.as_ref())).map(|(_, bytes)| (bytes, ready.outcome, Keep::Always))
+            }
+            // Forwarding: answered here only when the forwarder's cache has it (a fresh answer is kept while its
+            // TTLs stay the same); a miss waits for an upstream on the runtime.
+            Decision::Forward { meta, qname } => match forwarder.as_ref().and_then(|f| f.lookup_cached(qname, qtype)) {
+                Some((ans, until)) => {
+                    let (response, outcome) = forwarded(&request, edns.as_ref(), meta, &ans);
+                    let keep = until.map_or(Keep::Never, Keep::Until);
+                    encode(response).map(|(_, bytes)| (bytes, outcome, keep))
+                }
+                None => return Action::Forward(Box::new(request)),
+            },
+            Decision::External { .. } => return Action::Forward(Box::new(request)),
+        };
+        let Ok((reply, outcome, keep)) = got else { return Action::Drop };
+        let slot = metrics::slot(qtype, outcome);
+        let latency = started.elapsed();
+        self.shard.record_slot(slot, latency);
+        self.handler.log_query(src.ip(), || query_name(&request), qtype, outcome, latency);
+        let until = match keep {
+            Keep::Always => None,
+            Keep::Until(t) => Some(t),
+            Keep::Never => {
+                self.scratch = reply;
+                return Action::Reply(&self.scratch);
+            }
+        };
+        if !cacheable {
+            self.scratch = reply;
+            return Action::Reply(&self.scratch);
+        }
+        let name = query_name(&request).into_boxed_str();
+        let i = self.cache.insert(&packet[2..], Entry { reply, slot, qtype, outcome, name, until });
+        match self.cache.entries.get(i) {
+            Some(e) => Action::Reply(&e.reply),
+            None => Action::Drop,
+        }
+    }
+}
+
+/// How long an answer may be served from the loop's cache.
+enum Keep {
+    /// Until the generation moves.
+    Always,
+    /// Until then (or the generation moves).
+    Until(Instant),
+    /// Not at all (a stale answer).
+    Never,
+}
+
+/// The UDP loops; [`UdpServer::shutdown`] stops them.
+pub struct UdpServer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl UdpServer {
+    /// Serves each socket on its own thread; forwarding runs on `runtime`.
+    pub fn spawn(sockets: Vec<UdpSocket>, handler: &Handler, runtime: tokio::runtime::Handle) -> io::Result<UdpServer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::with_capacity(sockets.len());
+        for (i, socket) in sockets.into_iter().enumerate() {
+            socket.set_nonblocking(false)?;
+            socket.set_read_timeout(Some(POLL))?;
+            let worker = Worker::new(handler.clone());
+            let (stop, runtime) = (stop.clone(), runtime.clone());
+            let socket = Arc::new(socket);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("dns-udp-{i}"))
+                    .spawn(move || serve(socket, worker, runtime, stop))?,
+            );
+        }
+        Ok(UdpServer { stop, threads })
+    }
+
+    /// Stops the loops (each within [`POLL`]) and waits for them; forwarded queries in flight finish on their own.
+    pub async fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let threads = std::mem::take(&mut self.threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+fn serve(socket: Arc<UdpSocket>, mut worker: Worker, runtime: tokio::runtime::Handle, stop: Arc<AtomicBool>) {
+    // The forwarder's prefetch spawns on the runtime from here.
+    let _runtime = runtime.enter();
+    let mut buf = vec![0u8; RECV_BUFFER];
+    while !stop.load(Ordering::Relaxed) {
+        let (n, src) = match socket.recv_from(&mut buf) {
+            Ok(got) => got,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "error receiving on a dns udp socket");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if !answerable(src) {
+            tracing::warn!("address can not be responded to {src}");
+            continue;
+        }
+        // `process` never panics by design (the fuzz target checks it); should it ever, the socket keeps being
+        // served, as a panicking per-request task in hickory's server would not take its socket down either.
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match worker.process(&buf[..n], src) {
+            Action::Reply(bytes) => {
+                if let Err(e) = socket.send_to(bytes, src) {
+                    tracing::debug!(error = %e, %src, "cannot send dns response");
+                }
+                None
+            }
+            Action::Drop => None,
+            Action::Forward(request) => Some(request),
+        }));
+        match handled {
+            Ok(None) => {}
+            Ok(Some(request)) => {
+                let handler = worker.handler().clone();
+                let responder = Responder { socket: socket.clone(), dst: src };
+                runtime.spawn(async move {
+                    handler.handle_request::<_, TokioTime>(&request, responder).await;
+                });
+            }
+            Err(_) => {
+                tracing::error!(%src, "dns query handling panicked; answer cache emptied");
+                worker.cache = AnswerCache::default();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,281 @@
+use std::sync::Mutex;
+
+use agent_core::identity::{Identity, Role};
+use agent_core::telemetry::Metrics;
+use hickory_proto::op::{Edns, Message, Query};
+use hickory_proto::rr::{Name, RData};
+
+use super::*;
+use crate::config::Config;
+use crate::metrics::DnsMetrics;
+use crate::records::LocalRecord;
+use crate::service::Dns;
+
+/// Captures what `Handler` sends, encoded as for UDP.
+#[derive(Clone, Default)]
+pub(crate) struct Capture(pub(crate) Arc<Mutex<Option<Vec<u8>>>>);
+
+#[tonic::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let (info, bytes) = encode(response)?;
+        *self.0.lock().unwrap() = Some(bytes);
+        Ok(info)
+    }
+}
+
+const SRC: &str = "127.0.0.1:5353";
+
+async fn dns(dir: &std::path::Path, response: &str) -> Arc<Dns> {
+    std::fs::write(dir.join("list.txt"), "ads.example.com\n").unwrap();
+    let text = format!(
+        "state_dir = \"state\"\n[grpc]\nlisten = \"127.0.0.1:0\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n\
+         [[zones]]\nname = \"lab.home.arpa\"\nrecords = [\
+         {{ name = \"nas\", type = \"A\", value = \"10.0.0.10\" }},\
+         {{ name = \"www\", type = \"CNAME\", value = \"nas\" }},\
+         {{ name = \"ext\", type = \"CNAME\", value = \"example.org.\" }},\
+         {{ name = \"big\", type = \"TXT\", value = \"{}\" }}]\n\
+         [[zones]]\nname = \"10.in-addr.arpa\"\n\
+         [blocklist]\nsources = [\"list.txt\"]\nresponse = \"{response}\"\n",
+        "x".repeat(200)
+    );
+    std::fs::write(dir.join("dns.toml"), text).unwrap();
+    let cfg = Config::load(&dir.join("dns.toml")).unwrap();
+    let dns = Dns::new(cfg, DnsMetrics::new(&Metrics::new())).unwrap();
+    dns.refresh_blocklist().await;
+    dns
+}
+
+fn query(id: u16, name: &str, t: RecordType, edns: Option<(u16, bool)>) -> Vec<u8> {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+    if let Some((size, dnssec_ok)) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        e.set_dnssec_ok(dnssec_ok);
+        m.set_edns(e);
+    }
+    m.to_vec().unwrap()
+}
+
+/// What `Handler` answers for `packet` through hickory's own request parsing (the path the fast path replaces).
+async fn via_handler(handler: &Handler, packet: &[u8]) -> Option<Vec<u8>> {
+    let req = Request::from_bytes(packet.to_vec(), SRC.parse().unwrap(), Protocol::Udp).ok()?;
+    let cap = Capture::default();
+    handler.handle_request::<_, TokioTime>(&req, cap.clone()).await;
+    let bytes = cap.0.lock().unwrap().take();
+    bytes
+}
+
+fn reply(w: &mut Worker, packet: &[u8]) -> Option<Vec<u8>> {
+    match w.process(packet, SRC.parse().unwrap()) {
+        Action::Reply(b) => Some(b.to_vec()),
+        Action::Drop => None,
+        Action::Forward(_) => panic!("no forwarder: nothing is forwarded"),
+    }
+}
+
+fn a_values(bytes: &[u8]) -> Vec<String> {
+    Message::from_vec(bytes)
+        .unwrap()
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_loop_answers_byte_for_byte_as_the_handler_and_from_its_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns(dir.path(), "zero").await;
+    let handler = Handler::new(dns.clone());
+    let mut w = Worker::new(handler.clone());
+    let mut twice_case = query(1, "NaS.lab.home.ARPA.", RecordType::A, None);
+    twice_case[2] &= !0x01; // RD off
+    let mut cd = query(1, "nas.lab.home.arpa.", RecordType::A, Some((4096, true)));
+    cd[3] |= 0x10; // CD on
+    let packets: Vec<Vec<u8>> = vec![
+        query(1, "nas.lab.home.arpa.", RecordType::A, None),
+        twice_case,
+        cd,
+        query(1, "nas.lab.home.arpa.", RecordType::A, Some((1232, false))),
+        query(1, "nas.lab.home.arpa.", RecordType::A, Some((100, false))),
+        query(1, "www.lab.home.arpa.", RecordType::A, None),
+        query(1, "ext.lab.home.arpa.", RecordType::A, None),
+        query(1, "nope.lab.home.arpa.", RecordType::A, None),
+        query(1, "nas.lab.home.arpa.", RecordType::MX, None),
+        query(1, "10.0.0.10.in-addr.arpa.", RecordType::PTR, None),
+        query(1, "big.lab.home.arpa.", RecordType::TXT, None),
+        query(1, "big.lab.home.arpa.", RecordType::TXT, Some((512, false))),
+        query(1, "x.ads.example.com.", RecordType::A, None),
+        query(1, "ads.example.com.", RecordType::AAAA, Some((4096, false))),
+        query(1, "ads.example.com.", RecordType::MX, None),
+        query(1, "example.org.", RecordType::A, None),
+        query(1, "nas.lab.home.arpa.", RecordType::ANY, None),
+        query(1, "lab.home.arpa.", RecordType::AXFR, None),
+        query(1, "lab.home.arpa.", RecordType::SOA, None),
+    ];
+    for p in &packets {
+        let want = via_handler(&handler, p).await.expect("the handler answers");
+        for id in [1u16, 0xbeef, 7] {
+            let mut p = p.clone();
+            p[..2].copy_from_slice(&id.to_be_bytes());
+            let mut want = want.clone();
+            want[..2].copy_from_slice(&id.to_be_bytes());
+            let got = reply(&mut w, &p).expect("answered");
+            assert_eq!(got, want, "{:?}", Message::from_vec(&p).map(|m| m.queries));
+        }
+    }
+    assert_eq!(w.cache.entries.len(), packets.len(), "one entry per distinct request");
+
+    // Errors as hickory's server gives them: short packets and responses dropped, an unparsable body FORMERR.
+    let good = query(9, "nas.lab.home.arpa.", RecordType::A, None);
+    assert!(reply(&mut w, &good[..11]).is_none());
+    let mut response = good.clone();
+    response[2] |= 0x80;
+    assert!(reply(&mut w, &response).is_none(), "responses are not answered");
+    let cut = reply(&mut w, &good[..good.len() - 3]).expect("FORMERR");
+    assert_eq!((cut[..2].to_vec(), cut[3] & 0x0f), (vec![0, 9], 1));
+    let mut two = good.clone();
+    two[5] = 2;
+    two.extend_from_slice(&good[12..]);
+    assert_eq!(reply(&mut w, &two).expect("FORMERR")[3] & 0x0f, 1);
+    let mut update = query(11, "lab.home.arpa.", RecordType::SOA, None);
+    update[2] = 5 << 3;
+    assert_eq!(reply(&mut w, &update).expect("NOTIMP")[3] & 0x0f, 4);
+
+    // Counted in the metrics like any other query (the loop's shard is summed in): 12 local requests, each once
+    // through the handler and three times through the loop.
+    let totals = dns.metrics.totals();
+    assert!(totals.contains(&("local", 12 * 4)) && totals.contains(&("blocked", 3 * 4)), "{totals:?}");
+}
+
+#[tokio::test]
+async fn a_change_is_seen_by_the_very_next_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns(dir.path(), "zero").await;
+    let mut w = Worker::new(Handler::new(dns.clone()));
+    let admin = Identity::new("lab.test", Role::Admin, "a").unwrap();
+    let rec = |v: &str| LocalRecord::parse("app.lab.home.arpa", "A", v, None, "", None).unwrap();
+    let q = query(3, "app.lab.home.arpa.", RecordType::A, None);
+
+    assert_eq!(reply(&mut w, &q).map(|r| r[3] & 0x0f), Some(3), "NXDOMAIN before the upsert");
+    assert_eq!(reply(&mut w, &q).map(|r| r[3] & 0x0f), Some(3), "cached NXDOMAIN");
+    dns.upsert(&admin, rec("10.0.0.30")).unwrap();
+    assert_eq!(a_values(&reply(&mut w, &q).unwrap()), vec!["10.0.0.30"]);
+    assert_eq!(a_values(&reply(&mut w, &q).unwrap()), vec!["10.0.0.30"], "cached");
+    dns.delete(&admin, "app.lab.home.arpa", "A", "10.0.0.30").unwrap();
+    dns.upsert(&admin, rec("10.0.0.31")).unwrap();
+    assert_eq!(a_values(&reply(&mut w, &q).unwrap()), vec!["10.0.0.31"], "the new value at once");
+    dns.delete(&admin, "app.lab.home.arpa", "", "").unwrap();
+    assert_eq!(reply(&mut w, &q).map(|r| r[3] & 0x0f), Some(3), "deleted: NXDOMAIN again");
+
+    // The blocklist: a new list and a new response both apply to the next query.
+    let blocked = query(4, "ads.example.com.", RecordType::A, None);
+    assert_eq!(a_values(&reply(&mut w, &blocked).unwrap()), vec!["0.0.0.0"]);
+    std::fs::write(dir.path().join("list.txt"), "other.example.com\n").unwrap();
+    dns.refresh_blocklist().await;
+    assert_eq!(reply(&mut w, &blocked).map(|r| r[3] & 0x0f), Some(5), "no longer blocked: REFUSED, no upstream");
+    let text = std::fs::read_to_string(dir.path().join("dns.toml")).unwrap();
+    std::fs::write(dir.path().join("dns.toml"), text.replace("response = \"zero\"", "response = \"nxdomain\""))
+        .unwrap();
+    dns.reload().unwrap();
+    let other = query(5, "other.example.com.", RecordType::A, None);
+    assert_eq!(reply(&mut w, &other).map(|r| r[3] & 0x0f), Some(3), "nxdomain response applies at once");
+}
+
+#[test]
+fn answerable_sources() {
+    assert!(answerable("127.0.0.1:53".parse().unwrap()));
+    assert!(!answerable("127.0.0.1:0".parse().unwrap()));
+    assert!(!answerable("0.0.0.0:53".parse().unwrap()));
+    assert!(!answerable("255.255.255.255:53".parse().unwrap()));
+    assert!(!answerable("[::]:53".parse().unwrap()));
+}
+
+/// A fake upstream answering every A query with 192.0.2.7 (TTL 60); counts the queries it got.
+fn fake_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+            m.metadata.recursion_desired = q.metadata.recursion_desired;
+            m.metadata.recursion_available = true;
+            for query in &q.queries {
+                m.add_query(query.clone());
+                if query.query_type() == RecordType::A {
+                    let rdata = RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 7));
+                    m.add_answer(Record::from_rdata(query.name().clone(), 60, rdata));
+                }
+            }
+            let _ = sock.send_to(&m.to_vec().unwrap(), from);
+        }
+    });
+    (addr, asked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_from_the_forwarders_cache_are_given_in_the_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, asked) = fake_upstream();
+    let text = format!(
+        "state_dir = \"state\"\n[grpc]\nlisten = \"127.0.0.1:0\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n\
+         [dns]\nlisten = [\"127.0.0.1:0\"]\nquery_log = true\n[forward]\nupstreams = [\"udp://{upstream}\"]\n"
+    );
+    std::fs::write(dir.path().join("dns.toml"), text).unwrap();
+    let dns = Dns::new(Config::load(&dir.path().join("dns.toml")).unwrap(), DnsMetrics::new(&Metrics::new())).unwrap();
+    let handler = Handler::new(dns.clone());
+    let mut w = Worker::new(handler.clone());
+    let q = query(21, "fwd.example.", RecordType::A, None);
+
+    // A miss goes to the runtime; the handler asks the upstream and fills the forwarder's cache.
+    let Action::Forward(req) = w.process(&q, SRC.parse().unwrap()) else { panic!("a miss is forwarded") };
+    let cap = Capture::default();
+    handler.handle_request::<_, TokioTime>(&req, cap.clone()).await;
+    let first = Message::from_vec(&cap.0.lock().unwrap().take().unwrap()).unwrap();
+    assert_eq!(a_values(&first.to_vec().unwrap()), vec!["192.0.2.7"]);
+
+    // Then the loop answers from the forwarder's cache itself, as the handler would (TTLs aside), and keeps it.
+    let fast = Message::from_vec(&reply(&mut w, &q).expect("answered in the loop")).unwrap();
+    let slow = Message::from_vec(&via_handler(&handler, &q).await.unwrap()).unwrap();
+    assert_eq!((fast.metadata, fast.queries.clone()), (slow.metadata, slow.queries.clone()));
+    assert_eq!(fast.answers.len(), 1);
+    assert_eq!(fast.answers[0].data, slow.answers[0].data);
+    assert!(fast.answers[0].ttl.abs_diff(slow.answers[0].ttl) <= 1 && fast.answers[0].ttl <= 60);
+    assert_eq!(a_values(&reply(&mut w, &q).unwrap()), vec!["192.0.2.7"]);
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "the upstream was asked once");
+    let totals = dns.metrics.totals();
+    assert!(totals.contains(&("forwarded", 1)) && totals.contains(&("cached", 3)), "{totals:?}");
+    // And in the query log, hits from the loop's own cache included.
+    let log: Vec<(String, Outcome)> = dns.query_log.recent(0).into_iter().map(|e| (e.name, e.outcome)).collect();
+    let name = "fwd.example.".to_string();
+    assert_eq!(
+        log,
+        vec![
+            (name.clone(), Outcome::Cached),
+            (name.clone(), Outcome::Cached),
+            (name.clone(), Outcome::Cached),
+            (name, Outcome::Forwarded)
+        ]
+    );
+}
