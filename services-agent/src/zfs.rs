@@ -20,9 +20,9 @@ use agent_core::runner::{self, Cmd, RunError};
 pub const ZFS_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How many times a "busy" destroy or rollback is tried in all.
-const BUSY_ATTEMPTS: u32 = 10;
+const BUSY_ATTEMPTS: u32 = 12;
 /// First wait after "busy"; doubled after each attempt up to [`MAX_BUSY_BACKOFF`] (≈ 40 s of waiting in all).
-const FIRST_BUSY_BACKOFF: Duration = Duration::from_millis(250);
+const FIRST_BUSY_BACKOFF: Duration = Duration::from_millis(60);
 const MAX_BUSY_BACKOFF: Duration = Duration::from_secs(8);
 
 #[derive(Debug, thiserror::Error)]

@@ -30,7 +30,7 @@ const POOL_MB: u64 = 4096;
 /// Pause-mode backups per size into a fresh repository each (the agent's whole-run figure).
 const FIRST_RUNS: usize = 3;
 /// Pause-mode backups per size after the first ones (incremental).
-const PAUSE_RUNS: usize = 5;
+const PAUSE_RUNS: usize = 12;
 const STOP_RUNS: usize = 3;
 const NAIVE_RUNS: usize = 1;
 const PASSPHRASE: &str = "strata bench backup passphrase";
@@ -112,11 +112,14 @@ fn kill_jobs(owner: &str) {
 struct Agent {
     proc: Option<AgentProc>,
     owner: String,
+    /// Log lines of the current process already looked at.
+    seen: usize,
 }
 
 impl Agent {
     fn start(&mut self, config: &Path) -> Result<&AgentProc> {
         self.stop();
+        self.seen = 0;
         Ok(self.proc.insert(AgentProc::start_with_config(AgentKind::Services, config)?))
     }
 
@@ -174,7 +177,7 @@ struct Run {
 }
 
 /// The longest gap between consecutive clock lines of the writer from just before `from` to its first line at or
-/// after `to` (waited for: the writer must be writing again).
+/// after `to` (waited for: the writer must be writing again), and when it began.
 fn writer_gap(mount: &Path, from: f64, to: f64) -> Result<(f64, f64)> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -183,14 +186,8 @@ fn writer_gap(mount: &Path, from: f64, to: f64) -> Result<(f64, f64)> {
         let first = v.iter().rposition(|t| *t <= from);
         let last = v.iter().position(|t| *t >= to);
         if let (Some(first), Some(last)) = (first, last) {
-            let widest = v[first..=last].windows(2).map(|w| (w[1] - w[0], w[0])).fold((0.0, from), |a, b| {
-                if b.0 > a.0 {
-                    b
-                } else {
-                    a
-                }
-            });
-            return Ok(widest);
+            let widest = v[first..=last].windows(2).map(|w| (w[1] - w[0], w[0])).max_by(|a, b| a.0.total_cmp(&b.0));
+            return Ok(widest.unwrap_or((0.0, from)));
         }
         if Instant::now() > deadline {
             bail!("the writer logged nothing around {from:.2}..{to:.2} in {} (is it running?)", mount.display());
@@ -375,9 +372,22 @@ impl Bench {
 
     /// Notes the WARN and ERROR lines of the agent's log not seen before, except the sync's complaint that the
     /// stacks repository has no directory for the services (by design here: the containers are started by hand).
-    fn agent_log_notes(&self, agent: &Agent) {
+    fn agent_log_notes(&self, agent: &mut Agent) {
         let mut expected = 0;
-        for line in agent.logs().lines() {
+        let logs = agent.logs();
+        let new: Vec<&str> = logs.lines().skip(agent.seen).collect();
+        agent.seen += new.len();
+        let busy: Vec<&&str> = new.iter().filter(|l| l.contains("zfs dataset busy, retrying")).collect();
+        if let Some(first) = busy.first() {
+            let n = format!(
+                "agent log: {} \"zfs dataset busy, retrying\" line(s) since the last look, the first: {}",
+                busy.len(),
+                first.split_once(' ').map_or(**first, |(_, rest)| rest).trim()
+            );
+            eprintln!("bench backup: NOTE {n}");
+            self.notes.borrow_mut().push(n);
+        }
+        for line in new {
             if !(line.contains(" WARN ") || line.contains(" ERROR ")) {
                 continue;
             }
@@ -634,7 +644,8 @@ pub(crate) fn run() -> Result<()> {
         }
         subjects.push(Subject { label, size, name, dataset, mount, agent_repos, passphrase_file });
     }
-    let mut agent = Agent { proc: None, owner: format!("services-agent:{}", work.path().join("state").display()) };
+    let mut agent =
+        Agent { proc: None, owner: format!("services-agent:{}", work.path().join("state").display()), seen: 0 };
     // Let the writers write.
     std::thread::sleep(Duration::from_secs(1));
 
@@ -724,8 +735,9 @@ fn measure(bench: &Bench, engine: &DockerEngine, agent: &mut Agent, subjects: &m
         }
         agent.start(&bench.config(subjects, "pause")?)?;
         for (s, f) in subjects.iter().zip(&mut figures) {
-            f.bare.push(bare(s)?);
+            // The clone's zfs work first, so that the agent's snapshot does not directly follow our destroys.
             f.bare_clone.push(bare_clone(s)?);
+            f.bare.push(bare(s)?);
             eprintln!("bench backup: {}: agent backup (pause) into a fresh repository…", s.label);
             let r = bench.backup_noted(engine, agent, s)?;
             eprintln!("bench backup: {}: first {r:?}", s.label);
