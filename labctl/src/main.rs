@@ -78,7 +78,27 @@ enum PkiCmd {
     Show { file: PathBuf },
 }
 
+/// `labctl … | head`: once the reader is gone `println!` panics on the broken pipe. Exit quietly instead, with the
+/// status a shell gives a process killed by SIGPIPE (128 + 13); any other panic is reported as usual.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        // println! says "failed printing to stdout: Broken pipe"; clap_complete's writer panics with "BrokenPipe".
+        if msg.contains("Broken pipe") || msg.contains("BrokenPipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_broken_pipe();
     let cli = Cli::parse();
     agent_core::tls::install_crypto_provider();
     match run(cli) {

@@ -526,3 +526,24 @@ fn labctl_prints_bash_completions() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_labctl_quietly() -> Result<()> {
+    // `labctl completions bash | head -1`: the pipe closes after a few bytes; labctl must not print a panic. The
+    // script (~90 kB) is bigger than a pipe's buffer (64 KiB), so labctl is still writing when the reader goes.
+    let mut child = Command::new(bin("labctl")?)
+        .args(["completions", "bash"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut out = child.stdout.take().context("stdout")?;
+    let mut first = [0u8; 8];
+    out.read_exact(&mut first)?;
+    drop(out);
+    let status = child.wait()?;
+    let mut stderr = String::new();
+    child.stderr.take().context("stderr")?.read_to_string(&mut stderr)?;
+    ensure!(status.code() == Some(141), "exit {status:?}, stderr:\n{stderr}");
+    ensure!(!stderr.contains("panicked"), "{stderr}");
+    Ok(())
+}
