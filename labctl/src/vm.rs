@@ -19,6 +19,10 @@ use crate::table::Table;
 
 /// The step of the host-agent's progress update that closes one VM's backup; its message is the summary.
 const FINAL_STEP: &str = "finished";
+/// The step that closes a restore (its message is the summary).
+const FINAL_RESTORE_STEP: &str = "done";
+/// The step that closes a drill (its message is the report; the drill's own restore closes with `done` before it).
+const FINAL_DRILL_STEP: &str = "drill";
 
 #[derive(Debug, Subcommand)]
 pub enum VmCmd {
@@ -207,17 +211,19 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> 
                 start,
             };
             let s = c.restore(req).await.map_err(call_error(&agent, "restore"))?.into_inner();
-            progress::follow(s, json, FINAL_STEP).await.map_err(call_error(&agent, "restore"))?;
-            if !json {
-                println!("restored into {}", to.display());
+            for line in progress::follow(s, json, FINAL_RESTORE_STEP).await.map_err(call_error(&agent, "restore"))? {
+                if !json {
+                    println!("{line}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Drill { name } => {
             let s = c.drill(VmRef { name: name.clone() }).await.map_err(call_error(&agent, "drill"))?.into_inner();
-            progress::follow(s, json, FINAL_STEP).await.map_err(call_error(&agent, "drill"))?;
-            if !json {
-                println!("drill of vm {name}: ok");
+            for line in progress::follow(s, json, FINAL_DRILL_STEP).await.map_err(call_error(&agent, "drill"))? {
+                if !json {
+                    println!("{line}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
