@@ -38,7 +38,7 @@ pub fn crash_point(step: &str) {
 }
 
 /// The fault test hook: when `STRATA_TEST_FAIL_AT` names `step`, returns an error message for the caller to fail
-/// that step with (e.g. a safety snapshot that cannot be taken). Only for tests; leave the variable unset.
+/// that step with (e.g. a safety snapshot that cannot be taken, an extraction that fails). Only for tests; leave the variable unset.
 pub fn fail_point(step: &str) -> Result<(), String> {
     if std::env::var("STRATA_TEST_FAIL_AT").is_ok_and(|s| s == step) {
         tracing::warn!("test hook: failing step {step}");

@@ -70,7 +70,11 @@ impl Engine for Borg {
 
     fn create<'a>(&'a self, src: &'a Path, id: &'a str) -> EngineFuture<'a, BackupInfo> {
         Box::pin(async move {
-            let (stats, warnings) = self.repo.create(id, src, &["."], None).await.map_err(|e| self.err(e))?;
+            // The archive's time is the one its id names (UTC), so that retention follows the ids even for two
+            // backups within a second.
+            let timestamp = archive_timestamp(&self.vm, id);
+            let (stats, warnings) =
+                self.repo.create(id, src, &["."], timestamp.as_deref()).await.map_err(|e| self.err(e))?;
             for w in &warnings {
                 tracing::warn!(vm = %self.vm, id, target = %self.target.display(), "borg: {w}");
             }
@@ -109,6 +113,13 @@ impl Engine for Borg {
     fn extract<'a>(&'a self, id: &'a str, dest: &'a Path) -> EngineFuture<'a, ()> {
         Box::pin(async move { self.repo.extract(id, dest).await.map_err(|e| self.err(e)) })
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` (borg's `--timestamp`, UTC) of a backup id `VM-YYYYMMDDTHHMMSSZ`.
+fn archive_timestamp(vm: &str, id: &str) -> Option<String> {
+    parse_backup_id(vm, id)?;
+    let t = id.strip_prefix(vm)?.strip_prefix('-')?;
+    Some(format!("{}-{}-{}T{}:{}:{}", &t[0..4], &t[4..6], &t[6..8], &t[9..11], &t[11..13], &t[13..15]))
 }
 
 #[cfg(test)]
@@ -164,6 +175,8 @@ mod tests {
         assert_eq!(listed, ids[1..]);
         assert_eq!(lab2.list().await.unwrap().len(), 1, "another vm's archives are not pruned");
 
+        assert_eq!(archive_timestamp("lab", ids[0]).as_deref(), Some("2026-01-05T04:00:00"));
+        assert_eq!(archive_timestamp("lab", "lab-x"), None);
         let dest = dir.path().join("restored");
         std::fs::create_dir(&dest).unwrap();
         lab.extract(ids[2], &dest).await.unwrap();

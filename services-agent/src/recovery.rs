@@ -207,7 +207,7 @@ impl Backups {
 }
 
 /// Rolls `DATASET@SNAP` and the same snapshot of every descendant back (a recursive snapshot's whole tree).
-async fn rollback_tree(snapshot_full: &str) -> Result<(), zfs::ZfsError> {
+pub(crate) async fn rollback_tree(snapshot_full: &str) -> Result<(), zfs::ZfsError> {
     let Some((dataset, snap)) = snapshot_full.split_once('@') else {
         return Err(zfs::ZfsError::NoSnapshot { snapshot: snapshot_full.to_string() });
     };

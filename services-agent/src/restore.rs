@@ -18,6 +18,12 @@ use crate::notify::Phase;
 use crate::verify;
 use crate::zfs;
 
+/// A failed in-place replacement, and whether the dataset holds whole data (so that the service may start).
+struct Failed {
+    error: JobError,
+    data_safe: bool,
+}
+
 /// Copying a snapshot's data can take long; the timeout only catches a hung copy.
 const COPY_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
 
@@ -189,10 +195,15 @@ impl Backups {
         rep.say(step::RESTORE_STOP, format!("stopping {} container(s)", ids.len())).await;
         let stopped = crate::backup::quiesce_all(&engine, Quiesce::Stop, &ids).await;
         let replaced = match stopped {
-            Err(e) => Err(JobError::step(name, step::RESTORE_STOP, e)),
+            Err(e) => Err(Failed { error: JobError::step(name, step::RESTORE_STOP, e), data_safe: true }),
             Ok(()) => self.replace(run, name, b, archive.as_deref(), snapshot.as_deref(), &mount, rep).await,
         };
-        // The service comes back whatever happened above.
+        // Half-replaced data whose rollback failed stays down (its journal step open for the next start to repair);
+        // in every other case the service comes back, with the restored data or with the data it had before.
+        let replaced = match replaced {
+            Err(Failed { error, data_safe: false }) => return Err(error),
+            r => r.map_err(|f| f.error),
+        };
         let s = j.begin(run, name, step::WAIT_HEALTHY, "")?;
         rep.say(step::WAIT_HEALTHY, format!("starting {} container(s)", ids.len())).await;
         let started = crate::backup::resume_all(&engine, Quiesce::Stop, &ids).await;
@@ -211,7 +222,8 @@ impl Backups {
         Ok((format!("restored {from} in place; safety snapshot {safety}; {state}"), outcome))
     }
 
-    /// Safety snapshot, then the dataset's contents replaced. Returns the safety snapshot.
+    /// Safety snapshot, then the dataset's contents replaced. Returns the safety snapshot; on failure, whether the
+    /// dataset holds whole data (untouched, or rolled back to the safety snapshot).
     #[allow(clippy::too_many_arguments)]
     async fn replace(
         &self,
@@ -222,30 +234,60 @@ impl Backups {
         snapshot: Option<&str>,
         mount: &Path,
         rep: &Reporter,
-    ) -> Result<String, JobError> {
+    ) -> Result<String, Failed> {
         let j = &self.journal;
         let safety = format!("{}@{PRERESTORE_PREFIX}{}", b.dataset, timestamp_now());
-        let s = j.begin(run, name, step::SAFETY_SNAPSHOT, &safety)?;
+        let safe = |error: JobError| Failed { error, data_safe: true };
+        let s = j.begin(run, name, step::SAFETY_SNAPSHOT, &safety).map_err(|e| safe(e.into()))?;
         rep.say(step::SAFETY_SNAPSHOT, format!("safety snapshot {safety}")).await;
         let snap_name = safety.split_once('@').map(|(_, s)| s).unwrap_or_default();
         let taken = match agent_core::state::fail_point(step::SAFETY_SNAPSHOT) {
             Ok(()) => zfs::snapshot_recursive(&b.dataset, snap_name).await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
-        taken.map_err(|e| JobError::Refused {
-            service: name.into(),
-            message: format!("refusing to restore without a safety snapshot: {e}"),
+        taken.map_err(|e| {
+            safe(JobError::Refused {
+                service: name.into(),
+                message: format!("refusing to restore without a safety snapshot: {e}"),
+            })
         })?;
-        j.done(s)?;
-        let d = j.begin(run, name, step::RESTORE_DATA, &safety)?;
+        j.done(s).map_err(|e| safe(e.into()))?;
+        let d = j.begin(run, name, step::RESTORE_DATA, &safety).map_err(|e| safe(e.into()))?;
         rep.say(step::RESTORE_DATA, format!("replacing the contents of {}", mount.display())).await;
         let m = mount.to_path_buf();
-        tokio::task::spawn_blocking(move || empty_dir(&m))
-            .await
-            .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?
-            .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?;
-        self.fill(run, name, b, archive, snapshot, mount, rep).await?;
-        j.done(d)?;
+        let replaced = async {
+            tokio::task::spawn_blocking(move || empty_dir(&m))
+                .await
+                .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?
+                .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?;
+            self.fill(run, name, b, archive, snapshot, mount, rep).await
+        }
+        .await;
+        if let Err(e) = replaced {
+            // Half-replaced data must not be started: put the data from before the restore back first.
+            rep.say(step::RESTORE_DATA, format!("restore failed, rolling back to {safety}")).await;
+            return match crate::recovery::rollback_tree(&safety).await {
+                Ok(()) => {
+                    j.done(d).map_err(|e| safe(e.into()))?;
+                    Err(safe(JobError::step(
+                        name,
+                        step::RESTORE_DATA,
+                        format!("{e}; the data is back as it was before the restore ({safety})"),
+                    )))
+                }
+                // The journal step stays open: the next start retries the rollback before anything else.
+                Err(r) => Err(Failed {
+                    error: JobError::step(
+                        name,
+                        step::RESTORE_DATA,
+                        format!("{e}; and rolling back to {safety} failed: {r}; the service stays down"),
+                    ),
+                    data_safe: false,
+                }),
+            };
+        }
+        // The data is whole (restored); only the bookkeeping failed.
+        j.done(d).map_err(|e| safe(e.into()))?;
         Ok(safety)
     }
 
@@ -265,6 +307,7 @@ impl Backups {
         if let Some(a) = archive {
             let s = j.begin(run, name, step::EXTRACT, a)?;
             rep.say(step::EXTRACT, format!("borg extract {a} into {}", dest.display())).await;
+            agent_core::state::fail_point(step::EXTRACT).map_err(|e| JobError::step(name, step::EXTRACT, e))?;
             self.repo(b).extract(a, dest).await.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
             j.done(s)?;
             return Ok(());

@@ -448,6 +448,14 @@ async fn backup_equals_its_snapshot_downtime_agrees_with_a_prober_and_restores_r
     ensure!(err.message().contains("refusing to restore without a safety snapshot"), "{err:?}");
     ensure!(std::fs::read(lab.mount().join("after-backup"))? == b"keep me", "live data untouched");
     ensure!(lab.leftovers()?.is_empty(), "leftovers: {:?}", lab.leftovers()?);
+
+    // An extraction that fails half-way: the data from before the restore is put back before anything starts.
+    lab.start(&[("STRATA_TEST_FAIL_AT", "extract")], "")?;
+    tokio::time::sleep(Duration::from_secs(1)).await; // the safety snapshot gets its own second
+    let err = lab.restore(&archive, "", "").await.unwrap_err();
+    ensure!(err.message().contains("the data is back as it was before the restore"), "{err:?}");
+    ensure!(std::fs::read(lab.mount().join("after-backup"))? == b"keep me", "the data before the restore is back");
+    ensure!(lab.leftovers()?.is_empty(), "leftovers: {:?}", lab.leftovers()?);
     Ok(())
 }
 
