@@ -3,19 +3,17 @@
 //! Owns no parsing itself.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 use hickory_proto::op::MessageType;
-use hickory_proto::rr::Record;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::net::NetError;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
+use hickory_server::server::{Request, RequestHandler};
 
 use crate::blocklist::{self, Line};
 use crate::forward::parse_upstream;
 use crate::records::{Kind, LocalRecord};
+use crate::udp::Capture;
 
 /// A whole config file.
 pub fn config(data: &[u8]) {
@@ -80,7 +78,7 @@ pub fn packet(data: &[u8]) {
             let capture = Capture::default();
             let handler = t.worker.handler().clone();
             t.runtime.block_on(handler.handle_request::<_, TokioTime>(&request, capture.clone()));
-            let want = capture.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let want = capture.take();
             assert_eq!(first, want, "the loop and the handler disagree on {data:?}");
         }
     }
@@ -126,27 +124,4 @@ fn packet_target() -> Result<&'static Mutex<PacketTarget>, &'static String> {
             Ok(Mutex::new(PacketTarget { runtime, worker }))
         })
         .as_ref()
-}
-
-/// Keeps what `Handler` sends, encoded as for UDP.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
-
-#[tonic::async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = crate::udp::encode(response)?;
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
-        Ok(info)
-    }
 }

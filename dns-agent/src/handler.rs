@@ -376,42 +376,15 @@ impl Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
     use agent_core::telemetry::Metrics;
     use hickory_proto::op::{Message, MessageType, Query};
-    use hickory_proto::serialize::binary::BinEncoder;
     use hickory_server::net::runtime::TokioTime;
     use hickory_server::net::xfer::Protocol;
-    use hickory_server::net::NetError;
-    use hickory_server::zone_handler::MessageResponse;
 
     use crate::config::Config;
     use crate::metrics::DnsMetrics;
-
-    /// Captures the encoded response.
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
-
-    #[tonic::async_trait]
-    impl ResponseHandler for Capture {
-        async fn send_response<'a>(
-            &mut self,
-            response: MessageResponse<
-                '_,
-                'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-            >,
-        ) -> Result<ResponseInfo, NetError> {
-            let mut bytes = Vec::new();
-            let info = response.destructive_emit(&mut BinEncoder::new(&mut bytes))?;
-            *self.0.lock().unwrap() = Some(bytes);
-            Ok(info)
-        }
-    }
+    use crate::udp::Capture;
 
     async fn ask(h: &Handler, op: OpCode, questions: &[(&str, RecordType)]) -> Message {
         let mut m = Message::new(42, MessageType::Query, op);
@@ -421,7 +394,7 @@ mod tests {
         let req = Request::from_bytes(m.to_vec().unwrap(), "127.0.0.1:5353".parse().unwrap(), Protocol::Udp).unwrap();
         let cap = Capture::default();
         h.handle_request::<_, TokioTime>(&req, cap.clone()).await;
-        let bytes = cap.0.lock().unwrap().take().expect("a response");
+        let bytes = cap.take().expect("a response");
         Message::from_vec(&bytes).unwrap()
     }
 

@@ -98,6 +98,37 @@ impl ResponseHandler for Responder {
     }
 }
 
+/// Keeps what `Handler` sends, encoded exactly as the loop would send it (the fuzz entry points and the tests compare
+/// the two paths with it).
+#[derive(Clone, Default)]
+pub(crate) struct Capture(Arc<std::sync::Mutex<Option<Vec<u8>>>>);
+
+impl Capture {
+    /// The response sent since the last call, if any.
+    pub(crate) fn take(&self) -> Option<Vec<u8>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+#[tonic::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let (info, bytes) = encode(response)?;
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        Ok(info)
+    }
+}
+
 /// Whether a reply may be sent to `src` (hickory's rule: not port 0, not an unspecified or broadcast address).
 fn answerable(src: SocketAddr) -> bool {
     src.port() != 0

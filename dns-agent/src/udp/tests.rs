@@ -1,5 +1,3 @@
-use std::sync::Mutex;
-
 use agent_core::identity::{Identity, Role};
 use agent_core::telemetry::Metrics;
 use hickory_proto::op::{Edns, Message, Query};
@@ -10,29 +8,6 @@ use crate::config::Config;
 use crate::metrics::DnsMetrics;
 use crate::records::LocalRecord;
 use crate::service::Dns;
-
-/// Captures what `Handler` sends, encoded as for UDP.
-#[derive(Clone, Default)]
-pub(crate) struct Capture(pub(crate) Arc<Mutex<Option<Vec<u8>>>>);
-
-#[tonic::async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = encode(response)?;
-        *self.0.lock().unwrap() = Some(bytes);
-        Ok(info)
-    }
-}
 
 const SRC: &str = "127.0.0.1:5353";
 
@@ -74,8 +49,7 @@ async fn via_handler(handler: &Handler, packet: &[u8]) -> Option<Vec<u8>> {
     let req = Request::from_bytes(packet.to_vec(), SRC.parse().unwrap(), Protocol::Udp).ok()?;
     let cap = Capture::default();
     handler.handle_request::<_, TokioTime>(&req, cap.clone()).await;
-    let bytes = cap.0.lock().unwrap().take();
-    bytes
+    cap.take()
 }
 
 fn reply(w: &mut Worker, packet: &[u8]) -> Option<Vec<u8>> {
@@ -252,7 +226,7 @@ async fn answers_from_the_forwarders_cache_are_given_in_the_loop() {
     let Action::Forward(req) = w.process(&q, SRC.parse().unwrap()) else { panic!("a miss is forwarded") };
     let cap = Capture::default();
     handler.handle_request::<_, TokioTime>(&req, cap.clone()).await;
-    let first = Message::from_vec(&cap.0.lock().unwrap().take().unwrap()).unwrap();
+    let first = Message::from_vec(&cap.take().unwrap()).unwrap();
     assert_eq!(a_values(&first.to_vec().unwrap()), vec!["192.0.2.7"]);
 
     // Then the loop answers from the forwarder's cache itself, as the handler would (TTLs aside), and keeps it.
