@@ -18,6 +18,23 @@ use crate::notify::Phase;
 use crate::verify;
 use crate::zfs;
 
+/// What a restore reads, once the request is resolved and checked to exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Picked {
+    /// An archive in the service's repository.
+    Archive(String),
+    /// A local snapshot, `DATASET@SNAP`.
+    Snapshot(String),
+}
+
+impl Picked {
+    fn name(&self) -> &str {
+        match self {
+            Picked::Archive(n) | Picked::Snapshot(n) => n,
+        }
+    }
+}
+
 /// A failed in-place replacement, and whether the dataset holds whole data (so that the service may start).
 struct Failed {
     error: JobError,
@@ -153,17 +170,16 @@ impl Backups {
         let j = &self.journal;
         let s = j.begin(run, name, step::PREFLIGHT, &b.dataset)?;
         preflight(name, b, &self.repo(b)).await?;
-        let (archive, snapshot) = match &source {
-            Source::Latest => (Some(self.pick_archive(name, b, None).await?), None),
-            Source::Archive(a) => (Some(self.pick_archive(name, b, Some(a)).await?), None),
-            Source::Snapshot(sn) => (None, Some(self.pick_snapshot(name, b, sn).await?)),
+        let from = match &source {
+            Source::Latest => Picked::Archive(self.pick_archive(name, b, None).await?),
+            Source::Archive(a) => Picked::Archive(self.pick_archive(name, b, Some(a)).await?),
+            Source::Snapshot(sn) => Picked::Snapshot(self.pick_snapshot(name, b, sn).await?),
         };
-        let from = archive.clone().or(snapshot.clone()).unwrap_or_default();
-        let outcome = Outcome {
-            archive: archive.clone().unwrap_or_default(),
-            snapshot: snapshot.clone().unwrap_or_default(),
-            ..Default::default()
+        let (archive, snapshot) = match &from {
+            Picked::Archive(a) => (a.clone(), String::new()),
+            Picked::Snapshot(sn) => (String::new(), sn.clone()),
         };
+        let outcome = Outcome { archive, snapshot, ..Default::default() };
         j.done(s)?;
 
         if let Some(dest) = to {
@@ -179,8 +195,11 @@ impl Backups {
             }
             std::fs::create_dir_all(&dest)
                 .map_err(|e| JobError::step(name, step::EXTRACT, format!("{}: {e}", dest.display())))?;
-            self.fill(run, name, b, archive.as_deref(), snapshot.as_deref(), &dest, rep).await?;
-            return Ok((format!("restored {from} to {} (the service was not touched)", dest.display()), outcome));
+            self.fill(run, name, b, &from, &dest, rep).await?;
+            return Ok((
+                format!("restored {} to {} (the service was not touched)", from.name(), dest.display()),
+                outcome,
+            ));
         }
 
         let mount = zfs::mountpoint(&b.dataset)
@@ -196,7 +215,7 @@ impl Backups {
         let stopped = crate::backup::quiesce_all(&engine, Quiesce::Stop, &ids).await;
         let replaced = match stopped {
             Err(e) => Err(Failed { error: JobError::step(name, step::RESTORE_STOP, e), data_safe: true }),
-            Ok(()) => self.replace(run, name, b, archive.as_deref(), snapshot.as_deref(), &mount, rep).await,
+            Ok(()) => self.replace(run, name, b, &from, &mount, rep).await,
         };
         // Half-replaced data whose rollback failed stays down (its journal step open for the next start to repair);
         // in every other case the service comes back, with the restored data or with the data it had before.
@@ -219,19 +238,17 @@ impl Backups {
         } else {
             format!("its {} container(s) are running again", ids.len())
         };
-        Ok((format!("restored {from} in place; safety snapshot {safety}; {state}"), outcome))
+        Ok((format!("restored {} in place; safety snapshot {safety}; {state}", from.name()), outcome))
     }
 
     /// Safety snapshot, then the dataset's contents replaced. Returns the safety snapshot; on failure, whether the
     /// dataset holds whole data (untouched, or rolled back to the safety snapshot).
-    #[allow(clippy::too_many_arguments)]
     async fn replace(
         &self,
         run: i64,
         name: &str,
         b: &ServiceBackup,
-        archive: Option<&str>,
-        snapshot: Option<&str>,
+        from: &Picked,
         mount: &Path,
         rep: &Reporter,
     ) -> Result<String, Failed> {
@@ -260,7 +277,7 @@ impl Backups {
                 .await
                 .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?
                 .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?;
-            self.fill(run, name, b, archive, snapshot, mount, rep).await
+            self.fill(run, name, b, from, mount, rep).await
         }
         .await;
         if let Err(e) = replaced {
@@ -292,27 +309,27 @@ impl Backups {
     }
 
     /// Writes the data of the archive or snapshot into the existing directory `dest`.
-    #[allow(clippy::too_many_arguments)]
     async fn fill(
         &self,
         run: i64,
         name: &str,
         b: &ServiceBackup,
-        archive: Option<&str>,
-        snapshot: Option<&str>,
+        from: &Picked,
         dest: &Path,
         rep: &Reporter,
     ) -> Result<(), JobError> {
         let j = &self.journal;
-        if let Some(a) = archive {
-            let s = j.begin(run, name, step::EXTRACT, a)?;
-            rep.say(step::EXTRACT, format!("borg extract {a} into {}", dest.display())).await;
-            agent_core::state::fail_point(step::EXTRACT).map_err(|e| JobError::step(name, step::EXTRACT, e))?;
-            self.repo(b).extract(a, dest).await.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
-            j.done(s)?;
-            return Ok(());
-        }
-        let Some(snapshot) = snapshot else { return Ok(()) };
+        let snapshot = match from {
+            Picked::Snapshot(sn) => sn.as_str(),
+            Picked::Archive(a) => {
+                let s = j.begin(run, name, step::EXTRACT, a)?;
+                rep.say(step::EXTRACT, format!("borg extract {a} into {}", dest.display())).await;
+                agent_core::state::fail_point(step::EXTRACT).map_err(|e| JobError::step(name, step::EXTRACT, e))?;
+                self.repo(b).extract(a, dest).await.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
+                j.done(s)?;
+                return Ok(());
+            }
+        };
         let snap = snapshot.split_once('@').map(|(_, s)| s).unwrap_or_default();
         let scratch = format!("{}/{SCRATCH_PREFIX}{name}", zfs::pool_of(&b.dataset));
         let at = self.cfg.backup.snapshot_mount_dir.join(format!("{name}.restore"));
