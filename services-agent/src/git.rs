@@ -51,8 +51,15 @@ impl Repo {
     /// Clones the branch when the checkout does not exist yet, else fetches it; then moves the work tree to the tip
     /// of the branch (local changes in tracked files are discarded; untracked files such as bind-mounted data stay).
     /// Returns the commit checked out.
+    ///
+    /// The checkout belongs to the agent and the caller runs one sync at a time, so a git lock file present when a
+    /// sync starts was left by a git that was killed (agent stopped or crashed mid-sync, or a runner timeout): it is
+    /// removed, with a warning, instead of failing every later sync with "index.lock: File exists".
     pub async fn sync(&self) -> Result<String, GitError> {
         if self.dir.join(".git").is_dir() {
+            for lock in self.remove_stale_locks() {
+                tracing::warn!(lock = %lock.display(), "removed a git lock left by an interrupted sync");
+            }
             runner::run_ok(self.git().args(["remote", "set-url", "origin"]).arg(&self.url)).await?;
             let refspec = format!("+refs/heads/{b}:refs/remotes/origin/{b}", b = self.branch);
             runner::run_ok(
@@ -90,6 +97,16 @@ impl Repo {
         let tip = format!("refs/remotes/origin/{}", self.branch);
         runner::run_ok(self.git().args(["reset", "--hard", "--quiet"]).arg(&tip)).await?;
         self.head().await
+    }
+
+    /// Removes the lock files a killed `git remote set-url`, `fetch` or `reset` leaves behind; returns them.
+    fn remove_stale_locks(&self) -> Vec<PathBuf> {
+        let git = self.dir.join(".git");
+        let mut candidates = vec![git.join("index.lock"), git.join("HEAD.lock"), git.join("config.lock")];
+        candidates.push(git.join("packed-refs.lock"));
+        candidates.push(git.join("refs/remotes/origin").join(format!("{}.lock", self.branch)));
+        candidates.push(git.join("refs/heads").join(format!("{}.lock", self.branch)));
+        candidates.into_iter().filter(|p| std::fs::remove_file(p).is_ok()).collect()
     }
 
     /// The commit checked out.
@@ -208,6 +225,17 @@ mod tests {
         assert_ne!(first, second);
         assert_ne!(trees1["photos"], repo.trees().await.unwrap()["photos"]);
         assert_eq!(std::fs::read_to_string(repo.dir.join("photos/docker-compose.yml")).unwrap(), "two\n");
+
+        // A git killed mid-sync (the agent was stopped, or a timeout) leaves its lock files: the next sync goes on.
+        std::fs::write(origin.join("photos/docker-compose.yml"), "three\n").unwrap();
+        git(&origin, &["commit", "-qam", "three"]);
+        for lock in ["index.lock", "config.lock", "refs/remotes/origin/main.lock"] {
+            std::fs::write(repo.dir.join(".git").join(lock), "").unwrap();
+        }
+        let third = repo.sync().await.unwrap();
+        assert_ne!(second, third);
+        assert_eq!(std::fs::read_to_string(repo.dir.join("photos/docker-compose.yml")).unwrap(), "three\n");
+        assert!(!repo.dir.join(".git/index.lock").exists());
 
         let missing = Repo { url: tmp.path().join("nope").display().to_string(), ..repo.clone() };
         let missing = Repo { dir: tmp.path().join("other"), ..missing };
