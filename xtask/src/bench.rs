@@ -29,13 +29,16 @@ pub(crate) enum Which {
         /// Seconds of dnsperf per server.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
+        /// Only the blocklist part (load time, RSS, refreshes).
+        #[arg(long)]
+        blocklist_only: bool,
     },
 }
 
 pub(crate) fn run(which: Which) -> Result<()> {
     match which {
         Which::Grpc { calls } => grpc(calls),
-        Which::Dns { seconds } => crate::bench_dns::run(seconds),
+        Which::Dns { seconds, blocklist_only } => crate::bench_dns::run(seconds, blocklist_only),
         Which::Services => crate::bench_services::run(),
         Which::Vm => crate::bench_vm::run(),
         Which::Backup => crate::bench_backup::run(),

@@ -204,11 +204,14 @@ fn rounds(seconds: u32) -> u32 {
     (seconds / 2).clamp(1, 5)
 }
 
-pub(crate) fn run(seconds: u32) -> Result<()> {
+pub(crate) fn run(seconds: u32, blocklist_only: bool) -> Result<()> {
     crate::bench::release_bins(&["dns-agent"])?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let pki = Pki::new()?;
+    if blocklist_only {
+        return blocklist(dir, &pki);
+    }
 
     // The same 1,000 records for every server, and one query file.
     let mut agent_records = String::from("[[zones]]\nname = \"bench.test\"\nrecords = [\n");
@@ -332,10 +335,19 @@ fn blocklist(dir: &Path, pki: &Pki) -> Result<()> {
     );
 
     // RSS across 10 refreshes.
-    let mut rss = Vec::new();
+    // Each is a full load too (read, parse, index, swap): their times show how steady the first one was.
+    let (mut rss, mut loads) = (Vec::new(), Vec::new());
     for _ in 0..10 {
+        let t = Instant::now();
         rt.block_on(client.refresh_blocklist(RefreshBlocklistRequest {}))?;
+        loads.push(t.elapsed().as_secs_f64());
         rss.push(rss_bytes(agent.pid())?);
+    }
+    let each: Vec<String> = loads.iter().map(|l| format!("{l:.3}")).collect();
+    println!("  dns-agent load s of the 10 refreshes: {} (median {:.3})", each.join(" "), median(&loads));
+    // The agent's own account of the start-up load and the first refresh (read, parse, index).
+    for line in agent.logs().lines().filter(|l| l.contains("blocklist loaded")).take(2) {
+        println!("  agent log: {}", line.trim());
     }
     drop(agent);
 
