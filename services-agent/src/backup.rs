@@ -492,6 +492,7 @@ impl Backups {
             Err(e) => Err(e),
         };
         let s = j.begin(run, name, step::DESTROY_CLONE, &clone)?;
+        rep.say(step::DESTROY_CLONE, format!("removing the clone {clone}")).await;
         let destroyed = zfs::destroy(&clone, true).await;
         if destroyed.is_ok() {
             j.done(c)?;
@@ -521,6 +522,7 @@ impl Backups {
         }
 
         let s = j.begin(run, name, step::LOCAL_SNAPSHOTS, &b.dataset)?;
+        rep.say(step::LOCAL_SNAPSHOTS, format!("keeping the newest {} local snapshots", b.local_snapshots)).await;
         prune_local(&b.dataset, b.local_snapshots).await.map_err(|e| JobError::step(name, step::LOCAL_SNAPSHOTS, e))?;
         j.done(s)?;
 

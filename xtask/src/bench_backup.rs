@@ -28,7 +28,7 @@ const MIB: u64 = 1 << 20;
 /// Room for 1 GiB + 10 MiB of data, their snapshots and clones (clones share blocks), with margin.
 const POOL_MB: u64 = 4096;
 /// Pause-mode backups per size into a fresh repository each (the agent's whole-run figure).
-const FIRST_RUNS: usize = 3;
+const FIRST_RUNS: usize = 5;
 /// Pause-mode backups per size after the first ones (incremental).
 const PAUSE_RUNS: usize = 12;
 const STOP_RUNS: usize = 3;
@@ -174,6 +174,8 @@ struct Run {
     before_borg: f64,
     /// From the `borg-create` message to the end (borg create, destroying the clone, pruning local snapshots).
     borg_on: f64,
+    /// From the `borg-create` message to the `destroy-clone` one: the agent's `borg create` alone.
+    borg: f64,
 }
 
 /// The longest gap between consecutive clock lines of the writer from just before `from` to its first line at or
@@ -481,6 +483,11 @@ impl Bench {
         }
         self.check_after(engine, s)?;
         let before_borg = borg_at.unwrap_or(f64::NAN);
+        let mark = |step: &str| marks.iter().find(|(_, m)| m == step).map(|(t, _)| *t);
+        let borg = match (mark("borg-create"), mark("destroy-clone")) {
+            (Some(a), Some(b)) => b - a,
+            _ => f64::NAN,
+        };
         Ok(Run {
             downtime: entry.downtime_seconds,
             duration: entry.duration_seconds,
@@ -488,6 +495,7 @@ impl Bench {
             gap,
             before_borg,
             borg_on: wall - before_borg,
+            borg,
         })
     }
 
@@ -579,7 +587,15 @@ impl Bench {
         // The writer's first line after the restart closes the gap.
         std::thread::sleep(Duration::from_millis(300));
         let (gap, _) = writer_gap(&s.mount, from, uptime()? - 0.2)?;
-        Ok(Run { downtime: span, duration: span, wall: span, gap, before_borg: f64::NAN, borg_on: f64::NAN })
+        Ok(Run {
+            downtime: span,
+            duration: span,
+            wall: span,
+            gap,
+            before_borg: f64::NAN,
+            borg_on: f64::NAN,
+            borg: f64::NAN,
+        })
     }
 }
 
@@ -711,7 +727,11 @@ fn measure(bench: &Bench, engine: &DockerEngine, agent: &mut Agent, subjects: &m
     let bare = |s: &Subject| -> Result<f64> {
         let repo = BorgRepo::init(PASSPHRASE)?;
         eprintln!("bench backup: {}: bare borg create into a fresh repository…", s.label);
-        let secs = borg_create(&repo, &s.mount, &format!("{}-bare", s.name))?;
+        // The process sampler that watches agent runs watches this one too: both sides carry its cost.
+        let sampler = Sampler::start(&bench.pool, &s.name);
+        let secs = borg_create(&repo, &s.mount, &format!("{}-bare", s.name));
+        sampler.finish();
+        let secs = secs?;
         eprintln!("bench backup: {}: bare {secs:.2} s", s.label);
         Ok(secs)
     };
@@ -720,7 +740,10 @@ fn measure(bench: &Bench, engine: &DockerEngine, agent: &mut Agent, subjects: &m
         clones += 1;
         let repo = BorgRepo::init(PASSPHRASE)?;
         eprintln!("bench backup: {}: bare borg create from a fresh clone into a fresh repository…", s.label);
-        let secs = bench.bare_from_clone(s, &repo, clones)?;
+        let sampler = Sampler::start(&bench.pool, &s.name);
+        let secs = bench.bare_from_clone(s, &repo, clones);
+        sampler.finish();
+        let secs = secs?;
         eprintln!("bench backup: {}: bare from a clone {secs:.2} s", s.label);
         Ok(secs)
     };
@@ -826,8 +849,18 @@ fn report(figures: &[Figures], notes: &[String], load: &str) {
          (alternating; p50)"
     );
     println!(
-        "{:<8} {:>5} {:>9} {:>10} {:>14} {:>12} {:>5} {:>9} {:>11} {:>9}",
-        "SIZE", "RUNS", "AGENT", "AGENT RPC", "AGENT TO BORG", "AGENT BORG+", "RUNS", "BARE", "BARE CLONE", "OVERHEAD"
+        "{:<8} {:>5} {:>9} {:>10} {:>14} {:>11} {:>12} {:>5} {:>9} {:>11} {:>9}",
+        "SIZE",
+        "RUNS",
+        "AGENT",
+        "AGENT RPC",
+        "AGENT TO BORG",
+        "AGENT BORG",
+        "AGENT BORG+",
+        "RUNS",
+        "BARE",
+        "BARE CLONE",
+        "OVERHEAD"
     );
     let overhead = |f: &Figures| {
         percentile(&f.first.iter().map(|r| r.duration).collect::<Vec<_>>(), 0.5) / percentile(&f.bare, 0.5).max(1e-6)
@@ -835,12 +868,13 @@ fn report(figures: &[Figures], notes: &[String], load: &str) {
     for f in figures {
         let p50 = |get: fn(&Run) -> f64| percentile(&f.first.iter().map(get).collect::<Vec<_>>(), 0.5);
         println!(
-            "{:<8} {:>5} {:>8.2}s {:>9.2}s {:>13.2}s {:>11.2}s {:>5} {:>8.2}s {:>10.2}s {:>8.1}%",
+            "{:<8} {:>5} {:>8.2}s {:>9.2}s {:>13.2}s {:>10.2}s {:>11.2}s {:>5} {:>8.2}s {:>10.2}s {:>8.1}%",
             f.label,
             f.first.len(),
             p50(|r| r.duration),
             p50(|r| r.wall),
             p50(|r| r.before_borg),
+            p50(|r| r.borg),
             p50(|r| r.borg_on),
             f.bare.len(),
             percentile(&f.bare, 0.5),
@@ -849,15 +883,16 @@ fn report(figures: &[Figures], notes: &[String], load: &str) {
         );
         let all = |v: &mut dyn Iterator<Item = f64>| v.map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
         println!(
-            "         each: agent {} / bare {} / bare from a clone {}",
+            "         each: agent {} (its borg {}) / bare {} / bare from a clone {}",
             all(&mut f.first.iter().map(|r| r.duration)),
+            all(&mut f.first.iter().map(|r| r.borg)),
             all(&mut f.bare.iter().copied()),
             all(&mut f.bare_clone.iter().copied())
         );
     }
     println!(
-        "(AGENT: whole run (History); RPC: its wall clock; TO BORG: preflight, quiesce, snapshot, resume, clone mount; BORG+: borg create, \
-         clone destroyed, local snapshots pruned;\n BARE: of the live mountpoint; BARE CLONE: borg's time alone from a freshly mounted clone, the agent's read \
+        "(AGENT: whole run (History); RPC: its wall clock; TO BORG: preflight, quiesce, snapshot, resume, clone mount; BORG: its borg create \
+         alone; BORG+: borg create, clone destroyed, local snapshots pruned;\n BARE: of the live mountpoint; BARE CLONE: borg's time alone from a freshly mounted clone, the agent's read \
          path; OVERHEAD: AGENT over BARE)"
     );
 
@@ -895,6 +930,20 @@ fn report(figures: &[Figures], notes: &[String], load: &str) {
             f.label,
             f.size,
             verdict(o <= 1.05)
+        );
+    }
+    // Borg's own time varies by a second or more from run to run here; what the agent adds around its borg create
+    // does not, and is the overhead without that noise.
+    for f in [large, small] {
+        let own: Vec<f64> = f.first.iter().map(|r| r.duration - r.borg).collect();
+        let share: Vec<f64> = f.first.iter().map(|r| (r.duration - r.borg) / r.borg.max(1e-6)).collect();
+        println!(
+            "  at {}: the agent's own time around its borg create (whole run minus its borg) p50 {:.3} s = {:.1}% of \
+             its borg create (each: {})",
+            f.label,
+            percentile(&own, 0.5),
+            percentile(&share, 0.5) * 100.0,
+            own.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ")
         );
     }
     if !notes.is_empty() {
