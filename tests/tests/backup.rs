@@ -553,6 +553,84 @@ async fn a_sigkill_at_every_backup_step_is_repaired_on_restart() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_sigkill_at_every_restore_step_is_repaired_on_restart() -> Result<()> {
+    let mut lab = Lab::new("quiesce = \"pause\"\nlocal_snapshots = 3\n")?;
+    lab.start(&[], "")?;
+    std::fs::write(lab.mount().join("kept"), b"in the archive")?;
+    let summary = lab.backup().await.map_err(|s| anyhow::anyhow!("backup: {s}\n{}", lab.agent().logs()))?;
+    let archive = archive_of(&summary)?;
+    let snap = format!("strata-{}", archive.rsplit('-').next().context("timestamp")?);
+    // Written after the backup: present while the data is the data from before a restore, gone once restored.
+    std::fs::write(lab.mount().join("after-backup"), b"precious")?;
+
+    // (step, restore from the local snapshot rather than the archive, the data restored when the agent died)
+    let steps = [
+        ("preflight", false, false),
+        ("restore-stop", false, false),
+        ("safety-snapshot", false, false),
+        ("restore-data", false, false),
+        ("extract", false, false),
+        ("scratch", true, false),
+        ("wait-healthy", false, true),
+    ];
+    for (step, from_snapshot, restored) in steps {
+        lab.start(&[("STRATA_TEST_CRASH_AT", step)], "")?;
+        let client = lab.client().await?;
+        let req = RestoreRequest {
+            name: lab.service.clone(),
+            archive: if from_snapshot { String::new() } else { archive.clone() },
+            snapshot: if from_snapshot { snap.clone() } else { String::new() },
+            to: String::new(),
+        };
+        // The call never finishes: the agent holds, then dies.
+        let call = tokio::spawn(async move {
+            let mut c = client;
+            if let Ok(r) = c.restore(req).await {
+                let _ = Lab::drain(r.into_inner()).await;
+            }
+        });
+        lab.agent().wait_log(&format!("test hook: holding at step {step}"), Duration::from_secs(60))?;
+        lab.agent.as_mut().expect("agent").kill()?;
+        call.abort();
+
+        lab.start(&[], "")?;
+        let ctx = || format!("after a crash at restore step {step}; agent log:\n{}", lab.agent().logs());
+        let h = lab.history().await?;
+        let died = h.iter().find(|e| e.kind == "restore" && e.result == "failed").with_context(ctx)?;
+        ensure!(died.error.contains(&format!("during step {step}")), "history says {:?} {}", died.error, ctx());
+        let running =
+            strata_tests::fixtures::wait_until(Duration::from_secs(10), || lab.writer_running().unwrap_or(false));
+        ensure!(running, "the writer is not running {}", ctx());
+        ensure!(
+            strata_tests::fixtures::wait_until(Duration::from_secs(5), || probe(lab.http_addr())),
+            "the writer does not answer {}",
+            ctx()
+        );
+        let left = lab.leftovers()?;
+        ensure!(left.is_empty(), "leftovers {left:?} {}", ctx());
+        // Whole data either way: from before the restore (rolled back if it had been touched), or the restored one.
+        let kept = std::fs::read(lab.mount().join("kept")).ok();
+        ensure!(kept.as_deref() == Some(b"in the archive".as_slice()), "`kept` lost {}", ctx());
+        let marker = std::fs::read(lab.mount().join("after-backup")).ok();
+        if restored {
+            ensure!(marker.is_none(), "the restored data has the marker written after the backup {}", ctx());
+            std::fs::write(lab.mount().join("after-backup"), b"precious")?;
+        } else {
+            ensure!(marker.as_deref() == Some(b"precious".as_slice()), "data from before the restore lost {}", ctx());
+        }
+        eprintln!("crash at restore step {step}: repaired");
+        tokio::time::sleep(Duration::from_secs(1)).await; // each safety snapshot gets its own second
+    }
+
+    // And a restore after all that works.
+    lab.restore(&archive, "", "").await.map_err(|s| anyhow::anyhow!("the restore after the crashes failed: {s}"))?;
+    ensure!(!lab.mount().join("after-backup").exists(), "restored in place");
+    ensure!(lab.writer_running()?, "the writer runs after the restore");
+    ensure!(lab.leftovers()?.is_empty(), "leftovers: {:?}", lab.leftovers()?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn prepare_host_backup_holds_a_scheduled_backup_until_release_or_expiry() -> Result<()> {
     let mut lab = Lab::new("quiesce = \"pause\"\nschedule = \"* * * * *\"\n")?;
     lab.start(&[], "")?;
