@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use agent_core::config::{self, CommonConfig, ConfigError, GrpcSection, MetricsSection};
+use hickory_proto::rr::Name;
 use serde::Deserialize;
 
 use crate::blocklist::{BlocklistConfig, RawBlocklist};
@@ -173,6 +174,9 @@ fn validate_zones(path: &Path, raw: Vec<RawZone>) -> Result<Vec<ZoneConfig>, Con
             return Err(ConfigError::invalid(path, format!("{key}.name"), format!("zone {origin} is listed twice")));
         }
         let mut records: Vec<LocalRecord> = Vec::new();
+        // Name → its records' indexes, so that the checks below look at the records of one name, not all of them
+        // (linear per record, not quadratic per zone).
+        let mut by_name: std::collections::HashMap<Name, Vec<usize>> = std::collections::HashMap::new();
         for (ri, r) in z.records.into_iter().enumerate() {
             let rkey = format!("{key}.records[{ri}]");
             let field_key = |f: Field| format!("{rkey}.{}", f.as_str());
@@ -185,15 +189,17 @@ fn validate_zones(path: &Path, raw: Vec<RawZone>) -> Result<Vec<ZoneConfig>, Con
                     format!("{} is not in zone {origin}", rec.name),
                 ));
             }
-            check_cname_exclusive(&rec, records.iter())
+            let same_name = by_name.entry(rec.name.to_lowercase()).or_default();
+            check_cname_exclusive(&rec, same_name.iter().map(|&i| &records[i]))
                 .map_err(|e| ConfigError::invalid(path, field_key(e.field), e.message))?;
-            if rec.kind == crate::records::Kind::Cname && records.iter().any(|o| o.same_key(&rec)) {
+            if rec.kind == crate::records::Kind::Cname && same_name.iter().any(|&i| records[i].same_key(&rec)) {
                 return Err(ConfigError::invalid(
                     path,
                     field_key(Field::Type),
                     format!("{} has a second CNAME record", rec.name),
                 ));
             }
+            same_name.push(records.len());
             records.push(rec);
         }
         zones.push(ZoneConfig { origin, records });
@@ -265,6 +271,11 @@ mod tests {
             (
                 z("{ name = \"a\", type = \"CNAME\", value = \"b\" }, { name = \"a\", type = \"CNAME\", value = \"c\" }"),
                 "key `zones[0].records[1].type`: a.lab.home.arpa. has a second CNAME",
+            ),
+            (
+                z("{ name = \"b\", type = \"A\", value = \"10.0.0.2\" }, { name = \"A\", type = \"AAAA\", value = \"::1\" }, \
+                   { name = \"a\", type = \"CNAME\", value = \"b\" }"),
+                "key `zones[0].records[2].type`: CNAME at a.lab.home.arpa. is not allowed beside its AAAA record",
             ),
             (z("{ name = \"a.example.com.\", type = \"A\", value = \"10.0.0.1\" }"), "key `zones[0].records[0].name`: a.example.com. is not in zone"),
             (z("{ name = \"a\", type = \"HINFO\", value = \"x\" }"), "key `zones[0].records[0].type`: unknown record type"),
