@@ -880,8 +880,6 @@ fn mtime_unix(path: &Path) -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Reads every source into one new list. Blocking: runs in `spawn_blocking`. With `cached_only`, URLs are not
-/// fetched (the fast first load at startup). `written` remembers which content each cache file already holds.
 /// A source read successfully whose cached copy is out of date.
 struct PendingCache {
     source: String,
@@ -898,6 +896,9 @@ struct Phases {
     index: Duration,
 }
 
+/// Reads every source into one new list. Blocking: runs in `spawn_blocking`. With `cached_only`, URLs are not
+/// fetched (the fast first load at startup). `written` is which content each cache file holds, as last seen (a
+/// write still under way may make it stale: [`CacheWrites::write`] checks again).
 fn build_all(
     cfg: &BlocklistConfig,
     cache_dir: &Path,
@@ -988,16 +989,46 @@ fn build_all(
     (list, statuses, pending, phases)
 }
 
-/// Writes the cached copies that changed (after the new list is in use: a fsync must not delay blocking).
-fn write_caches(cache_dir: &Path, pending: Vec<PendingCache>, written: &mut HashMap<String, u64>) {
-    for p in pending {
-        let saved = agent_core::state::ensure_dir(cache_dir)
-            .and_then(|()| agent_core::state::write_atomic(&cache_dir.join(&p.cache_name), &p.bytes, CACHE_MODE));
-        match saved {
-            Ok(()) => {
-                written.insert(p.cache_name, p.content);
+/// Which content each cache file holds, and which refresh (by sequence number) wrote it.
+type Written = HashMap<String, (u64, u64)>;
+
+/// The cache files' bookkeeping, shared by overlapping refreshes (the next one may read and parse while this one
+/// writes its cached copies).
+#[derive(Debug, Default)]
+struct CacheWrites {
+    /// Held for the whole of a refresh's writing: one writer at a time.
+    writing: std::sync::Mutex<()>,
+    /// Locked only briefly: a refresh starting reads it while another writes.
+    written: std::sync::Mutex<Written>,
+}
+
+impl CacheWrites {
+    /// Cache file → the content it holds, as far as known now.
+    fn seen(&self) -> HashMap<String, u64> {
+        let w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        w.iter().map(|(name, &(_, content))| (name.clone(), content)).collect()
+    }
+
+    /// Writes the cached copies that changed (after the new list is in use: a fsync must not delay blocking); a copy
+    /// that a later refresh already wrote, or that holds this content already, is left as it is.
+    fn write(&self, cache_dir: &Path, pending: Vec<PendingCache>, seq: u64) {
+        let _one_writer = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        for p in pending {
+            let skip = match self.written.lock().unwrap_or_else(|p| p.into_inner()).get(&p.cache_name) {
+                Some(&(by, content)) => by > seq || content == p.content,
+                None => false,
+            };
+            if skip {
+                continue;
             }
-            Err(e) => tracing::warn!(source = %p.source, error = %e, "cannot cache blocklist"),
+            let saved = agent_core::state::ensure_dir(cache_dir)
+                .and_then(|()| agent_core::state::write_atomic(&cache_dir.join(&p.cache_name), &p.bytes, CACHE_MODE));
+            match saved {
+                Ok(()) => {
+                    self.written.lock().unwrap_or_else(|p| p.into_inner()).insert(p.cache_name, (seq, p.content));
+                }
+                Err(e) => tracing::warn!(source = %p.source, error = %e, "cannot cache blocklist"),
+            }
         }
     }
 }
@@ -1030,8 +1061,11 @@ pub struct Blocklists {
     cfg: ArcSwap<BlocklistConfig>,
     cache_dir: PathBuf,
     status: std::sync::Mutex<Vec<SourceStatus>>,
-    /// Serializes refreshes; holds which content each cache file has (to skip rewriting unchanged lists).
-    refresh_lock: tokio::sync::Mutex<HashMap<String, u64>>,
+    /// Serializes refreshes up to the swap; counts them (the sequence numbers of cache writes).
+    refresh_lock: tokio::sync::Mutex<u64>,
+    /// Which content each cache file has (to skip rewriting unchanged lists); cache writes run after the swap and
+    /// may overlap the next refresh's reading and parsing.
+    cache: Arc<CacheWrites>,
     config_changed: tokio::sync::Notify,
     /// Bumped after every change of what a query gets (a new list, a new config): answer caches compare it.
     generation: AtomicU64,
@@ -1065,7 +1099,8 @@ impl Blocklists {
             cfg: ArcSwap::from_pointee(cfg),
             cache_dir,
             status: std::sync::Mutex::new(status),
-            refresh_lock: tokio::sync::Mutex::new(HashMap::new()),
+            refresh_lock: tokio::sync::Mutex::new(0),
+            cache: Arc::default(),
             config_changed: tokio::sync::Notify::new(),
             generation: AtomicU64::new(0),
         })
@@ -1091,23 +1126,28 @@ impl Blocklists {
     }
 
     /// Reads every source (URLs fetched), builds one new list and swaps it in; returns the per-source outcome.
-    /// Never runs concurrently with another refresh.
+    /// Refreshes run one at a time up to the swap; this returns once the list is in use and the cached copies it
+    /// changed are written. (A refresh does not wait for the previous one's cache writing.)
     pub async fn refresh(&self) -> Vec<SourceStatus> {
         self.refresh_with(false).await
     }
 
     async fn refresh_with(&self, cached_only: bool) -> Vec<SourceStatus> {
-        let mut written_guard = self.refresh_lock.lock().await;
+        let mut count = self.refresh_lock.lock().await;
+        *count += 1;
+        let seq = *count;
         let cfg = self.cfg.load_full();
         let cache_dir = self.cache_dir.clone();
-        let mut written = std::mem::take(&mut *written_guard);
+        let seen = self.cache.seen();
+        let cache = Arc::clone(&self.cache);
         let started = std::time::Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::task::spawn_blocking(move || {
-            let (list, statuses, pending, phases) = build_all(&cfg, &cache_dir, cached_only, &written);
+            let (list, statuses, pending, phases) = build_all(&cfg, &cache_dir, cached_only, &seen);
             let _ = tx.send((list, statuses, phases));
-            write_caches(&cache_dir, pending, &mut written);
-            written
+            if !pending.is_empty() {
+                cache.write(&cache_dir, pending, seq);
+            }
         });
         let Ok((list, statuses, phases)) = rx.await else {
             let error = task.await.err().map(|e| e.to_string());
@@ -1127,9 +1167,10 @@ impl Blocklists {
         self.list.store(Arc::new(list));
         self.generation.fetch_add(1, Ordering::Release);
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = statuses.clone();
-        match task.await {
-            Ok(written) => *written_guard = written,
-            Err(e) => tracing::error!(error = %e, "blocklist cache writing failed"),
+        // The next refresh may read and parse while this one's cached copies are written.
+        drop(count);
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "blocklist cache writing failed");
         }
         statuses
     }
@@ -1606,6 +1647,33 @@ mod tests {
             }
         });
         (url, handle)
+    }
+
+    #[test]
+    fn overlapping_cache_writes_keep_the_newest_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheWrites::default();
+        let pending = |text: &str| {
+            let bytes = text.as_bytes().to_vec();
+            vec![PendingCache {
+                source: "s".into(),
+                cache_name: "0123456789abcdef.txt".into(),
+                content: hash_bytes(&bytes),
+                bytes,
+            }]
+        };
+        let file = dir.path().join("0123456789abcdef.txt");
+        // Refresh 2 writes before refresh 1 (they overlap): 1's older copy must not replace 2's.
+        cache.write(dir.path(), pending("b.example\n"), 2);
+        cache.write(dir.path(), pending("a.example\n"), 1);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "b.example\n");
+        assert_eq!(cache.seen()["0123456789abcdef.txt"], hash_bytes(b"b.example\n"));
+        // The same content again is not rewritten; a newer one is.
+        std::fs::write(&file, "marker\n").unwrap();
+        cache.write(dir.path(), pending("b.example\n"), 3);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "marker\n");
+        cache.write(dir.path(), pending("c.example\n"), 4);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "c.example\n");
     }
 
     #[tokio::test]
