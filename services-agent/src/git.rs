@@ -36,12 +36,7 @@ pub struct Repo {
 
 impl Repo {
     fn git(&self) -> Cmd {
-        let mut cmd = Cmd::new("git")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("LC_ALL", "C")
-            .timeout(LOCAL_TIMEOUT)
-            .arg("-C")
-            .arg(&self.dir);
+        let mut cmd = base_git().timeout(LOCAL_TIMEOUT).arg("-C").arg(&self.dir);
         if let Some(secret) = url_secret(&self.url) {
             cmd = cmd.redact(secret);
         }
@@ -76,9 +71,7 @@ impl Repo {
                     GitError::Run(RunError::Io { cmd: format!("mkdir -p {}", parent.display()), source })
                 })?;
             }
-            let mut clone = Cmd::new("git")
-                .env("GIT_TERMINAL_PROMPT", "0")
-                .env("LC_ALL", "C")
+            let mut clone = base_git()
                 .timeout(NETWORK_TIMEOUT)
                 .args(["clone", "--quiet", "--single-branch", "--branch"])
                 .arg(&self.branch)
@@ -124,6 +117,18 @@ impl Repo {
 
 fn is_non_empty_dir(p: &Path) -> bool {
     std::fs::read_dir(p).map(|mut d| d.next().is_some()).unwrap_or(false)
+}
+
+/// Every git we run: no prompts, C locale, and housekeeping (`gc --auto`, `maintenance --auto`) in the foreground, so
+/// that no git of ours outlives its command: one sync at a time is then one git at a time in the checkout, which is
+/// what makes a lock file found at the start of a sync a stale one.
+fn base_git() -> Cmd {
+    Cmd::new("git").env("GIT_TERMINAL_PROMPT", "0").env("LC_ALL", "C").args([
+        "-c",
+        "gc.autoDetach=false",
+        "-c",
+        "maintenance.autoDetach=false",
+    ])
 }
 
 /// The password of a URL like `https://user:secret@host/…`, to redact from logs and errors.
