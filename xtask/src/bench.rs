@@ -45,10 +45,17 @@ pub(crate) fn run(which: Which) -> Result<()> {
     }
 }
 
-/// Builds the release binaries of `packages` and points the harness at them.
-pub(crate) fn release_bins(packages: &[&str]) -> Result<()> {
+/// The binaries every benchmark builds, whichever it runs: one feature set for all of them, so that running the
+/// benchmarks one after another reuses one release build instead of rebuilding the shared dependencies each time.
+const RELEASE_PACKAGES: [&str; 4] = ["host-agent", "dns-agent", "services-agent", "labctl"];
+
+/// Builds the release binaries (`needed` must be among [`RELEASE_PACKAGES`]) and points the harness at them.
+pub(crate) fn release_bins(needed: &[&str]) -> Result<()> {
+    if let Some(p) = needed.iter().find(|p| !RELEASE_PACKAGES.contains(p)) {
+        anyhow::bail!("release_bins: {p} is not one of the benchmark packages {RELEASE_PACKAGES:?}");
+    }
     let mut args = vec!["build", "--release"];
-    for p in packages {
+    for p in RELEASE_PACKAGES {
         args.extend(["-p", p]);
     }
     sh("cargo", &args)?;
