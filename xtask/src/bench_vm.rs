@@ -106,6 +106,9 @@ impl Bench {
         });
         drop(agent);
         std::fs::remove_dir_all(&target)?;
+        // The copy just written (and deleted) is still being written back: without this, the next measurement's
+        // pause and clone would share the disk with gigabytes of the previous run's writeback (8 GiB runs most).
+        output(Command::new("sync").arg("-f").arg(&self.work))?;
         result
     }
 }
