@@ -1000,11 +1000,17 @@ struct CacheWrites {
     writing: std::sync::Mutex<()>,
     /// Locked only briefly: a refresh starting reads it while another writes.
     written: std::sync::Mutex<Written>,
+    /// Refreshes with copies still to write: while there are any, what `written` says may be about to change, so a
+    /// refresh starting then treats every copy as out of date (and [`CacheWrites::write`] sorts it out).
+    queued: AtomicU64,
 }
 
 impl CacheWrites {
-    /// Cache file → the content it holds, as far as known now.
+    /// Cache file → the content it holds, as far as known now; nothing while another refresh's copies are queued.
     fn seen(&self) -> HashMap<String, u64> {
+        if self.queued.load(Ordering::Acquire) > 0 {
+            return HashMap::new();
+        }
         let w = self.written.lock().unwrap_or_else(|p| p.into_inner());
         w.iter().map(|(name, &(_, content))| (name.clone(), content)).collect()
     }
@@ -1144,9 +1150,14 @@ impl Blocklists {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::task::spawn_blocking(move || {
             let (list, statuses, pending, phases) = build_all(&cfg, &cache_dir, cached_only, &seen);
+            // Queued before the list is handed over, hence before the next refresh can start and look.
+            if !pending.is_empty() {
+                cache.queued.fetch_add(1, Ordering::AcqRel);
+            }
             let _ = tx.send((list, statuses, phases));
             if !pending.is_empty() {
                 cache.write(&cache_dir, pending, seq);
+                cache.queued.fetch_sub(1, Ordering::AcqRel);
             }
         });
         let Ok((list, statuses, phases)) = rx.await else {
