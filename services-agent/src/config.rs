@@ -404,7 +404,8 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
     // A local path is resolved against the config file; URLs (scheme://, or scp-like user@host:path) are kept.
     let is_url = s.repo.contains("://") || (s.repo.contains(':') && !s.repo.starts_with('/') && s.repo.contains('@'));
     let repo = if is_url { s.repo } else { config::resolve(path, Path::new(&s.repo)).display().to_string() };
-    if s.branch.is_empty() || s.branch.starts_with('-') || s.branch.contains("..") || s.branch.contains(' ') {
+    let b = &s.branch;
+    if b.is_empty() || b.starts_with(['-', '/']) || b.ends_with('/') || b.contains("..") || b.contains(' ') {
         return Err(bad("stacks.branch", format!("`{}` is not a usable branch name", s.branch)));
     }
     if s.checkout_dir.as_os_str().is_empty() {
@@ -822,6 +823,14 @@ mod tests {
         assert!(err.contains("key `stacks.poll`"), "{err}");
         let err = Config::parse(Path::new("/x.toml"), &BASE.replace("\"proxy\"", "\"Pro/xy\"")).unwrap_err();
         assert!(err.to_string().contains("key `hub.stack`"), "{err}");
+        // The branch names paths under .git (its ref and lock files): nothing that leaves refs/.
+        for branch in ["/etc/x", "../x", "a/../../x", "x/", "-x", ""] {
+            let text = BASE.replace("poll = ", &format!("branch = {branch:?}\npoll = "));
+            let err = Config::parse(Path::new("/x.toml"), &text).unwrap_err().to_string();
+            assert!(err.contains("key `stacks.branch`"), "{branch:?}: {err}");
+        }
+        let text = BASE.replace("poll = ", "branch = \"release/2026\"\npoll = ");
+        assert_eq!(Config::parse(Path::new("/x.toml"), &text).unwrap().stacks.unwrap().branch, "release/2026");
     }
 
     #[test]
