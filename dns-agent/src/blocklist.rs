@@ -307,9 +307,7 @@ fn parse_adblock(rule: &str) -> Line<'_> {
 fn domain_line(name: &str) -> Line<'_> {
     let name = name.strip_prefix("*.").unwrap_or(name);
     let bare = name.strip_suffix('.').unwrap_or(name);
-    let maybe_local =
-        bare.len() <= 21 && matches!(bare.as_bytes().first(), Some(b'l' | b'L' | b'b' | b'B' | b'i' | b'I' | b'0'));
-    if maybe_local && LOCAL_NAMES.iter().any(|l| l.eq_ignore_ascii_case(bare)) {
+    if may_be_local(bare.as_bytes()) && LOCAL_NAMES.iter().any(|l| l.eq_ignore_ascii_case(bare)) {
         return Line::Skip;
     }
     match check_name(name) {
@@ -341,30 +339,42 @@ static NAME_BYTE: [u8; 256] = {
 /// IPv4 address passes); strips one trailing dot. One pass over the bytes: this runs for every line of every list.
 fn check_name(name: &str) -> Option<&str> {
     let name = name.strip_suffix('.').unwrap_or(name);
+    valid_labels(name.as_bytes()).then_some(name)
+}
+
+/// The rules of [`check_name`] for a name without its trailing dot.
+#[inline]
+fn valid_labels(name: &[u8]) -> bool {
     if name.is_empty() || name.len() > 253 {
-        return None;
+        return false;
     }
     let mut label_len = 0usize;
     let mut label_numeric = true;
-    for &c in name.as_bytes() {
+    for &c in name {
         if c == b'.' {
             if label_len == 0 {
-                return None;
+                return false;
             }
             label_len = 0;
             label_numeric = true;
         } else {
             match NAME_BYTE[c as usize] {
-                0 => return None,
+                0 => return false,
                 class => label_numeric &= class == DIGIT,
             }
             label_len += 1;
             if label_len > 63 {
-                return None;
+                return false;
             }
         }
     }
-    (label_len > 0 && !label_numeric).then_some(name)
+    label_len > 0 && !label_numeric
+}
+
+/// Whether a name (without trailing dot) could be one of [`LOCAL_NAMES`]: a cheap test before comparing.
+#[inline]
+fn may_be_local(bare: &[u8]) -> bool {
+    bare.len() <= 21 && matches!(bare.first(), Some(b'l' | b'L' | b'b' | b'B' | b'i' | b'I' | b'0'))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -583,34 +593,8 @@ fn fast_name(line: &[u8]) -> Option<&[u8]> {
         Some(b'1') => line.strip_prefix(b"127.0.0.1 ")?,
         _ => line,
     };
-    if name.is_empty() || name.len() > 253 {
-        return None;
-    }
-    let maybe_local = name.len() <= 21 && matches!(name[0], b'l' | b'L' | b'b' | b'B' | b'i' | b'I' | b'0');
-    if maybe_local {
-        return None;
-    }
-    let mut label_len = 0usize;
-    let mut label_numeric = true;
-    for &c in name {
-        if c == b'.' {
-            if label_len == 0 {
-                return None;
-            }
-            label_len = 0;
-            label_numeric = true;
-        } else {
-            match NAME_BYTE[c as usize] {
-                0 => return None,
-                class => label_numeric &= class == DIGIT,
-            }
-            label_len += 1;
-            if label_len > 63 {
-                return None;
-            }
-        }
-    }
-    (label_len > 0 && !label_numeric).then_some(name)
+    // A trailing dot leaves an empty last label: refused here, handled by the general parser.
+    (!may_be_local(name) && valid_labels(name)).then_some(name)
 }
 
 /// Parses one line, handing every name hash to `emit`.
