@@ -17,6 +17,7 @@ use strata_proto::v1::{
     DeleteRecordRequest, ListRecordsRequest, QueryLogRequest, Record, ReloadRequest, StatsRequest, StatusRequest,
     UpsertRecordRequest,
 };
+use strata_tests::fixtures::dnswire::query_packet;
 use strata_tests::harness::{base_config, AgentKind, AgentProc, Pki};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -192,21 +193,6 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) 
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// A DNS query packet for `name`/`qtype` (RD set).
-fn query_packet(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut p = Vec::new();
-    p.extend_from_slice(&id.to_be_bytes());
-    p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        p.push(label.len() as u8);
-        p.extend_from_slice(label.as_bytes());
-    }
-    p.push(0);
-    p.extend_from_slice(&qtype.to_be_bytes());
-    p.extend_from_slice(&1u16.to_be_bytes());
-    p
 }
 
 /// Sends a raw UDP packet; returns the reply, if one came within `wait`.

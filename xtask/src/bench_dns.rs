@@ -13,6 +13,7 @@ use agent_core::identity::Role;
 use anyhow::{bail, Context, Result};
 use strata_proto::v1::dns_client::DnsClient;
 use strata_proto::v1::{GetBlocklistRequest, RefreshBlocklistRequest};
+use strata_tests::fixtures::dnswire::query_packet;
 use strata_tests::harness::{self, AgentKind, AgentProc, Pki};
 
 use crate::bench::rss_bytes;
@@ -42,19 +43,6 @@ fn blocked_names(n: usize) -> impl Iterator<Item = String> {
     })
 }
 
-/// A minimal DNS query for `name` type A, id `id`.
-fn query_packet(id: u16, name: &str) -> Vec<u8> {
-    let mut p = Vec::with_capacity(64);
-    p.extend_from_slice(&id.to_be_bytes());
-    p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        p.push(label.len() as u8);
-        p.extend_from_slice(label.as_bytes());
-    }
-    p.extend_from_slice(&[0, 0, 1, 0, 1]);
-    p
-}
-
 /// Waits until `server` answers a query for `name`; returns when it did.
 fn wait_answering(server: SocketAddr, name: &str, timeout: Duration) -> Result<Instant> {
     let sock = UdpSocket::bind("127.0.0.1:0")?;
@@ -64,7 +52,7 @@ fn wait_answering(server: SocketAddr, name: &str, timeout: Duration) -> Result<I
     let mut id = 1u16;
     while Instant::now() < deadline {
         id = id.wrapping_add(1);
-        sock.send_to(&query_packet(id, name), server)?;
+        sock.send_to(&query_packet(id, name, 1), server)?;
         // Every probe asks the same name, so a reply to any of them counts (matching only the latest id would
         // fall one query behind for good after a reply slower than the read timeout).
         if let Ok((n, from)) = sock.recv_from(&mut buf) {
