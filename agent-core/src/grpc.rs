@@ -142,6 +142,7 @@ pub async fn run_agent(
     }
     tracing::info!(identity = %tls.identity, "serving as");
     let info = AgentInfo { name: tls.identity.name.clone(), role, version, started: Instant::now(), tls, summary };
+    metrics.register_build_info(role.as_str(), version);
     let metrics_task = tokio::spawn(metrics.clone().serve(listeners.metrics, shutdown.clone().wait()));
     serve(listeners.grpc, info, domain, &metrics, shutdown.wait()).await?;
     match metrics_task.await {

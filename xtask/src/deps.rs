@@ -1,5 +1,6 @@
 //! `cargo xtask deps`: installs (apt, Debian only) and starts the real components the integration tests drive:
-//! Docker, zfs-fuse, Borg, QEMU, btrfs, DNS tools, busybox-static. Idempotent; one output line per action.
+//! Docker, zfs-fuse, Borg, QEMU, btrfs, DNS tools, busybox-static, Prometheus (for `promtool`; its own server is not
+//! started). Idempotent; one output line per action.
 //! Owns the machine set-up only; starting dockerd and zfs-fuse is the test fixtures' own code, reused here.
 
 use std::fs;
@@ -24,6 +25,7 @@ const PACKAGES: &[&str] = &[
     "git",
     "iproute2",
     "rsync",
+    "prometheus",
 ];
 
 pub(crate) fn run() -> Result<()> {
