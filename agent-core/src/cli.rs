@@ -1,4 +1,4 @@
-//! The command line every agent shares (`run`, `check`, `install`, `uninstall`) and the run loop around an agent:
+//! The command line every agent shares (`run`, `check`, `install`, `service-file`, `uninstall`, `--version`) and the run loop around an agent:
 //! logging, binding the listeners, readiness, signals and graceful drain. Knows no agent's domain.
 
 use std::future::Future;
@@ -14,6 +14,7 @@ use crate::install::{self, Platform, ServiceSpec};
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
+#[command(version)]
 pub struct AgentCli {
     /// Log format.
     #[arg(long, value_enum, default_value = "auto", global = true)]
@@ -44,6 +45,20 @@ pub enum AgentCmd {
         /// Write under this directory instead of / (nothing is activated then).
         #[arg(long, default_value = "/")]
         root: PathBuf,
+    },
+    /// Print the service file for a binary installed at `--exec` reading `--config`, without reading either (for
+    /// packagers: `cargo xtask dist` ships its output). Example: `dns-agent service-file --exec /usr/bin/dns-agent
+    /// --config /etc/strata/dns-agent.toml`.
+    ServiceFile {
+        /// Absolute path the service will run the agent binary from.
+        #[arg(long)]
+        exec: PathBuf,
+        /// Absolute path of the config file the service will pass to `run`.
+        #[arg(long)]
+        config: PathBuf,
+        /// Which service manager's file: systemd (a unit) or launchd (a plist).
+        #[arg(long, value_parser = ["systemd", "launchd"], default_value = "systemd")]
+        platform: String,
     },
     /// Stop and remove the installed service.
     Uninstall {
@@ -137,6 +152,23 @@ pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
                 install::install(&spec(&def, config), Platform::current(), &root, dry_run, &mut std::io::stdout())
                     .map(drop),
             )
+        }
+        AgentCmd::ServiceFile { exec, config, platform } => {
+            if !exec.is_absolute() || !config.is_absolute() {
+                eprintln!("error: service-file: --exec and --config must be absolute paths");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let spec = ServiceSpec { exec, ..spec(&def, config) };
+            if let Err(e) = spec.validate() {
+                eprintln!("error: service-file: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let text = match platform.as_str() {
+                "launchd" => install::launchd_plist(&spec),
+                _ => install::systemd_unit(&spec),
+            };
+            print!("{text}");
+            ExitCode::SUCCESS
         }
         AgentCmd::Uninstall { dry_run, root } => report(install::uninstall(
             &spec(&def, PathBuf::new()),

@@ -26,6 +26,7 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "rsync",
     "prometheus",
+    "systemd",
 ];
 
 pub(crate) fn run() -> Result<()> {

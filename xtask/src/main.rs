@@ -1,4 +1,4 @@
-//! `cargo xtask`: the project's automation (deps, test, codegen, demo, bench), in the style of rust-analyzer's xtask.
+//! `cargo xtask`: the project's automation (deps, test, codegen, demo, drill, dist, bench), in the style of rust-analyzer's xtask.
 //! Owns orchestration only; agent behaviour lives in the agent crates, process and PKI handling in `strata-tests`.
 
 mod bench;
@@ -9,6 +9,7 @@ mod bench_vm;
 mod codegen;
 mod demo;
 mod deps;
+mod dist;
 mod drill;
 mod lab;
 
@@ -42,6 +43,13 @@ enum Cmd {
     },
     /// Set up the whole lab, then a disaster-recovery drill of each layer (service data, VM bundle) with its RTO.
     Drill,
+    /// Debian packages of the three agents and labctl, and a release tarball per binary, in target/dist (release
+    /// build; Linux only: the host-agent for macOS is built with `cargo build --release -p host-agent` on the Mac).
+    Dist {
+        /// Package the debug build instead, uncompressed (a quick local try; what the test installs).
+        #[arg(long)]
+        debug: bool,
+    },
     /// Benchmarks (release builds), printed side by side with their targets.
     Bench {
         #[command(subcommand)]
@@ -125,6 +133,7 @@ fn main() -> Result<()> {
         Cmd::Codegen => codegen::run(&project_root()),
         Cmd::Demo { once } => demo::run(once),
         Cmd::Drill => drill::run(),
+        Cmd::Dist { debug } => dist::run(debug),
         Cmd::Bench { which } => bench::run(which),
     }
 }
