@@ -1,4 +1,5 @@
-//! Five-field cron expressions (`minute hour day-of-month month day-of-week`) evaluated in UTC, the civil calendar
+//! Five-field cron expressions (`minute hour day-of-month month day-of-week`, with month and weekday names and the
+//! `@daily`-style macros) evaluated in UTC, the civil calendar
 //! (days since 1970 ↔ year, month, day) and a stable per-name jitter. Knows cron and time; must not know what is
 //! scheduled or how a scheduled job runs.
 
@@ -16,7 +17,34 @@ pub struct Cron {
     weekdays_restricted: bool,
 }
 
-fn field(f: &str, min: u32, max: u32) -> Result<Vec<u32>, String> {
+/// Names a field accepts (case-insensitive), numbered from the field's `min`.
+const MONTH_NAMES: &[&str] = &["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+const WEEKDAY_NAMES: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+
+/// The five fields a macro stands for (as in cron(8) and systemd's calendar shorthands).
+fn macro_fields(s: &str) -> Option<&'static str> {
+    Some(match s.to_ascii_lowercase().as_str() {
+        "@yearly" | "@annually" => "0 0 1 1 *",
+        "@monthly" => "0 0 1 * *",
+        "@weekly" => "0 0 * * 0",
+        "@daily" | "@midnight" => "0 0 * * *",
+        "@hourly" => "0 * * * *",
+        _ => return None,
+    })
+}
+
+fn field(f: &str, min: u32, max: u32, names: &[&str]) -> Result<Vec<u32>, String> {
+    let number = |x: &str| -> Result<u32, String> {
+        if let Ok(n) = x.parse::<u32>() {
+            return Ok(n);
+        }
+        let lower = x.to_ascii_lowercase();
+        match names.iter().position(|n| *n == lower) {
+            Some(i) => Ok(min + i as u32),
+            None if names.is_empty() => Err(format!("`{x}` is not a number")),
+            None => Err(format!("`{x}` is not a number or one of {}", names.join(","))),
+        }
+    };
     let mut v = Vec::new();
     for part in f.split(',') {
         let (range, step) = match part.split_once('/') {
@@ -29,10 +57,9 @@ fn field(f: &str, min: u32, max: u32) -> Result<Vec<u32>, String> {
         let (lo, hi) = if range == "*" {
             (min, max)
         } else if let Some((a, b)) = range.split_once('-') {
-            let p = |x: &str| x.parse::<u32>().map_err(|_| format!("`{x}` is not a number"));
-            (p(a)?, p(b)?)
+            (number(a)?, number(b)?)
         } else {
-            let n = range.parse::<u32>().map_err(|_| format!("`{range}` is not a number"))?;
+            let n = number(range)?;
             (n, if part.contains('/') { max } else { n })
         };
         if lo < min || hi > max || lo > hi {
@@ -50,20 +77,30 @@ fn field(f: &str, min: u32, max: u32) -> Result<Vec<u32>, String> {
 const SEARCH_DAYS: i64 = 8 * 366 + 2;
 
 impl Cron {
+    /// Five fields (numbers, `*`, ranges, lists, steps; `JAN`–`DEC` and `SUN`–`SAT` in any case, also in ranges
+    /// such as `MON-FRI`) or one of `@yearly`, `@annually`, `@monthly`, `@weekly`, `@daily`, `@midnight`, `@hourly`.
     pub fn parse(s: &str) -> Result<Cron, String> {
-        let f: Vec<&str> = s.split_whitespace().collect();
+        let expanded = match s.trim() {
+            m if m.starts_with('@') => macro_fields(m).ok_or_else(|| {
+                format!("`{m}` is not one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly")
+            })?,
+            _ => s,
+        };
+        let f: Vec<&str> = expanded.split_whitespace().collect();
         if f.len() != 5 {
-            return Err(format!("`{s}` must have 5 fields (minute hour day month weekday)"));
+            return Err(format!(
+                "`{s}` must have 5 fields (minute hour day month weekday) or be a macro such as @daily"
+            ));
         }
         // Day of week: 0-7, both 0 and 7 are Sunday.
-        let mut weekdays: Vec<u32> = field(f[4], 0, 7)?.into_iter().map(|d| d % 7).collect();
+        let mut weekdays: Vec<u32> = field(f[4], 0, 7, WEEKDAY_NAMES)?.into_iter().map(|d| d % 7).collect();
         weekdays.sort_unstable();
         weekdays.dedup();
         Ok(Cron {
-            minutes: field(f[0], 0, 59)?,
-            hours: field(f[1], 0, 23)?,
-            days: field(f[2], 1, 31)?,
-            months: field(f[3], 1, 12)?,
+            minutes: field(f[0], 0, 59, &[])?,
+            hours: field(f[1], 0, 23, &[])?,
+            days: field(f[2], 1, 31, &[])?,
+            months: field(f[3], 1, 12, MONTH_NAMES)?,
             weekdays,
             days_restricted: f[2] != "*",
             weekdays_restricted: f[4] != "*",
@@ -180,6 +217,33 @@ mod tests {
         for bad in ["* * * *", "61 * * * *", "*/0 * * * *", "a * * * *", "5-1 * * * *"] {
             assert!(Cron::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn names_and_macros_mean_their_numeric_forms() {
+        let same = [
+            ("30 2 * * MON-FRI", "30 2 * * 1-5"),
+            ("30 2 * * mon,Wed,FRI", "30 2 * * 1,3,5"),
+            ("0 0 * * SUN", "0 0 * * 0"),
+            ("0 0 * * sat,sun", "0 0 * * 6,0"),
+            ("0 0 1 JAN-MAR/2 *", "0 0 1 1-3/2 *"),
+            ("0 0 1 dec *", "0 0 1 12 *"),
+            ("@yearly", "0 0 1 1 *"),
+            ("@annually", "0 0 1 1 *"),
+            ("@monthly", "0 0 1 * *"),
+            ("@weekly", "0 0 * * 0"),
+            ("@daily", "0 0 * * *"),
+            ("@midnight", "0 0 * * *"),
+            ("@HOURLY", "0 * * * *"),
+        ];
+        for (named, numeric) in same {
+            assert_eq!(Cron::parse(named), Cron::parse(numeric), "{named}");
+        }
+        for bad in ["@reboot", "@every 5m", "0 0 * * MONDAY", "0 0 * JANUARY *", "0 0 MON * *", "0 0 * * FRI-MON"] {
+            let err = Cron::parse(bad).unwrap_err();
+            assert!(!err.is_empty(), "{bad}");
+        }
+        assert!(Cron::parse("0 0 * * MONDAY").unwrap_err().contains("sun,mon,tue,wed,thu,fri,sat"));
     }
 
     #[test]
