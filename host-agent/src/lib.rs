@@ -36,8 +36,7 @@ pub const ROLE: Role = Role::HostAgent;
 
 /// Runs the agent until `shutdown` fires. Before serving, undoes whatever a crashed run left (paused VMs, clones).
 pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), ServeError> {
-    let g = &cfg.common.grpc;
-    let tls = TlsMaterial::load(&g.ca, &g.cert, &g.key)?;
+    let tls: TlsMaterial = listeners.tls.clone();
     let metrics = Metrics::new();
     let vms = Gauge::<i64>::default();
     vms.set(cfg.vms.len() as i64);
