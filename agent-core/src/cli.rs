@@ -129,9 +129,9 @@ pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
                     }
                     run(def, cfg, tls)
                 }
-                Err(e) => tls_error(&config, &e),
+                Err(e) => refused_run(tls_error(&config, &e)),
             },
-            Err(e) => config_error(&e),
+            Err(e) => refused_run(config_error(&e)),
         },
         AgentCmd::Install { config, dry_run, root } => {
             if let Err(e) = (def.load)(&config) {
@@ -167,6 +167,16 @@ fn verify_tls(common: &CommonConfig, role: Role) -> Result<(TlsMaterial, Vec<Str
 fn tls_error(config: &Path, e: &TlsError) -> ExitCode {
     eprintln!("error: {}: {e}", config.display());
     ExitCode::from(EXIT_CONFIG)
+}
+
+/// The exit of `run` on a refused config: 78 (systemd's unit does not restart it), but 0 under the launchd plist,
+/// whose `KeepAlive` restarts every non-zero exit and has no per-status exception.
+fn refused_run(code: ExitCode) -> ExitCode {
+    if std::env::var(crate::install::LAUNCHD_ENV).is_ok_and(|v| v == "launchd") {
+        eprintln!("not restarting: fix the config, then `launchctl kickstart -k system/dev.strata.AGENT`");
+        return ExitCode::SUCCESS;
+    }
+    code
 }
 
 fn spec<C>(def: &AgentDef<C>, config: PathBuf) -> ServiceSpec {

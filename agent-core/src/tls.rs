@@ -274,7 +274,18 @@ impl TlsMaterial {
     /// Client side: connects to `addr` (`https://HOST:PORT`), checking the server's name (DNS/IP SAN) against the
     /// lab CA *and* that its identity has `expected` role in our domain.
     pub async fn connect(&self, addr: &str, expected: Role, timeout: Duration) -> Result<Channel, TlsError> {
-        connect(addr, Arc::new(self.client_config(expected)?), timeout).await
+        match connect(addr, Arc::new(self.client_config(expected)?), timeout).await {
+            Err(TlsError::Connect { addr, mut message })
+                if ["UnknownIssuer", "BadSignature"].iter().any(|m| message.contains(m)) =>
+            {
+                message.push_str(&format!(
+                    " (the agent's certificate is not signed by a ca in {}: compare `labctl pki show` of both)",
+                    self.ca_path.display()
+                ));
+                Err(TlsError::Connect { addr, message })
+            }
+            other => other,
+        }
     }
 
     /// The rustls client config: our certificate, the lab CA, and the role check on the server.
