@@ -12,6 +12,7 @@ use crate::config::{CommonConfig, ConfigError, EXIT_CONFIG};
 use crate::identity::Role;
 use crate::install::{self, Platform, ServiceSpec};
 use crate::telemetry::{self, LogFormat};
+use crate::tls::{Crls, TlsError, TlsMaterial};
 
 #[derive(Debug, Parser)]
 #[command(version)]
@@ -69,10 +70,12 @@ pub enum AgentCmd {
     },
 }
 
-/// The listeners an agent serves on, bound before the agent library runs.
+/// What an agent starts with, prepared before the agent library runs: its listeners, and its TLS material, loaded
+/// once and verified before anything was bound.
 pub struct Listeners {
     pub grpc: tokio::net::TcpListener,
     pub metrics: tokio::net::TcpListener,
+    pub tls: TlsMaterial,
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or SIGINT). Cheap to clone.
@@ -119,29 +122,31 @@ pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
     crate::tls::install_crypto_provider();
     match cli.cmd {
         AgentCmd::Check { config } => match (def.load)(&config) {
-            Ok(cfg) => match check_tls((def.common)(&cfg), def.role) {
-                Ok(id) => {
-                    println!("{}: ok (serving as {id})", config.display());
+            Ok(cfg) => match verify_tls((def.common)(&cfg), def.role) {
+                Ok((tls, warnings)) => {
+                    for w in warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    println!("{}: ok (serving as {})", config.display(), tls.identity);
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("error: {}: {e}", config.display());
-                    ExitCode::from(EXIT_CONFIG)
-                }
+                Err(e) => tls_error(&config, &e),
             },
             Err(e) => config_error(&e),
         },
         AgentCmd::Run { config } => match (def.load)(&config) {
             // The certificate files are part of the config: a bad one is refused before anything is bound or
             // READY is sent, with the same exit code as `check`, so systemd does not restart-loop on it.
-            Ok(cfg) => match check_tls((def.common)(&cfg), def.role) {
-                Ok(_) => run(def, cfg),
-                Err(e) => {
-                    eprintln!("error: {}: {e}", config.display());
-                    ExitCode::from(EXIT_CONFIG)
+            Ok(cfg) => match verify_tls((def.common)(&cfg), def.role) {
+                Ok((tls, warnings)) => {
+                    for w in warnings {
+                        tracing::warn!("{w}");
+                    }
+                    run(def, cfg, tls)
                 }
+                Err(e) => refused_run(tls_error(&config, &e)),
             },
-            Err(e) => config_error(&e),
+            Err(e) => refused_run(config_error(&e)),
         },
         AgentCmd::Install { config, dry_run, root } => {
             if let Err(e) = (def.load)(&config) {
@@ -180,14 +185,30 @@ pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
     }
 }
 
-/// The mTLS files named by the config load and carry this agent's role.
-fn check_tls(common: &CommonConfig, role: Role) -> Result<String, String> {
+/// The mTLS files named by the config, loaded once and verified the way peers will see them (key, chain, validity,
+/// CA flags, role, the CRL). Returns the material and its warnings.
+fn verify_tls(common: &CommonConfig, role: Role) -> Result<(TlsMaterial, Vec<String>), TlsError> {
     let g = &common.grpc;
-    let tls = crate::tls::TlsMaterial::load(&g.ca, &g.cert, &g.key).map_err(|e| e.to_string())?;
-    if tls.identity.role != role {
-        return Err(format!("{}: identity {} is not a {role}", g.cert.display(), tls.identity));
+    let tls = TlsMaterial::load(&g.ca, &g.cert, &g.key)?;
+    let crls = g.crl.as_deref().map(|p| Crls::load(p, tls.ca_certs(), &tls.ca_path)).transpose()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let warnings = tls.verify(Some(role), crls.as_ref(), now)?;
+    Ok((tls, warnings))
+}
+
+fn tls_error(config: &Path, e: &TlsError) -> ExitCode {
+    eprintln!("error: {}: {e}", config.display());
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// The exit of `run` on a refused config: 78 (systemd's unit does not restart it), but 0 under the launchd plist,
+/// whose `KeepAlive` restarts every non-zero exit and has no per-status exception.
+fn refused_run(code: ExitCode) -> ExitCode {
+    if std::env::var(crate::install::LAUNCHD_ENV).is_ok_and(|v| v == "launchd") {
+        eprintln!("not restarting: fix the config, then `launchctl kickstart -k system/dev.strata.AGENT`");
+        return ExitCode::SUCCESS;
     }
-    Ok(tls.identity.uri())
+    code
 }
 
 fn spec<C>(def: &AgentDef<C>, config: PathBuf) -> ServiceSpec {
@@ -217,7 +238,7 @@ fn config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-fn run<C: Send + 'static>(def: AgentDef<C>, cfg: C) -> ExitCode {
+fn run<C: Send + 'static>(def: AgentDef<C>, cfg: C, tls: TlsMaterial) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -242,7 +263,7 @@ fn run<C: Send + 'static>(def: AgentDef<C>, cfg: C) -> ExitCode {
         });
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         tracing::info!(agent = def.agent, version = env!("CARGO_PKG_VERSION"), "started");
-        (def.run)(cfg, Listeners { grpc, metrics }, shutdown).await
+        (def.run)(cfg, Listeners { grpc, metrics, tls }, shutdown).await
     });
     match result {
         Ok(()) => {

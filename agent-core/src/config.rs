@@ -84,6 +84,10 @@ pub struct GrpcSection {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Certificate revocation list(s) of the lab CA (`labctl pki revoke` writes `DIR/crl.pem`): re-read whenever the
+    /// file changes, without a restart; revoked client certificates are refused in the handshake.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
 }
 
 /// `[metrics]`: where Prometheus metrics are served. `listen` is `IP` or `IP:PORT`.
@@ -124,6 +128,7 @@ impl CommonConfig {
             ca: resolve(path, &grpc.ca),
             cert: resolve(path, &grpc.cert),
             key: resolve(path, &grpc.key),
+            crl: grpc.crl.as_deref().map(|c| resolve(path, c)),
         };
         Ok(CommonConfig { state_dir: resolve(path, &state_dir), grpc, metrics_listen })
     }

@@ -8,11 +8,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use strata_proto::v1::agent_server::{Agent, AgentServer};
 use strata_proto::v1::{StatusRequest, StatusResponse};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::RoutesBuilder;
 use tonic::{Request, Response, Status};
 
 use crate::authz::{AuthzLayer, DecisionLabels};
+use crate::conn::{self, ServerTls};
 use crate::identity::Role;
 use crate::telemetry::Metrics;
 use crate::tls::TlsMaterial;
@@ -53,23 +53,22 @@ impl Agent for AgentSvc {
 pub enum ServeError {
     #[error(transparent)]
     Material(#[from] crate::tls::TlsError),
-    #[error("{path}: certificate identity {identity} has role {found}, but this is a {expected}")]
-    WrongRole { path: std::path::PathBuf, identity: String, found: Role, expected: Role },
     #[error("state directory: {0}")]
     State(crate::state::StateError),
     #[error("metrics server: {0}")]
     Metrics(std::io::Error),
-    #[error("grpc tls configuration: {0}")]
-    Tls(String),
     #[error("grpc server: {0}")]
     Transport(String),
 }
 
 /// Serves the agent on an already-bound listener until `shutdown` resolves, then drains in-flight calls.
-/// `domain` holds the agent's own services (empty until built); `Agent` and health are added to it; every request passes `AuthzLayer` first.
+/// `domain` holds the agent's own services (empty until built); `Agent` and health are added to it; every request
+/// passes `AuthzLayer` first. Connections come through [`conn::incoming`] (caps, handshake deadline, CRL reload);
+/// HTTP/2 is bounded per connection (streams, header list, reset floods) and idle peers are probed by keep-alive.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     info: AgentInfo,
+    tls: Arc<ServerTls>,
     domain: RoutesBuilder,
     metrics: &Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -77,7 +76,8 @@ pub async fn serve(
     let decisions = Family::<DecisionLabels, Counter>::default();
     metrics.register("authz_decisions", "Authorization decisions by method and outcome", decisions.clone());
     let authz = AuthzLayer::new(&info.tls.identity.domain, decisions);
-    let tls = info.tls.server_config();
+    let tracker = conn::Tracker::new(conn::Limits::default());
+    tracker.register(metrics);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AgentServer<AgentSvc>>().await;
@@ -86,30 +86,26 @@ pub async fn serve(
     routes.add_service(AgentServer::new(AgentSvc(info)));
     routes.add_service(health);
     tonic::transport::Server::builder()
-        .tls_config(tls)
-        .map_err(|e| ServeError::Tls(crate::tls::error_chain(&e)))?
+        .max_concurrent_streams(Some(MAX_STREAMS))
+        .concurrency_limit_per_connection(MAX_STREAMS as usize)
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .http2_max_local_error_reset_streams(Some(MAX_PENDING_RESETS))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(authz)
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(conn::incoming(listener, tls, tracker), shutdown)
         .await
         .map_err(|e| ServeError::Transport(crate::tls::error_chain(&e)))
 }
 
-/// Accepted connections with TCP_NODELAY set: without it a reply spanning several segments waits for the peer's
-/// delayed ACK (≈ 40 ms on Linux).
-fn incoming(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        if let Err(e) = conn.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-        Ok(conn)
-    })
-}
+/// Concurrent HTTP/2 streams (calls) per connection.
+const MAX_STREAMS: u32 = 64;
+/// Bytes of request headers (HPACK-decoded) per request.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Streams a peer may open and reset at once (the "rapid reset" flood) before the connection is closed.
+const MAX_PENDING_RESETS: usize = 32;
 
 /// What an agent brings to `run_agent`: its role, version, summary, own services and metrics.
 pub struct AgentParts {
@@ -120,8 +116,9 @@ pub struct AgentParts {
     pub metrics: Metrics,
 }
 
-/// Runs an agent's control plane: loads its mTLS material (its certificate must carry `role`), serves metrics and
-/// gRPC on the given listeners, and returns after a graceful drain once `shutdown` fires.
+/// Runs an agent's control plane with the TLS material `cli` loaded and verified before binding (its certificate
+/// carries `role`): serves metrics and gRPC on the given listeners, and returns after a graceful drain once
+/// `shutdown` fires. `[grpc] crl` is read now (a bad file is an error) and again whenever it changes.
 pub async fn run_agent(
     common: &crate::config::CommonConfig,
     parts: AgentParts,
@@ -130,21 +127,13 @@ pub async fn run_agent(
 ) -> Result<(), ServeError> {
     let AgentParts { role, version, summary, domain, metrics } = parts;
     crate::state::ensure_dir(&common.state_dir).map_err(ServeError::State)?;
-    let g = &common.grpc;
-    let tls = TlsMaterial::load(&g.ca, &g.cert, &g.key)?;
-    if tls.identity.role != role {
-        return Err(ServeError::WrongRole {
-            path: g.cert.clone(),
-            identity: tls.identity.uri(),
-            found: tls.identity.role,
-            expected: role,
-        });
-    }
+    let crate::cli::Listeners { grpc, metrics: metrics_listener, tls } = listeners;
+    let server_tls = Arc::new(ServerTls::new(tls.clone(), common.grpc.crl.clone())?);
     tracing::info!(identity = %tls.identity, "serving as");
     let info = AgentInfo { name: tls.identity.name.clone(), role, version, started: Instant::now(), tls, summary };
     metrics.register_build_info(role.as_str(), version);
-    let metrics_task = tokio::spawn(metrics.clone().serve(listeners.metrics, shutdown.clone().wait()));
-    serve(listeners.grpc, info, domain, &metrics, shutdown.wait()).await?;
+    let metrics_task = tokio::spawn(metrics.clone().serve(metrics_listener, shutdown.clone().wait()));
+    serve(grpc, info, server_tls, domain, &metrics, shutdown.wait()).await?;
     match metrics_task.await {
         Ok(r) => r.map_err(ServeError::Metrics),
         Err(e) => Err(ServeError::Transport(format!("metrics task: {e}"))),

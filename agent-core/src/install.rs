@@ -17,7 +17,9 @@
 //! They also keep devices (`/dev/zfs`, `/dev/kvm`: no `PrivateDevices=`, no `ProtectClock=` which implies a device
 //! allow-list) and may restore set-uid files from backups (no `RestrictSUIDSGID=`).
 //! No `WatchdogSec=`: the agents do not ping the watchdog. `RestartPreventExitStatus=78`: a bad config (exit 78) is
-//! not restarted in a loop. Agents that need root get `KillMode=process`: a restart must not take the QEMU VMs the
+//! not restarted in a loop. `LimitNOFILE=` bounds every agent's descriptors (the gRPC listener caps its own share).
+//! launchd: `KeepAlive` restarts only after a failure, throttled; a refused config exits 0 there (launchd has no
+//! per-status rule), so it is not restarted either. Agents that need root get `KillMode=process`: a restart must not take the QEMU VMs the
 //! host agent started down with it (the services agent kills the job programs its predecessor left itself, at
 //! start), and are ordered after docker and the ZFS mounts. launchd gets a `PATH` that includes Homebrew's
 //! directories (borg, qemu).
@@ -33,6 +35,17 @@ use crate::runner::{self, Cmd, Output, RunError};
 
 /// Where launchd writes an agent's stdout/stderr (an absolute path inside the plist, whatever the install root).
 pub const LAUNCHD_LOG_DIR: &str = "/Library/Logs/Strata";
+
+/// Open files allowed to every agent's process (systemd `LimitNOFILE=`). The gRPC listener holds at most
+/// `conn::Limits::max_connections` of them; the rest is for DNS over TCP, databases, logs and child processes.
+pub const LIMIT_NOFILE: u32 = 16384;
+
+/// Seconds launchd waits before starting an agent again after it failed (`ThrottleInterval`).
+pub const LAUNCHD_THROTTLE_SECONDS: u32 = 30;
+
+/// Environment variable the launchd plist sets, so that a refused config exits 0 there (see `cli`): launchd restarts a
+/// job on any non-zero exit and has no equivalent of `RestartPreventExitStatus=78`.
+pub const LAUNCHD_ENV: &str = "STRATA_SERVICE_MANAGER";
 
 /// Mode of every written service file.
 pub const SERVICE_FILE_MODE: u32 = 0o644;
@@ -209,6 +222,7 @@ pub fn systemd_unit(spec: &ServiceSpec) -> String {
     line("Restart=on-failure");
     line("RestartSec=2s");
     line("RestartPreventExitStatus=78");
+    line(&format!("LimitNOFILE={LIMIT_NOFILE}"));
     line(&format!("StateDirectory={}", spec.state_directory()));
     line("StateDirectoryMode=0750");
     // Safe for every agent: no namespace, no device policy.
@@ -274,9 +288,13 @@ pub fn launchd_plist(spec: &ServiceSpec) -> String {
     }
     p.push_str("\t</array>\n");
     p.push_str("\t<key>RunAtLoad</key>\n\t<true/>\n");
-    p.push_str("\t<key>KeepAlive</key>\n\t<true/>\n");
+    // Restarted only after a failure (a non-zero exit), at most every THROTTLE seconds; a refused config exits 0
+    // under launchd and stays down.
+    p.push_str("\t<key>KeepAlive</key>\n\t<dict>\n\t\t<key>SuccessfulExit</key>\n\t\t<false/>\n\t</dict>\n");
+    let _ = writeln!(p, "\t<key>ThrottleInterval</key>\n\t<integer>{LAUNCHD_THROTTLE_SECONDS}</integer>");
     p.push_str("\t<key>EnvironmentVariables</key>\n\t<dict>\n\t\t<key>PATH</key>\n");
-    p.push_str("\t\t<string>/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin</string>\n\t</dict>\n");
+    p.push_str("\t\t<string>/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin</string>\n");
+    let _ = writeln!(p, "\t\t<key>{LAUNCHD_ENV}</key>\n\t\t<string>launchd</string>\n\t</dict>");
     let _ = writeln!(p, "\t<key>StandardOutPath</key>\n\t<string>{log}</string>");
     let _ = writeln!(p, "\t<key>StandardErrorPath</key>\n\t<string>{log}</string>");
     p.push_str("</dict>\n</plist>\n");
@@ -689,6 +707,7 @@ mod tests {
             "RestartSec=2s\n",
             "StateDirectory=strata/dns\n",
             "RestartPreventExitStatus=78\n",
+            "LimitNOFILE=16384\n",
             "AmbientCapabilities=CAP_NET_BIND_SERVICE\n",
             "CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n",
             "ProtectSystem=strict\n",
@@ -705,7 +724,7 @@ mod tests {
         }
         let services = systemd_unit(&specs[1]);
         assert!(services.contains("StateDirectory=strata/services\n"));
-        assert!(services.contains("NoNewPrivileges=yes\n"));
+        assert!(services.contains("NoNewPrivileges=yes\n") && services.contains("LimitNOFILE=16384\n"));
         assert!(services.contains("KillMode=process\n") && !dns.contains("KillMode"));
         assert!(!dns.contains("DynamicUser"), "the dns-agent must read its root-owned key");
         for absent in
@@ -746,13 +765,17 @@ mod tests {
                 .collect();
             assert_eq!(args, [exec.to_str().unwrap(), "run", "--config", config.to_str().unwrap()]);
             assert_eq!(dict.get("RunAtLoad").and_then(|v| v.as_boolean()), Some(true));
-            assert_eq!(dict.get("KeepAlive").and_then(|v| v.as_boolean()), Some(true));
+            let keep = dict.get("KeepAlive").and_then(|v| v.as_dictionary()).expect("KeepAlive dict");
+            assert_eq!(keep.get("SuccessfulExit").and_then(|v| v.as_boolean()), Some(false));
+            assert_eq!(keep.len(), 1);
+            assert_eq!(dict.get("ThrottleInterval").and_then(|v| v.as_signed_integer()), Some(30));
             let log = format!("/Library/Logs/Strata/{}.log", spec.agent);
             assert_eq!(dict.get("StandardOutPath").and_then(|v| v.as_string()), Some(&*log));
             assert_eq!(dict.get("StandardErrorPath").and_then(|v| v.as_string()), Some(&*log));
             let env = dict.get("EnvironmentVariables").and_then(|v| v.as_dictionary()).expect("EnvironmentVariables");
             assert!(env.get("PATH").and_then(|v| v.as_string()).is_some_and(|p| p.contains("/opt/homebrew/bin")));
-            assert_eq!(dict.len(), 7, "{xml}");
+            assert_eq!(env.get(LAUNCHD_ENV).and_then(|v| v.as_string()), Some("launchd"));
+            assert_eq!(dict.len(), 8, "{xml}");
         }
     }
 

@@ -5,6 +5,7 @@ pub mod authz;
 pub mod borg;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod cron;
 pub mod grpc;
 pub mod identity;

@@ -36,8 +36,7 @@ pub const ROLE: Role = Role::HostAgent;
 
 /// Runs the agent until `shutdown` fires. Before serving, undoes whatever a crashed run left (paused VMs, clones).
 pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), ServeError> {
-    let g = &cfg.common.grpc;
-    let tls = TlsMaterial::load(&g.ca, &g.cert, &g.key)?;
+    let tls: TlsMaterial = listeners.tls.clone();
     let metrics = Metrics::new();
     let vms = Gauge::<i64>::default();
     vms.set(cfg.vms.len() as i64);
@@ -100,7 +99,8 @@ mod tests {
             ["/usr/local/bin/host-agent", "run", "--config", "/Library/Application Support/Strata/host-agent.toml"]
         );
         assert_eq!(d.get("RunAtLoad").and_then(plist::Value::as_boolean), Some(true));
-        assert_eq!(d.get("KeepAlive").and_then(plist::Value::as_boolean), Some(true));
+        let keep = d.get("KeepAlive").and_then(plist::Value::as_dictionary).expect("KeepAlive dict");
+        assert_eq!(keep.get("SuccessfulExit").and_then(plist::Value::as_boolean), Some(false));
         for k in ["StandardOutPath", "StandardErrorPath"] {
             assert_eq!(d.get(k).and_then(plist::Value::as_string), Some("/Library/Logs/Strata/host-agent.log"), "{k}");
         }

@@ -66,16 +66,35 @@ enum PkiCmd {
         role: Role,
         #[arg(long)]
         name: String,
-        /// A DNS name or IP address the holder serves on (repeatable).
+        /// A DNS name or IP address the holder serves on (repeatable; an agent needs at least one).
         #[arg(long = "san")]
         sans: Vec<String>,
-        #[arg(long, default_value_t = 397)]
-        days: u32,
+        /// Validity in days (default: 90 for agents, 397 for admin and viewer; never past the CA's expiry).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        days: Option<u32>,
         #[arg(long)]
         force: bool,
     },
-    /// Describe a certificate: identity, SANs, validity.
+    /// Describe a certificate: identity, SANs, validity, serial.
     Show { file: PathBuf },
+    /// Revoke DIR/NAME.pem, or a certificate by SERIAL (hex, as `pki show` prints it): adds it to DIR/crl.pem.
+    /// Copy crl.pem to every agent's `[grpc] crl`: agents re-read it when it changes and refuse the certificate.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        /// A certificate name in DIR, or a serial number.
+        target: String,
+    },
+    /// Renew DIR/NAME.pem: a new key and certificate, same identity and SANs (the old one stays valid until it
+    /// expires; revoke it to end it sooner).
+    Renew {
+        #[arg(long)]
+        dir: PathBuf,
+        name: String,
+        /// Validity in days (default: 90 for agents, 397 for admin and viewer).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        days: Option<u32>,
+    },
 }
 
 /// `labctl … | head`: once the reader is gone `println!` panics on the broken pipe. Exit quietly instead, with the
@@ -118,8 +137,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("created ca for domain {}: {} {}", f.domain, f.cert.display(), f.key.display());
         }
         Cmd::Pki(PkiCmd::Issue { dir, role, name, sans, days, force }) => {
+            let days = days.unwrap_or_else(|| pki::default_days(role));
             let f = pki::issue(&dir, &pki::IssueSpec::days(role, &name, &sans, days), force)?;
-            println!("issued {}: {} {}", f.identity, f.cert.display(), f.key.display());
+            println!("issued {}: {} {} (valid {days} days)", f.identity, f.cert.display(), f.key.display());
+        }
+        Cmd::Pki(PkiCmd::Revoke { dir, target }) => {
+            let r = pki::revoke(&dir, &target)?;
+            let who = r.identity.map(|i| format!(" ({i})")).unwrap_or_default();
+            let state = if r.newly { "revoked" } else { "already revoked" };
+            println!(
+                "{state}: serial {}{who}; {} lists {} certificate(s): copy it to every agent's [grpc] crl",
+                r.serial,
+                r.crl.display(),
+                r.listed
+            );
+        }
+        Cmd::Pki(PkiCmd::Renew { dir, name, days }) => {
+            let f = pki::renew(&dir, &name, days)?;
+            println!("renewed {}: {} {}", f.identity, f.cert.display(), f.key.display());
         }
         Cmd::Pki(PkiCmd::Show { file }) => {
             let info = pki::show(&file)?;
@@ -135,6 +170,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     date(info.not_after),
                     if info.is_ca { " (ca)" } else { "" }
                 );
+                println!("serial:     {}", info.serial);
             }
         }
         Cmd::Status => return status_cmd(cli.config, cli.json, Duration::from_secs(cli.timeout)),
@@ -165,12 +201,17 @@ fn date(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-/// The inventory and the operator's TLS material it names.
+/// The inventory and the operator's TLS material it names, verified (key, chain to the inventory's `ca`, validity):
+/// a wrong file is named here rather than as a handshake failure per agent.
 fn connect_material(config: Option<PathBuf>) -> Result<(Inventory, TlsMaterial)> {
     let path = Inventory::locate(config.as_deref());
     let inv = Inventory::load(&path)?;
-    let tls =
-        TlsMaterial::load(&inv.ca, &inv.cert, &inv.key).with_context(|| format!("inventory {}", path.display()))?;
+    let context = || format!("inventory {}", path.display());
+    let tls = TlsMaterial::load(&inv.ca, &inv.cert, &inv.key).with_context(context)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for w in tls.verify(None, None, now).with_context(context)? {
+        eprintln!("warning: {w}");
+    }
     Ok((inv, tls))
 }
 

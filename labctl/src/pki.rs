@@ -2,8 +2,8 @@
 //! and describe certificates. Used by `labctl pki …` and by the integration-test harness (which needs expired
 //! certificates, so validity is whatever the caller asks for).
 //!
-//! Layout of a PKI directory: `ca.pem` + `ca.key`, then `NAME.pem` + `NAME.key` per issued certificate (so the
-//! name `ca` is reserved). Keys are ECDSA P-256 in PKCS#8 PEM, mode 0600; certificates are PEM, mode 0644. Every
+//! Layout of a PKI directory: `ca.pem` + `ca.key`, `crl.pem` (the CA's signed revocation list, written by [`init`] and
+//! [`revoke`]), then `NAME.pem` + `NAME.key` per issued certificate (so the names `ca` and `crl` are reserved). Keys are ECDSA P-256 in PKCS#8 PEM, mode 0600; certificates are PEM, mode 0644. Every
 //! file is written atomically (temporary file in the same directory, fsync, rename) and an existing file is never
 //! replaced unless `force` is given; all target files are checked before any is written.
 //!
@@ -31,8 +31,22 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// File name of the CA private key inside a PKI directory.
 pub const CA_KEY_FILE: &str = "ca.key";
+/// File name of the CA's certificate revocation list inside a PKI directory.
+pub const CRL_FILE: &str = "crl.pem";
 /// Validity of a CA created by [`init`]: ten years.
 pub const CA_VALIDITY_DAYS: i64 = 3653;
+/// Default validity of an agent certificate: renewed with `labctl pki renew`, so it can be short.
+pub const AGENT_VALIDITY_DAYS: u32 = 90;
+/// Default validity of an admin or viewer certificate.
+pub const PERSON_VALIDITY_DAYS: u32 = 397;
+
+/// The default validity of a certificate of `role`, in days.
+pub fn default_days(role: Role) -> u32 {
+    match role {
+        Role::Admin | Role::Viewer => PERSON_VALIDITY_DAYS,
+        Role::HostAgent | Role::DnsAgent | Role::ServicesAgent => AGENT_VALIDITY_DAYS,
+    }
+}
 
 const KEY_MODE: u32 = 0o600;
 const CERT_MODE: u32 = 0o644;
@@ -91,6 +105,8 @@ pub struct CertInfo {
     pub not_before: i64,
     pub not_after: i64,
     pub is_ca: bool,
+    /// Serial number, colon-separated hex (what `labctl pki revoke SERIAL` takes).
+    pub serial: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,10 +140,22 @@ pub enum PkiError {
     NoDomain(PathBuf),
     #[error(transparent)]
     Identity(#[from] IdentityError),
-    #[error("name `ca` is reserved for the ca's own files")]
-    ReservedName,
+    #[error("name `{0}` is reserved for the ca's own files")]
+    ReservedName(String),
     #[error("invalid san `{0}` (expected a dns name or an ip address)")]
     BadSan(String),
+    #[error("invalid san `{0}`: it looks like an ip address but is not a valid one")]
+    BadIpSan(String),
+    #[error("a {role} certificate needs at least one --san: every host name or ip address its clients dial")]
+    NoSan { role: Role },
+    #[error("validity until {not_after} is past the ca's own expiry ({ca_not_after}): use fewer --days")]
+    PastCa { not_after: OffsetDateTime, ca_not_after: OffsetDateTime },
+    #[error("{} is not signed by the ca in {} (`labctl pki show` names both issuers)", cert.display(), ca.display())]
+    ForeignCertificate { cert: PathBuf, ca: PathBuf },
+    #[error("`{0}` is neither a certificate name in the pki directory nor a serial number (hex, as `labctl pki show` prints it)")]
+    UnknownRevokeTarget(String),
+    #[error("revocation list {}: {reason}", path.display())]
+    BadCrl { path: PathBuf, reason: String },
     #[error("invalid validity: not_after ({not_after}) is not after not_before ({not_before})")]
     BadValidity { not_before: OffsetDateTime, not_after: OffsetDateTime },
     #[error("cannot generate {what}: {source}")]
@@ -157,23 +185,35 @@ pub fn init(dir: &Path, domain: &str, force: bool) -> Result<CaFiles, PkiError> 
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::minutes(1);
     params.not_after = now + Duration::days(CA_VALIDITY_DAYS);
+    let crl_path = dir.join(CRL_FILE);
+    check_absent(&[&crl_path], force)?;
     let cert = params.self_signed(&key).map_err(|source| PkiError::Generate { what: "ca certificate", source })?;
 
     create_dir(dir)?;
     write_pair(&key_path, key.serialize_pem().as_bytes(), &cert_path, cert.pem().as_bytes())?;
+    // An empty revocation list from day one, so that agents can name it in `[grpc] crl` before anything is revoked.
+    let ca = load_ca(dir)?;
+    write_crl(dir, &ca, Vec::new(), 1)?;
     Ok(CaFiles { cert: cert_path, key: key_path, domain })
 }
 
 /// Issues `DIR/NAME.pem` + `DIR/NAME.key`, signed by the CA in `dir`, for identity `spiffe://DOMAIN/ROLE/NAME`.
 pub fn issue(dir: &Path, spec: &IssueSpec<'_>, force: bool) -> Result<LeafFiles, PkiError> {
-    if spec.name == "ca" {
-        return Err(PkiError::ReservedName);
+    if spec.name == "ca" || spec.name == "crl" {
+        return Err(PkiError::ReservedName(spec.name.to_string()));
     }
     if spec.not_after <= spec.not_before {
         return Err(PkiError::BadValidity { not_before: spec.not_before, not_after: spec.not_after });
     }
+    let is_agent = !matches!(spec.role, Role::Admin | Role::Viewer);
+    if is_agent && spec.sans.is_empty() {
+        return Err(PkiError::NoSan { role: spec.role });
+    }
     let sans = spec.sans.iter().map(|s| parse_san(s)).collect::<Result<Vec<_>, _>>()?;
     let ca = load_ca(dir)?;
+    if spec.not_after > ca.not_after {
+        return Err(PkiError::PastCa { not_after: spec.not_after, ca_not_after: ca.not_after });
+    }
     // Identity::new validates the name (letters, digits, '-', '_'), so it is also a safe file name.
     let identity = Identity::new(&ca.domain, spec.role, spec.name)?;
     let cert_path = dir.join(format!("{}.pem", spec.name));
@@ -224,7 +264,148 @@ pub fn show(file: &Path) -> Result<CertInfo, PkiError> {
         not_before: validity.not_before.timestamp(),
         not_after: validity.not_after.timestamp(),
         is_ca: cert.is_ca(),
+        serial: agent_core::tls::serial_hex(cert.raw_serial()),
     })
+}
+
+/// What [`revoke`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The revoked serial, colon-separated hex.
+    pub serial: String,
+    /// The identity of the revoked certificate, when it was named by its file.
+    pub identity: Option<String>,
+    /// False when the serial was already on the list (the list is rewritten all the same).
+    pub newly: bool,
+    pub crl: PathBuf,
+    /// Serials on the list now.
+    pub listed: usize,
+}
+
+/// Revokes `target` (a certificate name in `dir`, or a serial number in hex, colons optional): adds its serial to
+/// `DIR/crl.pem`, signed by the CA, with the next CRL number. Agents whose `[grpc] crl` is a copy of that file refuse
+/// the certificate from the moment the copy changes.
+pub fn revoke(dir: &Path, target: &str) -> Result<Revocation, PkiError> {
+    let ca = load_ca(dir)?;
+    let named = Identity::new("x", Role::Admin, target).is_ok() && dir.join(format!("{target}.pem")).is_file();
+    let (serial, identity) = if named {
+        let path = dir.join(format!("{target}.pem"));
+        let der = read_cert_der(&path)?;
+        let cert = parse_cert(&path, &der)?;
+        if !ca.signed(&cert) {
+            return Err(PkiError::ForeignCertificate { cert: path, ca: dir.join(CA_CERT_FILE) });
+        }
+        (trim_zeros(cert.raw_serial()), Identity::from_cert_der(&der).ok().map(|i| i.uri()))
+    } else {
+        (parse_serial(target).ok_or_else(|| PkiError::UnknownRevokeTarget(target.to_string()))?, None)
+    };
+    let (mut entries, number) = read_crl(dir, &ca)?;
+    let newly = !entries.iter().any(|e| e.serial_number.as_ref() == serial.as_slice());
+    if newly {
+        entries.push(rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&serial),
+            revocation_time: OffsetDateTime::now_utc(),
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let listed = entries.len();
+    let crl = write_crl(dir, &ca, entries, number + 1)?;
+    Ok(Revocation { serial: agent_core::tls::serial_hex(&serial), identity, newly, crl, listed })
+}
+
+/// Renews `DIR/NAME.pem`: a new key and certificate with the same identity and every DNS/IP SAN of the current one,
+/// valid `days` (default: [`default_days`] of its role). The old certificate stays valid until it expires (revoke it
+/// to end it sooner).
+pub fn renew(dir: &Path, name: &str, days: Option<u32>) -> Result<LeafFiles, PkiError> {
+    let path = dir.join(format!("{name}.pem"));
+    Identity::new("x", Role::Admin, name)?;
+    let info = show(&path)?;
+    let der = read_cert_der(&path)?;
+    let identity = Identity::from_cert_der(&der)?;
+    let ca = load_ca(dir)?;
+    if !ca.signed(&parse_cert(&path, &der)?) || identity.domain != ca.domain {
+        return Err(PkiError::ForeignCertificate { cert: path, ca: dir.join(CA_CERT_FILE) });
+    }
+    let sans: Vec<String> = info.dns_sans.into_iter().chain(info.ip_sans).collect();
+    let days = days.unwrap_or_else(|| default_days(identity.role));
+    issue(dir, &IssueSpec::days(identity.role, &identity.name, &sans, days), true)
+}
+
+/// The revoked entries and CRL number of `DIR/crl.pem` (none and 0 when the file does not exist).
+fn read_crl(dir: &Path, ca: &LoadedCa) -> Result<(Vec<rcgen::RevokedCertParams>, u64), PkiError> {
+    let path = dir.join(CRL_FILE);
+    let pem = match fs::read(&path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(source) => return Err(PkiError::Io { op: "read", path, source }),
+    };
+    let bad = |reason: String| PkiError::BadCrl { path: path.clone(), reason };
+    let der = match rustls_pemfile::crls(&mut &pem[..]).next() {
+        Some(Ok(d)) => d,
+        Some(Err(e)) => return Err(bad(e.to_string())),
+        None => return Err(bad("no X509 CRL in the file".into())),
+    };
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
+        .map_err(|e| bad(format!("cannot be parsed: {e}")))?;
+    let signed = X509Certificate::from_der(&ca.der).is_ok_and(|(_, c)| {
+        crl.issuer().as_raw() == ca.subject_der.as_slice() && crl.verify_signature(c.public_key()).is_ok()
+    });
+    if !signed {
+        return Err(bad(format!("not signed by this ca ({})", dir.join(CA_CERT_FILE).display())));
+    }
+    let number = crl.crl_number().map(|n| n.to_u64_digits().first().copied().unwrap_or(0)).unwrap_or(0);
+    let entries = crl
+        .iter_revoked_certificates()
+        .map(|r| rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&trim_zeros(r.raw_serial())),
+            revocation_time: OffsetDateTime::from_unix_timestamp(r.revocation_date.timestamp())
+                .unwrap_or_else(|_| OffsetDateTime::now_utc()),
+            reason_code: None,
+            invalidity_date: None,
+        })
+        .collect();
+    Ok((entries, number))
+}
+
+/// Signs and writes `DIR/crl.pem` (0644, atomically) with `entries`; valid until the CA itself expires.
+fn write_crl(
+    dir: &Path,
+    ca: &LoadedCa,
+    entries: Vec<rcgen::RevokedCertParams>,
+    number: u64,
+) -> Result<PathBuf, PkiError> {
+    let now = OffsetDateTime::now_utc();
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now - Duration::minutes(1),
+        next_update: ca.not_after.max(now + Duration::days(1)),
+        crl_number: rcgen::SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: entries,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&ca.issuer).map_err(|source| PkiError::Generate { what: "revocation list", source })?;
+    let pem = crl.pem().map_err(|source| PkiError::Generate { what: "revocation list", source })?;
+    let path = dir.join(CRL_FILE);
+    write_atomic(&path, pem.as_bytes(), CERT_MODE)?;
+    Ok(path)
+}
+
+fn trim_zeros(raw: &[u8]) -> Vec<u8> {
+    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
+    raw[start..].to_vec()
+}
+
+/// A serial number in hex, with or without colons (`0a:1b…` or `0a1b…`).
+fn parse_serial(s: &str) -> Option<Vec<u8>> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    if hex.is_empty() || hex.len() > 40 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let padded = if hex.len() % 2 == 1 { format!("0{hex}") } else { hex };
+    let bytes: Option<Vec<u8>> =
+        (0..padded.len()).step_by(2).map(|i| u8::from_str_radix(&padded[i..i + 2], 16).ok()).collect();
+    bytes.map(|b| trim_zeros(&b))
 }
 
 /// The trust domain recorded in `DIR/ca.pem` (its `spiffe://DOMAIN` URI SAN).
@@ -238,6 +419,19 @@ pub fn domain_of_ca(dir: &Path) -> Result<String, PkiError> {
 struct LoadedCa {
     domain: String,
     issuer: Issuer<'static, KeyPair>,
+    not_after: OffsetDateTime,
+    /// The CA's subject, DER: the issuer of everything it signs.
+    subject_der: Vec<u8>,
+    /// The CA certificate, DER.
+    der: Vec<u8>,
+}
+
+impl LoadedCa {
+    /// Whether `cert` was signed by this CA (its key, not only its name: two CAs may share a name).
+    fn signed(&self, cert: &X509Certificate<'_>) -> bool {
+        let Ok((_, ca)) = X509Certificate::from_der(&self.der) else { return false };
+        cert.issuer().as_raw() == self.subject_der.as_slice() && cert.verify_signature(Some(ca.public_key())).is_ok()
+    }
 }
 
 fn load_ca(dir: &Path) -> Result<LoadedCa, PkiError> {
@@ -260,8 +454,11 @@ fn load_ca(dir: &Path) -> Result<LoadedCa, PkiError> {
     if cert.subject().iter().any(|rdn| rdn.iter().count() != 1) {
         return Err(bad_cert(&cert_path, "subject has a multi-valued or empty relative distinguished name"));
     }
+    let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
+        .map_err(|e| bad_cert(&cert_path, e))?;
+    let subject_der = cert.subject().as_raw().to_vec();
     let issuer = Issuer::from_ca_cert_der(&der.as_slice().into(), key).map_err(|e| bad_cert(&cert_path, e))?;
-    Ok(LoadedCa { domain, issuer })
+    Ok(LoadedCa { domain, issuer, not_after, subject_der, der })
 }
 
 fn domain_from_cert(path: &Path, cert: &X509Certificate<'_>) -> Result<String, PkiError> {
@@ -317,6 +514,11 @@ fn ia5(s: &str) -> Result<rcgen::string::Ia5String, PkiError> {
 fn parse_san(s: &str) -> Result<SanType, PkiError> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(SanType::IpAddress(ip));
+    }
+    // `10.0.0.256`, `10.0.0`, `fe80::g`: meant as an address; as a DNS name it would never match what clients dial.
+    let numeric = !s.is_empty() && s.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_digit()));
+    if numeric || s.contains(':') {
+        return Err(PkiError::BadIpSan(s.to_string()));
     }
     let name = s.strip_suffix('.').unwrap_or(s);
     let label_ok = |(i, l): (usize, &str)| {
@@ -480,7 +682,7 @@ mod tests {
         // No leftover temporary files.
         let mut names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
-        assert_eq!(names, ["ca.key", "ca.pem"]);
+        assert_eq!(names, ["ca.key", "ca.pem", "crl.pem"]);
     }
 
     #[test]
@@ -621,7 +823,8 @@ mod tests {
     #[test]
     fn issue_refuses_to_overwrite_without_force() {
         let (dir, _ca) = new_ca();
-        let spec = IssueSpec::days(Role::DnsAgent, "dns1", &[], 30);
+        let sans = ["10.0.0.53".to_string()];
+        let spec = IssueSpec::days(Role::DnsAgent, "dns1", &sans, 30);
         let first = issue(dir.path(), &spec, false).unwrap();
         let before = fs::read(&first.cert).unwrap();
         let err = issue(dir.path(), &spec, false).unwrap_err();
@@ -669,7 +872,7 @@ mod tests {
         let dots = issue(dir.path(), &IssueSpec::days(Role::Admin, "..", &[], 1), false).unwrap_err();
         assert!(matches!(dots, PkiError::Identity(_)), "{dots}");
         let reserved = issue(dir.path(), &IssueSpec::days(Role::Admin, "ca", &[], 1), true).unwrap_err();
-        assert!(matches!(reserved, PkiError::ReservedName), "{reserved}");
+        assert!(matches!(reserved, PkiError::ReservedName(_)), "{reserved}");
         for san in ["", "a..b", "-x.lab", "bad name", "é.lab", "*"] {
             let sans = vec![san.to_string()];
             let err = issue(dir.path(), &IssueSpec::days(Role::Admin, "alice", &sans, 1), false).unwrap_err();
@@ -678,7 +881,99 @@ mod tests {
         let sans = vec!["*.svc.lab".to_string(), "fe80::1".to_string()];
         issue(dir.path(), &IssueSpec::days(Role::ServicesAgent, "svc1", &sans, 1), false).unwrap();
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names.len(), 4, "{names:?}");
+        assert_eq!(names.len(), 5, "{names:?}");
+    }
+
+    /// Issue 18 item 5: every refused input names what is wrong; nothing is written.
+    #[test]
+    fn issue_refuses_bad_pki_input() {
+        let (dir, _ca) = new_ca();
+        let now = OffsetDateTime::now_utc();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let past_ca = now + Duration::days(CA_VALIDITY_DAYS + 30);
+        // (case, role, sans, not_after, what the error must say)
+        let cases: Vec<(&str, Role, Vec<String>, OffsetDateTime, &str)> = vec![
+            ("agent without san", Role::DnsAgent, s(&[]), now + Duration::days(1), "needs at least one --san"),
+            ("host agent without san", Role::HostAgent, s(&[]), now + Duration::days(1), "host-agent certificate"),
+            (
+                "ip out of range",
+                Role::DnsAgent,
+                s(&["10.0.0.256"]),
+                now + Duration::days(1),
+                "`10.0.0.256`: it looks like an ip",
+            ),
+            ("three-part ip", Role::DnsAgent, s(&["10.0.0"]), now + Duration::days(1), "`10.0.0`: it looks like an ip"),
+            (
+                "bad ipv6",
+                Role::ServicesAgent,
+                s(&["fe80::g"]),
+                now + Duration::days(1),
+                "`fe80::g`: it looks like an ip",
+            ),
+            ("past the ca", Role::Admin, s(&[]), past_ca, "past the ca's own expiry"),
+            ("reserved crl name", Role::Viewer, s(&[]), now + Duration::days(1), "name `crl` is reserved"),
+        ];
+        for (case, role, sans, not_after, want) in cases {
+            let name = if case == "reserved crl name" { "crl" } else { "x1" };
+            let spec = IssueSpec { role, name, sans: &sans, not_before: now - Duration::minutes(1), not_after };
+            let err = issue(dir.path(), &spec, false).expect_err(case).to_string();
+            assert!(err.contains(want), "{case}: want {want:?} in {err:?}");
+            assert!(!dir.path().join(format!("{name}.key")).exists(), "{case} wrote a key");
+        }
+        // Accepted forms: an agent with a DNS name or a valid address; a person without any SAN.
+        for (role, sans) in [(Role::DnsAgent, s(&["dns1.lab"])), (Role::HostAgent, s(&["::1"])), (Role::Admin, s(&[]))]
+        {
+            issue(dir.path(), &IssueSpec::days(role, "ok", &sans, 1), true).unwrap();
+        }
+    }
+
+    fn crl_serials(dir: &Path) -> Vec<String> {
+        let pem = fs::read(dir.join(CRL_FILE)).unwrap();
+        let der = rustls_pemfile::crls(&mut &pem[..]).next().unwrap().unwrap();
+        let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
+        crl.iter_revoked_certificates().map(|r| agent_core::tls::serial_hex(r.raw_serial())).collect()
+    }
+
+    #[test]
+    fn revoke_by_name_or_serial_and_renew() {
+        let (dir, ca) = new_ca();
+        assert!(crl_serials(dir.path()).is_empty(), "init writes an empty list");
+        let alice = issue(dir.path(), &IssueSpec::days(Role::Admin, "alice", &[], 10), false).unwrap();
+        let bob = issue(dir.path(), &IssueSpec::days(Role::Viewer, "bob", &[], 10), false).unwrap();
+        let alice_serial = show(&alice.cert).unwrap().serial;
+        let r = revoke(dir.path(), "alice").unwrap();
+        assert_eq!((r.serial.as_str(), r.newly, r.listed), (alice_serial.as_str(), true, 1));
+        assert_eq!(r.identity.as_deref(), Some("spiffe://lab.home.arpa/admin/alice"));
+        // By serial, with or without colons; twice is not an error.
+        let bob_serial = show(&bob.cert).unwrap().serial;
+        let r = revoke(dir.path(), &bob_serial.replace(':', "")).unwrap();
+        assert_eq!((r.serial.as_str(), r.newly, r.listed), (bob_serial.as_str(), true, 2));
+        assert!(!revoke(dir.path(), &bob_serial).unwrap().newly);
+        assert_eq!(crl_serials(dir.path()), [alice_serial.clone(), bob_serial]);
+        // The list is signed by the CA and verifies against it.
+        let ca_certs = agent_core::tls::load_certs(&ca.cert).unwrap();
+        let crls = agent_core::tls::Crls::load(&dir.path().join(CRL_FILE), &ca_certs, &ca.cert).unwrap();
+        assert_eq!(crls.revoked.len(), 2);
+        // Neither a name nor a serial; a certificate of another CA.
+        let err = revoke(dir.path(), "nobody!").unwrap_err().to_string();
+        assert!(err.contains("neither a certificate name"), "{err}");
+        let (other, _) = new_ca();
+        let carol = issue(other.path(), &IssueSpec::days(Role::Admin, "carol", &[], 10), false).unwrap();
+        fs::copy(&carol.cert, dir.path().join("carol.pem")).unwrap();
+        let err = revoke(dir.path(), "carol").unwrap_err().to_string();
+        assert!(err.contains("carol.pem is not signed by the ca") && err.contains("labctl pki show"), "{err}");
+
+        // Renew: same identity and SANs, new key and serial, default agent lifetime.
+        let sans = ["dns1.lab".to_string(), "10.0.0.53".to_string()];
+        let old = issue(dir.path(), &IssueSpec::days(Role::DnsAgent, "dns1", &sans, 5), false).unwrap();
+        let before = show(&old.cert).unwrap();
+        let new = renew(dir.path(), "dns1", None).unwrap();
+        let after = show(&new.cert).unwrap();
+        assert_eq!(after.identity, before.identity);
+        assert_eq!((after.dns_sans, after.ip_sans), (before.dns_sans, before.ip_sans));
+        assert_ne!(after.serial, before.serial);
+        assert_eq!((after.not_after - after.not_before + 60) / 86_400, i64::from(AGENT_VALIDITY_DAYS));
+        assert!(renew(dir.path(), "nobody", None).is_err());
     }
 
     #[test]

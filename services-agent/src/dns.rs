@@ -99,19 +99,10 @@ async fn reconcile(tls: &TlsMaterial, addr: &str, zone: &str, desired: &[DnsReco
 }
 
 /// Runs registration until `shutdown`. Without `[dns] agent` it does nothing.
-pub async fn run(cfg: Arc<Config>, status: Arc<RwLock<DnsStatus>>, shutdown: Shutdown) {
+/// `tls` is the agent's own material, loaded and verified once at start.
+pub async fn run(cfg: Arc<Config>, tls: TlsMaterial, status: Arc<RwLock<DnsStatus>>, shutdown: Shutdown) {
     // Without a hub there is no domain to register names in.
     let (Some(addr), Some(hub)) = (cfg.dns_agent.clone(), cfg.hub.clone()) else { return };
-    let g = &cfg.common.grpc;
-    let tls = match TlsMaterial::load(&g.ca, &g.cert, &g.key) {
-        Ok(t) => t,
-        Err(e) => {
-            let mut s = status.write().unwrap_or_else(|e| e.into_inner());
-            s.error = Some(format!("dns registration disabled: {e}"));
-            s.attempted = true;
-            return;
-        }
-    };
     let want = desired(&cfg);
     let stop = shutdown.wait();
     tokio::pin!(stop);

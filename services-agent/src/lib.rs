@@ -76,7 +76,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
         shutdown.clone(),
     ));
     let poller = tokio::spawn(stacks.clone().poll(shutdown.clone()));
-    let dns = tokio::spawn(dns::run(cfg.clone(), stacks.dns.clone(), shutdown.clone()));
+    let dns = tokio::spawn(dns::run(cfg.clone(), listeners.tls.clone(), stacks.dns.clone(), shutdown.clone()));
     let scheduler = tokio::spawn(schedule::run(backups.clone(), shutdown.clone()));
 
     let (summary_stacks, summary_backups) = (stacks.clone(), backups.clone());

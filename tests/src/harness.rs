@@ -98,6 +98,18 @@ impl Pki {
         Ok((f.cert, f.key))
     }
 
+    /// Issues (once) `NAME.pem`/`NAME.key` for `role`, valid for localhost and 127.0.0.1 during `days` days.
+    pub fn issue_days(&self, role: Role, name: &str, days: u32) -> Result<(PathBuf, PathBuf)> {
+        let sans = ["localhost".to_string(), "127.0.0.1".to_string()];
+        let f = pki::issue(self.dir.path(), &IssueSpec::days(role, name, &sans, days), false)?;
+        Ok((f.cert, f.key))
+    }
+
+    /// The CA's revocation list (`labctl pki init` writes it empty; `labctl pki revoke` adds to it).
+    pub fn crl(&self) -> PathBuf {
+        self.dir.path().join(pki::CRL_FILE)
+    }
+
     /// TLS material for NAME, trusting `ca` (normally this PKI's own CA).
     pub fn material(&self, ca: &Path, role: Role, name: &str) -> Result<TlsMaterial> {
         let (cert, key) = self.issue(role, name)?;
@@ -161,6 +173,11 @@ pub fn base_config(state_dir: &Path, ca: &Path, cert: &Path, key: &Path) -> Stri
         cert = cert.display().to_string(),
         key = key.display().to_string(),
     )
+}
+
+/// `config` (a [`base_config`] text) with `[grpc] crl` naming `crl`.
+pub fn with_crl(config: &str, crl: &Path) -> String {
+    config.replacen("[metrics]\n", &format!("crl = {:?}\n[metrics]\n", crl.display().to_string()), 1)
 }
 
 /// Like [`base_config`], with gRPC and metrics listening on `ip` (port 0): an agent in a network namespace.
