@@ -6,6 +6,7 @@ pub mod borg;
 pub mod cli;
 pub mod config;
 pub mod cron;
+pub mod duration;
 pub mod grpc;
 pub mod identity;
 pub mod install;
