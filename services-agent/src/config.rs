@@ -96,6 +96,7 @@ struct RawStacks {
     checkout_dir: PathBuf,
     #[serde(default = "default_poll", deserialize_with = "duration::deserialize")]
     poll: Duration,
+    credentials_file: Option<PathBuf>,
 }
 
 fn default_branch() -> String {
@@ -157,6 +158,8 @@ pub struct Stacks {
     pub branch: String,
     pub checkout_dir: PathBuf,
     pub poll: Duration,
+    /// `USER:PASSWORD` for an http(s) `repo`, handed to git through `GIT_ASKPASS` (never argv or `.git/config`).
+    pub credentials_file: Option<PathBuf>,
 }
 
 /// `[hub]`: the reverse-proxy stack every spoke shares a network with, and where service names point.
@@ -379,6 +382,36 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
     }
     // A local path is resolved against the config file; URLs (scheme://, or scp-like user@host:path) are kept.
     let is_url = s.repo.contains("://") || (s.repo.contains(':') && !s.repo.starts_with('/') && s.repo.contains('@'));
+    // Credentials in the URL would show in git's argv (/proc), `.git/config`, the log and ListServices: refused.
+    // A user name alone is fine over ssh (keys authenticate); anywhere else it is often the token itself.
+    let ssh = s.repo.starts_with("ssh://") || (is_url && !s.repo.contains("://"));
+    let password = crate::git::url_secret(&s.repo).is_some();
+    if crate::git::has_userinfo(&s.repo) && (!ssh || password) {
+        return Err(bad(
+            "stacks.repo",
+            format!(
+                "`{}` carries credentials in the URL: remove them and put `USER:TOKEN` in a file readable by root \
+                 only, named by `stacks.credentials_file`",
+                crate::git::redact_userinfo(&s.repo)
+            ),
+        ));
+    }
+    let http = s.repo.starts_with("https://") || s.repo.starts_with("http://");
+    let credentials_file = match &s.credentials_file {
+        None => None,
+        Some(_) if !http => {
+            return Err(bad(
+                "stacks.credentials_file",
+                "is for an http(s) `repo` only (over ssh, git uses root's ssh key)".into(),
+            ))
+        }
+        Some(f) => {
+            let f = config::resolve(path, f);
+            crate::git::read_credentials(&f)
+                .map_err(|reason| bad("stacks.credentials_file", format!("{}: {reason}", f.display())))?;
+            Some(f)
+        }
+    };
     let repo = if is_url { s.repo } else { config::resolve(path, Path::new(&s.repo)).display().to_string() };
     let b = &s.branch;
     if b.is_empty() || b.starts_with(['-', '/']) || b.ends_with('/') || b.contains("..") || b.contains(' ') {
@@ -387,7 +420,8 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
     if s.checkout_dir.as_os_str().is_empty() {
         return Err(bad("stacks.checkout_dir", "must not be empty".into()));
     }
-    let stacks = Stacks { repo, branch: s.branch, checkout_dir: config::resolve(path, &s.checkout_dir), poll: s.poll };
+    let checkout_dir = config::resolve(path, &s.checkout_dir);
+    let stacks = Stacks { repo, branch: s.branch, checkout_dir, poll: s.poll, credentials_file };
 
     if !valid_name(&h.stack) {
         return Err(bad("hub.stack", format!("`{}` is not a valid stack name ([a-z0-9][a-z0-9_-]*)", h.stack)));
@@ -795,6 +829,44 @@ mod tests {
             let err = Config::parse(Path::new("/x.toml"), &text).unwrap_err().to_string();
             assert!(err.contains("key `stacks.branch`"), "{branch:?}: {err}");
         }
+        // Credentials in the repo URL: refused naming the key and credentials_file, never quoting them.
+        for url in [
+            "https://ghp_T0KEN@git.example/s.git",
+            "https://bot:T0KEN@git.example/s.git",
+            "http://T0KEN:x-oauth-basic@127.0.0.1:1/s.git",
+            "ssh://git:T0KEN@git.example/s.git",
+        ] {
+            let err = Config::parse(Path::new("/x.toml"), &BASE.replace("\"stacks-repo\"", &format!("{url:?}")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("key `stacks.repo`") && err.contains("stacks.credentials_file"), "{err}");
+            assert!(!err.contains("T0KEN") && err.contains("***@"), "{err}");
+        }
+        let ssh = BASE.replace("\"stacks-repo\"", "\"ssh://git@git.example/s.git\"");
+        assert_eq!(
+            Config::parse(Path::new("/x.toml"), &ssh).unwrap().stacks.unwrap().repo,
+            "ssh://git@git.example/s.git"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("git-credentials");
+        std::fs::write(&creds, "bot:T0KEN\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let https = BASE
+            .replace("\"stacks-repo\"", "\"https://git.example/s.git\"")
+            .replace("poll = ", &format!("credentials_file = {:?}\npoll = ", creds.display().to_string()));
+        let err = Config::parse(Path::new("/x.toml"), &https).unwrap_err().to_string();
+        assert!(err.contains("key `stacks.credentials_file`") && err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::parse(Path::new("/x.toml"), &https).unwrap();
+        assert_eq!(c.stacks.unwrap().credentials_file.as_deref(), Some(creds.as_path()));
+        let local = BASE.replace("poll = ", &format!("credentials_file = {:?}\npoll = ", creds.display().to_string()));
+        let err = Config::parse(Path::new("/x.toml"), &local).unwrap_err().to_string();
+        assert!(err.contains("key `stacks.credentials_file`: is for an http(s) `repo` only"), "{err}");
+        std::fs::write(&creds, "T0KEN\n").unwrap();
+        let err = Config::parse(Path::new("/x.toml"), &https).unwrap_err().to_string();
+        assert!(err.contains("USER:PASSWORD") && !err.contains("T0KEN"), "{err}");
+
         let text = BASE.replace("poll = ", "branch = \"release/2026\"\npoll = ");
         assert_eq!(Config::parse(Path::new("/x.toml"), &text).unwrap().stacks.unwrap().branch, "release/2026");
     }
