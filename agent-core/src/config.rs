@@ -56,14 +56,22 @@ fn locate(text: &str, offset: usize) -> (usize, usize, Option<String>) {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before[line_start..].chars().count() + 1;
     let line_text = text[line_start..].lines().next().unwrap_or("");
-    let key = line_text
-        .split_once('=')
-        .map(|(k, _)| k.trim().trim_matches('"').to_string())
-        .filter(|k| !k.is_empty() && !k.starts_with('[') && !k.contains(' '))
-        .or_else(|| {
-            let t = line_text.trim();
-            t.starts_with('[').then(|| t.trim_matches(|c| c == '[' || c == ']').to_string())
-        });
+    // In an inline table (`checks = { verify_data = "1M" }`) the key is the last one written before the error.
+    let inline_key = before[line_start..].rsplit_once('=').and_then(|(k, _)| {
+        let k = k.rsplit(['{', ',']).next().unwrap_or(k).trim().trim_matches('"');
+        (!k.is_empty() && !k.contains(' ') && !k.contains('[') && before[line_start..].contains('{'))
+            .then(|| k.to_string())
+    });
+    let key = inline_key.or_else(|| {
+        line_text
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"').to_string())
+            .filter(|k| !k.is_empty() && !k.starts_with('[') && !k.contains(' '))
+            .or_else(|| {
+                let t = line_text.trim();
+                t.starts_with('[').then(|| t.trim_matches(|c| c == '[' || c == ']').to_string())
+            })
+    });
     (line, column, key)
 }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod cron;
+pub mod duration;
 pub mod grpc;
 pub mod identity;
 pub mod install;

@@ -246,6 +246,22 @@ mod tests {
         assert!(c.dns.listen.is_empty() && c.zones.is_empty() && c.forward.is_none() && c.blocklist.is_none());
     }
 
+    /// The duration key of this config (`blocklist.refresh`) takes the shared grammar tables of
+    /// `agent_core::duration` like every other agent's keys.
+    #[test]
+    fn every_duration_key_takes_the_one_grammar() {
+        let text = |v: &str| format!("[blocklist]\nsources = [\"/l.txt\"]\nrefresh = {v:?}\n");
+        for (v, secs) in agent_core::duration::ACCEPTED {
+            let c = load(&text(v)).unwrap_or_else(|e| panic!("refresh = {v:?}: {e}"));
+            assert_eq!(c.blocklist.unwrap().refresh, std::time::Duration::from_secs(*secs), "{v:?}");
+        }
+        for v in agent_core::duration::REFUSED {
+            let e = load(&text(v)).unwrap_err();
+            assert!(e.contains("(key `refresh`)"), "refresh = {v:?}: {e}");
+        }
+        assert!(load(&text("2y")).unwrap_err().contains("key `blocklist.refresh`: `104w2d12h` is longer than 365d"));
+    }
+
     #[test]
     fn errors_name_the_key() {
         let z = |records: &str| format!("[[zones]]\nname = \"lab.home.arpa\"\nrecords = [{records}]\n");

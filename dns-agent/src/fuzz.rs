@@ -34,7 +34,7 @@ pub fn blocklist(data: &[u8]) {
     let list = blocklist::Blocklist::from_texts([data], &[]);
     let _ = list.is_blocked("example.com");
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = blocklist::parse_duration(text);
+        let _ = agent_core::duration::parse(text);
         let _ = parse_upstream(text);
     }
 }

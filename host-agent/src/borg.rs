@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use agent_core::borg::{self, BorgError, Repo};
+use agent_core::borg::{BorgError, Repo};
 
 use crate::config::{EngineKind, Retention, VmConfig};
 use crate::engine::{parse_backup_id, BackupInfo, Engine, EngineError, EngineFuture};
@@ -44,19 +44,6 @@ impl Borg {
 /// The archives of `vm`: its backup ids, exactly (`VM-*` would also match a VM named `VM-2`).
 pub fn archive_glob(vm: &str) -> String {
     format!("{vm}-????????T??????Z")
-}
-
-/// The borg retention equivalent to the host config's.
-pub fn retention(r: &Retention) -> borg::Retention {
-    borg::Retention {
-        within: None,
-        last: r.last,
-        hourly: r.hourly,
-        daily: r.daily,
-        weekly: r.weekly,
-        monthly: r.monthly,
-        yearly: r.yearly,
-    }
 }
 
 impl Engine for Borg {
@@ -102,7 +89,7 @@ impl Engine for Borg {
             if r.is_empty() {
                 return Ok(());
             }
-            let pruned = self.repo.prune(&self.glob(), &retention(r)).await.map_err(|e| self.err(e))?;
+            let pruned = self.repo.prune(&self.glob(), r).await.map_err(|e| self.err(e))?;
             if !pruned.is_empty() {
                 tracing::info!(vm = %self.vm, target = %self.target.display(), ?pruned, "borg: pruned");
             }
@@ -131,10 +118,10 @@ mod tests {
         assert_eq!(archive_glob("services"), "services-????????T??????Z");
         let r = Retention { weekly: 4, monthly: 6, ..Default::default() };
         assert_eq!(
-            borg::prune_args(&archive_glob("services"), &retention(&r)).join(" "),
+            agent_core::borg::prune_args(&archive_glob("services"), &r).join(" "),
             "prune --list --lock-wait 60 --glob-archives services-????????T??????Z --keep-weekly 4 --keep-monthly 6"
         );
-        assert!(retention(&Retention::default()).is_empty());
+        assert!(Retention::default().is_empty());
     }
 
     /// The adapter against the real borg: ids, the exact glob (a VM named `lab-2` is not `lab`'s), retention, errors.

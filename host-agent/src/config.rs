@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agent_core::config::{self, CommonConfig, ConfigError, GrpcSection, MetricsSection};
+use agent_core::duration;
 use serde::Deserialize;
 
 /// Port of `[metrics] listen` when only an address is given.
@@ -74,29 +75,9 @@ impl EngineKind {
     }
 }
 
-/// How many backups to keep per period (borg prune semantics; rsync applies the same rule to its dated copies).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Retention {
-    #[serde(default)]
-    pub last: u32,
-    #[serde(default)]
-    pub hourly: u32,
-    #[serde(default)]
-    pub daily: u32,
-    #[serde(default)]
-    pub weekly: u32,
-    #[serde(default)]
-    pub monthly: u32,
-    #[serde(default)]
-    pub yearly: u32,
-}
-
-impl Retention {
-    pub fn is_empty(&self) -> bool {
-        *self == Retention::default()
-    }
-}
+/// How many backups to keep (borg prune semantics; rsync applies the same rule to its dated copies): the one
+/// retention table of both agents, in `agent_core::borg`.
+pub use agent_core::borg::Retention;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,12 +106,14 @@ struct RawVm {
     require_guest: bool,
     #[serde(default)]
     require_encrypted_target: bool,
-    /// Seconds a clean shutdown may take before the hard fallback (default 120).
-    shutdown_timeout: Option<u64>,
+    /// How long a clean shutdown may take before the hard fallback (default 2min).
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    shutdown_timeout: Option<Duration>,
     /// The `vmrun` program (VMware backends); default: Fusion's bundled vmrun on macOS, `vmrun` on PATH otherwise.
     vmrun: Option<PathBuf>,
-    /// Seconds one vmrun call may take (default 60).
-    vmrun_timeout: Option<u64>,
+    /// How long one vmrun call may take (default 1min).
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    vmrun_timeout: Option<Duration>,
 }
 
 /// One VM, validated.
@@ -211,14 +194,16 @@ impl Config {
             } else {
                 PathBuf::from("vmrun")
             };
-            let secs = |k: &str, s: Option<u64>, d: Duration| match s {
-                Some(0) => Err(bad(k, "must be at least 1 second".into())),
-                Some(s) => Ok(Duration::from_secs(s)),
-                None => Ok(d),
-            };
+            // Only borg knows `--keep-within`; the rsync engine's pruning counts backups per period.
+            if v.retention.as_ref().is_some_and(|r| r.within.is_some()) && v.engine != EngineKind::Borg {
+                return Err(bad(
+                    "retention.within",
+                    format!("only the borg engine applies it, not {}: use last/hourly/daily/…", v.engine.as_str()),
+                ));
+            }
             vms.push(VmConfig {
-                shutdown_timeout: secs("shutdown_timeout", v.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT)?,
-                vmrun_timeout: secs("vmrun_timeout", v.vmrun_timeout, DEFAULT_VMRUN_TIMEOUT)?,
+                shutdown_timeout: v.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+                vmrun_timeout: v.vmrun_timeout.unwrap_or(DEFAULT_VMRUN_TIMEOUT),
                 name: v.name,
                 backend: v.backend,
                 path: config::resolve(path, &v.path),
@@ -339,7 +324,9 @@ mod tests {
             (format!("{VM}guest = \"http://x\"\n"), "key `vms[0].guest`"),
             (format!("{VM}require_guest = true\n"), "key `vms[0].require_guest`"),
             (VM.replace("borg", "rsync") + "passcommand = \"x\"\n", "key `vms[0].passcommand`"),
-            (format!("{VM}shutdown_timeout = 0\n"), "key `vms[0].shutdown_timeout`"),
+            (format!("{VM}shutdown_timeout = \"0s\"\n"), "must be more than zero (key `shutdown_timeout`)"),
+            (format!("{VM}shutdown_timeout = 120\n"), "write a duration string with a unit, e.g. \"120s\""),
+            (VM.replace("borg", "rsync") + "retention = { within = \"2d\" }\n", "key `vms[0].retention.within`"),
         ];
         for (vm, want) in cases {
             let err = Config::parse(p, &format!("{HEAD}{vm}")).unwrap_err().to_string();
@@ -347,6 +334,29 @@ mod tests {
         }
         let ok = Config::parse(p, &format!("{HEAD}{VM}schedule = \"*/15 4 * * 0,6\"\n")).unwrap();
         assert_eq!(ok.vms[0].shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+    }
+
+    /// Every duration key of this config takes the shared grammar tables of `agent_core::duration`.
+    #[test]
+    fn every_duration_key_takes_the_one_grammar() {
+        let p = Path::new("/etc/strata/host.toml");
+        type Get = fn(&VmConfig) -> Option<Duration>;
+        let keys: [(&str, &str, Get); 3] = [
+            ("shutdown_timeout", "shutdown_timeout = V", |v| Some(v.shutdown_timeout)),
+            ("vmrun_timeout", "vmrun_timeout = V", |v| Some(v.vmrun_timeout)),
+            ("within", "retention = { within = V }", |v| v.retention.within),
+        ];
+        for (leaf, line, get) in keys {
+            let text = |v: &str| format!("{HEAD}{VM}{}\n", line.replace('V', &format!("{v:?}")));
+            for (v, secs) in duration::ACCEPTED {
+                let c = Config::parse(p, &text(v)).unwrap_or_else(|e| panic!("{leaf} = {v:?}: {e}"));
+                assert_eq!(get(&c.vms[0]), Some(Duration::from_secs(*secs)), "{leaf} = {v:?}");
+            }
+            for v in duration::REFUSED {
+                let e = Config::parse(p, &text(v)).unwrap_err().to_string();
+                assert!(e.contains(&format!("(key `{leaf}`)")), "{leaf} = {v:?}: {e}");
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agent_core::borg::Retention;
 use agent_core::config::{self, CommonConfig, ConfigError, GrpcSection, MetricsSection};
+use agent_core::duration;
 use serde::Deserialize;
 
 use crate::notify::{NotifyKind, NotifyTarget};
@@ -62,27 +64,11 @@ struct RawNotify {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRetention {
-    within: Option<String>,
-    #[serde(default)]
-    last: u32,
-    #[serde(default)]
-    hourly: u32,
-    #[serde(default)]
-    daily: u32,
-    #[serde(default)]
-    weekly: u32,
-    #[serde(default)]
-    monthly: u32,
-    #[serde(default)]
-    yearly: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawChecks {
-    repository: Option<String>,
-    verify_data: Option<String>,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    repository: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    verify_data: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,7 +77,8 @@ struct RawHook {
     when: String,
     container: String,
     command: Vec<String>,
-    timeout: Option<String>,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,16 +94,17 @@ struct RawStacks {
     #[serde(default = "default_branch")]
     branch: String,
     checkout_dir: PathBuf,
-    #[serde(default = "default_poll")]
-    poll: String,
+    #[serde(default = "default_poll", deserialize_with = "duration::deserialize")]
+    poll: Duration,
+    credentials_file: Option<PathBuf>,
 }
 
 fn default_branch() -> String {
     "main".to_string()
 }
 
-fn default_poll() -> String {
-    "5m".to_string()
+fn default_poll() -> Duration {
+    Duration::from_secs(300)
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,11 +139,13 @@ struct RawService {
     #[serde(default)]
     hooks: Vec<RawHook>,
     schedule: Option<String>,
-    jitter: Option<String>,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    jitter: Option<Duration>,
     local_snapshots: Option<u32>,
-    retention: Option<RawRetention>,
+    retention: Option<Retention>,
     checks: Option<RawChecks>,
-    healthy_timeout: Option<String>,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    healthy_timeout: Option<Duration>,
     #[serde(default)]
     notify: Vec<RawNotify>,
 }
@@ -168,6 +158,8 @@ pub struct Stacks {
     pub branch: String,
     pub checkout_dir: PathBuf,
     pub poll: Duration,
+    /// `USER:PASSWORD` for an http(s) `repo`, handed to git through `GIT_ASKPASS` (never argv or `.git/config`).
+    pub credentials_file: Option<PathBuf>,
 }
 
 /// `[hub]`: the reverse-proxy stack every spoke shares a network with, and where service names point.
@@ -279,7 +271,7 @@ pub struct ServiceBackup {
     /// A fixed per-service delay after each scheduled minute, spreading services over `jitter`.
     pub jitter: Duration,
     pub local_snapshots: u32,
-    pub retention: agent_core::borg::Retention,
+    pub retention: Retention,
     pub checks: Checks,
     pub healthy_timeout: Duration,
     /// Per-service notification targets (the global `[[notify]]` ones apply too).
@@ -343,23 +335,10 @@ fn valid_dns_name(name: &str) -> bool {
         })
 }
 
-/// Parses `30s`, `5m`, `2h`, `1d`, `1w`, `1M` (30 days) (a positive integer and one unit).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        "d" => n.checked_mul(86400)?,
-        "w" => n.checked_mul(7 * 86400)?,
-        "M" => n.checked_mul(30 * 86400)?,
-        _ => return None,
-    };
-    Some(Duration::from_secs(secs))
-}
+/// The shortest interval between two scheduled `borg check --repository-only` + `--archives-only` runs.
+pub const MIN_REPOSITORY_CHECK: Duration = Duration::from_secs(3600);
+/// The shortest interval between two scheduled `borg check --verify-data` runs (they read every chunk).
+pub const MIN_VERIFY_DATA: Duration = Duration::from_secs(86_400);
 
 fn docker_socket(path: &Path, raw: Option<RawDocker>) -> Result<PathBuf, ConfigError> {
     match raw {
@@ -403,6 +382,36 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
     }
     // A local path is resolved against the config file; URLs (scheme://, or scp-like user@host:path) are kept.
     let is_url = s.repo.contains("://") || (s.repo.contains(':') && !s.repo.starts_with('/') && s.repo.contains('@'));
+    // Credentials in the URL would show in git's argv (/proc), `.git/config`, the log and ListServices: refused.
+    // A user name alone is fine over ssh (keys authenticate); anywhere else it is often the token itself.
+    let ssh = s.repo.starts_with("ssh://") || (is_url && !s.repo.contains("://"));
+    let password = crate::git::url_secret(&s.repo).is_some();
+    if crate::git::has_userinfo(&s.repo) && (!ssh || password) {
+        return Err(bad(
+            "stacks.repo",
+            format!(
+                "`{}` carries credentials in the URL: remove them and put `USER:TOKEN` in a file readable by root \
+                 only, named by `stacks.credentials_file`",
+                crate::git::redact_userinfo(&s.repo)
+            ),
+        ));
+    }
+    let http = s.repo.starts_with("https://") || s.repo.starts_with("http://");
+    let credentials_file = match &s.credentials_file {
+        None => None,
+        Some(_) if !http => {
+            return Err(bad(
+                "stacks.credentials_file",
+                "is for an http(s) `repo` only (over ssh, git uses root's ssh key)".into(),
+            ))
+        }
+        Some(f) => {
+            let f = config::resolve(path, f);
+            crate::git::read_credentials(&f)
+                .map_err(|reason| bad("stacks.credentials_file", format!("{}: {reason}", f.display())))?;
+            Some(f)
+        }
+    };
     let repo = if is_url { s.repo } else { config::resolve(path, Path::new(&s.repo)).display().to_string() };
     let b = &s.branch;
     if b.is_empty() || b.starts_with(['-', '/']) || b.ends_with('/') || b.contains("..") || b.contains(' ') {
@@ -411,9 +420,8 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
     if s.checkout_dir.as_os_str().is_empty() {
         return Err(bad("stacks.checkout_dir", "must not be empty".into()));
     }
-    let poll = parse_duration(&s.poll)
-        .ok_or_else(|| bad("stacks.poll", format!("`{}` is not a duration like 30s, 5m, 1h", s.poll)))?;
-    let stacks = Stacks { repo, branch: s.branch, checkout_dir: config::resolve(path, &s.checkout_dir), poll };
+    let checkout_dir = config::resolve(path, &s.checkout_dir);
+    let stacks = Stacks { repo, branch: s.branch, checkout_dir, poll: s.poll, credentials_file };
 
     if !valid_name(&h.stack) {
         return Err(bad("hub.stack", format!("`{}` is not a valid stack name ([a-z0-9][a-z0-9_-]*)", h.stack)));
@@ -550,13 +558,6 @@ pub fn valid_dataset(d: &str) -> bool {
         })
 }
 
-/// `--keep-within` syntax of borg: a positive integer and one of H, d, w, m (months), y.
-fn valid_within(s: &str) -> bool {
-    let Some(split) = s.find(|c: char| !c.is_ascii_digit()) else { return false };
-    let (n, unit) = s.split_at(split);
-    n.parse::<u32>().is_ok_and(|n| n > 0) && ["H", "d", "w", "m", "y"].contains(&unit)
-}
-
 fn service_backup(path: &Path, i: usize, s: &RawService) -> Result<Option<ServiceBackup>, ConfigError> {
     let key = |k: &str| format!("services[{i}].{k}");
     let bad = |k: &str, msg: String| ConfigError::invalid(path, key(k), msg);
@@ -619,60 +620,47 @@ fn service_backup(path: &Path, i: usize, s: &RawService) -> Result<Option<Servic
         if h.command.is_empty() || h.command[0].is_empty() {
             return Err(bad(&hk("command"), "must name a program".into()));
         }
-        let timeout = match &h.timeout {
-            None => DEFAULT_HOOK_TIMEOUT,
-            Some(t) => {
-                parse_duration(t).ok_or_else(|| bad(&hk("timeout"), format!("`{t}` is not a duration like 30s, 5m")))?
-            }
-        };
+        let timeout = h.timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT);
         hooks.push(Hook { when, container: h.container.clone(), command: h.command.clone(), timeout });
     }
     let schedule = match &s.schedule {
         None => None,
         Some(c) => Some(agent_core::cron::Cron::parse(c).map_err(|e| bad("schedule", e))?),
     };
-    let jitter = match &s.jitter {
-        None => Duration::ZERO,
-        Some(j) => parse_duration(j).ok_or_else(|| bad("jitter", format!("`{j}` is not a duration like 10m")))?,
-    };
-    let retention = match &s.retention {
-        None => agent_core::borg::Retention::default(),
-        Some(r) => {
-            if let Some(w) = &r.within {
-                if !valid_within(w) {
-                    return Err(bad("retention.within", format!("`{w}` is not like 2d, 12H, 3w, 6m, 1y")));
-                }
-            }
-            agent_core::borg::Retention {
-                within: r.within.clone(),
-                last: r.last,
-                hourly: r.hourly,
-                daily: r.daily,
-                weekly: r.weekly,
-                monthly: r.monthly,
-                yearly: r.yearly,
-            }
-        }
-    };
-    let check_freq = |k: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
+    let jitter = s.jitter.unwrap_or(Duration::ZERO);
+    let retention = s.retention.clone().unwrap_or_default();
+    // A floor per check: below it a check would run nearly all the time (`1m` was once read as a month).
+    let floor = |k: &str, v: Option<Duration>, min: Duration, what: &str| -> Result<Option<Duration>, ConfigError> {
         match v {
-            None => Ok(None),
-            Some(f) => {
-                parse_duration(f).map(Some).ok_or_else(|| bad(k, format!("`{f}` is not a frequency like 1d, 1w, 1M")))
-            }
+            Some(d) if d < min => Err(bad(
+                k,
+                format!(
+                    "`{}` is too often: {what}; the shortest interval is {}",
+                    duration::format(d),
+                    duration::format(min)
+                ),
+            )),
+            v => Ok(v),
         }
     };
     let checks = match &s.checks {
         None => Checks::default(),
         Some(c) => Checks {
-            repository: check_freq("checks.repository", &c.repository)?,
-            verify_data: check_freq("checks.verify_data", &c.verify_data)?,
+            repository: floor(
+                "checks.repository",
+                c.repository,
+                MIN_REPOSITORY_CHECK,
+                "a repository check reads the whole repository index",
+            )?,
+            verify_data: floor(
+                "checks.verify_data",
+                c.verify_data,
+                MIN_VERIFY_DATA,
+                "`borg check --verify-data` reads and decrypts every chunk of the repository",
+            )?,
         },
     };
-    let healthy_timeout = match &s.healthy_timeout {
-        None => DEFAULT_HEALTHY_TIMEOUT,
-        Some(t) => parse_duration(t).ok_or_else(|| bad("healthy_timeout", format!("`{t}` is not a duration")))?,
-    };
+    let healthy_timeout = s.healthy_timeout.unwrap_or(DEFAULT_HEALTHY_TIMEOUT);
     let notify = notify_targets(
         path,
         &key("notify"),
@@ -716,9 +704,9 @@ mod tests {
         assert_eq!((b.dataset.as_str(), b.repo.as_str()), ("tank/appdata/photos", "/mnt/backup/borg/photos"));
         assert_eq!(b.passphrase, Passphrase::Command("cat /etc/strata/secrets/photos".into()));
         assert_eq!((b.quiesce, b.local_snapshots, b.jitter), (Quiesce::Stop, 24, Duration::from_secs(600)));
-        assert_eq!(b.retention.within.as_deref(), Some("2d"));
+        assert_eq!(b.retention.within, Some(Duration::from_secs(2 * 86_400)));
         assert_eq!((b.retention.daily, b.retention.weekly, b.retention.monthly, b.retention.yearly), (7, 4, 6, 2));
-        assert_eq!(b.checks.verify_data, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!(b.checks.verify_data, Some(Duration::from_secs(duration::MONTH_SECS)));
         assert_eq!(b.hooks[0].when, HookWhen::BeforeSnapshot);
         assert_eq!(b.hooks[0].command[0], "pg_dumpall");
         assert_eq!(b.notify[0].kind, NotifyKind::Ntfy);
@@ -740,9 +728,21 @@ mod tests {
             (format!("{svc}{full}quiesce = \"freeze\"\n"), "key `services[0].quiesce`: `freeze`"),
             (format!("{svc}{full}passcommand = \"x\"\npassphrase_file = \"/p\"\n"), "not both"),
             (format!("{svc}{full}schedule = \"61 * * * *\"\n"), "key `services[0].schedule`"),
-            (format!("{svc}{full}retention = {{ within = \"2x\" }}\n"), "key `services[0].retention.within`"),
+            (
+                format!("{svc}{full}retention = {{ within = \"2x\" }}\n"),
+                "unknown unit `x` (units: s, min, h, d, w, mo, y) (key `within`)",
+            ),
+            (format!("{svc}{full}checks = {{ verify_data = \"1M\" }}\n"), "`M` is ambiguous"),
+            (
+                format!("{svc}{full}checks = {{ verify_data = \"1m\" }}\n"),
+                "key `services[0].checks.verify_data`: `1m` is too often",
+            ),
+            (
+                format!("{svc}{full}checks = {{ repository = \"30min\" }}\n"),
+                "key `services[0].checks.repository`: `30m` is too often",
+            ),
             (format!("{svc}{full}retention = {{ dayly = 2 }}\n"), "unknown field `dayly`"),
-            (format!("{svc}{full}checks = {{ repository = \"often\" }}\n"), "key `services[0].checks.repository`"),
+            (format!("{svc}{full}checks = {{ repository = \"often\" }}\n"), "(key `repository`)"),
             (
                 format!("{svc}{full}hooks = [{{ when = \"later\", container = \"db\", command = [\"x\"] }}]\n"),
                 "key `services[0].hooks[0].when`",
@@ -820,7 +820,7 @@ mod tests {
             assert!(err.contains(want), "want {want:?} in {err:?}");
         }
         let err = Config::parse(Path::new("/x.toml"), &BASE.replace("30s", "soon")).unwrap_err().to_string();
-        assert!(err.contains("key `stacks.poll`"), "{err}");
+        assert!(err.contains("`soon` is not a duration") && err.contains("(key `poll`)"), "{err}");
         let err = Config::parse(Path::new("/x.toml"), &BASE.replace("\"proxy\"", "\"Pro/xy\"")).unwrap_err();
         assert!(err.to_string().contains("key `hub.stack`"), "{err}");
         // The branch names paths under .git (its ref and lock files): nothing that leaves refs/.
@@ -829,6 +829,44 @@ mod tests {
             let err = Config::parse(Path::new("/x.toml"), &text).unwrap_err().to_string();
             assert!(err.contains("key `stacks.branch`"), "{branch:?}: {err}");
         }
+        // Credentials in the repo URL: refused naming the key and credentials_file, never quoting them.
+        for url in [
+            "https://ghp_T0KEN@git.example/s.git",
+            "https://bot:T0KEN@git.example/s.git",
+            "http://T0KEN:x-oauth-basic@127.0.0.1:1/s.git",
+            "ssh://git:T0KEN@git.example/s.git",
+        ] {
+            let err = Config::parse(Path::new("/x.toml"), &BASE.replace("\"stacks-repo\"", &format!("{url:?}")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("key `stacks.repo`") && err.contains("stacks.credentials_file"), "{err}");
+            assert!(!err.contains("T0KEN") && err.contains("***@"), "{err}");
+        }
+        let ssh = BASE.replace("\"stacks-repo\"", "\"ssh://git@git.example/s.git\"");
+        assert_eq!(
+            Config::parse(Path::new("/x.toml"), &ssh).unwrap().stacks.unwrap().repo,
+            "ssh://git@git.example/s.git"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("git-credentials");
+        std::fs::write(&creds, "bot:T0KEN\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let https = BASE
+            .replace("\"stacks-repo\"", "\"https://git.example/s.git\"")
+            .replace("poll = ", &format!("credentials_file = {:?}\npoll = ", creds.display().to_string()));
+        let err = Config::parse(Path::new("/x.toml"), &https).unwrap_err().to_string();
+        assert!(err.contains("key `stacks.credentials_file`") && err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::parse(Path::new("/x.toml"), &https).unwrap();
+        assert_eq!(c.stacks.unwrap().credentials_file.as_deref(), Some(creds.as_path()));
+        let local = BASE.replace("poll = ", &format!("credentials_file = {:?}\npoll = ", creds.display().to_string()));
+        let err = Config::parse(Path::new("/x.toml"), &local).unwrap_err().to_string();
+        assert!(err.contains("key `stacks.credentials_file`: is for an http(s) `repo` only"), "{err}");
+        std::fs::write(&creds, "T0KEN\n").unwrap();
+        let err = Config::parse(Path::new("/x.toml"), &https).unwrap_err().to_string();
+        assert!(err.contains("USER:PASSWORD") && !err.contains("T0KEN"), "{err}");
+
         let text = BASE.replace("poll = ", "branch = \"release/2026\"\npoll = ");
         assert_eq!(Config::parse(Path::new("/x.toml"), &text).unwrap().stacks.unwrap().branch, "release/2026");
     }
@@ -841,10 +879,67 @@ mod tests {
         for bad in ["", "..", "a/b", "A", "-a", "_a", "a.b", "a b", &"x".repeat(64)] {
             assert!(!valid_name(bad), "{bad}");
         }
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("0s"), None);
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration("5 m"), None);
+    }
+
+    /// Every duration key of this config, each with the shared grammar tables of `agent_core::duration`: accepted
+    /// texts give the same value in every key (or, below a check's floor, a refusal naming the key); refused texts
+    /// are refused in every key, naming it.
+    #[test]
+    fn every_duration_key_takes_the_one_grammar() {
+        let svc = "[[services]]\nname = \"a\"\ndataset = \"tank/a\"\nrepo = \"/b/a\"\n";
+        type Get = fn(&Config) -> Option<Duration>;
+        let keys: [(&str, &str, Option<Duration>, Get); 7] = [
+            ("stacks.poll", "poll = \"30s\"", None, |c| Some(c.stacks.as_ref().unwrap().poll)),
+            ("services[0].jitter", "jitter = V", None, |c| Some(c.services[1].backup.as_ref().unwrap().jitter)),
+            ("services[0].healthy_timeout", "healthy_timeout = V", None, |c| {
+                Some(c.services[1].backup.as_ref().unwrap().healthy_timeout)
+            }),
+            (
+                "services[0].hooks[0].timeout",
+                "hooks = [{ when = \"before-snapshot\", container = \"db\", command = [\"x\"], timeout = V }]",
+                None,
+                |c| Some(c.services[1].backup.as_ref().unwrap().hooks[0].timeout),
+            ),
+            ("services[0].retention.within", "retention = { within = V }", None, |c| {
+                c.services[1].backup.as_ref().unwrap().retention.within
+            }),
+            ("services[0].checks.repository", "checks = { repository = V }", Some(MIN_REPOSITORY_CHECK), |c| {
+                c.services[1].backup.as_ref().unwrap().checks.repository
+            }),
+            ("services[0].checks.verify_data", "checks = { verify_data = V }", Some(MIN_VERIFY_DATA), |c| {
+                c.services[1].backup.as_ref().unwrap().checks.verify_data
+            }),
+        ];
+        let text = |key: &str, line: &str, v: &str| {
+            if key == "stacks.poll" {
+                BASE.replace(line, &format!("poll = {v:?}")) + svc
+            } else {
+                format!("{BASE}{svc}{}\n", line.replace('V', &format!("{v:?}")))
+            }
+        };
+        for (key, line, floor, get) in keys {
+            let leaf = key.rsplit('.').next().unwrap();
+            for (v, secs) in duration::ACCEPTED {
+                let want = Duration::from_secs(*secs);
+                match Config::parse(Path::new("/x.toml"), &text(key, line, v)) {
+                    Ok(c) => {
+                        assert!(floor.is_none_or(|f| want >= f), "{key} = {v:?} passed its floor");
+                        assert_eq!(get(&c), Some(want), "{key} = {v:?}");
+                    }
+                    Err(e) => {
+                        let e = e.to_string();
+                        let below = floor.is_some_and(|f| want < f);
+                        assert!(
+                            below && e.contains(&format!("key `{key}`: ")) && e.contains("too often"),
+                            "{key} = {v:?}: {e}"
+                        );
+                    }
+                }
+            }
+            for v in duration::REFUSED {
+                let e = Config::parse(Path::new("/x.toml"), &text(key, line, v)).unwrap_err().to_string();
+                assert!(e.contains(&format!("(key `{leaf}`)")), "{key} = {v:?}: {e}");
+            }
+        }
     }
 }

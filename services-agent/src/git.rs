@@ -1,6 +1,11 @@
 //! The git CLI: cloning and fetching the stacks repository into the checkout directory, and reading which commit and
 //! which directory trees it holds. Builds commands run through `agent_core::runner`; parses their output in pure
 //! functions. Must not know compose, Docker or what a stack means beyond "a directory of the repo".
+//!
+//! Credentials of an http(s) repository come from a file (`[stacks] credentials_file`, `USER:PASSWORD` on its
+//! first line) and reach git only through `GIT_ASKPASS`: git runs this agent's own binary with the prompt, which
+//! prints the answer from the file ([`askpass`]). They never appear in argv (`/proc/PID/cmdline`), in
+//! `.git/config`, in logs or in errors; every userinfo of a URL is masked in what this module reports.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +29,59 @@ pub enum GitError {
     NotACheckout { dir: PathBuf },
     #[error("git printed unexpected output: {0}")]
     Parse(String),
+    #[error("credentials file {path}: {reason}")]
+    Credentials { path: PathBuf, reason: String },
+}
+
+/// The environment variable naming the credentials file for [`askpass`]: set only for the git we run.
+pub const ASKPASS_ENV: &str = "STRATA_GIT_CREDENTIALS_FILE";
+
+/// A `USER:PASSWORD` pair read from a credentials file.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(***)")
+    }
+}
+
+/// Reads `USER:PASSWORD` from the first non-empty line of `path`, which must be a regular file that neither group
+/// nor others can read. The reason never quotes the file's content.
+pub fn read_credentials(path: &Path) -> Result<Credentials, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!("mode {:04o} lets others read it: chmod 600", meta.mode() & 0o7777));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).ok_or("is empty")?;
+    match line.split_once(':') {
+        Some((user, password)) if !user.is_empty() && !password.is_empty() => {
+            Ok(Credentials { user: user.to_string(), password: password.to_string() })
+        }
+        _ => Err("the first line must be USER:PASSWORD (a token: x-access-token:TOKEN on GitHub, oauth2:TOKEN on \
+                  GitLab, USER:TOKEN on Gitea)"
+            .into()),
+    }
+}
+
+/// What git's `GIT_ASKPASS` program prints for `prompt` (`Username for '…': ` or `Password for '…': `).
+pub fn askpass(file: &Path, prompt: &str) -> Result<String, String> {
+    let c = read_credentials(file).map_err(|reason| format!("credentials file {}: {reason}", file.display()))?;
+    if prompt.starts_with("Username") {
+        Ok(c.user)
+    } else if prompt.starts_with("Password") {
+        Ok(c.password)
+    } else {
+        Err(format!("unexpected git prompt {:?}", prompt.chars().take(80).collect::<String>()))
+    }
 }
 
 /// The stacks repository and where it is checked out.
@@ -32,6 +90,8 @@ pub struct Repo {
     pub url: String,
     pub branch: String,
     pub dir: PathBuf,
+    /// `[stacks] credentials_file`: `USER:PASSWORD` handed to git through `GIT_ASKPASS`.
+    pub credentials: Option<PathBuf>,
 }
 
 impl Repo {
@@ -41,6 +101,17 @@ impl Repo {
             cmd = cmd.redact(secret);
         }
         cmd
+    }
+
+    /// A network command (clone, fetch): the credentials file, when given, reaches git through `GIT_ASKPASS` (this
+    /// binary) and its content is masked in every message, in case git or a server echoes it.
+    fn with_credentials(&self, mut cmd: Cmd) -> Result<Cmd, GitError> {
+        let Some(file) = &self.credentials else { return Ok(cmd) };
+        let bad = |reason: String| GitError::Credentials { path: file.clone(), reason };
+        let c = read_credentials(file).map_err(bad)?;
+        let exe = std::env::current_exe().map_err(|e| bad(format!("cannot find this program for GIT_ASKPASS: {e}")))?;
+        cmd = cmd.env("GIT_ASKPASS", exe).env(ASKPASS_ENV, file);
+        Ok(cmd.redact(c.password.clone()).redact(format!("{}:{}", c.user, c.password)))
     }
 
     /// Clones the branch when the checkout does not exist yet, else fetches it; then moves the work tree to the tip
@@ -57,11 +128,10 @@ impl Repo {
             }
             runner::run_ok(self.git().args(["remote", "set-url", "origin"]).arg(&self.url)).await?;
             let refspec = format!("+refs/heads/{b}:refs/remotes/origin/{b}", b = self.branch);
-            runner::run_ok(
-                self.git().args(["fetch", "--prune", "--quiet", "origin"]).arg(refspec).timeout(NETWORK_TIMEOUT),
-            )
-            .await
-            .map_err(|source| GitError::Fetch { branch: self.branch.clone(), source })?;
+            let fetch = self.git().args(["fetch", "--prune", "--quiet", "origin"]).arg(refspec);
+            runner::run_ok(self.with_credentials(fetch.timeout(NETWORK_TIMEOUT))?)
+                .await
+                .map_err(|source| GitError::Fetch { branch: self.branch.clone(), source })?;
         } else {
             if is_non_empty_dir(&self.dir) {
                 return Err(GitError::NotACheckout { dir: self.dir.clone() });
@@ -81,7 +151,7 @@ impl Repo {
             if let Some(secret) = url_secret(&self.url) {
                 clone = clone.redact(secret);
             }
-            if let Err(e) = runner::run_ok(clone).await {
+            if let Err(e) = runner::run_ok(self.with_credentials(clone)?).await {
                 // A failed clone may leave a partial directory behind: the next attempt starts afresh.
                 let _ = std::fs::remove_dir_all(&self.dir);
                 return Err(GitError::Clone(e));
@@ -122,13 +192,47 @@ fn is_non_empty_dir(p: &Path) -> bool {
 /// Every git we run: no prompts, C locale, and housekeeping (`gc --auto`, `maintenance --auto`) in the foreground, so
 /// that no git of ours outlives its command: one sync at a time is then one git at a time in the checkout, which is
 /// what makes a lock file found at the start of a sync a stale one.
+///
+/// `credential.helper=` (empty) turns off every credential helper of the user's and system's git config: none may
+/// store our credentials (e.g. root's `credential.helper = store` writing them to `~/.git-credentials`), none may
+/// answer in their place.
 fn base_git() -> Cmd {
     Cmd::new("git").env("GIT_TERMINAL_PROMPT", "0").env("LC_ALL", "C").args([
         "-c",
         "gc.autoDetach=false",
         "-c",
         "maintenance.autoDetach=false",
+        "-c",
+        "credential.helper=",
     ])
+}
+
+/// `text` with the userinfo of every `SCHEME://USERINFO@HOST` in it replaced by `***` (the user name too: a token
+/// is often written as the user, `https://TOKEN@host/…`).
+pub fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail.find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || "'\"`<>".contains(c));
+        let authority = &tail[..end.unwrap_or(tail.len())];
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str(runner::MASK);
+                out.push_str(&tail[at..authority.len()]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[authority.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// True when the URL carries a userinfo (`SCHEME://USER[:PASSWORD]@HOST…`).
+pub fn has_userinfo(url: &str) -> bool {
+    redact_userinfo(url) != url
 }
 
 /// The password of a URL like `https://user:secret@host/…`, to redact from logs and errors.
@@ -200,6 +304,41 @@ mod tests {
         assert_eq!(url_secret("ssh://git@host/x"), None);
     }
 
+    #[test]
+    fn userinfo_is_masked_in_any_form() {
+        let cases = [
+            ("https://TOKEN@h.example/x.git", "https://***@h.example/x.git"),
+            ("https://u:p@h.example/x@y", "https://***@h.example/x@y"),
+            (
+                "fatal: unable to access 'http://u:TOKEN@127.0.0.1:9/s.git/': refused",
+                "fatal: unable to access 'http://***@127.0.0.1:9/s.git/': refused",
+            ),
+            ("a ssh://git@h/x and https://h/y?u=a@b", "a ssh://***@h/x and https://h/y?u=a@b"),
+            ("no url here", "no url here"),
+            ("https://h.example", "https://h.example"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(redact_userinfo(text), want, "{text}");
+        }
+        assert!(has_userinfo("https://TOKEN@h/x") && !has_userinfo("https://h/x") && !has_userinfo("git@h:x"));
+    }
+
+    #[test]
+    fn askpass_answers_from_the_file_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("creds");
+        std::fs::write(&f, "\n  bot:s3:cret  \n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(askpass(&f, "Username for 'https://h': ").unwrap(), "bot");
+        assert_eq!(askpass(&f, "Password for 'https://bot@h': ").unwrap(), "s3:cret");
+        assert!(askpass(&f, "Are you sure?").is_err());
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = askpass(&f, "Password for 'https://bot@h': ").unwrap_err();
+        assert!(e.contains("chmod 600") && !e.contains("s3:cret"), "{e}");
+        assert!(format!("{:?}", Credentials { user: "u".into(), password: "p".into() }) == "Credentials(***)");
+    }
+
     fn git(dir: &Path, args: &[&str]) {
         let st = std::process::Command::new("git")
             .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
@@ -219,8 +358,12 @@ mod tests {
         std::fs::write(origin.join("photos/docker-compose.yml"), "one\n").unwrap();
         git(&origin, &["add", "."]);
         git(&origin, &["commit", "-qm", "one"]);
-        let repo =
-            Repo { url: origin.display().to_string(), branch: "main".into(), dir: tmp.path().join("checkout/stacks") };
+        let repo = Repo {
+            url: origin.display().to_string(),
+            branch: "main".into(),
+            dir: tmp.path().join("checkout/stacks"),
+            credentials: None,
+        };
         let first = repo.sync().await.unwrap();
         let trees1 = repo.trees().await.unwrap();
         assert!(trees1.contains_key("photos"));

@@ -6,6 +6,20 @@ use agent_core::cli::{self, AgentDef};
 use services_agent::{config::DEFAULT_METRICS_PORT, Config, ROLE};
 
 fn main() -> ExitCode {
+    // Run by git as its GIT_ASKPASS (only ever with this variable set by the agent's git module): print the answer.
+    if let Some(file) = std::env::var_os(services_agent::git::ASKPASS_ENV) {
+        let prompt = std::env::args().nth(1).unwrap_or_default();
+        return match services_agent::git::askpass(std::path::Path::new(&file), &prompt) {
+            Ok(answer) => {
+                println!("{answer}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("services-agent askpass: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     cli::main(AgentDef {
         agent: "services-agent",
         role: ROLE,

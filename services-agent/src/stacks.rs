@@ -96,6 +96,7 @@ impl Stacks {
             url: s.repo.clone(),
             branch: s.branch.clone(),
             dir: s.checkout_dir.clone(),
+            credentials: s.credentials_file.clone(),
         });
         Ok(Stacks {
             cfg,
@@ -158,7 +159,8 @@ impl Stacks {
             Ok(x) => x,
             Err(e) => {
                 self.metrics.sync_failures.inc();
-                let msg = format!("sync: {e}");
+                // Every URL userinfo masked: this text goes to the log and to every caller of ListServices.
+                let msg = crate::git::redact_userinfo(&format!("sync: {e}"));
                 tracing::warn!(error = msg, "sync failed; running stacks left as they are");
                 for s in &self.cfg.services {
                     report.errors.insert(s.name.clone(), msg.clone());

@@ -212,7 +212,7 @@ impl Lab {
         for (name, path, s) in vms {
             text.push_str(&format!(
                 "[[vms]]\nname = \"{name}\"\nbackend = \"qemu\"\npath = {path:?}\nmode = \"{}\"\nengine = \"{}\"\n\
-                 target = {:?}\nshutdown_timeout = 2\n{}\n",
+                 target = {:?}\nshutdown_timeout = \"2s\"\n{}\n",
                 s.mode, s.engine, s.target, s.extra
             ));
         }
@@ -654,7 +654,7 @@ async fn vmware_through_vmrun_standin_hangs_fall_back_to_hard_and_locks_are_refu
     ] {
         text.push_str(&format!(
             "[[vms]]\nname = \"{name}\"\nbackend = \"{backend}\"\npath = {path:?}\nmode = \"suspend\"\nengine = \"rsync\"\n\
-             target = {target:?}\nvmrun = {vmrun:?}\nvmrun_timeout = 1\nshutdown_timeout = 1\n"
+             target = {target:?}\nvmrun = {vmrun:?}\nvmrun_timeout = \"1s\"\nshutdown_timeout = \"1s\"\n"
         ));
     }
     let config = dir.path().join("host-agent.toml");

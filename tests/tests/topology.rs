@@ -521,7 +521,7 @@ fn across_namespaces_names_resolve_the_hub_routes_to_each_app_and_every_agent_is
     std::fs::create_dir(&target)?;
     let vms = format!(
         "[[vms]]\nname = \"lab\"\nbackend = \"qemu\"\npath = {:?}\nmode = \"suspend\"\nengine = \"rsync\"\n\
-         target = {:?}\nshutdown_timeout = 2\nguest = \"{}\"\nrequire_guest = true\n",
+         target = {:?}\nshutdown_timeout = \"2s\"\nguest = \"{}\"\nrequire_guest = true\n",
         vm.display().to_string(),
         target.display().to_string(),
         lab.services_agent().url(),

@@ -351,7 +351,7 @@ impl Lab {
         let host = base(AgentKind::Host)
             + &format!(
                 "[[vms]]\nname = \"{VM_NAME}\"\nbackend = \"qemu\"\npath = {:?}\nmode = \"suspend\"\nengine = \"borg\"\n\
-                 target = {:?}\npasscommand = \"cat {}\"\nretention = {{ last = 3 }}\nguest = \"{}\"\nshutdown_timeout = 2\n",
+                 target = {:?}\npasscommand = \"cat {}\"\nretention = {{ last = 3 }}\nguest = \"{}\"\nshutdown_timeout = \"2s\"\n",
                 self.vm.dir,
                 self.vm_repo.as_ref().context("vm repo")?.path(),
                 d.join("secrets/vm.pass").display(),
