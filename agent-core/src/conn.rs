@@ -475,7 +475,7 @@ mod tests {
         let (b2, kb2) = t.admit(ip(2)).unwrap();
         t.set_phase(b1, Phase::Authenticated(vec![1]));
         t.set_phase(b2, Phase::Authenticated(vec![2]));
-        assert_eq!(t.admit(ip(2)).unwrap_err(), Turned::PeerFull);
+        assert_eq!(t.admit(ip(2)).err(), Some(Turned::PeerFull));
         assert!(!kb1.is_set() && !kb2.is_set());
         // The agent is full (4 live): a newcomer evicts the oldest unauthenticated one overall (peer 1's).
         let (_c1, kc1) = t.admit(ip(3)).unwrap();

@@ -102,11 +102,7 @@ fn parse<'a>(path: &Path, der: &'a [u8]) -> Result<X509Certificate<'a>, TlsError
 
 /// A serial number as colon-separated hex, the form `openssl x509 -serial` and `labctl pki show` print.
 pub fn serial_hex(raw: &[u8]) -> String {
-    let trimmed = match raw.iter().position(|b| *b != 0) {
-        Some(i) => &raw[i..],
-        None => &raw[raw.len().saturating_sub(1)..],
-    };
-    trimmed.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    trim_serial(raw).iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// The serial number of a DER certificate (raw big-endian bytes), when it parses.
@@ -114,7 +110,8 @@ pub fn cert_serial(der: &[u8]) -> Option<Vec<u8>> {
     X509Certificate::from_der(der).ok().map(|(_, c)| trim_serial(c.raw_serial()))
 }
 
-fn trim_serial(raw: &[u8]) -> Vec<u8> {
+/// A serial number's raw bytes without leading zero bytes (DER pads positive serials with one).
+pub fn trim_serial(raw: &[u8]) -> Vec<u8> {
     let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
     raw[start..].to_vec()
 }

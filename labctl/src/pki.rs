@@ -295,7 +295,7 @@ pub fn revoke(dir: &Path, target: &str) -> Result<Revocation, PkiError> {
         if !ca.signed(&cert) {
             return Err(PkiError::ForeignCertificate { cert: path, ca: dir.join(CA_CERT_FILE) });
         }
-        (trim_zeros(cert.raw_serial()), Identity::from_cert_der(&der).ok().map(|i| i.uri()))
+        (agent_core::tls::trim_serial(cert.raw_serial()), Identity::from_cert_der(&der).ok().map(|i| i.uri()))
     } else {
         (parse_serial(target).ok_or_else(|| PkiError::UnknownRevokeTarget(target.to_string()))?, None)
     };
@@ -358,7 +358,7 @@ fn read_crl(dir: &Path, ca: &LoadedCa) -> Result<(Vec<rcgen::RevokedCertParams>,
     let entries = crl
         .iter_revoked_certificates()
         .map(|r| rcgen::RevokedCertParams {
-            serial_number: rcgen::SerialNumber::from_slice(&trim_zeros(r.raw_serial())),
+            serial_number: rcgen::SerialNumber::from_slice(&agent_core::tls::trim_serial(r.raw_serial())),
             revocation_time: OffsetDateTime::from_unix_timestamp(r.revocation_date.timestamp())
                 .unwrap_or_else(|_| OffsetDateTime::now_utc()),
             reason_code: None,
@@ -391,11 +391,6 @@ fn write_crl(
     Ok(path)
 }
 
-fn trim_zeros(raw: &[u8]) -> Vec<u8> {
-    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
-    raw[start..].to_vec()
-}
-
 /// A serial number in hex, with or without colons (`0a:1b…` or `0a1b…`).
 fn parse_serial(s: &str) -> Option<Vec<u8>> {
     let hex: String = s.chars().filter(|c| *c != ':').collect();
@@ -405,7 +400,7 @@ fn parse_serial(s: &str) -> Option<Vec<u8>> {
     let padded = if hex.len() % 2 == 1 { format!("0{hex}") } else { hex };
     let bytes: Option<Vec<u8>> =
         (0..padded.len()).step_by(2).map(|i| u8::from_str_radix(&padded[i..i + 2], 16).ok()).collect();
-    bytes.map(|b| trim_zeros(&b))
+    bytes.map(|b| agent_core::tls::trim_serial(&b))
 }
 
 /// The trust domain recorded in `DIR/ca.pem` (its `spiffe://DOMAIN` URI SAN).
