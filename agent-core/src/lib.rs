@@ -14,5 +14,6 @@ pub mod install;
 pub mod policy;
 pub mod runner;
 pub mod state;
+pub mod target;
 pub mod telemetry;
 pub mod tls;

@@ -1,4 +1,4 @@
-//! Agent state on disk: one SQLite database per agent (WAL) and an atomic file writer.
+//! Agent state on disk: one SQLite database per agent (WAL, `synchronous=FULL`) and an atomic file writer.
 //! Knows files and SQLite; must not know any agent's schema (each agent migrates its own tables).
 
 use std::io::Write;
@@ -25,9 +25,14 @@ pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
 /// The environment variable of the crash test hook (see [`crash_point`]).
 pub const CRASH_HOOK_ENV: &str = "STRATA_TEST_CRASH_AT";
 
-/// The crash test hook, called by the agents right after they journal a step: when `STRATA_TEST_CRASH_AT` names
-/// `step`, it logs `test hook: holding at step STEP` and then never returns, so that a test can SIGKILL the agent at
-/// exactly that point. It exists only for the crash-recovery tests; leave the variable unset.
+/// The environment variable of the wait test hook (see [`crash_point`]): `STEP:FILE`.
+pub const WAIT_HOOK_ENV: &str = "STRATA_TEST_WAIT_AT";
+
+/// The test hooks, called by the agents right after they journal a step. When `STRATA_TEST_CRASH_AT` names `step`,
+/// it logs `test hook: holding at step STEP` and then never returns, so that a test can SIGKILL the agent at exactly
+/// that point. When `STRATA_TEST_WAIT_AT` is `STEP:FILE` for this step, it logs `test hook: waiting at step STEP` and
+/// returns once FILE exists, so that a test can arrange a fault (e.g. take the database's write lock) at exactly that
+/// point. They exist only for the crash and fault tests; leave the variables unset.
 pub fn crash_point(step: &str) {
     if std::env::var(CRASH_HOOK_ENV).is_ok_and(|s| s == step) {
         tracing::warn!("test hook: holding at step {step}");
@@ -35,6 +40,18 @@ pub fn crash_point(step: &str) {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
     }
+    if let Some(file) = std::env::var(WAIT_HOOK_ENV).ok().and_then(|v| wait_file(&v, step)) {
+        tracing::warn!("test hook: waiting at step {step}");
+        while !file.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// The FILE of a `STEP:FILE` wait hook value when STEP is `step`.
+fn wait_file(value: &str, step: &str) -> Option<PathBuf> {
+    let (s, file) = value.split_once(':')?;
+    (s == step && !file.is_empty()).then(|| PathBuf::from(file))
 }
 
 /// The fault test hook: when `STRATA_TEST_FAIL_AT` names `step`, returns an error message for the caller to fail
@@ -47,7 +64,9 @@ pub fn fail_point(step: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Opens (creating) `STATE_DIR/NAME.db` in WAL mode with a busy timeout and foreign keys on.
+/// Opens (creating) `STATE_DIR/NAME.db` in WAL mode with a busy timeout and foreign keys on. `synchronous=FULL`:
+/// every commit is fsynced before it returns, so a journaled step survives a power loss before its action is taken
+/// (with `NORMAL`, WAL commits are durable only at the next checkpoint).
 pub fn open_db(state_dir: &Path, name: &str) -> Result<rusqlite::Connection, StateError> {
     ensure_dir(state_dir)?;
     let path = state_dir.join(format!("{name}.db"));
@@ -55,7 +74,7 @@ pub fn open_db(state_dir: &Path, name: &str) -> Result<rusqlite::Connection, Sta
     let conn = rusqlite::Connection::open(&path).map_err(sql)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(sql)?;
     Ok(conn)
 }
@@ -104,6 +123,14 @@ mod tests {
     }
 
     #[test]
+    fn wait_hook_values() {
+        assert_eq!(wait_file("quiesce:/tmp/go", "quiesce"), Some(PathBuf::from("/tmp/go")));
+        assert_eq!(wait_file("quiesce:/tmp/go", "resume"), None);
+        assert_eq!(wait_file("quiesce:", "quiesce"), None);
+        assert_eq!(wait_file("quiesce", "quiesce"), None);
+    }
+
+    #[test]
     fn db_is_wal_and_persists() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
@@ -111,6 +138,9 @@ mod tests {
             let db = open_db(&state, "agent").unwrap();
             let mode: String = db.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
             assert_eq!(mode, "wal");
+            // 2 = FULL: a commit (a journaled step) is on disk before the action it announces is taken.
+            let sync: i64 = db.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+            assert_eq!(sync, 2, "synchronous=FULL");
             db.execute_batch("CREATE TABLE t(x INTEGER); INSERT INTO t VALUES (42);").unwrap();
         }
         let db = open_db(&state, "agent").unwrap();

@@ -56,6 +56,8 @@ pub enum HostError {
     Unencrypted { vm: String, target: PathBuf, detail: String },
     #[error("vm {vm}: guest {url} did not prepare for the backup and require_guest is set: {message}")]
     Guest { vm: String, url: String, message: String },
+    #[error("vm {vm}: restore target {}: {why}", path.display())]
+    Refused { vm: String, path: PathBuf, why: String },
     #[error("vm {vm}: {} already exists: restore with --force to move it aside", path.display())]
     Exists { vm: String, path: PathBuf },
     #[error("vm {vm}: restored bundle {} fails its check: {message}", path.display())]
@@ -432,10 +434,9 @@ impl Host {
             Ok(h) => h,
             Err(e) => {
                 // Whatever state it reached, bring it back.
-                self.resume_journaled(name, hv, planned, jq).await.map_err(|r| HostError::Other {
-                    vm: name.into(),
-                    message: format!("{e}; and resuming failed: {r}"),
-                })?;
+                self.resume_journaled(name, hv, planned, jq)
+                    .await
+                    .map_err(|r| HostError::Other { vm: name.into(), message: format!("{e}; and {r}") })?;
                 return Err(e.into());
             }
         };
@@ -444,22 +445,27 @@ impl Host {
         let mut clone_dir = None;
         if vm.mode == Mode::Clone {
             let cpath = clone::clone_path(&vm.path, name, &engine::stamp(now_unix()));
-            let jc = j.begin(name, step::CLONE, &cpath.to_string_lossy())?;
+            // Not journaled, not cloned: the vm is resumed before the journal error is reported.
+            let jc = match j.begin(name, step::CLONE, &cpath.to_string_lossy()) {
+                Ok(jc) => jc,
+                Err(e) => return Err(self.resume_on_journal_error(name, hv, how, jq, e).await),
+            };
             send(tx, "clone", 2, 6, format!("cloning {} copy-on-write", vm.path.display())).await;
             match clone::clone_dir(&vm.path, &cpath).await {
                 Ok(()) => clone_dir = Some((cpath, jc)),
                 Err(CloneError::Unsupported { dir, message }) => {
-                    j.done(jc)?;
+                    if let Err(e) = j.done(jc) {
+                        return Err(self.resume_on_journal_error(name, hv, how, jq, e).await);
+                    }
                     mode = Mode::Suspend;
                     warnings.push(format!("{} cannot clone ({message}): fell back to suspend mode", dir.display()));
                     tracing::warn!(vm = name, "{}", warnings.last().map(String::as_str).unwrap_or(""));
                 }
                 Err(e) => {
+                    self.resume_journaled(name, hv, how, jq)
+                        .await
+                        .map_err(|r| HostError::Other { vm: name.into(), message: format!("{e}; and {r}") })?;
                     j.done(jc)?;
-                    self.resume_journaled(name, hv, how, jq).await.map_err(|r| HostError::Other {
-                        vm: name.into(),
-                        message: format!("{e}; and resuming failed: {r}"),
-                    })?;
                     return Err(HostError::Clone { vm: name.into(), source: e });
                 }
             }
@@ -468,7 +474,7 @@ impl Host {
         if let Some((cpath, jc)) = clone_dir {
             self.resume_journaled(name, hv, how, jq)
                 .await
-                .map_err(|r| HostError::Other { vm: name.into(), message: format!("resuming failed: {r}") })?;
+                .map_err(|message| HostError::Other { vm: name.into(), message })?;
             let downtime = t0.elapsed();
             // The guest runs again: its backups may go on while the clone is copied.
             self.release_lease(vm, lease, warnings).await;
@@ -498,23 +504,69 @@ impl Host {
         let created = eng.create(&vm.path, id).await;
         self.resume_journaled(name, hv, how, jq)
             .await
-            .map_err(|r| HostError::Other { vm: name.into(), message: format!("resuming failed: {r}") })?;
+            .map_err(|message| HostError::Other { vm: name.into(), message })?;
         let downtime = t0.elapsed();
         send(tx, "resume", 4, 6, format!("vm {name} running again after {:.3}s", downtime.as_secs_f64())).await;
         let info = created.map_err(|source| HostError::Engine { vm: name.into(), source })?;
         Ok((mode, downtime, info))
     }
 
-    /// Journals the resume, resumes, then closes both the resume and the quiesce rows.
+    /// Journals the resume, resumes, then closes both the resume and the quiesce rows. The vm is resumed even when
+    /// the journal cannot be written (a full disk, a locked database); that error is reported after.
     async fn resume_journaled(&self, name: &str, hv: &dyn Hypervisor, how: Quiesced, jq: i64) -> Result<(), String> {
-        let jr = self.journal.begin(name, step::RESUME, how.as_str()).map_err(|e| e.to_string())?;
-        hv.resume(how).await.map_err(|e| e.to_string())?;
-        self.journal.done(jr).map_err(|e| e.to_string())?;
-        self.journal.done(jq).map_err(|e| e.to_string())
+        let jr = self.journal.begin(name, step::RESUME, how.as_str());
+        hv.resume(how).await.map_err(|e| format!("resuming failed: {e}"))?;
+        let journal_error =
+            |e: JournalError| format!("the journal could not be written ({e}); the vm was resumed first");
+        self.journal.done(jr.map_err(journal_error)?).map_err(journal_error)?;
+        self.journal.done(jq).map_err(journal_error)
+    }
+
+    /// A journal write failed while the vm is quiesced: resume it first, then report the journal error. The quiesce
+    /// row may stay open (the journal is failing): the next start then resumes a running vm, which does nothing.
+    async fn resume_on_journal_error(
+        &self,
+        name: &str,
+        hv: &dyn Hypervisor,
+        how: Quiesced,
+        jq: i64,
+        e: JournalError,
+    ) -> HostError {
+        let resumed = hv.resume(how).await;
+        if resumed.is_ok() {
+            let _ = self.journal.done(jq);
+        }
+        let message = match resumed {
+            Ok(()) => format!("the journal could not be written ({e}); the vm was resumed first"),
+            Err(r) => format!("the journal could not be written ({e}); and resuming failed: {r}"),
+        };
+        HostError::Other { vm: name.into(), message }
     }
 
     /// Restores backup `archive` (latest when `None`) of `name` into `to`, checks it, and optionally starts it.
+    /// `to` must be confined (see `agent_core::target`: no `..`, no symlinked component, no system directory, not
+    /// in the agent's state directory), and `--force` moves aside only a VM bundle of this VM's backend.
     pub async fn restore(
+        &self,
+        name: &str,
+        archive: Option<&str>,
+        to: &Path,
+        force: bool,
+        start: bool,
+        tx: &mpsc::Sender<Progress>,
+    ) -> Result<String, HostError> {
+        let vm = self.vm(name)?;
+        let own = [(self.cfg.common.state_dir.as_path(), "the agent's state directory")];
+        let to = agent_core::target::confined(to, &own).map_err(|e| HostError::Refused {
+            vm: vm.name.clone(),
+            path: e.path,
+            why: e.why,
+        })?;
+        self.restore_into(name, archive, &to, force, start, tx).await
+    }
+
+    /// [`Host::restore`] without the confinement of `to` (the drill restores under the state directory).
+    async fn restore_into(
         &self,
         name: &str,
         archive: Option<&str>,
@@ -526,9 +578,26 @@ impl Host {
         let vm = self.vm(name)?.clone();
         let eng = engine::for_vm(&vm);
         let eng_err = |source| HostError::Engine { vm: name.into(), source };
-        let occupied = to.exists() && std::fs::read_dir(to).map(|mut d| d.next().is_some()).unwrap_or(true);
+        let meta = std::fs::symlink_metadata(to).ok();
+        if meta.as_ref().is_some_and(|m| !m.is_dir()) {
+            return Err(HostError::Refused {
+                vm: name.into(),
+                path: to.to_path_buf(),
+                why: "exists and is not a directory: nothing is moved aside".into(),
+            });
+        }
+        let occupied = meta.is_some() && std::fs::read_dir(to).map(|mut d| d.next().is_some()).unwrap_or(true);
         if occupied && !force {
             return Err(HostError::Exists { vm: name.into(), path: to.to_path_buf() });
+        }
+        if occupied {
+            if let Err(why) = is_bundle(vm.backend, to) {
+                return Err(HostError::Refused {
+                    vm: name.into(),
+                    path: to.to_path_buf(),
+                    why: format!("is not a VM bundle ({why}): --force moves aside only a VM bundle"),
+                });
+            }
         }
         if occupied && to == vm.path {
             let st = self.hv(&vm).state().await?;
@@ -594,12 +663,30 @@ impl Host {
         let vm = self.vm(name)?;
         let scratch = self.cfg.common.state_dir.join("drill").join(format!("{name}-{}", engine::stamp(now_unix())));
         let t0 = Instant::now();
-        let result = self.restore(&vm.name, None, &scratch, false, false, tx).await;
+        let result = self.restore_into(&vm.name, None, &scratch, false, false, tx).await;
         let _ = tokio::fs::remove_dir_all(&scratch).await;
         let msg = result?;
         let report = format!("drill ok in {:.1}s: {msg}; scratch copy removed", t0.elapsed().as_secs_f64());
         send(tx, "drill", 4, 4, report.clone()).await;
         Ok(report)
+    }
+}
+
+/// Whether `dir` looks like a VM bundle of `backend` (what `--force` may move aside): QEMU: a `vm.toml` file;
+/// VMware: a `.vmx` file. `Err` says what is missing.
+pub fn is_bundle(backend: Backend, dir: &Path) -> Result<(), String> {
+    match backend {
+        Backend::Qemu => match std::fs::symlink_metadata(dir.join("vm.toml")) {
+            Ok(m) if m.is_file() => Ok(()),
+            _ => Err("no vm.toml file in it".into()),
+        },
+        Backend::Fusion | Backend::Workstation => {
+            if crate::vmrun::find_with_ext(dir, "vmx").is_empty() {
+                Err("no .vmx file in it".into())
+            } else {
+                Ok(())
+            }
+        }
     }
 }
 

@@ -41,6 +41,7 @@ fn status(e: HostError) -> Status {
         HostError::Unencrypted { .. }
         | HostError::Guest { .. }
         | HostError::NoBackups { .. }
+        | HostError::Refused { .. }
         | HostError::Hv(HvError::Missing { .. } | HvError::Locked { .. }) => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
     }

@@ -94,6 +94,14 @@ pub enum ServicesCmd {
         /// Restore into this directory on the services host instead of the service's own data.
         #[arg(long, value_name = "PATH")]
         to: Option<PathBuf>,
+        /// Finish an interrupted restore that crash recovery held (it could not prove that nothing else wrote the
+        /// data since): a new safety snapshot of the data as it is now, then the restore again from its own source.
+        #[arg(long, conflicts_with_all = ["archive", "snapshot", "to", "abandon"])]
+        resume: bool,
+        /// Give up an interrupted restore that crash recovery held: nothing is rolled back, the data stays as it
+        /// is, and the service starts (its safety snapshot keeps the data from before that restore).
+        #[arg(long, conflicts_with_all = ["archive", "snapshot", "to"])]
+        abandon: bool,
     },
     /// Check a service's Borg repository (and archives' data, as configured) now.
     Check {
@@ -501,12 +509,14 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
                 print!("{}", render_history(&rows));
             }
         }
-        ServicesCmd::Restore { name, archive, snapshot, to } => {
+        ServicesCmd::Restore { name, archive, snapshot, to, resume, abandon } => {
             let req = RestoreRequest {
                 name,
                 archive: archive.unwrap_or_default(),
                 snapshot: snapshot.unwrap_or_default(),
                 to: to.map(|p| p.display().to_string()).unwrap_or_default(),
+                resume,
+                abandon,
             };
             let s = c.restore(req).await.map_err(call_error(agent, "restore"))?.into_inner();
             return follow(agent, "restore", s, json).await;
@@ -593,7 +603,7 @@ mod tests {
             ServicesCmd::Restore { archive: None, snapshot: None, to: None, .. }
         ));
         match parse(&["restore", "photos", "--archive", "photos-2026-11-25T03:00", "--to", "/srv/restore"]).unwrap() {
-            ServicesCmd::Restore { name, archive, snapshot, to } => {
+            ServicesCmd::Restore { name, archive, snapshot, to, resume: false, abandon: false } => {
                 assert_eq!(name, "photos");
                 assert_eq!(archive.as_deref(), Some("photos-2026-11-25T03:00"));
                 assert_eq!(snapshot, None);
@@ -607,6 +617,18 @@ mod tests {
         ));
         let e = parse(&["restore", "photos", "--archive", "a", "--snapshot", "s"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert!(matches!(
+            parse(&["restore", "photos", "--resume"]).unwrap(),
+            ServicesCmd::Restore { resume: true, abandon: false, archive: None, .. }
+        ));
+        assert!(matches!(
+            parse(&["restore", "photos", "--abandon"]).unwrap(),
+            ServicesCmd::Restore { resume: false, abandon: true, .. }
+        ));
+        for bad in [&["--resume", "--abandon"][..], &["--resume", "--archive", "a"], &["--abandon", "--to", "/x"]] {
+            let e = parse(&[&["restore", "photos"][..], bad].concat()).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{bad:?}");
+        }
 
         assert!(matches!(parse(&["check", "photos"]).unwrap(), ServicesCmd::Check { .. }));
         assert!(matches!(parse(&["drill", "photos"]).unwrap(), ServicesCmd::Drill { .. }));

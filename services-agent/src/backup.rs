@@ -400,7 +400,11 @@ impl Backups {
                     downtime_seconds: downtime.as_secs_f64(),
                     ..Default::default()
                 };
-                self.journal.finish(run, &o)?;
+                // A journal that cannot be written must not silence the failure: it is counted and notified anyway
+                // (the next start marks the run failed if this write is lost).
+                if let Err(je) = self.journal.finish(run, &o) {
+                    tracing::error!(service = name, error = %je, "cannot record the failed backup");
+                }
                 self.metrics.failures.get_or_create(&label).inc();
                 tracing::error!(service = name, error = %e, "backup failed");
                 event.phase = "fail";
@@ -425,6 +429,7 @@ impl Backups {
         // Everything that can be checked without touching the service is checked before it is touched.
         let s = j.begin(run, name, step::PREFLIGHT, &b.dataset)?;
         rep.say(step::PREFLIGHT, format!("checking dataset {} and repository {}", b.dataset, b.repo)).await;
+        self.refuse_if_held(name)?;
         preflight(name, b, &repo).await?;
         let engine =
             Engine::connect(&self.cfg.docker_socket).await.map_err(|e| JobError::step(name, step::PREFLIGHT, e))?;
@@ -451,26 +456,55 @@ impl Backups {
         rep.say(step::QUIESCE, format!("{} {} container(s)", quiesce.as_str(), ids.len())).await;
         let t0 = Instant::now();
         let quiesced = quiesce_all(&engine, quiesce, &ids).await;
+        // Until the containers run again, a failed journal write (a full disk, a locked database) must not skip
+        // the resume: the first one is kept, no further write is tried before resuming, and it is reported after.
+        let mut journal_failed: Option<JournalError> = None;
+        let mut snap_step = None;
         let snapshot = match &quiesced {
-            Ok(()) => {
-                let s = j.begin(run, name, step::SNAPSHOT, &format!("{}@{snap}", b.dataset))?;
-                let r = zfs::snapshot_recursive(&b.dataset, &snap).await;
-                j.done(s)?;
-                r
-            }
+            Ok(()) => match j.begin(run, name, step::SNAPSHOT, &format!("{}@{snap}", b.dataset)) {
+                Ok(s) => {
+                    snap_step = Some(s);
+                    zfs::snapshot_recursive(&b.dataset, &snap).await
+                }
+                // Not journaled, so not taken.
+                Err(e) => {
+                    journal_failed = Some(e);
+                    Ok(())
+                }
+            },
             Err(_) => Ok(()),
         };
-        let s = j.begin(run, name, step::RESUME, detail.trim_end())?;
+        let resume_step = if journal_failed.is_some() {
+            None
+        } else {
+            j.begin(run, name, step::RESUME, detail.trim_end()).map_err(|e| journal_failed = Some(e)).ok()
+        };
         let resumed = resume_all(&engine, quiesce, &ids).await;
         *downtime = t0.elapsed();
-        // A container that did not come back keeps the quiesce step open: the next start retries it.
-        if resumed.is_ok() {
-            j.done(q)?;
-        }
-        j.done(s)?;
         rep.say(step::RESUME, format!("containers back after {:.3} s", downtime.as_secs_f64())).await;
+        // The bookkeeping, now that the service runs. A container that did not come back keeps the quiesce step
+        // open: the next start retries it.
+        let book = (|| {
+            if let Some(s) = snap_step {
+                j.done(s)?;
+            }
+            if resumed.is_ok() {
+                j.done(q)?;
+            }
+            if let Some(s) = resume_step {
+                j.done(s)?;
+            }
+            Ok::<_, JournalError>(())
+        })();
         quiesced.map_err(|e| JobError::step(name, step::QUIESCE, e))?;
         resumed.map_err(|e| JobError::step(name, step::RESUME, e))?;
+        if let Some(e) = journal_failed.or(book.err()) {
+            return Err(JobError::step(
+                name,
+                step::SNAPSHOT,
+                format!("the journal could not be written ({e}); the containers were resumed first"),
+            ));
+        }
         snapshot.map_err(|e| JobError::step(name, step::SNAPSHOT, e))?;
 
         let s = j.begin(run, name, step::POST_HOOKS, "")?;
@@ -561,6 +595,13 @@ impl Backups {
         }
         if !failed.is_empty() {
             s.push_str(&format!(", last backup failed: {}", failed.join(" ")));
+        }
+        let held: Vec<String> = self.journal.all_held().unwrap_or_default().into_iter().map(|h| h.service).collect();
+        if !held.is_empty() {
+            s.push_str(&format!(
+                ", interrupted restore waits for `labctl services restore NAME --resume|--abandon`: {}",
+                held.join(" ")
+            ));
         }
         if let Some(lease) = self.gate.current() {
             s.push_str(&format!(", held by host lease {lease}"));

@@ -122,6 +122,32 @@ impl Engine {
         Ok(ids)
     }
 
+    /// Every container of the project, running or not, with when it last started (Unix seconds with the
+    /// sub-second part; `None` when it never started). Recovery uses it to tell whether a container may have written
+    /// to the service's data since a point in time.
+    pub async fn project_starts(&self, project: &str) -> Result<Vec<Started>, DockerError> {
+        let label = format!("{PROJECT_LABEL}={project}");
+        let filters = HashMap::from([("label", vec![label.as_str()])]);
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let list = self.docker.list_containers(Some(opts)).await.map_err(api)?;
+        let mut out = Vec::new();
+        for id in list.into_iter().filter_map(|c| c.id) {
+            match self.docker.inspect_container(&id, None::<InspectContainerOptions>).await {
+                Ok(r) => {
+                    let state = r.state.unwrap_or_default();
+                    out.push(Started {
+                        name: r.name.unwrap_or(id).trim_start_matches('/').to_string(),
+                        running: state.running.unwrap_or(false) || state.paused.unwrap_or(false),
+                        started_unix: state.started_at.as_deref().and_then(precise_unix),
+                    });
+                }
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(api(e)),
+            }
+        }
+        Ok(out)
+    }
+
     /// The running container of compose service `service` in `project`, if any.
     pub async fn service_container(&self, project: &str, service: &str) -> Result<Option<String>, DockerError> {
         let p = format!("{PROJECT_LABEL}={project}");
@@ -327,6 +353,22 @@ pub fn from_inspect(r: ContainerInspectResponse) -> Option<ContainerInfo> {
     })
 }
 
+/// A container of a project and when it last started (see [`Engine::project_starts`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Started {
+    pub name: String,
+    /// Running or paused now.
+    pub running: bool,
+    pub started_unix: Option<f64>,
+}
+
+/// Docker's RFC 3339 `StartedAt` (nanoseconds) as Unix seconds; `None` for the zero time of a never-started one.
+pub fn precise_unix(s: &str) -> Option<f64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let secs = t.unix_timestamp_nanos() as f64 / 1e9;
+    (secs > 0.0).then_some(secs)
+}
+
 /// Container actions that change what we report.
 fn relevant(action: &str) -> bool {
     matches!(
@@ -449,6 +491,17 @@ mod tests {
         assert_eq!(c.binds, ["/var/run/docker.sock"]);
         assert!(!c.privileged);
         assert_eq!(c.network_mode, "capture-hub");
+    }
+
+    #[test]
+    fn start_times_keep_their_sub_second_part() {
+        let all: Vec<ContainerInspectResponse> = serde_json::from_str(INSPECT).unwrap();
+        let at = all[0].state.as_ref().unwrap().started_at.clone().unwrap();
+        let t = precise_unix(&at).unwrap();
+        assert_eq!(t.floor() as i64, 1795628947, "{at}");
+        assert!(t.fract() > 0.0, "{at} has nanoseconds");
+        assert_eq!(precise_unix("0001-01-01T00:00:00Z"), None, "never started");
+        assert_eq!(precise_unix("garbage"), None);
     }
 
     #[test]

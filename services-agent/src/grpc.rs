@@ -21,7 +21,7 @@ use crate::compose::ComposeError;
 use crate::config::valid_name;
 use crate::dns::DnsRecord;
 use crate::model;
-use crate::restore::Source;
+use crate::restore::{Decision, Source};
 use crate::stacks::{StackError, Stacks};
 
 type PbStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -143,12 +143,26 @@ struct RestoreQuery {
     name: String,
     source: Source,
     to: Option<std::path::PathBuf>,
+    /// Resume or abandon a held restore instead of a new one.
+    decision: Option<Decision>,
 }
 
 impl TryFrom<pb::RestoreRequest> for RestoreQuery {
     type Error = Status;
     fn try_from(r: pb::RestoreRequest) -> Result<Self, Status> {
         let name = check_name("name", &r.name)?;
+        let decision = match (r.resume, r.abandon) {
+            (true, true) => return Err(Status::invalid_argument("abandon: give resume or abandon, not both")),
+            (true, false) => Some(Decision::Resume),
+            (false, true) => Some(Decision::Abandon),
+            (false, false) => None,
+        };
+        if decision.is_some() && !(r.archive.is_empty() && r.snapshot.is_empty() && r.to.is_empty()) {
+            let field = if r.resume { "resume" } else { "abandon" };
+            return Err(Status::invalid_argument(format!(
+                "{field}: takes no archive, snapshot or to (it decides the interrupted restore, from its own source)"
+            )));
+        }
         let source = match (r.archive.is_empty(), r.snapshot.is_empty()) {
             (true, true) => Source::Latest,
             (false, true) => Source::Archive(r.archive),
@@ -167,7 +181,7 @@ impl TryFrom<pb::RestoreRequest> for RestoreQuery {
             p if p.starts_with('/') => Some(std::path::PathBuf::from(p)),
             p => return Err(Status::invalid_argument(format!("to: `{p}` is not an absolute path"))),
         };
-        Ok(RestoreQuery { name, source, to })
+        Ok(RestoreQuery { name, source, to, decision })
     }
 }
 
@@ -355,7 +369,10 @@ impl Services for ServicesSvc {
         let backups = self.backups.clone();
         backups.settings(&q.name).map_err(job_status)?;
         Ok(Response::new(job_stream(move |rep| async move {
-            backups.restore(&q.name, q.source, q.to, &rep).await.map_err(job_status)
+            match q.decision {
+                Some(d) => backups.decide(&q.name, d, &rep).await.map_err(job_status),
+                None => backups.restore(&q.name, q.source, q.to, &rep).await.map_err(job_status),
+            }
         })))
     }
 
@@ -479,6 +496,32 @@ mod tests {
         assert_eq!(Name::try_from(pb::ServiceRef { name: "photos".into() }).ok().unwrap().0, "photos");
         let q = LogsQuery::try_from(pb::LogsRequest { name: "a".into(), follow: true, tail: 5 }).ok().unwrap();
         assert!(q.follow && q.tail == 5 && q.name == "a");
+    }
+
+    #[test]
+    fn resume_and_abandon_take_nothing_else() {
+        let req = |resume, abandon, archive: &str, to: &str| pb::RestoreRequest {
+            name: "photos".into(),
+            archive: archive.into(),
+            snapshot: String::new(),
+            to: to.into(),
+            resume,
+            abandon,
+        };
+        let q = RestoreQuery::try_from(req(true, false, "", "")).ok().unwrap();
+        assert_eq!(q.decision, Some(Decision::Resume));
+        let q = RestoreQuery::try_from(req(false, true, "", "")).ok().unwrap();
+        assert_eq!(q.decision, Some(Decision::Abandon));
+        assert_eq!(RestoreQuery::try_from(req(false, false, "a", "")).ok().unwrap().decision, None);
+        for (r, field) in [
+            (req(true, true, "", ""), "abandon: "),
+            (req(true, false, "photos-x", ""), "resume: "),
+            (req(false, true, "", "/srv/x"), "abandon: "),
+        ] {
+            let e = RestoreQuery::try_from(r).err().unwrap();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().starts_with(field), "{}", e.message());
+        }
     }
 
     #[test]

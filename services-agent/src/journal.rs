@@ -1,6 +1,7 @@
 //! The crash journal and the job history of backups, restores, checks and drills, in the agent's SQLite database
 //! (`STATE/services.db`). Every step is written BEFORE it is done and marked done after; after a crash,
 //! `open_steps` tells recovery what may still need undoing and `running` which runs died (and in which step).
+//! A restore that recovery could not safely undo is *held* (`held` table) until the operator resumes or abandons it.
 //! Knows the schema; must not know ZFS, Borg, Docker or how a step is undone.
 
 use std::path::Path;
@@ -65,13 +66,34 @@ pub enum JournalError {
 }
 
 /// A journaled step that was started and never marked done.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OpenStep {
     pub id: i64,
     pub run: i64,
     pub service: String,
     pub step: String,
     pub detail: String,
+    /// When the step was journaled (Unix seconds).
+    pub started_unix: f64,
+}
+
+/// An interrupted in-place restore that recovery did not undo, because something may have written the dataset since
+/// (see `recovery`): the service stays stopped until the operator resumes or abandons it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub service: String,
+    /// The restore run that was interrupted.
+    pub run: i64,
+    /// Its safety snapshot, `DATASET@strata-prerestore-…`.
+    pub safety: String,
+    /// What it restored from: an archive, or a local snapshot `DATASET@SNAP` (one of the two is empty).
+    pub archive: String,
+    pub snapshot: String,
+    /// The containers it had stopped (ids), started again by `--abandon` or a finished `--resume`.
+    pub stopped: Vec<String>,
+    /// Why it was not undone.
+    pub reason: String,
+    pub since_unix: f64,
 }
 
 /// A run that never finished: the agent died in `step`.
@@ -133,6 +155,9 @@ CREATE TABLE IF NOT EXISTS journal (
     id INTEGER PRIMARY KEY, run INTEGER NOT NULL, service TEXT NOT NULL, step TEXT NOT NULL,
     detail TEXT NOT NULL, started_unix REAL NOT NULL, done_unix REAL);
 CREATE INDEX IF NOT EXISTS journal_open ON journal (done_unix);
+CREATE TABLE IF NOT EXISTS held (
+    service TEXT PRIMARY KEY, run INTEGER NOT NULL, safety TEXT NOT NULL, archive TEXT NOT NULL,
+    snapshot TEXT NOT NULL, stopped TEXT NOT NULL, reason TEXT NOT NULL, since_unix REAL NOT NULL);
 ";
 
 pub fn now_unix() -> f64 {
@@ -209,12 +234,90 @@ impl Journal {
     /// Every step not marked done, oldest first.
     pub fn open_steps(&self) -> Result<Vec<OpenStep>, JournalError> {
         let db = self.db();
-        let mut st =
-            db.prepare("SELECT id, run, service, step, detail FROM journal WHERE done_unix IS NULL ORDER BY id")?;
+        let mut st = db.prepare(
+            "SELECT id, run, service, step, detail, started_unix FROM journal WHERE done_unix IS NULL ORDER BY id",
+        )?;
         let rows = st.query_map([], |r| {
-            Ok(OpenStep { id: r.get(0)?, run: r.get(1)?, service: r.get(2)?, step: r.get(3)?, detail: r.get(4)? })
+            Ok(OpenStep {
+                id: r.get(0)?,
+                run: r.get(1)?,
+                service: r.get(2)?,
+                step: r.get(3)?,
+                detail: r.get(4)?,
+                started_unix: r.get(5)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records what a run reads from (an archive, or a local snapshot), before it changes anything.
+    pub fn set_source(&self, run: i64, archive: &str, snapshot: &str) -> Result<(), JournalError> {
+        self.db()
+            .execute("UPDATE runs SET archive = ?1, snapshot = ?2 WHERE id = ?3", params![archive, snapshot, run])?;
+        Ok(())
+    }
+
+    /// (archive, snapshot) recorded by [`Journal::set_source`].
+    pub fn source(&self, run: i64) -> Result<(String, String), JournalError> {
+        Ok(self
+            .db()
+            .query_row("SELECT archive, snapshot FROM runs WHERE id = ?1", params![run], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .unwrap_or_default())
+    }
+
+    /// Holds an interrupted restore, in one transaction: the held row, the steps `close` marked done (the held row
+    /// now stands for them) and the run ended as failed with the reason.
+    pub fn hold(&self, h: &Held, close: &[i64]) -> Result<(), JournalError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO held (service, run, safety, archive, snapshot, stopped, reason, since_unix)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![h.service, h.run, h.safety, h.archive, h.snapshot, h.stopped.join(" "), h.reason, h.since_unix],
+        )?;
+        for id in close {
+            tx.execute("UPDATE journal SET done_unix = ?1 WHERE id = ?2", params![now_unix(), id])?;
+        }
+        tx.execute(
+            "UPDATE runs SET finished_unix = ?1, result = 'failed', error = ?2 WHERE id = ?3",
+            params![now_unix(), h.reason, h.run],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The held restore of `service`, if any.
+    pub fn held(&self, service: &str) -> Result<Option<Held>, JournalError> {
+        Ok(self.all_held()?.into_iter().find(|h| h.service == service))
+    }
+
+    /// Every held restore, by service.
+    pub fn all_held(&self) -> Result<Vec<Held>, JournalError> {
+        let db = self.db();
+        let mut st = db.prepare(
+            "SELECT service, run, safety, archive, snapshot, stopped, reason, since_unix FROM held ORDER BY service",
+        )?;
+        let rows = st.query_map([], |r| {
+            let stopped: String = r.get(5)?;
+            Ok(Held {
+                service: r.get(0)?,
+                run: r.get(1)?,
+                safety: r.get(2)?,
+                archive: r.get(3)?,
+                snapshot: r.get(4)?,
+                stopped: stopped.split_whitespace().map(String::from).collect(),
+                reason: r.get(6)?,
+                since_unix: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The operator decided: the held restore of `service` is no longer held.
+    pub fn release_held(&self, service: &str) -> Result<(), JournalError> {
+        self.db().execute("DELETE FROM held WHERE service = ?1", params![service])?;
+        Ok(())
     }
 
     /// Runs that never finished (the agent died during them).
@@ -317,6 +420,7 @@ mod tests {
         let open = j.open_steps().unwrap();
         assert_eq!(open.len(), 1);
         assert_eq!((open[0].id, open[0].step.as_str(), open[0].detail.as_str()), (q, "quiesce", "stop abc def"));
+        assert!(open[0].started_unix > 1.7e9, "{}", open[0].started_unix);
         let dead = j.running().unwrap();
         assert_eq!(
             dead,
@@ -345,5 +449,35 @@ mod tests {
         assert_eq!(j.archive_sizes("photos", "photos-20261125T030000Z").unwrap(), Some((10, 3)));
         assert!(j.last_ok("photos", "backup").unwrap().is_some());
         assert!(j.last_ok("photos", "check").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_held_restore_closes_its_steps_ends_its_run_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let run = j.start_run("photos", "restore", "manual").unwrap();
+        j.set_source(run, "photos-20261125T030000Z", "").unwrap();
+        let stop = j.begin(run, "photos", step::RESTORE_STOP, "stop abc def").unwrap();
+        let data = j.begin(run, "photos", step::RESTORE_DATA, "tank/p@strata-prerestore-x").unwrap();
+        let h = Held {
+            service: "photos".into(),
+            run,
+            safety: "tank/p@strata-prerestore-x".into(),
+            archive: j.source(run).unwrap().0,
+            snapshot: String::new(),
+            stopped: vec!["abc".into(), "def".into()],
+            reason: "container x started since".into(),
+            since_unix: now_unix(),
+        };
+        j.hold(&h, &[stop, data]).unwrap();
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        assert!(j.open_steps().unwrap().is_empty() && j.running().unwrap().is_empty());
+        assert_eq!(j.held("photos").unwrap(), Some(h.clone()));
+        assert_eq!(j.held("wiki").unwrap(), None);
+        let row = &j.history(Some("photos"), 1).unwrap()[0];
+        assert_eq!((row.outcome.result.as_str(), row.outcome.error.as_str()), ("failed", "container x started since"));
+        j.release_held("photos").unwrap();
+        assert!(j.all_held().unwrap().is_empty());
     }
 }

@@ -14,6 +14,7 @@ pub mod journal;
 pub mod lease;
 pub mod live;
 pub mod model;
+pub mod mounts;
 pub mod notify;
 pub mod recovery;
 pub mod restore;

@@ -1,13 +1,18 @@
 //! Crash repair at start: reads the journal and undoes what a dead agent left behind — starts or unpauses every
-//! container it stopped or paused, puts a half-restored dataset back to its safety snapshot, destroys its own clones
-//! and scratch datasets (only names with its own prefix), breaks Borg locks left by its own dead borg processes on
-//! this host (any other lock is reported, never broken), and marks the interrupted runs failed with the step they
-//! died in. Must not know proto/tonic, nor the CLIs of zfs/borg/docker.
+//! container it stopped or paused, puts a half-restored dataset back to its safety snapshot (only when nothing but
+//! the restore can have written it since: see [`Backups::may_roll_back`]; otherwise the restore is *held*, the
+//! service stays stopped and the operator decides), destroys its own clones and scratch datasets (only names with its
+//! own prefix), breaks Borg locks left by its own dead borg processes on this host (any other lock is reported, never
+//! broken), and marks the interrupted runs failed with the step they died in. Must not know proto/tonic, nor the
+//! CLIs of zfs/borg/docker.
+
+use std::collections::HashSet;
 
 use crate::backup::{Backups, CLONE_PREFIX, SCRATCH_PREFIX};
 use crate::config::Quiesce;
 use crate::docker::Engine;
-use crate::journal::{step, Outcome};
+use crate::journal::{now_unix, step, Held, OpenStep, Outcome};
+use crate::notify::Phase;
 use crate::zfs;
 
 /// What recovery did, for the log and the tests.
@@ -31,8 +36,13 @@ impl Backups {
         // Programs a dead agent started (a borg reading a clone) die first: they hold locks and mounts.
         self.kill_orphans(&mut out).await;
         let mut engine: Option<Engine> = None;
+        // Restores held for the operator: their steps are closed by the hold and not undone.
+        let mut held: HashSet<i64> = HashSet::new();
         // Newest first: a restore's data is put back before its containers start.
         for s in open.iter().rev() {
+            if held.contains(&s.run) {
+                continue;
+            }
             let undone = match s.step.as_str() {
                 step::QUIESCE | step::RESTORE_STOP => {
                     let mut words = s.detail.split_whitespace();
@@ -78,13 +88,28 @@ impl Backups {
                     }
                 }
                 step::RESTORE_DATA => {
-                    // The dataset may be half emptied or half extracted: its state before the restore is safer.
-                    rollback_tree(&s.detail)
-                        .await
-                        .map(|()| {
-                            out.actions.push(format!("{}: rolled back to the safety snapshot {}", s.service, s.detail))
-                        })
-                        .map_err(|e| e.to_string())
+                    // The dataset may be half emptied or half extracted: its state before the restore is safer, but
+                    // only if nothing else can have written it since the step began.
+                    match self.may_roll_back(&s.service, s.started_unix, &s.detail).await {
+                        Ok(()) => rollback_tree(&s.detail)
+                            .await
+                            .map(|()| {
+                                out.actions
+                                    .push(format!("{}: rolled back to the safety snapshot {}", s.service, s.detail))
+                            })
+                            .map_err(|e| e.to_string()),
+                        Err(why) => {
+                            let stop = open.iter().find(|o| o.run == s.run && o.step == step::RESTORE_STOP);
+                            match self.hold_restore(s, stop, &why).await {
+                                Ok(h) => {
+                                    held.insert(s.run);
+                                    out.errors.push(h.reason);
+                                    continue;
+                                }
+                                Err(e) => Err(format!("{why}; and holding the restore failed: {e}")),
+                            }
+                        }
+                    }
                 }
                 _ => Ok(()),
             };
@@ -111,6 +136,15 @@ impl Backups {
                     }
                     out.actions
                         .push(format!("{}: {} run {} marked failed (died in {})", r.service, r.kind, r.id, r.step));
+                }
+            }
+            Err(e) => out.errors.push(e.to_string()),
+        }
+        // Restores held by this or an earlier start stay reported until the operator decides.
+        match self.journal.all_held() {
+            Ok(all) => {
+                for h in all.into_iter().filter(|h| !held.contains(&h.run)) {
+                    out.errors.push(format!("still waiting for a decision: {}", h.reason));
                 }
             }
             Err(e) => out.errors.push(e.to_string()),
@@ -206,7 +240,91 @@ impl Backups {
     }
 }
 
-/// Rolls `DATASET@SNAP` and the same snapshot of every descendant back (a recursive snapshot's whole tree).
+impl Backups {
+    /// Whether the dataset of a restore whose data step began at `since` may be rolled back to its safety snapshot
+    /// `DATASET@SNAP` without destroying anything the restore did not write. zfs-fuse has no `written` property, so
+    /// this is what the agent can prove: the safety snapshot is still the newest snapshot of the dataset and of each
+    /// descendant (no one took a snapshot since, and a plain `zfs rollback` destroys nothing), and no container of
+    /// the service's stack is running or has started since `since` (Docker's start times). `Err` says why not.
+    pub(crate) async fn may_roll_back(&self, service: &str, since: f64, safety: &str) -> Result<(), String> {
+        let Some((dataset, snap)) = safety.split_once('@') else {
+            return Err(format!("{safety} is not a snapshot name"));
+        };
+        let filesystems = zfs::filesystems(dataset).await.map_err(|e| format!("cannot list {dataset}: {e}"))?;
+        for fs in &filesystems {
+            let snaps = zfs::snapshots(fs).await.map_err(|e| format!("cannot list the snapshots of {fs}: {e}"))?;
+            let Some(at) = snaps.iter().position(|s| s.name == snap) else {
+                return Err(format!("the safety snapshot {fs}@{snap} is gone"));
+            };
+            let newer: Vec<String> = snaps[at + 1..].iter().map(|s| s.full()).collect();
+            if !newer.is_empty() {
+                return Err(format!("snapshot(s) newer than the safety snapshot exist: {}", newer.join(", ")));
+            }
+        }
+        let engine = Engine::connect(&self.cfg.docker_socket)
+            .await
+            .map_err(|e| format!("cannot tell whether the stack's containers started since the restore began: {e}"))?;
+        let containers = engine
+            .project_starts(service)
+            .await
+            .map_err(|e| format!("cannot tell whether the stack's containers started since the restore began: {e}"))?;
+        for c in containers {
+            if c.running {
+                return Err(format!("container {} is running", c.name));
+            }
+            if let Some(t) = c.started_unix.filter(|t| *t >= since) {
+                return Err(format!(
+                    "container {} started at {t:.3} (Unix), after the restore began replacing the data at {since:.3}",
+                    c.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds the interrupted restore whose data step is `data` (and whose stop step is `stop`): its steps are closed
+    /// in favour of a held row, its run fails with the conflict, the service stays stopped, and a failure is notified.
+    pub(crate) async fn hold_restore(
+        &self,
+        data: &OpenStep,
+        stop: Option<&OpenStep>,
+        why: &str,
+    ) -> Result<Held, String> {
+        let name = &data.service;
+        let (archive, snapshot) = self.journal.source(data.run).map_err(|e| e.to_string())?;
+        let stopped: Vec<String> =
+            stop.map(|s| s.detail.split_whitespace().skip(1).map(String::from).collect()).unwrap_or_default();
+        let reason = format!(
+            "service {name}: the interrupted restore (run {}) was not rolled back to its safety snapshot {}, because \
+             something else may have written the dataset since: {why}; the data was left as it is and the service \
+             stays stopped: run `labctl services restore {name} --resume` (a new safety snapshot, then the restore \
+             again) or `--abandon` (keep the data as it is and start the service)",
+            data.run, data.detail
+        );
+        let h = Held {
+            service: name.clone(),
+            run: data.run,
+            safety: data.detail.clone(),
+            archive,
+            snapshot,
+            stopped,
+            reason,
+            since_unix: now_unix(),
+        };
+        let mut close = vec![data.id];
+        close.extend(stop.map(|s| s.id));
+        self.journal.hold(&h, &close).map_err(|e| e.to_string())?;
+        if let Ok((_, b)) = self.settings(name) {
+            let mut event = self.event(name, "restore", "fail");
+            event.message = h.reason.clone();
+            self.notify(b, Phase::Fail, event).await;
+        }
+        Ok(h)
+    }
+}
+
+/// Rolls `DATASET@SNAP` and the same snapshot of every descendant back (a recursive snapshot's whole tree), with a
+/// plain `zfs rollback`: it refuses, rather than destroys, snapshots newer than `SNAP`.
 pub(crate) async fn rollback_tree(snapshot_full: &str) -> Result<(), zfs::ZfsError> {
     let Some((dataset, snap)) = snapshot_full.split_once('@') else {
         return Err(zfs::ZfsError::NoSnapshot { snapshot: snapshot_full.to_string() });

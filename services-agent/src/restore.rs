@@ -1,5 +1,6 @@
-//! Restores (in place behind a safety snapshot, or to a path for inspection), Borg checks and restore drills of one
-//! service, each a journaled run in the history. Must not know proto/tonic, nor the CLIs of zfs/borg/docker.
+//! Restores (in place behind a safety snapshot, or to a path for inspection), the operator's decision on a held
+//! restore (resume or abandon), Borg checks and restore drills of one service, each a journaled run in the history.
+//! Must not know proto/tonic, nor the CLIs of zfs/borg/docker.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use crate::backup::{
 };
 use crate::config::{Quiesce, ServiceBackup};
 use crate::docker::Engine;
-use crate::journal::{step, Outcome};
+use crate::journal::{now_unix, step, Held, OpenStep, Outcome};
 use crate::notify::Phase;
 use crate::verify;
 use crate::zfs;
@@ -43,6 +44,16 @@ struct Failed {
 
 /// Copying a snapshot's data can take long; the timeout only catches a hung copy.
 const COPY_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
+
+/// The operator's decision on a restore that recovery held (see `recovery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// A new safety snapshot of the data as it is now, then the held restore's replacement again, from its source;
+    /// then the service starts.
+    Resume,
+    /// The data stays as it is; the containers the held restore stopped are started.
+    Abandon,
+}
 
 /// What to restore from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +91,10 @@ impl Backups {
             }
             Err(e) => {
                 let o = Outcome { result: "failed".into(), error: e.to_string(), ..Default::default() };
-                self.journal.finish(run, &o)?;
+                // Notified even when the journal cannot be written (the next start marks the run failed then).
+                if let Err(je) = self.journal.finish(run, &o) {
+                    tracing::error!(service = name, job, error = %je, "cannot record the failed {job}");
+                }
                 tracing::error!(service = name, job, error = %e, "{job} failed");
                 event.phase = "fail";
                 event.message = e.to_string();
@@ -141,23 +155,132 @@ impl Backups {
         rep: &Reporter,
     ) -> Result<String, JobError> {
         let (_, b) = self.settings(name)?;
-        if let Some(p) = &to {
-            if !p.is_absolute() {
-                return Err(JobError::Refused {
-                    service: name.into(),
-                    message: format!("--to {}: not an absolute path", p.display()),
-                });
-            }
-        }
+        let to = match to {
+            Some(p) => Some(self.confined_target(name, &p).await?),
+            None => None,
+        };
         let _job = self.gate.enter(|_| {}).await;
         let lock = self.repo_lock(&b.repo);
         let _repo = lock.lock().await;
         let run = self.journal.start_run(name, "restore", "manual")?;
         let started = Instant::now();
-        let result = self.restore_steps(run, name, b, source, to, rep).await;
+        let result = self.restore_steps(run, name, b, source, to, rep, None).await;
         self.end(run, name, b, "restore", started, result).await
     }
 
+    /// `--to PATH` checked before anything is done: absolute, no `..`, no symlinked component, not a system or
+    /// top-level directory, not in the agent's state or snapshot directories nor in any service's live data.
+    async fn confined_target(&self, name: &str, p: &Path) -> Result<PathBuf, JobError> {
+        let mut mounts = Vec::new();
+        for s in self.cfg.services.iter().filter_map(|s| s.backup.as_deref()) {
+            if let Ok(Some(m)) = zfs::mountpoint(&s.dataset).await {
+                mounts.push((m, format!("the live data of dataset {}", s.dataset)));
+            }
+        }
+        let mut own: Vec<(&Path, &str)> = vec![
+            (self.cfg.common.state_dir.as_path(), "the agent's state directory"),
+            (self.cfg.backup.snapshot_mount_dir.as_path(), "the agent's snapshot_mount_dir"),
+        ];
+        own.extend(mounts.iter().map(|(m, what)| (m.as_path(), what.as_str())));
+        agent_core::target::confined(p, &own)
+            .map_err(|e| JobError::Refused { service: name.into(), message: format!("--to {e}: refused") })
+    }
+
+    /// Refuses when an interrupted restore of `name` waits for the operator's decision (backups and restores would
+    /// work on data nobody has vouched for).
+    pub(crate) fn refuse_if_held(&self, name: &str) -> Result<(), JobError> {
+        match self.journal.held(name)? {
+            Some(h) => Err(JobError::Refused {
+                service: name.into(),
+                message: format!(
+                    "an interrupted restore (run {}) waits for a decision: run `labctl services restore {name} \
+                     --resume` or `--abandon` first ({})",
+                    h.run, h.reason
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Resumes or abandons the restore of `name` that recovery held (see [`Decision`]).
+    pub async fn decide(&self, name: &str, decision: Decision, rep: &Reporter) -> Result<String, JobError> {
+        let (_, b) = self.settings(name)?;
+        let _job = self.gate.enter(|_| {}).await;
+        let lock = self.repo_lock(&b.repo);
+        let _repo = lock.lock().await;
+        let held = self.journal.held(name)?.ok_or_else(|| JobError::Refused {
+            service: name.into(),
+            message: "no interrupted restore of this service waits for a decision: nothing to resume or abandon".into(),
+        })?;
+        let trigger = match decision {
+            Decision::Resume => "resume",
+            Decision::Abandon => "abandon",
+        };
+        let run = self.journal.start_run(name, "restore", trigger)?;
+        let started = Instant::now();
+        let result = match decision {
+            Decision::Resume => {
+                let source = if !held.snapshot.is_empty() {
+                    Ok(Source::Snapshot(held.snapshot.clone()))
+                } else if !held.archive.is_empty() {
+                    Ok(Source::Archive(held.archive.clone()))
+                } else {
+                    Err(JobError::Refused {
+                        service: name.into(),
+                        message: format!(
+                            "the source of the interrupted restore (run {}) is not recorded: abandon it, then \
+                             restore with --archive or --snapshot",
+                            held.run
+                        ),
+                    })
+                };
+                match source {
+                    Ok(source) => self.restore_steps(run, name, b, source, None, rep, Some(&held)).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Decision::Abandon => self.abandon_steps(run, name, b, &held, rep).await,
+        };
+        self.end(run, name, b, "restore", started, result).await
+    }
+
+    /// Abandons a held restore: nothing is rolled back or deleted; the containers it stopped start again.
+    async fn abandon_steps(
+        &self,
+        run: i64,
+        name: &str,
+        b: &ServiceBackup,
+        held: &Held,
+        rep: &Reporter,
+    ) -> Result<(String, Outcome), JobError> {
+        let j = &self.journal;
+        let engine =
+            Engine::connect(&self.cfg.docker_socket).await.map_err(|e| JobError::step(name, step::WAIT_HEALTHY, e))?;
+        let ids = existing(&engine, name, &held.stopped).await?;
+        let s = j.begin(run, name, step::WAIT_HEALTHY, "")?;
+        rep.say(step::WAIT_HEALTHY, format!("starting {} container(s)", ids.len())).await;
+        crate::backup::resume_all(&engine, Quiesce::Stop, &ids)
+            .await
+            .map_err(|e| JobError::step(name, step::WAIT_HEALTHY, e))?;
+        j.release_held(name)?;
+        wait_healthy(&engine, name, &ids, b.healthy_timeout).await?;
+        j.done(s)?;
+        let snap = held.safety.split_once('@').map_or(held.safety.as_str(), |(_, s)| s);
+        Ok((
+            format!(
+                "abandoned the interrupted restore (run {}): the data was left as it is, nothing was rolled back; \
+                 {} still holds the data from before that restore (`labctl services restore {name} --snapshot \
+                 {snap}` brings it back); {} container(s) started",
+                held.run,
+                held.safety,
+                ids.len()
+            ),
+            Outcome::default(),
+        ))
+    }
+
+    /// `held`: the held restore this run resumes.
+    #[allow(clippy::too_many_arguments)]
     async fn restore_steps(
         &self,
         run: i64,
@@ -166,8 +289,12 @@ impl Backups {
         source: Source,
         to: Option<PathBuf>,
         rep: &Reporter,
+        held: Option<&Held>,
     ) -> Result<(String, Outcome), JobError> {
         let j = &self.journal;
+        if held.is_none() {
+            self.refuse_if_held(name)?;
+        }
         let s = j.begin(run, name, step::PREFLIGHT, &b.dataset)?;
         preflight(name, b, &self.repo(b)).await?;
         let from = match &source {
@@ -179,6 +306,7 @@ impl Backups {
             Picked::Archive(a) => (a.clone(), String::new()),
             Picked::Snapshot(sn) => (String::new(), sn.clone()),
         };
+        j.set_source(run, &archive, &snapshot)?;
         let outcome = Outcome { archive, snapshot, ..Default::default() };
         j.done(s)?;
 
@@ -206,16 +334,38 @@ impl Backups {
             .await
             .map_err(|e| JobError::step(name, step::PREFLIGHT, e))?
             .ok_or_else(|| JobError::step(name, step::PREFLIGHT, format!("dataset {} is not mounted", b.dataset)))?;
+        // Only the dataset's own filesystems are replaced: anything else mounted inside is covered by no snapshot.
+        let table = crate::mounts::read().map_err(|e| JobError::step(name, step::PREFLIGHT, e))?;
+        if let Some(why) = crate::mounts::foreign_inside(&table, &b.dataset, &mount) {
+            return Err(JobError::Refused {
+                service: name.into(),
+                message: format!("in-place restore refused: {why}"),
+            });
+        }
         let engine =
             Engine::connect(&self.cfg.docker_socket).await.map_err(|e| JobError::step(name, step::RESTORE_STOP, e))?;
-        let ids = engine.running_in_project(name).await.map_err(|e| JobError::step(name, step::RESTORE_STOP, e))?;
+        let mut ids = engine.running_in_project(name).await.map_err(|e| JobError::step(name, step::RESTORE_STOP, e))?;
+        if let Some(h) = held {
+            // The containers the held restore stopped come back at the end too.
+            ids.extend(existing(&engine, name, &h.stopped).await?);
+            ids.sort();
+            ids.dedup();
+        }
         let detail = format!("stop {}", ids.join(" "));
         let stop = j.begin(run, name, step::RESTORE_STOP, detail.trim_end())?;
         rep.say(step::RESTORE_STOP, format!("stopping {} container(s)", ids.len())).await;
         let stopped = crate::backup::quiesce_all(&engine, Quiesce::Stop, &ids).await;
+        let stop_step = OpenStep {
+            id: stop,
+            run,
+            service: name.to_string(),
+            step: step::RESTORE_STOP.into(),
+            detail: detail.trim_end().to_string(),
+            started_unix: now_unix(),
+        };
         let replaced = match stopped {
             Err(e) => Err(Failed { error: JobError::step(name, step::RESTORE_STOP, e), data_safe: true }),
-            Ok(()) => self.replace(run, name, b, &from, &mount, rep).await,
+            Ok(()) => self.replace(run, name, b, &from, &mount, &stop_step, rep).await,
         };
         // Half-replaced data whose rollback failed stays down (its journal step open for the next start to repair);
         // in every other case the service comes back, with the restored data or with the data it had before.
@@ -228,6 +378,10 @@ impl Backups {
         let started = crate::backup::resume_all(&engine, Quiesce::Stop, &ids).await;
         if started.is_ok() {
             j.done(stop)?;
+            // The service is back (restored, or with the data it had): a resumed restore is decided.
+            if held.is_some() {
+                j.release_held(name)?;
+            }
         }
         let safety = replaced?;
         started.map_err(|e| JobError::step(name, step::WAIT_HEALTHY, e))?;
@@ -238,11 +392,15 @@ impl Backups {
         } else {
             format!("its {} container(s) are running again", ids.len())
         };
-        Ok((format!("restored {} in place; safety snapshot {safety}; {state}", from.name()), outcome))
+        let resumed = held.map(|h| format!(" (resumed the interrupted restore, run {})", h.run)).unwrap_or_default();
+        Ok((format!("restored {} in place{resumed}; safety snapshot {safety}; {state}", from.name()), outcome))
     }
 
     /// Safety snapshot, then the dataset's contents replaced. Returns the safety snapshot; on failure, whether the
-    /// dataset holds whole data (untouched, or rolled back to the safety snapshot).
+    /// dataset holds whole data (untouched, or rolled back to the safety snapshot). A failed replacement is rolled
+    /// back only when nothing else can have written the dataset meanwhile; otherwise the restore is held (the
+    /// service stays stopped, `stop` is closed in favour of the held row) for the operator to decide.
+    #[allow(clippy::too_many_arguments)]
     async fn replace(
         &self,
         run: i64,
@@ -250,6 +408,7 @@ impl Backups {
         b: &ServiceBackup,
         from: &Picked,
         mount: &Path,
+        stop: &OpenStep,
         rep: &Reporter,
     ) -> Result<String, Failed> {
         let j = &self.journal;
@@ -269,11 +428,12 @@ impl Backups {
             })
         })?;
         j.done(s).map_err(|e| safe(e.into()))?;
+        let data_started = now_unix();
         let d = j.begin(run, name, step::RESTORE_DATA, &safety).map_err(|e| safe(e.into()))?;
         rep.say(step::RESTORE_DATA, format!("replacing the contents of {}", mount.display())).await;
-        let m = mount.to_path_buf();
+        let (m, ds) = (mount.to_path_buf(), b.dataset.clone());
         let replaced = async {
-            tokio::task::spawn_blocking(move || empty_dir(&m))
+            tokio::task::spawn_blocking(move || empty_tree(&ds, &m))
                 .await
                 .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?
                 .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?;
@@ -282,6 +442,24 @@ impl Backups {
         .await;
         if let Err(e) = replaced {
             // Half-replaced data must not be started: put the data from before the restore back first.
+            if let Err(why) = self.may_roll_back(name, data_started, &safety).await {
+                let data = OpenStep {
+                    id: d,
+                    run,
+                    service: name.to_string(),
+                    step: step::RESTORE_DATA.into(),
+                    detail: safety.clone(),
+                    started_unix: data_started,
+                };
+                let held = match self.hold_restore(&data, Some(stop), &why).await {
+                    Ok(h) => h.reason,
+                    Err(he) => format!("{why}; holding the restore failed ({he}): the next start decides"),
+                };
+                return Err(Failed {
+                    error: JobError::step(name, step::RESTORE_DATA, format!("{e}; {held}")),
+                    data_safe: false,
+                });
+            }
             rep.say(step::RESTORE_DATA, format!("restore failed, rolling back to {safety}")).await;
             return match crate::recovery::rollback_tree(&safety).await {
                 Ok(()) => {
@@ -492,22 +670,52 @@ impl Backups {
     }
 }
 
-/// Removes everything inside `dir`; a directory that cannot be removed because it is a mountpoint (a child dataset)
-/// is emptied instead.
+/// Empties the dataset mounted at `mount` and each filesystem mounted inside it (its child datasets: the caller
+/// refused anything else), each one never crossing into another (see [`empty_dir`]). The mount table is read again
+/// here, so that a mount that appeared since the check is still never entered.
+fn empty_tree(dataset: &str, mount: &Path) -> std::io::Result<()> {
+    empty_dir(mount)?;
+    for inner in crate::mounts::children_inside(&crate::mounts::read()?, dataset, mount) {
+        empty_dir(&inner)?;
+    }
+    Ok(())
+}
+
+/// Removes everything inside `dir` that lies on `dir`'s own filesystem, like `find -xdev`: a directory that is a
+/// mount point (another filesystem) is neither entered nor removed.
 pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::symlink_metadata(dir)?.dev();
+    empty_on(dir, dev)
+}
+
+fn empty_on(dir: &Path, dev: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let ft = entry.file_type()?;
-        if ft.is_dir() {
-            if std::fs::remove_dir_all(&path).is_err() {
-                empty_dir(&path)?;
-            }
+        let path = entry?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.dev() != dev {
+            continue;
+        }
+        if meta.is_dir() {
+            empty_on(&path, dev)?;
+            std::fs::remove_dir(&path)?;
         } else {
             std::fs::remove_file(&path)?;
         }
     }
     Ok(())
+}
+
+/// The containers of `ids` that still exist (a held restore's containers may have been removed since).
+async fn existing(engine: &Engine, name: &str, ids: &[String]) -> Result<Vec<String>, JobError> {
+    let mut out = Vec::new();
+    for id in ids {
+        if engine.inspect(id).await.map_err(|e| JobError::step(name, step::RESTORE_STOP, e))?.is_some() {
+            out.push(id.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// Waits until every container of `ids` is running and, when it has a health check, healthy.

@@ -153,10 +153,11 @@ pub async fn destroy_snapshot_recursive(snapshot_full: &str) -> Result<(), ZfsEr
     ignore_missing(retry_busy(make, snapshot_full, false).await)
 }
 
-/// `zfs rollback -r DATASET@NAME`: the dataset returns to the snapshot; later snapshots of it are destroyed. Its
+/// `zfs rollback DATASET@NAME`: the dataset returns to its most recent snapshot. Never `-r`: when later snapshots
+/// exist (another tool's, or the operator's) zfs refuses, and the error names them; nothing is destroyed. Its
 /// descendants are not rolled back. Retried while "busy".
 pub async fn rollback(snapshot_full: &str) -> Result<(), ZfsError> {
-    let make = || zfs().args(["rollback", "-r", snapshot_full]);
+    let make = || zfs().args(["rollback", snapshot_full]);
     check_name(&make(), snapshot_full, NameKind::Snapshot)?;
     retry_busy(make, snapshot_full, false).await
 }
@@ -591,6 +592,15 @@ internal error: failed to initialize ZFS library\n";
         destroy(&format!("{app}@nope"), false).await.unwrap();
         assert!(children_with_prefix(&p, "strata-clone-").await.unwrap().is_empty());
 
+        // A rollback past a later snapshot is refused, naming it, and destroys nothing.
+        std::fs::write(app_mnt.join("f.txt"), "three\n").unwrap();
+        let err = rollback(&format!("{app}@s1")).await.unwrap_err();
+        assert!(err.to_string().contains(&format!("{app}@s2")), "{err}");
+        assert_eq!(snapshots(&app).await.unwrap(), [snap(&app, "s1"), snap(&app, "s2")]);
+        assert_eq!(std::fs::read_to_string(app_mnt.join("f.txt")).unwrap(), "three\n");
+        rollback(&format!("{app}@s2")).await.unwrap();
+        assert_eq!(std::fs::read_to_string(app_mnt.join("f.txt")).unwrap(), "two\n");
+        destroy(&format!("{app}@s2"), false).await.unwrap();
         rollback(&format!("{app}@s1")).await.unwrap();
         assert_eq!(std::fs::read_to_string(app_mnt.join("f.txt")).unwrap(), "one\n");
         assert_eq!(snapshots(&app).await.unwrap(), [snap(&app, "s1")]);

@@ -210,8 +210,33 @@ impl Lab {
             archive: archive.into(),
             snapshot: snapshot.into(),
             to: to.into(),
+            ..Default::default()
         };
         Self::drain(c.restore(req).await?.into_inner()).await
+    }
+
+    /// `labctl services restore NAME --resume` (true) or `--abandon` (false).
+    async fn decide(&self, resume: bool) -> std::result::Result<String, tonic::Status> {
+        let mut c = self.client().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let req = RestoreRequest { name: self.service.clone(), resume, abandon: !resume, ..Default::default() };
+        Self::drain(c.restore(req).await?.into_inner()).await
+    }
+
+    /// Starts an in-place restore of `archive` with the agent set to hold at `step`, then SIGKILLs the agent there.
+    async fn crash_restore_at(&mut self, step: &str, archive: &str) -> Result<()> {
+        self.start(&[("STRATA_TEST_CRASH_AT", step)], "")?;
+        let client = self.client().await?;
+        let req = RestoreRequest { name: self.service.clone(), archive: archive.into(), ..Default::default() };
+        let call = tokio::spawn(async move {
+            let mut c = client;
+            if let Ok(r) = c.restore(req).await {
+                let _ = Lab::drain(r.into_inner()).await;
+            }
+        });
+        self.agent().wait_log(&format!("test hook: holding at step {step}"), Duration::from_secs(60))?;
+        self.agent.as_mut().expect("agent").kill()?;
+        call.abort();
+        Ok(())
     }
 
     async fn history(&self) -> Result<Vec<HistoryEntry>> {
@@ -580,7 +605,7 @@ async fn a_sigkill_at_every_restore_step_is_repaired_on_restart() -> Result<()> 
             name: lab.service.clone(),
             archive: if from_snapshot { String::new() } else { archive.clone() },
             snapshot: if from_snapshot { snap.clone() } else { String::new() },
-            to: String::new(),
+            ..Default::default()
         };
         // The call never finishes: the agent holds, then dies.
         let call = tokio::spawn(async move {
@@ -627,6 +652,256 @@ async fn a_sigkill_at_every_restore_step_is_repaired_on_restart() -> Result<()> 
     ensure!(!lab.mount().join("after-backup").exists(), "restored in place");
     ensure!(lab.writer_running()?, "the writer runs after the restore");
     ensure!(lab.leftovers()?.is_empty(), "leftovers: {:?}", lab.leftovers()?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_during_restore_then_new_writes_keeps_them_until_the_operator_decides() -> Result<()> {
+    let mut lab = Lab::new("quiesce = \"pause\"\n")?;
+    lab.start(&[], "")?;
+    std::fs::write(lab.mount().join("kept"), b"in the archive")?;
+    let summary = lab.backup().await.map_err(|s| anyhow::anyhow!("backup: {s}\n{}", lab.agent().logs()))?;
+    let archive = archive_of(&summary)?;
+    std::fs::write(lab.mount().join("after-backup"), b"precious")?;
+    let still_stopped = |lab: &Lab| -> Result<()> {
+        // Give anything that would start it a moment.
+        std::thread::sleep(Duration::from_secs(2));
+        ensure!(
+            !lab.writer_running()?,
+            "the service was started although its restore is held:\n{}",
+            lab.agent().logs()
+        );
+        Ok(())
+    };
+
+    // 1. The agent dies while replacing the data; the service is started by hand and writes; the agent restarts.
+    lab.crash_restore_at("extract", &archive).await?;
+    ensure!(!lab.writer_running()?, "the restore had stopped the writer");
+    lab.engine.docker(["start", lab.writer().name()])?;
+    let wrote = strata_tests::fixtures::wait_until(Duration::from_secs(10), || lab.mount().join("counter").exists());
+    ensure!(wrote, "the writer started by hand wrote nothing");
+    std::fs::write(lab.mount().join("new-after-crash"), b"new data")?;
+    lab.engine.docker(["stop", lab.writer().name()])?;
+    lab.start(&[], "")?;
+    let ctx = |lab: &Lab| format!("agent log:\n{}", lab.agent().logs());
+    // The agent answers once its recovery is done.
+    let h = lab.history().await?;
+    // The new data is kept: no rollback.
+    ensure!(
+        std::fs::read(lab.mount().join("new-after-crash")).ok().as_deref() == Some(b"new data".as_slice()),
+        "the data written after the crash is gone; {}",
+        ctx(&lab)
+    );
+    ensure!(lab.mount().join("counter").exists(), "the writer's data is gone; {}", ctx(&lab));
+    // The conflict is reported: in the history, in the log; the service stays stopped.
+    let held = h.iter().find(|e| e.kind == "restore" && e.result == "failed").with_context(|| ctx(&lab))?;
+    for needle in ["not rolled back", "started at", "--resume", "--abandon"] {
+        ensure!(held.error.contains(needle), "history error {:?} lacks {needle:?}; {}", held.error, ctx(&lab));
+    }
+    ensure!(lab.agent().logs().contains("was not rolled back"), "{}", ctx(&lab));
+    still_stopped(&lab)?;
+    // Nothing else touches the held data: a plain restore and a backup are refused, naming the reason.
+    let err = lab.restore(&archive, "", "").await.unwrap_err();
+    ensure!(err.message().contains("waits for a decision") && err.message().contains("--resume"), "{err:?}");
+    let err = lab.backup().await.unwrap_err();
+    ensure!(err.message().contains("waits for a decision"), "{err:?}");
+    ensure!(lab.mount().join("new-after-crash").exists(), "a refused job touched the data");
+    // The agent restarting again changes nothing.
+    lab.start(&[], "")?;
+    lab.history().await?;
+    ensure!(lab.mount().join("new-after-crash").exists(), "a second start rolled back; {}", ctx(&lab));
+    still_stopped(&lab)?;
+    // --abandon: the data stays as it is and the service starts.
+    let msg = lab.decide(false).await.map_err(|s| anyhow::anyhow!("abandon: {s}\n{}", ctx(&lab)))?;
+    ensure!(msg.contains("abandoned") && msg.contains("strata-prerestore-"), "{msg}");
+    ensure!(lab.writer_running()?, "abandon starts the service");
+    ensure!(std::fs::read(lab.mount().join("new-after-crash"))? == b"new data", "abandon kept the data");
+    let err = lab.decide(true).await.unwrap_err();
+    ensure!(err.message().contains("nothing to resume"), "{err:?}");
+    lab.start(&[], "")?;
+    lab.history().await?;
+    ensure!(lab.mount().join("new-after-crash").exists(), "nothing is rolled back after an abandon");
+
+    // 2. The agent dies while replacing the data; another tool takes a snapshot and data is written; --resume.
+    tokio::time::sleep(Duration::from_secs(1)).await; // the next safety snapshot gets its own second
+    lab.crash_restore_at("extract", &archive).await?;
+    let other = format!("{}@othertool-1", lab.dataset);
+    cmd::run_args("zfs", ["snapshot", other.as_str()])?;
+    std::fs::write(lab.mount().join("second-new"), b"written after the other snapshot")?;
+    lab.start(&[], "")?;
+    let h = lab.history().await?;
+    ensure!(lab.mount().join("second-new").exists(), "rolled back over another tool's snapshot; {}", ctx(&lab));
+    ensure!(lab.snapshots()?.contains(&"othertool-1".to_string()), "another tool's snapshot was destroyed");
+    let held = h.iter().find(|e| e.kind == "restore" && e.result == "failed").with_context(|| ctx(&lab))?;
+    ensure!(held.error.contains("newer than the safety snapshot") && held.error.contains(&other), "{:?}", held.error);
+    still_stopped(&lab)?;
+    let before: Vec<String> = lab.snapshots()?;
+    let msg = lab.decide(true).await.map_err(|s| anyhow::anyhow!("resume: {s}\n{}", ctx(&lab)))?;
+    ensure!(msg.contains("resumed the interrupted restore"), "{msg}");
+    // Restored from the interrupted restore's own archive, the service running, every snapshot kept.
+    ensure!(std::fs::read(lab.mount().join("kept"))? == b"in the archive", "restored");
+    ensure!(!lab.mount().join("after-backup").exists() && !lab.mount().join("second-new").exists(), "restored");
+    ensure!(lab.writer_running()?, "resume starts the service");
+    let after = lab.snapshots()?;
+    ensure!(before.iter().all(|s| after.contains(s)), "snapshots lost: {before:?} -> {after:?}");
+    // The data written before the resume is in the resume's own safety snapshot.
+    let newest = after.iter().filter(|s| s.starts_with("strata-prerestore-")).max().context("safety")?.clone();
+    ensure!(!before.contains(&newest), "resume took a new safety snapshot: {after:?}");
+    {
+        let view = lab.read_snapshot(&newest)?;
+        ensure!(view.at.join("second-new").exists(), "the resume's safety snapshot holds the data from before it");
+    }
+    ensure!(lab.leftovers()?.is_empty(), "leftovers: {:?}", lab.leftovers()?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_to_refuses_dotdot_symlinks_system_paths_and_live_data_before_touching_anything() -> Result<()> {
+    let mut lab = Lab::new("")?;
+    lab.start(&[], "")?;
+    let summary = lab.backup().await.map_err(|s| anyhow::anyhow!("backup: {s}\n{}", lab.agent().logs()))?;
+    let archive = archive_of(&summary)?;
+    let base = lab.dir.path().to_path_buf();
+    std::fs::create_dir(base.join("real"))?;
+    std::os::unix::fs::symlink(base.join("real"), base.join("link"))?;
+    let system = format!("/etc/strata-restore-{}", lab.service);
+    let cases: Vec<(String, &str, PathBuf)> = vec![
+        (format!("{}/real/../escaped", base.display()), "`..`", base.join("escaped")),
+        (format!("{}/link/x", base.display()), "link is a symlink", base.join("real/x")),
+        (system.clone(), "system directory /etc", PathBuf::from(&system)),
+        (format!("{}/inside", lab.mount().display()), "live data of dataset", lab.mount().join("inside")),
+        (format!("{}/state/x", base.display()), "state directory", base.join("state/x")),
+    ];
+    for (to, why, landed) in cases {
+        let err = lab.restore(&archive, "", &to).await.unwrap_err();
+        ensure!(err.code() == tonic::Code::FailedPrecondition, "{to}: {err:?}");
+        ensure!(err.message().contains(&to) && err.message().contains(why), "{to}: {}", err.message());
+        ensure!(!landed.exists(), "{to}: something was restored at {}", landed.display());
+    }
+    ensure!(lab.writer_running()?, "the service was not touched");
+    // A plain path still works.
+    let ok = base.join("real/restored");
+    let msg = lab.restore(&archive, "", &ok.display().to_string()).await.map_err(|s| anyhow::anyhow!("{s}"))?;
+    ensure!(msg.contains("not touched") && ok.join("counter").exists(), "{msg}");
+    Ok(())
+}
+
+/// A bind mount, unmounted on drop.
+struct BindMount(PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_in_place_restore_over_a_foreign_mount_inside_the_dataset_is_refused_and_leaves_it_untouched() -> Result<()>
+{
+    let mut lab = Lab::new("")?;
+    lab.start(&[], "")?;
+    let summary = lab.backup().await.map_err(|s| anyhow::anyhow!("backup: {s}\n{}", lab.agent().logs()))?;
+    let archive = archive_of(&summary)?;
+    // Something mounted inside the dataset that no snapshot of it covers (a host directory bind-mounted there).
+    let outside = tempfile::tempdir()?;
+    std::fs::write(outside.path().join("foreign.txt"), b"in no snapshot")?;
+    let inner = lab.mount().join("media");
+    std::fs::create_dir(&inner)?;
+    cmd::run(Command::new("mount").arg("--bind").arg(outside.path()).arg(&inner))?;
+    let bind = BindMount(inner.clone());
+    let before = lab.snapshots()?;
+    let err = lab.restore(&archive, "", "").await.unwrap_err();
+    ensure!(err.code() == tonic::Code::FailedPrecondition, "{err:?}");
+    let m = err.message();
+    ensure!(m.contains(&inner.display().to_string()) && m.contains("inside the dataset"), "{m}");
+    ensure!(std::fs::read(inner.join("foreign.txt"))? == b"in no snapshot", "the mounted data was touched");
+    ensure!(std::fs::read(outside.path().join("foreign.txt"))? == b"in no snapshot", "the mounted data was touched");
+    ensure!(lab.writer_running()?, "a refused restore leaves the service running");
+    ensure!(lab.snapshots()? == before, "a refused restore takes no safety snapshot");
+    // Once it is unmounted, the restore goes ahead.
+    drop(bind);
+    lab.restore(&archive, "", "").await.map_err(|s| anyhow::anyhow!("restore after unmounting: {s}"))?;
+    ensure!(std::fs::read(outside.path().join("foreign.txt"))? == b"in no snapshot", "never touched");
+    Ok(())
+}
+
+/// A webhook receiver on 127.0.0.1: every request body, in order.
+fn webhook() -> Result<(String, Arc<std::sync::Mutex<Vec<String>>>)> {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = bodies.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(|s| s.ok()) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let Ok(clone) = stream.try_clone() else { continue };
+            let mut reader = std::io::BufReader::new(clone);
+            let mut len = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && !line.trim().is_empty() {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_ok() {
+                sink.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    Ok((url, bodies))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_journal_write_failure_while_quiesced_resumes_the_service_first_then_fails_and_notifies() -> Result<()> {
+    let (url, bodies) = webhook()?;
+    let mut lab = Lab::new(&format!("quiesce = \"pause\"\nnotify = [{{ kind = \"webhook\", url = \"{url}\" }}]\n"))?;
+    let go = lab.dir.path().join("go");
+    let hook = format!("quiesce:{}", go.display());
+    lab.start(&[("STRATA_TEST_WAIT_AT", hook.as_str())], "")?;
+    let client = lab.client().await?;
+    let name = lab.service.clone();
+    let call = tokio::spawn(async move {
+        let mut c = client;
+        match c.backup(BackupRequest { name, all: false }).await {
+            Ok(s) => Lab::drain(s.into_inner()).await,
+            Err(e) => Err(e),
+        }
+    });
+    lab.agent().wait_log("test hook: waiting at step quiesce", Duration::from_secs(60))?;
+    // The journal's database becomes unwritable (a stand-in for a full disk): a second connection holds its write
+    // lock, as another process would.
+    let db = agent_core::state::open_db(&lab.dir.path().join("state"), "services")?;
+    db.execute_batch("BEGIN IMMEDIATE")?;
+    std::fs::write(&go, b"")?;
+    let status = || lab.writer().inspect("{{.State.Status}}").unwrap_or_default();
+    ensure!(
+        strata_tests::fixtures::wait_until(Duration::from_secs(10), || status() == "paused"),
+        "the writer was never paused: {}",
+        status()
+    );
+    // While the journal still cannot be written, the service runs again and answers.
+    let back = strata_tests::fixtures::wait_until(Duration::from_secs(20), || status() == "running");
+    ensure!(back, "the writer stays {} while the journal is locked:\n{}", status(), lab.agent().logs());
+    ensure!(
+        strata_tests::fixtures::wait_until(Duration::from_secs(5), || probe(lab.http_addr())),
+        "the writer does not answer"
+    );
+    db.execute_batch("ROLLBACK")?;
+    drop(db);
+    // Then the run fails, naming the journal, and is recorded and notified.
+    let err = tokio::time::timeout(Duration::from_secs(60), call).await??.unwrap_err();
+    ensure!(err.message().contains("journal") && err.message().contains("resumed first"), "{err:?}");
+    let h = lab.history().await?;
+    ensure!(h.first().is_some_and(|e| e.result == "failed" && e.error.contains("journal")), "{h:?}");
+    let failed = strata_tests::fixtures::wait_until(Duration::from_secs(10), || {
+        bodies.lock().unwrap().iter().any(|b| b.contains("\"fail\"") && b.contains("journal"))
+    });
+    ensure!(failed, "no failure notification: {:?}", bodies.lock().unwrap());
+    ensure!(lab.writer_running()?, "the writer runs");
     Ok(())
 }
 

@@ -524,6 +524,102 @@ async fn sigkill_while_paused_then_restart_resumes_the_vm_and_removes_only_our_c
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_journal_write_failure_while_paused_resumes_the_vm_first_then_fails_the_backup() -> Result<()> {
+    let parent = tempfile::Builder::new().prefix("strata-vms-").tempdir()?;
+    let mut lab = Lab::new(parent.path())?;
+    let target = lab.dir.path().join("rsync");
+    std::fs::create_dir(&target)?;
+    let spec = VmSpec { mode: "suspend", engine: "rsync", target: &target, extra: String::new() };
+    let config = lab.write_config(&spec)?;
+    let go = lab.dir.path().join("go");
+    let hook = format!("quiesce:{}", go.display());
+    lab.agent = Some(AgentProc::start_with_env(AgentKind::Host, &config, &[("STRATA_TEST_WAIT_AT", hook.as_str())])?);
+    let mut c = lab.client().await?;
+    c.start(VmRef { name: "lab".into() }).await?;
+    let mut q = Qmp::connect(&lab.test_qmp)?;
+    ensure!(q.status()? == "running", "the vm runs");
+    let mut bc = c.clone();
+    let call = tokio::spawn(async move { backup(&mut bc, "lab").await });
+    lab.agent()?.wait_log("test hook: waiting at step quiesce", Duration::from_secs(60))?;
+    // The journal's database becomes unwritable (a stand-in for a full disk): a second connection holds its write
+    // lock, as another process would.
+    let db = agent_core::state::open_db(&lab.dir.path().join("state"), "host")?;
+    db.execute_batch("BEGIN IMMEDIATE")?;
+    std::fs::write(&go, b"")?;
+    let paused = wait_until(Duration::from_secs(20), || q.status().is_ok_and(|s| s == "paused"));
+    ensure!(paused, "the vm was never paused: {}", lab.agent()?.logs());
+    // While the journal still cannot be written, the vm runs again.
+    let running = wait_until(Duration::from_secs(30), || q.status().is_ok_and(|s| s == "running"));
+    ensure!(running, "the vm stays {} while the journal is locked:\n{}", q.status()?, lab.agent()?.logs());
+    db.execute_batch("ROLLBACK")?;
+    drop(db);
+    // Then the backup fails, naming the journal.
+    let err = tokio::time::timeout(Duration::from_secs(60), call).await??.unwrap_err().to_string();
+    ensure!(err.contains("journal") && err.contains("resumed first"), "{err}");
+    ensure!(lab.state().await? == "running", "the vm runs");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vm_restore_targets_are_confined_and_force_moves_aside_only_a_vm_bundle() -> Result<()> {
+    let parent = tempfile::Builder::new().prefix("strata-vms-").tempdir()?;
+    let mut lab = Lab::new(parent.path())?;
+    let target = lab.dir.path().join("rsync");
+    std::fs::create_dir(&target)?;
+    lab.restart(&VmSpec { mode: "stop", engine: "rsync", target: &target, extra: String::new() })?;
+    let mut c = lab.client().await?;
+    backup(&mut c, "lab").await.context("backup of the vm while it is off")?;
+    let attempt = |to: String, force: bool| {
+        let mut c = c.clone();
+        async move {
+            let req = VmRestoreRequest { name: "lab".into(), archive: String::new(), to, force, start: false };
+            let mut s = c.restore(req).await?.into_inner();
+            let mut last = String::new();
+            while let Some(p) = s.message().await? {
+                last = p.message;
+            }
+            Ok::<_, tonic::Status>(last)
+        }
+    };
+    let base = lab.dir.path().to_path_buf();
+    // A non-empty directory that is not a VM bundle is not moved aside, even with --force.
+    let precious = base.join("precious");
+    std::fs::create_dir(&precious)?;
+    std::fs::write(precious.join("mine"), b"not a vm")?;
+    let err = attempt(precious.display().to_string(), true).await.unwrap_err();
+    ensure!(err.code() == tonic::Code::FailedPrecondition, "{err:?}");
+    let m = err.message();
+    ensure!(m.contains(&precious.display().to_string()) && m.contains("not a VM bundle"), "{m}");
+    ensure!(std::fs::read(precious.join("mine"))? == b"not a vm", "the directory was touched");
+    let moved = std::fs::read_dir(&base)?.filter_map(|e| e.ok()).any(|e| {
+        let n = e.file_name().to_string_lossy().into_owned();
+        n.starts_with("precious.replaced-") || n.contains("strata-restore")
+    });
+    ensure!(!moved, "something was moved aside or staged next to {}", precious.display());
+    // `..`, a symlinked component and a system directory are refused, naming the path and why.
+    std::fs::create_dir(base.join("real"))?;
+    std::os::unix::fs::symlink(base.join("real"), base.join("link"))?;
+    let system = format!("/etc/strata-vm-restore-{}", unique_suffix());
+    let cases = [
+        (format!("{}/real/../escaped", base.display()), "`..`", base.join("escaped")),
+        (format!("{}/link/lab", base.display()), "link is a symlink", base.join("real/lab")),
+        (system.clone(), "system directory /etc", PathBuf::from(&system)),
+        ("/etc".to_string(), "system directory /etc", PathBuf::from("/etc/vm.toml")),
+    ];
+    for (to, why, landed) in cases {
+        let err = attempt(to.clone(), true).await.unwrap_err();
+        ensure!(err.message().contains(&to) && err.message().contains(why), "{to}: {}", err.message());
+        ensure!(!landed.exists(), "{to}: something was restored at {}", landed.display());
+    }
+    // A VM bundle is still moved aside with --force.
+    let ok = base.join("real/lab");
+    attempt(ok.display().to_string(), false).await.map_err(|s| anyhow!("restore: {s}"))?;
+    let last = attempt(ok.display().to_string(), true).await.map_err(|s| anyhow!("restore --force: {s}"))?;
+    ensure!(last.contains("the previous bundle was moved to"), "{last}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_unencrypted_or_missing_target_is_refused_and_the_vm_keeps_running() -> Result<()> {
     let parent = tempfile::Builder::new().prefix("strata-vms-").tempdir()?;
     let mut lab = Lab::new(parent.path())?;

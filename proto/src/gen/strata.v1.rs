@@ -2333,6 +2333,9 @@ pub struct HistoryResponse {
     #[prost(message, repeated, tag = "1")]
     pub entries: ::prost::alloc::vec::Vec<HistoryEntry>,
 }
+/// resume / abandon: the operator's decision on an in-place restore that crash recovery held (it could not prove
+/// that nothing else wrote the dataset since): resume takes a new safety snapshot and restores again from the held
+/// restore's own source; abandon leaves the data as it is and starts the service. Both take no archive, snapshot or to.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RestoreRequest {
     #[prost(string, tag = "1")]
@@ -2343,6 +2346,10 @@ pub struct RestoreRequest {
     pub snapshot: ::prost::alloc::string::String,
     #[prost(string, tag = "4")]
     pub to: ::prost::alloc::string::String,
+    #[prost(bool, tag = "5")]
+    pub resume: bool,
+    #[prost(bool, tag = "6")]
+    pub abandon: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PrepareHostBackupRequest {
