@@ -10,6 +10,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -85,7 +86,7 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 fn certs(what: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = rustls_pemfile::certs(&mut &pem[..])
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Parse { path: path.into(), message: e.to_string() })?;
     if certs.is_empty() {
@@ -135,7 +136,7 @@ impl Crls {
     pub fn load(path: &Path, ca_certs: &[CertificateDer<'static>], ca_path: &Path) -> Result<Crls, TlsError> {
         let pem = read("certificate revocation list", path)?;
         let crl_err = |reason: String| TlsError::Crl { crl: path.into(), reason };
-        let ders = rustls_pemfile::crls(&mut &pem[..])
+        let ders = CertificateRevocationListDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| crl_err(format!("cannot be parsed: {e}")))?;
         if ders.is_empty() {
@@ -171,9 +172,9 @@ impl TlsMaterial {
         let key_pem = read("private key", key)?;
         let ca_certs = certs("ca certificate", ca, &ca_pem)?;
         let cert_chain = certs("certificate", cert, &cert_pem)?;
-        let private_key = match rustls_pemfile::private_key(&mut &key_pem[..]) {
-            Ok(Some(k)) => k,
-            Ok(None) => return Err(TlsError::Empty { what: "private key", path: key.into() }),
+        let private_key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+            Ok(k) => k,
+            Err(pem::Error::NoItemsFound) => return Err(TlsError::Empty { what: "private key", path: key.into() }),
             Err(e) => return Err(TlsError::Parse { path: key.into(), message: e.to_string() }),
         };
         let provider = rustls::crypto::ring::default_provider();

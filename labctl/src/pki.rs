@@ -22,6 +22,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
@@ -341,7 +343,7 @@ fn read_crl(dir: &Path, ca: &LoadedCa) -> Result<(Vec<rcgen::RevokedCertParams>,
         Err(source) => return Err(PkiError::Io { op: "read", path, source }),
     };
     let bad = |reason: String| PkiError::BadCrl { path: path.clone(), reason };
-    let der = match rustls_pemfile::crls(&mut &pem[..]).next() {
+    let der = match CertificateRevocationListDer::pem_slice_iter(&pem).next() {
         Some(Ok(d)) => d,
         Some(Err(e)) => return Err(bad(e.to_string())),
         None => return Err(bad("no X509 CRL in the file".into())),
@@ -486,7 +488,7 @@ fn read_cert_der(path: &Path) -> Result<Vec<u8>, PkiError> {
 }
 
 fn cert_der_from_pem(path: &Path, pem: &[u8]) -> Result<Vec<u8>, PkiError> {
-    match rustls_pemfile::certs(&mut &pem[..]).next() {
+    match CertificateDer::pem_slice_iter(pem).next() {
         Some(Ok(der)) => Ok(der.to_vec()),
         Some(Err(e)) => Err(bad_cert(path, e)),
         None => Err(PkiError::NoCertificate(path.to_path_buf())),
@@ -924,7 +926,7 @@ mod tests {
 
     fn crl_serials(dir: &Path) -> Vec<String> {
         let pem = fs::read(dir.join(CRL_FILE)).unwrap();
-        let der = rustls_pemfile::crls(&mut &pem[..]).next().unwrap().unwrap();
+        let der = CertificateRevocationListDer::pem_slice_iter(&pem).next().unwrap().unwrap();
         let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
         crl.iter_revoked_certificates().map(|r| agent_core::tls::serial_hex(r.raw_serial())).collect()
     }
