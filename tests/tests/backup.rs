@@ -222,11 +222,11 @@ impl Lab {
         Self::drain(c.restore(req).await?.into_inner()).await
     }
 
-    /// Starts an in-place restore of `archive` with the agent set to hold at `step`, then SIGKILLs the agent there.
-    async fn crash_restore_at(&mut self, step: &str, archive: &str) -> Result<()> {
+    /// Starts the restore `req` with the agent set to hold at `step`, then SIGKILLs the agent there.
+    async fn crash_restore_at(&mut self, step: &str, req: RestoreRequest) -> Result<()> {
         self.start(&[("STRATA_TEST_CRASH_AT", step)], "")?;
         let client = self.client().await?;
-        let req = RestoreRequest { name: self.service.clone(), archive: archive.into(), ..Default::default() };
+        // The call never finishes: the agent holds, then dies.
         let call = tokio::spawn(async move {
             let mut c = client;
             if let Ok(r) = c.restore(req).await {
@@ -599,24 +599,13 @@ async fn a_sigkill_at_every_restore_step_is_repaired_on_restart() -> Result<()> 
         ("wait-healthy", false, true),
     ];
     for (step, from_snapshot, restored) in steps {
-        lab.start(&[("STRATA_TEST_CRASH_AT", step)], "")?;
-        let client = lab.client().await?;
         let req = RestoreRequest {
             name: lab.service.clone(),
             archive: if from_snapshot { String::new() } else { archive.clone() },
             snapshot: if from_snapshot { snap.clone() } else { String::new() },
             ..Default::default()
         };
-        // The call never finishes: the agent holds, then dies.
-        let call = tokio::spawn(async move {
-            let mut c = client;
-            if let Ok(r) = c.restore(req).await {
-                let _ = Lab::drain(r.into_inner()).await;
-            }
-        });
-        lab.agent().wait_log(&format!("test hook: holding at step {step}"), Duration::from_secs(60))?;
-        lab.agent.as_mut().expect("agent").kill()?;
-        call.abort();
+        lab.crash_restore_at(step, req).await?;
 
         lab.start(&[], "")?;
         let ctx = || format!("after a crash at restore step {step}; agent log:\n{}", lab.agent().logs());
@@ -663,6 +652,7 @@ async fn a_crash_during_restore_then_new_writes_keeps_them_until_the_operator_de
     let summary = lab.backup().await.map_err(|s| anyhow::anyhow!("backup: {s}\n{}", lab.agent().logs()))?;
     let archive = archive_of(&summary)?;
     std::fs::write(lab.mount().join("after-backup"), b"precious")?;
+    let in_place = RestoreRequest { name: lab.service.clone(), archive: archive.clone(), ..Default::default() };
     let still_stopped = |lab: &Lab| -> Result<()> {
         // Give anything that would start it a moment.
         std::thread::sleep(Duration::from_secs(2));
@@ -675,7 +665,7 @@ async fn a_crash_during_restore_then_new_writes_keeps_them_until_the_operator_de
     };
 
     // 1. The agent dies while replacing the data; the service is started by hand and writes; the agent restarts.
-    lab.crash_restore_at("extract", &archive).await?;
+    lab.crash_restore_at("extract", in_place.clone()).await?;
     ensure!(!lab.writer_running()?, "the restore had stopped the writer");
     lab.engine.docker(["start", lab.writer().name()])?;
     let wrote = strata_tests::fixtures::wait_until(Duration::from_secs(10), || lab.mount().join("counter").exists());
@@ -724,7 +714,7 @@ async fn a_crash_during_restore_then_new_writes_keeps_them_until_the_operator_de
 
     // 2. The agent dies while replacing the data; another tool takes a snapshot and data is written; --resume.
     tokio::time::sleep(Duration::from_secs(1)).await; // the next safety snapshot gets its own second
-    lab.crash_restore_at("extract", &archive).await?;
+    lab.crash_restore_at("extract", in_place).await?;
     let other = format!("{}@othertool-1", lab.dataset);
     cmd::run_args("zfs", ["snapshot", other.as_str()])?;
     std::fs::write(lab.mount().join("second-new"), b"written after the other snapshot")?;
