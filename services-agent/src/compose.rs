@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agent_core::runner::{self, Cmd, RunError};
+use serde::Deserialize;
+
+use crate::model::{PlannedBind, PlannedService};
 
 /// `up` may build nothing but still has to create networks and start every container.
 const UP_TIMEOUT: Duration = Duration::from_secs(600);
@@ -79,11 +82,14 @@ impl Compose {
             .arg(file)
     }
 
-    /// Validates the file with `config -q`: nothing is started or stopped.
-    pub async fn validate(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
-        let cmd = self.project(project, file).args(["config", "-q"]).timeout(QUICK_TIMEOUT);
+    /// Validates the file with `config` and returns what compose would deploy (its services, resolved: relative
+    /// paths made absolute, variables interpolated): nothing is started or stopped.
+    pub async fn validate(&self, project: &str, file: &Path) -> Result<Vec<PlannedService>, ComposeError> {
+        let cmd = self.project(project, file).arg("config").timeout(QUICK_TIMEOUT);
         match runner::run(cmd).await {
-            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) if out.status.success() => {
+                parse_config(&out.stdout).map_err(|message| ComposeError::Invalid { stack: project.into(), message })
+            }
             Ok(out) => Err(ComposeError::Invalid { stack: project.into(), message: validation_message(&out.stderr) }),
             Err(RunError::NotFound { .. }) => Err(ComposeError::Missing),
             Err(source) => Err(ComposeError::Action { stack: project.into(), action: "config", source }),
@@ -159,6 +165,106 @@ pub fn validation_message(stderr: &str) -> String {
     }
 }
 
+#[derive(Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    services: std::collections::BTreeMap<String, RawService>,
+    #[serde(default)]
+    volumes: std::collections::BTreeMap<String, Option<RawVolume>>,
+}
+
+#[derive(Deserialize)]
+struct RawService {
+    #[serde(default)]
+    privileged: bool,
+    #[serde(default)]
+    network_mode: String,
+    #[serde(default)]
+    pid: String,
+    #[serde(default)]
+    ipc: String,
+    #[serde(default)]
+    cap_add: Vec<String>,
+    #[serde(default)]
+    devices: Vec<serde_norway::Value>,
+    #[serde(default)]
+    volumes: Vec<serde_norway::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawVolume {
+    #[serde(default)]
+    driver_opts: std::collections::BTreeMap<String, serde_norway::Value>,
+}
+
+fn text(v: &serde_norway::Value) -> String {
+    match v {
+        serde_norway::Value::String(s) => s.clone(),
+        other => serde_norway::to_string(other).unwrap_or_default().trim().to_string(),
+    }
+}
+
+/// The output of `config` (compose's resolved YAML) → the services it would deploy. Relative bind sources are
+/// already absolute there; a named volume whose `driver_opts` bind a `device` counts as a bind of that path.
+/// Anything it cannot read is an error: the gate fails closed.
+pub fn parse_config(stdout: &[u8]) -> Result<Vec<PlannedService>, String> {
+    let raw: RawConfig =
+        serde_norway::from_slice(stdout).map_err(|e| format!("cannot read the resolved compose file: {e}"))?;
+    let volume_device = |name: &str| -> Option<String> {
+        let opts = &raw.volumes.get(name)?.as_ref()?.driver_opts;
+        let device = opts.get("device").map(text)?;
+        let bind = opts.get("o").map(text).is_some_and(|o| o.split(',').any(|x| x.trim() == "bind"))
+            || opts.get("type").map(text).is_some_and(|t| t == "none");
+        bind.then_some(device)
+    };
+    let mut out = Vec::new();
+    for (name, s) in &raw.services {
+        let mut binds = Vec::new();
+        for v in &s.volumes {
+            let (kind, source) = match v {
+                serde_norway::Value::String(spec) => {
+                    let source = spec.split(':').next().unwrap_or("").to_string();
+                    (if source.starts_with('/') { "bind" } else { "volume" }, source)
+                }
+                serde_norway::Value::Mapping(m) => {
+                    let get = |k: &str| m.get(serde_norway::Value::String(k.into())).map(text).unwrap_or_default();
+                    let kind = get("type");
+                    (
+                        if kind == "bind" {
+                            "bind"
+                        } else if kind == "volume" {
+                            "volume"
+                        } else {
+                            "other"
+                        },
+                        get("source"),
+                    )
+                }
+                other => return Err(format!("service {name}: unreadable volume entry {}", text(other))),
+            };
+            let host = match kind {
+                "bind" => Some(source),
+                "volume" => volume_device(&source),
+                _ => None,
+            };
+            if let Some(h) = host.filter(|h| !h.is_empty()) {
+                binds.push(PlannedBind { real: PathBuf::from(&h), source: h });
+            }
+        }
+        out.push(PlannedService {
+            service: name.clone(),
+            privileged: s.privileged,
+            network_mode: s.network_mode.clone(),
+            pid: s.pid.clone(),
+            ipc: s.ipc.clone(),
+            cap_add: s.cap_add.clone(),
+            devices: s.devices.iter().map(text).collect(),
+            binds,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +304,32 @@ mod tests {
         assert!(err.starts_with("stack photos: no compose file (compose.yaml, "), "{err}");
         std::fs::write(dir.path().join("docker-compose.yml"), "services: {}\n").unwrap();
         assert_eq!(find_file("photos", dir.path()).unwrap(), dir.path().join("docker-compose.yml"));
+    }
+
+    /// `docker-compose -p cc -f docker-compose.yml config` (1.29.2) of a file using every form the gate judges.
+    const CONFIG: &str = "services:\n  b:\n    image: \"y\"\n    volumes:\n    - bindvol:/b:rw\n  web:\n    cap_add:\n    \
+- NET_ADMIN\n    devices:\n    - /dev/kvm:/dev/kvm\n    image: x\n    ipc: host\n    network_mode: host\n    pid: host\n    \
+privileged: true\n    volumes:\n    - /etc:/host-etc:rw\n    - /tmp/cc/data:/data:ro\n    - /tmp/cc/link:/l:rw\n    \
+- named:/n:rw\n    - source: /var/run/docker.sock\n      target: /s\n      type: bind\n    - target: /t\n      \
+type: tmpfs\nversion: '3.7'\nvolumes:\n  bindvol:\n    driver_opts:\n      device: /root\n      o: bind\n      \
+type: none\n  named: {}\n\n";
+
+    #[test]
+    fn resolved_config_parses_into_what_the_gate_judges() {
+        let plan = parse_config(CONFIG.as_bytes()).unwrap();
+        assert_eq!(plan.len(), 2);
+        let (b, web) = (&plan[0], &plan[1]);
+        assert_eq!(b.service, "b");
+        assert_eq!(b.binds.iter().map(|x| x.source.as_str()).collect::<Vec<_>>(), ["/root"]);
+        assert!(!b.privileged && b.cap_add.is_empty() && b.network_mode.is_empty());
+        assert!(web.privileged && web.network_mode == "host" && web.pid == "host" && web.ipc == "host");
+        assert_eq!(
+            (web.cap_add.clone(), web.devices.clone()),
+            (vec!["NET_ADMIN".into()], vec!["/dev/kvm:/dev/kvm".into()])
+        );
+        let binds: Vec<&str> = web.binds.iter().map(|x| x.source.as_str()).collect();
+        assert_eq!(binds, ["/etc", "/tmp/cc/data", "/tmp/cc/link", "/var/run/docker.sock"]);
+        assert!(parse_config(b"services: [1, 2]\n").is_err());
+        assert!(parse_config(b"services:\n  a:\n    privileged: maybe\n").is_err());
     }
 }

@@ -19,7 +19,19 @@ pub const DEFAULT_METRICS_PORT: u16 = 9443;
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 /// The audit rules a `[[services]] allow` list may name as exceptions.
-pub const AUDIT_RULES: &[&str] = &["foreign-network", "published-port", "host-network", "privileged", "docker-socket"];
+/// `privileged`, `host-*`, `docker-socket`, `host-mount`, `cap-add` and `devices` are also the deploy gate's rules.
+pub const AUDIT_RULES: &[&str] = &[
+    "foreign-network",
+    "published-port",
+    "host-network",
+    "host-pid",
+    "host-ipc",
+    "host-mount",
+    "privileged",
+    "docker-socket",
+    "cap-add",
+    "devices",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +109,8 @@ struct RawStacks {
     #[serde(default = "default_poll", deserialize_with = "duration::deserialize")]
     poll: Duration,
     credentials_file: Option<PathBuf>,
+    #[serde(default)]
+    bind_roots: Vec<PathBuf>,
 }
 
 fn default_branch() -> String {
@@ -160,6 +174,8 @@ pub struct Stacks {
     pub poll: Duration,
     /// `USER:PASSWORD` for an http(s) `repo`, handed to git through `GIT_ASKPASS` (never argv or `.git/config`).
     pub credentials_file: Option<PathBuf>,
+    /// Host directories stacks may bind-mount from (besides their own directory in the checkout); absolute.
+    pub bind_roots: Vec<PathBuf>,
 }
 
 /// `[hub]`: the reverse-proxy stack every spoke shares a network with, and where service names point.
@@ -421,7 +437,21 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
         return Err(bad("stacks.checkout_dir", "must not be empty".into()));
     }
     let checkout_dir = config::resolve(path, &s.checkout_dir);
-    let stacks = Stacks { repo, branch: s.branch, checkout_dir, poll: s.poll, credentials_file };
+    let mut bind_roots = Vec::new();
+    for (i, r) in s.bind_roots.iter().enumerate() {
+        let system = ["/", "/etc", "/root", "/proc", "/sys", "/dev", "/boot", "/var/run", "/run", "/var/lib/docker"];
+        if !r.is_absolute() || r.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(bad(&format!("stacks.bind_roots[{i}]"), format!("`{}` must be an absolute path", r.display())));
+        }
+        if system.iter().any(|p| r == Path::new(p)) {
+            return Err(bad(
+                &format!("stacks.bind_roots[{i}]"),
+                format!("`{}` would let every stack mount the host's system files", r.display()),
+            ));
+        }
+        bind_roots.push(r.clone());
+    }
+    let stacks = Stacks { repo, branch: s.branch, checkout_dir, poll: s.poll, credentials_file, bind_roots };
 
     if !valid_name(&h.stack) {
         return Err(bad("hub.stack", format!("`{}` is not a valid stack name ([a-z0-9][a-z0-9_-]*)", h.stack)));
@@ -828,6 +858,16 @@ mod tests {
             let text = BASE.replace("poll = ", &format!("branch = {branch:?}\npoll = "));
             let err = Config::parse(Path::new("/x.toml"), &text).unwrap_err().to_string();
             assert!(err.contains("key `stacks.branch`"), "{branch:?}: {err}");
+        }
+        for (roots, want) in [
+            ("[\"/etc\"]", "key `stacks.bind_roots[0]`: `/etc` would let every stack mount the host's system files"),
+            ("[\"/srv\", \"/\"]", "key `stacks.bind_roots[1]`"),
+            ("[\"data\"]", "key `stacks.bind_roots[0]`: `data` must be an absolute path"),
+            ("[\"/srv/../etc\"]", "key `stacks.bind_roots[0]`"),
+        ] {
+            let text = BASE.replace("poll = ", &format!("bind_roots = {roots}\npoll = "));
+            let err = Config::parse(Path::new("/x.toml"), &text).unwrap_err().to_string();
+            assert!(err.contains(want), "{roots}: {err}");
         }
         // Credentials in the repo URL: refused naming the key and credentials_file, never quoting them.
         for url in [

@@ -76,7 +76,9 @@ fn status(e: StackError) -> Status {
     let msg = e.to_string();
     match e {
         StackError::Unknown(_) => Status::not_found(msg),
-        StackError::NotSynced(_) | StackError::NotInRepo { .. } => Status::failed_precondition(msg),
+        StackError::NotSynced(_) | StackError::NotInRepo { .. } | StackError::Refused { .. } => {
+            Status::failed_precondition(msg)
+        }
         StackError::Compose(ComposeError::Invalid { .. } | ComposeError::NoFile { .. }) => {
             Status::failed_precondition(msg)
         }

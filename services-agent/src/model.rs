@@ -121,3 +121,29 @@ pub struct ArchiveRow {
     pub original_size: u64,
     pub deduplicated_size: u64,
 }
+
+/// One compose service as `config` resolved it, before anything is deployed: what the deploy gate judges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlannedService {
+    /// The compose service name.
+    pub service: String,
+    pub privileged: bool,
+    /// `network_mode`, `pid`, `ipc` as written (`host` is the one the gate refuses).
+    pub network_mode: String,
+    pub pid: String,
+    pub ipc: String,
+    pub cap_add: Vec<String>,
+    pub devices: Vec<String>,
+    /// Host paths bind-mounted (absolute, as compose resolved them; through a named volume's `device` too), each
+    /// with its real path (symlinks resolved by the caller) — the one the gate judges.
+    pub binds: Vec<PlannedBind>,
+}
+
+/// A host path a planned container would bind-mount.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlannedBind {
+    /// As compose printed it.
+    pub source: String,
+    /// With symlinks resolved (filled by the caller; equal to `source` until then).
+    pub real: std::path::PathBuf,
+}

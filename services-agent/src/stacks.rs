@@ -3,7 +3,7 @@
 //! reads never wait for it. Must not know proto/tonic (the `grpc` module converts) nor bollard (that is `docker`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use crate::dns::DnsStatus;
 use crate::docker::{DockerError, Engine};
 use crate::git::{GitError, Repo};
 use crate::live::Live;
-use crate::model::{ContainerInfo, ContainerRow, LogLine, ServiceRow, SyncReport, Violation};
+use crate::model::{ContainerInfo, ContainerRow, LogLine, PlannedService, ServiceRow, SyncReport, Violation};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,33 @@ pub enum StackError {
     NotInRepo { stack: String, commit: String },
     #[error("stack {0}: the stacks repository has not been synced yet")]
     NotSynced(String),
+    #[error(
+        "stack {stack}: refused before deploy{at}: {}; name the rule in the service's `allow` to permit it \
+         (README, \"Trust model\")",
+        violations.iter().map(|v| format!("service {} {}: {}", v.container, v.rule, v.detail)).collect::<Vec<_>>().join("; ")
+    )]
+    Refused { stack: String, at: String, violations: Vec<Violation> },
+}
+
+/// `p` with symlinks resolved as far as it exists (the rest appended as written): the path a bind would really
+/// mount. A path with a `..` component is taken for `/` (it could climb out of any allowed root).
+fn real_path(p: &Path) -> PathBuf {
+    if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) || !p.is_absolute() {
+        return PathBuf::from("/");
+    }
+    let (mut existing, mut rest) = (p.to_path_buf(), Vec::new());
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&existing) {
+            return rest.iter().rev().fold(real, |acc, part| acc.join(part));
+        }
+        match (existing.file_name().map(|n| n.to_os_string()), existing.parent().map(Path::to_path_buf)) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent;
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
 }
 
 /// The agent's metrics.
@@ -137,6 +164,24 @@ impl Stacks {
         }
     }
 
+    /// The deploy gate over what compose would run for `name` (see [`audit::gate`]): refused unless allowed.
+    fn gate(&self, repo: &Repo, name: &str, mut plan: Vec<PlannedService>, at: String) -> Result<(), StackError> {
+        let svc = self.cfg.service(name).ok_or_else(|| StackError::Unknown(name.to_string()))?;
+        let roots = audit::GateRoots {
+            roots: self.cfg.stacks.iter().flat_map(|s| s.bind_roots.iter()).map(|r| real_path(r)).collect(),
+            stack_dir: real_path(&self.stack_dir(repo, name)),
+        };
+        for b in plan.iter_mut().flat_map(|p| p.binds.iter_mut()) {
+            b.real = real_path(Path::new(&b.source));
+        }
+        let violations = audit::gate(svc, &plan, &roots);
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(StackError::Refused { stack: name.to_string(), at, violations })
+        }
+    }
+
     fn set_repo_error(&self, e: Option<String>) {
         *self.repo_error.write().unwrap_or_else(|e| e.into_inner()) = e;
     }
@@ -227,13 +272,14 @@ impl Stacks {
             }
             return Ok(false);
         }
-        compose.validate(name, &file).await.map_err(|e| match e {
+        let plan = compose.validate(name, &file).await.map_err(|e| match e {
             ComposeError::Invalid { stack, message } => ComposeError::Invalid {
                 stack,
                 message: format!("{message} (commit {}; the running stack was left as it was)", short(commit)),
             },
             other => other,
         })?;
+        self.gate(repo, name, plan, format!(" (commit {}; the running stack was left as it was)", short(commit)))?;
         compose.up(name, &file).await?;
         self.store.set_deployed(name, commit, tree)?;
         self.metrics.deploys.inc();
@@ -257,7 +303,8 @@ impl Stacks {
         let (repo, file) = self.file(name)?;
         let compose = self.compose().await?;
         let outcome = async {
-            compose.validate(name, &file).await?;
+            let plan = compose.validate(name, &file).await?;
+            self.gate(repo, name, plan, String::new())?;
             compose.up(name, &file).await?;
             Ok::<_, StackError>(())
         }

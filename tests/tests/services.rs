@@ -355,7 +355,8 @@ async fn audit_flags_foreign_networks_published_ports_and_the_docker_socket() ->
     assert!(v.is_empty(), "a correct layout is clean: {v:?}");
     assert!(lab.status_summary().await?.contains("0 audit violations"));
 
-    // The bad spokes join (and one that mounts the socket with an exception).
+    // The bad spokes join (and one that mounts the socket with an exception). The socket without one never
+    // deploys: the deploy gate refuses it before `up`.
     lab.start(&[
         ("a", &[], &[]),
         ("joins", &[], &[]),
@@ -364,8 +365,11 @@ async fn audit_flags_foreign_networks_published_ports_and_the_docker_socket() ->
         ("allowed", &[], &["docker-socket"]),
     ])?;
     let r = lab.sync().await?;
-    ensure!(r.errors.is_empty(), "{:?}", r.errors);
-    for s in ["joins", "ports", "sock", "allowed"] {
+    assert_eq!(r.errors.keys().collect::<Vec<_>>(), [&lab.name("sock")], "{:?}", r.errors);
+    let refused = &r.errors[&lab.name("sock")];
+    assert!(refused.contains("refused before deploy") && refused.contains("docker-socket"), "{refused}");
+    assert_eq!(lab.service("sock").await?.state, "not deployed");
+    for s in ["joins", "ports", "allowed"] {
         lab.wait_service(s, Duration::from_secs(10), running).await?;
     }
     let v = lab.client().await?.audit(AuditRequest {}).await?.into_inner().violations;
@@ -375,12 +379,11 @@ async fn audit_flags_foreign_networks_published_ports_and_the_docker_socket() ->
         [
             (format!("{}_web_1", lab.name("joins")), "foreign-network".to_string()),
             (format!("{}_web_1", lab.name("ports")), "published-port".to_string()),
-            (format!("{}_web_1", lab.name("sock")), "docker-socket".to_string()),
         ],
         "{v:#?}"
     );
     assert!(v[0].detail.contains(&a_net), "{}", v[0].detail);
-    assert!(lab.status_summary().await?.contains("3 audit violations"));
+    assert!(lab.status_summary().await?.contains("2 audit violations"));
     Ok(())
 }
 
@@ -915,5 +918,84 @@ async fn git_credentials_come_from_a_file_and_never_show_in_argv_logs_or_rpc_ans
             assert!(!text.contains(secret), "{what} shows a token: {text}");
         }
     }
+    Ok(())
+}
+
+/// Mounts of a running container, `SOURCE:DESTINATION` (from `docker inspect`).
+fn mounts(engine: &DockerEngine, container: &str) -> Result<Vec<String>> {
+    let out = engine.docker(["inspect", "-f", "{{range .Mounts}}{{.Source}}:{{.Destination}} {{end}}", container])?;
+    Ok(out.split_whitespace().map(String::from).collect())
+}
+
+/// Write access to the stacks repo is not root on the VM: a commit bind-mounting `/etc` (as written, and through a
+/// symlink committed in the stack's directory) is refused by the deploy gate before anything stops: the running
+/// stack keeps its containers, the refusal shows in ListServices and `labctl services ls` like a broken commit.
+/// The operator permits it by naming the rule in the service's `allow`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_mounting_host_etc_is_refused_before_anything_stops() -> Result<()> {
+    let mut lab = Lab::new()?;
+    let hub = lab.hub_net();
+    lab.origin.write(&format!("{}/docker-compose.yml", lab.name("proxy")), &hub_compose(&hub))?;
+    let data = "    volumes: [\"./data:/data\"]\n";
+    lab.origin.write(&format!("{}/docker-compose.yml", lab.name("a")), &spoke_compose(&hub, data))?;
+    lab.origin.write(&format!("{}/data/hello", lab.name("a")), "hi\n")?;
+    let first = lab.origin.commit("a spoke with its own data directory")?;
+    lab.start(&[("a", &[], &[])])?;
+    let r = lab.sync().await?;
+    ensure!(r.errors.is_empty(), "a bind of the stack's own directory passes the gate: {:?}", r.errors);
+    let a = lab.wait_service("a", Duration::from_secs(10), running).await?;
+    let a_ids = ids(&a);
+    let started = lab.engine.docker(["inspect", "-f", "{{.State.StartedAt}}", &a.containers[0].name])?;
+
+    // /etc as written, then through a symlink in the stack's directory: each refused before `up`.
+    let etc = spoke_compose(&hub, "    volumes: [\"/etc:/host-etc:ro\"]\n");
+    lab.origin.write(&format!("{}/docker-compose.yml", lab.name("a")), &etc)?;
+    lab.origin.commit("a: mount the host's /etc")?;
+    let link = lab.origin.dir.join(lab.name("a")).join("innocent");
+    std::os::unix::fs::symlink("/etc", &link)?;
+    let mut refusals = Vec::new();
+    for (what, compose) in [
+        ("as written", etc.clone()),
+        ("through a symlink", spoke_compose(&hub, "    volumes: [\"./innocent:/host-etc:ro\"]\n")),
+    ] {
+        lab.origin.write(&format!("{}/docker-compose.yml", lab.name("a")), &compose)?;
+        lab.origin.commit(&format!("a: /etc {what}"))?;
+        let r = lab.sync().await?;
+        assert!(r.redeployed.is_empty(), "{what}: {r:?}");
+        let err = r.errors.get(&lab.name("a")).with_context(|| format!("{what}: no refusal in {r:?}"))?.clone();
+        assert!(
+            err.contains("refused before deploy") && err.contains("host-mount") && err.contains("/etc"),
+            "{what}: {err}"
+        );
+        assert!(err.contains("the running stack was left as it was") && err.contains("allow"), "{what}: {err}");
+        let a = lab.service("a").await?;
+        assert!(running(&a) && ids(&a) == a_ids, "{what}: the running stack was touched: {a:?}");
+        assert_eq!(a.deployed_commit, first, "{what}");
+        assert!(a.error.contains("refused before deploy"), "{what}: {a:?}");
+        let now = lab.engine.docker(["inspect", "-f", "{{.State.StartedAt}}", &a.containers[0].name])?;
+        assert_eq!(now, started, "{what}: the container was restarted");
+        assert!(!mounts(&lab.engine, &a.containers[0].name)?.iter().any(|m| m.starts_with("/etc")), "{what}");
+        refusals.push(err);
+    }
+    assert!(refusals[1].contains("(really /etc)"), "{}", refusals[1]);
+
+    // The operator sees it in `labctl services ls`.
+    let (cert, key) = lab.pki.issue(Role::Admin, "alice")?;
+    let inventory = lab.dir.path().join("labctl.toml");
+    strata_tests::harness::write_inventory(&inventory, &lab.pki.ca(), &cert, &key, &[lab.agent()])?;
+    let out = Command::new(strata_tests::harness::bin("labctl")?)
+        .arg("--config")
+        .arg(&inventory)
+        .args(["services", "ls"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&lab.name("a")) && text.contains("refused before deploy"), "{text}");
+
+    // The operator says so: `allow = ["host-mount"]`, and the same commit (the symlink) deploys.
+    lab.start(&[("a", &[], &["host-mount"])])?;
+    let r = lab.sync().await?;
+    ensure!(r.errors.is_empty(), "{:?}", r.errors);
+    let a = lab.wait_service("a", Duration::from_secs(20), |s| running(s) && ids(s) != a_ids).await?;
+    assert!(mounts(&lab.engine, &a.containers[0].name)?.iter().any(|m| m.ends_with(":/host-etc")), "allowed: {a:?}");
     Ok(())
 }

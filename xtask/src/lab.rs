@@ -326,9 +326,11 @@ impl Lab {
         let dns = self.start(AgentKind::Dns, &dns, &[])?;
         self.dns = self.agents[dns].logged_addr("dns udp")?;
 
+        // The apps bind-mount their datasets: the deploy gate allows host paths under `bind_roots` only.
+        let mounts: Vec<String> = self.apps.iter().map(|a| a.mount.display().to_string()).collect();
         let mut svc = base(AgentKind::Services)
             + &format!(
-                "[stacks]\nrepo = {:?}\nbranch = \"main\"\ncheckout_dir = {:?}\npoll = \"1h\"\n\
+                "[stacks]\nrepo = {:?}\nbranch = \"main\"\ncheckout_dir = {:?}\npoll = \"1h\"\nbind_roots = {mounts:?}\n\
                  [hub]\nstack = \"proxy\"\nnetwork = \"{HUB_NET}\"\ndomain = \"{ZONE}\"\naddress = \"127.0.0.1\"\n\
                  [dns]\nagent = \"{}\"\n[backup]\nparallel = 2\nsnapshot_mount_dir = {:?}\n",
                 d.join("stacks"),
