@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::blocklist::{BlocklistConfig, RawBlocklist};
 use crate::forward::{ForwardConfig, RawForward};
 use crate::records::{check_cname_exclusive, parse_name, Field, LocalRecord};
+use crate::scope::{RawScope, Scopes};
 use crate::zones::ZoneConfig;
 
 /// Port of `[metrics] listen` when only an address is given.
@@ -29,6 +30,8 @@ struct RawConfig {
     zones: Vec<RawZone>,
     forward: Option<RawForward>,
     blocklist: Option<RawBlocklist>,
+    #[serde(default)]
+    services_agents: std::collections::BTreeMap<String, RawScope>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +101,8 @@ pub struct Config {
     pub zones: Vec<ZoneConfig>,
     pub forward: Option<ForwardConfig>,
     pub blocklist: Option<BlocklistConfig>,
+    /// What each services-agent may write (`[services_agents.NAME]`); none may write without its section.
+    pub services_agents: Scopes,
 }
 
 impl Config {
@@ -118,7 +123,8 @@ impl Config {
         let zones = validate_zones(path, raw.zones)?;
         let forward = raw.forward.map(|f| ForwardConfig::validate(f, path)).transpose()?;
         let blocklist = raw.blocklist.map(|b| BlocklistConfig::validate(b, path)).transpose()?;
-        Ok(Config { path: path.to_path_buf(), common, dns, zones, forward, blocklist })
+        let services_agents = Scopes::validate(raw.services_agents, &zones, path)?;
+        Ok(Config { path: path.to_path_buf(), common, dns, zones, forward, blocklist, services_agents })
     }
 }
 
@@ -221,6 +227,7 @@ mod tests {
         assert_eq!(cfg.zones.len(), 2);
         assert!(cfg.zones[0].records.len() >= 7, "every record type is shown");
         assert!(cfg.forward.is_some() && cfg.blocklist.is_some());
+        assert!(cfg.services_agents.0.contains_key("services1"));
     }
 
     const BASE: &str =

@@ -92,6 +92,7 @@ fn status(prefix: &str, e: OpError) -> Status {
         OpError::Invalid(r) => invalid(prefix, &r),
         OpError::NotInZone(name) => Status::invalid_argument(format!("{prefix}name: {name} is not in any zone")),
         e @ (OpError::NotOwner { .. } | OpError::Role(_)) => Status::permission_denied(e.to_string()),
+        OpError::OutOfScope(r) => Status::permission_denied(format!("{prefix}{}: {}", r.field, r.message)),
         e @ OpError::FromConfig(_) => Status::failed_precondition(e.to_string()),
         OpError::Store(e) => {
             tracing::error!(error = %e, "record store failed");

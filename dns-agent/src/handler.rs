@@ -179,12 +179,25 @@ fn plain_name<'b>(name: &Name, buf: &'b mut [u8; 256]) -> Option<&'b str> {
     std::str::from_utf8(&buf[..len]).ok()
 }
 
+/// The records of a forwarded answer that may be given: the chain up to the first record at a local-zone name, and
+/// the authority records outside the local zones. Upstreams never speak for local names (the forwarder already
+/// dropped whatever lay outside the question's chain). Lazy, without allocation.
+fn not_local<'q>(
+    zones: &'q ZoneSet,
+    ans: &'q Answer,
+) -> (impl Iterator<Item = &'q Record> + Send + 'q, impl Iterator<Item = &'q Record> + Send + 'q) {
+    let answers = ans.answers.iter().take_while(move |r| !zones.is_local(&r.name));
+    let authority = ans.authority.iter().filter(move |r| !zones.is_local(&r.name));
+    (answers, authority)
+}
+
 /// The response carrying a forwarded (or cached) answer, and how it counts.
 pub(crate) fn forwarded<'q>(
     request: &'q Request,
     edns: Option<&'q Edns>,
     meta: Metadata,
     ans: &'q Answer,
+    zones: &'q ZoneSet,
 ) -> (
     MessageResponse<
         'q,
@@ -204,7 +217,8 @@ pub(crate) fn forwarded<'q>(
         AnswerSource::Stale => Outcome::Stale,
     };
     let outcome = outcome_of_rcode(ans.rcode, by_source);
-    (build(request, edns, m, ans.answers.iter(), ans.authority.iter()), outcome)
+    let (answers, authority) = not_local(zones, ans);
+    (build(request, edns, m, answers, authority), outcome)
 }
 
 fn outcome_of_rcode(rcode: ResponseCode, otherwise: Outcome) -> Outcome {
@@ -332,8 +346,9 @@ impl Handler {
                 Ok(ext) => {
                     let mut m = local.meta;
                     m.response_code = ext.rcode;
-                    let answers = local.answers.iter().chain(local.chained.iter()).chain(ext.answers.iter());
-                    let response = build(request, edns, m, answers, ext.authority.iter());
+                    let (ext_answers, ext_authority) = not_local(&zones, &ext);
+                    let answers = local.answers.iter().chain(local.chained.iter()).chain(ext_answers);
+                    let response = build(request, edns, m, answers, ext_authority);
                     (send(handle, response).await, local.outcome)
                 }
                 Err(_) => (send(handle, local.message(request, edns)).await, local.outcome),
@@ -347,7 +362,7 @@ impl Handler {
                 let none = std::iter::empty::<&Record>;
                 match fwd.lookup(qname, qtype).await {
                     Ok(ans) => {
-                        let (response, outcome) = forwarded(request, edns, meta, &ans);
+                        let (response, outcome) = forwarded(request, edns, meta, &ans, &zones);
                         (send(handle, response).await, outcome)
                     }
                     Err(ForwardError::NoUpstream) => {

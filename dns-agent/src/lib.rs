@@ -10,6 +10,7 @@ pub mod handler;
 pub mod metrics;
 pub mod querylog;
 pub mod records;
+pub mod scope;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -157,6 +157,7 @@ impl Inner {
 pub struct DnsMetrics {
     inner: Arc<Inner>,
     cache_entries: Gauge,
+    cache_bytes: Gauge,
     blocklist_entries: Gauge,
 }
 
@@ -168,7 +169,12 @@ impl DnsMetrics {
             bounds.iter().map(|b| if b.is_finite() { (b * 1e9).round() as u64 } else { u64::MAX }).collect();
         let inner =
             Arc::new(Inner { bounds_ns, shared: Counts::new(bounds.len()), bounds, shards: Mutex::new(Vec::new()) });
-        let m = DnsMetrics { inner, cache_entries: Gauge::default(), blocklist_entries: Gauge::default() };
+        let m = DnsMetrics {
+            inner,
+            cache_entries: Gauge::default(),
+            cache_bytes: Gauge::default(),
+            blocklist_entries: Gauge::default(),
+        };
         registry.register("dns_queries", "DNS queries by query type and outcome", QueryCounters(m.inner.clone()));
         registry.register(
             "dns_query_duration_seconds",
@@ -176,6 +182,11 @@ impl DnsMetrics {
             LatencyHistogram(m.inner.clone()),
         );
         registry.register("dns_cache_entries", "Entries in the forwarder's cache", m.cache_entries.clone());
+        registry.register(
+            "dns_cache_bytes",
+            "Bytes held by the forwarder's cache (bounded by forward.cache_max_bytes)",
+            m.cache_bytes.clone(),
+        );
         registry.register(
             "dns_blocklist_entries",
             "Distinct names in the blocklist in use",
@@ -200,8 +211,9 @@ impl DnsMetrics {
         MetricsShard { inner: self.inner.clone(), counts }
     }
 
-    pub fn set_sizes(&self, cache_entries: usize, blocklist_entries: usize) {
+    pub fn set_sizes(&self, cache_entries: usize, cache_bytes: usize, blocklist_entries: usize) {
         self.cache_entries.set(cache_entries as i64);
+        self.cache_bytes.set(i64::try_from(cache_bytes).unwrap_or(i64::MAX));
         self.blocklist_entries.set(blocklist_entries as i64);
     }
 
@@ -302,7 +314,7 @@ mod tests {
         m.record(RecordType::A, Outcome::Local, Duration::from_micros(80));
         m.record(RecordType::A, Outcome::Local, Duration::from_micros(80));
         m.record(RecordType::NULL, Outcome::Refused, Duration::from_micros(10));
-        m.set_sizes(5, 1_000_000);
+        m.set_sizes(5, 4096, 1_000_000);
         let text = reg.encode();
         assert!(text.contains("strata_dns_queries_total{qtype=\"A\",outcome=\"local\"} 2"), "{text}");
         assert!(text.contains("strata_dns_queries_total{qtype=\"other\",outcome=\"refused\"} 1"), "{text}");
@@ -310,6 +322,7 @@ mod tests {
         assert!(text.contains("strata_dns_query_duration_seconds_bucket{le=\"0.00005\"} 1"), "{text}");
         assert!(text.contains("strata_dns_query_duration_seconds_bucket{le=\"+Inf\"} 3"), "{text}");
         assert!(text.contains("strata_dns_blocklist_entries 1000000"), "{text}");
+        assert!(text.contains("strata_dns_cache_bytes 4096"), "{text}");
         let totals = m.totals();
         assert!(totals.contains(&("local", 2)) && totals.contains(&("refused", 1)) && totals.contains(&("stale", 0)));
     }

@@ -17,6 +17,7 @@ use crate::forward::Forwarder;
 use crate::metrics::DnsMetrics;
 use crate::querylog::{QueryLog, CAPACITY};
 use crate::records::{check_cname_exclusive, parse_name, parse_value, Field, Kind, LocalRecord, RecordError};
+use crate::scope::Refusal;
 use crate::store::{Store, StoreError};
 use crate::zones::ZoneSet;
 
@@ -31,6 +32,9 @@ pub enum OpError {
     NotOwner { record: String, owner: String },
     #[error("{0} may not change dns records")]
     Role(Role),
+    /// A services-agent's write outside its `[services_agents.NAME]` scope.
+    #[error("{}", .0.message)]
+    OutOfScope(Refusal),
     #[error("record {0} is defined in the config file: edit the config and reload")]
     FromConfig(String),
     #[error(transparent)]
@@ -161,6 +165,8 @@ impl Dns {
         match caller.role {
             Role::Admin => {}
             Role::ServicesAgent => {
+                let apexes: Vec<&Name> = cfg.zones.iter().map(|z| &z.origin).collect();
+                cfg.services_agents.check(&caller.name, &rec.name, rec.kind, &apexes).map_err(OpError::OutOfScope)?;
                 if let Some(r) = config_here.first() {
                     return Err(OpError::NotOwner { record: describe(r), owner: "the config file".to_string() });
                 }
@@ -265,6 +271,9 @@ impl Dns {
         let forward_changed = format!("{:?}", new.forward) != format!("{:?}", old.forward);
         let blocklist_changed = format!("{:?}", new.blocklist) != format!("{:?}", old.blocklist);
         let log_changed = new.dns.query_log != old.dns.query_log;
+        if new.services_agents != old.services_agents {
+            applied.push("services_agents");
+        }
         if forward_changed {
             self.forwarder.store(new.forward.as_ref().map(|f| Arc::new(Forwarder::new(f))));
             self.generation.fetch_add(1, Ordering::Release);
@@ -313,8 +322,9 @@ impl Dns {
 
     /// Updates the size gauges (cache and blocklist entries).
     pub fn update_gauges(&self) {
-        let cache = self.forwarder.load().as_ref().map(|f| f.cache_len()).unwrap_or(0);
-        self.metrics.set_sizes(cache, self.blocklists.entries());
+        let (entries, bytes) =
+            self.forwarder.load().as_ref().map(|f| (f.cache_len(), f.cache_bytes())).unwrap_or((0, 0));
+        self.metrics.set_sizes(entries, bytes, self.blocklists.entries());
     }
 
     pub fn cache_entries(&self) -> usize {
@@ -380,7 +390,9 @@ mod tests {
 
     const CONFIG: &str = "state_dir = \"state\"\n[grpc]\nlisten = \"127.0.0.1:0\"\nca = \"ca.pem\"\ncert = \"a.pem\"\n\
         key = \"a.key\"\n[[zones]]\nname = \"lab.home.arpa\"\n\
-        records = [{ name = \"nas\", type = \"A\", value = \"10.0.0.10\" }, { name = \"www\", type = \"CNAME\", value = \"nas\" }]\n";
+        records = [{ name = \"nas\", type = \"A\", value = \"10.0.0.10\" }, { name = \"www\", type = \"CNAME\", value = \"nas\" }]\n\
+        [services_agents.s1]\nunder = \"lab.home.arpa\"\n\
+        [services_agents.s2]\nunder = \"lab.home.arpa\"\ntypes = [\"A\", \"TXT\"]\n";
 
     fn id(role: Role, name: &str) -> Identity {
         Identity::new("lab.test", role, name).unwrap()
@@ -404,6 +416,7 @@ mod tests {
         let dns = open();
         let (admin, svc1, svc2, viewer) =
             (id(Role::Admin, "a"), id(Role::ServicesAgent, "s1"), id(Role::ServicesAgent, "s2"), id(Role::Viewer, "v"));
+        let svc3 = id(Role::ServicesAgent, "s3");
         dns.upsert(&svc1, rec("app.lab.home.arpa", "A", "10.0.0.30")).unwrap();
         assert_eq!(answers(&dns, "app.lab.home.arpa.", RecordType::A), 1, "served at once");
         // (caller, record, expected error substring; empty = allowed)
@@ -412,6 +425,13 @@ mod tests {
             (&svc2, rec("app.lab.home.arpa", "A", "10.0.0.32"), "is owned by spiffe://lab.test/services-agent/s1"),
             (&svc2, rec("app.lab.home.arpa", "TXT", "mine"), "is owned by spiffe://lab.test/services-agent/s1"),
             (&svc1, rec("nas.lab.home.arpa", "A", "10.0.0.11"), "is owned by the config file"),
+            (
+                &svc1,
+                rec("app.lab.home.arpa", "TXT", "x"),
+                "TXT at app.lab.home.arpa. is not allowed for services-agent s1",
+            ),
+            (&svc1, rec("lab.home.arpa", "A", "10.0.0.1"), "lab.home.arpa. is a zone apex"),
+            (&svc3, rec("s3.lab.home.arpa", "A", "10.0.0.1"), "no [services_agents.s3] section"),
             (&viewer, rec("v.lab.home.arpa", "A", "10.0.0.1"), "viewer may not change dns records"),
             (&admin, rec("app.lab.home.arpa", "TXT", "admin may"), ""),
             (&admin, rec("x.example.com", "A", "10.0.0.1"), "x.example.com. is not in any zone"),

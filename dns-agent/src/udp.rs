@@ -275,7 +275,7 @@ impl Worker {
             // TTLs stay the same); a miss waits for an upstream on the runtime.
             Decision::Forward { meta, qname } => match forwarder.as_ref().and_then(|f| f.lookup_cached(qname, qtype)) {
                 Some((ans, until)) => {
-                    let (response, outcome) = forwarded(&request, edns.as_ref(), meta, &ans);
+                    let (response, outcome) = forwarded(&request, edns.as_ref(), meta, &ans, &zones);
                     let keep = until.map_or(Keep::Never, Keep::Until);
                     encode(response).map(|(_, bytes)| (bytes, outcome, keep))
                 }

@@ -226,6 +226,11 @@ impl ZoneSet {
         self.zone_index(&LowerName::new(name)).map(|i| &self.zones[i].name)
     }
 
+    /// Whether `name` falls in a local zone (no allocation: for filtering forwarded answers on the hot path).
+    pub fn is_local(&self, name: &Name) -> bool {
+        self.zones.iter().any(|z| z.name.zone_of(name))
+    }
+
     pub fn zone_count(&self) -> usize {
         self.zones.len()
     }

@@ -1,16 +1,22 @@
 //! The dns-agent end to end: the real binary on port 0, queried with `dig` and raw UDP/TCP packets, driven over mTLS
-//! gRPC (dynamic records, ownership, reload), restarted on the same state dir; a real `unbound` as the upstream.
+//! gRPC (dynamic records, ownership, reload), restarted on the same state dir; a real `unbound` as the upstream, and
+//! a hostile upstream written here (huge answers, slow answers, records for names it does not own).
 //! Knows the agent's config format, logs and gRPC API; nothing of its internals.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_core::identity::Role;
 use agent_core::tls;
 use anyhow::{bail, ensure, Context, Result};
+use hickory_resolver::proto::op::{Message, MessageType, OpCode};
+use hickory_resolver::proto::rr::rdata::{A, CNAME, TXT};
+use hickory_resolver::proto::rr::{Name as HName, RData, Record as HRecord};
 use strata_proto::v1::agent_client::AgentClient;
 use strata_proto::v1::dns_client::DnsClient;
 use strata_proto::v1::{
@@ -296,7 +302,9 @@ fn local_zones_answer_every_type_authoritatively() -> Result<()> {
 #[test]
 fn dynamic_records_ownership_validation_and_restart() -> Result<()> {
     let pki = Pki::new()?;
-    let mut dns = Dns::start(&pki, ZONES)?;
+    let scopes =
+        "\n[services_agents.svc1]\nunder = \"lab.home.arpa\"\n[services_agents.svc2]\nunder = \"lab.home.arpa\"\n";
+    let mut dns = Dns::start(&pki, &format!("{ZONES}{scopes}"))?;
     let rt = tokio::runtime::Runtime::new()?;
     tls::install_crypto_provider();
 
@@ -740,5 +748,331 @@ fn hickory_resolver_client_over_udp_and_tcp() -> Result<()> {
             anyhow::Ok(())
         })?;
     }
+    Ok(())
+}
+
+/// A hostile upstream: a DNS server on 127.0.0.1 (UDP and TCP on one port) that answers every query with what its
+/// `answer` function builds, after `delay`, and counts the queries it got. Over UDP an answer longer than 512 bytes
+/// is sent truncated (TC), so that the agent asks again over TCP. Its threads stop when it is dropped.
+struct FakeUpstream {
+    port: u16,
+    queries: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+type Answerer = Arc<dyn Fn(&Message) -> Message + Send + Sync>;
+
+impl FakeUpstream {
+    fn start(delay: Duration, answer: impl Fn(&Message) -> Message + Send + Sync + 'static) -> Result<FakeUpstream> {
+        let (udp, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0")?;
+            if let Ok(tcp) = std::net::TcpListener::bind(udp.local_addr()?) {
+                break (udp, tcp);
+            }
+        };
+        let port = udp.local_addr()?.port();
+        let queries = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let answer: Answerer = Arc::new(answer);
+        udp.set_read_timeout(Some(Duration::from_millis(100)))?;
+        tcp.set_nonblocking(true)?;
+        let udp = Arc::new(udp);
+        {
+            let (queries, stop, answer) = (queries.clone(), stop.clone(), answer.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((n, src)) = udp.recv_from(&mut buf) else { continue };
+                    let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
+                    queries.fetch_add(1, Ordering::Relaxed);
+                    let (udp, answer) = (udp.clone(), answer.clone());
+                    std::thread::spawn(move || {
+                        std::thread::sleep(delay);
+                        let mut reply = answer(&query);
+                        let mut bytes = reply.to_vec().unwrap_or_default();
+                        if bytes.len() > 512 {
+                            reply.answers.clear();
+                            reply.authorities.clear();
+                            reply.additionals.clear();
+                            reply.metadata.truncation = true;
+                            bytes = reply.to_vec().unwrap_or_default();
+                        }
+                        let _ = udp.send_to(&bytes, src);
+                    });
+                }
+            });
+        }
+        {
+            let (queries, stop) = (queries.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((mut conn, _)) = tcp.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    let (queries, stop, answer) = (queries.clone(), stop.clone(), answer.clone());
+                    std::thread::spawn(move || {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                        while !stop.load(Ordering::Relaxed) {
+                            let mut len = [0u8; 2];
+                            match conn.read_exact(&mut len) {
+                                Ok(()) => {}
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                    ) =>
+                                {
+                                    continue
+                                }
+                                Err(_) => return,
+                            }
+                            let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                            if conn.read_exact(&mut msg).is_err() {
+                                return;
+                            }
+                            let Ok(query) = Message::from_vec(&msg) else { return };
+                            queries.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(delay);
+                            let bytes = answer(&query).to_vec().unwrap_or_default();
+                            let Ok(n) = u16::try_from(bytes.len()) else { return };
+                            if conn.write_all(&n.to_be_bytes()).and_then(|_| conn.write_all(&bytes)).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+        }
+        Ok(FakeUpstream { port, queries, stop })
+    }
+
+    fn queries(&self) -> usize {
+        self.queries.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The reply skeleton for `query`: same id and question, NOERROR, RA.
+fn reply_to(query: &Message) -> Message {
+    let mut m = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+    m.metadata.recursion_desired = query.metadata.recursion_desired;
+    m.metadata.recursion_available = true;
+    m.queries = query.queries.clone();
+    m
+}
+
+fn hname(s: &str) -> HName {
+    HName::from_ascii(s).expect("name")
+}
+
+/// Resident set size of a process, from /proc/PID/status.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS line")?;
+    line.split_whitespace().nth(1).context("VmRSS value")?.parse().context("VmRSS number")
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn forwarder_cache_is_bounded_in_bytes_against_a_hostile_upstream() -> Result<()> {
+    const MAX_BYTES: u64 = 4 * 1024 * 1024;
+    const NAMES: usize = 4000;
+    // Every TXT answer is about 25 KB on the wire (100 strings of 250 bytes), valid for an hour.
+    let upstream = FakeUpstream::start(Duration::ZERO, |q| {
+        let mut r = reply_to(q);
+        if let Some(question) = q.queries.first() {
+            let txt = TXT::new(vec!["x".repeat(250); 100]);
+            r.add_answer(HRecord::from_rdata(question.name().clone(), 3600, RData::TXT(txt)));
+        }
+        r
+    })?;
+    let pki = Pki::new()?;
+    let dns = Dns::start(
+        &pki,
+        &format!(
+            "{ZONES}\n[forward]\nupstreams = [\"udp://127.0.0.1:{}\"]\ncache_max_bytes = {MAX_BYTES}\n",
+            upstream.port
+        ),
+    )?;
+    let ask = |i: usize| -> Result<()> {
+        let packet = query_packet(i as u16, &format!("n{i}.hostile.example"), 16);
+        let reply = udp_exchange(dns.addr, &packet, Duration::from_secs(5))?.context("no reply")?;
+        ensure!(reply_header(&reply).1 == 0, "n{i}: rcode {}", reply_header(&reply).1);
+        Ok(())
+    };
+    for i in 0..20 {
+        ask(i)?;
+    }
+    let before = rss_kib(dns.agent.pid())?;
+    let started = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..8).map(|w| s.spawn(move || (20 + w..NAMES).step_by(8).try_for_each(ask))).collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("a query thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let after = rss_kib(dns.agent.pid())?;
+    let wire_mib = NAMES * 25_000 / (1024 * 1024);
+    eprintln!(
+        "{NAMES} hostile answers (~{wire_mib} MiB on the wire) in {:?}: RSS {before} KiB -> {after} KiB",
+        started.elapsed()
+    );
+    // The cache's own count, as the agent exports it (gauges are updated every 5 s).
+    let mut bytes = None;
+    wait_for("the cache byte gauge", Duration::from_secs(10), || {
+        let text = dns.agent.metrics_text()?;
+        bytes = metric(&text, "strata_dns_cache_bytes").filter(|b| *b > 0);
+        Ok(bytes.is_some())
+    })?;
+    let bytes = bytes.unwrap_or_default();
+    ensure!(bytes <= MAX_BYTES, "the cache holds {bytes} bytes, above its bound of {MAX_BYTES}");
+    ensure!(bytes > MAX_BYTES / 2, "the cache should be nearly full: {bytes} bytes");
+    // Unbounded, the answers alone would take ~95 MiB; bounded, the agent grows by the cache and allocator slack.
+    ensure!(
+        after.saturating_sub(before) < 48 * 1024,
+        "the agent's RSS grew from {before} KiB to {after} KiB with a {MAX_BYTES}-byte cache bound"
+    );
+    Ok(())
+}
+
+#[test]
+fn identical_misses_in_flight_make_one_upstream_query() -> Result<()> {
+    const CLIENTS: usize = 40;
+    let upstream = FakeUpstream::start(Duration::from_millis(500), |q| {
+        let mut r = reply_to(q);
+        if let Some(question) = q.queries.first() {
+            r.add_answer(HRecord::from_rdata(question.name().clone(), 300, RData::A(A::new(192, 0, 2, 55))));
+        }
+        r
+    })?;
+    let pki = Pki::new()?;
+    let dns = Dns::start(&pki, &format!("{ZONES}\n[forward]\nupstreams = [\"udp://127.0.0.1:{}\"]\n", upstream.port))?;
+    // hickory's first exchange with a new upstream may send the query twice: warm the connection up first.
+    assert_eq!(dns.dig(&["warm-up.example", "A"])?.values("A"), vec!["192.0.2.55"]);
+    let before = upstream.queries();
+    let barrier = std::sync::Barrier::new(CLIENTS);
+    let replies: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    udp_exchange(dns.addr, &query_packet(i as u16, "same.example", 1), Duration::from_secs(5))?
+                        .context("no reply")
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))).collect()
+    });
+    for (i, r) in replies.into_iter().enumerate() {
+        let r = r?;
+        assert_eq!(reply_header(&r), (i as u16, 0, 1), "client {i}");
+    }
+    assert_eq!(upstream.queries() - before, 1, "{CLIENTS} identical misses at once must make one upstream query");
+    // And a cache hit afterwards asks nothing.
+    assert_eq!(dns.dig(&["same.example", "A"])?.values("A"), vec!["192.0.2.55"]);
+    assert_eq!(upstream.queries() - before, 1);
+    Ok(())
+}
+
+#[test]
+fn forwarded_answers_lose_out_of_bailiwick_records_and_never_shadow_local_names() -> Result<()> {
+    // The upstream answers every question with its own record, plus records for a local name (in the answer,
+    // authority and additional sections) and for an unrelated name; `into.example` is a CNAME into the local zone
+    // followed by a forged address for it.
+    let upstream = FakeUpstream::start(Duration::ZERO, |q| {
+        let mut r = reply_to(q);
+        let Some(question) = q.queries.first() else { return r };
+        let qname = question.name().clone();
+        let forged = |n: &str| HRecord::from_rdata(hname(n), 3600, RData::A(A::new(6, 6, 6, 6)));
+        if qname == hname("into.example.") {
+            r.add_answer(HRecord::from_rdata(qname, 60, RData::CNAME(CNAME(hname("nas.lab.home.arpa.")))));
+            r.add_answer(forged("nas.lab.home.arpa."));
+            return r;
+        }
+        r.add_answer(HRecord::from_rdata(qname, 60, RData::A(A::new(192, 0, 2, 80))));
+        r.add_answer(forged("nas.lab.home.arpa."));
+        r.add_answer(forged("other.example."));
+        r.add_authority(forged("mail.lab.home.arpa."));
+        r.add_additional(forged("nas.lab.home.arpa."));
+        r
+    })?;
+    let pki = Pki::new()?;
+    let dns = Dns::start(&pki, &format!("{ZONES}\n[forward]\nupstreams = [\"udp://127.0.0.1:{}\"]\n", upstream.port))?;
+    for round in ["forwarded", "cached"] {
+        let d = dns.dig(&["evil.example", "A"])?;
+        assert_eq!(d.status, "NOERROR", "{round}: {}", d.raw);
+        assert_eq!(d.answers, vec![("evil.example.".into(), "A".into(), "192.0.2.80".into())], "{round}: {}", d.raw);
+        assert!(!d.raw.contains("6.6.6.6"), "{round}: an out-of-bailiwick record reached the client: {}", d.raw);
+        let into = dns.dig(&["into.example", "A"])?;
+        assert_eq!(into.values("CNAME"), vec!["nas.lab.home.arpa."], "{round}: {}", into.raw);
+        assert!(!into.raw.contains("6.6.6.6"), "{round}: a forwarded record shadowed a local name: {}", into.raw);
+    }
+    // The local names still answer from the local zone.
+    let nas = dns.dig(&["nas.lab.home.arpa", "A"])?;
+    assert_eq!((nas.aa(), nas.values("A")), (true, vec!["10.0.0.10".to_string()]), "{}", nas.raw);
+    assert_eq!(dns.dig(&["mail.lab.home.arpa", "A"])?.values("A"), vec!["10.0.0.11"]);
+    Ok(())
+}
+
+#[test]
+fn each_services_agent_writes_only_its_own_names_and_types() -> Result<()> {
+    let pki = Pki::new()?;
+    let scopes = "\n[services_agents.services1]\nunder = \"lab.home.arpa\"\n\
+                  [services_agents.services2]\nunder = \"two.lab.home.arpa\"\n";
+    let dns = Dns::start(&pki, &format!("{ZONES}{scopes}"))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    tls::install_crypto_provider();
+    rt.block_on(async {
+        // Two services-agents, each with its own certificate from the lab CA.
+        let mut one = dns.client(&pki, Role::ServicesAgent, "services1").await?;
+        let mut two = dns.client(&pki, Role::ServicesAgent, "services2").await?;
+        let mut three = dns.client(&pki, Role::ServicesAgent, "services3").await?;
+        one.upsert_record(upsert(record("photos.lab.home.arpa", "A", "10.0.0.20"))).await?;
+        two.upsert_record(upsert(record("app.two.lab.home.arpa", "A", "10.0.0.21"))).await?;
+        two.upsert_record(upsert(record("www.two.lab.home.arpa", "CNAME", "app.two.lab.home.arpa."))).await?;
+        two.upsert_record(upsert(record("app.two.lab.home.arpa", "AAAA", "fd00::21"))).await?;
+        let refused = [
+            (record("other.lab.home.arpa", "A", "10.0.0.66"), "record.name: other.lab.home.arpa. is outside services-agent services2's names (strictly under two.lab.home.arpa.)"),
+            (record("two.lab.home.arpa", "A", "10.0.0.66"), "record.name: two.lab.home.arpa. is outside"),
+            (record("lab.home.arpa", "A", "10.0.0.66"), "record.name: lab.home.arpa. is a zone apex"),
+            (record("wpad.two.lab.home.arpa", "A", "10.0.0.66"), "record.name: wpad.two.lab.home.arpa. is reserved"),
+            (record("_acme-challenge.app.two.lab.home.arpa", "CNAME", "x.example."), "record.name: _acme-challenge.app.two.lab.home.arpa. has the reserved label"),
+            (record("app.two.lab.home.arpa", "TXT", "v=spf1 -all"), "record.type: TXT at app.two.lab.home.arpa. is not allowed for services-agent services2 (it may write A, AAAA, CNAME)"),
+            (record("ptr.two.lab.home.arpa", "PTR", "nas.lab.home.arpa."), "record.type: PTR at ptr.two.lab.home.arpa. is not allowed"),
+            (record("66.0.0.10.in-addr.arpa", "PTR", "evil.example."), "record.name: 66.0.0.10.in-addr.arpa. is outside"),
+        ];
+        for (r, want) in refused {
+            let e = two.upsert_record(upsert(r.clone())).await.unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{r:?}: {e:?}");
+            assert!(e.message().starts_with(want), "{r:?}: want {want:?}, got {:?}", e.message());
+        }
+        // Even the wider scope has no apex and no wpad; a services-agent without a section writes nothing.
+        let e = one.upsert_record(upsert(record("wpad.lab.home.arpa", "A", "10.0.0.66"))).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        let e = three.upsert_record(upsert(record("x.lab.home.arpa", "A", "10.0.0.66"))).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("services-agent services3 has no [services_agents.services3] section"), "{e:?}");
+        // An admin still may.
+        let mut admin = dns.client(&pki, Role::Admin, "admin1").await?;
+        admin.upsert_record(upsert(record("wpad.lab.home.arpa", "A", "10.0.0.2"))).await?;
+        anyhow::Ok(())
+    })?;
+    assert_eq!(dns.dig(&["www.two.lab.home.arpa", "A"])?.values("A"), vec!["10.0.0.21"]);
+    assert_eq!(dns.dig(&["wpad.lab.home.arpa", "A"])?.values("A"), vec!["10.0.0.2"]);
+    let other = dns.dig(&["other.lab.home.arpa", "A"])?;
+    assert_eq!(other.status, "NXDOMAIN", "{}", other.raw);
     Ok(())
 }

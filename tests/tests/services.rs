@@ -498,7 +498,10 @@ fn start_dns_agent(pki: &Pki, dir: &Path, grpc_port: u16) -> Result<(AgentProc, 
         "127.0.0.1:0",
         &format!("127.0.0.1:{grpc_port}"),
         1,
-    ) + &format!("[dns]\nlisten = [\"127.0.0.1:0\"]\n[[zones]]\nname = \"{DOMAIN}\"\n");
+    ) + &format!(
+        "[dns]\nlisten = [\"127.0.0.1:0\"]\n[[zones]]\nname = \"{DOMAIN}\"\n\
+         [services_agents.services1]\nunder = \"{DOMAIN}\"\n"
+    );
     std::fs::create_dir_all(dir)?;
     let config = dir.join("dns-agent.toml");
     std::fs::write(&config, text)?;

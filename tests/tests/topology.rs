@@ -232,7 +232,10 @@ impl Lab {
     fn start_dns(&mut self) -> Result<()> {
         let ip = self.dns_link.addr();
         let text = self.common_config(AgentKind::Dns, ip, DNS_GRPC_PORT, 9442)?
-            + &format!("[dns]\nlisten = [\"{ip}:53\"]\n[[zones]]\nname = \"{DOMAIN}\"\n");
+            + &format!(
+                "[dns]\nlisten = [\"{ip}:53\"]\n[[zones]]\nname = \"{DOMAIN}\"\n\
+                 [services_agents.services1]\nunder = \"{DOMAIN}\"\n"
+            );
         let config = self.write_config(AgentKind::Dns, &text)?;
         let agent = AgentProc::start_with_prefix(&self.dns_ns.exec_prefix(), AgentKind::Dns, &config, &[])?;
         ensure!(agent.logged_addr("dns udp")? == (ip, 53).into(), "dns-agent udp address:\n{}", agent.logs());

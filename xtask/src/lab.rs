@@ -321,7 +321,8 @@ impl Lab {
         let dns = base(AgentKind::Dns)
             + &format!(
                 "[dns]\nlisten = [\"127.0.0.1:0\"]\n[[zones]]\nname = \"{ZONE}\"\nrecords = [\n  \
-                 {{ name = \"ns\", type = \"A\", value = \"127.0.0.1\" }},\n  {{ name = \"@\", type = \"TXT\", value = \"strata demo lab\" }},\n]\n"
+                 {{ name = \"ns\", type = \"A\", value = \"127.0.0.1\" }},\n  {{ name = \"@\", type = \"TXT\", value = \"strata demo lab\" }},\n]\n\
+                 [services_agents.services1]\nunder = \"{ZONE}\"\n"
             );
         let dns = self.start(AgentKind::Dns, &dns, &[])?;
         self.dns = self.agents[dns].logged_addr("dns udp")?;

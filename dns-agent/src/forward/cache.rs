@@ -1,9 +1,13 @@
-//! The forwarder's answer cache: bounded (least recently used goes first), TTL-aware, with the bookkeeping for
-//! prefetch and serve-stale (RFC 8767). Knows nothing of upstreams, transports or config files.
+//! The forwarder's answer cache: bounded in entries and in bytes (least recently used goes first), TTL-aware, with
+//! the bookkeeping for prefetch and serve-stale (RFC 8767). Knows nothing of upstreams, transports or config files.
 
 use std::collections::{BTreeMap, HashMap};
+use std::mem::size_of;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use hickory_proto::serialize::binary::BinEncodable;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -55,6 +59,8 @@ struct Entry {
     failed_at: Option<Instant>,
     /// Position in the recency order.
     tick: u64,
+    /// What the entry costs in memory ([`entry_cost`]).
+    cost: usize,
 }
 
 impl Entry {
@@ -108,6 +114,8 @@ struct Inner {
     /// tick → key, oldest first.
     order: BTreeMap<u64, Key>,
     next_tick: u64,
+    /// Sum of the entries' costs.
+    bytes: usize,
 }
 
 impl Inner {
@@ -124,20 +132,66 @@ impl Inner {
     fn remove(&mut self, key: &Key) {
         if let Some(entry) = self.map.remove(key) {
             self.order.remove(&entry.tick);
+            self.bytes -= entry.cost;
         }
+    }
+
+    /// Removes the least recently used entry; false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        let Some((_, oldest)) = self.order.pop_first() else { return false };
+        if let Some(entry) = self.map.remove(&oldest) {
+            self.bytes -= entry.cost;
+        }
+        true
     }
 }
 
-/// A cache of at most `capacity` answers (0 disables it; then there is no prefetch and no serve-stale either).
+/// Bookkeeping per entry beyond its records: the key and entry in the map, the key again in the recency order, and
+/// allocator overhead.
+const ENTRY_OVERHEAD: usize = 2 * size_of::<Key>() + size_of::<Entry>() + size_of::<u64>() + 64;
+/// Heap bookkeeping of one item inside record data (a TXT character-string, an SVCB parameter): its pointer and
+/// length, and the allocator's minimum chunk.
+const ITEM_OVERHEAD: usize = 48;
+
+/// What one record costs in memory: its struct, its wire length standing for the heap behind its name and data, and
+/// the per-item overhead of data made of many small allocations (where the wire length alone would underestimate
+/// it many times over: a TXT record of 1-byte strings).
+fn record_cost(r: &Record) -> usize {
+    let wire = r.to_bytes().map(|b| b.len()).unwrap_or(usize::from(u16::MAX));
+    let items = match &r.data {
+        RData::TXT(t) => t.txt_data.len(),
+        RData::SVCB(s) => s.svc_params.len(),
+        RData::HTTPS(h) => h.0.svc_params.len(),
+        _ => 0,
+    };
+    size_of::<Record>() + wire + items * ITEM_OVERHEAD
+}
+
+/// What an entry holding `records` costs, [`ENTRY_OVERHEAD`] included.
+pub(crate) fn entry_cost<'a>(key: &Key, records: impl Iterator<Item = &'a Record>) -> usize {
+    ENTRY_OVERHEAD + 2 * key.name.len() + records.map(record_cost).sum::<usize>()
+}
+
+/// A cache of at most `capacity` answers and `max_bytes` bytes (as [`entry_cost`] counts them). A capacity of 0
+/// disables it (then there is no prefetch and no serve-stale either); an answer larger than `max_bytes` alone is
+/// given to the client but not kept.
 #[derive(Debug)]
 pub(crate) struct Cache {
     capacity: usize,
+    max_bytes: usize,
     inner: Mutex<Inner>,
+    /// `Inner::bytes`, readable without the lock (metrics).
+    bytes: AtomicUsize,
 }
 
 impl Cache {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Cache { capacity, inner: Mutex::new(Inner::default()) }
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
+        Cache { capacity, max_bytes, inner: Mutex::new(Inner::default()), bytes: AtomicUsize::new(0) }
+    }
+
+    /// Bytes held by the cached answers (as [`entry_cost`] counts them); never above `max_bytes`.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -167,6 +221,7 @@ impl Cache {
         }
         if now.saturating_duration_since(expires) > MAX_STALE {
             inner.remove(key);
+            self.bytes.store(inner.bytes, Ordering::Relaxed);
             return Hit::Miss;
         }
         if entry.failed_at.is_some_and(|t| now.saturating_duration_since(t) < STALE_REFRESH) {
@@ -190,6 +245,7 @@ impl Cache {
         }
         if now.saturating_duration_since(expires) > MAX_STALE {
             inner.remove(key);
+            self.bytes.store(inner.bytes, Ordering::Relaxed);
             return None;
         }
         entry.failed_at = Some(now);
@@ -209,7 +265,7 @@ impl Cache {
     }
 
     /// Normalises an upstream reply (TTL caps) and stores it, evicting the least recently used entries beyond
-    /// capacity. Returns what the client gets (source `Forwarded`).
+    /// capacity or the byte bound. Returns what the client gets (source `Forwarded`).
     pub(crate) fn insert(&self, key: Key, reply: Reply, now: Instant) -> Answer {
         let (ttl, answers, authority) = normalise(&reply, key.rtype);
         let answer = Answer {
@@ -221,11 +277,17 @@ impl Cache {
         if self.capacity == 0 {
             return answer;
         }
+        let cost = entry_cost(&key, answers.iter().chain(authority.iter()));
         let mut inner = self.lock();
         inner.remove(&key);
-        while inner.map.len() >= self.capacity {
-            let Some((_, oldest)) = inner.order.pop_first() else { break };
-            inner.map.remove(&oldest);
+        if cost > self.max_bytes {
+            self.bytes.store(inner.bytes, Ordering::Relaxed);
+            return answer;
+        }
+        while inner.map.len() >= self.capacity || inner.bytes + cost > self.max_bytes {
+            if !inner.evict_oldest() {
+                break;
+            }
         }
         let tick = inner.next_tick;
         inner.next_tick += 1;
@@ -240,8 +302,11 @@ impl Cache {
             refreshing: false,
             failed_at: None,
             tick,
+            cost,
         };
         inner.map.insert(key, entry);
+        inner.bytes += cost;
+        self.bytes.store(inner.bytes, Ordering::Relaxed);
         answer
     }
 }
@@ -314,7 +379,7 @@ mod tests {
 
     #[test]
     fn least_recently_used_goes_first() {
-        let cache = Cache::new(2);
+        let cache = Cache::new(2, usize::MAX);
         let t0 = Instant::now();
         cache.insert(key("a.t.", RecordType::A), a_reply("a.t.", 60), t0);
         cache.insert(key("b.t.", RecordType::A), a_reply("b.t.", 60), t0);
@@ -332,7 +397,7 @@ mod tests {
 
     #[test]
     fn ttls_are_capped_decremented_and_negative_ttl_comes_from_the_soa() {
-        let cache = Cache::new(10);
+        let cache = Cache::new(10, usize::MAX);
         let t0 = Instant::now();
         let answer = cache.insert(key("a.t.", RecordType::A), a_reply("a.t.", 10 * 86_400), t0);
         assert_eq!(answer.answers[0].ttl, MAX_POSITIVE_TTL);
@@ -383,7 +448,7 @@ mod tests {
 
     #[test]
     fn prefetch_is_asked_for_once_when_popular_and_nearly_expired() {
-        let cache = Cache::new(10);
+        let cache = Cache::new(10, usize::MAX);
         let t0 = Instant::now();
         let k = key("a.t.", RecordType::A);
         cache.insert(k.clone(), a_reply("a.t.", 100), t0);
@@ -402,9 +467,45 @@ mod tests {
         assert!(matches!(cache.get(&k2, t0 + Duration::from_secs(95)), Hit::Fresh { refresh: false, .. }));
     }
 
+    fn txt_reply(name: &str, strings: usize, len: usize) -> Reply {
+        let txt = hickory_proto::rr::rdata::TXT::new(vec!["x".repeat(len); strings]);
+        let record = Record::from_rdata(Name::from_str(name).unwrap(), 60, RData::TXT(txt));
+        Reply { rcode: ResponseCode::NoError, answers: vec![record], authority: vec![] }
+    }
+
+    #[test]
+    fn bytes_stay_under_the_bound_and_oversized_answers_are_not_kept() {
+        let max = 200_000;
+        let cache = Cache::new(10_000, max);
+        let t0 = Instant::now();
+        for i in 0..100 {
+            let n = format!("big{i}.t.");
+            cache.insert(key(&n, RecordType::TXT), txt_reply(&n, 40, 250), t0);
+            assert!(cache.bytes() <= max, "{} bytes after {i}", cache.bytes());
+        }
+        let len = cache.len();
+        assert!((10..20).contains(&len), "about 10 KB each: {len} entries");
+        // The newest stay, the oldest went.
+        assert!(matches!(cache.get(&key("big99.t.", RecordType::TXT), t0), Hit::Fresh { .. }));
+        assert!(matches!(cache.get(&key("big0.t.", RecordType::TXT), t0), Hit::Miss));
+        // Many tiny strings are costed per string, not by their few wire bytes.
+        let tiny = txt_reply("tiny.t.", 1000, 1);
+        let cost = entry_cost(&key("tiny.t.", RecordType::TXT), tiny.answers.iter());
+        assert!(cost > 1000 * ITEM_OVERHEAD, "{cost}");
+        let exact: usize = cache.lock().map.values().map(|e| e.cost).sum();
+        assert_eq!(cache.bytes(), exact);
+        // Larger than the whole bound: answered, not kept, and nothing else is evicted for it.
+        let small = Cache::new(10, 50_000);
+        small.insert(key("a.t.", RecordType::A), a_reply("a.t.", 60), t0);
+        let answer = small.insert(key("huge.t.", RecordType::TXT), txt_reply("huge.t.", 255, 255), t0);
+        assert_eq!(answer.answers.len(), 1);
+        assert!(matches!(small.get(&key("huge.t.", RecordType::TXT), t0), Hit::Miss));
+        assert_eq!(small.len(), 1);
+    }
+
     #[test]
     fn disabled_cache_keeps_nothing() {
-        let cache = Cache::new(0);
+        let cache = Cache::new(0, usize::MAX);
         let answer = cache.insert(key("a.t.", RecordType::A), a_reply("a.t.", 60), Instant::now());
         assert_eq!(answer.source, AnswerSource::Forwarded);
         assert_eq!(cache.len(), 0);

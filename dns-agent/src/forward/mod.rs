@@ -1,5 +1,6 @@
 //! Forwarding of names the agent does not own: the `[forward]` config section, upstream-group selection
-//! (conditional forwarding by longest matching domain), and the cache policy around it (prefetch, serve-stale).
+//! (conditional forwarding by longest matching domain), the cache policy around it (prefetch, serve-stale), and
+//! coalescing of identical misses (one upstream query however many clients wait for it).
 //! Knows nothing of the DNS server, local zones or blocklists: callers hand it a name and a type.
 
 mod cache;
@@ -10,7 +11,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_core::config::ConfigError;
@@ -26,6 +27,12 @@ pub use upstream::{parse_upstream, Upstream};
 pub const DEFAULT_CACHE_SIZE: usize = 10_000;
 /// Largest accepted `cache_size`.
 pub const MAX_CACHE_SIZE: usize = 10_000_000;
+/// Default bound of the cache's memory, in bytes (32 MiB: about 60,000 ordinary answers, more than `cache_size`).
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 32 * 1024 * 1024;
+/// Smallest accepted `cache_max_bytes` (one large answer must fit).
+pub const MIN_CACHE_MAX_BYTES: u64 = 256 * 1024;
+/// Largest accepted `cache_max_bytes` (16 GiB).
+pub const MAX_CACHE_MAX_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 /// How long one lookup may spend on the upstreams of its group, all of them together.
 pub const UPSTREAM_BUDGET: Duration = Duration::from_secs(2);
 
@@ -37,6 +44,8 @@ pub struct RawForward {
     pub upstreams: Vec<String>,
     /// Default 10000; 0 disables the cache (and with it prefetch and serve-stale).
     pub cache_size: Option<usize>,
+    /// Bound of the cache's memory in bytes; default 32 MiB.
+    pub cache_max_bytes: Option<u64>,
     #[serde(default)]
     pub conditional: Vec<RawConditional>,
 }
@@ -54,6 +63,8 @@ pub struct RawConditional {
 pub struct ForwardConfig {
     pub upstreams: Vec<Upstream>,
     pub cache_size: usize,
+    /// The cache never holds more than this many bytes of answers.
+    pub cache_max_bytes: usize,
     /// (lowercase domain without trailing dot, its upstreams).
     pub conditional: Vec<(String, Vec<Upstream>)>,
 }
@@ -79,6 +90,17 @@ impl ForwardConfig {
                 format!("cache size {cache_size} is above the maximum of {MAX_CACHE_SIZE}"),
             ));
         }
+        let cache_max_bytes = raw.cache_max_bytes.unwrap_or(DEFAULT_CACHE_MAX_BYTES);
+        if !(MIN_CACHE_MAX_BYTES..=MAX_CACHE_MAX_BYTES).contains(&cache_max_bytes) {
+            return Err(ConfigError::invalid(
+                config_path,
+                "forward.cache_max_bytes",
+                format!(
+                    "{cache_max_bytes} bytes is outside {MIN_CACHE_MAX_BYTES}..={MAX_CACHE_MAX_BYTES} (256 KiB to 16 GiB)"
+                ),
+            ));
+        }
+        let cache_max_bytes = usize::try_from(cache_max_bytes).unwrap_or(usize::MAX);
         let mut conditional: Vec<(String, Vec<Upstream>)> = Vec::with_capacity(raw.conditional.len());
         for (i, c) in raw.conditional.iter().enumerate() {
             let key = format!("forward.conditional[{i}]");
@@ -101,7 +123,7 @@ impl ForwardConfig {
             let list = parse_list(&c.upstreams, &format!("{key}.upstreams"))?;
             conditional.push((domain, list));
         }
-        Ok(ForwardConfig { upstreams, cache_size, conditional })
+        Ok(ForwardConfig { upstreams, cache_size, cache_max_bytes, conditional })
     }
 }
 
@@ -159,8 +181,33 @@ struct Inner {
     /// Lowercase FQDN of each conditional domain → its group index.
     conditional: HashMap<Name, usize>,
     cache: Cache,
+    /// Misses being asked upstream now: later identical misses wait for the same answer.
+    inflight: Mutex<HashMap<Key, Arc<InFlight>>>,
     #[cfg(test)]
     upstream_queries: std::sync::atomic::AtomicU64,
+}
+
+/// One upstream query that every identical miss waits for: the first to arrive runs it; if its caller goes away
+/// before it finishes, the next waiter runs it instead.
+type InFlight = tokio::sync::OnceCell<Result<Answer, String>>;
+
+/// Takes an in-flight entry out of the map when its last user is done (finished or cancelled), unless a newer
+/// entry for the key has replaced it.
+struct InFlightGuard<'a> {
+    inner: &'a Inner,
+    key: &'a Key,
+    cell: Arc<InFlight>,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.inner.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        // Two references left: the map's and ours. Any other waiter still needs the entry (a cancelled first caller
+        // leaves its query to them).
+        if map.get(self.key).is_some_and(|c| Arc::ptr_eq(c, &self.cell)) && Arc::strong_count(&self.cell) <= 2 {
+            map.remove(self.key);
+        }
+    }
 }
 
 /// Forwards queries to upstream groups through a shared cache. Cheap to share: wrap it in an `Arc`.
@@ -208,7 +255,8 @@ impl Forwarder {
             inner: Arc::new(Inner {
                 groups,
                 conditional,
-                cache: Cache::new(cfg.cache_size),
+                cache: Cache::new(cfg.cache_size, cfg.cache_max_bytes),
+                inflight: Mutex::new(HashMap::new()),
                 #[cfg(test)]
                 upstream_queries: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -232,8 +280,8 @@ impl Forwarder {
             }
             Hit::Miss => {}
         }
-        match self.inner.ask(&key).await {
-            Ok(reply) => Ok(self.inner.cache.insert(key, reply, Instant::now())),
+        match self.inner.ask_once(&key).await {
+            Ok(answer) => Ok(answer),
             Err(e) => match self.inner.cache.stale(&key, Instant::now()) {
                 Some(answer) => {
                     tracing::debug!(name = %key.name, rtype = %key.rtype, error = %e, "serving stale answer");
@@ -275,6 +323,11 @@ impl Forwarder {
         self.inner.cache.len()
     }
 
+    /// Bytes the cached answers take (bounded by `cache_max_bytes`). Takes no lock.
+    pub fn cache_bytes(&self) -> usize {
+        self.inner.cache.bytes()
+    }
+
     #[cfg(test)]
     fn upstream_queries(&self) -> u64 {
         self.inner.upstream_queries.load(std::sync::atomic::Ordering::Relaxed)
@@ -291,6 +344,34 @@ impl Inner {
             }
         }
         (!self.groups[0].is_empty()).then_some(0)
+    }
+
+    /// Asks upstream for a missed key and caches the reply, or waits for the same question already asked by
+    /// another caller: N identical misses at once make one upstream query.
+    async fn ask_once(&self, key: &Key) -> Result<Answer, String> {
+        let cell = {
+            let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            let cell = map.entry(key.clone()).or_default();
+            // A finished query whose waiters are still leaving: its answer is already in the cache (or failed); a
+            // new miss asks again.
+            if cell.initialized() {
+                *cell = Arc::default();
+            }
+            cell.clone()
+        };
+        let guard = InFlightGuard { inner: self, key, cell };
+        let result = guard
+            .cell
+            .get_or_init(|| async {
+                match self.ask(key).await {
+                    Ok(reply) => Ok(self.cache.insert(key.clone(), reply, Instant::now())),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .clone();
+        drop(guard);
+        result
     }
 
     async fn ask(&self, key: &Key) -> Result<upstream::Reply, String> {

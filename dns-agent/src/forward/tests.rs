@@ -136,6 +136,7 @@ fn config(upstreams: Vec<Upstream>, cache_size: usize, conditional: Vec<(&str, V
     ForwardConfig {
         upstreams,
         cache_size,
+        cache_max_bytes: usize::try_from(DEFAULT_CACHE_MAX_BYTES).unwrap(),
         conditional: conditional.into_iter().map(|(d, u)| (d.to_string(), u)).collect(),
     }
 }
@@ -368,6 +369,7 @@ fn validate_names_the_offending_key() {
     let raw = |upstreams: &[&str], cache_size: Option<usize>, conditional: &[(&str, &[&str])]| RawForward {
         upstreams: upstreams.iter().map(|s| s.to_string()).collect(),
         cache_size,
+        cache_max_bytes: None,
         conditional: conditional
             .iter()
             .map(|(d, u)| RawConditional {
@@ -387,6 +389,7 @@ fn validate_names_the_offending_key() {
     )
     .expect("valid");
     assert_eq!(good.cache_size, DEFAULT_CACHE_SIZE);
+    assert_eq!(good.cache_max_bytes as u64, DEFAULT_CACHE_MAX_BYTES);
     assert_eq!(good.upstreams.len(), 2);
     assert_eq!(good.conditional[0], ("corp.example".to_string(), vec![Upstream::Udp("10.8.0.1:53".parse().unwrap())]));
     assert_eq!(good.conditional[1].0, "xn--bcher-kva.example");
@@ -394,6 +397,11 @@ fn validate_names_the_offending_key() {
     let cases: Vec<(RawForward, &str, &str)> = vec![
         (raw(&["udp://10.0.0.1", "bogus"], None, &[]), "forward.upstreams[1]", "no scheme"),
         (raw(&[], Some(MAX_CACHE_SIZE + 1), &[]), "forward.cache_size", "above the maximum"),
+        (
+            RawForward { cache_max_bytes: Some(1000), ..raw(&[], None, &[]) },
+            "forward.cache_max_bytes",
+            "1000 bytes is outside 262144..=",
+        ),
         (
             raw(&[], None, &[("a.example", &["udp://10.0.0.1"]), ("", &["udp://10.0.0.1"])]),
             "forward.conditional[1].domain",

@@ -1,5 +1,7 @@
-//! Upstream DNS servers: parsing `udp://`, `tcp://`, `tls://`, `https://` addresses and querying a group of them in
-//! order over hickory's transports. Knows nothing of caching, prefetch, serve-stale or config files.
+//! Upstream DNS servers: parsing `udp://`, `tcp://`, `tls://`, `https://` addresses, querying a group of them in
+//! order over hickory's transports, and keeping of each reply only what answers the question (the records of the
+//! CNAME chain from the query name, the SOA of the zone it ends in). Knows nothing of caching, prefetch, serve-stale
+//! or config files.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -7,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{DnsRequestOptions, Query, ResponseCode};
-use hickory_proto::rr::{Name, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverOpts, ServerOrderingStrategy,
 };
@@ -289,20 +291,20 @@ impl Member {
         let result = tokio::time::timeout(timeout, lookup).await.map_err(|_| format!("timed out after {timeout:?}"))?;
         match result {
             Ok(response) => match response.response_code {
-                ResponseCode::NoError | ResponseCode::NXDomain => Ok(Reply {
-                    rcode: response.response_code,
-                    answers: response.answers.clone(),
-                    authority: soa_only(response.authorities.iter()),
-                }),
+                ResponseCode::NoError | ResponseCode::NXDomain => {
+                    let (answers, end) = answer_chain(name, rtype, &response.answers);
+                    let authority = soa_of_zone(&end, response.authorities.iter());
+                    Ok(Reply { rcode: response.response_code, answers, authority })
+                }
                 other => Err(format!("answered {other}")),
             },
             Err(NetError::Dns(DnsError::NoRecordsFound(no_records))) => match no_records.response_code {
                 code @ (ResponseCode::NoError | ResponseCode::NXDomain) => {
                     let mut authority =
-                        no_records.authorities.as_deref().map(|a| soa_only(a.iter())).unwrap_or_default();
+                        no_records.authorities.as_deref().map(|a| soa_of_zone(name, a.iter())).unwrap_or_default();
                     if authority.is_empty() {
                         if let Some(soa) = no_records.soa {
-                            authority.push(soa.into_record_of_rdata());
+                            authority = soa_of_zone(name, std::iter::once(&soa.into_record_of_rdata()));
                         }
                     }
                     Ok(Reply { rcode: code, answers: Vec::new(), authority })
@@ -314,8 +316,36 @@ impl Member {
     }
 }
 
-fn soa_only<'a>(records: impl Iterator<Item = &'a Record>) -> Vec<Record> {
-    records.filter(|r| r.record_type() == RecordType::SOA).cloned().collect()
+/// Longest CNAME chain followed in an upstream's answer.
+const MAX_CHAIN: usize = 16;
+
+/// What of an upstream's answer section answers `name`/`rtype`: the `rtype` records at `name`, or its CNAME and
+/// then the same at each target in turn, in chain order. Every other record (another name, another type, a loop
+/// past [`MAX_CHAIN`]) is out of bailiwick and dropped, as is everything in the additional section. Also returns
+/// the name the chain ends at.
+pub(crate) fn answer_chain(name: &Name, rtype: RecordType, answers: &[Record]) -> (Vec<Record>, Name) {
+    let mut kept: Vec<Record> = Vec::new();
+    let mut current = name.clone();
+    for _ in 0..=MAX_CHAIN {
+        let before = kept.len();
+        kept.extend(answers.iter().filter(|r| r.name == current && r.record_type() == rtype).cloned());
+        if kept.len() > before || rtype == RecordType::CNAME {
+            break;
+        }
+        let Some(cname) = answers.iter().find(|r| r.name == current && r.record_type() == RecordType::CNAME) else {
+            break;
+        };
+        let RData::CNAME(target) = &cname.data else { break };
+        kept.push(cname.clone());
+        current = target.0.clone();
+    }
+    (kept, current)
+}
+
+/// The SOA records among `records` whose owner is `name` or one of its ancestors (the zone a negative answer is
+/// about); SOAs of unrelated zones are dropped.
+fn soa_of_zone<'a>(name: &Name, records: impl Iterator<Item = &'a Record>) -> Vec<Record> {
+    records.filter(|r| r.record_type() == RecordType::SOA && r.name.zone_of(name)).cloned().collect()
 }
 
 fn build_pool(
@@ -410,4 +440,56 @@ pub(crate) fn system_tls_config() -> Result<rustls::ClientConfig, String> {
         return Err(format!("no CA certificates found for tls/https upstreams (tried {})", tried.join(", ")));
     }
     client_config_with_roots(roots)
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use std::str::FromStr;
+
+    use hickory_proto::rr::rdata::{A, CNAME, SOA};
+
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::from_str(s).unwrap()
+    }
+
+    fn a(name: &str, last: u8) -> Record {
+        Record::from_rdata(n(name), 60, RData::A(A::new(192, 0, 2, last)))
+    }
+
+    fn cname(name: &str, target: &str) -> Record {
+        Record::from_rdata(n(name), 60, RData::CNAME(CNAME(n(target))))
+    }
+
+    #[test]
+    fn only_the_chain_from_the_question_is_kept() {
+        let answers = vec![
+            a("nas.lab.home.arpa.", 66),
+            cname("WWW.example.com.", "cdn.example.net."),
+            a("other.example.org.", 66),
+            a("cdn.example.net.", 1),
+            a("cdn.example.net.", 2),
+        ];
+        let (kept, end) = answer_chain(&n("www.example.com."), RecordType::A, &answers);
+        assert_eq!(kept, vec![answers[1].clone(), answers[3].clone(), answers[4].clone()]);
+        assert_eq!(end, n("cdn.example.net."));
+        // A CNAME question stops at the CNAME; a loop stops after MAX_CHAIN hops.
+        assert_eq!(answer_chain(&n("www.example.com."), RecordType::CNAME, &answers).0, vec![answers[1].clone()]);
+        let looped = vec![cname("a.t.", "b.t."), cname("b.t.", "a.t.")];
+        assert_eq!(answer_chain(&n("a.t."), RecordType::A, &looped).0.len(), MAX_CHAIN + 1);
+        // Nothing at the name: nothing kept.
+        assert!(answer_chain(&n("x.t."), RecordType::A, &answers).0.is_empty());
+    }
+
+    #[test]
+    fn only_the_soa_of_the_question_zone_is_kept() {
+        let soa = |owner: &str| {
+            let data = SOA::new(n("ns.t."), n("admin.t."), 1, 3600, 600, 86400, 60);
+            Record::from_rdata(n(owner), 60, RData::SOA(data))
+        };
+        let records = [soa("example.com."), soa("lab.home.arpa."), a("example.com.", 1)];
+        let kept = soa_of_zone(&n("x.example.com."), records.iter());
+        assert_eq!(kept, vec![records[0].clone()]);
+    }
 }
