@@ -131,6 +131,8 @@ struct RawVm {
     vmrun: Option<PathBuf>,
     /// Seconds one vmrun call may take (default 60).
     vmrun_timeout: Option<u64>,
+    /// QEMU: the user `qemu-system-x86_64` drops to once it opened its disks and QMP socket (`-runas`).
+    runas: Option<String>,
 }
 
 /// One VM, validated.
@@ -152,6 +154,8 @@ pub struct VmConfig {
     pub shutdown_timeout: Duration,
     pub vmrun: PathBuf,
     pub vmrun_timeout: Duration,
+    /// QEMU: `-runas` user; `None` leaves QEMU running as the agent's user (root).
+    pub runas: Option<String>,
 }
 
 /// A validated config.
@@ -216,7 +220,13 @@ impl Config {
                 Some(s) => Ok(Duration::from_secs(s)),
                 None => Ok(d),
             };
+            if let Some(u) = &v.runas {
+                if u.is_empty() || !u.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+                    return Err(bad("runas", format!("`{u}` is not a user name")));
+                }
+            }
             vms.push(VmConfig {
+                runas: v.runas,
                 shutdown_timeout: secs("shutdown_timeout", v.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT)?,
                 vmrun_timeout: secs("vmrun_timeout", v.vmrun_timeout, DEFAULT_VMRUN_TIMEOUT)?,
                 name: v.name,
@@ -325,6 +335,7 @@ mod tests {
         assert!(s.require_encrypted_target && !s.require_guest);
         assert_eq!(s.guest.as_deref(), Some("https://10.0.0.20:7443"));
         assert_eq!(cfg.vm("lab").unwrap().backend, Backend::Qemu);
+        assert_eq!(cfg.vm("lab").unwrap().runas.as_deref(), Some("nobody"));
     }
 
     #[test]
@@ -340,6 +351,7 @@ mod tests {
             (format!("{VM}require_guest = true\n"), "key `vms[0].require_guest`"),
             (VM.replace("borg", "rsync") + "passcommand = \"x\"\n", "key `vms[0].passcommand`"),
             (format!("{VM}shutdown_timeout = 0\n"), "key `vms[0].shutdown_timeout`"),
+            (format!("{VM}runas = \"a b\"\n"), "key `vms[0].runas`"),
         ];
         for (vm, want) in cases {
             let err = Config::parse(p, &format!("{HEAD}{vm}")).unwrap_err().to_string();
