@@ -41,6 +41,8 @@ pub struct Cmd {
     timeout: Duration,
     stdin: Option<Vec<u8>>,
     cwd: Option<PathBuf>,
+    /// Start from an empty environment instead of the agent's.
+    env_clear: bool,
 }
 
 impl Cmd {
@@ -55,6 +57,7 @@ impl Cmd {
             timeout: DEFAULT_TIMEOUT,
             stdin: None,
             cwd: None,
+            env_clear: false,
         }
     }
 
@@ -75,6 +78,13 @@ impl Cmd {
     /// An environment variable for the child (added to the inherited environment; its value may be logged).
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.env.push((key.as_ref().to_os_string(), value.as_ref().to_os_string()));
+        self
+    }
+
+    /// The child gets none of the agent's environment: only what [`env`](Self::env) and
+    /// [`secret_env`](Self::secret_env) give it.
+    pub fn env_clear(mut self) -> Self {
+        self.env_clear = true;
         self
     }
 
@@ -226,6 +236,9 @@ pub async fn run(cmd: Cmd) -> Result<Output, RunError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    if cmd.env_clear {
+        command.env_clear();
+    }
     for (key, value) in &cmd.env {
         command.env(key, value);
     }

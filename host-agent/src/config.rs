@@ -114,6 +114,8 @@ struct RawVm {
     /// How long one vmrun call may take (default 1min).
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     vmrun_timeout: Option<Duration>,
+    /// QEMU: the user `qemu-system-x86_64` drops to once it opened its disks and QMP socket (`-runas`).
+    runas: Option<String>,
 }
 
 /// One VM, validated.
@@ -135,6 +137,8 @@ pub struct VmConfig {
     pub shutdown_timeout: Duration,
     pub vmrun: PathBuf,
     pub vmrun_timeout: Duration,
+    /// QEMU: `-runas` user; `None` leaves QEMU running as the agent's user (root).
+    pub runas: Option<String>,
 }
 
 /// A validated config.
@@ -201,7 +205,13 @@ impl Config {
                     format!("only the borg engine applies it, not {}: use last/hourly/daily/…", v.engine.as_str()),
                 ));
             }
+            if let Some(u) = &v.runas {
+                if u.is_empty() || !u.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+                    return Err(bad("runas", format!("`{u}` is not a user name")));
+                }
+            }
             vms.push(VmConfig {
+                runas: v.runas,
                 shutdown_timeout: v.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
                 vmrun_timeout: v.vmrun_timeout.unwrap_or(DEFAULT_VMRUN_TIMEOUT),
                 name: v.name,
@@ -310,6 +320,7 @@ mod tests {
         assert!(s.require_encrypted_target && !s.require_guest);
         assert_eq!(s.guest.as_deref(), Some("https://10.0.0.20:7443"));
         assert_eq!(cfg.vm("lab").unwrap().backend, Backend::Qemu);
+        assert_eq!(cfg.vm("lab").unwrap().runas.as_deref(), Some("nobody"));
     }
 
     #[test]
@@ -327,6 +338,7 @@ mod tests {
             (format!("{VM}shutdown_timeout = \"0s\"\n"), "must be more than zero (key `shutdown_timeout`)"),
             (format!("{VM}shutdown_timeout = 120\n"), "write a duration string with a unit, e.g. \"120s\""),
             (VM.replace("borg", "rsync") + "retention = { within = \"2d\" }\n", "key `vms[0].retention.within`"),
+            (format!("{VM}runas = \"a b\"\n"), "key `vms[0].runas`"),
         ];
         for (vm, want) in cases {
             let err = Config::parse(p, &format!("{HEAD}{vm}")).unwrap_err().to_string();

@@ -1,5 +1,6 @@
 //! QEMU/KVM: an async QMP client over the VM's unix socket (query-status, stop, cont, system_powerdown, quit) and
-//! starting `qemu-system-x86_64` from a VM directory's `vm.toml`. Knows QEMU and QMP; must not know backups.
+//! starting `qemu-system-x86_64` from a VM directory's `vm.toml`, confined: seccomp (`-sandbox`), the configured
+//! `-runas` user, and an environment of its own (nothing of the agent's). Knows QEMU and QMP; must not know backups.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,6 +18,11 @@ pub const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The program started for every QEMU VM.
 pub const QEMU: &str = "qemu-system-x86_64";
+/// The only environment QEMU gets (it needs no other variable; the agent's own never reach it).
+pub const QEMU_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The seccomp policy: obsolete and resource-control system calls denied. `spawn=deny` kills `-daemonize`'s fork and
+/// `elevateprivileges=deny` makes `-daemonize` (and `-runas`) fail (both checked with QEMU 7.2), so neither is set.
+pub const SANDBOX: &str = "on,obsolete=deny,resourcecontrol=deny";
 
 /// One QEMU VM: its directory, and its QMP socket and pid file under `STATE/qemu/`.
 #[derive(Debug, Clone)]
@@ -25,6 +31,7 @@ pub struct Qemu {
     dir: PathBuf,
     run_dir: PathBuf,
     shutdown_timeout: Duration,
+    runas: Option<String>,
 }
 
 /// What a QMP exchange can fail with.
@@ -42,6 +49,7 @@ impl Qemu {
             dir: vm.path.clone(),
             run_dir: state_dir.join("qemu"),
             shutdown_timeout: vm.shutdown_timeout,
+            runas: vm.runas.clone(),
         }
     }
 
@@ -109,8 +117,9 @@ impl Qemu {
         agent_core::state::ensure_dir(&self.run_dir)
             .map_err(|e| HvError::Failed { vm: self.name.clone(), message: e.to_string() })?;
         let _ = std::fs::remove_file(self.qmp_socket());
-        let argv = start_args(&self.name, &self.dir, &spec, &self.qmp_socket(), &self.pid_file());
-        let cmd = Cmd::new(QEMU).args(&argv).timeout(Duration::from_secs(60));
+        let mut argv = start_args(&self.name, &self.dir, &spec, &self.qmp_socket(), &self.pid_file());
+        argv.extend(confine_args(self.runas.as_deref()));
+        let cmd = Cmd::new(QEMU).args(&argv).env_clear().env("PATH", QEMU_PATH).timeout(Duration::from_secs(60));
         runner::run_ok(cmd).await.map_err(|source| HvError::Run { vm: self.name.clone(), source })?;
         if !self.wait_for(&VmState::Running, Duration::from_secs(15)).await? {
             return Err(HvError::Failed { vm: self.name.clone(), message: "qemu started but is not running".into() });
@@ -192,6 +201,16 @@ pub fn start_args(name: &str, dir: &Path, spec: &VmToml, qmp: &Path, pid_file: &
         a.extend(["-drive".into(), format!("file={file},format={format},if=virtio")]);
     }
     a.extend(spec.args.iter().cloned());
+    a
+}
+
+/// `-sandbox` (seccomp) and, with a user, `-runas USER`: QEMU opens its disks, pid file and QMP socket as the
+/// agent's user, then drops to USER for the rest of its life.
+pub fn confine_args(runas: Option<&str>) -> Vec<String> {
+    let mut a = vec!["-sandbox".to_string(), SANDBOX.to_string()];
+    if let Some(user) = runas {
+        a.extend(["-runas".to_string(), user.to_string()]);
+    }
     a
 }
 
@@ -287,6 +306,12 @@ mod tests {
         assert!(s.contains("file=/vms/lab/disk.qcow2,format=qcow2,if=virtio"), "{s}");
         assert!(s.contains("file=/vms/lab/data,,1.raw,format=raw,if=virtio"), "{s}");
         assert_eq!(a.last().unwrap(), "-no-reboot");
+    }
+
+    #[test]
+    fn confinement_args() {
+        assert_eq!(confine_args(Some("qemu")), ["-sandbox", SANDBOX, "-runas", "qemu"]);
+        assert_eq!(confine_args(None), ["-sandbox", SANDBOX]);
     }
 
     #[test]
