@@ -32,8 +32,8 @@ use serde::Deserialize;
 
 /// Refresh interval when `refresh` is not set.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(24 * 3600);
-/// Longest refresh interval accepted.
-pub const MAX_REFRESH: Duration = Duration::from_secs(365 * 86_400);
+/// Longest refresh interval accepted: `1y` as the duration grammar counts it (365.25 days).
+pub const MAX_REFRESH: Duration = Duration::from_secs(31_557_600);
 /// Largest source accepted (file or download); a larger one is an error and its cached copy is used.
 pub const MAX_SOURCE_BYTES: u64 = 128 * 1024 * 1024;
 /// Whole-download timeout (connect, headers and body) for a URL source.
@@ -146,7 +146,7 @@ impl BlocklistConfig {
             None => DEFAULT_REFRESH,
             Some(d) if d > MAX_REFRESH => {
                 let d = agent_core::duration::format(d);
-                return Err(invalid("blocklist.refresh".into(), format!("`{d}` is longer than 365d")));
+                return Err(invalid("blocklist.refresh".into(), format!("`{d}` is longer than 1y")));
             }
             Some(d) => d,
         };

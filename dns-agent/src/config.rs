@@ -266,7 +266,7 @@ mod tests {
             let e = load(&text(v)).unwrap_err();
             assert!(e.contains("(key `refresh`)"), "refresh = {v:?}: {e}");
         }
-        assert!(load(&text("2y")).unwrap_err().contains("key `blocklist.refresh`: `104w2d12h` is longer than 365d"));
+        assert!(load(&text("2y")).unwrap_err().contains("key `blocklist.refresh`: `104w2d12h` is longer than 1y"));
     }
 
     #[test]
