@@ -56,7 +56,7 @@ async fn qemu_runs_as_the_runas_user_sandboxed_without_the_agents_environment() 
         base_config(&state_dir, &pki.ca(), &cert, &key)
             + &format!(
                 "[[vms]]\nname = \"lab\"\nbackend = \"qemu\"\npath = {vm_dir:?}\nmode = \"suspend\"\nengine = \"rsync\"\n\
-                 target = {:?}\nshutdown_timeout = 2\nrunas = \"nobody\"\n",
+                 target = {:?}\nshutdown_timeout = \"2s\"\nrunas = \"nobody\"\n",
                 dir.path().join("target")
             ),
     )?;
