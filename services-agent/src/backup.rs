@@ -609,9 +609,13 @@ impl Backups {
         s
     }
 
-    /// The archives in the service's repository (oldest first), with the sizes this agent recorded for them.
+    /// The archives in the service's repository (oldest first), with the sizes this agent recorded for them. Waits
+    /// for the repository like any job (one borg per repository at a time): concurrent listings queue instead of
+    /// each starting a borg.
     pub async fn archives(&self, name: &str) -> Result<Vec<crate::model::ArchiveRow>, JobError> {
         let (_, b) = self.settings(name)?;
+        let lock = self.repo_lock(&b.repo);
+        let _repo = lock.lock().await;
         let list = self.repo(b).list(Some(&archive_glob(name))).await.map_err(|e| JobError::step(name, "list", e))?;
         let mut out = Vec::new();
         for a in list {

@@ -28,12 +28,14 @@ type PbStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The `Services` service over the stacks engine and the backup jobs.
 pub fn service(stacks: Arc<Stacks>, backups: Arc<Backups>) -> ServicesServer<ServicesSvc> {
-    ServicesServer::new(ServicesSvc { stacks, backups })
+    ServicesServer::new(ServicesSvc { stacks, backups, listings: PerCaller::new(LISTINGS_PER_CALLER) })
 }
 
 pub struct ServicesSvc {
     stacks: Arc<Stacks>,
     backups: Arc<Backups>,
+    /// ListArchives calls in flight per caller: each runs a borg of its own.
+    listings: PerCaller,
 }
 
 /// A validated service name from a request.
@@ -219,6 +221,54 @@ where
     Box::pin(progress.chain(end))
 }
 
+/// ListArchives calls one caller identity may have in flight; more are refused at once (RESOURCE_EXHAUSTED) instead
+/// of queueing: each admitted call waits for the repository (one borg per repository at a time).
+const LISTINGS_PER_CALLER: usize = 2;
+
+/// Counts calls in flight per caller identity, refusing past `max`.
+struct PerCaller {
+    max: usize,
+    counts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One admitted call; frees its place when dropped (the call ended, or its client went away).
+struct Slot<'a> {
+    owner: &'a PerCaller,
+    who: String,
+}
+
+impl PerCaller {
+    fn new(max: usize) -> PerCaller {
+        PerCaller { max, counts: Default::default() }
+    }
+
+    fn enter<T>(&self, req: &Request<T>, what: &str) -> Result<Slot<'_>, Status> {
+        let who = agent_core::authz::caller(req)?.uri();
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(who.clone()).or_default();
+        if *n >= self.max {
+            return Err(Status::resource_exhausted(format!(
+                "{who} already has {} {what} calls in flight (at most {} per caller): retry when they finish",
+                *n, self.max
+            )));
+        }
+        *n += 1;
+        Ok(Slot { owner: self, who })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.who) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.who);
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Services for ServicesSvc {
     async fn list_services(
@@ -323,6 +373,7 @@ impl Services for ServicesSvc {
     }
 
     async fn list_archives(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::ListArchivesResponse>, Status> {
+        let _slot = self.listings.enter(&req, "ListArchives")?;
         let Name(n) = req.into_inner().try_into()?;
         let archives = self.backups.archives(&n).await.map_err(job_status)?;
         Ok(Response::new(pb::ListArchivesResponse {

@@ -934,3 +934,74 @@ async fn prepare_host_backup_holds_a_scheduled_backup_until_release_or_expiry() 
     ensure!(err.code() == tonic::Code::InvalidArgument && err.message().contains("lease_seconds"), "{err:?}");
     Ok(())
 }
+
+/// Processes whose argv runs borg on `repo` (Debian's borg is a Python script: `python3 /usr/bin/borg … REPO`).
+fn borgs_on(repo: &str) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.iter().any(|a| a.ends_with(b"borg")) && args.iter().any(|a| *a == repo.as_bytes())
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_archive_listings_run_one_borg_per_repository_and_are_capped_per_caller() -> Result<()> {
+    let mut lab = Lab::new("")?;
+    lab.start(&[], "")?;
+    lab.backup().await.map_err(|s| anyhow::anyhow!("backup: {s}\n{}", lab.agent().logs()))?;
+    let repo = lab.repo.path().to_string_lossy().into_owned();
+    // Samples how many borg processes run on the repository at once while the calls go on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (stop, repo) = (stop.clone(), repo.clone());
+        std::thread::spawn(move || {
+            let (mut most, mut samples_with_borg) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                let n = borgs_on(&repo);
+                most = most.max(n);
+                samples_with_borg += usize::from(n > 0);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (most, samples_with_borg)
+        })
+    };
+    // 40 concurrent ListArchives from one viewer (the hostile review's case: 40 borg processes, 428 MiB).
+    let viewer = lab.pki.material(&lab.pki.ca(), Role::Viewer, "eve")?;
+    let channel = viewer.connect(&lab.agent().url(), Role::ServicesAgent, Duration::from_secs(600)).await?;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let mut c = ServicesClient::new(channel.clone());
+        let name = lab.service.clone();
+        calls.spawn(async move { c.list_archives(ServiceRef { name }).await.map(|r| r.into_inner().archives.len()) });
+    }
+    // Meanwhile the admin lists too: another caller is not held to the viewer's cap.
+    let admin_sees = lab.archives().await?;
+    let mut results = Vec::new();
+    while let Some(r) = calls.join_next().await {
+        results.push(r?);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (most, samples_with_borg) = sampler.join().expect("sampler");
+
+    ensure!(admin_sees.len() == 1, "the admin's listing: {admin_sees:?}");
+    let listed: Vec<usize> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+    let refused: Vec<&tonic::Status> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    ensure!(!listed.is_empty() && listed.iter().all(|n| *n == 1), "admitted listings: {listed:?}");
+    ensure!(!refused.is_empty(), "40 concurrent listings of one caller were all admitted");
+    for s in &refused {
+        ensure!(
+            s.code() == tonic::Code::ResourceExhausted && s.message().contains("viewer/eve"),
+            "a refusal must be RESOURCE_EXHAUSTED naming the caller: {s:?}"
+        );
+    }
+    ensure!(samples_with_borg > 0, "the sampler never saw a borg on {repo}: it proves nothing");
+    ensure!(most <= 1, "{most} borg processes ran on {repo} at once");
+    // A place is given back when a call ends: the viewer may list again.
+    let mut c = ServicesClient::new(channel);
+    ensure!(c.list_archives(ServiceRef { name: lab.service.clone() }).await?.into_inner().archives.len() == 1);
+    Ok(())
+}

@@ -800,8 +800,70 @@ fn measure(bench: &Bench, engine: &DockerEngine, agent: &mut Agent, subjects: &m
         }
     }
     let load = format!("{load_before} before, {} after", loadavg());
+    let journal = journal_write_cost(&bench.work)?;
     report(&figures, &bench.notes.borrow(), &load);
+    report_journal(&journal, &figures);
     Ok(())
+}
+
+/// Journal writes one backup run makes: the run's start and end, and a begin and a done for each of its steps.
+const JOURNAL_WRITES_PER_RUN: u32 = 2 + 2 * 12;
+/// Of those, the ones made while the service is quiesced (done of quiesce, begin and done of snapshot, begin of
+/// resume): what `synchronous=FULL` can add to the downtime.
+const JOURNAL_WRITES_IN_DOWNTIME: u32 = 4;
+
+/// The mean time of one journal write (an INSERT or UPDATE in its own transaction, as `Journal::begin`/`done` make)
+/// in a WAL database on the state directory's filesystem, with `synchronous=NORMAL` and with `FULL` (what the agents
+/// run with since the hardening issue), measured side by side in alternating rounds.
+fn journal_write_cost(work: &Path) -> Result<[(&'static str, Duration); 2]> {
+    const ROUNDS: u32 = 5;
+    const WRITES: u32 = 100;
+    let dir = work.join("journal-cost");
+    let mut total = [Duration::ZERO; 2];
+    for _ in 0..ROUNDS {
+        for (i, mode) in ["NORMAL", "FULL"].iter().enumerate() {
+            let db = agent_core::state::open_db(&dir, &format!("journal-{mode}"))?;
+            db.pragma_update(None, "synchronous", mode)?;
+            db.execute_batch(
+                "CREATE TABLE IF NOT EXISTS j (id INTEGER PRIMARY KEY, step TEXT, started REAL, done REAL)",
+            )?;
+            let t = Instant::now();
+            for n in 0..WRITES / 2 {
+                db.execute("INSERT INTO j (step, started) VALUES (?1, ?2)", ("snapshot", f64::from(n)))?;
+                let id = db.last_insert_rowid();
+                db.execute("UPDATE j SET done = ?1 WHERE id = ?2", (f64::from(n), id))?;
+            }
+            total[i] += t.elapsed();
+        }
+    }
+    let per = |d: Duration| d / (ROUNDS * WRITES);
+    Ok([("NORMAL", per(total[0])), ("FULL", per(total[1]))])
+}
+
+fn report_journal(journal: &[(&'static str, Duration); 2], figures: &[Figures]) {
+    let [(_, normal), (_, full)] = *journal;
+    let extra = full.saturating_sub(normal);
+    println!();
+    println!(
+        "journal write (WAL, state dir's filesystem, mean of 500): synchronous=NORMAL {:.3} ms, FULL {:.3} ms          (+{:.3} ms each)",
+        normal.as_secs_f64() * 1e3,
+        full.as_secs_f64() * 1e3,
+        extra.as_secs_f64() * 1e3
+    );
+    let per_run = extra * JOURNAL_WRITES_PER_RUN;
+    let in_downtime = extra * JOURNAL_WRITES_IN_DOWNTIME;
+    for f in figures {
+        let whole = percentile(&f.pause.iter().map(|r| r.duration).collect::<Vec<_>>(), 0.5);
+        let downtime = percentile(&f.pause_downtimes(), 0.5);
+        println!(
+            "cost of FULL at {}: +{:.1} ms per run ({JOURNAL_WRITES_PER_RUN} writes; {:.2} % of the p50 whole run              {whole:.2} s), +{:.1} ms of downtime ({JOURNAL_WRITES_IN_DOWNTIME} writes; {:.1} % of the p50 downtime              {downtime:.3} s)",
+            f.label,
+            per_run.as_secs_f64() * 1e3,
+            100.0 * per_run.as_secs_f64() / whole,
+            in_downtime.as_secs_f64() * 1e3,
+            100.0 * in_downtime.as_secs_f64() / downtime,
+        );
+    }
 }
 
 fn report(figures: &[Figures], notes: &[String], load: &str) {
