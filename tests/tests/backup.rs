@@ -943,7 +943,7 @@ fn borgs_on(repo: &str) -> usize {
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .filter(|cmdline| {
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.iter().any(|a| a.ends_with(b"borg")) && args.iter().any(|a| *a == repo.as_bytes())
+            args.iter().any(|a| a.ends_with(b"borg")) && args.contains(&repo.as_bytes())
         })
         .count()
 }
