@@ -845,7 +845,8 @@ fn report_journal(journal: &[(&'static str, Duration); 2], figures: &[Figures]) 
     let extra = full.saturating_sub(normal);
     println!();
     println!(
-        "journal write (WAL, state dir's filesystem, mean of 500): synchronous=NORMAL {:.3} ms, FULL {:.3} ms          (+{:.3} ms each)",
+        "journal write (WAL, state dir's filesystem, mean of 500): synchronous=NORMAL {:.3} ms, FULL {:.3} ms \
+         (+{:.3} ms each)",
         normal.as_secs_f64() * 1e3,
         full.as_secs_f64() * 1e3,
         extra.as_secs_f64() * 1e3
@@ -856,7 +857,9 @@ fn report_journal(journal: &[(&'static str, Duration); 2], figures: &[Figures]) 
         let whole = percentile(&f.pause.iter().map(|r| r.duration).collect::<Vec<_>>(), 0.5);
         let downtime = percentile(&f.pause_downtimes(), 0.5);
         println!(
-            "cost of FULL at {}: +{:.1} ms per run ({JOURNAL_WRITES_PER_RUN} writes; {:.2} % of the p50 whole run              {whole:.2} s), +{:.1} ms of downtime ({JOURNAL_WRITES_IN_DOWNTIME} writes; {:.1} % of the p50 downtime              {downtime:.3} s)",
+            "cost of FULL at {}: +{:.1} ms per run ({JOURNAL_WRITES_PER_RUN} writes; {:.2} % of the p50 \
+             incremental run {whole:.2} s), +{:.1} ms of downtime ({JOURNAL_WRITES_IN_DOWNTIME} writes; {:.1} % \
+             of the p50 downtime {downtime:.3} s)",
             f.label,
             per_run.as_secs_f64() * 1e3,
             100.0 * per_run.as_secs_f64() / whole,
