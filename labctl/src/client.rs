@@ -62,18 +62,172 @@ pub fn status_error(agent: &AgentAddr, what: &str, s: &tonic::Status) -> String 
     msg
 }
 
-/// Connects to the inventory's agent `key` (host, dns, services), checking that it serves with the expected role.
-pub async fn channel(inv: &Inventory, tls: &TlsMaterial, key: &str) -> anyhow::Result<(AgentAddr, Channel)> {
-    let agent = inv
-        .agent(key)
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("inventory {} has no `{key}` under [agents]", inv.path.display()))?;
-    let ch = tls.connect(&agent.addr, agent.role, CALL_TIMEOUT).await?;
-    Ok((agent, ch))
+/// How long labctl waits for an agent: `--timeout` when given bounds every phase, else each has its default
+/// (documented in `labctl --help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `--timeout SECS`.
+    pub explicit: Option<Duration>,
+    /// A call that answers once, when `--timeout` is not given.
+    pub default_call: Duration,
 }
 
-/// Timeout for one call of a read or write command (long-running work streams progress instead).
+/// Connecting and the TLS handshake, when `--timeout` is not given.
+pub const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
+/// A call that answers once (a read, a DNS write, a VM action), and opening a stream, without `--timeout`.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deploys (services up/down/restart/pause/unpause/sync) may take minutes on a busy host.
+pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(900);
+
+impl Timeouts {
+    pub fn new(explicit: Option<Duration>) -> Timeouts {
+        Timeouts { explicit, default_call: CALL_TIMEOUT }
+    }
+
+    /// The same `--timeout`, with another default for calls (deploys).
+    pub fn with_default_call(self, default_call: Duration) -> Timeouts {
+        Timeouts { default_call, ..self }
+    }
+
+    pub fn connect(&self) -> Duration {
+        self.explicit.unwrap_or(DEFAULT_CONNECT)
+    }
+
+    pub fn call(&self) -> Duration {
+        self.explicit.unwrap_or(self.default_call)
+    }
+}
+
+/// `2s`, `1.5s`.
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+/// How much waiting a `tonic::Channel` allows per request: longer than any of our own bounds (which are what
+/// decide), so that a long job's stream is never cut by the channel.
+const CHANNEL_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Connects to one agent (TCP, TLS handshake, its role checked) within `limit`; the error names the agent.
+pub async fn connect(tls: &TlsMaterial, agent: &AgentAddr, limit: Duration) -> anyhow::Result<Channel> {
+    match tokio::time::timeout(limit, tls.connect(&agent.addr, agent.role, CHANNEL_LIMIT)).await {
+        Ok(Ok(ch)) => Ok(ch),
+        Ok(Err(e)) => Err(anyhow::anyhow!("{} ({}): {}", agent.key, agent.addr, error_chain(&e))),
+        Err(_) => Err(anyhow::anyhow!(
+            "{} ({}): no connection and tls handshake within {} (--timeout)",
+            agent.key,
+            agent.addr,
+            secs(limit)
+        )),
+    }
+}
+
+/// One connected agent and how long its calls may take: every call of a command goes through [`Agent::call`] or
+/// [`Agent::stream`], the one place where labctl bounds its waits.
+pub struct Agent {
+    pub addr: AgentAddr,
+    pub channel: Channel,
+    timeouts: Timeouts,
+}
+
+/// Connects to the inventory's agent `key` (host, dns, services), checking that it serves with the expected role.
+/// An inventory without that agent is an [`agent_core::config::ConfigError`] (labctl's bad config).
+pub async fn open(inv: &Inventory, tls: &TlsMaterial, key: &str, timeouts: Timeouts) -> anyhow::Result<Agent> {
+    let addr = inv.agent(key).cloned().ok_or_else(|| {
+        agent_core::config::ConfigError::invalid(
+            &inv.path,
+            format!("agents.{key}"),
+            format!("missing: this command talks to the {key} agent (add {key} = \"https://HOST:PORT\")"),
+        )
+    })?;
+    let channel = connect(tls, &addr, timeouts.connect()).await?;
+    Ok(Agent { addr, channel, timeouts })
+}
+
+impl Agent {
+    /// A call that answers once, within the call timeout; the error is one line naming the call and the agent.
+    pub async fn call<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> anyhow::Result<T> {
+        let limit = self.timeouts.call();
+        match tokio::time::timeout(limit, call).await {
+            Ok(r) => {
+                r.map(tonic::Response::into_inner).map_err(|s| anyhow::anyhow!(status_error(&self.addr, what, &s)))
+            }
+            Err(_) => Err(self.timed_out(what, limit, "no answer")),
+        }
+    }
+
+    /// Opens a server stream (a long job's progress, logs) within the call timeout. With `--timeout` a job's first
+    /// update must come within it too (`first_update`); after that the stream is not bounded.
+    pub async fn stream<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+        first_update: bool,
+    ) -> anyhow::Result<FirstWithin<tonic::Streaming<T>>> {
+        let inner = self.call(what, call).await?;
+        let limit = self.timeouts.explicit.filter(|_| first_update);
+        Ok(FirstWithin { inner, deadline: limit.map(|l| (Box::pin(tokio::time::sleep(l)), l)), ended: false })
+    }
+
+    /// For `map_err` on a stream's items: the status as one line naming `what` and the agent.
+    pub fn error(&self, what: &'static str) -> impl Fn(tonic::Status) -> anyhow::Error + '_ {
+        call_error(&self.addr, what)
+    }
+
+    fn timed_out(&self, what: &str, limit: Duration, nothing: &str) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{what} on {} ({}): {nothing} within {} (--timeout)",
+            self.addr.key,
+            self.addr.addr,
+            secs(limit)
+        )
+    }
+}
+
+/// A stream whose first item must come before a deadline; when it does not, the stream yields one
+/// `DEADLINE_EXCEEDED` status and ends.
+pub struct FirstWithin<S> {
+    inner: S,
+    deadline: Option<(std::pin::Pin<Box<tokio::time::Sleep>>, Duration)>,
+    ended: bool,
+}
+
+impl<T, S> futures::Stream for FirstWithin<S>
+where
+    S: futures::Stream<Item = Result<T, tonic::Status>> + Unpin,
+{
+    type Item = Result<T, tonic::Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match std::pin::Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(item) => {
+                this.deadline = None;
+                Poll::Ready(item)
+            }
+            Poll::Pending => {
+                let Some((sleep, limit)) = &mut this.deadline else { return Poll::Pending };
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let msg = format!("no progress update within {} (--timeout); the job may go on", secs(*limit));
+                this.ended = true;
+                Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(msg))))
+            }
+        }
+    }
+}
 
 /// Asks one agent for its status and health.
 pub async fn status(tls: &TlsMaterial, agent: &AgentAddr, timeout: Duration) -> Result<AgentStatus, String> {

@@ -13,47 +13,64 @@ use strata_proto::v1::{
     ReloadRequest, StatsRequest, UpsertRecordRequest,
 };
 
-use crate::client::{call_error, channel};
+use crate::client::{self, Timeouts};
 use crate::inventory::Inventory;
+use crate::output::{self, Opts};
 use crate::table::Table;
 
 #[derive(Debug, Subcommand)]
 pub enum DnsCmd {
     /// List local and dynamic records.
+    #[command(after_help = "Example: labctl dns records --zone lab.home.arpa")]
     Records {
         /// Only this zone.
         #[arg(long)]
         zone: Option<String>,
     },
     /// Add or replace a dynamic record (owned by your identity).
+    #[command(after_help = "Example: labctl dns add nas.lab.home.arpa A 10.0.0.10 --ttl 300")]
     Add {
+        /// The record's name (inside one of the agent's zones).
         name: String,
+        /// The record type: A, AAAA, CNAME, TXT, …
         #[arg(value_name = "TYPE")]
         rtype: String,
+        /// The record's data (an address, a name, a text).
         value: String,
+        /// Time to live in seconds (default: the agent's, 300).
         #[arg(long)]
         ttl: Option<u32>,
     },
     /// Delete dynamic records by name and type (and value, when given).
+    #[command(after_help = "Example: labctl dns rm nas.lab.home.arpa A")]
     Rm {
+        /// The records' name.
         name: String,
+        /// The records' type.
         #[arg(value_name = "TYPE")]
         rtype: String,
+        /// Only the record with this data (default: every record of that name and type).
         value: Option<String>,
     },
     /// Show the blocklist sources; `--refresh` reloads them now.
+    #[command(after_help = "Example: labctl dns blocklist --refresh")]
     Blocklist {
+        /// Fetch and reload every source now, then show them.
         #[arg(long)]
         refresh: bool,
     },
     /// Recent queries (when `[dns] query_log = true`).
+    #[command(after_help = "Example: labctl dns log --limit 20")]
     Log {
+        /// At most this many entries, newest last.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// Query counters, cache and blocklist sizes.
+    #[command(after_help = "Example: labctl dns stats")]
     Stats,
     /// Re-read the agent's config file (an invalid one is refused and the old one keeps serving).
+    #[command(after_help = "Example: labctl dns reload")]
     Reload,
 }
 
@@ -72,28 +89,22 @@ impl From<Record> for RecordRow {
     }
 }
 
-fn print_json(v: &impl Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
-
-pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> Result<ExitCode> {
-    let (agent, ch) = channel(inv, tls, "dns").await?;
-    let mut c = DnsClient::new(ch);
+pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) -> Result<ExitCode> {
+    let json = opts.json;
+    let agent = client::open(inv, tls, "dns", Timeouts::new(opts.timeout)).await?;
+    let mut c = DnsClient::new(agent.channel.clone());
     match cmd {
         DnsCmd::Records { zone } => {
             let req = ListRecordsRequest { zone: zone.unwrap_or_default() };
-            let rows: Vec<RecordRow> = c
-                .list_records(req)
-                .await
-                .map_err(call_error(&agent, "list records"))?
-                .into_inner()
+            let rows: Vec<RecordRow> = agent
+                .call("list records", c.list_records(req))
+                .await?
                 .records
                 .into_iter()
                 .map(RecordRow::from)
                 .collect();
             if json {
-                return print_json(&rows).map(|_| ExitCode::SUCCESS);
+                return output::json(&rows).map(|_| ExitCode::SUCCESS);
             }
             let mut t = Table::new(["NAME", "TYPE", "VALUE", "TTL", "OWNER"]);
             for r in &rows {
@@ -105,30 +116,24 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) ->
         DnsCmd::Add { name, rtype, value, ttl } => {
             let record =
                 Record { name, r#type: rtype.to_uppercase(), value, ttl: ttl.unwrap_or(0), owner: String::new() };
-            let r = c
-                .upsert_record(UpsertRecordRequest { record: Some(record) })
-                .await
-                .map_err(call_error(&agent, "add record"))?
-                .into_inner();
-            println!("added {} {} {} (ttl {}, owner {})", r.name, r.r#type, r.value, r.ttl, r.owner);
+            let r = agent.call("add record", c.upsert_record(UpsertRecordRequest { record: Some(record) })).await?;
+            let text = format!("added {} {} {} (ttl {}, owner {})", r.name, r.r#type, r.value, r.ttl, r.owner);
+            output::result(opts, &RecordRow::from(r), text)?;
         }
         DnsCmd::Rm { name, rtype, value } => {
             let req = DeleteRecordRequest { name, r#type: rtype.to_uppercase(), value: value.unwrap_or_default() };
-            let n = c.delete_record(req).await.map_err(call_error(&agent, "delete record"))?.into_inner().deleted;
-            println!("deleted {n} record(s)");
+            let n = agent.call("delete record", c.delete_record(req)).await?.deleted;
+            output::result(opts, &serde_json::json!({ "deleted": n }), format!("deleted {n} record(s)"))?;
             if n == 0 {
                 return Ok(ExitCode::FAILURE);
             }
         }
         DnsCmd::Blocklist { refresh } => {
             let st = if refresh {
-                c.refresh_blocklist(RefreshBlocklistRequest {})
-                    .await
-                    .map_err(call_error(&agent, "refresh blocklist"))?
+                agent.call("refresh blocklist", c.refresh_blocklist(RefreshBlocklistRequest {})).await?
             } else {
-                c.get_blocklist(GetBlocklistRequest {}).await.map_err(call_error(&agent, "get blocklist"))?
-            }
-            .into_inner();
+                agent.call("get blocklist", c.get_blocklist(GetBlocklistRequest {})).await?
+            };
             #[derive(Serialize)]
             struct Src {
                 source: String,
@@ -154,25 +159,22 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) ->
                     entries: u64,
                     sources: &'a [Src],
                 }
-                return print_json(&Out { entries: st.entries, sources: &sources }).map(|_| ExitCode::SUCCESS);
+                output::json(&Out { entries: st.entries, sources: &sources })?;
+            } else {
+                println!("{} blocked names", st.entries);
+                let mut t = Table::new(["SOURCE", "ENTRIES", "SKIPPED", "ERROR"]);
+                for s in &sources {
+                    let error = t.error_cell(&s.source, &s.error);
+                    t.row([s.source.clone(), s.entries.to_string(), s.skipped_lines.to_string(), error]);
+                }
+                print!("{}", t.render(opts.verbose));
             }
-            println!("{} blocked names", st.entries);
-            let mut t = Table::new(["SOURCE", "ENTRIES", "SKIPPED", "ERROR"]);
-            for s in &sources {
-                t.row([s.source.clone(), s.entries.to_string(), s.skipped_lines.to_string(), s.error.clone()]);
-            }
-            print!("{t}");
             if sources.iter().any(|s| !s.error.is_empty()) {
                 return Ok(ExitCode::FAILURE);
             }
         }
         DnsCmd::Log { limit } => {
-            let entries = c
-                .query_log(QueryLogRequest { limit })
-                .await
-                .map_err(call_error(&agent, "query log"))?
-                .into_inner()
-                .entries;
+            let entries = agent.call("query log", c.query_log(QueryLogRequest { limit })).await?.entries;
             #[derive(Serialize)]
             struct Row {
                 time_unix_ms: i64,
@@ -194,7 +196,7 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) ->
                 })
                 .collect();
             if json {
-                return print_json(&rows).map(|_| ExitCode::SUCCESS);
+                return output::json(&rows).map(|_| ExitCode::SUCCESS);
             }
             let mut t = Table::new(["TIME", "CLIENT", "NAME", "TYPE", "OUTCOME", "LATENCY"]);
             for r in &rows {
@@ -213,7 +215,7 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) ->
             print!("{t}");
         }
         DnsCmd::Stats => {
-            let s = c.stats(StatsRequest {}).await.map_err(call_error(&agent, "stats"))?.into_inner();
+            let s = agent.call("stats", c.stats(StatsRequest {})).await?;
             let mut by_outcome: Vec<(String, u64)> = s.queries_by_outcome.into_iter().collect();
             by_outcome.sort();
             if json {
@@ -228,7 +230,7 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) ->
                     cache_entries: s.cache_entries,
                     blocklist_entries: s.blocklist_entries,
                 };
-                return print_json(&out).map(|_| ExitCode::SUCCESS);
+                return output::json(&out).map(|_| ExitCode::SUCCESS);
             }
             let mut t = Table::new(["OUTCOME", "QUERIES"]);
             for (k, v) in by_outcome {
@@ -238,19 +240,13 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) ->
             println!("cache entries: {}\nblocked names: {}", s.cache_entries, s.blocklist_entries);
         }
         DnsCmd::Reload => {
-            let r = c.reload(ReloadRequest {}).await.map_err(call_error(&agent, "reload"))?.into_inner();
-            println!(
-                "{}",
-                if r.message.is_empty() {
-                    if r.changed {
-                        "reloaded"
-                    } else {
-                        "unchanged"
-                    }
-                } else {
-                    &r.message
-                }
-            );
+            let r = agent.call("reload", c.reload(ReloadRequest {})).await?;
+            let text = match (r.message.is_empty(), r.changed) {
+                (false, _) => r.message.clone(),
+                (true, true) => "reloaded".to_string(),
+                (true, false) => "unchanged".to_string(),
+            };
+            output::result(opts, &serde_json::json!({ "changed": r.changed, "message": r.message }), text)?;
         }
     }
     Ok(ExitCode::SUCCESS)

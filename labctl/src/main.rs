@@ -1,101 +1,29 @@
-//! The labctl binary: parses the command line and glues the labctl library together. Owns exit codes and output.
+//! The labctl binary: parses the command line (`labctl::cli`) and glues the labctl library together. Owns which
+//! failure gets which exit code, and where errors are printed.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use agent_core::identity::Role;
 use agent_core::tls::TlsMaterial;
 use anyhow::{Context, Result};
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::Parser;
+use labctl::cli::{Cli, Cmd, PkiCmd, EXIT_CONFIG, EXIT_ERROR};
 use labctl::inventory::Inventory;
+use labctl::output::{self, Opts};
 use labctl::{pki, status};
 
-#[derive(Parser)]
-#[command(name = "labctl", version, about = "Control a Strata homelab: PKI, status, and each agent's commands")]
-struct Cli {
-    /// Inventory file (default: $LABCTL_CONFIG, else ~/.config/strata/labctl.toml).
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
-    /// Print JSON instead of a table (read commands).
-    #[arg(long, global = true)]
-    json: bool,
-    /// Per-agent timeout in seconds.
-    #[arg(long, global = true, default_value_t = 5)]
-    timeout: u64,
-    #[command(subcommand)]
-    cmd: Cmd,
+/// labctl's own configuration is missing or invalid (exit 78): the inventory, or the TLS files it names.
+#[derive(Debug)]
+struct BadConfig(anyhow::Error);
+
+impl std::fmt::Display for BadConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", agent_core::tls::error_chain(self.0.as_ref()))
+    }
 }
 
-#[derive(Subcommand)]
-enum Cmd {
-    /// The lab's certificate authority.
-    #[command(subcommand)]
-    Pki(PkiCmd),
-    /// Ask every agent in the inventory how it is doing (non-zero exit when any is not healthy).
-    Status,
-    /// The dns-agent: records, blocklist, query log, stats.
-    #[command(subcommand)]
-    Dns(labctl::dns::DnsCmd),
-    /// The services-agent: stacks, lifecycle, logs, sync, audit, backups, restores, checks, drills.
-    #[command(subcommand)]
-    Services(labctl::services::ServicesCmd),
-    /// VMs on the host-agent: list, start/stop, backups, restore, drill.
-    #[command(subcommand)]
-    Vm(labctl::vm::VmCmd),
-    /// Print shell completions.
-    Completions { shell: clap_complete::Shell },
-}
-
-#[derive(Subcommand)]
-enum PkiCmd {
-    /// Create DIR/ca.pem and DIR/ca.key (ECDSA P-256, 10 years).
-    Init {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        domain: String,
-        #[arg(long)]
-        force: bool,
-    },
-    /// Issue DIR/NAME.pem and DIR/NAME.key for ROLE, signed by DIR's CA.
-    Issue {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        role: Role,
-        #[arg(long)]
-        name: String,
-        /// A DNS name or IP address the holder serves on (repeatable; an agent needs at least one).
-        #[arg(long = "san")]
-        sans: Vec<String>,
-        /// Validity in days (default: 90 for agents, 397 for admin and viewer; never past the CA's expiry).
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-        days: Option<u32>,
-        #[arg(long)]
-        force: bool,
-    },
-    /// Describe a certificate: identity, SANs, validity, serial.
-    Show { file: PathBuf },
-    /// Revoke DIR/NAME.pem, or a certificate by SERIAL (hex, as `pki show` prints it): adds it to DIR/crl.pem.
-    /// Copy crl.pem to every agent's `[grpc] crl`: agents re-read it when it changes and refuse the certificate.
-    Revoke {
-        #[arg(long)]
-        dir: PathBuf,
-        /// A certificate name in DIR, or a serial number.
-        target: String,
-    },
-    /// Renew DIR/NAME.pem: a new key and certificate, same identity and SANs (the old one stays valid until it
-    /// expires; revoke it to end it sooner).
-    Renew {
-        #[arg(long)]
-        dir: PathBuf,
-        name: String,
-        /// Validity in days (default: 90 for agents, 397 for admin and viewer).
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-        days: Option<u32>,
-    },
-}
+impl std::error::Error for BadConfig {}
 
 /// `labctl … | head`: once the reader is gone `println!` panics on the broken pipe. Exit quietly instead, with the
 /// status a shell gives a process killed by SIGPIPE (128 + 13); any other panic is reported as usual.
@@ -118,47 +46,80 @@ fn quiet_broken_pipe() {
 
 fn main() -> ExitCode {
     quiet_broken_pipe();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version exit 0; a usage error exits 1 (2 is reserved for a degraded lab).
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_ERROR) } else { ExitCode::SUCCESS };
+        }
+    };
     agent_core::tls::install_crypto_provider();
+    let json = cli.json;
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            // Our messages already carry their cause inline: print each part of the chain once.
-            eprintln!("error: {}", agent_core::tls::error_chain(e.as_ref()));
-            ExitCode::FAILURE
+            let code = if e.downcast_ref::<BadConfig>().is_some()
+                || e.downcast_ref::<agent_core::config::ConfigError>().is_some()
+            {
+                EXIT_CONFIG
+            } else {
+                EXIT_ERROR
+            };
+            // Our messages already carry their cause inline: print each part of the chain once, on one line.
+            let message = agent_core::tls::error_chain(e.as_ref()).replace('\n', " ");
+            if json {
+                println!("{}", output::error_document(&message));
+            }
+            eprintln!("error: {message}");
+            ExitCode::from(code)
         }
     }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let opts = Opts { json: cli.json, verbose: cli.verbose, timeout: cli.timeout.map(Duration::from_secs) };
+    let path = |p: &std::path::Path| p.display().to_string();
     match cli.cmd {
         Cmd::Pki(PkiCmd::Init { dir, domain, force }) => {
             let f = pki::init(&dir, &domain, force)?;
-            println!("created ca for domain {}: {} {}", f.domain, f.cert.display(), f.key.display());
+            let value = serde_json::json!({ "domain": f.domain, "cert": path(&f.cert), "key": path(&f.key) });
+            let text = format!("created ca for domain {}: {} {}", f.domain, f.cert.display(), f.key.display());
+            output::result(&opts, &value, text)?;
         }
         Cmd::Pki(PkiCmd::Issue { dir, role, name, sans, days, force }) => {
             let days = days.unwrap_or_else(|| pki::default_days(role));
             let f = pki::issue(&dir, &pki::IssueSpec::days(role, &name, &sans, days), force)?;
-            println!("issued {}: {} {} (valid {days} days)", f.identity, f.cert.display(), f.key.display());
+            let value = serde_json::json!({
+                "identity": f.identity.to_string(), "cert": path(&f.cert), "key": path(&f.key), "days": days,
+            });
+            let text = format!("issued {}: {} {} (valid {days} days)", f.identity, f.cert.display(), f.key.display());
+            output::result(&opts, &value, text)?;
         }
         Cmd::Pki(PkiCmd::Revoke { dir, target }) => {
             let r = pki::revoke(&dir, &target)?;
+            let value = serde_json::json!({
+                "serial": r.serial, "identity": r.identity, "newly": r.newly, "crl": path(&r.crl), "listed": r.listed,
+            });
             let who = r.identity.map(|i| format!(" ({i})")).unwrap_or_default();
             let state = if r.newly { "revoked" } else { "already revoked" };
-            println!(
+            let text = format!(
                 "{state}: serial {}{who}; {} lists {} certificate(s): copy it to every agent's [grpc] crl",
                 r.serial,
                 r.crl.display(),
                 r.listed
             );
+            output::result(&opts, &value, text)?;
         }
         Cmd::Pki(PkiCmd::Renew { dir, name, days }) => {
             let f = pki::renew(&dir, &name, days)?;
-            println!("renewed {}: {} {}", f.identity, f.cert.display(), f.key.display());
+            let value =
+                serde_json::json!({ "identity": f.identity.to_string(), "cert": path(&f.cert), "key": path(&f.key) });
+            output::result(&opts, &value, format!("renewed {}: {} {}", f.identity, f.cert.display(), f.key.display()))?;
         }
         Cmd::Pki(PkiCmd::Show { file }) => {
             let info = pki::show(&file)?;
-            if cli.json {
+            if opts.json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
                 println!("identity:   {}", info.identity.as_deref().unwrap_or("-"));
@@ -173,21 +134,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("serial:     {}", info.serial);
             }
         }
-        Cmd::Status => return status_cmd(cli.config, cli.json, Duration::from_secs(cli.timeout)),
+        Cmd::Status => {
+            let timeout = opts.timeout.unwrap_or(labctl::client::DEFAULT_CONNECT);
+            return status_cmd(cli.config, cli.json, timeout);
+        }
         Cmd::Services(cmd) => {
             let (inv, tls) = connect_material(cli.config)?;
-            return runtime()?.block_on(labctl::services::run(cmd, &inv, &tls, cli.json));
+            return runtime()?.block_on(labctl::services::run(cmd, &inv, &tls, &opts));
         }
         Cmd::Vm(cmd) => {
             let (inv, tls) = connect_material(cli.config)?;
-            return runtime()?.block_on(labctl::vm::run(cmd, &inv, &tls, cli.json));
+            return runtime()?.block_on(labctl::vm::run(cmd, &inv, &tls, &opts));
         }
         Cmd::Dns(cmd) => {
             let (inv, tls) = connect_material(cli.config)?;
-            return runtime()?.block_on(labctl::dns::run(cmd, &inv, &tls, cli.json));
+            return runtime()?.block_on(labctl::dns::run(cmd, &inv, &tls, &opts));
         }
         Cmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "labctl", &mut std::io::stdout());
+            clap_complete::generate(shell, &mut labctl::cli::command(), "labctl", &mut std::io::stdout());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -202,17 +166,20 @@ fn date(unix: i64) -> String {
 }
 
 /// The inventory and the operator's TLS material it names, verified (key, chain to the inventory's `ca`, validity):
-/// a wrong file is named here rather than as a handshake failure per agent.
+/// a wrong file is named here rather than as a handshake failure per agent. Any failure here is a [`BadConfig`].
 fn connect_material(config: Option<PathBuf>) -> Result<(Inventory, TlsMaterial)> {
-    let path = Inventory::locate(config.as_deref());
-    let inv = Inventory::load(&path)?;
-    let context = || format!("inventory {}", path.display());
-    let tls = TlsMaterial::load(&inv.ca, &inv.cert, &inv.key).with_context(context)?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    for w in tls.verify(None, None, now).with_context(context)? {
-        eprintln!("warning: {w}");
-    }
-    Ok((inv, tls))
+    let load = || -> Result<(Inventory, TlsMaterial)> {
+        let path = Inventory::locate(config.as_deref());
+        let inv = Inventory::load(&path)?;
+        let context = || format!("inventory {}", path.display());
+        let tls = TlsMaterial::load(&inv.ca, &inv.cert, &inv.key).with_context(context)?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        for w in tls.verify(None, None, now).with_context(context)? {
+            eprintln!("warning: {w}");
+        }
+        Ok((inv, tls))
+    };
+    load().map_err(|e| BadConfig(e).into())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use agent_core::tls::TlsMaterial;
 use anyhow::Result;
@@ -16,43 +15,56 @@ use strata_proto::v1::{
     SyncRequest,
 };
 
-use crate::client::{call_error, channel};
-use crate::inventory::{AgentAddr, Inventory};
+use crate::client::{self, Agent, Timeouts, DEPLOY_TIMEOUT};
+use crate::inventory::Inventory;
+use crate::output::{self, Opts};
 use crate::progress;
 use crate::table::Table;
 
-/// Deploys (sync, up, restart) may take minutes on a busy host.
-const ACTION_TIMEOUT: Duration = Duration::from_secs(900);
-/// Backups, restores, checks and drills stream progress and can take hours (a first Borg archive of a large dataset,
-/// a `--verify-data` check): the call is given a day.
-const STREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The step of the services-agent's last progress update of a unit of work; its message is the summary.
 const FINAL_STEP: &str = "done";
 
 #[derive(Debug, Subcommand)]
 pub enum ServicesCmd {
     /// List the services: state, health, image, deployed commit, uptime, restarts, last error.
+    #[command(after_help = "Example: labctl services ls")]
     Ls,
     /// Deploy a service from the checked-out repository (it stays up across syncs).
+    #[command(after_help = "Example: labctl services up photos")]
     Up {
+        /// The service (its stack's name in the stacks repository).
         name: String,
     },
     /// Stop and remove a service's containers (volumes are kept); syncs leave it down until `up`.
+    #[command(after_help = "Example: labctl services down photos")]
     Down {
+        /// The service (its stack's name in the stacks repository).
         name: String,
     },
+    /// Restart a service's containers.
+    #[command(after_help = "Example: labctl services restart photos")]
     Restart {
+        /// The service (its stack's name in the stacks repository).
         name: String,
     },
+    /// Pause a service's containers (they keep their memory; `unpause` resumes them).
+    #[command(after_help = "Example: labctl services pause photos")]
     Pause {
+        /// The service (its stack's name in the stacks repository).
         name: String,
     },
+    /// Unpause a paused service's containers.
+    #[command(after_help = "Example: labctl services unpause photos")]
     Unpause {
+        /// The service (its stack's name in the stacks repository).
         name: String,
     },
     /// Print a service's logs; `-f` follows them.
+    #[command(after_help = "Example: labctl services logs photos -f --tail 20")]
     Logs {
+        /// The service (its stack's name in the stacks repository).
         name: String,
+        /// Keep printing new lines as they come (until Ctrl-C).
         #[arg(short, long)]
         follow: bool,
         /// Only the last N lines of each container (0: all).
@@ -60,21 +72,29 @@ pub enum ServicesCmd {
         tail: u32,
     },
     /// Fetch the stacks repository now and redeploy the stacks that changed.
+    #[command(after_help = "Example: labctl services sync")]
     Sync,
     /// The hub-and-spoke audit: every violation with its container and rule (non-zero exit when any).
+    #[command(after_help = "Example: labctl services audit")]
     Audit,
     /// Back up one service now (snapshot, then Borg archive), or every backed-up service with `--all`.
+    #[command(after_help = "Example: labctl services backup photos")]
     Backup {
+        /// The service to back up.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         name: Option<String>,
+        /// Back up every service that has backup settings.
         #[arg(long)]
         all: bool,
     },
     /// List a service's Borg archives: time (UTC), original and deduplicated size.
+    #[command(after_help = "Example: labctl services archives photos")]
     Archives {
+        /// The service (its stack's name in the stacks repository).
         name: String,
     },
     /// Past backups, restores, checks and drills: when, duration, downtime, result.
+    #[command(after_help = "Example: labctl services history photos --limit 10")]
     History {
         /// Only this service's (default: every service's).
         name: Option<String>,
@@ -83,7 +103,9 @@ pub enum ServicesCmd {
         limit: Option<u32>,
     },
     /// Restore a service from an archive (the latest unless `--archive`) or a local `--snapshot`.
+    #[command(after_help = "Example: labctl services restore photos --archive photos-20261125T031500Z")]
     Restore {
+        /// The service to restore.
         name: String,
         /// The Borg archive to restore (see `labctl services archives NAME`).
         #[arg(long, conflicts_with = "snapshot")]
@@ -104,11 +126,15 @@ pub enum ServicesCmd {
         abandon: bool,
     },
     /// Check a service's Borg repository (and archives' data, as configured) now.
+    #[command(after_help = "Example: labctl services check photos")]
     Check {
+        /// The service whose repository to check.
         name: String,
     },
     /// Restore a service's latest archive into scratch space, check it, and report (the live service is untouched).
+    #[command(after_help = "Example: labctl services drill photos")]
     Drill {
+        /// The service to drill.
         name: String,
     },
 }
@@ -167,11 +193,6 @@ struct SyncRow {
     commit: String,
     redeployed: Vec<String>,
     errors: std::collections::BTreeMap<String, String>,
-}
-
-fn print_json(v: &impl Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
 }
 
 /// `3d4h`, `5m`, `12s`.
@@ -244,9 +265,10 @@ fn render_archives(rows: &[ArchiveRow]) -> String {
     t.to_string()
 }
 
-fn render_history(rows: &[HistoryRow]) -> String {
+fn render_history(rows: &[HistoryRow], verbose: bool) -> String {
     let mut t = Table::new(["SERVICE", "KIND", "STARTED", "DURATION", "DOWNTIME", "RESULT", "ERROR"]);
     for h in rows {
+        let error = t.error_cell(&format!("{} {} {}", h.service, h.kind, utc(h.started_unix)), &h.error);
         t.row([
             h.service.clone(),
             h.kind.clone(),
@@ -254,29 +276,32 @@ fn render_history(rows: &[HistoryRow]) -> String {
             span(h.duration_seconds),
             downtime(h.downtime_seconds),
             h.result.clone(),
-            h.error.clone(),
+            error,
         ]);
     }
-    t.to_string()
+    t.render(verbose)
 }
 
-/// Shows a backup/restore/check/drill stream and prints its summaries on stdout (they are in the JSON lines with
-/// `--json`). A stream that ends without a summary is an error: the outcome of the work is unknown.
+/// Shows a backup/restore/check/drill stream and prints its summaries on stdout: as text, or as the last JSON line
+/// `{"summaries": [...]}` with `--json` (after one line per update). A stream that ends without a summary is an
+/// error: the outcome of the work is unknown.
 async fn follow(
-    agent: &AgentAddr,
+    agent: &Agent,
     what: &'static str,
-    stream: tonic::Streaming<strata_proto::v1::Progress>,
+    stream: client::FirstWithin<tonic::Streaming<strata_proto::v1::Progress>>,
     json: bool,
 ) -> Result<ExitCode> {
-    let summaries = progress::follow(stream, json, FINAL_STEP).await.map_err(call_error(agent, what))?;
+    let summaries = progress::follow(stream, json, FINAL_STEP).await.map_err(agent.error(what))?;
     if summaries.is_empty() {
         anyhow::bail!(
             "{what} on {} ({}): the agent ended the stream without a final `{FINAL_STEP}` step: outcome unknown",
-            agent.key,
-            agent.addr
+            agent.addr.key,
+            agent.addr.addr
         );
     }
-    if !json {
+    if json {
+        println!("{}", serde_json::json!({ "summaries": summaries }));
+    } else {
         for s in &summaries {
             println!("{s}");
         }
@@ -289,13 +314,14 @@ fn troubled(s: &ServiceRow) -> bool {
     !s.error.is_empty() || !matches!(s.state.as_str(), "running" | "down" | "paused")
 }
 
-fn render(rows: &[ServiceRow]) -> String {
+fn render(rows: &[ServiceRow], verbose: bool) -> String {
     let mut t = Table::new(["NAME", "STATE", "HEALTH", "IMAGE", "COMMIT", "UPTIME", "RESTARTS", "ERROR"]);
     for s in rows {
         let mut images: Vec<&str> = s.containers.iter().map(|c| c.image.as_str()).collect();
         images.dedup();
         let uptime = s.containers.iter().map(|c| c.uptime_seconds).filter(|u| *u > 0).min().unwrap_or(0);
         let restarts: u32 = s.containers.iter().map(|c| c.restarts).sum();
+        let error = t.error_cell(&s.name, &s.error);
         t.row([
             s.name.clone(),
             s.state.clone(),
@@ -308,47 +334,31 @@ fn render(rows: &[ServiceRow]) -> String {
             },
             human(uptime),
             restarts.to_string(),
-            s.error.clone(),
+            error,
         ]);
     }
-    t.to_string()
+    t.render(verbose)
 }
 
-pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> Result<ExitCode> {
-    let long = match cmd {
-        // Writes may run long: connect with a generous per-call timeout.
+pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) -> Result<ExitCode> {
+    let json = opts.json;
+    let timeouts = Timeouts::new(opts.timeout);
+    let timeouts = match cmd {
         ServicesCmd::Up { .. }
         | ServicesCmd::Down { .. }
         | ServicesCmd::Restart { .. }
         | ServicesCmd::Pause { .. }
         | ServicesCmd::Unpause { .. }
-        | ServicesCmd::Sync => Some(ACTION_TIMEOUT),
-        ServicesCmd::Backup { .. }
-        | ServicesCmd::Restore { .. }
-        | ServicesCmd::Check { .. }
-        | ServicesCmd::Drill { .. } => Some(STREAM_TIMEOUT),
-        _ => None,
+        | ServicesCmd::Sync => timeouts.with_default_call(DEPLOY_TIMEOUT),
+        _ => timeouts,
     };
-    let (agent, ch) = match long {
-        Some(timeout) => {
-            let agent = inv
-                .agent("services")
-                .cloned()
-                .ok_or_else(|| anyhow::anyhow!("inventory {} has no `services` under [agents]", inv.path.display()))?;
-            let ch = tls.connect(&agent.addr, agent.role, timeout).await?;
-            (agent, ch)
-        }
-        None => channel(inv, tls, "services").await?,
-    };
-    let mut c = ServicesClient::new(ch);
-    let agent = &agent;
+    let agent = &client::open(inv, tls, "services", timeouts).await?;
+    let mut c = ServicesClient::new(agent.channel.clone());
     match cmd {
         ServicesCmd::Ls => {
-            let rows: Vec<ServiceRow> = c
-                .list_services(ListServicesRequest {})
-                .await
-                .map_err(call_error(agent, "list services"))?
-                .into_inner()
+            let rows: Vec<ServiceRow> = agent
+                .call("list services", c.list_services(ListServicesRequest {}))
+                .await?
                 .services
                 .into_iter()
                 .map(|s| ServiceRow {
@@ -373,9 +383,9 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
                 })
                 .collect();
             if json {
-                print_json(&rows)?;
+                output::json(&rows)?;
             } else {
-                print!("{}", render(&rows));
+                print!("{}", render(&rows, opts.verbose));
             }
             let troubled: Vec<&str> = rows.iter().filter(|s| troubled(s)).map(|s| s.name.as_str()).collect();
             if !troubled.is_empty() {
@@ -384,30 +394,34 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
             }
         }
         ServicesCmd::Up { name } => {
-            println!("{}", c.up(ServiceRef { name }).await.map_err(call_error(agent, "up"))?.into_inner().message)
+            let message = agent.call("up", c.up(ServiceRef { name: name.clone() })).await?.message;
+            let value = serde_json::json!({ "action": "up", "name": name, "message": message });
+            output::result(opts, &value, &message)?;
         }
         ServicesCmd::Down { name } => {
-            println!("{}", c.down(ServiceRef { name }).await.map_err(call_error(agent, "down"))?.into_inner().message)
+            let message = agent.call("down", c.down(ServiceRef { name: name.clone() })).await?.message;
+            let value = serde_json::json!({ "action": "down", "name": name, "message": message });
+            output::result(opts, &value, &message)?;
         }
         ServicesCmd::Restart { name } => {
-            println!(
-                "{}",
-                c.restart(ServiceRef { name }).await.map_err(call_error(agent, "restart"))?.into_inner().message
-            )
+            let message = agent.call("restart", c.restart(ServiceRef { name: name.clone() })).await?.message;
+            let value = serde_json::json!({ "action": "restart", "name": name, "message": message });
+            output::result(opts, &value, &message)?;
         }
         ServicesCmd::Pause { name } => {
-            println!("{}", c.pause(ServiceRef { name }).await.map_err(call_error(agent, "pause"))?.into_inner().message)
+            let message = agent.call("pause", c.pause(ServiceRef { name: name.clone() })).await?.message;
+            let value = serde_json::json!({ "action": "pause", "name": name, "message": message });
+            output::result(opts, &value, &message)?;
         }
         ServicesCmd::Unpause { name } => {
-            println!(
-                "{}",
-                c.unpause(ServiceRef { name }).await.map_err(call_error(agent, "unpause"))?.into_inner().message
-            )
+            let message = agent.call("unpause", c.unpause(ServiceRef { name: name.clone() })).await?.message;
+            let value = serde_json::json!({ "action": "unpause", "name": name, "message": message });
+            output::result(opts, &value, &message)?;
         }
         ServicesCmd::Logs { name, follow, tail } => {
-            let mut stream =
-                c.logs(LogsRequest { name, follow, tail }).await.map_err(call_error(agent, "logs"))?.into_inner();
-            while let Some(line) = stream.message().await.map_err(call_error(agent, "logs"))? {
+            use futures::StreamExt;
+            let mut stream = agent.stream("logs", c.logs(LogsRequest { name, follow, tail }), false).await?;
+            while let Some(line) = stream.next().await.transpose().map_err(agent.error("logs"))? {
                 if json {
                     println!("{}", serde_json::json!({ "container": line.container, "line": line.line }));
                 } else {
@@ -416,10 +430,10 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
             }
         }
         ServicesCmd::Sync => {
-            let r = c.sync(SyncRequest {}).await.map_err(call_error(agent, "sync"))?.into_inner();
+            let r = agent.call("sync", c.sync(SyncRequest {})).await?;
             let row = SyncRow { commit: r.commit, redeployed: r.redeployed, errors: r.errors.into_iter().collect() };
             if json {
-                print_json(&row)?;
+                output::json(&row)?;
             } else {
                 let commit = if row.commit.is_empty() { "-" } else { &row.commit[..row.commit.len().min(12)] };
                 let redeployed =
@@ -434,17 +448,15 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
             }
         }
         ServicesCmd::Audit => {
-            let rows: Vec<ViolationRow> = c
-                .audit(AuditRequest {})
-                .await
-                .map_err(call_error(agent, "audit"))?
-                .into_inner()
+            let rows: Vec<ViolationRow> = agent
+                .call("audit", c.audit(AuditRequest {}))
+                .await?
                 .violations
                 .into_iter()
                 .map(|v| ViolationRow { container: v.container, rule: v.rule, detail: v.detail })
                 .collect();
             if json {
-                print_json(&rows)?;
+                output::json(&rows)?;
             } else if rows.is_empty() {
                 println!("no violations: every spoke is on its own networks and the hub's only");
             } else {
@@ -460,15 +472,13 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
         }
         ServicesCmd::Backup { name, all } => {
             let req = BackupRequest { name: name.unwrap_or_default(), all };
-            let s = c.backup(req).await.map_err(call_error(agent, "backup"))?.into_inner();
+            let s = agent.stream("backup", c.backup(req), true).await?;
             return follow(agent, "backup", s, json).await;
         }
         ServicesCmd::Archives { name } => {
-            let rows: Vec<ArchiveRow> = c
-                .list_archives(ServiceRef { name })
-                .await
-                .map_err(call_error(agent, "list archives"))?
-                .into_inner()
+            let rows: Vec<ArchiveRow> = agent
+                .call("list archives", c.list_archives(ServiceRef { name }))
+                .await?
                 .archives
                 .into_iter()
                 .map(|a| ArchiveRow {
@@ -479,18 +489,16 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
                 })
                 .collect();
             if json {
-                print_json(&rows)?;
+                output::json(&rows)?;
             } else {
                 print!("{}", render_archives(&rows));
             }
         }
         ServicesCmd::History { name, limit } => {
             let req = HistoryRequest { name: name.unwrap_or_default(), limit: limit.unwrap_or(0) };
-            let rows: Vec<HistoryRow> = c
-                .history(req)
-                .await
-                .map_err(call_error(agent, "history"))?
-                .into_inner()
+            let rows: Vec<HistoryRow> = agent
+                .call("history", c.history(req))
+                .await?
                 .entries
                 .into_iter()
                 .map(|h| HistoryRow {
@@ -504,9 +512,9 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
                 })
                 .collect();
             if json {
-                print_json(&rows)?;
+                output::json(&rows)?;
             } else {
-                print!("{}", render_history(&rows));
+                print!("{}", render_history(&rows, opts.verbose));
             }
         }
         ServicesCmd::Restore { name, archive, snapshot, to, resume, abandon } => {
@@ -518,15 +526,15 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, json: boo
                 resume,
                 abandon,
             };
-            let s = c.restore(req).await.map_err(call_error(agent, "restore"))?.into_inner();
+            let s = agent.stream("restore", c.restore(req), true).await?;
             return follow(agent, "restore", s, json).await;
         }
         ServicesCmd::Check { name } => {
-            let s = c.check(ServiceRef { name }).await.map_err(call_error(agent, "check"))?.into_inner();
+            let s = agent.stream("check", c.check(ServiceRef { name }), true).await?;
             return follow(agent, "check", s, json).await;
         }
         ServicesCmd::Drill { name } => {
-            let s = c.drill(ServiceRef { name }).await.map_err(call_error(agent, "drill"))?.into_inner();
+            let s = agent.stream("drill", c.drill(ServiceRef { name }), true).await?;
             return follow(agent, "drill", s, json).await;
         }
     }
@@ -555,7 +563,7 @@ mod tests {
                 restarts: 2,
             }],
         }];
-        let out = render(&rows);
+        let out = render(&rows, false);
         assert!(
             out.starts_with("NAME    STATE      HEALTH     IMAGE  COMMIT        UPTIME  RESTARTS  ERROR\n"),
             "{out}"
@@ -679,7 +687,7 @@ mod tests {
                 error: "borg check: exit 1".into(),
             },
         ];
-        let out = render_history(&rows);
+        let out = render_history(&rows, false);
         assert_eq!(
             out,
             "SERVICE  KIND    STARTED               DURATION  DOWNTIME  RESULT  ERROR\n\

@@ -12,8 +12,9 @@ use serde::Serialize;
 use strata_proto::v1::host_client::HostClient;
 use strata_proto::v1::{ListVmsRequest, VmBackupRequest, VmRef, VmRestoreRequest};
 
-use crate::client::{call_error, channel};
+use crate::client::{self, Agent, Timeouts};
 use crate::inventory::Inventory;
+use crate::output::{self, Opts};
 use crate::progress;
 use crate::table::Table;
 
@@ -27,27 +28,54 @@ const FINAL_DRILL_STEP: &str = "drill";
 #[derive(Debug, Subcommand)]
 pub enum VmCmd {
     /// List the VMs with their state, backup mode and engine, and encryption of storage and target.
+    #[command(after_help = "Example: labctl vm ls")]
     Ls,
     /// Start a VM.
-    Start { name: String },
+    #[command(after_help = "Example: labctl vm start services")]
+    Start {
+        /// The VM, as named in the host-agent's config.
+        name: String,
+    },
     /// Shut a VM down (clean, then hard after its timeout).
-    Stop { name: String },
+    #[command(after_help = "Example: labctl vm stop services")]
+    Stop {
+        /// The VM, as named in the host-agent's config.
+        name: String,
+    },
     /// Suspend (VMware) or pause (QEMU) a VM.
-    Suspend { name: String },
+    #[command(after_help = "Example: labctl vm suspend services")]
+    Suspend {
+        /// The VM, as named in the host-agent's config.
+        name: String,
+    },
     /// Resume a suspended, paused or stopped VM.
-    Resume { name: String },
+    #[command(after_help = "Example: labctl vm resume services")]
+    Resume {
+        /// The VM, as named in the host-agent's config.
+        name: String,
+    },
     /// Back up one VM, or every VM with `--all`.
+    #[command(after_help = "Example: labctl vm backup services")]
     Backup {
+        /// The VM to back up.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         name: Option<String>,
+        /// Back up every VM of the host-agent's config, one after the other.
         #[arg(long)]
         all: bool,
     },
     /// List the backups of a VM with their downtime.
-    Backups { name: String },
-    /// Restore a backup (the latest unless `--archive`) into a directory, check it, optionally start it.
-    Restore {
+    #[command(after_help = "Example: labctl vm backups services")]
+    Backups {
+        /// The VM whose backups to list.
         name: String,
+    },
+    /// Restore a backup (the latest unless `--archive`) into a directory, check it, optionally start it.
+    #[command(after_help = "Example: labctl vm restore services --to /vms/restored/services")]
+    Restore {
+        /// The VM whose backup to restore.
+        name: String,
+        /// The backup to restore (an id from `labctl vm backups NAME`).
         #[arg(long)]
         archive: Option<String>,
         /// Where the bundle goes (absolute path on the host); never overwritten without --force.
@@ -61,7 +89,11 @@ pub enum VmCmd {
         start: bool,
     },
     /// Restore the latest backup into scratch space on the host, check it, and report.
-    Drill { name: String },
+    #[command(after_help = "Example: labctl vm drill services")]
+    Drill {
+        /// The VM whose latest backup to drill.
+        name: String,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -85,11 +117,6 @@ struct BackupRow {
     engine: String,
 }
 
-fn print_json(v: &impl Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
-
 fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.to_string()
 }
@@ -105,16 +132,37 @@ fn when(unix: i64) -> String {
         .unwrap_or_default()
 }
 
-pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> Result<ExitCode> {
-    let (agent, ch) = channel(inv, tls, "host").await?;
-    let mut c = HostClient::new(ch);
-    let action = |message: String| {
-        println!("{message}");
-        Ok(ExitCode::SUCCESS)
+/// Shows a job's progress stream and prints its summaries: on stdout as text, or as the last JSON line
+/// `{"summaries": [...]}` with `--json` (after one line per update).
+async fn follow(
+    agent: &Agent,
+    what: &'static str,
+    stream: client::FirstWithin<tonic::Streaming<strata_proto::v1::VmProgress>>,
+    json: bool,
+    final_step: &str,
+) -> Result<ExitCode> {
+    let summaries = progress::follow(stream, json, final_step).await.map_err(agent.error(what))?;
+    if json {
+        println!("{}", serde_json::json!({ "summaries": summaries }));
+    } else {
+        for line in summaries {
+            println!("{line}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) -> Result<ExitCode> {
+    let json = opts.json;
+    let agent = client::open(inv, tls, "host", Timeouts::new(opts.timeout)).await?;
+    let mut c = HostClient::new(agent.channel.clone());
+    let action = |verb: &str, name: String, message: String| {
+        let value = serde_json::json!({ "action": verb, "name": name, "message": message });
+        output::result(opts, &value, &message).map(|()| ExitCode::SUCCESS)
     };
     match cmd {
         VmCmd::Ls => {
-            let vms = c.list_vms(ListVmsRequest {}).await.map_err(call_error(&agent, "list vms"))?.into_inner().vms;
+            let vms = agent.call("list vms", c.list_vms(ListVmsRequest {})).await?.vms;
             let rows: Vec<VmRow> = vms
                 .into_iter()
                 .map(|v| VmRow {
@@ -129,7 +177,7 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> 
                 })
                 .collect();
             if json {
-                return print_json(&rows).map(|_| ExitCode::SUCCESS);
+                return output::json(&rows).map(|_| ExitCode::SUCCESS);
             }
             let mut t =
                 Table::new(["NAME", "BACKEND", "STATE", "MODE", "ENGINE", "DISK ENC", "TARGET ENC", "LAST BACKUP"]);
@@ -149,33 +197,28 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> 
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Start { name } => {
-            action(c.start(VmRef { name }).await.map_err(call_error(&agent, "start"))?.into_inner().message)
+            let message = agent.call("start", c.start(VmRef { name: name.clone() })).await?.message;
+            action("start", name, message)
         }
         VmCmd::Stop { name } => {
-            action(c.stop(VmRef { name }).await.map_err(call_error(&agent, "stop"))?.into_inner().message)
+            let message = agent.call("stop", c.stop(VmRef { name: name.clone() })).await?.message;
+            action("stop", name, message)
         }
         VmCmd::Suspend { name } => {
-            action(c.suspend(VmRef { name }).await.map_err(call_error(&agent, "suspend"))?.into_inner().message)
+            let message = agent.call("suspend", c.suspend(VmRef { name: name.clone() })).await?.message;
+            action("suspend", name, message)
         }
         VmCmd::Resume { name } => {
-            action(c.resume(VmRef { name }).await.map_err(call_error(&agent, "resume"))?.into_inner().message)
+            let message = agent.call("resume", c.resume(VmRef { name: name.clone() })).await?.message;
+            action("resume", name, message)
         }
         VmCmd::Backup { name, all } => {
-            let s = c
-                .backup(VmBackupRequest { name: name.unwrap_or_default(), all })
-                .await
-                .map_err(call_error(&agent, "backup"))?
-                .into_inner();
-            for line in progress::follow(s, json, FINAL_STEP).await.map_err(call_error(&agent, "backup"))? {
-                if !json {
-                    println!("{line}");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+            let req = VmBackupRequest { name: name.unwrap_or_default(), all };
+            let s = agent.stream("backup", c.backup(req), true).await?;
+            follow(&agent, "backup", s, json, FINAL_STEP).await
         }
         VmCmd::Backups { name } => {
-            let list =
-                c.list_backups(VmRef { name }).await.map_err(call_error(&agent, "list backups"))?.into_inner().backups;
+            let list = agent.call("list backups", c.list_backups(VmRef { name })).await?.backups;
             let rows: Vec<BackupRow> = list
                 .into_iter()
                 .map(|b| BackupRow {
@@ -187,7 +230,7 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> 
                 })
                 .collect();
             if json {
-                return print_json(&rows).map(|_| ExitCode::SUCCESS);
+                return output::json(&rows).map(|_| ExitCode::SUCCESS);
             }
             let mut t = Table::new(["ID", "TIME", "DOWNTIME", "SIZE", "ENGINE"]);
             for r in &rows {
@@ -210,22 +253,12 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> 
                 force,
                 start,
             };
-            let s = c.restore(req).await.map_err(call_error(&agent, "restore"))?.into_inner();
-            for line in progress::follow(s, json, FINAL_RESTORE_STEP).await.map_err(call_error(&agent, "restore"))? {
-                if !json {
-                    println!("{line}");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+            let s = agent.stream("restore", c.restore(req), true).await?;
+            follow(&agent, "restore", s, json, FINAL_RESTORE_STEP).await
         }
         VmCmd::Drill { name } => {
-            let s = c.drill(VmRef { name: name.clone() }).await.map_err(call_error(&agent, "drill"))?.into_inner();
-            for line in progress::follow(s, json, FINAL_DRILL_STEP).await.map_err(call_error(&agent, "drill"))? {
-                if !json {
-                    println!("{line}");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+            let s = agent.stream("drill", c.drill(VmRef { name }), true).await?;
+            follow(&agent, "drill", s, json, FINAL_DRILL_STEP).await
         }
     }
 }

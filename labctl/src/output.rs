@@ -1,0 +1,35 @@
+//! labctl's output habits: one JSON document per command on stdout with `--json` (JSON Lines for streams), text
+//! otherwise, and errors as `{"error": …}` in JSON mode. Knows nothing of agents or of what the values mean.
+
+use std::fmt::Display;
+
+use serde::Serialize;
+
+/// The global flags every command honours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opts {
+    pub json: bool,
+    pub verbose: bool,
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// One pretty-printed JSON document on stdout.
+pub fn json(v: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// The outcome of a command: `value` as JSON with `--json`, else `text` as one line.
+pub fn result(opts: &Opts, value: &impl Serialize, text: impl Display) -> anyhow::Result<()> {
+    if opts.json {
+        json(value)
+    } else {
+        println!("{text}");
+        Ok(())
+    }
+}
+
+/// The JSON document of a failed command: `{"error": "…"}` on one line.
+pub fn error_document(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
