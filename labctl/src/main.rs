@@ -49,9 +49,19 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            // --help and --version exit 0; a usage error exits 1 (2 is reserved for a degraded lab).
+            // --help and --version exit 0; a usage error exits 1 (2 is reserved for a degraded lab), as a JSON
+            // document too when `--json` was asked for.
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if std::env::args_os().skip(1).any(|a| a == "--json") {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or_default();
+                println!("{}", output::error_document(first.trim_start_matches("error: ")));
+            }
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(EXIT_ERROR) } else { ExitCode::SUCCESS };
+            return ExitCode::from(EXIT_ERROR);
         }
     };
     agent_core::tls::install_crypto_provider();
