@@ -117,7 +117,13 @@ pub struct AgentDef<C> {
 
 /// The whole `main` of an agent.
 pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
-    let cli = AgentCli::parse();
+    // `--version` and `--help` name the agent's binary, not this crate.
+    let matches = <AgentCli as clap::CommandFactory>::command()
+        .name(def.agent)
+        .bin_name(def.agent)
+        .about(def.description)
+        .get_matches();
+    let cli = <AgentCli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     telemetry::init_logging(cli.log_format);
     crate::tls::install_crypto_provider();
     match cli.cmd {

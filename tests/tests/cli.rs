@@ -1103,3 +1103,18 @@ fn labctl_json_documents_have_their_documented_shape() -> Result<()> {
     ensure!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     Ok(())
 }
+
+/// Issue 18 item 4: `--version` on all four binaries, naming the binary (the agents said `agent-core 0.1.0`).
+#[test]
+fn every_binary_prints_its_own_name_and_version() -> Result<()> {
+    let mut failures = Vec::new();
+    for name in ["labctl", "host-agent", "dns-agent", "services-agent"] {
+        let ran = run(name, ["--version"])?;
+        let want = format!("{name} {}\n", env!("CARGO_PKG_VERSION"));
+        if ran.code != Some(0) || ran.stdout != want {
+            failures.push(format!("{name} --version: want {want:?}; {ran}"));
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
