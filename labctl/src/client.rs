@@ -258,3 +258,61 @@ pub async fn status(tls: &TlsMaterial, agent: &AgentAddr, timeout: Duration) -> 
         health: health.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    fn agent(explicit: Option<Duration>) -> Agent {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let addr = AgentAddr { key: "dns", role: agent_core::identity::Role::DnsAgent, addr: "https://h:1".into() };
+        Agent { addr, channel, timeouts: Timeouts::new(explicit) }
+    }
+
+    #[test]
+    fn timeouts_take_the_flag_else_each_default() {
+        let none = Timeouts::new(None);
+        assert_eq!((none.connect(), none.call()), (DEFAULT_CONNECT, CALL_TIMEOUT));
+        assert_eq!(none.with_default_call(DEPLOY_TIMEOUT).call(), DEPLOY_TIMEOUT);
+        let two = Timeouts::new(Some(Duration::from_secs(2))).with_default_call(DEPLOY_TIMEOUT);
+        assert_eq!((two.connect(), two.call()), (Duration::from_secs(2), Duration::from_secs(2)));
+    }
+
+    #[tokio::test]
+    async fn a_call_that_never_answers_fails_within_the_timeout_naming_the_agent() {
+        let a = agent(Some(Duration::from_millis(100)));
+        let started = std::time::Instant::now();
+        let never = std::future::pending::<Result<tonic::Response<()>, tonic::Status>>();
+        let e = a.call("list records", never).await.unwrap_err().to_string();
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert_eq!(e, "list records on dns (https://h:1): no answer within 0.1s (--timeout)");
+        let refused = async { Err::<tonic::Response<()>, _>(tonic::Status::not_found("no record x")) };
+        let e = a.call("delete record", refused).await.unwrap_err().to_string();
+        assert_eq!(e, "delete record on dns (https://h:1): Some requested entity was not found: no record x");
+    }
+
+    #[tokio::test]
+    async fn a_job_must_send_its_first_update_within_the_timeout_and_then_may_take_its_time() {
+        let limit = Duration::from_millis(100);
+        let deadline = || Some((Box::pin(tokio::time::sleep(limit)), limit));
+        let silent = futures::stream::pending::<Result<u32, tonic::Status>>();
+        let mut s = FirstWithin { inner: silent, deadline: deadline(), ended: false };
+        let e = s.next().await.unwrap().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded);
+        assert!(e.message().contains("no progress update within 0.1s"), "{e:?}");
+        assert!(s.next().await.is_none());
+
+        // A first update in time lifts the bound: a later update after the limit still arrives.
+        let slow = futures::stream::iter([1u32, 2]).then(|i| async move {
+            if i == 2 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Ok::<_, tonic::Status>(i)
+        });
+        let mut s = FirstWithin { inner: Box::pin(slow), deadline: deadline(), ended: false };
+        assert_eq!(s.next().await.unwrap().unwrap(), 1);
+        assert_eq!(s.next().await.unwrap().unwrap(), 2);
+        assert!(s.next().await.is_none());
+    }
+}
