@@ -23,6 +23,7 @@ Timeouts (--timeout SECS, default: see below):
   long jobs (backup, restore, check, drill): opening the call (--timeout, else 30 s) and, only with --timeout,
   the wait for the first progress update; after that the job streams progress for as long as it runs
   services logs: opening the call only (a quiet `-f` waits for lines as long as you let it)
+  status: connecting to each agent and its calls: --timeout, else 5 s
   A timed-out write may still complete on the agent: look with the matching read command.
 
 JSON (--json): one JSON document on stdout per command; long jobs and `services logs` print JSON Lines instead
