@@ -309,6 +309,25 @@ async fn git_sync_redeploys_only_changed_stacks_and_refuses_invalid_compose_file
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains(&lab.name("a")) && text.contains("invalid compose file"), "json={json}: {text}");
     }
+    // Issue 18: the error is one line of the table however long the compose output; `-v` prints it whole below.
+    eprintln!("stack a's error: {:?}", a.error);
+    for verbose in [false, true] {
+        let mut cmd = std::process::Command::new(&labctl);
+        cmd.arg("--config").arg(&inventory).args(["services", "ls"]);
+        if verbose {
+            cmd.arg("-v");
+        }
+        let out = cmd.output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let row = text.lines().find(|l| l.starts_with(&lab.name("a"))).unwrap_or_default();
+        assert!(row.contains("invalid compose file") && row.chars().count() < 200, "verbose={verbose}: {text}");
+        let whole = a.error.lines().map(str::trim).filter(|l| !l.is_empty()).all(|l| text.contains(l));
+        assert_eq!(
+            whole,
+            verbose || !a.error.trim().contains('\n') && a.error.trim().chars().count() <= 80,
+            "verbose={verbose}: {text}"
+        );
+    }
     let metrics = lab.agent().metrics_text()?;
     for m in ["strata_services_deploys_total 4", "strata_services_deploy_failures_total", "strata_services_syncs_total"]
     {
