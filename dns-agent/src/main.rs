@@ -14,6 +14,10 @@ fn main() -> ExitCode {
         dynamic_user: false,
         bind_privileged: true,
         needs_root: false,
+        system_user: Some("strata-dns"),
+        reads: |c: &Config| {
+            c.dns.tls.iter().flat_map(|t| [("dns.tls_cert", t.cert.clone()), ("dns.tls_key", t.key.clone())]).collect()
+        },
         reloads_on_sighup: true,
         load: Config::load,
         common: |c| &c.common,

@@ -28,6 +28,8 @@ fn main() -> ExitCode {
         dynamic_user: false,
         bind_privileged: false,
         needs_root: true,
+        system_user: None,
+        reads: |_| vec![],
         reloads_on_sighup: false,
         load: Config::load,
         common: |c| &c.common,
