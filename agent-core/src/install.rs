@@ -541,7 +541,7 @@ fn permission_reason(
     let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
     ancestors.reverse();
     for dir in ancestors {
-        let Some(info) = stat(dir) else { return None };
+        let info = stat(dir)?;
         if !allowed(info, 0o1) {
             return Some(format!("is under {}, which User={name} cannot search ({})", dir.display(), shown(info)));
         }
