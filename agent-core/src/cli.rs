@@ -121,6 +121,9 @@ pub struct AgentDef<C> {
     pub system_user: Option<&'static str>,
     /// Files the agent reads beyond the common ones (config key and path), for `install`'s sandbox check.
     pub reads: fn(&C) -> Vec<(&'static str, PathBuf)>,
+    /// Root-only files beyond the `[grpc] key` (credential name, configured path): handed over with
+    /// `LoadCredential=` too when the agent runs as its own user; the agent reads them through `credentials`.
+    pub secrets: fn(&C) -> Vec<(&'static str, PathBuf)>,
     /// The agent re-reads its config on SIGHUP itself; otherwise SIGHUP is logged and ignored (never fatal).
     pub reloads_on_sighup: bool,
     pub load: fn(&Path) -> Result<C, ConfigError>,
@@ -168,9 +171,15 @@ pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
             };
             let config = std::path::absolute(&config).unwrap_or(config);
             let common = (def.common)(&cfg);
-            let spec = spec(&def, config.clone(), Some(common.grpc.key.clone()));
+            let mut secrets = vec![(credentials::GRPC_KEY, common.grpc.key.clone())];
+            secrets.extend((def.secrets)(&cfg));
+            let spec = spec(&def, config.clone(), secrets);
             let platform = Platform::current();
-            let hidden = install::check_paths(&spec, platform, needed_paths(&spec, common, (def.reads)(&cfg)));
+            let hidden = install::check_paths(
+                &spec,
+                platform,
+                needed_paths(&spec, common, (def.reads)(&cfg), (def.secrets)(&cfg)),
+            );
             for h in &hidden {
                 let verdict = if force { "warning" } else { "error" };
                 eprintln!("{verdict}: {}: {h}", spec.unit_name());
@@ -197,7 +206,8 @@ pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
                 );
                 return ExitCode::from(EXIT_CONFIG);
             }
-            let spec = ServiceSpec { exec, ..spec(&def, config, key) };
+            let secrets = key.map(|k| (credentials::GRPC_KEY, k)).into_iter().collect();
+            let spec = ServiceSpec { exec, ..spec(&def, config, secrets) };
             if let Err(e) = spec.validate() {
                 eprintln!("error: service-file: {e}");
                 return ExitCode::from(EXIT_CONFIG);
@@ -210,7 +220,7 @@ pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
             ExitCode::SUCCESS
         }
         AgentCmd::Uninstall { dry_run, root } => report(install::uninstall(
-            &spec(&def, PathBuf::new(), None),
+            &spec(&def, PathBuf::new(), vec![]),
             Platform::current(),
             &root,
             dry_run,
@@ -254,12 +264,12 @@ fn refused_run(code: ExitCode) -> ExitCode {
     code
 }
 
-/// The service of `def` reading `config`; `key` (the `[grpc] key`) becomes a credential when the agent runs as its
-/// own user.
-fn spec<C>(def: &AgentDef<C>, config: PathBuf, key: Option<PathBuf>) -> ServiceSpec {
-    let credentials = match (def.system_user, key) {
-        (Some(_), Some(path)) => vec![install::Credential { name: credentials::GRPC_KEY.into(), path }],
-        _ => vec![],
+/// The service of `def` reading `config`; `secrets` (credential name, path: the `[grpc] key` and the agent's own)
+/// become credentials when the agent runs as its own user.
+fn spec<C>(def: &AgentDef<C>, config: PathBuf, secrets: Vec<(&'static str, PathBuf)>) -> ServiceSpec {
+    let credentials = match def.system_user {
+        Some(_) => secrets.into_iter().map(|(name, path)| install::Credential { name: name.into(), path }).collect(),
+        None => vec![],
     };
     ServiceSpec {
         agent: def.agent.to_string(),
@@ -280,6 +290,7 @@ fn needed_paths(
     spec: &ServiceSpec,
     common: &CommonConfig,
     reads: Vec<(&'static str, PathBuf)>,
+    secrets: Vec<(&'static str, PathBuf)>,
 ) -> Vec<(String, PathBuf, install::Access)> {
     use install::Access;
     let g = &common.grpc;
@@ -292,6 +303,11 @@ fn needed_paths(
     ];
     if !spec.credentials.iter().any(|c| c.path == g.key) {
         needed.push(("[grpc] key".to_owned(), g.key.clone(), Access::Read));
+    }
+    for (what, path) in secrets {
+        if !spec.credentials.iter().any(|c| c.path == path) {
+            needed.push((what.to_owned(), path, Access::Read));
+        }
     }
     if let Some(crl) = &g.crl {
         needed.push(("[grpc] crl".to_owned(), crl.clone(), Access::Read));

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         needs_root: true,
         system_user: None,
         reads: |_| vec![],
+        secrets: |_| vec![],
         reloads_on_sighup: false,
         load: Config::load,
         common: |c| &c.common,

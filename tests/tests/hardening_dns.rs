@@ -3,7 +3,8 @@
 //! drops to an unprivileged uid (nobody) with only `cap_net_bind_service` (bounding, ambient, effective) and
 //! `no_new_privs`; the key is copied into a credentials directory owned by that uid (file 0400, directory 0500, as
 //! systemd makes them) named by `CREDENTIALS_DIRECTORY`, while the configured key stays root-owned 0600. The real
-//! binary then serves mTLS gRPC and DNS on port 53, and /proc shows what the process is allowed.
+//! binary then serves mTLS gRPC, DNS on port 53 and DoT on 853 (its key a credential too), and /proc shows what the
+//! process is allowed.
 //! Knows the agent's config format, logs and gRPC API, and what systemd does for a unit; nothing of the internals.
 
 use std::fs;
@@ -84,21 +85,29 @@ fn dns_agent_runs_unprivileged_with_its_key_from_credentials_directory() -> Resu
     // LoadCredential=grpc.key:KEY: a copy owned by the user, 0400, in a 0500 directory.
     let creds = dir.path().join("credentials");
     fs::create_dir(&creds)?;
+    // The DoT key (here the same key file) is a second credential: LoadCredential=dns.tls_key:KEY.
     let cred = creds.join(agent_core::credentials::GRPC_KEY);
-    fs::copy(&key, &cred)?;
-    chown(&cred, Some(UID), Some(GID))?;
-    mode(&cred, 0o400)?;
+    for name in [agent_core::credentials::GRPC_KEY, "dns.tls_key"] {
+        let c = creds.join(name);
+        fs::copy(&key, &c)?;
+        chown(&c, Some(UID), Some(GID))?;
+        mode(&c, 0o400)?;
+    }
     chown(&creds, Some(UID), Some(GID))?;
     mode(&creds, 0o500)?;
 
     let dns_addr = loopback_53();
+    let dot_addr = SocketAddr::new(dns_addr.ip(), 853);
     let config = dir.path().join("dns-agent.toml");
     fs::write(
         &config,
         format!(
-            "{}[dns]\nlisten = [\"{dns_addr}\"]\n[[zones]]\nname = \"lab.home.arpa\"\n\
+            "{}[dns]\nlisten = [\"{dns_addr}\"]\ntls_listen = [\"{dot_addr}\"]\ntls_cert = {cert:?}\ntls_key = {key:?}\n\
+             [[zones]]\nname = \"lab.home.arpa\"\n\
              records = [{{ name = \"nas\", type = \"A\", value = \"10.0.0.10\" }}]\n",
-            base_config(&state, &pki.ca(), &cert, &key)
+            base_config(&state, &pki.ca(), &cert, &key),
+            cert = cert.display().to_string(),
+            key = key.display().to_string(),
         ),
     )?;
     mode(&config, 0o644)?;
@@ -127,6 +136,8 @@ fn dns_agent_runs_unprivileged_with_its_key_from_credentials_directory() -> Resu
         AgentProc::start_with_prefix(&prefix, AgentKind::Dns, &config, &[("CREDENTIALS_DIRECTORY", &creds_env)])?;
     agent.wait_log(&format!("reading credential {}", cred.display()), Duration::from_secs(5))?;
     agent.wait_log(&format!("dns udp listening on {dns_addr}"), Duration::from_secs(10))?;
+    agent.wait_log(&format!("reading credential {}", creds.join("dns.tls_key").display()), Duration::from_secs(5))?;
+    agent.wait_log(&format!("dns tls listening on {dot_addr}"), Duration::from_secs(10))?;
 
     // What the process may do, from /proc: not root, no group, only cap_net_bind_service.
     let status = fs::read_to_string(format!("/proc/{}/status", agent.pid()))?;
@@ -144,13 +155,17 @@ fn dns_agent_runs_unprivileged_with_its_key_from_credentials_directory() -> Resu
         ensure!(!out.status.success() && err.contains("Permission denied"), "{} readable: {err}", secret.display());
     }
 
-    // DNS on port 53 (CAP_NET_BIND_SERVICE at work) and mTLS gRPC with the key from the credential.
-    let dig = Command::new("/usr/bin/dig")
-        .args([&format!("@{}", dns_addr.ip()), "-p", "53", "+time=3", "+tries=1", "+short", "nas.lab.home.arpa", "A"])
-        .output()
-        .context("running /usr/bin/dig (install dnsutils / bind9-dnsutils)")?;
-    let answer = String::from_utf8_lossy(&dig.stdout);
-    ensure!(answer.trim() == "10.0.0.10", "dig answered {answer:?}; log:\n{}", agent.logs());
+    // mTLS gRPC with the key from the credential (below).
+    // DNS on port 53 and DoT on 853 (CAP_NET_BIND_SERVICE at work; DoT with the key from its credential).
+    for (port, tls) in [(53, "+notls"), (853, "+tls")] {
+        let dig = Command::new("/usr/bin/dig")
+            .args([&format!("@{}", dns_addr.ip()), "-p", &port.to_string(), tls, "+time=3", "+tries=1", "+short"])
+            .args(["nas.lab.home.arpa", "A"])
+            .output()
+            .context("running /usr/bin/dig (install dnsutils / bind9-dnsutils)")?;
+        let answer = String::from_utf8_lossy(&dig.stdout);
+        ensure!(answer.trim() == "10.0.0.10", "dig {tls} answered {answer:?}; log:\n{}", agent.logs());
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         tls::install_crypto_provider();
