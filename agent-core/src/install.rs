@@ -6,10 +6,13 @@
 //! (`systemctl daemon-reload` + `enable --now`, `launchctl bootout` + `bootstrap`); with any other root only the file is
 //! written, so packaging and tests never touch the running system. System commands go through [`crate::runner`].
 //!
-//! Hardening (systemd). Agents that do not need root (`dns-agent`: uid 0 but no capability except
-//! `CAP_NET_BIND_SERVICE`, so it reads its root-owned 0600 key and nothing it does not own; `DynamicUser=yes` is
-//! available to agents whose files are not root-owned) get the full set: `ProtectSystem=strict`, `ProtectHome`, `PrivateTmp`, `PrivateDevices`, kernel/cgroup/clock protection,
-//! a system-call filter, and so on. Agents that need root (they drive docker, zfs, qemu, borg) get only what creates no
+//! Hardening (systemd). Agents that do not need root (`dns-agent`: its own system user `strata-dns`, created here
+//! with `useradd --system` when missing, with no capability but `CAP_NET_BIND_SERVICE`; its root-owned keys are
+//! handed over with `LoadCredential=`, so it never reads them itself; `DynamicUser=yes` is available too) get the
+//! full set: `ProtectSystem=strict`, `ProtectHome`, `PrivateTmp`, `PrivateDevices`, kernel/cgroup/clock protection,
+//! a system-call filter, and so on. [`Sandbox`] is the one description of the file-system part: the unit is written
+//! from it and [`hidden_paths`] judges the binary, config, state dir and TLS files against it (`install` refuses
+//! what the service could not reach). Agents that need root (they drive docker, zfs, qemu, borg) get only what creates no
 //! file-system namespace and no device policy: any of `ProtectSystem=`, `ProtectHome=`, `PrivateTmp=`,
 //! `ProtectKernel*=`, `ReadWritePaths=`… puts the service in its own mount namespace whose mounts no longer propagate
 //! to the host, and systemd.exec(5) says `MountFlags=shared` does not bring propagation back. A dataset that
@@ -19,7 +22,8 @@
 //! No `WatchdogSec=`: the agents do not ping the watchdog. `RestartPreventExitStatus=78`: a bad config (exit 78) is
 //! not restarted in a loop. `LimitNOFILE=` bounds every agent's descriptors (the gRPC listener caps its own share).
 //! launchd: `KeepAlive` restarts only after a failure, throttled; a refused config exits 0 there (launchd has no
-//! per-status rule), so it is not restarted either. Agents that need root get `KillMode=process`: a restart must not take the QEMU VMs the
+//! per-status rule), so it is not restarted either: it stays down, its reason in the log file, until fixed and
+//! kickstarted. launchd has no sandbox, so nothing is hidden there. Agents that need root get `KillMode=process`: a restart must not take the QEMU VMs the
 //! host agent started down with it (the services agent kills the job programs its predecessor left itself, at
 //! start), and are ordered after docker and the ZFS mounts. launchd gets a `PATH` that includes Homebrew's
 //! directories (borg, qemu).
