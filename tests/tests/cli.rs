@@ -565,6 +565,26 @@ fn install_and_uninstall_under_a_root() -> Result<()> {
 }
 
 #[test]
+fn service_file_hands_the_dns_agent_key_over_and_asks_for_it() -> Result<()> {
+    let base = ["service-file", "--exec", "/usr/bin/dns-agent", "--config", "/etc/strata/dns-agent.toml"];
+    // The dns-agent cannot read a root-owned key: without --key there is no unit to print.
+    let ran = run("dns-agent", base)?;
+    ensure!(ran.code == Some(EXIT_CONFIG) && ran.stdout.is_empty(), "{ran}");
+    ensure!(ran.stderr.contains("runs as strata-dns") && ran.stderr.contains("--key"), "{ran}");
+    let ran = run("dns-agent", base.iter().copied().chain(["--key", "etc/key"]))?;
+    ensure!(ran.code == Some(EXIT_CONFIG) && ran.stderr.contains("must be absolute"), "{ran}");
+    let ran = run("dns-agent", base.iter().copied().chain(["--key", "/etc/strata/pki/dns1.key"]))?;
+    ensure!(ran.code == Some(0), "{ran}");
+    for want in ["User=strata-dns\n", "Group=strata-dns\n", "LoadCredential=grpc.key:/etc/strata/pki/dns1.key\n"] {
+        ensure!(ran.stdout.contains(want), "service-file lacks {want:?}: {ran}");
+    }
+    // Agents that run as root need no key and hand none over.
+    let ran = run("services-agent", ["service-file", "--exec", "/usr/bin/services-agent", "--config", "/etc/s.toml"])?;
+    ensure!(ran.code == Some(0) && !ran.stdout.contains("LoadCredential") && !ran.stdout.contains("User="), "{ran}");
+    Ok(())
+}
+
+#[test]
 fn labctl_prints_bash_completions() -> Result<()> {
     let ran = run("labctl", ["completions", "bash"])?;
     ensure!(ran.code == Some(0), "{ran}");
