@@ -3,8 +3,8 @@
 //! drops to an unprivileged uid (nobody) with only `cap_net_bind_service` (bounding, ambient, effective) and
 //! `no_new_privs`; the key is copied into a credentials directory owned by that uid (file 0400, directory 0500, as
 //! systemd makes them) named by `CREDENTIALS_DIRECTORY`, while the configured key stays root-owned 0600. The real
-//! binary then serves mTLS gRPC, DNS on port 53 and DoT on 853 (its key a credential too), and /proc shows what the
-//! process is allowed.
+//! binary then serves mTLS gRPC, DNS on port 53 and DoT on 853 (its key a credential too), re-reads the CRL as that
+//! user (a revoked viewer is refused without a restart), and /proc shows what the process is allowed.
 //! Knows the agent's config format, logs and gRPC API, and what systemd does for a unit; nothing of the internals.
 
 use std::fs;
@@ -19,7 +19,7 @@ use agent_core::tls;
 use anyhow::{ensure, Context, Result};
 use strata_proto::v1::agent_client::AgentClient;
 use strata_proto::v1::StatusRequest;
-use strata_tests::harness::{base_config, bin, AgentKind, AgentProc, Pki};
+use strata_tests::harness::{base_config, bin, with_crl, AgentKind, AgentProc, Pki};
 
 /// The unprivileged user the agent runs as here (Debian's `nobody`/`nogroup`).
 const UID: u32 = 65534;
@@ -73,7 +73,7 @@ fn dns_agent_runs_unprivileged_with_its_key_from_credentials_directory() -> Resu
     for d in [dir.path(), pki.dir()] {
         mode(d, 0o755)?;
     }
-    for f in [pki.ca(), cert.clone()] {
+    for f in [pki.ca(), cert.clone(), pki.crl()] {
         mode(&f, 0o644)?;
     }
     mode(&key, 0o600)?;
@@ -105,7 +105,7 @@ fn dns_agent_runs_unprivileged_with_its_key_from_credentials_directory() -> Resu
             "{}[dns]\nlisten = [\"{dns_addr}\"]\ntls_listen = [\"{dot_addr}\"]\ntls_cert = {cert:?}\ntls_key = {key:?}\n\
              [[zones]]\nname = \"lab.home.arpa\"\n\
              records = [{{ name = \"nas\", type = \"A\", value = \"10.0.0.10\" }}]\n",
-            base_config(&state, &pki.ca(), &cert, &key),
+            with_crl(&base_config(&state, &pki.ca(), &cert, &key), &pki.crl()),
             cert = cert.display().to_string(),
             key = key.display().to_string(),
         ),
@@ -175,6 +175,31 @@ fn dns_agent_runs_unprivileged_with_its_key_from_credentials_directory() -> Resu
         ensure!(status.summary.starts_with("1 zone"), "{status:?}");
         anyhow::Ok(())
     })?;
+    // The CRL is re-read as that user when it changes: a revoked viewer is refused without a restart.
+    let out = Command::new(bin("labctl")?).args(["pki", "revoke", "--dir"]).arg(pki.dir()).arg("viewer1").output()?;
+    ensure!(out.status.success(), "labctl pki revoke: {}", String::from_utf8_lossy(&out.stderr));
+    rt.block_on(async {
+        let m = pki.material(&pki.ca(), Role::Viewer, "viewer1")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let refused = match m.connect(&agent.url(), Role::DnsAgent, Duration::from_secs(5)).await {
+                Err(_) => true,
+                Ok(ch) => AgentClient::new(ch).status(StatusRequest {}).await.is_err(),
+            };
+            if refused {
+                return anyhow::Ok(());
+            }
+            ensure!(std::time::Instant::now() < deadline, "revoked viewer1 still served; log:\n{}", agent.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })?;
+    let logs = agent.logs();
+    ensure!(
+        logs.contains("revoked=1")
+            && logs.contains("certificate revocation list loaded")
+            && !logs.contains("not reloaded"),
+        "the CRL was not re-read by the agent's user:\n{logs}"
+    );
     // The state dir is the user's: the agent wrote its database there.
     ensure!(fs::read_dir(&state)?.next().is_some(), "nothing written in {}", state.display());
     Ok(())

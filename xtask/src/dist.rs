@@ -1,7 +1,8 @@
 //! `cargo xtask dist`: a Debian package per agent and for labctl (binary, systemd unit, example config, maintainer
 //! scripts), built with `dpkg-deb`, and a release tarball per binary. The unit is the agent's own
-//! (`AGENT service-file`), so the package ships exactly what `AGENT install` would write. Owns packaging only; what
-//! a unit contains is agent-core's `install`.
+//! (`AGENT service-file`), so the package ships what `AGENT install` would write for the example config (the
+//! dns-agent's unit hands over the example's `[grpc] key`; its postinst creates the unit's user). Owns packaging
+//! only; what a unit contains is agent-core's `install`.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
