@@ -515,7 +515,7 @@ fn place_reason(sandbox: &Sandbox, path: &Path, access: Access) -> Option<String
         let writable: Vec<String> =
             sandbox.writable.iter().map(|(w, why)| format!("{} ({why})", w.display())).collect();
         return Some(format!(
-            "is read-only under ProtectSystem=strict: only {} is writable (use it, or list the path in ReadWritePaths=)",
+            "is read-only under ProtectSystem=strict: only {} is writable (use it; a drop-in adding ReadWritePaths= is not seen here: --force)",
             writable.join(", ")
         ));
     }
@@ -1308,7 +1308,7 @@ mod tests {
             (needed("config", "/homes/dns.toml", Access::Read), Some(&user), None),
             (needed("state_dir", "/var/lib/strata/dns", Access::Write), Some(&user), None),
             (needed("state_dir", "/var/lib/strata/dns/sub", Access::Write), Some(&user), None),
-            (needed("state_dir", "/var/lib/dns", Access::Write), Some(&user), Some("is read-only under ProtectSystem=strict: only /var/lib/strata/dns (StateDirectory=strata/dns) is writable (use it, or list the path in ReadWritePaths=)")),
+            (needed("state_dir", "/var/lib/dns", Access::Write), Some(&user), Some("is read-only under ProtectSystem=strict: only /var/lib/strata/dns (StateDirectory=strata/dns) is writable (use it; a drop-in adding ReadWritePaths= is not seen here: --force)")),
             (needed("[grpc] key", "/etc/strata/pki/dns1.key", Access::Read), Some(&user), Some("is not readable by User=strata-dns (mode 0600, owner uid 0 gid 0); the unit runs as that user")),
             // Group-readable by the user's group: fine; by another group, or for a user not created yet: not.
             (needed("dns.tls_key", "/etc/strata/pki/group.key", Access::Read), Some(&user), None),
