@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{CommonConfig, ConfigError, EXIT_CONFIG};
+use crate::credentials;
 use crate::identity::Role;
 use crate::install::{self, Platform, ServiceSpec};
 use crate::telemetry::{self, LogFormat};
@@ -46,6 +47,9 @@ pub enum AgentCmd {
         /// Write under this directory instead of / (nothing is activated then).
         #[arg(long, default_value = "/")]
         root: PathBuf,
+        /// Install even when the unit's sandbox hides the binary, config or state dir from the service (warns).
+        #[arg(long)]
+        force: bool,
     },
     /// Print the service file for a binary installed at `--exec` reading `--config`, without reading either (for
     /// packagers: `cargo xtask dist` ships its output). Example: `dns-agent service-file --exec /usr/bin/dns-agent
@@ -60,6 +64,10 @@ pub enum AgentCmd {
         /// Which service manager's file: systemd (a unit) or launchd (a plist).
         #[arg(long, value_parser = ["systemd", "launchd"], default_value = "systemd")]
         platform: String,
+        /// The `[grpc] key` the unit hands over with `LoadCredential=` (required for agents that run as their own
+        /// user: dns-agent).
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
     /// Stop and remove the installed service.
     Uninstall {
@@ -104,10 +112,18 @@ pub struct AgentDef<C> {
     pub description: &'static str,
     /// Port of `[metrics] listen` when only an address is given.
     pub default_metrics_port: u16,
-    /// Service hardening: only CAP_NET_BIND_SERVICE (dns-agent), DynamicUser, or root (agents that drive docker/zfs/qemu).
+    /// Service hardening: its own system user with only CAP_NET_BIND_SERVICE (dns-agent), DynamicUser, or root
+    /// (agents that drive docker/zfs/qemu).
     pub dynamic_user: bool,
     pub bind_privileged: bool,
     pub needs_root: bool,
+    /// The dedicated system user the unit runs as; its `[grpc] key` is then handed over with `LoadCredential=`.
+    pub system_user: Option<&'static str>,
+    /// Files the agent reads beyond the common ones (config key and path), for `install`'s sandbox check.
+    pub reads: fn(&C) -> Vec<(&'static str, PathBuf)>,
+    /// Root-only files beyond the `[grpc] key` (credential name, configured path): handed over with
+    /// `LoadCredential=` too when the agent runs as its own user; the agent reads them through `credentials`.
+    pub secrets: fn(&C) -> Vec<(&'static str, PathBuf)>,
     /// The agent re-reads its config on SIGHUP itself; otherwise SIGHUP is logged and ignored (never fatal).
     pub reloads_on_sighup: bool,
     pub load: fn(&Path) -> Result<C, ConfigError>,
@@ -154,22 +170,50 @@ pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
             },
             Err(e) => refused_run(config_error(&e)),
         },
-        AgentCmd::Install { config, dry_run, root } => {
-            if let Err(e) = (def.load)(&config) {
-                return config_error(&e);
-            }
+        AgentCmd::Install { config, dry_run, root, force } => {
+            let cfg = match (def.load)(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => return config_error(&e),
+            };
             let config = std::path::absolute(&config).unwrap_or(config);
-            report(
-                install::install(&spec(&def, config), Platform::current(), &root, dry_run, &mut std::io::stdout())
-                    .map(drop),
-            )
+            let common = (def.common)(&cfg);
+            let mut secrets = vec![(credentials::GRPC_KEY, common.grpc.key.clone())];
+            secrets.extend((def.secrets)(&cfg));
+            let spec = spec(&def, config.clone(), secrets);
+            let platform = Platform::current();
+            let hidden = install::check_paths(
+                &spec,
+                platform,
+                needed_paths(&spec, common, (def.reads)(&cfg), (def.secrets)(&cfg)),
+            );
+            for h in &hidden {
+                let verdict = if force { "warning" } else { "error" };
+                eprintln!("{verdict}: {}: {h}", spec.unit_name());
+            }
+            if !hidden.is_empty() {
+                if !force {
+                    eprintln!("error: not installing: the service could not start (--force installs anyway)");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+                eprintln!("warning: installing anyway (--force)");
+            }
+            report(install::install(&spec, platform, &root, dry_run, &mut std::io::stdout()).map(drop))
         }
-        AgentCmd::ServiceFile { exec, config, platform } => {
-            if !exec.is_absolute() || !config.is_absolute() {
-                eprintln!("error: service-file: --exec and --config must be absolute paths");
+        AgentCmd::ServiceFile { exec, config, platform, key } => {
+            if !exec.is_absolute() || !config.is_absolute() || key.as_ref().is_some_and(|k| !k.is_absolute()) {
+                eprintln!("error: service-file: --exec, --config and --key must be absolute paths");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            let spec = ServiceSpec { exec, ..spec(&def, config) };
+            if let (Some(user), None) = (def.system_user, &key) {
+                eprintln!(
+                    "error: service-file: {} runs as {user} and cannot read its root-owned key: --key names the \
+                     [grpc] key its unit hands over with LoadCredential=",
+                    def.agent
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let secrets = key.map(|k| (credentials::GRPC_KEY, k)).into_iter().collect();
+            let spec = ServiceSpec { exec, ..spec(&def, config, secrets) };
             if let Err(e) = spec.validate() {
                 eprintln!("error: service-file: {e}");
                 return ExitCode::from(EXIT_CONFIG);
@@ -182,7 +226,7 @@ pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
             ExitCode::SUCCESS
         }
         AgentCmd::Uninstall { dry_run, root } => report(install::uninstall(
-            &spec(&def, PathBuf::new()),
+            &spec(&def, PathBuf::new(), vec![]),
             Platform::current(),
             &root,
             dry_run,
@@ -195,7 +239,16 @@ pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
 /// CA flags, role, the CRL). Returns the material and its warnings.
 fn verify_tls(common: &CommonConfig, role: Role) -> Result<(TlsMaterial, Vec<String>), TlsError> {
     let g = &common.grpc;
-    let tls = TlsMaterial::load(&g.ca, &g.cert, &g.key)?;
+    let (key, handed_over) = credentials::resolve(credentials::GRPC_KEY, &g.key)?;
+    if handed_over {
+        tracing::info!(
+            "[grpc] key: reading credential {} ({} is set) instead of {}",
+            key.display(),
+            credentials::DIRECTORY_ENV,
+            g.key.display()
+        );
+    }
+    let tls = TlsMaterial::load(&g.ca, &g.cert, &key)?;
     let crls = g.crl.as_deref().map(|p| Crls::load(p, tls.ca_certs(), &tls.ca_path)).transpose()?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let warnings = tls.verify(Some(role), crls.as_ref(), now)?;
@@ -217,7 +270,13 @@ fn refused_run(code: ExitCode) -> ExitCode {
     code
 }
 
-fn spec<C>(def: &AgentDef<C>, config: PathBuf) -> ServiceSpec {
+/// The service of `def` reading `config`; `secrets` (credential name, path: the `[grpc] key` and the agent's own)
+/// become credentials when the agent runs as its own user.
+fn spec<C>(def: &AgentDef<C>, config: PathBuf, secrets: Vec<(&'static str, PathBuf)>) -> ServiceSpec {
+    let credentials = match def.system_user {
+        Some(_) => secrets.into_iter().map(|(name, path)| install::Credential { name: name.into(), path }).collect(),
+        None => vec![],
+    };
     ServiceSpec {
         agent: def.agent.to_string(),
         description: def.description.to_string(),
@@ -226,7 +285,41 @@ fn spec<C>(def: &AgentDef<C>, config: PathBuf) -> ServiceSpec {
         dynamic_user: def.dynamic_user,
         bind_privileged: def.bind_privileged,
         needs_root: def.needs_root,
+        system_user: def.system_user.map(str::to_owned),
+        credentials,
     }
+}
+
+/// What the service must reach: its binary, config, state dir and TLS files (a key handed over as a credential is
+/// read by systemd, outside the sandbox, and is left out), and the agent's own `reads`.
+fn needed_paths(
+    spec: &ServiceSpec,
+    common: &CommonConfig,
+    reads: Vec<(&'static str, PathBuf)>,
+    secrets: Vec<(&'static str, PathBuf)>,
+) -> Vec<(String, PathBuf, install::Access)> {
+    use install::Access;
+    let g = &common.grpc;
+    let mut needed = vec![
+        ("executable".to_owned(), spec.exec.clone(), Access::Execute),
+        ("config".to_owned(), spec.config.clone(), Access::Read),
+        ("state_dir".to_owned(), common.state_dir.clone(), Access::Write),
+        ("[grpc] ca".to_owned(), g.ca.clone(), Access::Read),
+        ("[grpc] cert".to_owned(), g.cert.clone(), Access::Read),
+    ];
+    if !spec.credentials.iter().any(|c| c.path == g.key) {
+        needed.push(("[grpc] key".to_owned(), g.key.clone(), Access::Read));
+    }
+    for (what, path) in secrets {
+        if !spec.credentials.iter().any(|c| c.path == path) {
+            needed.push((what.to_owned(), path, Access::Read));
+        }
+    }
+    if let Some(crl) = &g.crl {
+        needed.push(("[grpc] crl".to_owned(), crl.clone(), Access::Read));
+    }
+    needed.extend(reads.into_iter().map(|(what, path)| (what.to_owned(), path, Access::Read)));
+    needed
 }
 
 fn report(r: Result<(), install::InstallError>) -> ExitCode {

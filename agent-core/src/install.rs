@@ -6,10 +6,13 @@
 //! (`systemctl daemon-reload` + `enable --now`, `launchctl bootout` + `bootstrap`); with any other root only the file is
 //! written, so packaging and tests never touch the running system. System commands go through [`crate::runner`].
 //!
-//! Hardening (systemd). Agents that do not need root (`dns-agent`: uid 0 but no capability except
-//! `CAP_NET_BIND_SERVICE`, so it reads its root-owned 0600 key and nothing it does not own; `DynamicUser=yes` is
-//! available to agents whose files are not root-owned) get the full set: `ProtectSystem=strict`, `ProtectHome`, `PrivateTmp`, `PrivateDevices`, kernel/cgroup/clock protection,
-//! a system-call filter, and so on. Agents that need root (they drive docker, zfs, qemu, borg) get only what creates no
+//! Hardening (systemd). Agents that do not need root (`dns-agent`: its own system user `strata-dns`, created here
+//! with `useradd --system` when missing, with no capability but `CAP_NET_BIND_SERVICE`; its root-owned keys are
+//! handed over with `LoadCredential=`, so it never reads them itself; `DynamicUser=yes` is available too) get the
+//! full set: `ProtectSystem=strict`, `ProtectHome`, `PrivateTmp`, `PrivateDevices`, kernel/cgroup/clock protection,
+//! a system-call filter, and so on. [`Sandbox`] is the one description of the file-system part: the unit is written
+//! from it and [`hidden_paths`] judges the binary, config, state dir and TLS files against it (`install` refuses
+//! what the service could not reach). Agents that need root (they drive docker, zfs, qemu, borg) get only what creates no
 //! file-system namespace and no device policy: any of `ProtectSystem=`, `ProtectHome=`, `PrivateTmp=`,
 //! `ProtectKernel*=`, `ReadWritePaths=`… puts the service in its own mount namespace whose mounts no longer propagate
 //! to the host, and systemd.exec(5) says `MountFlags=shared` does not bring propagation back. A dataset that
@@ -19,7 +22,8 @@
 //! No `WatchdogSec=`: the agents do not ping the watchdog. `RestartPreventExitStatus=78`: a bad config (exit 78) is
 //! not restarted in a loop. `LimitNOFILE=` bounds every agent's descriptors (the gRPC listener caps its own share).
 //! launchd: `KeepAlive` restarts only after a failure, throttled; a refused config exits 0 there (launchd has no
-//! per-status rule), so it is not restarted either. Agents that need root get `KillMode=process`: a restart must not take the QEMU VMs the
+//! per-status rule), so it is not restarted either: it stays down, its reason in the log file, until fixed and
+//! kickstarted. launchd has no sandbox, so nothing is hidden there. Agents that need root get `KillMode=process`: a restart must not take the QEMU VMs the
 //! host agent started down with it (the services agent kills the job programs its predecessor left itself, at
 //! start), and are ordered after docker and the ZFS mounts. launchd gets a `PATH` that includes Homebrew's
 //! directories (borg, qemu).
@@ -66,6 +70,21 @@ pub struct ServiceSpec {
     pub bind_privileged: bool,
     /// Runs as root with devices and host mounts (drives docker, zfs, qemu).
     pub needs_root: bool,
+    /// Runs as this dedicated system user and its group of the same name (`User=`/`Group=`), which [`install`]
+    /// creates when it is missing (`useradd --system`).
+    pub system_user: Option<String>,
+    /// Root-only files systemd reads and hands over (`LoadCredential=NAME:PATH`): the agent reads
+    /// `$CREDENTIALS_DIRECTORY/NAME` (see [`crate::credentials`]).
+    pub credentials: Vec<Credential>,
+}
+
+/// One `LoadCredential=NAME:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// e.g. [`crate::credentials::GRPC_KEY`].
+    pub name: String,
+    /// Absolute path systemd reads (as root, outside the sandbox).
+    pub path: PathBuf,
 }
 
 impl ServiceSpec {
@@ -117,6 +136,36 @@ impl ServiceSpec {
         }
         if self.dynamic_user && self.needs_root {
             return invalid("dynamic_user and needs_root exclude each other".into());
+        }
+        if let Some(user) = &self.system_user {
+            let ok = (1..=32).contains(&user.len())
+                && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !ok {
+                return invalid(format!("system user {user:?} must be 1 to 32 of a-z, 0-9, '-' and '_'"));
+            }
+            if self.needs_root || self.dynamic_user {
+                return invalid("system_user excludes needs_root and dynamic_user".into());
+            }
+        }
+        for c in &self.credentials {
+            let name_ok = !c.name.is_empty()
+                && c.name.len() <= 64
+                && c.name != "."
+                && c.name != ".."
+                && c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'));
+            if !name_ok {
+                return invalid(format!(
+                    "credential name {:?} must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'",
+                    c.name
+                ));
+            }
+            let Some(text) = c.path.to_str() else {
+                return invalid(format!("credential {} path {} is not valid UTF-8", c.name, c.path.display()));
+            };
+            if !c.path.is_absolute() || has_control(text) || text.ends_with('\\') {
+                return invalid(format!("credential {} path {text:?} must be absolute, on one line", c.name));
+            }
         }
         Ok(())
     }
@@ -237,8 +286,19 @@ pub fn systemd_unit(spec: &ServiceSpec) -> String {
         line("# VMs started by the host agent outlive a restart of it.");
         line("KillMode=process");
     } else {
+        let sandbox = sandbox(spec, Platform::Systemd);
         if spec.dynamic_user {
             line("DynamicUser=yes");
+        }
+        if let Some(user) = &spec.system_user {
+            line("# Its own system user (created by `install` / the package). It reads the config, the CA, its");
+            line("# certificate and the CRL (world-readable, or group-readable by this group), writes only the");
+            line("# StateDirectory (owned by it); root-only keys come from LoadCredential= below, read by systemd.");
+            line(&format!("User={}", systemd_value(user)));
+            line(&format!("Group={}", systemd_value(user)));
+        }
+        for c in &spec.credentials {
+            line(&format!("LoadCredential={}:{}", c.name, systemd_value(&c.path.to_string_lossy())));
         }
         if spec.bind_privileged {
             line("AmbientCapabilities=CAP_NET_BIND_SERVICE");
@@ -246,9 +306,15 @@ pub fn systemd_unit(spec: &ServiceSpec) -> String {
         } else {
             line("CapabilityBoundingSet=");
         }
-        line("ProtectSystem=strict");
-        line("ProtectHome=yes");
-        line("PrivateTmp=yes");
+        if sandbox.protect_system_strict {
+            line("ProtectSystem=strict");
+        }
+        if sandbox.protect_home {
+            line("ProtectHome=yes");
+        }
+        if sandbox.private_tmp {
+            line("PrivateTmp=yes");
+        }
         line("PrivateDevices=yes");
         line("ProtectKernelTunables=yes");
         line("ProtectKernelModules=yes");
@@ -306,6 +372,234 @@ pub fn unit_path(spec: &ServiceSpec, platform: Platform, root: &Path) -> PathBuf
     match platform {
         Platform::Systemd => root.join("etc/systemd/system").join(spec.unit_name()),
         Platform::Launchd => root.join("Library/LaunchDaemons").join(format!("{}.plist", spec.launchd_label())),
+    }
+}
+
+/// The file-system sandbox a unit puts its service in. [`systemd_unit`] writes its directives from this, and
+/// [`hidden_paths`] judges paths against it: one source for both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    /// `ProtectSystem=strict`: everything read-only but [`Sandbox::writable`].
+    pub protect_system_strict: bool,
+    /// `ProtectHome=yes`: `/home`, `/root` and `/run/user` look empty.
+    pub protect_home: bool,
+    /// `PrivateTmp=yes`: `/tmp` and `/var/tmp` are the service's own, empty.
+    pub private_tmp: bool,
+    /// What stays writable under `ProtectSystem=strict`, with the directive that makes it so.
+    pub writable: Vec<(PathBuf, String)>,
+    /// `User=` (root when `None`).
+    pub user: Option<String>,
+}
+
+/// Directories `ProtectHome=yes` hides.
+const HOME_DIRS: [&str; 3] = ["/home", "/root", "/run/user"];
+/// Directories `PrivateTmp=yes` replaces.
+const TMP_DIRS: [&str; 2] = ["/tmp", "/var/tmp"];
+
+/// The sandbox of `spec`'s service on `platform` (launchd and the agents that need root: none).
+pub fn sandbox(spec: &ServiceSpec, platform: Platform) -> Sandbox {
+    if platform != Platform::Systemd || spec.needs_root {
+        return Sandbox::default();
+    }
+    let state = spec.state_directory();
+    Sandbox {
+        protect_system_strict: true,
+        protect_home: true,
+        private_tmp: true,
+        writable: vec![(Path::new("/var/lib").join(&state), format!("StateDirectory={state}"))],
+        user: spec.system_user.clone(),
+    }
+}
+
+/// How the service uses a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Execute,
+}
+
+/// A path the service needs, as the config names it, and where it really is (symlinks resolved) when it exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeededPath {
+    /// What it is, e.g. `config` or `[grpc] ca`.
+    pub what: String,
+    pub path: PathBuf,
+    pub real: Option<PathBuf>,
+    pub access: Access,
+}
+
+/// Owner, group and permission bits of an existing file or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileInfo {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// The unit user's ids; `None` where it does not exist yet (a new system user with its own group: only the "other"
+/// permission bits will apply to it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIds {
+    pub uid: u32,
+    pub gids: Vec<u32>,
+}
+
+/// A path the service would not see, or could not use, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hidden {
+    pub what: String,
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Hidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}) {}", self.path.display(), self.what, self.reason)
+    }
+}
+
+/// The paths of `needed` the service could not use inside `sandbox`: hidden by `ProtectHome=`/`PrivateTmp=`, written
+/// outside what `ProtectSystem=strict` leaves writable, or (when the unit has a `User=`) not readable or searchable
+/// by that user, judged from `stat`'s owner and mode bits (`user`: its ids, `None` when it does not exist yet).
+/// Pure: `stat` answers for the file system (`None`: does not exist).
+pub fn hidden_paths(
+    sandbox: &Sandbox,
+    user: Option<&UserIds>,
+    needed: &[NeededPath],
+    stat: &dyn Fn(&Path) -> Option<FileInfo>,
+) -> Vec<Hidden> {
+    let mut hidden = Vec::new();
+    for n in needed {
+        let hide = |reason: String| Hidden { what: n.what.clone(), path: n.path.clone(), reason };
+        let real = n.real.as_ref().filter(|r| **r != n.path);
+        let by_place = place_reason(sandbox, &n.path, n.access).or_else(|| {
+            real.and_then(|r| place_reason(sandbox, r, n.access)).map(|reason| {
+                format!("{reason} (it resolves to {})", real.map(|r| r.display()).unwrap_or(n.path.display()))
+            })
+        });
+        if let Some(reason) = by_place {
+            hidden.push(hide(reason));
+            continue;
+        }
+        // The state directory is created and chowned to the user by systemd (StateDirectory=): only reads and
+        // executions are the user's own business.
+        let (Some(name), Access::Read | Access::Execute) = (&sandbox.user, n.access) else { continue };
+        let path = real.unwrap_or(&n.path);
+        if let Some(reason) = permission_reason(name, user, path, n.access, stat) {
+            hidden.push(hide(reason));
+        }
+    }
+    hidden
+}
+
+fn under(path: &Path, dir: &str) -> bool {
+    path.starts_with(dir)
+}
+
+fn place_reason(sandbox: &Sandbox, path: &Path, access: Access) -> Option<String> {
+    if sandbox.protect_home {
+        if let Some(dir) = HOME_DIRS.iter().find(|d| under(path, d)) {
+            return Some(format!("is hidden by ProtectHome=yes (the service sees {dir} empty)"));
+        }
+    }
+    if sandbox.private_tmp {
+        if let Some(dir) = TMP_DIRS.iter().find(|d| under(path, d)) {
+            return Some(format!("is hidden by PrivateTmp=yes (the service gets its own empty {dir})"));
+        }
+    }
+    if access == Access::Write
+        && sandbox.protect_system_strict
+        && !sandbox.writable.iter().any(|(w, _)| path.starts_with(w))
+    {
+        let writable: Vec<String> =
+            sandbox.writable.iter().map(|(w, why)| format!("{} ({why})", w.display())).collect();
+        return Some(format!(
+            "is read-only under ProtectSystem=strict: only {} is writable (use it; a drop-in adding ReadWritePaths= is not seen here: --force)",
+            writable.join(", ")
+        ));
+    }
+    None
+}
+
+/// Why `user` cannot read (or execute) `path`: a directory on the way it cannot search, or the file's mode.
+fn permission_reason(
+    name: &str,
+    user: Option<&UserIds>,
+    path: &Path,
+    access: Access,
+    stat: &dyn Fn(&Path) -> Option<FileInfo>,
+) -> Option<String> {
+    if user.is_some_and(|u| u.uid == 0) {
+        return None;
+    }
+    let allowed = |info: FileInfo, bit: u32| -> bool {
+        let shift = match user {
+            Some(u) if u.uid == info.uid => 6,
+            Some(u) if u.gids.contains(&info.gid) => 3,
+            _ => 0,
+        };
+        info.mode & (bit << shift) != 0
+    };
+    let shown = |info: FileInfo| format!("mode {:04o}, owner uid {} gid {}", info.mode & 0o7777, info.uid, info.gid);
+    let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
+    ancestors.reverse();
+    for dir in ancestors {
+        let info = stat(dir)?;
+        if !allowed(info, 0o1) {
+            return Some(format!("is under {}, which User={name} cannot search ({})", dir.display(), shown(info)));
+        }
+    }
+    let info = stat(path)?;
+    let (bit, verb) = match access {
+        Access::Execute => (0o1, "execute"),
+        _ => (0o4, "read"),
+    };
+    if allowed(info, bit) {
+        None
+    } else {
+        Some(format!("is not {verb}able by User={name} ({}); the unit runs as that user", shown(info)))
+    }
+}
+
+/// [`hidden_paths`] on this machine: symlinks resolved, the unit user's ids from `id`, owners and modes from the
+/// file system.
+pub fn check_paths(spec: &ServiceSpec, platform: Platform, needed: Vec<(String, PathBuf, Access)>) -> Vec<Hidden> {
+    use std::os::unix::fs::MetadataExt;
+    let sandbox = sandbox(spec, platform);
+    let needed: Vec<NeededPath> = needed
+        .into_iter()
+        .map(|(what, path, access)| NeededPath { real: fs::canonicalize(&path).ok(), what, path, access })
+        .collect();
+    let user = sandbox.user.as_deref().and_then(|name| lookup_user(name, &mut runner::run_ok_blocking));
+    let stat = |p: &Path| fs::metadata(p).ok().map(|m| FileInfo { uid: m.uid(), gid: m.gid(), mode: m.mode() });
+    hidden_paths(&sandbox, user.as_ref(), &needed, &stat)
+}
+
+/// The ids of system user `name` (`id -u`, `id -G`); `None` when it does not exist.
+fn lookup_user(name: &str, exec: Exec<'_>) -> Option<UserIds> {
+    let number = |out: Output| -> Vec<u32> {
+        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|n| n.parse().ok()).collect()
+    };
+    let id = |flag: &str| Cmd::new("id").args([flag, name]).timeout(Duration::from_secs(10));
+    let uid = *number(exec(id("-u")).ok()?).first()?;
+    let gids = exec(id("-G")).map(number).unwrap_or_default();
+    Some(UserIds { uid, gids })
+}
+
+/// `useradd` for `spec`'s system user when `getent passwd` does not know it (exit 2); nothing otherwise.
+fn user_steps(spec: &ServiceSpec, exec: Exec<'_>) -> Vec<Step> {
+    let Some(user) = &spec.system_user else { return vec![] };
+    let known = exec(Cmd::new("getent").args(["passwd", user]).timeout(Duration::from_secs(10)));
+    match known {
+        Err(RunError::Failed { code: Some(2), .. }) => vec![Step::required(
+            Cmd::new("useradd")
+                .args(["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"])
+                .args(["--shell", "/usr/sbin/nologin", "--comment", &format!("Strata {}", spec.agent), user])
+                .timeout(Duration::from_secs(60)),
+        )],
+        // Known, or `getent` itself failed: `systemctl enable` will name a missing user.
+        _ => vec![],
     }
 }
 
@@ -450,7 +744,9 @@ fn install_with(
         return Ok(Some(path));
     }
     say(out, format_args!("wrote {}", path.display()))?;
-    run_steps(spec, activation_steps(spec, platform, &path), out, exec)?;
+    let mut steps = if platform == Platform::Systemd { user_steps(spec, &mut *exec) } else { vec![] };
+    steps.extend(activation_steps(spec, platform, &path));
+    run_steps(spec, steps, out, exec)?;
     if platform == Platform::Systemd && previous.is_some_and(|old| old != content.as_bytes()) {
         say(out, format_args!("the unit changed: `systemctl restart {}` applies it now", spec.unit_name()))?;
     }
@@ -606,9 +902,16 @@ mod tests {
             dynamic_user,
             bind_privileged,
             needs_root,
+            system_user: None,
+            credentials: vec![],
         };
+        let key = config.with_extension("key");
         vec![
-            spec("dns-agent", false, true, false),
+            ServiceSpec {
+                system_user: Some("strata-dns".into()),
+                credentials: vec![Credential { name: "grpc.key".into(), path: key }],
+                ..spec("dns-agent", false, true, false)
+            },
             spec("services-agent", false, false, true),
             spec("host-agent", false, false, true),
         ]
@@ -719,6 +1022,9 @@ mod tests {
             "Wants=network-online.target\n",
             "WantedBy=multi-user.target\n",
             "Description=Strata dns-agent (100%% homelab)\n",
+            "User=strata-dns\n",
+            "Group=strata-dns\n",
+            "LoadCredential=grpc.key:/etc/strata/x.key\n",
         ] {
             assert!(dns.contains(want), "dns-agent unit lacks {want:?}:\n{dns}");
         }
@@ -726,10 +1032,17 @@ mod tests {
         assert!(services.contains("StateDirectory=strata/services\n"));
         assert!(services.contains("NoNewPrivileges=yes\n") && services.contains("LimitNOFILE=16384\n"));
         assert!(services.contains("KillMode=process\n") && !dns.contains("KillMode"));
-        assert!(!dns.contains("DynamicUser"), "the dns-agent must read its root-owned key");
-        for absent in
-            ["DynamicUser", "CapabilityBoundingSet", "ProtectSystem", "PrivateDevices", "ProtectClock", "Private"]
-        {
+        assert!(!dns.contains("DynamicUser"), "the dns-agent runs as a static system user");
+        for absent in [
+            "DynamicUser",
+            "CapabilityBoundingSet",
+            "ProtectSystem",
+            "PrivateDevices",
+            "ProtectClock",
+            "Private",
+            "User=",
+            "LoadCredential",
+        ] {
             assert!(!services.contains(&format!("\n{absent}")), "services-agent unit has {absent}:\n{services}");
         }
         for unit in [&dns, &services] {
@@ -916,6 +1229,15 @@ mod tests {
             ServiceSpec { description: "two\nlines".into(), ..good.clone() },
             ServiceSpec { description: "trailing \\".into(), ..good.clone() },
             ServiceSpec { needs_root: true, dynamic_user: true, ..good.clone() },
+            ServiceSpec { system_user: Some("Root".into()), ..good.clone() },
+            ServiceSpec { system_user: Some("x\nUser=root".into()), ..good.clone() },
+            ServiceSpec { needs_root: true, ..good.clone() },
+            ServiceSpec { credentials: vec![Credential { name: "../k".into(), path: "/k".into() }], ..good.clone() },
+            ServiceSpec { credentials: vec![Credential { name: "k".into(), path: "k".into() }], ..good.clone() },
+            ServiceSpec {
+                credentials: vec![Credential { name: "k".into(), path: "/k\nUser=root".into() }],
+                ..good.clone()
+            },
         ];
         for spec in cases {
             let err = install(&spec, Platform::Systemd, root.path(), false, &mut Vec::new()).unwrap_err();
@@ -923,7 +1245,7 @@ mod tests {
             assert!(err.to_string().starts_with("invalid service spec for agent "), "{err}");
             // Rendering never panics and never lets a value break out of its line.
             let unit = systemd_unit(&spec);
-            assert!(unit.lines().all(|l| !l.starts_with("lines")), "{unit}");
+            assert!(unit.lines().all(|l| !l.starts_with("lines") && l != "User=root"), "{unit}");
         }
         assert_eq!(fs::read_dir(root.path()).unwrap().count(), 0);
         let err = uninstall(
@@ -935,5 +1257,128 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, InstallError::InvalidSpec { .. }));
+    }
+
+    fn needed(what: &str, path: &str, access: Access) -> NeededPath {
+        NeededPath { what: what.into(), path: path.into(), real: None, access }
+    }
+
+    #[test]
+    fn hidden_paths_name_the_path_and_the_directive() {
+        let dns = &specs(Path::new("/usr/bin/dns-agent"), Path::new("/etc/strata/dns-agent.toml"))[0];
+        let services = &specs(Path::new("/usr/bin/x"), Path::new("/etc/strata/x.toml"))[1];
+        let dns_box = sandbox(dns, Platform::Systemd);
+        // The unit writes exactly what the sandbox says.
+        let unit = systemd_unit(dns);
+        for (on, directive) in [
+            (dns_box.protect_system_strict, "ProtectSystem=strict\n"),
+            (dns_box.protect_home, "ProtectHome=yes\n"),
+            (dns_box.private_tmp, "PrivateTmp=yes\n"),
+        ] {
+            assert!(on && unit.contains(directive), "{directive}");
+        }
+        assert_eq!(dns_box.writable, [(PathBuf::from("/var/lib/strata/dns"), "StateDirectory=strata/dns".to_owned())]);
+        assert_eq!(sandbox(services, Platform::Systemd), Sandbox::default());
+        assert_eq!(sandbox(dns, Platform::Launchd), Sandbox::default());
+
+        // Everything world-readable and searchable unless a case says otherwise.
+        let open = FileInfo { uid: 0, gid: 0, mode: 0o755 };
+        let key = FileInfo { uid: 0, gid: 0, mode: 0o600 };
+        let group_key = FileInfo { uid: 0, gid: 120, mode: 0o640 };
+        let locked_dir = FileInfo { uid: 0, gid: 0, mode: 0o700 };
+        let stat = |p: &Path| -> Option<FileInfo> {
+            match p.to_str()? {
+                "/etc/strata/pki/dns1.key" | "/etc/strata/secret.toml" => Some(key),
+                "/etc/strata/pki/group.key" => Some(group_key),
+                "/srv/locked" => Some(locked_dir),
+                "/nowhere" => None,
+                _ => Some(open),
+            }
+        };
+        let user = UserIds { uid: 120, gids: vec![120] };
+        let cases: [(NeededPath, Option<&UserIds>, Option<&str>); 16] = [
+            (needed("config", "/etc/strata/dns-agent.toml", Access::Read), Some(&user), None),
+            (needed("config", "/home/x/config.toml", Access::Read), Some(&user), Some("is hidden by ProtectHome=yes (the service sees /home empty)")),
+            (needed("config", "/root/dns.toml", Access::Read), None, Some("is hidden by ProtectHome=yes (the service sees /root empty)")),
+            (needed("executable", "/run/user/0/dns-agent", Access::Execute), None, Some("is hidden by ProtectHome=yes (the service sees /run/user empty)")),
+            (needed("config", "/tmp/a/dns.toml", Access::Read), None, Some("is hidden by PrivateTmp=yes (the service gets its own empty /tmp)")),
+            (needed("state_dir", "/var/tmp/s", Access::Write), None, Some("is hidden by PrivateTmp=yes (the service gets its own empty /var/tmp)")),
+            // `/tmpfoo` is not under /tmp, `/homes` not under /home.
+            (needed("config", "/tmpfoo/dns.toml", Access::Read), Some(&user), None),
+            (needed("config", "/homes/dns.toml", Access::Read), Some(&user), None),
+            (needed("state_dir", "/var/lib/strata/dns", Access::Write), Some(&user), None),
+            (needed("state_dir", "/var/lib/strata/dns/sub", Access::Write), Some(&user), None),
+            (needed("state_dir", "/var/lib/dns", Access::Write), Some(&user), Some("is read-only under ProtectSystem=strict: only /var/lib/strata/dns (StateDirectory=strata/dns) is writable (use it; a drop-in adding ReadWritePaths= is not seen here: --force)")),
+            (needed("[grpc] key", "/etc/strata/pki/dns1.key", Access::Read), Some(&user), Some("is not readable by User=strata-dns (mode 0600, owner uid 0 gid 0); the unit runs as that user")),
+            // Group-readable by the user's group: fine; by another group, or for a user not created yet: not.
+            (needed("dns.tls_key", "/etc/strata/pki/group.key", Access::Read), Some(&user), None),
+            (needed("dns.tls_key", "/etc/strata/pki/group.key", Access::Read), None, Some("is not readable by User=strata-dns (mode 0640, owner uid 0 gid 120); the unit runs as that user")),
+            (needed("[grpc] ca", "/srv/locked/ca.pem", Access::Read), Some(&user), Some("is under /srv/locked, which User=strata-dns cannot search (mode 0700, owner uid 0 gid 0)")),
+            (needed("[grpc] crl", "/nowhere/crl.pem", Access::Read), Some(&user), None),
+        ];
+        for (n, ids, want) in cases {
+            let got = hidden_paths(&dns_box, ids, std::slice::from_ref(&n), &stat);
+            let got: Vec<String> = got.iter().map(|h| h.reason.clone()).collect();
+            assert_eq!(got, want.into_iter().map(str::to_owned).collect::<Vec<_>>(), "{n:?} as {ids:?}");
+        }
+        // A symlink into a hidden place is judged where it leads; the message names both.
+        let link = NeededPath {
+            real: Some("/home/me/dns.toml".into()),
+            ..needed("config", "/etc/strata/dns.toml", Access::Read)
+        };
+        let got = hidden_paths(&dns_box, Some(&user), &[link], &stat);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].to_string(),
+            "/etc/strata/dns.toml (config) is hidden by ProtectHome=yes (the service sees /home empty) (it resolves to /home/me/dns.toml)"
+        );
+        // Root agents have no sandbox: nothing is hidden from them; root (uid 0) reads everything.
+        let all = [needed("config", "/tmp/x.toml", Access::Read), needed("state_dir", "/root/s", Access::Write)];
+        assert!(hidden_paths(&sandbox(services, Platform::Systemd), None, &all, &stat).is_empty());
+        let root = UserIds { uid: 0, gids: vec![0] };
+        assert!(hidden_paths(&dns_box, Some(&root), &[needed("k", "/etc/strata/pki/dns1.key", Access::Read)], &stat)
+            .is_empty());
+    }
+
+    #[test]
+    fn a_missing_system_user_is_created_and_an_existing_one_is_left_alone() {
+        let spec = &specs(Path::new("/usr/bin/dns-agent"), Path::new("/etc/strata/dns-agent.toml"))[0];
+        let answer = |code: Option<i32>| {
+            move |cmd: Cmd| -> Result<Output, RunError> {
+                assert_eq!(cmd.display(), "getent passwd strata-dns");
+                match code {
+                    None => Ok(Output {
+                        status: Default::default(),
+                        stdout: vec![],
+                        stderr: String::new(),
+                        elapsed: Duration::ZERO,
+                    }),
+                    Some(code) => Err(RunError::Failed { cmd: cmd.display(), code: Some(code), stderr: String::new() }),
+                }
+            }
+        };
+        let shown = |steps: Vec<Step>| steps.iter().map(|s| (s.cmd.display(), s.required)).collect::<Vec<_>>();
+        assert_eq!(
+            shown(user_steps(spec, &mut answer(Some(2)))),
+            [(
+                "useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+                 --comment 'Strata dns-agent' strata-dns"
+                    .to_owned(),
+                true
+            )]
+        );
+        assert!(user_steps(spec, &mut answer(None)).is_empty());
+        assert!(user_steps(spec, &mut answer(Some(1))).is_empty());
+        let services = &specs(Path::new("/usr/bin/x"), Path::new("/etc/x.toml"))[1];
+        assert!(user_steps(services, &mut no_commands()).is_empty());
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn user_ids_come_from_id() {
+        assert_eq!(lookup_user("root", &mut runner::run_ok_blocking), Some(UserIds { uid: 0, gids: vec![0] }));
+        let nobody = lookup_user("nobody", &mut runner::run_ok_blocking).expect("nobody exists on Debian");
+        assert_eq!(nobody.uid, 65534);
+        assert_eq!(lookup_user("strata-no-such-user", &mut runner::run_ok_blocking), None);
     }
 }

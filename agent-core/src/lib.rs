@@ -6,6 +6,7 @@ pub mod borg;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod credentials;
 pub mod cron;
 pub mod duration;
 pub mod grpc;

@@ -54,6 +54,8 @@ pub enum TlsError {
     WrongRole { path: PathBuf, identity: String, found: Role, expected: Role },
     #[error("tls configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Credential(#[from] crate::credentials::CredentialError),
     #[error("invalid agent address `{addr}`: {message}")]
     Address { addr: String, message: String },
     #[error("cannot connect to {addr}: {message}")]

@@ -14,6 +14,11 @@ fn main() -> ExitCode {
         dynamic_user: false,
         bind_privileged: true,
         needs_root: false,
+        system_user: Some("strata-dns"),
+        reads: |c: &Config| c.dns.tls.iter().map(|t| ("dns.tls_cert", t.cert.clone())).collect(),
+        secrets: |c: &Config| {
+            c.dns.tls.iter().map(|t| (dns_agent::server::TLS_KEY_CREDENTIAL, t.key.clone())).collect()
+        },
         reloads_on_sighup: true,
         load: Config::load,
         common: |c| &c.common,

@@ -41,6 +41,9 @@ pub struct TlsFileError {
     pub message: String,
 }
 
+/// Credential name of `dns.tls_key` (the DoT/DoH private key) in the unit's `LoadCredential=`.
+pub const TLS_KEY_CREDENTIAL: &str = "dns.tls_key";
+
 /// Handshake and idle timeout of DoT and DoH connections.
 pub const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 /// The DoH path (RFC 8484).
@@ -62,9 +65,15 @@ pub fn load_certs(files: &TlsFiles) -> Result<Arc<dyn ResolvesServerCert>, TlsFi
     if chain.is_empty() {
         return Err(err(&files.cert, "no certificate in the file".to_string()));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| err(&files.key, format!("cannot read key: {e}")))?;
+    // Under the unit, systemd hands the key over (LoadCredential=dns.tls_key:PATH): the agent's user cannot read it.
+    let (key_path, handed_over) =
+        agent_core::credentials::resolve(TLS_KEY_CREDENTIAL, &files.key).map_err(|e| err(&files.key, e.to_string()))?;
+    if handed_over {
+        tracing::info!("dns.tls_key: reading credential {} instead of {}", key_path.display(), files.key.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| err(&key_path, format!("cannot read key: {e}")))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| err(&files.key, format!("unsupported key: {e}")))?;
+        .map_err(|e| err(&key_path, format!("unsupported key: {e}")))?;
     let certified = rustls::sign::CertifiedKey::new(chain, signing);
     Ok(Arc::new(rustls::sign::SingleCertAndKey::from(certified)))
 }

@@ -82,6 +82,8 @@ mod tests {
             dynamic_user: false,
             bind_privileged: false,
             needs_root: true,
+            system_user: None,
+            credentials: vec![],
         };
         let text = launchd_plist(&spec);
         let v: plist::Value = plist::from_bytes(text.as_bytes()).unwrap();

@@ -507,9 +507,32 @@ fn install_and_uninstall_under_a_root() -> Result<()> {
         std::fs::create_dir(&root)?;
         let (c, r) = (config.as_os_str(), root.as_os_str());
         let name = kind.binary();
+        // The dns-agent's unit sandbox hides /tmp (PrivateTmp=yes), where this config lies: install refuses, naming
+        // the path and the directive, and --force installs with a warning. The other units have no sandbox.
+        let force: &[&OsStr] = if kind == AgentKind::Dns {
+            for dry in [&["--dry-run"][..], &[]] {
+                let mut args = vec![OsStr::new("install")];
+                args.extend(dry.iter().map(OsStr::new));
+                args.extend([OsStr::new("--root"), r, OsStr::new("--config"), c]);
+                let ran = run(name, &args)?;
+                ensure!(ran.code == Some(EXIT_CONFIG), "{name} install {dry:?} of a config under /tmp: {ran}");
+                let want = format!(
+                    "{} (config) is hidden by PrivateTmp=yes (the service gets its own empty /tmp)",
+                    config.display()
+                );
+                ensure!(ran.stderr.contains(&want), "{name} install lacks {want:?}: {ran}");
+                ensure!(ran.stderr.contains("(state_dir) is hidden by PrivateTmp=yes"), "{ran}");
+                ensure!(ran.stderr.contains("--force installs anyway") && ran.stdout.is_empty(), "{ran}");
+                ensure!(std::fs::read_dir(&root)?.next().is_none(), "{name} refused install wrote under the root");
+            }
+            &[OsStr::new("--force")]
+        } else {
+            &[]
+        };
 
-        let ran =
-            run(name, [OsStr::new("install"), "--dry-run".as_ref(), "--root".as_ref(), r, "--config".as_ref(), c])?;
+        let mut args = vec![OsStr::new("install"), "--dry-run".as_ref(), "--root".as_ref(), r, "--config".as_ref(), c];
+        args.extend(force);
+        let ran = run(name, &args)?;
         ensure!(ran.code == Some(0), "{name} install --dry-run: {ran}");
         let exec = format!("ExecStart={} run --config {}", bin(name)?.display(), config.display());
         for want in [exec.as_str(), "Type=notify\n"] {
@@ -517,16 +540,47 @@ fn install_and_uninstall_under_a_root() -> Result<()> {
         }
         ensure!(std::fs::read_dir(&root)?.next().is_none(), "{name} install --dry-run wrote under the root");
 
-        let ran = run(name, [OsStr::new("install"), "--root".as_ref(), r, "--config".as_ref(), c])?;
+        let mut args = vec![OsStr::new("install"), "--root".as_ref(), r, "--config".as_ref(), c];
+        args.extend(force);
+        let ran = run(name, &args)?;
         ensure!(ran.code == Some(0), "{name} install: {ran}");
         let unit = root.join(format!("etc/systemd/system/strata-{name}.service"));
         let text = std::fs::read_to_string(&unit).with_context(|| format!("{name} install: {ran}"))?;
         ensure!(text.contains(&exec) && text.contains("Type=notify\n"), "{}:\n{text}", unit.display());
+        if kind == AgentKind::Dns {
+            ensure!(ran.stderr.contains("warning: installing anyway (--force)"), "{ran}");
+            let credential = format!("LoadCredential=grpc.key:{}\n", key_file.display());
+            for want in ["User=strata-dns\n", "Group=strata-dns\n", &credential] {
+                ensure!(text.contains(want), "{} lacks {want:?}:\n{text}", unit.display());
+            }
+        } else {
+            ensure!(!text.contains("User=") && !text.contains("LoadCredential="), "{}:\n{text}", unit.display());
+        }
 
         let ran = run(name, [OsStr::new("uninstall"), "--root".as_ref(), r])?;
         ensure!(ran.code == Some(0), "{name} uninstall: {ran}");
         ensure!(!unit.exists(), "{name} uninstall left {}", unit.display());
     }
+    Ok(())
+}
+
+#[test]
+fn service_file_hands_the_dns_agent_key_over_and_asks_for_it() -> Result<()> {
+    let base = ["service-file", "--exec", "/usr/bin/dns-agent", "--config", "/etc/strata/dns-agent.toml"];
+    // The dns-agent cannot read a root-owned key: without --key there is no unit to print.
+    let ran = run("dns-agent", base)?;
+    ensure!(ran.code == Some(EXIT_CONFIG) && ran.stdout.is_empty(), "{ran}");
+    ensure!(ran.stderr.contains("runs as strata-dns") && ran.stderr.contains("--key"), "{ran}");
+    let ran = run("dns-agent", base.iter().copied().chain(["--key", "etc/key"]))?;
+    ensure!(ran.code == Some(EXIT_CONFIG) && ran.stderr.contains("must be absolute"), "{ran}");
+    let ran = run("dns-agent", base.iter().copied().chain(["--key", "/etc/strata/pki/dns1.key"]))?;
+    ensure!(ran.code == Some(0), "{ran}");
+    for want in ["User=strata-dns\n", "Group=strata-dns\n", "LoadCredential=grpc.key:/etc/strata/pki/dns1.key\n"] {
+        ensure!(ran.stdout.contains(want), "service-file lacks {want:?}: {ran}");
+    }
+    // Agents that run as root need no key and hand none over.
+    let ran = run("services-agent", ["service-file", "--exec", "/usr/bin/services-agent", "--config", "/etc/s.toml"])?;
+    ensure!(ran.code == Some(0) && !ran.stdout.contains("LoadCredential") && !ran.stdout.contains("User="), "{ran}");
     Ok(())
 }
 

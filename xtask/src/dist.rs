@@ -1,7 +1,8 @@
 //! `cargo xtask dist`: a Debian package per agent and for labctl (binary, systemd unit, example config, maintainer
 //! scripts), built with `dpkg-deb`, and a release tarball per binary. The unit is the agent's own
-//! (`AGENT service-file`), so the package ships exactly what `AGENT install` would write. Owns packaging only; what
-//! a unit contains is agent-core's `install`.
+//! (`AGENT service-file`), so the package ships what `AGENT install` would write for the example config (the
+//! dns-agent's unit hands over the example's `[grpc] key`; its postinst creates the unit's user). Owns packaging
+//! only; what a unit contains is agent-core's `install`.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -18,6 +19,9 @@ pub(crate) struct Package {
     pub(crate) binary: &'static str,
     /// Whether it is an agent (a systemd unit and an example config) or the client.
     agent: bool,
+    /// The system user its unit runs as (created by the postinst), and the `[grpc] key` the unit hands over with
+    /// `LoadCredential=` (the example config's).
+    user: Option<(&'static str, &'static str)>,
     /// Debian `Depends:` (what the binary cannot work without) and `Recommends:` (what its usual set-up drives).
     depends: &'static str,
     recommends: &'static str,
@@ -28,13 +32,15 @@ pub(crate) const PACKAGES: [Package; 4] = [
     Package {
         binary: "dns-agent",
         agent: true,
-        depends: "",
+        user: Some(("strata-dns", "/etc/strata/pki/dns1.key")),
+        depends: "adduser",
         recommends: "",
         summary: "Strata DNS agent: local zones, forwarding, blocklists, over mTLS gRPC",
     },
     Package {
         binary: "services-agent",
         agent: true,
+        user: None,
         depends: "git, borgbackup",
         recommends: "docker.io | docker-ce, docker-compose | docker-compose-plugin, zfsutils-linux | zfs-fuse",
         summary: "Strata services agent: compose stacks from Git, ZFS + Borg backups",
@@ -42,6 +48,7 @@ pub(crate) const PACKAGES: [Package; 4] = [
     Package {
         binary: "host-agent",
         agent: true,
+        user: None,
         depends: "",
         recommends: "qemu-system-x86, qemu-utils, borgbackup, rsync",
         summary: "Strata host agent: cold backups of whole VM bundles (QEMU on Linux)",
@@ -49,6 +56,7 @@ pub(crate) const PACKAGES: [Package; 4] = [
     Package {
         binary: "labctl",
         agent: false,
+        user: None,
         depends: "",
         recommends: "",
         summary: "Strata client: PKI, status and every agent's commands",
@@ -120,9 +128,14 @@ fn deb(p: &Package, binary: &Path, version: &str, arch: &str, compression: Compr
         let example = project_root().join("examples").join(format!("{}.toml", p.binary));
         install_file(&example, &doc.join("examples").join(format!("{}.toml", p.binary)), 0o644)?;
         let config = format!("/etc/strata/{}.toml", p.binary);
-        let unit = text(Command::new(binary).args(["service-file", "--exec", &exec, "--config", &config]))?;
+        let mut service_file = Command::new(binary);
+        service_file.args(["service-file", "--exec", &exec, "--config", &config]);
+        if let Some((_, key)) = p.user {
+            service_file.args(["--key", key]);
+        }
+        let unit = text(&mut service_file)?;
         write_file(&stage.join(format!("lib/systemd/system/{name}.service")), &format!("{unit}\n"), 0o644)?;
-        write_file(&stage.join("DEBIAN/postinst"), &postinst(p.binary, &name, &config), 0o755)?;
+        write_file(&stage.join("DEBIAN/postinst"), &postinst(p, &name, &config), 0o755)?;
         write_file(&stage.join("DEBIAN/prerm"), &prerm(&name), 0o755)?;
         write_file(&stage.join("DEBIAN/postrm"), POSTRM, 0o755)?;
     }
@@ -164,10 +177,19 @@ fn control(p: &Package, name: &str, version: &str, arch: &str, stage: &Path) -> 
     Ok(c)
 }
 
-/// Reloads systemd when it runs; never enables or starts the agent (it has no config yet on a first install).
-fn postinst(binary: &str, unit: &str, config: &str) -> String {
+/// Creates the unit's system user when it is missing (idempotent: an existing user is left as it is), reloads
+/// systemd when it runs; never enables or starts the agent (it has no config yet on a first install).
+fn postinst(p: &Package, unit: &str, config: &str) -> String {
+    let binary = p.binary;
+    let user = match p.user {
+        Some((user, _)) => format!(
+            "  if ! getent passwd {user} >/dev/null; then\n    \
+             adduser --system --group --no-create-home --home /nonexistent --quiet {user}\n  fi\n"
+        ),
+        None => String::new(),
+    };
     format!(
-        "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n  if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi\n  \
+        "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n{user}  if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi\n  \
          if [ ! -e {config} ]; then\n    echo \"{unit}: write {config} (see /usr/share/doc/strata-{binary}/examples), then: \
          {binary} check --config {config} && systemctl enable --now {unit}\"\n  fi\nfi\nexit 0\n"
     )
@@ -307,6 +329,18 @@ mod tests {
             let exec = format!("ExecStart={} run --config /etc/strata/{}.toml", installed.display(), p.binary);
             assert!(unit_text.contains(&exec), "{}: no `{exec}` in\n{unit_text}", unit.display());
             verify(&unit)?;
+            if let Some((user, key)) = p.user {
+                let credential = format!("LoadCredential=grpc.key:{key}\n");
+                for want in [format!("User={user}\n"), credential] {
+                    assert!(unit_text.contains(&want), "{}: no {want:?} in\n{unit_text}", unit.display());
+                }
+                // The postinst made the user, and running it again (dpkg-reconfigure, upgrades) is harmless.
+                let id = text(Command::new("id").arg(user))?;
+                assert!(id.contains(&format!("({user})")), "{id}");
+                let postinst = format!("/var/lib/dpkg/info/strata-{}.postinst", p.binary);
+                text(Command::new(&postinst).arg("configure"))?;
+                assert_eq!(text(Command::new("id").arg(user))?, id, "{postinst} changed the user");
+            }
             // `check` from the installed path, on a config of this lab.
             let dir = tempfile::tempdir()?;
             let (cert, key) = pki.issue(kind.role(), kind.cert_name())?;
