@@ -1014,7 +1014,10 @@ async fn concurrent_archive_listings_run_one_borg_per_repository_and_are_capped_
 /// not: SQLite readers do not block it).
 fn run_triggers(lab: &Lab) -> Result<Vec<String>> {
     let db = lab.dir.path().join("state/services.db");
-    let out = cmd::run_args("sqlite3", [db.to_str().context("utf-8")?, "SELECT trigger FROM runs WHERE kind = 'backup' ORDER BY id"])?;
+    let out = cmd::run_args(
+        "sqlite3",
+        [db.to_str().context("utf-8")?, "SELECT trigger FROM runs WHERE kind = 'backup' ORDER BY id"],
+    )?;
     Ok(out.lines().map(String::from).collect())
 }
 
