@@ -1,9 +1,13 @@
 //! Five-field cron expressions (`minute hour day-of-month month day-of-week`, with month and weekday names and the
-//! `@daily`-style macros) evaluated in UTC, the civil calendar
-//! (days since 1970 ↔ year, month, day) and a stable per-name jitter. Knows cron and time; must not know what is
-//! scheduled or how a scheduled job runs.
+//! `@daily`-style macros) evaluated on the wall clock of an IANA time zone (daylight-saving transitions included),
+//! the catch-up rule ("did a due time pass while we were down?"), the civil calendar (days since 1970 ↔ year, month,
+//! day) and a stable per-name jitter. Knows cron, time zones and time; must not know what is scheduled or how a
+//! scheduled job runs.
 
 use std::time::Duration;
+
+use jiff::tz::AmbiguousOffset;
+pub use jiff::tz::TimeZone;
 
 /// A parsed cron expression: the allowed values of each field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,35 +111,42 @@ impl Cron {
         })
     }
 
-    /// Whether the minute starting at `unix` (UTC) matches. Day-of-month and day-of-week are OR-ed when both are
-    /// restricted, as cron does.
-    pub fn matches(&self, unix: i64) -> bool {
-        let secs = unix.rem_euclid(86_400);
-        let (minute, hour) = ((secs / 60 % 60) as u32, (secs / 3600) as u32);
-        self.minutes.contains(&minute) && self.hours.contains(&hour) && self.day_matches(unix.div_euclid(86_400))
-    }
-
-    /// The start of the first matching minute strictly after `unix` (UTC), or `None` when none comes within about
-    /// eight years (an impossible date such as `0 0 31 2 *`).
-    pub fn next_after(&self, unix: i64) -> Option<i64> {
-        // The first minute start after `unix`.
-        let first = unix.div_euclid(60) * 60 + 60;
-        let first_day = first.div_euclid(86_400);
+    /// The first instant strictly after `unix` at which the schedule fires, reading its fields on the wall clock
+    /// of `tz`; `None` when none comes within about eight years (an impossible date such as `0 0 31 2 *`).
+    ///
+    /// Daylight-saving transitions follow cronie/Vixie cron: a wall-clock time skipped by a spring-forward gap fires
+    /// once, at the first instant after the gap (a 02:30 job runs at 03:00 on that day; several skipped times give
+    /// one run); a wall-clock time repeated by a fall-back fold fires once, on its first occurrence (a 02:30 job
+    /// runs once, and `*/15 * * * *` does not fire again during the repeated hour).
+    pub fn next_after(&self, unix: i64, tz: &TimeZone) -> Option<i64> {
+        // The wall-clock → instant mapping used here never decreases, so no time on an earlier local day can map
+        // after `unix`: start on the local day of `unix`.
+        let offset = i64::from(tz.to_offset(jiff::Timestamp::from_second(unix).ok()?).seconds());
+        let first_day = (unix + offset).div_euclid(86_400);
         for day in first_day..first_day + SEARCH_DAYS {
             if !self.day_matches(day) {
                 continue;
             }
-            let day_start = day * 86_400;
             for &h in &self.hours {
                 for &m in &self.minutes {
-                    let t = day_start + i64::from(h) * 3600 + i64::from(m) * 60;
-                    if t >= first {
+                    let t = instant(tz, day * 86_400 + i64::from(h) * 3600 + i64::from(m) * 60)?;
+                    if t > unix {
                         return Some(t);
                     }
                 }
             }
         }
         None
+    }
+
+    /// The catch-up rule: whether a job on this schedule that last ran (started) at `last` has a due time that
+    /// passed unrun by `now` — it never ran, or the first due time after its last run is not after `now`. However
+    /// many due times passed, the answer is one run.
+    pub fn missed(&self, tz: &TimeZone, last: Option<i64>, now: i64) -> bool {
+        match last {
+            None => true,
+            Some(t) => self.next_after(t, tz).is_some_and(|due| due <= now),
+        }
     }
 
     fn day_matches(&self, days: i64) -> bool {
@@ -150,6 +161,56 @@ impl Cron {
         };
         self.months.contains(&month) && day_ok
     }
+}
+
+/// The instant (Unix seconds) at which the wall-clock time `local` (seconds since 1970-01-01T00:00 on the civil
+/// calendar of `tz`) fires: itself when it exists once, its first occurrence when a fold repeats it, and the end of
+/// the gap (the transition) when a gap skips it. `None` outside the years jiff represents (±9999).
+fn instant(tz: &TimeZone, local: i64) -> Option<i64> {
+    let (y, mo, d) = civil(local.div_euclid(86_400));
+    let secs = local.rem_euclid(86_400);
+    let dt = jiff::civil::DateTime::new(
+        i16::try_from(y).ok()?,
+        mo as i8,
+        d as i8,
+        (secs / 3600) as i8,
+        (secs / 60 % 60) as i8,
+        (secs % 60) as i8,
+        0,
+    )
+    .ok()?;
+    match tz.to_ambiguous_timestamp(dt).offset() {
+        AmbiguousOffset::Unambiguous { offset } => Some(local - i64::from(offset.seconds())),
+        AmbiguousOffset::Fold { before, .. } => Some(local - i64::from(before.seconds())),
+        AmbiguousOffset::Gap { before, after } => {
+            // `local` read with the offset after the gap is an instant before the transition, read with the offset
+            // before it an instant after: the transition is the first instant in between whose offset is `after`.
+            let (mut lo, mut hi) = (local - i64::from(after.seconds()), local - i64::from(before.seconds()));
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if tz.to_offset(jiff::Timestamp::from_second(mid).ok()?) == after {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            Some(hi)
+        }
+    }
+}
+
+/// The time zone named `name` in the IANA tz database (`Europe/Berlin`, `America/New_York`, `UTC`), read from the
+/// system's copy (`/usr/share/zoneinfo` on Linux and macOS). The error says what is wrong, for the config key.
+pub fn zone(name: &str) -> Result<TimeZone, String> {
+    if name.is_empty() || name.starts_with(['/', '.']) || name.contains("..") {
+        return Err(format!("`{name}` is not an IANA time zone name (e.g. \"Europe/Berlin\", \"UTC\")"));
+    }
+    TimeZone::get(name).map_err(|_| {
+        format!(
+            "`{name}` is not a time zone of the system's tz database (IANA names such as \"Europe/Berlin\" or \"UTC\"; \
+             on Debian the database is the `tzdata` package)"
+        )
+    })
 }
 
 /// A stable offset in `[0, max)`, in whole seconds, derived from `name` alone: each job keeps firing at the same
@@ -204,16 +265,33 @@ mod tests {
             + i64::from(n(13..15))
     }
 
+    const UTC: TimeZone = TimeZone::UTC;
+
+    /// Whether `c` fires at the minute starting at `t` (UTC).
+    fn fires_at(c: &Cron, t: i64) -> bool {
+        let fires = c.next_after(t - 1, &UTC) == Some(t);
+        assert_eq!(fires, matches_utc(c, t), "next_after and the fields disagree at {t}");
+        fires
+    }
+
+    /// The fields read directly, in UTC: the reference `next_after` is checked against.
+    fn matches_utc(c: &Cron, t: i64) -> bool {
+        let secs = t.rem_euclid(86_400);
+        c.minutes.contains(&((secs / 60 % 60) as u32))
+            && c.hours.contains(&((secs / 3600) as u32))
+            && c.day_matches(t.div_euclid(86_400))
+    }
+
     #[test]
     fn cron_matches_like_cron() {
         let c = Cron::parse("0 4 * * 0").unwrap();
-        assert!(c.matches(at("20261129T040000")), "Sunday 04:00");
-        assert!(!c.matches(at("20261129T040100")));
-        assert!(!c.matches(at("20261130T040000")), "Monday");
+        assert!(fires_at(&c, at("20261129T040000")), "Sunday 04:00");
+        assert!(!fires_at(&c, at("20261129T040100")));
+        assert!(!fires_at(&c, at("20261130T040000")), "Monday");
         let c = Cron::parse("*/15 1-2 1 * 7").unwrap();
-        assert!(c.matches(at("20261201T013000")), "1st of the month");
-        assert!(c.matches(at("20261129T024500")), "or a Sunday");
-        assert!(!c.matches(at("20261130T024500")));
+        assert!(fires_at(&c, at("20261201T013000")), "1st of the month");
+        assert!(fires_at(&c, at("20261129T024500")), "or a Sunday");
+        assert!(!fires_at(&c, at("20261130T024500")));
         for bad in ["* * * *", "61 * * * *", "*/0 * * * *", "a * * * *", "5-1 * * * *"] {
             assert!(Cron::parse(bad).is_err(), "{bad}");
         }
@@ -250,34 +328,34 @@ mod tests {
     fn next_after_is_the_next_matching_minute_strictly_after() {
         let c = Cron::parse("0 4 * * 0").unwrap();
         // Wednesday 2026-11-25 → Sunday 2026-11-29 04:00.
-        assert_eq!(c.next_after(at("20261125T175707")), Some(at("20261129T040000")));
+        assert_eq!(c.next_after(at("20261125T175707"), &UTC), Some(at("20261129T040000")));
         // Exactly on a match: strictly after, so the next week.
-        assert_eq!(c.next_after(at("20261129T040000")), Some(at("20261206T040000")));
+        assert_eq!(c.next_after(at("20261129T040000"), &UTC), Some(at("20261206T040000")));
         // A second before a match: that match.
-        assert_eq!(c.next_after(at("20261129T035959")), Some(at("20261129T040000")));
+        assert_eq!(c.next_after(at("20261129T035959"), &UTC), Some(at("20261129T040000")));
 
         let every = Cron::parse("* * * * *").unwrap();
-        assert_eq!(every.next_after(at("20261125T175707")), Some(at("20261125T175800")));
-        assert_eq!(every.next_after(at("20261125T175800")), Some(at("20261125T175900")));
+        assert_eq!(every.next_after(at("20261125T175707"), &UTC), Some(at("20261125T175800")));
+        assert_eq!(every.next_after(at("20261125T175800"), &UTC), Some(at("20261125T175900")));
         // Before 1970 too.
-        assert_eq!(every.next_after(-1), Some(0));
+        assert_eq!(every.next_after(-1, &UTC), Some(0));
 
         // Over a month and a year boundary.
         let c = Cron::parse("30 1 1 1 *").unwrap();
-        assert_eq!(c.next_after(at("20261125T000000")), Some(at("20270101T013000")));
+        assert_eq!(c.next_after(at("20261125T000000"), &UTC), Some(at("20270101T013000")));
         // February 29th: from 2097, the next one is in 2104 (2100 is not a leap year).
         let leap = Cron::parse("0 0 29 2 *").unwrap();
-        assert_eq!(leap.next_after(at("20260101T000000")), Some(at("20280229T000000")));
-        assert_eq!(leap.next_after(at("20970101T000000")), Some(at("21040229T000000")));
-        assert_eq!(Cron::parse("0 0 31 2 *").unwrap().next_after(0), None, "February 31st never comes");
+        assert_eq!(leap.next_after(at("20260101T000000"), &UTC), Some(at("20280229T000000")));
+        assert_eq!(leap.next_after(at("20970101T000000"), &UTC), Some(at("21040229T000000")));
+        assert_eq!(Cron::parse("0 0 31 2 *").unwrap().next_after(0, &UTC), None, "February 31st never comes");
 
-        // next_after agrees with matches over a week of minutes.
+        // next_after agrees with the fields over a week of minutes.
         let c = Cron::parse("*/20 3-4 1,15 * 1-5").unwrap();
         let mut t = at("20261225T000000");
         for _ in 0..50 {
-            let n = c.next_after(t).unwrap();
-            assert!(c.matches(n) && n > t && n % 60 == 0, "{n}");
-            assert!((t.div_euclid(60) + 1..n / 60).all(|m| !c.matches(m * 60)), "a match skipped before {n}");
+            let n = c.next_after(t, &UTC).unwrap();
+            assert!(matches_utc(&c, n) && n > t && n % 60 == 0, "{n}");
+            assert!((t.div_euclid(60) + 1..n / 60).all(|m| !matches_utc(&c, m * 60)), "a match skipped before {n}");
             t = n;
         }
     }
@@ -295,6 +373,98 @@ mod tests {
         assert!(offsets.iter().all(|d| *d < max));
         assert_eq!(jitter("services", Duration::ZERO), Duration::ZERO);
         assert_eq!(jitter("services", Duration::from_millis(999)), Duration::ZERO);
+    }
+
+    /// Unix time of `YYYYMMDDTHHMM` read on the wall clock with a fixed `offset` in hours (e.g. +1 for CET).
+    fn at_offset(s: &str, offset: i64) -> i64 {
+        at(&format!("{s}00")) - offset * 3600
+    }
+
+    #[test]
+    fn a_zone_shifts_the_wall_clock() {
+        let berlin = zone("Europe/Berlin").unwrap();
+        let c = Cron::parse("15 3 * * *").unwrap();
+        // Winter: CET (+1); summer: CEST (+2).
+        assert_eq!(c.next_after(at("20260110T000000"), &berlin), Some(at_offset("20260110T0315", 1)));
+        assert_eq!(c.next_after(at("20260710T000000"), &berlin), Some(at_offset("20260710T0315", 2)));
+        // The local day decides the weekday: Monday 00:30 in Berlin is still Sunday in UTC.
+        let monday = Cron::parse("30 0 * * MON").unwrap();
+        let t = monday.next_after(at("20260105T120000"), &berlin).unwrap();
+        assert_eq!(t, at_offset("20260112T0030", 1));
+        assert_eq!(civil(t.div_euclid(86_400)), (2026, 1, 11), "a Sunday in UTC");
+        let ny = zone("America/New_York").unwrap();
+        assert_eq!(c.next_after(at("20260110T000000"), &ny), Some(at_offset("20260110T0315", -5)));
+        assert_eq!(c.next_after(at("20260110T000000"), &zone("UTC").unwrap()), Some(at("20260110T031500")));
+    }
+
+    /// Spring forward in Berlin, 2026-03-29: 02:00 CET becomes 03:00 CEST; 02:00-02:59 does not exist.
+    #[test]
+    fn a_time_skipped_by_spring_forward_runs_once_at_the_end_of_the_gap() {
+        let berlin = zone("Europe/Berlin").unwrap();
+        let gap_end = at_offset("20260329T0300", 2);
+        assert_eq!(gap_end, at("20260329T010000"));
+        let c = Cron::parse("30 2 * * *").unwrap();
+        assert_eq!(c.next_after(at("20260328T120000"), &berlin), Some(gap_end), "runs at 03:00 CEST");
+        assert_eq!(c.next_after(gap_end, &berlin), Some(at_offset("20260330T0230", 2)), "once, then the next day");
+        // Several skipped times: one run at the end of the gap, then the schedule goes on at 03:00.
+        let c = Cron::parse("*/20 2,3 * * *").unwrap();
+        let before = at_offset("20260329T0159", 1);
+        assert_eq!(c.next_after(before, &berlin), Some(gap_end));
+        assert_eq!(c.next_after(gap_end, &berlin), Some(at_offset("20260329T0320", 2)));
+        // A time outside the gap is untouched.
+        let c = Cron::parse("30 1 * * *").unwrap();
+        assert_eq!(c.next_after(at("20260328T120000"), &berlin), Some(at_offset("20260329T0130", 1)));
+    }
+
+    /// Fall back in Berlin, 2026-10-25: 03:00 CEST becomes 02:00 CET; 02:00-02:59 happens twice.
+    #[test]
+    fn a_time_repeated_by_fall_back_runs_once_on_its_first_occurrence() {
+        let berlin = zone("Europe/Berlin").unwrap();
+        let c = Cron::parse("30 2 * * *").unwrap();
+        let first = at_offset("20261025T0230", 2);
+        assert_eq!(c.next_after(at("20261024T120000"), &berlin), Some(first));
+        assert_eq!(c.next_after(first, &berlin), Some(at_offset("20261026T0230", 1)), "not again an hour later");
+        // Every 15 minutes: the repeated hour is not run twice; 03:00 CET comes two hours after 02:00 CEST.
+        let c = Cron::parse("*/15 * * * *").unwrap();
+        assert_eq!(c.next_after(at_offset("20261025T0245", 2), &berlin), Some(at_offset("20261025T0300", 1)));
+        assert_eq!(at_offset("20261025T0300", 1) - at_offset("20261025T0245", 2), 75 * 60);
+    }
+
+    #[test]
+    fn zones_are_iana_names() {
+        for good in ["UTC", "Europe/Berlin", "America/Argentina/Buenos_Aires", "Asia/Kolkata"] {
+            assert!(zone(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Europe/Berln", "CEST+2", "+02:00", "../../etc/passwd", "/etc/localtime", "Mars/Olympus"] {
+            let e = zone(bad).unwrap_err();
+            assert!(e.contains(&format!("`{bad}`")) && e.contains("Europe/Berlin"), "{bad}: {e}");
+        }
+    }
+
+    /// The catch-up rule, data-driven: (last run, now) → run once at start?
+    #[test]
+    fn catch_up_runs_once_when_a_due_time_passed_unrun() {
+        let daily = Cron::parse("0 3 * * *").unwrap();
+        let now = at("20261205T120000");
+        let cases: [(&str, Option<i64>, bool); 6] = [
+            ("never ran", None, true),
+            ("ran after the last due time", Some(at("20261205T030500")), false),
+            ("ran exactly at the last due time", Some(at("20261205T030000")), false),
+            ("missed one", Some(at("20261204T030000")), true),
+            ("missed ten", Some(at("20261125T030000")), true),
+            ("ran in the future (clock went back)", Some(at("20261206T030000")), false),
+        ];
+        for (what, last, want) in cases {
+            assert_eq!(daily.missed(&UTC, last, now), want, "{what}");
+        }
+        // Ten missed days are still one answer, not ten: the caller runs one job.
+        assert!(daily.missed(&UTC, Some(at("20261125T030000")), now));
+        // The zone decides: 03:00 in New York is 08:00 UTC, still to come at 07:00 UTC.
+        let ny = zone("America/New_York").unwrap();
+        assert!(!daily.missed(&ny, Some(at("20261204T090000")), at("20261205T070000")));
+        assert!(daily.missed(&ny, Some(at("20261204T090000")), at("20261205T080000")));
+        // A schedule that never comes is never missed once it ran.
+        assert!(!Cron::parse("0 0 31 2 *").unwrap().missed(&UTC, Some(0), now));
     }
 
     #[test]

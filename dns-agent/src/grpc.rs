@@ -10,7 +10,8 @@ use strata_proto::v1::dns_server::{Dns as DnsRpc, DnsServer};
 use tonic::{Request, Response, Status};
 
 use crate::blocklist::SourceStatus;
-use crate::querylog::LogEntry;
+use crate::metrics::Outcome;
+use crate::querylog::{Filter, LogEntry};
 use crate::records::{parse_name, LocalRecord, RecordError};
 use crate::service::{Dns, OpError};
 
@@ -82,7 +83,37 @@ impl From<LogEntry> for pb::QueryLogEntry {
             r#type: e.qtype.to_string(),
             outcome: e.outcome.as_str().to_string(),
             latency_us: e.latency_us,
+            seq: e.seq,
+            list: e.list,
+            latency_ms: f64::from(e.latency_us) / 1000.0,
         }
+    }
+}
+
+/// A query log request: its filters, validated (INVALID_ARGUMENT names the field), and its limit.
+struct LogQuery(Filter, usize);
+
+impl TryFrom<pb::QueryLogRequest> for LogQuery {
+    type Error = Status;
+
+    fn try_from(r: pb::QueryLogRequest) -> Result<Self, Status> {
+        let client = match r.client.trim() {
+            "" => None,
+            c => Some(crate::querylog::parse_prefix(c).map_err(|m| Status::invalid_argument(format!("client: {m}")))?),
+        };
+        let outcome = match r.outcome.trim() {
+            "" => None,
+            o => Some(Outcome::ALL.into_iter().find(|x| x.as_str().eq_ignore_ascii_case(o)).ok_or_else(|| {
+                let all: Vec<&str> = Outcome::ALL.iter().map(|x| x.as_str()).collect();
+                Status::invalid_argument(format!("outcome: `{o}` is not one of {}", all.join(", ")))
+            })?),
+        };
+        let name = r.name.trim().trim_end_matches('.').to_ascii_lowercase();
+        if name.len() > 255 {
+            return Err(Status::invalid_argument("name: longer than a DNS name (255 bytes)"));
+        }
+        let filter = Filter { client, name: (!name.is_empty()).then_some(name), outcome, after_seq: r.after_seq };
+        Ok(LogQuery(filter, r.limit as usize))
     }
 }
 
@@ -174,9 +205,13 @@ impl DnsRpc for DnsGrpc {
         if !self.dns.query_log.enabled() {
             return Err(Status::failed_precondition("the query log is off: set `[dns] query_log = true` and reload"));
         }
-        let limit = req.into_inner().limit as usize;
-        let entries = self.dns.query_log.recent(limit).into_iter().map(Into::into).collect();
-        Ok(Response::new(pb::QueryLogResponse { entries }))
+        let LogQuery(filter, limit) = req.into_inner().try_into()?;
+        let page = self.dns.query_log.query(&filter, limit);
+        Ok(Response::new(pb::QueryLogResponse {
+            entries: page.entries.into_iter().map(Into::into).collect(),
+            last_seq: page.last_seq,
+            truncated: page.truncated,
+        }))
     }
 
     async fn stats(&self, _req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {

@@ -240,16 +240,26 @@ impl Handler {
         outcome: Outcome,
         latency: std::time::Duration,
     ) {
-        self.dns.query_log.record(|| LogEntry {
-            time_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0),
-            client,
-            name: name(),
-            qtype,
-            outcome,
-            latency_us: u32::try_from(latency.as_micros()).unwrap_or(u32::MAX),
+        self.dns.query_log.record(|| {
+            let name = name();
+            // Which list blocked it: looked up again here, only while the log is on (the answer path stays lean).
+            let list = match outcome {
+                Outcome::Blocked => self.dns.blocklists.blocked_by(&name).unwrap_or_default(),
+                _ => String::new(),
+            };
+            LogEntry {
+                seq: 0,
+                time_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0),
+                client,
+                name,
+                qtype,
+                outcome,
+                latency_us: u32::try_from(latency.as_micros()).unwrap_or(u32::MAX),
+                list,
+            }
         });
     }
 

@@ -277,6 +277,15 @@ impl Host {
             .collect())
     }
 
+    /// When the last backup of `name` was tried (see `Journal::last_attempt`); `None` when never, or unreadable
+    /// (logged).
+    pub fn last_attempt(&self, name: &str) -> Option<i64> {
+        self.journal.last_attempt(name).unwrap_or_else(|e| {
+            tracing::error!(vm = name, error = %e, "cannot read the last backup attempt");
+            None
+        })
+    }
+
     /// One backup run of `name`; the history gets a row whatever happens.
     pub async fn backup(&self, name: &str, tx: &mpsc::Sender<Progress>) -> Result<BackupReport, HostError> {
         let vm = self.vm(name)?.clone();

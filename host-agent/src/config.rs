@@ -85,6 +85,8 @@ struct RawConfig {
     state_dir: PathBuf,
     grpc: GrpcSection,
     metrics: Option<MetricsSection>,
+    /// The IANA time zone the VMs' schedules are read in (default UTC).
+    timezone: Option<String>,
     #[serde(default)]
     vms: Vec<RawVm>,
 }
@@ -100,6 +102,9 @@ struct RawVm {
     target: PathBuf,
     passcommand: Option<String>,
     schedule: Option<String>,
+    /// Run once at start when a scheduled time passed while the agent was down.
+    #[serde(default)]
+    catch_up: bool,
     retention: Option<Retention>,
     guest: Option<String>,
     #[serde(default)]
@@ -129,7 +134,10 @@ pub struct VmConfig {
     pub engine: EngineKind,
     pub target: PathBuf,
     pub passcommand: Option<String>,
+    /// A five-field cron expression, read on the wall clock of [`Config::timezone`].
     pub schedule: Option<String>,
+    /// A scheduled time passed while the agent was down (the last backup attempt is older): one backup at start.
+    pub catch_up: bool,
     pub retention: Retention,
     pub guest: Option<String>,
     pub require_guest: bool,
@@ -145,6 +153,8 @@ pub struct VmConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: CommonConfig,
+    /// `timezone`: where schedules are read (default UTC).
+    pub timezone: agent_core::cron::TimeZone,
     pub vms: Vec<VmConfig>,
 }
 
@@ -162,6 +172,10 @@ impl Config {
 
     fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         let common = CommonConfig::validate(path, raw.state_dir, raw.grpc, raw.metrics, DEFAULT_METRICS_PORT)?;
+        let timezone = match &raw.timezone {
+            None => agent_core::cron::TimeZone::UTC,
+            Some(z) => agent_core::cron::zone(z).map_err(|m| ConfigError::invalid(path, "timezone", m))?,
+        };
         let mut names = HashSet::new();
         let mut vms = Vec::with_capacity(raw.vms.len());
         for (i, v) in raw.vms.into_iter().enumerate() {
@@ -178,6 +192,9 @@ impl Config {
             }
             if let Some(s) = &v.schedule {
                 check_schedule(s).map_err(|m| bad("schedule", m))?;
+            }
+            if v.catch_up && v.schedule.is_none() {
+                return Err(bad("catch_up", "is true but no `schedule` is set".into()));
             }
             if let Some(g) = &v.guest {
                 if !g.starts_with("https://") || g.len() <= "https://".len() {
@@ -222,6 +239,7 @@ impl Config {
                 target: config::resolve(path, &v.target),
                 passcommand: v.passcommand,
                 schedule: v.schedule,
+                catch_up: v.catch_up,
                 retention: v.retention.unwrap_or_default(),
                 guest: v.guest,
                 require_guest: v.require_guest,
@@ -232,7 +250,7 @@ impl Config {
                     .unwrap_or(vmrun_default),
             });
         }
-        Ok(Config { common, vms })
+        Ok(Config { common, timezone, vms })
     }
 
     pub fn vm(&self, name: &str) -> Option<&VmConfig> {
@@ -321,6 +339,8 @@ mod tests {
         assert_eq!(s.guest.as_deref(), Some("https://10.0.0.20:7443"));
         assert_eq!(cfg.vm("lab").unwrap().backend, Backend::Qemu);
         assert_eq!(cfg.vm("lab").unwrap().runas.as_deref(), Some("nobody"));
+        assert_eq!(cfg.timezone, agent_core::cron::zone("Europe/Berlin").unwrap());
+        assert!(s.catch_up && !cfg.vm("lab").unwrap().catch_up);
     }
 
     #[test]
@@ -339,6 +359,8 @@ mod tests {
             (format!("{VM}shutdown_timeout = 120\n"), "write a duration string with a unit, e.g. \"120s\""),
             (VM.replace("borg", "rsync") + "retention = { within = \"2d\" }\n", "key `vms[0].retention.within`"),
             (format!("{VM}runas = \"a b\"\n"), "key `vms[0].runas`"),
+            (format!("{VM}catch_up = true\n"), "key `vms[0].catch_up`: is true but no `schedule` is set"),
+            (format!("{VM}catch_up = \"yes\"\n"), "(key `catch_up`)"),
         ];
         for (vm, want) in cases {
             let err = Config::parse(p, &format!("{HEAD}{vm}")).unwrap_err().to_string();
@@ -346,6 +368,13 @@ mod tests {
         }
         let ok = Config::parse(p, &format!("{HEAD}{VM}schedule = \"*/15 4 * * 0,6\"\n")).unwrap();
         assert_eq!(ok.vms[0].shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        assert_eq!(ok.timezone, agent_core::cron::TimeZone::UTC, "schedules are UTC by default");
+        assert!(!ok.vms[0].catch_up);
+        // `timezone` is a top-level key (before any table); a bad name is refused naming the key and the value.
+        let zoned = |z: &str| Config::parse(p, &format!("timezone = {z:?}\n{HEAD}{VM}"));
+        assert_eq!(zoned("America/New_York").unwrap().timezone, agent_core::cron::zone("America/New_York").unwrap());
+        let e = zoned("Europe/Berln").unwrap_err().to_string();
+        assert!(e.contains("key `timezone`: `Europe/Berln` is not a time zone"), "{e}");
     }
 
     /// Every duration key of this config takes the shared grammar tables of `agent_core::duration`.

@@ -148,6 +148,17 @@ impl Journal {
         Ok(())
     }
 
+    /// When the last backup attempt of `vm` started, finished or not: the newest history row or, for a run the
+    /// agent died in, its first journaled step. `None` when it was never tried.
+    pub fn last_attempt(&self, vm: &str) -> Result<Option<i64>, JournalError> {
+        Ok(self.db().query_row(
+            "SELECT MAX(t) FROM (SELECT MAX(time_unix) AS t FROM history WHERE vm = ?1
+                                 UNION ALL SELECT MAX(started_unix) FROM journal WHERE vm = ?1)",
+            [vm],
+            |r| r.get::<_, Option<i64>>(0),
+        )?)
+    }
+
     /// The history of `vm`, oldest first.
     pub fn history(&self, vm: &str) -> Result<Vec<HistoryRow>, JournalError> {
         let db = self.db();
@@ -203,6 +214,8 @@ mod tests {
             ok: true,
             message: String::new(),
         };
+        assert!(j.last_attempt("lab").unwrap().is_some_and(|t| t > 5), "the journaled steps count as an attempt");
+        assert_eq!(j.last_attempt("other").unwrap(), None);
         j.record(&h).unwrap();
         assert_eq!(j.history("lab").unwrap(), vec![h]);
         assert!(j.history("other").unwrap().is_empty());

@@ -1,5 +1,7 @@
-//! Scheduled backups: the loop that starts each VM's backup when its schedule (an `agent_core::cron::Cron`, UTC)
-//! matches. Knows when to start backups; must not know cron syntax or how a backup is done (it calls `backup::Host`).
+//! Scheduled backups: the loop that starts each VM's backup when its schedule (an `agent_core::cron::Cron`, read in
+//! the config's `timezone`) comes due, and once at start for a VM with `catch_up` whose scheduled time passed while
+//! the agent was down. Knows when to start backups; must not know cron syntax or how a backup is done (it calls
+//! `backup::Host`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,16 +10,22 @@ use agent_core::cron::Cron;
 
 use crate::backup::Host;
 
-/// Runs forever: every VM with a `schedule` is backed up at each matching minute (UTC). A run still going when the
-/// next one is due makes the next one fail as busy (logged), never run twice at once.
+/// How often the scheduler looks at the clock.
+const TICK: Duration = Duration::from_secs(15);
+
+/// Runs forever: every VM with a `schedule` is backed up each time it comes due. A run still going when the next one
+/// is due makes the next one fail as busy (logged), never run twice at once. Several due times passed between two
+/// ticks (the machine slept) start one run; due times passed while the agent was stopped start one run at start,
+/// for VMs with `catch_up` only.
 pub async fn run(host: Arc<Host>) {
-    let plans: Vec<(String, Cron)> = host
+    let tz = host.config().timezone.clone();
+    let plans: Vec<(String, Cron, bool)> = host
         .config()
         .vms
         .iter()
-        .filter_map(|v| v.schedule.as_ref().map(|s| (v.name.clone(), s)))
-        .filter_map(|(n, s)| match Cron::parse(s) {
-            Ok(c) => Some((n, c)),
+        .filter_map(|v| v.schedule.as_ref().map(|s| (v.name.clone(), s, v.catch_up)))
+        .filter_map(|(n, s, c)| match Cron::parse(s) {
+            Ok(cron) => Some((n, cron, c)),
             Err(e) => {
                 tracing::error!(vm = %n, "schedule `{s}` ignored: {e}");
                 None
@@ -27,34 +35,38 @@ pub async fn run(host: Arc<Host>) {
     if plans.is_empty() {
         return;
     }
-    let mut last_minute = now_unix() / 60;
-    loop {
-        tokio::time::sleep(Duration::from_secs(15)).await;
-        let minute = now_unix() / 60;
-        if minute == last_minute {
-            continue;
+    let now = now_unix();
+    let mut next: Vec<Option<i64>> = plans.iter().map(|(_, c, _)| c.next_after(now, &tz)).collect();
+    for (name, cron, catch_up) in &plans {
+        if *catch_up && cron.missed(&tz, host.last_attempt(name), now) {
+            tracing::info!(vm = %name, "catch-up: a scheduled backup came due while the agent was down");
+            start(&host, name);
         }
-        for m in (last_minute + 1)..=minute {
-            for (name, cron) in &plans {
-                if cron.matches(m * 60) {
-                    let (host, name) = (host.clone(), name.clone());
-                    tokio::spawn(async move {
-                        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-                        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-                        match host.backup(&name, &tx).await {
-                            Ok(r) => {
-                                tracing::info!(vm = %name, id = %r.id, downtime = ?r.downtime, "scheduled backup done")
-                            }
-                            Err(e) => tracing::error!(vm = %name, error = %e, "scheduled backup failed"),
-                        }
-                        drop(tx);
-                        let _ = drain.await;
-                    });
-                }
+    }
+    loop {
+        tokio::time::sleep(TICK).await;
+        let now = now_unix();
+        for ((name, cron, _), due) in plans.iter().zip(next.iter_mut()) {
+            if due.is_some_and(|d| d <= now) {
+                start(&host, name);
+                *due = cron.next_after(now, &tz);
             }
         }
-        last_minute = minute;
     }
+}
+
+fn start(host: &Arc<Host>, name: &str) {
+    let (host, name) = (host.clone(), name.to_string());
+    tokio::spawn(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        match host.backup(&name, &tx).await {
+            Ok(r) => tracing::info!(vm = %name, id = %r.id, downtime = ?r.downtime, "scheduled backup done"),
+            Err(e) => tracing::error!(vm = %name, error = %e, "scheduled backup failed"),
+        }
+        drop(tx);
+        let _ = drain.await;
+    });
 }
 
 fn now_unix() -> i64 {

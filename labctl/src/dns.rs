@@ -59,12 +59,24 @@ pub enum DnsCmd {
         #[arg(long)]
         refresh: bool,
     },
-    /// Recent queries (when `[dns] query_log = true`).
-    #[command(after_help = "Example: labctl dns log --limit 20")]
+    /// Recent queries (when `[dns] query_log = true`), newest first; filters are applied by the agent.
+    #[command(after_help = "Examples: labctl dns log --limit 20\n          labctl dns log --outcome blocked --client 192.168.1.0/24\n          labctl dns log --follow --name example")]
     Log {
-        /// At most this many entries, newest last.
+        /// At most this many entries (the agent sends at most 1000 per answer).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Only queries from this address or ADDRESS/LEN prefix.
+        #[arg(long)]
+        client: Option<String>,
+        /// Only query names containing this (case-insensitive).
+        #[arg(long)]
+        name: Option<String>,
+        /// Only this outcome: local, forwarded, cached, stale, blocked, failed, refused, nxdomain.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Keep printing new queries as they come (oldest first; with --json one object per line) until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
     /// Query counters, cache and blocklist sizes.
     #[command(after_help = "Example: labctl dns stats")]
@@ -88,6 +100,57 @@ impl From<Record> for RecordRow {
         RecordRow { name: r.name, r#type: r.r#type, value: r.value, ttl: r.ttl, owner: r.owner }
     }
 }
+
+/// One query log entry as `labctl dns log` shows it.
+#[derive(Debug, Serialize)]
+struct LogRow {
+    seq: u64,
+    time_unix_ms: i64,
+    client: String,
+    name: String,
+    r#type: String,
+    outcome: String,
+    /// The blocklist source that blocked it; empty unless blocked.
+    list: String,
+    latency_ms: f64,
+}
+
+impl From<strata_proto::v1::QueryLogEntry> for LogRow {
+    fn from(e: strata_proto::v1::QueryLogEntry) -> Self {
+        LogRow {
+            seq: e.seq,
+            time_unix_ms: e.time_unix_ms,
+            client: e.client,
+            name: e.name,
+            r#type: e.r#type,
+            outcome: e.outcome,
+            list: e.list,
+            latency_ms: e.latency_ms,
+        }
+    }
+}
+
+/// An entry's time of day (UTC).
+fn clock(time_unix_ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_unix_ms) * 1_000_000)
+        .map(|t| format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second()))
+        .unwrap_or_default()
+}
+
+/// The cells of a row, in the order of [`LOG_HEADER`].
+fn log_cells(r: &LogRow) -> [String; 7] {
+    [
+        clock(r.time_unix_ms),
+        r.client.clone(),
+        r.name.clone(),
+        r.r#type.clone(),
+        r.outcome.clone(),
+        format!("{:.2}ms", r.latency_ms),
+        r.list.clone(),
+    ]
+}
+
+const LOG_HEADER: [&str; 7] = ["TIME", "CLIENT", "NAME", "TYPE", "OUTCOME", "LATENCY", "LIST"];
 
 pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) -> Result<ExitCode> {
     let json = opts.json;
@@ -173,46 +236,66 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) -
                 return Ok(ExitCode::FAILURE);
             }
         }
-        DnsCmd::Log { limit } => {
-            let entries = agent.call("query log", c.query_log(QueryLogRequest { limit })).await?.entries;
-            #[derive(Serialize)]
-            struct Row {
-                time_unix_ms: i64,
-                client: String,
-                name: String,
-                r#type: String,
-                outcome: String,
-                latency_us: u32,
+        DnsCmd::Log { limit, client, name, outcome, follow } => {
+            let req = QueryLogRequest {
+                limit: if follow { 0 } else { limit },
+                client: client.unwrap_or_default(),
+                name: name.unwrap_or_default(),
+                outcome: outcome.unwrap_or_default(),
+                after_seq: None,
+            };
+            let unfiltered = req.client.is_empty() && req.name.is_empty() && req.outcome.is_empty();
+            let first = agent.call("query log", c.query_log(req.clone())).await?;
+            if !follow {
+                let rows: Vec<LogRow> = first.entries.into_iter().map(LogRow::from).collect();
+                if json {
+                    return output::json(&rows).map(|_| ExitCode::SUCCESS);
+                }
+                let mut t = Table::new(LOG_HEADER);
+                for r in &rows {
+                    t.row(log_cells(r));
+                }
+                print!("{t}");
+                if first.truncated {
+                    println!("(more entries matched: raise --limit, at most 1000)");
+                }
+                return Ok(ExitCode::SUCCESS);
             }
-            let rows: Vec<Row> = entries
-                .into_iter()
-                .map(|e| Row {
-                    time_unix_ms: e.time_unix_ms,
-                    client: e.client,
-                    name: e.name,
-                    r#type: e.r#type,
-                    outcome: e.outcome,
-                    latency_us: e.latency_us,
-                })
-                .collect();
-            if json {
-                return output::json(&rows).map(|_| ExitCode::SUCCESS);
+            // Follow: ask for what came after the cursor, twice a second (the ring holds the last 10,000 queries).
+            if !json {
+                println!("{}", LOG_HEADER.join("  "));
             }
-            let mut t = Table::new(["TIME", "CLIENT", "NAME", "TYPE", "OUTCOME", "LATENCY"]);
-            for r in &rows {
-                let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.time_unix_ms) * 1_000_000)
-                    .map(|t| format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second()))
-                    .unwrap_or_default();
-                t.row([
-                    time,
-                    r.client.clone(),
-                    r.name.clone(),
-                    r.r#type.clone(),
-                    r.outcome.clone(),
-                    format!("{}µs", r.latency_us),
-                ]);
+            let mut cursor = first.last_seq;
+            loop {
+                let page =
+                    agent.call("query log", c.query_log(QueryLogRequest { after_seq: Some(cursor), ..req.clone() })).await?;
+                if let Some(e) = page.entries.first() {
+                    if unfiltered && e.seq > cursor + 1 {
+                        eprintln!(
+                            "labctl: {} queries were dropped from the agent's log before they could be read",
+                            e.seq - cursor - 1
+                        );
+                    }
+                }
+                let next = match (page.truncated, page.entries.last()) {
+                    (true, Some(e)) => e.seq,
+                    _ => page.last_seq,
+                };
+                let rows: Vec<LogRow> = page.entries.into_iter().map(LogRow::from).collect();
+                for r in &rows {
+                    if json {
+                        println!("{}", serde_json::to_string(r)?);
+                    } else {
+                        println!("{}", log_cells(r).join("  ").trim_end());
+                    }
+                }
+                use std::io::Write as _;
+                std::io::stdout().flush()?;
+                cursor = next;
+                if !page.truncated {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
             }
-            print!("{t}");
         }
         DnsCmd::Stats => {
             let s = agent.call("stats", c.stats(StatsRequest {})).await?;

@@ -261,6 +261,11 @@ impl Backups {
         Ok((svc, b))
     }
 
+    /// The time zone backup schedules are read in.
+    pub fn timezone(&self) -> &agent_core::cron::TimeZone {
+        &self.cfg.timezone
+    }
+
     /// The services that have backup settings.
     pub fn backed_up(&self) -> Vec<String> {
         self.cfg.services.iter().filter(|s| s.backup.is_some()).map(|s| s.name.clone()).collect()

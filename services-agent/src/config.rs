@@ -39,6 +39,8 @@ struct Raw {
     state_dir: PathBuf,
     grpc: GrpcSection,
     metrics: Option<MetricsSection>,
+    /// The IANA time zone the services' schedules are read in (default UTC).
+    timezone: Option<String>,
     stacks: Option<RawStacks>,
     hub: Option<RawHub>,
     dns: Option<RawDns>,
@@ -153,6 +155,8 @@ struct RawService {
     #[serde(default)]
     hooks: Vec<RawHook>,
     schedule: Option<String>,
+    #[serde(default)]
+    catch_up: bool,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     jitter: Option<Duration>,
     local_snapshots: Option<u32>,
@@ -283,7 +287,11 @@ pub struct ServiceBackup {
     pub passphrase: Passphrase,
     pub quiesce: Quiesce,
     pub hooks: Vec<Hook>,
+    /// Read on the wall clock of [`Config::timezone`].
     pub schedule: Option<agent_core::cron::Cron>,
+    /// A scheduled time passed while the agent was down (the last backup attempt is older): one backup at start
+    /// (after the jitter).
+    pub catch_up: bool,
     /// A fixed per-service delay after each scheduled minute, spreading services over `jitter`.
     pub jitter: Duration,
     pub local_snapshots: u32,
@@ -298,6 +306,8 @@ pub struct ServiceBackup {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: CommonConfig,
+    /// `timezone`: where backup schedules are read (default UTC).
+    pub timezone: agent_core::cron::TimeZone,
     /// `None` (with `hub`) for an agent that manages no stacks yet.
     pub stacks: Option<Stacks>,
     pub hub: Option<Hub>,
@@ -369,6 +379,10 @@ fn docker_socket(path: &Path, raw: Option<RawDocker>) -> Result<PathBuf, ConfigE
 fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
     let common = CommonConfig::validate(path, raw.state_dir, raw.grpc, raw.metrics, DEFAULT_METRICS_PORT)?;
     let bad = |key: &str, msg: String| ConfigError::invalid(path, key, msg);
+    let timezone = match &raw.timezone {
+        None => agent_core::cron::TimeZone::UTC,
+        Some(z) => agent_core::cron::zone(z).map_err(|m| bad("timezone", m))?,
+    };
 
     let (s, h) = match (raw.stacks, raw.hub) {
         (Some(s), Some(h)) => (s, h),
@@ -379,6 +393,7 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
             let notify = notify_targets(path, "notify", raw.notify)?;
             return Ok(Config {
                 common,
+                timezone,
                 stacks: None,
                 hub: None,
                 dns_agent,
@@ -543,7 +558,17 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
     let docker_socket = docker_socket(path, raw.docker)?;
     let backup = backup_global(path, raw.backup)?;
     let notify = notify_targets(path, "notify", raw.notify)?;
-    Ok(Config { common, stacks: Some(stacks), hub: Some(hub), dns_agent, docker_socket, services, backup, notify })
+    Ok(Config {
+        common,
+        timezone,
+        stacks: Some(stacks),
+        hub: Some(hub),
+        dns_agent,
+        docker_socket,
+        services,
+        backup,
+        notify,
+    })
 }
 
 fn backup_global(path: &Path, raw: Option<RawBackup>) -> Result<BackupGlobal, ConfigError> {
@@ -599,6 +624,7 @@ fn service_backup(path: &Path, i: usize, s: &RawService) -> Result<Option<Servic
                 ("quiesce", s.quiesce.is_some()),
                 ("hooks", !s.hooks.is_empty()),
                 ("schedule", s.schedule.is_some()),
+                ("catch_up", s.catch_up),
                 ("local_snapshots", s.local_snapshots.is_some()),
                 ("retention", s.retention.is_some()),
                 ("checks", s.checks.is_some()),
@@ -657,6 +683,9 @@ fn service_backup(path: &Path, i: usize, s: &RawService) -> Result<Option<Servic
         None => None,
         Some(c) => Some(agent_core::cron::Cron::parse(c).map_err(|e| bad("schedule", e))?),
     };
+    if s.catch_up && schedule.is_none() {
+        return Err(bad("catch_up", "is true but no `schedule` is set".into()));
+    }
     let jitter = s.jitter.unwrap_or(Duration::ZERO);
     let retention = s.retention.clone().unwrap_or_default();
     // A floor per check: below it a check would run nearly all the time (`1m` was once read as a month).
@@ -703,6 +732,7 @@ fn service_backup(path: &Path, i: usize, s: &RawService) -> Result<Option<Servic
         quiesce,
         hooks,
         schedule,
+        catch_up: s.catch_up,
         jitter,
         local_snapshots: s.local_snapshots.unwrap_or(DEFAULT_LOCAL_SNAPSHOTS),
         retention,
@@ -743,6 +773,8 @@ mod tests {
         assert_eq!(cfg.notify[0].kind, NotifyKind::Healthchecks);
         assert_eq!(cfg.backup.parallel, 2);
         assert!(cfg.service("wiki").unwrap().backup.is_none());
+        assert_eq!(cfg.timezone, agent_core::cron::zone("Europe/Berlin").unwrap());
+        assert!(b.catch_up);
     }
 
     #[test]
@@ -784,6 +816,8 @@ mod tests {
             (format!("{svc}{full}notify = [{{ kind = \"mail\", url = \"https://x.example/\" }}]\n"), "notify[0].kind"),
             (format!("{svc}{full}[[services]]\nname = \"b\"\n{full}"), "already the repository of service `a`"),
             (format!("[backup]\nparallel = 0\n{svc}"), "key `backup.parallel`"),
+            (format!("{svc}{full}catch_up = true\n"), "key `services[0].catch_up`: is true but no `schedule`"),
+            (format!("{svc}catch_up = true\n"), "key `services[0].catch_up`: is a backup setting"),
         ];
         for (extra, want) in cases {
             let err = parse(&extra).unwrap_err();
@@ -810,6 +844,11 @@ mod tests {
         assert_eq!(c.docker_socket, Path::new("/var/run/docker.sock"));
         assert_eq!(c.services[0], Service { name: "proxy".into(), dns: vec![], allow: vec![], backup: None });
         assert_eq!(c.services[1].name, "photos");
+        assert_eq!(c.timezone, agent_core::cron::TimeZone::UTC, "schedules are UTC by default");
+        let zoned = |z: &str| Config::parse(Path::new("/x.toml"), &format!("timezone = {z:?}\n{BASE}"));
+        assert_eq!(zoned("Asia/Tokyo").unwrap().timezone, agent_core::cron::zone("Asia/Tokyo").unwrap());
+        let e = zoned("Asia/Tokio").unwrap_err().to_string();
+        assert!(e.contains("key `timezone`: `Asia/Tokio` is not a time zone"), "{e}");
         let c = parse("").unwrap();
         assert_eq!(c.services.len(), 1);
         let c = Config::parse(Path::new("/x.toml"), &BASE.replace("stacks-repo", "https://git.example/s.git")).unwrap();

@@ -1,9 +1,10 @@
-//! Scheduled jobs: each service's backup at the minutes its cron `schedule` matches (UTC), delayed by its fixed
-//! jitter, and its Borg checks when the last one (successful or not) is older than the configured frequency. A service whose
-//! previous scheduled run is still going is skipped for that minute (logged), never run twice at once. Knows time;
-//! must not know how a job is done (it calls `Backups`).
+//! Scheduled jobs: each service's backup each time its cron `schedule` (read in the config's `timezone`) comes due,
+//! delayed by its fixed jitter; once at start, for a service with `catch_up` whose scheduled time passed while the
+//! agent was down (its last backup attempt is older); and its Borg checks when the last one (successful or not) is
+//! older than the configured frequency. A service whose previous scheduled run is still going is skipped (logged),
+//! never run twice at once. Knows time; must not know how a job is done (it calls `Backups`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,27 +16,38 @@ use crate::journal::now_unix;
 /// How often the scheduler looks at the clock.
 const TICK: Duration = Duration::from_secs(15);
 
-/// Runs until `shutdown`. See the module docs.
+/// Runs until `shutdown`. See the module docs. Several due times passed between two ticks (the machine slept) start
+/// one backup.
 pub async fn run(backups: Arc<Backups>, shutdown: Shutdown) {
     let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let mut last_minute = (now_unix() as i64) / 60;
+    let tz = backups.timezone().clone();
+    let start = now_unix() as i64;
+    // When each scheduled service's backup comes due next.
+    let mut next: HashMap<String, Option<i64>> = HashMap::new();
+    for name in backups.backed_up() {
+        let Ok((_, b)) = backups.settings(&name) else { continue };
+        let Some(cron) = &b.schedule else { continue };
+        next.insert(name.clone(), cron.next_after(start, &tz));
+        let last = backups.journal().last_run(&name, "backup").ok().flatten().map(|t| t as i64);
+        if b.catch_up && cron.missed(&tz, last, start) {
+            tracing::info!(service = %name, "catch-up: a scheduled backup came due while the agent was down");
+            spawn_job(&backups, &busy, &name, "backup", agent_core::cron::jitter(&name, b.jitter));
+        }
+    }
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
             _ = shutdown.clone().wait() => return,
         }
-        let minute = (now_unix() as i64) / 60;
-        for m in (last_minute + 1)..=minute {
-            for name in backups.backed_up() {
-                let Ok((_, b)) = backups.settings(&name) else { continue };
-                if !b.schedule.as_ref().is_some_and(|c| c.matches(m * 60)) {
-                    continue;
-                }
-                let jitter = agent_core::cron::jitter(&name, b.jitter);
-                spawn_job(&backups, &busy, &name, "backup", jitter);
+        let now = now_unix() as i64;
+        for (name, due) in next.iter_mut() {
+            let Ok((_, b)) = backups.settings(name) else { continue };
+            let Some(cron) = &b.schedule else { continue };
+            if due.is_some_and(|d| d <= now) {
+                spawn_job(&backups, &busy, name, "backup", agent_core::cron::jitter(name, b.jitter));
+                *due = cron.next_after(now, &tz);
             }
         }
-        last_minute = minute;
         // Checks: due when the last good one is older than the frequency.
         let now = now_unix();
         for name in backups.backed_up() {

@@ -50,6 +50,8 @@ struct Lab {
     agent: Option<AgentProc>,
     /// Extra `[[services]]` lines.
     extra: String,
+    /// Extra top-level lines (before the first table).
+    top: String,
     /// Held for the whole test: zfs-fuse fails to create mountpoints when pools and datasets are made in parallel
     /// ("failed to create mountpoint"), so these tests take turns.
     _turn: std::sync::MutexGuard<'static, ()>,
@@ -89,6 +91,7 @@ impl Lab {
             writer: None,
             agent: None,
             extra: extra.to_string(),
+            top: String::new(),
             _turn: turn,
         };
         lab.start_writer()?;
@@ -140,7 +143,8 @@ impl Lab {
         let pass = self.dir.path().join("passphrase");
         std::fs::write(&pass, PASSPHRASE)?;
         std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600))?;
-        let mut text = base_config(&self.dir.path().join("state"), &self.pki.ca(), &cert, &key);
+        let mut text = self.top.clone();
+        text.push_str(&base_config(&self.dir.path().join("state"), &self.pki.ca(), &cert, &key));
         text.push_str(&format!(
             "[stacks]\nrepo = {:?}\ncheckout_dir = {:?}\npoll = \"1h\"\n\
              [hub]\nstack = \"{svc}-proxy\"\nnetwork = \"{svc}-hub\"\ndomain = \"bk.test\"\naddress = \"10.0.0.20\"\n\
@@ -1003,5 +1007,62 @@ async fn concurrent_archive_listings_run_one_borg_per_repository_and_are_capped_
     // A place is given back when a call ends: the viewer may list again.
     let mut c = ServicesClient::new(channel);
     ensure!(c.list_archives(ServiceRef { name: lab.service.clone() }).await?.into_inner().archives.len() == 1);
+    Ok(())
+}
+
+/// The trigger of each backup run in the agent's journal, oldest first (read with the sqlite3 CLI, agent stopped or
+/// not: SQLite readers do not block it).
+fn run_triggers(lab: &Lab) -> Result<Vec<String>> {
+    let db = lab.dir.path().join("state/services.db");
+    let out = cmd::run_args(
+        "sqlite3",
+        [db.to_str().context("utf-8")?, "SELECT trigger FROM runs WHERE kind = 'backup' ORDER BY id"],
+    )?;
+    Ok(out.lines().map(String::from).collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn catch_up_runs_one_backup_at_start_when_the_schedule_came_due_while_the_agent_was_down() -> Result<()> {
+    cmd::require("sqlite3", "sqlite3")?;
+    // Yearly, on January 1st at 00:00 in Berlin: it came due while the agent was "down" (the history below says the
+    // last backup was in 2020) and does not come due again during the test.
+    let mut lab = Lab::new("quiesce = \"none\"\nschedule = \"@yearly\"\n")?;
+    lab.start(&[], "")?;
+    lab.backup().await.map_err(|s| anyhow::anyhow!("first backup: {s}"))?;
+    lab.agent.as_mut().expect("agent").kill()?;
+    // The history says the last backup was long ago: 2020-06-01.
+    let db = lab.dir.path().join("state/services.db");
+    cmd::run_args("sqlite3", [db.to_str().context("utf-8")?, "UPDATE runs SET started_unix = 1590969600"])?;
+    ensure!(run_triggers(&lab)? == ["manual"], "{:?}", run_triggers(&lab)?);
+
+    // catch_up = false (the default): nothing runs at start, nor at the first ticks.
+    lab.top = "timezone = \"Europe/Berlin\"\n".into();
+    lab.start(&[], "catch_up = false\n")?;
+    lab.agent().wait_log("serving as", Duration::from_secs(30))?;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    ensure!(run_triggers(&lab)? == ["manual"], "a backup ran without catch_up: {:?}", run_triggers(&lab)?);
+
+    // catch_up = true: one backup at start, by the scheduler, however many years were missed.
+    lab.start(&[], "catch_up = true\n")?;
+    lab.agent().wait_log("catch-up: a scheduled backup came due while the agent was down", Duration::from_secs(30))?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let h = lab.history().await?;
+        if h.iter().filter(|e| e.result == "ok").count() == 2 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("no catch-up backup ran: {h:?}\n{}", lab.agent().logs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(run_triggers(&lab)? == ["manual", "schedule"], "{:?}", run_triggers(&lab)?);
+
+    // Started again: the last attempt is now after the last due time, so nothing more runs.
+    lab.start(&[], "catch_up = true\n")?;
+    lab.agent().wait_log("serving as", Duration::from_secs(30))?;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    ensure!(run_triggers(&lab)? == ["manual", "schedule"], "caught up twice: {:?}", run_triggers(&lab)?);
+    ensure!(!lab.agent().logs().contains("catch-up"), "{}", lab.agent().logs());
     Ok(())
 }

@@ -439,7 +439,7 @@ fn reload_refuses_an_invalid_config_and_sighup_applies_a_valid_one() -> Result<(
     rt.block_on(async {
         let mut admin = dns.client(&pki, Role::Admin, "admin1").await?;
         // The query log is on now and shows the query just made.
-        let log = admin.query_log(QueryLogRequest { limit: 10 }).await?.into_inner();
+        let log = admin.query_log(QueryLogRequest { limit: 10, ..Default::default() }).await?.into_inner();
         assert!(
             log.entries.iter().any(|e| e.name == "mail.lab.home.arpa." && e.r#type == "A" && e.outcome == "local"),
             "{log:?}"
@@ -1074,5 +1074,145 @@ fn each_services_agent_writes_only_its_own_names_and_types() -> Result<()> {
     assert_eq!(dns.dig(&["wpad.lab.home.arpa", "A"])?.values("A"), vec!["10.0.0.2"]);
     let other = dns.dig(&["other.lab.home.arpa", "A"])?;
     assert_eq!(other.status, "NXDOMAIN", "{}", other.raw);
+    Ok(())
+}
+
+/// `labctl` with the inventory `inv`; killed on Drop (for `--follow`).
+struct Labctl(Child);
+
+impl Drop for Labctl {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `labctl --config INV --json dns log ARGS…` to its end: (success, stdout, stderr).
+fn labctl_log(inv: &Path, args: &[&str]) -> Result<(bool, String, String)> {
+    let out = Command::new(strata_tests::harness::bin("labctl")?)
+        .arg("--config")
+        .arg(inv)
+        .args(["--json", "dns", "log"])
+        .args(args)
+        .output()?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into()))
+}
+
+/// The entries `labctl --json dns log ARGS…` prints.
+fn log_entries(inv: &Path, args: &[&str]) -> Result<Vec<serde_json::Value>> {
+    let (ok, out, err) = labctl_log(inv, args)?;
+    ensure!(ok, "labctl dns log {args:?} failed: {err}");
+    serde_json::from_str(&out).with_context(|| format!("not a JSON array: {out}"))
+}
+
+fn names_of(entries: &[serde_json::Value]) -> Vec<String> {
+    entries.iter().map(|e| e["name"].as_str().unwrap_or("").to_string()).collect()
+}
+
+#[test]
+fn query_log_shows_outcome_blocking_list_and_latency_filters_narrow_and_follow_prints_new_queries() -> Result<()> {
+    let pki = Pki::new()?;
+    let unbound = Unbound::start()?;
+    let lists = tempfile::tempdir()?;
+    let (ads, trackers) = (lists.path().join("ads.txt"), lists.path().join("trackers.txt"));
+    std::fs::write(&ads, "0.0.0.0 ads.example.com\nshared.example.org\n")?;
+    std::fs::write(&trackers, "tracker.example.net\nshared.example.org\n")?;
+    let extra = format!(
+        "query_log = true\n{ZONES}\n[forward]\nupstreams = [\"udp://127.0.0.1:{}\"]\n\n[blocklist]\nsources = [{:?}, {:?}]\n",
+        unbound.port,
+        ads.display().to_string(),
+        trackers.display().to_string()
+    );
+    let dns = Dns::start(&pki, &extra)?;
+    let (cert, key) = pki.issue(Role::Admin, "alice")?;
+    let inv = lists.path().join("labctl.toml");
+    strata_tests::harness::write_inventory(&inv, &pki.ca(), &cert, &key, &[&dns.agent])?;
+
+    wait_for("the blocklist to load", Duration::from_secs(10), || {
+        Ok(dns.dig(&["ads.example.com", "A"])?.values("A") == vec!["0.0.0.0"])
+    })?;
+    assert_eq!(dns.dig(&["x.tracker.example.net", "A"])?.values("A"), vec!["0.0.0.0"]);
+    assert_eq!(dns.dig(&["shared.example.org", "A"])?.values("A"), vec!["0.0.0.0"]);
+    assert!(dns.dig(&["nas.lab.home.arpa", "A"])?.aa());
+    assert_eq!(dns.dig(&["fwd.example", "A"])?.values("A"), vec!["192.0.2.7"]);
+    assert_eq!(dns.dig(&["missing.example", "A"])?.status, "NXDOMAIN");
+
+    // Every entry: its outcome, latency in ms, and for a blocked one the list (source) that blocked it.
+    let all = log_entries(&inv, &["--limit", "100"])?;
+    let find = |name: &str| all.iter().find(|e| e["name"] == name).cloned();
+    let ads_entry = find("ads.example.com.").context("ads.example.com in the log")?;
+    assert_eq!(ads_entry["outcome"], "blocked", "{ads_entry}");
+    assert_eq!(ads_entry["list"], ads.display().to_string(), "{ads_entry}");
+    let tracker = find("x.tracker.example.net.").context("tracker in the log")?;
+    assert_eq!(tracker["list"], trackers.display().to_string(), "{tracker}");
+    let shared = find("shared.example.org.").context("shared in the log")?;
+    assert_eq!(shared["list"], ads.display().to_string(), "listed by both: the first source: {shared}");
+    for (name, outcome) in
+        [("nas.lab.home.arpa.", "local"), ("fwd.example.", "forwarded"), ("missing.example.", "nxdomain")]
+    {
+        let e = find(name).with_context(|| format!("{name} in {all:?}"))?;
+        assert_eq!(e["outcome"], outcome, "{e}");
+        assert_eq!(e["list"], "", "{e}");
+    }
+    // A repeated query answered from the UDP answer cache may take under a microsecond: 0 is a fair latency there.
+    let forwarded = find("fwd.example.").context("fwd.example")?;
+    assert!(forwarded["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0), "a forwarded query takes time: {forwarded}");
+    for e in &all {
+        let ms = e["latency_ms"].as_f64().with_context(|| format!("latency_ms in {e}"))?;
+        assert!((0.0..5000.0).contains(&ms), "{e}");
+        assert!(e["seq"].as_u64().is_some_and(|s| s > 0), "{e}");
+    }
+    // Newest first, by sequence number.
+    let seqs: Vec<u64> = all.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] > w[1]), "{seqs:?}");
+
+    // Filters narrow, applied by the agent.
+    let blocked = log_entries(&inv, &["--outcome", "blocked", "--limit", "100"])?;
+    assert!(blocked.iter().all(|e| e["outcome"] == "blocked") && blocked.len() >= 3, "{blocked:?}");
+    assert!(blocked.len() < all.len(), "{blocked:?}");
+    assert_eq!(names_of(&log_entries(&inv, &["--name", "LAB.home"])?), ["nas.lab.home.arpa."]);
+    assert_eq!(log_entries(&inv, &["--client", "127.0.0.0/8", "--limit", "100"])?.len(), all.len());
+    assert!(log_entries(&inv, &["--client", "10.0.0.0/8"])?.is_empty());
+    assert_eq!(log_entries(&inv, &["--limit", "2"])?.len(), 2);
+    let (ok, _, err) = labctl_log(&inv, &["--outcome", "eaten"])?;
+    assert!(!ok && err.contains("outcome") && err.contains("eaten"), "{err}");
+    let (ok, _, err) = labctl_log(&inv, &["--client", "10.0.0.0/40"])?;
+    assert!(!ok && err.contains("client"), "{err}");
+
+    // --follow prints a query made after it started (one JSON object per line), and only what its filter selects.
+    let calls = || dns.agent.logs().matches("/strata.v1.Dns/QueryLog").count();
+    let before = calls();
+    let mut child = Command::new(strata_tests::harness::bin("labctl")?)
+        .arg("--config")
+        .arg(&inv)
+        .args(["--json", "dns", "log", "--follow", "--name", "follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("piped")?;
+    let follower = Labctl(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Let it make its first call (the cursor) before the query: the agent logs every call it allows.
+    wait_for("labctl's first QueryLog call", Duration::from_secs(10), || Ok(calls() > before))?;
+    assert_eq!(dns.dig(&["nas.lab.home.arpa", "A"])?.status, "NOERROR");
+    assert_eq!(dns.dig(&["follow-me.lab.home.arpa", "A"])?.status, "NXDOMAIN");
+    let line = rx.recv_timeout(Duration::from_secs(10)).context("no line from labctl dns log --follow")?;
+    let e: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?;
+    assert_eq!(
+        (e["name"].as_str(), e["outcome"].as_str()),
+        (Some("follow-me.lab.home.arpa."), Some("nxdomain")),
+        "{e}"
+    );
+    assert!(e["latency_ms"].as_f64().is_some(), "{e}");
+    assert!(rx.recv_timeout(Duration::from_millis(1500)).is_err(), "only the filtered query is printed");
+    drop(follower);
     Ok(())
 }

@@ -796,3 +796,48 @@ async fn vmware_through_vmrun_standin_hangs_fall_back_to_hard_and_locks_are_refu
     ensure!(err.message().contains("timed out"), "{err:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn catch_up_backs_up_a_vm_once_at_start_when_its_schedule_came_due_while_the_agent_was_down() -> Result<()> {
+    cmd::require("rsync", "rsync")?;
+    let parent = tempfile::Builder::new().prefix("strata-vms-").tempdir()?;
+    let mut lab = Lab::new(parent.path())?;
+    let target = lab.dir.path().join("rsync");
+    std::fs::create_dir(&target)?;
+    let copies = || std::fs::read_dir(&target).map(|d| d.count()).unwrap_or(0);
+    // Yearly in Berlin: it does not come due during the test. The VM was never backed up: with catch_up = false
+    // nothing runs at start.
+    let start = |lab: &mut Lab, catch_up: bool| -> Result<()> {
+        if let Some(mut a) = lab.agent.take() {
+            a.terminate()?;
+        }
+        let spec = VmSpec {
+            mode: "stop",
+            engine: "rsync",
+            target: &target,
+            extra: format!("schedule = \"@yearly\"\ncatch_up = {catch_up}"),
+        };
+        let text = format!("timezone = \"Europe/Berlin\"\n{}", lab.config_text(&[("lab", &lab.vm_dir, &spec)])?);
+        let path = lab.dir.path().join("host-agent.toml");
+        std::fs::write(&path, text)?;
+        lab.agent = Some(AgentProc::start_with_config(AgentKind::Host, &path)?);
+        Ok(())
+    };
+    start(&mut lab, false)?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensure!(copies() == 0, "a backup ran without catch_up");
+    ensure!(!lab.agent()?.logs().contains("catch-up"), "{}", lab.agent()?.logs());
+
+    // catch_up = true and no backup ever tried: one backup at start, by the scheduler.
+    start(&mut lab, true)?;
+    lab.agent()?.wait_log("catch-up: a scheduled backup came due while the agent was down", Duration::from_secs(20))?;
+    lab.agent()?.wait_log("scheduled backup done", Duration::from_secs(60))?;
+    ensure!(copies() == 1, "one copy after the catch-up, found {}", copies());
+
+    // Started again: the last attempt is after the last due time (January 1st), so nothing more runs.
+    start(&mut lab, true)?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensure!(!lab.agent()?.logs().contains("catch-up"), "caught up twice: {}", lab.agent()?.logs());
+    ensure!(copies() == 1, "{} copies", copies());
+    Ok(())
+}

@@ -27,6 +27,8 @@ const PACKAGES: &[&str] = &[
     "rsync",
     "prometheus",
     "systemd",
+    // The IANA tz database: schedules with a `timezone` are evaluated against it (the tests use Europe/Berlin).
+    "tzdata",
 ];
 
 pub(crate) fn run() -> Result<()> {

@@ -390,12 +390,26 @@ pub struct BlocklistStatus {
     #[prost(message, repeated, tag = "2")]
     pub sources: ::prost::alloc::vec::Vec<BlocklistSource>,
 }
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+/// Filters are applied by the agent; empty ones match everything. At most 1000 entries per answer (limit 0: 1000).
+/// Without after_seq: the most recent entries, newest first. With after_seq (a cursor, `labctl dns log --follow`):
+/// the entries recorded after it, oldest first.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct QueryLogRequest {
     #[prost(uint32, tag = "1")]
     pub limit: u32,
+    /// an address or ADDRESS/LEN prefix
+    #[prost(string, tag = "2")]
+    pub client: ::prost::alloc::string::String,
+    /// a substring of the query name, case-insensitive
+    #[prost(string, tag = "3")]
+    pub name: ::prost::alloc::string::String,
+    /// local, forwarded, cached, stale, blocked, failed, refused, nxdomain
+    #[prost(string, tag = "4")]
+    pub outcome: ::prost::alloc::string::String,
+    #[prost(uint64, optional, tag = "5")]
+    pub after_seq: ::core::option::Option<u64>,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct QueryLogEntry {
     #[prost(int64, tag = "1")]
     pub time_unix_ms: i64,
@@ -409,11 +423,25 @@ pub struct QueryLogEntry {
     pub outcome: ::prost::alloc::string::String,
     #[prost(uint32, tag = "6")]
     pub latency_us: u32,
+    /// 1, 2, 3, … since the agent started: the follow cursor
+    #[prost(uint64, tag = "7")]
+    pub seq: u64,
+    /// blocked: the blocklist source (path or URL) that blocked it
+    #[prost(string, tag = "8")]
+    pub list: ::prost::alloc::string::String,
+    /// receipt to response, in the handler
+    #[prost(double, tag = "9")]
+    pub latency_ms: f64,
 }
+/// last_seq: the newest sequence number given so far (the next cursor); truncated: more entries matched.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct QueryLogResponse {
     #[prost(message, repeated, tag = "1")]
     pub entries: ::prost::alloc::vec::Vec<QueryLogEntry>,
+    #[prost(uint64, tag = "2")]
+    pub last_seq: u64,
+    #[prost(bool, tag = "3")]
+    pub truncated: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StatsRequest {}
