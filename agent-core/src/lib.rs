@@ -9,6 +9,7 @@ pub mod conn;
 pub mod cron;
 pub mod duration;
 pub mod grpc;
+pub mod health;
 pub mod identity;
 pub mod install;
 pub mod policy;
