@@ -32,7 +32,8 @@ enum Cmd {
     /// The lab's certificate authority.
     #[command(subcommand)]
     Pki(PkiCmd),
-    /// Ask every agent in the inventory how it is doing (non-zero exit when any is not healthy).
+    /// Ask every agent in the inventory how it is doing. Exit 0: all healthy; 2: all answered, some degraded
+    /// (answering but unable to do part of their job: the HEALTH column says why); 1: some unreachable (wins over 2).
     Status,
     /// The dns-agent: records, blocklist, query log, stats.
     #[command(subcommand)]
@@ -228,11 +229,9 @@ fn status_cmd(config: Option<PathBuf>, json: bool, timeout: Duration) -> Result<
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         print!("{}", status::render(&rows, now));
     }
-    let unhealthy: Vec<&str> = rows.iter().filter(|r| !r.healthy()).map(|r| r.agent.as_str()).collect();
-    if unhealthy.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("error: not healthy: {}", unhealthy.join(", "));
-        Ok(ExitCode::FAILURE)
+    let (code, lines) = status::verdict(&rows);
+    for l in lines {
+        eprintln!("{l}");
     }
+    Ok(ExitCode::from(code))
 }
