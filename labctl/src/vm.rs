@@ -166,7 +166,8 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> 
                 .await
                 .map_err(call_error(&agent, "backup"))?
                 .into_inner();
-            for line in progress::follow(s, json, FINAL_STEP).await.map_err(call_error(&agent, "backup"))? {
+            let detached = "the backup goes on on the host-agent; `labctl vm ls` shows each vm's last backup";
+            for line in progress::follow(s, json, FINAL_STEP, detached).await.map_err(call_error(&agent, "backup"))? {
                 if !json {
                     println!("{line}");
                 }
@@ -211,7 +212,9 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> 
                 start,
             };
             let s = c.restore(req).await.map_err(call_error(&agent, "restore"))?.into_inner();
-            for line in progress::follow(s, json, FINAL_RESTORE_STEP).await.map_err(call_error(&agent, "restore"))? {
+            let detached = "the restore goes on on the host-agent; its outcome is in the host-agent's log";
+            let lines = progress::follow(s, json, FINAL_RESTORE_STEP, detached).await;
+            for line in lines.map_err(call_error(&agent, "restore"))? {
                 if !json {
                     println!("{line}");
                 }
@@ -220,7 +223,10 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, json: bool) -> 
         }
         VmCmd::Drill { name } => {
             let s = c.drill(VmRef { name: name.clone() }).await.map_err(call_error(&agent, "drill"))?.into_inner();
-            for line in progress::follow(s, json, FINAL_DRILL_STEP).await.map_err(call_error(&agent, "drill"))? {
+            let detached = "the drill goes on on the host-agent; its outcome is in the host-agent's log";
+            for line in
+                progress::follow(s, json, FINAL_DRILL_STEP, detached).await.map_err(call_error(&agent, "drill"))?
+            {
                 if !json {
                     println!("{line}");
                 }
