@@ -37,6 +37,9 @@ pub const ROLE: Role = Role::HostAgent;
 /// How often every VM is looked at through its hypervisor (a VM it cannot see makes the agent degraded).
 const VM_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long serving waits for the first look at the VMs.
+const FIRST_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs the agent until `shutdown` fires. Before serving, undoes whatever a crashed run left (paused VMs, clones).
 pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), ServeError> {
     let tls: TlsMaterial = listeners.tls.clone();
@@ -58,8 +61,9 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
         });
     let recovered = host.recover().await;
     tracing::info!(actions = recovered.len(), "crash recovery done");
-    // The first look at every VM comes before serving, so that Status tells the truth from the start.
-    host.probe_vms().await;
+    // The first look at every VM comes before serving, so that Status tells the truth from the start; a hypervisor
+    // that hangs (vmrun) delays serving by at most this much (the watcher below looks again at once).
+    let _ = tokio::time::timeout(FIRST_PROBE_WAIT, host.probe_vms()).await;
     let host = Arc::new(host);
     let scheduler = tokio::spawn(schedule::run(host.clone()));
     let watcher = tokio::spawn(host.clone().watch_vms(VM_PROBE_EVERY));
