@@ -13,12 +13,10 @@ use tonic::{Request, Response, Status};
 
 use crate::authz::{AuthzLayer, DecisionLabels};
 use crate::conn::{self, ServerTls};
+use crate::health::{Checks, DegradedGauge};
 use crate::identity::Role;
 use crate::telemetry::Metrics;
 use crate::tls::TlsMaterial;
-
-/// A role-specific one-line summary for `Status`, computed on each call.
-pub type Summary = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// What `strata.v1.Agent/Status` reports.
 #[derive(Clone)]
@@ -28,7 +26,8 @@ pub struct AgentInfo {
     pub version: &'static str,
     pub started: Instant,
     pub tls: TlsMaterial,
-    pub summary: Summary,
+    /// The agent's health checks: its summary and the reasons it is degraded.
+    pub health: Checks,
 }
 
 struct AgentSvc(AgentInfo);
@@ -37,6 +36,7 @@ struct AgentSvc(AgentInfo);
 impl Agent for AgentSvc {
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let i = &self.0;
+        let health = i.health.report();
         Ok(Response::new(StatusResponse {
             name: i.name.clone(),
             role: i.role.to_string(),
@@ -44,7 +44,8 @@ impl Agent for AgentSvc {
             uptime_seconds: i.started.elapsed().as_secs(),
             cert_not_after_unix: i.tls.not_after,
             identity: i.tls.identity.uri(),
-            summary: (i.summary)(),
+            summary: health.summary_line(),
+            degraded: health.reasons().to_vec(),
         }))
     }
 }
@@ -107,11 +108,11 @@ const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// Streams a peer may open and reset at once (the "rapid reset" flood) before the connection is closed.
 const MAX_PENDING_RESETS: usize = 32;
 
-/// What an agent brings to `run_agent`: its role, version, summary, own services and metrics.
+/// What an agent brings to `run_agent`: its role, version, health checks, own services and metrics.
 pub struct AgentParts {
     pub role: Role,
     pub version: &'static str,
-    pub summary: Summary,
+    pub health: Checks,
     pub domain: RoutesBuilder,
     pub metrics: Metrics,
 }
@@ -125,12 +126,17 @@ pub async fn run_agent(
     listeners: crate::cli::Listeners,
     shutdown: crate::cli::Shutdown,
 ) -> Result<(), ServeError> {
-    let AgentParts { role, version, summary, domain, metrics } = parts;
+    let AgentParts { role, version, health, domain, metrics } = parts;
     crate::state::ensure_dir(&common.state_dir).map_err(ServeError::State)?;
     let crate::cli::Listeners { grpc, metrics: metrics_listener, tls } = listeners;
     let server_tls = Arc::new(ServerTls::new(tls.clone(), common.grpc.crl.clone())?);
     tracing::info!(identity = %tls.identity, "serving as");
-    let info = AgentInfo { name: tls.identity.name.clone(), role, version, started: Instant::now(), tls, summary };
+    metrics.register(
+        "degraded_reasons",
+        "Reasons the agent is degraded (0: healthy), as labctl status lists them",
+        DegradedGauge(health.clone()),
+    );
+    let info = AgentInfo { name: tls.identity.name.clone(), role, version, started: Instant::now(), tls, health };
     metrics.register_build_info(role.as_str(), version);
     let metrics_task = tokio::spawn(metrics.clone().serve(metrics_listener, shutdown.clone().wait()));
     serve(grpc, info, server_tls, domain, &metrics, shutdown.wait()).await?;

@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod cron;
 pub mod duration;
 pub mod grpc;
+pub mod health;
 pub mod identity;
 pub mod install;
 pub mod policy;

@@ -825,6 +825,16 @@ pub struct SourceStatus {
     pub loaded_unix: i64,
 }
 
+/// One reason per source whose data was never read (no download, no cached copy): blocking from it is not
+/// happening. A source that failed but still serves an older copy is not in the list.
+pub fn never_loaded(statuses: &[SourceStatus]) -> Vec<String> {
+    statuses
+        .iter()
+        .filter(|s| s.loaded_unix == 0)
+        .map(|s| format!("blocklist {}: never loaded: {}", s.source, s.error.as_deref().unwrap_or("no data")))
+        .collect()
+}
+
 /// Capacity of a buffer for `expected` bytes. Large buffers get at least [`BIG_BUFFER`] so that, on glibc, they are
 /// always mmapped and handed back to the kernel when freed: freeing a mmapped block of up to 32 MiB raises glibc's
 /// dynamic mmap threshold, after which the next refreshes' buffers and lists would come from the heap and stay
@@ -1628,6 +1638,25 @@ mod tests {
 
     fn cfg(sources: Vec<Source>, allow: &[&str]) -> BlocklistConfig {
         BlocklistConfig { sources, allow: names(allow), refresh: DEFAULT_REFRESH, response: BlockResponse::Zero }
+    }
+
+    #[tokio::test]
+    async fn a_source_never_read_is_a_reason_until_it_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("ads.txt");
+        let bl = Blocklists::new(cfg(vec![Source::File(list.clone())], &[]), dir.path().join("cache"));
+        let shown = list.display().to_string();
+        assert_eq!(never_loaded(&bl.status()), [format!("blocklist {shown}: never loaded: blocklist not loaded yet")]);
+        let reasons = never_loaded(&bl.refresh().await);
+        assert_eq!(reasons.len(), 1);
+        assert!(reasons[0].starts_with(&format!("blocklist {shown}: never loaded: ")), "{reasons:?}");
+        std::fs::write(&list, b"ads.example.com\n").unwrap();
+        assert_eq!(never_loaded(&bl.refresh().await), Vec::<String>::new());
+        // Gone again: the cached copy still serves, so blocking still happens.
+        std::fs::remove_file(&list).unwrap();
+        let st = bl.refresh().await;
+        assert!(st[0].error.is_some() && st[0].loaded_unix > 0, "{st:?}");
+        assert_eq!(never_loaded(&st), Vec::<String>::new());
     }
 
     #[tokio::test]

@@ -67,11 +67,12 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     dns.spawn_gauges(GAUGE_INTERVAL, shutdown.clone());
     spawn_sighup_reload(dns.clone(), shutdown.clone());
 
-    let summary_dns = dns.clone();
-    let summary: agent_core::grpc::Summary = Arc::new(move || summary_dns.summary());
+    let health_dns = dns.clone();
+    let mut health = agent_core::health::Checks::new();
+    health.add(move |h| health_dns.health(h));
     let mut domain = tonic::service::RoutesBuilder::default();
     domain.add_service(grpc::DnsGrpc::new(dns.clone()).into_server());
-    let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), summary, domain, metrics: registry };
+    let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), health, domain, metrics: registry };
     let served = agent_core::grpc::run_agent(&dns.config().common, parts, listeners, shutdown).await;
 
     if !listen.is_empty() {

@@ -345,6 +345,20 @@ impl Dns {
         )
     }
 
+    /// The agent's part of `Agent/Status`: the summary, and a reason per blocklist source never loaded and per
+    /// upstream when every upstream of a forwarding group is failing.
+    pub fn health(&self, h: &mut agent_core::health::Health) {
+        h.summary(self.summary());
+        for reason in crate::blocklist::never_loaded(&self.blocklists.status()) {
+            h.degraded(reason);
+        }
+        if let Some(f) = self.forwarder.load().as_ref() {
+            for reason in f.failing() {
+                h.degraded(reason);
+            }
+        }
+    }
+
     /// Sends the size gauges to the metrics every `every` until `shutdown`.
     pub fn spawn_gauges(self: &Arc<Self>, every: Duration, shutdown: agent_core::cli::Shutdown) {
         let this = self.clone();

@@ -99,6 +99,8 @@ pub struct Host {
     guest: Arc<dyn Guest>,
     busy: Mutex<HashSet<String>>,
     observer: Box<dyn Fn(&BackupReport) + Send + Sync>,
+    /// The last look at each configured VM through its hypervisor (name → why it could not be seen).
+    unseen: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// Released on drop: the VM is free for the next operation.
@@ -126,7 +128,14 @@ async fn send(tx: &mpsc::Sender<Progress>, step: &str, done: u64, total: u64, me
 impl Host {
     pub fn new(cfg: Config, guest: Arc<dyn Guest>) -> Result<Host, HostError> {
         let journal = Journal::open(&cfg.common.state_dir)?;
-        Ok(Host { cfg, journal, guest, busy: Mutex::new(HashSet::new()), observer: Box::new(|_| {}) })
+        Ok(Host {
+            cfg,
+            journal,
+            guest,
+            busy: Mutex::new(HashSet::new()),
+            observer: Box::new(|_| {}),
+            unseen: Mutex::default(),
+        })
     }
 
     /// Calls `f` after every successful backup (the agent feeds its metrics from it).
@@ -200,10 +209,43 @@ impl Host {
         done
     }
 
+    /// Asks each configured VM's hypervisor for its state and keeps which VMs it could not see (for
+    /// [`Host::unseen_vms`]).
+    pub async fn probe_vms(&self) {
+        for vm in &self.cfg.vms {
+            let seen = self.hv(vm).state().await;
+            self.record_seen(&vm.name, &seen);
+        }
+    }
+
+    fn record_seen(&self, vm: &str, seen: &Result<VmState, HvError>) {
+        let mut unseen = self.unseen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen {
+            Ok(_) => unseen.remove(vm),
+            Err(e) => unseen.insert(vm.to_string(), e.to_string()),
+        };
+    }
+
+    /// One reason per configured VM its hypervisor could not see at the last look ("vm dns: bundle … does not
+    /// exist"); the hypervisor's errors already name the VM.
+    pub fn unseen_vms(&self) -> Vec<String> {
+        self.unseen.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Probes now and every `every`, forever (the caller aborts the task).
+    pub async fn watch_vms(self: Arc<Self>, every: Duration) {
+        loop {
+            self.probe_vms().await;
+            tokio::time::sleep(every).await;
+        }
+    }
+
     pub async fn list_vms(&self) -> Vec<VmSummary> {
         let mut out = Vec::new();
         for vm in &self.cfg.vms {
-            let state = match self.hv(vm).state().await {
+            let seen = self.hv(vm).state().await;
+            self.record_seen(&vm.name, &seen);
+            let state = match seen {
                 Ok(s) => s.as_str().to_string(),
                 Err(e) => format!("error: {e}"),
             };

@@ -34,6 +34,12 @@ pub use config::Config;
 /// The role this agent's certificate must carry.
 pub const ROLE: Role = Role::HostAgent;
 
+/// How often every VM is looked at through its hypervisor (a VM it cannot see makes the agent degraded).
+const VM_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long serving waits for the first look at the VMs.
+const FIRST_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs the agent until `shutdown` fires. Before serving, undoes whatever a crashed run left (paused VMs, clones).
 pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), ServeError> {
     let tls: TlsMaterial = listeners.tls.clone();
@@ -55,15 +61,27 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
         });
     let recovered = host.recover().await;
     tracing::info!(actions = recovered.len(), "crash recovery done");
+    // The first look at every VM comes before serving, so that Status tells the truth from the start; a hypervisor
+    // that hangs (vmrun) delays serving by at most this much (the watcher below looks again at once).
+    let _ = tokio::time::timeout(FIRST_PROBE_WAIT, host.probe_vms()).await;
     let host = Arc::new(host);
     let scheduler = tokio::spawn(schedule::run(host.clone()));
+    let watcher = tokio::spawn(host.clone().watch_vms(VM_PROBE_EVERY));
     let n = host.config().vms.len();
-    let summary: agent_core::grpc::Summary = Arc::new(move || format!("{n} vms"));
+    let mut health = agent_core::health::Checks::new();
+    let health_host = host.clone();
+    health.add(move |h| {
+        h.summary(format!("{n} vms"));
+        for reason in health_host.unseen_vms() {
+            h.degraded(reason);
+        }
+    });
     let mut domain = tonic::service::RoutesBuilder::default();
     domain.add_service(grpc::HostGrpc::new(host).into_server());
-    let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), summary, domain, metrics };
+    let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), health, domain, metrics };
     let result = agent_core::grpc::run_agent(&common, parts, listeners, shutdown).await;
     scheduler.abort();
+    watcher.abort();
     result
 }
 

@@ -67,7 +67,8 @@ pub enum Cmd {
     /// The lab's certificate authority.
     #[command(subcommand, after_help = "Example: labctl pki show ~/.config/strata/pki/alice.pem")]
     Pki(PkiCmd),
-    /// Ask every agent in the inventory how it is doing (non-zero exit when any is not healthy).
+    /// Ask every agent in the inventory how it is doing. Exit 0: all healthy; 2: all answered, some degraded
+    /// (answering but unable to do part of their job: the HEALTH column says why); 1: some unreachable (wins over 2).
     #[command(after_help = "Example: labctl status --timeout 2")]
     Status,
     /// The dns-agent: records, blocklist, query log, stats.

@@ -24,7 +24,10 @@ pub struct AgentStatus {
     pub cert_not_after_unix: i64,
     pub identity: String,
     pub summary: String,
+    /// healthy, degraded (with `degraded` listing why), not serving, unknown.
     pub health: String,
+    /// Why the agent is degraded, one reason per line; empty when healthy.
+    pub degraded: Vec<String>,
 }
 
 /// For `map_err`: a failed call of `what` on `agent`, as a one-line error.
@@ -243,6 +246,7 @@ pub async fn status(tls: &TlsMaterial, agent: &AgentAddr, timeout: Duration) -> 
         .map_err(|s| status_error(agent, "health check", &s))?
         .into_inner();
     let health = match ServingStatus::try_from(health.status) {
+        Ok(ServingStatus::Serving) if !s.degraded.is_empty() => "degraded",
         Ok(ServingStatus::Serving) => "healthy",
         Ok(ServingStatus::NotServing) => "not serving",
         _ => "unknown",
@@ -256,6 +260,7 @@ pub async fn status(tls: &TlsMaterial, agent: &AgentAddr, timeout: Duration) -> 
         identity: s.identity,
         summary: s.summary,
         health: health.to_string(),
+        degraded: s.degraded,
     })
 }
 

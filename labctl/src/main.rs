@@ -205,11 +205,9 @@ fn status_cmd(config: Option<PathBuf>, json: bool, timeout: Duration) -> Result<
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         print!("{}", status::render(&rows, now));
     }
-    let unhealthy: Vec<&str> = rows.iter().filter(|r| !r.healthy()).map(|r| r.agent.as_str()).collect();
-    if unhealthy.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("error: not healthy: {}", unhealthy.join(", "));
-        Ok(ExitCode::FAILURE)
+    let (code, lines) = status::verdict(&rows);
+    for l in lines {
+        eprintln!("{l}");
     }
+    Ok(ExitCode::from(code))
 }

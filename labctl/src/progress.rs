@@ -56,19 +56,46 @@ impl Mode {
     }
 }
 
+/// Exit code of labctl interrupted (Ctrl-C) while following a job: 128 + SIGINT, as a shell reports it.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
 /// Shows a progress stream (a `tonic::Streaming<Progress>` or `<VmProgress>`) until it ends, in the mode
 /// [`Mode::detect`] picks for `json`. Returns the messages of the updates whose step is `final_step` (the
 /// summaries: one per unit of work, several for `--all`; none when the agent sent none), or the status the
 /// stream ended with. The summaries are not printed (except as JSON lines): the caller prints them on stdout.
-pub async fn follow<T, S>(stream: S, json: bool, final_step: &str) -> Result<Vec<String>, tonic::Status>
+///
+/// Ctrl-C while following does not stop the job: the agent runs it to the end without us. labctl says so on
+/// stderr (`interrupted: ` and `on_interrupt`, which says where to see the outcome) and exits with
+/// [`EXIT_INTERRUPTED`].
+pub async fn follow<T, S>(
+    stream: S,
+    json: bool,
+    final_step: &str,
+    on_interrupt: &str,
+) -> Result<Vec<String>, tonic::Status>
 where
     T: Into<Update>,
     S: Stream<Item = Result<T, tonic::Status>> + Unpin,
 {
-    match Mode::detect(json) {
-        Mode::Bar => follow_bar(stream, final_step).await,
-        mode => follow_to(stream, mode, final_step, &mut std::io::stdout(), &mut std::io::stderr()).await,
+    let shown = async {
+        match Mode::detect(json) {
+            Mode::Bar => follow_bar(stream, final_step).await,
+            mode => follow_to(stream, mode, final_step, &mut std::io::stdout(), &mut std::io::stderr()).await,
+        }
+    };
+    tokio::select! {
+        r = shown => r,
+        Ok(()) = tokio::signal::ctrl_c() => {
+            // On a line of its own, under a bar left where it was.
+            eprintln!("\n{}", interrupted_line(on_interrupt));
+            std::process::exit(EXIT_INTERRUPTED)
+        }
     }
+}
+
+/// What labctl says when Ctrl-C detaches it from a job.
+pub fn interrupted_line(on_interrupt: &str) -> String {
+    format!("interrupted: {on_interrupt}")
 }
 
 /// [`follow`] in [`Mode::Lines`] or [`Mode::Json`], writing JSON lines to `out` and plain lines to `err`.

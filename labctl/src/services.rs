@@ -291,7 +291,8 @@ async fn follow(
     stream: client::FirstWithin<tonic::Streaming<strata_proto::v1::Progress>>,
     json: bool,
 ) -> Result<ExitCode> {
-    let summaries = progress::follow(stream, json, FINAL_STEP).await.map_err(agent.error(what))?;
+    let detached = format!("the {what} goes on on the services-agent; `labctl services history` shows its outcome");
+    let summaries = progress::follow(stream, json, FINAL_STEP, &detached).await.map_err(agent.error(what))?;
     if summaries.is_empty() {
         anyhow::bail!(
             "{what} on {} ({}): the agent ended the stream without a final `{FINAL_STEP}` step: outcome unknown",

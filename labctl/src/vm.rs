@@ -140,8 +140,9 @@ async fn follow(
     stream: client::FirstWithin<tonic::Streaming<strata_proto::v1::VmProgress>>,
     json: bool,
     final_step: &str,
+    on_interrupt: &str,
 ) -> Result<ExitCode> {
-    let summaries = progress::follow(stream, json, final_step).await.map_err(agent.error(what))?;
+    let summaries = progress::follow(stream, json, final_step, on_interrupt).await.map_err(agent.error(what))?;
     if json {
         println!("{}", serde_json::json!({ "summaries": summaries }));
     } else {
@@ -215,7 +216,8 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) ->
         VmCmd::Backup { name, all } => {
             let req = VmBackupRequest { name: name.unwrap_or_default(), all };
             let s = agent.stream("backup", c.backup(req), true).await?;
-            follow(&agent, "backup", s, json, FINAL_STEP).await
+            let detached = "the backup goes on on the host-agent; `labctl vm ls` shows each vm's last backup";
+            follow(&agent, "backup", s, json, FINAL_STEP, detached).await
         }
         VmCmd::Backups { name } => {
             let list = agent.call("list backups", c.list_backups(VmRef { name })).await?.backups;
@@ -254,11 +256,13 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) ->
                 start,
             };
             let s = agent.stream("restore", c.restore(req), true).await?;
-            follow(&agent, "restore", s, json, FINAL_RESTORE_STEP).await
+            let detached = "the restore goes on on the host-agent; its outcome is in the host-agent's log";
+            follow(&agent, "restore", s, json, FINAL_RESTORE_STEP, detached).await
         }
         VmCmd::Drill { name } => {
             let s = agent.stream("drill", c.drill(VmRef { name }), true).await?;
-            follow(&agent, "drill", s, json, FINAL_DRILL_STEP).await
+            let detached = "the drill goes on on the host-agent; its outcome is in the host-agent's log";
+            follow(&agent, "drill", s, json, FINAL_DRILL_STEP, detached).await
         }
     }
 }

@@ -80,19 +80,21 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     let dns = tokio::spawn(dns::run(cfg.clone(), listeners.tls.clone(), stacks.dns.clone(), shutdown.clone()));
     let scheduler = tokio::spawn(schedule::run(backups.clone(), shutdown.clone()));
 
-    let (summary_stacks, summary_backups) = (stacks.clone(), backups.clone());
-    let summary: agent_core::grpc::Summary = Arc::new(move || {
-        let b = summary_backups.summary();
-        let s = summary_stacks.summary();
-        if b.is_empty() {
-            s
-        } else {
-            format!("{s}; {b}")
+    // The first look at the engine settles before serving (a missing socket fails at once), so that a Status just
+    // after start does not report the engine as "not connected yet".
+    for _ in 0..50 {
+        if stacks.live.attempted() {
+            break;
         }
-    });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut health = agent_core::health::Checks::new();
+    let (health_stacks, health_backups) = (stacks.clone(), backups.clone());
+    health.add(move |h| health_stacks.health(h));
+    health.add(move |h| h.summary(health_backups.summary()));
     let mut domain = tonic::service::RoutesBuilder::default();
     domain.add_service(grpc::service(stacks, backups));
-    let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), summary, domain, metrics };
+    let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), health, domain, metrics };
     let served = agent_core::grpc::run_agent(&common, parts, listeners, shutdown).await;
     // The background tasks stop on the same shutdown; a sync in progress is abandoned (compose is killed on drop). A
     // backup in progress is abandoned too: the journal lets the next start repair it.

@@ -15,6 +15,8 @@ struct State {
     api_version: String,
     /// False until the first snapshot arrived.
     seeded: bool,
+    /// False until the watcher's first connection attempt ended (a snapshot or an error).
+    attempted: bool,
 }
 
 /// Shared, cheap to read. Writers are the watcher and (for immediate feedback) the deploy paths.
@@ -51,6 +53,7 @@ impl Live {
         s.engine_error = None;
         s.api_version = api_version;
         s.seeded = true;
+        s.attempted = true;
         drop(s);
         self.connected.notify_waiters();
     }
@@ -73,7 +76,14 @@ impl Live {
     }
 
     pub fn set_engine_down(&self, error: String) {
-        self.write().engine_error = Some(error);
+        let mut s = self.write();
+        s.engine_error = Some(error);
+        s.attempted = true;
+    }
+
+    /// True once the watcher tried the engine at least once (whatever the outcome).
+    pub fn attempted(&self) -> bool {
+        self.read().attempted
     }
 
     pub fn has_container(&self, id: &str) -> bool {
@@ -133,6 +143,7 @@ mod tests {
     fn events_update_the_picture() {
         let live = Live::default();
         assert_eq!(live.engine_error().as_deref(), Some("not connected yet"));
+        assert!(!live.attempted());
         live.reset(vec![c("1", "a", "a_web_2"), c("2", "b", "b_web_1")], vec![], "1.41".into());
         assert!(live.engine_error().is_none() && live.seeded());
         live.upsert(c("3", "a", "a_web_1"));

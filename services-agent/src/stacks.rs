@@ -431,6 +431,33 @@ impl Stacks {
         s
     }
 
+    /// The stacks' part of `Agent/Status`: the summary, and a reason for the engine not answering, the stacks
+    /// repository failing, and each wanted stack that is not running or whose last sync or deploy failed.
+    pub fn health(&self, h: &mut agent_core::health::Health) {
+        h.summary(self.summary());
+        if let Some(e) = self.live.engine_error() {
+            h.degraded(docker_reason(&self.cfg.docker_socket, &e));
+            // Every stack's state is unknown: one reason says why.
+            return;
+        }
+        if self.cfg.stacks.is_none() {
+            return;
+        }
+        if let Some(e) = self.repo_error.read().unwrap_or_else(|e| e.into_inner()).clone() {
+            h.degraded(format!("stacks repository: {e}"));
+        }
+        for svc in &self.cfg.services {
+            let (wanted, deployed, error) = match self.store.get(&svc.name) {
+                Ok(r) => (r.wanted, !r.commit.is_empty(), r.error),
+                Err(e) => (true, false, e.to_string()),
+            };
+            let (state, _) = aggregate(&self.live.project(&svc.name), wanted, deployed, false);
+            if let Some(r) = stack_reason(&svc.name, &state, wanted, &error) {
+                h.degraded(r);
+            }
+        }
+    }
+
     /// Syncs now and then every `[stacks] poll` until `shutdown`.
     pub async fn poll(self: Arc<Self>, shutdown: Shutdown) {
         let Some(every) = self.cfg.stacks.as_ref().map(|s| s.poll) else { return };
@@ -512,9 +539,48 @@ pub fn aggregate(containers: &[ContainerInfo], wanted: bool, deployed: bool, eng
     (state.to_string(), health.to_string())
 }
 
+/// The reason the agent is degraded when the engine at `socket` does not answer (`error` as the watcher keeps it).
+pub fn docker_reason(socket: &Path, error: &str) -> String {
+    let error = error.strip_prefix("docker engine unreachable: ").unwrap_or(error);
+    format!("docker: cannot reach the engine at {}: {error}", socket.display())
+}
+
+/// Why stack `name` makes the agent degraded, if it does: wanted but not running (paused counts as running: the
+/// operator or a backup paused it), or its last sync or deploy failed (`error`, empty when none).
+pub fn stack_reason(name: &str, state: &str, wanted: bool, error: &str) -> Option<String> {
+    let up = matches!(state, "running" | "starting" | "paused");
+    match (wanted && !up, error.is_empty()) {
+        (true, true) => Some(format!("stack {name}: {state}")),
+        (true, false) => Some(format!("stack {name}: {state}: {error}")),
+        (false, false) => Some(format!("stack {name}: {error}")),
+        (false, true) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stack_degrades_the_agent_when_wanted_and_not_up_or_failing() {
+        assert_eq!(stack_reason("web", "running", true, ""), None);
+        assert_eq!(stack_reason("web", "paused", true, ""), None);
+        assert_eq!(stack_reason("web", "down", false, ""), None, "stopped by the operator");
+        assert_eq!(stack_reason("web", "missing", true, "").as_deref(), Some("stack web: missing"));
+        assert_eq!(
+            stack_reason("web", "not deployed", true, "no compose file").as_deref(),
+            Some("stack web: not deployed: no compose file")
+        );
+        assert_eq!(
+            stack_reason("web", "running", true, "invalid compose file").as_deref(),
+            Some("stack web: invalid compose file"),
+            "still running the old commit, but the new one failed"
+        );
+        assert_eq!(
+            docker_reason(Path::new("/run/d.sock"), "docker engine unreachable: no such file"),
+            "docker: cannot reach the engine at /run/d.sock: no such file"
+        );
+    }
 
     fn c(state: &str, health: Option<&str>) -> ContainerInfo {
         ContainerInfo {

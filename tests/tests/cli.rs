@@ -94,7 +94,10 @@ fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// The three agents on their default configs. The services-agent needs the Docker engine to be healthy (without it
+/// it is degraded), so the engine is started first when it is not running.
 fn start_all(pki: &Pki) -> Result<Vec<AgentProc>> {
+    strata_tests::fixtures::docker::DockerEngine::ensure()?;
     AgentKind::ALL.iter().map(|k| AgentProc::start(*k, pki)).collect()
 }
 

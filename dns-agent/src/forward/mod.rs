@@ -319,6 +319,22 @@ impl Forwarder {
     }
 
     /// Number of cached answers (fresh or stale).
+    /// Why forwarding is failing: for each group (the default one, each conditional domain) whose every upstream
+    /// failed its last queries recently, one reason per upstream. Empty while every group has an upstream answering.
+    pub fn failing(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut domains: Vec<(usize, String)> =
+            self.inner.conditional.iter().map(|(name, &i)| (i, name.to_string())).collect();
+        domains.sort();
+        let mut out = self.inner.groups.first().map(|g| g.failing(now)).unwrap_or_default();
+        for (i, domain) in domains {
+            if let Some(g) = self.inner.groups.get(i) {
+                out.extend(g.failing(now).into_iter().map(|r| format!("{r} (forwarding {domain})")));
+            }
+        }
+        out
+    }
+
     pub fn cache_len(&self) -> usize {
         self.inner.cache.len()
     }

@@ -461,3 +461,43 @@ upstreams = ["udp://10.8.0.1:53"]
     let unknown = agent_core::config::parse::<File>(path, "[forward]\nupstream = []\n");
     assert!(unknown.is_err(), "unknown keys are refused");
 }
+
+#[tokio::test]
+async fn a_group_whose_every_upstream_fails_is_reported_until_one_answers() {
+    install_crypto();
+    let unbound = Unbound::start();
+    let up = Upstream::Udp(unbound.addr());
+    let dead = dead_upstream();
+    let fwd = Forwarder::new(&config(vec![dead.clone()], 100, vec![("up.test", vec![up.clone()])]));
+    for i in 0..upstream::FAILING_AFTER {
+        assert_eq!(fwd.failing(), Vec::<String>::new(), "after {i} failures");
+        fwd.lookup(&name(&format!("n{i}.other.test.")), RecordType::A).await.expect_err("dead upstream");
+    }
+    let reasons = fwd.failing();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].starts_with(&format!("upstream {dead}: last 3 queries failed (")), "{reasons:?}");
+    // The conditional group answers: only the default group is reported.
+    fwd.lookup(&name("a.up.test."), RecordType::A).await.expect("via up.test");
+    assert_eq!(fwd.failing().len(), 1);
+
+    // One dead and one live upstream: the group answers, nothing is failing.
+    let mixed = Forwarder::new(&config(vec![dead_upstream(), up], 100, vec![]));
+    for i in 0..upstream::FAILING_AFTER {
+        mixed.lookup(&name(&format!("n{i}.up.test.")), RecordType::A).await.expect("second upstream answers");
+    }
+    assert_eq!(mixed.failing(), Vec::<String>::new());
+}
+
+#[test]
+fn failures_count_only_when_consecutive_and_recent() {
+    let at = Instant::now();
+    let mut f = upstream::Failures { consecutive: 2, last: Some((at, "timed out".into())) };
+    assert_eq!(f.failing("udp://192.0.2.1:53", at), None, "two failures are a blip");
+    f.consecutive = 5;
+    assert_eq!(
+        f.failing("udp://192.0.2.1:53", at + Duration::from_secs(12)).as_deref(),
+        Some("upstream udp://192.0.2.1:53: last 5 queries failed (12 s ago: timed out)")
+    );
+    assert_eq!(f.failing("udp://192.0.2.1:53", at + upstream::FAILING_RECENT + Duration::from_secs(1)), None);
+    assert_eq!(upstream::Failures::default().failing("x", at), None);
+}

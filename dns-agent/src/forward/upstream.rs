@@ -206,10 +206,34 @@ const HOLDDOWN: Duration = Duration::from_secs(10);
 /// No single upstream gets less than this, however many are configured.
 const MIN_PER_UPSTREAM: Duration = Duration::from_millis(500);
 
+/// Consecutive failed queries after which an upstream counts as failing (for health, not for the query order).
+pub(crate) const FAILING_AFTER: u32 = 3;
+/// Failures older than this say nothing about now: an upstream whose last failure is older is not failing.
+pub(crate) const FAILING_RECENT: Duration = Duration::from_secs(600);
+
+/// An upstream's recent record: failed queries since its last answer, and the last failure.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Failures {
+    pub(crate) consecutive: u32,
+    pub(crate) last: Option<(Instant, String)>,
+}
+
+impl Failures {
+    /// Why the upstream counts as failing at `now`, if it does.
+    pub(crate) fn failing(&self, upstream: &str, now: Instant) -> Option<String> {
+        let (at, error) = self.last.as_ref()?;
+        let ago = now.saturating_duration_since(*at);
+        (self.consecutive >= FAILING_AFTER && ago <= FAILING_RECENT).then(|| {
+            format!("upstream {upstream}: last {} queries failed ({} s ago: {error})", self.consecutive, ago.as_secs())
+        })
+    }
+}
+
 struct Member {
     upstream: Upstream,
     pool: Result<NameServerPool<TokioRuntimeProvider>, String>,
     down_until: Mutex<Option<Instant>>,
+    failures: Mutex<Failures>,
 }
 
 /// A set of upstreams tried in order (those that failed recently last), within a total time budget.
@@ -230,6 +254,7 @@ impl UpstreamGroup {
                 upstream: u.clone(),
                 pool: build_pool(u, tls, per_upstream),
                 down_until: Mutex::new(None),
+                failures: Mutex::new(Failures::default()),
             })
             .collect();
         UpstreamGroup { members, budget, per_upstream }
@@ -237,6 +262,21 @@ impl UpstreamGroup {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.members.is_empty()
+    }
+
+    /// One reason per upstream when every upstream of the group is failing (see [`Failures::failing`]); nothing
+    /// while any of them answers, or when the group is empty.
+    pub(crate) fn failing(&self, now: Instant) -> Vec<String> {
+        let reasons: Vec<String> = self
+            .members
+            .iter()
+            .filter_map(|m| m.failures.lock().unwrap_or_else(|e| e.into_inner()).failing(&m.upstream.to_string(), now))
+            .collect();
+        if reasons.len() == self.members.len() {
+            reasons
+        } else {
+            Vec::new()
+        }
     }
 
     /// Asks the upstreams in order until one answers with data, NXDOMAIN or NODATA. Errors (timeouts, refused
@@ -259,11 +299,17 @@ impl UpstreamGroup {
             match member.query(name, rtype, remaining.min(self.per_upstream)).await {
                 Ok(reply) => {
                     member.set_down(None);
+                    *member.failures.lock().unwrap_or_else(|e| e.into_inner()) = Failures::default();
                     return Ok(reply);
                 }
                 Err(e) => {
                     tracing::debug!(upstream = %member.upstream, %name, %rtype, error = %e, "upstream failed");
                     member.set_down(Some(Instant::now() + HOLDDOWN));
+                    {
+                        let mut f = member.failures.lock().unwrap_or_else(|e| e.into_inner());
+                        f.consecutive = f.consecutive.saturating_add(1);
+                        f.last = Some((Instant::now(), e.clone()));
+                    }
                     failures.push(format!("{}: {e}", member.upstream));
                 }
             }

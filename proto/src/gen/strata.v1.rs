@@ -21,6 +21,10 @@ pub struct StatusResponse {
     /// A role-specific one-line summary ("12 records, 3 blocklists", ...).
     #[prost(string, tag = "7")]
     pub summary: ::prost::alloc::string::String,
+    /// Why the agent is degraded: it answers but cannot do part of its job. One line per reason, each naming its
+    /// object ("docker: …", "stack web: …", "vm dns: …"). Empty when healthy.
+    #[prost(string, repeated, tag = "8")]
+    pub degraded: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// Generated client implementations.
 pub mod agent_client {

@@ -1,0 +1,222 @@
+//! Health tells the truth: real agents that answer but cannot do their job (a services-agent whose Docker socket is
+//! absent, a dns-agent whose blocklist source cannot be fetched and whose every upstream fails, a host-agent with a
+//! VM its hypervisor cannot see) are *degraded* in the real `labctl status`, with the reason, and it exits 2 (1 stays
+//! "unreachable"). Knows the agents' config formats and labctl's output; nothing of their internals.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agent_core::identity::Role;
+use anyhow::{bail, ensure, Context, Result};
+use strata_tests::fixtures::cmd;
+use strata_tests::harness::{base_config, bin, write_inventory, AgentKind, AgentProc, Pki};
+
+/// What one `labctl status` printed.
+struct Status {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {:?}\n--- stdout ---\n{}--- stderr ---\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+impl Status {
+    /// The table line of agent `key`.
+    fn line(&self, key: &str) -> Result<&str> {
+        self.stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} ")))
+            .with_context(|| format!("no {key} row:\n{self}"))
+    }
+
+    /// The JSON row of agent `key` (`--json` runs).
+    fn json_row(&self, key: &str) -> Result<serde_json::Value> {
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(&self.stdout).with_context(|| format!("not a JSON array:\n{self}"))?;
+        rows.into_iter().find(|r| r["agent"] == key).with_context(|| format!("no {key} row:\n{self}"))
+    }
+}
+
+fn labctl_status(inventory: &Path, json: bool) -> Result<Status> {
+    let mut c = Command::new(bin("labctl")?);
+    c.args(["--timeout", "5", "--config"]).arg(inventory).arg("status").env_remove("LABCTL_CONFIG");
+    if json {
+        c.arg("--json");
+    }
+    let out = cmd::output(&mut c)?;
+    Ok(Status {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Runs `labctl status` until `done` holds for it (agents settle in the background), or fails after `within`.
+fn status_until(inventory: &Path, within: Duration, done: impl Fn(&Status) -> bool) -> Result<Status> {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = labctl_status(inventory, false)?;
+        if done(&s) {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("labctl status did not reach the expected state within {within:?}:\n{s}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Writes `extra` after the common part of a config for `kind` and starts it.
+fn start(pki: &Pki, dir: &Path, kind: AgentKind, extra: &str) -> Result<AgentProc> {
+    let (cert, key) = pki.issue(kind.role(), kind.cert_name())?;
+    let text = format!("{}{extra}", base_config(&dir.join(format!("{}-state", kind.binary())), &pki.ca(), &cert, &key));
+    let config = dir.join(format!("{}.toml", kind.binary()));
+    std::fs::write(&config, text)?;
+    AgentProc::start_with_config(kind, &config)
+}
+
+fn inventory(pki: &Pki, dir: &Path, agents: &[&AgentProc]) -> Result<std::path::PathBuf> {
+    let (cert, key) = pki.issue(Role::Admin, "alice")?;
+    let path = dir.join("labctl.toml");
+    write_inventory(&path, &pki.ca(), &cert, &key, agents)?;
+    Ok(path)
+}
+
+/// A port on 127.0.0.1 free for both UDP and TCP: nothing listens there.
+fn free_port() -> Result<u16> {
+    loop {
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = udp.local_addr()?.port();
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+}
+
+#[test]
+fn a_services_agent_without_its_docker_socket_is_degraded_and_status_exits_2() -> Result<()> {
+    let pki = Pki::new()?;
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("absent-docker.sock");
+    let services = start(
+        &pki,
+        dir.path(),
+        AgentKind::Services,
+        &format!("[docker]\nsocket = {:?}\n", socket.display().to_string()),
+    )?;
+    let mut host = Some(start(&pki, dir.path(), AgentKind::Host, "")?);
+    let inv = inventory(&pki, dir.path(), &[&services, host.as_ref().expect("started")])?;
+
+    let s = labctl_status(&inv, false)?;
+    ensure!(s.code == Some(2), "degraded, nothing unreachable: exit 2\n{s}");
+    let want = format!("degraded: docker: cannot reach the engine at {}: ", socket.display());
+    ensure!(s.line("services")?.contains(&want), "want {want:?}\n{s}");
+    ensure!(s.line("host")?.ends_with(" healthy"), "{s}");
+    ensure!(s.stderr.contains("degraded: services") && !s.stderr.contains("not healthy"), "{s}");
+
+    let j = labctl_status(&inv, true)?;
+    ensure!(j.code == Some(2), "{j}");
+    let row = j.json_row("services")?;
+    ensure!(row["health"] == "degraded", "{row}");
+    let reasons = row["degraded"].as_array().with_context(|| format!("no reasons: {row}"))?;
+    ensure!(reasons.len() == 1 && reasons[0].as_str().is_some_and(|r| r.starts_with(&want[10..])), "{row}");
+    ensure!(j.json_row("host")?["health"] == "healthy", "{j}");
+    // The same count on the agent's metrics.
+    let metrics = services.metrics_text()?;
+    ensure!(metrics.contains("strata_degraded_reasons 1"), "{metrics}");
+
+    // An unreachable agent wins: exit 1, the degraded one still shown as such.
+    drop(host.take());
+    let s = labctl_status(&inv, false)?;
+    ensure!(s.code == Some(1), "{s}");
+    ensure!(s.stderr.contains("not healthy: host") && s.stderr.contains("degraded: services"), "{s}");
+    Ok(())
+}
+
+#[test]
+fn a_dns_agent_with_a_blocklist_never_loaded_and_every_upstream_failing_is_degraded() -> Result<()> {
+    let dig = cmd::require("dig", "bind9-dnsutils")?;
+    let pki = Pki::new()?;
+    let dir = tempfile::tempdir()?;
+    let (list_port, upstream_port) = (free_port()?, free_port()?);
+    let source = format!("http://127.0.0.1:{list_port}/ads.txt");
+    let upstream = format!("udp://127.0.0.1:{upstream_port}");
+    let dns = start(
+        &pki,
+        dir.path(),
+        AgentKind::Dns,
+        &format!(
+            "[dns]\nlisten = [\"127.0.0.1:0\"]\n[forward]\nupstreams = [{upstream:?}]\n[blocklist]\nsources = [{source:?}]\n"
+        ),
+    )?;
+    let inv = inventory(&pki, dir.path(), &[&dns])?;
+
+    let blocklist = format!("degraded: blocklist {source}: never loaded: blocklist download failed: ");
+    let s = status_until(&inv, Duration::from_secs(10), |s| s.stdout.contains(&blocklist))?;
+    ensure!(s.code == Some(2), "{s}");
+    ensure!(!s.stdout.contains("upstream"), "no query was forwarded yet: {s}");
+
+    // Three queries that every upstream fails: forwarding is reported too.
+    let addr: SocketAddr = dns.logged_addr("dns udp")?;
+    for i in 0..3 {
+        let out = cmd::output(Command::new(&dig).arg(format!("@{}", addr.ip())).args([
+            "-p",
+            &addr.port().to_string(),
+            "+time=10",
+            "+tries=1",
+            &format!("n{i}.example.com"),
+            "A",
+        ]))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(text.contains("status: SERVFAIL"), "query {i}: {text}");
+    }
+    let s = labctl_status(&inv, false)?;
+    ensure!(s.code == Some(2), "{s}");
+    let line = s.line("dns")?;
+    ensure!(line.contains(&blocklist), "{s}");
+    ensure!(line.contains(&format!("; upstream {upstream}: last 3 queries failed (")), "{s}");
+    let row = labctl_status(&inv, true)?.json_row("dns")?;
+    ensure!(row["health"] == "degraded" && row["degraded"].as_array().is_some_and(|r| r.len() == 2), "{row}");
+    Ok(())
+}
+
+#[test]
+fn a_host_agent_with_a_vm_its_hypervisor_cannot_see_is_degraded() -> Result<()> {
+    let pki = Pki::new()?;
+    let dir = tempfile::tempdir()?;
+    let seen = dir.path().join("seen");
+    std::fs::create_dir(&seen)?;
+    let gone = dir.path().join("gone");
+    let target = dir.path().join("backups");
+    let vm = |name: &str, path: &Path| {
+        format!(
+            "[[vms]]\nname = {name:?}\nbackend = \"qemu\"\npath = {:?}\nmode = \"stop\"\nengine = \"rsync\"\n\
+             target = {:?}\n",
+            path.display().to_string(),
+            target.join(name).display().to_string()
+        )
+    };
+    let host = start(&pki, dir.path(), AgentKind::Host, &format!("{}{}", vm("seen", &seen), vm("gone", &gone)))?;
+    let inv = inventory(&pki, dir.path(), &[&host])?;
+
+    let s = labctl_status(&inv, false)?;
+    ensure!(s.code == Some(2), "{s}");
+    let want = format!("degraded: vm gone: bundle {} does not exist", gone.display());
+    ensure!(s.line("host")?.ends_with(&want), "want {want:?}\n{s}");
+    ensure!(!s.stdout.contains("vm seen"), "a VM that is off but present is seen: {s}");
+
+    // The bundle appears: the next look clears the reason (`vm ls` looks at once; the agent every 30 s anyway).
+    std::fs::create_dir(&gone)?;
+    let ls = cmd::run(Command::new(bin("labctl")?).arg("--config").arg(&inv).args(["vm", "ls"]))?;
+    ensure!(ls.contains("gone") && ls.contains("off"), "{ls}");
+    let s = labctl_status(&inv, false)?;
+    ensure!(s.code == Some(0), "{s}");
+    ensure!(s.line("host")?.ends_with(" healthy"), "{s}");
+    Ok(())
+}
