@@ -60,7 +60,9 @@ pub enum DnsCmd {
         refresh: bool,
     },
     /// Recent queries (when `[dns] query_log = true`), newest first; filters are applied by the agent.
-    #[command(after_help = "Examples: labctl dns log --limit 20\n          labctl dns log --outcome blocked --client 192.168.1.0/24\n          labctl dns log --follow --name example")]
+    #[command(
+        after_help = "Example: labctl dns log --limit 20\nExample: labctl dns log --outcome blocked --client 192.168.1.0/24\nExample: labctl dns log --follow --name example"
+    )]
     Log {
         /// At most this many entries (the agent sends at most 1000 per answer).
         #[arg(long, default_value_t = 50)]
@@ -267,8 +269,9 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) -
             }
             let mut cursor = first.last_seq;
             loop {
-                let page =
-                    agent.call("query log", c.query_log(QueryLogRequest { after_seq: Some(cursor), ..req.clone() })).await?;
+                let page = agent
+                    .call("query log", c.query_log(QueryLogRequest { after_seq: Some(cursor), ..req.clone() }))
+                    .await?;
                 if let Some(e) = page.entries.first() {
                     if unfiltered && e.seq > cursor + 1 {
                         eprintln!(
