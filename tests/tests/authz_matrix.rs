@@ -74,6 +74,8 @@ enum Outcome {
     Unauthenticated,
     /// The TLS handshake refused the certificate; the message names the alert.
     HandshakeRefused(String),
+    /// No answer within the deadline (a failure of its cell, named with its method, not of the whole test).
+    TimedOut,
 }
 
 fn classify(r: Result<(), Status>) -> Outcome {
@@ -127,7 +129,11 @@ async fn every_method_role_and_certificate() -> Result<()> {
                     Cred::Expired => expired.client_config(role)?,
                 };
                 let outcome = match tls::connect(&agent.url(), Arc::new(config), Duration::from_secs(5)).await {
-                    Ok(ch) => classify(tokio::time::timeout(Duration::from_secs(5), call(ch, rule.method)).await?),
+                    // Generous: the cell asks about authorization, not speed, and the suite runs beside builds.
+                    Ok(ch) => match tokio::time::timeout(Duration::from_secs(20), call(ch, rule.method)).await {
+                        Ok(answer) => classify(answer),
+                        Err(_) => Outcome::TimedOut,
+                    },
                     Err(e) => Outcome::HandshakeRefused(e.to_string()),
                 };
                 let ok = match (cred, &outcome) {
