@@ -48,6 +48,8 @@ pub static TABLE: &[Rule] = rules! {
         "Drill" => ADMIN,
         "PrepareHostBackup" => &[Admin, HostAgent],
         "ReleaseHostBackup" => &[Admin, HostAgent],
+        // Re-attaching to a job only reads its progress.
+        "Watch" => READERS,
     }
     "strata.v1.Host" {
         "ListVms" => READERS,
