@@ -58,6 +58,7 @@ pub static TABLE: &[Rule] = rules! {
         "ListBackups" => READERS,
         "Restore" => ADMIN,
         "Drill" => ADMIN,
+        "Watch" => READERS,
     }
 };
 

@@ -19,7 +19,7 @@ use strata_tests::fixtures::{cmd, unique_suffix};
 use strata_tests::harness::{base_config, bin, write_inventory, AgentKind, AgentProc, Pki};
 
 #[test]
-fn ctrl_c_on_vm_backup_says_the_job_goes_on_and_it_completes() -> Result<()> {
+fn ctrl_c_on_vm_backup_says_the_job_goes_on_and_vm_watch_follows_it_to_its_end() -> Result<()> {
     let pki = Pki::new()?;
     let dir = tempfile::tempdir()?;
     let borg = BorgRepo::init("correct horse battery staple")?;
@@ -50,8 +50,15 @@ fn ctrl_c_on_vm_backup_says_the_job_goes_on_and_it_completes() -> Result<()> {
 
     let (status, seen) = interrupt_at(&inv, &["vm", "backup", "lab"], "check: ")?;
     ensure!(status.code() == Some(130), "labctl exit {status:?}, stderr {seen:?}");
-    let said = "interrupted: the backup goes on on the host-agent; `labctl vm ls` shows each vm's last backup";
+    let said = "interrupted: the backup goes on on the host-agent; `labctl vm watch lab` follows it again, \
+                `labctl vm ls` shows each vm's last backup";
     ensure!(seen.iter().any(|l| l == said), "want {said:?} in {seen:?}");
+
+    // `labctl vm watch lab` re-attaches and follows the job to its summary.
+    let watch = Command::new(bin("labctl")?).arg("--config").arg(&inv).args(["vm", "watch", "lab"]).output()?;
+    let (out, err) = (String::from_utf8_lossy(&watch.stdout), String::from_utf8_lossy(&watch.stderr));
+    ensure!(watch.status.success(), "watch: {:?}\nstdout: {out}\nstderr: {err}\nlog:\n{}", watch.status, host.logs());
+    ensure!(out.starts_with("vm lab backed up as "), "no summary from the watch: {out}\nstderr: {err}");
 
     // The agent finishes the job without labctl: `vm ls` (the agent's history) shows the backup.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -1296,6 +1296,7 @@ pub struct VmBackupRequest {
     #[prost(bool, tag = "2")]
     pub all: bool,
 }
+/// job_id: the id of the job (its registry entry on the agent), on every update; Watch takes it.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct VmProgress {
     #[prost(string, tag = "1")]
@@ -1306,6 +1307,8 @@ pub struct VmProgress {
     pub total: u64,
     #[prost(string, tag = "4")]
     pub message: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub job_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct VmBackup {
@@ -1621,6 +1624,28 @@ pub mod host_client {
             req.extensions_mut().insert(GrpcMethod::new("strata.v1.Host", "Drill"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Re-attaches to a running long job (backup/restore/drill): its last update, then the rest as Backup streams them.
+        pub async fn watch(
+            &mut self,
+            request: impl tonic::IntoRequest<super::JobRef>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::VmProgress>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/strata.v1.Host/Watch");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("strata.v1.Host", "Watch"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1705,6 +1730,17 @@ pub mod host_server {
             &self,
             request: tonic::Request<super::VmRef>,
         ) -> std::result::Result<tonic::Response<Self::DrillStream>, tonic::Status>;
+        /// Server streaming response type for the Watch method.
+        type WatchStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::VmProgress, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Re-attaches to a running long job (backup/restore/drill): its last update, then the rest as Backup streams them.
+        async fn watch(
+            &self,
+            request: tonic::Request<super::JobRef>,
+        ) -> std::result::Result<tonic::Response<Self::WatchStream>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct HostServer<T> {
@@ -2161,6 +2197,50 @@ pub mod host_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DrillSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/strata.v1.Host/Watch" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchSvc<T: Host>(pub Arc<T>);
+                    impl<T: Host> tonic::server::ServerStreamingService<super::JobRef>
+                    for WatchSvc<T> {
+                        type Response = super::VmProgress;
+                        type ResponseStream = T::WatchStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::JobRef>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Host>::watch(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
