@@ -173,7 +173,7 @@ fn after_ctrl_c_services_watch_reattaches_to_the_backup_and_sees_it_finish() -> 
         "interrupted: the backup goes on on the services-agent; `labctl services watch {service}` follows it again, \
          `labctl services history {service}` shows its outcome"
     );
-    ensure!(seen.iter().any(|l| *l == said), "want {said:?} in {seen:?}");
+    ensure!(seen.contains(&said), "want {said:?} in {seen:?}");
 
     let watch =
         Command::new(bin("labctl")?).arg("--config").arg(&inv).args(["services", "watch", &service]).output()?;
