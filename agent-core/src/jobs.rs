@@ -27,6 +27,11 @@ pub enum JobsError {
     NoJob(String),
 }
 
+/// Whether `id` has the shape of a job id (`KIND-TARGET-UNIX`: ASCII letters, digits, `-`, `_`; at most 256).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 256 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// One update of a job, and whether it is the job's last.
 #[derive(Debug, Clone)]
 struct Event<U> {
@@ -265,6 +270,7 @@ mod tests {
         assert_eq!(late.into_stream().collect::<Vec<_>>().await, [2, 3, 4]);
         assert_eq!(by_id.into_stream().collect::<Vec<_>>().await, [2, 3, 4]);
         assert_eq!(jobs.watch("web").err().unwrap(), JobsError::NoJob("web".into()));
+        assert!(valid_id("backup-web-100") && !valid_id("") && !valid_id("../x") && !valid_id(&"a".repeat(257)));
     }
 
     #[tokio::test]

@@ -61,6 +61,24 @@ fn vm_name(field: &str, name: &str) -> Result<String, Status> {
     Ok(name.to_string())
 }
 
+/// A validated `JobRef`: a job id, or a VM name (that VM's running job).
+struct JobKey(String);
+
+impl TryFrom<pb::JobRef> for JobKey {
+    type Error = Status;
+    fn try_from(r: pb::JobRef) -> Result<Self, Status> {
+        match (r.id.is_empty(), r.name.is_empty()) {
+            (true, true) => Err(Status::invalid_argument("id: give a job id or a vm name")),
+            (false, false) => Err(Status::invalid_argument("name: give a job id or a vm name, not both")),
+            (false, true) if !agent_core::jobs::valid_id(&r.id) => {
+                Err(Status::invalid_argument(format!("id: `{}` is not a job id", r.id.escape_debug())))
+            }
+            (false, true) => Ok(JobKey(r.id)),
+            (true, false) => Ok(JobKey(vm_name("name", &r.name)?)),
+        }
+    }
+}
+
 /// What a restore was asked to do, validated.
 #[derive(Debug)]
 pub struct RestoreInput {
@@ -268,18 +286,7 @@ impl HostRpc for HostGrpc {
 
     type WatchStream = ProgressStream;
     async fn watch(&self, req: Request<pb::JobRef>) -> Result<Response<ProgressStream>, Status> {
-        let r = req.into_inner();
-        let key = match (r.id.is_empty(), r.name.is_empty()) {
-            (true, true) => return Err(Status::invalid_argument("id: give a job id or a vm name")),
-            (false, false) => return Err(Status::invalid_argument("name: give a job id or a vm name, not both")),
-            (false, true) => {
-                if r.id.len() > 256 || !r.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                    return Err(Status::invalid_argument(format!("id: `{}` is not a job id", r.id.escape_debug())));
-                }
-                r.id
-            }
-            (true, false) => vm_name("name", &r.name)?,
-        };
+        let JobKey(key) = req.into_inner().try_into()?;
         let watcher = self.jobs.watch(&key).map_err(jobs_status)?;
         Ok(Response::new(Box::pin(watcher.into_stream())))
     }
@@ -336,6 +343,20 @@ impl Guest for GrpcGuest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_refs_take_an_id_or_a_name_naming_the_field() {
+        let r = |id: &str, name: &str| pb::JobRef { id: id.into(), name: name.into() };
+        assert_eq!(JobKey::try_from(r("backup-lab-1764900000", "")).ok().unwrap().0, "backup-lab-1764900000");
+        assert_eq!(JobKey::try_from(r("", "lab")).ok().unwrap().0, "lab");
+        for (bad, field) in
+            [(r("", ""), "id: "), (r("a", "b"), "name: "), (r("a b", ""), "id: "), (r("", "Lab"), "name: ")]
+        {
+            let e = JobKey::try_from(bad).err().unwrap();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().starts_with(field), "{}", e.message());
+        }
+    }
 
     #[test]
     fn restore_requests_are_checked_naming_the_field() {

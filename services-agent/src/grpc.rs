@@ -534,7 +534,7 @@ impl TryFrom<pb::JobRef> for JobKey {
             (true, true) => Err(Status::invalid_argument("id: give a job id or a service name")),
             (false, false) => Err(Status::invalid_argument("name: give a job id or a service name, not both")),
             (false, true) => {
-                if r.id.len() > 256 || !r.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                if !agent_core::jobs::valid_id(&r.id) {
                     return Err(Status::invalid_argument(format!("id: `{}` is not a job id", r.id.escape_debug())));
                 }
                 Ok(JobKey(r.id))
@@ -637,6 +637,20 @@ mod tests {
             (req(false, true, "", "/srv/x"), "abandon: "),
         ] {
             let e = RestoreQuery::try_from(r).err().unwrap();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().starts_with(field), "{}", e.message());
+        }
+    }
+
+    #[test]
+    fn job_refs_take_an_id_or_a_name_naming_the_field() {
+        let r = |id: &str, name: &str| pb::JobRef { id: id.into(), name: name.into() };
+        assert_eq!(JobKey::try_from(r("backup-photos-1764900000", "")).ok().unwrap().0, "backup-photos-1764900000");
+        assert_eq!(JobKey::try_from(r("", "photos")).ok().unwrap().0, "photos");
+        for (bad, field) in
+            [(r("", ""), "id: "), (r("a", "b"), "name: "), (r("../x", ""), "id: "), (r("", "A/b"), "name: ")]
+        {
+            let e = JobKey::try_from(bad).err().unwrap();
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
             assert!(e.message().starts_with(field), "{}", e.message());
         }

@@ -138,7 +138,7 @@ fn after_ctrl_c_services_watch_reattaches_to_the_backup_and_sees_it_finish() -> 
     let passcommand =
         borg.env().into_iter().find(|(k, _)| k == "BORG_PASSCOMMAND").map(|(_, v)| v).context("passcommand")?;
     // Every borg call of the job asks for the passphrase first: a slow secret store makes the job last seconds.
-    let slow = format!("sh -c 'sleep 3; {passcommand}'");
+    let slow = format!("sh -c 'sleep 5; {passcommand}'");
     let service = format!("wt{}", unique_suffix().replace('_', "x"));
     let origin = GitRepo::init(dir.path().join("origin"))?;
     origin.write("README", "stacks\n")?;
