@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod health;
 pub mod identity;
 pub mod install;
+pub mod jobs;
 pub mod policy;
 pub mod runner;
 pub mod state;

@@ -48,6 +48,8 @@ pub static TABLE: &[Rule] = rules! {
         "Drill" => ADMIN,
         "PrepareHostBackup" => &[Admin, HostAgent],
         "ReleaseHostBackup" => &[Admin, HostAgent],
+        // Re-attaching to a job only reads its progress.
+        "Watch" => READERS,
     }
     "strata.v1.Host" {
         "ListVms" => READERS,
@@ -56,6 +58,7 @@ pub static TABLE: &[Rule] = rules! {
         "ListBackups" => READERS,
         "Restore" => ADMIN,
         "Drill" => ADMIN,
+        "Watch" => READERS,
     }
 };
 

@@ -3,6 +3,7 @@
 //! proto or tonic types; must not know hypervisors, engines or the journal.
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use strata_proto::v1 as pb;
 use strata_proto::v1::host_server::{Host as HostRpc, HostServer};
 use strata_proto::v1::services_client::ServicesClient;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::backup::{Guest, GuestFuture, Host, HostError, Progress};
@@ -21,11 +22,13 @@ use crate::hypervisor::HvError;
 /// The gRPC face of the host agent.
 pub struct HostGrpc {
     host: Arc<Host>,
+    /// The running long jobs (backup, restore, drill), which `Watch` re-attaches to.
+    jobs: JobRegistry,
 }
 
 impl HostGrpc {
     pub fn new(host: Arc<Host>) -> Self {
-        HostGrpc { host }
+        HostGrpc { host, jobs: JobRegistry::default() }
     }
 
     pub fn into_server(self) -> HostServer<HostGrpc> {
@@ -58,6 +61,24 @@ fn vm_name(field: &str, name: &str) -> Result<String, Status> {
     Ok(name.to_string())
 }
 
+/// A validated `JobRef`: a job id, or a VM name (that VM's running job).
+struct JobKey(String);
+
+impl TryFrom<pb::JobRef> for JobKey {
+    type Error = Status;
+    fn try_from(r: pb::JobRef) -> Result<Self, Status> {
+        match (r.id.is_empty(), r.name.is_empty()) {
+            (true, true) => Err(Status::invalid_argument("id: give a job id or a vm name")),
+            (false, false) => Err(Status::invalid_argument("name: give a job id or a vm name, not both")),
+            (false, true) if !agent_core::jobs::valid_id(&r.id) => {
+                Err(Status::invalid_argument(format!("id: `{}` is not a job id", r.id.escape_debug())))
+            }
+            (false, true) => Ok(JobKey(r.id)),
+            (true, false) => Ok(JobKey(vm_name("name", &r.name)?)),
+        }
+    }
+}
+
 /// What a restore was asked to do, validated.
 #[derive(Debug)]
 pub struct RestoreInput {
@@ -84,35 +105,50 @@ impl TryFrom<pb::VmRestoreRequest> for RestoreInput {
     }
 }
 
-fn to_pb(p: Progress) -> pb::VmProgress {
-    pb::VmProgress { step: p.step, done: p.done, total: p.total, message: p.message }
+fn to_pb(p: Progress, job_id: &str) -> pb::VmProgress {
+    pb::VmProgress { step: p.step, done: p.done, total: p.total, message: p.message, job_id: job_id.to_string() }
 }
 
-type ProgressStream = ReceiverStream<Result<pb::VmProgress, Status>>;
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::VmProgress, Status>> + Send>>;
 
-/// Runs `work` in a task, forwarding its progress and finally its error (if any) to the stream.
-fn stream<F, Fut>(work: F) -> ProgressStream
+/// The registry of running jobs: every watcher receives each job's updates, and its error last.
+type JobRegistry = agent_core::jobs::Jobs<Result<pb::VmProgress, Status>>;
+
+fn jobs_status(e: agent_core::jobs::JobsError) -> Status {
+    use agent_core::jobs::JobsError;
+    let msg = e.to_string();
+    match e {
+        JobsError::NoJob(_) => Status::not_found(msg),
+        JobsError::TooManyJobs(_) | JobsError::TooManyWatchers { .. } => Status::resource_exhausted(msg),
+    }
+}
+
+/// Registers a job of `kind` on `target` (empty: several VMs) and runs `work` in a task, sending its progress (each
+/// update with the job's id) and finally its error (if any) to every watcher; the stream ends when the job does.
+fn stream<F, Fut>(jobs: &JobRegistry, kind: &str, target: &str, work: F) -> Result<ProgressStream, Status>
 where
     F: FnOnce(mpsc::Sender<Progress>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(), HostError>> + Send + 'static,
 {
-    let (out_tx, out_rx) = mpsc::channel(32);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let handle = jobs.start(kind, target, now).map_err(jobs_status)?;
+    let watcher = handle.watch().map_err(jobs_status)?;
     let (tx, mut rx) = mpsc::channel::<Progress>(32);
-    let forward_tx = out_tx.clone();
-    let forward = tokio::spawn(async move {
-        while let Some(p) = rx.recv().await {
-            let _ = forward_tx.send(Ok(to_pb(p))).await;
-        }
-    });
     tokio::spawn(async move {
+        let forward = async {
+            while let Some(p) = rx.recv().await {
+                handle.send(Ok(to_pb(p, handle.id())));
+            }
+        };
         // The work runs to the end even if the client goes away: a VM must never be left paused.
-        let result = work(tx).await;
-        let _ = forward.await;
-        if let Err(e) = result {
-            let _ = out_tx.send(Err(status(e))).await;
+        let (result, ()) = tokio::join!(work(tx), forward);
+        match result {
+            Err(e) => handle.finish(Err(status(e))),
+            // Dropping the handle ends every watcher's stream after the updates sent.
+            Ok(()) => drop(handle),
         }
     });
-    ReceiverStream::new(out_rx)
+    Ok(Box::pin(watcher.into_stream()))
 }
 
 #[tonic::async_trait]
@@ -172,7 +208,8 @@ impl HostRpc for HostGrpc {
             return Err(status(HostError::UnknownVm(n.clone())));
         }
         let host = self.host.clone();
-        Ok(Response::new(stream(move |tx| async move {
+        let target = if names.len() == 1 && !r.all { names[0].clone() } else { String::new() };
+        Ok(Response::new(stream(&self.jobs, "backup", &target, move |tx| async move {
             let mut first_err = None;
             for n in names {
                 match host.backup(&n, &tx).await {
@@ -206,7 +243,7 @@ impl HostRpc for HostGrpc {
                 }
             }
             first_err.map_or(Ok(()), Err)
-        })))
+        })?))
     }
 
     async fn list_backups(&self, req: Request<pb::VmRef>) -> Result<Response<pb::ListBackupsResponse>, Status> {
@@ -231,16 +268,27 @@ impl HostRpc for HostGrpc {
     async fn restore(&self, req: Request<pb::VmRestoreRequest>) -> Result<Response<ProgressStream>, Status> {
         let r = RestoreInput::try_from(req.into_inner())?;
         let host = self.host.clone();
-        Ok(Response::new(stream(move |tx| async move {
+        let target = r.name.clone();
+        Ok(Response::new(stream(&self.jobs, "restore", &target, move |tx| async move {
             host.restore(&r.name, r.archive.as_deref(), &r.to, r.force, r.start, &tx).await.map(drop)
-        })))
+        })?))
     }
 
     type DrillStream = ProgressStream;
     async fn drill(&self, req: Request<pb::VmRef>) -> Result<Response<ProgressStream>, Status> {
         let name = vm_name("name", &req.into_inner().name)?;
         let host = self.host.clone();
-        Ok(Response::new(stream(move |tx| async move { host.drill(&name, &tx).await.map(drop) })))
+        let target = name.clone();
+        Ok(Response::new(stream(&self.jobs, "drill", &target, move |tx| async move {
+            host.drill(&name, &tx).await.map(drop)
+        })?))
+    }
+
+    type WatchStream = ProgressStream;
+    async fn watch(&self, req: Request<pb::JobRef>) -> Result<Response<ProgressStream>, Status> {
+        let JobKey(key) = req.into_inner().try_into()?;
+        let watcher = self.jobs.watch(&key).map_err(jobs_status)?;
+        Ok(Response::new(Box::pin(watcher.into_stream())))
     }
 }
 
@@ -295,6 +343,20 @@ impl Guest for GrpcGuest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_refs_take_an_id_or_a_name_naming_the_field() {
+        let r = |id: &str, name: &str| pb::JobRef { id: id.into(), name: name.into() };
+        assert_eq!(JobKey::try_from(r("backup-lab-1764900000", "")).ok().unwrap().0, "backup-lab-1764900000");
+        assert_eq!(JobKey::try_from(r("", "lab")).ok().unwrap().0, "lab");
+        for (bad, field) in
+            [(r("", ""), "id: "), (r("a", "b"), "name: "), (r("a b", ""), "id: "), (r("", "Lab"), "name: ")]
+        {
+            let e = JobKey::try_from(bad).err().unwrap();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().starts_with(field), "{}", e.message());
+        }
+    }
 
     #[test]
     fn restore_requests_are_checked_naming_the_field() {

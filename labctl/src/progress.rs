@@ -254,7 +254,13 @@ mod tests {
 
     #[test]
     fn vm_progress_converts() {
-        let p = strata_proto::v1::VmProgress { step: "finished".into(), done: 1, total: 2, message: "m".into() };
+        let p = strata_proto::v1::VmProgress {
+            step: "finished".into(),
+            done: 1,
+            total: 2,
+            message: "m".into(),
+            job_id: "backup-lab-1".into(),
+        };
         assert_eq!(Update::from(p), Update { step: "finished".into(), done: 1, total: 2, message: "m".into() });
     }
 }

@@ -11,7 +11,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use strata_proto::v1::services_client::ServicesClient;
 use strata_proto::v1::{
-    AuditRequest, BackupRequest, HistoryRequest, ListServicesRequest, LogsRequest, RestoreRequest, ServiceRef,
+    AuditRequest, BackupRequest, HistoryRequest, JobRef, ListServicesRequest, LogsRequest, RestoreRequest, ServiceRef,
     SyncRequest,
 };
 
@@ -135,6 +135,13 @@ pub enum ServicesCmd {
     #[command(after_help = "Example: labctl services drill photos")]
     Drill {
         /// The service to drill.
+        name: String,
+    },
+    /// Re-attach to a service's running backup, restore, check or drill (one left with Ctrl-C) and follow it to its
+    /// end, as the command that started it would have.
+    #[command(after_help = "Example: labctl services watch photos")]
+    Watch {
+        /// The service whose running job to follow.
         name: String,
     },
 }
@@ -288,10 +295,18 @@ fn render_history(rows: &[HistoryRow], verbose: bool) -> String {
 async fn follow(
     agent: &Agent,
     what: &'static str,
+    target: Option<&str>,
     stream: client::FirstWithin<tonic::Streaming<strata_proto::v1::Progress>>,
     json: bool,
 ) -> Result<ExitCode> {
-    let detached = format!("the {what} goes on on the services-agent; `labctl services history` shows its outcome");
+    let job = if what == "watch" { "job" } else { what };
+    let detached = match target {
+        Some(name) => format!(
+            "the {job} goes on on the services-agent; `labctl services watch {name}` follows it again, \
+             `labctl services history {name}` shows its outcome"
+        ),
+        None => format!("the {job} goes on on the services-agent; `labctl services history` shows its outcome"),
+    };
     let summaries = progress::follow(stream, json, FINAL_STEP, &detached).await.map_err(agent.error(what))?;
     if summaries.is_empty() {
         anyhow::bail!(
@@ -472,9 +487,9 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
             }
         }
         ServicesCmd::Backup { name, all } => {
-            let req = BackupRequest { name: name.unwrap_or_default(), all };
+            let req = BackupRequest { name: name.clone().unwrap_or_default(), all };
             let s = agent.stream("backup", c.backup(req), true).await?;
-            return follow(agent, "backup", s, json).await;
+            return follow(agent, "backup", name.as_deref(), s, json).await;
         }
         ServicesCmd::Archives { name } => {
             let rows: Vec<ArchiveRow> = agent
@@ -519,6 +534,7 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
             }
         }
         ServicesCmd::Restore { name, archive, snapshot, to, resume, abandon } => {
+            let target = name.clone();
             let req = RestoreRequest {
                 name,
                 archive: archive.unwrap_or_default(),
@@ -528,15 +544,19 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
                 abandon,
             };
             let s = agent.stream("restore", c.restore(req), true).await?;
-            return follow(agent, "restore", s, json).await;
+            return follow(agent, "restore", Some(&target), s, json).await;
         }
         ServicesCmd::Check { name } => {
-            let s = agent.stream("check", c.check(ServiceRef { name }), true).await?;
-            return follow(agent, "check", s, json).await;
+            let s = agent.stream("check", c.check(ServiceRef { name: name.clone() }), true).await?;
+            return follow(agent, "check", Some(&name), s, json).await;
         }
         ServicesCmd::Drill { name } => {
-            let s = agent.stream("drill", c.drill(ServiceRef { name }), true).await?;
-            return follow(agent, "drill", s, json).await;
+            let s = agent.stream("drill", c.drill(ServiceRef { name: name.clone() }), true).await?;
+            return follow(agent, "drill", Some(&name), s, json).await;
+        }
+        ServicesCmd::Watch { name } => {
+            let s = agent.stream("watch", c.watch(JobRef { id: String::new(), name: name.clone() }), true).await?;
+            return follow(agent, "watch", Some(&name), s, json).await;
         }
     }
     Ok(ExitCode::SUCCESS)

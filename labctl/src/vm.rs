@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use agent_core::tls::TlsMaterial;
 use anyhow::Result;
 use clap::Subcommand;
+use futures::StreamExt;
 use serde::Serialize;
 use strata_proto::v1::host_client::HostClient;
-use strata_proto::v1::{ListVmsRequest, VmBackupRequest, VmRef, VmRestoreRequest};
+use strata_proto::v1::{JobRef, ListVmsRequest, VmBackupRequest, VmRef, VmRestoreRequest};
 
 use crate::client::{self, Agent, Timeouts};
 use crate::inventory::Inventory;
@@ -94,6 +95,34 @@ pub enum VmCmd {
         /// The VM whose latest backup to drill.
         name: String,
     },
+    /// Re-attach to a VM's running backup, restore or drill (one left with Ctrl-C) and follow it to its end, as the
+    /// command that started it would have.
+    #[command(after_help = "Example: labctl vm watch services")]
+    Watch {
+        /// The VM whose running job to follow.
+        name: String,
+    },
+}
+
+/// What Ctrl-C says about a `what` job on `name` (None: several VMs) and where its outcome shows.
+fn detached(what: &str, name: Option<&str>) -> String {
+    let outcome = match what {
+        "backup" => "`labctl vm ls` shows each vm's last backup",
+        _ => "its outcome is in the host-agent's log",
+    };
+    match name {
+        Some(n) => format!("the {what} goes on on the host-agent; `labctl vm watch {n}` follows it again, {outcome}"),
+        None => format!("the {what} goes on on the host-agent; {outcome}"),
+    }
+}
+
+/// The step that closes a job of `kind` (the first part of its id).
+fn final_step(kind: &str) -> &'static str {
+    match kind {
+        "restore" => FINAL_RESTORE_STEP,
+        "drill" => FINAL_DRILL_STEP,
+        _ => FINAL_STEP,
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -137,7 +166,7 @@ fn when(unix: i64) -> String {
 async fn follow(
     agent: &Agent,
     what: &'static str,
-    stream: client::FirstWithin<tonic::Streaming<strata_proto::v1::VmProgress>>,
+    stream: impl futures::Stream<Item = Result<strata_proto::v1::VmProgress, tonic::Status>> + Unpin,
     json: bool,
     final_step: &str,
     on_interrupt: &str,
@@ -214,10 +243,9 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) ->
             action("resume", name, message)
         }
         VmCmd::Backup { name, all } => {
-            let req = VmBackupRequest { name: name.unwrap_or_default(), all };
+            let req = VmBackupRequest { name: name.clone().unwrap_or_default(), all };
             let s = agent.stream("backup", c.backup(req), true).await?;
-            let detached = "the backup goes on on the host-agent; `labctl vm ls` shows each vm's last backup";
-            follow(&agent, "backup", s, json, FINAL_STEP, detached).await
+            follow(&agent, "backup", s, json, FINAL_STEP, &detached("backup", name.as_deref())).await
         }
         VmCmd::Backups { name } => {
             let list = agent.call("list backups", c.list_backups(VmRef { name })).await?.backups;
@@ -248,6 +276,7 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) ->
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Restore { name, archive, to, force, start } => {
+            let detached = detached("restore", Some(&name));
             let req = VmRestoreRequest {
                 name,
                 archive: archive.unwrap_or_default(),
@@ -256,13 +285,20 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) ->
                 start,
             };
             let s = agent.stream("restore", c.restore(req), true).await?;
-            let detached = "the restore goes on on the host-agent; its outcome is in the host-agent's log";
-            follow(&agent, "restore", s, json, FINAL_RESTORE_STEP, detached).await
+            follow(&agent, "restore", s, json, FINAL_RESTORE_STEP, &detached).await
         }
         VmCmd::Drill { name } => {
-            let s = agent.stream("drill", c.drill(VmRef { name }), true).await?;
-            let detached = "the drill goes on on the host-agent; its outcome is in the host-agent's log";
-            follow(&agent, "drill", s, json, FINAL_DRILL_STEP, detached).await
+            let s = agent.stream("drill", c.drill(VmRef { name: name.clone() }), true).await?;
+            follow(&agent, "drill", s, json, FINAL_DRILL_STEP, &detached("drill", Some(&name))).await
+        }
+        VmCmd::Watch { name } => {
+            let mut s = agent.stream("watch", c.watch(JobRef { id: String::new(), name: name.clone() }), true).await?;
+            // The job's kind (the first part of its id, on every update) says which step closes it.
+            let first = s.next().await.transpose().map_err(agent.error("watch"))?;
+            let kind = first.as_ref().map_or("", |p| p.job_id.split('-').next().unwrap_or(""));
+            let (step, said) = (final_step(kind), detached(if kind.is_empty() { "job" } else { kind }, Some(&name)));
+            let rest = futures::stream::iter(first.map(Ok)).chain(s);
+            follow(&agent, "watch", Box::pin(rest), json, step, &said).await
         }
     }
 }

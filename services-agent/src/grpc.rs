@@ -28,7 +28,12 @@ type PbStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The `Services` service over the stacks engine and the backup jobs.
 pub fn service(stacks: Arc<Stacks>, backups: Arc<Backups>) -> ServicesServer<ServicesSvc> {
-    ServicesServer::new(ServicesSvc { stacks, backups, listings: PerCaller::new(LISTINGS_PER_CALLER) })
+    ServicesServer::new(ServicesSvc {
+        stacks,
+        backups,
+        listings: PerCaller::new(LISTINGS_PER_CALLER),
+        jobs: JobRegistry::default(),
+    })
 }
 
 pub struct ServicesSvc {
@@ -36,6 +41,8 @@ pub struct ServicesSvc {
     backups: Arc<Backups>,
     /// ListArchives calls in flight per caller: each runs a borg of its own.
     listings: PerCaller,
+    /// The running long jobs (backup, restore, check, drill).
+    jobs: JobRegistry,
 }
 
 /// A validated service name from a request.
@@ -196,29 +203,55 @@ fn source_text(s: &Source) -> &str {
     }
 }
 
-/// Streams a job's progress; the last message has step `done` and the job's summary, or the stream ends with the
-/// job's error. The job goes on if the client goes away.
-fn job_stream<F, Fut>(job: F) -> PbStream<pb::Progress>
+/// One item of a job's stream, as every watcher of the job receives it.
+type JobItem = Result<pb::Progress, Status>;
+
+/// The registry of running jobs, which `Watch` re-attaches to.
+pub type JobRegistry = agent_core::jobs::Jobs<JobItem>;
+
+fn jobs_status(e: agent_core::jobs::JobsError) -> Status {
+    use agent_core::jobs::JobsError;
+    let msg = e.to_string();
+    match e {
+        JobsError::NoJob(_) => Status::not_found(msg),
+        JobsError::TooManyJobs(_) | JobsError::TooManyWatchers { .. } => Status::resource_exhausted(msg),
+    }
+}
+
+/// Registers a job of `kind` on `target` (empty: several services) and streams its progress; every update carries
+/// the job's id, the last one has step `done` and the job's summary, or the stream ends with the job's error. The
+/// job runs in a task of its own and goes on if the client goes away; `Watch` re-attaches to it.
+fn job_stream<F, Fut>(jobs: &JobRegistry, kind: &str, target: &str, job: F) -> Result<PbStream<pb::Progress>, Status>
 where
     F: FnOnce(Reporter) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<String, Status>> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel::<model::Progress>(64);
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let handle = jobs.start(kind, target, now).map_err(jobs_status)?;
+    let watcher = handle.watch().map_err(jobs_status)?;
+    let id = handle.id().to_string();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<model::Progress>(64);
     tokio::spawn(async move {
-        let r = job(Reporter::new(tx)).await;
-        let _ = done_tx.send(r);
+        let forward = {
+            let id = id.clone();
+            let handle = &handle;
+            async move {
+                while let Some(p) = rx.recv().await {
+                    let job_id = id.clone();
+                    handle.send(Ok(pb::Progress {
+                        step: p.step,
+                        done: p.done,
+                        total: p.total,
+                        message: p.message,
+                        job_id,
+                    }));
+                }
+            }
+        };
+        let (r, ()) = futures::join!(job(Reporter::new(tx)), forward);
+        handle.finish(r.map(|message| pb::Progress { step: "done".into(), done: 1, total: 1, message, job_id: id }));
     });
-    let progress = tokio_stream::wrappers::ReceiverStream::new(rx)
-        .map(|p| Ok(pb::Progress { step: p.step, done: p.done, total: p.total, message: p.message }));
-    let end = futures::stream::once(async move {
-        match done_rx.await {
-            Ok(Ok(message)) => Ok(pb::Progress { step: "done".into(), done: 1, total: 1, message }),
-            Ok(Err(status)) => Err(status),
-            Err(_) => Err(Status::internal("the job ended without a result")),
-        }
-    });
-    Box::pin(progress.chain(end))
+    Ok(Box::pin(watcher.into_stream()))
 }
 
 /// ListArchives calls one caller identity may have in flight; more are refused at once (RESOURCE_EXHAUSTED) instead
@@ -343,7 +376,8 @@ impl Services for ServicesSvc {
         if let Some(name) = &target {
             backups.settings(name).map_err(job_status)?;
         }
-        Ok(Response::new(job_stream(move |rep| async move {
+        let who = target.clone().unwrap_or_default();
+        Ok(Response::new(job_stream(&self.jobs, "backup", &who, move |rep| async move {
             match target {
                 Some(name) => backups.backup(&name, "manual", &rep).await.map(|r| r.summary()).map_err(job_status),
                 None => {
@@ -369,7 +403,7 @@ impl Services for ServicesSvc {
                     }
                 }
             }
-        })))
+        })?))
     }
 
     async fn list_archives(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::ListArchivesResponse>, Status> {
@@ -421,12 +455,13 @@ impl Services for ServicesSvc {
         let q: RestoreQuery = req.into_inner().try_into()?;
         let backups = self.backups.clone();
         backups.settings(&q.name).map_err(job_status)?;
-        Ok(Response::new(job_stream(move |rep| async move {
+        let name = q.name.clone();
+        Ok(Response::new(job_stream(&self.jobs, "restore", &name, move |rep| async move {
             match q.decision {
                 Some(d) => backups.decide(&q.name, d, &rep).await.map_err(job_status),
                 None => backups.restore(&q.name, q.source, q.to, &rep).await.map_err(job_status),
             }
-        })))
+        })?))
     }
 
     type CheckStream = PbStream<pb::Progress>;
@@ -435,9 +470,10 @@ impl Services for ServicesSvc {
         let Name(n) = req.into_inner().try_into()?;
         let backups = self.backups.clone();
         backups.settings(&n).map_err(job_status)?;
-        Ok(Response::new(job_stream(move |rep| async move {
+        let name = n.clone();
+        Ok(Response::new(job_stream(&self.jobs, "check", &name, move |rep| async move {
             backups.check(&n, "check", "manual", &rep).await.map_err(job_status)
-        })))
+        })?))
     }
 
     type DrillStream = PbStream<pb::Progress>;
@@ -446,9 +482,10 @@ impl Services for ServicesSvc {
         let Name(n) = req.into_inner().try_into()?;
         let backups = self.backups.clone();
         backups.settings(&n).map_err(job_status)?;
-        Ok(Response::new(job_stream(
-            move |rep| async move { backups.drill(&n, "manual", &rep).await.map_err(job_status) },
-        )))
+        let name = n.clone();
+        Ok(Response::new(job_stream(&self.jobs, "drill", &name, move |rep| async move {
+            backups.drill(&n, "manual", &rep).await.map_err(job_status)
+        })?))
     }
 
     async fn prepare_host_backup(
@@ -476,6 +513,34 @@ impl Services for ServicesSvc {
             return Err(Status::not_found(format!("lease_id: no live lease {id} (expired or replaced)")));
         }
         Ok(Response::new(pb::ReleaseHostBackupResponse {}))
+    }
+
+    type WatchStream = PbStream<pb::Progress>;
+
+    async fn watch(&self, req: Request<pb::JobRef>) -> Result<Response<Self::WatchStream>, Status> {
+        let JobKey(key) = req.into_inner().try_into()?;
+        let watcher = self.jobs.watch(&key).map_err(jobs_status)?;
+        Ok(Response::new(Box::pin(watcher.into_stream())))
+    }
+}
+
+/// A validated `JobRef`: a job id, or a service name (that service's running job).
+struct JobKey(String);
+
+impl TryFrom<pb::JobRef> for JobKey {
+    type Error = Status;
+    fn try_from(r: pb::JobRef) -> Result<Self, Status> {
+        match (r.id.is_empty(), r.name.is_empty()) {
+            (true, true) => Err(Status::invalid_argument("id: give a job id or a service name")),
+            (false, false) => Err(Status::invalid_argument("name: give a job id or a service name, not both")),
+            (false, true) => {
+                if !agent_core::jobs::valid_id(&r.id) {
+                    return Err(Status::invalid_argument(format!("id: `{}` is not a job id", r.id.escape_debug())));
+                }
+                Ok(JobKey(r.id))
+            }
+            (true, false) => Ok(JobKey(check_name("name", &r.name)?)),
+        }
     }
 }
 
@@ -572,6 +637,20 @@ mod tests {
             (req(false, true, "", "/srv/x"), "abandon: "),
         ] {
             let e = RestoreQuery::try_from(r).err().unwrap();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().starts_with(field), "{}", e.message());
+        }
+    }
+
+    #[test]
+    fn job_refs_take_an_id_or_a_name_naming_the_field() {
+        let r = |id: &str, name: &str| pb::JobRef { id: id.into(), name: name.into() };
+        assert_eq!(JobKey::try_from(r("backup-photos-1764900000", "")).ok().unwrap().0, "backup-photos-1764900000");
+        assert_eq!(JobKey::try_from(r("", "photos")).ok().unwrap().0, "photos");
+        for (bad, field) in
+            [(r("", ""), "id: "), (r("a", "b"), "name: "), (r("../x", ""), "id: "), (r("", "A/b"), "name: ")]
+        {
+            let e = JobKey::try_from(bad).err().unwrap();
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
             assert!(e.message().starts_with(field), "{}", e.message());
         }

@@ -1,8 +1,10 @@
-//! Ctrl-C on a long job: the real `labctl vm backup` against a real host-agent and a real Borg repository, SIGINT
-//! while it follows the job. labctl says the job goes on and where to see it, exits 130, and the backup completes on
-//! the agent without it. Knows the host-agent's config format and labctl's output; nothing of their internals.
+//! Ctrl-C on a long job: the real `labctl vm backup` / `labctl services backup` against a real host-agent /
+//! services-agent (real Borg, zfs-fuse, dockerd), SIGINT while it follows the job. labctl says the job goes on and
+//! where to see it, exits 130, and the job completes on the agent without it; `labctl services watch` re-attaches
+//! to it. Knows the agents' config formats and labctl's output; nothing of their internals.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -10,11 +12,14 @@ use std::time::{Duration, Instant};
 use agent_core::identity::Role;
 use anyhow::{bail, ensure, Context, Result};
 use strata_tests::fixtures::borg::BorgRepo;
-use strata_tests::fixtures::cmd;
+use strata_tests::fixtures::docker::DockerEngine;
+use strata_tests::fixtures::git::GitRepo;
+use strata_tests::fixtures::zfs::ZfsPool;
+use strata_tests::fixtures::{cmd, unique_suffix};
 use strata_tests::harness::{base_config, bin, write_inventory, AgentKind, AgentProc, Pki};
 
 #[test]
-fn ctrl_c_on_vm_backup_says_the_job_goes_on_and_it_completes() -> Result<()> {
+fn ctrl_c_on_vm_backup_says_the_job_goes_on_and_vm_watch_follows_it_to_its_end() -> Result<()> {
     let pki = Pki::new()?;
     let dir = tempfile::tempdir()?;
     let borg = BorgRepo::init("correct horse battery staple")?;
@@ -43,47 +48,17 @@ fn ctrl_c_on_vm_backup_says_the_job_goes_on_and_it_completes() -> Result<()> {
     let inv = dir.path().join("labctl.toml");
     write_inventory(&inv, &pki.ca(), &admin, &admin_key, &[&host])?;
 
-    let mut labctl = Command::new(bin("labctl")?)
-        .arg("--config")
-        .arg(&inv)
-        .args(["vm", "backup", "lab"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning labctl")?;
-    let (tx, rx) = mpsc::channel();
-    let stderr = labctl.stderr.take().context("stderr piped")?;
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-            let _ = tx.send(line);
-        }
-    });
-    // Interrupt once labctl follows the job (its first progress line).
-    let mut seen = Vec::new();
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(20)).with_context(|| format!("no progress line: {seen:?}"))?;
-        seen.push(line);
-        if seen.last().is_some_and(|l| l.starts_with("check: ")) {
-            break;
-        }
-    }
-    cmd::run(Command::new("kill").args(["-INT", &labctl.id().to_string()]))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = labctl.try_wait()? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = labctl.kill();
-            bail!("labctl did not exit within 10 s of SIGINT: {seen:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    seen.extend(rx.try_iter());
+    let (status, seen) = interrupt_at(&inv, &["vm", "backup", "lab"], "check: ")?;
     ensure!(status.code() == Some(130), "labctl exit {status:?}, stderr {seen:?}");
-    let said = "interrupted: the backup goes on on the host-agent; `labctl vm ls` shows each vm's last backup";
+    let said = "interrupted: the backup goes on on the host-agent; `labctl vm watch lab` follows it again, \
+                `labctl vm ls` shows each vm's last backup";
     ensure!(seen.iter().any(|l| l == said), "want {said:?} in {seen:?}");
+
+    // `labctl vm watch lab` re-attaches and follows the job to its summary.
+    let watch = Command::new(bin("labctl")?).arg("--config").arg(&inv).args(["vm", "watch", "lab"]).output()?;
+    let (out, err) = (String::from_utf8_lossy(&watch.stdout), String::from_utf8_lossy(&watch.stderr));
+    ensure!(watch.status.success(), "watch: {:?}\nstdout: {out}\nstderr: {err}\nlog:\n{}", watch.status, host.logs());
+    ensure!(out.starts_with("vm lab backed up as "), "no summary from the watch: {out}\nstderr: {err}");
 
     // The agent finishes the job without labctl: `vm ls` (the agent's history) shows the backup.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -99,5 +74,124 @@ fn ctrl_c_on_vm_backup_says_the_job_goes_on_and_it_completes() -> Result<()> {
         std::thread::sleep(Duration::from_millis(250));
     }
     ensure!(borg.list_archives()?.len() == 1, "one archive in the repository");
+    Ok(())
+}
+
+/// Runs `labctl --config INV ARGS`, sends it SIGINT once a stderr line starts with `at`, and returns its exit status
+/// and stderr lines.
+fn interrupt_at(inv: &Path, args: &[&str], at: &str) -> Result<(std::process::ExitStatus, Vec<String>)> {
+    let mut labctl = Command::new(bin("labctl")?)
+        .arg("--config")
+        .arg(inv)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning labctl")?;
+    let (tx, rx) = mpsc::channel();
+    let stderr = labctl.stderr.take().context("stderr piped")?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+            let _ = tx.send(line);
+        }
+    });
+    // Interrupt once labctl follows the job (the progress line asked for).
+    let mut seen = Vec::new();
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(20)).with_context(|| format!("no progress line: {seen:?}"))?;
+        seen.push(line);
+        if seen.last().is_some_and(|l| l.starts_with(at)) {
+            break;
+        }
+    }
+    cmd::run(Command::new("kill").args(["-INT", &labctl.id().to_string()]))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = labctl.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = labctl.kill();
+            bail!("labctl did not exit within 10 s of SIGINT: {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The reader thread ends with labctl's stderr.
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        seen.push(line);
+    }
+    Ok((status, seen))
+}
+
+/// Issue 18 item 4: after Ctrl-C, `labctl services watch NAME` re-attaches to the running backup and follows it to
+/// its end (its remaining steps on stderr, its summary on stdout, exit 0), as `labctl services backup` would have.
+#[test]
+fn after_ctrl_c_services_watch_reattaches_to_the_backup_and_sees_it_finish() -> Result<()> {
+    let _engine = DockerEngine::ensure()?;
+    let pki = Pki::new()?;
+    let dir = tempfile::tempdir()?;
+    let pool = ZfsPool::create()?;
+    let dataset = pool.create_dataset("appdata/app")?;
+    std::fs::write(pool.dataset_mountpoint("appdata/app").join("data.txt"), "precious")?;
+    let borg = BorgRepo::init("correct horse battery staple")?;
+    let passcommand =
+        borg.env().into_iter().find(|(k, _)| k == "BORG_PASSCOMMAND").map(|(_, v)| v).context("passcommand")?;
+    // Every borg call of the job asks for the passphrase first: a slow secret store makes the job last seconds.
+    let slow = format!("sh -c 'sleep 5; {passcommand}'");
+    let service = format!("wt{}", unique_suffix().replace('_', "x"));
+    let origin = GitRepo::init(dir.path().join("origin"))?;
+    origin.write("README", "stacks\n")?;
+    origin.commit("init")?;
+    let (cert, key) = pki.issue(Role::ServicesAgent, AgentKind::Services.cert_name())?;
+    let config = dir.path().join("services-agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}[stacks]\nrepo = {:?}\ncheckout_dir = {:?}\npoll = \"1h\"\n\
+             [hub]\nstack = \"{service}-proxy\"\nnetwork = \"{service}-hub\"\ndomain = \"wt.test\"\naddress = \"10.0.0.20\"\n\
+             [backup]\nsnapshot_mount_dir = {:?}\n\
+             [[services]]\nname = \"{service}\"\ndataset = \"{dataset}\"\nrepo = {:?}\npasscommand = {slow:?}\n",
+            base_config(&dir.path().join("state"), &pki.ca(), &cert, &key),
+            dir.path().join("origin").display().to_string(),
+            dir.path().join("checkout").display().to_string(),
+            dir.path().join("snapshots").display().to_string(),
+            borg.path().display().to_string(),
+        ),
+    )?;
+    let base = borg.scratch_dir().join("agent-base");
+    std::fs::create_dir_all(&base)?;
+    let agent =
+        AgentProc::start_with_env(AgentKind::Services, &config, &[("BORG_BASE_DIR", base.to_str().context("utf-8")?)])?;
+    let (admin, admin_key) = pki.issue(Role::Admin, "alice")?;
+    let inv = dir.path().join("labctl.toml");
+    write_inventory(&inv, &pki.ca(), &admin, &admin_key, &[&agent])?;
+
+    let (status, seen) = interrupt_at(&inv, &["services", "backup", &service], "preflight: ")?;
+    ensure!(status.code() == Some(130), "labctl exit {status:?}, stderr {seen:?}\nagent log:\n{}", agent.logs());
+    let said = format!(
+        "interrupted: the backup goes on on the services-agent; `labctl services watch {service}` follows it again, \
+         `labctl services history {service}` shows its outcome"
+    );
+    ensure!(seen.contains(&said), "want {said:?} in {seen:?}");
+
+    let watch =
+        Command::new(bin("labctl")?).arg("--config").arg(&inv).args(["services", "watch", &service]).output()?;
+    let (out, err) = (String::from_utf8_lossy(&watch.stdout), String::from_utf8_lossy(&watch.stderr));
+    ensure!(
+        watch.status.success(),
+        "watch: {:?}\nstdout: {out}\nstderr: {err}\nagent log:\n{}",
+        watch.status,
+        agent.logs()
+    );
+    // It saw the job's later steps and its summary.
+    ensure!(err.lines().any(|l| l.starts_with("borg-create: ")), "no later step in the watch: {err}");
+    ensure!(out.starts_with(&format!("{service}: archive ")), "no summary from the watch: {out}");
+    ensure!(borg.list_archives()?.len() == 1, "one archive in the repository");
+    // The job left the registry: nothing to watch any more.
+    let again =
+        Command::new(bin("labctl")?).arg("--config").arg(&inv).args(["services", "watch", &service]).output()?;
+    let err = String::from_utf8_lossy(&again.stderr);
+    ensure!(again.status.code() == Some(1) && err.contains("no running job"), "watch after the end: {again:?}");
     Ok(())
 }

@@ -26,6 +26,15 @@ pub struct StatusResponse {
     #[prost(string, repeated, tag = "8")]
     pub degraded: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
+/// A long job on an agent: by its id (from its progress updates), or by the name of its target (a service or VM:
+/// that target's running job). Exactly one of the two.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct JobRef {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+}
 /// Generated client implementations.
 pub mod agent_client {
     #![allow(
@@ -1287,6 +1296,7 @@ pub struct VmBackupRequest {
     #[prost(bool, tag = "2")]
     pub all: bool,
 }
+/// job_id: the id of the job (its registry entry on the agent), on every update; Watch takes it.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct VmProgress {
     #[prost(string, tag = "1")]
@@ -1297,6 +1307,8 @@ pub struct VmProgress {
     pub total: u64,
     #[prost(string, tag = "4")]
     pub message: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub job_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct VmBackup {
@@ -1612,6 +1624,28 @@ pub mod host_client {
             req.extensions_mut().insert(GrpcMethod::new("strata.v1.Host", "Drill"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Re-attaches to a running long job (backup/restore/drill): its last update, then the rest as Backup streams them.
+        pub async fn watch(
+            &mut self,
+            request: impl tonic::IntoRequest<super::JobRef>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::VmProgress>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/strata.v1.Host/Watch");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("strata.v1.Host", "Watch"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1696,6 +1730,17 @@ pub mod host_server {
             &self,
             request: tonic::Request<super::VmRef>,
         ) -> std::result::Result<tonic::Response<Self::DrillStream>, tonic::Status>;
+        /// Server streaming response type for the Watch method.
+        type WatchStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::VmProgress, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Re-attaches to a running long job (backup/restore/drill): its last update, then the rest as Backup streams them.
+        async fn watch(
+            &self,
+            request: tonic::Request<super::JobRef>,
+        ) -> std::result::Result<tonic::Response<Self::WatchStream>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct HostServer<T> {
@@ -2167,6 +2212,50 @@ pub mod host_server {
                     };
                     Box::pin(fut)
                 }
+                "/strata.v1.Host/Watch" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchSvc<T: Host>(pub Arc<T>);
+                    impl<T: Host> tonic::server::ServerStreamingService<super::JobRef>
+                    for WatchSvc<T> {
+                        type Response = super::VmProgress;
+                        type ResponseStream = T::WatchStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::JobRef>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Host>::watch(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 _ => {
                     Box::pin(async move {
                         let mut response = http::Response::new(
@@ -2309,6 +2398,7 @@ pub struct BackupRequest {
     #[prost(bool, tag = "2")]
     pub all: bool,
 }
+/// job_id: the id of the job (its registry entry on the agent), on every update; Watch takes it.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Progress {
     #[prost(string, tag = "1")]
@@ -2319,6 +2409,8 @@ pub struct Progress {
     pub total: u64,
     #[prost(string, tag = "4")]
     pub message: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub job_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Archive {
@@ -2856,6 +2948,28 @@ pub mod services_client {
                 .insert(GrpcMethod::new("strata.v1.Services", "ReleaseHostBackup"));
             self.inner.unary(req, path, codec).await
         }
+        /// Re-attaches to a running long job (backup/restore/check/drill): its last update, then the rest as Backup streams them.
+        pub async fn watch(
+            &mut self,
+            request: impl tonic::IntoRequest<super::JobRef>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::Progress>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/strata.v1.Services/Watch");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("strata.v1.Services", "Watch"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2982,6 +3096,17 @@ pub mod services_server {
             tonic::Response<super::ReleaseHostBackupResponse>,
             tonic::Status,
         >;
+        /// Server streaming response type for the Watch method.
+        type WatchStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::Progress, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Re-attaches to a running long job (backup/restore/check/drill): its last update, then the rest as Backup streams them.
+        async fn watch(
+            &self,
+            request: tonic::Request<super::JobRef>,
+        ) -> std::result::Result<tonic::Response<Self::WatchStream>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct ServicesServer<T> {
@@ -3807,6 +3932,52 @@ pub mod services_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/strata.v1.Services/Watch" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchSvc<T: Services>(pub Arc<T>);
+                    impl<
+                        T: Services,
+                    > tonic::server::ServerStreamingService<super::JobRef>
+                    for WatchSvc<T> {
+                        type Response = super::Progress;
+                        type ResponseStream = T::WatchStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::JobRef>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Services>::watch(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -1,0 +1,304 @@
+//! The registry of an agent's running long jobs (backup, restore, check, drill): each job's id, kind and target,
+//! its updates fanned out to every watcher (a bounded broadcast, the last update kept for late watchers), so a
+//! client can re-attach to a job it left. Generic over the update type; knows nothing of what a job does, of
+//! proto or of tonic. Finished jobs leave the registry.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::Stream;
+use tokio::sync::broadcast;
+
+/// Jobs one agent may run at once; more are refused.
+pub const MAX_JOBS: usize = 64;
+/// Watchers (original caller included) one job may have at once; more are refused.
+pub const MAX_WATCHERS: usize = 16;
+/// Updates a watcher may fall behind before it skips the oldest (the final update is never skipped: it is the newest).
+const BUFFER: usize = 64;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobsError {
+    #[error("{0} jobs are running (at most {0}): retry when one finishes")]
+    TooManyJobs(usize),
+    #[error("job {id} already has {max} watchers (at most {max})")]
+    TooManyWatchers { id: String, max: usize },
+    #[error("no running job {0}")]
+    NoJob(String),
+}
+
+/// Whether `id` has the shape of a job id (`KIND-TARGET-UNIX`: ASCII letters, digits, `-`, `_`; at most 256).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 256 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// One update of a job, and whether it is the job's last.
+#[derive(Debug, Clone)]
+struct Event<U> {
+    update: U,
+    last: bool,
+}
+
+struct Job<U> {
+    id: String,
+    kind: String,
+    target: String,
+    /// Start order, to pick a target's newest job.
+    seq: u64,
+    /// The sender (gone once the job's task is: its watchers' streams end) and the last update sent, for watchers
+    /// that attach later. One lock, so an attaching watcher sees one moment.
+    state: Mutex<State<U>>,
+    watchers: AtomicUsize,
+}
+
+struct State<U> {
+    tx: Option<broadcast::Sender<Event<U>>>,
+    last: Option<Event<U>>,
+}
+
+struct Inner<U> {
+    jobs: HashMap<String, Arc<Job<U>>>,
+    seq: u64,
+}
+
+/// The registry. Cheap to clone (shared).
+pub struct Jobs<U> {
+    inner: Arc<Mutex<Inner<U>>>,
+    max_jobs: usize,
+    max_watchers: usize,
+}
+
+impl<U> Clone for Jobs<U> {
+    fn clone(&self) -> Self {
+        Jobs { inner: self.inner.clone(), max_jobs: self.max_jobs, max_watchers: self.max_watchers }
+    }
+}
+
+impl<U: Clone + Send + 'static> Default for Jobs<U> {
+    fn default() -> Self {
+        Jobs::new(MAX_JOBS, MAX_WATCHERS)
+    }
+}
+
+/// What a job's task holds: it sends the job's updates; the job leaves the registry when this is finished or dropped.
+pub struct JobHandle<U> {
+    job: Arc<Job<U>>,
+    inner: Arc<Mutex<Inner<U>>>,
+    max_watchers: usize,
+}
+
+/// A watcher of one job: its updates from the moment it attached (the job's last update first, when there was one).
+pub struct Watcher<U> {
+    id: String,
+    kind: String,
+    first: Option<Event<U>>,
+    rx: broadcast::Receiver<Event<U>>,
+    job: Arc<Job<U>>,
+}
+
+impl<U: Clone + Send + 'static> Jobs<U> {
+    pub fn new(max_jobs: usize, max_watchers: usize) -> Jobs<U> {
+        Jobs { inner: Arc::new(Mutex::new(Inner { jobs: HashMap::new(), seq: 0 })), max_jobs, max_watchers }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<U>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a job of `kind` on `target` (empty for a job on several targets). Its id is `KIND-TARGET-UNIX`
+    /// (`KIND-UNIX` without a target), with `-N` added when that id is taken.
+    pub fn start(&self, kind: &str, target: &str, unix: i64) -> Result<JobHandle<U>, JobsError> {
+        let mut inner = self.lock();
+        if inner.jobs.len() >= self.max_jobs {
+            return Err(JobsError::TooManyJobs(self.max_jobs));
+        }
+        let base = if target.is_empty() { format!("{kind}-{unix}") } else { format!("{kind}-{target}-{unix}") };
+        let mut id = base.clone();
+        let mut n = 1;
+        while inner.jobs.contains_key(&id) {
+            n += 1;
+            id = format!("{base}-{n}");
+        }
+        inner.seq += 1;
+        let (tx, _) = broadcast::channel(BUFFER);
+        let job = Arc::new(Job {
+            id: id.clone(),
+            kind: kind.to_string(),
+            target: target.to_string(),
+            seq: inner.seq,
+            state: Mutex::new(State { tx: Some(tx), last: None }),
+            watchers: AtomicUsize::new(0),
+        });
+        inner.jobs.insert(id, job.clone());
+        Ok(JobHandle { job, inner: self.inner.clone(), max_watchers: self.max_watchers })
+    }
+
+    /// Attaches to the running job with this id, or else to the newest running job on the target named `key`.
+    pub fn watch(&self, key: &str) -> Result<Watcher<U>, JobsError> {
+        let job = {
+            let inner = self.lock();
+            inner
+                .jobs
+                .get(key)
+                .cloned()
+                .or_else(|| inner.jobs.values().filter(|j| j.target == key).max_by_key(|j| j.seq).cloned())
+                .ok_or_else(|| JobsError::NoJob(key.to_string()))?
+        };
+        Self::attach(job, self.max_watchers)
+    }
+
+    fn attach(job: Arc<Job<U>>, max: usize) -> Result<Watcher<U>, JobsError> {
+        if job.watchers.fetch_add(1, Ordering::SeqCst) >= max {
+            job.watchers.fetch_sub(1, Ordering::SeqCst);
+            return Err(JobsError::TooManyWatchers { id: job.id.clone(), max });
+        }
+        let state = job.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = &state.tx else {
+            drop(state);
+            job.watchers.fetch_sub(1, Ordering::SeqCst);
+            return Err(JobsError::NoJob(job.id.clone()));
+        };
+        let rx = tx.subscribe();
+        let first = state.last.clone();
+        drop(state);
+        Ok(Watcher { id: job.id.clone(), kind: job.kind.clone(), first, rx, job })
+    }
+
+    /// Ids of the running jobs, oldest first.
+    pub fn running(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut jobs: Vec<_> = inner.jobs.values().map(|j| (j.seq, j.id.clone())).collect();
+        jobs.sort();
+        jobs.into_iter().map(|(_, id)| id).collect()
+    }
+}
+
+impl<U: Clone + Send + 'static> JobHandle<U> {
+    pub fn id(&self) -> &str {
+        &self.job.id
+    }
+
+    /// A watcher from the job's start, for the client that started it (counts against the job's watchers).
+    pub fn watch(&self) -> Result<Watcher<U>, JobsError> {
+        Jobs::attach(self.job.clone(), self.max_watchers)
+    }
+
+    /// Sends an update to every watcher.
+    pub fn send(&self, update: U) {
+        self.emit(Event { update, last: false });
+    }
+
+    /// Sends the job's final update and takes the job out of the registry.
+    pub fn finish(self, update: U) {
+        self.emit(Event { update, last: true });
+    }
+
+    fn emit(&self, event: Event<U>) {
+        let mut state = self.job.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = &state.tx {
+            // No receiver is fine: the job goes on without watchers.
+            let _ = tx.send(event.clone());
+        }
+        state.last = Some(event);
+    }
+}
+
+impl<U> Drop for JobHandle<U> {
+    fn drop(&mut self) {
+        self.job.state.lock().unwrap_or_else(|e| e.into_inner()).tx = None;
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.jobs.remove(&self.job.id);
+    }
+}
+
+impl<U: Clone + Send + 'static> Watcher<U> {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The updates, ending after the job's final one (or when the job's task went away without one).
+    pub fn into_stream(self) -> impl Stream<Item = U> + Send {
+        futures::stream::unfold(Some(self), |w| async move {
+            let mut w = w?;
+            let event = match w.first.take() {
+                Some(e) => e,
+                None => loop {
+                    match w.rx.recv().await {
+                        Ok(e) => break e,
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                },
+            };
+            let next = if event.last { None } else { Some(w) };
+            Some((event.update, next))
+        })
+    }
+}
+
+impl<U> Drop for Watcher<U> {
+    fn drop(&mut self) {
+        self.job.watchers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn a_late_watcher_gets_the_last_update_then_the_rest_and_the_job_leaves_at_its_end() {
+        let jobs: Jobs<u32> = Jobs::default();
+        let h = jobs.start("backup", "web", 100).unwrap();
+        assert_eq!(h.id(), "backup-web-100");
+        let first = h.watch().unwrap();
+        h.send(1);
+        h.send(2);
+        let late = jobs.watch("web").unwrap();
+        assert_eq!(late.id(), "backup-web-100");
+        assert_eq!(late.kind(), "backup");
+        let by_id = jobs.watch("backup-web-100").unwrap();
+        h.send(3);
+        h.finish(4);
+        assert!(jobs.running().is_empty());
+        assert_eq!(first.into_stream().collect::<Vec<_>>().await, [1, 2, 3, 4]);
+        assert_eq!(late.into_stream().collect::<Vec<_>>().await, [2, 3, 4]);
+        assert_eq!(by_id.into_stream().collect::<Vec<_>>().await, [2, 3, 4]);
+        assert_eq!(jobs.watch("web").err().unwrap(), JobsError::NoJob("web".into()));
+        assert!(valid_id("backup-web-100") && !valid_id("") && !valid_id("../x") && !valid_id(&"a".repeat(257)));
+    }
+
+    #[tokio::test]
+    async fn ids_are_unique_and_a_dropped_handle_ends_its_watchers() {
+        let jobs: Jobs<u32> = Jobs::default();
+        let a = jobs.start("backup", "web", 7).unwrap();
+        let b = jobs.start("backup", "web", 7).unwrap();
+        let all = jobs.start("backup", "", 7).unwrap();
+        assert_eq!((a.id(), b.id(), all.id()), ("backup-web-7", "backup-web-7-2", "backup-7"));
+        // By target: the newest.
+        assert_eq!(jobs.watch("web").unwrap().id(), "backup-web-7-2");
+        let w = jobs.watch("backup-web-7").unwrap();
+        drop(a);
+        assert_eq!(w.into_stream().collect::<Vec<_>>().await, Vec::<u32>::new());
+        assert_eq!(jobs.running(), ["backup-web-7-2", "backup-7"]);
+    }
+
+    #[test]
+    fn jobs_and_watchers_are_bounded() {
+        let jobs: Jobs<u32> = Jobs::new(2, 2);
+        let _a = jobs.start("check", "a", 1).unwrap();
+        let _b = jobs.start("check", "b", 1).unwrap();
+        assert_eq!(jobs.start("check", "c", 1).err().unwrap(), JobsError::TooManyJobs(2));
+        let w1 = jobs.watch("a").unwrap();
+        let _w2 = jobs.watch("a").unwrap();
+        let e = jobs.watch("a").err().unwrap();
+        assert_eq!(e.to_string(), "job check-a-1 already has 2 watchers (at most 2)");
+        drop(w1);
+        assert!(jobs.watch("a").is_ok());
+    }
+}
