@@ -1,6 +1,6 @@
 //! `cargo xtask deps`: installs (apt, Debian only) and starts the real components the integration tests drive:
 //! Docker, zfs-fuse, Borg, QEMU, btrfs, DNS tools, busybox-static, Prometheus (for `promtool`; its own server is not
-//! started). Idempotent; one output line per action.
+//! started), tzdata, adduser and util-linux (`setpriv`). Idempotent; one output line per action.
 //! Owns the machine set-up only; starting dockerd and zfs-fuse is the test fixtures' own code, reused here.
 
 use std::fs;
@@ -29,6 +29,10 @@ const PACKAGES: &[&str] = &[
     "systemd",
     // The IANA tz database: schedules with a `timezone` are evaluated against it (the tests use Europe/Berlin).
     "tzdata",
+    // The dns-agent package's postinst creates its system user with `adduser`; the unprivileged-agent test runs the
+    // agent as its unit would with util-linux's `setpriv`.
+    "adduser",
+    "util-linux",
 ];
 
 pub(crate) fn run() -> Result<()> {
