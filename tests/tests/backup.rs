@@ -942,14 +942,25 @@ async fn prepare_host_backup_holds_a_scheduled_backup_until_release_or_expiry() 
 /// Processes whose argv runs borg on `repo` (Debian's borg is a Python script: `python3 /usr/bin/borg … REPO`).
 fn borgs_on(repo: &str) -> usize {
     let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
-    dir.flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .filter(|cmdline| {
+    // (pid, parent pid) of each process whose command line is borg's on this repository.
+    let borgs: Vec<(u32, u32)> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok().map(|pid| (pid, e.path())))
+        .filter(|(_, path)| {
+            let Ok(cmdline) = std::fs::read(path.join("cmdline")) else { return false };
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
             args.iter().any(|a| a.ends_with(b"borg")) && args.contains(&repo.as_bytes())
         })
-        .count()
+        .filter_map(|(pid, path)| Some((pid, parent_pid(&std::fs::read_to_string(path.join("stat")).ok()?)?)))
+        .collect();
+    // A child forked by a borg (its passphrase command, before it execs) carries its parent's command line for a
+    // moment: it is part of that borg's run, not another borg on the repository.
+    borgs.iter().filter(|(_, ppid)| !borgs.iter().any(|(pid, _)| pid == ppid)).count()
+}
+
+/// The parent pid in a `/proc/PID/stat` line (`PID (COMM) STATE PPID …`; COMM may hold spaces and parentheses).
+fn parent_pid(stat: &str) -> Option<u32> {
+    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread")]
