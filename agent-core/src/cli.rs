@@ -9,11 +9,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{CommonConfig, ConfigError, EXIT_CONFIG};
+use crate::conn::LoadedCrl;
 use crate::credentials;
 use crate::identity::Role;
-use crate::install::{self, Platform, ServiceSpec};
+use crate::install::{self, Platform, Privilege, ServiceSpec, UnitNeeds};
 use crate::telemetry::{self, LogFormat};
-use crate::tls::{Crls, TlsError, TlsMaterial};
+use crate::tls::{TlsError, TlsMaterial};
 
 #[derive(Debug, Parser)]
 #[command(version)]
@@ -78,12 +79,14 @@ pub enum AgentCmd {
     },
 }
 
-/// What an agent starts with, prepared before the agent library runs: its listeners, and its TLS material, loaded
-/// once and verified before anything was bound.
+/// What an agent starts with, prepared before the agent library runs: its listeners, and its TLS material and CRL,
+/// each read once and verified before anything was bound.
 pub struct Listeners {
     pub grpc: tokio::net::TcpListener,
     pub metrics: tokio::net::TcpListener,
     pub tls: TlsMaterial,
+    /// `[grpc] crl`, when configured (the server re-reads it only when the file changes).
+    pub crl: Option<LoadedCrl>,
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or SIGINT). Cheap to clone.
@@ -112,13 +115,11 @@ pub struct AgentDef<C> {
     pub description: &'static str,
     /// Port of `[metrics] listen` when only an address is given.
     pub default_metrics_port: u16,
-    /// Service hardening: its own system user with only CAP_NET_BIND_SERVICE (dns-agent), DynamicUser, or root
-    /// (agents that drive docker/zfs/qemu).
-    pub dynamic_user: bool,
-    pub bind_privileged: bool,
-    pub needs_root: bool,
-    /// The dedicated system user the unit runs as; its `[grpc] key` is then handed over with `LoadCredential=`.
-    pub system_user: Option<&'static str>,
+    /// Who the service runs as: root, its own system user (its `[grpc] key` and `secrets` are then handed over with
+    /// `LoadCredential=`), or a dynamic user.
+    pub privilege: Privilege,
+    /// Its unit's ordering after other units and its kill mode (what the agent drives, the installer does not know).
+    pub unit: UnitNeeds,
     /// Files the agent reads beyond the common ones (config key and path), for `install`'s sandbox check.
     pub reads: fn(&C) -> Vec<(&'static str, PathBuf)>,
     /// Root-only files beyond the `[grpc] key` (credential name, configured path): handed over with
@@ -145,7 +146,7 @@ pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
     match cli.cmd {
         AgentCmd::Check { config } => match (def.load)(&config) {
             Ok(cfg) => match verify_tls((def.common)(&cfg), def.role) {
-                Ok((tls, warnings)) => {
+                Ok((tls, _, warnings)) => {
                     for w in warnings {
                         eprintln!("warning: {w}");
                     }
@@ -160,11 +161,11 @@ pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
             // The certificate files are part of the config: a bad one is refused before anything is bound or
             // READY is sent, with the same exit code as `check`, so systemd does not restart-loop on it.
             Ok(cfg) => match verify_tls((def.common)(&cfg), def.role) {
-                Ok((tls, warnings)) => {
+                Ok((tls, crl, warnings)) => {
                     for w in warnings {
                         tracing::warn!("{w}");
                     }
-                    run(def, cfg, tls)
+                    run(def, cfg, tls, crl)
                 }
                 Err(e) => refused_run(tls_error(&config, &e)),
             },
@@ -204,7 +205,8 @@ pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
                 eprintln!("error: service-file: --exec, --config and --key must be absolute paths");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            if let (Some(user), None) = (def.system_user, &key) {
+            if def.privilege.unprivileged() && key.is_none() {
+                let user = def.privilege.system_user().unwrap_or("a dynamic user");
                 eprintln!(
                     "error: service-file: {} runs as {user} and cannot read its root-owned key: --key names the \
                      [grpc] key its unit hands over with LoadCredential=",
@@ -236,8 +238,8 @@ pub fn main<C: Send + 'static>(def: AgentDef<C>) -> ExitCode {
 }
 
 /// The mTLS files named by the config, loaded once and verified the way peers will see them (key, chain, validity,
-/// CA flags, role, the CRL). Returns the material and its warnings.
-fn verify_tls(common: &CommonConfig, role: Role) -> Result<(TlsMaterial, Vec<String>), TlsError> {
+/// CA flags, role, the CRL). Returns the material, the CRL and the warnings.
+fn verify_tls(common: &CommonConfig, role: Role) -> Result<(TlsMaterial, Option<LoadedCrl>, Vec<String>), TlsError> {
     let g = &common.grpc;
     let (key, handed_over) = credentials::resolve(credentials::GRPC_KEY, &g.key)?;
     if handed_over {
@@ -249,10 +251,9 @@ fn verify_tls(common: &CommonConfig, role: Role) -> Result<(TlsMaterial, Vec<Str
         );
     }
     let tls = TlsMaterial::load(&g.ca, &g.cert, &key)?;
-    let crls = g.crl.as_deref().map(|p| Crls::load(p, tls.ca_certs(), &tls.ca_path)).transpose()?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    let warnings = tls.verify(Some(role), crls.as_ref(), now)?;
-    Ok((tls, warnings))
+    let crl = g.crl.as_deref().map(|p| LoadedCrl::load(p, &tls)).transpose()?;
+    let warnings = tls.verify(Some(role), crl.as_ref().map(|c| &c.crls), crate::clock::now_unix())?;
+    Ok((tls, crl, warnings))
 }
 
 fn tls_error(config: &Path, e: &TlsError) -> ExitCode {
@@ -271,21 +272,20 @@ fn refused_run(code: ExitCode) -> ExitCode {
 }
 
 /// The service of `def` reading `config`; `secrets` (credential name, path: the `[grpc] key` and the agent's own)
-/// become credentials when the agent runs as its own user.
+/// become credentials when the agent does not run as root.
 fn spec<C>(def: &AgentDef<C>, config: PathBuf, secrets: Vec<(&'static str, PathBuf)>) -> ServiceSpec {
-    let credentials = match def.system_user {
-        Some(_) => secrets.into_iter().map(|(name, path)| install::Credential { name: name.into(), path }).collect(),
-        None => vec![],
+    let credentials = if def.privilege.unprivileged() {
+        secrets.into_iter().map(|(name, path)| install::Credential { name: name.into(), path }).collect()
+    } else {
+        vec![]
     };
     ServiceSpec {
         agent: def.agent.to_string(),
         description: def.description.to_string(),
         exec: std::env::current_exe().unwrap_or_else(|_| PathBuf::from(format!("/usr/local/bin/{}", def.agent))),
         config,
-        dynamic_user: def.dynamic_user,
-        bind_privileged: def.bind_privileged,
-        needs_root: def.needs_root,
-        system_user: def.system_user.map(str::to_owned),
+        privilege: def.privilege,
+        unit: def.unit,
         credentials,
     }
 }
@@ -337,7 +337,7 @@ fn config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-fn run<C: Send + 'static>(def: AgentDef<C>, cfg: C, tls: TlsMaterial) -> ExitCode {
+fn run<C: Send + 'static>(def: AgentDef<C>, cfg: C, tls: TlsMaterial, crl: Option<LoadedCrl>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -362,7 +362,7 @@ fn run<C: Send + 'static>(def: AgentDef<C>, cfg: C, tls: TlsMaterial) -> ExitCod
         });
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         tracing::info!(agent = def.agent, version = env!("CARGO_PKG_VERSION"), "started");
-        (def.run)(cfg, Listeners { grpc, metrics, tls }, shutdown).await
+        (def.run)(cfg, Listeners { grpc, metrics, tls, crl }, shutdown).await
     });
     match result {
         Ok(()) => {

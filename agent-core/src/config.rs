@@ -75,12 +75,14 @@ fn locate(text: &str, offset: usize) -> (usize, usize, Option<String>) {
     (line, column, key)
 }
 
-/// Resolves a path from a config file against the directory of that file.
+/// Resolves a path from a config file against the directory of that file; absolute even when the config file was
+/// named by a relative path (programs run in other directories: borg runs where it backs up from).
 pub fn resolve(config_path: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        config_path.parent().unwrap_or(Path::new(".")).join(p)
+        let joined = config_path.parent().unwrap_or(Path::new(".")).join(p);
+        std::path::absolute(&joined).unwrap_or(joined)
     }
 }
 
@@ -211,5 +213,14 @@ mod tests {
         let s: Sample = parse(p, &format!("{GOOD}[metrics]\nlisten = \"here\"\n")).unwrap();
         let e = CommonConfig::validate(p, s.state_dir, s.grpc, s.metrics, 9442).unwrap_err().to_string();
         assert_eq!(e, "/etc/strata/x.toml: key `metrics.listen`: `here` is not an IP address or IP:PORT");
+    }
+
+    /// `--config host.toml` (relative): its paths are still absolute, so a program run elsewhere finds them.
+    #[test]
+    fn paths_of_a_relative_config_are_absolute() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(resolve(Path::new("host.toml"), Path::new("known_hosts")), cwd.join("known_hosts"));
+        assert_eq!(resolve(Path::new("etc/host.toml"), Path::new("k")), cwd.join("etc/k"));
+        assert_eq!(resolve(Path::new("host.toml"), Path::new("/k")), Path::new("/k"));
     }
 }

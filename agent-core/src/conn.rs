@@ -305,13 +305,28 @@ fn stamp(path: &std::path::Path) -> Option<FileStamp> {
     std::fs::metadata(path).ok().map(|m| FileStamp { modified: m.modified().ok(), len: m.len(), ino: m.ino() })
 }
 
+/// A CRL file read at start, with the stamp of the file it was read from (taken before reading, so that a change
+/// made meanwhile is seen by the first [`ServerTls::refresh`]).
+#[derive(Debug, Clone)]
+pub struct LoadedCrl {
+    pub crls: Crls,
+    stamp: Option<FileStamp>,
+}
+
+impl LoadedCrl {
+    /// Reads the CRL file at `path` for the CAs of `material` (see [`Crls::load`]).
+    pub fn load(path: &std::path::Path, material: &TlsMaterial) -> Result<LoadedCrl, TlsError> {
+        let stamp = stamp(path);
+        Ok(LoadedCrl { crls: Crls::load(path, material.ca_certs(), &material.ca_path)?, stamp })
+    }
+}
+
 impl ServerTls {
-    /// The config of `material` with the CRL file at `crl_path` (which must load now: a bad file is refused at start).
-    pub fn new(material: TlsMaterial, crl_path: Option<PathBuf>) -> Result<ServerTls, TlsError> {
-        let stamp = crl_path.as_deref().and_then(stamp);
-        let crls = crl_path.as_deref().map(|p| Crls::load(p, material.ca_certs(), &material.ca_path)).transpose()?;
-        let cfg = material.server_config(crls.as_ref())?;
-        Ok(ServerTls { material, crl_path, state: RwLock::new((cfg, stamp)) })
+    /// The config of `material` with the CRL read at start (`cli` read and verified both once).
+    pub fn new(material: TlsMaterial, crl: Option<LoadedCrl>) -> Result<ServerTls, TlsError> {
+        let cfg = material.server_config(crl.as_ref().map(|c| &c.crls))?;
+        let crl_path = crl.as_ref().map(|c| c.crls.path.clone());
+        Ok(ServerTls { material, crl_path, state: RwLock::new((cfg, crl.and_then(|c| c.stamp))) })
     }
 
     /// The current config.

@@ -1,5 +1,7 @@
 //! The shared gRPC edge: serves `strata.v1.Agent`, `grpc.health.v1` and an agent's own services over mTLS,
-//! behind the authorization layer. The only module of agent-core that touches proto/tonic service types.
+//! behind the authorization layer; and the wire side of long jobs both agents share (a job update as `Progress`,
+//! a watcher as a stream, the CANCELLED and registry statuses). The only module of agent-core that touches
+//! proto/tonic service types.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +64,67 @@ pub enum ServeError {
     Transport(String),
 }
 
+/// What a finished job's summary is on the wire: its outcome in words (one line per target) and its typed facts.
+/// Each agent implements it for its own summary type.
+pub trait JobSummary {
+    fn message(&self) -> String;
+    fn to_pb(&self) -> strata_proto::v1::Summary;
+}
+
+/// A long job's stream as both agents serve it (`Backup`, `Restore`, `Watch`, …).
+pub type ProgressStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<strata_proto::v1::Progress, Status>> + Send>>;
+
+/// One update of a job as the wire carries it, with the job's id: a step, or the last update (step `done`, the
+/// outcome in words and the typed summary).
+pub fn progress_pb<S: JobSummary>(u: crate::jobs::Update<S>, job_id: &str) -> strata_proto::v1::Progress {
+    use crate::jobs::Update;
+    let job_id = job_id.to_string();
+    match u {
+        Update::Progress(p) => strata_proto::v1::Progress {
+            job_id,
+            step: p.step,
+            message: p.message,
+            done: p.done,
+            total: p.total,
+            summary: None,
+        },
+        Update::Done(d) => strata_proto::v1::Progress {
+            job_id,
+            step: "done".into(),
+            message: d.message(),
+            done: 1,
+            total: 1,
+            summary: Some(d.to_pb()),
+        },
+    }
+}
+
+/// A job watcher's updates on the wire.
+pub fn progress_stream<S>(w: crate::jobs::Watcher<Result<crate::jobs::Update<S>, Status>>) -> ProgressStream
+where
+    S: JobSummary + Clone + Send + 'static,
+{
+    use futures::StreamExt;
+    let id = w.id().to_string();
+    Box::pin(w.into_stream().map(move |r| r.map(|u| progress_pb(u, &id))))
+}
+
+/// The error of a job that failed after it was cancelled: CANCELLED, naming the job and what stopped it.
+pub fn cancelled(id: &str, e: Status) -> Status {
+    Status::cancelled(format!("job {id} cancelled: {}", e.message()))
+}
+
+/// A job registry's refusal as a status: NOT_FOUND for no such job, RESOURCE_EXHAUSTED past its bounds.
+pub fn jobs_status(e: crate::jobs::JobsError) -> Status {
+    use crate::jobs::JobsError;
+    let msg = e.to_string();
+    match e {
+        JobsError::NoJob(_) => Status::not_found(msg),
+        JobsError::TooManyJobs(_) | JobsError::TooManyWatchers { .. } => Status::resource_exhausted(msg),
+    }
+}
+
 /// Serves the agent on an already-bound listener until `shutdown` resolves, then drains in-flight calls.
 /// `domain` holds the agent's own services (empty until built); `Agent` and health are added to it; every request
 /// passes `AuthzLayer` first. Connections come through [`conn::incoming`] (caps, handshake deadline, CRL reload);
@@ -119,7 +182,7 @@ pub struct AgentParts {
 
 /// Runs an agent's control plane with the TLS material `cli` loaded and verified before binding (its certificate
 /// carries `role`): serves metrics and gRPC on the given listeners, and returns after a graceful drain once
-/// `shutdown` fires. `[grpc] crl` is read now (a bad file is an error) and again whenever it changes.
+/// `shutdown` fires. `[grpc] crl` comes read with the material (`Listeners::crl`) and is read again whenever it changes.
 pub async fn run_agent(
     common: &crate::config::CommonConfig,
     parts: AgentParts,
@@ -128,8 +191,8 @@ pub async fn run_agent(
 ) -> Result<(), ServeError> {
     let AgentParts { role, version, health, domain, metrics } = parts;
     crate::state::ensure_dir(&common.state_dir).map_err(ServeError::State)?;
-    let crate::cli::Listeners { grpc, metrics: metrics_listener, tls } = listeners;
-    let server_tls = Arc::new(ServerTls::new(tls.clone(), common.grpc.crl.clone())?);
+    let crate::cli::Listeners { grpc, metrics: metrics_listener, tls, crl } = listeners;
+    let server_tls = Arc::new(ServerTls::new(tls.clone(), crl)?);
     tracing::info!(identity = %tls.identity, "serving as");
     metrics.register(
         "degraded_reasons",

@@ -1,14 +1,18 @@
 //! The registry of an agent's running long jobs (backup, restore, check, drill): each job's id, kind and target,
 //! its updates fanned out to every watcher (a bounded broadcast, the last update kept for late watchers), so a
-//! client can re-attach to a job it left. Generic over the update type; knows nothing of what a job does, of
-//! proto or of tonic. Finished jobs leave the registry.
+//! client can re-attach to a job it left; and the one job runner both agents use ([`run`]): the work in a task of
+//! its own, its progress through a [`Reporter`], its summary or its error last. Generic over the update, summary
+//! and error types; knows nothing of what a job does, of proto or of tonic (each agent's edge converts). Finished
+//! jobs leave the registry. Each job has a cancellation token: [`Jobs::cancel`] cancels it, the job's task takes it
+//! from [`JobHandle::token`] (and hands it to the programs it runs); what a cancelled job undoes is the job's business.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::Stream;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 /// Jobs one agent may run at once; more are refused.
 pub const MAX_JOBS: usize = 64;
@@ -49,6 +53,7 @@ struct Job<U> {
     /// that attach later. One lock, so an attaching watcher sees one moment.
     state: Mutex<State<U>>,
     watchers: AtomicUsize,
+    cancel: CancellationToken,
 }
 
 struct State<U> {
@@ -128,6 +133,7 @@ impl<U: Clone + Send + 'static> Jobs<U> {
             seq: inner.seq,
             state: Mutex::new(State { tx: Some(tx), last: None }),
             watchers: AtomicUsize::new(0),
+            cancel: CancellationToken::new(),
         });
         inner.jobs.insert(id, job.clone());
         Ok(JobHandle { job, inner: self.inner.clone(), max_watchers: self.max_watchers })
@@ -164,6 +170,19 @@ impl<U: Clone + Send + 'static> Jobs<U> {
         Ok(Watcher { id: job.id.clone(), kind: job.kind.clone(), first, rx, job })
     }
 
+    /// Cancels the running job with this id, or else the newest running job on the target named `key`, and returns
+    /// its id. The job goes on until it has undone what it must and sent its final update.
+    pub fn cancel(&self, key: &str) -> Result<String, JobsError> {
+        let inner = self.lock();
+        let job = inner
+            .jobs
+            .get(key)
+            .or_else(|| inner.jobs.values().filter(|j| j.target == key).max_by_key(|j| j.seq))
+            .ok_or_else(|| JobsError::NoJob(key.to_string()))?;
+        job.cancel.cancel();
+        Ok(job.id.clone())
+    }
+
     /// Ids of the running jobs, oldest first.
     pub fn running(&self) -> Vec<String> {
         let inner = self.lock();
@@ -176,6 +195,11 @@ impl<U: Clone + Send + 'static> Jobs<U> {
 impl<U: Clone + Send + 'static> JobHandle<U> {
     pub fn id(&self) -> &str {
         &self.job.id
+    }
+
+    /// The job's cancellation token, cancelled by [`Jobs::cancel`].
+    pub fn token(&self) -> CancellationToken {
+        self.job.cancel.clone()
     }
 
     /// A watcher from the job's start, for the client that started it (counts against the job's watchers).
@@ -246,6 +270,103 @@ impl<U> Drop for Watcher<U> {
     }
 }
 
+/// One progress step of a job, as its work reports it: `done`/`total` count bytes or steps when the step is measured
+/// (0/0 when it is not).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub step: String,
+    pub done: u64,
+    pub total: u64,
+    pub message: String,
+}
+
+/// What a job's watchers receive from [`run`]: its progress, then its summary as its last update (or else its
+/// error, as the last item of the stream).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update<S> {
+    Progress(Progress),
+    Done(S),
+}
+
+/// The registry of jobs run by [`run`]: each item an update or the job's error.
+pub type Registry<S, E> = Jobs<Result<Update<S>, E>>;
+
+/// Where a job's work reports its progress: to the job's watchers, or nowhere (a scheduled run). Cheap to clone.
+#[derive(Clone)]
+pub struct Reporter {
+    tx: Option<mpsc::Sender<Progress>>,
+    prefix: String,
+}
+
+impl Reporter {
+    /// A reporter that drops every update (work run outside the registry).
+    pub fn none() -> Reporter {
+        Reporter { tx: None, prefix: String::new() }
+    }
+
+    /// The same job, each message prefixed with `target: ` (one of the targets of a job on several).
+    pub fn for_target(&self, target: &str) -> Reporter {
+        Reporter { tx: self.tx.clone(), prefix: format!("{}{target}: ", self.prefix) }
+    }
+
+    /// An unmeasured step.
+    pub async fn say(&self, step: &str, message: impl Into<String>) {
+        self.progress(step, 0, 0, message).await;
+    }
+
+    /// A step, `done` of `total`.
+    pub async fn progress(&self, step: &str, done: u64, total: u64, message: impl Into<String>) {
+        let message = format!("{}{}", self.prefix, message.into());
+        tracing::debug!(step, "{message}");
+        if let Some(tx) = &self.tx {
+            // Watchers that went away do not stop the job.
+            let _ = tx.send(Progress { step: step.to_string(), done, total, message }).await;
+        }
+    }
+}
+
+/// Registers a job of `kind` on `target` (empty: several targets) and runs `work` in a task of its own: its
+/// progress goes to every watcher, then its summary (`Update::Done`) or its error, and the job leaves the registry.
+/// The work runs to its end even when every watcher went away (`watch` re-attaches). It runs in the job's
+/// cancellation scope ([`crate::runner::with_cancel`]); an error after [`Jobs::cancel`] goes through `cancelled`
+/// (the agent's edge names the job and says it was cancelled). Returns the watcher of the caller that started it.
+pub fn run<S, E, F, Fut>(
+    jobs: &Registry<S, E>,
+    kind: &str,
+    target: &str,
+    work: F,
+    cancelled: fn(&str, E) -> E,
+) -> Result<Watcher<Result<Update<S>, E>>, JobsError>
+where
+    S: Clone + Send + 'static,
+    E: Clone + Send + 'static,
+    F: FnOnce(Reporter) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<S, E>> + Send + 'static,
+{
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let handle = jobs.start(kind, target, now)?;
+    let watcher = handle.watch()?;
+    let (tx, mut rx) = mpsc::channel::<Progress>(64);
+    tokio::spawn(async move {
+        let forward = async {
+            while let Some(p) = rx.recv().await {
+                handle.send(Ok(Update::Progress(p)));
+            }
+        };
+        let reporter = Reporter { tx: Some(tx), prefix: String::new() };
+        // The reporter (and every clone of it) is gone when the work is: `forward` then ends too.
+        // The work runs in the job's cancellation scope: the programs it marks cancellable are killed on `cancel`.
+        let token = handle.token();
+        let (result, ()) = futures::join!(crate::runner::with_cancel(token.clone(), work(reporter)), forward);
+        let result = match result {
+            Err(e) if token.is_cancelled() => Err(cancelled(handle.id(), e)),
+            other => other,
+        };
+        handle.finish(result.map(Update::Done));
+    });
+    Ok(watcher)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +410,20 @@ mod tests {
     }
 
     #[test]
+    fn cancel_reaches_the_jobs_token_by_id_or_target() {
+        let jobs: Jobs<u32> = Jobs::default();
+        let a = jobs.start("backup", "web", 1).unwrap();
+        let b = jobs.start("check", "db", 1).unwrap();
+        assert_eq!(jobs.cancel("backup-web-1"), Ok("backup-web-1".to_string()));
+        assert!(a.token().is_cancelled() && !b.token().is_cancelled());
+        assert_eq!(jobs.cancel("db"), Ok("check-db-1".to_string()));
+        assert!(b.token().is_cancelled());
+        assert_eq!(jobs.cancel("nope-1"), Err(JobsError::NoJob("nope-1".into())));
+        drop(a);
+        assert_eq!(jobs.cancel("web"), Err(JobsError::NoJob("web".into())));
+    }
+
+    #[test]
     fn jobs_and_watchers_are_bounded() {
         let jobs: Jobs<u32> = Jobs::new(2, 2);
         let _a = jobs.start("check", "a", 1).unwrap();
@@ -300,5 +435,124 @@ mod tests {
         assert_eq!(e.to_string(), "job check-a-1 already has 2 watchers (at most 2)");
         drop(w1);
         assert!(jobs.watch("a").is_ok());
+    }
+
+    /// Collects a job's stream as text: `step:message`, `done:S`, `err:E`.
+    async fn items(w: Watcher<Result<Update<String>, String>>) -> Vec<String> {
+        w.into_stream()
+            .map(|r| match r {
+                Ok(Update::Progress(p)) => format!("{}:{}:{}/{}", p.step, p.message, p.done, p.total),
+                Ok(Update::Done(s)) => format!("done:{s}"),
+                Err(e) => format!("err:{e}"),
+            })
+            .collect()
+            .await
+    }
+
+    fn keep(_: &str, e: String) -> String {
+        e
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_run_sees_its_token_and_its_error_goes_through_cancelled() {
+        let jobs: Registry<String, String> = Jobs::default();
+        let w = run(
+            &jobs,
+            "backup",
+            "web",
+            |rep| async move {
+                rep.say("borg", "creating").await;
+                // What a cancellable program does: wait for the scope's token.
+                crate::runner::current_cancel().expect("the work runs in the job's scope").cancelled().await;
+                Err::<String, _>("borg create killed".to_string())
+            },
+            |id, e| format!("job {id} cancelled: {e}"),
+        )
+        .unwrap();
+        let id = w.id().to_string();
+        assert_eq!(jobs.cancel("web").unwrap(), id);
+        let got = items(w).await;
+        assert_eq!(got, ["borg:creating:0/0".to_string(), format!("err:job {id} cancelled: borg create killed")]);
+        assert!(jobs.running().is_empty());
+    }
+
+    #[tokio::test]
+    async fn run_streams_the_progress_then_the_summary_and_the_job_leaves() {
+        let jobs: Registry<String, String> = Jobs::default();
+        let w = run(
+            &jobs,
+            "backup",
+            "web",
+            |rep| async move {
+                rep.progress("borg", 1, 2, "creating").await;
+                rep.for_target("web").say("prune", "borg prune").await;
+                Ok("archive web-1".to_string())
+            },
+            keep,
+        )
+        .unwrap();
+        assert!(w.id().starts_with("backup-web-"), "{}", w.id());
+        assert_eq!(items(w).await, ["borg:creating:1/2", "prune:web: borg prune:0/0", "done:archive web-1"]);
+        assert!(jobs.running().is_empty());
+    }
+
+    #[tokio::test]
+    async fn run_ends_with_the_error_after_the_progress_sent() {
+        let jobs: Registry<String, String> = Jobs::default();
+        let w = run(
+            &jobs,
+            "check",
+            "web",
+            |rep| async move {
+                rep.say("check", "borg check").await;
+                Err::<String, _>("borg check: exit 2".to_string())
+            },
+            keep,
+        )
+        .unwrap();
+        assert_eq!(items(w).await, ["check:borg check:0/0", "err:borg check: exit 2"]);
+        assert!(jobs.running().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_late_watcher_of_a_run_gets_the_last_step_then_the_summary() {
+        let jobs: Registry<String, String> = Jobs::default();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel::<()>();
+        let first = run(
+            &jobs,
+            "drill",
+            "web",
+            |rep| async move {
+                rep.say("extract", "one").await;
+                rep.say("compare", "two").await;
+                let _ = sent_tx.send(());
+                let _ = go_rx.await;
+                Ok("drill passed".to_string())
+            },
+            keep,
+        )
+        .unwrap();
+        // The reporter's updates reach the registry through a channel: wait until the last one is in.
+        sent_rx.await.unwrap();
+        let late = loop {
+            let w = jobs.watch("web").unwrap();
+            if w.first.as_ref().is_some_and(|e| matches!(&e.update, Ok(Update::Progress(p)) if p.step == "compare")) {
+                break w;
+            }
+            tokio::task::yield_now().await;
+        };
+        go_tx.send(()).unwrap();
+        assert_eq!(items(late).await, ["compare:two:0/0", "done:drill passed"]);
+        assert_eq!(items(first).await, ["extract:one:0/0", "compare:two:0/0", "done:drill passed"]);
+    }
+
+    #[tokio::test]
+    async fn reporter_prefixes_nest_and_a_reporter_outside_the_registry_drops_its_updates() {
+        let rep = Reporter::none().for_target("all").for_target("web");
+        assert_eq!(rep.prefix, "all: web: ");
+        // Nowhere to send to: returns at once.
+        rep.progress("borg", 1, 2, "creating").await;
+        assert!(rep.tx.is_none());
     }
 }

@@ -4,6 +4,7 @@
 pub mod authz;
 pub mod borg;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod credentials;
@@ -15,7 +16,9 @@ pub mod identity;
 pub mod install;
 pub mod jobs;
 pub mod policy;
+pub mod repos;
 pub mod runner;
+pub mod ssh;
 pub mod state;
 pub mod target;
 pub mod telemetry;

@@ -48,17 +48,20 @@ pub static TABLE: &[Rule] = rules! {
         "Drill" => ADMIN,
         "PrepareHostBackup" => &[Admin, HostAgent],
         "ReleaseHostBackup" => &[Admin, HostAgent],
-        // Re-attaching to a job only reads its progress.
+        // Re-attaching to a job only reads its progress; cancelling one changes what it does.
         "Watch" => READERS,
+        "Cancel" => ADMIN,
     }
     "strata.v1.Host" {
         "ListVms" => READERS,
         "Start" => ADMIN, "Stop" => ADMIN, "Suspend" => ADMIN, "Resume" => ADMIN,
         "Backup" => ADMIN,
         "ListBackups" => READERS,
+        "History" => READERS,
         "Restore" => ADMIN,
         "Drill" => ADMIN,
         "Watch" => READERS,
+        "Cancel" => ADMIN,
     }
 };
 

@@ -10,6 +10,11 @@
 //!
 //! On timeout the direct child is killed (SIGKILL) and reaped; grandchildren that it forked into the background are
 //! not (there is no process-group kill without `unsafe`). Prefer programs that do not daemonize.
+//!
+//! Cancellation: a run given a [`CancellationToken`] ([`Cmd::cancel_on`], or [`Cmd::cancellable`] inside a
+//! [`with_cancel`] scope, which is how a long job hands its token to the programs it runs) kills its child the same way
+//! when the token is cancelled and returns [`RunError::Cancelled`]; a run whose token is already cancelled does not
+//! start. Commands not marked cancellable (the clean-up a cancelled job still has to do) run as usual in the scope.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -20,6 +25,28 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+pub use tokio_util::sync::CancellationToken;
+
+tokio::task_local! {
+    /// The token of the long job this task runs for (see [`with_cancel`]).
+    static JOB_CANCEL: CancellationToken;
+}
+
+/// Runs `work` with `token` as its job's cancellation token: every [`Cmd::cancellable`] run inside it (in this task;
+/// a task it spawns must be given the token again) is killed when the token is cancelled.
+pub async fn with_cancel<F: Future>(token: CancellationToken, work: F) -> F::Output {
+    JOB_CANCEL.scope(token, work).await
+}
+
+/// The token of the job this task runs for, when it runs inside [`with_cancel`].
+pub fn current_cancel() -> Option<CancellationToken> {
+    JOB_CANCEL.try_with(CancellationToken::clone).ok()
+}
+
+/// Whether the job this task runs for was cancelled (false outside [`with_cancel`]).
+pub fn is_cancelled() -> bool {
+    current_cancel().is_some_and(|t| t.is_cancelled())
+}
 
 /// Timeout used when a [`Cmd`] does not set one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,6 +70,16 @@ pub struct Cmd {
     cwd: Option<PathBuf>,
     /// Start from an empty environment instead of the agent's.
     env_clear: bool,
+    cancel: Cancel,
+}
+
+/// Which token, if any, may kill a run.
+#[derive(Clone, Debug)]
+enum Cancel {
+    Never,
+    /// The token of the [`with_cancel`] scope the run happens in, if any.
+    Scope,
+    Token(CancellationToken),
 }
 
 impl Cmd {
@@ -58,6 +95,7 @@ impl Cmd {
             stdin: None,
             cwd: None,
             env_clear: false,
+            cancel: Cancel::Never,
         }
     }
 
@@ -113,6 +151,19 @@ impl Cmd {
 
     pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cwd = Some(dir.into());
+        self
+    }
+
+    /// The run is killed (and returns [`RunError::Cancelled`]) when `token` is cancelled.
+    pub fn cancel_on(mut self, token: CancellationToken) -> Self {
+        self.cancel = Cancel::Token(token);
+        self
+    }
+
+    /// The run is killed when the job it runs for is cancelled: it takes the token of the [`with_cancel`] scope it is
+    /// run in (none outside one). For the long work of a job (a borg create, an extract), not for its clean-up.
+    pub fn cancellable(mut self) -> Self {
+        self.cancel = Cancel::Scope;
         self
     }
 
@@ -200,6 +251,8 @@ pub enum RunError {
         /// The last [`STDERR_TAIL_LINES`] lines, trimmed and redacted.
         stderr: String,
     },
+    #[error("`{cmd}` was cancelled and killed")]
+    Cancelled { cmd: String },
     #[error("cannot run `{cmd}`: {source}")]
     Io {
         cmd: String,
@@ -229,6 +282,7 @@ pub async fn run(cmd: Cmd) -> Result<Output, RunError> {
     let redactions = cmd.redactions();
     tracing::debug!(cmd = %shown, timeout = ?cmd.timeout, "running external program");
 
+    #[allow(clippy::disallowed_methods)] // the one place that starts a program
     let mut command = tokio::process::Command::new(&cmd.program);
     command
         .args(&cmd.args)
@@ -247,6 +301,16 @@ pub async fn run(cmd: Cmd) -> Result<Output, RunError> {
     }
     if let Some(dir) = &cmd.cwd {
         command.current_dir(dir);
+    }
+
+    let cancel = match &cmd.cancel {
+        Cancel::Never => None,
+        Cancel::Scope => current_cancel(),
+        Cancel::Token(t) => Some(t.clone()),
+    };
+    if cancel.as_ref().is_some_and(CancellationToken::is_cancelled) {
+        tracing::info!(cmd = %shown, "not started: its job was cancelled");
+        return Err(RunError::Cancelled { cmd: shown });
     }
 
     let started = Instant::now();
@@ -276,7 +340,23 @@ pub async fn run(cmd: Cmd) -> Result<Output, RunError> {
         Ok::<_, io::Error>((status, stdout?, stderr?))
     };
 
-    match tokio::time::timeout(cmd.timeout, exchange).await {
+    let cancelled = async {
+        match &cancel {
+            Some(t) => t.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(cmd.timeout, exchange) => r,
+        () = cancelled => {
+            if let Err(e) = child.kill().await {
+                tracing::warn!(cmd = %shown, error = %e, "cannot kill cancelled program");
+            }
+            tracing::warn!(cmd = %shown, "external program cancelled and killed");
+            return Err(RunError::Cancelled { cmd: shown });
+        }
+    };
+    match outcome {
         Ok(Ok((status, stdout, stderr))) => {
             let elapsed = started.elapsed();
             tracing::debug!(cmd = %shown, %status, ?elapsed, "external program finished");
@@ -369,8 +449,9 @@ fn tail_lines(text: &str, n: usize) -> String {
     }
 }
 
-/// POSIX-shell quoting: plain words stay as they are, anything else goes in single quotes.
-fn shell_quote(word: &str) -> String {
+/// POSIX-shell quoting: plain words stay as they are, anything else goes in single quotes. The one quoting of the
+/// crate: command lines shown in logs and errors, and borg's `BORG_PASSCOMMAND` (which borg splits with shlex).
+pub fn shell_quote(word: &str) -> String {
     let plain = !word.is_empty()
         && word.chars().all(|c| {
             c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':' | ',' | '=' | '+' | '@' | '%')
@@ -382,9 +463,18 @@ fn shell_quote(word: &str) -> String {
     }
 }
 
+// Tests run programs directly.
+#[allow(clippy::disallowed_methods)]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_quote_leaves_plain_words_and_quotes_the_rest() {
+        assert_eq!(shell_quote("/etc/strata/borg.pass"), "/etc/strata/borg.pass");
+        assert_eq!(shell_quote("/tmp/pw it's"), r"'/tmp/pw it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
 
     const SECRET: &str = "hunter2-s3cr3t-value";
 
@@ -456,6 +546,55 @@ mod tests {
         let alive =
             std::process::Command::new("kill").arg("-0").arg(pid.trim()).stderr(Stdio::null()).status().unwrap();
         assert!(!alive.success(), "process {} is still alive after the timeout", pid.trim());
+    }
+
+    fn is_alive(pid: &str) -> bool {
+        std::process::Command::new("kill").arg("-0").arg(pid.trim()).stderr(Stdio::null()).status().unwrap().success()
+    }
+
+    #[tokio::test]
+    async fn cancelling_the_token_kills_a_real_sleep_and_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let token = CancellationToken::new();
+        let cmd = sh("echo $$ > \"$1\"; exec sleep 30").arg("sh").arg(&pid_file).cancel_on(token.clone());
+        let run = tokio::spawn(run(cmd));
+        while std::fs::read_to_string(&pid_file).map_or(true, |p| !p.ends_with('\n')) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        assert!(is_alive(&pid));
+        let started = Instant::now();
+        token.cancel();
+        let err = run.await.unwrap().unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert!(matches!(&err, RunError::Cancelled { cmd } if cmd.starts_with("sh -c ")), "{err:?}");
+        assert!(err.to_string().ends_with("was cancelled and killed"), "{err}");
+        assert!(!is_alive(&pid), "process {} is still alive after the cancellation", pid.trim());
+    }
+
+    #[tokio::test]
+    async fn a_cancellable_run_takes_its_scopes_token_and_clean_up_runs_still_run() {
+        let token = CancellationToken::new();
+        let (cancelled, clean_up) = with_cancel(token.clone(), async {
+            assert!(!is_cancelled());
+            let sleeper =
+                tokio::spawn(with_cancel(current_cancel().unwrap(), run(Cmd::new("sleep").arg("30").cancellable())));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            token.cancel();
+            assert!(is_cancelled());
+            let cancelled = sleeper.await.unwrap();
+            // Not started at all once cancelled; a command not marked cancellable still runs.
+            let again = run(Cmd::new("true").cancellable()).await;
+            assert!(matches!(again, Err(RunError::Cancelled { ref cmd }) if cmd == "true"), "{again:?}");
+            (cancelled, run_ok(Cmd::new("echo").arg("clean")).await)
+        })
+        .await;
+        assert!(matches!(cancelled, Err(RunError::Cancelled { ref cmd }) if cmd == "sleep 30"), "{cancelled:?}");
+        assert_eq!(clean_up.unwrap().stdout, b"clean\n");
+        // Outside any scope a cancellable command is an ordinary one.
+        assert!(!is_cancelled() && current_cancel().is_none());
+        assert!(run_ok(Cmd::new("true").cancellable()).await.is_ok());
     }
 
     #[tokio::test]

@@ -88,6 +88,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateErr
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
     })?;
     let tmp = dir.join(format!(".{}.tmp.{}", file_name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_file(&tmp); // left over from a crashed run with the same pid
     let result = (|| {
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io(&tmp))?;
         // create_new honours the umask; set the exact mode explicitly.

@@ -16,23 +16,30 @@ use crate::records::{parse_name, LocalRecord, RecordError};
 use crate::service::{Dns, OpError};
 
 /// The gRPC face of the DNS service.
-pub struct DnsGrpc {
+pub(crate) struct DnsGrpc {
     dns: Arc<Dns>,
 }
 
 impl DnsGrpc {
-    pub fn new(dns: Arc<Dns>) -> Self {
+    pub(crate) fn new(dns: Arc<Dns>) -> Self {
         DnsGrpc { dns }
     }
 
-    pub fn into_server(self) -> DnsServer<DnsGrpc> {
+    pub(crate) fn into_server(self) -> DnsServer<DnsGrpc> {
         DnsServer::new(self)
+    }
+
+    /// The agent's gRPC routes (this service), for `agent_core::grpc::run_agent`.
+    pub(crate) fn routes(dns: Arc<Dns>) -> tonic::service::RoutesBuilder {
+        let mut routes = tonic::service::RoutesBuilder::default();
+        routes.add_service(DnsGrpc::new(dns).into_server());
+        routes
     }
 }
 
 /// A record to write, converted from `UpsertRecordRequest` (its owner is set from the caller, not the request).
 #[derive(Debug)]
-pub struct UpsertInput(pub LocalRecord);
+pub(crate) struct UpsertInput(pub LocalRecord);
 
 fn invalid(prefix: &str, e: &RecordError) -> Status {
     Status::invalid_argument(format!("{prefix}{}: {}", e.field.as_str(), e.message))

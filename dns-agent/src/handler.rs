@@ -22,27 +22,27 @@ use crate::service::Dns;
 use crate::zones::ZoneSet;
 
 /// TTL of the 0.0.0.0 / :: answers for blocked names.
-pub const BLOCKED_TTL: u32 = 60;
+pub(crate) const BLOCKED_TTL: u32 = 60;
 /// Largest UDP payload advertised in responses (the DNS flag day 2020 value).
 const MAX_UDP_PAYLOAD: u16 = 1232;
 
 /// Answers DNS requests for the agent.
 #[derive(Clone)]
-pub struct Handler {
+pub(crate) struct Handler {
     dns: Arc<Dns>,
 }
 
 impl Handler {
-    pub fn new(dns: Arc<Dns>) -> Self {
+    pub(crate) fn new(dns: Arc<Dns>) -> Self {
         Handler { dns }
     }
 
-    pub fn dns(&self) -> &Arc<Dns> {
+    pub(crate) fn dns(&self) -> &Arc<Dns> {
         &self.dns
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response_handle: R) -> ResponseInfo {
         let started = Instant::now();

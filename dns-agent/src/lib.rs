@@ -1,21 +1,21 @@
 //! The dns-agent library: DNS for the whole lab on an embedded hickory-server (local zones, dynamic records over
 //! gRPC, blocklists, forwarding), wired together by `run`. `main.rs` is only glue; no module here parses argv.
 
-pub mod blocklist;
+mod blocklist;
 pub mod config;
-pub mod forward;
+mod forward;
 pub mod fuzz;
-pub mod grpc;
-pub mod handler;
-pub mod metrics;
-pub mod querylog;
-pub mod records;
-pub mod scope;
-pub mod server;
-pub mod service;
-pub mod store;
-pub mod udp;
-pub mod zones;
+mod grpc;
+mod handler;
+mod metrics;
+mod querylog;
+mod records;
+mod scope;
+mod server;
+mod service;
+mod store;
+mod udp;
+mod zones;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,7 @@ use agent_core::identity::Role;
 use agent_core::telemetry::Metrics;
 
 pub use config::Config;
+pub use server::TLS_KEY_CREDENTIAL;
 
 /// The role this agent's certificate must carry.
 pub const ROLE: Role = Role::DnsAgent;
@@ -70,8 +71,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     let health_dns = dns.clone();
     let mut health = agent_core::health::Checks::new();
     health.add(move |h| health_dns.health(h));
-    let mut domain = tonic::service::RoutesBuilder::default();
-    domain.add_service(grpc::DnsGrpc::new(dns.clone()).into_server());
+    let domain = grpc::DnsGrpc::routes(dns.clone());
     let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), health, domain, metrics: registry };
     let served = agent_core::grpc::run_agent(&dns.config().common, parts, listeners, shutdown).await;
 

@@ -92,7 +92,7 @@ fn qtype_label(i: usize) -> String {
 }
 
 /// The counter slot of a query type and outcome (see [`MetricsShard::record_slot`]).
-pub fn slot(qtype: RecordType, outcome: Outcome) -> usize {
+pub(crate) fn slot(qtype: RecordType, outcome: Outcome) -> usize {
     qtype_index(qtype) * Outcome::ALL.len() + outcome.index()
 }
 
@@ -154,7 +154,7 @@ impl Inner {
 /// The agent's DNS metrics. Counting a query is a few atomic operations (counters exist up front); the UDP loops
 /// count into their own [`MetricsShard`] without any locked instruction.
 #[derive(Clone)]
-pub struct DnsMetrics {
+pub(crate) struct DnsMetrics {
     inner: Arc<Inner>,
     cache_entries: Gauge,
     cache_bytes: Gauge,
@@ -163,7 +163,7 @@ pub struct DnsMetrics {
 
 impl DnsMetrics {
     /// Creates the metrics and registers them in `registry`.
-    pub fn new(registry: &Metrics) -> Self {
+    pub(crate) fn new(registry: &Metrics) -> Self {
         let bounds = latency_bounds();
         let bounds_ns =
             bounds.iter().map(|b| if b.is_finite() { (b * 1e9).round() as u64 } else { u64::MAX }).collect();
@@ -196,7 +196,7 @@ impl DnsMetrics {
     }
 
     /// Counts one answered query.
-    pub fn record(&self, qtype: RecordType, outcome: Outcome, latency: Duration) {
+    pub(crate) fn record(&self, qtype: RecordType, outcome: Outcome, latency: Duration) {
         let c = &self.inner.shared;
         c.queries[slot(qtype, outcome)].fetch_add(1, Ordering::Relaxed);
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
@@ -205,20 +205,20 @@ impl DnsMetrics {
     }
 
     /// A new set of counters for one thread, counted in every total from now on.
-    pub fn shard(&self) -> MetricsShard {
+    pub(crate) fn shard(&self) -> MetricsShard {
         let counts = Arc::new(Counts::new(self.inner.bounds.len()));
         self.inner.shards.lock().unwrap_or_else(|e| e.into_inner()).push(counts.clone());
         MetricsShard { inner: self.inner.clone(), counts }
     }
 
-    pub fn set_sizes(&self, cache_entries: usize, cache_bytes: usize, blocklist_entries: usize) {
+    pub(crate) fn set_sizes(&self, cache_entries: usize, cache_bytes: usize, blocklist_entries: usize) {
         self.cache_entries.set(cache_entries as i64);
         self.cache_bytes.set(i64::try_from(cache_bytes).unwrap_or(i64::MAX));
         self.blocklist_entries.set(blocklist_entries as i64);
     }
 
     /// Queries answered so far, per outcome name.
-    pub fn totals(&self) -> Vec<(&'static str, u64)> {
+    pub(crate) fn totals(&self) -> Vec<(&'static str, u64)> {
         let n = Outcome::ALL.len();
         Outcome::ALL
             .iter()
@@ -235,7 +235,7 @@ impl DnsMetrics {
 /// Counters owned by one thread: `record_slot` takes `&mut self`, so there is a single writer and a plain load and
 /// store suffice. Readers (scrapes) see every count at once; nothing is buffered.
 #[derive(Debug)]
-pub struct MetricsShard {
+pub(crate) struct MetricsShard {
     inner: Arc<Inner>,
     counts: Arc<Counts>,
 }
@@ -246,7 +246,7 @@ fn bump(c: &AtomicU64, by: u64) {
 
 impl MetricsShard {
     /// Counts one answered query; `slot` from [`slot`].
-    pub fn record_slot(&mut self, slot: usize, latency: Duration) {
+    pub(crate) fn record_slot(&mut self, slot: usize, latency: Duration) {
         if let Some(q) = self.counts.queries.get(slot) {
             bump(q, 1);
         }

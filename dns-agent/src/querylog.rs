@@ -13,10 +13,10 @@ use hickory_proto::rr::RecordType;
 use crate::metrics::Outcome;
 
 /// Entries kept; the oldest go first.
-pub const CAPACITY: usize = 10_000;
+pub(crate) const CAPACITY: usize = 10_000;
 
 /// The most entries one answer carries, whatever the request's limit.
-pub const MAX_ANSWER: usize = 1_000;
+pub(crate) const MAX_ANSWER: usize = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
@@ -35,7 +35,7 @@ pub struct LogEntry {
 
 /// Which entries a reader wants. Empty fields match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// The client's address is in this prefix (`10.0.0.0/24`, or one address as `/32` / `/128`).
     pub client: Option<(IpAddr, u8)>,
     /// Lowercase; the query name (without its trailing dot) contains it.
@@ -55,7 +55,7 @@ impl Filter {
 }
 
 /// Parses a client filter: an address or `ADDRESS/LEN`.
-pub fn parse_prefix(s: &str) -> Result<(IpAddr, u8), String> {
+pub(crate) fn parse_prefix(s: &str) -> Result<(IpAddr, u8), String> {
     let (ip, len) = match s.split_once('/') {
         Some((ip, len)) => (ip, Some(len)),
         None => (s, None),
@@ -95,7 +95,7 @@ fn in_prefix(ip: IpAddr, net: IpAddr, len: u8) -> bool {
 
 /// One answer: the entries, and the newest sequence number the log has given (a follower's next cursor).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Page {
+pub(crate) struct Page {
     pub entries: Vec<LogEntry>,
     pub last_seq: u64,
     /// More entries matched than the answer carries (the limit or [`MAX_ANSWER`]).
@@ -104,7 +104,7 @@ pub struct Page {
 
 /// A ring buffer of recent queries; recording does nothing (and takes no lock) while disabled.
 #[derive(Debug)]
-pub struct QueryLog {
+pub(crate) struct QueryLog {
     enabled: AtomicBool,
     capacity: usize,
     entries: Mutex<Ring>,
@@ -117,16 +117,16 @@ struct Ring {
 }
 
 impl QueryLog {
-    pub fn new(enabled: bool, capacity: usize) -> Self {
+    pub(crate) fn new(enabled: bool, capacity: usize) -> Self {
         QueryLog { enabled: AtomicBool::new(enabled), capacity: capacity.max(1), entries: Mutex::default() }
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
     }
 
     /// Turns logging on or off (reload); turning it off forgets what was logged.
-    pub fn set_enabled(&self, on: bool) {
+    pub(crate) fn set_enabled(&self, on: bool) {
         self.enabled.store(on, Ordering::Relaxed);
         if !on {
             self.lock().entries.clear();
@@ -139,7 +139,7 @@ impl QueryLog {
 
     /// Records an entry built by `entry` (only called when enabled, so disabled logging costs nothing); its `seq` is
     /// set here.
-    pub fn record(&self, entry: impl FnOnce() -> LogEntry) {
+    pub(crate) fn record(&self, entry: impl FnOnce() -> LogEntry) {
         if !self.enabled() {
             return;
         }
@@ -154,14 +154,15 @@ impl QueryLog {
     }
 
     /// Up to `limit` most recent entries, newest first (`limit` 0 means all, capped at [`MAX_ANSWER`]).
-    pub fn recent(&self, limit: usize) -> Vec<LogEntry> {
+    #[cfg(test)]
+    pub(crate) fn recent(&self, limit: usize) -> Vec<LogEntry> {
         self.query(&Filter::default(), limit).entries
     }
 
     /// The entries `filter` selects, at most `limit` (0: [`MAX_ANSWER`]; never more than it): the most recent ones
     /// newest first, or, with a cursor (`after_seq`), the oldest ones after it, oldest first, so that a follower
     /// asking again from the last one it got misses nothing the ring still holds.
-    pub fn query(&self, filter: &Filter, limit: usize) -> Page {
+    pub(crate) fn query(&self, filter: &Filter, limit: usize) -> Page {
         let cap = if limit == 0 { MAX_ANSWER } else { limit.min(MAX_ANSWER) };
         let q = self.lock();
         let mut entries = Vec::new();

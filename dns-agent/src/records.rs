@@ -9,11 +9,11 @@ use hickory_proto::rr::rdata::{self, A, AAAA, MX, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// TTL used when a record gives none (or 0 over gRPC).
-pub const DEFAULT_TTL: u32 = 300;
+pub(crate) const DEFAULT_TTL: u32 = 300;
 /// Largest TTL accepted: one week.
-pub const MAX_TTL: u32 = 604_800;
+pub(crate) const MAX_TTL: u32 = 604_800;
 /// Largest TXT value accepted, in bytes.
-pub const MAX_TXT_LEN: usize = 4000;
+pub(crate) const MAX_TXT_LEN: usize = 4000;
 
 /// The record types that can be defined locally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -162,7 +162,7 @@ fn rdata_target(r: &RData) -> Option<&Name> {
 }
 
 /// Validates a TTL: `None` gives the default; 0 and anything above one week are refused.
-pub fn validate_ttl(ttl: Option<u32>) -> Result<u32, RecordError> {
+pub(crate) fn validate_ttl(ttl: Option<u32>) -> Result<u32, RecordError> {
     match ttl {
         None => Ok(DEFAULT_TTL),
         Some(0) => Err(RecordError::new(Field::Ttl, "must be at least 1 second")),
@@ -174,7 +174,7 @@ pub fn validate_ttl(ttl: Option<u32>) -> Result<u32, RecordError> {
 /// Parses a domain name: `@` is `origin`; without a trailing dot the name is relative to `origin` (if any).
 /// Labels are letters, digits, `-` and `_`, 1 to 63 characters, not starting or ending with `-`; 253 characters
 /// at most. The result is fully qualified and lowercase.
-pub fn parse_name(s: &str, origin: Option<&Name>) -> Result<Name, String> {
+pub(crate) fn parse_name(s: &str, origin: Option<&Name>) -> Result<Name, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("must not be empty".to_string());
@@ -221,7 +221,7 @@ fn check_label(label: &str) -> Result<(), String> {
 }
 
 /// Parses a record value of `kind`; returns the record data and the canonical text of the value.
-pub fn parse_value(kind: Kind, value: &str, origin: Option<&Name>) -> Result<(RData, String), RecordError> {
+pub(crate) fn parse_value(kind: Kind, value: &str, origin: Option<&Name>) -> Result<(RData, String), RecordError> {
     let bad = |m: String| RecordError::new(Field::Value, m);
     let trimmed = value.trim();
     if trimmed.is_empty() && kind != Kind::Txt {
@@ -302,7 +302,7 @@ fn txt_chunks(value: &str) -> Vec<String> {
 
 /// Refuses a CNAME beside other data at the same name, in either direction. `existing` are the records already
 /// at `new.name` (other names are ignored); a record with the same key as `new` is being replaced, not kept.
-pub fn check_cname_exclusive<'a>(
+pub(crate) fn check_cname_exclusive<'a>(
     new: &LocalRecord,
     existing: impl IntoIterator<Item = &'a LocalRecord>,
 ) -> Result<(), RecordError> {
@@ -327,7 +327,7 @@ pub fn check_cname_exclusive<'a>(
 }
 
 /// The reverse name of an address (`10.0.0.10` → `10.0.0.10.in-addr.arpa.`), lowercase.
-pub fn reverse_name(ip: IpAddr) -> Name {
+pub(crate) fn reverse_name(ip: IpAddr) -> Name {
     let text = match ip {
         IpAddr::V4(v4) => reverse_v4(v4),
         IpAddr::V6(v6) => reverse_v6(v6),

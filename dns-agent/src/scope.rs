@@ -13,11 +13,11 @@ use crate::records::{parse_name, Kind};
 use crate::zones::ZoneConfig;
 
 /// Record types a services-agent may write when its section names none.
-pub const DEFAULT_TYPES: [Kind; 3] = [Kind::A, Kind::Aaaa, Kind::Cname];
+pub(crate) const DEFAULT_TYPES: [Kind; 3] = [Kind::A, Kind::Aaaa, Kind::Cname];
 
 /// Leftmost labels never given to a services-agent: clients look them up by themselves (proxy auto-discovery,
 /// ISATAP tunnels, the loopback name), so whoever holds them can steer every client of the lab.
-pub const RESERVED_LABELS: [&str; 3] = ["wpad", "isatap", "localhost"];
+pub(crate) const RESERVED_LABELS: [&str; 3] = ["wpad", "isatap", "localhost"];
 
 /// `[services_agents.NAME]` as written.
 #[derive(Debug, Clone, Deserialize)]

@@ -19,7 +19,7 @@ use crate::handler::Handler;
 use crate::udp::UdpServer;
 
 /// Idle timeout of a TCP connection.
-pub const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Responses buffered per TCP connection (a count of messages).
 const TCP_RESPONSE_BUFFER: usize = 32;
 /// Attempts to find a port free for both UDP and TCP when the config asks for port 0.
@@ -45,19 +45,19 @@ pub struct TlsFileError {
 pub const TLS_KEY_CREDENTIAL: &str = "dns.tls_key";
 
 /// Handshake and idle timeout of DoT and DoH connections.
-pub const TLS_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 /// The DoH path (RFC 8484).
-pub const DOH_PATH: &str = "/dns-query";
+pub(crate) const DOH_PATH: &str = "/dns-query";
 
 /// The DoT and DoH listeners and the certificate they present.
-pub struct Encrypted {
+pub(crate) struct Encrypted {
     pub tls: Vec<std::net::TcpListener>,
     pub https: Vec<std::net::TcpListener>,
     pub certs: Arc<dyn ResolvesServerCert>,
 }
 
 /// Loads the PEM certificate chain and private key that DoT and DoH present.
-pub fn load_certs(files: &TlsFiles) -> Result<Arc<dyn ResolvesServerCert>, TlsFileError> {
+pub(crate) fn load_certs(files: &TlsFiles) -> Result<Arc<dyn ResolvesServerCert>, TlsFileError> {
     let err = |path: &PathBuf, message: String| TlsFileError { path: path.clone(), message };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|it| it.collect::<Result<_, _>>())
@@ -79,7 +79,7 @@ pub fn load_certs(files: &TlsFiles) -> Result<Arc<dyn ResolvesServerCert>, TlsFi
 }
 
 /// Binds a TCP listener for DoT (`what` = "tls") or DoH ("https") and logs `dns WHAT listening on ADDR`.
-pub fn bind_encrypted(
+pub(crate) fn bind_encrypted(
     addr: SocketAddr,
     what: &'static str,
     key: &'static str,
@@ -91,7 +91,7 @@ pub fn bind_encrypted(
 }
 
 /// The sockets of one `listen` address, bound on the same port.
-pub struct Bound {
+pub(crate) struct Bound {
     pub addr: SocketAddr,
     pub udp: Vec<std::net::UdpSocket>,
     pub tcp: std::net::TcpListener,
@@ -124,7 +124,7 @@ fn tcp_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 /// Binds `udp_count` UDP sockets and one TCP listener on `addr`. With port 0, the first UDP socket picks the port
 /// and the others (and TCP) take the same one; if TCP finds that port taken, another port is tried.
-pub fn bind(addr: SocketAddr, udp_count: usize) -> Result<Bound, BindError> {
+pub(crate) fn bind(addr: SocketAddr, udp_count: usize) -> Result<Bound, BindError> {
     let err = |what, source| BindError { addr, what, key: "dns.listen", source };
     let attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
     let mut last = None;
@@ -151,7 +151,7 @@ pub fn bind(addr: SocketAddr, udp_count: usize) -> Result<Bound, BindError> {
 
 /// Binds every address (one UDP socket per core each) and logs `dns udp listening on ADDR` and
 /// `dns tcp listening on ADDR` with the bound addresses.
-pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<Bound>, BindError> {
+pub(crate) fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<Bound>, BindError> {
     let per_addr = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(16);
     let mut out = Vec::new();
     for a in addrs {
@@ -164,14 +164,14 @@ pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<Bound>, BindError> {
 }
 
 /// The running DNS listeners: UDP on our own loops (`udp`), TCP, DoT and DoH on hickory's `Server`.
-pub struct Servers {
+pub(crate) struct Servers {
     hickory: Server<Handler>,
     udp: UdpServer,
 }
 
 impl Servers {
     /// Stops the UDP loops and drains hickory's listeners.
-    pub async fn shutdown_gracefully(&mut self) -> Result<(), NetError> {
+    pub(crate) async fn shutdown_gracefully(&mut self) -> Result<(), NetError> {
         self.udp.shutdown().await;
         self.hickory.shutdown_gracefully().await
     }
@@ -179,7 +179,7 @@ impl Servers {
 
 /// Serves the bound sockets with `handler` (must run inside the tokio runtime): every UDP socket on its own loop
 /// (see `udp`), TCP and the encrypted listeners on hickory's `Server`.
-pub fn serve(bound: Vec<Bound>, encrypted: Option<Encrypted>, handler: Handler) -> std::io::Result<Servers> {
+pub(crate) fn serve(bound: Vec<Bound>, encrypted: Option<Encrypted>, handler: Handler) -> std::io::Result<Servers> {
     let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
     let mut udp = Vec::new();
     let mut server = Server::new(handler.clone());

@@ -23,7 +23,7 @@ use crate::zones::ZoneSet;
 
 /// Why a record operation was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum OpError {
+pub(crate) enum OpError {
     #[error(transparent)]
     Invalid(#[from] RecordError),
     #[error("{0} is not in any zone")]
@@ -43,13 +43,13 @@ pub enum OpError {
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadOutcome {
+pub(crate) struct ReloadOutcome {
     pub changed: bool,
     pub message: String,
 }
 
 /// The whole DNS side of the agent, shared by the query handler and the gRPC service.
-pub struct Dns {
+pub(crate) struct Dns {
     cfg: ArcSwap<Config>,
     zones: ArcSwap<ZoneSet>,
     forwarder: ArcSwapOption<Forwarder>,
@@ -75,14 +75,15 @@ fn empty_blocklist() -> BlocklistConfig {
     BlocklistConfig { sources: Vec::new(), allow: Vec::new(), refresh: DEFAULT_REFRESH, response: BlockResponse::Zero }
 }
 
+/// The clock as a zone serial (`agent_core::clock`'s time, converted; wraps in 2106 as serial arithmetic allows).
 fn now_unix() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(1)
+    agent_core::clock::now_unix() as u32
 }
 
 impl Dns {
     /// Opens the record store and builds the zones: everything local is served as soon as this returns. Nothing
     /// here touches the network (blocklists load later, upstreams are contacted on the first query).
-    pub fn new(cfg: Config, metrics: DnsMetrics) -> Result<Arc<Dns>, StoreError> {
+    pub(crate) fn new(cfg: Config, metrics: DnsMetrics) -> Result<Arc<Dns>, StoreError> {
         let store = Store::open(&cfg.common.state_dir)?;
         let (dynamic, bad) = store.load()?;
         for b in bad {
@@ -133,26 +134,26 @@ impl Dns {
     /// zones (config or dynamic records), the forwarder (present or not), the blocklist or its response. Callers
     /// that cache answers read it *before* reading the state and drop their cache when it moved; writers bump it
     /// *after* swapping the state in, so a cached answer can never outlive the change that made it wrong.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire).wrapping_add(self.blocklists.generation())
     }
 
     /// The zone snapshot in use (one atomic load).
-    pub fn zones(&self) -> arc_swap::Guard<Arc<ZoneSet>> {
+    pub(crate) fn zones(&self) -> arc_swap::Guard<Arc<ZoneSet>> {
         self.zones.load()
     }
 
-    pub fn forwarder(&self) -> Option<Arc<Forwarder>> {
+    pub(crate) fn forwarder(&self) -> Option<Arc<Forwarder>> {
         self.forwarder.load_full()
     }
 
-    pub fn config(&self) -> Arc<Config> {
+    pub(crate) fn config(&self) -> Arc<Config> {
         self.cfg.load_full()
     }
 
     /// Adds or replaces a dynamic record (a CNAME per name, other types per value) for `caller`, who becomes its
     /// owner. Written to the store before the new zones are served.
-    pub fn upsert(&self, caller: &Identity, mut rec: LocalRecord) -> Result<LocalRecord, OpError> {
+    pub(crate) fn upsert(&self, caller: &Identity, mut rec: LocalRecord) -> Result<LocalRecord, OpError> {
         rec.owner = caller.uri();
         if self.zones.load().zone_of(&rec.name).is_none() {
             return Err(OpError::NotInZone(rec.name));
@@ -191,7 +192,7 @@ impl Dns {
     }
 
     /// Deletes the dynamic records at `name`, of `kind` if given, with `value` if given (needs `kind`).
-    pub fn delete(&self, caller: &Identity, name: &str, kind: &str, value: &str) -> Result<usize, OpError> {
+    pub(crate) fn delete(&self, caller: &Identity, name: &str, kind: &str, value: &str) -> Result<usize, OpError> {
         let name = parse_name(name, None).map_err(|m| RecordError::new(Field::Name, m))?;
         let kind: Option<Kind> = if kind.trim().is_empty() { None } else { Some(kind.parse()?) };
         let value = match (kind, value.trim().is_empty()) {
@@ -231,7 +232,7 @@ impl Dns {
     }
 
     /// The config's records and the dynamic ones, optionally only those of one zone (as served: most specific).
-    pub fn list(&self, zone: Option<&Name>) -> Vec<LocalRecord> {
+    pub(crate) fn list(&self, zone: Option<&Name>) -> Vec<LocalRecord> {
         let cfg = self.cfg.load_full();
         let zones = self.zones.load();
         let dynamic = self.lock_dynamic();
@@ -245,13 +246,13 @@ impl Dns {
     }
 
     /// Whether `name` is a configured zone.
-    pub fn has_zone(&self, name: &Name) -> bool {
+    pub(crate) fn has_zone(&self, name: &Name) -> bool {
         self.cfg.load().zones.iter().any(|z| &z.origin == name)
     }
 
     /// Reads the config file again and applies zones, forwarding, blocklists and the query log. An invalid
     /// config is refused and the running one kept. Listen addresses, TLS files and the state dir need a restart.
-    pub fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
+    pub(crate) fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
         let old = self.cfg.load_full();
         let new = Config::load(&old.path)?;
         let mut applied = Vec::new();
@@ -314,25 +315,25 @@ impl Dns {
     }
 
     /// Reads every blocklist source now.
-    pub async fn refresh_blocklist(&self) -> Vec<SourceStatus> {
+    pub(crate) async fn refresh_blocklist(&self) -> Vec<SourceStatus> {
         let s = self.blocklists.refresh().await;
         self.update_gauges();
         s
     }
 
     /// Updates the size gauges (cache and blocklist entries).
-    pub fn update_gauges(&self) {
+    pub(crate) fn update_gauges(&self) {
         let (entries, bytes) =
             self.forwarder.load().as_ref().map(|f| (f.cache_len(), f.cache_bytes())).unwrap_or((0, 0));
         self.metrics.set_sizes(entries, bytes, self.blocklists.entries());
     }
 
-    pub fn cache_entries(&self) -> usize {
+    pub(crate) fn cache_entries(&self) -> usize {
         self.forwarder.load().as_ref().map(|f| f.cache_len()).unwrap_or(0)
     }
 
     /// One line for `Status`: "3 zones, 12 records, 1,000,000 blocked names, 2 upstreams".
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let zones = self.zones.load();
         let cfg = self.cfg.load();
         let upstreams = cfg.forward.as_ref().map(|f| f.upstreams.len()).unwrap_or(0);
@@ -347,7 +348,7 @@ impl Dns {
 
     /// The agent's part of `Agent/Status`: the summary, and a reason per blocklist source never loaded and per
     /// upstream when every upstream of a forwarding group is failing.
-    pub fn health(&self, h: &mut agent_core::health::Health) {
+    pub(crate) fn health(&self, h: &mut agent_core::health::Health) {
         h.summary(self.summary());
         for reason in crate::blocklist::never_loaded(&self.blocklists.status()) {
             h.degraded(reason);
@@ -360,7 +361,7 @@ impl Dns {
     }
 
     /// Sends the size gauges to the metrics every `every` until `shutdown`.
-    pub fn spawn_gauges(self: &Arc<Self>, every: Duration, shutdown: agent_core::cli::Shutdown) {
+    pub(crate) fn spawn_gauges(self: &Arc<Self>, every: Duration, shutdown: agent_core::cli::Shutdown) {
         let this = self.clone();
         tokio::spawn(async move {
             let mut stop = std::pin::pin!(shutdown.wait());
@@ -384,7 +385,7 @@ fn plural(n: usize, what: &str) -> String {
 }
 
 /// 1000000 → "1,000,000".
-pub fn thousands(n: usize) -> String {
+pub(crate) fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {

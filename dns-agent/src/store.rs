@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use agent_core::clock::now_unix;
 use rusqlite::params;
 
 use crate::records::LocalRecord;
@@ -17,13 +18,13 @@ pub enum StoreError {
 }
 
 /// The dynamic-record table. Cheap operations; callers may use it from async code.
-pub struct Store {
+pub(crate) struct Store {
     conn: Mutex<rusqlite::Connection>,
 }
 
 /// A stored row that no longer validates (e.g. written by an older version): reported, not served.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadRow {
+pub(crate) struct BadRow {
     pub name: String,
     pub kind: String,
     pub reason: String,
@@ -31,7 +32,7 @@ pub struct BadRow {
 
 impl Store {
     /// Opens `STATE_DIR/dns.db` and creates the table if needed.
-    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+    pub(crate) fn open(state_dir: &Path) -> Result<Store, StoreError> {
         let conn = agent_core::state::open_db(state_dir, "dns")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS records (
@@ -52,7 +53,7 @@ impl Store {
     }
 
     /// Every stored record, and the rows that do not validate any more.
-    pub fn load(&self) -> Result<(Vec<LocalRecord>, Vec<BadRow>), StoreError> {
+    pub(crate) fn load(&self) -> Result<(Vec<LocalRecord>, Vec<BadRow>), StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT name, type, value, ttl, owner FROM records ORDER BY name, type, value")?;
         let rows = stmt.query_map([], |r| {
@@ -77,7 +78,7 @@ impl Store {
     }
 
     /// Inserts `record`, replacing any record with the same key (a CNAME per name, other types per value).
-    pub fn upsert(&self, record: &LocalRecord) -> Result<(), StoreError> {
+    pub(crate) fn upsert(&self, record: &LocalRecord) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let name = record.name.to_ascii();
@@ -95,7 +96,7 @@ impl Store {
     }
 
     /// Deletes exactly these records (by key); returns how many rows went.
-    pub fn delete(&self, records: &[LocalRecord]) -> Result<usize, StoreError> {
+    pub(crate) fn delete(&self, records: &[LocalRecord]) -> Result<usize, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut n = 0;
@@ -108,10 +109,6 @@ impl Store {
         tx.commit()?;
         Ok(n)
     }
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

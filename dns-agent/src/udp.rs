@@ -32,7 +32,7 @@ use crate::handler::{forwarded, qtype_of, query_name, response_edns, Decision, H
 use crate::metrics::{self, MetricsShard, Outcome};
 
 /// Largest datagram read (longer ones are cut, as hickory's own UDP listener does).
-pub const RECV_BUFFER: usize = 4096;
+pub(crate) const RECV_BUFFER: usize = 4096;
 /// Requests longer than this are answered but never cached.
 const MAX_CACHED_REQUEST: usize = 512;
 /// Answers cached per loop; a full cache is emptied (random-name floods cannot grow it).
@@ -42,7 +42,7 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// Encodes a response for UDP exactly as hickory's own UDP response handler does: at most the EDNS payload size
 /// (512 bytes without EDNS; larger answers are truncated with TC set), and a bare SERVFAIL if encoding fails.
-pub fn encode<'a>(
+pub(crate) fn encode<'a>(
     response: MessageResponse<
         '_,
         'a,
@@ -74,12 +74,12 @@ pub fn encode<'a>(
 
 /// Sends a response to one client over one of the UDP sockets (the forwarding path, run on tokio).
 #[derive(Clone)]
-pub struct Responder {
+pub(crate) struct Responder {
     socket: Arc<UdpSocket>,
     dst: SocketAddr,
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl ResponseHandler for Responder {
     async fn send_response<'a>(
         &mut self,
@@ -110,7 +110,7 @@ impl Capture {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl ResponseHandler for Capture {
     async fn send_response<'a>(
         &mut self,
@@ -188,7 +188,7 @@ impl AnswerCache {
 }
 
 /// What to do with one datagram.
-pub enum Action<'a> {
+pub(crate) enum Action<'a> {
     /// Send these bytes back.
     Reply(&'a [u8]),
     /// Nothing to send (unreadable header, a response, or not answerable).
@@ -198,7 +198,7 @@ pub enum Action<'a> {
 }
 
 /// The per-socket state of one loop: the answer cache and the loop's own metrics counters.
-pub struct Worker {
+pub(crate) struct Worker {
     handler: Handler,
     cache: AnswerCache,
     shard: MetricsShard,
@@ -207,19 +207,19 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(handler: Handler) -> Self {
+    pub(crate) fn new(handler: Handler) -> Self {
         let shard = handler.dns().metrics.shard();
         Worker { handler, cache: AnswerCache::default(), shard, scratch: Vec::new() }
     }
 
-    pub fn handler(&self) -> &Handler {
+    pub(crate) fn handler(&self) -> &Handler {
         &self.handler
     }
 
     /// Answers one datagram from `src` as hickory's server and `Handler` would, byte for byte: fewer than 12
     /// bytes or a response are dropped, an unparsable message gets FORMERR (not counted, as before), everything
     /// else is answered and counted. Never panics.
-    pub fn process(&mut self, packet: &[u8], src: SocketAddr) -> Action<'_> {
+    pub(crate) fn process(&mut self, packet: &[u8], src: SocketAddr) -> Action<'_> {
         let started = Instant::now();
         if packet.len() < 12 {
             return Action::Drop;
@@ -320,14 +320,18 @@ enum Keep {
 }
 
 /// The UDP loops; [`UdpServer::shutdown`] stops them.
-pub struct UdpServer {
+pub(crate) struct UdpServer {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl UdpServer {
     /// Serves each socket on its own thread; forwarding runs on `runtime`.
-    pub fn spawn(sockets: Vec<UdpSocket>, handler: &Handler, runtime: tokio::runtime::Handle) -> io::Result<UdpServer> {
+    pub(crate) fn spawn(
+        sockets: Vec<UdpSocket>,
+        handler: &Handler,
+        runtime: tokio::runtime::Handle,
+    ) -> io::Result<UdpServer> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::with_capacity(sockets.len());
         for (i, socket) in sockets.into_iter().enumerate() {
@@ -346,7 +350,7 @@ impl UdpServer {
     }
 
     /// Stops the loops (each within [`POLL`]) and waits for them; forwarded queries in flight finish on their own.
-    pub async fn shutdown(&mut self) {
+    pub(crate) async fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         let threads = std::mem::take(&mut self.threads);
         let _ = tokio::task::spawn_blocking(move || {

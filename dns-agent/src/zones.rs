@@ -11,7 +11,7 @@ use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use crate::records::{reverse_name, Kind, LocalRecord};
 
 /// TTL of the synthesized SOA and NS records, and the negative-caching TTL (SOA minimum).
-pub const SOA_TTL: u32 = 60;
+pub(crate) const SOA_TTL: u32 = 60;
 /// CNAME hops followed inside local zones before giving up.
 const MAX_CHAIN: usize = 8;
 
@@ -24,7 +24,7 @@ pub struct ZoneConfig {
 
 /// What a local zone answers for one question.
 #[derive(Debug)]
-pub struct LocalAnswer<'a> {
+pub(crate) struct LocalAnswer<'a> {
     pub rcode: ResponseCode,
     /// The records of the asked type at the name, or the CNAME chain that starts there.
     pub answers: &'a [Record],
@@ -76,7 +76,7 @@ struct ZoneInfo {
 
 /// Every local zone, ready to answer. Immutable: build a new one and swap it.
 #[derive(Debug, Default)]
-pub struct ZoneSet {
+pub(crate) struct ZoneSet {
     /// Longest origin first, so the first zone that contains a name is the most specific.
     zones: Vec<ZoneInfo>,
     names: HashMap<LowerName, Entry>,
@@ -86,7 +86,7 @@ pub struct ZoneSet {
 impl ZoneSet {
     /// Builds the zones from the config's zones and the dynamic records. Records that cannot be served (outside
     /// every zone, or a CNAME beside other data once merged with the config) are skipped; the reasons are returned.
-    pub fn build(config: &[ZoneConfig], dynamic: &[LocalRecord], serial: u32) -> (ZoneSet, Vec<String>) {
+    pub(crate) fn build(config: &[ZoneConfig], dynamic: &[LocalRecord], serial: u32) -> (ZoneSet, Vec<String>) {
         let mut warnings = Vec::new();
         let mut zones: Vec<ZoneInfo> = config
             .iter()
@@ -222,26 +222,26 @@ impl ZoneSet {
     }
 
     /// The most specific local zone holding `name`, if any.
-    pub fn zone_of(&self, name: &Name) -> Option<&Name> {
+    pub(crate) fn zone_of(&self, name: &Name) -> Option<&Name> {
         self.zone_index(&LowerName::new(name)).map(|i| &self.zones[i].name)
     }
 
     /// Whether `name` falls in a local zone (no allocation: for filtering forwarded answers on the hot path).
-    pub fn is_local(&self, name: &Name) -> bool {
+    pub(crate) fn is_local(&self, name: &Name) -> bool {
         self.zones.iter().any(|z| z.name.zone_of(name))
     }
 
-    pub fn zone_count(&self) -> usize {
+    pub(crate) fn zone_count(&self) -> usize {
         self.zones.len()
     }
 
     /// Records served from the config and the dynamic store (synthesized SOA, NS and PTR not counted).
-    pub fn record_count(&self) -> usize {
+    pub(crate) fn record_count(&self) -> usize {
         self.records
     }
 
     /// Answers a question for a local name; `None` when the name is in no local zone. Never allocates.
-    pub fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Option<LocalAnswer<'_>> {
+    pub(crate) fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Option<LocalAnswer<'_>> {
         let zone = self.zone_index(qname)?;
         let soa = Some(&self.zones[zone].soa);
         let mut ans =

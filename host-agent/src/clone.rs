@@ -8,13 +8,13 @@ use std::time::Duration;
 use agent_core::runner::{self, Cmd, RunError};
 
 /// Every clone this agent makes is a sibling of the bundle whose name starts with this; nothing else is deleted.
-pub const CLONE_PREFIX: &str = "strata-clone-";
+pub(crate) const CLONE_PREFIX: &str = "strata-clone-";
 
 /// A clone of 8 GB takes well under a second on a CoW filesystem; this only guards against a hung copy.
-pub const CLONE_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const CLONE_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
-pub enum CloneError {
+pub(crate) enum CloneError {
     #[error("{}: the volume cannot clone copy-on-write: {message}", dir.display())]
     Unsupported { dir: PathBuf, message: String },
     #[error("clone of {}: {source}", src.display())]
@@ -26,20 +26,20 @@ pub enum CloneError {
 }
 
 /// Where the clone of `bundle` for the run stamped `stamp` goes: next to the bundle, on the same volume.
-pub fn clone_path(bundle: &Path, vm: &str, stamp: &str) -> PathBuf {
+pub(crate) fn clone_path(bundle: &Path, vm: &str, stamp: &str) -> PathBuf {
     let parent = bundle.parent().unwrap_or(Path::new("/"));
     parent.join(format!("{CLONE_PREFIX}{vm}-{stamp}"))
 }
 
 /// Whether `path` is named like one of our clones.
-pub fn is_ours(path: &Path) -> bool {
+pub(crate) fn is_ours(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with(CLONE_PREFIX) && n.len() > CLONE_PREFIX.len())
 }
 
 /// The `cp` command cloning `src` (a directory) to `dst` copy-on-write, refusing a plain copy.
-pub fn clone_cmd(src: &Path, dst: &Path) -> Cmd {
+pub(crate) fn clone_cmd(src: &Path, dst: &Path) -> Cmd {
     let cmd = if cfg!(target_os = "macos") {
         // macOS cp -c uses clonefile(2) and fails where the volume cannot clone.
         Cmd::new("cp").args(["-c", "-R", "-p"])
@@ -50,7 +50,7 @@ pub fn clone_cmd(src: &Path, dst: &Path) -> Cmd {
 }
 
 /// Whether cp's stderr says the filesystem cannot clone (as opposed to a full disk or a missing file).
-pub fn is_unsupported(stderr: &str) -> bool {
+pub(crate) fn is_unsupported(stderr: &str) -> bool {
     let s = stderr.to_ascii_lowercase();
     ["operation not supported", "invalid cross-device link", "not supported", "inappropriate ioctl"]
         .iter()
@@ -59,7 +59,7 @@ pub fn is_unsupported(stderr: &str) -> bool {
 
 /// Clones `src` to `dst` (which must not exist). A refusal of the filesystem is `Unsupported`; any partial clone
 /// is removed before returning an error.
-pub async fn clone_dir(src: &Path, dst: &Path) -> Result<(), CloneError> {
+pub(crate) async fn clone_dir(src: &Path, dst: &Path) -> Result<(), CloneError> {
     if !is_ours(dst) {
         return Err(CloneError::NotOurs { path: dst.to_path_buf() });
     }
@@ -80,7 +80,7 @@ pub async fn clone_dir(src: &Path, dst: &Path) -> Result<(), CloneError> {
 }
 
 /// Removes one of our clones; refuses any path not named `strata-clone-…`. A missing clone is not an error.
-pub async fn remove_clone(path: &Path) -> Result<(), CloneError> {
+pub(crate) async fn remove_clone(path: &Path) -> Result<(), CloneError> {
     if !is_ours(path) {
         return Err(CloneError::NotOurs { path: path.to_path_buf() });
     }

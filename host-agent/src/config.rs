@@ -1,5 +1,6 @@
-//! The host-agent config file: raw serde structs (unknown keys refused) validated into `Config`, and the `vm.toml`
-//! of a QEMU VM directory. Knows the file formats; must not know how the agent acts on them.
+//! The host-agent config file: raw serde structs (unknown keys refused) validated into `Config`. Knows the file
+//! format; must not know how the agent acts on it, nor what is inside a VM bundle (each hypervisor backend reads its
+//! own, e.g. QEMU's `vm.toml`) or what each engine is (it names one of `engine::ENGINES`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,11 @@ use std::time::Duration;
 
 use agent_core::config::{self, CommonConfig, ConfigError, GrpcSection, MetricsSection};
 use agent_core::duration;
+use agent_core::repos::{self, Passphrase, RawRepo, RepoSpec};
 use serde::Deserialize;
+
+/// Which program stores the backups: one of `engine::ENGINES`, by name.
+pub use crate::engine::EngineKind;
 
 /// Port of `[metrics] listen` when only an address is given.
 pub const DEFAULT_METRICS_PORT: u16 = 9441;
@@ -56,25 +61,6 @@ impl Mode {
     }
 }
 
-/// Which program stores the backups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineKind {
-    Borg,
-    Rsync,
-    Timemachine,
-}
-
-impl EngineKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EngineKind::Borg => "borg",
-            EngineKind::Rsync => "rsync",
-            EngineKind::Timemachine => "timemachine",
-        }
-    }
-}
-
 /// How many backups to keep (borg prune semantics; rsync applies the same rule to its dated copies): the one
 /// retention table of both agents, in `agent_core::borg`.
 pub use agent_core::borg::Retention;
@@ -99,7 +85,10 @@ struct RawVm {
     path: PathBuf,
     mode: Mode,
     engine: EngineKind,
-    target: PathBuf,
+    /// The shorthand of `targets`: one target labelled `default` with the VM's own settings.
+    target: Option<String>,
+    /// Where the VM's backups go (the VM's `engine` writes to each): local paths and SSH locations.
+    targets: Option<Vec<RawRepo>>,
     passcommand: Option<String>,
     schedule: Option<String>,
     /// Run once at start when a scheduled time passed while the agent was down.
@@ -128,12 +117,15 @@ struct RawVm {
 pub struct VmConfig {
     pub name: String,
     pub backend: Backend,
-    /// The bundle: a `.vmwarevm` directory (VMware) or a directory holding disks and `vm.toml` (QEMU).
+    /// The bundle: a directory whose layout only its hypervisor backend knows (`.vmwarevm`, a QEMU directory).
     pub path: PathBuf,
     pub mode: Mode,
     pub engine: EngineKind,
-    pub target: PathBuf,
-    pub passcommand: Option<String>,
+    /// Where backups go, in config order (`target = "…"` is one, labelled `default`). Each run writes the same
+    /// backup to every target; restores take the first reachable one, local ones first, unless told.
+    pub targets: Vec<RepoSpec>,
+    /// The passphrase source of borg targets that name none (`passcommand`).
+    pub passphrase: Passphrase,
     /// A five-field cron expression, read on the wall clock of [`Config::timezone`].
     pub schedule: Option<String>,
     /// A scheduled time passed while the agent was down (the last backup attempt is older): one backup at start.
@@ -141,6 +133,8 @@ pub struct VmConfig {
     pub retention: Retention,
     pub guest: Option<String>,
     pub require_guest: bool,
+    /// Refuse a local target that is not on an encrypted volume (SSH targets are not checked: the remote's disk
+    /// cannot be seen from here).
     pub require_encrypted_target: bool,
     pub shutdown_timeout: Duration,
     pub vmrun: PathBuf,
@@ -187,9 +181,10 @@ impl Config {
             if !names.insert(v.name.clone()) {
                 return Err(bad("name", format!("vm `{}` is defined twice", v.name)));
             }
-            if v.path.as_os_str().is_empty() || v.target.as_os_str().is_empty() {
-                return Err(bad("path", "path and target must not be empty".into()));
+            if v.path.as_os_str().is_empty() {
+                return Err(bad("path", "must not be empty".into()));
             }
+            let targets = vm_targets(path, i, &v)?;
             if let Some(s) = &v.schedule {
                 check_schedule(s).map_err(|m| bad("schedule", m))?;
             }
@@ -204,8 +199,9 @@ impl Config {
             if v.require_guest && v.guest.is_none() {
                 return Err(bad("require_guest", "is true but no `guest` is set".into()));
             }
-            if v.passcommand.is_some() && v.engine != EngineKind::Borg {
-                return Err(bad("passcommand", format!("only the borg engine uses it, not {}", v.engine.as_str())));
+            if v.passcommand.is_some() && !v.engine.takes_passcommand() {
+                let only = EngineKind::names_where(EngineKind::takes_passcommand).join("/");
+                return Err(bad("passcommand", format!("only the {only} engine uses it, not {}", v.engine.as_str())));
             }
             if v.passcommand.as_deref().is_some_and(|p| p.trim().is_empty()) {
                 return Err(bad("passcommand", "must not be empty".into()));
@@ -215,13 +211,7 @@ impl Config {
             } else {
                 PathBuf::from("vmrun")
             };
-            // Only borg knows `--keep-within`; the rsync engine's pruning counts backups per period.
-            if v.retention.as_ref().is_some_and(|r| r.within.is_some()) && v.engine != EngineKind::Borg {
-                return Err(bad(
-                    "retention.within",
-                    format!("only the borg engine applies it, not {}: use last/hourly/daily/…", v.engine.as_str()),
-                ));
-            }
+            check_within(v.engine, v.retention.as_ref()).map_err(|m| bad("retention.within", m))?;
             if let Some(u) = &v.runas {
                 if u.is_empty() || !u.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
                     return Err(bad("runas", format!("`{u}` is not a user name")));
@@ -236,8 +226,8 @@ impl Config {
                 path: config::resolve(path, &v.path),
                 mode: v.mode,
                 engine: v.engine,
-                target: config::resolve(path, &v.target),
-                passcommand: v.passcommand,
+                targets,
+                passphrase: v.passcommand.map_or(Passphrase::None, Passphrase::Command),
                 schedule: v.schedule,
                 catch_up: v.catch_up,
                 retention: v.retention.unwrap_or_default(),
@@ -258,6 +248,88 @@ impl Config {
     }
 }
 
+impl VmConfig {
+    /// The target labelled `label`.
+    pub fn target(&self, label: &str) -> Option<&RepoSpec> {
+        self.targets.iter().find(|t| t.label == label)
+    }
+
+    /// The labels, comma-separated (for messages).
+    pub fn labels(&self) -> String {
+        self.targets.iter().map(|t| t.label.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// What the agent prunes in `t`: nothing in an append-only target (its trusted side runs the retention).
+    pub fn retention_of(&self, t: &RepoSpec) -> Retention {
+        if t.append_only {
+            return Retention::default();
+        }
+        t.retention.clone().unwrap_or_else(|| self.retention.clone())
+    }
+}
+
+/// Only borg knows `--keep-within`; the rsync engine's pruning counts backups per period.
+fn check_within(engine: EngineKind, r: Option<&Retention>) -> Result<(), String> {
+    if r.is_some_and(|r| r.within.is_some()) && !engine.keeps_within() {
+        let only = EngineKind::names_where(EngineKind::keeps_within).join("/");
+        return Err(format!("only the {only} engine applies it, not {}: use last/hourly/daily/…", engine.as_str()));
+    }
+    Ok(())
+}
+
+/// The VM's targets: `targets = [...]` (validated by `agent_core::repos`), or the `target = "…"` shorthand; then
+/// what the VM's engine can do with each (an SSH location, a passphrase, a remote program, a rate limit).
+fn vm_targets(path: &Path, i: usize, v: &RawVm) -> Result<Vec<RepoSpec>, ConfigError> {
+    let key = |k: &str| format!("vms[{i}].{k}");
+    let bad = |k: &str, m: String| ConfigError::invalid(path, key(k), m);
+    let (list, shorthand) = match (&v.target, &v.targets) {
+        (Some(_), Some(_)) => return Err(bad("targets", "give either `target` or `targets`, not both".into())),
+        (None, None) => return Err(bad("target", "missing: give `target = \"…\"` or `targets = [...]`".into())),
+        // The shorthand: one target with the VM's own settings, named as written (`target`).
+        (Some(url), None) => (vec![repos::validate_shorthand(path, &key("target"), "targets", url)?], true),
+        (None, Some(list)) => (repos::validate_list(path, &key("targets"), list)?, false),
+    };
+    let engine = v.engine;
+    for (j, t) in list.iter().enumerate() {
+        let k = |leaf: &str| if shorthand { key("target") } else { format!("vms[{i}].targets[{j}].{leaf}") };
+        let bad = |leaf: &str, m: String| ConfigError::invalid(path, k(leaf), m);
+        if !t.location.is_local() && !engine.reaches_ssh() {
+            let only = EngineKind::names_where(EngineKind::reaches_ssh).join("/");
+            return Err(bad(
+                "url",
+                format!("`{}` is an SSH location: only the {only} engines reach one, not {}", t.url(), engine.as_str()),
+            ));
+        }
+        if t.passphrase.is_some() && !engine.takes_passcommand() {
+            let only = EngineKind::names_where(EngineKind::takes_passcommand).join("/");
+            let leaf = if v.targets.as_ref().and_then(|l| l.get(j)).is_some_and(|r| r.passcommand.is_some()) {
+                "passcommand"
+            } else {
+                "passphrase_file"
+            };
+            return Err(bad(leaf, format!("only the {only} engine uses it, not {}", engine.as_str())));
+        }
+        if t.checks.is_some() {
+            return Err(bad("checks", "the host-agent runs no scheduled repository checks".into()));
+        }
+        if t.upload_ratelimit_kib.is_some() && !engine.reaches_ssh() {
+            let only = EngineKind::names_where(EngineKind::reaches_ssh).join("/");
+            return Err(bad("upload_ratelimit", format!("only the {only} engines apply it, not {}", engine.as_str())));
+        }
+        check_within(engine, t.retention.as_ref()).map_err(|m| bad("retention.within", m))?;
+    }
+    if !engine.many_targets() && list.len() > 1 {
+        return Err(bad(
+            "targets",
+            format!(
+                "the {} engine backs up to the destinations its own settings name: give one target",
+                engine.as_str()
+            ),
+        ));
+    }
+    Ok(list)
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -267,55 +339,6 @@ fn valid_name(s: &str) -> bool {
 /// A five-field cron expression (`m h dom mon dow`), checked by the scheduler's own parser.
 fn check_schedule(s: &str) -> Result<(), String> {
     agent_core::cron::Cron::parse(s).map(drop)
-}
-
-/// A QEMU VM's `vm.toml`: how to start it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmToml {
-    pub memory_mb: u32,
-    pub cpus: u32,
-    /// Relative to the VM directory.
-    pub disks: Vec<PathBuf>,
-    /// Extra `qemu-system-x86_64` arguments.
-    #[serde(default)]
-    pub args: Vec<String>,
-}
-
-/// The file name of a QEMU VM's start description.
-pub const VM_TOML: &str = "vm.toml";
-
-impl VmToml {
-    /// Reads and checks `DIR/vm.toml`.
-    pub fn load(dir: &Path) -> Result<VmToml, ConfigError> {
-        let path = dir.join(VM_TOML);
-        let v: VmToml = config::load(&path)?;
-        v.check(&path)?;
-        Ok(v)
-    }
-
-    fn check(&self, path: &Path) -> Result<(), ConfigError> {
-        if self.memory_mb < 16 {
-            return Err(ConfigError::invalid(path, "memory_mb", "must be at least 16"));
-        }
-        if self.cpus == 0 {
-            return Err(ConfigError::invalid(path, "cpus", "must be at least 1"));
-        }
-        if self.disks.is_empty() {
-            return Err(ConfigError::invalid(path, "disks", "must name at least one disk"));
-        }
-        for (i, d) in self.disks.iter().enumerate() {
-            let escapes = d.is_absolute() || d.components().any(|c| matches!(c, std::path::Component::ParentDir));
-            if escapes || d.as_os_str().is_empty() {
-                return Err(ConfigError::invalid(
-                    path,
-                    format!("disks[{i}]"),
-                    format!("`{}` must be a path inside the VM directory", d.display()),
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -333,10 +356,12 @@ mod tests {
         assert_eq!(cfg.common.grpc.listen.port(), 7441);
         assert_eq!(cfg.common.metrics_listen.port(), 9441);
         let s = cfg.vm("services").unwrap();
-        assert_eq!((s.backend, s.mode, s.engine), (Backend::Fusion, Mode::Clone, EngineKind::Borg));
+        assert_eq!((s.backend, s.mode, s.engine), (Backend::Fusion, Mode::Clone, EngineKind::named("borg").unwrap()));
         assert_eq!(s.retention, Retention { weekly: 4, monthly: 6, ..Default::default() });
         assert!(s.require_encrypted_target && !s.require_guest);
         assert_eq!(s.guest.as_deref(), Some("https://10.0.0.20:7443"));
+        assert_eq!((s.labels().as_str(), cfg.vm("lab").unwrap().labels().as_str()), ("local, offsite", "local, usb"));
+        assert!(s.target("offsite").is_some_and(|t| t.append_only && !t.location.is_local()));
         assert_eq!(cfg.vm("lab").unwrap().backend, Backend::Qemu);
         assert_eq!(cfg.vm("lab").unwrap().runas.as_deref(), Some("nobody"));
         assert_eq!(cfg.timezone, agent_core::cron::zone("Europe/Berlin").unwrap());
@@ -354,10 +379,17 @@ mod tests {
             (format!("{VM}schedule = \"daily\"\n"), "key `vms[0].schedule`"),
             (format!("{VM}guest = \"http://x\"\n"), "key `vms[0].guest`"),
             (format!("{VM}require_guest = true\n"), "key `vms[0].require_guest`"),
-            (VM.replace("borg", "rsync") + "passcommand = \"x\"\n", "key `vms[0].passcommand`"),
+            (
+                VM.replace("borg", "rsync") + "passcommand = \"x\"\n",
+                "key `vms[0].passcommand`: only the borg engine uses it, not rsync",
+            ),
             (format!("{VM}shutdown_timeout = \"0s\"\n"), "must be more than zero (key `shutdown_timeout`)"),
             (format!("{VM}shutdown_timeout = 120\n"), "write a duration string with a unit, e.g. \"120s\""),
-            (VM.replace("borg", "rsync") + "retention = { within = \"2d\" }\n", "key `vms[0].retention.within`"),
+            (
+                VM.replace("borg", "rsync") + "retention = { within = \"2d\" }\n",
+                "key `vms[0].retention.within`: only the borg engine applies it, not rsync",
+            ),
+            (VM.replace("borg", "tape"), "unknown variant `tape`, expected one of `borg`, `rsync`, `timemachine`"),
             (format!("{VM}runas = \"a b\"\n"), "key `vms[0].runas`"),
             (format!("{VM}catch_up = true\n"), "key `vms[0].catch_up`: is true but no `schedule` is set"),
             (format!("{VM}catch_up = \"yes\"\n"), "(key `catch_up`)"),
@@ -375,6 +407,107 @@ mod tests {
         assert_eq!(zoned("America/New_York").unwrap().timezone, agent_core::cron::zone("America/New_York").unwrap());
         let e = zoned("Europe/Berln").unwrap_err().to_string();
         assert!(e.contains("key `timezone`: `Europe/Berln` is not a time zone"), "{e}");
+    }
+
+    /// `targets = [...]`: local and SSH targets of one VM, the `target` shorthand, and each refusal naming its key.
+    #[test]
+    fn targets_are_validated_naming_the_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("host-agent.toml");
+        let key = dir.path().join("offsite.key");
+        std::fs::write(&key, "not a real key").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(dir.path().join("known_hosts"), "[backup.example]:2222 ssh-ed25519 AAAA\n").unwrap();
+        let vm = |engine: &str, rest: &str| {
+            format!(
+                "{HEAD}[[vms]]\nname = \"lab\"\nbackend = \"qemu\"\npath = \"/vms/lab\"\nmode = \"clone\"\n\
+                 engine = \"{engine}\"\nretention = {{ last = 3 }}\n{rest}\n"
+            )
+        };
+        let offsite =
+            "{ label = \"offsite\", url = \"ssh://borg@backup.example:2222/./lab\", ssh_key = \"offsite.key\", \
+                       known_hosts = \"known_hosts\", append_only = true, retention = { daily = 30 } }";
+        let ok =
+            Config::parse(&p, &vm("borg", &format!("targets = [{{ label = \"local\", url = \"b/lab\" }}, {offsite}]")))
+                .unwrap();
+        let v = &ok.vms[0];
+        assert_eq!(v.labels(), "local, offsite");
+        assert_eq!(v.targets[0].location, agent_core::repos::Location::Local(dir.path().join("b/lab")));
+        assert_eq!(v.target("offsite").unwrap().ssh.as_ref().unwrap().key, key);
+        assert_eq!(v.retention_of(&v.targets[0]), Retention { last: 3, ..Default::default() }, "the VM's retention");
+        assert!(v.retention_of(&v.targets[1]).is_empty(), "an append-only target is never pruned");
+        // An SSH target's files are checked before each run, not here (a config must parse on any machine).
+        let rsync = vm(
+            "rsync",
+            &format!("targets = [{}]", offsite.replace("ssh://borg@backup.example:2222/./lab", "u@nas:lab")),
+        );
+        let rsync = Config::parse(&p, &rsync).unwrap();
+        assert!(rsync.vms[0].targets[0].check_files().unwrap_err().contains("has no key for `nas`"));
+        assert_eq!(v.targets[1].check_files(), Ok(()));
+        let short = Config::parse(&p, &vm("rsync", "target = \"/b/lab\"")).unwrap();
+        assert_eq!((short.vms[0].targets.len(), short.vms[0].targets[0].label.as_str()), (1, "default"));
+
+        let cases = [
+            (
+                vm("borg", "target = \"/b\"\ntargets = [{ label = \"a\", url = \"/c\" }]"),
+                "key `vms[0].targets`: give either",
+            ),
+            (vm("borg", ""), "key `vms[0].target`: missing"),
+            (vm("borg", "targets = []"), "key `vms[0].targets`: must list at least one"),
+            (vm("borg", "target = \"-x\""), "key `vms[0].target`: `-x` starts with `-`"),
+            (
+                vm("borg", "target = \"u@nas:lab\""),
+                "key `vms[0].target`: `u@nas:lab` is an SSH location: give it in `targets",
+            ),
+            (
+                vm("borg", "targets = [{ label = \"a\", url = \"/b\" }, { label = \"a\", url = \"/c\" }]"),
+                "key `vms[0].targets[1].label`: `a` is used twice",
+            ),
+            (
+                vm("borg", "targets = [{ label = \"a\", url = \"/b\" }, { label = \"b\", url = \"/b\" }]"),
+                "key `vms[0].targets[1].url`: `/b` is already the URL",
+            ),
+            (
+                vm("borg", "targets = [{ label = \"a\", url = \"u@nas:lab\", ssh_key = \"offsite.key\" }]"),
+                "key `vms[0].targets[0].known_hosts`: missing",
+            ),
+            (
+                vm("timemachine", &format!("targets = [{offsite}]")),
+                "key `vms[0].targets[0].url`: `ssh://borg@backup.example:2222/./lab` is an SSH location: only the \
+                 borg/rsync engines reach one, not timemachine",
+            ),
+            (
+                vm("timemachine", "targets = [{ label = \"a\", url = \"/b\" }, { label = \"b\", url = \"/c\" }]"),
+                "key `vms[0].targets`: the timemachine engine backs up to the destinations its own settings name",
+            ),
+            (
+                vm("timemachine", "targets = [{ label = \"a\", url = \"/b\", upload_ratelimit = \"1MiB\" }]"),
+                "key `vms[0].targets[0].upload_ratelimit`: only the borg/rsync engines apply it",
+            ),
+            (
+                vm("rsync", "targets = [{ label = \"a\", url = \"/b\", passcommand = \"cat p\" }]"),
+                "key `vms[0].targets[0].passcommand`: only the borg engine uses it, not rsync",
+            ),
+            (
+                vm("rsync", "targets = [{ label = \"a\", url = \"/b\", passphrase_file = \"p\" }]"),
+                "key `vms[0].targets[0].passphrase_file`: only the borg engine uses it, not rsync",
+            ),
+            (
+                vm("rsync", "targets = [{ label = \"a\", url = \"/b\", retention = { within = \"2d\" } }]"),
+                "key `vms[0].targets[0].retention.within`: only the borg engine applies it, not rsync",
+            ),
+            (
+                vm("borg", "targets = [{ label = \"a\", url = \"/b\", checks = { repository = \"1d\" } }]"),
+                "key `vms[0].targets[0].checks`: the host-agent runs no scheduled repository checks",
+            ),
+            (vm("borg", "targets = [{ label = \"a\", url = \"/b\", colour = 1 }]"), "unknown field `colour`"),
+        ];
+        for (text, want) in cases {
+            let err = Config::parse(&p, &text).unwrap_err().to_string();
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+            assert!(err.starts_with(&p.display().to_string()), "{err}");
+        }
     }
 
     /// Every duration key of this config takes the shared grammar tables of `agent_core::duration`.
@@ -398,19 +531,5 @@ mod tests {
                 assert!(e.contains(&format!("(key `{leaf}`)")), "{leaf} = {v:?}: {e}");
             }
         }
-    }
-
-    #[test]
-    fn vm_toml_parses_and_refuses_escaping_disks() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(VM_TOML), "memory_mb = 512\ncpus = 1\ndisks = [\"disk.qcow2\"]\n").unwrap();
-        let v = VmToml::load(dir.path()).unwrap();
-        assert_eq!(v.disks, vec![PathBuf::from("disk.qcow2")]);
-        assert!(v.args.is_empty());
-        std::fs::write(dir.path().join(VM_TOML), "memory_mb = 512\ncpus = 1\ndisks = [\"../x.raw\"]\n").unwrap();
-        let e = VmToml::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("disks[0]"), "{e}");
-        std::fs::write(dir.path().join(VM_TOML), "memory_mb = 512\ncpus = 1\ndisks = []\nram = 1\n").unwrap();
-        assert!(VmToml::load(dir.path()).unwrap_err().to_string().contains("unknown field `ram`"));
     }
 }

@@ -9,20 +9,20 @@ use agent_core::runner::{self, Cmd};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Encryption {
+pub(crate) struct Encryption {
     pub encrypted: bool,
     /// How that was decided, e.g. `mount / on vda (disk): no crypt device`.
     pub detail: String,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum EncryptionError {
+pub(crate) enum EncryptionError {
     #[error("{}: cannot tell whether it is encrypted: {message}", path.display())]
     Unknown { path: PathBuf, message: String },
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct BlockDev {
+pub(crate) struct BlockDev {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: Option<String>,
@@ -38,7 +38,7 @@ struct Lsblk {
 }
 
 /// Parses `lsblk --json -o NAME,TYPE,FSTYPE,MOUNTPOINT`.
-pub fn parse_lsblk(json: &str) -> Result<Vec<BlockDev>, String> {
+pub(crate) fn parse_lsblk(json: &str) -> Result<Vec<BlockDev>, String> {
     serde_json::from_str::<Lsblk>(json).map(|l| l.blockdevices).map_err(|e| format!("cannot parse lsblk --json: {e}"))
 }
 
@@ -62,7 +62,7 @@ fn chain<'a>(devs: &'a [BlockDev], mountpoint: &str) -> Option<Vec<&'a BlockDev>
 
 /// Decides from lsblk's tree whether the device mounted at `mountpoint` sits on dm-crypt/LUKS.
 /// `None` when no block device is mounted there (tmpfs, overlay, a network filesystem).
-pub fn mount_encryption(devs: &[BlockDev], mountpoint: &str) -> Option<Encryption> {
+pub(crate) fn mount_encryption(devs: &[BlockDev], mountpoint: &str) -> Option<Encryption> {
     let c = chain(devs, mountpoint)?;
     let names: Vec<String> = c.iter().map(|d| format!("{} ({})", d.name, d.kind.as_deref().unwrap_or("?"))).collect();
     let crypt = c.iter().find(|d| is_crypt(d));
@@ -76,7 +76,7 @@ pub fn mount_encryption(devs: &[BlockDev], mountpoint: &str) -> Option<Encryptio
 }
 
 /// Decides from `diskutil info -plist` whether a macOS volume is encrypted (FileVault or encrypted APFS).
-pub fn parse_diskutil(plist_text: &str) -> Result<Encryption, String> {
+pub(crate) fn parse_diskutil(plist_text: &str) -> Result<Encryption, String> {
     let v: plist::Value =
         plist::from_bytes(plist_text.as_bytes()).map_err(|e| format!("cannot parse diskutil plist: {e}"))?;
     let dict = v.as_dictionary().ok_or("diskutil plist is not a dictionary")?;
@@ -99,7 +99,7 @@ fn existing(path: &Path) -> PathBuf {
 }
 
 /// Asks the system whether `path` is on encrypted storage.
-pub async fn check(path: &Path) -> Result<Encryption, EncryptionError> {
+pub(crate) async fn check(path: &Path) -> Result<Encryption, EncryptionError> {
     let p = existing(path);
     let unknown = |message: String| EncryptionError::Unknown { path: path.to_path_buf(), message };
     let out = |c: Cmd| async { runner::run_ok(c.timeout(Duration::from_secs(20))).await.map(|o| o.stdout) };

@@ -3,42 +3,48 @@
 //! proto or tonic types; must not know hypervisors, engines or the journal.
 
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_core::grpc::{cancelled, jobs_status, progress_stream, JobSummary, ProgressStream};
 use agent_core::identity::Role;
+use agent_core::jobs::Registry;
 use agent_core::tls::TlsMaterial;
 use strata_proto::v1 as pb;
 use strata_proto::v1::host_server::{Host as HostRpc, HostServer};
 use strata_proto::v1::services_client::ServicesClient;
-use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::backup::{Guest, GuestFuture, Host, HostError, Progress};
+use crate::backup::{BackupReport, DrillReport, Guest, GuestFuture, HistoryRow, Host, HostError, RestoreReport};
 use crate::hypervisor::HvError;
 
 /// The gRPC face of the host agent.
-pub struct HostGrpc {
+pub(crate) struct HostGrpc {
     host: Arc<Host>,
     /// The running long jobs (backup, restore, drill), which `Watch` re-attaches to.
     jobs: JobRegistry,
 }
 
 impl HostGrpc {
-    pub fn new(host: Arc<Host>) -> Self {
+    pub(crate) fn new(host: Arc<Host>) -> Self {
         HostGrpc { host, jobs: JobRegistry::default() }
     }
 
-    pub fn into_server(self) -> HostServer<HostGrpc> {
+    pub(crate) fn into_server(self) -> HostServer<HostGrpc> {
         HostServer::new(self)
+    }
+
+    /// The agent's gRPC routes (this service), for `agent_core::grpc::run_agent`.
+    pub(crate) fn routes(host: Arc<Host>) -> tonic::service::RoutesBuilder {
+        let mut routes = tonic::service::RoutesBuilder::default();
+        routes.add_service(HostGrpc::new(host).into_server());
+        routes
     }
 }
 
 fn status(e: HostError) -> Status {
     match &e {
-        HostError::UnknownVm(_) => Status::not_found(e.to_string()),
+        HostError::UnknownVm(_) | HostError::NoTarget { .. } => Status::not_found(e.to_string()),
         HostError::Busy(_) => Status::aborted(e.to_string()),
         HostError::Exists { .. } => Status::already_exists(e.to_string()),
         HostError::Unencrypted { .. }
@@ -61,6 +67,17 @@ fn vm_name(field: &str, name: &str) -> Result<String, Status> {
     Ok(name.to_string())
 }
 
+/// A target label from a request: empty (none given) or a label.
+fn target_label(field: &str, label: &str) -> Result<Option<String>, Status> {
+    if label.is_empty() {
+        return Ok(None);
+    }
+    if !agent_core::repos::valid_label(label) {
+        return Err(Status::invalid_argument(format!("{field}: `{}` is not a target label", label.escape_debug())));
+    }
+    Ok(Some(label.to_string()))
+}
+
 /// A validated `JobRef`: a job id, or a VM name (that VM's running job).
 struct JobKey(String);
 
@@ -81,9 +98,11 @@ impl TryFrom<pb::JobRef> for JobKey {
 
 /// What a restore was asked to do, validated.
 #[derive(Debug)]
-pub struct RestoreInput {
+pub(crate) struct RestoreInput {
     pub name: String,
     pub archive: Option<String>,
+    /// The target to read from (`None`: the first reachable one that has the backup).
+    pub target: Option<String>,
     pub to: PathBuf,
     pub force: bool,
     pub start: bool,
@@ -101,54 +120,124 @@ impl TryFrom<pb::VmRestoreRequest> for RestoreInput {
             return Err(Status::invalid_argument(format!("archive: `{}` is not an archive name", r.archive)));
         }
         let archive = (!r.archive.is_empty()).then_some(r.archive);
-        Ok(RestoreInput { name, archive, to, force: r.force, start: r.start })
+        let target = target_label("target", &r.target)?;
+        Ok(RestoreInput { name, archive, target, to, force: r.force, start: r.start })
     }
 }
 
-fn to_pb(p: Progress, job_id: &str) -> pb::VmProgress {
-    pb::VmProgress { step: p.step, done: p.done, total: p.total, message: p.message, job_id: job_id.to_string() }
+/// What a finished job of this agent did (the summary its last update carries).
+#[derive(Debug, Clone)]
+enum Done {
+    Backups(Vec<BackupReport>),
+    Restore(RestoreReport),
+    Drill(DrillReport),
 }
 
-type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::VmProgress, Status>> + Send>>;
-
-/// The registry of running jobs: every watcher receives each job's updates, and its error last.
-type JobRegistry = agent_core::jobs::Jobs<Result<pb::VmProgress, Status>>;
-
-fn jobs_status(e: agent_core::jobs::JobsError) -> Status {
-    use agent_core::jobs::JobsError;
-    let msg = e.to_string();
-    match e {
-        JobsError::NoJob(_) => Status::not_found(msg),
-        JobsError::TooManyJobs(_) | JobsError::TooManyWatchers { .. } => Status::resource_exhausted(msg),
+fn restore_pb(r: &RestoreReport) -> pb::VmRestoreSummary {
+    pb::VmRestoreSummary {
+        vm: r.vm.clone(),
+        archive: r.archive.clone(),
+        to: r.to.display().to_string(),
+        moved_aside: r.moved_aside.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        started_as: r.started_as.clone().unwrap_or_default(),
+        target: r.target.clone(),
     }
 }
 
-/// Registers a job of `kind` on `target` (empty: several VMs) and runs `work` in a task, sending its progress (each
-/// update with the job's id) and finally its error (if any) to every watcher; the stream ends when the job does.
+/// History rows as entries, each with its run's status (`ok`: every target of the run; `partial`; `failed`).
+fn history_pb(rows: Vec<HistoryRow>) -> Vec<pb::VmHistoryEntry> {
+    let status = |vm: &str, id: &str| {
+        let run = rows.iter().filter(|r| r.vm == vm && r.backup_id == id);
+        let (ok, all) = run.fold((0, 0), |(ok, all), r| (ok + usize::from(r.ok), all + 1));
+        match ok {
+            0 => "failed",
+            n if n == all => "ok",
+            _ => "partial",
+        }
+    };
+    rows.iter()
+        .map(|r| pb::VmHistoryEntry {
+            vm: r.vm.clone(),
+            id: r.backup_id.clone(),
+            target: r.target.clone(),
+            url: r.url.clone(),
+            engine: r.engine.clone(),
+            mode: r.mode.clone(),
+            time_unix: r.time_unix,
+            downtime_seconds: r.downtime_seconds,
+            duration_seconds: r.duration_seconds,
+            size: r.size,
+            ok: r.ok,
+            message: r.message.clone(),
+            run_status: status(&r.vm, &r.backup_id).into(),
+        })
+        .collect()
+}
+
+impl JobSummary for Done {
+    /// The outcome in words: one line per VM.
+    fn message(&self) -> String {
+        match self {
+            Done::Backups(b) => b.iter().map(BackupReport::summary).collect::<Vec<_>>().join("\n"),
+            Done::Restore(r) => r.summary(),
+            Done::Drill(d) => d.summary(),
+        }
+    }
+
+    fn to_pb(&self) -> pb::Summary {
+        use pb::summary::Kind;
+        let kind = match self {
+            Done::Backups(b) => Kind::VmBackups(pb::VmBackups {
+                backups: b
+                    .iter()
+                    .map(|r| pb::VmBackupSummary {
+                        vm: r.vm.clone(),
+                        id: r.id.clone(),
+                        mode: r.mode_used.as_str().into(),
+                        downtime_seconds: r.downtime.as_secs_f64(),
+                        size: r.size,
+                        warnings: r.warnings.clone(),
+                        targets: r
+                            .targets
+                            .iter()
+                            .map(|t| pb::VmTargetResult {
+                                label: t.label.clone(),
+                                url: t.url.clone(),
+                                ok: t.ok,
+                                error: t.error.clone(),
+                                size: t.size,
+                                duration_seconds: t.duration.as_secs_f64(),
+                                warnings: t.warnings.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            }),
+            Done::Restore(r) => Kind::VmRestore(restore_pb(r)),
+            Done::Drill(d) => Kind::VmDrill(pb::VmDrillSummary {
+                restore: Some(restore_pb(&d.restore)),
+                seconds: d.duration.as_secs_f64(),
+            }),
+        };
+        pb::Summary { kind: Some(kind) }
+    }
+}
+
+/// The registry of running jobs: every watcher receives each job's updates, and its summary or error last.
+type JobRegistry = Registry<Done, Status>;
+
+/// Runs `work` as a job of `kind` on `target` (empty: several VMs) in `agent_core::jobs`, its error as a status.
+/// The work runs in the job's cancellation scope (`Cancel`): its cancellable programs are killed, it undoes what a
+/// failure undoes, and a job that fails after a cancellation ends with CANCELLED.
 fn stream<F, Fut>(jobs: &JobRegistry, kind: &str, target: &str, work: F) -> Result<ProgressStream, Status>
 where
-    F: FnOnce(mpsc::Sender<Progress>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), HostError>> + Send + 'static,
+    F: FnOnce(agent_core::jobs::Reporter) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Done, HostError>> + Send + 'static,
 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    let handle = jobs.start(kind, target, now).map_err(jobs_status)?;
-    let watcher = handle.watch().map_err(jobs_status)?;
-    let (tx, mut rx) = mpsc::channel::<Progress>(32);
-    tokio::spawn(async move {
-        let forward = async {
-            while let Some(p) = rx.recv().await {
-                handle.send(Ok(to_pb(p, handle.id())));
-            }
-        };
-        // The work runs to the end even if the client goes away: a VM must never be left paused.
-        let (result, ()) = tokio::join!(work(tx), forward);
-        match result {
-            Err(e) => handle.finish(Err(status(e))),
-            // Dropping the handle ends every watcher's stream after the updates sent.
-            Ok(()) => drop(handle),
-        }
-    });
-    Ok(Box::pin(watcher.into_stream()))
+    // The work runs to the end even if the client goes away: a VM must never be left paused.
+    let w = agent_core::jobs::run(jobs, kind, target, |rep| async move { work(rep).await.map_err(status) }, cancelled)
+        .map_err(jobs_status)?;
+    Ok(progress_stream(w))
 }
 
 #[tonic::async_trait]
@@ -167,33 +256,34 @@ impl HostRpc for HostGrpc {
                     storage_encrypted: v.storage_encrypted,
                     target_encrypted: v.target_encrypted,
                     last_backup_unix: v.last_backup_unix,
+                    targets: v.targets,
                 })
                 .collect(),
         }))
     }
 
-    async fn start(&self, req: Request<pb::VmRef>) -> Result<Response<pb::VmActionResponse>, Status> {
+    async fn start(&self, req: Request<pb::VmRef>) -> Result<Response<pb::ActionResponse>, Status> {
         let name = vm_name("name", &req.into_inner().name)?;
         let message = self.host.start(&name).await.map_err(status)?;
-        Ok(Response::new(pb::VmActionResponse { message }))
+        Ok(Response::new(pb::ActionResponse { message }))
     }
 
-    async fn stop(&self, req: Request<pb::VmRef>) -> Result<Response<pb::VmActionResponse>, Status> {
+    async fn stop(&self, req: Request<pb::VmRef>) -> Result<Response<pb::ActionResponse>, Status> {
         let name = vm_name("name", &req.into_inner().name)?;
         let message = self.host.stop(&name).await.map_err(status)?;
-        Ok(Response::new(pb::VmActionResponse { message }))
+        Ok(Response::new(pb::ActionResponse { message }))
     }
 
-    async fn suspend(&self, req: Request<pb::VmRef>) -> Result<Response<pb::VmActionResponse>, Status> {
+    async fn suspend(&self, req: Request<pb::VmRef>) -> Result<Response<pb::ActionResponse>, Status> {
         let name = vm_name("name", &req.into_inner().name)?;
         let message = self.host.suspend(&name).await.map_err(status)?;
-        Ok(Response::new(pb::VmActionResponse { message }))
+        Ok(Response::new(pb::ActionResponse { message }))
     }
 
-    async fn resume(&self, req: Request<pb::VmRef>) -> Result<Response<pb::VmActionResponse>, Status> {
+    async fn resume(&self, req: Request<pb::VmRef>) -> Result<Response<pb::ActionResponse>, Status> {
         let name = vm_name("name", &req.into_inner().name)?;
         let message = self.host.resume(&name).await.map_err(status)?;
-        Ok(Response::new(pb::VmActionResponse { message }))
+        Ok(Response::new(pb::ActionResponse { message }))
     }
 
     type BackupStream = ProgressStream;
@@ -211,45 +301,33 @@ impl HostRpc for HostGrpc {
         let target = if names.len() == 1 && !r.all { names[0].clone() } else { String::new() };
         Ok(Response::new(stream(&self.jobs, "backup", &target, move |tx| async move {
             let mut first_err = None;
+            let mut done = Vec::new();
             for n in names {
+                if agent_core::runner::is_cancelled() {
+                    first_err.get_or_insert(HostError::Cancelled(n));
+                    break;
+                }
                 match host.backup(&n, &tx).await {
-                    Ok(rep) => {
-                        let msg = format!(
-                            "vm {} backed up as {} ({} mode, downtime {:.3}s, {} bytes){}",
-                            rep.vm,
-                            rep.id,
-                            rep.mode_used.as_str(),
-                            rep.downtime.as_secs_f64(),
-                            rep.size,
-                            if rep.warnings.is_empty() {
-                                String::new()
-                            } else {
-                                format!("; warnings: {}", rep.warnings.join("; "))
-                            }
-                        );
-                        let _ = tx
-                            .send(Progress {
-                                step: "finished".into(),
-                                done: rep.downtime.as_micros() as u64,
-                                total: rep.size,
-                                message: msg,
-                            })
-                            .await;
-                    }
+                    Ok(rep) => done.push(rep),
                     Err(e) => {
                         tracing::error!(vm = %n, error = %e, "backup failed");
                         first_err.get_or_insert(e);
                     }
                 }
             }
-            first_err.map_or(Ok(()), Err)
+            first_err.map_or(Ok(Done::Backups(done)), Err)
         })?))
     }
 
-    async fn list_backups(&self, req: Request<pb::VmRef>) -> Result<Response<pb::ListBackupsResponse>, Status> {
-        let name = vm_name("name", &req.into_inner().name)?;
+    async fn list_backups(
+        &self,
+        req: Request<pb::VmBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        let r = req.into_inner();
+        let name = vm_name("name", &r.name)?;
+        let label = target_label("target", &r.target)?;
         let engine = self.host.config().vm(&name).map(|v| v.engine.as_str().to_string()).unwrap_or_default();
-        let list = self.host.list_backups(&name).await.map_err(status)?;
+        let (target, list) = self.host.list_backups(&name, label.as_deref()).await.map_err(status)?;
         Ok(Response::new(pb::ListBackupsResponse {
             backups: list
                 .into_iter()
@@ -259,9 +337,20 @@ impl HostRpc for HostGrpc {
                     downtime_seconds: downtime,
                     size: b.size,
                     engine: engine.clone(),
+                    target: target.clone(),
                 })
                 .collect(),
+            target,
         }))
+    }
+
+    async fn history(&self, req: Request<pb::VmHistoryRequest>) -> Result<Response<pb::VmHistoryResponse>, Status> {
+        let r = req.into_inner();
+        let name = if r.name.is_empty() { None } else { Some(vm_name("name", &r.name)?) };
+        let label = target_label("target", &r.target)?;
+        let rows = self.host.history(name.as_deref()).map_err(status)?;
+        let entries = history_pb(rows).into_iter().filter(|e| label.as_ref().is_none_or(|l| &e.target == l)).collect();
+        Ok(Response::new(pb::VmHistoryResponse { entries }))
     }
 
     type RestoreStream = ProgressStream;
@@ -270,17 +359,20 @@ impl HostRpc for HostGrpc {
         let host = self.host.clone();
         let target = r.name.clone();
         Ok(Response::new(stream(&self.jobs, "restore", &target, move |tx| async move {
-            host.restore(&r.name, r.archive.as_deref(), &r.to, r.force, r.start, &tx).await.map(drop)
+            let (archive, target) = (r.archive.as_deref(), r.target.as_deref());
+            host.restore(&r.name, archive, target, &r.to, r.force, r.start, &tx).await.map(Done::Restore)
         })?))
     }
 
     type DrillStream = ProgressStream;
-    async fn drill(&self, req: Request<pb::VmRef>) -> Result<Response<ProgressStream>, Status> {
-        let name = vm_name("name", &req.into_inner().name)?;
+    async fn drill(&self, req: Request<pb::VmDrillRequest>) -> Result<Response<ProgressStream>, Status> {
+        let r = req.into_inner();
+        let name = vm_name("name", &r.name)?;
+        let label = target_label("target", &r.target)?;
         let host = self.host.clone();
         let target = name.clone();
         Ok(Response::new(stream(&self.jobs, "drill", &target, move |tx| async move {
-            host.drill(&name, &tx).await.map(drop)
+            host.drill(&name, label.as_deref(), &tx).await.map(Done::Drill)
         })?))
     }
 
@@ -288,20 +380,28 @@ impl HostRpc for HostGrpc {
     async fn watch(&self, req: Request<pb::JobRef>) -> Result<Response<ProgressStream>, Status> {
         let JobKey(key) = req.into_inner().try_into()?;
         let watcher = self.jobs.watch(&key).map_err(jobs_status)?;
-        Ok(Response::new(Box::pin(watcher.into_stream())))
+        Ok(Response::new(progress_stream(watcher)))
+    }
+
+    async fn cancel(&self, req: Request<pb::JobRef>) -> Result<Response<pb::CancelResponse>, Status> {
+        let JobKey(key) = req.into_inner().try_into()?;
+        let job_id = self.jobs.cancel(&key).map_err(jobs_status)?;
+        tracing::warn!(job = %job_id, "job cancelled by request");
+        let message = format!("job {job_id} cancelled: it stops its program, resumes its vm and ends");
+        Ok(Response::new(pb::CancelResponse { job_id, message }))
     }
 }
 
 /// How long the host waits for the guest's running backup jobs to finish.
-pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const PREPARE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The services-agent lease over mTLS: `PrepareHostBackup` / `ReleaseHostBackup`.
-pub struct GrpcGuest {
+pub(crate) struct GrpcGuest {
     tls: TlsMaterial,
 }
 
 impl GrpcGuest {
-    pub fn new(tls: TlsMaterial) -> Self {
+    pub(crate) fn new(tls: TlsMaterial) -> Self {
         GrpcGuest { tls }
     }
 
@@ -343,6 +443,8 @@ impl Guest for GrpcGuest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agent_core::grpc::progress_pb as to_pb;
+    use agent_core::jobs::Update;
 
     #[test]
     fn job_refs_take_an_id_or_a_name_naming_the_field() {
@@ -366,20 +468,120 @@ mod tests {
             to: "/r/lab".into(),
             force: false,
             start: true,
+            target: String::new(),
         };
         let r = RestoreInput::try_from(ok.clone()).unwrap();
-        assert_eq!((r.archive, r.to, r.start), (None, PathBuf::from("/r/lab"), true));
+        assert_eq!((r.archive, r.to, r.start, r.target), (None, PathBuf::from("/r/lab"), true, None));
+        let r = RestoreInput::try_from(pb::VmRestoreRequest { target: "offsite".into(), ..ok.clone() }).unwrap();
+        assert_eq!(r.target.as_deref(), Some("offsite"));
         let cases = [
             (pb::VmRestoreRequest { name: String::new(), ..ok.clone() }, "name: is required"),
             (pb::VmRestoreRequest { name: "../x".into(), ..ok.clone() }, "name: `../x` is not a vm name"),
             (pb::VmRestoreRequest { to: "rel".into(), ..ok.clone() }, "to: `rel` must be an absolute path"),
             (pb::VmRestoreRequest { to: "/".into(), ..ok.clone() }, "to: `/` must be"),
-            (pb::VmRestoreRequest { archive: "a/b".into(), ..ok }, "archive: `a/b`"),
+            (pb::VmRestoreRequest { archive: "a/b".into(), ..ok.clone() }, "archive: `a/b`"),
+            (pb::VmRestoreRequest { target: "-o x".into(), ..ok }, "target: `-o x` is not a target label"),
         ];
         for (req, want) in cases {
             let s = RestoreInput::try_from(req).unwrap_err();
             assert_eq!(s.code(), tonic::Code::InvalidArgument);
             assert!(s.message().starts_with(want), "{want:?} vs {:?}", s.message());
         }
+    }
+
+    #[test]
+    fn job_updates_convert_with_the_job_id_and_the_summary_last() {
+        let p = to_pb(
+            Update::<Done>::Progress(agent_core::jobs::Progress {
+                step: "backup".into(),
+                done: 3,
+                total: 6,
+                message: "m".into(),
+            }),
+            "backup-lab-1",
+        );
+        assert_eq!((p.job_id.as_str(), p.step.as_str(), p.done, p.total), ("backup-lab-1", "backup", 3, 6));
+        assert!(p.summary.is_none());
+        let report = |vm: &str| BackupReport {
+            vm: vm.into(),
+            id: format!("{vm}-20261205T070000Z"),
+            started_unix: 1_796_454_000,
+            mode_used: crate::config::Mode::Suspend,
+            downtime: Duration::from_millis(1500),
+            size: 42,
+            warnings: vec!["w".into()],
+            targets: vec![crate::backup::TargetRun {
+                label: "default".into(),
+                url: "/b".into(),
+                ok: true,
+                error: String::new(),
+                size: 42,
+                duration: Duration::from_secs(1),
+                warnings: vec![],
+            }],
+        };
+        let p = to_pb(Update::Done(Done::Backups(vec![report("a"), report("b")])), "backup-1");
+        assert_eq!(p.step, "done");
+        assert_eq!(
+            p.message,
+            "vm a backed up as a-20261205T070000Z (suspend mode, downtime 1.500s, 42 bytes); warnings: w\n\
+             vm b backed up as b-20261205T070000Z (suspend mode, downtime 1.500s, 42 bytes); warnings: w"
+        );
+        let Some(pb::summary::Kind::VmBackups(b)) = p.summary.and_then(|s| s.kind) else { panic!("no vm_backups") };
+        assert_eq!(b.backups.len(), 2);
+        assert_eq!((b.backups[1].vm.as_str(), b.backups[1].mode.as_str(), b.backups[1].size), ("b", "suspend", 42));
+        assert_eq!(b.backups[0].downtime_seconds, 1.5);
+        assert_eq!((b.backups[0].targets[0].label.as_str(), b.backups[0].targets[0].ok), ("default", true));
+        let restore = RestoreReport {
+            vm: "lab".into(),
+            archive: "lab-1".into(),
+            target: "offsite".into(),
+            to: PathBuf::from("/r/lab"),
+            moved_aside: Some(PathBuf::from("/r/lab.replaced-1")),
+            started_as: None,
+        };
+        let p = to_pb(Update::Done(Done::Drill(DrillReport { restore, duration: Duration::from_secs(2) })), "d");
+        assert_eq!(
+            p.message,
+            "drill ok in 2.0s: restored lab-1 of vm lab from target `offsite` into /r/lab; the previous bundle was \
+             moved to /r/lab.replaced-1; scratch copy removed"
+        );
+        let Some(pb::summary::Kind::VmDrill(d)) = p.summary.and_then(|s| s.kind) else { panic!("no vm_drill") };
+        let r = d.restore.unwrap();
+        assert_eq!((r.moved_aside.as_str(), r.started_as.as_str(), d.seconds), ("/r/lab.replaced-1", "", 2.0));
+        assert_eq!(r.target, "offsite");
+    }
+
+    #[test]
+    fn history_entries_carry_their_runs_status() {
+        let row = |id: &str, target: &str, ok: bool| HistoryRow {
+            vm: "lab".into(),
+            backup_id: id.into(),
+            target: target.into(),
+            url: String::new(),
+            engine: "borg".into(),
+            mode: "clone".into(),
+            time_unix: 1,
+            downtime_seconds: 0.1,
+            duration_seconds: 1.0,
+            size: 1,
+            ok,
+            message: String::new(),
+        };
+        let rows = vec![
+            row("a", "local", true),
+            row("a", "offsite", false),
+            row("b", "local", true),
+            row("c", "local", false),
+        ];
+        let got: Vec<(String, String, String)> =
+            history_pb(rows).into_iter().map(|e| (e.id, e.target, e.run_status)).collect();
+        let want =
+            [("a", "local", "partial"), ("a", "offsite", "partial"), ("b", "local", "ok"), ("c", "local", "failed")];
+        let want: Vec<(String, String, String)> =
+            want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
+        assert_eq!(got, want);
+        assert!(target_label("target", "").unwrap().is_none());
+        assert_eq!(target_label("target", "Off site").unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 }

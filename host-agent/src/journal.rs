@@ -1,6 +1,7 @@
 //! The crash journal and the backup history, in the agent's SQLite database (`STATE/host.db`). Every disruptive step
 //! (quiesce, clone, resume, clone delete) is written BEFORE it is done and marked done after; `open_steps` tells
-//! recovery what may still need undoing. Knows the schema; must not know hypervisors, engines or how to undo.
+//! recovery what may still need undoing. The history has one row per run and target (a run writes to every target
+//! of its VM). Knows the schema; must not know hypervisors, engines or how to undo.
 //!
 //! Test hook: when the environment variable `STRATA_TEST_CRASH_AT` names a step, the agent logs
 //! `test hook: holding at step STEP` right after journaling that step and then stops making progress forever, so that
@@ -9,24 +10,22 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection};
-
-/// The environment variable of the crash test hook (see the module docs).
-pub const CRASH_HOOK_ENV: &str = agent_core::state::CRASH_HOOK_ENV;
+use agent_core::clock::now_unix;
+use rusqlite::{params, Connection, OptionalExtension};
 
 /// The steps the journal knows.
-pub mod step {
+pub(crate) mod step {
     /// The VM was paused, suspended or stopped by us; `detail` is how (`paused`, `suspended`, `stopped`).
-    pub const QUIESCE: &str = "quiesce";
+    pub(crate) const QUIESCE: &str = "quiesce";
     /// A clone was made; `detail` is its path.
-    pub const CLONE: &str = "clone";
-    pub const RESUME: &str = "resume";
+    pub(crate) const CLONE: &str = "clone";
+    pub(crate) const RESUME: &str = "resume";
     /// A clone is being deleted; `detail` is its path.
-    pub const DELETE_CLONE: &str = "delete-clone";
+    pub(crate) const DELETE_CLONE: &str = "delete-clone";
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum JournalError {
+pub(crate) enum JournalError {
     #[error(transparent)]
     State(#[from] agent_core::state::StateError),
     #[error("journal: {0}")]
@@ -35,28 +34,45 @@ pub enum JournalError {
 
 /// A journaled step that was started and never marked done.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenStep {
+pub(crate) struct OpenStep {
     pub id: i64,
     pub vm: String,
     pub step: String,
     pub detail: String,
 }
 
-/// One finished (or failed) backup run.
+/// What one target got in one finished (or failed) backup run.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HistoryRow {
+pub(crate) struct HistoryRow {
     pub vm: String,
     pub backup_id: String,
+    /// The target's label (`default` for the rows of before targets).
+    pub target: String,
+    /// The target's location as the engine reads it (empty in the rows of before targets).
+    pub url: String,
     pub engine: String,
     pub mode: String,
     pub time_unix: i64,
+    /// The VM's downtime in this run (the same on every target's row).
     pub downtime_seconds: f64,
+    /// How long this target's transfer took.
+    pub duration_seconds: f64,
     pub size: u64,
     pub ok: bool,
     pub message: String,
 }
 
-pub struct Journal {
+/// Columns added to `history` since its first version: (name, definition), added to an older database at open.
+const HISTORY_ADDED: [(&str, &str); 3] = [
+    ("target", "TEXT NOT NULL DEFAULT 'default'"),
+    ("url", "TEXT NOT NULL DEFAULT ''"),
+    ("duration_seconds", "REAL NOT NULL DEFAULT 0"),
+];
+
+const HISTORY_COLUMNS: &str =
+    "vm, backup_id, target, url, engine, mode, time_unix, downtime_seconds, duration_seconds, size, ok, message";
+
+pub(crate) struct Journal {
     db: Mutex<Connection>,
 }
 
@@ -66,12 +82,8 @@ impl std::fmt::Debug for Journal {
     }
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
 impl Journal {
-    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+    pub(crate) fn open(state_dir: &Path) -> Result<Journal, JournalError> {
         let db = agent_core::state::open_db(state_dir, "host")?;
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS journal (
@@ -80,8 +92,21 @@ impl Journal {
              CREATE TABLE IF NOT EXISTS history (
                  id INTEGER PRIMARY KEY, vm TEXT NOT NULL, backup_id TEXT NOT NULL, engine TEXT NOT NULL,
                  mode TEXT NOT NULL, time_unix INTEGER NOT NULL, downtime_seconds REAL NOT NULL,
-                 size INTEGER NOT NULL, ok INTEGER NOT NULL, message TEXT NOT NULL);",
+                 size INTEGER NOT NULL, ok INTEGER NOT NULL, message TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS repo_ids (
+                 vm TEXT NOT NULL, url TEXT NOT NULL, id TEXT NOT NULL, since_unix INTEGER NOT NULL,
+                 PRIMARY KEY (vm, url));",
         )?;
+        let have: Vec<String> = {
+            let mut st = db.prepare("SELECT name FROM pragma_table_info('history')")?;
+            let names = st.query_map([], |r| r.get::<_, String>(0))?;
+            names.collect::<Result<_, _>>()?
+        };
+        for (name, def) in HISTORY_ADDED {
+            if !have.iter().any(|h| h == name) {
+                db.execute_batch(&format!("ALTER TABLE history ADD COLUMN {name} {def}"))?;
+            }
+        }
         Ok(Journal { db: Mutex::new(db) })
     }
 
@@ -90,7 +115,7 @@ impl Journal {
     }
 
     /// Records that `step` is about to be done; returns its id for [`Journal::done`].
-    pub fn begin(&self, vm: &str, step: &str, detail: &str) -> Result<i64, JournalError> {
+    pub(crate) fn begin(&self, vm: &str, step: &str, detail: &str) -> Result<i64, JournalError> {
         let id = {
             let db = self.db();
             db.execute(
@@ -103,14 +128,31 @@ impl Journal {
         Ok(id)
     }
 
+    /// The repository id recorded for target `url` of `vm` (at its first use), if any.
+    pub(crate) fn repo_id(&self, vm: &str, url: &str) -> Result<Option<String>, JournalError> {
+        Ok(self
+            .db()
+            .query_row("SELECT id FROM repo_ids WHERE vm = ?1 AND url = ?2", params![vm, url], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Records the id of the repository at `url` (the first time it is seen).
+    pub(crate) fn set_repo_id(&self, vm: &str, url: &str, id: &str) -> Result<(), JournalError> {
+        self.db().execute(
+            "INSERT OR IGNORE INTO repo_ids (vm, url, id, since_unix) VALUES (?1, ?2, ?3, ?4)",
+            params![vm, url, id, now_unix()],
+        )?;
+        Ok(())
+    }
+
     /// Marks a step done (its effect is undone or no longer needs undoing).
-    pub fn done(&self, id: i64) -> Result<(), JournalError> {
+    pub(crate) fn done(&self, id: i64) -> Result<(), JournalError> {
         self.db().execute("UPDATE journal SET done_unix = ?1 WHERE id = ?2", params![now_unix(), id])?;
         Ok(())
     }
 
     /// Every quiesce or clone step not marked done, oldest first.
-    pub fn open_steps(&self) -> Result<Vec<OpenStep>, JournalError> {
+    pub(crate) fn open_steps(&self) -> Result<Vec<OpenStep>, JournalError> {
         let db = self.db();
         let mut st = db.prepare(
             "SELECT id, vm, step, detail FROM journal WHERE done_unix IS NULL AND step IN ('quiesce', 'clone') ORDER BY id",
@@ -121,7 +163,7 @@ impl Journal {
     }
 
     /// Closes the bookkeeping rows (resume, delete-clone) left open by a crash: the recovery redoes their effect.
-    pub fn close_stale(&self) -> Result<(), JournalError> {
+    pub(crate) fn close_stale(&self) -> Result<(), JournalError> {
         self.db().execute(
             "UPDATE journal SET done_unix = ?1 WHERE done_unix IS NULL AND step NOT IN ('quiesce', 'clone')",
             params![now_unix()],
@@ -129,17 +171,21 @@ impl Journal {
         Ok(())
     }
 
-    pub fn record(&self, h: &HistoryRow) -> Result<(), JournalError> {
+    pub(crate) fn record(&self, h: &HistoryRow) -> Result<(), JournalError> {
         self.db().execute(
-            "INSERT INTO history (vm, backup_id, engine, mode, time_unix, downtime_seconds, size, ok, message)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            &format!(
+                "INSERT INTO history ({HISTORY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ),
             params![
                 h.vm,
                 h.backup_id,
+                h.target,
+                h.url,
                 h.engine,
                 h.mode,
                 h.time_unix,
                 h.downtime_seconds,
+                h.duration_seconds,
                 h.size as i64,
                 h.ok,
                 h.message
@@ -150,7 +196,7 @@ impl Journal {
 
     /// When the last backup attempt of `vm` started, finished or not: the newest history row or, for a run the
     /// agent died in, its first journaled step. `None` when it was never tried.
-    pub fn last_attempt(&self, vm: &str) -> Result<Option<i64>, JournalError> {
+    pub(crate) fn last_attempt(&self, vm: &str) -> Result<Option<i64>, JournalError> {
         Ok(self.db().query_row(
             "SELECT MAX(t) FROM (SELECT MAX(time_unix) AS t FROM history WHERE vm = ?1
                                  UNION ALL SELECT MAX(started_unix) FROM journal WHERE vm = ?1)",
@@ -159,24 +205,42 @@ impl Journal {
         )?)
     }
 
-    /// The history of `vm`, oldest first.
-    pub fn history(&self, vm: &str) -> Result<Vec<HistoryRow>, JournalError> {
+    /// When the last run that reached target `target` of `vm` started.
+    pub(crate) fn last_target_ok(&self, vm: &str, target: &str) -> Result<Option<i64>, JournalError> {
+        Ok(self.db().query_row(
+            "SELECT MAX(time_unix) FROM history WHERE vm = ?1 AND target = ?2 AND ok",
+            [vm, target],
+            |r| r.get::<_, Option<i64>>(0),
+        )?)
+    }
+
+    /// The history of `vm`, oldest first: one row per run and target.
+    pub(crate) fn history(&self, vm: &str) -> Result<Vec<HistoryRow>, JournalError> {
+        self.rows("WHERE vm = ?1", &[&vm])
+    }
+
+    /// The history of every VM, oldest first.
+    pub(crate) fn history_all(&self) -> Result<Vec<HistoryRow>, JournalError> {
+        self.rows("", &[])
+    }
+
+    fn rows(&self, filter: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<HistoryRow>, JournalError> {
         let db = self.db();
-        let mut st = db.prepare(
-            "SELECT vm, backup_id, engine, mode, time_unix, downtime_seconds, size, ok, message FROM history
-             WHERE vm = ?1 ORDER BY id",
-        )?;
-        let rows = st.query_map([vm], |r| {
+        let mut st = db.prepare(&format!("SELECT {HISTORY_COLUMNS} FROM history {filter} ORDER BY id"))?;
+        let rows = st.query_map(args, |r| {
             Ok(HistoryRow {
                 vm: r.get(0)?,
                 backup_id: r.get(1)?,
-                engine: r.get(2)?,
-                mode: r.get(3)?,
-                time_unix: r.get(4)?,
-                downtime_seconds: r.get(5)?,
-                size: r.get::<_, i64>(6)?.max(0) as u64,
-                ok: r.get(7)?,
-                message: r.get(8)?,
+                target: r.get(2)?,
+                url: r.get(3)?,
+                engine: r.get(4)?,
+                mode: r.get(5)?,
+                time_unix: r.get(6)?,
+                downtime_seconds: r.get(7)?,
+                duration_seconds: r.get(8)?,
+                size: r.get::<_, i64>(9)?.max(0) as u64,
+                ok: r.get(10)?,
+                message: r.get(11)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -206,10 +270,13 @@ mod tests {
         let h = HistoryRow {
             vm: "lab".into(),
             backup_id: "lab-1".into(),
+            target: "offsite".into(),
+            url: "borg@nas:lab".into(),
             engine: "borg".into(),
             mode: "clone".into(),
             time_unix: 5,
             downtime_seconds: 0.25,
+            duration_seconds: 1.5,
             size: 10,
             ok: true,
             message: String::new(),
@@ -217,7 +284,34 @@ mod tests {
         assert!(j.last_attempt("lab").unwrap().is_some_and(|t| t > 5), "the journaled steps count as an attempt");
         assert_eq!(j.last_attempt("other").unwrap(), None);
         j.record(&h).unwrap();
-        assert_eq!(j.history("lab").unwrap(), vec![h]);
+        j.record(&HistoryRow { target: "local".into(), ok: false, time_unix: 7, ..h.clone() }).unwrap();
+        assert_eq!(j.history("lab").unwrap()[0], h);
+        assert_eq!(j.history_all().unwrap().len(), 2);
         assert!(j.history("other").unwrap().is_empty());
+        assert_eq!(j.last_target_ok("lab", "offsite").unwrap(), Some(5));
+        assert_eq!(j.last_target_ok("lab", "local").unwrap(), None);
+    }
+
+    /// A database of before targets gets the new columns; its rows are the `default` target's.
+    #[test]
+    fn an_old_history_is_read_as_the_default_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = agent_core::state::open_db(dir.path(), "host").unwrap();
+        db.execute_batch(
+            "CREATE TABLE history (
+                 id INTEGER PRIMARY KEY, vm TEXT NOT NULL, backup_id TEXT NOT NULL, engine TEXT NOT NULL,
+                 mode TEXT NOT NULL, time_unix INTEGER NOT NULL, downtime_seconds REAL NOT NULL,
+                 size INTEGER NOT NULL, ok INTEGER NOT NULL, message TEXT NOT NULL);
+             INSERT INTO history (vm, backup_id, engine, mode, time_unix, downtime_seconds, size, ok, message)
+             VALUES ('lab', 'lab-1', 'rsync', 'stop', 9, 1.0, 3, 1, '');",
+        )
+        .unwrap();
+        drop(db);
+        let j = Journal::open(dir.path()).unwrap();
+        let rows = j.history("lab").unwrap();
+        assert_eq!((rows[0].target.as_str(), rows[0].url.as_str(), rows[0].duration_seconds), ("default", "", 0.0));
+        assert_eq!(j.last_target_ok("lab", "default").unwrap(), Some(9));
+        drop(j);
+        Journal::open(dir.path()).unwrap();
     }
 }

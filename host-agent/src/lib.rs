@@ -1,21 +1,15 @@
 //! The host-agent library: cold backups of whole VM bundles (QEMU/KVM, VMware Fusion/Workstation) with borg, rsync
 //! or Time Machine. `main.rs` is only glue. Knows how the modules fit together; must not know any one of them inside.
 
-pub mod backup;
-pub mod borg;
-pub mod clone;
+mod backup;
+mod clone;
 pub mod config;
-pub mod encryption;
-pub mod engine;
-pub mod grpc;
-pub mod hypervisor;
-pub mod journal;
-pub mod qemu;
-pub mod qemu_img;
-pub mod rsync;
-pub mod schedule;
-pub mod tmutil;
-pub mod vmrun;
+mod encryption;
+mod engine;
+mod grpc;
+mod hypervisor;
+mod journal;
+mod schedule;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -48,17 +42,19 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     vms.set(cfg.vms.len() as i64);
     metrics.register("host_vms", "VMs in the host-agent config", vms);
     let common = cfg.common.clone();
-    let downtime = Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
-    metrics.register("host_backup_downtime_seconds", "VM downtime of the last successful backup", downtime.clone());
-    let backups = Family::<Vec<(String, String)>, Counter>::default();
-    metrics.register("host_backups", "Successful VM backups", backups.clone());
+    let m = BackupMetrics::default();
+    m.register(&metrics);
     let host = backup::Host::new(cfg, Arc::new(grpc::GrpcGuest::new(tls)))
-        .map_err(|e| ServeError::Transport(format!("host agent: {e}")))?
-        .on_backup(move |r| {
-            let labels = vec![("vm".to_string(), r.vm.clone()), ("mode".to_string(), r.mode_used.as_str().to_string())];
-            downtime.get_or_create(&labels).set(r.downtime.as_secs_f64());
-            backups.get_or_create(&labels).inc();
-        });
+        .map_err(|e| ServeError::Transport(format!("host agent: {e}")))?;
+    // The last success per target survives a restart: read back from the history, so a stale target shows at once.
+    for vm in &host.config().vms {
+        for t in &vm.targets {
+            if let Some(at) = host.last_success(&vm.name, &t.label) {
+                m.last_success.get_or_create(&target_labels(&vm.name, &t.label)).set(at as f64);
+            }
+        }
+    }
+    let host = host.on_backup(move |r| m.observe(r));
     let recovered = host.recover().await;
     tracing::info!(actions = recovered.len(), "crash recovery done");
     // The first look at every VM comes before serving, so that Status tells the truth from the start; a hypervisor
@@ -76,13 +72,77 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
             h.degraded(reason);
         }
     });
-    let mut domain = tonic::service::RoutesBuilder::default();
-    domain.add_service(grpc::HostGrpc::new(host).into_server());
+    let domain = grpc::HostGrpc::routes(host);
     let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), health, domain, metrics };
     let result = agent_core::grpc::run_agent(&common, parts, listeners, shutdown).await;
     scheduler.abort();
     watcher.abort();
     result
+}
+
+type Labels = Vec<(String, String)>;
+
+fn target_labels(vm: &str, target: &str) -> Labels {
+    vec![("vm".to_string(), vm.to_string()), ("target".to_string(), target.to_string())]
+}
+
+/// The VM backup metrics: per run (`vm`, `mode`) and per target (`vm`, `target`), so that a stale or failing target
+/// shows while the others are fresh.
+#[derive(Default)]
+struct BackupMetrics {
+    downtime: Family<Labels, Gauge<f64, AtomicU64>>,
+    backups: Family<Labels, Counter>,
+    last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    failures: Family<Labels, Counter>,
+    duration: Family<Labels, Gauge<f64, AtomicU64>>,
+    size: Family<Labels, Gauge>,
+}
+
+impl BackupMetrics {
+    fn register(&self, metrics: &Metrics) {
+        metrics.register(
+            "host_backup_downtime_seconds",
+            "VM downtime of the last backup run that reached a target (one quiesce for all targets)",
+            self.downtime.clone(),
+        );
+        metrics.register("host_backups", "VM backups that reached this target", self.backups.clone());
+        metrics.register(
+            "host_backup_last_success_timestamp_seconds",
+            "When the last backup run that reached this target of the VM started (Unix seconds)",
+            self.last_success.clone(),
+        );
+        metrics.register("host_backup_failures", "Backup runs in which this target failed", self.failures.clone());
+        metrics.register(
+            "host_backup_duration_seconds",
+            "How long the last transfer to this target took, failed or not",
+            self.duration.clone(),
+        );
+        metrics.register("host_backup_size_bytes", "What the last backup stored to this target", self.size.clone());
+    }
+
+    fn observe(&self, r: &backup::BackupReport) {
+        let mode = r.mode_used.as_str().to_string();
+        if r.targets.iter().any(|t| t.ok) {
+            let labels = vec![("vm".to_string(), r.vm.clone()), ("mode".to_string(), mode.clone())];
+            self.downtime.get_or_create(&labels).set(r.downtime.as_secs_f64());
+        }
+        for t in &r.targets {
+            let labels = target_labels(&r.vm, &t.label);
+            self.duration.get_or_create(&labels).set(t.duration.as_secs_f64());
+            if t.ok {
+                let with_mode = vec![
+                    ("vm".to_string(), r.vm.clone()),
+                    ("mode".to_string(), mode.clone()),
+                    ("target".to_string(), t.label.clone()),
+                ];
+                self.backups.get_or_create(&with_mode).inc();
+                self.size.get_or_create(&labels).set(t.size as i64);
+                self.last_success.get_or_create(&labels).set(r.started_unix as f64);
+            } else {
+                self.failures.get_or_create(&labels).inc();
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -97,10 +157,8 @@ mod tests {
             description: "Strata host-agent: cold backups of whole VM bundles".into(),
             exec: "/usr/local/bin/host-agent".into(),
             config: "/Library/Application Support/Strata/host-agent.toml".into(),
-            dynamic_user: false,
-            bind_privileged: false,
-            needs_root: true,
-            system_user: None,
+            privilege: agent_core::install::Privilege::Root { why: "VMs" },
+            unit: Default::default(),
             credentials: vec![],
         };
         let text = launchd_plist(&spec);

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use agent_core::cli::{self, AgentDef};
+use agent_core::install::{KillMode, Privilege, UnitNeeds};
 use host_agent::{config::DEFAULT_METRICS_PORT, Config, ROLE};
 
 fn main() -> ExitCode {
@@ -11,10 +12,16 @@ fn main() -> ExitCode {
         role: ROLE,
         description: "Strata host-agent: cold backups of whole VM bundles",
         default_metrics_port: DEFAULT_METRICS_PORT,
-        dynamic_user: false,
-        bind_privileged: false,
-        needs_root: true,
-        system_user: None,
+        privilege: Privilege::Root {
+            why: "Root with host mounts and devices: qemu (/dev/kvm), VM bundles wherever they are. No\n\
+                  file-system namespacing (ProtectSystem=, PrivateTmp=, ...): the VMs it starts see the host's files.",
+        },
+        unit: UnitNeeds {
+            // VM bundles and borg repositories may live on ZFS datasets.
+            after: &["zfs-mount.service", "zfs-fuse.service"],
+            wants: &[],
+            kill_mode: KillMode::Process { why: "VMs started by the host agent outlive a restart of it." },
+        },
         reads: |_| vec![],
         secrets: |_| vec![],
         reloads_on_sighup: false,

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_core::clock::now_unix;
 use agent_core::cron::Cron;
 
 use crate::backup::Host;
@@ -17,7 +18,7 @@ const TICK: Duration = Duration::from_secs(15);
 /// is due makes the next one fail as busy (logged), never run twice at once. Several due times passed between two
 /// ticks (the machine slept) start one run; due times passed while the agent was stopped start one run at start,
 /// for VMs with `catch_up` only.
-pub async fn run(host: Arc<Host>) {
+pub(crate) async fn run(host: Arc<Host>) {
     let tz = host.config().timezone.clone();
     let plans: Vec<(String, Cron, bool)> = host
         .config()
@@ -58,17 +59,9 @@ pub async fn run(host: Arc<Host>) {
 fn start(host: &Arc<Host>, name: &str) {
     let (host, name) = (host.clone(), name.to_string());
     tokio::spawn(async move {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        match host.backup(&name, &tx).await {
+        match host.backup(&name, &agent_core::jobs::Reporter::none()).await {
             Ok(r) => tracing::info!(vm = %name, id = %r.id, downtime = ?r.downtime, "scheduled backup done"),
             Err(e) => tracing::error!(vm = %name, error = %e, "scheduled backup failed"),
         }
-        drop(tx);
-        let _ = drain.await;
     });
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }

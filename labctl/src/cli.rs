@@ -32,9 +32,11 @@ its last line and stderr the same text; `completions` always prints the shell sc
 
 Exit codes:
   0   ok
-  1   error: a failed call, an unreachable or timed-out agent, a refused or failed job, a usage error
+  1   error: a failed call, an unreachable or timed-out agent, a refused or failed job, a usage error, a job
+      cancelled by Ctrl-C with --cancel-on-interrupt (or a Cancel the agent refused)
   2   degraded (reserved for `labctl status`)
   78  bad config: labctl's inventory or the TLS files it names are missing or invalid
+  130 Ctrl-C while following a long job without --cancel-on-interrupt: the job goes on (`… watch NAME`)
 
 Example: labctl --timeout 3 --json dns records";
 

@@ -13,6 +13,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic::transport::Channel;
 
 use crate::inventory::{AgentAddr, Inventory};
+use crate::progress::{self, End, Summary, Update};
 
 /// What an agent says about itself.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -232,6 +233,154 @@ where
     }
 }
 
+impl Agent {
+    /// What Ctrl-C does while following a job on `target` (None: several targets): detach with `detached`, or, given
+    /// the agent's Cancel call (`--cancel-on-interrupt`), send Cancel for the job: by its id once an update named it,
+    /// by `target` before the first update.
+    pub fn on_interrupt<'a, F, Fut>(
+        &'a self,
+        detached: String,
+        target: Option<&str>,
+        cancel: Option<F>,
+    ) -> progress::OnInterrupt<'a>
+    where
+        F: FnOnce(strata_proto::v1::JobRef) -> Fut + Send + 'a,
+        Fut: std::future::Future<Output = Result<tonic::Response<strata_proto::v1::CancelResponse>, tonic::Status>>
+            + Send
+            + 'a,
+    {
+        let Some(cancel) = cancel else {
+            return progress::OnInterrupt::Detach(detached);
+        };
+        let name = target.unwrap_or_default().to_string();
+        let cancel: progress::Canceller<'a> = Box::new(move |id: Option<String>| {
+            Box::pin(async move {
+                let job = match id {
+                    Some(id) => strata_proto::v1::JobRef { id, name: String::new() },
+                    None => strata_proto::v1::JobRef { id: String::new(), name },
+                };
+                self.call("cancel", cancel(job)).await.map(|r| r.message).map_err(|e| e.to_string())
+            })
+        });
+        progress::OnInterrupt::Cancel { detached, cancel }
+    }
+
+    /// Follows a long job's stream to its end through the one renderer ([`progress::follow`]) and prints its summary
+    /// on stdout (text, or `{"summaries": [...]}` after the JSON lines). The agent's error status is an error naming
+    /// `what` and the agent; so is a stream that ends without a summary (the job's outcome is unknown).
+    pub async fn follow_job<S>(
+        &self,
+        what: &'static str,
+        stream: S,
+        json: bool,
+        on_interrupt: progress::OnInterrupt<'_>,
+    ) -> anyhow::Result<std::process::ExitCode>
+    where
+        S: futures::Stream<Item = Result<strata_proto::v1::Progress, tonic::Status>> + Unpin,
+    {
+        use futures::StreamExt;
+        match progress::follow(stream.map(|r| r.map(Update::from)), json, on_interrupt).await {
+            End::Done(last) => {
+                progress::print_summary(&last, json, &mut std::io::stdout())?;
+                Ok(std::process::ExitCode::SUCCESS)
+            }
+            End::Failed(s) => Err(self.error(what)(s)),
+            End::Unknown => anyhow::bail!(
+                "{what} on {} ({}): the agent ended the stream without the job's summary: outcome unknown",
+                self.addr.key,
+                self.addr.addr
+            ),
+        }
+    }
+}
+
+impl From<strata_proto::v1::Progress> for Update {
+    fn from(p: strata_proto::v1::Progress) -> Update {
+        Update {
+            step: p.step,
+            done: p.done,
+            total: p.total,
+            message: p.message,
+            job_id: p.job_id,
+            summary: p.summary.map(Summary::from),
+        }
+    }
+}
+
+fn vm_restore(r: strata_proto::v1::VmRestoreSummary) -> progress::VmRestore {
+    progress::VmRestore {
+        vm: r.vm,
+        archive: r.archive,
+        target: r.target,
+        to: r.to,
+        moved_aside: r.moved_aside,
+        started_as: r.started_as,
+    }
+}
+
+fn service_run(r: strata_proto::v1::ServiceRunSummary) -> progress::ServiceRun {
+    progress::ServiceRun { service: r.service, archive: r.archive, snapshot: r.snapshot }
+}
+
+impl From<strata_proto::v1::Summary> for Summary {
+    fn from(s: strata_proto::v1::Summary) -> Summary {
+        use strata_proto::v1::summary::Kind;
+        match s.kind {
+            Some(Kind::VmBackups(b)) => Summary::VmBackups(
+                b.backups
+                    .into_iter()
+                    .map(|b| progress::VmBackup {
+                        vm: b.vm,
+                        id: b.id,
+                        mode: b.mode,
+                        downtime_seconds: b.downtime_seconds,
+                        size: b.size,
+                        warnings: b.warnings,
+                        targets: b
+                            .targets
+                            .into_iter()
+                            .map(|t| progress::VmTarget {
+                                label: t.label,
+                                url: t.url,
+                                ok: t.ok,
+                                error: t.error,
+                                size: t.size,
+                                duration_seconds: t.duration_seconds,
+                                warnings: t.warnings,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            ),
+            Some(Kind::VmRestore(r)) => Summary::VmRestore(vm_restore(r)),
+            Some(Kind::VmDrill(d)) => {
+                Summary::VmDrill { restore: vm_restore(d.restore.unwrap_or_default()), seconds: d.seconds }
+            }
+            Some(Kind::ServiceBackups(b)) => Summary::ServiceBackups(
+                b.backups
+                    .into_iter()
+                    .map(|b| progress::ServiceBackup {
+                        service: b.service,
+                        archive: b.archive,
+                        snapshot: b.snapshot,
+                        downtime_seconds: b.downtime_seconds,
+                        duration_seconds: b.duration_seconds,
+                        original_size: b.original_size,
+                        compressed_size: b.compressed_size,
+                        deduplicated_size: b.deduplicated_size,
+                        pruned: b.pruned,
+                        warnings: b.warnings,
+                    })
+                    .collect(),
+            ),
+            Some(Kind::ServiceRestore(r)) => Summary::ServiceRestore(service_run(r)),
+            Some(Kind::ServiceCheck(r)) => Summary::ServiceCheck(service_run(r)),
+            Some(Kind::ServiceDrill(r)) => Summary::ServiceDrill(service_run(r)),
+            None => Summary::Unknown,
+        }
+    }
+}
+
 /// Asks one agent for its status and health.
 pub async fn status(tls: &TlsMaterial, agent: &AgentAddr, timeout: Duration) -> Result<AgentStatus, String> {
     let channel = tls.connect(&agent.addr, agent.role, timeout).await.map_err(|e| e.to_string())?;
@@ -319,5 +468,87 @@ mod tests {
         assert_eq!(s.next().await.unwrap().unwrap(), 1);
         assert_eq!(s.next().await.unwrap().unwrap(), 2);
         assert!(s.next().await.is_none());
+    }
+
+    #[test]
+    fn progress_and_summaries_convert_from_the_wire() {
+        use strata_proto::v1 as pb;
+        let u = Update::from(pb::Progress {
+            job_id: "backup-lab-1".into(),
+            step: "backup".into(),
+            message: "m".into(),
+            done: 1,
+            total: 2,
+            summary: None,
+        });
+        assert_eq!(
+            u,
+            Update {
+                step: "backup".into(),
+                done: 1,
+                total: 2,
+                message: "m".into(),
+                job_id: "backup-lab-1".into(),
+                summary: None
+            }
+        );
+        let drill = pb::Summary {
+            kind: Some(pb::summary::Kind::VmDrill(pb::VmDrillSummary {
+                restore: Some(pb::VmRestoreSummary { vm: "lab".into(), to: "/s".into(), ..Default::default() }),
+                seconds: 1.5,
+            })),
+        };
+        let want = progress::VmRestore { vm: "lab".into(), to: "/s".into(), ..Default::default() };
+        assert_eq!(Summary::from(drill), Summary::VmDrill { restore: want, seconds: 1.5 });
+        let check = pb::Summary {
+            kind: Some(pb::summary::Kind::ServiceCheck(pb::ServiceRunSummary {
+                service: "photos".into(),
+                ..Default::default()
+            })),
+        };
+        let want = progress::ServiceRun { service: "photos".into(), ..Default::default() };
+        assert_eq!(Summary::from(check), Summary::ServiceCheck(want));
+        // A summary of a kind this labctl does not know still ends the job.
+        assert_eq!(Summary::from(pb::Summary { kind: None }), Summary::Unknown);
+        assert_eq!(serde_json::to_string(&Summary::Unknown).unwrap(), "\"unknown\"");
+    }
+
+    #[tokio::test]
+    async fn a_job_stream_without_a_summary_is_an_unknown_outcome_and_an_error_names_the_agent() {
+        use strata_proto::v1 as pb;
+        let step = pb::Progress { step: "borg".into(), message: "creating".into(), ..Default::default() };
+        let a = agent(None);
+        let stream = futures::stream::iter(vec![Ok(step.clone())]);
+        let e = a
+            .follow_job("backup", stream, false, progress::OnInterrupt::Detach(String::new()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "backup on dns (https://h:1): the agent ended the stream without the job's summary: outcome unknown"
+        );
+        let stream = futures::stream::iter(vec![Ok(step), Err(tonic::Status::aborted("borg create: exit 2"))]);
+        let e = a
+            .follow_job("backup", stream, false, progress::OnInterrupt::Detach(String::new()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("backup on dns (https://h:1): ") && e.ends_with("borg create: exit 2"), "{e}");
+        let last = pb::Progress {
+            step: "done".into(),
+            summary: Some(pb::Summary { kind: Some(pb::summary::Kind::ServiceCheck(Default::default())) }),
+            ..Default::default()
+        };
+        let ok = a
+            .follow_job(
+                "check",
+                futures::stream::iter(vec![Ok(last)]),
+                false,
+                progress::OnInterrupt::Detach(String::new()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(ok, std::process::ExitCode::SUCCESS);
     }
 }

@@ -1,6 +1,7 @@
 //! `labctl services …`: list, lifecycle, logs, sync, audit, and the backups (backup, archives, history, restore,
 //! check, drill) of the services-agent. One of labctl's gRPC edges: converts replies to rows and renders them (table
-//! or `--json`), shows streamed work through `progress`; knows nothing of how the agent drives compose, ZFS or Borg.
+//! or `--json`), follows streamed jobs with `Agent::follow_job`; knows nothing of how the agent drives compose, ZFS
+//! or Borg.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,11 +19,7 @@ use strata_proto::v1::{
 use crate::client::{self, Agent, Timeouts, DEPLOY_TIMEOUT};
 use crate::inventory::Inventory;
 use crate::output::{self, Opts};
-use crate::progress;
 use crate::table::Table;
-
-/// The step of the services-agent's last progress update of a unit of work; its message is the summary.
-const FINAL_STEP: &str = "done";
 
 #[derive(Debug, Subcommand)]
 pub enum ServicesCmd {
@@ -78,7 +75,9 @@ pub enum ServicesCmd {
     #[command(after_help = "Example: labctl services audit")]
     Audit,
     /// Back up one service now (snapshot, then Borg archive), or every backed-up service with `--all`.
-    #[command(after_help = "Example: labctl services backup photos")]
+    #[command(
+        after_help = "Example: labctl services backup photos\nExample: labctl services backup photos --cancel-on-interrupt"
+    )]
     Backup {
         /// The service to back up.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -86,14 +85,24 @@ pub enum ServicesCmd {
         /// Back up every service that has backup settings.
         #[arg(long)]
         all: bool,
+        /// On Ctrl-C, cancel the job (the agent kills its program, undoes as a failure would: containers running
+        /// again, no half-restored data; history says `cancelled`), follow it to its end, then exit 1.
+        #[arg(long)]
+        cancel_on_interrupt: bool,
     },
-    /// List a service's Borg archives: time (UTC), original and deduplicated size.
-    #[command(after_help = "Example: labctl services archives photos")]
+    /// List a service's Borg archives in one of its repositories: time (UTC), original and deduplicated size.
+    #[command(
+        after_help = "Example: labctl services archives photos\nExample: labctl services archives photos --repo offsite"
+    )]
     Archives {
         /// The service (its stack's name in the stacks repository).
         name: String,
+        /// The repository to read, by its label in the agent's config (default: the first reachable, local first).
+        #[arg(long, value_name = "LABEL")]
+        repo: Option<String>,
     },
-    /// Past backups, restores, checks and drills: when, duration, downtime, result.
+    /// Past backups, restores, checks and drills: when, duration, downtime, result; a backup's result per repository
+    /// on the lines below it.
     #[command(after_help = "Example: labctl services history photos --limit 10")]
     History {
         /// Only this service's (default: every service's).
@@ -103,10 +112,15 @@ pub enum ServicesCmd {
         limit: Option<u32>,
     },
     /// Restore a service from an archive (the latest unless `--archive`) or a local `--snapshot`.
-    #[command(after_help = "Example: labctl services restore photos --archive photos-20261125T031500Z")]
+    #[command(
+        after_help = "Example: labctl services restore photos --archive photos-20261125T031500Z\nExample: labctl services restore photos --repo offsite"
+    )]
     Restore {
         /// The service to restore.
         name: String,
+        /// The repository to restore from, by its label (default: the first reachable, local first).
+        #[arg(long, value_name = "LABEL", conflicts_with = "snapshot")]
+        repo: Option<String>,
         /// The Borg archive to restore (see `labctl services archives NAME`).
         #[arg(long, conflicts_with = "snapshot")]
         archive: Option<String>,
@@ -124,18 +138,40 @@ pub enum ServicesCmd {
         /// is, and the service starts (its safety snapshot keeps the data from before that restore).
         #[arg(long, conflicts_with_all = ["archive", "snapshot", "to"])]
         abandon: bool,
+        /// On Ctrl-C, cancel the job (the agent kills its program, undoes as a failure would: containers running
+        /// again, no half-restored data; history says `cancelled`), follow it to its end, then exit 1.
+        #[arg(long)]
+        cancel_on_interrupt: bool,
     },
-    /// Check a service's Borg repository (and archives' data, as configured) now.
-    #[command(after_help = "Example: labctl services check photos")]
+    /// Check a service's Borg repositories (and archives' data, as configured) now: every one, or `--repo`'s.
+    #[command(
+        after_help = "Example: labctl services check photos\nExample: labctl services check photos --repo offsite"
+    )]
     Check {
-        /// The service whose repository to check.
+        /// The service whose repositories to check.
         name: String,
+        /// Only this repository, by its label (default: every repository of the service).
+        #[arg(long, value_name = "LABEL")]
+        repo: Option<String>,
+        /// On Ctrl-C, cancel the job (the agent kills its program, undoes as a failure would: containers running
+        /// again, no half-restored data; history says `cancelled`), follow it to its end, then exit 1.
+        #[arg(long)]
+        cancel_on_interrupt: bool,
     },
     /// Restore a service's latest archive into scratch space, check it, and report (the live service is untouched).
-    #[command(after_help = "Example: labctl services drill photos")]
+    #[command(
+        after_help = "Example: labctl services drill photos\nExample: labctl services drill photos --repo offsite"
+    )]
     Drill {
         /// The service to drill.
         name: String,
+        /// The repository to read, by its label in the agent's config (default: the first reachable, local first).
+        #[arg(long, value_name = "LABEL")]
+        repo: Option<String>,
+        /// On Ctrl-C, cancel the job (the agent kills its program, undoes as a failure would: containers running
+        /// again, no half-restored data; history says `cancelled`), follow it to its end, then exit 1.
+        #[arg(long)]
+        cancel_on_interrupt: bool,
     },
     /// Re-attach to a service's running backup, restore, check or drill (one left with Ctrl-C) and follow it to its
     /// end, as the command that started it would have.
@@ -143,6 +179,10 @@ pub enum ServicesCmd {
     Watch {
         /// The service whose running job to follow.
         name: String,
+        /// On Ctrl-C, cancel the job (the agent kills its program, undoes as a failure would: containers running
+        /// again, no half-restored data; history says `cancelled`), follow it to its end, then exit 1.
+        #[arg(long)]
+        cancel_on_interrupt: bool,
     },
 }
 
@@ -193,6 +233,22 @@ struct HistoryRow {
     result: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     error: String,
+    /// A backup's result per repository.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    repos: Vec<RepoResultRow>,
+}
+
+#[derive(Debug, Serialize)]
+struct RepoResultRow {
+    label: String,
+    url: String,
+    result: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    error: String,
+    archive: String,
+    original_size: u64,
+    deduplicated_size: u64,
+    duration_seconds: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -285,19 +341,32 @@ fn render_history(rows: &[HistoryRow], verbose: bool) -> String {
             h.result.clone(),
             error,
         ]);
+        for r in &h.repos {
+            let error =
+                t.error_cell(&format!("{} {} {} {}", h.service, h.kind, utc(h.started_unix), r.label), &r.error);
+            t.row([
+                String::new(),
+                format!("  {}", r.label),
+                String::new(),
+                span(r.duration_seconds),
+                String::new(),
+                r.result.clone(),
+                error,
+            ]);
+        }
     }
     t.render(verbose)
 }
 
-/// Shows a backup/restore/check/drill stream and prints its summaries on stdout: as text, or as the last JSON line
-/// `{"summaries": [...]}` with `--json` (after one line per update). A stream that ends without a summary is an
-/// error: the outcome of the work is unknown.
+/// Follows a backup/restore/check/drill/watch stream with `Agent::follow_job` (its summary on stdout, an error when
+/// the stream ends without one: the outcome is unknown); Ctrl-C says how to see the job again.
 async fn follow(
     agent: &Agent,
     what: &'static str,
     target: Option<&str>,
     stream: client::FirstWithin<tonic::Streaming<strata_proto::v1::Progress>>,
     json: bool,
+    cancel: Option<&ServicesClient<tonic::transport::Channel>>,
 ) -> Result<ExitCode> {
     let job = if what == "watch" { "job" } else { what };
     let detached = match target {
@@ -307,22 +376,12 @@ async fn follow(
         ),
         None => format!("the {job} goes on on the services-agent; `labctl services history` shows its outcome"),
     };
-    let summaries = progress::follow(stream, json, FINAL_STEP, &detached).await.map_err(agent.error(what))?;
-    if summaries.is_empty() {
-        anyhow::bail!(
-            "{what} on {} ({}): the agent ended the stream without a final `{FINAL_STEP}` step: outcome unknown",
-            agent.addr.key,
-            agent.addr.addr
-        );
-    }
-    if json {
-        println!("{}", serde_json::json!({ "summaries": summaries }));
-    } else {
-        for s in &summaries {
-            println!("{s}");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    let cancel = cancel.map(|c| {
+        let mut c = c.clone();
+        move |job| async move { c.cancel(job).await }
+    });
+    let on_interrupt = agent.on_interrupt(detached, target, cancel);
+    agent.follow_job(what, stream, json, on_interrupt).await
 }
 
 /// A service that needs a look: an error, or a state other than running / deliberately down.
@@ -410,27 +469,36 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
             }
         }
         ServicesCmd::Up { name } => {
-            let message = agent.call("up", c.up(ServiceRef { name: name.clone() })).await?.message;
+            let message =
+                agent.call("up", c.up(ServiceRef { name: name.clone(), ..Default::default() })).await?.message;
             let value = serde_json::json!({ "action": "up", "name": name, "message": message });
             output::result(opts, &value, &message)?;
         }
         ServicesCmd::Down { name } => {
-            let message = agent.call("down", c.down(ServiceRef { name: name.clone() })).await?.message;
+            let message =
+                agent.call("down", c.down(ServiceRef { name: name.clone(), ..Default::default() })).await?.message;
             let value = serde_json::json!({ "action": "down", "name": name, "message": message });
             output::result(opts, &value, &message)?;
         }
         ServicesCmd::Restart { name } => {
-            let message = agent.call("restart", c.restart(ServiceRef { name: name.clone() })).await?.message;
+            let message = agent
+                .call("restart", c.restart(ServiceRef { name: name.clone(), ..Default::default() }))
+                .await?
+                .message;
             let value = serde_json::json!({ "action": "restart", "name": name, "message": message });
             output::result(opts, &value, &message)?;
         }
         ServicesCmd::Pause { name } => {
-            let message = agent.call("pause", c.pause(ServiceRef { name: name.clone() })).await?.message;
+            let message =
+                agent.call("pause", c.pause(ServiceRef { name: name.clone(), ..Default::default() })).await?.message;
             let value = serde_json::json!({ "action": "pause", "name": name, "message": message });
             output::result(opts, &value, &message)?;
         }
         ServicesCmd::Unpause { name } => {
-            let message = agent.call("unpause", c.unpause(ServiceRef { name: name.clone() })).await?.message;
+            let message = agent
+                .call("unpause", c.unpause(ServiceRef { name: name.clone(), ..Default::default() }))
+                .await?
+                .message;
             let value = serde_json::json!({ "action": "unpause", "name": name, "message": message });
             output::result(opts, &value, &message)?;
         }
@@ -486,14 +554,14 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
                 return Ok(ExitCode::FAILURE);
             }
         }
-        ServicesCmd::Backup { name, all } => {
+        ServicesCmd::Backup { name, all, cancel_on_interrupt } => {
             let req = BackupRequest { name: name.clone().unwrap_or_default(), all };
             let s = agent.stream("backup", c.backup(req), true).await?;
-            return follow(agent, "backup", name.as_deref(), s, json).await;
+            return follow(agent, "backup", name.as_deref(), s, json, cancel_on_interrupt.then_some(&c)).await;
         }
-        ServicesCmd::Archives { name } => {
+        ServicesCmd::Archives { name, repo } => {
             let rows: Vec<ArchiveRow> = agent
-                .call("list archives", c.list_archives(ServiceRef { name }))
+                .call("list archives", c.list_archives(ServiceRef { name, repo: repo.unwrap_or_default() }))
                 .await?
                 .archives
                 .into_iter()
@@ -525,6 +593,20 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
                     downtime_seconds: h.downtime_seconds,
                     result: h.result,
                     error: h.error,
+                    repos: h
+                        .repos
+                        .into_iter()
+                        .map(|r| RepoResultRow {
+                            label: r.label,
+                            url: r.url,
+                            result: r.result,
+                            error: r.error,
+                            archive: r.archive,
+                            original_size: r.original_size,
+                            deduplicated_size: r.deduplicated_size,
+                            duration_seconds: r.duration_seconds,
+                        })
+                        .collect(),
                 })
                 .collect();
             if json {
@@ -533,7 +615,7 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
                 print!("{}", render_history(&rows, opts.verbose));
             }
         }
-        ServicesCmd::Restore { name, archive, snapshot, to, resume, abandon } => {
+        ServicesCmd::Restore { name, repo, archive, snapshot, to, resume, abandon, cancel_on_interrupt } => {
             let target = name.clone();
             let req = RestoreRequest {
                 name,
@@ -542,21 +624,24 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
                 to: to.map(|p| p.display().to_string()).unwrap_or_default(),
                 resume,
                 abandon,
+                repo: repo.unwrap_or_default(),
             };
             let s = agent.stream("restore", c.restore(req), true).await?;
-            return follow(agent, "restore", Some(&target), s, json).await;
+            return follow(agent, "restore", Some(&target), s, json, cancel_on_interrupt.then_some(&c)).await;
         }
-        ServicesCmd::Check { name } => {
-            let s = agent.stream("check", c.check(ServiceRef { name: name.clone() }), true).await?;
-            return follow(agent, "check", Some(&name), s, json).await;
+        ServicesCmd::Check { name, repo, cancel_on_interrupt } => {
+            let req = ServiceRef { name: name.clone(), repo: repo.unwrap_or_default() };
+            let s = agent.stream("check", c.check(req), true).await?;
+            return follow(agent, "check", Some(&name), s, json, cancel_on_interrupt.then_some(&c)).await;
         }
-        ServicesCmd::Drill { name } => {
-            let s = agent.stream("drill", c.drill(ServiceRef { name: name.clone() }), true).await?;
-            return follow(agent, "drill", Some(&name), s, json).await;
+        ServicesCmd::Drill { name, repo, cancel_on_interrupt } => {
+            let req = ServiceRef { name: name.clone(), repo: repo.unwrap_or_default() };
+            let s = agent.stream("drill", c.drill(req), true).await?;
+            return follow(agent, "drill", Some(&name), s, json, cancel_on_interrupt.then_some(&c)).await;
         }
-        ServicesCmd::Watch { name } => {
+        ServicesCmd::Watch { name, cancel_on_interrupt } => {
             let s = agent.stream("watch", c.watch(JobRef { id: String::new(), name: name.clone() }), true).await?;
-            return follow(agent, "watch", Some(&name), s, json).await;
+            return follow(agent, "watch", Some(&name), s, json, cancel_on_interrupt.then_some(&c)).await;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -612,9 +697,20 @@ mod tests {
     #[test]
     fn backup_commands_parse() {
         assert!(
-            matches!(parse(&["backup", "photos"]).unwrap(), ServicesCmd::Backup { name: Some(n), all: false } if n == "photos")
+            matches!(parse(&["backup", "photos"]).unwrap(), ServicesCmd::Backup { name: Some(n), all: false, cancel_on_interrupt: false } if n == "photos")
         );
-        assert!(matches!(parse(&["backup", "--all"]).unwrap(), ServicesCmd::Backup { name: None, all: true }));
+        assert!(matches!(
+            parse(&["backup", "--all"]).unwrap(),
+            ServicesCmd::Backup { name: None, all: true, cancel_on_interrupt: false }
+        ));
+        assert!(matches!(
+            parse(&["backup", "photos", "--cancel-on-interrupt"]).unwrap(),
+            ServicesCmd::Backup { cancel_on_interrupt: true, .. }
+        ));
+        for cmd in ["restore", "check", "drill", "watch"] {
+            let c = parse(&[cmd, "photos", "--cancel-on-interrupt"]).unwrap();
+            assert!(format!("{c:?}").contains("cancel_on_interrupt: true"), "{c:?}");
+        }
         assert!(parse(&["backup"]).is_err());
         assert!(parse(&["backup", "photos", "--all"]).is_err());
 
@@ -632,7 +728,16 @@ mod tests {
             ServicesCmd::Restore { archive: None, snapshot: None, to: None, .. }
         ));
         match parse(&["restore", "photos", "--archive", "photos-2026-11-25T03:00", "--to", "/srv/restore"]).unwrap() {
-            ServicesCmd::Restore { name, archive, snapshot, to, resume: false, abandon: false } => {
+            ServicesCmd::Restore {
+                name,
+                repo: None,
+                archive,
+                snapshot,
+                to,
+                resume: false,
+                abandon: false,
+                cancel_on_interrupt: false,
+            } => {
                 assert_eq!(name, "photos");
                 assert_eq!(archive.as_deref(), Some("photos-2026-11-25T03:00"));
                 assert_eq!(snapshot, None);
@@ -695,8 +800,30 @@ mod tests {
                 started_unix: 1_795_629_427,
                 duration_seconds: 187.4,
                 downtime_seconds: 0.4123,
-                result: "ok".into(),
-                error: String::new(),
+                result: "partial".into(),
+                error: "repository offsite: ssh to backup.example: unreachable".into(),
+                repos: vec![
+                    RepoResultRow {
+                        label: "local".into(),
+                        url: "/b/photos".into(),
+                        result: "ok".into(),
+                        error: String::new(),
+                        archive: "photos-20261125T175707Z".into(),
+                        original_size: 10,
+                        deduplicated_size: 5,
+                        duration_seconds: 12.0,
+                    },
+                    RepoResultRow {
+                        label: "offsite".into(),
+                        url: "ssh://backup.example/./photos".into(),
+                        result: "failed".into(),
+                        error: "ssh to backup.example: unreachable".into(),
+                        archive: String::new(),
+                        original_size: 0,
+                        deduplicated_size: 0,
+                        duration_seconds: 15.0,
+                    },
+                ],
             },
             HistoryRow {
                 service: "wiki".into(),
@@ -706,17 +833,22 @@ mod tests {
                 downtime_seconds: 0.0,
                 result: "failed".into(),
                 error: "borg check: exit 1".into(),
+                repos: Vec::new(),
             },
         ];
         let out = render_history(&rows, false);
         assert_eq!(
             out,
-            "SERVICE  KIND    STARTED               DURATION  DOWNTIME  RESULT  ERROR\n\
-             photos   backup  2026-11-25T17:57:07Z  3m7s      0.412s    ok\n\
-             wiki     check   2026-11-25T17:58:20Z  2h5m      0.000s    failed  borg check: exit 1\n"
+            "SERVICE  KIND       STARTED               DURATION  DOWNTIME  RESULT   ERROR\n\
+             photos   backup     2026-11-25T17:57:07Z  3m7s      0.412s    partial  repository offsite: ssh to backup.example: unreachable\n\
+             \x20          local                          12.0s               ok\n\
+             \x20          offsite                        15.0s               failed   ssh to backup.example: unreachable\n\
+             wiki     check      2026-11-25T17:58:20Z  2h5m      0.000s    failed   borg check: exit 1\n"
         );
         assert_eq!(span(4.25), "4.2s");
         assert_eq!(utc(0), "-");
-        assert!(serde_json::to_value(&rows[0]).unwrap().get("error").is_none());
+        assert!(serde_json::to_value(&rows[1]).unwrap().get("error").is_some());
+        assert!(serde_json::to_value(&rows[1]).unwrap().get("repos").is_none());
+        assert_eq!(serde_json::to_value(&rows[0]).unwrap()["repos"][1]["label"], "offsite");
     }
 }

@@ -1,6 +1,6 @@
-//! `labctl vm …`: list, start/stop/suspend/resume, backup (one or all), backups, restore and drill on the
-//! host-agent. One of labctl's gRPC edges: converts replies to rows, shows streamed work through `progress`, and
-//! knows nothing of how the agent drives hypervisors or backup engines.
+//! `labctl vm …`: list, start/stop/suspend/resume, backup (one or all), backups, history, restore and drill on the
+//! host-agent (the reads take `--target LABEL`). One of labctl's gRPC edges: converts replies to rows, follows streamed jobs with
+//! `Agent::follow_job`, and knows nothing of how the agent drives hypervisors or backup engines.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +11,10 @@ use clap::Subcommand;
 use futures::StreamExt;
 use serde::Serialize;
 use strata_proto::v1::host_client::HostClient;
-use strata_proto::v1::{JobRef, ListVmsRequest, VmBackupRequest, VmRef, VmRestoreRequest};
+use strata_proto::v1::{
+    JobRef, ListVmsRequest, VmBackupRequest, VmBackupsRequest, VmDrillRequest, VmHistoryRequest, VmRef,
+    VmRestoreRequest,
+};
 
 use crate::client::{self, Agent, Timeouts};
 use crate::inventory::Inventory;
@@ -19,16 +22,9 @@ use crate::output::{self, Opts};
 use crate::progress;
 use crate::table::Table;
 
-/// The step of the host-agent's progress update that closes one VM's backup; its message is the summary.
-const FINAL_STEP: &str = "finished";
-/// The step that closes a restore (its message is the summary).
-const FINAL_RESTORE_STEP: &str = "done";
-/// The step that closes a drill (its message is the report; the drill's own restore closes with `done` before it).
-const FINAL_DRILL_STEP: &str = "drill";
-
 #[derive(Debug, Subcommand)]
 pub enum VmCmd {
-    /// List the VMs with their state, backup mode and engine, and encryption of storage and target.
+    /// List the VMs with their state, backup mode and engine, targets, and encryption of storage and local targets.
     #[command(after_help = "Example: labctl vm ls")]
     Ls,
     /// Start a VM.
@@ -55,8 +51,11 @@ pub enum VmCmd {
         /// The VM, as named in the host-agent's config.
         name: String,
     },
-    /// Back up one VM, or every VM with `--all`.
-    #[command(after_help = "Example: labctl vm backup services")]
+    /// Back up one VM to every one of its targets (one quiesce for all), or every VM with `--all`. A target that
+    /// fails does not stop the others: the run is then partial, exit 1, naming the target and why.
+    #[command(
+        after_help = "Example: labctl vm backup services\nExample: labctl vm backup services --cancel-on-interrupt"
+    )]
     Backup {
         /// The VM to back up.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -64,21 +63,44 @@ pub enum VmCmd {
         /// Back up every VM of the host-agent's config, one after the other.
         #[arg(long)]
         all: bool,
+        /// On Ctrl-C, cancel the job (the agent kills its program, resumes the VM as a failure would, and records
+        /// it as cancelled) and follow it to its end, then exit 1; without it Ctrl-C leaves the job running.
+        #[arg(long)]
+        cancel_on_interrupt: bool,
     },
-    /// List the backups of a VM with their downtime.
-    #[command(after_help = "Example: labctl vm backups services")]
+    /// List the backups of a VM on one of its targets with their downtime.
+    #[command(
+        after_help = "Example: labctl vm backups services\nExample: labctl vm backups services --target offsite"
+    )]
     Backups {
         /// The VM whose backups to list.
         name: String,
+        /// The target to list (its label); default: the first reachable one, local ones first.
+        #[arg(long, value_name = "LABEL")]
+        target: Option<String>,
+    },
+    /// Past backup runs, one row per run and target: when, id, result of the target and of the run, sizes,
+    /// downtime, error.
+    #[command(after_help = "Example: labctl vm history services\nExample: labctl vm history --target offsite")]
+    History {
+        /// Only this VM's (default: every VM's).
+        name: Option<String>,
+        /// Only this target's rows (its label).
+        #[arg(long, value_name = "LABEL")]
+        target: Option<String>,
     },
     /// Restore a backup (the latest unless `--archive`) into a directory, check it, optionally start it.
-    #[command(after_help = "Example: labctl vm restore services --to /vms/restored/services")]
+    #[command(after_help = "Example: labctl vm restore services --to /vms/restored/services\n\
+                      Example: labctl vm restore services --target offsite --to /vms/restored/services")]
     Restore {
         /// The VM whose backup to restore.
         name: String,
         /// The backup to restore (an id from `labctl vm backups NAME`).
         #[arg(long)]
         archive: Option<String>,
+        /// The target to read it from (its label); default: the first reachable one that has it, local ones first.
+        #[arg(long, value_name = "LABEL")]
+        target: Option<String>,
         /// Where the bundle goes (absolute path on the host); never overwritten without --force.
         #[arg(long)]
         to: PathBuf,
@@ -88,12 +110,23 @@ pub enum VmCmd {
         /// Start the restored VM.
         #[arg(long)]
         start: bool,
+        /// On Ctrl-C, cancel the job (the agent kills its program, resumes the VM as a failure would, and records
+        /// it as cancelled) and follow it to its end, then exit 1; without it Ctrl-C leaves the job running.
+        #[arg(long)]
+        cancel_on_interrupt: bool,
     },
     /// Restore the latest backup into scratch space on the host, check it, and report.
-    #[command(after_help = "Example: labctl vm drill services")]
+    #[command(after_help = "Example: labctl vm drill services\nExample: labctl vm drill services --target offsite")]
     Drill {
         /// The VM whose latest backup to drill.
         name: String,
+        /// The target to read it from (its label); default: the first reachable one with a backup, local ones first.
+        #[arg(long, value_name = "LABEL")]
+        target: Option<String>,
+        /// On Ctrl-C, cancel the job (the agent kills its program, resumes the VM as a failure would, and records
+        /// it as cancelled) and follow it to its end, then exit 1; without it Ctrl-C leaves the job running.
+        #[arg(long)]
+        cancel_on_interrupt: bool,
     },
     /// Re-attach to a VM's running backup, restore or drill (one left with Ctrl-C) and follow it to its end, as the
     /// command that started it would have.
@@ -101,6 +134,10 @@ pub enum VmCmd {
     Watch {
         /// The VM whose running job to follow.
         name: String,
+        /// On Ctrl-C, cancel the job (the agent kills its program, resumes the VM as a failure would, and records
+        /// it as cancelled) and follow it to its end, then exit 1; without it Ctrl-C leaves the job running.
+        #[arg(long)]
+        cancel_on_interrupt: bool,
     },
 }
 
@@ -116,13 +153,17 @@ fn detached(what: &str, name: Option<&str>) -> String {
     }
 }
 
-/// The step that closes a job of `kind` (the first part of its id).
-fn final_step(kind: &str) -> &'static str {
-    match kind {
-        "restore" => FINAL_RESTORE_STEP,
-        "drill" => FINAL_DRILL_STEP,
-        _ => FINAL_STEP,
-    }
+/// What Ctrl-C does to a job on `name` (None: several VMs): detach with `detached`, or, with `cancel`, send Cancel
+/// for the job (`Agent::on_interrupt`).
+fn on_interrupt<'a>(
+    agent: &'a Agent,
+    c: &HostClient<tonic::transport::Channel>,
+    name: Option<&str>,
+    detached: String,
+    cancel: bool,
+) -> progress::OnInterrupt<'a> {
+    let mut c = c.clone();
+    agent.on_interrupt(detached, name, cancel.then_some(move |job| async move { c.cancel(job).await }))
 }
 
 #[derive(Debug, Serialize)]
@@ -135,6 +176,7 @@ struct VmRow {
     storage_encrypted: bool,
     target_encrypted: bool,
     last_backup_unix: i64,
+    targets: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -144,6 +186,46 @@ struct BackupRow {
     downtime_seconds: f64,
     size: u64,
     engine: String,
+    target: String,
+}
+
+#[derive(Debug, Serialize)]
+struct HistoryRow {
+    vm: String,
+    id: String,
+    target: String,
+    url: String,
+    time_unix: i64,
+    mode: String,
+    downtime_seconds: f64,
+    duration_seconds: f64,
+    size: u64,
+    /// This target's result: `ok` or `failed`.
+    result: String,
+    /// The run's: `ok` (every target), `partial`, `failed`.
+    run: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    message: String,
+}
+
+fn render_history(rows: &[HistoryRow], verbose: bool) -> String {
+    let mut t = Table::new(["VM", "TIME", "ID", "TARGET", "RESULT", "RUN", "DOWNTIME", "DURATION", "SIZE", "MESSAGE"]);
+    for h in rows {
+        let message = t.error_cell(&format!("{} {} {}", h.vm, h.id, h.target), &h.message);
+        t.row([
+            h.vm.clone(),
+            when(h.time_unix),
+            h.id.clone(),
+            h.target.clone(),
+            h.result.clone(),
+            h.run.clone(),
+            format!("{:.3}s", h.downtime_seconds),
+            format!("{:.1}s", h.duration_seconds),
+            h.size.to_string(),
+            message,
+        ]);
+    }
+    t.render(verbose)
 }
 
 fn yes_no(b: bool) -> String {
@@ -159,27 +241,6 @@ fn when(unix: i64) -> String {
             format!("{:04}-{:02}-{:02} {:02}:{:02}Z", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute())
         })
         .unwrap_or_default()
-}
-
-/// Shows a job's progress stream and prints its summaries: on stdout as text, or as the last JSON line
-/// `{"summaries": [...]}` with `--json` (after one line per update).
-async fn follow(
-    agent: &Agent,
-    what: &'static str,
-    stream: impl futures::Stream<Item = Result<strata_proto::v1::VmProgress, tonic::Status>> + Unpin,
-    json: bool,
-    final_step: &str,
-    on_interrupt: &str,
-) -> Result<ExitCode> {
-    let summaries = progress::follow(stream, json, final_step, on_interrupt).await.map_err(agent.error(what))?;
-    if json {
-        println!("{}", serde_json::json!({ "summaries": summaries }));
-    } else {
-        for line in summaries {
-            println!("{line}");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) -> Result<ExitCode> {
@@ -204,13 +265,23 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) ->
                     storage_encrypted: v.storage_encrypted,
                     target_encrypted: v.target_encrypted,
                     last_backup_unix: v.last_backup_unix,
+                    targets: v.targets,
                 })
                 .collect();
             if json {
                 return output::json(&rows).map(|_| ExitCode::SUCCESS);
             }
-            let mut t =
-                Table::new(["NAME", "BACKEND", "STATE", "MODE", "ENGINE", "DISK ENC", "TARGET ENC", "LAST BACKUP"]);
+            let mut t = Table::new([
+                "NAME",
+                "BACKEND",
+                "STATE",
+                "MODE",
+                "ENGINE",
+                "TARGETS",
+                "DISK ENC",
+                "TARGET ENC",
+                "LAST BACKUP",
+            ]);
             for r in &rows {
                 t.row([
                     r.name.clone(),
@@ -218,6 +289,7 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) ->
                     r.state.clone(),
                     r.mode.clone(),
                     r.engine.clone(),
+                    r.targets.join(","),
                     yes_no(r.storage_encrypted),
                     yes_no(r.target_encrypted),
                     when(r.last_backup_unix),
@@ -242,13 +314,16 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) ->
             let message = agent.call("resume", c.resume(VmRef { name: name.clone() })).await?.message;
             action("resume", name, message)
         }
-        VmCmd::Backup { name, all } => {
+        VmCmd::Backup { name, all, cancel_on_interrupt } => {
             let req = VmBackupRequest { name: name.clone().unwrap_or_default(), all };
             let s = agent.stream("backup", c.backup(req), true).await?;
-            follow(&agent, "backup", s, json, FINAL_STEP, &detached("backup", name.as_deref())).await
+            let said = detached("backup", name.as_deref());
+            let ctrl_c = on_interrupt(&agent, &c, name.as_deref(), said, cancel_on_interrupt);
+            agent.follow_job("backup", s, json, ctrl_c).await
         }
-        VmCmd::Backups { name } => {
-            let list = agent.call("list backups", c.list_backups(VmRef { name })).await?.backups;
+        VmCmd::Backups { name, target } => {
+            let req = VmBackupsRequest { name, target: target.unwrap_or_default() };
+            let list = agent.call("list backups", c.list_backups(req)).await?.backups;
             let rows: Vec<BackupRow> = list
                 .into_iter()
                 .map(|b| BackupRow {
@@ -257,12 +332,13 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) ->
                     downtime_seconds: b.downtime_seconds,
                     size: b.size,
                     engine: b.engine,
+                    target: b.target,
                 })
                 .collect();
             if json {
                 return output::json(&rows).map(|_| ExitCode::SUCCESS);
             }
-            let mut t = Table::new(["ID", "TIME", "DOWNTIME", "SIZE", "ENGINE"]);
+            let mut t = Table::new(["ID", "TIME", "DOWNTIME", "SIZE", "ENGINE", "TARGET"]);
             for r in &rows {
                 t.row([
                     r.id.clone(),
@@ -270,35 +346,66 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) ->
                     format!("{:.3}s", r.downtime_seconds),
                     r.size.to_string(),
                     r.engine.clone(),
+                    r.target.clone(),
                 ]);
             }
             print!("{t}");
             Ok(ExitCode::SUCCESS)
         }
-        VmCmd::Restore { name, archive, to, force, start } => {
-            let detached = detached("restore", Some(&name));
+        VmCmd::History { name, target } => {
+            let req = VmHistoryRequest { name: name.unwrap_or_default(), target: target.unwrap_or_default() };
+            let entries = agent.call("history", c.history(req)).await?.entries;
+            let rows: Vec<HistoryRow> = entries
+                .into_iter()
+                .map(|h| HistoryRow {
+                    vm: h.vm,
+                    id: h.id,
+                    target: h.target,
+                    url: h.url,
+                    time_unix: h.time_unix,
+                    mode: h.mode,
+                    downtime_seconds: h.downtime_seconds,
+                    duration_seconds: h.duration_seconds,
+                    size: h.size,
+                    result: if h.ok { "ok" } else { "failed" }.into(),
+                    run: h.run_status,
+                    message: h.message,
+                })
+                .collect();
+            if json {
+                return output::json(&rows).map(|_| ExitCode::SUCCESS);
+            }
+            print!("{}", render_history(&rows, opts.verbose));
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCmd::Restore { name, archive, target, to, force, start, cancel_on_interrupt } => {
+            let ctrl_c = on_interrupt(&agent, &c, Some(&name), detached("restore", Some(&name)), cancel_on_interrupt);
             let req = VmRestoreRequest {
                 name,
                 archive: archive.unwrap_or_default(),
                 to: to.display().to_string(),
                 force,
                 start,
+                target: target.unwrap_or_default(),
             };
             let s = agent.stream("restore", c.restore(req), true).await?;
-            follow(&agent, "restore", s, json, FINAL_RESTORE_STEP, &detached).await
+            agent.follow_job("restore", s, json, ctrl_c).await
         }
-        VmCmd::Drill { name } => {
-            let s = agent.stream("drill", c.drill(VmRef { name: name.clone() }), true).await?;
-            follow(&agent, "drill", s, json, FINAL_DRILL_STEP, &detached("drill", Some(&name))).await
+        VmCmd::Drill { name, target, cancel_on_interrupt } => {
+            let req = VmDrillRequest { name: name.clone(), target: target.unwrap_or_default() };
+            let s = agent.stream("drill", c.drill(req), true).await?;
+            let ctrl_c = on_interrupt(&agent, &c, Some(&name), detached("drill", Some(&name)), cancel_on_interrupt);
+            agent.follow_job("drill", s, json, ctrl_c).await
         }
-        VmCmd::Watch { name } => {
+        VmCmd::Watch { name, cancel_on_interrupt } => {
             let mut s = agent.stream("watch", c.watch(JobRef { id: String::new(), name: name.clone() }), true).await?;
-            // The job's kind (the first part of its id, on every update) says which step closes it.
+            // The job's kind (the first part of its id, on every update) says where its outcome shows.
             let first = s.next().await.transpose().map_err(agent.error("watch"))?;
             let kind = first.as_ref().map_or("", |p| p.job_id.split('-').next().unwrap_or(""));
-            let (step, said) = (final_step(kind), detached(if kind.is_empty() { "job" } else { kind }, Some(&name)));
+            let said = detached(if kind.is_empty() { "job" } else { kind }, Some(&name));
             let rest = futures::stream::iter(first.map(Ok)).chain(s);
-            follow(&agent, "watch", Box::pin(rest), json, step, &said).await
+            let ctrl_c = on_interrupt(&agent, &c, Some(&name), said, cancel_on_interrupt);
+            agent.follow_job("watch", Box::pin(rest), json, ctrl_c).await
         }
     }
 }
@@ -321,6 +428,16 @@ mod tests {
         assert!(matches!(Cli::try_parse_from(["vm", "backup", "--all"]).unwrap().cmd, VmCmd::Backup { all: true, .. }));
         assert!(Cli::try_parse_from(["vm", "backup"]).is_err());
         assert!(Cli::try_parse_from(["vm", "backup", "lab", "--all"]).is_err());
+        let c = Cli::try_parse_from(["vm", "restore", "lab", "--target", "offsite", "--to", "/r/lab"]).unwrap();
+        assert!(matches!(c.cmd, VmCmd::Restore { target: Some(t), .. } if t == "offsite"));
+        let c = Cli::try_parse_from(["vm", "drill", "lab", "--target", "offsite"]).unwrap();
+        assert!(matches!(c.cmd, VmCmd::Drill { target: Some(t), .. } if t == "offsite"));
+        let c = Cli::try_parse_from(["vm", "backups", "lab", "--target", "local"]).unwrap();
+        assert!(matches!(c.cmd, VmCmd::Backups { target: Some(t), .. } if t == "local"));
+        assert!(matches!(
+            Cli::try_parse_from(["vm", "history"]).unwrap().cmd,
+            VmCmd::History { name: None, target: None }
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::model::{ContainerInfo, NetworkInfo, PlannedService, Violation};
 
 /// What the gate needs besides the plan: where a stack may bind-mount from.
 #[derive(Debug, Clone)]
-pub struct GateRoots {
+pub(crate) struct GateRoots {
     /// `[stacks] bind_roots`, symlinks resolved.
     pub roots: Vec<PathBuf>,
     /// The stack's own directory in the checkout (`./data` binds), symlinks resolved.
@@ -26,7 +26,7 @@ pub struct GateRoots {
 /// * `host-mount`: a bind of any other host path outside `[stacks] bind_roots` and the stack's own directory;
 /// * `cap-add`: any `cap_add`;
 /// * `devices`: any `devices`.
-pub fn gate(svc: &Service, plan: &[PlannedService], roots: &GateRoots) -> Vec<Violation> {
+pub(crate) fn gate(svc: &Service, plan: &[PlannedService], roots: &GateRoots) -> Vec<Violation> {
     let mut out = Vec::new();
     for p in plan {
         let mut flag = |rule: &str, detail: String| {
@@ -84,7 +84,7 @@ pub fn gate(svc: &Service, plan: &[PlannedService], roots: &GateRoots) -> Vec<Vi
 /// * `host-network`: no `network_mode: host`;
 /// * `privileged`: no privileged container;
 /// * `docker-socket`: no bind mount of the Docker socket.
-pub fn audit(
+pub(crate) fn audit(
     services: &[Service],
     hub: &Hub,
     containers: &[ContainerInfo],

@@ -1,7 +1,9 @@
 //! Per-service backups: the run (pre-hooks → quiesce exactly the running containers → recursive ZFS snapshot →
-//! resume → post-hooks → clone mounted at a stable path → `borg create` → destroy the clone → prune → compact →
-//! local snapshot retention), each step journaled before it is done; the job limits (one job per repository,
-//! `[backup] parallel` services at once, the host's lease); metrics and notifications. Restores, checks and drills
+//! resume → post-hooks → clone mounted at a stable path → `borg create` into each of the service's repositories →
+//! destroy the clone → per repository prune → compact → local snapshot retention), each step journaled before it is
+//! done, each repository's result recorded (some failed, some not: a `partial` run); the job limits (one job per
+//! service and its repositories, `[backup] parallel` services and repositories at once, the host's lease); metrics
+//! and notifications. Restores, checks and drills
 //! are in `restore`, crash repair in `recovery`. Must not know proto/tonic (the `grpc` module converts), nor the
 //! CLIs of zfs/borg/docker (their modules do).
 
@@ -10,34 +12,34 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_core::borg::{BorgError, Repo};
+use agent_core::borg::BorgError;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
-use crate::config::{Config, HookWhen, Passphrase, Quiesce, Service, ServiceBackup};
+use crate::config::{Config, HookWhen, Quiesce, Service, ServiceBackup};
 use crate::docker::{DockerError, Engine};
-use crate::journal::{self, step, Journal, JournalError, Outcome};
+use crate::journal::{self, step, Job, Journal, JournalError, Outcome, Quiesced, RepoRun, Trigger};
 use crate::lease::Gate;
-use crate::model::Progress;
 use crate::notify::{self, Event, NotifyTarget, Phase};
 use crate::zfs::{self, ZfsError};
+use agent_core::repos::RepoSpec;
 
 /// Our snapshots are `strata-YYYYMMDDTHHMMSSZ`; safety snapshots before a restore `strata-prerestore-…`.
-pub const SNAPSHOT_PREFIX: &str = "strata-";
-pub const PRERESTORE_PREFIX: &str = "strata-prerestore-";
+pub(crate) const SNAPSHOT_PREFIX: &str = "strata-";
+pub(crate) const PRERESTORE_PREFIX: &str = "strata-prerestore-";
 /// Our clones and scratch datasets are direct children of the pool: `POOL/strata-clone-SERVICE`,
 /// `POOL/strata-scratch-SERVICE`. Recovery destroys only names with these prefixes.
-pub const CLONE_PREFIX: &str = "strata-clone-";
-pub const SCRATCH_PREFIX: &str = "strata-scratch-";
+pub(crate) const CLONE_PREFIX: &str = "strata-clone-";
+pub(crate) const SCRATCH_PREFIX: &str = "strata-scratch-";
 /// Set in the environment of every long-running program a job starts (borg, cp): recovery kills the ones a dead
 /// agent left behind, and only those.
-pub const OWNER_ENV: &str = "STRATA_JOB_OWNER";
+pub(crate) const OWNER_ENV: &str = "STRATA_JOB_OWNER";
 
 #[derive(Debug, thiserror::Error)]
-pub enum JobError {
+pub(crate) enum JobError {
     #[error("service {0} is not in the config")]
     Unknown(String),
     #[error("service {0} has no backup settings (dataset, repo)")]
@@ -46,40 +48,57 @@ pub enum JobError {
     Refused { service: String, message: String },
     #[error("service {service}: {step}: {message}")]
     Step { service: String, step: &'static str, message: String },
+    /// Some repositories got the run's archive, others did not (`message` names them and why).
+    #[error("service {service}: partial backup: {message}")]
+    Partial { service: String, message: String, report: Box<BackupReport> },
     #[error(transparent)]
     Journal(#[from] JournalError),
 }
 
 impl JobError {
-    pub fn step(service: &str, step: &'static str, e: impl std::fmt::Display) -> JobError {
+    pub(crate) fn step(service: &str, step: &'static str, e: impl std::fmt::Display) -> JobError {
         JobError::Step { service: service.to_string(), step, message: e.to_string() }
     }
 }
 
 /// Labels of the per-service metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServiceLabel {
+pub(crate) struct ServiceLabel {
     pub service: String,
+}
+
+/// Labels of the per-repository metrics: a stale remote shows while the local copy is fresh.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RepoLabel {
+    pub service: String,
+    pub repo: String,
+}
+
+pub(crate) fn repo_label(service: &str, repo: &str) -> RepoLabel {
+    RepoLabel { service: service.to_string(), repo: repo.to_string() }
 }
 
 type FGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 /// Per-service backup metrics.
 #[derive(Clone, Default)]
-pub struct BackupMetrics {
-    pub last_success: Family<ServiceLabel, FGauge>,
+pub(crate) struct BackupMetrics {
+    pub last_success: Family<RepoLabel, FGauge>,
     pub duration: Family<ServiceLabel, FGauge>,
     pub downtime: Family<ServiceLabel, FGauge>,
-    pub original_size: Family<ServiceLabel, Gauge>,
-    pub deduplicated_size: Family<ServiceLabel, Gauge>,
+    pub original_size: Family<RepoLabel, Gauge>,
+    pub deduplicated_size: Family<RepoLabel, Gauge>,
+    /// Runs that failed or were partial.
     pub failures: Family<ServiceLabel, Counter>,
+    /// Runs in which this repository failed.
+    pub repo_failures: Family<RepoLabel, Counter>,
 }
 
 impl BackupMetrics {
-    pub fn register(&self, m: &agent_core::telemetry::Metrics) {
+    pub(crate) fn register(&self, m: &agent_core::telemetry::Metrics) {
         m.register(
             "services_backup_last_success_timestamp_seconds",
-            "When the last successful backup of the service started (Unix seconds)",
+            "When the last backup run that reached this repository of the service started (Unix seconds)",
             self.last_success.clone(),
         );
         m.register("services_backup_duration_seconds", "Duration of the last backup run", self.duration.clone());
@@ -94,48 +113,21 @@ impl BackupMetrics {
             "Bytes the last archive added to its repository",
             self.deduplicated_size.clone(),
         );
-        m.register("services_backup_failures", "Backup runs that failed", self.failures.clone());
+        m.register("services_backup_failures", "Backup runs that failed or were partial", self.failures.clone());
+        m.register(
+            "services_backup_repo_failures",
+            "Backup runs in which this repository failed",
+            self.repo_failures.clone(),
+        );
     }
 }
 
-/// Where a job reports its progress (a labctl stream, or nowhere for scheduled runs).
-#[derive(Clone)]
-pub struct Reporter {
-    tx: Option<mpsc::Sender<Progress>>,
-    prefix: String,
-}
-
-impl Reporter {
-    pub fn new(tx: mpsc::Sender<Progress>) -> Reporter {
-        Reporter { tx: Some(tx), prefix: String::new() }
-    }
-
-    pub fn none() -> Reporter {
-        Reporter { tx: None, prefix: String::new() }
-    }
-
-    /// The same stream, each message prefixed with the service name (for `--all`).
-    pub fn for_service(&self, service: &str) -> Reporter {
-        Reporter { tx: self.tx.clone(), prefix: format!("{service}: ") }
-    }
-
-    pub async fn say(&self, step: &str, message: impl Into<String>) {
-        self.progress(step, 0, 0, message).await;
-    }
-
-    pub async fn progress(&self, step: &str, done: u64, total: u64, message: impl Into<String>) {
-        let message = format!("{}{}", self.prefix, message.into());
-        tracing::debug!(step, "{message}");
-        if let Some(tx) = &self.tx {
-            // A client that went away does not stop the job.
-            let _ = tx.send(Progress { step: step.to_string(), done, total, message }).await;
-        }
-    }
-}
+/// Where a job reports its progress (a labctl stream, or nowhere for scheduled runs): agent-core's.
+pub(crate) use agent_core::jobs::Reporter;
 
 /// What a finished backup did.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct BackupReport {
+pub(crate) struct BackupReport {
     pub service: String,
     pub archive: String,
     pub snapshot: String,
@@ -146,10 +138,12 @@ pub struct BackupReport {
     pub deduplicated_size: u64,
     pub pruned: Vec<String>,
     pub warnings: Vec<String>,
+    /// What each repository got.
+    pub repos: Vec<RepoRun>,
 }
 
 impl BackupReport {
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let mut s = format!(
             "{}: archive {} in {:.1} s, downtime {:.3} s, {} original, {} added to the repository",
             self.service,
@@ -165,11 +159,22 @@ impl BackupReport {
         if !self.warnings.is_empty() {
             s.push_str(&format!(", {} borg warning(s): {}", self.warnings.len(), self.warnings.join("; ")));
         }
+        if self.repos.len() > 1 {
+            let per: Vec<String> = self
+                .repos
+                .iter()
+                .map(|r| match r.succeeded() {
+                    true => format!("{} {} in {:.1} s", r.label, r.result, r.duration_seconds),
+                    false => format!("{} {}: {}", r.label, r.result, r.error),
+                })
+                .collect();
+            s.push_str(&format!("; repositories: {}", per.join("; ")));
+        }
         s
     }
 }
 
-pub fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut u = 0;
@@ -185,7 +190,7 @@ pub fn human(bytes: u64) -> String {
 }
 
 /// `YYYYMMDDTHHMMSSZ` of now (UTC).
-pub fn timestamp_now() -> String {
+pub(crate) fn timestamp_now() -> String {
     let t = time::OffsetDateTime::now_utc();
     format!(
         "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
@@ -198,45 +203,63 @@ pub fn timestamp_now() -> String {
     )
 }
 
-/// The archive glob of a service: `NAME-YYYYMMDDTHHMMSSZ` and Borg's `.checkpoint` leftovers of such archives.
-pub fn archive_glob(service: &str) -> String {
-    format!("{service}-????????T??????Z*")
+/// How a job that ended in an error is recorded and told: `cancelled` when its job was cancelled (`Cancel`; the
+/// failure is the cancellation's doing), `failed` otherwise.
+pub(crate) fn failed_or_cancelled() -> (&'static str, Phase) {
+    if agent_core::runner::is_cancelled() {
+        ("cancelled", Phase::Cancel)
+    } else {
+        ("failed", Phase::Fail)
+    }
+}
+
+/// The archive glob of a service: its archives (`NAME-YYYYMMDDTHHMMSSZ`, the scheme of `agent_core::borg`) and
+/// Borg's `.checkpoint` leftovers of such archives.
+pub(crate) fn archive_glob(service: &str) -> String {
+    format!("{}*", agent_core::borg::archive_glob(service))
 }
 
 /// The timestamp part of one of our archive names, if it is one.
-pub fn archive_timestamp<'a>(service: &str, archive: &'a str) -> Option<&'a str> {
-    let ts = archive.strip_prefix(service)?.strip_prefix('-')?;
-    is_timestamp(ts).then_some(ts)
+pub(crate) fn archive_timestamp<'a>(service: &str, archive: &'a str) -> Option<&'a str> {
+    agent_core::borg::archive_stamp(service, archive)
 }
 
 /// True for `YYYYMMDDTHHMMSSZ`.
-pub fn is_timestamp(ts: &str) -> bool {
-    let b = ts.as_bytes();
-    b.len() == 16 && b[8] == b'T' && b[15] == b'Z' && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+pub(crate) fn is_timestamp(ts: &str) -> bool {
+    agent_core::borg::is_stamp(ts)
 }
 
 /// The services agent's jobs: see the module docs.
-pub struct Backups {
+pub(crate) struct Backups {
     pub(crate) cfg: Arc<Config>,
     pub(crate) journal: Journal,
     pub gate: Gate,
     parallel: Semaphore,
-    repo_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) repo_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub metrics: BackupMetrics,
     pub(crate) host: String,
 }
 
 impl Backups {
-    pub fn open(cfg: Arc<Config>) -> Result<Backups, JournalError> {
+    pub(crate) fn open(cfg: Arc<Config>) -> Result<Backups, JournalError> {
         let journal = Journal::open(&cfg.common.state_dir)?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
         let metrics = BackupMetrics::default();
-        // The last success survives a restart: read back from the history, so alerts see no gap.
-        for s in cfg.services.iter().filter(|s| s.backup.is_some()) {
-            if let Ok(Some(t)) = journal.last_ok(&s.name, "backup") {
-                metrics.last_success.get_or_create(&ServiceLabel { service: s.name.clone() }).set(t);
+        // The last success survives a restart: read back from the history, so alerts see no gap. Runs from before
+        // per-repository results count for a service's only repository.
+        for s in cfg.services.iter() {
+            let Some(b) = s.backup.as_deref() else { continue };
+            for r in &b.repos {
+                let t = match journal.last_repo_ok(&s.name, &r.label) {
+                    Ok(Some(t)) => Some(t),
+                    _ if b.repos.len() == 1 => journal.last_ok(&s.name, Job::Backup).ok().flatten(),
+                    _ => None,
+                };
+                if let Some(t) = t {
+                    metrics.last_success.get_or_create(&repo_label(&s.name, &r.label)).set(t);
+                }
             }
         }
         Ok(Backups {
@@ -250,7 +273,7 @@ impl Backups {
         })
     }
 
-    pub fn journal(&self) -> &Journal {
+    pub(crate) fn journal(&self) -> &Journal {
         &self.journal
     }
 
@@ -262,34 +285,18 @@ impl Backups {
     }
 
     /// The time zone backup schedules are read in.
-    pub fn timezone(&self) -> &agent_core::cron::TimeZone {
+    pub(crate) fn timezone(&self) -> &agent_core::cron::TimeZone {
         &self.cfg.timezone
     }
 
     /// The services that have backup settings.
-    pub fn backed_up(&self) -> Vec<String> {
+    pub(crate) fn backed_up(&self) -> Vec<String> {
         self.cfg.services.iter().filter(|s| s.backup.is_some()).map(|s| s.name.clone()).collect()
     }
 
     /// The value of [`OWNER_ENV`] in the programs this agent runs for jobs.
     pub(crate) fn owner(&self) -> String {
         format!("services-agent:{}", self.cfg.common.state_dir.display())
-    }
-
-    /// The service's Borg repository, with its passphrase source. Its borg processes carry [`OWNER_ENV`], so that
-    /// recovery can find the ones a dead agent left running.
-    pub(crate) fn repo(&self, b: &ServiceBackup) -> Repo {
-        let r = Repo::new(b.repo.clone()).env(OWNER_ENV, self.owner());
-        match &b.passphrase {
-            Passphrase::Command(c) => r.passcommand(c.clone()),
-            Passphrase::File(f) => r.passphrase_file(f),
-            Passphrase::None => r,
-        }
-    }
-
-    /// One job per repository at a time.
-    pub(crate) fn repo_lock(&self, repo: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.repo_locks.lock().unwrap_or_else(|e| e.into_inner()).entry(repo.to_string()).or_default().clone()
     }
 
     pub(crate) fn mount_path(&self, service: &str) -> PathBuf {
@@ -303,7 +310,7 @@ impl Backups {
     pub(crate) async fn notify(&self, b: &ServiceBackup, phase: Phase, event: Event) {
         let mut targets = self.targets(b);
         // A healthchecks check is the backup's heartbeat: a passing drill or check must not stand in for it.
-        if event.job != "backup" {
+        if event.job != Job::Backup.as_str() {
             targets.retain(|t| t.kind != crate::notify::NotifyKind::Healthchecks);
         }
         if !targets.is_empty() {
@@ -311,7 +318,7 @@ impl Backups {
         }
     }
 
-    pub(crate) fn event(&self, service: &str, job: &str, phase: &'static str) -> Event {
+    pub(crate) fn event(&self, service: &str, job: Job, phase: &'static str) -> Event {
         Event {
             service: service.to_string(),
             job: job.to_string(),
@@ -325,16 +332,21 @@ impl Backups {
     }
 
     /// Backs up every backed-up service, `[backup] parallel` at a time; one report (or error) per service.
-    pub async fn backup_all(
+    pub(crate) async fn backup_all(
         self: &Arc<Self>,
-        trigger: &str,
+        trigger: Trigger,
         rep: &Reporter,
     ) -> Vec<(String, Result<BackupReport, JobError>)> {
         let mut tasks = Vec::new();
         for name in self.backed_up() {
-            let (me, trigger, rep) = (self.clone(), trigger.to_string(), rep.for_service(&name));
+            let (me, rep) = (self.clone(), rep.for_target(&name));
+            // The job's cancellation scope does not follow a spawned task: hand it over.
+            let cancel = agent_core::runner::current_cancel();
             tasks.push(tokio::spawn(async move {
-                let r = me.backup(&name, &trigger, &rep).await;
+                let r = match cancel {
+                    Some(token) => agent_core::runner::with_cancel(token, me.backup(&name, trigger, &rep)).await,
+                    None => me.backup(&name, trigger, &rep).await,
+                };
                 (name, r)
             }));
         }
@@ -350,7 +362,7 @@ impl Backups {
 
     /// One backup run of `name` (see the module docs). The run is recorded in the history whatever happens, a
     /// notification is sent, and the containers are running again whatever failed.
-    pub async fn backup(&self, name: &str, trigger: &str, rep: &Reporter) -> Result<BackupReport, JobError> {
+    pub(crate) async fn backup(&self, name: &str, trigger: Trigger, rep: &Reporter) -> Result<BackupReport, JobError> {
         let (_, b) = self.settings(name)?;
         let _job = self
             .gate
@@ -359,19 +371,53 @@ impl Backups {
             })
             .await;
         let _slot = self.parallel.acquire().await.map_err(|e| JobError::step(name, step::PREFLIGHT, e))?;
-        let lock = self.repo_lock(&b.repo);
-        let _repo = lock.lock().await;
-        let run = self.journal.start_run(name, "backup", trigger)?;
+        let _repos = self.lock_repos(b).await;
+        let run = self.journal.start_run(name, Job::Backup, trigger)?;
         let started = Instant::now();
-        tracing::info!(service = name, trigger, "backup started");
-        self.notify(b, Phase::Start, self.event(name, "backup", "start")).await;
+        tracing::info!(service = name, %trigger, "backup started");
+        self.notify(b, Phase::Start, self.event(name, Job::Backup, "start")).await;
         let mut downtime = Duration::ZERO;
-        let result = self.backup_steps(run, name, b, rep, &mut downtime).await;
+        let mut repos: Vec<RepoRun> = Vec::new();
+        let result = self.backup_steps(run, name, b, rep, &mut downtime, &mut repos).await;
         let duration = started.elapsed();
+        // In config order, whatever step each repository ended at.
+        repos.sort_by_key(|r| b.repos.iter().position(|c| c.label == r.label));
+        let result = result.map(|mut report| {
+            report.repos = repos.clone();
+            report
+        });
+        // Each repository's own result, whatever the run's: recorded, and its metrics.
+        for r in &repos {
+            if let Err(e) = self.journal.record_repo(run, name, r) {
+                tracing::error!(service = name, repo = %r.label, error = %e, "cannot record the repository's result");
+            }
+            let label = repo_label(name, &r.label);
+            if r.succeeded() {
+                self.metrics.last_success.get_or_create(&label).set(journal::now_unix() - duration.as_secs_f64());
+                self.metrics.original_size.get_or_create(&label).set(r.original_size as i64);
+                self.metrics.deduplicated_size.get_or_create(&label).set(r.deduplicated_size as i64);
+            } else {
+                self.metrics.repo_failures.get_or_create(&label).inc();
+            }
+        }
+        // Some repositories got the archive, others not: a partial run, told as a failure naming them.
+        let failed: Vec<&RepoRun> = repos.iter().filter(|r| !r.succeeded()).collect();
+        let result = match result {
+            Ok(r) if !failed.is_empty() => Err(JobError::Partial {
+                service: name.to_string(),
+                message: failed
+                    .iter()
+                    .map(|f| format!("repository {}: {}", f.label, f.error))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                report: Box::new(r),
+            }),
+            other => other,
+        };
         let label = ServiceLabel { service: name.to_string() };
         self.metrics.duration.get_or_create(&label).set(duration.as_secs_f64());
         self.metrics.downtime.get_or_create(&label).set(downtime.as_secs_f64());
-        let mut event = self.event(name, "backup", "success");
+        let mut event = self.event(name, Job::Backup, "success");
         event.duration_seconds = duration.as_secs_f64();
         event.downtime_seconds = downtime.as_secs_f64();
         match result {
@@ -389,9 +435,6 @@ impl Backups {
                     deduplicated_size: r.deduplicated_size,
                 };
                 self.journal.finish(run, &o)?;
-                self.metrics.last_success.get_or_create(&label).set(journal::now_unix() - duration.as_secs_f64());
-                self.metrics.original_size.get_or_create(&label).set(r.original_size as i64);
-                self.metrics.deduplicated_size.get_or_create(&label).set(r.deduplicated_size as i64);
                 tracing::info!(service = name, archive = %r.archive, downtime = ?downtime, "backup done");
                 event.message = r.summary();
                 event.archive = r.archive.clone();
@@ -399,22 +442,33 @@ impl Backups {
                 Ok(r)
             }
             Err(e) => {
-                let o = Outcome {
-                    result: "failed".into(),
+                let (mut result, phase) = failed_or_cancelled();
+                let mut o = Outcome {
+                    result: String::new(),
                     error: e.to_string(),
                     downtime_seconds: downtime.as_secs_f64(),
                     ..Default::default()
                 };
+                if let JobError::Partial { report, .. } = &e {
+                    result = "partial";
+                    o.archive = report.archive.clone();
+                    o.snapshot = report.snapshot.clone();
+                    o.original_size = report.original_size;
+                    o.compressed_size = report.compressed_size;
+                    o.deduplicated_size = report.deduplicated_size;
+                    event.archive = report.archive.clone();
+                }
+                o.result = result.into();
                 // A journal that cannot be written must not silence the failure: it is counted and notified anyway
                 // (the next start marks the run failed if this write is lost).
                 if let Err(je) = self.journal.finish(run, &o) {
                     tracing::error!(service = name, error = %je, "cannot record the failed backup");
                 }
                 self.metrics.failures.get_or_create(&label).inc();
-                tracing::error!(service = name, error = %e, "backup failed");
-                event.phase = "fail";
+                tracing::error!(service = name, error = %e, "backup {result}");
+                event.phase = phase.as_str();
                 event.message = e.to_string();
-                self.notify(b, Phase::Fail, event).await;
+                self.notify(b, phase, event).await;
                 Err(e)
             }
         }
@@ -427,15 +481,38 @@ impl Backups {
         b: &ServiceBackup,
         rep: &Reporter,
         downtime: &mut Duration,
+        results: &mut Vec<RepoRun>,
     ) -> Result<BackupReport, JobError> {
         let j = &self.journal;
-        let repo = self.repo(b);
 
-        // Everything that can be checked without touching the service is checked before it is touched.
+        // Everything that can be checked without touching the service is checked before it is touched: the
+        // dataset and borg, then each repository's files and, for a local one, its id (read from its `config`). A
+        // remote repository's id costs a round trip and a `borg serve` start: it is compared with the one its
+        // `borg create` reports instead (borg itself refuses a repository whose key the passphrase does not open,
+        // so only one initialised with the same passphrase can get an archive before the mismatch is reported).
+        // Repositories that fail are recorded as failed and left out; with none left the service is not touched.
         let s = j.begin(run, name, step::PREFLIGHT, &b.dataset)?;
-        rep.say(step::PREFLIGHT, format!("checking dataset {} and repository {}", b.dataset, b.repo)).await;
+        rep.say(step::PREFLIGHT, format!("checking dataset {} and repositories {}", b.dataset, b.labels())).await;
         self.refuse_if_held(name)?;
-        preflight(name, b, &repo).await?;
+        preflight(name, b).await?;
+        let mut usable = Vec::new();
+        for r in &b.repos {
+            let checked = match self.preflight_files(name, b, r) {
+                Ok(()) if r.location.is_local() => self.same_repo(name, r, self.repo(b, r).id().await),
+                other => other,
+            };
+            match checked {
+                Ok(()) => usable.push(r),
+                Err(e) => results.push(repo_failed(r, e, Duration::ZERO)),
+            }
+        }
+        if usable.is_empty() {
+            return Err(JobError::step(
+                name,
+                step::PREFLIGHT,
+                results.iter().map(|r| format!("repository {}: {}", r.label, r.error)).collect::<Vec<_>>().join("; "),
+            ));
+        }
         let engine =
             Engine::connect(&self.cfg.docker_socket).await.map_err(|e| JobError::step(name, step::PREFLIGHT, e))?;
         let mount = self.mount_path(name);
@@ -453,11 +530,12 @@ impl Backups {
         run_hooks(&engine, name, b, HookWhen::BeforeSnapshot, rep).await?;
         j.done(s)?;
 
-        // The downtime window: quiesce, snapshot, resume. Resuming happens whatever the snapshot did.
+        // The downtime window: quiesce, snapshot, resume — once for every repository. Resuming happens whatever
+        // the snapshot did.
         let ids = engine.running_in_project(name).await.map_err(|e| JobError::step(name, step::QUIESCE, e))?;
         let quiesce = if ids.is_empty() { Quiesce::None } else { b.quiesce };
-        let detail = format!("{} {}", quiesce.as_str(), ids.join(" "));
-        let q = j.begin(run, name, step::QUIESCE, detail.trim_end())?;
+        let detail = Quiesced { how: quiesce, ids: ids.clone() }.to_string();
+        let q = j.begin(run, name, step::QUIESCE, &detail)?;
         rep.say(step::QUIESCE, format!("{} {} container(s)", quiesce.as_str(), ids.len())).await;
         let t0 = Instant::now();
         let quiesced = quiesce_all(&engine, quiesce, &ids).await;
@@ -482,7 +560,7 @@ impl Backups {
         let resume_step = if journal_failed.is_some() {
             None
         } else {
-            j.begin(run, name, step::RESUME, detail.trim_end()).map_err(|e| journal_failed = Some(e)).ok()
+            j.begin(run, name, step::RESUME, &detail).map_err(|e| journal_failed = Some(e)).ok()
         };
         let resumed = resume_all(&engine, quiesce, &ids).await;
         *downtime = t0.elapsed();
@@ -516,20 +594,20 @@ impl Backups {
         run_hooks(&engine, name, b, HookWhen::AfterSnapshot, rep).await?;
         j.done(s)?;
 
-        // Borg reads a clone of the snapshot, mounted at the same path every time (its files cache keys on it).
+        // Borg reads a clone of the snapshot, mounted at the same path every time (its files cache keys on it);
+        // every repository gets its archive from that one clone, `[backup] parallel` repositories at a time.
         let c = j.begin(run, name, step::CLONE, &clone)?;
         rep.say(step::CLONE, format!("mounting {snap} at {}", mount.display())).await;
         let cloned = clone_tree(&b.dataset, &snap, &clone, &mount).await;
-        let created = match cloned {
-            Ok(()) => {
-                let s = j.begin(run, name, step::BORG_CREATE, &b.repo)?;
-                rep.say(step::BORG_CREATE, format!("borg create {archive}")).await;
-                let r = repo.create(&archive, &mount, &["."], None).await;
-                j.done(s)?;
-                Ok(r)
-            }
-            Err(e) => Err(e),
-        };
+        let slots = Semaphore::new(self.cfg.backup.parallel.max(1));
+        let mut created: Vec<RepoRun> = Vec::new();
+        if cloned.is_ok() {
+            let per_repo = usable.iter().map(|r| async {
+                let _slot = slots.acquire().await;
+                self.create_in(run, name, b, r, &archive, &mount, rep).await
+            });
+            created = futures::future::join_all(per_repo).await.into_iter().collect::<Result<_, _>>()?;
+        }
         let s = j.begin(run, name, step::DESTROY_CLONE, &clone)?;
         rep.say(step::DESTROY_CLONE, format!("removing the clone {clone}")).await;
         let destroyed = zfs::destroy(&clone, true).await;
@@ -537,49 +615,144 @@ impl Backups {
             j.done(c)?;
         }
         j.done(s)?;
-        let (stats, warnings) = created
-            .map_err(|e| JobError::step(name, step::CLONE, e))?
-            .map_err(|e| JobError::step(name, step::BORG_CREATE, e))?;
-        destroyed.map_err(|e| JobError::step(name, step::DESTROY_CLONE, e))?;
-
-        let mut pruned = Vec::new();
-        if !b.retention.is_empty() {
-            let s = j.begin(run, name, step::PRUNE, &b.repo)?;
-            rep.say(step::PRUNE, "borg prune").await;
-            pruned = repo
-                .prune(&archive_glob(name), &b.retention)
-                .await
-                .map_err(|e| JobError::step(name, step::PRUNE, e))?;
-            j.done(s)?;
-            // Compacting frees the space of pruned archives; with nothing pruned it has nothing to free.
-            if !pruned.is_empty() {
-                let s = j.begin(run, name, step::COMPACT, &b.repo)?;
-                rep.say(step::COMPACT, format!("borg compact after pruning {}", pruned.len())).await;
-                repo.compact().await.map_err(|e| JobError::step(name, step::COMPACT, e))?;
-                j.done(s)?;
-            }
+        cloned.map_err(|e| JobError::step(name, step::CLONE, e))?;
+        if !created.iter().any(RepoRun::succeeded) {
+            results.extend(created);
+            let why: Vec<String> = results.iter().map(|r| format!("repository {}: {}", r.label, r.error)).collect();
+            return Err(JobError::step(name, step::BORG_CREATE, why.join("; ")));
         }
+        let kept = destroyed.map_err(|e| JobError::step(name, step::DESTROY_CLONE, e));
+        if let Err(e) = kept {
+            results.extend(created);
+            return Err(e);
+        }
+
+        // Each repository that got the archive: its retention (not an append-only one's), once the clone is gone.
+        let maintained = futures::future::join_all(
+            created.iter_mut().zip(&usable).filter(|(out, _)| out.succeeded()).map(|(out, r)| async {
+                let _slot = slots.acquire().await;
+                self.maintain(run, name, b, r, out, rep).await.map(|p| (r.label.clone(), p))
+            }),
+        )
+        .await;
+        results.extend(created.iter().cloned());
+        let pruned_per_repo: Vec<(String, Vec<String>)> = maintained.into_iter().collect::<Result<_, _>>()?;
+        // The report is the first repository (in config order) that got the archive.
+        let first = created.iter().find(|r| r.succeeded()).cloned().unwrap_or_default();
+        let pruned = pruned_per_repo.into_iter().find(|(l, _)| *l == first.label).map(|(_, p)| p).unwrap_or_default();
 
         let s = j.begin(run, name, step::LOCAL_SNAPSHOTS, &b.dataset)?;
         rep.say(step::LOCAL_SNAPSHOTS, format!("keeping the newest {} local snapshots", b.local_snapshots)).await;
         prune_local(&b.dataset, b.local_snapshots).await.map_err(|e| JobError::step(name, step::LOCAL_SNAPSHOTS, e))?;
         j.done(s)?;
 
+        let warnings: Vec<String> = created
+            .iter()
+            .filter(|r| r.result == "warning")
+            .map(|r| format!("repository {}: {}", r.label, r.error))
+            .collect();
         Ok(BackupReport {
             service: name.to_string(),
             archive,
             snapshot: format!("{}@{snap}", b.dataset),
-            original_size: stats.original_size,
-            compressed_size: stats.compressed_size,
-            deduplicated_size: stats.deduplicated_size,
+            original_size: first.original_size,
+            compressed_size: first.compressed_size,
+            deduplicated_size: first.deduplicated_size,
             pruned,
             warnings,
+            repos: results.clone(),
             ..Default::default()
         })
     }
 
+    /// One repository's part of a run while the clone is mounted: `borg create` from it. A borg failure is this
+    /// repository's result, not the run's error; only a journal that cannot be written is.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_in(
+        &self,
+        run: i64,
+        name: &str,
+        b: &ServiceBackup,
+        r: &RepoSpec,
+        archive: &str,
+        mount: &Path,
+        rep: &Reporter,
+    ) -> Result<RepoRun, JobError> {
+        let j = &self.journal;
+        let t0 = Instant::now();
+        let s = j.begin(run, name, step::BORG_CREATE, &r.url())?;
+        rep.say(step::BORG_CREATE, format!("borg create {archive} in {}", r.label)).await;
+        let created = self.repo(b, r).create(archive, mount, &["."], None).await;
+        j.done(s)?;
+        // The repository that took the archive is the one recorded (a remote's id is first seen here).
+        let created = created.map_err(|e| e.to_string()).and_then(|(stats, warnings)| {
+            self.same_repo(name, r, Ok(stats.repository_id.clone())).map(|()| (stats, warnings))
+        });
+        Ok(match created {
+            Ok((stats, warnings)) => RepoRun {
+                label: r.label.clone(),
+                url: r.url(),
+                result: if warnings.is_empty() { "ok" } else { "warning" }.into(),
+                error: warnings.join("; "),
+                archive: archive.to_string(),
+                original_size: stats.original_size,
+                compressed_size: stats.compressed_size,
+                deduplicated_size: stats.deduplicated_size,
+                duration_seconds: t0.elapsed().as_secs_f64(),
+            },
+            Err(e) => repo_failed(r, e, t0.elapsed()),
+        })
+    }
+
+    /// A repository's retention after it got the run's archive (nothing for an append-only one): `borg prune`, and
+    /// `borg compact` when something was pruned; returns the archives pruned. The archive is stored whatever these
+    /// do: their failure makes the repository's result a warning that says so.
+    async fn maintain(
+        &self,
+        run: i64,
+        name: &str,
+        b: &ServiceBackup,
+        r: &RepoSpec,
+        out: &mut RepoRun,
+        rep: &Reporter,
+    ) -> Result<Vec<String>, JobError> {
+        let retention = b.retention_of(r);
+        if retention.is_empty() {
+            return Ok(Vec::new());
+        }
+        let j = &self.journal;
+        let t0 = Instant::now();
+        let repo = self.repo(b, r);
+        let s = j.begin(run, name, step::PRUNE, &r.url())?;
+        rep.say(step::PRUNE, format!("borg prune of {}", r.label)).await;
+        let result = repo.prune(&archive_glob(name), &retention).await;
+        j.done(s)?;
+        let mut pruned = Vec::new();
+        match result {
+            // Compacting frees the space of pruned archives; with nothing pruned it has nothing to free.
+            Ok(p) if !p.is_empty() => {
+                let s = j.begin(run, name, step::COMPACT, &r.url())?;
+                rep.say(step::COMPACT, format!("borg compact of {} after pruning {}", r.label, p.len())).await;
+                let compacted = repo.compact().await;
+                j.done(s)?;
+                if let Err(e) = compacted {
+                    out.result = "warning".into();
+                    out.error = format!("the archive is stored, but compact failed: {e}");
+                }
+                pruned = p;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                out.result = "warning".into();
+                out.error = format!("the archive is stored, but prune failed: {e}");
+            }
+        }
+        out.duration_seconds += t0.elapsed().as_secs_f64();
+        Ok(pruned)
+    }
+
     /// One line for Status: how many services are backed up, which last backup failed, a live host lease.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let names = self.backed_up();
         if names.is_empty() {
             return String::new();
@@ -588,7 +761,7 @@ impl Backups {
         let mut never = 0;
         for n in &names {
             let last = self.journal.history(Some(n), 20).unwrap_or_default();
-            match last.iter().find(|r| r.kind == "backup" && r.outcome.result != "running") {
+            match last.iter().find(|r| r.kind == Job::Backup && r.outcome.result != "running") {
                 Some(r) if r.outcome.result == "failed" => failed.push(n.as_str()),
                 Some(_) => {}
                 None => never += 1,
@@ -617,11 +790,17 @@ impl Backups {
     /// The archives in the service's repository (oldest first), with the sizes this agent recorded for them. Waits
     /// for the repository like any job (one borg per repository at a time): concurrent listings queue instead of
     /// each starting a borg.
-    pub async fn archives(&self, name: &str) -> Result<Vec<crate::model::ArchiveRow>, JobError> {
+    /// `label`: the repository (default: the first reachable, local first).
+    pub(crate) async fn archives(
+        &self,
+        name: &str,
+        label: Option<&str>,
+    ) -> Result<Vec<crate::model::ArchiveRow>, JobError> {
         let (_, b) = self.settings(name)?;
-        let lock = self.repo_lock(&b.repo);
-        let _repo = lock.lock().await;
-        let list = self.repo(b).list(Some(&archive_glob(name))).await.map_err(|e| JobError::step(name, "list", e))?;
+        let r = self.pick_repo(name, b, label).await?;
+        let _repos = self.lock_repos(b).await;
+        let list =
+            self.repo(b, r).list(Some(&archive_glob(name))).await.map_err(|e| JobError::step(name, "list", e))?;
         let mut out = Vec::new();
         for a in list {
             let (original_size, deduplicated_size) = self.journal.archive_sizes(name, &a.name)?.unwrap_or((0, 0));
@@ -636,31 +815,31 @@ impl Backups {
     }
 }
 
-/// Checks the dataset, the repository and borg before anything is stopped.
-pub(crate) async fn preflight(name: &str, b: &ServiceBackup, repo: &Repo) -> Result<(), JobError> {
+/// Checks the dataset and borg before anything is stopped (each repository: `Backups::preflight_files`, then its
+/// id).
+pub(crate) async fn preflight(name: &str, b: &ServiceBackup) -> Result<(), JobError> {
     let fail = |m: String| JobError::step(name, step::PREFLIGHT, m);
     match zfs::exists(&b.dataset).await {
         Ok(true) => {}
         Ok(false) => return Err(fail(format!("dataset {} does not exist", b.dataset))),
         Err(e) => return Err(fail(e.to_string())),
     }
-    if repo.is_local() && !Path::new(repo.location()).join("config").is_file() {
-        return Err(fail(BorgError::NoRepo { repo: b.repo.clone() }.to_string()));
-    }
     if !on_path("borg") {
         return Err(fail(BorgError::NotInstalled.to_string()));
     }
-    if let Passphrase::File(f) = &b.passphrase {
-        use std::os::unix::fs::PermissionsExt;
-        match std::fs::metadata(f) {
-            Err(e) => return Err(fail(format!("passphrase_file {}: {e}", f.display()))),
-            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
-                tracing::warn!(service = name, file = %f.display(), "passphrase_file is readable by others (chmod 600)")
-            }
-            Ok(_) => {}
-        }
-    }
     Ok(())
+}
+
+/// A repository's result when borg failed for it (`cancelled` when its job was).
+fn repo_failed(r: &RepoSpec, e: impl std::fmt::Display, took: Duration) -> RepoRun {
+    RepoRun {
+        label: r.label.clone(),
+        url: r.url(),
+        result: failed_or_cancelled().0.into(),
+        error: e.to_string(),
+        duration_seconds: took.as_secs_f64(),
+        ..Default::default()
+    }
 }
 
 fn on_path(program: &str) -> bool {

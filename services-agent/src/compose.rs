@@ -16,10 +16,10 @@ const ACTION_TIMEOUT: Duration = Duration::from_secs(180);
 const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// File names a stack directory may use, in the order compose itself prefers.
-pub const COMPOSE_FILES: &[&str] = &["compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml"];
+pub(crate) const COMPOSE_FILES: &[&str] = &["compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml"];
 
 #[derive(Debug, thiserror::Error)]
-pub enum ComposeError {
+pub(crate) enum ComposeError {
     #[error("neither `docker compose` (v2 plugin) nor `docker-compose` (v1) is installed")]
     Missing,
     #[error("stack {stack}: no compose file ({}) in {dir}", COMPOSE_FILES.join(", "))]
@@ -32,7 +32,7 @@ pub enum ComposeError {
 
 /// Which compose program this host has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
+pub(crate) enum Flavor {
     /// `docker compose` (the v2 CLI plugin).
     V2,
     /// `docker-compose` (v1, Python).
@@ -41,7 +41,7 @@ pub enum Flavor {
 
 /// The compose program with its detected flavor and version.
 #[derive(Debug, Clone)]
-pub struct Compose {
+pub(crate) struct Compose {
     pub flavor: Flavor,
     pub version: String,
     /// `DOCKER_HOST` for every compose command (`unix:///var/run/docker.sock`).
@@ -50,7 +50,7 @@ pub struct Compose {
 
 impl Compose {
     /// Detects `docker compose version` first, then `docker-compose version`; commands will talk to `socket`.
-    pub async fn detect(socket: &Path) -> Result<Compose, ComposeError> {
+    pub(crate) async fn detect(socket: &Path) -> Result<Compose, ComposeError> {
         let docker_host = format!("unix://{}", socket.display());
         let v2 = Cmd::new("docker").args(["compose", "version", "--short"]).timeout(QUICK_TIMEOUT);
         if let Ok(out) = runner::run_ok(v2).await {
@@ -84,7 +84,7 @@ impl Compose {
 
     /// Validates the file with `config` and returns what compose would deploy (its services, resolved: relative
     /// paths made absolute, variables interpolated): nothing is started or stopped.
-    pub async fn validate(&self, project: &str, file: &Path) -> Result<Vec<PlannedService>, ComposeError> {
+    pub(crate) async fn validate(&self, project: &str, file: &Path) -> Result<Vec<PlannedService>, ComposeError> {
         let cmd = self.project(project, file).arg("config").timeout(QUICK_TIMEOUT);
         match runner::run(cmd).await {
             Ok(out) if out.status.success() => {
@@ -97,24 +97,24 @@ impl Compose {
     }
 
     /// `up -d --remove-orphans`: creates or recreates what changed, leaves the rest running.
-    pub async fn up(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
+    pub(crate) async fn up(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
         self.action(project, file, "up", &["up", "-d", "--remove-orphans"], UP_TIMEOUT).await
     }
 
     /// `down --remove-orphans`; named volumes (the data) are kept.
-    pub async fn down(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
+    pub(crate) async fn down(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
         self.action(project, file, "down", &["down", "--remove-orphans"], ACTION_TIMEOUT).await
     }
 
-    pub async fn restart(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
+    pub(crate) async fn restart(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
         self.action(project, file, "restart", &["restart"], ACTION_TIMEOUT).await
     }
 
-    pub async fn pause(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
+    pub(crate) async fn pause(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
         self.action(project, file, "pause", &["pause"], ACTION_TIMEOUT).await
     }
 
-    pub async fn unpause(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
+    pub(crate) async fn unpause(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
         self.action(project, file, "unpause", &["unpause"], ACTION_TIMEOUT).await
     }
 
@@ -135,7 +135,7 @@ impl Compose {
 }
 
 /// The compose file of the stack in `dir`.
-pub fn find_file(stack: &str, dir: &Path) -> Result<PathBuf, ComposeError> {
+pub(crate) fn find_file(stack: &str, dir: &Path) -> Result<PathBuf, ComposeError> {
     COMPOSE_FILES
         .iter()
         .map(|f| dir.join(f))
@@ -144,7 +144,7 @@ pub fn find_file(stack: &str, dir: &Path) -> Result<PathBuf, ComposeError> {
 }
 
 /// `version --short` output: `1.29.2`, `2.24.6`, or `v2.24.6` → the version without a leading `v`.
-pub fn parse_version(stdout: &[u8]) -> Option<String> {
+pub(crate) fn parse_version(stdout: &[u8]) -> Option<String> {
     let s = String::from_utf8_lossy(stdout);
     let v = s.lines().next()?.trim().trim_start_matches('v');
     let ok = !v.is_empty() && v.starts_with(|c: char| c.is_ascii_digit()) && v.split('.').count() >= 2;
@@ -152,7 +152,7 @@ pub fn parse_version(stdout: &[u8]) -> Option<String> {
 }
 
 /// What `config -q` printed on stderr, as one line: the reason a file is refused.
-pub fn validation_message(stderr: &str) -> String {
+pub(crate) fn validation_message(stderr: &str) -> String {
     let lines: Vec<&str> = stderr
         .lines()
         .map(|l| l.trim().trim_start_matches("ERROR: ").trim())
@@ -207,7 +207,7 @@ fn text(v: &serde_norway::Value) -> String {
 /// The output of `config` (compose's resolved YAML) → the services it would deploy. Relative bind sources are
 /// already absolute there; a named volume whose `driver_opts` bind a `device` counts as a bind of that path.
 /// Anything it cannot read is an error: the gate fails closed.
-pub fn parse_config(stdout: &[u8]) -> Result<Vec<PlannedService>, String> {
+pub(crate) fn parse_config(stdout: &[u8]) -> Result<Vec<PlannedService>, String> {
     let raw: RawConfig =
         serde_norway::from_slice(stdout).map_err(|e| format!("cannot read the resolved compose file: {e}"))?;
     let volume_device = |name: &str| -> Option<String> {

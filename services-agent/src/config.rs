@@ -8,6 +8,7 @@ use std::time::Duration;
 use agent_core::borg::Retention;
 use agent_core::config::{self, CommonConfig, ConfigError, GrpcSection, MetricsSection};
 use agent_core::duration;
+use agent_core::repos::{RawChecks, RawRepo, RepoSpec};
 use serde::Deserialize;
 
 use crate::notify::{NotifyKind, NotifyTarget};
@@ -47,48 +48,36 @@ struct Raw {
     docker: Option<RawDocker>,
     #[serde(default)]
     services: Vec<RawService>,
-    backup: Option<RawBackup>,
+    #[serde(default)]
+    backup: RawBackup,
     #[serde(default)]
     notify: Vec<RawNotify>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct RawBackup {
-    #[serde(default = "default_parallel")]
     parallel: usize,
-    #[serde(default = "default_mount_dir")]
     snapshot_mount_dir: PathBuf,
 }
 
-fn default_parallel() -> usize {
-    2
-}
-
-fn default_mount_dir() -> PathBuf {
-    PathBuf::from(DEFAULT_SNAPSHOT_MOUNT_DIR)
+impl Default for RawBackup {
+    fn default() -> Self {
+        RawBackup { parallel: 2, snapshot_mount_dir: PathBuf::from(DEFAULT_SNAPSHOT_MOUNT_DIR) }
+    }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNotify {
-    kind: String,
+    kind: NotifyKind,
     url: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawChecks {
-    #[serde(default, deserialize_with = "duration::deserialize_option")]
-    repository: Option<Duration>,
-    #[serde(default, deserialize_with = "duration::deserialize_option")]
-    verify_data: Option<Duration>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawHook {
-    when: String,
+    when: HookWhen,
     container: String,
     command: Vec<String>,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
@@ -146,12 +135,13 @@ struct RawService {
     dns: Vec<String>,
     #[serde(default)]
     allow: Vec<String>,
-    // Backups (all optional; `dataset` and `repo` turn them on).
+    // Backups (all optional; `dataset` and `repo` or `repos` turn them on).
     dataset: Option<String>,
     repo: Option<String>,
+    repos: Option<Vec<RawRepo>>,
     passcommand: Option<String>,
     passphrase_file: Option<PathBuf>,
-    quiesce: Option<String>,
+    quiesce: Option<Quiesce>,
     #[serde(default)]
     hooks: Vec<RawHook>,
     schedule: Option<String>,
@@ -223,7 +213,8 @@ pub struct BackupGlobal {
 }
 
 /// How a service's containers are quiesced for the instant of the snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Quiesce {
     /// Stopped (each with its own grace period), started again right after the snapshot.
     Stop,
@@ -243,19 +234,12 @@ impl Quiesce {
     }
 }
 
-/// Where Borg's passphrase comes from; it is handed to borg through `BORG_PASSCOMMAND`, never argv.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Passphrase {
-    /// `passcommand`: run by borg (no shell) to print the passphrase.
-    Command(String),
-    /// `passphrase_file`: a file holding the passphrase (mode 0600 expected).
-    File(PathBuf),
-    /// Neither: an unencrypted repository (or one with a key file and no passphrase).
-    None,
-}
+/// Where Borg's passphrase comes from (the service's own; a repository may name its own): agent-core's.
+pub use agent_core::repos::Passphrase;
 
 /// When a hook runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum HookWhen {
     BeforeSnapshot,
     AfterSnapshot,
@@ -270,20 +254,18 @@ pub struct Hook {
     pub timeout: Duration,
 }
 
-/// `checks`: how often each borg check runs (scheduled), `None` = never on schedule.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Checks {
-    pub repository: Option<Duration>,
-    pub verify_data: Option<Duration>,
-}
+/// `checks`: how often each borg check runs (scheduled), `None` = never on schedule; the floors: agent-core's.
+pub use agent_core::repos::{Checks, MIN_REPOSITORY_CHECK, MIN_VERIFY_DATA};
 
 /// A service's backup settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceBackup {
     /// The ZFS dataset holding the service's data (snapshotted recursively).
     pub dataset: String,
-    /// The service's own Borg repository (a path or ssh://).
-    pub repo: String,
+    /// The service's own Borg repositories, in config order (local ones first is the convention; restores take
+    /// the first reachable one unless told). `repo = "…"` is one, labelled `default`.
+    pub repos: Vec<RepoSpec>,
+    /// The passphrase source of repositories that name none.
     pub passphrase: Passphrase,
     pub quiesce: Quiesce,
     pub hooks: Vec<Hook>,
@@ -295,11 +277,38 @@ pub struct ServiceBackup {
     /// A fixed per-service delay after each scheduled minute, spreading services over `jitter`.
     pub jitter: Duration,
     pub local_snapshots: u32,
+    /// The retention of repositories that name none.
     pub retention: Retention,
+    /// The check intervals of repositories that name none.
     pub checks: Checks,
     pub healthy_timeout: Duration,
     /// Per-service notification targets (the global `[[notify]]` ones apply too).
     pub notify: Vec<NotifyTarget>,
+}
+
+impl ServiceBackup {
+    /// The repository labelled `label`.
+    pub fn repo(&self, label: &str) -> Option<&RepoSpec> {
+        self.repos.iter().find(|r| r.label == label)
+    }
+
+    /// What the agent prunes in `r`: nothing in an append-only repository (its trusted side runs the retention).
+    pub fn retention_of(&self, r: &RepoSpec) -> Retention {
+        if r.append_only {
+            return Retention::default();
+        }
+        r.retention.clone().unwrap_or_else(|| self.retention.clone())
+    }
+
+    /// How often `r` is checked on schedule.
+    pub fn checks_of(&self, r: &RepoSpec) -> Checks {
+        r.checks.clone().unwrap_or_else(|| self.checks.clone())
+    }
+
+    /// The labels, comma-separated (for messages).
+    pub fn labels(&self) -> String {
+        self.repos.iter().map(|r| r.label.as_str()).collect::<Vec<_>>().join(", ")
+    }
 }
 
 /// A validated config.
@@ -361,11 +370,6 @@ fn valid_dns_name(name: &str) -> bool {
         })
 }
 
-/// The shortest interval between two scheduled `borg check --repository-only` + `--archives-only` runs.
-pub const MIN_REPOSITORY_CHECK: Duration = Duration::from_secs(3600);
-/// The shortest interval between two scheduled `borg check --verify-data` runs (they read every chunk).
-pub const MIN_VERIFY_DATA: Duration = Duration::from_secs(86_400);
-
 fn docker_socket(path: &Path, raw: Option<RawDocker>) -> Result<PathBuf, ConfigError> {
     match raw {
         Some(d) if d.socket.as_os_str().is_empty() => {
@@ -384,30 +388,34 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
         Some(z) => agent_core::cron::zone(z).map_err(|m| bad("timezone", m))?,
     };
 
-    let (s, h) = match (raw.stacks, raw.hub) {
-        (Some(s), Some(h)) => (s, h),
-        (None, None) if raw.services.is_empty() => {
-            let dns_agent = raw.dns.map(|d| d.agent);
-            let docker_socket = docker_socket(path, raw.docker)?;
-            let backup = backup_global(path, raw.backup)?;
-            let notify = notify_targets(path, "notify", raw.notify)?;
-            return Ok(Config {
-                common,
-                timezone,
-                stacks: None,
-                hub: None,
-                dns_agent,
-                docker_socket,
-                services: Vec::new(),
-                backup,
-                notify,
-            });
+    let (stacks, hub, dns_agent, services) = match (raw.stacks, raw.hub) {
+        (Some(s), Some(h)) => {
+            let (stacks, hub, dns_agent, services) = managed(path, s, h, raw.dns, raw.services)?;
+            (Some(stacks), Some(hub), dns_agent, services)
         }
+        // The common sections alone: an agent that manages no stacks (yet).
+        (None, None) if raw.services.is_empty() => (None, None, raw.dns.map(|d| d.agent), Vec::new()),
         (None, _) => return Err(bad("stacks", "missing: [[services]] and [hub] need a [stacks] repository".into())),
         (Some(_), None) => {
             return Err(bad("hub", "missing: [stacks] needs a [hub] (stack, network, domain, address)".into()))
         }
     };
+    let docker_socket = docker_socket(path, raw.docker)?;
+    let backup = backup_global(path, raw.backup)?;
+    let notify = notify_targets(path, "notify", &raw.notify)?;
+    Ok(Config { common, timezone, stacks, hub, dns_agent, docker_socket, services, backup, notify })
+}
+
+/// `[stacks]`, `[hub]`, `[dns]` and `[[services]]` of an agent that manages stacks: the services with the hub stack
+/// first (added when `[[services]]` does not list it).
+fn managed(
+    path: &Path,
+    s: RawStacks,
+    h: RawHub,
+    dns: Option<RawDns>,
+    raw_services: Vec<RawService>,
+) -> Result<(Stacks, Hub, Option<String>, Vec<Service>), ConfigError> {
+    let bad = |key: &str, msg: String| ConfigError::invalid(path, key, msg);
     if s.repo.trim().is_empty() {
         return Err(bad("stacks.repo", "must not be empty".into()));
     }
@@ -480,7 +488,7 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
     }
     let hub = Hub { stack: h.stack, network: h.network, domain, address: h.address };
 
-    let dns_agent = match raw.dns {
+    let dns_agent = match dns {
         Some(d) if !d.agent.starts_with("https://") => {
             return Err(bad("dns.agent", format!("`{}` must be https://HOST:PORT", d.agent)))
         }
@@ -489,7 +497,7 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
     };
 
     let mut services: Vec<Service> = Vec::new();
-    for (i, s) in raw.services.into_iter().enumerate() {
+    for (i, s) in raw_services.into_iter().enumerate() {
         if !valid_name(&s.name) {
             return Err(bad(
                 &format!("services[{i}].name"),
@@ -533,14 +541,15 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
             }
         }
     }
-    // One repository per service: two services sharing one would serialize and prune each other's archives.
+    // Repositories of their own per service: two services sharing one would serialize and prune each other's
+    // archives.
     let mut repos = std::collections::BTreeMap::new();
     for (i, s) in services.iter().enumerate() {
-        if let Some(b) = &s.backup {
-            if let Some(other) = repos.insert(b.repo.clone(), s.name.clone()) {
+        for r in s.backup.iter().flat_map(|b| &b.repos) {
+            if let Some(other) = repos.insert(r.url(), s.name.clone()) {
                 return Err(bad(
-                    &format!("services[{i}].repo"),
-                    format!("repository `{}` is already the repository of service `{other}`", b.repo),
+                    &format!("services[{i}].repos"),
+                    format!("repository `{}` is already a repository of service `{other}`", r.url()),
                 ));
             }
         }
@@ -555,24 +564,10 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
             services.insert(0, Service { name: hub.stack.clone(), dns: Vec::new(), allow: Vec::new(), backup: None })
         }
     }
-    let docker_socket = docker_socket(path, raw.docker)?;
-    let backup = backup_global(path, raw.backup)?;
-    let notify = notify_targets(path, "notify", raw.notify)?;
-    Ok(Config {
-        common,
-        timezone,
-        stacks: Some(stacks),
-        hub: Some(hub),
-        dns_agent,
-        docker_socket,
-        services,
-        backup,
-        notify,
-    })
+    Ok((stacks, hub, dns_agent, services))
 }
 
-fn backup_global(path: &Path, raw: Option<RawBackup>) -> Result<BackupGlobal, ConfigError> {
-    let raw = raw.unwrap_or(RawBackup { parallel: default_parallel(), snapshot_mount_dir: default_mount_dir() });
+fn backup_global(path: &Path, raw: RawBackup) -> Result<BackupGlobal, ConfigError> {
     if !(1..=64).contains(&raw.parallel) {
         return Err(ConfigError::invalid(path, "backup.parallel", format!("{} is not within 1-64", raw.parallel)));
     }
@@ -582,20 +577,13 @@ fn backup_global(path: &Path, raw: Option<RawBackup>) -> Result<BackupGlobal, Co
     Ok(BackupGlobal { parallel: raw.parallel, snapshot_mount_dir: config::resolve(path, &raw.snapshot_mount_dir) })
 }
 
-fn notify_targets(path: &Path, key: &str, raw: Vec<RawNotify>) -> Result<Vec<NotifyTarget>, ConfigError> {
+fn notify_targets(path: &Path, key: &str, raw: &[RawNotify]) -> Result<Vec<NotifyTarget>, ConfigError> {
     let mut out = Vec::new();
-    for (i, n) in raw.into_iter().enumerate() {
-        let kind = NotifyKind::parse(&n.kind).ok_or_else(|| {
-            ConfigError::invalid(
-                path,
-                format!("{key}[{i}].kind"),
-                format!("`{}` is not one of healthchecks, ntfy, webhook", n.kind),
-            )
-        })?;
+    for (i, n) in raw.iter().enumerate() {
         if !(n.url.starts_with("https://") || n.url.starts_with("http://")) || n.url.len() < 10 {
             return Err(ConfigError::invalid(path, format!("{key}[{i}].url"), "must be an http(s) URL"));
         }
-        out.push(NotifyTarget { kind, url: n.url });
+        out.push(NotifyTarget { kind: n.kind, url: n.url.clone() });
     }
     Ok(out)
 }
@@ -616,8 +604,8 @@ pub fn valid_dataset(d: &str) -> bool {
 fn service_backup(path: &Path, i: usize, s: &RawService) -> Result<Option<ServiceBackup>, ConfigError> {
     let key = |k: &str| format!("services[{i}].{k}");
     let bad = |k: &str, msg: String| ConfigError::invalid(path, key(k), msg);
-    let (dataset, repo) = match (&s.dataset, &s.repo) {
-        (None, None) => {
+    let dataset = match (&s.dataset, s.repo.is_some() || s.repos.is_some()) {
+        (None, false) => {
             let stray = [
                 ("passcommand", s.passcommand.is_some()),
                 ("passphrase_file", s.passphrase_file.is_some()),
@@ -630,46 +618,35 @@ fn service_backup(path: &Path, i: usize, s: &RawService) -> Result<Option<Servic
                 ("checks", s.checks.is_some()),
             ];
             if let Some((k, _)) = stray.iter().find(|(_, set)| *set) {
-                return Err(bad(k, "is a backup setting: give `dataset` and `repo` too".into()));
+                return Err(bad(k, "is a backup setting: give `dataset` and `repo` (or `repos`) too".into()));
             }
             return Ok(None);
         }
-        (Some(_), None) => {
-            return Err(bad("repo", "missing: a backed-up service needs its own Borg repository".into()))
+        (Some(_), false) => {
+            return Err(bad(
+                "repo",
+                "missing: a backed-up service needs its own Borg repository (`repo` or `repos`)".into(),
+            ))
         }
-        (None, Some(_)) => return Err(bad("dataset", "missing: a backed-up service needs its ZFS dataset".into())),
-        (Some(d), Some(r)) => (d.clone(), r.clone()),
+        (None, true) => return Err(bad("dataset", "missing: a backed-up service needs its ZFS dataset".into())),
+        (Some(d), true) => d.clone(),
     };
     if !valid_dataset(&dataset) || !dataset.contains('/') {
         return Err(bad("dataset", format!("`{dataset}` is not a ZFS dataset below a pool (pool/name)")));
     }
-    if repo.trim().is_empty() {
-        return Err(bad("repo", "must not be empty".into()));
-    }
-    let repo = if repo.contains("://") { repo } else { config::resolve(path, Path::new(&repo)).display().to_string() };
-    let passphrase = match (&s.passcommand, &s.passphrase_file) {
-        (Some(_), Some(_)) => {
-            return Err(bad("passphrase_file", "give either passcommand or passphrase_file, not both".into()))
-        }
-        (Some(c), None) if c.trim().is_empty() => return Err(bad("passcommand", "must not be empty".into())),
-        (Some(c), None) => Passphrase::Command(c.clone()),
-        (None, Some(f)) => Passphrase::File(config::resolve(path, f)),
-        (None, None) => Passphrase::None,
+    let repos = match (&s.repo, &s.repos) {
+        (Some(_), Some(_)) => return Err(bad("repos", "give either `repo` or `repos`, not both".into())),
+        // The shorthand: one repository with the service's own settings, named as written (`repo`).
+        (Some(url), None) => vec![agent_core::repos::validate_shorthand(path, &key("repo"), "repos", url)?],
+        (_, Some(list)) => agent_core::repos::validate_list(path, &key("repos"), list)?,
+        (None, None) => Vec::new(),
     };
-    let quiesce = match s.quiesce.as_deref().unwrap_or("stop") {
-        "stop" => Quiesce::Stop,
-        "pause" => Quiesce::Pause,
-        "none" => Quiesce::None,
-        other => return Err(bad("quiesce", format!("`{other}` is not one of stop, pause, none"))),
-    };
+    let passphrase = Passphrase::from_raw(path, &key(""), s.passcommand.as_deref(), s.passphrase_file.as_deref())?
+        .unwrap_or(Passphrase::None);
+    let quiesce = s.quiesce.unwrap_or(Quiesce::Stop);
     let mut hooks = Vec::new();
     for (j, h) in s.hooks.iter().enumerate() {
         let hk = |k: &str| format!("hooks[{j}].{k}");
-        let when = match h.when.as_str() {
-            "before-snapshot" => HookWhen::BeforeSnapshot,
-            "after-snapshot" => HookWhen::AfterSnapshot,
-            other => return Err(bad(&hk("when"), format!("`{other}` is not one of before-snapshot, after-snapshot"))),
-        };
         if !valid_name(&h.container) {
             return Err(bad(&hk("container"), format!("`{}` is not a compose service name", h.container)));
         }
@@ -677,7 +654,7 @@ fn service_backup(path: &Path, i: usize, s: &RawService) -> Result<Option<Servic
             return Err(bad(&hk("command"), "must name a program".into()));
         }
         let timeout = h.timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT);
-        hooks.push(Hook { when, container: h.container.clone(), command: h.command.clone(), timeout });
+        hooks.push(Hook { when: h.when, container: h.container.clone(), command: h.command.clone(), timeout });
     }
     let schedule = match &s.schedule {
         None => None,
@@ -688,46 +665,15 @@ fn service_backup(path: &Path, i: usize, s: &RawService) -> Result<Option<Servic
     }
     let jitter = s.jitter.unwrap_or(Duration::ZERO);
     let retention = s.retention.clone().unwrap_or_default();
-    // A floor per check: below it a check would run nearly all the time (`1m` was once read as a month).
-    let floor = |k: &str, v: Option<Duration>, min: Duration, what: &str| -> Result<Option<Duration>, ConfigError> {
-        match v {
-            Some(d) if d < min => Err(bad(
-                k,
-                format!(
-                    "`{}` is too often: {what}; the shortest interval is {}",
-                    duration::format(d),
-                    duration::format(min)
-                ),
-            )),
-            v => Ok(v),
-        }
-    };
     let checks = match &s.checks {
         None => Checks::default(),
-        Some(c) => Checks {
-            repository: floor(
-                "checks.repository",
-                c.repository,
-                MIN_REPOSITORY_CHECK,
-                "a repository check reads the whole repository index",
-            )?,
-            verify_data: floor(
-                "checks.verify_data",
-                c.verify_data,
-                MIN_VERIFY_DATA,
-                "`borg check --verify-data` reads and decrypts every chunk of the repository",
-            )?,
-        },
+        Some(c) => RawChecks::validate(c, path, &key("checks"))?,
     };
     let healthy_timeout = s.healthy_timeout.unwrap_or(DEFAULT_HEALTHY_TIMEOUT);
-    let notify = notify_targets(
-        path,
-        &key("notify"),
-        s.notify.iter().map(|n| RawNotify { kind: n.kind.clone(), url: n.url.clone() }).collect(),
-    )?;
+    let notify = notify_targets(path, &key("notify"), &s.notify)?;
     Ok(Some(ServiceBackup {
         dataset,
-        repo,
+        repos,
         passphrase,
         quiesce,
         hooks,
@@ -761,7 +707,13 @@ mod tests {
         assert_eq!(names, ["proxy", "photos", "wiki"]);
         assert_eq!(cfg.service("photos").unwrap().dns, ["photos"]);
         let b = cfg.service("photos").unwrap().backup.as_deref().unwrap();
-        assert_eq!((b.dataset.as_str(), b.repo.as_str()), ("tank/appdata/photos", "/mnt/backup/borg/photos"));
+        assert_eq!(b.dataset, "tank/appdata/photos");
+        let urls: Vec<String> = b.repos.iter().map(|r| r.url()).collect();
+        assert_eq!(urls, ["/mnt/backup/borg/photos", "ssh://borg@backup.example:22/./photos"]);
+        let offsite = b.repo("offsite").unwrap();
+        assert!(offsite.append_only && offsite.ssh.is_some() && offsite.upload_ratelimit_kib == Some(20 * 1024));
+        // Append-only: the agent prunes nothing there; the local one takes the service's retention.
+        assert!(b.retention_of(offsite).is_empty() && !b.retention_of(b.repo("local").unwrap()).is_empty());
         assert_eq!(b.passphrase, Passphrase::Command("cat /etc/strata/secrets/photos".into()));
         assert_eq!((b.quiesce, b.local_snapshots, b.jitter), (Quiesce::Stop, 24, Duration::from_secs(600)));
         assert_eq!(b.retention.within, Some(Duration::from_secs(2 * 86_400)));
@@ -787,7 +739,10 @@ mod tests {
             (format!("{svc}quiesce = \"stop\"\n"), "key `services[0].quiesce`: is a backup setting"),
             (format!("{svc}dataset = \"tank\"\nrepo = \"/b\"\n"), "key `services[0].dataset`"),
             (format!("{svc}dataset = \"tank/a@s\"\nrepo = \"/b\"\n"), "key `services[0].dataset`"),
-            (format!("{svc}{full}quiesce = \"freeze\"\n"), "key `services[0].quiesce`: `freeze`"),
+            (
+                format!("{svc}{full}quiesce = \"freeze\"\n"),
+                "unknown variant `freeze`, expected one of `stop`, `pause`, `none` (key `quiesce`)",
+            ),
             (format!("{svc}{full}passcommand = \"x\"\npassphrase_file = \"/p\"\n"), "not both"),
             (format!("{svc}{full}schedule = \"61 * * * *\"\n"), "key `services[0].schedule`"),
             (
@@ -807,14 +762,32 @@ mod tests {
             (format!("{svc}{full}checks = {{ repository = \"often\" }}\n"), "(key `repository`)"),
             (
                 format!("{svc}{full}hooks = [{{ when = \"later\", container = \"db\", command = [\"x\"] }}]\n"),
-                "key `services[0].hooks[0].when`",
+                "unknown variant `later`, expected `before-snapshot` or `after-snapshot` (key `when`)",
             ),
             (
                 format!("{svc}{full}hooks = [{{ when = \"before-snapshot\", container = \"db\", command = [] }}]\n"),
                 "key `services[0].hooks[0].command`",
             ),
-            (format!("{svc}{full}notify = [{{ kind = \"mail\", url = \"https://x.example/\" }}]\n"), "notify[0].kind"),
-            (format!("{svc}{full}[[services]]\nname = \"b\"\n{full}"), "already the repository of service `a`"),
+            (
+                format!("{svc}{full}notify = [{{ kind = \"mail\", url = \"https://x.example/\" }}]\n"),
+                "unknown variant `mail`, expected one of `healthchecks`, `ntfy`, `webhook` (key `kind`)",
+            ),
+            (format!("{svc}{full}[[services]]\nname = \"b\"\n{full}"), "already a repository of service `a`"),
+            (format!("{svc}{full}repos = [{{ label = \"x\", url = \"/c\" }}]\n"), "give either `repo` or `repos`"),
+            (format!("{svc}dataset = \"tank/a\"\nrepo = \"-x\"\n"), "key `services[0].repo`: `-x` starts with `-`"),
+            (
+                format!("{svc}dataset = \"tank/a\"\nrepo = \"u@h:p\"\n"),
+                "key `services[0].repo`: `u@h:p` is an SSH location: give it in `repos = [...]`",
+            ),
+            (
+                format!("{svc}dataset = \"tank/a\"\nrepos = [{{ label = \"l\", url = \"/c\" }}, {{ label = \"l\", url = \"/d\" }}]\n"),
+                "key `services[0].repos[1].label`: `l` is used twice",
+            ),
+            (
+                format!("{svc}dataset = \"tank/a\"\nrepos = [{{ label = \"l\", url = \"/c\", colour = 1 }}]\n"),
+                "unknown field `colour`",
+            ),
+            (format!("{svc}dataset = \"tank/a\"\nrepos = []\n"), "key `services[0].repos`: must list at least one"),
             (format!("[backup]\nparallel = 0\n{svc}"), "key `backup.parallel`"),
             (format!("{svc}{full}catch_up = true\n"), "key `services[0].catch_up`: is true but no `schedule`"),
             (format!("{svc}catch_up = true\n"), "key `services[0].catch_up`: is a backup setting"),

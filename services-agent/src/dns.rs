@@ -1,8 +1,10 @@
 //! DNS registration: keeps `NAME.<hub domain>` A records pointing at the hub address in the dns-agent for every
 //! service name in the config, and removes the names this agent registered that no service claims any more. Retries
-//! with backoff while the dns-agent is down; deploys never wait on it. Knows the reconcile plan and its schedule; the
-//! calls themselves go through `grpc::DnsRemote` (the only module touching proto/tonic types).
+//! with backoff while the dns-agent is down; deploys never wait on it. Knows the reconcile plan and its schedule, and
+//! says what it needs from the dns-agent as the [`DnsApi`] trait; must not know proto/tonic (the gRPC edge implements
+//! the trait: `grpc::DnsRemote`, chosen by `lib.rs`). Reports into the `DnsStatus` that `lib.rs` owns.
 
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -10,9 +12,9 @@ use agent_core::cli::Shutdown;
 use agent_core::tls::TlsMaterial;
 
 use crate::config::Config;
-use crate::grpc::DnsRemote;
+use crate::DnsStatus;
 
-pub const TTL: u32 = 300;
+pub(crate) const TTL: u32 = 300;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -21,7 +23,7 @@ const RECHECK: Duration = Duration::from_secs(30);
 
 /// A DNS record as this module needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsRecord {
+pub(crate) struct DnsRecord {
     /// Fully qualified, with the trailing dot.
     pub name: String,
     pub kind: String,
@@ -31,19 +33,20 @@ pub struct DnsRecord {
     pub owner: String,
 }
 
-/// How registration is doing, for Status.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DnsStatus {
-    /// Names registered by the last successful reconcile.
-    pub registered: usize,
-    /// Why the last attempt failed; `None` after a success.
-    pub error: Option<String>,
-    /// False until the first attempt finished.
-    pub attempted: bool,
+/// What registration needs from the dns-agent: one value is one session, opened for each reconcile. Errors are one
+/// line naming the call.
+pub(crate) trait DnsApi: Sized + Send {
+    /// Connects to the dns-agent at `addr` (checked for the dns-agent's role) as `tls`'s identity.
+    fn connect(tls: &TlsMaterial, addr: &str, timeout: Duration) -> impl Future<Output = Result<Self, String>> + Send;
+    /// The records of `zone`, with their owners.
+    fn list(&mut self, zone: &str) -> impl Future<Output = Result<Vec<DnsRecord>, String>> + Send;
+    /// Adds or replaces a record (the dns-agent sets its owner from our certificate).
+    fn upsert(&mut self, r: &DnsRecord) -> impl Future<Output = Result<(), String>> + Send;
+    fn delete(&mut self, r: &DnsRecord) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 /// The records the config asks for: `NAME.DOMAIN.` A `hub.address` for every `dns` name of every service.
-pub fn desired(cfg: &Config) -> Vec<DnsRecord> {
+pub(crate) fn desired(cfg: &Config) -> Vec<DnsRecord> {
     let Some(hub) = &cfg.hub else { return Vec::new() };
     let mut out: Vec<DnsRecord> = cfg
         .services
@@ -67,7 +70,7 @@ fn same_name(a: &str, b: &str) -> bool {
 
 /// What to upsert (desired records missing or different) and what to delete (records owned by `me` that no service
 /// claims any more, or that point elsewhere). Records of other owners are never touched.
-pub fn plan(desired: &[DnsRecord], existing: &[DnsRecord], me: &str) -> (Vec<DnsRecord>, Vec<DnsRecord>) {
+pub(crate) fn plan(desired: &[DnsRecord], existing: &[DnsRecord], me: &str) -> (Vec<DnsRecord>, Vec<DnsRecord>) {
     let present = |d: &DnsRecord| {
         existing.iter().any(|e| {
             same_name(&e.name, &d.name) && e.kind == d.kind && e.value == d.value && e.ttl == d.ttl && e.owner == me
@@ -83,10 +86,20 @@ pub fn plan(desired: &[DnsRecord], existing: &[DnsRecord], me: &str) -> (Vec<Dns
     (upserts, deletes)
 }
 
-async fn reconcile(tls: &TlsMaterial, addr: &str, zone: &str, desired: &[DnsRecord]) -> Result<usize, String> {
-    let mut remote = DnsRemote::connect(tls, addr, CALL_TIMEOUT).await?;
+async fn reconcile<A: DnsApi>(
+    tls: &TlsMaterial,
+    addr: &str,
+    zone: &str,
+    desired: &[DnsRecord],
+) -> Result<usize, String> {
+    let mut remote = A::connect(tls, addr, CALL_TIMEOUT).await?;
+    apply(&mut remote, zone, desired, &tls.identity.uri()).await
+}
+
+/// One reconcile over an open session: lists `zone`, then deletes and upserts what [`plan`] says.
+async fn apply(remote: &mut impl DnsApi, zone: &str, desired: &[DnsRecord], me: &str) -> Result<usize, String> {
     let existing = remote.list(zone).await?;
-    let (upserts, deletes) = plan(desired, &existing, &tls.identity.uri());
+    let (upserts, deletes) = plan(desired, &existing, me);
     for r in &deletes {
         remote.delete(r).await?;
         tracing::info!(name = r.name, value = r.value, "dns name removed");
@@ -98,9 +111,14 @@ async fn reconcile(tls: &TlsMaterial, addr: &str, zone: &str, desired: &[DnsReco
     Ok(desired.len())
 }
 
-/// Runs registration until `shutdown`. Without `[dns] agent` it does nothing.
+/// Runs registration until `shutdown`, through the dns-agent client `A`. Without `[dns] agent` it does nothing.
 /// `tls` is the agent's own material, loaded and verified once at start.
-pub async fn run(cfg: Arc<Config>, tls: TlsMaterial, status: Arc<RwLock<DnsStatus>>, shutdown: Shutdown) {
+pub(crate) async fn run<A: DnsApi>(
+    cfg: Arc<Config>,
+    tls: TlsMaterial,
+    status: Arc<RwLock<DnsStatus>>,
+    shutdown: Shutdown,
+) {
     // Without a hub there is no domain to register names in.
     let (Some(addr), Some(hub)) = (cfg.dns_agent.clone(), cfg.hub.clone()) else { return };
     let want = desired(&cfg);
@@ -108,7 +126,7 @@ pub async fn run(cfg: Arc<Config>, tls: TlsMaterial, status: Arc<RwLock<DnsStatu
     tokio::pin!(stop);
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let wait = match reconcile(&tls, &addr, &hub.domain, &want).await {
+        let wait = match reconcile::<A>(&tls, &addr, &hub.domain, &want).await {
             Ok(n) => {
                 let mut s = status.write().unwrap_or_else(|e| e.into_inner());
                 if s.error.is_some() || !s.attempted {
@@ -175,5 +193,58 @@ mod tests {
         assert_eq!(del, ["old.lab.test.", "wiki.lab.test."]);
         let (up, del) = plan(&[], &existing[..1], ME);
         assert!(up.is_empty() && del.len() == 1);
+    }
+
+    /// A dns-agent in memory: what `apply` asks of any [`DnsApi`].
+    struct Fake {
+        zone: Vec<DnsRecord>,
+        calls: Vec<String>,
+        fail_upsert: bool,
+    }
+
+    impl DnsApi for Fake {
+        async fn connect(_: &TlsMaterial, addr: &str, _: Duration) -> Result<Fake, String> {
+            Err(format!("{addr}: the fake is built by the test"))
+        }
+
+        async fn list(&mut self, zone: &str) -> Result<Vec<DnsRecord>, String> {
+            self.calls.push(format!("list {zone}"));
+            Ok(self.zone.clone())
+        }
+
+        async fn upsert(&mut self, r: &DnsRecord) -> Result<(), String> {
+            self.calls.push(format!("upsert {} {}", r.name, r.value));
+            if self.fail_upsert {
+                return Err(format!("upsert {}: unavailable: down", r.name));
+            }
+            self.zone.push(DnsRecord { owner: ME.into(), ..r.clone() });
+            Ok(())
+        }
+
+        async fn delete(&mut self, r: &DnsRecord) -> Result<(), String> {
+            self.calls.push(format!("delete {} {}", r.name, r.value));
+            self.zone.retain(|z| z != r);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn apply_deletes_our_stale_names_then_upserts_and_stops_at_the_first_error() {
+        let want = [rec("photos.lab.test.", "10.0.0.20", ""), rec("wiki.lab.test.", "10.0.0.20", "")];
+        let mut fake = Fake {
+            zone: vec![rec("photos.lab.test.", "10.0.0.20", ME), rec("old.lab.test.", "10.0.0.20", ME)],
+            calls: Vec::new(),
+            fail_upsert: false,
+        };
+        assert_eq!(apply(&mut fake, "lab.test", &want, ME).await, Ok(2));
+        assert_eq!(fake.calls, ["list lab.test", "delete old.lab.test. 10.0.0.20", "upsert wiki.lab.test. 10.0.0.20"]);
+        // In place: nothing more to do.
+        fake.calls.clear();
+        assert_eq!(apply(&mut fake, "lab.test", &want, ME).await, Ok(2));
+        assert_eq!(fake.calls, ["list lab.test"]);
+        let mut down = Fake { zone: Vec::new(), calls: Vec::new(), fail_upsert: true };
+        let e = apply(&mut down, "lab.test", &want, ME).await.unwrap_err();
+        assert_eq!(e, "upsert photos.lab.test.: unavailable: down");
+        assert_eq!(down.calls.len(), 2, "{:?}", down.calls);
     }
 }

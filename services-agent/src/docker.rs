@@ -30,7 +30,7 @@ const ACTION_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
-pub enum DockerError {
+pub(crate) enum DockerError {
     #[error("docker engine unreachable: {0}")]
     Unreachable(String),
     #[error("docker engine: {0}")]
@@ -52,13 +52,13 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 
 /// A connection to the local engine that speaks the engine's API version.
 #[derive(Clone)]
-pub struct Engine {
+pub(crate) struct Engine {
     docker: Docker,
 }
 
 impl Engine {
     /// Connects to the local socket and negotiates the API version (this Debian's engine speaks 1.41).
-    pub async fn connect(socket: &Path) -> Result<Engine, DockerError> {
+    pub(crate) async fn connect(socket: &Path) -> Result<Engine, DockerError> {
         let docker = if socket == Path::new(DEFAULT_DOCKER_SOCKET) {
             Docker::connect_with_socket_defaults()
         } else {
@@ -71,12 +71,12 @@ impl Engine {
     }
 
     /// The API version in use.
-    pub fn api_version(&self) -> String {
+    pub(crate) fn api_version(&self) -> String {
         self.docker.client_version().to_string()
     }
 
     /// Every container (running or not) that belongs to a compose project, inspected.
-    pub async fn containers(&self) -> Result<Vec<ContainerInfo>, DockerError> {
+    pub(crate) async fn containers(&self) -> Result<Vec<ContainerInfo>, DockerError> {
         let filters = HashMap::from([("label", vec![PROJECT_LABEL])]);
         let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         let list = self.docker.list_containers(Some(opts)).await.map_err(api)?;
@@ -92,7 +92,7 @@ impl Engine {
     }
 
     /// One container; `None` when it is gone or not part of a compose project.
-    pub async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>, DockerError> {
+    pub(crate) async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>, DockerError> {
         match self.docker.inspect_container(id, None::<InspectContainerOptions>).await {
             Ok(r) => Ok(from_inspect(r)),
             Err(e) if is_not_found(&e) => Ok(None),
@@ -100,7 +100,7 @@ impl Engine {
         }
     }
 
-    pub async fn networks(&self) -> Result<Vec<NetworkInfo>, DockerError> {
+    pub(crate) async fn networks(&self) -> Result<Vec<NetworkInfo>, DockerError> {
         let list = self.docker.list_networks(None::<ListNetworksOptions>).await.map_err(api)?;
         Ok(list
             .into_iter()
@@ -112,7 +112,7 @@ impl Engine {
     }
 
     /// The ids of the project's containers that are running now (paused, exited and restarting ones excluded).
-    pub async fn running_in_project(&self, project: &str) -> Result<Vec<String>, DockerError> {
+    pub(crate) async fn running_in_project(&self, project: &str) -> Result<Vec<String>, DockerError> {
         let label = format!("{PROJECT_LABEL}={project}");
         let filters = HashMap::from([("label", vec![label.as_str()]), ("status", vec!["running"])]);
         let opts = ListContainersOptionsBuilder::default().all(false).filters(&filters).build();
@@ -125,7 +125,7 @@ impl Engine {
     /// Every container of the project, running or not, with when it last started (Unix seconds with the
     /// sub-second part; `None` when it never started). Recovery uses it to tell whether a container may have written
     /// to the service's data since a point in time.
-    pub async fn project_starts(&self, project: &str) -> Result<Vec<Started>, DockerError> {
+    pub(crate) async fn project_starts(&self, project: &str) -> Result<Vec<Started>, DockerError> {
         let label = format!("{PROJECT_LABEL}={project}");
         let filters = HashMap::from([("label", vec![label.as_str()])]);
         let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
@@ -149,7 +149,7 @@ impl Engine {
     }
 
     /// The running container of compose service `service` in `project`, if any.
-    pub async fn service_container(&self, project: &str, service: &str) -> Result<Option<String>, DockerError> {
+    pub(crate) async fn service_container(&self, project: &str, service: &str) -> Result<Option<String>, DockerError> {
         let p = format!("{PROJECT_LABEL}={project}");
         let s = format!("{SERVICE_LABEL}={service}");
         let filters = HashMap::from([("label", vec![p.as_str(), s.as_str()]), ("status", vec!["running"])]);
@@ -165,7 +165,7 @@ impl Engine {
     }
 
     /// Stops a container, giving it its own grace period (`StopTimeout`) before the engine kills it.
-    pub async fn stop(&self, id: &str) -> Result<(), DockerError> {
+    pub(crate) async fn stop(&self, id: &str) -> Result<(), DockerError> {
         match self.long().stop_container(id, None::<bollard::query_parameters::StopContainerOptions>).await {
             Ok(()) => Ok(()),
             // 304: already stopped.
@@ -174,7 +174,7 @@ impl Engine {
         }
     }
 
-    pub async fn start(&self, id: &str) -> Result<(), DockerError> {
+    pub(crate) async fn start(&self, id: &str) -> Result<(), DockerError> {
         match self.long().start_container(id, None::<bollard::query_parameters::StartContainerOptions>).await {
             Ok(()) => Ok(()),
             // 304: already started.
@@ -183,12 +183,12 @@ impl Engine {
         }
     }
 
-    pub async fn pause(&self, id: &str) -> Result<(), DockerError> {
+    pub(crate) async fn pause(&self, id: &str) -> Result<(), DockerError> {
         self.docker.pause_container(id).await.map_err(api)
     }
 
     /// Unpauses; a container that is not paused (any more) is fine.
-    pub async fn unpause(&self, id: &str) -> Result<(), DockerError> {
+    pub(crate) async fn unpause(&self, id: &str) -> Result<(), DockerError> {
         match self.docker.unpause_container(id).await {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, message })
@@ -202,7 +202,7 @@ impl Engine {
 
     /// Runs `cmd` inside container `id` and waits for it (at most `timeout`): its exit code and the tail of its
     /// output (stdout and stderr merged).
-    pub async fn exec(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<(i64, String), DockerError> {
+    pub(crate) async fn exec(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<(i64, String), DockerError> {
         use bollard::exec::{CreateExecOptions, StartExecResults};
         let opts = CreateExecOptions {
             cmd: Some(cmd.to_vec()),
@@ -236,7 +236,12 @@ impl Engine {
     }
 
     /// The log of one container, line by line (`tail` 0 means all), following it when asked.
-    pub fn logs(&self, container: &str, follow: bool, tail: u32) -> BoxStream<'static, Result<LogLine, DockerError>> {
+    pub(crate) fn logs(
+        &self,
+        container: &str,
+        follow: bool,
+        tail: u32,
+    ) -> BoxStream<'static, Result<LogLine, DockerError>> {
         let tail = if tail == 0 { "all".to_string() } else { tail.to_string() };
         let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).follow(follow).tail(&tail).build();
         let name = container.to_string();
@@ -285,7 +290,7 @@ fn split_lines(chunk: &str) -> Vec<String> {
 }
 
 /// The container as the agent sees it; `None` without an id or a compose project label.
-pub fn from_inspect(r: ContainerInspectResponse) -> Option<ContainerInfo> {
+pub(crate) fn from_inspect(r: ContainerInspectResponse) -> Option<ContainerInfo> {
     let id = r.id?;
     let config = r.config.unwrap_or_default();
     let labels = config.labels.unwrap_or_default();
@@ -355,7 +360,7 @@ pub fn from_inspect(r: ContainerInspectResponse) -> Option<ContainerInfo> {
 
 /// A container of a project and when it last started (see [`Engine::project_starts`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Started {
+pub(crate) struct Started {
     pub name: String,
     /// Running or paused now.
     pub running: bool,
@@ -363,7 +368,7 @@ pub struct Started {
 }
 
 /// Docker's RFC 3339 `StartedAt` (nanoseconds) as Unix seconds; `None` for the zero time of a never-started one.
-pub fn precise_unix(s: &str) -> Option<f64> {
+pub(crate) fn precise_unix(s: &str) -> Option<f64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     let secs = t.unix_timestamp_nanos() as f64 / 1e9;
     (secs > 0.0).then_some(secs)
@@ -380,7 +385,13 @@ fn relevant(action: &str) -> bool {
 /// Keeps `live` current from the engine's event stream until `shutdown`: seeds it with every compose container, then
 /// applies each event as it arrives. When the engine goes away the state is marked down (with the error) and the
 /// watcher reconnects with backoff, reseeding from scratch.
-pub async fn watch(live: Arc<Live>, socket: PathBuf, events_seen: Counter, containers: Gauge, shutdown: Shutdown) {
+pub(crate) async fn watch(
+    live: Arc<Live>,
+    socket: PathBuf,
+    events_seen: Counter,
+    containers: Gauge,
+    shutdown: Shutdown,
+) {
     let stop = shutdown.wait();
     tokio::pin!(stop);
     let mut backoff = Duration::from_millis(250);

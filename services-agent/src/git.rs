@@ -272,6 +272,8 @@ pub fn parse_ls_tree(stdout: &[u8]) -> Result<BTreeMap<String, String>, GitError
     Ok(trees)
 }
 
+// Tests run programs directly.
+#[allow(clippy::disallowed_methods)]
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,10 +10,10 @@ use tokio::time::Instant;
 use tokio::sync::Notify;
 
 /// The longest lease a host may take (a VM backup that takes longer renews it).
-pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
+pub(crate) struct Lease {
     pub id: String,
     pub expires_unix: i64,
 }
@@ -42,14 +42,14 @@ impl State {
 
 /// See the module docs.
 #[derive(Debug, Default)]
-pub struct Gate {
+pub(crate) struct Gate {
     state: Mutex<State>,
     changed: Notify,
 }
 
 /// A running job; dropping it lets a waiting `prepare` go on.
 #[derive(Debug)]
-pub struct JobGuard<'a> {
+pub(crate) struct JobGuard<'a> {
     gate: &'a Gate,
 }
 
@@ -70,7 +70,7 @@ impl Gate {
     }
 
     /// Waits while a host lease is live, then counts the job as running. `on_wait` is called once if it must wait.
-    pub async fn enter(&self, on_wait: impl FnOnce(&str)) -> JobGuard<'_> {
+    pub(crate) async fn enter(&self, on_wait: impl FnOnce(&str)) -> JobGuard<'_> {
         let mut on_wait = Some(on_wait);
         loop {
             let notified = self.changed.notified();
@@ -99,7 +99,7 @@ impl Gate {
     /// Takes a lease of `duration` (new jobs wait from now on) and waits until no job is running. A second prepare
     /// while a lease is live replaces it (the host renews). Cancelling the returned future leaves the lease in place
     /// until it expires.
-    pub async fn prepare(&self, duration: Duration) -> Lease {
+    pub(crate) async fn prepare(&self, duration: Duration) -> Lease {
         let duration = duration.min(MAX_LEASE);
         let id = {
             let mut s = self.lock();
@@ -120,7 +120,7 @@ impl Gate {
     }
 
     /// Ends the lease `id`; false when it is not the live lease (already expired or replaced).
-    pub fn release(&self, id: &str) -> bool {
+    pub(crate) fn release(&self, id: &str) -> bool {
         let released = {
             let mut s = self.lock();
             match &s.lease {
@@ -139,7 +139,7 @@ impl Gate {
     }
 
     /// The live lease's id, if any.
-    pub fn current(&self) -> Option<String> {
+    pub(crate) fn current(&self) -> Option<String> {
         let mut s = self.lock();
         s.live()?;
         s.lease.as_ref().map(|(id, _)| id.clone())

@@ -1,30 +1,32 @@
 //! The services-agent library: compose stacks from Git (sync, deploy, lifecycle), state read from Docker's event
 //! stream, the hub-and-spoke audit, DNS registration, and per-service ZFS snapshot + Borg backups (restore, checks,
-//! drills, crash recovery, the host's lease). `main.rs` is only glue.
+//! drills, crash recovery, the host's lease). `main.rs` is only glue; `run` wires the tasks together (it hands `dns`
+//! the gRPC edge's dns-agent client and owns the registration's [`DnsStatus`]).
 
-pub mod audit;
-pub mod backup;
-pub mod compose;
+mod audit;
+mod backup;
+mod compose;
 pub mod config;
-pub mod dns;
-pub mod docker;
+mod dns;
+mod docker;
 pub mod git;
-pub mod grpc;
-pub mod journal;
-pub mod lease;
-pub mod live;
-pub mod model;
-pub mod mounts;
-pub mod notify;
-pub mod recovery;
-pub mod restore;
-pub mod schedule;
-pub mod stacks;
-pub mod store;
-pub mod verify;
-pub mod zfs;
+mod grpc;
+mod journal;
+mod lease;
+mod live;
+mod model;
+mod mounts;
+mod notify;
+mod recovery;
+mod repos;
+mod restore;
+mod schedule;
+mod stacks;
+mod store;
+mod verify;
+mod zfs;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use agent_core::cli::{Listeners, Shutdown};
 use agent_core::grpc::{AgentParts, ServeError};
@@ -36,6 +38,28 @@ use stacks::Stacks;
 
 /// The role this agent's certificate must carry.
 pub const ROLE: Role = Role::ServicesAgent;
+
+/// How DNS registration is doing, for Status: written by `dns::run`, read by the health check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsStatus {
+    /// Names registered by the last successful reconcile.
+    pub registered: usize,
+    /// Why the last attempt failed; `None` after a success.
+    pub error: Option<String>,
+    /// False until the first attempt finished.
+    pub attempted: bool,
+}
+
+impl DnsStatus {
+    /// Its part of the Status summary (empty before the first attempt).
+    pub fn summary(&self) -> String {
+        match &self.error {
+            Some(e) => format!("dns names pending: {e}"),
+            None if self.attempted => format!("{} dns names", self.registered),
+            None => String::new(),
+        }
+    }
+}
 
 /// Runs the agent until `shutdown` fires: the Docker watcher, the sync poller, DNS registration and the gRPC server.
 pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), ServeError> {
@@ -77,7 +101,13 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
         shutdown.clone(),
     ));
     let poller = tokio::spawn(stacks.clone().poll(shutdown.clone()));
-    let dns = tokio::spawn(dns::run(cfg.clone(), listeners.tls.clone(), stacks.dns.clone(), shutdown.clone()));
+    let dns_status: Arc<RwLock<DnsStatus>> = Arc::default();
+    let dns = tokio::spawn(dns::run::<grpc::DnsRemote>(
+        cfg.clone(),
+        listeners.tls.clone(),
+        dns_status.clone(),
+        shutdown.clone(),
+    ));
     let scheduler = tokio::spawn(schedule::run(backups.clone(), shutdown.clone()));
 
     // The first look at the engine settles before serving (a missing socket fails at once), so that a Status just
@@ -91,9 +121,11 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     let mut health = agent_core::health::Checks::new();
     let (health_stacks, health_backups) = (stacks.clone(), backups.clone());
     health.add(move |h| health_stacks.health(h));
+    if cfg.dns_agent.is_some() {
+        health.add(move |h| h.summary(dns_status.read().unwrap_or_else(|e| e.into_inner()).summary()));
+    }
     health.add(move |h| h.summary(health_backups.summary()));
-    let mut domain = tonic::service::RoutesBuilder::default();
-    domain.add_service(grpc::service(stacks, backups));
+    let domain = grpc::routes(stacks, backups);
     let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), health, domain, metrics };
     let served = agent_core::grpc::run_agent(&common, parts, listeners, shutdown).await;
     // The background tasks stop on the same shutdown; a sync in progress is abandoned (compose is killed on drop). A

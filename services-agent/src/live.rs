@@ -21,7 +21,7 @@ struct State {
 
 /// Shared, cheap to read. Writers are the watcher and (for immediate feedback) the deploy paths.
 #[derive(Debug)]
-pub struct Live {
+pub(crate) struct Live {
     state: RwLock<State>,
     /// Woken (waiters only) each time a snapshot is taken: the engine (re)appeared.
     connected: tokio::sync::Notify,
@@ -46,7 +46,7 @@ impl Live {
     }
 
     /// Replaces everything with a fresh snapshot; the engine answers.
-    pub fn reset(&self, containers: Vec<ContainerInfo>, networks: Vec<NetworkInfo>, api_version: String) {
+    pub(crate) fn reset(&self, containers: Vec<ContainerInfo>, networks: Vec<NetworkInfo>, api_version: String) {
         let mut s = self.write();
         s.containers = containers.into_iter().map(|c| (c.id.clone(), c)).collect();
         s.networks = networks;
@@ -59,57 +59,53 @@ impl Live {
     }
 
     /// Resolves at the next snapshot (the engine answered again after being away).
-    pub async fn reconnected(&self) {
+    pub(crate) async fn reconnected(&self) {
         self.connected.notified().await
     }
 
-    pub fn upsert(&self, c: ContainerInfo) {
+    pub(crate) fn upsert(&self, c: ContainerInfo) {
         self.write().containers.insert(c.id.clone(), c);
     }
 
-    pub fn remove(&self, id: &str) {
+    pub(crate) fn remove(&self, id: &str) {
         self.write().containers.remove(id);
     }
 
-    pub fn set_networks(&self, networks: Vec<NetworkInfo>) {
+    pub(crate) fn set_networks(&self, networks: Vec<NetworkInfo>) {
         self.write().networks = networks;
     }
 
-    pub fn set_engine_down(&self, error: String) {
+    pub(crate) fn set_engine_down(&self, error: String) {
         let mut s = self.write();
         s.engine_error = Some(error);
         s.attempted = true;
     }
 
     /// True once the watcher tried the engine at least once (whatever the outcome).
-    pub fn attempted(&self) -> bool {
+    pub(crate) fn attempted(&self) -> bool {
         self.read().attempted
     }
 
-    pub fn has_container(&self, id: &str) -> bool {
+    pub(crate) fn has_container(&self, id: &str) -> bool {
         self.read().containers.contains_key(id)
     }
 
-    pub fn container_count(&self) -> usize {
+    pub(crate) fn container_count(&self) -> usize {
         self.read().containers.len()
     }
 
     /// Why the engine does not answer, if it does not.
-    pub fn engine_error(&self) -> Option<String> {
+    pub(crate) fn engine_error(&self) -> Option<String> {
         self.read().engine_error.clone()
     }
 
-    pub fn api_version(&self) -> String {
-        self.read().api_version.clone()
-    }
-
     /// True once a snapshot was taken (the engine answered at least once).
-    pub fn seeded(&self) -> bool {
+    pub(crate) fn seeded(&self) -> bool {
         self.read().seeded
     }
 
     /// The containers of one compose project, by name.
-    pub fn project(&self, project: &str) -> Vec<ContainerInfo> {
+    pub(crate) fn project(&self, project: &str) -> Vec<ContainerInfo> {
         let mut v: Vec<ContainerInfo> =
             self.read().containers.values().filter(|c| c.project == project).cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -117,7 +113,7 @@ impl Live {
     }
 
     /// Every compose container and every network.
-    pub fn snapshot(&self) -> (Vec<ContainerInfo>, Vec<NetworkInfo>) {
+    pub(crate) fn snapshot(&self) -> (Vec<ContainerInfo>, Vec<NetworkInfo>) {
         let s = self.read();
         (s.containers.values().cloned().collect(), s.networks.clone())
     }

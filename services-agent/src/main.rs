@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use agent_core::cli::{self, AgentDef};
+use agent_core::install::{KillMode, Privilege, UnitNeeds};
 use services_agent::{config::DEFAULT_METRICS_PORT, Config, ROLE};
 
 fn main() -> ExitCode {
@@ -25,10 +26,18 @@ fn main() -> ExitCode {
         role: ROLE,
         description: "Strata services-agent: compose stacks from Git and per-service ZFS + Borg backups",
         default_metrics_port: DEFAULT_METRICS_PORT,
-        dynamic_user: false,
-        bind_privileged: false,
-        needs_root: true,
-        system_user: None,
+        privilege: Privilege::Root {
+            why: "Root with host mounts and devices: docker, zfs (/dev/zfs). No file-system\n\
+                  namespacing (ProtectSystem=, PrivateTmp=, ...): mounts made by zfs must reach the host and dockerd.",
+        },
+        unit: UnitNeeds {
+            // Stacks run on dockerd; volumes are ZFS datasets.
+            after: &["docker.service", "zfs-mount.service", "zfs-fuse.service"],
+            wants: &[],
+            kill_mode: KillMode::Process {
+                why: "Programs its jobs run outlive a restart of the agent; the next start kills what is left.",
+            },
+        },
         reads: |_| vec![],
         secrets: |_| vec![],
         reloads_on_sighup: false,

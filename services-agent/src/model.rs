@@ -2,13 +2,13 @@
 //! audit violations. Owned data only; must not know bollard, proto/tonic, git or compose.
 
 /// Label compose puts on every container and network of a project.
-pub const PROJECT_LABEL: &str = "com.docker.compose.project";
+pub(crate) const PROJECT_LABEL: &str = "com.docker.compose.project";
 /// Label compose puts on every container: the compose service.
-pub const SERVICE_LABEL: &str = "com.docker.compose.service";
+pub(crate) const SERVICE_LABEL: &str = "com.docker.compose.service";
 
 /// One container of a compose project, as last inspected.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ContainerInfo {
+pub(crate) struct ContainerInfo {
     pub id: String,
     /// Without the leading `/`.
     pub name: String,
@@ -37,7 +37,7 @@ pub struct ContainerInfo {
 
 impl ContainerInfo {
     /// The state to show: an unhealthy running container is "unhealthy", never just "running".
-    pub fn shown_state(&self) -> &str {
+    pub(crate) fn shown_state(&self) -> &str {
         match (self.state.as_str(), self.health.as_deref()) {
             ("running", Some("unhealthy")) => "unhealthy",
             ("running", Some("starting")) => "starting",
@@ -49,14 +49,14 @@ impl ContainerInfo {
 
 /// A Docker network and the compose project that created it, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetworkInfo {
+pub(crate) struct NetworkInfo {
     pub name: String,
     pub project: Option<String>,
 }
 
 /// One rule broken by one container.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Violation {
+pub(crate) struct Violation {
     pub container: String,
     pub rule: String,
     pub detail: String,
@@ -90,7 +90,7 @@ pub struct ServiceRow {
 
 /// What one sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SyncReport {
+pub(crate) struct SyncReport {
     pub commit: String,
     pub redeployed: Vec<String>,
     pub errors: std::collections::BTreeMap<String, String>,
@@ -98,23 +98,14 @@ pub struct SyncReport {
 
 /// One line of a container's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogLine {
+pub(crate) struct LogLine {
     pub container: String,
     pub line: String,
 }
 
-/// One progress report of a long job (backup, restore, check, drill), streamed to labctl.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Progress {
-    pub step: String,
-    pub done: u64,
-    pub total: u64,
-    pub message: String,
-}
-
 /// One archive in a service's repository.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ArchiveRow {
+pub(crate) struct ArchiveRow {
     pub name: String,
     pub time_unix: i64,
     /// 0 when the archive was not made by this agent (sizes come from its history).
@@ -124,7 +115,7 @@ pub struct ArchiveRow {
 
 /// One compose service as `config` resolved it, before anything is deployed: what the deploy gate judges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PlannedService {
+pub(crate) struct PlannedService {
     /// The compose service name.
     pub service: String,
     pub privileged: bool,
@@ -141,7 +132,7 @@ pub struct PlannedService {
 
 /// A host path a planned container would bind-mount.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PlannedBind {
+pub(crate) struct PlannedBind {
     /// As compose printed it.
     pub source: String,
     /// With symlinks resolved (filled by the caller; equal to `source` until then).

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// One line of mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
+pub(crate) struct Mount {
     /// Where it is mounted.
     pub point: PathBuf,
     /// `fuse.zfs` (zfs-fuse), `zfs` (OpenZFS), `ext4`, `tmpfs`, …
@@ -17,19 +17,19 @@ pub struct Mount {
 
 impl Mount {
     /// True when this is the ZFS dataset `dataset` or one of its descendants.
-    pub fn is_dataset_or_child(&self, dataset: &str) -> bool {
+    pub(crate) fn is_dataset_or_child(&self, dataset: &str) -> bool {
         matches!(self.fstype.as_str(), "zfs" | "fuse.zfs")
             && (self.source == dataset || self.source.strip_prefix(dataset).is_some_and(|r| r.starts_with('/')))
     }
 }
 
 /// The current mount table of this process, in mount order (a later mount at the same point is on top).
-pub fn read() -> std::io::Result<Vec<Mount>> {
+pub(crate) fn read() -> std::io::Result<Vec<Mount>> {
     Ok(parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
 }
 
 /// Parses mountinfo text; malformed lines are skipped.
-pub fn parse(text: &str) -> Vec<Mount> {
+pub(crate) fn parse(text: &str) -> Vec<Mount> {
     text.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
@@ -45,7 +45,7 @@ pub fn parse(text: &str) -> Vec<Mount> {
 /// Why `dataset`, mounted at `mount`, cannot be restored in place as its own filesystems, if it cannot: it is not
 /// what is mounted there (not mounted, or something is mounted over it), or a mount that is not the dataset or one
 /// of its descendants lies inside it (a bind mount, another dataset, a tmpfs: no snapshot of the dataset covers it).
-pub fn foreign_inside(all: &[Mount], dataset: &str, mount: &Path) -> Option<String> {
+pub(crate) fn foreign_inside(all: &[Mount], dataset: &str, mount: &Path) -> Option<String> {
     match all.iter().rev().find(|m| m.point == mount) {
         None => return Some(format!("{} is not mounted (nothing is mounted at {})", dataset, mount.display())),
         Some(m) if m.fstype.starts_with("fuse.zfs") || m.fstype == "zfs" => {
@@ -72,7 +72,7 @@ pub fn foreign_inside(all: &[Mount], dataset: &str, mount: &Path) -> Option<Stri
 
 /// The mount points strictly inside `mount` of `dataset`'s descendants (its child datasets; nothing else),
 /// parents before children.
-pub fn children_inside(all: &[Mount], dataset: &str, mount: &Path) -> Vec<PathBuf> {
+pub(crate) fn children_inside(all: &[Mount], dataset: &str, mount: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = all
         .iter()
         .filter(|m| m.point != mount && m.point.starts_with(mount) && m.is_dataset_or_child(dataset))

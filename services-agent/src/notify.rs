@@ -1,34 +1,24 @@
 //! Job notifications (backup, check, drill, restore): healthchecks.io-style pings, ntfy messages and a JSON webhook,
-//! posted with ureq on the blocking pool. Knows HTTP and those three conventions; must not know how a job runs, what
-//! its message says or where targets are configured. Sending never fails the caller: problems are logged with the
-//! URL's userinfo and query redacted.
+//! posted with ureq on the blocking pool. Knows HTTP and those three conventions (and their names); must not know how
+//! a job runs, what its message says or where targets are configured. Sending never fails the caller: problems are
+//! logged with the URL's userinfo and query redacted.
 
 use std::time::Duration;
 
 /// Each request's deadline, connection included.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest message body sent to healthchecks (bytes, cut at a character boundary).
-pub const MAX_HEALTHCHECKS_BODY: usize = 10_000;
+pub(crate) const MAX_HEALTHCHECKS_BODY: usize = 10_000;
 /// ntfy turns longer messages into attachments (or refuses them): cut before that.
-pub const MAX_NTFY_BODY: usize = 4_000;
+pub(crate) const MAX_NTFY_BODY: usize = 4_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A target's convention, as the config names it: `healthchecks`, `ntfy` or `webhook`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NotifyKind {
     Healthchecks,
     Ntfy,
     Webhook,
-}
-
-impl NotifyKind {
-    /// `healthchecks`, `ntfy` or `webhook`.
-    pub fn parse(s: &str) -> Option<NotifyKind> {
-        match s {
-            "healthchecks" => Some(NotifyKind::Healthchecks),
-            "ntfy" => Some(NotifyKind::Ntfy),
-            "webhook" => Some(NotifyKind::Webhook),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,28 +28,31 @@ pub struct NotifyTarget {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     Start,
     Success,
     Fail,
+    /// The job was cancelled (`Cancel`): told as a failure is.
+    Cancel,
 }
 
 impl Phase {
-    /// `start`, `success` or `fail` (the webhook's `phase`).
-    pub fn as_str(self) -> &'static str {
+    /// `start`, `success`, `fail` or `cancelled` (the webhook's `phase`).
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Phase::Start => "start",
             Phase::Success => "success",
             Phase::Fail => "fail",
+            Phase::Cancel => "cancelled",
         }
     }
 }
 
 /// What happened; the webhook receives it as JSON.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Event {
+pub(crate) struct Event {
     pub service: String,
-    /// `backup`, `check`, `drill` or `restore`.
+    /// The run's kind as the journal writes it: `backup`, `restore`, `check`, `verify-data` or `drill`.
     pub job: String,
     /// `start`, `success` or `fail`; [`send`] sets it from its `phase` argument.
     pub phase: &'static str,
@@ -72,7 +65,7 @@ pub struct Event {
 
 /// Sends `event` to every target at once and waits for all (each bounded by [`REQUEST_TIMEOUT`]). Never fails:
 /// errors are logged. ntfy targets are not told about `Start`.
-pub async fn send(targets: &[NotifyTarget], phase: Phase, event: &Event) {
+pub(crate) async fn send(targets: &[NotifyTarget], phase: Phase, event: &Event) {
     let requests: Vec<Request> = targets.iter().filter_map(|t| request_for(t, phase, event)).collect();
     if requests.is_empty() {
         return;
@@ -108,7 +101,7 @@ fn request_for(target: &NotifyTarget, phase: Phase, event: &Event) -> Option<Req
             let url = match phase {
                 Phase::Start => append_path(&target.url, "start"),
                 Phase::Success => target.url.clone(),
-                Phase::Fail => append_path(&target.url, "fail"),
+                Phase::Fail | Phase::Cancel => append_path(&target.url, "fail"),
             };
             let body = truncate(&event.message, MAX_HEALTHCHECKS_BODY).as_bytes().to_vec();
             Some(Request { url, headers: vec![("Content-Type", TEXT.into())], body })
@@ -118,11 +111,12 @@ fn request_for(target: &NotifyTarget, phase: Phase, event: &Event) -> Option<Req
                 Phase::Start => return None,
                 Phase::Success => ("ok", "white_check_mark"),
                 Phase::Fail => ("failed", "rotating_light"),
+                Phase::Cancel => ("cancelled", "stop_sign"),
             };
             let title = format!("strata {} {} {word}", event.job, event.service);
             let mut headers =
                 vec![("Content-Type", TEXT.into()), ("Title", header_value(&title)), ("Tags", tag.into())];
-            if phase == Phase::Fail {
+            if matches!(phase, Phase::Fail | Phase::Cancel) {
                 headers.push(("Priority", "high".into()));
             }
             let message = if event.message.trim().is_empty() { title.as_str() } else { event.message.as_str() };
@@ -321,11 +315,13 @@ mod tests {
 
     #[test]
     fn kinds_parse() {
-        assert_eq!(NotifyKind::parse("healthchecks"), Some(NotifyKind::Healthchecks));
-        assert_eq!(NotifyKind::parse("ntfy"), Some(NotifyKind::Ntfy));
-        assert_eq!(NotifyKind::parse("webhook"), Some(NotifyKind::Webhook));
-        assert_eq!(NotifyKind::parse("Ntfy"), None);
-        assert_eq!(NotifyKind::parse(""), None);
+        use serde::de::{value::StrDeserializer, Deserialize};
+        let parse = |s: &str| NotifyKind::deserialize(StrDeserializer::<serde::de::value::Error>::new(s)).ok();
+        assert_eq!(parse("healthchecks"), Some(NotifyKind::Healthchecks));
+        assert_eq!(parse("ntfy"), Some(NotifyKind::Ntfy));
+        assert_eq!(parse("webhook"), Some(NotifyKind::Webhook));
+        assert_eq!(parse("Ntfy"), None);
+        assert_eq!(parse(""), None);
     }
 
     #[tokio::test]
@@ -375,6 +371,18 @@ mod tests {
             (NotifyKind::Webhook, "/hook", Phase::Start, Some(("/hook", vec![("content-type", "application/json")]))),
             (NotifyKind::Webhook, "/hook", Phase::Success, Some(("/hook", vec![]))),
             (NotifyKind::Webhook, "/hook", Phase::Fail, Some(("/hook", vec![]))),
+            // A cancelled job is told as a failure is, under its own name where the target has one.
+            (NotifyKind::Healthchecks, "/ping/abc", Phase::Cancel, Some(("/ping/abc/fail", vec![]))),
+            (
+                NotifyKind::Ntfy,
+                "/lab",
+                Phase::Cancel,
+                Some((
+                    "/lab",
+                    vec![("title", "strata backup photos cancelled"), ("tags", "stop_sign"), ("priority", "high")],
+                )),
+            ),
+            (NotifyKind::Webhook, "/hook", Phase::Cancel, Some(("/hook", vec![]))),
         ];
         for (kind, path, phase, expected) in cases {
             let case = format!("{kind:?} {path} {phase:?}");

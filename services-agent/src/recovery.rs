@@ -11,20 +11,20 @@ use std::collections::HashSet;
 use crate::backup::{Backups, CLONE_PREFIX, SCRATCH_PREFIX};
 use crate::config::Quiesce;
 use crate::docker::Engine;
-use crate::journal::{now_unix, step, Held, OpenStep, Outcome};
+use crate::journal::{now_unix, step, Held, Job, OpenStep, Outcome, Quiesced};
 use crate::notify::Phase;
 use crate::zfs;
 
 /// What recovery did, for the log and the tests.
 #[derive(Debug, Default)]
-pub struct Recovered {
+pub(crate) struct Recovered {
     pub actions: Vec<String>,
     pub errors: Vec<String>,
 }
 
 impl Backups {
     /// See the module docs. Errors are collected, not fatal: the agent starts and reports them.
-    pub async fn recover(&self) -> Recovered {
+    pub(crate) async fn recover(&self) -> Recovered {
         let mut out = Recovered::default();
         let open = match self.journal.open_steps() {
             Ok(o) => o,
@@ -44,17 +44,10 @@ impl Backups {
                 continue;
             }
             let undone = match s.step.as_str() {
-                step::QUIESCE | step::RESTORE_STOP => {
-                    let mut words = s.detail.split_whitespace();
-                    let how = match words.next() {
-                        Some("pause") => Quiesce::Pause,
-                        Some("stop") => Quiesce::Stop,
-                        _ => Quiesce::None,
-                    };
-                    let ids: Vec<String> = words.map(String::from).collect();
-                    if ids.is_empty() || how == Quiesce::None {
-                        Ok(())
-                    } else {
+                step::QUIESCE | step::RESTORE_STOP => match s.detail.parse::<Quiesced>() {
+                    Err(e) => Err(e.to_string()),
+                    Ok(Quiesced { how, ids }) if ids.is_empty() || how == Quiesce::None => Ok(()),
+                    Ok(Quiesced { how, ids }) => {
                         if engine.is_none() {
                             engine = Engine::connect(&self.cfg.docker_socket)
                                 .await
@@ -76,7 +69,7 @@ impl Backups {
                             None => Err("docker engine unreachable".to_string()),
                         }
                     }
-                }
+                },
                 step::CLONE | step::SCRATCH => {
                     if is_ours(&s.detail) {
                         zfs::destroy(&s.detail, true)
@@ -167,7 +160,9 @@ impl Backups {
                     Err(e) => out.errors.push(format!("{name}: cannot list {pool}: {e}")),
                 }
             }
-            self.repair_lock(&name, &b.repo, &mut out).await;
+            for r in &b.repos {
+                self.repair_lock(&name, &self.repo(b, r), &mut out).await;
+            }
         }
         for a in &out.actions {
             tracing::warn!("recovery: {a}");
@@ -179,12 +174,10 @@ impl Backups {
     }
 
     /// Breaks the repository's lock when every holder is a dead process on this host (a borg this agent ran and
-    /// that died with it); reports any other lock.
-    async fn repair_lock(&self, name: &str, repo_location: &str, out: &mut Recovered) {
-        let repo = match self.settings(name) {
-            Ok((_, b)) => self.repo(b),
-            Err(_) => return,
-        };
+    /// that died with it); reports any other lock. A remote repository's lock is held by `borg serve` on the remote,
+    /// whose roster cannot be read from here: borg itself removes it there when its holder is dead (same rule).
+    async fn repair_lock(&self, name: &str, repo: &agent_core::borg::Repo, out: &mut Recovered) {
+        let repo_location = repo.location();
         let holders = repo.lock_holders();
         if holders.is_empty() {
             return;
@@ -293,7 +286,7 @@ impl Backups {
         let name = &data.service;
         let (archive, snapshot) = self.journal.source(data.run).map_err(|e| e.to_string())?;
         let stopped: Vec<String> =
-            stop.map(|s| s.detail.split_whitespace().skip(1).map(String::from).collect()).unwrap_or_default();
+            stop.and_then(|s| s.detail.parse::<Quiesced>().ok()).map(|q| q.ids).unwrap_or_default();
         let reason = format!(
             "service {name}: the interrupted restore (run {}) was not rolled back to its safety snapshot {}, because \
              something else may have written the dataset since: {why}; the data was left as it is and the service \
@@ -315,7 +308,7 @@ impl Backups {
         close.extend(stop.map(|s| s.id));
         self.journal.hold(&h, &close).map_err(|e| e.to_string())?;
         if let Ok((_, b)) = self.settings(name) {
-            let mut event = self.event(name, "restore", "fail");
+            let mut event = self.event(name, Job::Restore, "fail");
             event.message = h.reason.clone();
             self.notify(b, Phase::Fail, event).await;
         }

@@ -9,21 +9,22 @@ use agent_core::borg::CheckKind;
 use agent_core::runner::{self, Cmd};
 
 use crate::backup::{
-    archive_glob, archive_timestamp, clone_tree, preflight, timestamp_now, Backups, JobError, Reporter, CLONE_PREFIX,
-    PRERESTORE_PREFIX, SCRATCH_PREFIX, SNAPSHOT_PREFIX,
+    archive_glob, archive_timestamp, clone_tree, failed_or_cancelled, preflight, timestamp_now, Backups, JobError,
+    Reporter, CLONE_PREFIX, PRERESTORE_PREFIX, SCRATCH_PREFIX, SNAPSHOT_PREFIX,
 };
 use crate::config::{Quiesce, ServiceBackup};
 use crate::docker::Engine;
-use crate::journal::{now_unix, step, Held, OpenStep, Outcome};
+use crate::journal::{now_unix, step, Held, Job, OpenStep, Outcome, Quiesced, Trigger};
 use crate::notify::Phase;
 use crate::verify;
 use crate::zfs;
+use agent_core::repos::RepoSpec;
 
 /// What a restore reads, once the request is resolved and checked to exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Picked {
-    /// An archive in the service's repository.
-    Archive(String),
+    /// An archive in one of the service's repositories.
+    Archive { repo: Box<RepoSpec>, name: String },
     /// A local snapshot, `DATASET@SNAP`.
     Snapshot(String),
 }
@@ -31,7 +32,7 @@ enum Picked {
 impl Picked {
     fn name(&self) -> &str {
         match self {
-            Picked::Archive(n) | Picked::Snapshot(n) => n,
+            Picked::Archive { name: n, .. } | Picked::Snapshot(n) => n,
         }
     }
 }
@@ -47,7 +48,7 @@ const COPY_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
 
 /// The operator's decision on a restore that recovery held (see `recovery`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// A new safety snapshot of the data as it is now, then the held restore's replacement again, from its source;
     /// then the service starts.
     Resume,
@@ -57,7 +58,7 @@ pub enum Decision {
 
 /// What to restore from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// The newest archive.
     Latest,
     Archive(String),
@@ -65,17 +66,27 @@ pub enum Source {
     Snapshot(String),
 }
 
+/// What a finished restore, check or drill did: its outcome in one line, and the archive and snapshot it worked from
+/// (empty when none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RunReport {
+    pub service: String,
+    pub message: String,
+    pub archive: String,
+    pub snapshot: String,
+}
+
 impl Backups {
-    /// Ends a job run: history row, notification on failure (and success), the message or the error.
+    /// Ends a job run: history row, notification on failure (and success), the report or the error.
     async fn end(
         &self,
         run: i64,
         name: &str,
         b: &ServiceBackup,
-        job: &str,
+        job: Job,
         started: Instant,
         result: Result<(String, Outcome), JobError>,
-    ) -> Result<String, JobError> {
+    ) -> Result<RunReport, JobError> {
         let mut event = self.event(name, job, "success");
         event.duration_seconds = started.elapsed().as_secs_f64();
         match result {
@@ -84,41 +95,51 @@ impl Backups {
                     o.result = "ok".into();
                 }
                 self.journal.finish(run, &o)?;
-                tracing::info!(service = name, job, "{message}");
+                tracing::info!(service = name, %job, "{message}");
                 event.message = message.clone();
                 self.notify(b, Phase::Success, event).await;
-                Ok(message)
+                Ok(RunReport { service: name.to_string(), message, archive: o.archive, snapshot: o.snapshot })
             }
             Err(e) => {
-                let o = Outcome { result: "failed".into(), error: e.to_string(), ..Default::default() };
+                // A job cancelled by `Cancel` failed because it was told to: recorded and told as `cancelled`.
+                let (result, phase) = failed_or_cancelled();
+                let o = Outcome { result: result.into(), error: e.to_string(), ..Default::default() };
                 // Notified even when the journal cannot be written (the next start marks the run failed then).
                 if let Err(je) = self.journal.finish(run, &o) {
-                    tracing::error!(service = name, job, error = %je, "cannot record the failed {job}");
+                    tracing::error!(service = name, %job, error = %je, "cannot record the {result} {job}");
                 }
-                tracing::error!(service = name, job, error = %e, "{job} failed");
-                event.phase = "fail";
+                tracing::error!(service = name, %job, error = %e, "{job} {result}");
+                event.phase = phase.as_str();
                 event.message = e.to_string();
-                self.notify(b, Phase::Fail, event).await;
+                self.notify(b, phase, event).await;
                 Err(e)
             }
         }
     }
 
-    /// The archive `source` names (the newest for `Latest`), checked to exist.
-    async fn pick_archive(&self, name: &str, b: &ServiceBackup, wanted: Option<&str>) -> Result<String, JobError> {
-        let list = self.repo(b).list(Some(&archive_glob(name))).await.map_err(|e| JobError::step(name, "list", e))?;
+    /// The archive `source` names (the newest for `Latest`) in repository `r`, checked to exist.
+    async fn pick_archive(
+        &self,
+        name: &str,
+        b: &ServiceBackup,
+        r: &RepoSpec,
+        wanted: Option<&str>,
+    ) -> Result<Picked, JobError> {
+        let list =
+            self.repo(b, r).list(Some(&archive_glob(name))).await.map_err(|e| JobError::step(name, "list", e))?;
         let mut ours = list.into_iter().filter(|a| archive_timestamp(name, &a.name).is_some());
         let found = match wanted {
             Some(w) => ours.find(|a| a.name == w),
             None => ours.next_back(),
         };
-        found.map(|a| a.name).ok_or_else(|| JobError::Refused {
+        let found = found.ok_or_else(|| JobError::Refused {
             service: name.to_string(),
             message: match wanted {
-                Some(w) => format!("no archive {w} in repository {}", b.repo),
-                None => format!("repository {} holds no archive of this service yet", b.repo),
+                Some(w) => format!("no archive {w} in repository {} ({})", r.label, r.url()),
+                None => format!("repository {} ({}) holds no archive of this service yet", r.label, r.url()),
             },
-        })
+        })?;
+        Ok(Picked::Archive { repo: Box::new(r.clone()), name: found.name })
     }
 
     /// `DATASET@SNAP` of a local snapshot named by the request, checked to exist.
@@ -147,25 +168,31 @@ impl Backups {
     /// not exist or be empty) and the service is not touched. In place: the service is stopped, a safety snapshot
     /// `strata-prerestore-…` is taken (no safety snapshot, no restore), the dataset's contents are replaced from the
     /// archive or local snapshot, and the service is started and waited for until running and healthy.
-    pub async fn restore(
+    pub(crate) async fn restore(
         &self,
         name: &str,
         source: Source,
         to: Option<PathBuf>,
+        label: Option<&str>,
         rep: &Reporter,
-    ) -> Result<String, JobError> {
+    ) -> Result<RunReport, JobError> {
         let (_, b) = self.settings(name)?;
         let to = match to {
             Some(p) => Some(self.confined_target(name, &p).await?),
             None => None,
         };
+        if label.is_some() && matches!(source, Source::Snapshot(_)) {
+            return Err(JobError::Refused {
+                service: name.into(),
+                message: "--repo names a repository, but a snapshot restore reads no repository".into(),
+            });
+        }
         let _job = self.gate.enter(|_| {}).await;
-        let lock = self.repo_lock(&b.repo);
-        let _repo = lock.lock().await;
-        let run = self.journal.start_run(name, "restore", "manual")?;
+        let _repos = self.lock_repos(b).await;
+        let run = self.journal.start_run(name, Job::Restore, Trigger::Manual)?;
         let started = Instant::now();
-        let result = self.restore_steps(run, name, b, source, to, rep, None).await;
-        self.end(run, name, b, "restore", started, result).await
+        let result = self.restore_steps(run, name, b, source, to, label, rep, None).await;
+        self.end(run, name, b, Job::Restore, started, result).await
     }
 
     /// `--to PATH` checked before anything is done: absolute, no `..`, no symlinked component, not a system or
@@ -203,20 +230,19 @@ impl Backups {
     }
 
     /// Resumes or abandons the restore of `name` that recovery held (see [`Decision`]).
-    pub async fn decide(&self, name: &str, decision: Decision, rep: &Reporter) -> Result<String, JobError> {
+    pub(crate) async fn decide(&self, name: &str, decision: Decision, rep: &Reporter) -> Result<RunReport, JobError> {
         let (_, b) = self.settings(name)?;
         let _job = self.gate.enter(|_| {}).await;
-        let lock = self.repo_lock(&b.repo);
-        let _repo = lock.lock().await;
+        let _repos = self.lock_repos(b).await;
         let held = self.journal.held(name)?.ok_or_else(|| JobError::Refused {
             service: name.into(),
             message: "no interrupted restore of this service waits for a decision: nothing to resume or abandon".into(),
         })?;
         let trigger = match decision {
-            Decision::Resume => "resume",
-            Decision::Abandon => "abandon",
+            Decision::Resume => Trigger::Resume,
+            Decision::Abandon => Trigger::Abandon,
         };
-        let run = self.journal.start_run(name, "restore", trigger)?;
+        let run = self.journal.start_run(name, Job::Restore, trigger)?;
         let started = Instant::now();
         let result = match decision {
             Decision::Resume => {
@@ -235,13 +261,13 @@ impl Backups {
                     })
                 };
                 match source {
-                    Ok(source) => self.restore_steps(run, name, b, source, None, rep, Some(&held)).await,
+                    Ok(source) => self.restore_steps(run, name, b, source, None, None, rep, Some(&held)).await,
                     Err(e) => Err(e),
                 }
             }
             Decision::Abandon => self.abandon_steps(run, name, b, &held, rep).await,
         };
-        self.end(run, name, b, "restore", started, result).await
+        self.end(run, name, b, Job::Restore, started, result).await
     }
 
     /// Abandons a held restore: nothing is rolled back or deleted; the containers it stopped start again.
@@ -288,6 +314,7 @@ impl Backups {
         b: &ServiceBackup,
         source: Source,
         to: Option<PathBuf>,
+        label: Option<&str>,
         rep: &Reporter,
         held: Option<&Held>,
     ) -> Result<(String, Outcome), JobError> {
@@ -296,14 +323,17 @@ impl Backups {
             self.refuse_if_held(name)?;
         }
         let s = j.begin(run, name, step::PREFLIGHT, &b.dataset)?;
-        preflight(name, b, &self.repo(b)).await?;
+        preflight(name, b).await?;
         let from = match &source {
-            Source::Latest => Picked::Archive(self.pick_archive(name, b, None).await?),
-            Source::Archive(a) => Picked::Archive(self.pick_archive(name, b, Some(a)).await?),
+            Source::Latest | Source::Archive(_) => {
+                let r = self.pick_repo(name, b, label).await?;
+                let wanted = if let Source::Archive(a) = &source { Some(a.as_str()) } else { None };
+                self.pick_archive(name, b, r, wanted).await?
+            }
             Source::Snapshot(sn) => Picked::Snapshot(self.pick_snapshot(name, b, sn).await?),
         };
         let (archive, snapshot) = match &from {
-            Picked::Archive(a) => (a.clone(), String::new()),
+            Picked::Archive { name: a, .. } => (a.clone(), String::new()),
             Picked::Snapshot(sn) => (String::new(), sn.clone()),
         };
         j.set_source(run, &archive, &snapshot)?;
@@ -351,8 +381,8 @@ impl Backups {
             ids.sort();
             ids.dedup();
         }
-        let detail = format!("stop {}", ids.join(" "));
-        let stop = j.begin(run, name, step::RESTORE_STOP, detail.trim_end())?;
+        let detail = Quiesced { how: Quiesce::Stop, ids: ids.clone() }.to_string();
+        let stop = j.begin(run, name, step::RESTORE_STOP, &detail)?;
         rep.say(step::RESTORE_STOP, format!("stopping {} container(s)", ids.len())).await;
         let stopped = crate::backup::quiesce_all(&engine, Quiesce::Stop, &ids).await;
         let stop_step = OpenStep {
@@ -360,7 +390,7 @@ impl Backups {
             run,
             service: name.to_string(),
             step: step::RESTORE_STOP.into(),
-            detail: detail.trim_end().to_string(),
+            detail,
             started_unix: now_unix(),
         };
         let replaced = match stopped {
@@ -499,11 +529,11 @@ impl Backups {
         let j = &self.journal;
         let snapshot = match from {
             Picked::Snapshot(sn) => sn.as_str(),
-            Picked::Archive(a) => {
+            Picked::Archive { repo: r, name: a } => {
                 let s = j.begin(run, name, step::EXTRACT, a)?;
-                rep.say(step::EXTRACT, format!("borg extract {a} into {}", dest.display())).await;
+                rep.say(step::EXTRACT, format!("borg extract {a} from {} into {}", r.label, dest.display())).await;
                 agent_core::state::fail_point(step::EXTRACT).map_err(|e| JobError::step(name, step::EXTRACT, e))?;
-                self.repo(b).extract(a, dest).await.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
+                self.repo(b, r).extract(a, dest).await.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
                 j.done(s)?;
                 return Ok(());
             }
@@ -532,30 +562,51 @@ impl Backups {
     }
 
     /// Runs the configured Borg checks: the repository, then the archives (or a full `--verify-data` when
-    /// `checks.verify_data` is set). `kind` is `check` or `verify-data` (scheduled verify-data runs only that).
-    pub async fn check(&self, name: &str, kind: &str, trigger: &str, rep: &Reporter) -> Result<String, JobError> {
+    /// `checks.verify_data` is set). `kind` is [`Job::Check`] or [`Job::VerifyData`] (scheduled verify-data runs only
+    /// that).
+    /// `label`: only that repository (default: every repository of the service, each with its own `checks`).
+    pub(crate) async fn check(
+        &self,
+        name: &str,
+        kind: Job,
+        trigger: Trigger,
+        label: Option<&str>,
+        rep: &Reporter,
+    ) -> Result<RunReport, JobError> {
         let (_, b) = self.settings(name)?;
+        let repos: Vec<&RepoSpec> = match label {
+            Some(_) => vec![self.pick_repo(name, b, label).await?],
+            None => b.repos.iter().collect(),
+        };
         let _job = self.gate.enter(|_| {}).await;
-        let lock = self.repo_lock(&b.repo);
-        let _repo = lock.lock().await;
+        let _repos = self.lock_repos(b).await;
         let run = self.journal.start_run(name, kind, trigger)?;
         let started = Instant::now();
-        // Scheduled: `check` is the repository and archive metadata, `verify-data` reads every chunk (its own,
-        // usually rarer, frequency). By hand: everything that is configured.
-        let kinds: &[CheckKind] = match (kind, trigger, b.checks.verify_data.is_some()) {
-            ("verify-data", _, _) => &[CheckKind::VerifyData],
-            (_, "manual", true) => &[CheckKind::Repository, CheckKind::VerifyData],
-            _ => &[CheckKind::Repository, CheckKind::Archives],
-        };
         let result = async {
-            let s = self.journal.begin(run, name, step::CHECK, &b.repo)?;
-            for (i, k) in kinds.iter().enumerate() {
-                rep.progress(step::CHECK, i as u64, kinds.len() as u64, format!("borg check {k:?} of {}", b.repo))
-                    .await;
-                self.repo(b).check(*k).await.map_err(|e| JobError::step(name, step::CHECK, e))?;
+            let mut passed = Vec::new();
+            for r in repos {
+                // Scheduled: `check` is the repository and archive metadata, `verify-data` reads every chunk (its
+                // own, usually rarer, frequency). By hand: everything that is configured.
+                let kinds: &[CheckKind] = match (kind, trigger, b.checks_of(r).verify_data.is_some()) {
+                    (Job::VerifyData, _, _) => &[CheckKind::VerifyData],
+                    (_, Trigger::Manual, true) => &[CheckKind::Repository, CheckKind::VerifyData],
+                    _ => &[CheckKind::Repository, CheckKind::Archives],
+                };
+                let s = self.journal.begin(run, name, step::CHECK, &r.url())?;
+                for (i, k) in kinds.iter().enumerate() {
+                    rep.progress(step::CHECK, i as u64, kinds.len() as u64, format!("borg check {k:?} of {}", r.label))
+                        .await;
+                    self.repo(b, r)
+                        .check(*k)
+                        .await
+                        .map_err(|e| JobError::step(name, step::CHECK, format!("repository {}: {e}", r.label)))?;
+                }
+                self.journal.done(s)?;
+                passed.push((r.label.clone(), format!("{kinds:?}")));
             }
-            self.journal.done(s)?;
-            Ok((format!("borg check of {} passed ({kinds:?})", b.repo), Outcome::default()))
+            let labels: Vec<&str> = passed.iter().map(|(l, _)| l.as_str()).collect();
+            let kinds: Vec<String> = passed.iter().map(|(l, k)| format!("{l} {k}")).collect();
+            Ok((format!("borg check of {} passed ({})", labels.join(", "), kinds.join(", ")), Outcome::default()))
         }
         .await;
         self.end(run, name, b, kind, started, result).await
@@ -563,15 +614,24 @@ impl Backups {
 
     /// Restore drill: extracts the newest archive whose snapshot is still kept into a scratch dataset and compares
     /// it file by file (content hash, mode, size) with that snapshot.
-    pub async fn drill(&self, name: &str, trigger: &str, rep: &Reporter) -> Result<String, JobError> {
+    /// `label`: the repository to read (default: the first reachable, local first).
+    pub(crate) async fn drill(
+        &self,
+        name: &str,
+        trigger: Trigger,
+        label: Option<&str>,
+        rep: &Reporter,
+    ) -> Result<RunReport, JobError> {
         let (_, b) = self.settings(name)?;
         let _job = self.gate.enter(|_| {}).await;
-        let lock = self.repo_lock(&b.repo);
-        let _repo = lock.lock().await;
-        let run = self.journal.start_run(name, "drill", trigger)?;
+        let _repos = self.lock_repos(b).await;
+        let run = self.journal.start_run(name, Job::Drill, trigger)?;
         let started = Instant::now();
-        let result = self.drill_steps(run, name, b, rep).await;
-        self.end(run, name, b, "drill", started, result).await
+        let result = match self.pick_repo(name, b, label).await {
+            Ok(r) => self.drill_steps(run, name, b, r, rep).await,
+            Err(e) => Err(e),
+        };
+        self.end(run, name, b, Job::Drill, started, result).await
     }
 
     async fn drill_steps(
@@ -579,13 +639,14 @@ impl Backups {
         run: i64,
         name: &str,
         b: &ServiceBackup,
+        r: &RepoSpec,
         rep: &Reporter,
     ) -> Result<(String, Outcome), JobError> {
         let j = &self.journal;
         let s = j.begin(run, name, step::PREFLIGHT, &b.dataset)?;
-        preflight(name, b, &self.repo(b)).await?;
-        let archives =
-            self.repo(b).list(Some(&archive_glob(name))).await.map_err(|e| JobError::step(name, "list", e))?;
+        preflight(name, b).await?;
+        let repo = self.repo(b, r);
+        let archives = repo.list(Some(&archive_glob(name))).await.map_err(|e| JobError::step(name, "list", e))?;
         let snaps = zfs::snapshots(&b.dataset).await.map_err(|e| JobError::step(name, step::PREFLIGHT, e))?;
         let pick = archives.iter().rev().find_map(|a| {
             let ts = archive_timestamp(name, &a.name)?;
@@ -614,8 +675,8 @@ impl Backups {
             zfs::create(&scratch, &scratch_at).await.map_err(|e| JobError::step(name, step::SCRATCH, e))?;
             clone_tree(&b.dataset, &snap, &clone, &clone_at).await.map_err(|e| JobError::step(name, step::CLONE, e))?;
             let s = j.begin(run, name, step::EXTRACT, &archive)?;
-            rep.say(step::EXTRACT, format!("borg extract {archive} into scratch")).await;
-            self.repo(b).extract(&archive, &scratch_at).await.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
+            rep.say(step::EXTRACT, format!("borg extract {archive} from {} into scratch", r.label)).await;
+            repo.extract(&archive, &scratch_at).await.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
             j.done(s)?;
             let s = j.begin(run, name, step::COMPARE, &snap)?;
             rep.say(step::COMPARE, format!("comparing with {}@{snap} file by file", b.dataset)).await;
@@ -683,7 +744,7 @@ fn empty_tree(dataset: &str, mount: &Path) -> std::io::Result<()> {
 
 /// Removes everything inside `dir` that lies on `dir`'s own filesystem, like `find -xdev`: a directory that is a
 /// mount point (another filesystem) is neither entered nor removed.
-pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn empty_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::symlink_metadata(dir)?.dev();
     empty_on(dir, dev)

@@ -11,14 +11,14 @@ use std::time::Duration;
 use agent_core::cli::Shutdown;
 
 use crate::backup::{Backups, Reporter};
-use crate::journal::now_unix;
+use crate::journal::{now_unix, Job, Trigger};
 
 /// How often the scheduler looks at the clock.
 const TICK: Duration = Duration::from_secs(15);
 
 /// Runs until `shutdown`. See the module docs. Several due times passed between two ticks (the machine slept) start
 /// one backup.
-pub async fn run(backups: Arc<Backups>, shutdown: Shutdown) {
+pub(crate) async fn run(backups: Arc<Backups>, shutdown: Shutdown) {
     let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
     let tz = backups.timezone().clone();
     let start = now_unix() as i64;
@@ -28,10 +28,10 @@ pub async fn run(backups: Arc<Backups>, shutdown: Shutdown) {
         let Ok((_, b)) = backups.settings(&name) else { continue };
         let Some(cron) = &b.schedule else { continue };
         next.insert(name.clone(), cron.next_after(start, &tz));
-        let last = backups.journal().last_run(&name, "backup").ok().flatten().map(|t| t as i64);
+        let last = backups.journal().last_run(&name, Job::Backup).ok().flatten().map(|t| t as i64);
         if b.catch_up && cron.missed(&tz, last, start) {
             tracing::info!(service = %name, "catch-up: a scheduled backup came due while the agent was down");
-            spawn_job(&backups, &busy, &name, "backup", agent_core::cron::jitter(&name, b.jitter));
+            spawn_job(&backups, &busy, &name, Job::Backup, agent_core::cron::jitter(&name, b.jitter));
         }
     }
     loop {
@@ -44,7 +44,7 @@ pub async fn run(backups: Arc<Backups>, shutdown: Shutdown) {
             let Ok((_, b)) = backups.settings(name) else { continue };
             let Some(cron) = &b.schedule else { continue };
             if due.is_some_and(|d| d <= now) {
-                spawn_job(&backups, &busy, name, "backup", agent_core::cron::jitter(name, b.jitter));
+                spawn_job(&backups, &busy, name, Job::Backup, agent_core::cron::jitter(name, b.jitter));
                 *due = cron.next_after(now, &tz);
             }
         }
@@ -52,7 +52,11 @@ pub async fn run(backups: Arc<Backups>, shutdown: Shutdown) {
         let now = now_unix();
         for name in backups.backed_up() {
             let Ok((_, b)) = backups.settings(&name) else { continue };
-            for (kind, freq) in [("check", b.checks.repository), ("verify-data", b.checks.verify_data)] {
+            // Each run checks every repository (with its own kinds): due when the most often checked one is.
+            let every = |f: fn(&crate::config::Checks) -> Option<Duration>| {
+                b.repos.iter().filter_map(|r| f(&b.checks_of(r))).min()
+            };
+            for (kind, freq) in [(Job::Check, every(|c| c.repository)), (Job::VerifyData, every(|c| c.verify_data))] {
                 let Some(freq) = freq else { continue };
                 // The last attempt, good or not: a failing check is retried at its frequency, not every tick.
                 let last = backups.journal().last_run(&name, kind).ok().flatten();
@@ -64,16 +68,10 @@ pub async fn run(backups: Arc<Backups>, shutdown: Shutdown) {
     }
 }
 
-fn spawn_job(
-    backups: &Arc<Backups>,
-    busy: &Arc<Mutex<HashSet<String>>>,
-    name: &str,
-    kind: &'static str,
-    delay: Duration,
-) {
+fn spawn_job(backups: &Arc<Backups>, busy: &Arc<Mutex<HashSet<String>>>, name: &str, kind: Job, delay: Duration) {
     let key = format!("{name}/{kind}");
     if !busy.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()) {
-        if kind == "backup" {
+        if kind == Job::Backup {
             tracing::warn!(service = name, "scheduled backup skipped: the previous one is still running");
         }
         return;
@@ -84,8 +82,8 @@ fn spawn_job(
         let rep = Reporter::none();
         // Outcomes are logged, recorded and notified by the jobs themselves.
         let _ = match kind {
-            "backup" => backups.backup(&name, "schedule", &rep).await.map(|_| ()),
-            k => backups.check(&name, k, "schedule", &rep).await.map(|_| ()),
+            Job::Backup => backups.backup(&name, Trigger::Schedule, &rep).await.map(|_| ()),
+            k => backups.check(&name, k, Trigger::Schedule, None, &rep).await.map(|_| ()),
         };
         busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     });

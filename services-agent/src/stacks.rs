@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use agent_core::cli::Shutdown;
+use agent_core::clock::now_unix;
 use futures::stream::{BoxStream, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -15,7 +16,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::audit;
 use crate::compose::{self, Compose, ComposeError};
 use crate::config::Config;
-use crate::dns::DnsStatus;
 use crate::docker::{DockerError, Engine};
 use crate::git::{GitError, Repo};
 use crate::live::Live;
@@ -23,7 +23,7 @@ use crate::model::{ContainerInfo, ContainerRow, LogLine, PlannedService, Service
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum StackError {
+pub(crate) enum StackError {
     #[error("service {0} is not in the config")]
     Unknown(String),
     #[error("stack {stack}: {source}")]
@@ -69,7 +69,7 @@ fn real_path(p: &Path) -> PathBuf {
 
 /// The agent's metrics.
 #[derive(Clone, Default)]
-pub struct StackMetrics {
+pub(crate) struct StackMetrics {
     pub syncs: Counter,
     pub sync_failures: Counter,
     pub deploys: Counter,
@@ -79,7 +79,7 @@ pub struct StackMetrics {
 }
 
 impl StackMetrics {
-    pub fn register(&self, m: &agent_core::telemetry::Metrics) {
+    pub(crate) fn register(&self, m: &agent_core::telemetry::Metrics) {
         m.register("services_syncs", "Syncs of the stacks repository", self.syncs.clone());
         m.register(
             "services_sync_failures",
@@ -93,13 +93,12 @@ impl StackMetrics {
     }
 }
 
-pub struct Stacks {
+pub(crate) struct Stacks {
     cfg: Arc<Config>,
     /// `None` when the config has no `[stacks]`: nothing to sync.
     repo: Option<Repo>,
     store: Store,
     pub live: Arc<Live>,
-    pub dns: Arc<RwLock<DnsStatus>>,
     compose: tokio::sync::Mutex<Option<Compose>>,
     /// One change at a time (sync, up, down, …).
     ops: tokio::sync::Mutex<()>,
@@ -112,12 +111,8 @@ fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
 impl Stacks {
-    pub fn open(cfg: Arc<Config>) -> Result<Stacks, StoreError> {
+    pub(crate) fn open(cfg: Arc<Config>) -> Result<Stacks, StoreError> {
         let store = Store::open(&cfg.common.state_dir)?;
         let repo = cfg.stacks.as_ref().map(|s| Repo {
             url: s.repo.clone(),
@@ -130,16 +125,11 @@ impl Stacks {
             repo,
             store,
             live: Arc::new(Live::default()),
-            dns: Arc::default(),
             compose: tokio::sync::Mutex::new(None),
             ops: tokio::sync::Mutex::new(()),
             repo_error: RwLock::new(None),
             metrics: StackMetrics::default(),
         })
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.cfg
     }
 
     async fn compose(&self) -> Result<Compose, ComposeError> {
@@ -189,7 +179,7 @@ impl Stacks {
     /// Fetches the repository and redeploys the stacks whose directory changed since they were deployed (or that have
     /// no container at all). An invalid compose file is refused before anything is stopped: that stack keeps
     /// running as it was and carries the error. Stacks taken down with `Down` stay down.
-    pub async fn sync(&self) -> SyncReport {
+    pub(crate) async fn sync(&self) -> SyncReport {
         let _op = self.ops.lock().await;
         let mut report = SyncReport::default();
         let Some(repo) = &self.repo else { return report };
@@ -298,7 +288,7 @@ impl Stacks {
     }
 
     /// Validates and deploys the stack from the checkout; it stays wanted up.
-    pub async fn up(&self, name: &str) -> Result<String, StackError> {
+    pub(crate) async fn up(&self, name: &str) -> Result<String, StackError> {
         let _op = self.ops.lock().await;
         let (repo, file) = self.file(name)?;
         let compose = self.compose().await?;
@@ -321,7 +311,7 @@ impl Stacks {
     }
 
     /// Stops and removes the stack's containers (volumes stay); sync leaves it down until `Up`.
-    pub async fn down(&self, name: &str) -> Result<String, StackError> {
+    pub(crate) async fn down(&self, name: &str) -> Result<String, StackError> {
         let _op = self.ops.lock().await;
         let (_, file) = self.file(name)?;
         self.compose().await?.down(name, &file).await?;
@@ -329,21 +319,21 @@ impl Stacks {
         Ok(format!("{name} is down"))
     }
 
-    pub async fn restart(&self, name: &str) -> Result<String, StackError> {
+    pub(crate) async fn restart(&self, name: &str) -> Result<String, StackError> {
         let _op = self.ops.lock().await;
         let (_, file) = self.file(name)?;
         self.compose().await?.restart(name, &file).await?;
         Ok(format!("{name} restarted"))
     }
 
-    pub async fn pause(&self, name: &str) -> Result<String, StackError> {
+    pub(crate) async fn pause(&self, name: &str) -> Result<String, StackError> {
         let _op = self.ops.lock().await;
         let (_, file) = self.file(name)?;
         self.compose().await?.pause(name, &file).await?;
         Ok(format!("{name} paused"))
     }
 
-    pub async fn unpause(&self, name: &str) -> Result<String, StackError> {
+    pub(crate) async fn unpause(&self, name: &str) -> Result<String, StackError> {
         let _op = self.ops.lock().await;
         let (_, file) = self.file(name)?;
         self.compose().await?.unpause(name, &file).await?;
@@ -351,7 +341,7 @@ impl Stacks {
     }
 
     /// The logs of every container of the stack, merged as they come.
-    pub async fn logs(
+    pub(crate) async fn logs(
         &self,
         name: &str,
         follow: bool,
@@ -364,14 +354,14 @@ impl Stacks {
     }
 
     /// The hub-and-spoke audit of the configured stacks, from the live picture.
-    pub fn audit(&self) -> Vec<Violation> {
+    pub(crate) fn audit(&self) -> Vec<Violation> {
         let Some(hub) = &self.cfg.hub else { return Vec::new() };
         let (containers, networks) = self.live.snapshot();
         audit::audit(&self.cfg.services, hub, &containers, &networks)
     }
 
     /// One row per configured service, from memory (no Docker call).
-    pub fn list(&self) -> Vec<ServiceRow> {
+    pub(crate) fn list(&self) -> Vec<ServiceRow> {
         let now = now_unix();
         let engine_error = self.live.engine_error();
         let repo_error = self.repo_error.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -404,7 +394,7 @@ impl Stacks {
     }
 
     /// The one-line summary of `Agent/Status`.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let rows = self.list();
         let running = rows.iter().filter(|r| r.state == "running").count();
         let failing: Vec<&str> = rows.iter().filter(|r| !r.error.is_empty()).map(|r| r.name.as_str()).collect();
@@ -420,20 +410,12 @@ impl Stacks {
         if let Some(e) = self.live.engine_error() {
             s.push_str(&format!("; {e}"));
         }
-        let dns = self.dns.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if self.cfg.dns_agent.is_some() {
-            match dns.error {
-                Some(e) => s.push_str(&format!("; dns names pending: {e}")),
-                None if dns.attempted => s.push_str(&format!("; {} dns names", dns.registered)),
-                None => {}
-            }
-        }
         s
     }
 
     /// The stacks' part of `Agent/Status`: the summary, and a reason for the engine not answering, the stacks
     /// repository failing, and each wanted stack that is not running or whose last sync or deploy failed.
-    pub fn health(&self, h: &mut agent_core::health::Health) {
+    pub(crate) fn health(&self, h: &mut agent_core::health::Health) {
         h.summary(self.summary());
         if let Some(e) = self.live.engine_error() {
             h.degraded(docker_reason(&self.cfg.docker_socket, &e));
@@ -459,7 +441,7 @@ impl Stacks {
     }
 
     /// Syncs now and then every `[stacks] poll` until `shutdown`.
-    pub async fn poll(self: Arc<Self>, shutdown: Shutdown) {
+    pub(crate) async fn poll(self: Arc<Self>, shutdown: Shutdown) {
         let Some(every) = self.cfg.stacks.as_ref().map(|s| s.poll) else { return };
         let stop = shutdown.wait();
         tokio::pin!(stop);
@@ -502,7 +484,12 @@ fn row(c: &ContainerInfo, now: i64) -> ContainerRow {
 }
 
 /// The state and health of a service from its containers.
-pub fn aggregate(containers: &[ContainerInfo], wanted: bool, deployed: bool, engine_down: bool) -> (String, String) {
+pub(crate) fn aggregate(
+    containers: &[ContainerInfo],
+    wanted: bool,
+    deployed: bool,
+    engine_down: bool,
+) -> (String, String) {
     let health = if containers.iter().any(|c| c.health.as_deref() == Some("unhealthy")) {
         "unhealthy"
     } else if containers.iter().any(|c| c.health.as_deref() == Some("starting")) {
@@ -540,14 +527,14 @@ pub fn aggregate(containers: &[ContainerInfo], wanted: bool, deployed: bool, eng
 }
 
 /// The reason the agent is degraded when the engine at `socket` does not answer (`error` as the watcher keeps it).
-pub fn docker_reason(socket: &Path, error: &str) -> String {
+pub(crate) fn docker_reason(socket: &Path, error: &str) -> String {
     let error = error.strip_prefix("docker engine unreachable: ").unwrap_or(error);
     format!("docker: cannot reach the engine at {}: {error}", socket.display())
 }
 
 /// Why stack `name` makes the agent degraded, if it does: wanted but not running (paused counts as running: the
 /// operator or a backup paused it), or its last sync or deploy failed (`error`, empty when none).
-pub fn stack_reason(name: &str, state: &str, wanted: bool, error: &str) -> Option<String> {
+pub(crate) fn stack_reason(name: &str, state: &str, wanted: bool, error: &str) -> Option<String> {
     let up = matches!(state, "running" | "starting" | "paused");
     match (wanted && !up, error.is_empty()) {
         (true, true) => Some(format!("stack {name}: {state}")),

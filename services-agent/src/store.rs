@@ -4,11 +4,12 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use agent_core::clock::now_unix;
 use agent_core::state::{self, StateError};
 use rusqlite::{params, OptionalExtension};
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error(transparent)]
     Open(#[from] StateError),
     #[error("state database: {0}")]
@@ -17,7 +18,7 @@ pub enum StoreError {
 
 /// What the agent remembers about one stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StackRecord {
+pub(crate) struct StackRecord {
     pub name: String,
     /// The commit it was last deployed from; empty when never deployed.
     pub commit: String,
@@ -43,7 +44,7 @@ impl StackRecord {
     }
 }
 
-pub struct Store {
+pub(crate) struct Store {
     db: Mutex<rusqlite::Connection>,
 }
 
@@ -56,12 +57,8 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS stacks (
     error TEXT NOT NULL DEFAULT ''
 );";
 
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
 impl Store {
-    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+    pub(crate) fn open(state_dir: &Path) -> Result<Store, StoreError> {
         let db = state::open_db(state_dir, "services")?;
         db.execute_batch(SCHEMA)?;
         Ok(Store { db: Mutex::new(db) })
@@ -72,7 +69,7 @@ impl Store {
     }
 
     /// The record of `name` (a fresh one, wanted up, when the stack was never seen).
-    pub fn get(&self, name: &str) -> Result<StackRecord, StoreError> {
+    pub(crate) fn get(&self, name: &str) -> Result<StackRecord, StoreError> {
         let r = self
             .conn()
             .query_row(
@@ -99,23 +96,23 @@ impl Store {
     }
 
     /// Records a successful deploy: commit and tree, error cleared.
-    pub fn set_deployed(&self, name: &str, commit: &str, tree: &str) -> Result<(), StoreError> {
+    pub(crate) fn set_deployed(&self, name: &str, commit: &str, tree: &str) -> Result<(), StoreError> {
         self.ensure(name)?;
         self.conn().execute(
             "UPDATE stacks SET commit_id = ?2, tree = ?3, deployed_unix = ?4, error = '' WHERE name = ?1",
-            params![name, commit, tree, now()],
+            params![name, commit, tree, now_unix()],
         )?;
         Ok(())
     }
 
     /// Sets (or clears, with "") the stack's last error.
-    pub fn set_error(&self, name: &str, error: &str) -> Result<(), StoreError> {
+    pub(crate) fn set_error(&self, name: &str, error: &str) -> Result<(), StoreError> {
         self.ensure(name)?;
         self.conn().execute("UPDATE stacks SET error = ?2 WHERE name = ?1", params![name, error])?;
         Ok(())
     }
 
-    pub fn set_wanted(&self, name: &str, wanted: bool) -> Result<(), StoreError> {
+    pub(crate) fn set_wanted(&self, name: &str, wanted: bool) -> Result<(), StoreError> {
         self.ensure(name)?;
         self.conn().execute("UPDATE stacks SET wanted = ?2 WHERE name = ?1", params![name, wanted as i64])?;
         Ok(())

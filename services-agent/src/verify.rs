@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
+pub(crate) enum VerifyError {
     #[error("cannot read {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -25,7 +25,7 @@ pub enum VerifyError {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     File,
     Dir,
     Symlink,
@@ -46,7 +46,7 @@ impl fmt::Display for Kind {
 
 /// One path of a tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub kind: Kind,
     /// Permission bits (`& 0o7777`).
     pub mode: u32,
@@ -60,7 +60,7 @@ pub struct Entry {
 
 /// How one path differs between the expected tree (the source) and the actual one (the restore).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Difference {
+pub(crate) struct Difference {
     pub path: PathBuf,
     /// "missing in restore", "extra in restore", "kind file vs dir", "mode 644 vs 600", "size 3 vs 4",
     /// "content differs", "target a vs b" (expected first).
@@ -68,7 +68,7 @@ pub struct Difference {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub files: u64,
     pub dirs: u64,
     /// Sum of the files' sizes.
@@ -77,7 +77,7 @@ pub struct Summary {
 
 /// Every path below `root` (relative to it; `root` itself excluded), without following symlinks (`root` itself may
 /// be one).
-pub fn manifest(root: &Path) -> Result<BTreeMap<PathBuf, Entry>, VerifyError> {
+pub(crate) fn manifest(root: &Path) -> Result<BTreeMap<PathBuf, Entry>, VerifyError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| VerifyError::Io { path, source }
@@ -132,7 +132,7 @@ fn hash_file(path: &Path) -> Result<[u8; 32], VerifyError> {
 /// The differences, in path order (several for one path when e.g. both its mode and content differ). A size
 /// difference implies different content and is reported alone; symlink permission bits are not compared (they mean
 /// nothing on Linux); a kind difference is reported alone.
-pub fn compare(expected: &BTreeMap<PathBuf, Entry>, actual: &BTreeMap<PathBuf, Entry>) -> Vec<Difference> {
+pub(crate) fn compare(expected: &BTreeMap<PathBuf, Entry>, actual: &BTreeMap<PathBuf, Entry>) -> Vec<Difference> {
     let mut out = Vec::new();
     let mut push = |path: &Path, what: String| out.push(Difference { path: path.to_path_buf(), what });
     let mut paths: Vec<&PathBuf> = expected.keys().chain(actual.keys()).collect();
@@ -171,7 +171,7 @@ pub fn compare(expected: &BTreeMap<PathBuf, Entry>, actual: &BTreeMap<PathBuf, E
 }
 
 /// How many files and directories a manifest holds, and the files' total size.
-pub fn summary(m: &BTreeMap<PathBuf, Entry>) -> Summary {
+pub(crate) fn summary(m: &BTreeMap<PathBuf, Entry>) -> Summary {
     m.values().fold(Summary::default(), |mut s, e| {
         match e.kind {
             Kind::File => {

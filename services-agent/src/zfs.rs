@@ -17,7 +17,7 @@ use std::time::Duration;
 use agent_core::runner::{self, Cmd, RunError};
 
 /// Upper bound for one `zfs` command (a destroy or rollback of a large dataset can take a while).
-pub const ZFS_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const ZFS_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How many times a "busy" destroy or rollback is tried in all.
 const BUSY_ATTEMPTS: u32 = 12;
@@ -26,7 +26,7 @@ const FIRST_BUSY_BACKOFF: Duration = Duration::from_millis(60);
 const MAX_BUSY_BACKOFF: Duration = Duration::from_secs(8);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ZfsError {
+pub(crate) enum ZfsError {
     #[error("zfs is not installed: the `zfs` program was not found")]
     NotInstalled,
     #[error("zfs dataset {dataset} does not exist")]
@@ -44,7 +44,7 @@ pub enum ZfsError {
 
 /// A snapshot of one dataset.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub dataset: String,
     /// The part after `@`.
     pub name: String,
@@ -52,13 +52,13 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// `dataset@name`.
-    pub fn full(&self) -> String {
+    pub(crate) fn full(&self) -> String {
         format!("{}@{}", self.dataset, self.name)
     }
 }
 
 /// True when the dataset (or `dataset@snapshot`) exists.
-pub async fn exists(dataset: &str) -> Result<bool, ZfsError> {
+pub(crate) async fn exists(dataset: &str) -> Result<bool, ZfsError> {
     let cmd = zfs().args(["list", "-H", "-o", "name", dataset]);
     check_name(&cmd, dataset, NameKind::Any)?;
     match exec(cmd, dataset).await {
@@ -69,7 +69,7 @@ pub async fn exists(dataset: &str) -> Result<bool, ZfsError> {
 }
 
 /// The dataset and its descendant filesystems, parents before their children.
-pub async fn filesystems(dataset: &str) -> Result<Vec<String>, ZfsError> {
+pub(crate) async fn filesystems(dataset: &str) -> Result<Vec<String>, ZfsError> {
     let cmd = zfs().args(["list", "-H", "-o", "name", "-t", "filesystem", "-r", dataset]);
     check_name(&cmd, dataset, NameKind::Dataset)?;
     let mut names = parse_names(&exec(cmd, dataset).await?);
@@ -79,7 +79,7 @@ pub async fn filesystems(dataset: &str) -> Result<Vec<String>, ZfsError> {
 }
 
 /// Where the dataset is mounted; `None` when its mountpoint is `none`, `legacy` or `-`.
-pub async fn mountpoint(dataset: &str) -> Result<Option<PathBuf>, ZfsError> {
+pub(crate) async fn mountpoint(dataset: &str) -> Result<Option<PathBuf>, ZfsError> {
     let cmd = zfs().args(["get", "-H", "-o", "value", "mountpoint", dataset]);
     check_name(&cmd, dataset, NameKind::Any)?;
     let what = cmd.display();
@@ -92,7 +92,7 @@ pub async fn mountpoint(dataset: &str) -> Result<Option<PathBuf>, ZfsError> {
 }
 
 /// `zfs snapshot -r DATASET@NAME`: one atomic snapshot of the dataset and all its descendants.
-pub async fn snapshot_recursive(dataset: &str, name: &str) -> Result<(), ZfsError> {
+pub(crate) async fn snapshot_recursive(dataset: &str, name: &str) -> Result<(), ZfsError> {
     let full = format!("{dataset}@{name}");
     let cmd = zfs().args(["snapshot", "-r", &full]);
     check_name(&cmd, dataset, NameKind::Dataset)?;
@@ -102,14 +102,14 @@ pub async fn snapshot_recursive(dataset: &str, name: &str) -> Result<(), ZfsErro
 
 /// The snapshots of this dataset only (not of its descendants), oldest first (by creation transaction group, which
 /// unlike `creation` also orders snapshots taken within the same second).
-pub async fn snapshots(dataset: &str) -> Result<Vec<Snapshot>, ZfsError> {
+pub(crate) async fn snapshots(dataset: &str) -> Result<Vec<Snapshot>, ZfsError> {
     let cmd = zfs().args(["list", "-H", "-o", "name", "-t", "snapshot", "-s", "createtxg", "-d", "1", dataset]);
     check_name(&cmd, dataset, NameKind::Dataset)?;
     Ok(parse_snapshots(&exec(cmd, dataset).await?, dataset))
 }
 
 /// `zfs clone -o mountpoint=M SNAPSHOT TARGET`: a writable dataset showing the snapshot's content at `mountpoint`.
-pub async fn clone(snapshot: &str, target: &str, mountpoint: &Path) -> Result<(), ZfsError> {
+pub(crate) async fn clone(snapshot: &str, target: &str, mountpoint: &Path) -> Result<(), ZfsError> {
     let mut option = OsString::from("mountpoint=");
     option.push(mountpoint);
     let cmd = zfs().args(["clone", "-o"]).arg(option).args([snapshot, target]);
@@ -122,7 +122,7 @@ pub async fn clone(snapshot: &str, target: &str, mountpoint: &Path) -> Result<()
 }
 
 /// `zfs create -o mountpoint=M DATASET`: a new empty filesystem (scratch space for an extraction).
-pub async fn create(dataset: &str, mountpoint: &Path) -> Result<(), ZfsError> {
+pub(crate) async fn create(dataset: &str, mountpoint: &Path) -> Result<(), ZfsError> {
     let mut option = OsString::from("mountpoint=");
     option.push(mountpoint);
     let cmd = zfs().args(["create", "-o"]).arg(option).arg(dataset);
@@ -136,7 +136,7 @@ pub async fn create(dataset: &str, mountpoint: &Path) -> Result<(), ZfsError> {
 /// Destroys a dataset or a snapshot (`recursive`: `-r`, its descendants, or for a snapshot the same snapshot of the
 /// descendants). A name that does not exist is `Ok`. On "busy" the dataset is unmounted (plain `zfs unmount`, see the
 /// module notes on `-f`) and the destroy retried with backoff.
-pub async fn destroy(name: &str, recursive: bool) -> Result<(), ZfsError> {
+pub(crate) async fn destroy(name: &str, recursive: bool) -> Result<(), ZfsError> {
     let make = || {
         let cmd = zfs().arg("destroy");
         let cmd = if recursive { cmd.arg("-r") } else { cmd };
@@ -147,7 +147,7 @@ pub async fn destroy(name: &str, recursive: bool) -> Result<(), ZfsError> {
 }
 
 /// `zfs destroy -r DATASET@NAME`: the snapshot on the dataset and on its descendants. Missing is `Ok`.
-pub async fn destroy_snapshot_recursive(snapshot_full: &str) -> Result<(), ZfsError> {
+pub(crate) async fn destroy_snapshot_recursive(snapshot_full: &str) -> Result<(), ZfsError> {
     let make = || zfs().args(["destroy", "-r", snapshot_full]);
     check_name(&make(), snapshot_full, NameKind::Snapshot)?;
     ignore_missing(retry_busy(make, snapshot_full, false).await)
@@ -156,14 +156,14 @@ pub async fn destroy_snapshot_recursive(snapshot_full: &str) -> Result<(), ZfsEr
 /// `zfs rollback DATASET@NAME`: the dataset returns to its most recent snapshot. Never `-r`: when later snapshots
 /// exist (another tool's, or the operator's) zfs refuses, and the error names them; nothing is destroyed. Its
 /// descendants are not rolled back. Retried while "busy".
-pub async fn rollback(snapshot_full: &str) -> Result<(), ZfsError> {
+pub(crate) async fn rollback(snapshot_full: &str) -> Result<(), ZfsError> {
     let make = || zfs().args(["rollback", snapshot_full]);
     check_name(&make(), snapshot_full, NameKind::Snapshot)?;
     retry_busy(make, snapshot_full, false).await
 }
 
 /// The direct child filesystems of `parent` whose last component starts with `prefix`, sorted by name.
-pub async fn children_with_prefix(parent: &str, prefix: &str) -> Result<Vec<String>, ZfsError> {
+pub(crate) async fn children_with_prefix(parent: &str, prefix: &str) -> Result<Vec<String>, ZfsError> {
     let cmd = zfs().args(["list", "-H", "-o", "name", "-t", "filesystem", "-d", "1", parent]);
     check_name(&cmd, parent, NameKind::Dataset)?;
     let out = exec(cmd, parent).await?;
@@ -171,17 +171,17 @@ pub async fn children_with_prefix(parent: &str, prefix: &str) -> Result<Vec<Stri
 }
 
 /// The pool a dataset or snapshot lives in (`tank` for `tank/a/b@s`).
-pub fn pool_of(dataset: &str) -> &str {
+pub(crate) fn pool_of(dataset: &str) -> &str {
     dataset.split(['/', '@']).next().unwrap_or_default()
 }
 
 /// The names `zfs list -H -o name` printed, one per line. Names may contain spaces: lines are not trimmed.
-pub fn parse_names(out: &str) -> Vec<String> {
+pub(crate) fn parse_names(out: &str) -> Vec<String> {
     out.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.trim().is_empty()).map(String::from).collect()
 }
 
 /// The snapshots of exactly `dataset` in `zfs list -H -o name -t snapshot` output, in the order listed.
-pub fn parse_snapshots(out: &str, dataset: &str) -> Vec<Snapshot> {
+pub(crate) fn parse_snapshots(out: &str, dataset: &str) -> Vec<Snapshot> {
     parse_names(out)
         .iter()
         .filter_map(|line| line.split_once('@'))
@@ -191,7 +191,7 @@ pub fn parse_snapshots(out: &str, dataset: &str) -> Vec<Snapshot> {
 }
 
 /// The path in `zfs get -H -o value mountpoint` output; `None` for `none`, `legacy`, `-` or anything not absolute.
-pub fn parse_mountpoint(out: &str) -> Option<PathBuf> {
+pub(crate) fn parse_mountpoint(out: &str) -> Option<PathBuf> {
     let value = out.lines().next()?.trim_end_matches('\r');
     value.starts_with('/').then(|| PathBuf::from(value))
 }

@@ -15,17 +15,12 @@ use agent_core::identity::Role;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use strata_proto::v1::host_client::HostClient;
-use strata_proto::v1::{ListVmsRequest, VmBackupRequest, VmRef, VmRestoreRequest};
+use strata_proto::v1::{ListVmsRequest, VmBackupsRequest, VmDrillRequest, VmRef, VmRestoreRequest};
 use strata_tests::fixtures::borg::BorgRepo;
 use strata_tests::fixtures::btrfs::Btrfs;
 use strata_tests::fixtures::{cmd, unique_suffix, wait_until};
 use strata_tests::harness::{base_config, bin, AgentKind, AgentProc, Pki};
-use tempfile::TempDir;
-use tonic::transport::Channel;
-
-/// Blocks in the data disk the writer changes (4 KiB each): a 1 MiB raw disk.
-const BLOCKS: usize = 256;
-const BLOCK: usize = 4096;
+use strata_tests::vmlab::{backup, restore, sha256, Lab, VmSpec, BLOCK, BLOCKS};
 
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -162,143 +157,6 @@ fn matching_prefix(restored: &[u8], writes: &[(usize, u8)]) -> Option<usize> {
     None
 }
 
-fn sha256(p: &Path) -> Result<String> {
-    let out = cmd::run(Command::new("sha256sum").arg(p))?;
-    Ok(out.split_whitespace().next().unwrap_or("").to_string())
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// The lab: PKI, a QEMU VM directory, targets, and the agent (restarted with a new config per case).
-
-struct Lab {
-    pki: Pki,
-    dir: TempDir,
-    vm_dir: PathBuf,
-    test_qmp: PathBuf,
-    agent: Option<AgentProc>,
-}
-
-struct VmSpec<'a> {
-    mode: &'a str,
-    engine: &'a str,
-    target: &'a Path,
-    extra: String,
-}
-
-impl Lab {
-    /// A VM directory `lab` under `vm_parent`: a 16 MiB qcow2 system disk and a 1 MiB raw data disk.
-    fn new(vm_parent: &Path) -> Result<Lab> {
-        cmd::require("qemu-system-x86_64", "qemu-system-x86")?;
-        cmd::require("qemu-img", "qemu-utils")?;
-        let dir = tempfile::Builder::new().prefix("strata-host-").tempdir()?;
-        let vm_dir = vm_parent.join("lab");
-        std::fs::create_dir_all(&vm_dir)?;
-        cmd::run(
-            Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(vm_dir.join("disk.qcow2")).arg("16M"),
-        )?;
-        std::fs::File::create(vm_dir.join("data.raw"))?.set_len((BLOCKS * BLOCK) as u64)?;
-        let test_qmp = dir.path().join(format!("t{}.qmp", unique_suffix()));
-        let vm_toml = format!(
-            "memory_mb = 128\ncpus = 1\ndisks = [\"disk.qcow2\", \"data.raw\"]\nargs = [\"-qmp\", \"unix:{},server=on,wait=off\"]\n",
-            test_qmp.display()
-        );
-        std::fs::write(vm_dir.join("vm.toml"), vm_toml)?;
-        Ok(Lab { pki: Pki::new()?, dir, vm_dir, test_qmp, agent: None })
-    }
-
-    fn config_text(&self, vms: &[(&str, &Path, &VmSpec<'_>)]) -> Result<String> {
-        let (cert, key) = self.pki.issue(Role::HostAgent, "host1")?;
-        let mut text = base_config(&self.dir.path().join("state"), &self.pki.ca(), &cert, &key);
-        for (name, path, s) in vms {
-            text.push_str(&format!(
-                "[[vms]]\nname = \"{name}\"\nbackend = \"qemu\"\npath = {path:?}\nmode = \"{}\"\nengine = \"{}\"\n\
-                 target = {:?}\nshutdown_timeout = \"2s\"\n{}\n",
-                s.mode, s.engine, s.target, s.extra
-            ));
-        }
-        Ok(text)
-    }
-
-    fn write_config(&self, spec: &VmSpec<'_>) -> Result<PathBuf> {
-        let text = self.config_text(&[("lab", &self.vm_dir, spec)])?;
-        let path = self.dir.path().join("host-agent.toml");
-        std::fs::write(&path, text)?;
-        Ok(path)
-    }
-
-    /// (Re)starts the agent with `spec` for the VM `lab`.
-    fn restart(&mut self, spec: &VmSpec<'_>) -> Result<()> {
-        if let Some(mut a) = self.agent.take() {
-            a.terminate()?;
-        }
-        let path = self.write_config(spec)?;
-        self.agent = Some(AgentProc::start_with_config(AgentKind::Host, &path)?);
-        Ok(())
-    }
-
-    fn agent(&self) -> Result<&AgentProc> {
-        self.agent.as_ref().ok_or_else(|| anyhow!("the agent is not started"))
-    }
-
-    async fn client(&self) -> Result<HostClient<Channel>> {
-        let tls = self.pki.material(&self.pki.ca(), Role::Admin, "admin")?;
-        let ch = tls.connect(&self.agent()?.url(), Role::HostAgent, Duration::from_secs(10)).await?;
-        Ok(HostClient::new(ch))
-    }
-
-    async fn state(&self) -> Result<String> {
-        let vms = self.client().await?.list_vms(ListVmsRequest {}).await?.into_inner().vms;
-        Ok(vms.into_iter().find(|v| v.name == "lab").map(|v| v.state).unwrap_or_default())
-    }
-
-    fn qemu_pid(&self) -> Option<String> {
-        std::fs::read_to_string(self.dir.path().join("state/qemu/lab.pid")).ok().map(|s| s.trim().to_string())
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(a) = &self.agent {
-            if std::thread::panicking() {
-                eprintln!("host-agent log:\n{}", a.logs());
-            }
-        }
-        self.agent = None;
-        if let Some(pid) = self.qemu_pid() {
-            let _ = Command::new("kill").args(["-9", &pid]).status();
-            wait_until(Duration::from_secs(5), || !Path::new(&format!("/proc/{pid}")).exists());
-        }
-    }
-}
-
-/// Runs a streaming Backup and returns the final `finished` message, or the error status text.
-async fn backup(c: &mut HostClient<Channel>, name: &str) -> Result<String> {
-    let mut s = c.backup(VmBackupRequest { name: name.into(), all: false }).await?.into_inner();
-    let mut last = String::new();
-    while let Some(p) = s.message().await? {
-        if p.step == "finished" {
-            last = p.message;
-        }
-    }
-    Ok(last)
-}
-
-async fn restore(c: &mut HostClient<Channel>, name: &str, archive: &str, to: &Path) -> Result<String> {
-    let req = VmRestoreRequest {
-        name: name.into(),
-        archive: archive.into(),
-        to: to.display().to_string(),
-        force: false,
-        start: false,
-    };
-    let mut s = c.restore(req).await?.into_inner();
-    let mut last = String::new();
-    while let Some(p) = s.message().await? {
-        last = p.message;
-    }
-    Ok(last)
-}
-
 /// Every mode × engine on the filesystem holding `vm_parent`: each backup restores to a data disk byte-identical to
 /// a state the running disk had at backup time, a system disk identical to the live one, and the VM runs afterwards.
 async fn modes_and_engines(vm_parent: &Path, reflinks: bool) -> Result<()> {
@@ -350,7 +208,8 @@ async fn modes_and_engines(vm_parent: &Path, reflinks: bool) -> Result<()> {
                 "{case}: the disk stopped changing"
             );
 
-            let backups = c.list_backups(VmRef { name: "lab".into() }).await?.into_inner().backups;
+            let req = VmBackupsRequest { name: "lab".into(), target: String::new() };
+            let backups = c.list_backups(req).await?.into_inner().backups;
             let b = backups.iter().find(|b| b.id == id).with_context(|| format!("{case}: {id} not listed"))?;
             ensure!(b.downtime_seconds > 0.0, "{case}: downtime not recorded: {b:?}");
 
@@ -377,7 +236,7 @@ async fn modes_and_engines(vm_parent: &Path, reflinks: bool) -> Result<()> {
 
     // A drill restores the latest backup into scratch space, checks it (qemu-img check) and removes it.
     let mut c = lab.client().await?;
-    let mut s = c.drill(VmRef { name: "lab".into() }).await?.into_inner();
+    let mut s = c.drill(VmDrillRequest { name: "lab".into(), target: String::new() }).await?.into_inner();
     let mut report = String::new();
     while let Some(p) = s.message().await? {
         report = p.message;
@@ -392,6 +251,7 @@ async fn modes_and_engines(vm_parent: &Path, reflinks: bool) -> Result<()> {
         to: to.display().to_string(),
         force: true,
         start: false,
+        target: String::new(),
     };
     let mut s = c.restore(req).await?.into_inner();
     let mut last = String::new();
@@ -409,6 +269,7 @@ async fn modes_and_engines(vm_parent: &Path, reflinks: bool) -> Result<()> {
         to: lab.vm_dir.display().to_string(),
         force: true,
         start,
+        target: String::new(),
     };
     let running = async { c.clone().restore(req(true)).await?.into_inner().message().await };
     ensure!(
@@ -572,7 +433,14 @@ async fn vm_restore_targets_are_confined_and_force_moves_aside_only_a_vm_bundle(
     let attempt = |to: String, force: bool| {
         let mut c = c.clone();
         async move {
-            let req = VmRestoreRequest { name: "lab".into(), archive: String::new(), to, force, start: false };
+            let req = VmRestoreRequest {
+                name: "lab".into(),
+                archive: String::new(),
+                to,
+                force,
+                start: false,
+                target: String::new(),
+            };
             let mut s = c.restore(req).await?.into_inner();
             let mut last = String::new();
             while let Some(p) = s.message().await? {

@@ -1,7 +1,11 @@
 //! `cargo xtask deps`: installs (apt, Debian only) and starts the real components the integration tests drive:
 //! Docker, zfs-fuse, Borg, QEMU, btrfs, DNS tools, busybox-static, Prometheus (for `promtool`; its own server is not
-//! started), tzdata, adduser and util-linux (`setpriv`). Idempotent; one output line per action.
-//! Owns the machine set-up only; starting dockerd and zfs-fuse is the test fixtures' own code, reused here.
+//! started), tzdata, adduser, util-linux (`setpriv`), OpenSSH server and client, socat and ping (the off-site host).
+//! Idempotent; one output line per action.
+//! Owns the machine set-up only; starting dockerd and zfs-fuse is the test fixtures' own code, reused here. The
+//! system's own sshd is neither started nor stopped here: the tests start their own sshd (own config, host key and
+//! address, in a network namespace) and never use port 22 of the root namespace, so whether the package's service
+//! runs (it does where apt may start services) changes nothing for them.
 
 use std::fs;
 use std::process::{Command, Stdio};
@@ -33,6 +37,13 @@ const PACKAGES: &[&str] = &[
     // agent as its unit would with util-linux's `setpriv`.
     "adduser",
     "util-linux",
+    // The off-site host of the backups (tests/src/offsite.rs): a real sshd in a network namespace, reached with
+    // ssh; socat holds the two ends of the shaped link between the namespaces (the kernel has no `netem`); ping
+    // measures the link's round trip.
+    "openssh-server",
+    "openssh-client",
+    "socat",
+    "iputils-ping",
 ];
 
 pub(crate) fn run() -> Result<()> {

@@ -2,16 +2,14 @@
 //! Owns orchestration only; agent behaviour lives in the agent crates, process and PKI handling in `strata-tests`.
 
 mod bench;
-mod bench_backup;
-mod bench_dns;
-mod bench_services;
-mod bench_vm;
 mod codegen;
 mod demo;
 mod deps;
 mod dist;
 mod drill;
 mod lab;
+#[cfg(test)]
+mod tidy;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -6,6 +6,8 @@
 mod cache;
 mod upstream;
 
+// Tests run programs directly.
+#[allow(clippy::disallowed_methods)]
 #[cfg(test)]
 mod tests;
 
@@ -21,20 +23,20 @@ use serde::Deserialize;
 
 use cache::{Cache, Hit, Key};
 use upstream::UpstreamGroup;
-pub use upstream::{parse_upstream, Upstream};
+pub(crate) use upstream::{parse_upstream, Upstream};
 
 /// Default number of cached answers.
-pub const DEFAULT_CACHE_SIZE: usize = 10_000;
+pub(crate) const DEFAULT_CACHE_SIZE: usize = 10_000;
 /// Largest accepted `cache_size`.
-pub const MAX_CACHE_SIZE: usize = 10_000_000;
+pub(crate) const MAX_CACHE_SIZE: usize = 10_000_000;
 /// Default bound of the cache's memory, in bytes (32 MiB: about 60,000 ordinary answers, more than `cache_size`).
-pub const DEFAULT_CACHE_MAX_BYTES: u64 = 32 * 1024 * 1024;
+pub(crate) const DEFAULT_CACHE_MAX_BYTES: u64 = 32 * 1024 * 1024;
 /// Smallest accepted `cache_max_bytes` (one large answer must fit).
-pub const MIN_CACHE_MAX_BYTES: u64 = 256 * 1024;
+pub(crate) const MIN_CACHE_MAX_BYTES: u64 = 256 * 1024;
 /// Largest accepted `cache_max_bytes` (16 GiB).
-pub const MAX_CACHE_MAX_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+pub(crate) const MAX_CACHE_MAX_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 /// How long one lookup may spend on the upstreams of its group, all of them together.
-pub const UPSTREAM_BUDGET: Duration = Duration::from_secs(2);
+pub(crate) const UPSTREAM_BUDGET: Duration = Duration::from_secs(2);
 
 /// `[forward]` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -147,7 +149,7 @@ fn normalise_domain(s: &str) -> Result<String, String> {
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AnswerSource {
+pub(crate) enum AnswerSource {
     /// Just asked upstream.
     Forwarded,
     /// From the cache, still within its TTL (TTLs decremented by the time spent in cache).
@@ -159,7 +161,7 @@ pub enum AnswerSource {
 /// The answer to a forwarded query. NXDOMAIN has `rcode` NXDomain; NODATA has NoError and no answers; either
 /// carries the zone's SOA in `authority` when the upstream sent one.
 #[derive(Debug, Clone)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub rcode: ResponseCode,
     pub answers: Vec<Record>,
     /// SOA of a negative answer.
@@ -168,7 +170,7 @@ pub struct Answer {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
+pub(crate) enum ForwardError {
     #[error("no upstream configured")]
     NoUpstream,
     #[error("every upstream failed: {0}")]
@@ -211,7 +213,7 @@ impl Drop for InFlightGuard<'_> {
 }
 
 /// Forwards queries to upstream groups through a shared cache. Cheap to share: wrap it in an `Arc`.
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     inner: Arc<Inner>,
 }
 
@@ -227,7 +229,7 @@ impl std::fmt::Debug for Forwarder {
 impl Forwarder {
     /// Builds one upstream group for `forward.upstreams` and one per conditional domain. No connection is opened
     /// until the first query. TLS and HTTPS upstreams trust the system CA bundle.
-    pub fn new(cfg: &ForwardConfig) -> Self {
+    pub(crate) fn new(cfg: &ForwardConfig) -> Self {
         let any_encrypted = cfg
             .upstreams
             .iter()
@@ -266,7 +268,7 @@ impl Forwarder {
     /// Answers from the cache, or asks the group of the longest matching conditional domain (else the default
     /// group). Popular entries about to expire are refreshed in the background; when every upstream fails, an
     /// answer that expired less than a day ago is given as `Stale`.
-    pub async fn lookup(&self, name: &Name, rtype: RecordType) -> Result<Answer, ForwardError> {
+    pub(crate) async fn lookup(&self, name: &Name, rtype: RecordType) -> Result<Answer, ForwardError> {
         let mut name = name.to_lowercase();
         name.set_fqdn(true);
         let group = self.inner.group_for(&name).ok_or(ForwardError::NoUpstream)?;
@@ -296,7 +298,7 @@ impl Forwarder {
     /// an upstream (a miss, or no upstream for the name). Counts the hit and starts prefetch exactly as `lookup`
     /// does (on the current tokio runtime). With a fresh answer comes the instant until which the cache would give
     /// this very answer, TTLs included (callers may keep its encoding until then); stale answers come without.
-    pub fn lookup_cached(&self, name: &Name, rtype: RecordType) -> Option<(Answer, Option<Instant>)> {
+    pub(crate) fn lookup_cached(&self, name: &Name, rtype: RecordType) -> Option<(Answer, Option<Instant>)> {
         let mut name = name.to_lowercase();
         name.set_fqdn(true);
         let group = self.inner.group_for(&name)?;
@@ -321,7 +323,7 @@ impl Forwarder {
     /// Number of cached answers (fresh or stale).
     /// Why forwarding is failing: for each group (the default one, each conditional domain) whose every upstream
     /// failed its last queries recently, one reason per upstream. Empty while every group has an upstream answering.
-    pub fn failing(&self) -> Vec<String> {
+    pub(crate) fn failing(&self) -> Vec<String> {
         let now = Instant::now();
         let mut domains: Vec<(usize, String)> =
             self.inner.conditional.iter().map(|(name, &i)| (i, name.to_string())).collect();
@@ -335,12 +337,12 @@ impl Forwarder {
         out
     }
 
-    pub fn cache_len(&self) -> usize {
+    pub(crate) fn cache_len(&self) -> usize {
         self.inner.cache.len()
     }
 
     /// Bytes the cached answers take (bounded by `cache_max_bytes`). Takes no lock.
-    pub fn cache_bytes(&self) -> usize {
+    pub(crate) fn cache_bytes(&self) -> usize {
         self.inner.cache.bytes()
     }
 

@@ -52,7 +52,7 @@ impl fmt::Display for Upstream {
 
 /// Parses `udp://IP[:PORT]` (port 53), `tcp://IP[:PORT]` (53), `tls://IP[:PORT][#NAME]` (853; the TLS name defaults
 /// to the IP) and `https://…` (see [`Upstream`]). IPv6 addresses with a port are written `[::1]:53`.
-pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
+pub(crate) fn parse_upstream(s: &str) -> Result<Upstream, String> {
     let s = s.trim();
     let Some((scheme, rest)) = s.split_once("://") else {
         return Err(format!(

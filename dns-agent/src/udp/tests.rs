@@ -1,3 +1,6 @@
+//! Tests of the UDP loop: its answers match the handler's byte for byte, come from its cache, follow a change at once,
+//! and come from the forwarder's cache when it has them. Real `Dns` over temp dirs and a fake upstream.
+
 use agent_core::identity::{Identity, Role};
 use agent_core::telemetry::Metrics;
 use hickory_proto::op::{Edns, Message, Query};

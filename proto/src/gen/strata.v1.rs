@@ -35,6 +35,180 @@ pub struct JobRef {
     #[prost(string, tag = "2")]
     pub name: ::prost::alloc::string::String,
 }
+/// The answer to a one-shot action (start, stop, up, down, ...): what the agent did, in one line.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ActionResponse {
+    #[prost(string, tag = "1")]
+    pub message: ::prost::alloc::string::String,
+}
+/// One update of a long job (backup, restore, check, drill) on any agent. job_id is on every update (Watch takes
+/// it). A step update says what the job is doing (step, message; done/total count bytes or steps when the step is
+/// measured, 0/0 when it is not). The job's last update has step `done`, its outcome in words in `message` (one
+/// line per target) and `summary` set; the stream ends after it, or with the job's error status instead. A stream
+/// that ends with neither leaves the job's outcome unknown.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Progress {
+    #[prost(string, tag = "1")]
+    pub job_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub step: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub message: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "4")]
+    pub done: u64,
+    #[prost(uint64, tag = "5")]
+    pub total: u64,
+    #[prost(message, optional, tag = "6")]
+    pub summary: ::core::option::Option<Summary>,
+}
+/// What a finished job did, as typed facts: one kind per job.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Summary {
+    #[prost(oneof = "summary::Kind", tags = "1, 2, 3, 4, 5, 6, 7")]
+    pub kind: ::core::option::Option<summary::Kind>,
+}
+/// Nested message and enum types in `Summary`.
+pub mod summary {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Kind {
+        #[prost(message, tag = "1")]
+        VmBackups(super::VmBackups),
+        #[prost(message, tag = "2")]
+        VmRestore(super::VmRestoreSummary),
+        #[prost(message, tag = "3")]
+        VmDrill(super::VmDrillSummary),
+        #[prost(message, tag = "4")]
+        ServiceBackups(super::ServiceBackups),
+        #[prost(message, tag = "5")]
+        ServiceRestore(super::ServiceRunSummary),
+        #[prost(message, tag = "6")]
+        ServiceCheck(super::ServiceRunSummary),
+        #[prost(message, tag = "7")]
+        ServiceDrill(super::ServiceRunSummary),
+    }
+}
+/// A VM backup job: one entry per VM backed up (several for `--all`).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct VmBackups {
+    #[prost(message, repeated, tag = "1")]
+    pub backups: ::prost::alloc::vec::Vec<VmBackupSummary>,
+}
+/// One VM's backup: its id, the mode it really used (clone falls back to suspend), the VM's downtime (one quiesce
+/// for all targets), the largest size a target reported, warnings (the backup succeeded despite them), and what each
+/// target got.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct VmBackupSummary {
+    #[prost(string, tag = "1")]
+    pub vm: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub mode: ::prost::alloc::string::String,
+    #[prost(double, tag = "4")]
+    pub downtime_seconds: f64,
+    #[prost(uint64, tag = "5")]
+    pub size: u64,
+    #[prost(string, repeated, tag = "6")]
+    pub warnings: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(message, repeated, tag = "7")]
+    pub targets: ::prost::alloc::vec::Vec<VmTargetResult>,
+}
+/// What one target of a VM got in a backup run: ok, or the error; the size its engine reported, how long its transfer
+/// took, its warnings (retention failed).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct VmTargetResult {
+    #[prost(string, tag = "1")]
+    pub label: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub url: ::prost::alloc::string::String,
+    #[prost(bool, tag = "3")]
+    pub ok: bool,
+    #[prost(string, tag = "4")]
+    pub error: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "5")]
+    pub size: u64,
+    #[prost(double, tag = "6")]
+    pub duration_seconds: f64,
+    #[prost(string, repeated, tag = "7")]
+    pub warnings: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// A VM restore: the backup restored (and the target it came from), where to, where an existing bundle was moved
+/// aside (empty: none), and the name the restored VM was started as (empty: not started).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VmRestoreSummary {
+    #[prost(string, tag = "1")]
+    pub vm: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub archive: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub to: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub moved_aside: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub started_as: ::prost::alloc::string::String,
+    /// The label of the target the backup was read from.
+    #[prost(string, tag = "6")]
+    pub target: ::prost::alloc::string::String,
+}
+/// A VM drill: the restore into scratch space (removed afterwards) and how long the drill took.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct VmDrillSummary {
+    #[prost(message, optional, tag = "1")]
+    pub restore: ::core::option::Option<VmRestoreSummary>,
+    #[prost(double, tag = "2")]
+    pub seconds: f64,
+}
+/// A services backup job: one entry per service backed up (several for `--all`).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ServiceBackups {
+    #[prost(message, repeated, tag = "1")]
+    pub backups: ::prost::alloc::vec::Vec<ServiceBackupSummary>,
+}
+/// One service's backup: the archive and the snapshot it was made from, how long the containers were stopped or
+/// paused, how long the run took, the archive's sizes, the archives pruned, borg's warnings.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ServiceBackupSummary {
+    #[prost(string, tag = "1")]
+    pub service: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub archive: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub snapshot: ::prost::alloc::string::String,
+    #[prost(double, tag = "4")]
+    pub downtime_seconds: f64,
+    #[prost(double, tag = "5")]
+    pub duration_seconds: f64,
+    #[prost(uint64, tag = "6")]
+    pub original_size: u64,
+    #[prost(uint64, tag = "7")]
+    pub compressed_size: u64,
+    #[prost(uint64, tag = "8")]
+    pub deduplicated_size: u64,
+    #[prost(string, repeated, tag = "9")]
+    pub pruned: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "10")]
+    pub warnings: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// A service's restore, check or drill: the archive and snapshot it worked from (empty when none: a check, an
+/// abandoned restore).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ServiceRunSummary {
+    #[prost(string, tag = "1")]
+    pub service: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub archive: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub snapshot: ::prost::alloc::string::String,
+}
+/// What Cancel did: the id of the job it cancelled. The job goes on until it has undone what it must (resumed its VM,
+/// unpaused its containers) and ends its stream with CANCELLED; its history row says `cancelled`.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CancelResponse {
+    #[prost(string, tag = "1")]
+    pub job_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub message: ::prost::alloc::string::String,
+}
 /// Generated client implementations.
 pub mod agent_client {
     #![allow(
@@ -1258,13 +1432,10 @@ pub struct VmRef {
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct VmActionResponse {
-    #[prost(string, tag = "1")]
-    pub message: ::prost::alloc::string::String,
-}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListVmsRequest {}
+/// target_encrypted: every local target is on an encrypted volume (false when the VM has none). targets: the labels
+/// of its backup targets, in config order.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Vm {
     #[prost(string, tag = "1")]
@@ -1283,6 +1454,8 @@ pub struct Vm {
     pub target_encrypted: bool,
     #[prost(int64, tag = "8")]
     pub last_backup_unix: i64,
+    #[prost(string, repeated, tag = "9")]
+    pub targets: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListVmsResponse {
@@ -1296,19 +1469,14 @@ pub struct VmBackupRequest {
     #[prost(bool, tag = "2")]
     pub all: bool,
 }
-/// job_id: the id of the job (its registry entry on the agent), on every update; Watch takes it.
+/// A read of a VM's backups names its target by label; empty: the first reachable target, local ones first (for a
+/// restore or drill: the first reachable one that has the backup).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct VmProgress {
+pub struct VmBackupsRequest {
     #[prost(string, tag = "1")]
-    pub step: ::prost::alloc::string::String,
-    #[prost(uint64, tag = "2")]
-    pub done: u64,
-    #[prost(uint64, tag = "3")]
-    pub total: u64,
-    #[prost(string, tag = "4")]
-    pub message: ::prost::alloc::string::String,
-    #[prost(string, tag = "5")]
-    pub job_id: ::prost::alloc::string::String,
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub target: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct VmBackup {
@@ -1322,11 +1490,16 @@ pub struct VmBackup {
     pub size: u64,
     #[prost(string, tag = "5")]
     pub engine: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub target: ::prost::alloc::string::String,
 }
+/// target: the label of the target listed.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListBackupsResponse {
     #[prost(message, repeated, tag = "1")]
     pub backups: ::prost::alloc::vec::Vec<VmBackup>,
+    #[prost(string, tag = "2")]
+    pub target: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct VmRestoreRequest {
@@ -1340,6 +1513,58 @@ pub struct VmRestoreRequest {
     pub force: bool,
     #[prost(bool, tag = "5")]
     pub start: bool,
+    #[prost(string, tag = "6")]
+    pub target: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VmDrillRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub target: ::prost::alloc::string::String,
+}
+/// name empty: every VM; target empty: every target.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VmHistoryRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub target: ::prost::alloc::string::String,
+}
+/// What one target got in one backup run. run_status is the run's: ok (every target), partial, failed.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct VmHistoryEntry {
+    #[prost(string, tag = "1")]
+    pub vm: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub target: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub url: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub engine: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub mode: ::prost::alloc::string::String,
+    #[prost(int64, tag = "7")]
+    pub time_unix: i64,
+    #[prost(double, tag = "8")]
+    pub downtime_seconds: f64,
+    #[prost(double, tag = "9")]
+    pub duration_seconds: f64,
+    #[prost(uint64, tag = "10")]
+    pub size: u64,
+    #[prost(bool, tag = "11")]
+    pub ok: bool,
+    #[prost(string, tag = "12")]
+    pub message: ::prost::alloc::string::String,
+    #[prost(string, tag = "13")]
+    pub run_status: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct VmHistoryResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: ::prost::alloc::vec::Vec<VmHistoryEntry>,
 }
 /// Generated client implementations.
 pub mod host_client {
@@ -1456,10 +1681,7 @@ pub mod host_client {
         pub async fn start(
             &mut self,
             request: impl tonic::IntoRequest<super::VmRef>,
-        ) -> std::result::Result<
-            tonic::Response<super::VmActionResponse>,
-            tonic::Status,
-        > {
+        ) -> std::result::Result<tonic::Response<super::ActionResponse>, tonic::Status> {
             self.inner
                 .ready()
                 .await
@@ -1477,10 +1699,7 @@ pub mod host_client {
         pub async fn stop(
             &mut self,
             request: impl tonic::IntoRequest<super::VmRef>,
-        ) -> std::result::Result<
-            tonic::Response<super::VmActionResponse>,
-            tonic::Status,
-        > {
+        ) -> std::result::Result<tonic::Response<super::ActionResponse>, tonic::Status> {
             self.inner
                 .ready()
                 .await
@@ -1498,10 +1717,7 @@ pub mod host_client {
         pub async fn suspend(
             &mut self,
             request: impl tonic::IntoRequest<super::VmRef>,
-        ) -> std::result::Result<
-            tonic::Response<super::VmActionResponse>,
-            tonic::Status,
-        > {
+        ) -> std::result::Result<tonic::Response<super::ActionResponse>, tonic::Status> {
             self.inner
                 .ready()
                 .await
@@ -1519,10 +1735,7 @@ pub mod host_client {
         pub async fn resume(
             &mut self,
             request: impl tonic::IntoRequest<super::VmRef>,
-        ) -> std::result::Result<
-            tonic::Response<super::VmActionResponse>,
-            tonic::Status,
-        > {
+        ) -> std::result::Result<tonic::Response<super::ActionResponse>, tonic::Status> {
             self.inner
                 .ready()
                 .await
@@ -1537,11 +1750,13 @@ pub mod host_client {
             req.extensions_mut().insert(GrpcMethod::new("strata.v1.Host", "Resume"));
             self.inner.unary(req, path, codec).await
         }
+        /// Backs up to every target of the VM (one quiesce for all). A run some targets got and others not ends with an
+        /// error naming the failed targets and why (`partly backed up`); History has each target's row.
         pub async fn backup(
             &mut self,
             request: impl tonic::IntoRequest<super::VmBackupRequest>,
         ) -> std::result::Result<
-            tonic::Response<tonic::codec::Streaming<super::VmProgress>>,
+            tonic::Response<tonic::codec::Streaming<super::Progress>>,
             tonic::Status,
         > {
             self.inner
@@ -1560,7 +1775,7 @@ pub mod host_client {
         }
         pub async fn list_backups(
             &mut self,
-            request: impl tonic::IntoRequest<super::VmRef>,
+            request: impl tonic::IntoRequest<super::VmBackupsRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ListBackupsResponse>,
             tonic::Status,
@@ -1586,7 +1801,7 @@ pub mod host_client {
             &mut self,
             request: impl tonic::IntoRequest<super::VmRestoreRequest>,
         ) -> std::result::Result<
-            tonic::Response<tonic::codec::Streaming<super::VmProgress>>,
+            tonic::Response<tonic::codec::Streaming<super::Progress>>,
             tonic::Status,
         > {
             self.inner
@@ -1605,9 +1820,9 @@ pub mod host_client {
         }
         pub async fn drill(
             &mut self,
-            request: impl tonic::IntoRequest<super::VmRef>,
+            request: impl tonic::IntoRequest<super::VmDrillRequest>,
         ) -> std::result::Result<
-            tonic::Response<tonic::codec::Streaming<super::VmProgress>>,
+            tonic::Response<tonic::codec::Streaming<super::Progress>>,
             tonic::Status,
         > {
             self.inner
@@ -1624,12 +1839,34 @@ pub mod host_client {
             req.extensions_mut().insert(GrpcMethod::new("strata.v1.Host", "Drill"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// The backup runs recorded, one entry per run and target, oldest first.
+        pub async fn history(
+            &mut self,
+            request: impl tonic::IntoRequest<super::VmHistoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::VmHistoryResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/strata.v1.Host/History");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("strata.v1.Host", "History"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Re-attaches to a running long job (backup/restore/drill): its last update, then the rest as Backup streams them.
         pub async fn watch(
             &mut self,
             request: impl tonic::IntoRequest<super::JobRef>,
         ) -> std::result::Result<
-            tonic::Response<tonic::codec::Streaming<super::VmProgress>>,
+            tonic::Response<tonic::codec::Streaming<super::Progress>>,
             tonic::Status,
         > {
             self.inner
@@ -1645,6 +1882,25 @@ pub mod host_client {
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("strata.v1.Host", "Watch"));
             self.inner.server_streaming(req, path, codec).await
+        }
+        /// Cancels a running long job (admin only): it stops its program, resumes its VM as a failure would, and ends.
+        pub async fn cancel(
+            &mut self,
+            request: impl tonic::IntoRequest<super::JobRef>,
+        ) -> std::result::Result<tonic::Response<super::CancelResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/strata.v1.Host/Cancel");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("strata.v1.Host", "Cancel"));
+            self.inner.unary(req, path, codec).await
         }
     }
 }
@@ -1668,51 +1924,41 @@ pub mod host_server {
         async fn start(
             &self,
             request: tonic::Request<super::VmRef>,
-        ) -> std::result::Result<
-            tonic::Response<super::VmActionResponse>,
-            tonic::Status,
-        >;
+        ) -> std::result::Result<tonic::Response<super::ActionResponse>, tonic::Status>;
         async fn stop(
             &self,
             request: tonic::Request<super::VmRef>,
-        ) -> std::result::Result<
-            tonic::Response<super::VmActionResponse>,
-            tonic::Status,
-        >;
+        ) -> std::result::Result<tonic::Response<super::ActionResponse>, tonic::Status>;
         async fn suspend(
             &self,
             request: tonic::Request<super::VmRef>,
-        ) -> std::result::Result<
-            tonic::Response<super::VmActionResponse>,
-            tonic::Status,
-        >;
+        ) -> std::result::Result<tonic::Response<super::ActionResponse>, tonic::Status>;
         async fn resume(
             &self,
             request: tonic::Request<super::VmRef>,
-        ) -> std::result::Result<
-            tonic::Response<super::VmActionResponse>,
-            tonic::Status,
-        >;
+        ) -> std::result::Result<tonic::Response<super::ActionResponse>, tonic::Status>;
         /// Server streaming response type for the Backup method.
         type BackupStream: tonic::codegen::tokio_stream::Stream<
-                Item = std::result::Result<super::VmProgress, tonic::Status>,
+                Item = std::result::Result<super::Progress, tonic::Status>,
             >
             + std::marker::Send
             + 'static;
+        /// Backs up to every target of the VM (one quiesce for all). A run some targets got and others not ends with an
+        /// error naming the failed targets and why (`partly backed up`); History has each target's row.
         async fn backup(
             &self,
             request: tonic::Request<super::VmBackupRequest>,
         ) -> std::result::Result<tonic::Response<Self::BackupStream>, tonic::Status>;
         async fn list_backups(
             &self,
-            request: tonic::Request<super::VmRef>,
+            request: tonic::Request<super::VmBackupsRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ListBackupsResponse>,
             tonic::Status,
         >;
         /// Server streaming response type for the Restore method.
         type RestoreStream: tonic::codegen::tokio_stream::Stream<
-                Item = std::result::Result<super::VmProgress, tonic::Status>,
+                Item = std::result::Result<super::Progress, tonic::Status>,
             >
             + std::marker::Send
             + 'static;
@@ -1722,17 +1968,25 @@ pub mod host_server {
         ) -> std::result::Result<tonic::Response<Self::RestoreStream>, tonic::Status>;
         /// Server streaming response type for the Drill method.
         type DrillStream: tonic::codegen::tokio_stream::Stream<
-                Item = std::result::Result<super::VmProgress, tonic::Status>,
+                Item = std::result::Result<super::Progress, tonic::Status>,
             >
             + std::marker::Send
             + 'static;
         async fn drill(
             &self,
-            request: tonic::Request<super::VmRef>,
+            request: tonic::Request<super::VmDrillRequest>,
         ) -> std::result::Result<tonic::Response<Self::DrillStream>, tonic::Status>;
+        /// The backup runs recorded, one entry per run and target, oldest first.
+        async fn history(
+            &self,
+            request: tonic::Request<super::VmHistoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::VmHistoryResponse>,
+            tonic::Status,
+        >;
         /// Server streaming response type for the Watch method.
         type WatchStream: tonic::codegen::tokio_stream::Stream<
-                Item = std::result::Result<super::VmProgress, tonic::Status>,
+                Item = std::result::Result<super::Progress, tonic::Status>,
             >
             + std::marker::Send
             + 'static;
@@ -1741,6 +1995,11 @@ pub mod host_server {
             &self,
             request: tonic::Request<super::JobRef>,
         ) -> std::result::Result<tonic::Response<Self::WatchStream>, tonic::Status>;
+        /// Cancels a running long job (admin only): it stops its program, resumes its VM as a failure would, and ends.
+        async fn cancel(
+            &self,
+            request: tonic::Request<super::JobRef>,
+        ) -> std::result::Result<tonic::Response<super::CancelResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct HostServer<T> {
@@ -1866,7 +2125,7 @@ pub mod host_server {
                     struct StartSvc<T: Host>(pub Arc<T>);
                     impl<T: Host> tonic::server::UnaryService<super::VmRef>
                     for StartSvc<T> {
-                        type Response = super::VmActionResponse;
+                        type Response = super::ActionResponse;
                         type Future = BoxFuture<
                             tonic::Response<Self::Response>,
                             tonic::Status,
@@ -1909,7 +2168,7 @@ pub mod host_server {
                     struct StopSvc<T: Host>(pub Arc<T>);
                     impl<T: Host> tonic::server::UnaryService<super::VmRef>
                     for StopSvc<T> {
-                        type Response = super::VmActionResponse;
+                        type Response = super::ActionResponse;
                         type Future = BoxFuture<
                             tonic::Response<Self::Response>,
                             tonic::Status,
@@ -1952,7 +2211,7 @@ pub mod host_server {
                     struct SuspendSvc<T: Host>(pub Arc<T>);
                     impl<T: Host> tonic::server::UnaryService<super::VmRef>
                     for SuspendSvc<T> {
-                        type Response = super::VmActionResponse;
+                        type Response = super::ActionResponse;
                         type Future = BoxFuture<
                             tonic::Response<Self::Response>,
                             tonic::Status,
@@ -1995,7 +2254,7 @@ pub mod host_server {
                     struct ResumeSvc<T: Host>(pub Arc<T>);
                     impl<T: Host> tonic::server::UnaryService<super::VmRef>
                     for ResumeSvc<T> {
-                        type Response = super::VmActionResponse;
+                        type Response = super::ActionResponse;
                         type Future = BoxFuture<
                             tonic::Response<Self::Response>,
                             tonic::Status,
@@ -2040,7 +2299,7 @@ pub mod host_server {
                         T: Host,
                     > tonic::server::ServerStreamingService<super::VmBackupRequest>
                     for BackupSvc<T> {
-                        type Response = super::VmProgress;
+                        type Response = super::Progress;
                         type ResponseStream = T::BackupStream;
                         type Future = BoxFuture<
                             tonic::Response<Self::ResponseStream>,
@@ -2082,7 +2341,7 @@ pub mod host_server {
                 "/strata.v1.Host/ListBackups" => {
                     #[allow(non_camel_case_types)]
                     struct ListBackupsSvc<T: Host>(pub Arc<T>);
-                    impl<T: Host> tonic::server::UnaryService<super::VmRef>
+                    impl<T: Host> tonic::server::UnaryService<super::VmBackupsRequest>
                     for ListBackupsSvc<T> {
                         type Response = super::ListBackupsResponse;
                         type Future = BoxFuture<
@@ -2091,7 +2350,7 @@ pub mod host_server {
                         >;
                         fn call(
                             &mut self,
-                            request: tonic::Request<super::VmRef>,
+                            request: tonic::Request<super::VmBackupsRequest>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
@@ -2129,7 +2388,7 @@ pub mod host_server {
                         T: Host,
                     > tonic::server::ServerStreamingService<super::VmRestoreRequest>
                     for RestoreSvc<T> {
-                        type Response = super::VmProgress;
+                        type Response = super::Progress;
                         type ResponseStream = T::RestoreStream;
                         type Future = BoxFuture<
                             tonic::Response<Self::ResponseStream>,
@@ -2171,9 +2430,11 @@ pub mod host_server {
                 "/strata.v1.Host/Drill" => {
                     #[allow(non_camel_case_types)]
                     struct DrillSvc<T: Host>(pub Arc<T>);
-                    impl<T: Host> tonic::server::ServerStreamingService<super::VmRef>
+                    impl<
+                        T: Host,
+                    > tonic::server::ServerStreamingService<super::VmDrillRequest>
                     for DrillSvc<T> {
-                        type Response = super::VmProgress;
+                        type Response = super::Progress;
                         type ResponseStream = T::DrillStream;
                         type Future = BoxFuture<
                             tonic::Response<Self::ResponseStream>,
@@ -2181,7 +2442,7 @@ pub mod host_server {
                         >;
                         fn call(
                             &mut self,
-                            request: tonic::Request<super::VmRef>,
+                            request: tonic::Request<super::VmDrillRequest>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
@@ -2212,12 +2473,55 @@ pub mod host_server {
                     };
                     Box::pin(fut)
                 }
+                "/strata.v1.Host/History" => {
+                    #[allow(non_camel_case_types)]
+                    struct HistorySvc<T: Host>(pub Arc<T>);
+                    impl<T: Host> tonic::server::UnaryService<super::VmHistoryRequest>
+                    for HistorySvc<T> {
+                        type Response = super::VmHistoryResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::VmHistoryRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Host>::history(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = HistorySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 "/strata.v1.Host/Watch" => {
                     #[allow(non_camel_case_types)]
                     struct WatchSvc<T: Host>(pub Arc<T>);
                     impl<T: Host> tonic::server::ServerStreamingService<super::JobRef>
                     for WatchSvc<T> {
-                        type Response = super::VmProgress;
+                        type Response = super::Progress;
                         type ResponseStream = T::WatchStream;
                         type Future = BoxFuture<
                             tonic::Response<Self::ResponseStream>,
@@ -2252,6 +2556,49 @@ pub mod host_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/strata.v1.Host/Cancel" => {
+                    #[allow(non_camel_case_types)]
+                    struct CancelSvc<T: Host>(pub Arc<T>);
+                    impl<T: Host> tonic::server::UnaryService<super::JobRef>
+                    for CancelSvc<T> {
+                        type Response = super::CancelResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::JobRef>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Host>::cancel(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CancelSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
@@ -2296,15 +2643,14 @@ pub mod host_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// repo: for ListArchives, Check and Drill only, the label of one of the service's backup repositories (empty: Check
+/// checks every repository, ListArchives and Drill read the first reachable one, local first); other calls refuse it.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ServiceRef {
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
-}
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct ActionResponse {
-    #[prost(string, tag = "1")]
-    pub message: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub repo: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListServicesRequest {}
@@ -2398,20 +2744,6 @@ pub struct BackupRequest {
     #[prost(bool, tag = "2")]
     pub all: bool,
 }
-/// job_id: the id of the job (its registry entry on the agent), on every update; Watch takes it.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct Progress {
-    #[prost(string, tag = "1")]
-    pub step: ::prost::alloc::string::String,
-    #[prost(uint64, tag = "2")]
-    pub done: u64,
-    #[prost(uint64, tag = "3")]
-    pub total: u64,
-    #[prost(string, tag = "4")]
-    pub message: ::prost::alloc::string::String,
-    #[prost(string, tag = "5")]
-    pub job_id: ::prost::alloc::string::String,
-}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Archive {
     #[prost(string, tag = "1")]
@@ -2435,6 +2767,27 @@ pub struct HistoryRequest {
     #[prost(uint32, tag = "2")]
     pub limit: u32,
 }
+/// What one repository got in one backup run.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RepoResult {
+    #[prost(string, tag = "1")]
+    pub label: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub url: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub result: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub error: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub archive: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "6")]
+    pub original_size: u64,
+    #[prost(uint64, tag = "7")]
+    pub deduplicated_size: u64,
+    #[prost(double, tag = "8")]
+    pub duration_seconds: f64,
+}
+/// result: ok, warning, partial (some repositories got the archive, `repos` says which), failed or cancelled.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HistoryEntry {
     #[prost(string, tag = "1")]
@@ -2451,6 +2804,8 @@ pub struct HistoryEntry {
     pub result: ::prost::alloc::string::String,
     #[prost(string, tag = "7")]
     pub error: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "8")]
+    pub repos: ::prost::alloc::vec::Vec<RepoResult>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HistoryResponse {
@@ -2460,6 +2815,7 @@ pub struct HistoryResponse {
 /// resume / abandon: the operator's decision on an in-place restore that crash recovery held (it could not prove
 /// that nothing else wrote the dataset since): resume takes a new safety snapshot and restores again from the held
 /// restore's own source; abandon leaves the data as it is and starts the service. Both take no archive, snapshot or to.
+/// repo: the label of the repository to restore from (empty: the first reachable, local first).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RestoreRequest {
     #[prost(string, tag = "1")]
@@ -2474,6 +2830,8 @@ pub struct RestoreRequest {
     pub resume: bool,
     #[prost(bool, tag = "6")]
     pub abandon: bool,
+    #[prost(string, tag = "7")]
+    pub repo: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PrepareHostBackupRequest {
@@ -2970,6 +3328,27 @@ pub mod services_client {
             req.extensions_mut().insert(GrpcMethod::new("strata.v1.Services", "Watch"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Cancels a running long job (admin only): it stops its program, undoes as a failure would, and ends.
+        pub async fn cancel(
+            &mut self,
+            request: impl tonic::IntoRequest<super::JobRef>,
+        ) -> std::result::Result<tonic::Response<super::CancelResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/strata.v1.Services/Cancel",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("strata.v1.Services", "Cancel"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -3107,6 +3486,11 @@ pub mod services_server {
             &self,
             request: tonic::Request<super::JobRef>,
         ) -> std::result::Result<tonic::Response<Self::WatchStream>, tonic::Status>;
+        /// Cancels a running long job (admin only): it stops its program, undoes as a failure would, and ends.
+        async fn cancel(
+            &self,
+            request: tonic::Request<super::JobRef>,
+        ) -> std::result::Result<tonic::Response<super::CancelResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct ServicesServer<T> {
@@ -3978,6 +4362,49 @@ pub mod services_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/strata.v1.Services/Cancel" => {
+                    #[allow(non_camel_case_types)]
+                    struct CancelSvc<T: Services>(pub Arc<T>);
+                    impl<T: Services> tonic::server::UnaryService<super::JobRef>
+                    for CancelSvc<T> {
+                        type Response = super::CancelResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::JobRef>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Services>::cancel(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CancelSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

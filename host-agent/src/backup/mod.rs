@@ -1,0 +1,914 @@
+//! Orchestration: one backup run (guest lease, ONE quiesce, clone or not, resume, then every target's transfer in
+//! parallel, each target's retention, one history row per target) with the VM's downtime measured from quiesce to
+//! resume; VM actions; crash recovery from the journal (`restore` reads backups back). A target that fails does not
+//! fail the others: the run is then `partial`, naming it and why. Knows the order of steps and the promise that the
+//! VM is left running on every failure path; must not know proto/tonic types (the grpc module converts), any
+//! program's command line, a VM bundle's files (its hypervisor backend knows them: `Hypervisor::is_bundle`,
+//! `check_bundle`) or which engines exist (`engine::ENGINES`).
+
+mod restore;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_core::clock::now_unix;
+use agent_core::jobs::Reporter;
+use agent_core::repos::RepoSpec;
+
+use crate::clone::{self, CloneError};
+use crate::config::{Backend, Config, Mode, VmConfig};
+use crate::encryption;
+use crate::engine::{self, Engine, EngineError};
+use crate::hypervisor::{self, HvError, Hypervisor, Quiesced, VmState};
+use crate::journal::{step, Journal, JournalError};
+
+/// One history row: what one target got in one run (the journal's).
+pub(crate) use crate::journal::HistoryRow;
+
+/// How long a guest lease lasts: long enough for the pause, short enough to expire if we die.
+pub(crate) const LEASE_SECONDS: u32 = 600;
+
+/// Asks a services-agent guest to prepare for / recover from a host backup (implemented over mTLS by `grpc`).
+pub(crate) trait Guest: Send + Sync {
+    /// Returns the lease id.
+    fn prepare<'a>(&'a self, url: &'a str, lease_seconds: u32) -> GuestFuture<'a, String>;
+    fn release<'a>(&'a self, url: &'a str, lease_id: &'a str) -> GuestFuture<'a, ()>;
+}
+
+pub(crate) type GuestFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HostError {
+    #[error("no vm `{0}` in the config")]
+    UnknownVm(String),
+    #[error("vm {0}: another operation is running on it")]
+    Busy(String),
+    #[error(transparent)]
+    Hv(#[from] HvError),
+    #[error("vm {vm}: {source}")]
+    Engine { vm: String, source: EngineError },
+    #[error("vm {vm}: {source}")]
+    Clone { vm: String, source: CloneError },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("vm {vm}: backup target {target} is not encrypted ({detail}) and require_encrypted_target is set")]
+    Unencrypted { vm: String, target: String, detail: String },
+    #[error("vm {vm}: guest {url} did not prepare for the backup and require_guest is set: {message}")]
+    Guest { vm: String, url: String, message: String },
+    #[error("vm {vm}: restore target {}: {why}", path.display())]
+    Refused { vm: String, path: PathBuf, why: String },
+    #[error("vm {vm}: {} already exists: restore with --force to move it aside", path.display())]
+    Exists { vm: String, path: PathBuf },
+    #[error("vm {vm}: restored bundle {} fails its check: {message}", path.display())]
+    Check { vm: String, path: PathBuf, message: String },
+    #[error("vm {vm}: no backups")]
+    NoBackups { vm: String },
+    #[error("vm {vm}: {message}")]
+    Other { vm: String, message: String },
+    #[error("vm {0}: not backed up: the job was cancelled before its turn")]
+    Cancelled(String),
+    #[error("vm {vm}: no target `{label}` (its targets: {labels})")]
+    NoTarget { vm: String, label: String, labels: String },
+    /// Some targets got the backup, others not.
+    #[error("vm {}: partly backed up as {}: {}", report.vm, report.id, report.failures())]
+    Partial { report: Box<BackupReport> },
+    /// No target got the backup (a VM with several targets).
+    #[error("vm {vm}: backup {id} failed on every target: {message}")]
+    AllTargets { vm: String, id: String, message: String },
+}
+
+/// What one target got in one backup run.
+#[derive(Debug, Clone)]
+pub(crate) struct TargetRun {
+    pub label: String,
+    /// The target's location as its engine reads it.
+    pub url: String,
+    pub ok: bool,
+    /// Why it failed (empty when ok).
+    pub error: String,
+    /// What the engine reported it stored (0 when failed).
+    pub size: u64,
+    /// How long its transfer took.
+    pub duration: Duration,
+    /// It succeeded despite these (retention failed).
+    pub warnings: Vec<String>,
+}
+
+impl TargetRun {
+    fn new(t: &RepoSpec) -> TargetRun {
+        TargetRun {
+            label: t.label.clone(),
+            url: t.url(),
+            ok: false,
+            error: String::new(),
+            size: 0,
+            duration: Duration::ZERO,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn failed(t: &RepoSpec, error: String) -> TargetRun {
+        TargetRun { error, ..TargetRun::new(t) }
+    }
+}
+
+/// What one backup run did.
+#[derive(Debug, Clone)]
+pub(crate) struct BackupReport {
+    pub vm: String,
+    pub id: String,
+    /// When the run started (Unix seconds; the time its id names).
+    pub started_unix: i64,
+    pub mode_used: Mode,
+    pub downtime: Duration,
+    /// The largest size a target reported.
+    pub size: u64,
+    pub warnings: Vec<String>,
+    /// What each target got, in config order.
+    pub targets: Vec<TargetRun>,
+}
+
+impl BackupReport {
+    /// `ok` when every target got the backup, `partial` when some did, `failed` when none did.
+    pub(crate) fn status(&self) -> &'static str {
+        match self.targets.iter().filter(|t| t.ok).count() {
+            n if n == self.targets.len() => "ok",
+            0 => "failed",
+            _ => "partial",
+        }
+    }
+
+    /// The failed targets and why, `target `b` failed: …; …`.
+    pub(crate) fn failures(&self) -> String {
+        let failed = self.targets.iter().filter(|t| !t.ok);
+        failed.map(|t| format!("target `{}` failed: {}", t.label, t.error)).collect::<Vec<_>>().join("; ")
+    }
+
+    /// The outcome in one line; each target's when there are several.
+    pub(crate) fn summary(&self) -> String {
+        let warnings =
+            if self.warnings.is_empty() { String::new() } else { format!("; warnings: {}", self.warnings.join("; ")) };
+        let partly = if self.status() == "ok" { "" } else { "partly " };
+        let mut s = format!(
+            "vm {} {partly}backed up as {} ({} mode, downtime {:.3}s, {} bytes){warnings}",
+            self.vm,
+            self.id,
+            self.mode_used.as_str(),
+            self.downtime.as_secs_f64(),
+            self.size,
+        );
+        if self.targets.len() > 1 {
+            let per: Vec<String> = self
+                .targets
+                .iter()
+                .map(|t| match t.ok {
+                    true => format!("`{}` ok ({} bytes in {:.1}s)", t.label, t.size, t.duration.as_secs_f64()),
+                    false => format!("`{}` failed: {}", t.label, t.error),
+                })
+                .collect();
+            s.push_str(&format!("; targets: {}", per.join("; ")));
+        }
+        s
+    }
+}
+
+/// A target's error without the `vm NAME: ` its run's message already says.
+pub(super) fn target_error(vm: &str, e: &HostError) -> String {
+    let s = e.to_string();
+    s.strip_prefix(&format!("vm {vm}: ")).map(str::to_string).unwrap_or(s)
+}
+
+/// What a run's quiesce part did (the targets' outcomes are apart).
+struct RunInfo {
+    mode_used: Mode,
+    downtime: Duration,
+    warnings: Vec<String>,
+}
+
+/// What one restore did.
+#[derive(Debug, Clone)]
+pub(crate) struct RestoreReport {
+    pub vm: String,
+    /// The backup restored.
+    pub archive: String,
+    /// The label of the target it was read from.
+    pub target: String,
+    pub to: PathBuf,
+    /// Where the bundle that was at `to` went (`--force`).
+    pub moved_aside: Option<PathBuf>,
+    /// The name the restored VM was started as (`--start`).
+    pub started_as: Option<String>,
+}
+
+impl RestoreReport {
+    /// The outcome in one line.
+    pub(crate) fn summary(&self) -> String {
+        let mut msg = format!(
+            "restored {} of vm {} from target `{}` into {}",
+            self.archive,
+            self.vm,
+            self.target,
+            self.to.display()
+        );
+        if let Some(aside) = &self.moved_aside {
+            msg.push_str(&format!("; the previous bundle was moved to {}", aside.display()));
+        }
+        if let Some(name) = &self.started_as {
+            msg.push_str(&format!("; started as {name}"));
+        }
+        msg
+    }
+}
+
+/// What one drill did: its restore into scratch space (removed since) and how long it all took.
+#[derive(Debug, Clone)]
+pub(crate) struct DrillReport {
+    pub restore: RestoreReport,
+    pub duration: Duration,
+}
+
+impl DrillReport {
+    /// The outcome in one line.
+    pub(crate) fn summary(&self) -> String {
+        format!("drill ok in {:.1}s: {}; scratch copy removed", self.duration.as_secs_f64(), self.restore.summary())
+    }
+}
+
+/// A VM as `ListVms` shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct VmSummary {
+    pub name: String,
+    pub backend: Backend,
+    pub state: String,
+    pub mode: Mode,
+    pub engine: String,
+    pub storage_encrypted: bool,
+    /// Every local target is on an encrypted volume (false when it has none).
+    pub target_encrypted: bool,
+    pub last_backup_unix: i64,
+    /// The targets' labels, in config order.
+    pub targets: Vec<String>,
+}
+
+/// The host agent's domain: the configured VMs and what can be done to them.
+pub(crate) struct Host {
+    cfg: Config,
+    journal: Journal,
+    guest: Arc<dyn Guest>,
+    busy: Mutex<HashSet<String>>,
+    /// Sees every backup run's report (ok, partial or failed).
+    observer: Box<dyn Fn(&BackupReport) + Send + Sync>,
+    /// The last look at each configured VM through its hypervisor (name → why it could not be seen).
+    unseen: Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+/// Released on drop: the VM is free for the next operation.
+struct BusyGuard<'a> {
+    host: &'a Host,
+    vm: String,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.host.busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.vm);
+    }
+}
+
+async fn send(tx: &Reporter, step: &str, done: u64, total: u64, message: impl Into<String>) {
+    let message = message.into();
+    tracing::info!(step, "{message}");
+    tx.progress(step, done, total, message).await;
+}
+
+impl Host {
+    pub(crate) fn new(cfg: Config, guest: Arc<dyn Guest>) -> Result<Host, HostError> {
+        let journal = Journal::open(&cfg.common.state_dir)?;
+        Ok(Host {
+            cfg,
+            journal,
+            guest,
+            busy: Mutex::new(HashSet::new()),
+            observer: Box::new(|_| {}),
+            unseen: Mutex::default(),
+        })
+    }
+
+    /// Calls `f` after every backup run, whatever its outcome (the agent feeds its metrics from each target's).
+    pub(crate) fn on_backup(mut self, f: impl Fn(&BackupReport) + Send + Sync + 'static) -> Self {
+        self.observer = Box::new(f);
+        self
+    }
+
+    /// When the last run that reached target `target` of `vm` started; `None` when never, or unreadable (logged).
+    pub(crate) fn last_success(&self, vm: &str, target: &str) -> Option<i64> {
+        self.journal.last_target_ok(vm, target).unwrap_or_else(|e| {
+            tracing::error!(vm, target, error = %e, "cannot read the last successful backup");
+            None
+        })
+    }
+
+    /// The backup history (one row per run and target), oldest first: of `vm`, or of every VM.
+    pub(crate) fn history(&self, vm: Option<&str>) -> Result<Vec<HistoryRow>, HostError> {
+        if let Some(v) = vm {
+            self.vm(v)?;
+        }
+        Ok(match vm {
+            Some(v) => self.journal.history(v)?,
+            None => self.journal.history_all()?,
+        })
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn vm(&self, name: &str) -> Result<&VmConfig, HostError> {
+        self.cfg.vm(name).ok_or_else(|| HostError::UnknownVm(name.to_string()))
+    }
+
+    fn hv(&self, vm: &VmConfig) -> Arc<dyn Hypervisor> {
+        hypervisor::for_vm(vm, &self.cfg.common.state_dir)
+    }
+
+    /// The engine writing `vm`'s backups to its target `t`.
+    fn engine(&self, vm: &VmConfig, t: &RepoSpec) -> Arc<dyn Engine> {
+        vm.engine.open(&engine::Spec { vm: &vm.name, target: t, passphrase: &vm.passphrase })
+    }
+
+    /// [`Host::engine`], once the target's ssh files are as they must be (a private key only its owner reads, a
+    /// `known_hosts` that lists the host: checked before every run, files change after the config is read) and its
+    /// repository is the one recorded at its first use (a borg repository's id: another repository put at the same
+    /// place is refused, never written to nor restored from). When a check fails, nothing is sent.
+    async fn checked_engine(&self, vm: &VmConfig, t: &RepoSpec) -> Result<Arc<dyn Engine>, HostError> {
+        let refused = |message: String| HostError::Engine {
+            vm: vm.name.clone(),
+            source: EngineError::Failed { target: engine::target_name(t), message },
+        };
+        t.check_files().map_err(refused)?;
+        let engine = self.engine(vm, t);
+        let id = engine.repository_id().await.map_err(|source| HostError::Engine { vm: vm.name.clone(), source })?;
+        if let Some(id) = id {
+            let known = self.journal.repo_id(&vm.name, &t.url()).map_err(|e| refused(e.to_string()))?;
+            match known {
+                Some(k) if k != id => {
+                    return Err(refused(format!(
+                        "the repository is not the one backed up to before (its id is {id}, {k} was recorded): \
+                         refused, as another repository may have been put in its place"
+                    )))
+                }
+                Some(_) => {}
+                None => self.journal.set_repo_id(&vm.name, &t.url(), &id).map_err(|e| refused(e.to_string()))?,
+            }
+        }
+        Ok(engine)
+    }
+
+    fn claim(&self, vm: &str) -> Result<BusyGuard<'_>, HostError> {
+        if !self.busy.lock().unwrap_or_else(|e| e.into_inner()).insert(vm.to_string()) {
+            return Err(HostError::Busy(vm.to_string()));
+        }
+        Ok(BusyGuard { host: self, vm: vm.to_string() })
+    }
+
+    /// Undoes what a crashed run left: resumes every VM the journal says we quiesced and deletes our clones.
+    /// Returns one line per action taken; failures are logged and left open for the next start.
+    pub(crate) async fn recover(&self) -> Vec<String> {
+        let mut done = Vec::new();
+        let open = match self.journal.open_steps() {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "recovery: cannot read the journal");
+                return done;
+            }
+        };
+        for s in open {
+            let result: Result<String, String> = match s.step.as_str() {
+                step::QUIESCE => match (self.cfg.vm(&s.vm), Quiesced::parse(&s.detail)) {
+                    (Some(vm), Some(how)) => match self.hv(vm).resume(how).await {
+                        Ok(()) => Ok(format!("resumed vm {} ({} by a crashed run)", s.vm, s.detail)),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    _ => Err(format!("vm {} ({}) is no longer configured: left as it is", s.vm, s.detail)),
+                },
+                step::CLONE => {
+                    let p = PathBuf::from(&s.detail);
+                    match clone::remove_clone(&p).await {
+                        Ok(()) => Ok(format!("removed clone {} of a crashed run", p.display())),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                _ => continue,
+            };
+            match result {
+                Ok(line) => {
+                    tracing::warn!("recovery: {line}");
+                    if let Err(e) = self.journal.done(s.id) {
+                        tracing::error!(error = %e, "recovery: cannot mark the journal");
+                    }
+                    done.push(line);
+                }
+                Err(e) => tracing::error!("recovery of {} {} failed: {e}", s.step, s.detail),
+            }
+        }
+        if let Err(e) = self.journal.close_stale() {
+            tracing::error!(error = %e, "recovery: cannot close stale journal rows");
+        }
+        done
+    }
+
+    /// Asks each configured VM's hypervisor for its state and keeps which VMs it could not see (for
+    /// [`Host::unseen_vms`]).
+    pub(crate) async fn probe_vms(&self) {
+        for vm in &self.cfg.vms {
+            let seen = self.hv(vm).state().await;
+            self.record_seen(&vm.name, &seen);
+        }
+    }
+
+    fn record_seen(&self, vm: &str, seen: &Result<VmState, HvError>) {
+        let mut unseen = self.unseen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen {
+            Ok(_) => unseen.remove(vm),
+            Err(e) => unseen.insert(vm.to_string(), e.to_string()),
+        };
+    }
+
+    /// One reason per configured VM its hypervisor could not see at the last look ("vm dns: bundle … does not
+    /// exist"); the hypervisor's errors already name the VM.
+    pub(crate) fn unseen_vms(&self) -> Vec<String> {
+        self.unseen.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Probes now and every `every`, forever (the caller aborts the task).
+    pub(crate) async fn watch_vms(self: Arc<Self>, every: Duration) {
+        loop {
+            self.probe_vms().await;
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    pub(crate) async fn list_vms(&self) -> Vec<VmSummary> {
+        let mut out = Vec::new();
+        for vm in &self.cfg.vms {
+            let seen = self.hv(vm).state().await;
+            self.record_seen(&vm.name, &seen);
+            let state = match seen {
+                Ok(s) => s.as_str().to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            let enc = |p: PathBuf| async move { encryption::check(&p).await.map(|e| e.encrypted).unwrap_or(false) };
+            let mut target_encrypted = vm.targets.iter().any(|t| t.location.is_local());
+            for t in &vm.targets {
+                if let agent_core::repos::Location::Local(p) = &t.location {
+                    target_encrypted &= enc(p.clone()).await;
+                }
+            }
+            let last =
+                self.journal.history(&vm.name).ok().and_then(|h| h.iter().rev().find(|r| r.ok).map(|r| r.time_unix));
+            out.push(VmSummary {
+                name: vm.name.clone(),
+                backend: vm.backend,
+                state,
+                mode: vm.mode,
+                engine: vm.engine.as_str().to_string(),
+                storage_encrypted: enc(vm.path.clone()).await,
+                target_encrypted,
+                last_backup_unix: last.unwrap_or(0),
+                targets: vm.targets.iter().map(|t| t.label.clone()).collect(),
+            });
+        }
+        out
+    }
+
+    pub(crate) async fn start(&self, name: &str) -> Result<String, HostError> {
+        let vm = self.vm(name)?;
+        let _g = self.claim(name)?;
+        self.hv(vm).start().await?;
+        Ok(format!("vm {name} is running"))
+    }
+
+    pub(crate) async fn stop(&self, name: &str) -> Result<String, HostError> {
+        let vm = self.vm(name)?;
+        let _g = self.claim(name)?;
+        self.hv(vm).shutdown().await?;
+        Ok(format!("vm {name} is off"))
+    }
+
+    pub(crate) async fn suspend(&self, name: &str) -> Result<String, HostError> {
+        let vm = self.vm(name)?;
+        let _g = self.claim(name)?;
+        let how = self.hv(vm).quiesce().await?;
+        Ok(format!("vm {name} is {}", how.as_str()))
+    }
+
+    pub(crate) async fn resume(&self, name: &str) -> Result<String, HostError> {
+        let vm = self.vm(name)?;
+        let _g = self.claim(name)?;
+        let hv = self.hv(vm);
+        let how = match hv.state().await? {
+            VmState::Running => return Ok(format!("vm {name} is running")),
+            VmState::Off => Quiesced::Stopped,
+            VmState::Suspended => Quiesced::Suspended,
+            _ => Quiesced::Paused,
+        };
+        hv.resume(how).await?;
+        Ok(format!("vm {name} is running"))
+    }
+
+    /// When the last backup of `name` was tried (see `Journal::last_attempt`); `None` when never, or unreadable
+    /// (logged).
+    pub(crate) fn last_attempt(&self, name: &str) -> Option<i64> {
+        self.journal.last_attempt(name).unwrap_or_else(|e| {
+            tracing::error!(vm = name, error = %e, "cannot read the last backup attempt");
+            None
+        })
+    }
+
+    /// One backup run of `name` to every target of the VM; the history gets one row per target whatever happens,
+    /// and the observer sees every run (ok, partial or failed). A run that some targets got is `Partial` (an error
+    /// naming the failed targets and why); one that no target got is the error (the target's own with one target).
+    pub(crate) async fn backup(&self, name: &str, tx: &Reporter) -> Result<BackupReport, HostError> {
+        let vm = self.vm(name)?.clone();
+        let _g = self.claim(name)?;
+        // Ids have one-second resolution: never reuse the second of this VM's previous run.
+        let previous = self.journal.history(name)?.last().map_or(0, |h| h.time_unix);
+        let started = now_unix().max(previous + 1);
+        let id = engine::backup_id(&vm.name, started);
+        let mut runs: Vec<(TargetRun, Option<HostError>)> = Vec::new();
+        let result = self.backup_inner(&vm, &id, tx, &mut runs).await;
+        // Every target has its outcome: those the run never reached failed with the run's error.
+        let run_error = result.as_ref().err().map(|e| target_error(&vm.name, e));
+        let targets: Vec<TargetRun> = vm
+            .targets
+            .iter()
+            .map(|t| match runs.iter().find(|(r, _)| r.label == t.label) {
+                Some((r, _)) if run_error.is_none() || !r.ok => r.clone(),
+                // The run failed after this target's transfer (resuming the vm): its copy is there, the run is not.
+                Some((r, _)) => TargetRun { warnings: vec![run_error.clone().unwrap_or_default()], ..r.clone() },
+                None => TargetRun::failed(t, run_error.clone().unwrap_or_else(|| "not attempted".into())),
+            })
+            .collect();
+        let (mode_used, downtime, warnings) = match &result {
+            Ok(info) => (info.mode_used, info.downtime, info.warnings.clone()),
+            Err(_) => (vm.mode, Duration::ZERO, Vec::new()),
+        };
+        let report = BackupReport {
+            vm: vm.name.clone(),
+            id: id.clone(),
+            started_unix: started,
+            mode_used,
+            downtime,
+            size: targets.iter().filter(|t| t.ok).map(|t| t.size).max().unwrap_or(0),
+            warnings,
+            targets,
+        };
+        // A cancelled job (`Cancel`) failed because it was told to: its rows say so.
+        let cancelled = agent_core::runner::is_cancelled();
+        for t in &report.targets {
+            let mut message = match (t.ok, cancelled) {
+                (true, _) => report.warnings.clone(),
+                (false, true) => vec![format!("cancelled: vm {}: {}", vm.name, t.error)],
+                (false, false) => vec![t.error.clone()],
+            };
+            message.extend(t.warnings.iter().cloned());
+            let h = HistoryRow {
+                vm: vm.name.clone(),
+                backup_id: id.clone(),
+                target: t.label.clone(),
+                url: t.url.clone(),
+                engine: vm.engine.as_str().into(),
+                mode: report.mode_used.as_str().into(),
+                time_unix: started,
+                downtime_seconds: report.downtime.as_secs_f64(),
+                duration_seconds: t.duration.as_secs_f64(),
+                size: t.size,
+                ok: t.ok,
+                message: message.join("; "),
+            };
+            if let Err(e) = self.journal.record(&h) {
+                tracing::error!(error = %e, target = %t.label, "cannot record backup history");
+            }
+        }
+        (self.observer)(&report);
+        result?;
+        match report.status() {
+            "ok" => Ok(report),
+            "partial" => {
+                tracing::warn!(vm = name, "{}", report.summary());
+                Err(HostError::Partial { report: Box::new(report) })
+            }
+            _ => {
+                // No target got it: the one target's own error, or each target's.
+                let mut errs: Vec<HostError> = runs.into_iter().filter_map(|(_, e)| e).collect();
+                if errs.len() == 1 && vm.targets.len() == 1 {
+                    return Err(errs.remove(0));
+                }
+                Err(HostError::AllTargets { vm: vm.name.clone(), id, message: report.failures() })
+            }
+        }
+    }
+
+    /// Checks each target (reachable, and encrypted when required for a local one): the targets that pass. The
+    /// others are in `runs`, failed with why.
+    async fn usable_targets<'a>(
+        &self,
+        vm: &'a VmConfig,
+        runs: &mut Vec<(TargetRun, Option<HostError>)>,
+    ) -> Vec<&'a RepoSpec> {
+        let name = vm.name.as_str();
+        let checks = vm.targets.iter().map(|t| async move {
+            let engine = self.checked_engine(vm, t).await?;
+            engine.list().await.map_err(|source| HostError::Engine { vm: name.into(), source })?;
+            if let (true, agent_core::repos::Location::Local(p)) = (vm.require_encrypted_target, &t.location) {
+                let e = encryption::check(p)
+                    .await
+                    .map_err(|e| HostError::Other { vm: name.into(), message: e.to_string() })?;
+                if !e.encrypted {
+                    let target = engine::target_name(t);
+                    return Err(HostError::Unencrypted { vm: name.into(), target, detail: e.detail });
+                }
+            }
+            Ok(())
+        });
+        let results = futures::future::join_all(checks).await;
+        let mut usable = Vec::new();
+        for (t, r) in vm.targets.iter().zip(results) {
+            match r {
+                Ok(()) => usable.push(t),
+                Err(e) => {
+                    tracing::warn!(vm = name, target = %t.label, "target not usable: {e}");
+                    runs.push((TargetRun::failed(t, target_error(name, &e)), Some(e)));
+                }
+            }
+        }
+        usable
+    }
+
+    /// Backs up `src` as `id` to every target of `targets` at once; each target's outcome goes to `runs`.
+    async fn transfer(
+        &self,
+        vm: &VmConfig,
+        targets: &[&RepoSpec],
+        src: &Path,
+        id: &str,
+        tx: &Reporter,
+        runs: &mut Vec<(TargetRun, Option<HostError>)>,
+    ) {
+        let name = vm.name.as_str();
+        let all = targets.iter().map(|t| async move {
+            let t0 = Instant::now();
+            let created = self.engine(vm, t).create(src, id).await;
+            let took = t0.elapsed();
+            let line = match &created {
+                Ok(b) => format!("target `{}`: {} bytes in {:.1}s", t.label, b.size, took.as_secs_f64()),
+                Err(e) => format!("target `{}` failed: {e}", t.label),
+            };
+            send(tx, "backup", 3, 6, line).await;
+            (t, created, took)
+        });
+        for (t, created, took) in futures::future::join_all(all).await {
+            let run = TargetRun { duration: took, ..TargetRun::new(t) };
+            runs.push(match created {
+                Ok(b) => (TargetRun { ok: true, size: b.size, ..run }, None),
+                Err(source) => {
+                    let e = HostError::Engine { vm: name.into(), source };
+                    (TargetRun { error: target_error(name, &e), ..run }, Some(e))
+                }
+            });
+        }
+    }
+
+    /// Applies each target's retention to the targets that got the backup; none to an append-only one (its trusted
+    /// side prunes). A failure is a warning of that target.
+    async fn prune(&self, vm: &VmConfig, tx: &Reporter, runs: &mut [(TargetRun, Option<HostError>)]) {
+        let targets: Vec<&RepoSpec> = vm
+            .targets
+            .iter()
+            .filter(|t| !t.append_only && runs.iter().any(|(r, _)| r.ok && r.label == t.label))
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
+        send(tx, "retention", 5, 6, format!("applying retention to {}", labels.join(", "))).await;
+        let all = targets
+            .iter()
+            .map(|t| async move { (t.label.as_str(), self.engine(vm, t).prune(&vm.retention_of(t)).await) });
+        for (label, r) in futures::future::join_all(all).await {
+            if let (Err(e), Some((run, _))) = (r, runs.iter_mut().find(|(r, _)| r.label == label)) {
+                run.warnings.push(format!("retention failed: {e}"));
+            }
+        }
+    }
+
+    async fn backup_inner(
+        &self,
+        vm: &VmConfig,
+        id: &str,
+        tx: &Reporter,
+        runs: &mut Vec<(TargetRun, Option<HostError>)>,
+    ) -> Result<RunInfo, HostError> {
+        let name = vm.name.as_str();
+        let hv = self.hv(vm);
+        let mut warnings = Vec::new();
+        let total = 6;
+
+        // Checks that need nothing undone: the VM exists, the targets are there (and encrypted when required).
+        let state = hv.state().await?;
+        send(tx, "check", 0, total, format!("vm {name} is {}", state.as_str())).await;
+        let targets = self.usable_targets(vm, runs).await;
+        if targets.is_empty() {
+            // Nothing to write to: the vm is not touched. The targets' errors are the run's.
+            return Ok(RunInfo { mode_used: vm.mode, downtime: Duration::ZERO, warnings });
+        }
+
+        if state != VmState::Running {
+            // Not running: its disks are not changing; back it up as it is and leave it so.
+            send(tx, "backup", 3, total, format!("vm {name} is {}: backing up without touching it", state.as_str()))
+                .await;
+            self.transfer(vm, &targets, &vm.path, id, tx, runs).await;
+            self.prune(vm, tx, runs).await;
+            return Ok(RunInfo { mode_used: vm.mode, downtime: Duration::ZERO, warnings });
+        }
+
+        let mut lease = self.lease(vm, &mut warnings).await?;
+        let result = self.quiesced_backup(vm, id, &*hv, &targets, tx, &mut lease, &mut warnings, runs).await;
+        self.release_lease(vm, &mut lease, &mut warnings).await;
+        let (mode_used, downtime) = result?;
+        self.prune(vm, tx, runs).await;
+        for w in &warnings {
+            tracing::warn!(vm = name, "{w}");
+        }
+        send(tx, "done", total, total, format!("backup {id}: downtime {:.3}s", downtime.as_secs_f64())).await;
+        Ok(RunInfo { mode_used, downtime, warnings })
+    }
+
+    async fn lease(&self, vm: &VmConfig, warnings: &mut Vec<String>) -> Result<Option<String>, HostError> {
+        let Some(url) = &vm.guest else { return Ok(None) };
+        match self.guest.prepare(url, LEASE_SECONDS).await {
+            Ok(id) => Ok(Some(id)),
+            Err(message) if vm.require_guest => {
+                Err(HostError::Guest { vm: vm.name.clone(), url: url.clone(), message })
+            }
+            Err(message) => {
+                warnings.push(format!(
+                    "guest {url} did not prepare for the backup (backing up without its help): {message}"
+                ));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Releases the guest's lease, if one is held (a failure is a warning: the lease expires on its own).
+    async fn release_lease(&self, vm: &VmConfig, lease: &mut Option<String>, warnings: &mut Vec<String>) {
+        if let (Some(url), Some(lease_id)) = (&vm.guest, lease.take()) {
+            if let Err(e) = self.guest.release(url, &lease_id).await {
+                warnings.push(format!("guest {url}: cannot release lease {lease_id}: {e}"));
+            }
+        }
+    }
+
+    /// Quiesce once → (clone → resume → back up the clone to every target → delete it) or (back up to every target
+    /// → resume). The VM is resumed on every path; the downtime is the time from just before quiesce to just after
+    /// resume. Each target's outcome goes to `runs`; the error is the run's own (quiesce, clone, resume, journal).
+    #[allow(clippy::too_many_arguments)]
+    async fn quiesced_backup(
+        &self,
+        vm: &VmConfig,
+        id: &str,
+        hv: &dyn Hypervisor,
+        targets: &[&RepoSpec],
+        tx: &Reporter,
+        lease: &mut Option<String>,
+        warnings: &mut Vec<String>,
+        runs: &mut Vec<(TargetRun, Option<HostError>)>,
+    ) -> Result<(Mode, Duration), HostError> {
+        let name = vm.name.as_str();
+        let j = &self.journal;
+        let planned = if vm.mode == Mode::Stop { Quiesced::Stopped } else { hv.quiesces_as() };
+        let jq = j.begin(name, step::QUIESCE, planned.as_str())?;
+        send(
+            tx,
+            "quiesce",
+            1,
+            6,
+            format!("{} vm {name}", if vm.mode == Mode::Stop { "shutting down" } else { "pausing" }),
+        )
+        .await;
+        let t0 = Instant::now();
+        let quiesced =
+            if vm.mode == Mode::Stop { hv.shutdown().await.map(|()| Quiesced::Stopped) } else { hv.quiesce().await };
+        let how = match quiesced {
+            Ok(h) => h,
+            Err(e) => {
+                // Whatever state it reached, bring it back.
+                self.resume_journaled(name, hv, planned, jq)
+                    .await
+                    .map_err(|r| HostError::Other { vm: name.into(), message: format!("{e}; and {r}") })?;
+                return Err(e.into());
+            }
+        };
+
+        let mut mode = vm.mode;
+        let mut clone_dir = None;
+        if vm.mode == Mode::Clone {
+            let cpath = clone::clone_path(&vm.path, name, &engine::stamp(now_unix()));
+            // Not journaled, not cloned: the vm is resumed before the journal error is reported.
+            let jc = match j.begin(name, step::CLONE, &cpath.to_string_lossy()) {
+                Ok(jc) => jc,
+                Err(e) => return Err(self.resume_on_journal_error(name, hv, how, jq, e).await),
+            };
+            send(tx, "clone", 2, 6, format!("cloning {} copy-on-write", vm.path.display())).await;
+            match clone::clone_dir(&vm.path, &cpath).await {
+                Ok(()) => clone_dir = Some((cpath, jc)),
+                Err(CloneError::Unsupported { dir, message }) => {
+                    if let Err(e) = j.done(jc) {
+                        return Err(self.resume_on_journal_error(name, hv, how, jq, e).await);
+                    }
+                    mode = Mode::Suspend;
+                    warnings.push(format!("{} cannot clone ({message}): fell back to suspend mode", dir.display()));
+                    tracing::warn!(vm = name, "{}", warnings.last().map(String::as_str).unwrap_or(""));
+                }
+                Err(e) => {
+                    self.resume_journaled(name, hv, how, jq)
+                        .await
+                        .map_err(|r| HostError::Other { vm: name.into(), message: format!("{e}; and {r}") })?;
+                    j.done(jc)?;
+                    return Err(HostError::Clone { vm: name.into(), source: e });
+                }
+            }
+        }
+
+        if let Some((cpath, jc)) = clone_dir {
+            self.resume_journaled(name, hv, how, jq)
+                .await
+                .map_err(|message| HostError::Other { vm: name.into(), message })?;
+            let downtime = t0.elapsed();
+            // The guest runs again: its backups may go on while the clone is copied.
+            self.release_lease(vm, lease, warnings).await;
+            send(
+                tx,
+                "backup",
+                3,
+                6,
+                format!("vm {name} resumed after {:.3}s; backing up the clone", downtime.as_secs_f64()),
+            )
+            .await;
+            self.transfer(vm, targets, &cpath, id, tx, runs).await;
+            let jd = j.begin(name, step::DELETE_CLONE, &cpath.to_string_lossy())?;
+            let removed = clone::remove_clone(&cpath).await;
+            match &removed {
+                Ok(()) => {
+                    j.done(jd)?;
+                    j.done(jc)?;
+                }
+                Err(e) => warnings.push(format!("cannot remove clone {}: {e}", cpath.display())),
+            }
+            return Ok((mode, downtime));
+        }
+
+        send(tx, "backup", 3, 6, format!("backing up {} while the vm is {}", vm.path.display(), how.as_str())).await;
+        self.transfer(vm, targets, &vm.path, id, tx, runs).await;
+        self.resume_journaled(name, hv, how, jq)
+            .await
+            .map_err(|message| HostError::Other { vm: name.into(), message })?;
+        let downtime = t0.elapsed();
+        send(tx, "resume", 4, 6, format!("vm {name} running again after {:.3}s", downtime.as_secs_f64())).await;
+        Ok((mode, downtime))
+    }
+
+    /// Journals the resume, resumes, then closes both the resume and the quiesce rows. The vm is resumed even when
+    /// the journal cannot be written (a full disk, a locked database); that error is reported after.
+    async fn resume_journaled(&self, name: &str, hv: &dyn Hypervisor, how: Quiesced, jq: i64) -> Result<(), String> {
+        let jr = self.journal.begin(name, step::RESUME, how.as_str());
+        hv.resume(how).await.map_err(|e| format!("resuming failed: {e}"))?;
+        let journal_error =
+            |e: JournalError| format!("the journal could not be written ({e}); the vm was resumed first");
+        self.journal.done(jr.map_err(journal_error)?).map_err(journal_error)?;
+        self.journal.done(jq).map_err(journal_error)
+    }
+
+    /// A journal write failed while the vm is quiesced: resume it first, then report the journal error. The quiesce
+    /// row may stay open (the journal is failing): the next start then resumes a running vm, which does nothing.
+    async fn resume_on_journal_error(
+        &self,
+        name: &str,
+        hv: &dyn Hypervisor,
+        how: Quiesced,
+        jq: i64,
+        e: JournalError,
+    ) -> HostError {
+        let resumed = hv.resume(how).await;
+        if resumed.is_ok() {
+            let _ = self.journal.done(jq);
+        }
+        let message = match resumed {
+            Ok(()) => format!("the journal could not be written ({e}); the vm was resumed first"),
+            Err(r) => format!("the journal could not be written ({e}); and resuming failed: {r}"),
+        };
+        HostError::Other { vm: name.into(), message }
+    }
+}

@@ -1,0 +1,116 @@
+//! The `Hypervisor` trait: what backups need from a hypervisor (state, start, quiesce, resume, shut down) and from
+//! its bundle layout (what a bundle is, whether a restored one can start), and the constructor choosing a backend
+//! (`qemu`, `vmrun`) from a VM's config. Knows VM states; must not know QMP, vmrun or any bundle's files.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use agent_core::runner::RunError;
+
+use crate::config::{Backend, VmConfig};
+
+mod qemu;
+mod qemu_img;
+mod vmrun;
+
+/// A boxed future, so that `Hypervisor` can be used as `dyn`.
+pub(crate) type HvFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HvError>> + Send + 'a>>;
+
+/// A bundle check: `Err` says what is wrong with the bundle, in words that name it.
+pub(crate) type BundleFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// What a VM is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum VmState {
+    Running,
+    /// vCPUs stopped, memory kept by the hypervisor process (QEMU `stop`).
+    Paused,
+    /// Memory written to disk (VMware suspend, `.vmss`); no process.
+    Suspended,
+    Off,
+    /// Any other state the hypervisor reports, verbatim.
+    Other(String),
+}
+
+impl VmState {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Suspended => "suspended",
+            VmState::Off => "off",
+            VmState::Other(s) => s,
+        }
+    }
+}
+
+/// How a VM was quiesced for a backup, so that it is brought back the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Quiesced {
+    Paused,
+    Suspended,
+    Stopped,
+}
+
+impl Quiesced {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Quiesced::Paused => "paused",
+            Quiesced::Suspended => "suspended",
+            Quiesced::Stopped => "stopped",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Quiesced> {
+        match s {
+            "paused" => Some(Quiesced::Paused),
+            "suspended" => Some(Quiesced::Suspended),
+            "stopped" => Some(Quiesced::Stopped),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HvError {
+    #[error("vm {vm}: bundle {} does not exist", path.display())]
+    Missing { vm: String, path: PathBuf },
+    #[error("vm {vm}: bundle {} is locked by a running VMware instance ({})", path.display(), lock.display())]
+    Locked { vm: String, path: PathBuf, lock: PathBuf },
+    #[error("vm {vm}: qmp socket {} does not answer: {message}", socket.display())]
+    Qmp { vm: String, socket: PathBuf, message: String },
+    #[error("vm {vm}: {source}")]
+    Run { vm: String, source: RunError },
+    #[error("vm {vm}: {message}")]
+    Failed { vm: String, message: String },
+}
+
+/// A hypervisor driving one VM.
+pub(crate) trait Hypervisor: Send + Sync {
+    fn state(&self) -> HvFuture<'_, VmState>;
+    /// Starts the VM (from off or suspended); a running VM is left alone.
+    fn start(&self) -> HvFuture<'_, ()>;
+    /// Pauses (QEMU) or suspends (VMware) the VM so that its disks stop changing.
+    fn quiesce(&self) -> HvFuture<'_, Quiesced>;
+    /// Brings the VM back from `how`.
+    fn resume(&self, how: Quiesced) -> HvFuture<'_, ()>;
+    /// Clean shutdown within the configured timeout, then the hard way.
+    fn shutdown(&self) -> HvFuture<'_, ()>;
+    /// How `quiesce` leaves the VM (journaled before it is tried, so that a crashed run is undone the right way).
+    fn quiesces_as(&self) -> Quiesced;
+    /// Whether `dir` holds a VM bundle of this backend (what `restore --force` may move aside); `Err` says what is
+    /// missing.
+    fn is_bundle(&self, dir: &Path) -> Result<(), String>;
+    /// Whether the bundle restored into `dir` can be started.
+    fn check_bundle<'a>(&'a self, dir: &'a Path) -> BundleFuture<'a>;
+}
+
+/// The backend for `vm`; QEMU keeps its sockets under `state_dir`.
+pub(crate) fn for_vm(vm: &VmConfig, state_dir: &Path) -> Arc<dyn Hypervisor> {
+    match vm.backend {
+        Backend::Qemu => Arc::new(qemu::Qemu::new(vm, state_dir)),
+        Backend::Fusion | Backend::Workstation => Arc::new(vmrun::Vmrun::new(vm)),
+    }
+}
