@@ -80,7 +80,13 @@ impl Lab {
         let k: u32 = suffix.rsplit('_').next().and_then(|s| s.parse().ok()).unwrap_or(0) % 250;
         let network = format!("{service}-net");
         let subnet = format!("10.{n}.{k}.0/24");
-        engine.docker(["network", "create", "--subnet", &subnet, &network])?;
+        let id = engine.docker(["network", "create", "--subnet", &subnet, &network])?;
+        // Probes of the stopped writer leave the host's neighbour entry for its address failed; the kernel asks
+        // again only every `retrans_time_ms` (1 s by default), which outside probers would count as downtime.
+        // Ask every 50 ms on this lab's own bridge.
+        let bridge = format!("br-{}", id.trim().get(..12).context("docker network id")?);
+        let knob = format!("/proc/sys/net/ipv4/neigh/{bridge}/retrans_time_ms");
+        std::fs::write(&knob, "50").with_context(|| format!("writing {knob}"))?;
         let ip = format!("10.{n}.{k}.10");
         let mut lab = Lab {
             engine,

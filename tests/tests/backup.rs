@@ -43,7 +43,14 @@ async fn backup_equals_its_snapshot_downtime_agrees_with_a_prober_and_restores_r
     let p = prober(lab.http_addr(), stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let summary = lab.backup().await.map_err(|s| anyhow::anyhow!("backup: {s}\n{}", lab.agent().logs()))?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The prober's window ends only with its first answer after the restart (the host must find the container's
+    // address again: the lab asks ARP every 50 ms), so wait for an answer rather than a fixed time.
+    let addr = lab.http_addr();
+    let back = tokio::task::spawn_blocking(move || {
+        strata_tests::fixtures::wait_until(Duration::from_secs(10), || probe(addr))
+    });
+    ensure!(back.await?, "the service never answered again after the backup");
+    tokio::time::sleep(Duration::from_millis(100)).await;
     stop.store(true, Ordering::Relaxed);
     let outside = p.join().expect("prober");
     let archive = archive_of(&summary)?;
@@ -52,7 +59,8 @@ async fn backup_equals_its_snapshot_downtime_agrees_with_a_prober_and_restores_r
     let recorded = Duration::from_secs_f64(h[0].downtime_seconds);
     eprintln!("downtime: recorded by the agent {recorded:?}, seen by the prober {outside:?}");
     ensure!(recorded > Duration::ZERO, "a stop-mode backup of a running service has some downtime");
-    // The prober sees the agent's window plus the time httpd needs to answer again, at 10 ms resolution.
+    // The prober sees the agent's window plus the time httpd and the host's ARP need to answer again, at 10 ms
+    // resolution.
     ensure!(
         outside + Duration::from_millis(100) >= recorded && outside <= recorded + Duration::from_millis(1500),
         "prober {outside:?} and agent {recorded:?} disagree"

@@ -87,9 +87,9 @@ fn result_counts(line: &str) -> Option<(u64, u64)> {
 /// Runs `cargo test --workspace`, echoing its output, and returns the summed (passed, failed) counts.
 fn cargo_test() -> Result<(u64, u64)> {
     use std::io::{BufRead, BufReader};
-    eprintln!("$ cargo test --workspace");
+    eprintln!("$ cargo test --workspace --no-fail-fast");
     let mut child = Command::new("cargo")
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .current_dir(project_root())
         .stdout(std::process::Stdio::piped())
         .spawn()
