@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -65,14 +65,34 @@ pub(crate) fn query_name(request: &Request) -> String {
     request.queries.queries().first().map(|q| q.name().to_string()).unwrap_or_default()
 }
 
-/// The OPT record of a response to `request`: present when the request had one.
+/// The EDNS version the agent speaks (RFC 6891).
+const EDNS_VERSION: u8 = 0;
+
+/// Whether `request` asks for an EDNS version above ours: answered BADVERS (RFC 6891 section 6.1.3).
+fn bad_edns_version(request: &Request) -> bool {
+    request.edns.as_ref().is_some_and(|e| e.version() > EDNS_VERSION)
+}
+
+/// The OPT record of a response to `request`: present when the request had one, always of our version (hickory's
+/// emitter puts an extended rcode's upper 8 bits, BADVERS's among them, into it).
 pub(crate) fn response_edns(request: &Request) -> Option<Edns> {
     request.edns.as_ref().map(|req| {
         let mut e = Edns::new();
         e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-        e.set_version(0);
+        e.set_version(EDNS_VERSION);
         e
     })
+}
+
+/// The SOA in the authority section of a blocked name's NXDOMAIN or NODATA (RFC 2308): owned by the name itself
+/// (the agent speaks for it as if it were a zone, as AdGuard Home and Blocky do), its TTL and minimum
+/// [`BLOCKED_TTL`] so that a cache keeps the negative answer as long as a blocked address; the server names lie
+/// under `.invalid` (RFC 6761), so nothing can resolve or query them.
+fn blocked_soa(qname: &LowerName) -> Record {
+    let name = |s: &str| Name::from_ascii(s).unwrap_or_else(|_| Name::root());
+    let soa =
+        SOA::new(name("blocked.strata.invalid."), name("hostmaster.strata.invalid."), 1, 3600, 600, 86400, BLOCKED_TTL);
+    Record::from_rdata(Name::from(qname.clone()), BLOCKED_TTL, RData::SOA(soa))
 }
 
 /// What the query path decided without waiting for anything.
@@ -93,6 +113,8 @@ pub(crate) struct Ready<'z> {
     chained: &'z [Record],
     authority: Option<&'z Record>,
     synthesized: Option<Record>,
+    /// The SOA of a negative answer the agent makes up (a blocked name's NXDOMAIN or NODATA).
+    synthesized_soa: Option<Record>,
     pub(crate) outcome: Outcome,
 }
 
@@ -100,7 +122,15 @@ impl<'z> Ready<'z> {
     fn error(meta: Metadata, code: ResponseCode) -> Self {
         let mut meta = meta;
         meta.response_code = code;
-        Ready { meta, answers: &[], chained: &[], authority: None, synthesized: None, outcome: Outcome::Refused }
+        Ready {
+            meta,
+            answers: &[],
+            chained: &[],
+            authority: None,
+            synthesized: None,
+            synthesized_soa: None,
+            outcome: Outcome::Refused,
+        }
     }
 
     /// The response message (encode it with a response handler or [`crate::udp::encode`]).
@@ -117,7 +147,7 @@ impl<'z> Ready<'z> {
         impl Iterator<Item = &'q Record> + Send + 'q,
     > {
         let answers = self.answers.iter().chain(self.chained.iter()).chain(self.synthesized.iter());
-        build(request, edns, self.meta, answers, self.authority.into_iter())
+        build(request, edns, self.meta, answers, self.authority.into_iter().chain(self.synthesized_soa.iter()))
     }
 }
 
@@ -268,9 +298,19 @@ impl Handler {
     /// [`Dns::generation`], which is what lets the UDP loops cache it.
     pub(crate) fn decide<'z>(&self, request: &'z Request, zones: &'z ZoneSet, forwarding: bool) -> Decision<'z> {
         let mut meta = Metadata::response_from_request(&request.metadata);
-        meta.recursion_available = forwarding;
+        let query = request.metadata.op_code == OpCode::Query;
+        if query {
+            meta.recursion_available = forwarding;
+        } else {
+            // RD, RA and CD belong to queries (RFC 1035 4.1.1, RFC 4035 3.2.2): a reply to another opcode has none.
+            meta.recursion_desired = false;
+            meta.checking_disabled = false;
+        }
         let error = |code| Decision::Ready(Ready::error(meta, code));
-        if request.metadata.op_code != OpCode::Query {
+        if bad_edns_version(request) {
+            return error(ResponseCode::BADVERS);
+        }
+        if !query {
             return error(ResponseCode::NotImp);
         }
         let [query] = request.queries.queries() else {
@@ -280,10 +320,9 @@ impl Handler {
             return error(ResponseCode::Refused);
         }
         let qtype = query.query_type();
-        match qtype {
-            RecordType::ANY => return error(ResponseCode::NotImp),
-            RecordType::AXFR | RecordType::IXFR | RecordType::OPT => return error(ResponseCode::Refused),
-            _ => {}
+        // ANY goes on: local zones and upstreams answer it with one RRset (RFC 8482), a blocked name as any type.
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR | RecordType::OPT) {
+            return error(ResponseCode::Refused);
         }
         let qname = query.name();
 
@@ -299,6 +338,7 @@ impl Handler {
                 chained: local.chained,
                 authority: local.soa,
                 synthesized: None,
+                synthesized_soa: None,
                 outcome,
             };
             return match local.external {
@@ -327,12 +367,15 @@ impl Handler {
                 )),
                 (BlockResponse::Zero, _) => None,
             };
+            // NXDOMAIN and NODATA carry an SOA (RFC 2308), so that caches downstream keep the answer.
+            let soa = record.is_none().then(|| blocked_soa(qname));
             return Decision::Ready(Ready {
                 meta: m,
                 answers: &[],
                 chained: &[],
                 authority: None,
                 synthesized: record,
+                synthesized_soa: soa,
                 outcome: Outcome::Blocked,
             });
         }
@@ -412,10 +455,21 @@ mod tests {
     use crate::udp::Capture;
 
     async fn ask(h: &Handler, op: OpCode, questions: &[(&str, RecordType)]) -> Message {
+        ask_with(h, op, questions, |_| {}).await
+    }
+
+    /// Asks with the message first changed by `edit` (flags, EDNS).
+    async fn ask_with(
+        h: &Handler,
+        op: OpCode,
+        questions: &[(&str, RecordType)],
+        edit: impl FnOnce(&mut Message),
+    ) -> Message {
         let mut m = Message::new(42, MessageType::Query, op);
         for (n, t) in questions {
             m.add_query(Query::query(Name::from_ascii(n).unwrap(), *t));
         }
+        edit(&mut m);
         let req = Request::from_bytes(m.to_vec().unwrap(), "127.0.0.1:5353".parse().unwrap(), Protocol::Udp).unwrap();
         let cap = Capture::default();
         h.handle_request::<_, TokioTime>(&req, cap.clone()).await;
@@ -453,11 +507,22 @@ mod tests {
         assert_eq!(zero6.answers[0].data, RData::AAAA(AAAA(Ipv6Addr::UNSPECIFIED)));
         let nodata = ask(&h, OpCode::Query, &[("ads.example.com.", RecordType::MX)]).await;
         assert_eq!((rc(&nodata), nodata.answers.len()), (ResponseCode::NoError, 0));
+        let soa_of = |m: &Message| match m.authorities.as_slice() {
+            [r] => match &r.data {
+                RData::SOA(soa) => Some((r.name.to_ascii(), r.ttl, soa.minimum)),
+                _ => None,
+            },
+            _ => None,
+        };
+        assert_eq!(soa_of(&nodata), Some(("ads.example.com.".into(), BLOCKED_TTL, BLOCKED_TTL)), "RFC 2308");
+        assert_eq!(soa_of(&zero), None, "a positive answer has no SOA");
 
         let refused = ask(&h, OpCode::Query, &[("example.org.", RecordType::A)]).await;
         assert_eq!(rc(&refused), ResponseCode::Refused, "no upstream configured");
         let any = ask(&h, OpCode::Query, &[("nas.lab.home.arpa.", RecordType::ANY)]).await;
-        assert_eq!(rc(&any), ResponseCode::NotImp);
+        assert_eq!((rc(&any), any.answers.len()), (ResponseCode::NoError, 1), "RFC 8482: one RRset");
+        let any_blocked = ask(&h, OpCode::Query, &[("ads.example.com.", RecordType::ANY)]).await;
+        assert_eq!((rc(&any_blocked), any_blocked.answers.len()), (ResponseCode::NoError, 0));
         let axfr = ask(&h, OpCode::Query, &[("lab.home.arpa.", RecordType::AXFR)]).await;
         assert_eq!(rc(&axfr), ResponseCode::Refused);
         let two =
@@ -466,18 +531,50 @@ mod tests {
         assert_eq!(rc(&two), ResponseCode::FormErr);
         let none = ask(&h, OpCode::Query, &[]).await;
         assert_eq!(rc(&none), ResponseCode::FormErr);
-        let notify = ask(&h, OpCode::Notify, &[("lab.home.arpa.", RecordType::SOA)]).await;
+        let notify = ask_with(&h, OpCode::Notify, &[("lab.home.arpa.", RecordType::SOA)], |m| {
+            m.metadata.recursion_desired = true;
+            m.metadata.checking_disabled = true;
+        })
+        .await;
         assert_eq!(rc(&notify), ResponseCode::NotImp);
         assert_eq!(notify.metadata.id, 42);
+        let flags =
+            |m: &Message| (m.metadata.recursion_desired, m.metadata.recursion_available, m.metadata.checking_disabled);
+        assert_eq!(flags(&notify), (false, false, false), "no RD, RA or CD on a reply to another opcode");
 
         let totals = h.dns.metrics.totals();
-        assert!(totals.contains(&("blocked", 3)) && totals.contains(&("local", 1)), "{totals:?}");
-        assert!(totals.contains(&("refused", 6)), "{totals:?}");
+        assert!(totals.contains(&("blocked", 4)) && totals.contains(&("local", 2)), "{totals:?}");
+        assert!(totals.contains(&("refused", 5)), "{totals:?}");
 
         let dir = tempfile::tempdir().unwrap();
         let h = handler(dir.path(), "nxdomain").await;
         let nx = ask(&h, OpCode::Query, &[("ads.example.com.", RecordType::A)]).await;
         assert_eq!((rc(&nx), nx.answers.len()), (ResponseCode::NXDomain, 0));
+        assert_eq!(soa_of(&nx), Some(("ads.example.com.".into(), BLOCKED_TTL, BLOCKED_TTL)), "RFC 2308");
+    }
+
+    #[tokio::test]
+    async fn an_edns_version_above_zero_gets_badvers_with_an_opt_of_version_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handler(dir.path(), "zero").await;
+        let with_version = |v: u8| {
+            move |m: &mut Message| {
+                let mut e = Edns::new();
+                e.set_version(v);
+                e.set_max_payload(1232);
+                m.edns = Some(e);
+            }
+        };
+        let q = [("nas.lab.home.arpa.", RecordType::A)];
+        let bad = ask_with(&h, OpCode::Query, &q, with_version(1)).await;
+        // Message::from_vec joins the header's 4 low bits and the OPT's 8 high bits into one rcode: 16, which
+        // hickory reads back as BADSIG (TSIG's code 16 shares the number with BADVERS).
+        assert_eq!((u16::from(bad.metadata.response_code), bad.answers.len()), (16, 0));
+        assert_eq!(u16::from(ResponseCode::BADVERS), 16);
+        assert_eq!(bad.edns.as_ref().map(|e| e.version()), Some(0), "the OPT says which version we speak");
+        let ok = ask_with(&h, OpCode::Query, &q, with_version(0)).await;
+        assert_eq!((ok.metadata.response_code, ok.answers.len()), (ResponseCode::NoError, 1));
+        assert_eq!(ok.edns.as_ref().map(|e| (e.version(), e.rcode_high())), Some((0, 0)));
     }
 
     #[test]

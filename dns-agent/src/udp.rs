@@ -217,7 +217,7 @@ impl Worker {
     }
 
     /// Answers one datagram from `src` as hickory's server and `Handler` would, byte for byte: fewer than 12
-    /// bytes or a response are dropped, an unparsable message gets FORMERR (not counted, as before), everything
+    /// bytes or a response (QR=1, even an unparsable one) are dropped, an unparsable query gets FORMERR (not counted, as before), everything
     /// else is answered and counted. Never panics.
     pub(crate) fn process(&mut self, packet: &[u8], src: SocketAddr) -> Action<'_> {
         let started = Instant::now();
@@ -243,6 +243,10 @@ impl Worker {
         let Ok(header) = Header::read(&mut BinDecoder::new(packet)) else {
             return Action::Drop;
         };
+        // A response (QR=1) is never answered, parsable or not: answering would make the agent a reflector.
+        if header.metadata.message_type == MessageType::Response {
+            return Action::Drop;
+        }
         let request = match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
             Ok(r) => r,
             Err(error) => {
@@ -259,9 +263,6 @@ impl Worker {
                 };
             }
         };
-        if request.metadata.message_type == MessageType::Response {
-            return Action::Drop;
-        }
         let dns = self.handler.dns().clone();
         let zones = dns.zones();
         let forwarder = dns.forwarder();

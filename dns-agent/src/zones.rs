@@ -251,6 +251,18 @@ impl ZoneSet {
             ans.soa = soa;
             return Some(ans);
         };
+        if qtype == RecordType::ANY {
+            // RFC 8482 section 4.1: one RRset of the name (its CNAME, or its first type) answers ANY.
+            ans.answers = match (e.chain.first(), e.records.first()) {
+                (Some(_), _) => &e.chain[..1],
+                (None, Some(first)) => e.rrset(first.record_type()),
+                (None, None) => &[],
+            };
+            if ans.answers.is_empty() {
+                ans.soa = soa;
+            }
+            return Some(ans);
+        }
         if e.chain.is_empty() || qtype == RecordType::CNAME {
             ans.answers = e.rrset(qtype);
             if ans.answers.is_empty() {
@@ -355,6 +367,22 @@ mod tests {
         assert_eq!(s.lookup(&q("lab.home.arpa."), RecordType::NS).unwrap().answers.len(), 1);
         assert_eq!(s.lookup(&q("lab.home.arpa."), RecordType::MX).unwrap().answers.len(), 1);
         assert_eq!((s.zone_count(), s.record_count()), (2, 9));
+    }
+
+    #[test]
+    fn any_gets_one_rrset_of_the_name() {
+        let s = set();
+        let types = |n: &str| {
+            let a = s.lookup(&q(n), RecordType::ANY).unwrap();
+            (a.rcode, a.answers.iter().map(|r| r.record_type()).collect::<Vec<_>>(), a.soa.is_some())
+        };
+        // nas has A and AAAA: one of them, whole.
+        assert_eq!(types("nas.lab.home.arpa."), (ResponseCode::NoError, vec![RecordType::A], false));
+        assert_eq!(types("alias.lab.home.arpa."), (ResponseCode::NoError, vec![RecordType::CNAME], false));
+        assert_eq!(types("_tcp.lab.home.arpa."), (ResponseCode::NoError, vec![], true), "empty non-terminal");
+        assert_eq!(types("nope.lab.home.arpa."), (ResponseCode::NXDomain, vec![], true));
+        let apex = types("lab.home.arpa.");
+        assert_eq!((apex.0, apex.1.len()), (ResponseCode::NoError, 1), "{apex:?}");
     }
 
     #[test]

@@ -78,9 +78,15 @@ fn local_zones_answer_every_type_authoritatively() -> Result<()> {
     let tcp = dns.dig(&["+tcp", "mail.lab.home.arpa", "A"])?;
     assert_eq!((tcp.status.as_str(), tcp.values("A")), ("NOERROR", vec!["10.0.0.11".to_string()]), "{}", tcp.raw);
 
-    // No upstream configured: names outside the zones are refused; ANY is not implemented.
+    // No upstream configured: names outside the zones are refused.
     assert_eq!(dns.dig(&["example.com", "A"])?.status, "REFUSED");
-    assert_eq!(dns.dig(&["nas.lab.home.arpa", "ANY"])?.status, "NOTIMP");
+    // ANY: one RRset of the name (RFC 8482), over UDP and TCP.
+    for proto in ["+notcp", "+tcp"] {
+        let any = dns.dig(&[proto, "nas.lab.home.arpa", "ANY"])?;
+        assert_eq!(any.status, "NOERROR", "{}", any.raw);
+        let types: std::collections::BTreeSet<&str> = any.answers.iter().map(|a| a.1.as_str()).collect();
+        assert_eq!((types.len(), any.answers.is_empty()), (1, false), "one RRset: {}", any.raw);
+    }
 
     let text = dns.agent.metrics_text()?;
     assert!(text.contains("strata_dns_queries_total{qtype=\"A\",outcome=\"local\"}"), "{text}");
@@ -96,9 +102,18 @@ fn local_zones_answer_every_type_authoritatively() -> Result<()> {
         let stats = DnsClient::new(ch).stats(StatsRequest {}).await?.into_inner();
         assert!(stats.queries_by_outcome["local"] >= 10, "{stats:?}");
         assert_eq!(stats.queries_by_outcome["nxdomain"], 2, "{stats:?}");
-        assert_eq!(stats.queries_by_outcome["refused"], 2, "{stats:?}");
+        assert_eq!(stats.queries_by_outcome["refused"], 1, "{stats:?}");
         anyhow::Ok(())
     })?;
+
+    // EDNS version 1: BADVERS, with an OPT saying version 0; dig then retries with that version unless told not to.
+    for proto in ["+notcp", "+tcp"] {
+        let bad = dns.dig(&[proto, "+edns=1", "+noednsneg", "nas.lab.home.arpa", "A"])?;
+        assert_eq!((bad.status.as_str(), bad.answers.len()), ("BADVERS", 0), "{}", bad.raw);
+        assert!(bad.raw.contains("EDNS: version: 0"), "{}", bad.raw);
+        let negotiated = dns.dig(&[proto, "+edns=1", "+ednsneg", "nas.lab.home.arpa", "A"])?;
+        assert_eq!(negotiated.values("A"), vec!["10.0.0.10"], "{}", negotiated.raw);
+    }
     Ok(())
 }
 
@@ -307,6 +322,15 @@ fn malformed_packets_never_kill_the_agent() -> Result<()> {
     let mut response = good.clone();
     response[2] |= 0x80;
     assert!(udp_exchange(dns.addr, &response, short)?.is_none(), "responses are not answered");
+    let mut cut_response = good[..good.len() - 3].to_vec();
+    cut_response[2] |= 0x80;
+    assert!(udp_exchange(dns.addr, &cut_response, short)?.is_none(), "nor unparsable ones (no FORMERR)");
+    // NOTIFY (not served yet) with RD and CD set: NOTIMP, and the reply carries neither, nor RA.
+    let mut notify = query_packet(13, "lab.home.arpa", 6);
+    notify[2] = (4 << 3) | 0x01;
+    notify[3] |= 0x10;
+    let r = udp_exchange(dns.addr, &notify, short)?.context("no reply to NOTIFY")?;
+    assert_eq!((reply_header(&r).1, r[2] & 0x01, r[3] & 0x90), (4, 0, 0), "{r:?}");
     // Unknown type (65000) in a local zone: NODATA, not an error.
     let r = udp_exchange(dns.addr, &query_packet(12, "nas.lab.home.arpa", 65000), short)?.context("no reply")?;
     assert_eq!(reply_header(&r), (12, 0, 0));

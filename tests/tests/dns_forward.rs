@@ -19,7 +19,7 @@ use hickory_resolver::proto::rr::{Name as HName, RData, Record as HRecord};
 use strata_proto::v1::agent_client::AgentClient;
 use strata_proto::v1::dns_client::DnsClient;
 use strata_proto::v1::{StatsRequest, StatusRequest};
-use strata_tests::dnslab::{reply_header, udp_exchange, wait_for, Dns, ZONES};
+use strata_tests::dnslab::{self, reply_header, udp_exchange, wait_for, Dns, ZONES};
 use strata_tests::fixtures::dnswire::query_packet;
 use strata_tests::harness::Pki;
 
@@ -101,6 +101,11 @@ fn forwarding_via_unbound_and_blocklist_end_to_end() -> Result<()> {
     let again = dns.dig(&["fwd.example", "A"])?;
     assert_eq!(again.values("A"), vec!["192.0.2.7"]);
     assert_eq!(dns.dig(&["missing.example", "A"])?.status, "NXDOMAIN");
+    // ANY is forwarded (no longer NOTIMP) and the client gets what the upstream answers (at most one RRset of it,
+    // RFC 8482; unbound answers ANY for its local data with no records at all).
+    let any = dns.dig(&["other.example", "ANY"])?;
+    let direct = dnslab::dig(format!("127.0.0.1:{}", unbound.port).parse()?, &["other.example", "ANY"])?;
+    assert_eq!((any.status.as_str(), &any.answers), (direct.status.as_str(), &direct.answers), "{}", any.raw);
     // A local CNAME to an outside name is followed through the forwarder.
     let ext = dns.dig(&["ext.lab.home.arpa", "A"])?;
     assert_eq!(ext.values("CNAME"), vec!["fwd.example."], "{}", ext.raw);
@@ -115,6 +120,9 @@ fn forwarding_via_unbound_and_blocklist_end_to_end() -> Result<()> {
     assert_eq!(dns.dig(&["sub.tracker.example.net", "AAAA"])?.values("AAAA"), vec!["::"]);
     let mx = dns.dig(&["ads.example.com", "MX"])?;
     assert_eq!((mx.status.as_str(), mx.answers.len()), ("NOERROR", 0), "{}", mx.raw);
+    // The negative answer carries an SOA (RFC 2308), so caches keep it: owned by the name, minimum 60 s.
+    let soa: Vec<_> = mx.authority.iter().map(|(n, t, v)| (n.as_str(), t.as_str(), v.split(' ').next_back())).collect();
+    assert_eq!(soa, vec![("ads.example.com.", "SOA", Some("60"))], "{}", mx.raw);
     assert_eq!(dns.dig(&["x.adblock.example.org", "A"])?.values("A"), vec!["0.0.0.0"], "adblock format, subdomain");
     let allowed = dns.dig(&["ok.ads.example.com", "A"])?;
     assert_eq!(allowed.values("A"), vec!["192.0.2.10"], "the allowlist wins over the list: {}", allowed.raw);

@@ -368,8 +368,13 @@ const MAX_CHAIN: usize = 16;
 /// What of an upstream's answer section answers `name`/`rtype`: the `rtype` records at `name`, or its CNAME and
 /// then the same at each target in turn, in chain order. Every other record (another name, another type, a loop
 /// past [`MAX_CHAIN`]) is out of bailiwick and dropped, as is everything in the additional section. Also returns
-/// the name the chain ends at.
+/// the name the chain ends at. For ANY, one RRset at `name` (the type of its first record there; RFC 8482).
 pub(crate) fn answer_chain(name: &Name, rtype: RecordType, answers: &[Record]) -> (Vec<Record>, Name) {
+    if rtype == RecordType::ANY {
+        let at_name = || answers.iter().filter(|r| r.name == *name);
+        let first = at_name().next().map(Record::record_type);
+        return (at_name().filter(|r| Some(r.record_type()) == first).cloned().collect(), name.clone());
+    }
     let mut kept: Vec<Record> = Vec::new();
     let mut current = name.clone();
     for _ in 0..=MAX_CHAIN {
@@ -526,6 +531,11 @@ mod chain_tests {
         assert_eq!(answer_chain(&n("a.t."), RecordType::A, &looped).0.len(), MAX_CHAIN + 1);
         // Nothing at the name: nothing kept.
         assert!(answer_chain(&n("x.t."), RecordType::A, &answers).0.is_empty());
+        // ANY: the first RRset at the name, nothing else (RFC 8482).
+        let mixed = vec![a("other.t.", 9), a("m.t.", 1), cname("m.t.", "x.t."), a("m.t.", 2)];
+        let (kept, end) = answer_chain(&n("m.t."), RecordType::ANY, &mixed);
+        assert_eq!((kept, end), (vec![mixed[1].clone(), mixed[3].clone()], n("m.t.")));
+        assert!(answer_chain(&n("x.t."), RecordType::ANY, &mixed).0.is_empty());
     }
 
     #[test]

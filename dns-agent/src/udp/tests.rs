@@ -85,6 +85,16 @@ async fn the_loop_answers_byte_for_byte_as_the_handler_and_from_its_cache() {
     twice_case[2] &= !0x01; // RD off
     let mut cd = query(1, "nas.lab.home.arpa.", RecordType::A, Some((4096, true)));
     cd[3] |= 0x10; // CD on
+    let edns1 = {
+        let mut m = Message::from_vec(&query(1, "nas.lab.home.arpa.", RecordType::A, Some((1232, false)))).unwrap();
+        m.edns.as_mut().unwrap().set_version(1);
+        m.to_vec().unwrap()
+    };
+    let notify = {
+        let mut m = Message::from_vec(&query(1, "lab.home.arpa.", RecordType::SOA, None)).unwrap();
+        m.metadata.op_code = OpCode::Notify;
+        m.to_vec().unwrap()
+    };
     let packets: Vec<Vec<u8>> = vec![
         query(1, "nas.lab.home.arpa.", RecordType::A, None),
         twice_case,
@@ -105,6 +115,8 @@ async fn the_loop_answers_byte_for_byte_as_the_handler_and_from_its_cache() {
         query(1, "nas.lab.home.arpa.", RecordType::ANY, None),
         query(1, "lab.home.arpa.", RecordType::AXFR, None),
         query(1, "lab.home.arpa.", RecordType::SOA, None),
+        edns1,
+        notify,
     ];
     for p in &packets {
         let want = via_handler(&handler, p).await.expect("the handler answers");
@@ -119,12 +131,16 @@ async fn the_loop_answers_byte_for_byte_as_the_handler_and_from_its_cache() {
     }
     assert_eq!(w.cache.entries.len(), packets.len(), "one entry per distinct request");
 
-    // Errors as hickory's server gives them: short packets and responses dropped, an unparsable body FORMERR.
+    // Errors: short packets and responses dropped (unlike hickory's server, also an unparsable response), an
+    // unparsable query FORMERR.
     let good = query(9, "nas.lab.home.arpa.", RecordType::A, None);
     assert!(reply(&mut w, &good[..11]).is_none());
     let mut response = good.clone();
     response[2] |= 0x80;
     assert!(reply(&mut w, &response).is_none(), "responses are not answered");
+    let mut cut_response = good[..good.len() - 3].to_vec();
+    cut_response[2] |= 0x80;
+    assert!(reply(&mut w, &cut_response).is_none(), "an unparsable response gets no FORMERR either");
     let cut = reply(&mut w, &good[..good.len() - 3]).expect("FORMERR");
     assert_eq!((cut[..2].to_vec(), cut[3] & 0x0f), (vec![0, 9], 1));
     let mut two = good.clone();
@@ -135,10 +151,10 @@ async fn the_loop_answers_byte_for_byte_as_the_handler_and_from_its_cache() {
     update[2] = 5 << 3;
     assert_eq!(reply(&mut w, &update).expect("NOTIMP")[3] & 0x0f, 4);
 
-    // Counted in the metrics like any other query (the loop's shard is summed in): 12 local requests, each once
-    // through the handler and three times through the loop.
+    // Counted in the metrics like any other query (the loop's shard is summed in): 13 local requests (ANY among
+    // them), each once through the handler and three times through the loop.
     let totals = dns.metrics.totals();
-    assert!(totals.contains(&("local", 12 * 4)) && totals.contains(&("blocked", 3 * 4)), "{totals:?}");
+    assert!(totals.contains(&("local", 13 * 4)) && totals.contains(&("blocked", 3 * 4)), "{totals:?}");
 }
 
 #[tokio::test]
