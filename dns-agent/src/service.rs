@@ -122,7 +122,14 @@ impl Dns {
         // A new, larger serial on every change (secondaries and caches see the zone changed).
         let serial = self.serial.fetch_add(1, Ordering::Relaxed).wrapping_add(1).max(now_unix());
         self.serial.fetch_max(serial, Ordering::Relaxed);
-        let (zones, warnings) = ZoneSet::build(&cfg.zones, dynamic, serial);
+        // Conditionally forwarded domains are answered by their resolvers: no RFC 6303 empty zone shadows them.
+        let elsewhere: Vec<Name> = cfg
+            .forward
+            .iter()
+            .flat_map(|f| f.conditional.iter())
+            .filter_map(|(domain, _)| Name::from_ascii(format!("{domain}.")).ok())
+            .collect();
+        let (zones, warnings) = ZoneSet::build(&cfg.zones, dynamic, serial, &elsewhere);
         for w in warnings {
             tracing::warn!("{w}");
         }

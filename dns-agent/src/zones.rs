@@ -1,5 +1,5 @@
 //! The in-memory, immutable snapshot of every local zone that the query path reads: names → records, synthesized
-//! SOA/NS and reverse PTRs, CNAME chains resolved ahead of time. Rebuilt and swapped whole on any change.
+//! SOA/NS and reverse PTRs, CNAME chains resolved ahead of time, the RFC 6303 empty zones. Rebuilt and swapped whole on any change.
 //! Knows DNS answers for local names; must not know sockets, SQLite, gRPC, forwarding or blocklists.
 
 use std::collections::HashMap;
@@ -14,6 +14,48 @@ use crate::records::{reverse_name, Kind, LocalRecord};
 pub(crate) const SOA_TTL: u32 = 60;
 /// CNAME hops followed inside local zones before giving up.
 const MAX_CHAIN: usize = 8;
+
+/// The locally served empty zones of RFC 6303 section 4: the reverse zones of private, loopback, link-local,
+/// documentation and unique-local addresses. Answered here (NXDOMAIN below the apex) so that their PTR queries never
+/// leak to an upstream, unless a configured zone or another resolver (`served_elsewhere`) covers them.
+const EMPTY_ZONES: &[&str] = &[
+    "10.in-addr.arpa.",
+    "16.172.in-addr.arpa.",
+    "17.172.in-addr.arpa.",
+    "18.172.in-addr.arpa.",
+    "19.172.in-addr.arpa.",
+    "20.172.in-addr.arpa.",
+    "21.172.in-addr.arpa.",
+    "22.172.in-addr.arpa.",
+    "23.172.in-addr.arpa.",
+    "24.172.in-addr.arpa.",
+    "25.172.in-addr.arpa.",
+    "26.172.in-addr.arpa.",
+    "27.172.in-addr.arpa.",
+    "28.172.in-addr.arpa.",
+    "29.172.in-addr.arpa.",
+    "30.172.in-addr.arpa.",
+    "31.172.in-addr.arpa.",
+    "168.192.in-addr.arpa.",
+    "0.in-addr.arpa.",
+    "127.in-addr.arpa.",
+    "254.169.in-addr.arpa.",
+    "2.0.192.in-addr.arpa.",
+    "100.51.198.in-addr.arpa.",
+    "113.0.203.in-addr.arpa.",
+    "255.255.255.255.in-addr.arpa.",
+    "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa.",
+    "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa.",
+    "d.f.ip6.arpa.",
+    "8.e.f.ip6.arpa.",
+    "9.e.f.ip6.arpa.",
+    "a.e.f.ip6.arpa.",
+    "b.e.f.ip6.arpa.",
+    "8.b.d.0.1.0.0.2.ip6.arpa.",
+];
+
+/// TTL of an empty zone's SOA and NS, and its SOA minimum (RFC 6303 section 3: 10800).
+const EMPTY_ZONE_TTL: u32 = 10800;
 
 /// One zone from the config: its origin (fully qualified, lowercase) and its records.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +116,14 @@ struct ZoneInfo {
     soa: Record,
 }
 
+/// One RFC 6303 empty zone: its apex records, nothing else.
+#[derive(Debug)]
+struct EmptyZone {
+    origin: LowerName,
+    soa: Record,
+    ns: Record,
+}
+
 /// Every local zone, ready to answer. Immutable: build a new one and swap it.
 #[derive(Debug, Default)]
 pub(crate) struct ZoneSet {
@@ -81,12 +131,22 @@ pub(crate) struct ZoneSet {
     zones: Vec<ZoneInfo>,
     names: HashMap<LowerName, Entry>,
     records: usize,
+    /// The RFC 6303 empty zones that no configured zone and nothing served elsewhere covers; looked at only for
+    /// names under `arpa.` that no configured zone holds.
+    empty: Vec<EmptyZone>,
 }
 
 impl ZoneSet {
     /// Builds the zones from the config's zones and the dynamic records. Records that cannot be served (outside
     /// every zone, or a CNAME beside other data once merged with the config) are skipped; the reasons are returned.
-    pub(crate) fn build(config: &[ZoneConfig], dynamic: &[LocalRecord], serial: u32) -> (ZoneSet, Vec<String>) {
+    /// `served_elsewhere` are domains another resolver answers (conditional forwarding): an RFC 6303 empty zone
+    /// related to one of them (equal, above or below) is not served, nor one at or below a configured zone.
+    pub(crate) fn build(
+        config: &[ZoneConfig],
+        dynamic: &[LocalRecord],
+        serial: u32,
+        served_elsewhere: &[Name],
+    ) -> (ZoneSet, Vec<String>) {
         let mut warnings = Vec::new();
         let mut zones: Vec<ZoneInfo> = config
             .iter()
@@ -97,7 +157,8 @@ impl ZoneSet {
             })
             .collect();
         zones.sort_by_key(|z| std::cmp::Reverse(z.name.num_labels()));
-        let mut set = ZoneSet { zones, names: HashMap::new(), records: 0 };
+        let empty = empty_zones(config, served_elsewhere);
+        let mut set = ZoneSet { zones, names: HashMap::new(), records: 0, empty };
 
         // Accepted records, per name, in the order given: config first, then dynamic.
         let mut by_name: HashMap<LowerName, Vec<&LocalRecord>> = HashMap::new();
@@ -242,7 +303,7 @@ impl ZoneSet {
 
     /// Answers a question for a local name; `None` when the name is in no local zone. Never allocates.
     pub(crate) fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Option<LocalAnswer<'_>> {
-        let zone = self.zone_index(qname)?;
+        let Some(zone) = self.zone_index(qname) else { return self.empty_lookup(qname, qtype) };
         let soa = Some(&self.zones[zone].soa);
         let mut ans =
             LocalAnswer { rcode: ResponseCode::NoError, answers: &[], chained: &[], soa: None, external: None };
@@ -291,6 +352,48 @@ impl ZoneSet {
     }
 }
 
+impl ZoneSet {
+    /// Answers from an RFC 6303 empty zone: SOA and NS at its apex, NODATA for other types there, NXDOMAIN below.
+    fn empty_lookup(&self, qname: &LowerName, qtype: RecordType) -> Option<LocalAnswer<'_>> {
+        if self.empty.is_empty() || qname.iter().next_back() != Some(&b"arpa"[..]) {
+            return None;
+        }
+        let z = self.empty.iter().find(|z| z.origin.zone_of(qname))?;
+        let mut ans =
+            LocalAnswer { rcode: ResponseCode::NoError, answers: &[], chained: &[], soa: None, external: None };
+        if *qname != z.origin {
+            ans.rcode = ResponseCode::NXDomain;
+        } else if matches!(qtype, RecordType::SOA | RecordType::ANY) {
+            ans.answers = std::slice::from_ref(&z.soa);
+        } else if qtype == RecordType::NS {
+            ans.answers = std::slice::from_ref(&z.ns);
+        }
+        if ans.answers.is_empty() {
+            ans.soa = Some(&z.soa);
+        }
+        Some(ans)
+    }
+}
+
+/// The RFC 6303 empty zones to serve beside `config`'s zones.
+fn empty_zones(config: &[ZoneConfig], served_elsewhere: &[Name]) -> Vec<EmptyZone> {
+    let nobody = Name::from_ascii("nobody.invalid.").unwrap_or_else(|_| Name::root());
+    EMPTY_ZONES
+        .iter()
+        .filter_map(|z| Name::from_ascii(z).ok())
+        .filter(|z| !config.iter().any(|c| c.origin.zone_of(z)))
+        .filter(|z| !served_elsewhere.iter().any(|d| d.zone_of(z) || z.zone_of(d)))
+        .map(|z| {
+            let data = SOA::new(z.clone(), nobody.clone(), 1, 604_800, 86_400, 2_419_200, EMPTY_ZONE_TTL);
+            EmptyZone {
+                origin: LowerName::new(&z),
+                soa: Record::from_rdata(z.clone(), EMPTY_ZONE_TTL, RData::SOA(data)),
+                ns: Record::from_rdata(z.clone(), EMPTY_ZONE_TTL, RData::NS(NS(z))),
+            }
+        })
+        .collect()
+}
+
 fn soa(origin: &Name, serial: u32) -> Record {
     let sub = |l: &str| Name::from_ascii(l).and_then(|n| n.append_domain(origin)).unwrap_or_else(|_| origin.clone());
     let data = SOA::new(sub("ns"), sub("hostmaster"), serial, 3600, 600, 86400, SOA_TTL);
@@ -328,7 +431,7 @@ mod tests {
             ],
         );
         let rev = zone("10.in-addr.arpa.", &[]);
-        let (set, warnings) = ZoneSet::build(&[lab, rev], &[], 7);
+        let (set, warnings) = ZoneSet::build(&[lab, rev], &[], 7, &[]);
         assert!(warnings.is_empty(), "{warnings:?}");
         set
     }
@@ -386,14 +489,53 @@ mod tests {
     }
 
     #[test]
+    fn rfc6303_empty_zones_answer_private_reverse_names_unless_covered() {
+        let s = set();
+        let ask = |s: &ZoneSet, n: &str, t: RecordType| {
+            s.lookup(&q(n), t)
+                .map(|a| (a.rcode, a.answers.iter().map(|r| r.record_type()).collect::<Vec<_>>(), a.soa.is_some()))
+        };
+        let nx = Some((ResponseCode::NXDomain, vec![], true));
+        assert_eq!(ask(&s, "5.1.168.192.in-addr.arpa.", RecordType::PTR), nx);
+        assert_eq!(ask(&s, "1.0.20.172.in-addr.arpa.", RecordType::PTR), nx);
+        assert_eq!(ask(&s, "B.8.E.F.ip6.arpa.", RecordType::PTR), nx, "case does not matter");
+        assert_eq!(
+            ask(&s, "168.192.in-addr.arpa.", RecordType::SOA),
+            Some((ResponseCode::NoError, vec![RecordType::SOA], false))
+        );
+        assert_eq!(
+            ask(&s, "168.192.in-addr.arpa.", RecordType::NS),
+            Some((ResponseCode::NoError, vec![RecordType::NS], false))
+        );
+        assert_eq!(ask(&s, "168.192.in-addr.arpa.", RecordType::A), Some((ResponseCode::NoError, vec![], true)));
+        // Public space and names outside .arpa: not ours.
+        assert_eq!(ask(&s, "8.8.8.8.in-addr.arpa.", RecordType::PTR), None);
+        assert_eq!(ask(&s, "1.0.32.172.in-addr.arpa.", RecordType::PTR), None, "172.32/12 is public");
+        // The configured 10.in-addr.arpa answers its own names (synthesized PTRs), not an empty zone.
+        assert_eq!(ask(&s, "10.0.0.10.in-addr.arpa.", RecordType::PTR).map(|a| a.1), Some(vec![RecordType::PTR]));
+        // A conditionally forwarded domain above, at or below an empty zone keeps it from being served.
+        for elsewhere in ["in-addr.arpa.", "168.192.in-addr.arpa.", "1.168.192.in-addr.arpa."] {
+            let (s, _) = ZoneSet::build(&[], &[], 1, &[Name::from_ascii(elsewhere).unwrap()]);
+            assert_eq!(ask(&s, "5.1.168.192.in-addr.arpa.", RecordType::PTR), None, "{elsewhere}");
+        }
+        let (s, _) = ZoneSet::build(&[], &[], 1, &[Name::from_ascii("1.168.192.in-addr.arpa.").unwrap()]);
+        assert_eq!(ask(&s, "1.0.20.172.in-addr.arpa.", RecordType::PTR), nx, "other empty zones stay");
+        assert_eq!(s.zone_count(), 0, "empty zones are not counted as configured zones");
+    }
+
+    #[test]
     fn reverse_ptr_is_synthesized_in_reverse_zones() {
         let s = set();
         let ptr = s.lookup(&q("10.0.0.10.in-addr.arpa."), RecordType::PTR).unwrap();
         assert_eq!(ptr.answers.len(), 1);
         assert_eq!(&ptr.answers[0].data, &RData::PTR(PTR(Name::from_ascii("nas.lab.home.arpa.").unwrap())));
-        // No reverse zone for the v6 address: not answered locally.
+        // No configured reverse zone for the v6 address: no PTR. 2001:db8::/32 is documentation space, so its RFC
+        // 6303 empty zone says NXDOMAIN; a public address is not answered locally at all.
         let v6 = reverse_name("2001:db8::10".parse().unwrap());
-        assert!(s.lookup(&LowerName::new(&v6), RecordType::PTR).is_none());
+        let doc = s.lookup(&LowerName::new(&v6), RecordType::PTR).unwrap();
+        assert_eq!((doc.rcode, doc.answers.len()), (ResponseCode::NXDomain, 0));
+        let public = reverse_name("2a00:1450::10".parse().unwrap());
+        assert!(s.lookup(&LowerName::new(&public), RecordType::PTR).is_none());
     }
 
     #[test]
@@ -407,7 +549,7 @@ mod tests {
             d("nas", "A", "10.0.0.10"),
             d("x.other.", "A", "10.0.0.1"),
         ];
-        let (s, warnings) = ZoneSet::build(&[lab], &dynamic, 1);
+        let (s, warnings) = ZoneSet::build(&[lab], &dynamic, 1, &[]);
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings[0].contains("conflicts with its A record"), "{warnings:?}");
         assert!(warnings[1].contains("not in any zone"), "{warnings:?}");
@@ -420,7 +562,7 @@ mod tests {
     fn nested_zones_use_the_most_specific() {
         let outer = zone("home.arpa.", &[("a", "A", "10.0.0.1")]);
         let inner = zone("lab.home.arpa.", &[("b", "A", "10.0.0.2")]);
-        let (s, _) = ZoneSet::build(&[outer, inner], &[], 1);
+        let (s, _) = ZoneSet::build(&[outer, inner], &[], 1, &[]);
         assert_eq!(s.zone_of(&Name::from_ascii("b.lab.home.arpa.").unwrap()).unwrap().to_ascii(), "lab.home.arpa.");
         assert_eq!(s.zone_of(&Name::from_ascii("a.home.arpa.").unwrap()).unwrap().to_ascii(), "home.arpa.");
         assert_eq!(s.lookup(&q("lab.home.arpa."), RecordType::SOA).unwrap().answers.len(), 1);

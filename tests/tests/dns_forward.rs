@@ -106,6 +106,10 @@ fn forwarding_via_unbound_and_blocklist_end_to_end() -> Result<()> {
     let any = dns.dig(&["other.example", "ANY"])?;
     let direct = dnslab::dig(format!("127.0.0.1:{}", unbound.port).parse()?, &["other.example", "ANY"])?;
     assert_eq!((any.status.as_str(), &any.answers), (direct.status.as_str(), &direct.answers), "{}", any.raw);
+    // A private address's PTR never leaves the agent (RFC 6303): answered from the empty zone, authoritatively.
+    let private = dns.dig(&["-x", "192.168.1.5"])?;
+    assert_eq!((private.status.as_str(), private.aa()), ("NXDOMAIN", true), "{}", private.raw);
+    assert_eq!(private.authority.first().map(|a| (a.0.as_str(), a.1.as_str())), Some(("168.192.in-addr.arpa.", "SOA")));
     // A local CNAME to an outside name is followed through the forwarder.
     let ext = dns.dig(&["ext.lab.home.arpa", "A"])?;
     assert_eq!(ext.values("CNAME"), vec!["fwd.example."], "{}", ext.raw);
