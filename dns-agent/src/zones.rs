@@ -1,5 +1,6 @@
 //! The in-memory, immutable snapshot of every local zone that the query path reads: names → records, synthesized
-//! SOA/NS and reverse PTRs, CNAME chains resolved ahead of time, the RFC 6303 empty zones. Rebuilt and swapped whole on any change.
+//! SOA/NS and reverse PTRs, CNAME chains resolved ahead of time, the RFC 6303 empty zones. Rebuilt and swapped
+//! whole on any change.
 //! Knows DNS answers for local names; must not know sockets, SQLite, gRPC, forwarding or blocklists.
 
 use std::collections::HashMap;
