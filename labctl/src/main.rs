@@ -130,7 +130,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Pki(PkiCmd::Show { file }) => {
             let info = pki::show(&file)?;
             if opts.json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
+                output::json(&info)?;
             } else {
                 println!("identity:   {}", info.identity.as_deref().unwrap_or("-"));
                 println!("subject:    {}\nissuer:     {}", info.subject, info.issuer);
@@ -200,7 +200,7 @@ fn status_cmd(config: Option<PathBuf>, json: bool, timeout: Duration) -> Result<
     let (inv, tls) = connect_material(config)?;
     let rows = runtime()?.block_on(status::collect(&inv, &tls, timeout));
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        output::json(&rows)?;
     } else {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         print!("{}", status::render(&rows, now));
