@@ -85,7 +85,7 @@ pub(crate) fn response_edns(request: &Request) -> Option<Edns> {
 }
 
 /// The SOA in the authority section of a blocked name's NXDOMAIN or NODATA (RFC 2308): owned by the name itself
-/// (the agent speaks for it as if it were a zone, as AdGuard Home and Blocky do), its TTL and minimum
+/// (the agent speaks for it as if it were a zone, as AdGuard Home does), its TTL and minimum
 /// [`BLOCKED_TTL`] so that a cache keeps the negative answer as long as a blocked address; the server names lie
 /// under `.invalid` (RFC 6761), so nothing can resolve or query them.
 fn blocked_soa(qname: &LowerName) -> Record {
