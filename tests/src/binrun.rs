@@ -1,9 +1,12 @@
 //! Running a workspace binary to completion for the command-line tests: its exit code and both outputs, killed after
-//! 20 s (no command may hang). Knows where the binaries are (`harness::bin`); asserts nothing itself (tests do).
+//! 20 s (no command may hang); and labctl interrupted by SIGINT at a given stderr line (the Ctrl-C tests). Knows
+//! where the binaries are (`harness::bin`); asserts nothing itself (tests do).
 
 use std::ffi::OsStr;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -71,4 +74,55 @@ where
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     Ok(Ran { code: status.code(), stdout, stderr })
+}
+
+/// Runs `labctl --config INV ARGS`, sends it SIGINT once a stderr line starts with `at` (waiting at most 60 s for
+/// it), and returns its exit status (it must exit within `within` of the SIGINT) and every stderr line.
+pub fn interrupt_at(
+    inv: &Path,
+    args: &[&str],
+    at: &str,
+    within: Duration,
+) -> Result<(std::process::ExitStatus, Vec<String>)> {
+    let mut labctl = Command::new(bin("labctl")?)
+        .arg("--config")
+        .arg(inv)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning labctl")?;
+    let (tx, rx) = mpsc::channel();
+    let stderr = labctl.stderr.take().context("stderr piped")?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(60)).with_context(|| format!("no `{at}` line: {seen:?}"))?;
+        seen.push(line);
+        if seen.last().is_some_and(|l| l.starts_with(at)) {
+            break;
+        }
+    }
+    crate::fixtures::cmd::run(Command::new("kill").args(["-INT", &labctl.id().to_string()]))?;
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(s) = labctl.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = labctl.kill();
+            bail!("labctl did not exit within {within:?} of SIGINT: {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The reader thread ends with labctl's stderr.
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        seen.push(line);
+    }
+    Ok((status, seen))
 }

@@ -4,17 +4,16 @@
 //! formats, their gRPC API, their state databases' history tables (read with the sqlite3 CLI) and labctl's output;
 //! nothing of their internals.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use agent_core::identity::Role;
 use anyhow::{bail, ensure, Context, Result};
 use strata_proto::v1::host_client::HostClient;
 use strata_proto::v1::services_client::ServicesClient;
 use strata_proto::v1::{JobRef, ListVmsRequest, VmBackupRequest, VmRef};
+use strata_tests::binrun::interrupt_at;
 use strata_tests::fixtures::borg::BorgRepo;
 use strata_tests::fixtures::docker::{Container, DockerEngine, TestImage, TEST_IMAGE_TAG};
 use strata_tests::fixtures::git::GitRepo;
@@ -30,56 +29,6 @@ fn slow_passcommand(borg: &BorgRepo, secs: u32) -> Result<String> {
     let passcommand =
         borg.env().into_iter().find(|(k, _)| k == "BORG_PASSCOMMAND").map(|(_, v)| v).context("passcommand")?;
     Ok(format!("sh -c 'sleep {secs}; {passcommand}'"))
-}
-
-/// Runs `labctl --config INV ARGS`, sends it SIGINT once a stderr line starts with `at`, and returns its exit status
-/// (within `within` of the SIGINT) and stderr lines.
-fn interrupt_at(
-    inv: &Path,
-    args: &[&str],
-    at: &str,
-    within: Duration,
-) -> Result<(std::process::ExitStatus, Vec<String>)> {
-    let mut labctl = Command::new(bin("labctl")?)
-        .arg("--config")
-        .arg(inv)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning labctl")?;
-    let (tx, rx) = mpsc::channel();
-    let stderr = labctl.stderr.take().context("stderr piped")?;
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(60)).with_context(|| format!("no `{at}` line: {seen:?}"))?;
-        seen.push(line);
-        if seen.last().is_some_and(|l| l.starts_with(at)) {
-            break;
-        }
-    }
-    cmd::run(Command::new("kill").args(["-INT", &labctl.id().to_string()]))?;
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(s) = labctl.try_wait()? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = labctl.kill();
-            bail!("labctl did not exit within {within:?} of SIGINT: {seen:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
-        seen.push(line);
-    }
-    Ok((status, seen))
 }
 
 /// (a) `labctl services backup NAME --cancel-on-interrupt` + SIGINT while borg creates the archive: labctl says it

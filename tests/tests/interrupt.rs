@@ -3,14 +3,12 @@
 //! where to see it, exits 130, and the job completes on the agent without it; `labctl services watch` re-attaches
 //! to it. Knows the agents' config formats and labctl's output; nothing of their internals.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agent_core::identity::Role;
 use anyhow::{bail, ensure, Context, Result};
+use strata_tests::binrun::interrupt_at;
 use strata_tests::fixtures::borg::BorgRepo;
 use strata_tests::fixtures::docker::DockerEngine;
 use strata_tests::fixtures::git::GitRepo;
@@ -48,7 +46,7 @@ fn ctrl_c_on_vm_backup_says_the_job_goes_on_and_vm_watch_follows_it_to_its_end()
     let inv = dir.path().join("labctl.toml");
     write_inventory(&inv, &pki.ca(), &admin, &admin_key, &[&host])?;
 
-    let (status, seen) = interrupt_at(&inv, &["vm", "backup", "lab"], "check: ")?;
+    let (status, seen) = interrupt_at(&inv, &["vm", "backup", "lab"], "check: ", Duration::from_secs(10))?;
     ensure!(status.code() == Some(130), "labctl exit {status:?}, stderr {seen:?}");
     let said = "interrupted: the backup goes on on the host-agent; `labctl vm watch lab` follows it again, \
                 `labctl vm ls` shows each vm's last backup";
@@ -75,53 +73,6 @@ fn ctrl_c_on_vm_backup_says_the_job_goes_on_and_vm_watch_follows_it_to_its_end()
     }
     ensure!(borg.list_archives()?.len() == 1, "one archive in the repository");
     Ok(())
-}
-
-/// Runs `labctl --config INV ARGS`, sends it SIGINT once a stderr line starts with `at`, and returns its exit status
-/// and stderr lines.
-fn interrupt_at(inv: &Path, args: &[&str], at: &str) -> Result<(std::process::ExitStatus, Vec<String>)> {
-    let mut labctl = Command::new(bin("labctl")?)
-        .arg("--config")
-        .arg(inv)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning labctl")?;
-    let (tx, rx) = mpsc::channel();
-    let stderr = labctl.stderr.take().context("stderr piped")?;
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-            let _ = tx.send(line);
-        }
-    });
-    // Interrupt once labctl follows the job (the progress line asked for).
-    let mut seen = Vec::new();
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(20)).with_context(|| format!("no progress line: {seen:?}"))?;
-        seen.push(line);
-        if seen.last().is_some_and(|l| l.starts_with(at)) {
-            break;
-        }
-    }
-    cmd::run(Command::new("kill").args(["-INT", &labctl.id().to_string()]))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = labctl.try_wait()? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = labctl.kill();
-            bail!("labctl did not exit within 10 s of SIGINT: {seen:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    // The reader thread ends with labctl's stderr.
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
-        seen.push(line);
-    }
-    Ok((status, seen))
 }
 
 /// Issue 18 item 4: after Ctrl-C, `labctl services watch NAME` re-attaches to the running backup and follows it to
@@ -167,7 +118,7 @@ fn after_ctrl_c_services_watch_reattaches_to_the_backup_and_sees_it_finish() -> 
     let inv = dir.path().join("labctl.toml");
     write_inventory(&inv, &pki.ca(), &admin, &admin_key, &[&agent])?;
 
-    let (status, seen) = interrupt_at(&inv, &["services", "backup", &service], "preflight: ")?;
+    let (status, seen) = interrupt_at(&inv, &["services", "backup", &service], "preflight: ", Duration::from_secs(10))?;
     ensure!(status.code() == Some(130), "labctl exit {status:?}, stderr {seen:?}\nagent log:\n{}", agent.logs());
     let said = format!(
         "interrupted: the backup goes on on the services-agent; `labctl services watch {service}` follows it again, \
