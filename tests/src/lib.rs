@@ -7,5 +7,6 @@ pub mod dnslab;
 pub mod fixtures;
 pub mod harness;
 pub mod offsite;
+pub mod servicejob;
 pub mod serviceslab;
 pub mod vmlab;

@@ -13,79 +13,34 @@ use anyhow::{bail, ensure, Context, Result};
 use strata_proto::v1::host_client::HostClient;
 use strata_proto::v1::services_client::ServicesClient;
 use strata_proto::v1::{JobRef, ListVmsRequest, VmBackupRequest, VmRef};
+use strata_tests::backuplab::PASSPHRASE;
 use strata_tests::binrun::interrupt_at;
 use strata_tests::fixtures::borg::BorgRepo;
-use strata_tests::fixtures::docker::{Container, DockerEngine, TestImage, TEST_IMAGE_TAG};
-use strata_tests::fixtures::git::GitRepo;
-use strata_tests::fixtures::zfs::ZfsPool;
-use strata_tests::fixtures::{cmd, unique_suffix, wait_until};
-use strata_tests::harness::{base_config, bin, write_inventory, AgentKind, AgentProc, Pki};
-
-const PASSPHRASE: &str = "correct horse battery staple";
-
-/// A passcommand that takes `secs` seconds: every borg call of a job asks for the passphrase, so the job's borg runs
-/// last that long (and a cancelled one is killed while it waits).
-fn slow_passcommand(borg: &BorgRepo, secs: u32) -> Result<String> {
-    let passcommand =
-        borg.env().into_iter().find(|(k, _)| k == "BORG_PASSCOMMAND").map(|(_, v)| v).context("passcommand")?;
-    Ok(format!("sh -c 'sleep {secs}; {passcommand}'"))
-}
+use strata_tests::fixtures::docker::{Container, TestImage, TEST_IMAGE_TAG};
+use strata_tests::fixtures::{cmd, wait_until};
+use strata_tests::harness::{base_config, bin, AgentKind, AgentProc, Pki};
+use strata_tests::servicejob::{slow_passcommand, ServiceJob};
 
 /// (a) `labctl services backup NAME --cancel-on-interrupt` + SIGINT while borg creates the archive: labctl says it
 /// cancels, follows the job to its end and exits 1; the container runs (not paused), the history row says
 /// `cancelled`, the repository holds no archive (nor a `.checkpoint`), and the next backup succeeds (no stale lock).
 #[test]
 fn ctrl_c_with_cancel_on_interrupt_cancels_a_services_backup_and_the_next_one_succeeds() -> Result<()> {
-    let engine = DockerEngine::ensure()?;
-    TestImage::build(&engine, TEST_IMAGE_TAG)?;
-    let pki = Pki::new()?;
-    let dir = tempfile::tempdir()?;
-    let pool = ZfsPool::create()?;
-    let dataset = pool.create_dataset("appdata/app")?;
-    let mount = pool.dataset_mountpoint("appdata/app");
-    std::fs::write(mount.join("data.txt"), "precious")?;
-    let borg = BorgRepo::init(PASSPHRASE)?;
-    let slow = slow_passcommand(&borg, 3)?;
-    let service = format!("cx{}", unique_suffix().replace('_', "x"));
+    let lab = ServiceJob::start("cx", 3, "quiesce = \"pause\"\n")?;
+    let (agent, inv, service, borg, pool) = (&lab.agent, &lab.inv, &lab.service, &lab.borg, &lab.pool);
+    TestImage::build(&lab.engine, TEST_IMAGE_TAG)?;
     // The service's container (the compose project's labels): paused around the snapshot, running after.
     let project = format!("com.docker.compose.project={service}");
-    let volume = format!("{}:/data", mount.display());
+    let volume = format!("{}:/data", lab.mount().display());
     let app = Container::run(
-        &engine,
+        &lab.engine,
         TEST_IMAGE_TAG,
         &["--label", &project, "--label", "com.docker.compose.service=app", "-v", &volume],
         &["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"],
     )?;
-    let origin = GitRepo::init(dir.path().join("origin"))?;
-    origin.write("README", "stacks\n")?;
-    origin.commit("init")?;
-    let (cert, key) = pki.issue(Role::ServicesAgent, AgentKind::Services.cert_name())?;
-    let config = dir.path().join("services-agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}[stacks]\nrepo = {:?}\ncheckout_dir = {:?}\npoll = \"1h\"\n\
-             [hub]\nstack = \"{service}-proxy\"\nnetwork = \"{service}-hub\"\ndomain = \"cx.test\"\naddress = \"10.0.0.20\"\n\
-             [backup]\nsnapshot_mount_dir = {:?}\n\
-             [[services]]\nname = \"{service}\"\ndataset = \"{dataset}\"\nrepo = {:?}\npasscommand = {slow:?}\n\
-             quiesce = \"pause\"\n",
-            base_config(&dir.path().join("state"), &pki.ca(), &cert, &key),
-            dir.path().join("origin").display().to_string(),
-            dir.path().join("checkout").display().to_string(),
-            dir.path().join("snapshots").display().to_string(),
-            borg.path().display().to_string(),
-        ),
-    )?;
-    let base = borg.scratch_dir().join("agent-base");
-    std::fs::create_dir_all(&base)?;
-    let agent =
-        AgentProc::start_with_env(AgentKind::Services, &config, &[("BORG_BASE_DIR", base.to_str().context("utf-8")?)])?;
-    let (admin, admin_key) = pki.issue(Role::Admin, "alice")?;
-    let inv = dir.path().join("labctl.toml");
-    write_inventory(&inv, &pki.ca(), &admin, &admin_key, &[&agent])?;
 
     let args = ["services", "backup", service.as_str(), "--cancel-on-interrupt"];
-    let (status, seen) = interrupt_at(&inv, &args, "borg-create: ", Duration::from_secs(60))?;
+    let (status, seen) = interrupt_at(inv, &args, "borg-create: ", Duration::from_secs(60))?;
     let logs = || agent.logs();
     ensure!(status.code() == Some(1), "labctl exit {status:?}, stderr {seen:?}\nagent log:\n{}", logs());
     let cancelling = format!("interrupted: cancelling the job backup-{service}-");
@@ -95,7 +50,7 @@ fn ctrl_c_with_cancel_on_interrupt_cancels_a_services_backup_and_the_next_one_su
 
     ensure!(app.inspect("{{.State.Status}}")? == "running", "the container is not running after the cancel");
     let history = cmd::run(
-        Command::new(bin("labctl")?).arg("--config").arg(&inv).args(["--json", "services", "history", &service]),
+        Command::new(bin("labctl")?).arg("--config").arg(inv).args(["--json", "services", "history", service]),
     )?;
     let rows: Vec<serde_json::Value> = serde_json::from_str(&history).with_context(|| format!("history: {history}"))?;
     ensure!(rows.len() == 1 && rows[0]["result"] == "cancelled", "want one cancelled row: {history}");
@@ -106,8 +61,7 @@ fn ctrl_c_with_cancel_on_interrupt_cancels_a_services_backup_and_the_next_one_su
     ensure!(!left.lines().any(|l| l.contains("/strata-")), "left behind: {left}");
 
     // The next backup takes the repository (no stale lock) and succeeds.
-    let again =
-        Command::new(bin("labctl")?).arg("--config").arg(&inv).args(["services", "backup", &service]).output()?;
+    let again = Command::new(bin("labctl")?).arg("--config").arg(inv).args(["services", "backup", service]).output()?;
     let (out, err) = (String::from_utf8_lossy(&again.stdout), String::from_utf8_lossy(&again.stderr));
     ensure!(again.status.success(), "next backup: {:?}\nstdout: {out}\nstderr: {err}\nlog:\n{}", again.status, logs());
     let archives = borg.list_archives()?;

@@ -10,11 +10,9 @@ use agent_core::identity::Role;
 use anyhow::{bail, ensure, Context, Result};
 use strata_tests::binrun::interrupt_at;
 use strata_tests::fixtures::borg::BorgRepo;
-use strata_tests::fixtures::docker::DockerEngine;
-use strata_tests::fixtures::git::GitRepo;
-use strata_tests::fixtures::zfs::ZfsPool;
-use strata_tests::fixtures::{cmd, unique_suffix};
+use strata_tests::fixtures::cmd;
 use strata_tests::harness::{base_config, bin, write_inventory, AgentKind, AgentProc, Pki};
+use strata_tests::servicejob::ServiceJob;
 
 #[test]
 fn ctrl_c_on_vm_backup_says_the_job_goes_on_and_vm_watch_follows_it_to_its_end() -> Result<()> {
@@ -79,46 +77,11 @@ fn ctrl_c_on_vm_backup_says_the_job_goes_on_and_vm_watch_follows_it_to_its_end()
 /// its end (its remaining steps on stderr, its summary on stdout, exit 0), as `labctl services backup` would have.
 #[test]
 fn after_ctrl_c_services_watch_reattaches_to_the_backup_and_sees_it_finish() -> Result<()> {
-    let _engine = DockerEngine::ensure()?;
-    let pki = Pki::new()?;
-    let dir = tempfile::tempdir()?;
-    let pool = ZfsPool::create()?;
-    let dataset = pool.create_dataset("appdata/app")?;
-    std::fs::write(pool.dataset_mountpoint("appdata/app").join("data.txt"), "precious")?;
-    let borg = BorgRepo::init("correct horse battery staple")?;
-    let passcommand =
-        borg.env().into_iter().find(|(k, _)| k == "BORG_PASSCOMMAND").map(|(_, v)| v).context("passcommand")?;
     // Every borg call of the job asks for the passphrase first: a slow secret store makes the job last seconds.
-    let slow = format!("sh -c 'sleep 5; {passcommand}'");
-    let service = format!("wt{}", unique_suffix().replace('_', "x"));
-    let origin = GitRepo::init(dir.path().join("origin"))?;
-    origin.write("README", "stacks\n")?;
-    origin.commit("init")?;
-    let (cert, key) = pki.issue(Role::ServicesAgent, AgentKind::Services.cert_name())?;
-    let config = dir.path().join("services-agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}[stacks]\nrepo = {:?}\ncheckout_dir = {:?}\npoll = \"1h\"\n\
-             [hub]\nstack = \"{service}-proxy\"\nnetwork = \"{service}-hub\"\ndomain = \"wt.test\"\naddress = \"10.0.0.20\"\n\
-             [backup]\nsnapshot_mount_dir = {:?}\n\
-             [[services]]\nname = \"{service}\"\ndataset = \"{dataset}\"\nrepo = {:?}\npasscommand = {slow:?}\n",
-            base_config(&dir.path().join("state"), &pki.ca(), &cert, &key),
-            dir.path().join("origin").display().to_string(),
-            dir.path().join("checkout").display().to_string(),
-            dir.path().join("snapshots").display().to_string(),
-            borg.path().display().to_string(),
-        ),
-    )?;
-    let base = borg.scratch_dir().join("agent-base");
-    std::fs::create_dir_all(&base)?;
-    let agent =
-        AgentProc::start_with_env(AgentKind::Services, &config, &[("BORG_BASE_DIR", base.to_str().context("utf-8")?)])?;
-    let (admin, admin_key) = pki.issue(Role::Admin, "alice")?;
-    let inv = dir.path().join("labctl.toml");
-    write_inventory(&inv, &pki.ca(), &admin, &admin_key, &[&agent])?;
+    let lab = ServiceJob::start("wt", 5, "")?;
+    let (agent, inv, service, borg) = (&lab.agent, &lab.inv, &lab.service, &lab.borg);
 
-    let (status, seen) = interrupt_at(&inv, &["services", "backup", &service], "preflight: ", Duration::from_secs(10))?;
+    let (status, seen) = interrupt_at(inv, &["services", "backup", service], "preflight: ", Duration::from_secs(10))?;
     ensure!(status.code() == Some(130), "labctl exit {status:?}, stderr {seen:?}\nagent log:\n{}", agent.logs());
     let said = format!(
         "interrupted: the backup goes on on the services-agent; `labctl services watch {service}` follows it again, \
@@ -126,8 +89,7 @@ fn after_ctrl_c_services_watch_reattaches_to_the_backup_and_sees_it_finish() -> 
     );
     ensure!(seen.contains(&said), "want {said:?} in {seen:?}");
 
-    let watch =
-        Command::new(bin("labctl")?).arg("--config").arg(&inv).args(["services", "watch", &service]).output()?;
+    let watch = Command::new(bin("labctl")?).arg("--config").arg(inv).args(["services", "watch", service]).output()?;
     let (out, err) = (String::from_utf8_lossy(&watch.stdout), String::from_utf8_lossy(&watch.stderr));
     ensure!(
         watch.status.success(),
@@ -140,8 +102,7 @@ fn after_ctrl_c_services_watch_reattaches_to_the_backup_and_sees_it_finish() -> 
     ensure!(out.starts_with(&format!("{service}: archive ")), "no summary from the watch: {out}");
     ensure!(borg.list_archives()?.len() == 1, "one archive in the repository");
     // The job left the registry: nothing to watch any more.
-    let again =
-        Command::new(bin("labctl")?).arg("--config").arg(&inv).args(["services", "watch", &service]).output()?;
+    let again = Command::new(bin("labctl")?).arg("--config").arg(inv).args(["services", "watch", service]).output()?;
     let err = String::from_utf8_lossy(&again.stderr);
     ensure!(again.status.code() == Some(1) && err.contains("no running job"), "watch after the end: {again:?}");
     Ok(())

@@ -10,12 +10,9 @@ use std::process::Command;
 use agent_core::identity::Role;
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
-use strata_tests::fixtures::borg::BorgRepo;
-use strata_tests::fixtures::docker::DockerEngine;
-use strata_tests::fixtures::git::GitRepo;
-use strata_tests::fixtures::zfs::ZfsPool;
-use strata_tests::fixtures::{cmd, unique_suffix};
+use strata_tests::fixtures::cmd;
 use strata_tests::harness::{base_config, bin, write_inventory, AgentKind, AgentProc, Pki};
+use strata_tests::servicejob::ServiceJob;
 
 /// `labctl --config INV ARGS`: exit status, stdout, stderr.
 fn labctl(inv: &Path, args: &[&str]) -> Result<(bool, String, String)> {
@@ -128,50 +125,16 @@ fn vm_backup_restore_and_drill_end_with_their_typed_summaries() -> Result<()> {
 
 #[test]
 fn services_backup_and_check_end_with_their_typed_summaries() -> Result<()> {
-    let _engine = DockerEngine::ensure()?;
-    let pki = Pki::new()?;
-    let dir = tempfile::tempdir()?;
-    let pool = ZfsPool::create()?;
-    let dataset = pool.create_dataset("appdata/app")?;
-    std::fs::write(pool.dataset_mountpoint("appdata/app").join("data.txt"), "precious")?;
-    let borg = BorgRepo::init("correct horse battery staple")?;
-    let passcommand =
-        borg.env().into_iter().find(|(k, _)| k == "BORG_PASSCOMMAND").map(|(_, v)| v).context("passcommand")?;
-    let service = format!("jb{}", unique_suffix().replace('_', "x"));
-    let origin = GitRepo::init(dir.path().join("origin"))?;
-    origin.write("README", "stacks\n")?;
-    origin.commit("init")?;
-    let (cert, key) = pki.issue(Role::ServicesAgent, AgentKind::Services.cert_name())?;
-    let config = dir.path().join("services-agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}[stacks]\nrepo = {:?}\ncheckout_dir = {:?}\npoll = \"1h\"\n\
-             [hub]\nstack = \"{service}-proxy\"\nnetwork = \"{service}-hub\"\ndomain = \"jb.test\"\naddress = \"10.0.0.20\"\n\
-             [backup]\nsnapshot_mount_dir = {:?}\n\
-             [[services]]\nname = \"{service}\"\ndataset = \"{dataset}\"\nrepo = {:?}\npasscommand = {passcommand:?}\n",
-            base_config(&dir.path().join("state"), &pki.ca(), &cert, &key),
-            dir.path().join("origin").display().to_string(),
-            dir.path().join("checkout").display().to_string(),
-            dir.path().join("snapshots").display().to_string(),
-            borg.path().display().to_string(),
-        ),
-    )?;
-    let base = borg.scratch_dir().join("agent-base");
-    std::fs::create_dir_all(&base)?;
-    let agent =
-        AgentProc::start_with_env(AgentKind::Services, &config, &[("BORG_BASE_DIR", base.to_str().context("utf-8")?)])?;
-    let (admin, admin_key) = pki.issue(Role::Admin, "alice")?;
-    let inv = dir.path().join("labctl.toml");
-    write_inventory(&inv, &pki.ca(), &admin, &admin_key, &[&agent])?;
+    let lab = ServiceJob::start("jb", 0, "")?;
+    let (agent, inv, service, dataset, borg) = (&lab.agent, &lab.inv, &lab.service, &lab.dataset, &lab.borg);
     let ctx = || format!("services-agent log:\n{}", agent.logs());
 
-    let (ok, out, err) = labctl(&inv, &["--json", "services", "backup", &service])?;
+    let (ok, out, err) = labctl(inv, &["--json", "services", "backup", service])?;
     ensure!(ok, "services backup: {out}\n{err}\n{}", ctx());
     let (_, summary, summaries) = job_json("services backup", &out, "service_backups")?;
     let b = &summary[0];
     let archive = b["archive"].as_str().context("archive")?.to_string();
-    ensure!(b["service"] == service.as_str() && archive.starts_with(&service), "{b}");
+    ensure!(b["service"] == service.as_str() && archive.starts_with(service.as_str()), "{b}");
     ensure!(b["snapshot"].as_str().is_some_and(|s| s.starts_with(&format!("{dataset}@strata-"))), "{b}");
     ensure!(b["original_size"].as_u64().is_some_and(|n| n > 0), "{b}");
     ensure!(
@@ -181,12 +144,12 @@ fn services_backup_and_check_end_with_their_typed_summaries() -> Result<()> {
     ensure!(borg.list_archives()?.len() == 1, "one archive in the repository");
 
     // The check, as a person reads it: its summary alone on stdout.
-    let (ok, out, err) = labctl(&inv, &["services", "check", &service])?;
+    let (ok, out, err) = labctl(inv, &["services", "check", service])?;
     ensure!(ok, "services check: {out}\n{err}\n{}", ctx());
     ensure!(out.starts_with("borg check of ") && out.lines().count() == 1, "services check stdout: {out:?}");
     ensure!(err.lines().any(|l| l.starts_with("check: ")), "services check stderr: {err}");
 
-    let (ok, out, err) = labctl(&inv, &["--json", "services", "check", &service])?;
+    let (ok, out, err) = labctl(inv, &["--json", "services", "check", service])?;
     ensure!(ok, "services check --json: {out}\n{err}\n{}", ctx());
     let (_, c, _) = job_json("services check", &out, "service_check")?;
     ensure!(c["service"] == service.as_str(), "{c}");
