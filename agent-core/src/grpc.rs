@@ -110,6 +110,24 @@ where
     Box::pin(w.into_stream().map(move |r| r.map(|u| progress_pb(u, &id))))
 }
 
+/// A `JobRef` checked: a job id (of the registry's form), or the name of what the job works on (`subject`, such as
+/// "vm name", checked by `check_name`), never both; errors are INVALID_ARGUMENT naming the field.
+pub fn job_key(
+    r: strata_proto::v1::JobRef,
+    subject: &str,
+    check_name: impl FnOnce(&str) -> Result<String, Status>,
+) -> Result<String, Status> {
+    match (r.id.is_empty(), r.name.is_empty()) {
+        (true, true) => Err(Status::invalid_argument(format!("id: give a job id or a {subject}"))),
+        (false, false) => Err(Status::invalid_argument(format!("name: give a job id or a {subject}, not both"))),
+        (false, true) if !crate::jobs::valid_id(&r.id) => {
+            Err(Status::invalid_argument(format!("id: `{}` is not a job id", r.id.escape_debug())))
+        }
+        (false, true) => Ok(r.id),
+        (true, false) => check_name(&r.name),
+    }
+}
+
 /// The error of a job that failed after it was cancelled: CANCELLED, naming the job and what stopped it.
 pub fn cancelled(id: &str, e: Status) -> Status {
     Status::cancelled(format!("job {id} cancelled: {}", e.message()))

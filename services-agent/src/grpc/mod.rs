@@ -608,17 +608,7 @@ struct JobKey(String);
 impl TryFrom<pb::JobRef> for JobKey {
     type Error = Status;
     fn try_from(r: pb::JobRef) -> Result<Self, Status> {
-        match (r.id.is_empty(), r.name.is_empty()) {
-            (true, true) => Err(Status::invalid_argument("id: give a job id or a service name")),
-            (false, false) => Err(Status::invalid_argument("name: give a job id or a service name, not both")),
-            (false, true) => {
-                if !agent_core::jobs::valid_id(&r.id) {
-                    return Err(Status::invalid_argument(format!("id: `{}` is not a job id", r.id.escape_debug())));
-                }
-                Ok(JobKey(r.id))
-            }
-            (true, false) => Ok(JobKey(check_name("name", &r.name)?)),
-        }
+        agent_core::grpc::job_key(r, "service name", |n| check_name("name", n)).map(JobKey)
     }
 }
 
