@@ -11,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 use strata_proto::v1::{HistoryEntry, RestoreRequest, ServiceRef};
 use strata_tests::backuplab::{archive_of, webhook, Lab, PASSPHRASE};
 use strata_tests::fixtures::cmd;
-use strata_tests::fixtures::files::same_tree;
+use strata_tests::fixtures::files::{same_tree, write_random_files};
 use strata_tests::offsite::{self, OffsiteHost};
 
 /// The service's off-site repository's name on the off-site host's disk.
@@ -34,11 +34,10 @@ fn world(extra: &str) -> Result<(Lab, OffsiteHost)> {
     Ok((lab, off))
 }
 
-/// Random bytes the service "wrote": `mib` MiB in `name` under its data (incompressible, so the link is the limit).
+/// Random bytes the service "wrote": `mib` MiB in `NAME/file-0.bin` under its data (incompressible, so the link is
+/// the limit).
 fn write_random(lab: &Lab, name: &str, mib: usize) -> Result<()> {
-    let path = lab.mount().join(name);
-    cmd::run_args("dd", ["if=/dev/urandom", &format!("of={}", path.display()), "bs=1M", &format!("count={mib}")])?;
-    Ok(())
+    write_random_files(&lab.mount().join(name), 1, mib << 20).map(drop)
 }
 
 /// Bytes in a repository's segment files (seen from its trusted side).

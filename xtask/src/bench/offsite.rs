@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use strata_proto::v1::BackupRequest;
 use strata_tests::backuplab::{Lab, PASSPHRASE};
-use strata_tests::fixtures::cmd;
+use strata_tests::fixtures::files::write_random_files;
 use strata_tests::offsite::{BorgClient, OffsiteHost};
 
 use super::procs::release_bins;
@@ -21,6 +21,7 @@ use super::stats::median;
 
 /// 1,024 files of 1 MiB.
 const FILES: usize = 1024;
+const MIB: usize = 1 << 20;
 /// Room for 1 GiB of data, its snapshots and the clone (clones share blocks).
 const POOL_MB: u64 = 3072;
 const SECOND_RUNS: usize = 3;
@@ -39,11 +40,8 @@ pub(super) fn run() -> Result<()> {
         off.known_hosts_path().display().to_string()
     ));
     let data = lab.mount().join("data");
-    std::fs::create_dir_all(&data)?;
     println!("offsite: writing {FILES} files of 1 MiB of random data");
-    for i in 0..FILES {
-        write_file(&data, i)?;
-    }
+    write_random_files(&data, FILES, MIB)?;
     lab.start(&[], "")?;
     let bare = off.agent_client("bare", PASSPHRASE)?;
     let bare_url = off.url("bare");
@@ -69,9 +67,7 @@ pub(super) fn run() -> Result<()> {
         b2.push(bare_run("unchanged")?);
     }
     println!("offsite: rewriting 1 % of the files ({} of {FILES})", FILES / 100);
-    for i in (0..FILES).step_by(100).take(FILES / 100) {
-        write_file(&data, i)?;
-    }
+    write_random_files(&data, FILES / 100, MIB)?;
     let (a3, b3) = (agent_run("1 % changed")?, bare_run("1 % changed")?);
 
     let (a2, b2) = (median(&a2), median(&b2));
@@ -86,13 +82,6 @@ pub(super) fn run() -> Result<()> {
         "  1 % changed:    agent {a3:8.2} s   bare borg {b3:8.2} s   agent vs its first run {:.3}   (target ≤ 0.10)",
         a3 / a1
     );
-    Ok(())
-}
-
-/// File `i` of the data: 1 MiB of fresh random bytes.
-fn write_file(dir: &Path, i: usize) -> Result<()> {
-    let path = dir.join(format!("f{i:04}"));
-    cmd::run_args("dd", ["if=/dev/urandom", &format!("of={}", path.display()), "bs=1M", "count=1", "status=none"])?;
     Ok(())
 }
 
