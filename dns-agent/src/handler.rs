@@ -89,9 +89,12 @@ pub(crate) fn response_edns(request: &Request) -> Option<Edns> {
 /// [`BLOCKED_TTL`] so that a cache keeps the negative answer as long as a blocked address; the server names lie
 /// under `.invalid` (RFC 6761), so nothing can resolve or query them.
 fn blocked_soa(qname: &LowerName) -> Record {
-    let name = |s: &str| Name::from_ascii(s).unwrap_or_else(|_| Name::root());
-    let soa =
-        SOA::new(name("blocked.strata.invalid."), name("hostmaster.strata.invalid."), 1, 3600, 600, 86400, BLOCKED_TTL);
+    static SERVERS: std::sync::LazyLock<(Name, Name)> = std::sync::LazyLock::new(|| {
+        let name = |s: &str| Name::from_ascii(s).unwrap_or_else(|_| Name::root());
+        (name("blocked.strata.invalid."), name("hostmaster.strata.invalid."))
+    });
+    let (mname, rname) = &*SERVERS;
+    let soa = SOA::new(mname.clone(), rname.clone(), 1, 3600, 600, 86400, BLOCKED_TTL);
     Record::from_rdata(Name::from(qname.clone()), BLOCKED_TTL, RData::SOA(soa))
 }
 
