@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use agent_core::config::{self, CommonConfig, ConfigError, GrpcSection, MetricsSection};
 use agent_core::duration;
+use agent_core::notify::{self, NotifyTarget, RawTarget};
 use agent_core::repos::{self, Passphrase, RawRepo, RepoSpec};
 use serde::Deserialize;
 
@@ -75,6 +76,9 @@ struct RawConfig {
     timezone: Option<String>,
     #[serde(default)]
     vms: Vec<RawVm>,
+    /// `[[notify]]`: targets told about every VM's backups.
+    #[serde(default)]
+    notify: Vec<RawTarget>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +114,9 @@ struct RawVm {
     vmrun_timeout: Option<Duration>,
     /// QEMU: the user `qemu-system-x86_64` drops to once it opened its disks and QMP socket (`-runas`).
     runas: Option<String>,
+    /// This VM's own notification targets (the `[[notify]]` ones are told too).
+    #[serde(default)]
+    notify: Vec<RawTarget>,
 }
 
 /// One VM, validated.
@@ -141,6 +148,8 @@ pub struct VmConfig {
     pub vmrun_timeout: Duration,
     /// QEMU: `-runas` user; `None` leaves QEMU running as the agent's user (root).
     pub runas: Option<String>,
+    /// Per-VM notification targets (the global `[[notify]]` ones apply too).
+    pub notify: Vec<NotifyTarget>,
 }
 
 /// A validated config.
@@ -150,6 +159,8 @@ pub struct Config {
     /// `timezone`: where schedules are read (default UTC).
     pub timezone: agent_core::cron::TimeZone,
     pub vms: Vec<VmConfig>,
+    /// `[[notify]]`: targets told about every VM's backups, restores and drills.
+    pub notify: Vec<NotifyTarget>,
 }
 
 impl Config {
@@ -217,7 +228,9 @@ impl Config {
                     return Err(bad("runas", format!("`{u}` is not a user name")));
                 }
             }
+            let notify = notify::targets(path, &key("notify"), &v.notify)?;
             vms.push(VmConfig {
+                notify,
                 runas: v.runas,
                 shutdown_timeout: v.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
                 vmrun_timeout: v.vmrun_timeout.unwrap_or(DEFAULT_VMRUN_TIMEOUT),
@@ -240,7 +253,8 @@ impl Config {
                     .unwrap_or(vmrun_default),
             });
         }
-        Ok(Config { common, timezone, vms })
+        let notify = notify::targets(path, "notify", &raw.notify)?;
+        Ok(Config { common, timezone, vms, notify })
     }
 
     pub fn vm(&self, name: &str) -> Option<&VmConfig> {
@@ -366,6 +380,51 @@ mod tests {
         assert_eq!(cfg.vm("lab").unwrap().runas.as_deref(), Some("nobody"));
         assert_eq!(cfg.timezone, agent_core::cron::zone("Europe/Berlin").unwrap());
         assert!(s.catch_up && !cfg.vm("lab").unwrap().catch_up);
+        let kinds = |t: &[NotifyTarget]| t.iter().map(|t| t.kind).collect::<Vec<_>>();
+        assert_eq!(kinds(&cfg.notify), [notify::NotifyKind::Healthchecks]);
+        assert_eq!(kinds(&s.notify), [notify::NotifyKind::Ntfy]);
+        assert!(cfg.vm("lab").unwrap().notify.is_empty());
+    }
+
+    /// `[[notify]]` for every VM and `notify = [...]` per VM: the services-agent's shape, checked by the one
+    /// validation of `agent_core::notify` (errors name the key, never the URL: it may carry a token).
+    #[test]
+    fn notify_targets_are_read_globally_and_per_vm_naming_the_key() {
+        let p = Path::new("/etc/strata/host.toml");
+        let hook = "https://hooks.example/strata?token=s3cret";
+        let text = format!(
+            "{HEAD}[[notify]]\nkind = \"webhook\"\nurl = \"{hook}\"\n[[notify]]\nkind = \"healthchecks\"\n\
+             url = \"https://hc.example/ping/x\"\n{VM}notify = [{{ kind = \"ntfy\", url = \"http://ntfy.lan/vms\" }}]\n"
+        );
+        let cfg = Config::parse(p, &text).unwrap();
+        let got: Vec<(notify::NotifyKind, &str)> = cfg.notify.iter().map(|t| (t.kind, t.url.as_str())).collect();
+        assert_eq!(
+            got,
+            [(notify::NotifyKind::Webhook, hook), (notify::NotifyKind::Healthchecks, "https://hc.example/ping/x")]
+        );
+        assert_eq!(
+            cfg.vms[0].notify,
+            [NotifyTarget { kind: notify::NotifyKind::Ntfy, url: "http://ntfy.lan/vms".into() }]
+        );
+        assert!(!format!("{cfg:?}").contains("s3cret"), "a dumped config shows no token");
+        // None anywhere: nobody is told.
+        let quiet = Config::parse(p, &format!("{HEAD}{VM}")).unwrap();
+        assert!(quiet.notify.is_empty() && quiet.vms[0].notify.is_empty());
+
+        let cases = [
+            (format!("{HEAD}[[notify]]\nkind = \"mail\"\nurl = \"https://x.example/\"\n{VM}"), "unknown variant `mail`, expected one of `healthchecks`, `ntfy`, `webhook`"),
+            (format!("{HEAD}[[notify]]\nkind = \"ntfy\"\nurl = \"ftp://x/s3cret\"\n{VM}"), "key `notify[0].url`: must be an http(s) URL"),
+            (format!("{HEAD}[[notify]]\nkind = \"ntfy\"\nurl = \"https://x/\"\ntopic = \"t\"\n{VM}"), "unknown field `topic`"),
+            (format!("{HEAD}[[notify]]\nkind = \"ntfy\"\n{VM}"), "missing field `url`"),
+            (format!("{HEAD}{VM}notify = [{{ kind = \"webhook\", url = \"https://\" }}]\n"), "key `vms[0].notify[0].url`: must be an http(s) URL with a host"),
+            (format!("{HEAD}{VM}notify = [{{ kind = \"webhook\", url = \"https://h/\" }}, {{ kind = \"webhook\", url = \"s3cret\" }}]\n"), "key `vms[0].notify[1].url`"),
+            (format!("{HEAD}{VM}notify = {{ kind = \"webhook\", url = \"https://h/\" }}\n"), "(key `notify`)"),
+        ];
+        for (text, want) in cases {
+            let err = Config::parse(p, &text).unwrap_err().to_string();
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 
     #[test]

@@ -23,8 +23,8 @@ use crate::config::{Config, HookWhen, Quiesce, Service, ServiceBackup};
 use crate::docker::{DockerError, Engine};
 use crate::journal::{self, step, Job, Journal, JournalError, Outcome, Quiesced, RepoRun, Trigger};
 use crate::lease::Gate;
-use crate::notify::{self, Event, NotifyTarget, Phase};
 use crate::zfs::{self, ZfsError};
+use agent_core::notify::{self, Event, Layer, NotifyTarget, Phase};
 use agent_core::repos::RepoSpec;
 
 /// Our snapshots are `strata-YYYYMMDDTHHMMSSZ`; safety snapshots before a restore `strata-prerestore-…`.
@@ -203,6 +203,9 @@ pub(crate) fn timestamp_now() -> String {
     )
 }
 
+/// What this agent's notifications are about: services (`agent_core::notify`).
+pub(crate) const LAYER: Layer = Layer { name: "services", object: "service" };
+
 /// How a job that ended in an error is recorded and told: `cancelled` when its job was cancelled (`Cancel`; the
 /// failure is the cancellation's doing), `failed` otherwise.
 pub(crate) fn failed_or_cancelled() -> (&'static str, Phase) {
@@ -243,9 +246,7 @@ pub(crate) struct Backups {
 impl Backups {
     pub(crate) fn open(cfg: Arc<Config>) -> Result<Backups, JournalError> {
         let journal = Journal::open(&cfg.common.state_dir)?;
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
+        let host = notify::this_host();
         let metrics = BackupMetrics::default();
         // The last success survives a restart: read back from the history, so alerts see no gap. Runs from before
         // per-repository results count for a service's only repository.
@@ -307,28 +308,13 @@ impl Backups {
         self.cfg.notify.iter().chain(&b.notify).cloned().collect()
     }
 
+    /// Tells the global and the service's targets (healthchecks ones hear of backups only: `agent_core::notify`).
     pub(crate) async fn notify(&self, b: &ServiceBackup, phase: Phase, event: Event) {
-        let mut targets = self.targets(b);
-        // A healthchecks check is the backup's heartbeat: a passing drill or check must not stand in for it.
-        if event.job != Job::Backup.as_str() {
-            targets.retain(|t| t.kind != crate::notify::NotifyKind::Healthchecks);
-        }
-        if !targets.is_empty() {
-            notify::send(&targets, phase, &event).await;
-        }
+        notify::send(&self.targets(b), phase, &event).await;
     }
 
-    pub(crate) fn event(&self, service: &str, job: Job, phase: &'static str) -> Event {
-        Event {
-            service: service.to_string(),
-            job: job.to_string(),
-            phase,
-            message: String::new(),
-            duration_seconds: 0.0,
-            downtime_seconds: 0.0,
-            archive: String::new(),
-            host: self.host.clone(),
-        }
+    pub(crate) fn event(&self, service: &str, job: Job) -> Event {
+        Event::new(LAYER, service, job.as_str(), &self.host)
     }
 
     /// Backs up every backed-up service, `[backup] parallel` at a time; one report (or error) per service.
@@ -375,7 +361,7 @@ impl Backups {
         let run = self.journal.start_run(name, Job::Backup, trigger)?;
         let started = Instant::now();
         tracing::info!(service = name, %trigger, "backup started");
-        self.notify(b, Phase::Start, self.event(name, Job::Backup, "start")).await;
+        self.notify(b, Phase::Start, self.event(name, Job::Backup)).await;
         let mut downtime = Duration::ZERO;
         let mut repos: Vec<RepoRun> = Vec::new();
         let result = self.backup_steps(run, name, b, rep, &mut downtime, &mut repos).await;
@@ -417,7 +403,7 @@ impl Backups {
         let label = ServiceLabel { service: name.to_string() };
         self.metrics.duration.get_or_create(&label).set(duration.as_secs_f64());
         self.metrics.downtime.get_or_create(&label).set(downtime.as_secs_f64());
-        let mut event = self.event(name, Job::Backup, "success");
+        let mut event = self.event(name, Job::Backup);
         event.duration_seconds = duration.as_secs_f64();
         event.downtime_seconds = downtime.as_secs_f64();
         match result {
@@ -466,7 +452,6 @@ impl Backups {
                 }
                 self.metrics.failures.get_or_create(&label).inc();
                 tracing::error!(service = name, error = %e, "backup {result}");
-                event.phase = phase.as_str();
                 event.message = e.to_string();
                 self.notify(b, phase, event).await;
                 Err(e)

@@ -8,10 +8,9 @@ use std::time::Duration;
 use agent_core::borg::Retention;
 use agent_core::config::{self, CommonConfig, ConfigError, GrpcSection, MetricsSection};
 use agent_core::duration;
+use agent_core::notify::{self, NotifyTarget, RawTarget};
 use agent_core::repos::{RawChecks, RawRepo, RepoSpec};
 use serde::Deserialize;
-
-use crate::notify::{NotifyKind, NotifyTarget};
 
 /// Port of `[metrics] listen` when only an address is given.
 pub const DEFAULT_METRICS_PORT: u16 = 9443;
@@ -51,7 +50,7 @@ struct Raw {
     #[serde(default)]
     backup: RawBackup,
     #[serde(default)]
-    notify: Vec<RawNotify>,
+    notify: Vec<RawTarget>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,13 +64,6 @@ impl Default for RawBackup {
     fn default() -> Self {
         RawBackup { parallel: 2, snapshot_mount_dir: PathBuf::from(DEFAULT_SNAPSHOT_MOUNT_DIR) }
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNotify {
-    kind: NotifyKind,
-    url: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,7 +147,7 @@ struct RawService {
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     healthy_timeout: Option<Duration>,
     #[serde(default)]
-    notify: Vec<RawNotify>,
+    notify: Vec<RawTarget>,
 }
 
 /// `[stacks]`: the Git repository of compose stacks.
@@ -402,7 +394,7 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
     };
     let docker_socket = docker_socket(path, raw.docker)?;
     let backup = backup_global(path, raw.backup)?;
-    let notify = notify_targets(path, "notify", &raw.notify)?;
+    let notify = notify::targets(path, "notify", &raw.notify)?;
     Ok(Config { common, timezone, stacks, hub, dns_agent, docker_socket, services, backup, notify })
 }
 
@@ -577,17 +569,6 @@ fn backup_global(path: &Path, raw: RawBackup) -> Result<BackupGlobal, ConfigErro
     Ok(BackupGlobal { parallel: raw.parallel, snapshot_mount_dir: config::resolve(path, &raw.snapshot_mount_dir) })
 }
 
-fn notify_targets(path: &Path, key: &str, raw: &[RawNotify]) -> Result<Vec<NotifyTarget>, ConfigError> {
-    let mut out = Vec::new();
-    for (i, n) in raw.iter().enumerate() {
-        if !(n.url.starts_with("https://") || n.url.starts_with("http://")) || n.url.len() < 10 {
-            return Err(ConfigError::invalid(path, format!("{key}[{i}].url"), "must be an http(s) URL"));
-        }
-        out.push(NotifyTarget { kind: n.kind, url: n.url.clone() });
-    }
-    Ok(out)
-}
-
 /// A valid ZFS dataset name: `pool/child/…`, components of `[A-Za-z0-9_.:-]`, no snapshot part.
 pub fn valid_dataset(d: &str) -> bool {
     !d.is_empty()
@@ -670,7 +651,7 @@ fn service_backup(path: &Path, i: usize, s: &RawService) -> Result<Option<Servic
         Some(c) => RawChecks::validate(c, path, &key("checks"))?,
     };
     let healthy_timeout = s.healthy_timeout.unwrap_or(DEFAULT_HEALTHY_TIMEOUT);
-    let notify = notify_targets(path, &key("notify"), &s.notify)?;
+    let notify = notify::targets(path, &key("notify"), &s.notify)?;
     Ok(Some(ServiceBackup {
         dataset,
         repos,
@@ -721,8 +702,8 @@ mod tests {
         assert_eq!(b.checks.verify_data, Some(Duration::from_secs(duration::MONTH_SECS)));
         assert_eq!(b.hooks[0].when, HookWhen::BeforeSnapshot);
         assert_eq!(b.hooks[0].command[0], "pg_dumpall");
-        assert_eq!(b.notify[0].kind, NotifyKind::Ntfy);
-        assert_eq!(cfg.notify[0].kind, NotifyKind::Healthchecks);
+        assert_eq!(b.notify[0].kind, notify::NotifyKind::Ntfy);
+        assert_eq!(cfg.notify[0].kind, notify::NotifyKind::Healthchecks);
         assert_eq!(cfg.backup.parallel, 2);
         assert!(cfg.service("wiki").unwrap().backup.is_none());
         assert_eq!(cfg.timezone, agent_core::cron::zone("Europe/Berlin").unwrap());

@@ -16,7 +16,6 @@ mod lease;
 mod live;
 mod model;
 mod mounts;
-mod notify;
 mod recovery;
 mod repos;
 mod restore;

@@ -8,11 +8,12 @@
 
 use std::collections::HashSet;
 
+use agent_core::notify::Phase;
+
 use crate::backup::{Backups, CLONE_PREFIX, SCRATCH_PREFIX};
 use crate::config::Quiesce;
 use crate::docker::Engine;
 use crate::journal::{now_unix, step, Held, Job, OpenStep, Outcome, Quiesced};
-use crate::notify::Phase;
 use crate::zfs;
 
 /// What recovery did, for the log and the tests.
@@ -308,7 +309,7 @@ impl Backups {
         close.extend(stop.map(|s| s.id));
         self.journal.hold(&h, &close).map_err(|e| e.to_string())?;
         if let Ok((_, b)) = self.settings(name) {
-            let mut event = self.event(name, Job::Restore, "fail");
+            let mut event = self.event(name, Job::Restore);
             event.message = h.reason.clone();
             self.notify(b, Phase::Fail, event).await;
         }

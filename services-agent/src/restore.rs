@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agent_core::borg::CheckKind;
+use agent_core::notify::Phase;
 use agent_core::runner::{self, Cmd};
 
 use crate::backup::{
@@ -15,7 +16,6 @@ use crate::backup::{
 use crate::config::{Quiesce, ServiceBackup};
 use crate::docker::Engine;
 use crate::journal::{now_unix, step, Held, Job, OpenStep, Outcome, Quiesced, Trigger};
-use crate::notify::Phase;
 use crate::verify;
 use crate::zfs;
 use agent_core::repos::RepoSpec;
@@ -87,7 +87,7 @@ impl Backups {
         started: Instant,
         result: Result<(String, Outcome), JobError>,
     ) -> Result<RunReport, JobError> {
-        let mut event = self.event(name, job, "success");
+        let mut event = self.event(name, job);
         event.duration_seconds = started.elapsed().as_secs_f64();
         match result {
             Ok((message, mut o)) => {
@@ -109,7 +109,6 @@ impl Backups {
                     tracing::error!(service = name, %job, error = %je, "cannot record the {result} {job}");
                 }
                 tracing::error!(service = name, %job, error = %e, "{job} {result}");
-                event.phase = phase.as_str();
                 event.message = e.to_string();
                 self.notify(b, phase, event).await;
                 Err(e)

@@ -6,6 +6,7 @@
 //! program's command line, a VM bundle's files (its hypervisor backend knows them: `Hypervisor::is_bundle`,
 //! `check_bundle`) or which engines exist (`engine::ENGINES`).
 
+mod notify;
 mod restore;
 
 use std::collections::HashSet;
@@ -530,9 +531,20 @@ impl Host {
     /// One backup run of `name` to every target of the VM; the history gets one row per target whatever happens,
     /// and the observer sees every run (ok, partial or failed). A run that some targets got is `Partial` (an error
     /// naming the failed targets and why); one that no target got is the error (the target's own with one target).
+    /// The VM's notification targets hear of the run's start once the VM is claimed, and of its end.
     pub(crate) async fn backup(&self, name: &str, tx: &Reporter) -> Result<BackupReport, HostError> {
         let vm = self.vm(name)?.clone();
         let _g = self.claim(name)?;
+        let t0 = Instant::now();
+        self.tell_start(&vm, notify::BACKUP).await;
+        let result = self.backup_claimed(&vm, tx).await;
+        self.tell_end(&vm, notify::BACKUP, t0, &result).await;
+        result
+    }
+
+    /// [`Host::backup`] of the claimed `vm`.
+    async fn backup_claimed(&self, vm: &VmConfig, tx: &Reporter) -> Result<BackupReport, HostError> {
+        let name = vm.name.as_str();
         // Ids have one-second resolution: never reuse the second of this VM's previous run.
         let previous = self.journal.history(name)?.last().map_or(0, |h| h.time_unix);
         let started = now_unix().max(previous + 1);

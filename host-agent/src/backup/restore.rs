@@ -11,7 +11,7 @@ use agent_core::clock::now_unix;
 use agent_core::jobs::Reporter;
 use agent_core::repos::RepoSpec;
 
-use super::{send, DrillReport, Host, HostError, RestoreReport};
+use super::{notify, send, DrillReport, Host, HostError, RestoreReport};
 use crate::config::VmConfig;
 use crate::engine::{self, BackupInfo, Engine};
 use crate::hypervisor::VmState;
@@ -133,7 +133,8 @@ impl Host {
     /// Restores backup `archive` (latest when `None`) of `name` from target `label` (or the first reachable one
     /// that has it, local ones first) into `to`, checks it, and optionally starts it. `to` must be confined (see
     /// `agent_core::target`: no `..`, no symlinked component, no system directory, not in the agent's state
-    /// directory), and `--force` moves aside only a VM bundle of this VM's backend.
+    /// directory), and `--force` moves aside only a VM bundle of this VM's backend. The VM's notification targets
+    /// hear how it ended (a refused `to` is the caller's mistake, not told).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn restore(
         &self,
@@ -152,7 +153,10 @@ impl Host {
             path: e.path,
             why: e.why,
         })?;
-        self.restore_into(name, archive, label, &to, force, start, tx).await
+        let t0 = Instant::now();
+        let result = self.restore_into(name, archive, label, &to, force, start, tx).await;
+        self.tell_end(vm, notify::RESTORE, t0, &result).await;
+        result
     }
 
     /// [`Host::restore`] without the confinement of `to` (the drill restores under the state directory).
@@ -250,16 +254,18 @@ impl Host {
     }
 
     /// Restores the latest backup (of target `label`, or of the first reachable target, local ones first) into
-    /// scratch space under the state dir, checks it, reports, and removes it.
+    /// scratch space under the state dir, checks it, reports, and removes it. The VM's notification targets hear how
+    /// it ended.
     pub(crate) async fn drill(&self, name: &str, label: Option<&str>, tx: &Reporter) -> Result<DrillReport, HostError> {
         let vm = self.vm(name)?;
         let scratch = self.cfg.common.state_dir.join("drill").join(format!("{name}-{}", engine::stamp(now_unix())));
         let t0 = Instant::now();
         let result = self.restore_into(&vm.name, None, label, &scratch, false, false, tx).await;
         let _ = tokio::fs::remove_dir_all(&scratch).await;
-        let restore = result?;
-        send(tx, "done", 4, 4, restore.summary()).await;
-        let report = DrillReport { restore, duration: t0.elapsed() };
+        let result = result.map(|restore| DrillReport { restore, duration: t0.elapsed() });
+        self.tell_end(vm, notify::DRILL, t0, &result).await;
+        let report = result?;
+        send(tx, "done", 4, 4, report.restore.summary()).await;
         tracing::info!(vm = name, "{}", report.summary());
         Ok(report)
     }

@@ -1,16 +1,25 @@
-//! Job notifications (backup, check, drill, restore): healthchecks.io-style pings, ntfy messages and a JSON webhook,
-//! posted with ureq on the blocking pool. Knows HTTP and those three conventions (and their names); must not know how
-//! a job runs, what its message says or where targets are configured. Sending never fails the caller: problems are
-//! logged with the URL's userinfo and query redacted.
+//! Job notifications of every agent (backup, restore, check, drill…): healthchecks.io-style pings, ntfy messages and
+//! a JSON webhook, posted with ureq on the blocking pool; and how targets are written in a config (`{ kind, url }`,
+//! the URL checked once for all agents). Knows HTTP and those three conventions (and their names); must not know any
+//! agent's objects (an event names its layer and its object's name: a service, a VM), how a job runs or what its
+//! message says. Sending never fails the caller: problems are logged with the URL's userinfo and query redacted, and
+//! no URL is ever printed whole (`Debug` of a target redacts it too).
 
+use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
-/// Each request's deadline, connection included.
-pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::config::ConfigError;
+
+/// Each request's deadline, connection included: the longest a notification can hold up a job.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest message body sent to healthchecks (bytes, cut at a character boundary).
-pub(crate) const MAX_HEALTHCHECKS_BODY: usize = 10_000;
+pub const MAX_HEALTHCHECKS_BODY: usize = 10_000;
 /// ntfy turns longer messages into attachments (or refuses them): cut before that.
-pub(crate) const MAX_NTFY_BODY: usize = 4_000;
+pub const MAX_NTFY_BODY: usize = 4_000;
+/// The one job kind `healthchecks` targets hear about: a check is the backup's heartbeat, and a passing drill or
+/// check must not stand in for a missed backup.
+pub const HEARTBEAT_JOB: &str = "backup";
 
 /// A target's convention, as the config names it: `healthchecks`, `ntfy` or `webhook`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -21,14 +30,71 @@ pub enum NotifyKind {
     Webhook,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A validated target (see [`targets`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct NotifyTarget {
+    pub kind: NotifyKind,
+    /// May carry a token (path, userinfo or query): never logged whole.
+    pub url: String,
+}
+
+impl fmt::Debug for NotifyTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotifyTarget").field("kind", &self.kind).field("url", &redact_url(&self.url)).finish()
+    }
+}
+
+/// One target as a config writes it, in a `[[notify]]` table or an object's `notify = [{ kind, url }]`.
+#[derive(Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
     pub kind: NotifyKind,
     pub url: String,
 }
 
+impl fmt::Debug for RawTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawTarget").field("kind", &self.kind).field("url", &redact_url(&self.url)).finish()
+    }
+}
+
+/// Validates the targets written at config key `key` of the file `path`: each URL is `http://` or `https://` with a
+/// host and no whitespace. Errors name the key (`notify[1].url`), never the URL (it may hold a token).
+pub fn targets(path: &Path, key: &str, raw: &[RawTarget]) -> Result<Vec<NotifyTarget>, ConfigError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, t) in raw.iter().enumerate() {
+        check_url(&t.url).map_err(|m| ConfigError::invalid(path, format!("{key}[{i}].url"), m))?;
+        out.push(NotifyTarget { kind: t.kind, url: t.url.clone() });
+    }
+    Ok(out)
+}
+
+/// Why `url` cannot be a target's (the message does not repeat it).
+fn check_url(url: &str) -> Result<(), String> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    let Some(rest) = rest else { return Err("must be an http(s) URL".into()) };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() || host.starts_with(':') {
+        return Err("must be an http(s) URL with a host".into());
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace".into());
+    }
+    Ok(())
+}
+
+/// Which agent's objects an event is about. `name` is the webhook's `layer` (`services`, `host`); `object` is what
+/// one of them is called (`service`, `vm`): ntfy titles say it, and the webhook also gives the object's name under
+/// that key. `object` must not be one of the webhook's other keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
+pub struct Layer {
+    pub name: &'static str,
+    pub object: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
     Start,
     Success,
     Fail,
@@ -38,7 +104,7 @@ pub(crate) enum Phase {
 
 impl Phase {
     /// `start`, `success`, `fail` or `cancelled` (the webhook's `phase`).
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Phase::Start => "start",
             Phase::Success => "success",
@@ -46,31 +112,67 @@ impl Phase {
             Phase::Cancel => "cancelled",
         }
     }
+
+    /// How a job that ended in an error is told: `Cancel` when it was cancelled (`agent_core::runner`'s scope).
+    pub fn of_error() -> Phase {
+        if crate::runner::is_cancelled() {
+            Phase::Cancel
+        } else {
+            Phase::Fail
+        }
+    }
 }
 
-/// What happened; the webhook receives it as JSON.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub(crate) struct Event {
-    pub service: String,
-    /// The run's kind as the journal writes it: `backup`, `restore`, `check`, `verify-data` or `drill`.
+/// What happened; the webhook receives it as JSON (with the phase), see [`webhook_body`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub layer: Layer,
+    /// The object's name: a service, a VM.
+    pub name: String,
+    /// The run's kind as the agent's history writes it: `backup`, `restore`, `check`, `verify-data`, `drill`.
     pub job: String,
-    /// `start`, `success` or `fail`; [`send`] sets it from its `phase` argument.
-    pub phase: &'static str,
     pub message: String,
     pub duration_seconds: f64,
     pub downtime_seconds: f64,
     pub archive: String,
+    /// The host the agent runs on ([`this_host`]).
     pub host: String,
 }
 
+impl Event {
+    /// An event of `job` on object `name`, with nothing measured or said yet.
+    pub fn new(layer: Layer, name: &str, job: &str, host: &str) -> Event {
+        Event {
+            layer,
+            name: name.to_string(),
+            job: job.to_string(),
+            message: String::new(),
+            duration_seconds: 0.0,
+            downtime_seconds: 0.0,
+            archive: String::new(),
+            host: host.to_string(),
+        }
+    }
+}
+
+/// The name of this host for events: the kernel's host name (Linux), else `/etc/hostname`, else `unknown`.
+pub fn this_host() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|h| h.trim().to_string())
+        .find(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Sends `event` to every target at once and waits for all (each bounded by [`REQUEST_TIMEOUT`]). Never fails:
-/// errors are logged. ntfy targets are not told about `Start`.
-pub(crate) async fn send(targets: &[NotifyTarget], phase: Phase, event: &Event) {
+/// errors are logged. ntfy targets are not told about `Start`; healthchecks targets only about [`HEARTBEAT_JOB`].
+pub async fn send(targets: &[NotifyTarget], phase: Phase, event: &Event) {
     let requests: Vec<Request> = targets.iter().filter_map(|t| request_for(t, phase, event)).collect();
     if requests.is_empty() {
         return;
     }
-    let agent = http_agent();
+    let agent = http_agent(event.layer);
     let tasks = requests.into_iter().map(|request| {
         let agent = agent.clone();
         let shown = redact_url(&request.url);
@@ -98,6 +200,9 @@ fn request_for(target: &NotifyTarget, phase: Phase, event: &Event) -> Option<Req
     const TEXT: &str = "text/plain; charset=utf-8";
     match target.kind {
         NotifyKind::Healthchecks => {
+            if event.job != HEARTBEAT_JOB {
+                return None;
+            }
             let url = match phase {
                 Phase::Start => append_path(&target.url, "start"),
                 Phase::Success => target.url.clone(),
@@ -113,7 +218,7 @@ fn request_for(target: &NotifyTarget, phase: Phase, event: &Event) -> Option<Req
                 Phase::Fail => ("failed", "rotating_light"),
                 Phase::Cancel => ("cancelled", "stop_sign"),
             };
-            let title = format!("strata {} {} {word}", event.job, event.service);
+            let title = format!("strata {} {} {} {word}", event.job, event.layer.object, event.name);
             let mut headers =
                 vec![("Content-Type", TEXT.into()), ("Title", header_value(&title)), ("Tags", tag.into())];
             if matches!(phase, Phase::Fail | Phase::Cancel) {
@@ -126,13 +231,31 @@ fn request_for(target: &NotifyTarget, phase: Phase, event: &Event) -> Option<Req
                 body: truncate(message, MAX_NTFY_BODY).as_bytes().to_vec(),
             })
         }
-        NotifyKind::Webhook => {
-            let event = Event { phase: phase.as_str(), ..event.clone() };
-            // Serializing plain strings and finite or non-finite floats (as null) cannot fail; stay safe anyway.
-            let body = serde_json::to_vec(&event).unwrap_or_default();
-            Some(Request { url: target.url.clone(), headers: vec![("Content-Type", "application/json".into())], body })
-        }
+        NotifyKind::Webhook => Some(Request {
+            url: target.url.clone(),
+            headers: vec![("Content-Type", "application/json".into())],
+            body: webhook_body(phase, event),
+        }),
     }
+}
+
+/// The webhook's JSON object: `layer`, `name` and the same name under the layer's object key (`service`, `vm`),
+/// `job`, `phase`, `message`, `duration_seconds`, `downtime_seconds` (a non-finite one is `null`), `archive`, `host`.
+fn webhook_body(phase: Phase, event: &Event) -> Vec<u8> {
+    use serde_json::Value;
+    let mut m = serde_json::Map::new();
+    m.insert("layer".into(), event.layer.name.into());
+    m.insert("name".into(), event.name.clone().into());
+    m.insert(event.layer.object.into(), event.name.clone().into());
+    m.insert("job".into(), event.job.clone().into());
+    m.insert("phase".into(), phase.as_str().into());
+    m.insert("message".into(), event.message.clone().into());
+    m.insert("duration_seconds".into(), Value::from(event.duration_seconds));
+    m.insert("downtime_seconds".into(), Value::from(event.downtime_seconds));
+    m.insert("archive".into(), event.archive.clone().into());
+    m.insert("host".into(), event.host.clone().into());
+    // Serializing strings and numbers cannot fail; stay safe anyway.
+    serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
 }
 
 /// Posts one request; the error text has the URL's secrets redacted.
@@ -147,10 +270,11 @@ fn deliver(agent: &ureq::Agent, request: &Request) -> Result<(), String> {
     }
 }
 
-fn http_agent() -> ureq::Agent {
+/// An HTTP client bounded by [`REQUEST_TIMEOUT`], naming itself `strata-LAYER-agent/VERSION`.
+fn http_agent(layer: Layer) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         .timeout_global(Some(REQUEST_TIMEOUT))
-        .user_agent(concat!("strata-services-agent/", env!("CARGO_PKG_VERSION")))
+        .user_agent(format!("strata-{}-agent/{}", layer.name, env!("CARGO_PKG_VERSION")))
         .build();
     ureq::Agent::new_with_config(config)
 }
@@ -292,16 +416,16 @@ mod tests {
         let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     }
 
+    const SERVICES: Layer = Layer { name: "services", object: "service" };
+    const HOST: Layer = Layer { name: "host", object: "vm" };
+
     fn event() -> Event {
         Event {
-            service: "photos".into(),
-            job: "backup".into(),
-            phase: "start",
             message: "archive photos-2026 created".into(),
             duration_seconds: 12.5,
             downtime_seconds: 1.25,
             archive: "photos-2026".into(),
-            host: "hub".into(),
+            ..Event::new(SERVICES, "photos", "backup", "hub")
         }
     }
 
@@ -357,7 +481,7 @@ mod tests {
                 NotifyKind::Ntfy,
                 "/lab",
                 Phase::Success,
-                Some(("/lab", vec![("title", "strata backup photos ok"), ("tags", "white_check_mark")])),
+                Some(("/lab", vec![("title", "strata backup service photos ok"), ("tags", "white_check_mark")])),
             ),
             (
                 NotifyKind::Ntfy,
@@ -365,7 +489,11 @@ mod tests {
                 Phase::Fail,
                 Some((
                     "/lab",
-                    vec![("title", "strata backup photos failed"), ("tags", "rotating_light"), ("priority", "high")],
+                    vec![
+                        ("title", "strata backup service photos failed"),
+                        ("tags", "rotating_light"),
+                        ("priority", "high"),
+                    ],
                 )),
             ),
             (NotifyKind::Webhook, "/hook", Phase::Start, Some(("/hook", vec![("content-type", "application/json")]))),
@@ -379,7 +507,11 @@ mod tests {
                 Phase::Cancel,
                 Some((
                     "/lab",
-                    vec![("title", "strata backup photos cancelled"), ("tags", "stop_sign"), ("priority", "high")],
+                    vec![
+                        ("title", "strata backup service photos cancelled"),
+                        ("tags", "stop_sign"),
+                        ("priority", "high"),
+                    ],
                 )),
             ),
             (NotifyKind::Webhook, "/hook", Phase::Cancel, Some(("/hook", vec![]))),
@@ -406,7 +538,8 @@ mod tests {
                 NotifyKind::Webhook => {
                     let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
                     let want = serde_json::json!({
-                        "service": "photos", "job": "backup", "phase": phase.as_str(),
+                        "layer": "services", "name": "photos", "service": "photos", "job": "backup",
+                        "phase": phase.as_str(),
                         "message": "archive photos-2026 created", "duration_seconds": 12.5,
                         "downtime_seconds": 1.25, "archive": "photos-2026", "host": "hub",
                     });
@@ -439,10 +572,10 @@ mod tests {
 
         // What gets logged for the unreachable one: an error without the URL's secrets.
         let request = request_for(&targets[3], Phase::Fail, &event()).unwrap();
-        let error = deliver(&http_agent(), &request).unwrap_err();
+        let error = deliver(&http_agent(SERVICES), &request).unwrap_err();
         assert!(!error.contains("pa55") && !error.contains("s3cret"), "{error}");
         let request = request_for(&targets[4], Phase::Fail, &event()).unwrap();
-        let error = deliver(&http_agent(), &request).unwrap_err();
+        let error = deliver(&http_agent(SERVICES), &request).unwrap_err();
         assert!(error.contains("500"), "{error}");
         drain(&rx);
 
@@ -459,13 +592,13 @@ mod tests {
         let hc = request_for(&target(NotifyKind::Healthchecks, "http://h/p".into()), Phase::Success, &ev).unwrap();
         assert_eq!(hc.body.len(), 9_999);
         assert!(std::str::from_utf8(&hc.body).is_ok());
-        ev.service = "fotos-ü\n".into();
+        ev.name = "fotos-ü\n".into();
         let ntfy = request_for(&target(NotifyKind::Ntfy, "http://h/t".into()), Phase::Success, &ev).unwrap();
         assert!(ntfy.body.len() <= MAX_NTFY_BODY);
-        assert!(ntfy.headers.contains(&("Title", "strata backup fotos-?? ok".into())), "{:?}", ntfy.headers);
+        assert!(ntfy.headers.contains(&("Title", "strata backup service fotos-?? ok".into())), "{:?}", ntfy.headers);
         ev.message = " ".into();
         let ntfy = request_for(&target(NotifyKind::Ntfy, "http://h/t".into()), Phase::Fail, &ev).unwrap();
-        assert_eq!(ntfy.body, b"strata backup fotos-\xc3\xbc\n failed");
+        assert_eq!(ntfy.body, b"strata backup service fotos-\xc3\xbc\n failed");
     }
 
     #[test]
@@ -486,5 +619,99 @@ mod tests {
         assert_eq!(text, "cannot reach http://***@h/x?*** (***, ***)");
         assert_eq!(append_path("https://hc/ping/id/", "start"), "https://hc/ping/id/start");
         assert_eq!(append_path("https://hc/ping/id?create=1", "fail"), "https://hc/ping/id/fail?create=1");
+    }
+
+    #[tokio::test]
+    async fn each_layer_names_its_object_and_healthchecks_hear_only_of_backups() {
+        let (base, rx) = server();
+        let targets = [
+            target(NotifyKind::Healthchecks, format!("{base}/hc")),
+            target(NotifyKind::Ntfy, format!("{base}/topic")),
+            target(NotifyKind::Webhook, format!("{base}/hook")),
+        ];
+        // (layer, job, phase, what is sent: (path, ntfy title or webhook JSON's object key))
+        let cases: [(Layer, &str, Phase, &[&str]); 5] = [
+            (HOST, "backup", Phase::Start, &["/hc/start", "/hook"]),
+            (HOST, "backup", Phase::Fail, &["/hc/fail", "/hook", "/topic"]),
+            (HOST, "drill", Phase::Success, &["/hook", "/topic"]),
+            (SERVICES, "restore", Phase::Cancel, &["/hook", "/topic"]),
+            (SERVICES, "check", Phase::Start, &["/hook"]),
+        ];
+        for (layer, job, phase, want) in cases {
+            let case = format!("{} {job} {phase:?}", layer.name);
+            let ev = Event { message: String::new(), ..Event::new(layer, "web", job, "hv1") };
+            send(&targets, phase, &ev).await;
+            let mut got = drain(&rx);
+            got.sort_by(|a, b| a.path.cmp(&b.path));
+            let paths: Vec<&str> = got.iter().map(|r| r.path.as_str()).collect();
+            assert_eq!(paths, want, "{case}");
+            for r in &got {
+                let agent = r.headers.get("user-agent").cloned().unwrap_or_default();
+                assert!(agent.starts_with(&format!("strata-{}-agent/", layer.name)), "{case}: {agent}");
+                match r.path.as_str() {
+                    "/topic" => {
+                        let title = r.headers.get("title").cloned().unwrap_or_default();
+                        assert!(title.starts_with(&format!("strata {job} {} web ", layer.object)), "{case}: {title}");
+                        // No message: the title is the body.
+                        assert_eq!(r.body, title.as_bytes(), "{case}");
+                    }
+                    "/hook" => {
+                        let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                        let obj = json.as_object().unwrap();
+                        assert_eq!(obj["layer"], layer.name, "{case}");
+                        assert_eq!((&obj["name"], &obj[layer.object]), (&"web".into(), &"web".into()), "{case}");
+                        assert_eq!((&obj["job"], &obj["phase"]), (&job.into(), &phase.as_str().into()), "{case}");
+                        let other = if layer == HOST { "service" } else { "vm" };
+                        assert!(!obj.contains_key(other), "{case}: {json}");
+                        assert_eq!(obj.len(), 10, "{case}: {json}");
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // A duration that is not a number is `null`, not an unsendable body.
+        let ev = Event { duration_seconds: f64::NAN, ..Event::new(HOST, "web", "backup", "hv1") };
+        let json: serde_json::Value = serde_json::from_slice(&webhook_body(Phase::Success, &ev)).unwrap();
+        assert_eq!(json["duration_seconds"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn config_targets_are_checked_without_showing_their_url() {
+        let raw = |url: &str| RawTarget { kind: NotifyKind::Webhook, url: url.into() };
+        let path = Path::new("/etc/strata/host-agent.toml");
+        let good = ["https://hc-ping.com/5f1c", "http://127.0.0.1:8080/hook?token=x", "https://u:p@ntfy.example/t"];
+        for url in good {
+            let t = targets(path, "notify", &[raw(url)]).unwrap();
+            assert_eq!(t, [NotifyTarget { kind: NotifyKind::Webhook, url: url.into() }], "{url}");
+        }
+        let bad = [
+            ("ftp://h/s3cret", "must be an http(s) URL"),
+            ("hc-ping.com/s3cret", "must be an http(s) URL"),
+            ("https://", "with a host"),
+            ("https:///s3cret", "with a host"),
+            ("http://u:s3cret@/x", "with a host"),
+            ("https://h/s3cret token", "whitespace"),
+            ("https://h/s3cret\n", "whitespace"),
+        ];
+        for (url, want) in bad {
+            let err = targets(path, "vms[2].notify", &[raw("https://ok.example/"), raw(url)]).unwrap_err().to_string();
+            assert!(err.contains("key `vms[2].notify[1].url`") && err.contains(want), "{url}: {err}");
+            assert!(!err.contains("s3cret"), "{url}: {err}");
+        }
+        // Printed for debugging (a config dumped whole), the secrets stay out.
+        let t = NotifyTarget { kind: NotifyKind::Ntfy, url: "https://u:s3cret@h/t?auth=s3cret".into() };
+        let shown = format!("{t:?} {:?}", raw(&t.url));
+        assert!(!shown.contains("s3cret") && shown.contains("https://***@h/t?***"), "{shown}");
+    }
+
+    #[test]
+    fn errors_are_told_as_failures_unless_the_job_was_cancelled() {
+        assert_eq!(Phase::of_error(), Phase::Fail);
+        let token = tokio_util::sync::CancellationToken::new();
+        token.cancel();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let phase = rt.block_on(crate::runner::with_cancel(token, async { Phase::of_error() }));
+        assert_eq!(phase, Phase::Cancel);
+        assert!(!this_host().is_empty());
     }
 }
