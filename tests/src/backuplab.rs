@@ -368,30 +368,8 @@ pub fn archive_of(summary: &str) -> Result<String> {
 
 /// A webhook receiver on 127.0.0.1: every request body, in order.
 pub fn webhook() -> Result<(String, Arc<std::sync::Mutex<Vec<String>>>)> {
-    use std::io::BufRead;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
     let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = bodies.clone();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().map_while(|s| s.ok()) {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let Ok(clone) = stream.try_clone() else { continue };
-            let mut reader = std::io::BufReader::new(clone);
-            let mut len = 0usize;
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap_or(0) > 0 && !line.trim().is_empty() {
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                line.clear();
-            }
-            let mut body = vec![0; len];
-            if reader.read_exact(&mut body).is_ok() {
-                sink.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
-            }
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    Ok((url, bodies))
+    let base = crate::fixtures::http::serve(move |r| sink.lock().unwrap().push(r.body))?;
+    Ok((format!("{base}/hook"), bodies))
 }
