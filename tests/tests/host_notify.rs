@@ -83,7 +83,10 @@ async fn vm_backups_tell_start_and_end_and_a_target_that_is_down_or_hung_fails_n
     let evs = events(&got)?;
     check_events(&evs, "backup", &["start", "success"])?;
     ensure!(pings(&got) == ["/ping/vm-lab/start", "/ping/vm-lab"], "{got:#?}");
-    ensure!(evs[1]["archive"] == id.as_str() && evs[1]["message"].as_str().is_some_and(|m| m.contains(&id)), "{evs:#?}");
+    ensure!(
+        evs[1]["archive"] == id.as_str() && evs[1]["message"].as_str().is_some_and(|m| m.contains(&id)),
+        "{evs:#?}"
+    );
     ensure!(evs[1]["duration_seconds"].as_f64().is_some_and(|d| d > 0.0), "{evs:#?}");
     let logs = lab.agent()?.logs();
     ensure!(logs.contains("notification failed") && logs.contains("http://***@127.0.0.1:"), "{logs}");

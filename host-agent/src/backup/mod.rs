@@ -550,7 +550,7 @@ impl Host {
         let started = now_unix().max(previous + 1);
         let id = engine::backup_id(&vm.name, started);
         let mut runs: Vec<(TargetRun, Option<HostError>)> = Vec::new();
-        let result = self.backup_inner(&vm, &id, tx, &mut runs).await;
+        let result = self.backup_inner(vm, &id, tx, &mut runs).await;
         // Every target has its outcome: those the run never reached failed with the run's error.
         let run_error = result.as_ref().err().map(|e| target_error(&vm.name, e));
         let targets: Vec<TargetRun> = vm
