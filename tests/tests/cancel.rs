@@ -17,6 +17,7 @@ use strata_tests::backuplab::PASSPHRASE;
 use strata_tests::binrun::interrupt_at;
 use strata_tests::fixtures::borg::BorgRepo;
 use strata_tests::fixtures::docker::{Container, TestImage, TEST_IMAGE_TAG};
+use strata_tests::fixtures::http::Receiver;
 use strata_tests::fixtures::{cmd, wait_until};
 use strata_tests::harness::{base_config, bin, AgentKind, AgentProc, Pki};
 use strata_tests::servicejob::{slow_passcommand, ServiceJob};
@@ -72,7 +73,7 @@ fn ctrl_c_with_cancel_on_interrupt_cancels_a_services_backup_and_the_next_one_su
 
 /// (b) A host-agent backup of a running QEMU VM in suspend mode (paused for the copy), cancelled through the `Cancel`
 /// RPC while borg copies: the stream ends with CANCELLED, the VM runs again, the history row says cancelled, no
-/// journal step stays open and the repository has no archive.
+/// journal step stays open, the repository has no archive and the VM's webhook is told `start`, then `cancelled`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_backup_cancelled_through_the_rpc_resumes_the_paused_vm_and_records_cancelled() -> Result<()> {
     cmd::require("qemu-system-x86_64", "qemu-system-x86")?;
@@ -86,6 +87,7 @@ async fn a_vm_backup_cancelled_through_the_rpc_resumes_the_paused_vm_and_records
     std::fs::write(vm.join("vm.toml"), "memory_mb = 128\ncpus = 1\ndisks = [\"disk.qcow2\"]\n")?;
     let borg = BorgRepo::init(PASSPHRASE)?;
     let slow = slow_passcommand(&borg, 3)?;
+    let hook = Receiver::start()?;
     let (cert, key) = pki.issue(Role::HostAgent, AgentKind::Host.cert_name())?;
     let state = dir.path().join("state");
     let config = dir.path().join("host-agent.toml");
@@ -93,10 +95,12 @@ async fn a_vm_backup_cancelled_through_the_rpc_resumes_the_paused_vm_and_records
         &config,
         format!(
             "{}[[vms]]\nname = \"lab\"\nbackend = \"qemu\"\npath = {:?}\nmode = \"suspend\"\nengine = \"borg\"\n\
-             target = {:?}\npasscommand = {slow:?}\nshutdown_timeout = \"2s\"\n",
+             target = {:?}\npasscommand = {slow:?}\nshutdown_timeout = \"2s\"\n\
+             notify = [{{ kind = \"webhook\", url = \"{}/hook\" }}]\n",
             base_config(&state, &pki.ca(), &cert, &key),
             vm.display().to_string(),
             borg.path().display().to_string(),
+            hook.base,
         ),
     )?;
     let agent = AgentProc::start_with_config(AgentKind::Host, &config)?;
@@ -143,6 +147,12 @@ async fn a_vm_backup_cancelled_through_the_rpc_resumes_the_paused_vm_and_records
         let open = cmd::run_args("sqlite3", [db, "SELECT step FROM journal WHERE done_unix IS NULL"])?;
         ensure!(open.trim().is_empty(), "open journal steps after the cancel: {open}");
         ensure!(borg.list_archives()?.is_empty(), "archives: {:?}", borg.list_archives()?);
+        let phases = || -> Vec<String> {
+            let events = hook.requests().into_iter().filter_map(|r| serde_json::from_str(&r.body).ok());
+            events.map(|e: serde_json::Value| e["phase"].as_str().unwrap_or("").to_string()).collect()
+        };
+        wait_until(Duration::from_secs(15), || phases().len() >= 2);
+        ensure!(phases() == ["start", "cancelled"], "webhook phases {:?}", phases());
         Ok(())
     }
     .await;
