@@ -25,11 +25,13 @@ fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
-/// Runs `cmd` to its end, killing it after `limit`; its stdout and stderr are read as it runs.
-fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output> {
+/// Runs `cmd` to its end with `input` on its stdin, killing it after `limit`; its stdout and stderr are read as it
+/// runs.
+fn output_within(cmd: &mut Command, input: &str, limit: Duration) -> Result<Output> {
+    use std::io::Write;
     let described = cmd::describe(cmd);
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -43,6 +45,9 @@ fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output> {
     };
     let out = reader(Box::new(child.stdout.take().context("stdout")?));
     let err = reader(Box::new(child.stderr.take().context("stderr")?));
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let input = input.to_string();
+    std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(s) = child.try_wait()? {
@@ -60,13 +65,18 @@ fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output> {
     Ok(Output { status, stdout, stderr })
 }
 
-/// `promtool ARGS` in `dir`; fails with its output unless it exits 0.
-fn promtool(dir: &Path, args: &[&str]) -> Result<String> {
+/// `promtool ARGS` in `dir` with `input` on stdin; fails with its output unless it exits 0.
+fn promtool_with(dir: &Path, args: &[&str], input: &str) -> Result<String> {
     let promtool = cmd::require("promtool", "prometheus")?;
-    let out = output_within(Command::new(promtool).current_dir(dir).args(args), PROMTOOL_TIMEOUT)?;
+    let out = output_within(Command::new(promtool).current_dir(dir).args(args), input, PROMTOOL_TIMEOUT)?;
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     ensure!(out.status.success(), "promtool {} failed ({}):\n{text}", args.join(" "), out.status);
     Ok(text)
+}
+
+/// `promtool ARGS` in `dir`; fails with its output unless it exits 0.
+fn promtool(dir: &Path, args: &[&str]) -> Result<String> {
+    promtool_with(dir, args, "")
 }
 
 /// (alert name, fires) for every `alertname:` case of a `promtool test rules` file: fires when its `exp_alerts`
@@ -215,6 +225,10 @@ fn rules_and_dashboard_name_only_metrics_and_labels_the_agents_export() -> Resul
     let ctx = || format!("services-agent log:\n{}", services.agent.logs());
     labctl(&services.inv, &["services", "backup", &services.service]).with_context(ctx)?;
     labctl(&services.inv, &["services", "check", &services.service]).with_context(ctx)?;
+
+    // The new DNS series pass promtool's metric lint too.
+    let dns_text = scrape(&dns.agent)?;
+    promtool_with(dir.path(), &["check", "metrics"], &dns_text).with_context(|| dns_text.clone())?;
 
     let mut all: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for agent in [&dns.agent, &host, &services.agent] {
