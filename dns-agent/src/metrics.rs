@@ -1,5 +1,6 @@
 //! The DNS agent's own Prometheus metrics: queries by type and outcome, answer latency, cache and blocklist sizes,
-//! and the per-outcome totals the Stats RPC reports. Registered into the agent's shared `Metrics` registry.
+//! queries and failures per upstream, each blocklist's refresh health, and the per-outcome totals the Stats RPC
+//! reports. Registered into the agent's shared `Metrics` registry.
 //! Knows prometheus-client and the outcome names; must not know DNS messages, sockets or gRPC.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +10,8 @@ use std::time::Duration;
 use agent_core::telemetry::Metrics;
 use hickory_proto::rr::RecordType;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::MetricType;
@@ -102,6 +105,47 @@ struct QueryLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListLabels {
+    list: String,
+}
+
+/// One upstream's counters, created once per upstream (when the forwarder is built) and shared by every group that
+/// lists it: counting is one atomic add, no lock and no label lookup.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct UpstreamCounters {
+    queries: Counter,
+    failures: Counter,
+}
+
+impl UpstreamCounters {
+    /// A query was sent to the upstream.
+    pub(crate) fn sent(&self) {
+        self.queries.inc();
+    }
+
+    /// A query sent to the upstream failed (timeout, network error, SERVFAIL/REFUSED…).
+    pub(crate) fn failed(&self) {
+        self.failures.inc();
+    }
+}
+
+/// One blocklist source's refresh record, as the metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListHealth {
+    /// The path or URL without credentials (the `list` label).
+    pub list: String,
+    /// The last refresh of this list failed.
+    pub failing: bool,
+    /// When it was last read successfully (Unix seconds); 0 if never.
+    pub last_success_unix: i64,
+}
+
 /// Upper bounds (seconds) of the latency buckets; the last is +Inf.
 fn latency_bounds() -> Vec<f64> {
     let mut b: Vec<f64> = exponential_buckets(0.000_05, 2.0, 16).collect();
@@ -159,6 +203,12 @@ pub(crate) struct DnsMetrics {
     cache_entries: Gauge,
     cache_bytes: Gauge,
     blocklist_entries: Gauge,
+    upstream_queries: Family<UpstreamLabels, Counter>,
+    upstream_failures: Family<UpstreamLabels, Counter>,
+    list_failing: Family<ListLabels, Gauge>,
+    list_success: Family<ListLabels, Gauge>,
+    /// The lists shown now (those of the config in use), to drop the series of lists no longer configured.
+    lists_shown: Arc<Mutex<Vec<String>>>,
 }
 
 impl DnsMetrics {
@@ -174,6 +224,11 @@ impl DnsMetrics {
             cache_entries: Gauge::default(),
             cache_bytes: Gauge::default(),
             blocklist_entries: Gauge::default(),
+            upstream_queries: Family::default(),
+            upstream_failures: Family::default(),
+            list_failing: Family::default(),
+            list_success: Family::default(),
+            lists_shown: Arc::default(),
         };
         registry.register("dns_queries", "DNS queries by query type and outcome", QueryCounters(m.inner.clone()));
         registry.register(
@@ -192,7 +247,49 @@ impl DnsMetrics {
             "Distinct names in the blocklist in use",
             m.blocklist_entries.clone(),
         );
+        registry.register("dns_upstream_queries", "Queries sent to each upstream", m.upstream_queries.clone());
+        registry.register(
+            "dns_upstream_failures",
+            "Queries sent to each upstream that failed (timeout, network error, SERVFAIL or REFUSED)",
+            m.upstream_failures.clone(),
+        );
+        registry.register(
+            "dns_blocklist_refresh_failing",
+            "1 when the last refresh of this blocklist source failed (an older copy may still be in use)",
+            m.list_failing.clone(),
+        );
+        registry.register(
+            "dns_blocklist_last_refresh_success_timestamp_seconds",
+            "When this blocklist source was last read successfully (Unix seconds; 0 if never)",
+            m.list_success.clone(),
+        );
         m
+    }
+
+    /// The counters of `upstream` (its address as configured); the same ones for every call with the same name, so
+    /// they keep counting across reloads.
+    pub(crate) fn upstream(&self, upstream: &str) -> UpstreamCounters {
+        let labels = UpstreamLabels { upstream: upstream.to_string() };
+        UpstreamCounters {
+            queries: self.upstream_queries.get_or_create(&labels).clone(),
+            failures: self.upstream_failures.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Shows each configured blocklist source's refresh health; series of sources no longer listed are dropped.
+    pub(crate) fn set_blocklists(&self, lists: &[ListHealth]) {
+        let mut shown = self.lists_shown.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in shown.iter().filter(|l| !lists.iter().any(|h| &h.list == *l)) {
+            let labels = ListLabels { list: gone.clone() };
+            self.list_failing.remove(&labels);
+            self.list_success.remove(&labels);
+        }
+        for h in lists {
+            let labels = ListLabels { list: h.list.clone() };
+            self.list_failing.get_or_create(&labels).set(i64::from(h.failing));
+            self.list_success.get_or_create(&labels).set(h.last_success_unix);
+        }
+        *shown = lists.iter().map(|h| h.list.clone()).collect();
     }
 
     /// Counts one answered query.
@@ -325,6 +422,54 @@ mod tests {
         assert!(text.contains("strata_dns_cache_bytes 4096"), "{text}");
         let totals = m.totals();
         assert!(totals.contains(&("local", 2)) && totals.contains(&("refused", 1)) && totals.contains(&("stale", 0)));
+    }
+
+    #[test]
+    fn upstream_counters_are_shared_by_name() {
+        let reg = Metrics::new();
+        let m = DnsMetrics::new(&reg);
+        let text = reg.encode();
+        // Before any upstream exists the families have no sample, and prometheus-client then writes nothing for
+        // them, not even HELP and TYPE.
+        assert!(!text.contains("strata_dns_upstream"), "{text}");
+        let a = m.upstream("udp://192.0.2.1:53");
+        let again = m.upstream("udp://192.0.2.1:53");
+        let b = m.upstream("tls://192.0.2.2:853#dns.example");
+        a.sent();
+        again.sent();
+        again.failed();
+        b.sent();
+        let text = reg.encode();
+        assert!(text.contains("strata_dns_upstream_queries_total{upstream=\"udp://192.0.2.1:53\"} 2"), "{text}");
+        assert!(text.contains("strata_dns_upstream_failures_total{upstream=\"udp://192.0.2.1:53\"} 1"), "{text}");
+        assert!(text.contains("strata_dns_upstream_queries_total{upstream=\"tls://192.0.2.2:853#dns.example\"} 1"));
+        assert!(text.contains("strata_dns_upstream_failures_total{upstream=\"tls://192.0.2.2:853#dns.example\"} 0"));
+    }
+
+    #[test]
+    fn blocklist_health_follows_the_configured_lists() {
+        let reg = Metrics::new();
+        let m = DnsMetrics::new(&reg);
+        let h = |list: &str, failing, last_success_unix| ListHealth { list: list.into(), failing, last_success_unix };
+        m.set_blocklists(&[h("/etc/lists/ads.txt", false, 1_700_000_000), h("https://lists.example/hosts", true, 0)]);
+        let text = reg.encode();
+        let cases = [
+            "strata_dns_blocklist_refresh_failing{list=\"/etc/lists/ads.txt\"} 0",
+            "strata_dns_blocklist_refresh_failing{list=\"https://lists.example/hosts\"} 1",
+            "strata_dns_blocklist_last_refresh_success_timestamp_seconds{list=\"/etc/lists/ads.txt\"} 1700000000",
+            "strata_dns_blocklist_last_refresh_success_timestamp_seconds{list=\"https://lists.example/hosts\"} 0",
+        ];
+        for want in cases {
+            assert!(text.contains(want), "no {want} in\n{text}");
+        }
+        // A reload drops a list: its series go; the other's change.
+        m.set_blocklists(&[h("https://lists.example/hosts", false, 1_700_000_100)]);
+        let text = reg.encode();
+        assert!(!text.contains("ads.txt"), "{text}");
+        assert!(
+            text.contains("strata_dns_blocklist_refresh_failing{list=\"https://lists.example/hosts\"} 0"),
+            "{text}"
+        );
     }
 
     #[test]

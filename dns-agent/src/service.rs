@@ -14,7 +14,7 @@ use hickory_proto::rr::Name;
 use crate::blocklist::{BlockResponse, BlocklistConfig, Blocklists, SourceStatus, DEFAULT_REFRESH};
 use crate::config::Config;
 use crate::forward::Forwarder;
-use crate::metrics::DnsMetrics;
+use crate::metrics::{DnsMetrics, ListHealth};
 use crate::querylog::{QueryLog, CAPACITY};
 use crate::records::{check_cname_exclusive, parse_name, parse_value, Field, Kind, LocalRecord, RecordError};
 use crate::scope::Refusal;
@@ -71,6 +71,11 @@ impl std::fmt::Debug for Dns {
     }
 }
 
+/// The forwarder of `cfg`, counting per upstream in `metrics`.
+fn forwarder(cfg: &crate::forward::ForwardConfig, metrics: &DnsMetrics) -> Forwarder {
+    Forwarder::with_counters(cfg, &|u| metrics.upstream(&u.to_string()))
+}
+
 fn empty_blocklist() -> BlocklistConfig {
     BlocklistConfig { sources: Vec::new(), allow: Vec::new(), refresh: DEFAULT_REFRESH, response: BlockResponse::Zero }
 }
@@ -93,7 +98,7 @@ impl Dns {
             cfg.blocklist.clone().unwrap_or_else(empty_blocklist),
             cfg.common.state_dir.join("blocklists"),
         );
-        let forwarder = cfg.forward.as_ref().map(|f| Arc::new(Forwarder::new(f)));
+        let forwarder = cfg.forward.as_ref().map(|f| Arc::new(forwarder(f, &metrics)));
         let dns = Dns {
             query_log: QueryLog::new(cfg.dns.query_log, CAPACITY),
             cfg: ArcSwap::from_pointee(cfg),
@@ -283,7 +288,7 @@ impl Dns {
             applied.push("services_agents");
         }
         if forward_changed {
-            self.forwarder.store(new.forward.as_ref().map(|f| Arc::new(Forwarder::new(f))));
+            self.forwarder.store(new.forward.as_ref().map(|f| Arc::new(forwarder(f, &self.metrics))));
             self.generation.fetch_add(1, Ordering::Release);
             applied.push("forward");
         }
@@ -333,6 +338,13 @@ impl Dns {
         let (entries, bytes) =
             self.forwarder.load().as_ref().map(|f| (f.cache_len(), f.cache_bytes())).unwrap_or((0, 0));
         self.metrics.set_sizes(entries, bytes, self.blocklists.entries());
+        let lists: Vec<ListHealth> = self
+            .blocklists
+            .health()
+            .into_iter()
+            .map(|h| ListHealth { list: h.source, failing: h.failing, last_success_unix: h.last_success_unix })
+            .collect();
+        self.metrics.set_blocklists(&lists);
     }
 
     pub(crate) fn cache_entries(&self) -> usize {

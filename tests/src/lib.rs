@@ -7,6 +7,7 @@ pub mod dnslab;
 pub mod fixtures;
 pub mod harness;
 pub mod offsite;
+pub mod promql;
 pub mod servicejob;
 pub mod serviceslab;
 pub mod vmlab;

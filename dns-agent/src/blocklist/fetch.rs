@@ -45,6 +45,9 @@ pub struct SourceStatus {
     pub error: Option<String>,
     /// When the data in use was read (Unix seconds); 0 if nothing was ever read.
     pub loaded_unix: i64,
+    /// What this refresh did with the source itself: `Some(true)` read it, `Some(false)` failed to (its cached copy,
+    /// if any, is in use), `None` did not try (the cached-copies-only load at startup).
+    pub fresh: Option<bool>,
 }
 
 /// One reason per source whose data was never read (no download, no cached copy): blocking from it is not
@@ -150,8 +153,14 @@ pub(super) fn build_all(
     for source in &cfg.sources {
         let cache_name = source.cache_file_name();
         let cache_path = cache_dir.join(&cache_name);
-        let mut status =
-            SourceStatus { source: source.display(), entries: 0, skipped_lines: 0, error: None, loaded_unix: 0 };
+        let mut status = SourceStatus {
+            source: source.display(),
+            entries: 0,
+            skipped_lines: 0,
+            error: None,
+            loaded_unix: 0,
+            fresh: None,
+        };
         let t = Instant::now();
         let fetched = match (source, &agent) {
             (Source::File(p), _) => Some(read_file_capped(p)),
@@ -176,6 +185,7 @@ pub(super) fn build_all(
             match accepted {
                 Ok((p, bytes)) => {
                     use_cache = false;
+                    status.fresh = Some(true);
                     status.entries = p.entries;
                     status.skipped_lines = p.skipped_lines;
                     status.loaded_unix = agent_core::clock::now_unix();
@@ -184,7 +194,10 @@ pub(super) fn build_all(
                         pending.push(PendingCache { source: status.source.clone(), cache_name, content, bytes });
                     }
                 }
-                Err(e) => status.error = Some(e.to_string()),
+                Err(e) => {
+                    status.error = Some(e.to_string());
+                    status.fresh = Some(false);
+                }
             }
         }
         if use_cache {

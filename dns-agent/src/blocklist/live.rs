@@ -1,6 +1,6 @@
-//! The live set: [`Blocklists`] holds the list in use (swapped atomically), its config and the per-source status,
-//! and runs refreshes (on demand and the background loop). Must not know list formats, hashing or how a source is
-//! read.
+//! The live set: [`Blocklists`] holds the list in use (swapped atomically), its config, the per-source status and
+//! refresh health (failing, last success), and runs refreshes (on demand and the background loop). Must not know
+//! list formats, hashing, how a source is read, or metrics.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -13,12 +13,47 @@ use super::config::{BlockResponse, BlocklistConfig, Source, MAX_REFRESH};
 use super::fetch::{build_all, CacheWrites, SourceStatus};
 use super::set::Blocklist;
 
+/// One source's refresh health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RefreshHealth {
+    /// The path or URL, without credentials.
+    pub source: String,
+    /// The last attempt to read the source failed.
+    pub failing: bool,
+    /// When the source was last read successfully (Unix seconds). Until this process reads it, the time of the copy
+    /// in use (the cached copy's write time), or 0 if there is none.
+    pub last_success_unix: i64,
+}
+
+/// The health after a refresh that gave `statuses` (one per source of the config in use; sources no longer listed
+/// drop out). A source this refresh did not try keeps what it had.
+fn next_health(before: &[RefreshHealth], statuses: &[SourceStatus]) -> Vec<RefreshHealth> {
+    statuses
+        .iter()
+        .map(|s| {
+            let prev = before.iter().find(|h| h.source == s.source);
+            let failing = match s.fresh {
+                Some(read) => !read,
+                None => prev.is_some_and(|p| p.failing),
+            };
+            let last_success_unix = match (s.fresh, prev) {
+                (Some(true), _) => s.loaded_unix,
+                (_, Some(p)) if p.last_success_unix > 0 => p.last_success_unix,
+                _ => s.loaded_unix,
+            };
+            RefreshHealth { source: s.source.clone(), failing, last_success_unix }
+        })
+        .collect()
+}
+
 /// The live, swappable blocklist with its config and the status of its sources.
 pub(crate) struct Blocklists {
     list: ArcSwap<Blocklist>,
     cfg: ArcSwap<BlocklistConfig>,
     cache_dir: PathBuf,
     status: std::sync::Mutex<Vec<SourceStatus>>,
+    /// Per source of the config in use: did its last refresh fail, when did one last succeed.
+    health: std::sync::Mutex<Vec<RefreshHealth>>,
     /// Serializes refreshes up to the swap; counts them (the sequence numbers of cache writes).
     refresh_lock: tokio::sync::Mutex<u64>,
     /// Which content each cache file has (to skip rewriting unchanged lists); cache writes run after the swap and
@@ -50,6 +85,7 @@ impl Blocklists {
                 skipped_lines: 0,
                 error: Some("blocklist not loaded yet".into()),
                 loaded_unix: 0,
+                fresh: None,
             })
             .collect();
         Arc::new(Blocklists {
@@ -57,6 +93,7 @@ impl Blocklists {
             cfg: ArcSwap::from_pointee(cfg),
             cache_dir,
             status: std::sync::Mutex::new(status),
+            health: std::sync::Mutex::default(),
             refresh_lock: tokio::sync::Mutex::new(0),
             cache: Arc::default(),
             config_changed: tokio::sync::Notify::new(),
@@ -136,6 +173,10 @@ impl Blocklists {
         self.list.store(Arc::new(list));
         self.generation.fetch_add(1, Ordering::Release);
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = statuses.clone();
+        {
+            let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            *health = next_health(&health, &statuses);
+        }
         // The next refresh may read and parse while this one's cached copies are written.
         drop(count);
         if let Err(e) = task.await {
@@ -147,6 +188,11 @@ impl Blocklists {
     /// Outcome of the last refresh, one entry per source.
     pub(crate) fn status(&self) -> Vec<SourceStatus> {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Refresh health of each source of the last refresh (empty before the first one).
+    pub(crate) fn health(&self) -> Vec<RefreshHealth> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Distinct blocked names in the list in use.
@@ -232,6 +278,41 @@ mod tests {
         assert_eq!(never_loaded(&st), Vec::<String>::new());
     }
 
+    #[test]
+    fn health_keeps_the_last_success_through_failures() {
+        let st = |fresh: Option<bool>, loaded_unix| SourceStatus {
+            source: "https://lists.example/hosts".into(),
+            entries: 1,
+            skipped_lines: 0,
+            error: (fresh != Some(true)).then(|| "download failed".into()),
+            loaded_unix,
+            fresh,
+        };
+        let h = |failing, last_success_unix| RefreshHealth {
+            source: "https://lists.example/hosts".into(),
+            failing,
+            last_success_unix,
+        };
+        // (health before, this refresh's status, health after)
+        let cases = [
+            (vec![], st(None, 0), h(false, 0)),         // startup, no cached copy
+            (vec![], st(None, 1_000), h(false, 1_000)), // startup from a cached copy written at 1000
+            (vec![h(false, 1_000)], st(Some(false), 1_000), h(true, 1_000)), // download fails: last success kept
+            (vec![h(true, 1_000)], st(Some(true), 2_000), h(false, 2_000)), // read again
+            (vec![h(true, 1_000)], st(None, 1_000), h(true, 1_000)), // not tried: unchanged
+            (vec![], st(Some(false), 0), h(true, 0)),   // never read, fails
+        ];
+        for (before, status, after) in cases {
+            assert_eq!(
+                next_health(&before, std::slice::from_ref(&status)),
+                vec![after.clone()],
+                "{before:?} {status:?}"
+            );
+        }
+        // A source no longer configured drops out.
+        assert_eq!(next_health(&[h(true, 5)], &[]), vec![]);
+    }
+
     #[tokio::test]
     async fn refresh_from_file_counts_skipped_lines() {
         let dir = tempfile::tempdir().unwrap();
@@ -255,6 +336,8 @@ mod tests {
         assert_eq!(st[0].entries, 3);
         assert!(st[0].error.as_deref().unwrap().contains("cannot read blocklist file"), "{st:?}");
         assert!(bl.is_blocked("ads.example.com"));
+        let health = bl.health();
+        assert!(health[0].failing && health[0].last_success_unix > 0, "{health:?}");
 
         // Reload with an allow entry and another response.
         let mut c = cfg(vec![Source::File(list.clone())], &["ads.example.com"]);

@@ -21,6 +21,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, Record, RecordType};
 use serde::Deserialize;
 
+use crate::metrics::UpstreamCounters;
 use cache::{Cache, Hit, Key};
 use upstream::UpstreamGroup;
 pub(crate) use upstream::{parse_upstream, Upstream};
@@ -227,9 +228,16 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
-    /// Builds one upstream group for `forward.upstreams` and one per conditional domain. No connection is opened
-    /// until the first query. TLS and HTTPS upstreams trust the system CA bundle.
+    /// A forwarder whose upstream counters are not shown anywhere (tests).
+    #[cfg(test)]
     pub(crate) fn new(cfg: &ForwardConfig) -> Self {
+        Self::with_counters(cfg, &|_| UpstreamCounters::default())
+    }
+
+    /// Builds one upstream group for `forward.upstreams` and one per conditional domain; each upstream counts its
+    /// queries and failures on `counters(upstream)` (fetched once here, never per query). No connection is opened
+    /// until the first query. TLS and HTTPS upstreams trust the system CA bundle.
+    pub(crate) fn with_counters(cfg: &ForwardConfig, counters: &dyn Fn(&Upstream) -> UpstreamCounters) -> Self {
         let any_encrypted = cfg
             .upstreams
             .iter()
@@ -242,13 +250,13 @@ impl Forwarder {
         } else {
             None
         };
-        let mut groups = vec![UpstreamGroup::new(&cfg.upstreams, tls.as_ref(), UPSTREAM_BUDGET)];
+        let mut groups = vec![UpstreamGroup::new(&cfg.upstreams, tls.as_ref(), UPSTREAM_BUDGET, counters)];
         let mut conditional = HashMap::new();
         for (domain, upstreams) in &cfg.conditional {
             match Name::from_ascii(format!("{domain}.")) {
                 Ok(name) => {
                     conditional.insert(name.to_lowercase(), groups.len());
-                    groups.push(UpstreamGroup::new(upstreams, tls.as_ref(), UPSTREAM_BUDGET));
+                    groups.push(UpstreamGroup::new(upstreams, tls.as_ref(), UPSTREAM_BUDGET, counters));
                 }
                 Err(e) => tracing::error!(%domain, error = %e, "conditional domain is not a valid name; ignored"),
             }

@@ -501,3 +501,29 @@ fn failures_count_only_when_consecutive_and_recent() {
     assert_eq!(f.failing("udp://192.0.2.1:53", at + upstream::FAILING_RECENT + Duration::from_secs(1)), None);
     assert_eq!(upstream::Failures::default().failing("x", at), None);
 }
+
+#[tokio::test]
+async fn each_upstream_counts_the_queries_sent_to_it_and_their_failures() {
+    install_crypto();
+    let unbound = Unbound::start();
+    let up = Upstream::Udp(unbound.addr());
+    let dead = dead_upstream();
+    let registry = agent_core::telemetry::Metrics::new();
+    let metrics = crate::metrics::DnsMetrics::new(&registry);
+    let fwd = Forwarder::with_counters(&config(vec![dead.clone(), up.clone()], 100, vec![]), &|u| {
+        metrics.upstream(&u.to_string())
+    });
+    let sample = |family: &str, u: &Upstream| -> Option<u64> {
+        let prefix = format!("strata_dns_upstream_{family}_total{{upstream=\"{u}\"}} ");
+        registry.encode().lines().find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok())
+    };
+    // The dead one is asked first and fails; the second answers.
+    fwd.lookup(&name("a.up.test."), RecordType::A).await.expect("second upstream answers");
+    // The dead one is held down now, so asked last: the live one answers alone.
+    fwd.lookup(&name("b.up.test."), RecordType::A).await.expect("live upstream answers");
+    // A cache hit asks nobody.
+    fwd.lookup(&name("a.up.test."), RecordType::A).await.expect("cached");
+    let counts =
+        [(sample("queries", &dead), sample("failures", &dead)), (sample("queries", &up), sample("failures", &up))];
+    assert_eq!(counts, [(Some(1), Some(1)), (Some(2), Some(0))], "{}", registry.encode());
+}

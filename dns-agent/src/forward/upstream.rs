@@ -1,7 +1,7 @@
 //! Upstream DNS servers: parsing `udp://`, `tcp://`, `tls://`, `https://` addresses, querying a group of them in
 //! order over hickory's transports, and keeping of each reply only what answers the question (the records of the
-//! CNAME chain from the query name, the SOA of the zone it ends in). Knows nothing of caching, prefetch, serve-stale
-//! or config files.
+//! CNAME chain from the query name, the SOA of the zone it ends in); each query sent and each failure is counted on
+//! the upstream's counters. Knows nothing of caching, prefetch, serve-stale or config files.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -18,6 +18,8 @@ use hickory_resolver::net::xfer::{DnsHandle, FirstAnswer};
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 use rustls::pki_types::ServerName;
+
+use crate::metrics::UpstreamCounters;
 
 /// Default path of a DNS-over-HTTPS endpoint (RFC 8484).
 const DEFAULT_DOH_PATH: &str = "/dns-query";
@@ -234,6 +236,7 @@ struct Member {
     pool: Result<NameServerPool<TokioRuntimeProvider>, String>,
     down_until: Mutex<Option<Instant>>,
     failures: Mutex<Failures>,
+    counters: UpstreamCounters,
 }
 
 /// A set of upstreams tried in order (those that failed recently last), within a total time budget.
@@ -244,8 +247,14 @@ pub(crate) struct UpstreamGroup {
 }
 
 impl UpstreamGroup {
-    /// Builds one hickory name-server pool per upstream. Connections are opened lazily, on the first query.
-    pub(crate) fn new(upstreams: &[Upstream], tls: Option<&rustls::ClientConfig>, budget: Duration) -> Self {
+    /// Builds one hickory name-server pool per upstream, counting on `counters(upstream)`. Connections are opened
+    /// lazily, on the first query.
+    pub(crate) fn new(
+        upstreams: &[Upstream],
+        tls: Option<&rustls::ClientConfig>,
+        budget: Duration,
+        counters: &dyn Fn(&Upstream) -> UpstreamCounters,
+    ) -> Self {
         let n = u32::try_from(upstreams.len().max(1)).unwrap_or(u32::MAX);
         let per_upstream = (budget / n).max(MIN_PER_UPSTREAM).min(budget);
         let members = upstreams
@@ -255,6 +264,7 @@ impl UpstreamGroup {
                 pool: build_pool(u, tls, per_upstream),
                 down_until: Mutex::new(None),
                 failures: Mutex::new(Failures::default()),
+                counters: counters(u),
             })
             .collect();
         UpstreamGroup { members, budget, per_upstream }
@@ -296,6 +306,7 @@ impl UpstreamGroup {
                 failures.push(format!("{}: not tried, out of time", member.upstream));
                 continue;
             }
+            member.counters.sent();
             match member.query(name, rtype, remaining.min(self.per_upstream)).await {
                 Ok(reply) => {
                     member.set_down(None);
@@ -303,6 +314,7 @@ impl UpstreamGroup {
                     return Ok(reply);
                 }
                 Err(e) => {
+                    member.counters.failed();
                     tracing::debug!(upstream = %member.upstream, %name, %rtype, error = %e, "upstream failed");
                     member.set_down(Some(Instant::now() + HOLDDOWN));
                     {
