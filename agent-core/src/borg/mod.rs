@@ -1,5 +1,5 @@
 //! Borg 1.2 through its CLI: the one module that knows borg's commands, flags, environment, JSON, messages and exit
-//! codes (init, create, list, prune, compact, extract, check, break-lock, the lock roster). Every call goes through
+//! codes (init, create, list, prune, compact, extract, check, break-lock, the lock roster, byte progress). Every call goes through
 //! [`crate::runner`]; the passphrase reaches borg only as `BORG_PASSCOMMAND` in a secret environment variable.
 //! Must not know what is backed up (VMs, stacks, volumes), when backups run, or where a passphrase is kept beyond
 //! the command that prints it. Owns the one archive-naming scheme both agents use (`NAME-YYYYMMDDTHHMMSSZ`:
@@ -117,6 +117,34 @@ pub enum BorgError {
     Cancelled { repo: String, message: String },
     #[error("borg repository {repo}: cannot parse {what}: {message}")]
     Parse { repo: String, what: String, message: String },
+}
+
+/// What a `create` of `paths` (relative to `cwd`) reads, as borg's original size counts it: the lengths of the
+/// regular files below them (symbolic links not followed). The total of a create's byte progress.
+pub fn source_bytes(cwd: &Path, paths: &[&str]) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(m) if m.is_dir() => std::fs::read_dir(p)
+                .map(|rd| rd.filter_map(Result::ok).map(|e| walk(&e.path())).sum())
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
+    paths.iter().map(|p| walk(&cwd.join(p))).sum()
+}
+
+/// The [`ProgressSink`] of a job's step that moves bytes: reports go to `rep` under `step` (`estimate` is the total
+/// when borg gives none: [`source_bytes`] for a create). `None` when the job's updates go nowhere (a scheduled run):
+/// borg then runs without `--progress`.
+pub fn job_progress(
+    rep: &crate::jobs::Reporter,
+    step: &str,
+    estimate: u64,
+    message: impl Into<String>,
+) -> Option<ProgressSink> {
+    let report = rep.bytes(step, estimate, message)?;
+    Some(std::sync::Arc::new(move |t: Transferred| report(t.done, t.total)))
 }
 
 /// A borg repository and how to open it: location, passphrase command and extra environment.
@@ -259,7 +287,7 @@ impl Repo {
         if let Some(t) = timestamp {
             cmd = cmd.arg("--timestamp").arg(t);
         }
-        cmd = self.with_progress(cmd);
+        let (cmd, _) = self.with_progress(cmd);
         // `--`: a path starting with `-` is a path, not an option.
         let cmd = cmd.arg("--").arg(self.archive_ref(archive)).args(paths).current_dir(cwd).cancellable();
         let shown = cmd.display();
@@ -272,6 +300,7 @@ impl Repo {
             _ => return Err(self.classify(&shown, &out, Some(archive), &ssh_log)),
         };
         let stats = parse_create(&out.stdout).map_err(|message| self.parse_error("`borg create --json`", message))?;
+        self.progress_done(stats.original_size);
         Ok((stats, warnings))
     }
 
@@ -325,9 +354,11 @@ impl Repo {
     /// Extracts `archive` into the existing directory `dest` (borg runs there), recreating sparse files.
     pub async fn extract(&self, archive: &str, dest: &Path) -> Result<(), BorgError> {
         self.require_repo()?;
-        let cmd = self.with_progress(self.cmd().args(["extract", "--sparse", "--lock-wait", LOCK_WAIT]));
+        let (cmd, total) = self.with_progress(self.cmd().args(["extract", "--sparse", "--lock-wait", LOCK_WAIT]));
         let cmd = cmd.arg("--").arg(self.archive_ref(archive)).current_dir(dest).cancellable();
-        self.exec(cmd, Some(archive)).await.map(drop)
+        self.exec(cmd, Some(archive)).await?;
+        self.progress_done(total.load(std::sync::atomic::Ordering::Relaxed));
+        Ok(())
     }
 
     /// `borg check` of the given kind; any problem found is an error.
@@ -373,22 +404,34 @@ impl Repo {
         c
     }
 
-    /// `--progress --log-json` and a stderr filter feeding the sink, when there is one.
-    fn with_progress(&self, cmd: Cmd) -> Cmd {
-        let Some(sink) = self.progress.clone() else { return cmd };
+    /// `--progress --log-json` and a stderr filter feeding the sink, when there is one; the total an extract
+    /// reported last is kept in the returned cell (borg throttles its reports: the last one may come before the end).
+    fn with_progress(&self, cmd: Cmd) -> (Cmd, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let last_total = std::sync::Arc::new(AtomicU64::new(0));
+        let Some(sink) = self.progress.clone() else { return (cmd, last_total) };
+        let seen = last_total.clone();
         let filter: runner::LineFilter = std::sync::Arc::new(move |line: &str| match parse_log_line(line) {
             LogLine::Created { original_size, .. } => {
                 sink(Transferred { done: original_size, total: None });
                 None
             }
             LogLine::Extracted { done, total } => {
+                seen.store(total, Ordering::Relaxed);
                 sink(Transferred { done, total: Some(total) });
                 None
             }
             LogLine::OtherProgress => None,
             LogLine::Message(text) | LogLine::Text(text) => Some(text),
         });
-        cmd.args(["--progress", "--log-json"]).stderr_lines(filter)
+        (cmd.args(["--progress", "--log-json"]).stderr_lines(filter), last_total)
+    }
+
+    /// Tells the sink, if any, that a transfer of `total` bytes is complete.
+    fn progress_done(&self, total: u64) {
+        if let (Some(sink), true) = (&self.progress, total > 0) {
+            sink(Transferred { done: total, total: Some(total) });
+        }
     }
 
     fn archive_ref(&self, archive: &str) -> String {
@@ -749,7 +792,10 @@ mod tests {
         assert!(warnings.len() == 1 && warnings[0].contains("missing-file"), "{warnings:?}");
         let created = std::mem::take(&mut *seen.lock().unwrap());
         assert!(!created.is_empty(), "no progress from create");
-        assert!(created.iter().all(|t| t.total.is_none() && t.done <= stats.original_size), "{created:?}");
+        assert!(created.iter().all(|t| t.done <= stats.original_size), "{created:?}");
+        let last = *created.last().unwrap();
+        assert_eq!(last, Transferred { done: stats.original_size, total: Some(stats.original_size) }, "the end");
+        assert!(created[..created.len() - 1].iter().all(|t| t.total.is_none()), "{created:?}");
         assert!(created.windows(2).all(|w| w[0].done <= w[1].done), "not monotonic: {created:?}");
 
         let dest = s.path("restored");
