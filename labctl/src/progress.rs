@@ -503,10 +503,8 @@ mod tests {
     async fn bytes_get_an_eta_from_the_rate_since_the_step_began() {
         let t0 = std::time::Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let bytes = |done: u64, message: &str| Update {
-            bytes: true,
-            ..up("borg create", done, 1000, message).unwrap()
-        };
+        let bytes =
+            |done: u64, message: &str| Update { bytes: true, ..up("borg create", done, 1000, message).unwrap() };
         let mut eta = Eta::default();
         assert_eq!(eta.observe(&bytes(100, "to a"), at(0)), None, "no rate yet");
         assert_eq!(eta.observe(&bytes(100, "to a"), at(500)), None, "nothing moved yet");

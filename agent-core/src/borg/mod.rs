@@ -125,9 +125,9 @@ pub fn source_bytes(cwd: &Path, paths: &[&str]) -> u64 {
     fn walk(p: &Path) -> u64 {
         match std::fs::symlink_metadata(p) {
             Ok(m) if m.is_file() => m.len(),
-            Ok(m) if m.is_dir() => std::fs::read_dir(p)
-                .map(|rd| rd.filter_map(Result::ok).map(|e| walk(&e.path())).sum())
-                .unwrap_or(0),
+            Ok(m) if m.is_dir() => {
+                std::fs::read_dir(p).map(|rd| rd.filter_map(Result::ok).map(|e| walk(&e.path())).sum()).unwrap_or(0)
+            }
             _ => 0,
         }
     }
