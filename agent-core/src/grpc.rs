@@ -88,6 +88,7 @@ pub fn progress_pb<S: JobSummary>(u: crate::jobs::Update<S>, job_id: &str) -> st
             done: p.done,
             total: p.total,
             summary: None,
+            bytes: p.bytes,
         },
         Update::Done(d) => strata_proto::v1::Progress {
             job_id,
@@ -96,6 +97,7 @@ pub fn progress_pb<S: JobSummary>(u: crate::jobs::Update<S>, job_id: &str) -> st
             done: 1,
             total: 1,
             summary: Some(d.to_pb()),
+            bytes: false,
         },
     }
 }

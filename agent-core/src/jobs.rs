@@ -278,6 +278,8 @@ pub struct Progress {
     pub done: u64,
     pub total: u64,
     pub message: String,
+    /// `done` and `total` count bytes ([`Reporter::bytes`]), not steps.
+    pub bytes: bool,
 }
 
 /// What a job's watchers receive from [`run`]: its progress, then its summary as its last update (or else its
@@ -320,8 +322,33 @@ impl Reporter {
         tracing::debug!(step, "{message}");
         if let Some(tx) = &self.tx {
             // Watchers that went away do not stop the job.
-            let _ = tx.send(Progress { step: step.to_string(), done, total, message }).await;
+            let _ = tx.send(Progress { step: step.to_string(), done, total, message, bytes: false }).await;
         }
+    }
+    /// Whether updates go anywhere: work that costs something to measure asks first.
+    pub fn is_watched(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// A reporter of a transfer measured in bytes, for code that cannot wait (a callback on a pipe's reader): each
+    /// call `(done, total)` sends `done` of `total` (the work's own total when it knows one, else `estimate`; raised
+    /// to `done` when short) under `step`, never going backwards. A report that finds the job's queue full is
+    /// dropped: the next one says more. `None` when updates go nowhere, so the work need not measure at all.
+    pub fn bytes(
+        &self,
+        step: &str,
+        estimate: u64,
+        message: impl Into<String>,
+    ) -> Option<impl Fn(u64, Option<u64>) + Send + Sync + 'static> {
+        let tx = self.tx.clone()?;
+        let (step, message) = (step.to_string(), format!("{}{}", self.prefix, message.into()));
+        let high = std::sync::atomic::AtomicU64::new(0);
+        Some(move |done: u64, total: Option<u64>| {
+            let done = high.fetch_max(done, Ordering::Relaxed).max(done);
+            let total = total.unwrap_or(estimate).max(done);
+            let update = Progress { step: step.clone(), done, total, message: message.clone(), bytes: true };
+            let _ = tx.try_send(update);
+        })
     }
 }
 
@@ -554,5 +581,24 @@ mod tests {
         // Nowhere to send to: returns at once.
         rep.progress("borg", 1, 2, "creating").await;
         assert!(rep.tx.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_byte_reporter_never_goes_backwards_and_raises_a_short_estimate() {
+        assert!(Reporter::none().bytes("borg create", 10, "x").is_none(), "nowhere to send: nothing to measure");
+        let (tx, mut rx) = mpsc::channel::<Progress>(64);
+        let rep = Reporter { tx: Some(tx), prefix: "web: ".into() };
+        assert!(rep.is_watched());
+        let report = rep.bytes("borg create", 100, "to local").unwrap();
+        for (done, total) in [(10, None), (60, None), (40, None), (150, None), (5, Some(300)), (300, Some(300))] {
+            report(done, total);
+        }
+        drop((report, rep));
+        let mut seen = Vec::new();
+        while let Some(p) = rx.recv().await {
+            assert_eq!((p.step.as_str(), p.message.as_str()), ("borg create", "web: to local"));
+            seen.push((p.done, p.total));
+        }
+        assert_eq!(seen, [(10, 100), (60, 100), (60, 100), (150, 150), (150, 300), (300, 300)]);
     }
 }

@@ -15,6 +15,9 @@
 //! [`with_cancel`] scope, which is how a long job hands its token to the programs it runs) kills its child the same way
 //! when the token is cancelled and returns [`RunError::Cancelled`]; a run whose token is already cancelled does not
 //! start. Commands not marked cancellable (the clean-up a cancelled job still has to do) run as usual in the scope.
+//!
+//! Live stderr: a run given a [`LineFilter`] ([`Cmd::stderr_lines`]) hands each stderr line to it as it is written
+//! (a progress report, say); what the filter returns is kept in [`Output::stderr`], what it consumes is not.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -24,7 +27,9 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
 pub use tokio_util::sync::CancellationToken;
 
 tokio::task_local! {
@@ -57,6 +62,13 @@ pub const STDERR_TAIL_LINES: usize = 20;
 /// What redacted text is replaced with.
 pub const MASK: &str = "***";
 
+/// Longest stderr line handed whole to a [`LineFilter`]; a longer one is cut there (the rest is dropped).
+pub const MAX_STDERR_LINE: usize = 64 * 1024;
+
+/// Sees each stderr line of a run as it is written (without its newline): `Some(text)` keeps `text` in
+/// [`Output::stderr`], `None` consumes the line. Called on the task reading the pipe: it must not block.
+pub type LineFilter = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// An external program to run: argv, environment, input, working directory and a timeout.
 #[derive(Clone)]
 pub struct Cmd {
@@ -71,6 +83,7 @@ pub struct Cmd {
     /// Start from an empty environment instead of the agent's.
     env_clear: bool,
     cancel: Cancel,
+    stderr_filter: Option<LineFilter>,
 }
 
 /// Which token, if any, may kill a run.
@@ -96,6 +109,7 @@ impl Cmd {
             cwd: None,
             env_clear: false,
             cancel: Cancel::Never,
+            stderr_filter: None,
         }
     }
 
@@ -164,6 +178,12 @@ impl Cmd {
     /// run in (none outside one). For the long work of a job (a borg create, an extract), not for its clean-up.
     pub fn cancellable(mut self) -> Self {
         self.cancel = Cancel::Scope;
+        self
+    }
+
+    /// Hands each stderr line to `filter` as it is written (see [`LineFilter`]).
+    pub fn stderr_lines(mut self, filter: LineFilter) -> Self {
+        self.stderr_filter = Some(filter);
         self
     }
 
@@ -322,6 +342,7 @@ pub async fn run(cmd: Cmd) -> Result<Output, RunError> {
     let stdout_pipe = child.stdout.take();
     let stderr_pipe = child.stderr.take();
     let input = cmd.stdin;
+    let filter = cmd.stderr_filter.clone();
 
     let exchange = async {
         let write = async {
@@ -334,7 +355,13 @@ pub async fn run(cmd: Cmd) -> Result<Output, RunError> {
                 _ => Ok(()),
             }
         };
-        let (written, stdout, stderr) = tokio::join!(write, read_all(stdout_pipe), read_all(stderr_pipe));
+        let stderr = async {
+            match &filter {
+                Some(f) => read_filtered(stderr_pipe, f).await,
+                None => read_all(stderr_pipe).await,
+            }
+        };
+        let (written, stdout, stderr) = tokio::join!(write, read_all(stdout_pipe), stderr);
         let status = child.wait().await?;
         written?;
         Ok::<_, io::Error>((status, stdout?, stderr?))
@@ -432,6 +459,36 @@ async fn read_all<R: AsyncRead + Unpin>(pipe: Option<R>) -> io::Result<Vec<u8>> 
     Ok(buf)
 }
 
+/// Reads `pipe` line by line through `filter`; returns the lines it kept, each ended by a newline.
+async fn read_filtered<R: AsyncRead + Unpin>(pipe: Option<R>, filter: &LineFilter) -> io::Result<Vec<u8>> {
+    let mut kept = Vec::new();
+    let Some(pipe) = pipe else { return Ok(kept) };
+    let mut reader = tokio::io::BufReader::new(pipe);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // Bounded: a line longer than MAX_STDERR_LINE is cut, the rest of it skipped.
+        let n = (&mut reader).take(MAX_STDERR_LINE as u64).read_until(b'\n', &mut line).await?;
+        if n == 0 {
+            return Ok(kept);
+        }
+        if line.last() != Some(&b'\n') && n == MAX_STDERR_LINE {
+            let mut rest = Vec::new();
+            while reader.read_until(b'\n', &mut rest).await? > 0 {
+                if rest.last() == Some(&b'\n') {
+                    break;
+                }
+                rest.clear();
+            }
+        }
+        let text = String::from_utf8_lossy(&line);
+        if let Some(keep) = filter(text.trim_end_matches(['\n', '\r'])) {
+            kept.extend_from_slice(keep.as_bytes());
+            kept.push(b'\n');
+        }
+    }
+}
+
 fn redact_with(text: &str, redactions: &[String]) -> String {
     redactions.iter().fold(text.to_owned(), |acc, secret| acc.replace(secret.as_str(), MASK))
 }
@@ -499,6 +556,25 @@ mod tests {
         let out = run_ok(Cmd::new("pwd").current_dir(dir.path())).await.unwrap();
         let pwd = String::from_utf8(out.stdout).unwrap();
         assert_eq!(std::fs::canonicalize(pwd.trim()).unwrap(), std::fs::canonicalize(dir.path()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_stderr_filter_sees_each_line_live_and_keeps_what_it_returns() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let filter: LineFilter = Arc::new(move |line: &str| {
+            log.lock().unwrap().push(line.to_string());
+            line.strip_prefix("keep ").map(str::to_uppercase)
+        });
+        let long = "x".repeat(MAX_STDERR_LINE + 10);
+        let script = format!("echo 'progress 1' >&2; echo 'keep me' >&2; printf '{long}\\nkeep last' >&2; printf out");
+        let out = run_ok(sh(&script).stderr_lines(filter)).await.unwrap();
+        assert_eq!(out.stdout, b"out");
+        assert_eq!(out.stderr, "ME\nLAST\n");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 4, "{:?}", seen.iter().map(String::len).collect::<Vec<_>>());
+        assert_eq!((seen[0].as_str(), seen[1].as_str(), seen[3].as_str()), ("progress 1", "keep me", "keep last"));
+        assert_eq!(seen[2].len(), MAX_STDERR_LINE, "a long line is cut at the bound");
     }
 
     #[tokio::test]

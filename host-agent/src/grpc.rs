@@ -489,6 +489,7 @@ mod tests {
                 done: 3,
                 total: 6,
                 message: "m".into(),
+                bytes: false,
             }),
             "backup-lab-1",
         );

@@ -303,6 +303,8 @@ impl From<strata_proto::v1::Progress> for Update {
             message: p.message,
             job_id: p.job_id,
             summary: p.summary.map(Summary::from),
+            bytes: p.bytes,
+            eta_seconds: None,
         }
     }
 }
@@ -480,6 +482,7 @@ mod tests {
             done: 1,
             total: 2,
             summary: None,
+            bytes: true,
         });
         assert_eq!(
             u,
@@ -489,7 +492,9 @@ mod tests {
                 total: 2,
                 message: "m".into(),
                 job_id: "backup-lab-1".into(),
-                summary: None
+                summary: None,
+                bytes: true,
+                eta_seconds: None,
             }
         );
         let drill = pb::Summary {

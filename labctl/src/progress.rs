@@ -26,6 +26,42 @@ pub struct Update {
     /// Set on the job's last update only: what the job did (its `message` says it in words, one line per target).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
+    /// `done` and `total` count bytes (a borg create or extract), not steps.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bytes: bool,
+    /// Seconds left at the rate seen since the step began (bytes only; labctl's estimate, set in `--json` lines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<f64>,
+}
+
+/// The time a step measured in bytes has left, at the rate seen since its first update (a new step, or the same
+/// step with another message — another target —, starts over).
+#[derive(Debug, Default)]
+pub struct Eta {
+    start: Option<(String, String, std::time::Instant, u64)>,
+}
+
+impl Eta {
+    /// The seconds left after `p` arrived at `now`, once the step has moved bytes over some time.
+    pub fn observe(&mut self, p: &Update, now: std::time::Instant) -> Option<f64> {
+        if !p.bytes || p.total == 0 {
+            self.start = None;
+            return None;
+        }
+        let same = matches!(&self.start, Some((step, message, _, _)) if *step == p.step && *message == p.message);
+        if !same {
+            self.start = Some((p.step.clone(), p.message.clone(), now, p.done));
+            return None;
+        }
+        let (_, _, t0, d0) = self.start.as_ref()?;
+        let secs = now.duration_since(*t0).as_secs_f64();
+        let moved = p.done.saturating_sub(*d0);
+        if moved == 0 {
+            return None;
+        }
+        let left = p.total.saturating_sub(p.done) as f64 * secs / moved as f64;
+        Some((left * 10.0).round() / 10.0)
+    }
 }
 
 /// What a finished job did, as typed facts (`--json` prints it in the update that carries it).
@@ -251,11 +287,13 @@ where
     S: Stream<Item = Result<Update, E>> + Unpin,
 {
     let mut last_line = String::new();
+    let mut eta = Eta::default();
     while let Some(p) = stream.next().await {
-        let p = match p {
+        let mut p = match p {
             Ok(p) => p,
             Err(e) => return End::Failed(e),
         };
+        p.eta_seconds = eta.observe(&p, std::time::Instant::now());
         if mode == Mode::Json {
             // A closed stdout (`| head`) must not abort the work the agent is doing for us: keep reading.
             let _ = serde_json::to_writer(&mut *out, &p).map_err(std::io::Error::from).and_then(|()| writeln!(out));
@@ -292,11 +330,18 @@ where
         ProgressStyle::with_template("{spinner} {prefix:.bold} [{bar:30}] {percent:>3}% {elapsed:>4} {wide_msg}")
             .expect("valid template")
             .progress_chars("#>.");
+    let in_bytes = ProgressStyle::with_template(
+        "{spinner} {prefix:.bold} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta} \
+         {wide_msg}",
+    )
+    .expect("valid template")
+    .progress_chars("#>.");
     let unmeasured =
         ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}").expect("valid template");
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(unmeasured.clone());
     bar.enable_steady_tick(Duration::from_millis(120));
-    let mut has_length = false;
+    // The style in use: none (unmeasured), steps or bytes.
+    let mut has_length: Option<bool> = None;
     while let Some(p) = stream.next().await {
         let p = match p {
             Ok(p) => p,
@@ -311,16 +356,18 @@ where
             return End::Done(Box::new(p));
         }
         if p.total > 0 {
-            if !has_length {
-                bar.set_style(measured.clone());
-                has_length = true;
+            if has_length != Some(p.bytes) {
+                bar.set_style(if p.bytes { in_bytes.clone() } else { measured.clone() });
+                // The rate and eta start over with a new kind of measure.
+                bar.reset();
+                has_length = Some(p.bytes);
             }
             bar.set_length(p.total);
             bar.set_position(p.done.min(p.total));
-        } else if has_length {
+        } else if has_length.is_some() {
             bar.set_style(unmeasured.clone());
             bar.unset_length();
-            has_length = false;
+            has_length = None;
         }
         bar.set_prefix(p.step);
         bar.set_message(p.message);
@@ -334,7 +381,16 @@ mod tests {
     use super::*;
 
     fn up(step: &str, done: u64, total: u64, message: &str) -> Result<Update, String> {
-        Ok(Update { step: step.into(), done, total, message: message.into(), job_id: String::new(), summary: None })
+        Ok(Update {
+            step: step.into(),
+            done,
+            total,
+            message: message.into(),
+            job_id: String::new(),
+            summary: None,
+            bytes: false,
+            eta_seconds: None,
+        })
     }
 
     fn last(message: &str, summary: Summary) -> Result<Update, String> {
@@ -345,6 +401,8 @@ mod tests {
             message: message.into(),
             job_id: String::new(),
             summary: Some(summary),
+            bytes: false,
+            eta_seconds: None,
         })
     }
 
@@ -439,5 +497,26 @@ mod tests {
         // A `--all` of nothing: no line.
         let none = last("", Summary::VmBackups(vec![])).unwrap();
         assert!(summary_lines(&none).is_empty());
+    }
+
+    #[tokio::test]
+    async fn bytes_get_an_eta_from_the_rate_since_the_step_began() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let bytes =
+            |done: u64, message: &str| Update { bytes: true, ..up("borg create", done, 1000, message).unwrap() };
+        let mut eta = Eta::default();
+        assert_eq!(eta.observe(&bytes(100, "to a"), at(0)), None, "no rate yet");
+        assert_eq!(eta.observe(&bytes(100, "to a"), at(500)), None, "nothing moved yet");
+        // 300 bytes in 1 s: 600 left take 2 s.
+        assert_eq!(eta.observe(&bytes(400, "to a"), at(1000)), Some(2.0));
+        assert_eq!(eta.observe(&bytes(400, "to b"), at(1100)), None, "another target starts over");
+        assert_eq!(eta.observe(&up("prune", 1, 2, "").unwrap(), at(1200)), None, "steps have no eta");
+
+        let (_, out, _) = run(vec![Ok(bytes(0, "x")), Ok(bytes(1000, "x"))], Mode::Json).await;
+        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0]["bytes"], true);
+        assert_eq!(lines[1]["done"], 1000);
+        assert_eq!(lines[1]["eta_seconds"], 0.0);
     }
 }

@@ -667,7 +667,16 @@ impl Backups {
         let t0 = Instant::now();
         let s = j.begin(run, name, step::BORG_CREATE, &r.url())?;
         rep.say(step::BORG_CREATE, format!("borg create {archive} in {}", r.label)).await;
-        let created = self.repo(b, r).create(archive, mount, &["."], None).await;
+        let mut repo = self.repo(b, r);
+        if rep.is_watched() {
+            let root = mount.to_path_buf();
+            let total = tokio::task::spawn_blocking(move || agent_core::borg::source_bytes(&root, &["."])).await;
+            let message = format!("borg create {archive} in {}", r.label);
+            if let Some(sink) = agent_core::borg::job_progress(rep, step::BORG_CREATE, total.unwrap_or(0), message) {
+                repo = repo.progress(sink);
+            }
+        }
+        let created = repo.create(archive, mount, &["."], None).await;
         j.done(s)?;
         // The repository that took the archive is the one recorded (a remote's id is first seen here).
         let created = created.map_err(|e| e.to_string()).and_then(|(stats, warnings)| {

@@ -532,7 +532,12 @@ impl Backups {
                 let s = j.begin(run, name, step::EXTRACT, a)?;
                 rep.say(step::EXTRACT, format!("borg extract {a} from {} into {}", r.label, dest.display())).await;
                 agent_core::state::fail_point(step::EXTRACT).map_err(|e| JobError::step(name, step::EXTRACT, e))?;
-                self.repo(b, r).extract(a, dest).await.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
+                let message = format!("borg extract {a} from {}", r.label);
+                let repo = match agent_core::borg::job_progress(rep, step::EXTRACT, 0, message) {
+                    Some(sink) => self.repo(b, r).progress(sink),
+                    None => self.repo(b, r),
+                };
+                repo.extract(a, dest).await.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
                 j.done(s)?;
                 return Ok(());
             }

@@ -2,7 +2,8 @@
 //! (rsync engine, an off QEMU bundle) and a real services-agent (zfs-fuse, Borg, dockerd). Every job's stream ends
 //! with one update (step `done`) carrying its typed summary, then `{"summaries": [...]}`; the human output prints
 //! the summary on stdout and the steps on stderr. Knows the agents' config formats and labctl's output; nothing of
-//! their internals.
+//! their internals. Borg's byte progress (issue 15 item 6): a 1 GiB VM backup and restore move in bytes,
+//! monotonically, to 100 %.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,7 +11,8 @@ use std::process::Command;
 use agent_core::identity::Role;
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
-use strata_tests::fixtures::cmd;
+use strata_tests::fixtures::borg::BorgRepo;
+use strata_tests::fixtures::{cmd, files};
 use strata_tests::harness::{base_config, bin, write_inventory, AgentKind, AgentProc, Pki};
 use strata_tests::servicejob::ServiceJob;
 
@@ -123,6 +125,76 @@ fn vm_backup_restore_and_drill_end_with_their_typed_summaries() -> Result<()> {
     Ok(())
 }
 
+/// The byte updates of one step in a job's `--json` updates: `(done, total)` in order; checks they never go back,
+/// never pass their total, and end at 100 %.
+fn byte_updates(what: &str, updates: &[Value], step: &str) -> Result<Vec<(u64, u64)>> {
+    let bytes: Vec<(u64, u64)> = updates
+        .iter()
+        .filter(|u| u["bytes"] == true && u["step"] == step)
+        .map(|u| (u["done"].as_u64().unwrap_or(0), u["total"].as_u64().unwrap_or(0)))
+        .collect();
+    ensure!(bytes.len() >= 3, "{what}: too few byte updates of {step}: {bytes:?}");
+    ensure!(bytes.windows(2).all(|w| w[0].0 <= w[1].0), "{what}: bytes went back: {bytes:?}");
+    ensure!(bytes.iter().all(|(d, t)| d <= t), "{what}: past its total: {bytes:?}");
+    let (done, total) = *bytes.last().context("no byte update")?;
+    ensure!(done == total, "{what}: ended at {done} of {total}: {bytes:?}");
+    Ok(bytes)
+}
+
+#[test]
+fn a_1gib_vm_backup_and_restore_move_in_bytes_to_100_percent() -> Result<()> {
+    let pki = Pki::new()?;
+    let dir = tempfile::tempdir()?;
+    let vm = dir.path().join("lab");
+    // 1 GiB of random data (not compressible nor deduplicated) in an off QEMU bundle.
+    const GIB: u64 = 1 << 30;
+    files::write_random_files(&vm.join("disks"), 8, (GIB / 8) as usize)?;
+    let disks: Vec<String> = (0..8).map(|i| format!("\"disks/file-{i}.bin\"")).collect();
+    std::fs::write(vm.join("vm.toml"), format!("memory_mb = 64\ncpus = 1\ndisks = [{}]\n", disks.join(", ")))?;
+    let borg = BorgRepo::init("progress passphrase")?;
+    let passcommand = borg.env().into_iter().find(|(k, _)| k == "BORG_PASSCOMMAND").context("passcommand")?.1;
+    let (cert, key) = pki.issue(Role::HostAgent, AgentKind::Host.cert_name())?;
+    let config = dir.path().join("host-agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}[[vms]]\nname = \"lab\"\nbackend = \"qemu\"\npath = {:?}\nmode = \"stop\"\nengine = \"borg\"\n\
+             target = {:?}\npasscommand = {passcommand:?}\n",
+            base_config(&dir.path().join("state"), &pki.ca(), &cert, &key),
+            vm.display().to_string(),
+            borg.path().display().to_string(),
+        ),
+    )?;
+    let host = AgentProc::start_with_config(AgentKind::Host, &config)?;
+    let (admin, admin_key) = pki.issue(Role::Admin, "alice")?;
+    let inv = dir.path().join("labctl.toml");
+    write_inventory(&inv, &pki.ca(), &admin, &admin_key, &[&host])?;
+    let ctx = || format!("host-agent log:\n{}", host.logs());
+
+    let (ok, out, err) = labctl(&inv, &["--json", "vm", "backup", "lab"])?;
+    ensure!(ok, "vm backup: {out}\n{err}\n{}", ctx());
+    let (updates, _, _) = job_json("vm backup", &out, "vm_backups")?;
+    let created = byte_updates("vm backup", &updates, "transfer")?;
+    let total = created.last().context("no update")?.1;
+    // The total is what borg read: the disks, vm.toml and the archive's own metadata.
+    ensure!((GIB..GIB + 65536).contains(&total), "vm backup: total {total} is not the bundle's size");
+    ensure!(created.iter().any(|&(d, _)| d > 0 && d < total), "vm backup: never in between: {created:?}");
+    ensure!(
+        updates.iter().any(|u| u["bytes"] == true && u["eta_seconds"].as_f64().is_some()),
+        "vm backup: no eta in any byte update"
+    );
+
+    let to = dir.path().join("restored");
+    let (ok, out, err) = labctl(&inv, &["--json", "vm", "restore", "lab", "--to", &to.display().to_string()])?;
+    ensure!(ok, "vm restore: {out}\n{err}\n{}", ctx());
+    let (updates, _, _) = job_json("vm restore", &out, "vm_restore")?;
+    let extracted = byte_updates("vm restore", &updates, "transfer")?;
+    // Borg's extract total is the files' bytes (the archive's metadata is not among them).
+    let restored = extracted.last().context("no update")?.1;
+    ensure!((GIB..=total).contains(&restored), "vm restore: total {restored}, the backup read {total}");
+    Ok(())
+}
+
 #[test]
 fn services_backup_and_check_end_with_their_typed_summaries() -> Result<()> {
     let lab = ServiceJob::start("jb", 0, "")?;
@@ -131,8 +203,14 @@ fn services_backup_and_check_end_with_their_typed_summaries() -> Result<()> {
 
     let (ok, out, err) = labctl(inv, &["--json", "services", "backup", service])?;
     ensure!(ok, "services backup: {out}\n{err}\n{}", ctx());
-    let (_, summary, summaries) = job_json("services backup", &out, "service_backups")?;
+    let (updates, summary, summaries) = job_json("services backup", &out, "service_backups")?;
     let b = &summary[0];
+    // borg create's bytes, ending at the archive's original size.
+    let last_bytes = updates.iter().rev().find(|u| u["bytes"] == true && u["step"] == "borg-create");
+    ensure!(
+        last_bytes.is_some_and(|u| u["done"] == u["total"] && u["done"] == b["original_size"]),
+        "services backup: no byte progress of borg-create ending at the original size: {out}"
+    );
     let archive = b["archive"].as_str().context("archive")?.to_string();
     ensure!(b["service"] == service.as_str() && archive.starts_with(service.as_str()), "{b}");
     ensure!(b["snapshot"].as_str().is_some_and(|s| s.starts_with(&format!("{dataset}@strata-"))), "{b}");

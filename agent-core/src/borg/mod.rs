@@ -1,5 +1,5 @@
 //! Borg 1.2 through its CLI: the one module that knows borg's commands, flags, environment, JSON, messages and exit
-//! codes (init, create, list, prune, compact, extract, check, break-lock, the lock roster). Every call goes through
+//! codes (init, create, list, prune, compact, extract, check, break-lock, the lock roster, byte progress). Every call goes through
 //! [`crate::runner`]; the passphrase reaches borg only as `BORG_PASSCOMMAND` in a secret environment variable.
 //! Must not know what is backed up (VMs, stacks, volumes), when backups run, or where a passphrase is kept beyond
 //! the command that prints it. Owns the one archive-naming scheme both agents use (`NAME-YYYYMMDDTHHMMSSZ`:
@@ -26,7 +26,9 @@ mod parse;
 mod retention;
 
 pub use archive::{archive_glob, archive_stamp, borg_timestamp, is_stamp};
-pub use parse::{parse_config_id, parse_create, parse_list, parse_pruned, parse_repository_id, parse_roster};
+pub use parse::{
+    parse_config_id, parse_create, parse_list, parse_log_line, parse_pruned, parse_repository_id, parse_roster, LogLine,
+};
 pub use retention::{keep_within_arg, prune_args, Retention};
 
 /// A backup of a large disk can take long; the timeout only catches a hung borg.
@@ -117,6 +119,34 @@ pub enum BorgError {
     Parse { repo: String, what: String, message: String },
 }
 
+/// What a `create` of `paths` (relative to `cwd`) reads, as borg's original size counts it: the lengths of the
+/// regular files below them (symbolic links not followed). The total of a create's byte progress.
+pub fn source_bytes(cwd: &Path, paths: &[&str]) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(m) if m.is_dir() => {
+                std::fs::read_dir(p).map(|rd| rd.filter_map(Result::ok).map(|e| walk(&e.path())).sum()).unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+    paths.iter().map(|p| walk(&cwd.join(p))).sum()
+}
+
+/// The [`ProgressSink`] of a job's step that moves bytes: reports go to `rep` under `step` (`estimate` is the total
+/// when borg gives none: [`source_bytes`] for a create). `None` when the job's updates go nowhere (a scheduled run):
+/// borg then runs without `--progress`.
+pub fn job_progress(
+    rep: &crate::jobs::Reporter,
+    step: &str,
+    estimate: u64,
+    message: impl Into<String>,
+) -> Option<ProgressSink> {
+    let report = rep.bytes(step, estimate, message)?;
+    Some(std::sync::Arc::new(move |t: Transferred| report(t.done, t.total)))
+}
+
 /// A borg repository and how to open it: location, passphrase command and extra environment.
 #[derive(Clone)]
 pub struct Repo {
@@ -129,7 +159,21 @@ pub struct Repo {
     upload_ratelimit_kib: Option<u64>,
     /// How ssh reaches a remote repository (`BORG_RSH`, with `-E` to a log of its own per command).
     ssh: Option<crate::ssh::SshOptions>,
+    /// Where `create` and `extract` report the bytes they moved (`--progress --log-json`), if anywhere.
+    progress: Option<ProgressSink>,
 }
+
+/// Bytes a `create` or `extract` has moved so far: `total` is known for an extract (borg sums the archive first),
+/// not for a create (the caller knows what it hands borg).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transferred {
+    pub done: u64,
+    pub total: Option<u64>,
+}
+
+/// Receives [`Transferred`] reports as borg prints them (about five a second); called on the task reading borg's
+/// stderr, so it must not block.
+pub type ProgressSink = std::sync::Arc<dyn Fn(Transferred) + Send + Sync>;
 
 impl fmt::Debug for Repo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -140,6 +184,7 @@ impl fmt::Debug for Repo {
             .field("remote_path", &self.remote_path)
             .field("upload_ratelimit_kib", &self.upload_ratelimit_kib)
             .field("ssh", &self.ssh)
+            .field("progress", &self.progress.is_some())
             .finish()
     }
 }
@@ -154,7 +199,22 @@ impl Repo {
                 location = abs.to_string_lossy().into_owned();
             }
         }
-        Repo { location, passcommand: None, env: Vec::new(), remote_path: None, upload_ratelimit_kib: None, ssh: None }
+        Repo {
+            location,
+            passcommand: None,
+            env: Vec::new(),
+            remote_path: None,
+            upload_ratelimit_kib: None,
+            ssh: None,
+            progress: None,
+        }
+    }
+
+    /// `create` and `extract` report the bytes they move to `sink` (borg runs with `--progress --log-json`; its
+    /// warnings and errors are read from the log messages' text, as without).
+    pub fn progress(mut self, sink: ProgressSink) -> Repo {
+        self.progress = Some(sink);
+        self
     }
 
     /// Reaches the (remote) repository with this ssh command line (`BORG_RSH`). Each command gets its own ssh log
@@ -227,6 +287,7 @@ impl Repo {
         if let Some(t) = timestamp {
             cmd = cmd.arg("--timestamp").arg(t);
         }
+        let (cmd, _) = self.with_progress(cmd);
         // `--`: a path starting with `-` is a path, not an option.
         let cmd = cmd.arg("--").arg(self.archive_ref(archive)).args(paths).current_dir(cwd).cancellable();
         let shown = cmd.display();
@@ -239,6 +300,7 @@ impl Repo {
             _ => return Err(self.classify(&shown, &out, Some(archive), &ssh_log)),
         };
         let stats = parse_create(&out.stdout).map_err(|message| self.parse_error("`borg create --json`", message))?;
+        self.progress_done(stats.original_size);
         Ok((stats, warnings))
     }
 
@@ -292,9 +354,11 @@ impl Repo {
     /// Extracts `archive` into the existing directory `dest` (borg runs there), recreating sparse files.
     pub async fn extract(&self, archive: &str, dest: &Path) -> Result<(), BorgError> {
         self.require_repo()?;
-        let cmd = self.cmd().args(["extract", "--sparse", "--lock-wait", LOCK_WAIT]);
+        let (cmd, total) = self.with_progress(self.cmd().args(["extract", "--sparse", "--lock-wait", LOCK_WAIT]));
         let cmd = cmd.arg("--").arg(self.archive_ref(archive)).current_dir(dest).cancellable();
-        self.exec(cmd, Some(archive)).await.map(drop)
+        self.exec(cmd, Some(archive)).await?;
+        self.progress_done(total.load(std::sync::atomic::Ordering::Relaxed));
+        Ok(())
     }
 
     /// `borg check` of the given kind; any problem found is an error.
@@ -338,6 +402,36 @@ impl Repo {
             c = c.arg("--remote-path").arg(p);
         }
         c
+    }
+
+    /// `--progress --log-json` and a stderr filter feeding the sink, when there is one; the total an extract
+    /// reported last is kept in the returned cell (borg throttles its reports: the last one may come before the end).
+    fn with_progress(&self, cmd: Cmd) -> (Cmd, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let last_total = std::sync::Arc::new(AtomicU64::new(0));
+        let Some(sink) = self.progress.clone() else { return (cmd, last_total) };
+        let seen = last_total.clone();
+        let filter: runner::LineFilter = std::sync::Arc::new(move |line: &str| match parse_log_line(line) {
+            LogLine::Created { original_size, .. } => {
+                sink(Transferred { done: original_size, total: None });
+                None
+            }
+            LogLine::Extracted { done, total } => {
+                seen.store(total, Ordering::Relaxed);
+                sink(Transferred { done, total: Some(total) });
+                None
+            }
+            LogLine::OtherProgress => None,
+            LogLine::Message(text) | LogLine::Text(text) => Some(text),
+        });
+        (cmd.args(["--progress", "--log-json"]).stderr_lines(filter), last_total)
+    }
+
+    /// Tells the sink, if any, that a transfer of `total` bytes is complete.
+    fn progress_done(&self, total: u64) {
+        if let (Some(sink), true) = (&self.progress, total > 0) {
+            sink(Transferred { done: total, total: Some(total) });
+        }
     }
 
     fn archive_ref(&self, archive: &str) -> String {
@@ -671,6 +765,48 @@ mod tests {
             let r = Retention { within: Some(crate::duration::parse(ours).unwrap()), ..Default::default() };
             assert_eq!(repo.prune("w-*", &r).await.unwrap(), Vec::<String>::new(), "{ours}");
         }
+    }
+
+    /// `--progress --log-json` against the real borg: create reports bytes read, rising to the data's size; extract
+    /// reports bytes of the archive's total; warnings and errors still read as without it.
+    #[tokio::test]
+    async fn real_borg_reports_bytes_moved() {
+        let s = Scratch::new();
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<Transferred>>> = Default::default();
+        let log = seen.clone();
+        let sink: ProgressSink = std::sync::Arc::new(move |t| log.lock().unwrap().push(t));
+        let repo = s.repo(&s.secret("pw", PASSPHRASE)).progress(sink);
+        repo.init("repokey").await.unwrap();
+        let size = 96 << 20;
+        // Not compressible nor deduplicated within itself: borg reads it at a pace that shows.
+        let mut data = vec![0u8; size];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for chunk in data.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        std::fs::write(s.path("src/big.bin"), &data).unwrap();
+        let (stats, warnings) = repo.create("p1", &s.path("src"), &["big.bin", "missing-file"], None).await.unwrap();
+        assert!(warnings.len() == 1 && warnings[0].contains("missing-file"), "{warnings:?}");
+        let created = std::mem::take(&mut *seen.lock().unwrap());
+        assert!(!created.is_empty(), "no progress from create");
+        assert!(created.iter().all(|t| t.done <= stats.original_size), "{created:?}");
+        let last = *created.last().unwrap();
+        assert_eq!(last, Transferred { done: stats.original_size, total: Some(stats.original_size) }, "the end");
+        assert!(created[..created.len() - 1].iter().all(|t| t.total.is_none()), "{created:?}");
+        assert!(created.windows(2).all(|w| w[0].done <= w[1].done), "not monotonic: {created:?}");
+
+        let dest = s.path("restored");
+        std::fs::create_dir(&dest).unwrap();
+        repo.extract("p1", &dest).await.unwrap();
+        assert_eq!(std::fs::read(dest.join("big.bin")).unwrap().len(), size);
+        let extracted = std::mem::take(&mut *seen.lock().unwrap());
+        assert!(extracted.windows(2).all(|w| w[0].done <= w[1].done), "not monotonic: {extracted:?}");
+        assert_eq!(extracted.last().map(|t| (t.done, t.total)), Some((size as u64, Some(size as u64))));
+        let e = repo.extract("nosuch", &dest).await.unwrap_err();
+        assert!(matches!(&e, BorgError::NoSuchArchive { archive, .. } if archive == "nosuch"), "{e:?}");
     }
 
     /// The whole life of a repository, against the real borg.

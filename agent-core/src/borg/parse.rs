@@ -1,5 +1,5 @@
-//! What borg prints, read: `create --json`, `list --json`, the `prune --list` lines and a repository's
-//! `lock.roster`. Pure functions over text; must not know how borg is run (`mod.rs`).
+//! What borg prints, read: `create --json`, `list --json`, the `prune --list` lines, the stderr lines of
+//! `--progress --log-json` and a repository's `lock.roster`. Pure functions over text; must not know how borg is run (`mod.rs`).
 
 use serde::Deserialize;
 
@@ -165,6 +165,50 @@ pub fn parse_pruned(stderr: &str) -> Vec<String> {
         .collect()
 }
 
+/// One stderr line of borg run with `--progress --log-json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogLine {
+    /// `archive_progress` of `create`: the bytes read so far (borg's original size) and the files done.
+    Created { original_size: u64, nfiles: u64 },
+    /// `progress_percent` of `extract`: bytes written of the archive's total (known once borg has summed it).
+    Extracted { done: u64, total: u64 },
+    /// Any other progress report (a cache transaction, a `finished` marker, extract's first sum): nothing to show.
+    OtherProgress,
+    /// A `log_message`: its text, as borg prints it without `--log-json` (warnings and errors are read from it).
+    Message(String),
+    /// Not borg's JSON (a traceback, ssh's own words): the line as it is.
+    Text(String),
+}
+
+/// Reads one stderr line of borg's `--progress --log-json`. Never fails: what is not understood is [`LogLine::Text`].
+pub fn parse_log_line(line: &str) -> LogLine {
+    let text = || LogLine::Text(line.to_string());
+    if !line.trim_start().starts_with('{') {
+        return text();
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { return text() };
+    let int = |key: &str| v.get(key).and_then(serde_json::Value::as_u64);
+    let finished = v.get("finished").and_then(serde_json::Value::as_bool).unwrap_or(false);
+    match v.get("type").and_then(serde_json::Value::as_str) {
+        Some("archive_progress") => match (finished, int("original_size"), int("nfiles")) {
+            (false, Some(original_size), Some(nfiles)) => LogLine::Created { original_size, nfiles },
+            _ => LogLine::OtherProgress,
+        },
+        Some("progress_percent") if v.get("msgid").and_then(serde_json::Value::as_str) == Some("extract") => {
+            match (finished, int("current"), int("total")) {
+                (false, Some(done), Some(total)) if total > 0 => LogLine::Extracted { done, total },
+                _ => LogLine::OtherProgress,
+            }
+        }
+        Some("progress_percent" | "progress_message") => LogLine::OtherProgress,
+        Some("log_message") => match v.get("message").and_then(serde_json::Value::as_str) {
+            Some(message) => LogLine::Message(message.to_string()),
+            None => text(),
+        },
+        _ => text(),
+    }
+}
+
 /// Lock holders from a repository's `lock.roster`: `{"exclusive": [[HOST, PID, THREAD]], "shared": [...]}`.
 /// Anything malformed yields no holder.
 pub fn parse_roster(json: &str) -> Vec<LockHolder> {
@@ -187,6 +231,57 @@ mod tests {
     use super::*;
 
     // Everything below in capital letters was captured from borg 1.2.4 (Debian) on this machine, TZ=UTC.
+
+    /// `borg create --progress --log-json repo::a1 d` of a 300 MiB file (stderr).
+    const CREATE_PROGRESS: &str = include_str!("../testdata/borg_create_progress.jsonl");
+    /// `borg create --progress --log-json repo::missing /tmp/bp/nonexist d2`: exit code 1, a warning.
+    const CREATE_WARNING: &str = include_str!("../testdata/borg_create_warning.jsonl");
+    /// `borg create --progress --log-json /tmp/bp/norepo::x d`: exit code 2.
+    const CREATE_NOREPO: &str = include_str!("../testdata/borg_create_norepo.jsonl");
+    /// `borg extract --progress --log-json repo::a1`, its first five lines and last three.
+    const EXTRACT_PROGRESS: &str = include_str!("../testdata/borg_extract_progress.jsonl");
+
+    #[test]
+    fn progress_lines_give_bytes_and_log_messages_their_text() {
+        let created: Vec<(u64, u64)> = CREATE_PROGRESS
+            .lines()
+            .filter_map(|l| match parse_log_line(l) {
+                LogLine::Created { original_size, nfiles } => Some((original_size, nfiles)),
+                LogLine::OtherProgress => None,
+                other => panic!("{other:?} from {l}"),
+            })
+            .collect();
+        assert_eq!(created, [(0, 0), (82_678_466, 0), (151_408_954, 0), (236_875_146, 0)]);
+
+        let warning: Vec<LogLine> = CREATE_WARNING
+            .lines()
+            .map(parse_log_line)
+            .filter(|l| !matches!(l, LogLine::OtherProgress | LogLine::Created { .. }))
+            .collect();
+        assert_eq!(
+            warning,
+            [LogLine::Message("/tmp/bp/nonexist: [Errno 2] No such file or directory: 'nonexist'".into())]
+        );
+        let norepo: Vec<LogLine> = CREATE_NOREPO.lines().map(parse_log_line).collect();
+        assert_eq!(norepo, [LogLine::Message("Repository /tmp/bp/norepo does not exist.".into())]);
+
+        let extracted: Vec<LogLine> = EXTRACT_PROGRESS.lines().map(parse_log_line).collect();
+        assert_eq!(extracted[0], LogLine::OtherProgress, "the first line only says borg is summing the archive");
+        assert_eq!(extracted[1], LogLine::Extracted { done: 1_122_976, total: 314_572_800 });
+        assert_eq!(extracted[6], LogLine::Extracted { done: 314_572_800, total: 314_572_800 });
+        assert_eq!(extracted[7], LogLine::OtherProgress);
+
+        for (line, want) in [
+            ("Traceback (most recent call last):", LogLine::Text("Traceback (most recent call last):".into())),
+            ("{not json", LogLine::Text("{not json".into())),
+            (r#"{"type": "log_message"}"#, LogLine::Text(r#"{"type": "log_message"}"#.into())),
+            (r#"{"type": "archive_progress", "original_size": -1, "nfiles": 0}"#, LogLine::OtherProgress),
+            (r#"{"type": "progress_percent", "msgid": "check", "current": 1, "total": 2}"#, LogLine::OtherProgress),
+            ("", LogLine::Text(String::new())),
+        ] {
+            assert_eq!(parse_log_line(line), want, "{line}");
+        }
+    }
 
     /// `borg create --json --lock-wait 60 --timestamp 2026-01-05T04:00:00 /tmp/bcap2/r::svc-20260105T040000Z .`
     const CREATE: &str = r#"{

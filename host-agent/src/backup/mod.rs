@@ -672,7 +672,7 @@ impl Host {
         let name = vm.name.as_str();
         let all = targets.iter().map(|t| async move {
             let t0 = Instant::now();
-            let created = self.engine(vm, t).create(src, id).await;
+            let created = self.engine(vm, t).create_reporting(src, id, tx).await;
             let took = t0.elapsed();
             let line = match &created {
                 Ok(b) => format!("target `{}`: {} bytes in {:.1}s", t.label, b.size, took.as_secs_f64()),

@@ -216,7 +216,7 @@ impl Host {
         std::fs::create_dir(&staging).map_err(|e| io(&staging, e))?;
         send(tx, "extract", 1, 4, format!("extracting {id} from target `{}` into {}", picked.label, staging.display()))
             .await;
-        if let Err(e) = picked.engine.extract(&id, &staging).await {
+        if let Err(e) = picked.engine.extract_reporting(&id, &staging, tx).await {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(eng_err(e));
         }

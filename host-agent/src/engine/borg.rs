@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use agent_core::borg::{BorgError, Repo, Retention};
+use agent_core::borg::{BorgError, ProgressSink, Repo, Retention};
+use agent_core::jobs::Reporter;
 
 use super::{parse_backup_id, BackupInfo, Engine, EngineDef, EngineError, EngineFuture, Spec};
 
@@ -34,6 +35,11 @@ impl Borg {
         Borg { vm: spec.vm.to_string(), target: spec.name(), repo: spec.target.repo(spec.passphrase) }
     }
 
+    /// The same target, its creates and extracts reporting bytes to `sink`.
+    fn with_progress(&self, sink: ProgressSink) -> Borg {
+        Borg { repo: self.repo.clone().progress(sink), ..self.clone() }
+    }
+
     /// This VM's archives and nothing else: `VM-YYYYMMDDTHHMMSSZ`.
     fn glob(&self) -> String {
         archive_glob(&self.vm)
@@ -49,6 +55,9 @@ impl Borg {
         }
     }
 }
+
+/// The step under which a VM's bytes moving to or from a borg target are reported.
+const STEP_TRANSFER: &str = "transfer";
 
 /// The archives of `vm`: its backup ids, exactly (`VM-*` would also match a VM named `VM-2`).
 pub(super) fn archive_glob(vm: &str) -> String {
@@ -76,6 +85,31 @@ impl Engine for Borg {
             }
             let time_unix = parse_backup_id(&self.vm, id).unwrap_or(0);
             Ok(BackupInfo { id: id.to_string(), time_unix, size: stats.original_size })
+        })
+    }
+
+    fn create_reporting<'a>(&'a self, src: &'a Path, id: &'a str, rep: &'a Reporter) -> EngineFuture<'a, BackupInfo> {
+        Box::pin(async move {
+            if !rep.is_watched() {
+                return self.create(src, id).await;
+            }
+            let root = src.to_path_buf();
+            let total = tokio::task::spawn_blocking(move || agent_core::borg::source_bytes(&root, &["."])).await;
+            let message = format!("borg create {id} to target `{}`", self.target);
+            match agent_core::borg::job_progress(rep, STEP_TRANSFER, total.unwrap_or(0), message) {
+                Some(sink) => self.with_progress(sink).create(src, id).await,
+                None => self.create(src, id).await,
+            }
+        })
+    }
+
+    fn extract_reporting<'a>(&'a self, id: &'a str, dest: &'a Path, rep: &'a Reporter) -> EngineFuture<'a, ()> {
+        Box::pin(async move {
+            let message = format!("borg extract {id} from target `{}`", self.target);
+            match agent_core::borg::job_progress(rep, STEP_TRANSFER, 0, message) {
+                Some(sink) => self.with_progress(sink).extract(id, dest).await,
+                None => self.extract(id, dest).await,
+            }
         })
     }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use agent_core::borg::Retention;
 use agent_core::cron::{civil, days_from_civil};
+use agent_core::jobs::Reporter;
 use agent_core::repos::{Passphrase, RepoSpec};
 use agent_core::runner::RunError;
 
@@ -171,12 +172,22 @@ pub trait Engine: Send + Sync {
     fn target(&self) -> &str;
     /// Backs up the directory `src` as backup `id`.
     fn create<'a>(&'a self, src: &'a Path, id: &'a str) -> EngineFuture<'a, BackupInfo>;
+    /// [`Engine::create`], reporting the bytes it moves to `rep` where the engine can measure them (borg).
+    fn create_reporting<'a>(&'a self, src: &'a Path, id: &'a str, rep: &'a Reporter) -> EngineFuture<'a, BackupInfo> {
+        let _ = rep;
+        self.create(src, id)
+    }
     /// Backups of this VM, oldest first.
     fn list(&self) -> EngineFuture<'_, Vec<BackupInfo>>;
     /// Applies retention (and frees space where the engine needs it).
     fn prune<'a>(&'a self, retention: &'a Retention) -> EngineFuture<'a, ()>;
     /// Restores backup `id` into the existing empty directory `dest`.
     fn extract<'a>(&'a self, id: &'a str, dest: &'a Path) -> EngineFuture<'a, ()>;
+    /// [`Engine::extract`], reporting the bytes it moves to `rep` where the engine can measure them (borg).
+    fn extract_reporting<'a>(&'a self, id: &'a str, dest: &'a Path, rep: &'a Reporter) -> EngineFuture<'a, ()> {
+        let _ = rep;
+        self.extract(id, dest)
+    }
     /// What tells the target's repository from another one put at the same place (borg: the repository id);
     /// `None` for an engine whose target has no such identity (rsync, Time Machine).
     fn repository_id(&self) -> EngineFuture<'_, Option<String>> {

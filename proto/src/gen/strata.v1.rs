@@ -60,6 +60,9 @@ pub struct Progress {
     pub total: u64,
     #[prost(message, optional, tag = "6")]
     pub summary: ::core::option::Option<Summary>,
+    /// done and total count bytes (borg create/extract), not steps.
+    #[prost(bool, tag = "7")]
+    pub bytes: bool,
 }
 /// What a finished job did, as typed facts: one kind per job.
 #[derive(Clone, PartialEq, ::prost::Message)]

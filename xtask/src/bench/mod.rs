@@ -1,6 +1,6 @@
 //! `cargo xtask bench …`: benchmarks on release builds, each printed beside its target. Benchmarks, not timed tests:
 //! they report numbers and never fail on them. Owns measurement only. This file is the subcommand and its dispatch;
-//! each benchmark is a submodule (`grpc`, `dns`, `services`, `vm`, `backup`, `offsite`) that uses only the leaves `procs` (the
+//! each benchmark is a submodule (`grpc`, `dns`, `services`, `vm`, `backup`, `offsite`, `progress`) that uses only the leaves `procs` (the
 //! release build, a process's memory) and `stats` (median and percentiles), never another benchmark.
 
 use anyhow::Result;
@@ -11,6 +11,7 @@ mod dns;
 mod grpc;
 mod offsite;
 mod procs;
+mod progress;
 mod services;
 mod stats;
 mod vm;
@@ -31,6 +32,8 @@ pub(crate) enum Which {
     Backup,
     /// A service backup to an off-site repository over a shaped ssh link (1 GiB) vs a bare `borg create` to it.
     Offsite,
+    /// A 1 GiB borg create through the job runner with byte progress vs without.
+    Progress,
     /// dnsperf against dns-agent, unbound and dnsmasq on the same records; a 1,000,000-domain blocklist.
     Dns {
         /// Seconds of dnsperf per server.
@@ -50,5 +53,6 @@ pub(crate) fn run(which: Which) -> Result<()> {
         Which::Vm => vm::run(),
         Which::Backup => backup::run(),
         Which::Offsite => offsite::run(),
+        Which::Progress => progress::run(),
     }
 }
