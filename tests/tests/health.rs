@@ -1,7 +1,8 @@
 //! Health tells the truth: real agents that answer but cannot do their job (a services-agent whose Docker socket is
 //! absent, a dns-agent whose blocklist source cannot be fetched and whose every upstream fails, a host-agent with a
-//! VM its hypervisor cannot see) are *degraded* in the real `labctl status`, with the reason, and it exits 2 (1 stays
-//! "unreachable"). Knows the agents' config formats and labctl's output; nothing of their internals.
+//! VM its hypervisor cannot see or whose backup fails and then is overdue) are *degraded* in the real
+//! `labctl status`, with the reason, and it exits 2 (1 stays "unreachable"). Knows the agents' config formats and
+//! labctl's output; nothing of their internals.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
@@ -218,5 +219,49 @@ fn a_host_agent_with_a_vm_its_hypervisor_cannot_see_is_degraded() -> Result<()> 
     let s = labctl_status(&inv, false)?;
     ensure!(s.code == Some(0), "{s}");
     ensure!(s.line("host")?.ends_with(" healthy"), "{s}");
+    Ok(())
+}
+
+#[test]
+fn a_vm_whose_backup_fails_is_named_failing_then_overdue_in_status_json_and_metrics() -> Result<()> {
+    let pki = Pki::new()?;
+    let dir = tempfile::tempdir()?;
+    let gone = dir.path().join("gone");
+    let target = dir.path().join("backups/gone");
+    // A schedule far away (no run of its own) and a short warn_after: overdue two seconds after the start.
+    let vm = format!(
+        "[[vms]]\nname = \"gone\"\nbackend = \"qemu\"\npath = {:?}\nmode = \"stop\"\nengine = \"rsync\"\n\
+         target = {:?}\nschedule = \"0 0 1 1 *\"\nwarn_after = \"3s\"\n",
+        gone.display().to_string(),
+        target.display().to_string()
+    );
+    let host = start(&pki, dir.path(), AgentKind::Host, &vm)?;
+    let inv = inventory(&pki, dir.path(), &[&host])?;
+    let s = labctl_status(&inv, false)?;
+    ensure!(!s.stdout.contains("backup failing") && !s.stdout.contains("backup overdue"), "never run, not due: {s}");
+
+    let backup = cmd::output(Command::new(bin("labctl")?).arg("--config").arg(&inv).args(["vm", "backup", "gone"]))?;
+    ensure!(!backup.status.success(), "the backup of a VM without its bundle must fail");
+    let failing = "vm gone: backup failing (target default): ";
+    let s = status_until(&inv, Duration::from_secs(10), |s| s.stdout.contains(failing))?;
+    ensure!(s.code == Some(2), "{s}");
+    let j = labctl_status(&inv, true)?;
+    let b = &j.json_row("host")?["backups"][0];
+    ensure!(b["name"] == "gone" && b["repo"] == "default" && b["layer"] == "host" && b["failing"] == true, "{b}");
+    ensure!(b["state"] == "failing" || b["state"] == "overdue", "{b}");
+    ensure!(b["warn_after_seconds"] == 3 && b["last_run_unix"].as_i64().is_some_and(|t| t > 0), "{b}");
+
+    let overdue = "vm gone: backup overdue (target default): no success in the ";
+    let s = status_until(&inv, Duration::from_secs(15), |s| s.stdout.contains(overdue))?;
+    ensure!(s.code == Some(2) && s.stdout.contains(failing), "{s}");
+    ensure!(s.stdout.contains("overdue, failing"), "the backups table says both: {s}");
+    let metrics = host.metrics_text()?;
+    for series in [
+        "strata_backup_failing{layer=\"host\",name=\"gone\",repo=\"default\"} 1",
+        "strata_backup_overdue{layer=\"host\",name=\"gone\",repo=\"default\"} 1",
+        "strata_backup_failures_total{layer=\"host\",name=\"gone\",repo=\"default\"} 1",
+    ] {
+        ensure!(metrics.lines().any(|l| l == series), "no {series} in\n{metrics}");
+    }
     Ok(())
 }
