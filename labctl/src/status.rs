@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn failing_and_overdue_backups_are_listed_and_make_it_degraded() {
-        let reasons = vec![
+        let reasons = [
             "vm dns: backup overdue (target nas): last success 2h ago, warn after 1h30m".to_string(),
             "service web: backup failing (repo local): borg: repository is read-only".to_string(),
         ];
@@ -293,7 +293,7 @@ mod tests {
         assert_eq!(verdict(&[host, svc, quiet]).0, EXIT_DEGRADED);
 
         // --json lists every backup of every agent, times absent when never.
-        let json = serde_json::to_value(&render_json_row()).unwrap();
+        let json = serde_json::to_value(render_json_row()).unwrap();
         assert_eq!(json["backups"][0]["state"], "never");
         assert_eq!(json["backups"][0]["last_success_unix"], serde_json::Value::Null);
         assert_eq!(json["backups"][0]["warn_after_seconds"], 5400);
