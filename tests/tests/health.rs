@@ -1,6 +1,7 @@
 //! Health tells the truth: real agents that answer but cannot do their job (a services-agent whose Docker socket is
 //! absent, a dns-agent whose blocklist source cannot be fetched and whose every upstream fails, a host-agent with a
-//! VM its hypervisor cannot see or whose backup fails and then is overdue) are *degraded* in the real
+//! VM its hypervisor cannot see or whose backup fails and then is overdue, a service whose repository is gone) are
+//! *degraded* in the real
 //! `labctl status`, with the reason, and it exits 2 (1 stays "unreachable"). Knows the agents' config formats and
 //! labctl's output; nothing of their internals.
 
@@ -13,6 +14,7 @@ use agent_core::identity::Role;
 use anyhow::{bail, ensure, Context, Result};
 use strata_tests::fixtures::cmd;
 use strata_tests::harness::{base_config, bin, write_inventory, AgentKind, AgentProc, Pki};
+use strata_tests::servicejob::ServiceJob;
 
 /// What one `labctl status` printed.
 struct Status {
@@ -263,5 +265,59 @@ fn a_vm_whose_backup_fails_is_named_failing_then_overdue_in_status_json_and_metr
     ] {
         ensure!(metrics.lines().any(|l| l == series), "no {series} in\n{metrics}");
     }
+    Ok(())
+}
+
+#[test]
+fn a_service_whose_repository_is_gone_is_named_failing_until_the_next_run_succeeds() -> Result<()> {
+    let lab = ServiceJob::start("fr", 0, "")?;
+    let labctl = |args: &[&str]| -> Result<bool> {
+        let out = cmd::output(Command::new(bin("labctl")?).arg("--config").arg(&lab.inv).args(args))?;
+        Ok(out.status.success())
+    };
+    let failing = format!("service {}: backup failing (repo default): ", lab.service);
+    let series = |name: &str, v: u8| {
+        format!("strata_{name}{{layer=\"services\",name=\"{}\",repo=\"default\"}} {v}", lab.service)
+    };
+    ensure!(labctl(&["services", "backup", &lab.service])?, "the first backup must pass:\n{}", lab.agent.logs());
+    // The fixture's stacks are never deployed (an empty stacks repository): the agent is degraded for them already,
+    // so the backup's reason is looked for among the others.
+    let reasons = |s: &Status| -> Result<Vec<String>> {
+        let row = s.json_row("services")?;
+        Ok(row["degraded"].as_array().into_iter().flatten().filter_map(|r| r.as_str().map(str::to_string)).collect())
+    };
+    let s = labctl_status(&lab.inv, true)?;
+    ensure!(!reasons(&s)?.iter().any(|r| r.starts_with(&failing)), "{s}");
+    ensure!(s.json_row("services")?["backups"][0]["state"] == "ok", "{s}");
+
+    // The repository is gone: the run fails, the service is named failing, the metrics agree.
+    let aside = lab.borg.scratch_dir().join("repo.aside");
+    std::fs::rename(lab.borg.path(), &aside)?;
+    ensure!(!labctl(&["services", "backup", &lab.service])?, "a backup into a missing repository must fail");
+    ensure!(!labctl(&["services", "check", &lab.service])?, "a check of a missing repository must fail");
+    let s = labctl_status(&lab.inv, false)?;
+    ensure!(s.code == Some(2) && s.stdout.contains(&failing), "{s}");
+    ensure!(s.stderr.contains("degraded: services"), "{s}");
+    let j = labctl_status(&lab.inv, true)?;
+    ensure!(j.code == Some(2) && reasons(&j)?.iter().any(|r| r.starts_with(&failing)), "{j}");
+    let b = &j.json_row("services")?["backups"][0];
+    ensure!(b["state"] == "failing" && b["layer"] == "services" && b["name"] == lab.service.as_str(), "{b}");
+    let metrics = lab.agent.metrics_text()?;
+    for want in [series("backup_failing", 1), series("backup_failures_total", 1), series("backup_check_failing", 1)] {
+        ensure!(metrics.lines().any(|l| l == want), "no {want} in\n{metrics}");
+    }
+
+    // Back in place: the next run clears it.
+    std::fs::rename(&aside, lab.borg.path())?;
+    ensure!(
+        labctl(&["services", "backup", &lab.service])?,
+        "the backup after the fix must pass:\n{}",
+        lab.agent.logs()
+    );
+    let s = labctl_status(&lab.inv, true)?;
+    ensure!(!reasons(&s)?.iter().any(|r| r.starts_with(&failing)), "{s}");
+    ensure!(s.json_row("services")?["backups"][0]["state"] == "ok", "{s}");
+    let metrics = lab.agent.metrics_text()?;
+    ensure!(metrics.lines().any(|l| l == series("backup_failing", 0)), "{metrics}");
     Ok(())
 }
