@@ -48,7 +48,23 @@ impl Agent for AgentSvc {
             identity: i.tls.identity.uri(),
             summary: health.summary_line(),
             degraded: health.reasons().to_vec(),
+            backups: health.backups().iter().map(backup_freshness).collect(),
         }))
+    }
+}
+
+/// A backup's freshness as `Status` lists it (0 for "never" and "not watched for age").
+fn backup_freshness(f: &crate::freshness::Freshness) -> strata_proto::v1::BackupFreshness {
+    strata_proto::v1::BackupFreshness {
+        layer: f.layer.as_str().into(),
+        name: f.name.clone(),
+        repo: f.repo.clone(),
+        state: f.state.as_str().into(),
+        last_success_unix: f.record.last_success.unwrap_or(0),
+        last_run_unix: f.record.last_run.unwrap_or(0),
+        warn_after_seconds: f.warn_after.map_or(0, |w| w.as_secs()),
+        failing: f.failing,
+        last_error: f.record.last_error.clone().unwrap_or_default(),
     }
 }
 
@@ -218,6 +234,13 @@ pub async fn run_agent(
         "degraded_reasons",
         "Reasons the agent is degraded (0: healthy), as labctl status lists them",
         DegradedGauge(health.clone()),
+    );
+    let expiry = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    expiry.set(tls.not_after);
+    metrics.register(
+        "certificate_expiry_timestamp_seconds",
+        "When the certificate the agent serves with expires (notAfter, Unix seconds)",
+        expiry,
     );
     let info = AgentInfo { name: tls.identity.name.clone(), role, version, started: Instant::now(), tls, health };
     metrics.register_build_info(role.as_str(), version);

@@ -1,18 +1,22 @@
 //! The one health mechanism of every agent: a one-line summary and the list of reasons the agent is *degraded* (it
 //! answers, but cannot do part of its job). Any subsystem of an agent contributes through a [`Check`] that appends
 //! its summary part and its reasons; `Status` and the `strata_degraded_reasons` gauge read the same report.
-//! Knows nothing of what a check looks at (Docker, upstreams, VMs, backups).
+//! A check may also list the freshness of the backups it watches (`freshness::Freshness`), which `Status` returns
+//! as they are. Knows nothing of what a check looks at (Docker, upstreams, VMs, backups).
 
 use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 
+use crate::freshness::Freshness;
+
 /// What an agent says about itself, computed on demand from its live state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Health {
     parts: Vec<String>,
     degraded: Vec<String>,
+    backups: Vec<Freshness>,
 }
 
 impl Health {
@@ -38,6 +42,16 @@ impl Health {
     /// The reasons, in the order the checks gave them; empty when the agent is healthy.
     pub fn reasons(&self) -> &[String] {
         &self.degraded
+    }
+
+    /// Lists a watched backup's freshness (its reasons, if any, are added with [`Health::degraded`] by the check).
+    pub fn backup(&mut self, f: Freshness) {
+        self.backups.push(f);
+    }
+
+    /// The watched backups, in the order the checks listed them.
+    pub fn backups(&self) -> &[Freshness] {
+        &self.backups
     }
 
     pub fn is_degraded(&self) -> bool {

@@ -2,6 +2,7 @@
 //! Knows no agent's domain (no DNS, Docker, ZFS or VM knowledge lives here).
 
 pub mod authz;
+pub mod backups;
 pub mod borg;
 pub mod cli;
 pub mod clock;
@@ -10,6 +11,7 @@ pub mod conn;
 pub mod credentials;
 pub mod cron;
 pub mod duration;
+pub mod freshness;
 pub mod grpc;
 pub mod health;
 pub mod identity;

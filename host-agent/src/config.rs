@@ -98,6 +98,9 @@ struct RawVm {
     /// Run once at start when a scheduled time passed while the agent was down.
     #[serde(default)]
     catch_up: bool,
+    /// Older than this, the last success on a target is overdue (default: from the schedule).
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    warn_after: Option<Duration>,
     retention: Option<Retention>,
     guest: Option<String>,
     #[serde(default)]
@@ -137,6 +140,8 @@ pub struct VmConfig {
     pub schedule: Option<String>,
     /// A scheduled time passed while the agent was down (the last backup attempt is older): one backup at start.
     pub catch_up: bool,
+    /// Older than this, the last success on a target is overdue; `None`: 1.5 × the schedule's interval.
+    pub warn_after: Option<Duration>,
     pub retention: Retention,
     pub guest: Option<String>,
     pub require_guest: bool,
@@ -243,6 +248,7 @@ impl Config {
                 passphrase: v.passcommand.map_or(Passphrase::None, Passphrase::Command),
                 schedule: v.schedule,
                 catch_up: v.catch_up,
+                warn_after: v.warn_after,
                 retention: v.retention.unwrap_or_default(),
                 guest: v.guest,
                 require_guest: v.require_guest,
@@ -374,6 +380,7 @@ mod tests {
         assert_eq!(s.retention, Retention { weekly: 4, monthly: 6, ..Default::default() });
         assert!(s.require_encrypted_target && !s.require_guest);
         assert_eq!(s.guest.as_deref(), Some("https://10.0.0.20:7443"));
+        assert_eq!((s.warn_after, cfg.vm("lab").unwrap().warn_after), (Some(Duration::from_secs(8 * 86_400)), None));
         assert_eq!((s.labels().as_str(), cfg.vm("lab").unwrap().labels().as_str()), ("local, offsite", "local, usb"));
         assert!(s.target("offsite").is_some_and(|t| t.append_only && !t.location.is_local()));
         assert_eq!(cfg.vm("lab").unwrap().backend, Backend::Qemu);
@@ -574,8 +581,9 @@ mod tests {
     fn every_duration_key_takes_the_one_grammar() {
         let p = Path::new("/etc/strata/host.toml");
         type Get = fn(&VmConfig) -> Option<Duration>;
-        let keys: [(&str, &str, Get); 3] = [
+        let keys: [(&str, &str, Get); 4] = [
             ("shutdown_timeout", "shutdown_timeout = V", |v| Some(v.shutdown_timeout)),
+            ("warn_after", "warn_after = V", |v| v.warn_after),
             ("vmrun_timeout", "vmrun_timeout = V", |v| Some(v.vmrun_timeout)),
             ("within", "retention = { within = V }", |v| v.retention.within),
         ];

@@ -11,16 +11,16 @@ mod hypervisor;
 mod journal;
 mod schedule;
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use agent_core::backups::BackupWatch;
 use agent_core::cli::{Listeners, Shutdown};
+use agent_core::cron::Cron;
+use agent_core::freshness::{self, Layer, Record};
 use agent_core::grpc::{AgentParts, ServeError};
 use agent_core::identity::Role;
 use agent_core::telemetry::Metrics;
 use agent_core::tls::TlsMaterial;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 pub use config::Config;
@@ -42,19 +42,13 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     vms.set(cfg.vms.len() as i64);
     metrics.register("host_vms", "VMs in the host-agent config", vms);
     let common = cfg.common.clone();
-    let m = BackupMetrics::default();
-    m.register(&metrics);
     let host = backup::Host::new(cfg, Arc::new(grpc::GrpcGuest::new(tls)))
         .map_err(|e| ServeError::Transport(format!("host agent: {e}")))?;
-    // The last success per target survives a restart: read back from the history, so a stale target shows at once.
-    for vm in &host.config().vms {
-        for t in &vm.targets {
-            if let Some(at) = host.last_success(&vm.name, &t.label) {
-                m.last_success.get_or_create(&target_labels(&vm.name, &t.label)).set(at as f64);
-            }
-        }
-    }
-    let host = host.on_backup(move |r| m.observe(r));
+    let watch = BackupWatch::new(Layer::Host, agent_core::clock::now_unix());
+    watch.register(&metrics);
+    watch_vms(&host, &watch);
+    let observed = watch.clone();
+    let host = host.on_backup(move |r| observe(&observed, r));
     let recovered = host.recover().await;
     tracing::info!(actions = recovered.len(), "crash recovery done");
     // The first look at every VM comes before serving, so that Status tells the truth from the start; a hypervisor
@@ -72,6 +66,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
             h.degraded(reason);
         }
     });
+    health.add(move |h| watch.check(h));
     let domain = grpc::HostGrpc::routes(host);
     let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), health, domain, metrics };
     let result = agent_core::grpc::run_agent(&common, parts, listeners, shutdown).await;
@@ -80,68 +75,38 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     result
 }
 
-type Labels = Vec<(String, String)>;
-
-fn target_labels(vm: &str, target: &str) -> Labels {
-    vec![("vm".to_string(), vm.to_string()), ("target".to_string(), target.to_string())]
-}
-
-/// The VM backup metrics: per run (`vm`, `mode`) and per target (`vm`, `target`), so that a stale or failing target
-/// shows while the others are fresh.
-#[derive(Default)]
-struct BackupMetrics {
-    downtime: Family<Labels, Gauge<f64, AtomicU64>>,
-    backups: Family<Labels, Counter>,
-    last_success: Family<Labels, Gauge<f64, AtomicU64>>,
-    failures: Family<Labels, Counter>,
-    duration: Family<Labels, Gauge<f64, AtomicU64>>,
-    size: Family<Labels, Gauge>,
-}
-
-impl BackupMetrics {
-    fn register(&self, metrics: &Metrics) {
-        metrics.register(
-            "host_backup_downtime_seconds",
-            "VM downtime of the last backup run that reached a target (one quiesce for all targets)",
-            self.downtime.clone(),
-        );
-        metrics.register("host_backups", "VM backups that reached this target", self.backups.clone());
-        metrics.register(
-            "host_backup_last_success_timestamp_seconds",
-            "When the last backup run that reached this target of the VM started (Unix seconds)",
-            self.last_success.clone(),
-        );
-        metrics.register("host_backup_failures", "Backup runs in which this target failed", self.failures.clone());
-        metrics.register(
-            "host_backup_duration_seconds",
-            "How long the last transfer to this target took, failed or not",
-            self.duration.clone(),
-        );
-        metrics.register("host_backup_size_bytes", "What the last backup stored to this target", self.size.clone());
+/// Declares every VM's targets to the watch, with what the history says of each (the last success and the last
+/// run's outcome survive a restart, so a stale or failing target shows at once), and when each is overdue.
+fn watch_vms(host: &backup::Host, watch: &BackupWatch) {
+    let tz = &host.config().timezone;
+    let now = agent_core::clock::now_unix();
+    for vm in &host.config().vms {
+        let schedule = vm.schedule.as_deref().and_then(|s| Cron::parse(s).ok());
+        let warn_after = vm.warn_after.or_else(|| {
+            schedule.as_ref().and_then(|c| freshness::default_warn_after(c, tz, std::time::Duration::ZERO, now))
+        });
+        let history = host.history(Some(&vm.name)).unwrap_or_else(|e| {
+            tracing::error!(vm = %vm.name, error = %e, "cannot read the backup history");
+            Vec::new()
+        });
+        for t in &vm.targets {
+            let last = history.iter().rev().find(|h| h.target == t.label);
+            let record = Record {
+                last_success: host.last_success(&vm.name, &t.label),
+                last_run: last.map(|h| h.time_unix),
+                last_error: last.filter(|h| !h.ok).map(|h| h.message.clone()),
+            };
+            watch.watch(&vm.name, &t.label, warn_after, record);
+        }
     }
+}
 
-    fn observe(&self, r: &backup::BackupReport) {
-        let mode = r.mode_used.as_str().to_string();
-        if r.targets.iter().any(|t| t.ok) {
-            let labels = vec![("vm".to_string(), r.vm.clone()), ("mode".to_string(), mode.clone())];
-            self.downtime.get_or_create(&labels).set(r.downtime.as_secs_f64());
-        }
-        for t in &r.targets {
-            let labels = target_labels(&r.vm, &t.label);
-            self.duration.get_or_create(&labels).set(t.duration.as_secs_f64());
-            if t.ok {
-                let with_mode = vec![
-                    ("vm".to_string(), r.vm.clone()),
-                    ("mode".to_string(), mode.clone()),
-                    ("target".to_string(), t.label.clone()),
-                ];
-                self.backups.get_or_create(&with_mode).inc();
-                self.size.get_or_create(&labels).set(t.size as i64);
-                self.last_success.get_or_create(&labels).set(r.started_unix as f64);
-            } else {
-                self.failures.get_or_create(&labels).inc();
-            }
-        }
+/// Feeds one backup run's report to the watch: each target's outcome, and the VM's downtime.
+fn observe(watch: &BackupWatch, r: &backup::BackupReport) {
+    watch.record_downtime(&r.vm, r.downtime);
+    for t in &r.targets {
+        let outcome = if t.ok { Ok(t.size) } else { Err(t.error.clone()) };
+        watch.record_run(&r.vm, &t.label, r.started_unix, t.duration, outcome);
     }
 }
 

@@ -29,6 +29,44 @@ pub struct AgentStatus {
     pub health: String,
     /// Why the agent is degraded, one reason per line; empty when healthy.
     pub degraded: Vec<String>,
+    /// The backups it watches and how fresh each is (empty on agents that back nothing up).
+    pub backups: Vec<BackupFreshness>,
+}
+
+/// How fresh one backup is (one VM or service in one repository or target); times in Unix seconds, `None` when
+/// never.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BackupFreshness {
+    /// "host" or "services".
+    pub layer: String,
+    pub name: String,
+    pub repo: String,
+    /// "ok", "overdue", "failing" or "never".
+    pub state: String,
+    pub last_success_unix: Option<i64>,
+    pub last_run_unix: Option<i64>,
+    /// `None` when it is not watched for age (no schedule).
+    pub warn_after_seconds: Option<u64>,
+    pub failing: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
+}
+
+impl From<strata_proto::v1::BackupFreshness> for BackupFreshness {
+    fn from(b: strata_proto::v1::BackupFreshness) -> Self {
+        let when = |t: i64| (t != 0).then_some(t);
+        BackupFreshness {
+            layer: b.layer,
+            name: b.name,
+            repo: b.repo,
+            state: b.state,
+            last_success_unix: when(b.last_success_unix),
+            last_run_unix: when(b.last_run_unix),
+            warn_after_seconds: (b.warn_after_seconds != 0).then_some(b.warn_after_seconds),
+            failing: b.failing,
+            last_error: b.last_error,
+        }
+    }
 }
 
 /// For `map_err`: a failed call of `what` on `agent`, as a one-line error.
@@ -412,6 +450,7 @@ pub async fn status(tls: &TlsMaterial, agent: &AgentAddr, timeout: Duration) -> 
         summary: s.summary,
         health: health.to_string(),
         degraded: s.degraded,
+        backups: s.backups.into_iter().map(BackupFreshness::from).collect(),
     })
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use agent_core::tls::TlsMaterial;
 
-use crate::client::{self, AgentStatus};
+use crate::client::{self, AgentStatus, BackupFreshness};
 use crate::inventory::Inventory;
 use crate::table::Table;
 
@@ -92,7 +92,47 @@ pub fn render(rows: &[Row], now: i64) -> String {
             }
         }
     }
-    t.to_string()
+    let mut out = t.to_string();
+    out.push_str(&render_backups(rows, now));
+    out
+}
+
+/// The backups that need attention (overdue or failing), one row each after the agents: empty when none does.
+/// `--json` lists every backup.
+fn render_backups(rows: &[Row], now: i64) -> String {
+    let mut t = Table::new(["AGENT", "BACKUP", "REPO", "STATE", "LAST SUCCESS", "WARN AFTER", "LAST ERROR"]);
+    let mut any = false;
+    for r in rows {
+        let Some(s) = &r.status else { continue };
+        for b in s.backups.iter().filter(|b| b.state == "overdue" || b.state == "failing") {
+            any = true;
+            let error = if b.last_error.is_empty() { "-".into() } else { t.error_cell(&b.name, &b.last_error) };
+            t.row([
+                r.agent.clone(),
+                format!("{} {}", if b.layer == "host" { "vm" } else { "service" }, b.name),
+                b.repo.clone(),
+                state_cell(b),
+                b.last_success_unix
+                    .map_or("never".into(), |t| format!("{} ago", human_duration(now.saturating_sub(t).max(0) as u64))),
+                b.warn_after_seconds.map_or("-".into(), human_duration),
+                error,
+            ]);
+        }
+    }
+    if any {
+        format!("\n{t}")
+    } else {
+        String::new()
+    }
+}
+
+/// "overdue", "failing", or "overdue, failing" when it is both.
+fn state_cell(b: &BackupFreshness) -> String {
+    if b.state == "overdue" && b.failing {
+        "overdue, failing".into()
+    } else {
+        b.state.clone()
+    }
 }
 
 /// "healthy", or "degraded: REASON; REASON" (the reasons in full: the column is the last one).
@@ -144,6 +184,7 @@ mod tests {
                 summary: String::new(),
                 health: "healthy".into(),
                 degraded: Vec::new(),
+                backups: Vec::new(),
             }),
             error: None,
         };
@@ -174,5 +215,110 @@ mod tests {
             verdict(&[sick, bad, ok]),
             (EXIT_UNREACHABLE, vec!["error: not healthy: host".to_string(), "degraded: svc".to_string()])
         );
+    }
+
+    fn backup(layer: &str, name: &str, repo: &str, state: &str, failing: bool, error: &str) -> BackupFreshness {
+        BackupFreshness {
+            layer: layer.into(),
+            name: name.into(),
+            repo: repo.into(),
+            state: state.into(),
+            last_success_unix: (state != "never").then_some(1000),
+            last_run_unix: Some(8200),
+            warn_after_seconds: Some(5400),
+            failing,
+            last_error: error.into(),
+        }
+    }
+
+    #[test]
+    fn failing_and_overdue_backups_are_listed_and_make_it_degraded() {
+        let reasons = [
+            "vm dns: backup overdue (target nas): last success 2h ago, warn after 1h30m".to_string(),
+            "service web: backup failing (repo local): borg: repository is read-only".to_string(),
+        ];
+        let status = |role: &str, backups: Vec<BackupFreshness>, degraded: &[String]| AgentStatus {
+            name: "n".into(),
+            role: role.into(),
+            version: "0.1.0".into(),
+            uptime_seconds: 60,
+            cert_not_after_unix: 86400 * 30,
+            identity: String::new(),
+            summary: String::new(),
+            health: if degraded.is_empty() { "healthy" } else { "degraded" }.into(),
+            degraded: degraded.to_vec(),
+            backups,
+        };
+        let row = |agent: &str, s: AgentStatus| Row {
+            agent: agent.into(),
+            address: "x".into(),
+            status: Some(s),
+            error: None,
+        };
+        let host = row(
+            "host",
+            status(
+                "host-agent",
+                vec![
+                    backup("host", "dns", "nas", "overdue", true, "ssh: no route"),
+                    backup("host", "dns", "usb", "ok", false, ""),
+                ],
+                &reasons[..1],
+            ),
+        );
+        let svc = row(
+            "svc",
+            status(
+                "services-agent",
+                vec![backup("services", "web", "local", "failing", true, "borg: repository is read-only")],
+                &reasons[1..],
+            ),
+        );
+        let quiet =
+            row("quiet", status("services-agent", vec![backup("services", "wiki", "local", "never", false, "")], &[]));
+        let out = render(&[host.clone(), svc.clone(), quiet.clone()], 8200);
+        let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("AGENT  BACKUP")).collect();
+        assert_eq!(
+            lines,
+            [
+                "AGENT  BACKUP       REPO   STATE             LAST SUCCESS  WARN AFTER  LAST ERROR",
+                "host   vm dns       nas    overdue, failing  2h0m ago      1h30m       ssh: no route",
+                "svc    service web  local  failing           2h0m ago      1h30m       borg: repository is read-only",
+            ],
+            "{out}"
+        );
+        // Only ok or never-run backups: no backup table.
+        assert!(!render(std::slice::from_ref(&quiet), 8200).contains("BACKUP"));
+        assert_eq!(verdict(&[quiet.clone(), svc.clone()]), (EXIT_DEGRADED, vec!["degraded: svc".to_string()]));
+        assert_eq!(verdict(&[host, svc, quiet]).0, EXIT_DEGRADED);
+
+        // --json lists every backup of every agent, times absent when never.
+        let json = serde_json::to_value(render_json_row()).unwrap();
+        assert_eq!(json["backups"][0]["state"], "never");
+        assert_eq!(json["backups"][0]["last_success_unix"], serde_json::Value::Null);
+        assert_eq!(json["backups"][0]["warn_after_seconds"], 5400);
+        assert!(json["backups"][0].get("last_error").is_none());
+    }
+
+    fn render_json_row() -> Row {
+        let mut s = backup("services", "wiki", "local", "never", false, "");
+        s.last_run_unix = None;
+        Row {
+            agent: "svc".into(),
+            address: "x".into(),
+            status: Some(AgentStatus {
+                name: "n".into(),
+                role: "services-agent".into(),
+                version: "0.1.0".into(),
+                uptime_seconds: 1,
+                cert_not_after_unix: 0,
+                identity: String::new(),
+                summary: String::new(),
+                health: "healthy".into(),
+                degraded: Vec::new(),
+                backups: vec![s],
+            }),
+            error: None,
+        }
     }
 }

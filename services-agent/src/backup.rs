@@ -12,16 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agent_core::backups::BackupWatch;
 use agent_core::borg::BorgError;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use agent_core::freshness::{self, Layer, Record};
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, HookWhen, Quiesce, Service, ServiceBackup};
 use crate::docker::{DockerError, Engine};
-use crate::journal::{self, step, Job, Journal, JournalError, Outcome, Quiesced, RepoRun, Trigger};
+use crate::journal::{step, Job, Journal, JournalError, Outcome, Quiesced, RepoRun, Trigger};
 use crate::lease::Gate;
 use crate::zfs::{self, ZfsError};
 use agent_core::notify::{self, Event, Layer, NotifyTarget, Phase};
@@ -58,67 +56,6 @@ pub(crate) enum JobError {
 impl JobError {
     pub(crate) fn step(service: &str, step: &'static str, e: impl std::fmt::Display) -> JobError {
         JobError::Step { service: service.to_string(), step, message: e.to_string() }
-    }
-}
-
-/// Labels of the per-service metrics.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct ServiceLabel {
-    pub service: String,
-}
-
-/// Labels of the per-repository metrics: a stale remote shows while the local copy is fresh.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct RepoLabel {
-    pub service: String,
-    pub repo: String,
-}
-
-pub(crate) fn repo_label(service: &str, repo: &str) -> RepoLabel {
-    RepoLabel { service: service.to_string(), repo: repo.to_string() }
-}
-
-type FGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
-
-/// Per-service backup metrics.
-#[derive(Clone, Default)]
-pub(crate) struct BackupMetrics {
-    pub last_success: Family<RepoLabel, FGauge>,
-    pub duration: Family<ServiceLabel, FGauge>,
-    pub downtime: Family<ServiceLabel, FGauge>,
-    pub original_size: Family<RepoLabel, Gauge>,
-    pub deduplicated_size: Family<RepoLabel, Gauge>,
-    /// Runs that failed or were partial.
-    pub failures: Family<ServiceLabel, Counter>,
-    /// Runs in which this repository failed.
-    pub repo_failures: Family<RepoLabel, Counter>,
-}
-
-impl BackupMetrics {
-    pub(crate) fn register(&self, m: &agent_core::telemetry::Metrics) {
-        m.register(
-            "services_backup_last_success_timestamp_seconds",
-            "When the last backup run that reached this repository of the service started (Unix seconds)",
-            self.last_success.clone(),
-        );
-        m.register("services_backup_duration_seconds", "Duration of the last backup run", self.duration.clone());
-        m.register(
-            "services_backup_downtime_seconds",
-            "How long the last backup kept the service's containers stopped or paused",
-            self.downtime.clone(),
-        );
-        m.register("services_backup_original_bytes", "Original size of the last archive", self.original_size.clone());
-        m.register(
-            "services_backup_deduplicated_bytes",
-            "Bytes the last archive added to its repository",
-            self.deduplicated_size.clone(),
-        );
-        m.register("services_backup_failures", "Backup runs that failed or were partial", self.failures.clone());
-        m.register(
-            "services_backup_repo_failures",
-            "Backup runs in which this repository failed",
-            self.repo_failures.clone(),
-        );
     }
 }
 
@@ -239,7 +176,8 @@ pub(crate) struct Backups {
     pub gate: Gate,
     parallel: Semaphore,
     pub(crate) repo_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    pub metrics: BackupMetrics,
+    /// The backups' metrics and freshness (agent-core's one vocabulary).
+    pub metrics: BackupWatch,
     pub(crate) host: String,
 }
 
@@ -247,22 +185,8 @@ impl Backups {
     pub(crate) fn open(cfg: Arc<Config>) -> Result<Backups, JournalError> {
         let journal = Journal::open(&cfg.common.state_dir)?;
         let host = notify::this_host();
-        let metrics = BackupMetrics::default();
-        // The last success survives a restart: read back from the history, so alerts see no gap. Runs from before
-        // per-repository results count for a service's only repository.
-        for s in cfg.services.iter() {
-            let Some(b) = s.backup.as_deref() else { continue };
-            for r in &b.repos {
-                let t = match journal.last_repo_ok(&s.name, &r.label) {
-                    Ok(Some(t)) => Some(t),
-                    _ if b.repos.len() == 1 => journal.last_ok(&s.name, Job::Backup).ok().flatten(),
-                    _ => None,
-                };
-                if let Some(t) = t {
-                    metrics.last_success.get_or_create(&repo_label(&s.name, &r.label)).set(t);
-                }
-            }
-        }
+        let metrics = BackupWatch::new(Layer::Services, agent_core::clock::now_unix());
+        watch_services(&cfg, &journal, &metrics);
         Ok(Backups {
             parallel: Semaphore::new(cfg.backup.parallel),
             cfg,
@@ -360,6 +284,7 @@ impl Backups {
         let _repos = self.lock_repos(b).await;
         let run = self.journal.start_run(name, Job::Backup, trigger)?;
         let started = Instant::now();
+        let started_unix = agent_core::clock::now_unix();
         tracing::info!(service = name, %trigger, "backup started");
         self.notify(b, Phase::Start, self.event(name, Job::Backup)).await;
         let mut downtime = Duration::ZERO;
@@ -377,14 +302,8 @@ impl Backups {
             if let Err(e) = self.journal.record_repo(run, name, r) {
                 tracing::error!(service = name, repo = %r.label, error = %e, "cannot record the repository's result");
             }
-            let label = repo_label(name, &r.label);
-            if r.succeeded() {
-                self.metrics.last_success.get_or_create(&label).set(journal::now_unix() - duration.as_secs_f64());
-                self.metrics.original_size.get_or_create(&label).set(r.original_size as i64);
-                self.metrics.deduplicated_size.get_or_create(&label).set(r.deduplicated_size as i64);
-            } else {
-                self.metrics.repo_failures.get_or_create(&label).inc();
-            }
+            let outcome = if r.succeeded() { Ok(r.original_size) } else { Err(r.error.clone()) };
+            self.metrics.record_run(name, &r.label, started_unix, Duration::from_secs_f64(r.duration_seconds), outcome);
         }
         // Some repositories got the archive, others not: a partial run, told as a failure naming them.
         let failed: Vec<&RepoRun> = repos.iter().filter(|r| !r.succeeded()).collect();
@@ -400,9 +319,13 @@ impl Backups {
             }),
             other => other,
         };
-        let label = ServiceLabel { service: name.to_string() };
-        self.metrics.duration.get_or_create(&label).set(duration.as_secs_f64());
-        self.metrics.downtime.get_or_create(&label).set(downtime.as_secs_f64());
+        // A run that failed before a repository had its turn failed there too (the metrics and freshness say so).
+        if let Err(e) = &result {
+            for r in b.repos.iter().filter(|c| !repos.iter().any(|r| r.label == c.label)) {
+                self.metrics.record_run(name, &r.label, started_unix, Duration::ZERO, Err(e.to_string()));
+            }
+        }
+        self.metrics.record_downtime(name, downtime);
         let mut event = self.event(name, Job::Backup);
         event.duration_seconds = duration.as_secs_f64();
         event.downtime_seconds = downtime.as_secs_f64();
@@ -450,7 +373,6 @@ impl Backups {
                 if let Err(je) = self.journal.finish(run, &o) {
                     tracing::error!(service = name, error = %je, "cannot record the failed backup");
                 }
-                self.metrics.failures.get_or_create(&label).inc();
                 tracing::error!(service = name, error = %e, "backup {result}");
                 event.message = e.to_string();
                 self.notify(b, phase, event).await;
@@ -811,6 +733,45 @@ impl Backups {
 
 /// Checks the dataset and borg before anything is stopped (each repository: `Backups::preflight_files`, then its
 /// id).
+/// Declares every backed-up service's repositories to the watch with what the journal says of each (the last
+/// success and the last run's outcome survive a restart, so alerts see no gap), and when each is overdue (its
+/// `warn_after`, or 1.5 × its schedule's interval plus its jitter). Runs from before per-repository results count
+/// for every repository of the service.
+fn watch_services(cfg: &Config, journal: &Journal, watch: &BackupWatch) {
+    let now = agent_core::clock::now_unix();
+    for s in cfg.services.iter() {
+        let Some(b) = s.backup.as_deref() else { continue };
+        let warn_after = b.warn_after.or_else(|| {
+            let cron = b.schedule.as_ref()?;
+            freshness::default_warn_after(cron, &cfg.timezone, b.jitter, now)
+        });
+        let history = journal.history(Some(&s.name), 50).unwrap_or_else(|e| {
+            tracing::error!(service = %s.name, error = %e, "cannot read the backup history");
+            Vec::new()
+        });
+        let last = history.iter().find(|r| r.kind == Job::Backup && r.outcome.result != "running");
+        for r in &b.repos {
+            let last_success = match journal.last_repo_ok(&s.name, &r.label) {
+                Ok(Some(t)) => Some(t),
+                _ if b.repos.len() == 1 => journal.last_ok(&s.name, Job::Backup).ok().flatten(),
+                _ => None,
+            };
+            let last_error = last.and_then(|run| match run.repos.iter().find(|x| x.label == r.label) {
+                Some(x) => (!x.succeeded()).then(|| x.error.clone()),
+                None => {
+                    matches!(run.outcome.result.as_str(), "failed" | "cancelled").then(|| run.outcome.error.clone())
+                }
+            });
+            let record = Record {
+                last_success: last_success.map(|t| t as i64),
+                last_run: last.map(|run| run.started_unix as i64),
+                last_error,
+            };
+            watch.watch(&s.name, &r.label, warn_after, record);
+        }
+    }
+}
+
 pub(crate) async fn preflight(name: &str, b: &ServiceBackup) -> Result<(), JobError> {
     let fail = |m: String| JobError::step(name, step::PREFLIGHT, m);
     match zfs::exists(&b.dataset).await {

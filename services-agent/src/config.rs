@@ -141,6 +141,8 @@ struct RawService {
     catch_up: bool,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     jitter: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    warn_after: Option<Duration>,
     local_snapshots: Option<u32>,
     retention: Option<Retention>,
     checks: Option<RawChecks>,
@@ -263,11 +265,12 @@ pub struct ServiceBackup {
     pub hooks: Vec<Hook>,
     /// Read on the wall clock of [`Config::timezone`].
     pub schedule: Option<agent_core::cron::Cron>,
-    /// A scheduled time passed while the agent was down (the last backup attempt is older): one backup at start
-    /// (after the jitter).
+    /// A scheduled time passed while the agent was down (its last attempt is older): one backup at start, jittered.
     pub catch_up: bool,
     /// A fixed per-service delay after each scheduled minute, spreading services over `jitter`.
     pub jitter: Duration,
+    /// Older than this, the last success is overdue; `None`: 1.5 × the schedule's interval plus `jitter`.
+    pub warn_after: Option<Duration>,
     pub local_snapshots: u32,
     /// The retention of repositories that name none.
     pub retention: Retention,
@@ -594,6 +597,7 @@ fn service_backup(path: &Path, i: usize, s: &RawService) -> Result<Option<Servic
                 ("hooks", !s.hooks.is_empty()),
                 ("schedule", s.schedule.is_some()),
                 ("catch_up", s.catch_up),
+                ("warn_after", s.warn_after.is_some()),
                 ("local_snapshots", s.local_snapshots.is_some()),
                 ("retention", s.retention.is_some()),
                 ("checks", s.checks.is_some()),
@@ -661,6 +665,7 @@ fn service_backup(path: &Path, i: usize, s: &RawService) -> Result<Option<Servic
         schedule,
         catch_up: s.catch_up,
         jitter,
+        warn_after: s.warn_after,
         local_snapshots: s.local_snapshots.unwrap_or(DEFAULT_LOCAL_SNAPSHOTS),
         retention,
         checks,
@@ -677,13 +682,10 @@ mod tests {
     fn example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/services-agent.toml");
         let cfg = Config::load(&path).unwrap();
-        assert_eq!(cfg.common.grpc.listen.port(), 7443);
-        assert_eq!(cfg.common.metrics_listen.port(), 9443);
+        assert_eq!((cfg.common.grpc.listen.port(), cfg.common.metrics_listen.port()), (7443, 9443));
         let (stacks, hub) = (cfg.stacks.as_ref().unwrap(), cfg.hub.as_ref().unwrap());
-        assert_eq!(stacks.poll, Duration::from_secs(300));
-        assert_eq!(stacks.branch, "main");
-        assert_eq!(hub.domain, "lab.home.arpa");
-        assert_eq!(cfg.dns_agent.as_deref(), Some("https://10.0.0.53:7442"));
+        assert_eq!((stacks.poll, stacks.branch.as_str()), (Duration::from_secs(300), "main"));
+        assert_eq!((hub.domain.as_str(), cfg.dns_agent.as_deref()), ("lab.home.arpa", Some("https://10.0.0.53:7442")));
         let names: Vec<&str> = cfg.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["proxy", "photos", "wiki"]);
         assert_eq!(cfg.service("photos").unwrap().dns, ["photos"]);
@@ -700,14 +702,13 @@ mod tests {
         assert_eq!(b.retention.within, Some(Duration::from_secs(2 * 86_400)));
         assert_eq!((b.retention.daily, b.retention.weekly, b.retention.monthly, b.retention.yearly), (7, 4, 6, 2));
         assert_eq!(b.checks.verify_data, Some(Duration::from_secs(duration::MONTH_SECS)));
-        assert_eq!(b.hooks[0].when, HookWhen::BeforeSnapshot);
-        assert_eq!(b.hooks[0].command[0], "pg_dumpall");
+        assert_eq!((b.hooks[0].when, b.hooks[0].command[0].as_str()), (HookWhen::BeforeSnapshot, "pg_dumpall"));
         assert_eq!(b.notify[0].kind, notify::NotifyKind::Ntfy);
         assert_eq!(cfg.notify[0].kind, notify::NotifyKind::Healthchecks);
         assert_eq!(cfg.backup.parallel, 2);
         assert!(cfg.service("wiki").unwrap().backup.is_none());
         assert_eq!(cfg.timezone, agent_core::cron::zone("Europe/Berlin").unwrap());
-        assert!(b.catch_up);
+        assert!(b.catch_up && b.warn_after == Some(Duration::from_secs(2 * 86_400)));
     }
 
     #[test]
@@ -772,6 +773,7 @@ mod tests {
             (format!("[backup]\nparallel = 0\n{svc}"), "key `backup.parallel`"),
             (format!("{svc}{full}catch_up = true\n"), "key `services[0].catch_up`: is true but no `schedule`"),
             (format!("{svc}catch_up = true\n"), "key `services[0].catch_up`: is a backup setting"),
+            (format!("{svc}warn_after = \"1h\"\n"), "key `services[0].warn_after`: is a backup setting"),
         ];
         for (extra, want) in cases {
             let err = parse(&extra).unwrap_err();
@@ -803,8 +805,7 @@ mod tests {
         assert_eq!(zoned("Asia/Tokyo").unwrap().timezone, agent_core::cron::zone("Asia/Tokyo").unwrap());
         let e = zoned("Asia/Tokio").unwrap_err().to_string();
         assert!(e.contains("key `timezone`: `Asia/Tokio` is not a time zone"), "{e}");
-        let c = parse("").unwrap();
-        assert_eq!(c.services.len(), 1);
+        assert_eq!(parse("").unwrap().services.len(), 1);
         let c = Config::parse(Path::new("/x.toml"), &BASE.replace("stacks-repo", "https://git.example/s.git")).unwrap();
         assert_eq!(c.stacks.unwrap().repo, "https://git.example/s.git");
 
@@ -921,9 +922,10 @@ mod tests {
     fn every_duration_key_takes_the_one_grammar() {
         let svc = "[[services]]\nname = \"a\"\ndataset = \"tank/a\"\nrepo = \"/b/a\"\n";
         type Get = fn(&Config) -> Option<Duration>;
-        let keys: [(&str, &str, Option<Duration>, Get); 7] = [
+        let keys: [(&str, &str, Option<Duration>, Get); 8] = [
             ("stacks.poll", "poll = \"30s\"", None, |c| Some(c.stacks.as_ref().unwrap().poll)),
             ("services[0].jitter", "jitter = V", None, |c| Some(c.services[1].backup.as_ref().unwrap().jitter)),
+            ("services[0].warn_after", "warn_after = V", None, |c| c.services[1].backup.as_ref().unwrap().warn_after),
             ("services[0].healthy_timeout", "healthy_timeout = V", None, |c| {
                 Some(c.services[1].backup.as_ref().unwrap().healthy_timeout)
             }),

@@ -124,6 +124,8 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
         health.add(move |h| h.summary(dns_status.read().unwrap_or_else(|e| e.into_inner()).summary()));
     }
     health.add(move |h| h.summary(health_backups.summary()));
+    let watch = backups.metrics.clone();
+    health.add(move |h| watch.check(h));
     let domain = grpc::routes(stacks, backups);
     let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), health, domain, metrics };
     let served = agent_core::grpc::run_agent(&common, parts, listeners, shutdown).await;

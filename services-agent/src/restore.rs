@@ -600,11 +600,12 @@ impl Backups {
                 for (i, k) in kinds.iter().enumerate() {
                     rep.progress(step::CHECK, i as u64, kinds.len() as u64, format!("borg check {k:?} of {}", r.label))
                         .await;
-                    self.repo(b, r)
-                        .check(*k)
-                        .await
-                        .map_err(|e| JobError::step(name, step::CHECK, format!("repository {}: {e}", r.label)))?;
+                    self.repo(b, r).check(*k).await.map_err(|e| {
+                        self.metrics.record_check(name, &r.label, false);
+                        JobError::step(name, step::CHECK, format!("repository {}: {e}", r.label))
+                    })?;
                 }
+                self.metrics.record_check(name, &r.label, true);
                 self.journal.done(s)?;
                 passed.push((r.label.clone(), format!("{kinds:?}")));
             }

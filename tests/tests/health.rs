@@ -1,7 +1,9 @@
 //! Health tells the truth: real agents that answer but cannot do their job (a services-agent whose Docker socket is
 //! absent, a dns-agent whose blocklist source cannot be fetched and whose every upstream fails, a host-agent with a
-//! VM its hypervisor cannot see) are *degraded* in the real `labctl status`, with the reason, and it exits 2 (1 stays
-//! "unreachable"). Knows the agents' config formats and labctl's output; nothing of their internals.
+//! VM its hypervisor cannot see or whose backup fails and then is overdue, a service whose repository is gone) are
+//! *degraded* in the real
+//! `labctl status`, with the reason, and it exits 2 (1 stays "unreachable"). Knows the agents' config formats and
+//! labctl's output; nothing of their internals.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
@@ -12,6 +14,7 @@ use agent_core::identity::Role;
 use anyhow::{bail, ensure, Context, Result};
 use strata_tests::fixtures::cmd;
 use strata_tests::harness::{base_config, bin, write_inventory, AgentKind, AgentProc, Pki};
+use strata_tests::servicejob::ServiceJob;
 
 /// What one `labctl status` printed.
 struct Status {
@@ -218,5 +221,103 @@ fn a_host_agent_with_a_vm_its_hypervisor_cannot_see_is_degraded() -> Result<()> 
     let s = labctl_status(&inv, false)?;
     ensure!(s.code == Some(0), "{s}");
     ensure!(s.line("host")?.ends_with(" healthy"), "{s}");
+    Ok(())
+}
+
+#[test]
+fn a_vm_whose_backup_fails_is_named_failing_then_overdue_in_status_json_and_metrics() -> Result<()> {
+    let pki = Pki::new()?;
+    let dir = tempfile::tempdir()?;
+    let gone = dir.path().join("gone");
+    let target = dir.path().join("backups/gone");
+    // A schedule far away (no run of its own) and a short warn_after: overdue two seconds after the start.
+    let vm = format!(
+        "[[vms]]\nname = \"gone\"\nbackend = \"qemu\"\npath = {:?}\nmode = \"stop\"\nengine = \"rsync\"\n\
+         target = {:?}\nschedule = \"0 0 1 1 *\"\nwarn_after = \"3s\"\n",
+        gone.display().to_string(),
+        target.display().to_string()
+    );
+    let host = start(&pki, dir.path(), AgentKind::Host, &vm)?;
+    let inv = inventory(&pki, dir.path(), &[&host])?;
+    let s = labctl_status(&inv, false)?;
+    ensure!(!s.stdout.contains("backup failing") && !s.stdout.contains("backup overdue"), "never run, not due: {s}");
+
+    let backup = cmd::output(Command::new(bin("labctl")?).arg("--config").arg(&inv).args(["vm", "backup", "gone"]))?;
+    ensure!(!backup.status.success(), "the backup of a VM without its bundle must fail");
+    let failing = "vm gone: backup failing (target default): ";
+    let s = status_until(&inv, Duration::from_secs(10), |s| s.stdout.contains(failing))?;
+    ensure!(s.code == Some(2), "{s}");
+    let j = labctl_status(&inv, true)?;
+    let b = &j.json_row("host")?["backups"][0];
+    ensure!(b["name"] == "gone" && b["repo"] == "default" && b["layer"] == "host" && b["failing"] == true, "{b}");
+    ensure!(b["state"] == "failing" || b["state"] == "overdue", "{b}");
+    ensure!(b["warn_after_seconds"] == 3 && b["last_run_unix"].as_i64().is_some_and(|t| t > 0), "{b}");
+
+    let overdue = "vm gone: backup overdue (target default): no success in the ";
+    let s = status_until(&inv, Duration::from_secs(15), |s| s.stdout.contains(overdue))?;
+    ensure!(s.code == Some(2) && s.stdout.contains(failing), "{s}");
+    ensure!(s.stdout.contains("overdue, failing"), "the backups table says both: {s}");
+    let metrics = host.metrics_text()?;
+    for series in [
+        "strata_backup_failing{layer=\"host\",name=\"gone\",repo=\"default\"} 1",
+        "strata_backup_overdue{layer=\"host\",name=\"gone\",repo=\"default\"} 1",
+        "strata_backup_failures_total{layer=\"host\",name=\"gone\",repo=\"default\"} 1",
+    ] {
+        ensure!(metrics.lines().any(|l| l == series), "no {series} in\n{metrics}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_service_whose_repository_is_gone_is_named_failing_until_the_next_run_succeeds() -> Result<()> {
+    let lab = ServiceJob::start("fr", 0, "")?;
+    let labctl = |args: &[&str]| -> Result<bool> {
+        let out = cmd::output(Command::new(bin("labctl")?).arg("--config").arg(&lab.inv).args(args))?;
+        Ok(out.status.success())
+    };
+    let failing = format!("service {}: backup failing (repo default): ", lab.service);
+    let series = |name: &str, v: u8| {
+        format!("strata_{name}{{layer=\"services\",name=\"{}\",repo=\"default\"}} {v}", lab.service)
+    };
+    ensure!(labctl(&["services", "backup", &lab.service])?, "the first backup must pass:\n{}", lab.agent.logs());
+    // The fixture's stacks are never deployed (an empty stacks repository): the agent is degraded for them already,
+    // so the backup's reason is looked for among the others.
+    let reasons = |s: &Status| -> Result<Vec<String>> {
+        let row = s.json_row("services")?;
+        Ok(row["degraded"].as_array().into_iter().flatten().filter_map(|r| r.as_str().map(str::to_string)).collect())
+    };
+    let s = labctl_status(&lab.inv, true)?;
+    ensure!(!reasons(&s)?.iter().any(|r| r.starts_with(&failing)), "{s}");
+    ensure!(s.json_row("services")?["backups"][0]["state"] == "ok", "{s}");
+
+    // The repository is gone: the run fails, the service is named failing, the metrics agree.
+    let aside = lab.borg.scratch_dir().join("repo.aside");
+    std::fs::rename(lab.borg.path(), &aside)?;
+    ensure!(!labctl(&["services", "backup", &lab.service])?, "a backup into a missing repository must fail");
+    ensure!(!labctl(&["services", "check", &lab.service])?, "a check of a missing repository must fail");
+    let s = labctl_status(&lab.inv, false)?;
+    ensure!(s.code == Some(2) && s.stdout.contains(&failing), "{s}");
+    ensure!(s.stderr.contains("degraded: services"), "{s}");
+    let j = labctl_status(&lab.inv, true)?;
+    ensure!(j.code == Some(2) && reasons(&j)?.iter().any(|r| r.starts_with(&failing)), "{j}");
+    let b = &j.json_row("services")?["backups"][0];
+    ensure!(b["state"] == "failing" && b["layer"] == "services" && b["name"] == lab.service.as_str(), "{b}");
+    let metrics = lab.agent.metrics_text()?;
+    for want in [series("backup_failing", 1), series("backup_failures_total", 1), series("backup_check_failing", 1)] {
+        ensure!(metrics.lines().any(|l| l == want), "no {want} in\n{metrics}");
+    }
+
+    // Back in place: the next run clears it.
+    std::fs::rename(&aside, lab.borg.path())?;
+    ensure!(
+        labctl(&["services", "backup", &lab.service])?,
+        "the backup after the fix must pass:\n{}",
+        lab.agent.logs()
+    );
+    let s = labctl_status(&lab.inv, true)?;
+    ensure!(!reasons(&s)?.iter().any(|r| r.starts_with(&failing)), "{s}");
+    ensure!(s.json_row("services")?["backups"][0]["state"] == "ok", "{s}");
+    let metrics = lab.agent.metrics_text()?;
+    ensure!(metrics.lines().any(|l| l == series("backup_failing", 0)), "{metrics}");
     Ok(())
 }

@@ -107,7 +107,7 @@ async fn two_local_targets_one_failing_makes_the_run_partial_and_either_target_r
     ensure!(pauses(&lab)? == 1, "paused {} times for one run", pauses(&lab)?);
     let text = lab.agent()?.metrics_text()?;
     let fresh = |t: &str, target: &str| {
-        metric(t, "host_backup_last_success_timestamp_seconds", &format!("vm=\"lab\",target=\"{target}\""))
+        metric(t, "backup_last_success_timestamp_seconds", &format!("layer=\"host\",name=\"lab\",repo=\"{target}\""))
     };
     let (l1, s1) = (fresh(&text, "local").context("no local series")?, fresh(&text, "second").context("no second")?);
     ensure!(l1 == s1 && l1 > 1.7e9, "{text}");
@@ -131,9 +131,9 @@ async fn two_local_targets_one_failing_makes_the_run_partial_and_either_target_r
     let text = lab.agent()?.metrics_text()?;
     let (l2, s2) = (fresh(&text, "local").context("local")?, fresh(&text, "second").context("second")?);
     ensure!(l2 > l1 && s2 == s1, "local {l1} → {l2}, second {s1} → {s2}");
-    let failures = metric(&text, "host_backup_failures_total", "vm=\"lab\",target=\"second\"");
+    let failures = metric(&text, "backup_failures_total", "layer=\"host\",name=\"lab\",repo=\"second\"");
     ensure!(failures == Some(1.0), "{text}");
-    ensure!(metric(&text, "host_backup_failures_total", "vm=\"lab\",target=\"local\"").is_none(), "{text}");
+    ensure!(metric(&text, "backup_failures_total", "layer=\"host\",name=\"lab\",repo=\"local\"").is_none(), "{text}");
 
     // The history: one row per run and target, each run's status on its rows (gRPC and labctl alike).
     let h = c.history(VmHistoryRequest { name: "lab".into(), target: String::new() }).await?.into_inner().entries;
@@ -307,11 +307,18 @@ async fn a_vm_with_a_local_and_an_offsite_target_restores_from_the_offsite_one_b
     ensure!(trusted.archives(&repo)? == before, "something reached the off-site repository");
     let metrics = lab.agent()?.metrics_text()?;
     let fresh = |target: &str| {
-        metric(&metrics, "host_backup_last_success_timestamp_seconds", &format!("vm=\"lab\",target=\"{target}\""))
+        metric(
+            &metrics,
+            "backup_last_success_timestamp_seconds",
+            &format!("layer=\"host\",name=\"lab\",repo=\"{target}\""),
+        )
     };
     let (l, o) = (fresh("local").context("local series")?, fresh("offsite").context("offsite series")?);
     ensure!(l > o, "the off-site target should be stale: local {l}, offsite {o}");
-    ensure!(metric(&metrics, "host_backup_failures_total", "vm=\"lab\",target=\"offsite\"") == Some(1.0), "{metrics}");
+    ensure!(
+        metric(&metrics, "backup_failures_total", "layer=\"host\",name=\"lab\",repo=\"offsite\"") == Some(1.0),
+        "{metrics}"
+    );
     ensure!(lab.state().await? == "running", "the vm does not run");
     Ok(())
 }

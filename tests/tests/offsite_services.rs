@@ -102,14 +102,14 @@ fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
     v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
 }
 
-/// The value of `strata_services_backup_last_success_timestamp_seconds{service,repo}`, if the series exists.
+/// The value of `strata_backup_last_success_timestamp_seconds{layer="services",name,repo}`, if the series exists.
 fn last_success(lab: &Lab, repo: &str) -> Result<Option<f64>> {
     let text = lab.agent().metrics_text()?;
     let want = format!("repo=\"{repo}\"");
     Ok(text
         .lines()
-        .filter(|l| l.starts_with("strata_services_backup_last_success_timestamp_seconds{"))
-        .find(|l| l.contains(&want) && l.contains(&format!("service=\"{}\"", lab.service)))
+        .filter(|l| l.starts_with("strata_backup_last_success_timestamp_seconds{layer=\"services\","))
+        .find(|l| l.contains(&want) && l.contains(&format!("name=\"{}\"", lab.service)))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok()))
 }
 

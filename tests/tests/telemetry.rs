@@ -40,6 +40,13 @@ fn every_agent_serves_metrics_that_promtool_accepts() -> Result<()> {
         for family in ["process_resident_memory_bytes ", "process_open_fds ", "process_cpu_seconds_total "] {
             assert!(text.contains(family), "{kind:?}: no {family} in\n{text}");
         }
+        // The served certificate's notAfter, on every agent: in the future (the test PKI's certificates are fresh).
+        let expiry = text
+            .lines()
+            .find_map(|l| l.strip_prefix("strata_certificate_expiry_timestamp_seconds "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+        assert!(expiry.is_some_and(|t| t > now), "{kind:?}: no future certificate expiry in\n{text}");
         let mut check = Command::new(&promtool)
             .args(["check", "metrics"])
             .stdin(Stdio::piped())
