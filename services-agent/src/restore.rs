@@ -22,7 +22,7 @@ use agent_core::repos::RepoSpec;
 
 /// What a restore reads, once the request is resolved and checked to exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Picked {
+pub(crate) enum Picked {
     /// An archive in one of the service's repositories.
     Archive { repo: Box<RepoSpec>, name: String },
     /// A local snapshot, `DATASET@SNAP`.
@@ -118,7 +118,7 @@ impl Backups {
     }
 
     /// The archive `source` names (the newest for `Latest`) in repository `r`, checked to exist.
-    async fn pick_archive(
+    pub(crate) async fn pick_archive(
         &self,
         name: &str,
         b: &ServiceBackup,
@@ -174,6 +174,7 @@ impl Backups {
         source: Source,
         to: Option<PathBuf>,
         label: Option<&str>,
+        path: Option<&str>,
         rep: &Reporter,
     ) -> Result<RunReport, JobError> {
         let (_, b) = self.settings(name)?;
@@ -191,7 +192,7 @@ impl Backups {
         let _repos = self.lock_repos(b).await;
         let run = self.journal.start_run(name, Job::Restore, Trigger::Manual)?;
         let started = Instant::now();
-        let result = self.restore_steps(run, name, b, source, to, label, rep, None).await;
+        let result = self.restore_steps(run, name, b, source, to, label, path, rep, None).await;
         self.end(run, name, b, Job::Restore, started, result).await
     }
 
@@ -261,7 +262,7 @@ impl Backups {
                     })
                 };
                 match source {
-                    Ok(source) => self.restore_steps(run, name, b, source, None, None, rep, Some(&held)).await,
+                    Ok(source) => self.restore_steps(run, name, b, source, None, None, None, rep, Some(&held)).await,
                     Err(e) => Err(e),
                 }
             }
@@ -305,7 +306,7 @@ impl Backups {
         ))
     }
 
-    /// `held`: the held restore this run resumes.
+    /// `held`: the held restore this run resumes. `path`: only this file or directory (see `files`).
     #[allow(clippy::too_many_arguments)]
     async fn restore_steps(
         &self,
@@ -315,6 +316,7 @@ impl Backups {
         source: Source,
         to: Option<PathBuf>,
         label: Option<&str>,
+        path: Option<&str>,
         rep: &Reporter,
         held: Option<&Held>,
     ) -> Result<(String, Outcome), JobError> {
@@ -336,9 +338,17 @@ impl Backups {
             Picked::Archive { name: a, .. } => (a.clone(), String::new()),
             Picked::Snapshot(sn) => (String::new(), sn.clone()),
         };
+        if let Some(p) = path {
+            // Before anything is stopped or written: the path must be in the source.
+            self.check_source_path(name, b, &from, p).await?;
+        }
         j.set_source(run, &archive, &snapshot)?;
         let outcome = Outcome { archive, snapshot, ..Default::default() };
         j.done(s)?;
+        let what = match path {
+            Some(p) => format!("{p} from {}", from.name()),
+            None => from.name().to_string(),
+        };
 
         if let Some(dest) = to {
             // For inspection: never into anything that holds data.
@@ -353,9 +363,10 @@ impl Backups {
             }
             std::fs::create_dir_all(&dest)
                 .map_err(|e| JobError::step(name, step::EXTRACT, format!("{}: {e}", dest.display())))?;
-            self.fill(run, name, b, &from, &dest, rep).await?;
+            self.fill(run, name, b, &from, &dest, path, rep).await?;
+            let at = path.map_or_else(|| dest.clone(), |p| dest.join(p));
             return Ok((
-                format!("restored {} to {} (the service was not touched)", from.name(), dest.display()),
+                format!("restored {what} to {} (the service was not touched)", at.display()),
                 outcome,
             ));
         }
@@ -371,6 +382,10 @@ impl Backups {
                 service: name.into(),
                 message: format!("in-place restore refused: {why}"),
             });
+        }
+        if let Some(p) = path {
+            crate::files::check_live_parents(&mount, p)
+                .map_err(|m| JobError::Refused { service: name.into(), message: format!("--path {m}") })?;
         }
         let engine =
             Engine::connect(&self.cfg.docker_socket).await.map_err(|e| JobError::step(name, step::RESTORE_STOP, e))?;
@@ -395,7 +410,7 @@ impl Backups {
         };
         let replaced = match stopped {
             Err(e) => Err(Failed { error: JobError::step(name, step::RESTORE_STOP, e), data_safe: true }),
-            Ok(()) => self.replace(run, name, b, &from, &mount, &stop_step, rep).await,
+            Ok(()) => self.replace(run, name, b, &from, &mount, path, &stop_step, rep).await,
         };
         // Half-replaced data whose rollback failed stays down (its journal step open for the next start to repair);
         // in every other case the service comes back, with the restored data or with the data it had before.
@@ -423,7 +438,8 @@ impl Backups {
             format!("its {} container(s) are running again", ids.len())
         };
         let resumed = held.map(|h| format!(" (resumed the interrupted restore, run {})", h.run)).unwrap_or_default();
-        Ok((format!("restored {} in place{resumed}; safety snapshot {safety}; {state}", from.name()), outcome))
+        let rest = if path.is_some() { " (the rest of the data was not touched)" } else { "" };
+        Ok((format!("restored {what} in place{rest}{resumed}; safety snapshot {safety}; {state}"), outcome))
     }
 
     /// Safety snapshot, then the dataset's contents replaced. Returns the safety snapshot; on failure, whether the
@@ -438,6 +454,7 @@ impl Backups {
         b: &ServiceBackup,
         from: &Picked,
         mount: &Path,
+        path: Option<&str>,
         stop: &OpenStep,
         rep: &Reporter,
     ) -> Result<String, Failed> {
@@ -460,14 +477,18 @@ impl Backups {
         j.done(s).map_err(|e| safe(e.into()))?;
         let data_started = now_unix();
         let d = j.begin(run, name, step::RESTORE_DATA, &safety).map_err(|e| safe(e.into()))?;
-        rep.say(step::RESTORE_DATA, format!("replacing the contents of {}", mount.display())).await;
-        let (m, ds) = (mount.to_path_buf(), b.dataset.clone());
+        let shown = path.map_or_else(|| mount.to_path_buf(), |p| mount.join(p));
+        rep.say(step::RESTORE_DATA, format!("replacing the contents of {}", shown.display())).await;
+        let (m, ds, p) = (mount.to_path_buf(), b.dataset.clone(), path.map(String::from));
         let replaced = async {
-            tokio::task::spawn_blocking(move || empty_tree(&ds, &m))
-                .await
-                .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?
-                .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?;
-            self.fill(run, name, b, from, mount, rep).await
+            tokio::task::spawn_blocking(move || match p {
+                Some(p) => crate::files::remove_live(&m, &p),
+                None => empty_tree(&ds, &m),
+            })
+            .await
+            .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?
+            .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?;
+            self.fill(run, name, b, from, mount, path, rep).await
         }
         .await;
         if let Err(e) = replaced {
@@ -516,7 +537,9 @@ impl Backups {
         Ok(safety)
     }
 
-    /// Writes the data of the archive or snapshot into the existing directory `dest`.
+    /// Writes the data of the archive or snapshot (only `path`, at its relative path, when given; it must not exist
+    /// in `dest`) into the existing directory `dest`.
+    #[allow(clippy::too_many_arguments)]
     async fn fill(
         &self,
         run: i64,
@@ -524,6 +547,7 @@ impl Backups {
         b: &ServiceBackup,
         from: &Picked,
         dest: &Path,
+        path: Option<&str>,
         rep: &Reporter,
     ) -> Result<(), JobError> {
         let j = &self.journal;
@@ -533,7 +557,11 @@ impl Backups {
                 let s = j.begin(run, name, step::EXTRACT, a)?;
                 rep.say(step::EXTRACT, format!("borg extract {a} from {} into {}", r.label, dest.display())).await;
                 agent_core::state::fail_point(step::EXTRACT).map_err(|e| JobError::step(name, step::EXTRACT, e))?;
-                self.repo(b, r).extract(a, dest).await.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
+                let extracted = match path {
+                    Some(p) => self.repo(b, r).extract_paths(a, dest, &[p]).await,
+                    None => self.repo(b, r).extract(a, dest).await,
+                };
+                extracted.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
                 j.done(s)?;
                 return Ok(());
             }
@@ -546,13 +574,22 @@ impl Backups {
         clone_tree(&b.dataset, snap, &scratch, &at).await.map_err(|e| JobError::step(name, step::SCRATCH, e))?;
         let s = j.begin(run, name, step::EXTRACT, snapshot)?;
         rep.say(step::EXTRACT, format!("copying {snapshot} into {}", dest.display())).await;
-        let copy = Cmd::new("cp")
-            .args(["-a", "--reflink=auto", "--"])
-            .arg(at.join("."))
-            .arg(dest)
-            .env(crate::backup::OWNER_ENV, self.owner())
-            .timeout(COPY_TIMEOUT);
-        let copied = runner::run_ok(copy).await;
+        let (src, to) = match path {
+            Some(p) => (at.join(p), dest.join(p)),
+            None => (at.join("."), dest.to_path_buf()),
+        };
+        let copied = match crate::files::prepare_copy(&at, dest, path) {
+            Ok(()) => {
+                let copy = Cmd::new("cp")
+                    .args(["-a", "--reflink=auto", "--"])
+                    .arg(src)
+                    .arg(to)
+                    .env(crate::backup::OWNER_ENV, self.owner())
+                    .timeout(COPY_TIMEOUT);
+                runner::run_ok(copy).await.map(drop).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
         let destroyed = zfs::destroy(&scratch, true).await;
         copied.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
         j.done(s)?;
