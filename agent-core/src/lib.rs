@@ -15,6 +15,7 @@ pub mod health;
 pub mod identity;
 pub mod install;
 pub mod jobs;
+pub mod paging;
 pub mod policy;
 pub mod repos;
 pub mod runner;

@@ -297,7 +297,7 @@ fn human(secs: u64) -> String {
 }
 
 /// Unix seconds as an RFC 3339 UTC date-time; `-` for none.
-fn utc(unix: i64) -> String {
+pub(crate) fn utc(unix: i64) -> String {
     if unix <= 0 {
         return "-".into();
     }
@@ -308,7 +308,7 @@ fn utc(unix: i64) -> String {
 }
 
 /// Bytes in binary units: `512 B`, `1.2 MiB`.
-fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
@@ -353,39 +353,6 @@ fn render_archives(rows: &[ArchiveRow]) -> String {
         t.row([a.name.clone(), utc(a.time_unix), size(a.original_size), size(a.deduplicated_size)]);
     }
     t.to_string()
-}
-
-/// One page of `labctl services files` (`--json`: this object).
-#[derive(Debug, Serialize)]
-struct FilesPage {
-    archive: String,
-    repo: String,
-    /// Entries under the asked path in the whole archive.
-    total: u64,
-    /// Empty on the last page.
-    next_page_token: String,
-    entries: Vec<FileRow>,
-}
-
-#[derive(Debug, Serialize)]
-struct FileRow {
-    path: String,
-    #[serde(rename = "type")]
-    kind: String,
-    mode: String,
-    size: u64,
-    mtime_unix: i64,
-    link_target: String,
-}
-
-fn render_files(p: &FilesPage) -> String {
-    let mut t = Table::new(["MODE", "SIZE", "MODIFIED", "PATH"]);
-    for e in &p.entries {
-        let path = if e.link_target.is_empty() { e.path.clone() } else { format!("{} -> {}", e.path, e.link_target) };
-        let size = if e.kind == "dir" { "-".to_string() } else { size(e.size) };
-        t.row([e.mode.clone(), size, utc(e.mtime_unix), path]);
-    }
-    format!("archive {} in repository {}\n{t}", p.archive, p.repo)
 }
 
 fn render_history(rows: &[HistoryRow], verbose: bool) -> String {
@@ -685,42 +652,19 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
                 limit: limit.unwrap_or(0),
             };
             let r = agent.call("list files", c.list_files(req)).await?;
-            let page = FilesPage {
-                archive: r.archive,
-                repo: r.repo,
+            let page = crate::files::Page {
+                source: r.archive,
+                place: r.repo,
                 total: r.total,
                 next_page_token: r.next_page_token,
-                entries: r
-                    .entries
-                    .into_iter()
-                    .map(|e| FileRow {
-                        path: e.path,
-                        kind: e.r#type,
-                        mode: e.mode,
-                        size: e.size,
-                        mtime_unix: e.mtime_unix,
-                        link_target: e.link_target,
-                    })
-                    .collect(),
+                entries: r.entries.into_iter().map(crate::files::Row::from).collect(),
             };
-            if json {
-                output::json(&page)?;
-            } else {
-                print!("{}", render_files(&page));
-                if !page.next_page_token.is_empty() {
-                    let mut next = format!("labctl services files {name}");
-                    if let Some(p) = &path {
-                        next.push(' ');
-                        next.push_str(&agent_core::runner::shell_quote(p));
-                    }
-                    eprintln!(
-                        "{} of {} entries shown; next page: {next} --page-token {}",
-                        page.entries.len(),
-                        page.total,
-                        agent_core::runner::shell_quote(&page.next_page_token)
-                    );
-                }
+            let mut next = format!("labctl services files {name}");
+            if let Some(p) = &path {
+                next.push(' ');
+                next.push_str(&agent_core::runner::shell_quote(p));
             }
+            crate::files::show(&page, "archive", "repository", json, &next)?;
         }
         ServicesCmd::Restore { name, repo, archive, snapshot, to, path, resume, abandon, cancel_on_interrupt } => {
             let target = name.clone();

@@ -13,10 +13,6 @@ use crate::journal::step;
 use crate::restore::Picked;
 use crate::zfs;
 
-/// Entries per page when the caller gives no limit, and the most one page may hold.
-pub(crate) const DEFAULT_PAGE: usize = 500;
-pub(crate) const MAX_PAGE: usize = 5000;
-
 /// One page of an archive's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FilesPage {
@@ -58,9 +54,7 @@ impl Backups {
             }
         }
         let total = all.len();
-        let limit = limit.clamp(1, MAX_PAGE);
-        let entries: Vec<FileEntry> = all.into_iter().skip(offset).take(limit).collect();
-        let next = (offset + entries.len() < total).then_some(offset + entries.len());
+        let (entries, next) = agent_core::paging::page(all, offset, limit.min(agent_core::paging::MAX_LIMIT));
         Ok(FilesPage { archive: a, repo: r.label.clone(), entries, total, next })
     }
 

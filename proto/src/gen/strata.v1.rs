@@ -1516,6 +1516,51 @@ pub struct VmRestoreRequest {
     #[prost(string, tag = "6")]
     pub target: ::prost::alloc::string::String,
 }
+/// archive: a backup id (empty: the newest); page_token: the previous answer's next_page_token (it names the backup
+/// it pages through); limit: entries per page (0: 500; at most 5000).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VmFilesRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub target: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub archive: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub page_token: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "5")]
+    pub limit: u32,
+}
+/// type: file, dir, symlink, …; mode as `ls -l` shows it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VmFile {
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub r#type: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    #[prost(int64, tag = "4")]
+    pub mtime_unix: i64,
+    #[prost(string, tag = "5")]
+    pub mode: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub link_target: ::prost::alloc::string::String,
+}
+/// target/archive: what was listed; total: entries in all pages; next_page_token: empty on the last page.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct VmFilesResponse {
+    #[prost(string, tag = "1")]
+    pub target: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub archive: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "3")]
+    pub entries: ::prost::alloc::vec::Vec<VmFile>,
+    #[prost(string, tag = "4")]
+    pub next_page_token: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "5")]
+    pub total: u64,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct VmDrillRequest {
     #[prost(string, tag = "1")]
@@ -1797,6 +1842,28 @@ pub mod host_client {
                 .insert(GrpcMethod::new("strata.v1.Host", "ListBackups"));
             self.inner.unary(req, path, codec).await
         }
+        /// One page of the files a VM backup holds (Borg targets only: other engines answer FAILED_PRECONDITION saying so).
+        pub async fn list_files(
+            &mut self,
+            request: impl tonic::IntoRequest<super::VmFilesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::VmFilesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/strata.v1.Host/ListFiles");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("strata.v1.Host", "ListFiles"));
+            self.inner.unary(req, path, codec).await
+        }
         pub async fn restore(
             &mut self,
             request: impl tonic::IntoRequest<super::VmRestoreRequest>,
@@ -1956,6 +2023,11 @@ pub mod host_server {
             tonic::Response<super::ListBackupsResponse>,
             tonic::Status,
         >;
+        /// One page of the files a VM backup holds (Borg targets only: other engines answer FAILED_PRECONDITION saying so).
+        async fn list_files(
+            &self,
+            request: tonic::Request<super::VmFilesRequest>,
+        ) -> std::result::Result<tonic::Response<super::VmFilesResponse>, tonic::Status>;
         /// Server streaming response type for the Restore method.
         type RestoreStream: tonic::codegen::tokio_stream::Stream<
                 Item = std::result::Result<super::Progress, tonic::Status>,
@@ -2366,6 +2438,49 @@ pub mod host_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListBackupsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/strata.v1.Host/ListFiles" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListFilesSvc<T: Host>(pub Arc<T>);
+                    impl<T: Host> tonic::server::UnaryService<super::VmFilesRequest>
+                    for ListFilesSvc<T> {
+                        type Response = super::VmFilesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::VmFilesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Host>::list_files(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListFilesSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use agent_core::grpc::{cancelled, jobs_status, progress_stream, JobSummary};
 use agent_core::jobs::Registry;
+use agent_core::paging;
 use futures::{Stream, StreamExt};
 use strata_proto::v1 as pb;
 use strata_proto::v1::services_server::{Services, ServicesServer};
@@ -214,11 +215,6 @@ struct FilesQuery {
     limit: usize,
 }
 
-/// `OFFSET:ARCHIVE`: where the next page starts, in which archive (a page token must not move to a newer one).
-fn page_token(offset: usize, archive: &str) -> String {
-    format!("{offset}:{archive}")
-}
-
 impl TryFrom<pb::ListFilesRequest> for FilesQuery {
     type Error = Status;
     fn try_from(r: pb::ListFilesRequest) -> Result<Self, Status> {
@@ -234,24 +230,16 @@ impl TryFrom<pb::ListFilesRequest> for FilesQuery {
         };
         let mut offset = 0;
         if !r.page_token.is_empty() {
-            let bad = || Status::invalid_argument("page_token: not a token this agent gave (OFFSET:ARCHIVE)");
-            let (o, a) = r.page_token.split_once(':').ok_or_else(bad)?;
-            offset = o.parse().map_err(|_| bad())?;
-            if archive.as_deref().is_some_and(|x| x != a) {
-                return Err(Status::invalid_argument(format!("page_token: pages archive {a}, not {}", r.archive)));
+            let c = paging::parse_token(&r.page_token)
+                .map_err(|e| Status::invalid_argument(format!("page_token: {e}")))?;
+            if archive.as_deref().is_some_and(|x| x != c.source) {
+                let msg = format!("page_token: pages archive {}, not {}", c.source, r.archive);
+                return Err(Status::invalid_argument(msg));
             }
-            archive = Some(a.to_string());
+            offset = c.offset;
+            archive = Some(c.source);
         }
-        let limit = match r.limit as usize {
-            0 => crate::files::DEFAULT_PAGE,
-            l if l > crate::files::MAX_PAGE => {
-                return Err(Status::invalid_argument(format!(
-                    "limit: {l} is more than {} entries per page",
-                    crate::files::MAX_PAGE
-                )))
-            }
-            l => l,
-        };
+        let limit = paging::limit(r.limit).map_err(|e| Status::invalid_argument(format!("limit: {e}")))?;
         Ok(FilesQuery { name, archive, repo, path, offset, limit })
     }
 }
@@ -594,7 +582,7 @@ impl Services for ServicesSvc {
             .await
             .map_err(job_status)?;
         Ok(Response::new(pb::ListFilesResponse {
-            next_page_token: page.next.map(|o| page_token(o, &page.archive)).unwrap_or_default(),
+            next_page_token: page.next.map(|o| paging::token(o, &page.archive)).unwrap_or_default(),
             archive: page.archive,
             repo: page.repo,
             total: page.total as u64,
@@ -754,8 +742,8 @@ mod tests {
             limit,
         };
         let q = FilesQuery::try_from(req("sub/", "", "", 0)).ok().unwrap();
-        assert_eq!((q.path.as_deref(), q.offset, q.limit), (Some("sub"), 0, crate::files::DEFAULT_PAGE));
-        let q = FilesQuery::try_from(req("", "", &page_token(500, "photos-1"), 10)).ok().unwrap();
+        assert_eq!((q.path.as_deref(), q.offset, q.limit), (Some("sub"), 0, paging::DEFAULT_LIMIT));
+        let q = FilesQuery::try_from(req("", "", &paging::token(500, "photos-1"), 10)).ok().unwrap();
         assert_eq!((q.archive.as_deref(), q.offset, q.limit), (Some("photos-1"), 500, 10));
         for (r, want) in [
             (req("../etc", "", "", 0), "path: `../etc` has a `..` component"),
@@ -763,7 +751,7 @@ mod tests {
             (req("/etc", "", "", 0), "path: `/etc` is absolute"),
             (req("a\0b", "", "", 0), "path: contains a NUL byte"),
             (req("", "", "x", 0), "page_token:"),
-            (req("", "photos-2", &page_token(5, "photos-1"), 0), "page_token: pages archive photos-1"),
+            (req("", "photos-2", &paging::token(5, "photos-1"), 0), "page_token: pages archive photos-1"),
             (req("", "", "", 5001), "limit: 5001"),
         ] {
             let e = FilesQuery::try_from(r).err().unwrap();
