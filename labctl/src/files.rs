@@ -36,13 +36,27 @@ pub(crate) struct Row {
 
 impl From<FileEntry> for Row {
     fn from(e: FileEntry) -> Row {
-        Row { path: e.path, kind: e.r#type, mode: e.mode, size: e.size, mtime_unix: e.mtime_unix, link_target: e.link_target }
+        Row {
+            path: e.path,
+            kind: e.r#type,
+            mode: e.mode,
+            size: e.size,
+            mtime_unix: e.mtime_unix,
+            link_target: e.link_target,
+        }
     }
 }
 
 impl From<VmFile> for Row {
     fn from(e: VmFile) -> Row {
-        Row { path: e.path, kind: e.r#type, mode: e.mode, size: e.size, mtime_unix: e.mtime_unix, link_target: e.link_target }
+        Row {
+            path: e.path,
+            kind: e.r#type,
+            mode: e.mode,
+            size: e.size,
+            mtime_unix: e.mtime_unix,
+            link_target: e.link_target,
+        }
     }
 }
 

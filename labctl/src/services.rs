@@ -803,6 +803,7 @@ mod tests {
                 archive,
                 snapshot,
                 to,
+                path: None,
                 resume: false,
                 abandon: false,
                 cancel_on_interrupt: false,

@@ -480,6 +480,9 @@ mod tests {
         assert!(matches!(c.cmd, VmCmd::Drill { target: Some(t), .. } if t == "offsite"));
         let c = Cli::try_parse_from(["vm", "backups", "lab", "--target", "local"]).unwrap();
         assert!(matches!(c.cmd, VmCmd::Backups { target: Some(t), .. } if t == "local"));
+        let c = Cli::try_parse_from(["vm", "files", "lab", "--archive", "lab-1", "--limit", "50"]).unwrap();
+        assert!(matches!(c.cmd, VmCmd::Files { archive: Some(a), limit: Some(50), target: None, .. } if a == "lab-1"));
+        assert!(Cli::try_parse_from(["vm", "files"]).is_err());
         assert!(matches!(
             Cli::try_parse_from(["vm", "history"]).unwrap().cmd,
             VmCmd::History { name: None, target: None }

@@ -94,7 +94,10 @@ impl Backups {
             Ok(())
         } else {
             let kind = if matches!(from, Picked::Archive { .. }) { "archive" } else { "snapshot" };
-            Err(JobError::Refused { service: name.into(), message: format!("--path {path} is not in {kind} {}", from_name(from)) })
+            Err(JobError::Refused {
+                service: name.into(),
+                message: format!("--path {path} is not in {kind} {}", from_name(from)),
+            })
         }
     }
 }

@@ -365,10 +365,7 @@ impl Backups {
                 .map_err(|e| JobError::step(name, step::EXTRACT, format!("{}: {e}", dest.display())))?;
             self.fill(run, name, b, &from, &dest, path, rep).await?;
             let at = path.map_or_else(|| dest.clone(), |p| dest.join(p));
-            return Ok((
-                format!("restored {what} to {} (the service was not touched)", at.display()),
-                outcome,
-            ));
+            return Ok((format!("restored {what} to {} (the service was not touched)", at.display()), outcome));
         }
 
         let mount = zfs::mountpoint(&b.dataset)

@@ -174,7 +174,12 @@ async fn single_files_and_directories_come_back_from_archives_and_snapshots_in_p
         ensure!(lab.snapshots()?.len() == snaps_before + 1, "one safety snapshot per in-place restore");
         ensure!(lab.writer_running()?, "the service runs again");
         let after = tree(&m, &WRITER_FILES)?;
-        ensure!(sub(&after, p) == sub(&orig, p), "{from:?} {p}: {:?} != {:?}", sub(&after, p).keys(), sub(&orig, p).keys());
+        ensure!(
+            sub(&after, p) == sub(&orig, p),
+            "{from:?} {p}: {:?} != {:?}",
+            sub(&after, p).keys(),
+            sub(&orig, p).keys()
+        );
         let rest = |t: &BTreeMap<String, Vec<u8>>| -> BTreeMap<String, Vec<u8>> {
             t.iter()
                 .filter(|(k, _)| !(k.as_str() == p || k.starts_with(&format!("{p}/"))))

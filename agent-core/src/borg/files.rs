@@ -46,8 +46,8 @@ pub fn parse_file_lines(out: &[u8]) -> Result<Vec<FileEntry>, String> {
         if l.path == "." {
             continue;
         }
-        let mtime_unix =
-            parse_time(&l.mtime).ok_or_else(|| format!("line {}: `{}` has a bad mtime `{}`", i + 1, l.path, l.mtime))?;
+        let mtime_unix = parse_time(&l.mtime)
+            .ok_or_else(|| format!("line {}: `{}` has a bad mtime `{}`", i + 1, l.path, l.mtime))?;
         let kind = match l.kind.as_str() {
             "-" => "file",
             "d" => "dir",
@@ -85,7 +85,9 @@ pub fn archive_path(p: &str) -> Result<String, String> {
         return Err(format!("`{}` contains a control character", p.escape_default()));
     }
     if p.starts_with('/') {
-        return Err(format!("`{p}` is absolute: name it relative to the data's root (as `labctl services files` shows it)"));
+        return Err(format!(
+            "`{p}` is absolute: name it relative to the data's root (as `labctl services files` shows it)"
+        ));
     }
     if p.starts_with('-') {
         return Err(format!("`{p}` starts with `-` (borg would read it as an option)"));

@@ -304,7 +304,8 @@ impl Repo {
     /// parsed: callers page the result, not borg's output.
     pub async fn list_files(&self, archive: &str, prefix: Option<&str>) -> Result<Vec<FileEntry>, BorgError> {
         self.require_repo()?;
-        let mut cmd = self.cmd().args(["list", "--json-lines", "--lock-wait", LOCK_WAIT, "--"]).arg(self.archive_ref(archive));
+        let mut cmd =
+            self.cmd().args(["list", "--json-lines", "--lock-wait", LOCK_WAIT, "--"]).arg(self.archive_ref(archive));
         if let Some(p) = prefix {
             cmd = cmd.arg(prefix_pattern(p));
         }

@@ -144,8 +144,7 @@ impl Host {
         }
         let picked = self.pick(vm, label, archive, true).await?;
         let id = picked.id.ok_or(HostError::NoBackups { vm: name.into() })?;
-        let files =
-            picked.engine.files(&id).await.map_err(|source| HostError::Engine { vm: name.into(), source })?;
+        let files = picked.engine.files(&id).await.map_err(|source| HostError::Engine { vm: name.into(), source })?;
         Ok((picked.label, id, files))
     }
 

@@ -230,8 +230,8 @@ impl TryFrom<pb::ListFilesRequest> for FilesQuery {
         };
         let mut offset = 0;
         if !r.page_token.is_empty() {
-            let c = paging::parse_token(&r.page_token)
-                .map_err(|e| Status::invalid_argument(format!("page_token: {e}")))?;
+            let c =
+                paging::parse_token(&r.page_token).map_err(|e| Status::invalid_argument(format!("page_token: {e}")))?;
             if archive.as_deref().is_some_and(|x| x != c.source) {
                 let msg = format!("page_token: pages archive {}, not {}", c.source, r.archive);
                 return Err(Status::invalid_argument(msg));
