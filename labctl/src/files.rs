@@ -3,11 +3,9 @@
 
 use anyhow::Result;
 use serde::Serialize;
-use strata_proto::v1::{FileEntry, VmFile};
 
 use crate::output;
-use crate::services::{size, utc};
-use crate::table::Table;
+use crate::table::{size, utc, Table};
 
 /// One page (`--json`: this object, with `source`/`place` named for what was listed).
 #[derive(Debug, Serialize)]
@@ -32,32 +30,6 @@ pub(crate) struct Row {
     pub size: u64,
     pub mtime_unix: i64,
     pub link_target: String,
-}
-
-impl From<FileEntry> for Row {
-    fn from(e: FileEntry) -> Row {
-        Row {
-            path: e.path,
-            kind: e.r#type,
-            mode: e.mode,
-            size: e.size,
-            mtime_unix: e.mtime_unix,
-            link_target: e.link_target,
-        }
-    }
-}
-
-impl From<VmFile> for Row {
-    fn from(e: VmFile) -> Row {
-        Row {
-            path: e.path,
-            kind: e.r#type,
-            mode: e.mode,
-            size: e.size,
-            mtime_unix: e.mtime_unix,
-            link_target: e.link_target,
-        }
-    }
 }
 
 /// The page as a table headed by what was listed (`source_word` `place_word`: "archive", "repository"), or as

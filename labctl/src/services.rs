@@ -19,7 +19,7 @@ use strata_proto::v1::{
 use crate::client::{self, Agent, Timeouts, DEPLOY_TIMEOUT};
 use crate::inventory::Inventory;
 use crate::output::{self, Opts};
-use crate::table::Table;
+use crate::table::{size, utc, Table};
 
 #[derive(Debug, Subcommand)]
 pub enum ServicesCmd {
@@ -294,32 +294,6 @@ fn human(secs: u64) -> String {
         s if s < 86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
         s => format!("{}d{}h", s / 86400, s % 86400 / 3600),
     }
-}
-
-/// Unix seconds as an RFC 3339 UTC date-time; `-` for none.
-pub(crate) fn utc(unix: i64) -> String {
-    if unix <= 0 {
-        return "-".into();
-    }
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| unix.to_string())
-}
-
-/// Bytes in binary units: `512 B`, `1.2 MiB`.
-pub(crate) fn size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// A duration: `4.2s`, `3m7s`, `2h5m`.
@@ -657,7 +631,18 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
                 place: r.repo,
                 total: r.total,
                 next_page_token: r.next_page_token,
-                entries: r.entries.into_iter().map(crate::files::Row::from).collect(),
+                entries: r
+                    .entries
+                    .into_iter()
+                    .map(|e| crate::files::Row {
+                        path: e.path,
+                        kind: e.r#type,
+                        mode: e.mode,
+                        size: e.size,
+                        mtime_unix: e.mtime_unix,
+                        link_target: e.link_target,
+                    })
+                    .collect(),
             };
             let mut next = format!("labctl services files {name}");
             if let Some(p) = &path {

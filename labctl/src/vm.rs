@@ -357,15 +357,25 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) ->
                 place: r.target,
                 total: r.total,
                 next_page_token: r.next_page_token,
-                entries: r.entries.into_iter().map(crate::files::Row::from).collect(),
+                entries: r
+                    .entries
+                    .into_iter()
+                    .map(|e| crate::files::Row {
+                        path: e.path,
+                        kind: e.r#type,
+                        mode: e.mode,
+                        size: e.size,
+                        mtime_unix: e.mtime_unix,
+                        link_target: e.link_target,
+                    })
+                    .collect(),
             };
             let mut next = format!("labctl vm files {name}");
             if let Some(t) = &target {
                 next.push_str(" --target ");
                 next.push_str(&agent_core::runner::shell_quote(t));
             }
-            crate::files::show(&page, "backup", "target", json, &next)?;
-            return Ok(ExitCode::SUCCESS);
+            crate::files::show(&page, "backup", "target", json, &next).map(|()| ExitCode::SUCCESS)
         }
         VmCmd::Backups { name, target } => {
             let req = VmBackupsRequest { name, target: target.unwrap_or_default() };

@@ -7,11 +7,7 @@ use std::path::Path;
 
 use agent_core::borg::FileEntry;
 
-use crate::backup::{clone_tree, Backups, JobError, SCRATCH_PREFIX};
-use crate::config::ServiceBackup;
-use crate::journal::step;
-use crate::restore::Picked;
-use crate::zfs;
+use crate::backup::{Backups, JobError};
 
 /// One page of an archive's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,9 +37,7 @@ impl Backups {
         let (_, b) = self.settings(name)?;
         let r = self.pick_repo(name, b, label).await?;
         let _repos = self.lock_repos(b).await;
-        let Picked::Archive { name: a, .. } = self.pick_archive(name, b, r, archive).await? else {
-            return Err(JobError::step(name, "list", "an archive was asked for, a snapshot was found"));
-        };
+        let a = self.pick_archive(name, b, r, archive).await?.name().to_string();
         let all = self.repo(b, r).list_files(&a, prefix).await.map_err(|e| JobError::step(name, "list", e))?;
         if let Some(p) = prefix {
             if !all.iter().any(|e| e.path == p) {
@@ -56,55 +50,6 @@ impl Backups {
         let total = all.len();
         let (entries, next) = agent_core::paging::page(all, offset, limit.min(agent_core::paging::MAX_LIMIT));
         Ok(FilesPage { archive: a, repo: r.label.clone(), entries, total, next })
-    }
-
-    /// Refuses a single-path restore whose `path` its source does not hold (an archive is listed; a snapshot is
-    /// cloned to the scratch dataset, looked into, and the clone destroyed), before anything is stopped.
-    pub(crate) async fn check_source_path(
-        &self,
-        name: &str,
-        b: &ServiceBackup,
-        from: &Picked,
-        path: &str,
-    ) -> Result<(), JobError> {
-        let found = match from {
-            Picked::Archive { repo, name: a } => {
-                let list = self
-                    .repo(b, repo)
-                    .list_files(a, Some(path))
-                    .await
-                    .map_err(|e| JobError::step(name, step::PREFLIGHT, e))?;
-                list.iter().any(|e| e.path == path)
-            }
-            Picked::Snapshot(sn) => {
-                let snap = sn.split_once('@').map(|(_, s)| s).unwrap_or_default();
-                let scratch = format!("{}/{SCRATCH_PREFIX}{name}", zfs::pool_of(&b.dataset));
-                let at = self.cfg.backup.snapshot_mount_dir.join(format!("{name}.restore"));
-                let fail = |e: zfs::ZfsError| JobError::step(name, step::PREFLIGHT, e);
-                zfs::destroy(&scratch, true).await.map_err(fail)?;
-                let cloned = clone_tree(&b.dataset, snap, &scratch, &at).await;
-                let found = cloned.is_ok() && std::fs::symlink_metadata(at.join(path)).is_ok();
-                let destroyed = zfs::destroy(&scratch, true).await;
-                cloned.map_err(fail)?;
-                destroyed.map_err(fail)?;
-                found
-            }
-        };
-        if found {
-            Ok(())
-        } else {
-            let kind = if matches!(from, Picked::Archive { .. }) { "archive" } else { "snapshot" };
-            Err(JobError::Refused {
-                service: name.into(),
-                message: format!("--path {path} is not in {kind} {}", from_name(from)),
-            })
-        }
-    }
-}
-
-fn from_name(p: &Picked) -> &str {
-    match p {
-        Picked::Archive { name, .. } | Picked::Snapshot(name) => name,
     }
 }
 
@@ -138,11 +83,37 @@ pub(crate) fn remove_live(mount: &Path, path: &str) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
         Ok(m) if m.is_dir() => {
-            crate::restore::empty_dir(&at)?;
+            empty_dir(&at)?;
             std::fs::remove_dir(&at)
         }
         Ok(_) => std::fs::remove_file(&at),
     }
+}
+
+/// Removes everything inside `dir` that lies on `dir`'s own filesystem, like `find -xdev`: a directory that is a
+/// mount point (another filesystem) is neither entered nor removed.
+pub(crate) fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::symlink_metadata(dir)?.dev();
+    empty_on(dir, dev)
+}
+
+fn empty_on(dir: &Path, dev: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.dev() != dev {
+            continue;
+        }
+        if meta.is_dir() {
+            empty_on(&path, dev)?;
+            std::fs::remove_dir(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Before a snapshot's `path` (when given) is copied from the clone at `from` to `dest`: it must exist there, and

@@ -30,7 +30,7 @@ pub(crate) enum Picked {
 }
 
 impl Picked {
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Picked::Archive { name: n, .. } | Picked::Snapshot(n) => n,
         }
@@ -162,6 +162,49 @@ impl Backups {
             });
         }
         Ok(format!("{}@{snap}", b.dataset))
+    }
+
+    /// Refuses a single-path restore whose `path` its source does not hold (an archive is listed; a snapshot is
+    /// cloned to the scratch dataset, looked into, and the clone destroyed), before anything is stopped.
+    pub(crate) async fn check_source_path(
+        &self,
+        name: &str,
+        b: &ServiceBackup,
+        from: &Picked,
+        path: &str,
+    ) -> Result<(), JobError> {
+        let found = match from {
+            Picked::Archive { repo, name: a } => {
+                let list = self
+                    .repo(b, repo)
+                    .list_files(a, Some(path))
+                    .await
+                    .map_err(|e| JobError::step(name, step::PREFLIGHT, e))?;
+                list.iter().any(|e| e.path == path)
+            }
+            Picked::Snapshot(sn) => {
+                let snap = sn.split_once('@').map(|(_, s)| s).unwrap_or_default();
+                let scratch = format!("{}/{SCRATCH_PREFIX}{name}", zfs::pool_of(&b.dataset));
+                let at = self.cfg.backup.snapshot_mount_dir.join(format!("{name}.restore"));
+                let fail = |e: zfs::ZfsError| JobError::step(name, step::PREFLIGHT, e);
+                zfs::destroy(&scratch, true).await.map_err(fail)?;
+                let cloned = clone_tree(&b.dataset, snap, &scratch, &at).await;
+                let found = cloned.is_ok() && std::fs::symlink_metadata(at.join(path)).is_ok();
+                let destroyed = zfs::destroy(&scratch, true).await;
+                cloned.map_err(fail)?;
+                destroyed.map_err(fail)?;
+                found
+            }
+        };
+        if found {
+            Ok(())
+        } else {
+            let kind = if matches!(from, Picked::Archive { .. }) { "archive" } else { "snapshot" };
+            Err(JobError::Refused {
+                service: name.into(),
+                message: format!("--path {path} is not in {kind} {}", from.name()),
+            })
+        }
     }
 
     /// Restores the service (see `labctl services restore`). To a path: the data is extracted there (the path must
@@ -766,38 +809,12 @@ impl Backups {
 }
 
 /// Empties the dataset mounted at `mount` and each filesystem mounted inside it (its child datasets: the caller
-/// refused anything else), each one never crossing into another (see [`empty_dir`]). The mount table is read again
+/// refused anything else), each one never crossing into another (see `files::empty_dir`). The mount table is read again
 /// here, so that a mount that appeared since the check is still never entered.
 fn empty_tree(dataset: &str, mount: &Path) -> std::io::Result<()> {
-    empty_dir(mount)?;
+    crate::files::empty_dir(mount)?;
     for inner in crate::mounts::children_inside(&crate::mounts::read()?, dataset, mount) {
-        empty_dir(&inner)?;
-    }
-    Ok(())
-}
-
-/// Removes everything inside `dir` that lies on `dir`'s own filesystem, like `find -xdev`: a directory that is a
-/// mount point (another filesystem) is neither entered nor removed.
-pub(crate) fn empty_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::symlink_metadata(dir)?.dev();
-    empty_on(dir, dev)
-}
-
-fn empty_on(dir: &Path, dev: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let meta = std::fs::symlink_metadata(&path)?;
-        if meta.dev() != dev {
-            continue;
-        }
-        if meta.is_dir() {
-            empty_on(&path, dev)?;
-            std::fs::remove_dir(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
+        crate::files::empty_dir(&inner)?;
     }
     Ok(())
 }
