@@ -304,9 +304,16 @@ impl Backups {
                         ),
                     })
                 };
-                match source {
-                    Ok(source) => self.restore_steps(run, name, b, source, None, None, None, rep, Some(&held)).await,
-                    Err(e) => Err(e),
+                // A single-path restore resumes that path only.
+                let path = match source {
+                    Ok(_) => self.journal.run_detail(held.run, step::RESTORE_PATH).map_err(JobError::from),
+                    Err(_) => Ok(None),
+                };
+                match (source, path) {
+                    (Ok(source), Ok(path)) => {
+                        self.restore_steps(run, name, b, source, None, None, path.as_deref(), rep, Some(&held)).await
+                    }
+                    (Err(e), _) | (_, Err(e)) => Err(e),
                 }
             }
             Decision::Abandon => self.abandon_steps(run, name, b, &held, rep).await,
@@ -382,8 +389,11 @@ impl Backups {
             Picked::Snapshot(sn) => (String::new(), sn.clone()),
         };
         if let Some(p) = path {
-            // Before anything is stopped or written: the path must be in the source.
+            // Before anything is stopped or written: the path must be in the source; and it is recorded, so that a
+            // held restore resumes this path only.
             self.check_source_path(name, b, &from, p).await?;
+            let ps = j.begin(run, name, step::RESTORE_PATH, p)?;
+            j.done(ps)?;
         }
         j.set_source(run, &archive, &snapshot)?;
         let outcome = Outcome { archive, snapshot, ..Default::default() };

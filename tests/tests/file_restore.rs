@@ -216,3 +216,42 @@ async fn single_files_and_directories_come_back_from_archives_and_snapshots_in_p
     ensure!(lab.leftovers()?.is_empty(), "leftovers: {:?}", lab.leftovers()?);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_single_path_restore_resumes_that_path_only() -> Result<()> {
+    let mut lab = Lab::new("")?;
+    lab.start(&[], "")?;
+    let m = lab.mount();
+    write(&m, "docs/a.txt", b"in the archive\n")?;
+    let summary = lab.backup().await.map_err(|s| anyhow::anyhow!("backup: {s}\n{}", lab.agent().logs()))?;
+    let archive = archive_of(&summary)?;
+    write(&m, "docs/a.txt", b"changed since\n")?;
+    write(&m, "after-backup", b"precious\n")?;
+    // The agent dies while writing the path back; another tool snapshots the dataset and writes to it, so that
+    // recovery cannot prove a rollback safe and holds the restore.
+    let req = RestoreRequest {
+        name: lab.service.clone(),
+        archive: archive.clone(),
+        path: "docs/a.txt".into(),
+        ..Default::default()
+    };
+    lab.crash_restore_at("extract", req).await?;
+    let other = format!("{}@othertool-1", lab.dataset);
+    strata_tests::fixtures::cmd::run_args("zfs", ["snapshot", other.as_str()])?;
+    write(&m, "second-new", b"written after the other snapshot\n")?;
+    lab.start(&[], "")?;
+    let h = lab.history().await?;
+    let logs = || lab.agent().logs();
+    ensure!(
+        h.iter().any(|e| e.kind == "restore" && e.result == "failed" && e.error.contains("--resume")),
+        "not held: {h:?}\n{}",
+        logs()
+    );
+    let msg = lab.decide(true).await.map_err(|s| anyhow::anyhow!("resume: {s}\n{}", logs()))?;
+    ensure!(msg.contains("resumed the interrupted restore") && msg.contains("docs/a.txt"), "{msg}");
+    ensure!(std::fs::read(m.join("docs/a.txt"))? == b"in the archive\n", "the path was restored");
+    ensure!(std::fs::read(m.join("after-backup"))? == b"precious\n", "the resume restored more than the path");
+    ensure!(m.join("second-new").exists(), "the resume restored more than the path");
+    ensure!(lab.writer_running()?, "resume starts the service");
+    Ok(())
+}
