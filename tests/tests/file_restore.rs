@@ -112,6 +112,28 @@ async fn single_files_and_directories_come_back_from_archives_and_snapshots_in_p
     let paths: Vec<&str> = r.entries.iter().map(|e| e.path.as_str()).collect();
     ensure!(paths.len() == 4 && paths.iter().all(|p| p.starts_with("tree/x")), "{paths:?}");
 
+    // The same through the real labctl: a bounded table page ending with the command for the next one, and JSON.
+    let (cert, key) = lab.pki.issue(agent_core::identity::Role::Admin, "alice")?;
+    let inventory = lab.dir.path().join("labctl.toml");
+    strata_tests::harness::write_inventory(&inventory, &lab.pki.ca(), &cert, &key, &[lab.agent()])?;
+    let labctl = strata_tests::harness::bin("labctl")?;
+    let run = |args: &[&str]| -> Result<(String, String)> {
+        let out = std::process::Command::new(&labctl).arg("--config").arg(&inventory).args(args).output()?;
+        let (o, e) =
+            (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
+        ensure!(out.status.success(), "labctl {args:?}: {o}{e}");
+        Ok((o, e))
+    };
+    let (table, more) = run(&["services", "files", &lab.service, "tree", "--limit", "2"])?;
+    ensure!(table.contains(&format!("archive {archive} in repository")) && table.contains("MODIFIED"), "{table}");
+    ensure!(table.lines().filter(|l| l.contains("tree")).count() == 2, "{table}");
+    let next = format!("next page: labctl services files {} tree --page-token 2:{archive}", lab.service);
+    ensure!(more.contains(&next), "{more}");
+    let (json, _) =
+        run(&["--json", "services", "files", &lab.service, "tree", "--page-token", &format!("2:{archive}")])?;
+    let v: serde_json::Value = serde_json::from_str(&json)?;
+    ensure!(v["source"] == archive.as_str() && v["entries"].as_array().is_some_and(|e| !e.is_empty()), "{json}");
+
     // The live data moves on after the backup.
     write(&m, "docs/a.txt", b"changed since the backup\n")?;
     std::fs::remove_file(m.join("tree/x/deeper/two"))?;
@@ -157,6 +179,8 @@ async fn single_files_and_directories_come_back_from_archives_and_snapshots_in_p
         (("snapshot", snapshot.as_str()), "tree"),
         (("snapshot", snapshot.as_str()), "docs/a.txt"),
     ] {
+        // Each safety snapshot gets its own second (they are named to the second).
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         // Changed again before each restore.
         write(&m, "docs/a.txt", b"changed again\n")?;
         write(&m, "tree/x/new-since", b"new\n")?;
@@ -247,6 +271,7 @@ async fn a_held_single_path_restore_resumes_that_path_only() -> Result<()> {
         "not held: {h:?}\n{}",
         logs()
     );
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await; // the resume's safety snapshot gets its own second
     let msg = lab.decide(true).await.map_err(|s| anyhow::anyhow!("resume: {s}\n{}", logs()))?;
     ensure!(msg.contains("resumed the interrupted restore") && msg.contains("docs/a.txt"), "{msg}");
     ensure!(std::fs::read(m.join("docs/a.txt"))? == b"in the archive\n", "the path was restored");
