@@ -18,6 +18,7 @@ pub mod identity;
 pub mod install;
 pub mod jobs;
 pub mod notify;
+pub mod paging;
 pub mod policy;
 pub mod repos;
 pub mod runner;

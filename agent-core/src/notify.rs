@@ -84,14 +84,10 @@ fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Which agent's objects an event is about. `name` is the webhook's `layer` (`services`, `host`); `object` is what
-/// one of them is called (`service`, `vm`): ntfy titles say it, and the webhook also gives the object's name under
-/// that key. `object` must not be one of the webhook's other keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Layer {
-    pub name: &'static str,
-    pub object: &'static str,
-}
+/// Which agent's objects an event is about: the one [`Layer`] of the lab (`freshness` owns it). Its name is the
+/// webhook's `layer` (`services`, `host`); its object is what one of them is called (`service`, `vm`): ntfy titles
+/// say it, and the webhook also gives the object's name under that key.
+pub use crate::freshness::Layer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -218,7 +214,7 @@ fn request_for(target: &NotifyTarget, phase: Phase, event: &Event) -> Option<Req
                 Phase::Fail => ("failed", "rotating_light"),
                 Phase::Cancel => ("cancelled", "stop_sign"),
             };
-            let title = format!("strata {} {} {} {word}", event.job, event.layer.object, event.name);
+            let title = format!("strata {} {} {} {word}", event.job, event.layer.object(), event.name);
             let mut headers =
                 vec![("Content-Type", TEXT.into()), ("Title", header_value(&title)), ("Tags", tag.into())];
             if matches!(phase, Phase::Fail | Phase::Cancel) {
@@ -244,9 +240,9 @@ fn request_for(target: &NotifyTarget, phase: Phase, event: &Event) -> Option<Req
 fn webhook_body(phase: Phase, event: &Event) -> Vec<u8> {
     use serde_json::Value;
     let mut m = serde_json::Map::new();
-    m.insert("layer".into(), event.layer.name.into());
+    m.insert("layer".into(), event.layer.as_str().into());
     m.insert("name".into(), event.name.clone().into());
-    m.insert(event.layer.object.into(), event.name.clone().into());
+    m.insert(event.layer.object().into(), event.name.clone().into());
     m.insert("job".into(), event.job.clone().into());
     m.insert("phase".into(), phase.as_str().into());
     m.insert("message".into(), event.message.clone().into());
@@ -274,7 +270,7 @@ fn deliver(agent: &ureq::Agent, request: &Request) -> Result<(), String> {
 fn http_agent(layer: Layer) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         .timeout_global(Some(REQUEST_TIMEOUT))
-        .user_agent(format!("strata-{}-agent/{}", layer.name, env!("CARGO_PKG_VERSION")))
+        .user_agent(format!("strata-{}-agent/{}", layer.as_str(), env!("CARGO_PKG_VERSION")))
         .build();
     ureq::Agent::new_with_config(config)
 }
@@ -416,8 +412,8 @@ mod tests {
         let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     }
 
-    const SERVICES: Layer = Layer { name: "services", object: "service" };
-    const HOST: Layer = Layer { name: "host", object: "vm" };
+    const SERVICES: Layer = Layer::Services;
+    const HOST: Layer = Layer::Host;
 
     fn event() -> Event {
         Event {
@@ -638,7 +634,7 @@ mod tests {
             (SERVICES, "check", Phase::Start, &["/hook"]),
         ];
         for (layer, job, phase, want) in cases {
-            let case = format!("{} {job} {phase:?}", layer.name);
+            let case = format!("{} {job} {phase:?}", layer.as_str());
             let ev = Event { message: String::new(), ..Event::new(layer, "web", job, "hv1") };
             send(&targets, phase, &ev).await;
             let mut got = drain(&rx);
@@ -647,19 +643,19 @@ mod tests {
             assert_eq!(paths, want, "{case}");
             for r in &got {
                 let agent = r.headers.get("user-agent").cloned().unwrap_or_default();
-                assert!(agent.starts_with(&format!("strata-{}-agent/", layer.name)), "{case}: {agent}");
+                assert!(agent.starts_with(&format!("strata-{}-agent/", layer.as_str())), "{case}: {agent}");
                 match r.path.as_str() {
                     "/topic" => {
                         let title = r.headers.get("title").cloned().unwrap_or_default();
-                        assert!(title.starts_with(&format!("strata {job} {} web ", layer.object)), "{case}: {title}");
+                        assert!(title.starts_with(&format!("strata {job} {} web ", layer.object())), "{case}: {title}");
                         // No message: the title is the body.
                         assert_eq!(r.body, title.as_bytes(), "{case}");
                     }
                     "/hook" => {
                         let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
                         let obj = json.as_object().unwrap();
-                        assert_eq!(obj["layer"], layer.name, "{case}");
-                        assert_eq!((&obj["name"], &obj[layer.object]), (&"web".into(), &"web".into()), "{case}");
+                        assert_eq!(obj["layer"], layer.as_str(), "{case}");
+                        assert_eq!((&obj["name"], &obj[layer.object()]), (&"web".into(), &"web".into()), "{case}");
                         assert_eq!((&obj["job"], &obj["phase"]), (&job.into(), &phase.as_str().into()), "{case}");
                         let other = if layer == HOST { "service" } else { "vm" };
                         assert!(!obj.contains_key(other), "{case}: {json}");

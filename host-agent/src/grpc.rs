@@ -50,6 +50,7 @@ fn status(e: HostError) -> Status {
         HostError::Unencrypted { .. }
         | HostError::Guest { .. }
         | HostError::NoBackups { .. }
+        | HostError::NoFileList { .. }
         | HostError::Refused { .. }
         | HostError::Hv(HvError::Missing { .. } | HvError::Locked { .. }) => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
@@ -76,6 +77,44 @@ fn target_label(field: &str, label: &str) -> Result<Option<String>, Status> {
         return Err(Status::invalid_argument(format!("{field}: `{}` is not a target label", label.escape_debug())));
     }
     Ok(Some(label.to_string()))
+}
+
+/// A validated `VmFilesRequest`.
+#[derive(Debug, PartialEq, Eq)]
+struct VmFilesQuery {
+    name: String,
+    target: Option<String>,
+    archive: Option<String>,
+    offset: usize,
+    limit: usize,
+}
+
+impl TryFrom<pb::VmFilesRequest> for VmFilesQuery {
+    type Error = Status;
+    fn try_from(r: pb::VmFilesRequest) -> Result<Self, Status> {
+        let name = vm_name("name", &r.name)?;
+        let target = target_label("target", &r.target)?;
+        let mut archive = match r.archive.as_str() {
+            "" => None,
+            a if a.chars().any(char::is_control) || a.len() > 255 || a.starts_with('-') => {
+                return Err(Status::invalid_argument(format!("archive: `{}` is not a backup id", a.escape_debug())))
+            }
+            a => Some(a.to_string()),
+        };
+        let mut offset = 0;
+        if !r.page_token.is_empty() {
+            let c = agent_core::paging::parse_token(&r.page_token)
+                .map_err(|e| Status::invalid_argument(format!("page_token: {e}")))?;
+            if archive.as_deref().is_some_and(|a| a != c.source) {
+                let msg = format!("page_token: pages backup {}, not {}", c.source, r.archive);
+                return Err(Status::invalid_argument(msg));
+            }
+            offset = c.offset;
+            archive = Some(c.source);
+        }
+        let limit = agent_core::paging::limit(r.limit).map_err(|e| Status::invalid_argument(format!("limit: {e}")))?;
+        Ok(VmFilesQuery { name, target, archive, offset, limit })
+    }
 }
 
 /// A validated `JobRef`: a job id, or a VM name (that VM's running job).
@@ -336,6 +375,31 @@ impl HostRpc for HostGrpc {
         }))
     }
 
+    async fn list_files(&self, req: Request<pb::VmFilesRequest>) -> Result<Response<pb::VmFilesResponse>, Status> {
+        let q: VmFilesQuery = req.into_inner().try_into()?;
+        let (target, archive, all) =
+            self.host.list_files(&q.name, q.target.as_deref(), q.archive.as_deref()).await.map_err(status)?;
+        let total = all.len() as u64;
+        let (entries, next) = agent_core::paging::page(all, q.offset, q.limit);
+        Ok(Response::new(pb::VmFilesResponse {
+            next_page_token: next.map(|o| agent_core::paging::token(o, &archive)).unwrap_or_default(),
+            target,
+            archive,
+            total,
+            entries: entries
+                .into_iter()
+                .map(|e| pb::VmFile {
+                    path: e.path,
+                    r#type: e.kind,
+                    size: e.size,
+                    mtime_unix: e.mtime_unix,
+                    mode: e.mode,
+                    link_target: e.link_target,
+                })
+                .collect(),
+        }))
+    }
+
     async fn history(&self, req: Request<pb::VmHistoryRequest>) -> Result<Response<pb::VmHistoryResponse>, Status> {
         let r = req.into_inner();
         let name = if r.name.is_empty() { None } else { Some(vm_name("name", &r.name)?) };
@@ -437,6 +501,31 @@ mod tests {
     use super::*;
     use agent_core::grpc::progress_pb as to_pb;
     use agent_core::jobs::Update;
+
+    #[test]
+    fn vm_file_queries_are_checked_naming_the_field() {
+        let r = |archive: &str, token: &str, limit| pb::VmFilesRequest {
+            name: "lab".into(),
+            target: String::new(),
+            archive: archive.into(),
+            page_token: token.into(),
+            limit,
+        };
+        let q = VmFilesQuery::try_from(r("", "", 0)).ok().unwrap();
+        assert_eq!((q.archive, q.offset, q.limit), (None, 0, agent_core::paging::DEFAULT_LIMIT));
+        let q = VmFilesQuery::try_from(r("", "40:lab-20261201T000000Z", 20)).ok().unwrap();
+        assert_eq!((q.archive.as_deref(), q.offset), (Some("lab-20261201T000000Z"), 40));
+        for (bad, want) in [
+            (r("-x", "", 0), "archive: `-x`"),
+            (r("", "nope", 0), "page_token: "),
+            (r("lab-2", "4:lab-1", 0), "page_token: pages backup lab-1"),
+            (r("", "", 9000), "limit: 9000"),
+        ] {
+            let e = VmFilesQuery::try_from(bad).err().unwrap();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().starts_with(want), "{}", e.message());
+        }
+    }
 
     #[test]
     fn job_refs_take_an_id_or_a_name_naming_the_field() {

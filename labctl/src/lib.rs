@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod client;
 pub mod dns;
+mod files;
 pub mod inventory;
 pub mod output;
 pub mod pki;

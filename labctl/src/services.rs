@@ -12,14 +12,14 @@ use clap::Subcommand;
 use serde::Serialize;
 use strata_proto::v1::services_client::ServicesClient;
 use strata_proto::v1::{
-    AuditRequest, BackupRequest, HistoryRequest, JobRef, ListServicesRequest, LogsRequest, RestoreRequest, ServiceRef,
-    SyncRequest,
+    AuditRequest, BackupRequest, HistoryRequest, JobRef, ListFilesRequest, ListServicesRequest, LogsRequest,
+    RestoreRequest, ServiceRef, SyncRequest,
 };
 
 use crate::client::{self, Agent, Timeouts, DEPLOY_TIMEOUT};
 use crate::inventory::Inventory;
 use crate::output::{self, Opts};
-use crate::table::Table;
+use crate::table::{size, utc, Table};
 
 #[derive(Debug, Subcommand)]
 pub enum ServicesCmd {
@@ -101,6 +101,29 @@ pub enum ServicesCmd {
         #[arg(long, value_name = "LABEL")]
         repo: Option<String>,
     },
+    /// List the files an archive holds (the newest unless `--archive`), under PATH when given: type, mode, size,
+    /// modification time (UTC). One page at a time; a longer list ends with the command that shows the next page.
+    #[command(
+        after_help = "Example: labctl services files photos\nExample: labctl services files photos library/2026 --archive photos-20261125T031500Z\nExample: labctl services files photos --page-token 500:photos-20261125T031500Z"
+    )]
+    Files {
+        /// The service.
+        name: String,
+        /// Only this file or directory and what lies under it (relative to the data's root).
+        path: Option<String>,
+        /// The archive to read (see `labctl services archives NAME`; default: the newest).
+        #[arg(long)]
+        archive: Option<String>,
+        /// The repository to read, by its label (default: the first reachable, local first).
+        #[arg(long, value_name = "LABEL")]
+        repo: Option<String>,
+        /// Entries per page (default: 500, at most 5000).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Where to continue: the token the previous page ended with.
+        #[arg(long, value_name = "TOKEN")]
+        page_token: Option<String>,
+    },
     /// Past backups, restores, checks and drills: when, duration, downtime, result; a backup's result per repository
     /// on the lines below it.
     #[command(after_help = "Example: labctl services history photos --limit 10")]
@@ -130,6 +153,10 @@ pub enum ServicesCmd {
         /// Restore into this directory on the services host instead of the service's own data.
         #[arg(long, value_name = "PATH")]
         to: Option<PathBuf>,
+        /// Only this file or directory (relative to the data's root, as `labctl services files` shows it): in place,
+        /// only it is replaced, behind a safety snapshot; with `--to`, it is written under that directory.
+        #[arg(long, value_name = "P", conflicts_with_all = ["resume", "abandon"])]
+        path: Option<String>,
         /// Finish an interrupted restore that crash recovery held (it could not prove that nothing else wrote the
         /// data since): a new safety snapshot of the data as it is now, then the restore again from its own source.
         #[arg(long, conflicts_with_all = ["archive", "snapshot", "to", "abandon"])]
@@ -267,32 +294,6 @@ fn human(secs: u64) -> String {
         s if s < 86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
         s => format!("{}d{}h", s / 86400, s % 86400 / 3600),
     }
-}
-
-/// Unix seconds as an RFC 3339 UTC date-time; `-` for none.
-fn utc(unix: i64) -> String {
-    if unix <= 0 {
-        return "-".into();
-    }
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| unix.to_string())
-}
-
-/// Bytes in binary units: `512 B`, `1.2 MiB`.
-fn size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// A duration: `4.2s`, `3m7s`, `2h5m`.
@@ -615,7 +616,42 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
                 print!("{}", render_history(&rows, opts.verbose));
             }
         }
-        ServicesCmd::Restore { name, repo, archive, snapshot, to, resume, abandon, cancel_on_interrupt } => {
+        ServicesCmd::Files { name, path, archive, repo, limit, page_token } => {
+            let req = ListFilesRequest {
+                name: name.clone(),
+                archive: archive.unwrap_or_default(),
+                repo: repo.unwrap_or_default(),
+                path: path.clone().unwrap_or_default(),
+                page_token: page_token.unwrap_or_default(),
+                limit: limit.unwrap_or(0),
+            };
+            let r = agent.call("list files", c.list_files(req)).await?;
+            let page = crate::files::Page {
+                source: r.archive,
+                place: r.repo,
+                total: r.total,
+                next_page_token: r.next_page_token,
+                entries: r
+                    .entries
+                    .into_iter()
+                    .map(|e| crate::files::Row {
+                        path: e.path,
+                        kind: e.r#type,
+                        mode: e.mode,
+                        size: e.size,
+                        mtime_unix: e.mtime_unix,
+                        link_target: e.link_target,
+                    })
+                    .collect(),
+            };
+            let mut next = format!("labctl services files {name}");
+            if let Some(p) = &path {
+                next.push(' ');
+                next.push_str(&agent_core::runner::shell_quote(p));
+            }
+            crate::files::show(&page, "archive", "repository", json, &next)?;
+        }
+        ServicesCmd::Restore { name, repo, archive, snapshot, to, path, resume, abandon, cancel_on_interrupt } => {
             let target = name.clone();
             let req = RestoreRequest {
                 name,
@@ -625,6 +661,7 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
                 resume,
                 abandon,
                 repo: repo.unwrap_or_default(),
+                path: path.unwrap_or_default(),
             };
             let s = agent.stream("restore", c.restore(req), true).await?;
             return follow(agent, "restore", Some(&target), s, json, cancel_on_interrupt.then_some(&c)).await;
@@ -715,6 +752,23 @@ mod tests {
         assert!(parse(&["backup", "photos", "--all"]).is_err());
 
         assert!(matches!(parse(&["archives", "photos"]).unwrap(), ServicesCmd::Archives { .. }));
+        match parse(&["files", "photos", "library/2026", "--archive", "photos-1", "--limit", "10"]).unwrap() {
+            ServicesCmd::Files { name, path, archive, limit, page_token: None, repo: None } => {
+                assert_eq!(
+                    (name.as_str(), path.as_deref(), archive.as_deref(), limit),
+                    ("photos", Some("library/2026"), Some("photos-1"), Some(10))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["files"]).is_err());
+        match parse(&["restore", "photos", "--path", "a/b.txt", "--to", "/srv/r"]).unwrap() {
+            ServicesCmd::Restore { path, to, .. } => {
+                assert_eq!((path.as_deref(), to), (Some("a/b.txt"), Some(PathBuf::from("/srv/r"))));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["restore", "photos", "--resume", "--path", "a"]).is_err());
         assert!(parse(&["archives"]).is_err());
 
         assert!(matches!(parse(&["history"]).unwrap(), ServicesCmd::History { name: None, limit: None }));
@@ -734,6 +788,7 @@ mod tests {
                 archive,
                 snapshot,
                 to,
+                path: None,
                 resume: false,
                 abandon: false,
                 cancel_on_interrupt: false,

@@ -1,7 +1,34 @@
 //! Aligned text tables for labctl's read commands, with errors kept to one line per cell (the full text below the
-//! table with `-v`). Knows layout only, nothing about what the cells mean.
+//! table with `-v`), and the cell formats read commands share (UTC times, binary sizes). Knows layout and those
+//! formats only, nothing about what the cells mean.
 
 use std::fmt;
+
+/// Unix seconds as an RFC 3339 UTC date-time; `-` for none.
+pub fn utc(unix: i64) -> String {
+    if unix <= 0 {
+        return "-".into();
+    }
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Bytes in binary units: `512 B`, `1.2 MiB`.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
 
 /// Columns padded to their widest cell, two spaces apart; the last column is not padded.
 pub struct Table {

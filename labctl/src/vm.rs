@@ -12,7 +12,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use strata_proto::v1::host_client::HostClient;
 use strata_proto::v1::{
-    JobRef, ListVmsRequest, VmBackupRequest, VmBackupsRequest, VmDrillRequest, VmHistoryRequest, VmRef,
+    JobRef, ListVmsRequest, VmBackupRequest, VmBackupsRequest, VmDrillRequest, VmFilesRequest, VmHistoryRequest, VmRef,
     VmRestoreRequest,
 };
 
@@ -78,6 +78,28 @@ pub enum VmCmd {
         /// The target to list (its label); default: the first reachable one, local ones first.
         #[arg(long, value_name = "LABEL")]
         target: Option<String>,
+    },
+    /// List the files a VM backup holds (the newest unless `--archive`): type, mode, size, modification time (UTC).
+    /// Borg targets only (an rsync target's backup is a plain directory on the target; Time Machine's are browsed
+    /// with `tmutil`). One page at a time; a longer list ends with the command that shows the next page.
+    #[command(
+        after_help = "Example: labctl vm files services\nExample: labctl vm files services --target offsite --archive services-20261125T031500Z"
+    )]
+    Files {
+        /// The VM.
+        name: String,
+        /// The target to read (its label); default: the first reachable one that has the backup, local ones first.
+        #[arg(long, value_name = "LABEL")]
+        target: Option<String>,
+        /// The backup to list (see `labctl vm backups NAME`; default: the newest).
+        #[arg(long, value_name = "ID")]
+        archive: Option<String>,
+        /// Entries per page (default: 500, at most 5000).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Where to continue: the token the previous page ended with.
+        #[arg(long, value_name = "TOKEN")]
+        page_token: Option<String>,
     },
     /// Past backup runs, one row per run and target: when, id, result of the target and of the run, sizes,
     /// downtime, error.
@@ -321,6 +343,40 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) ->
             let ctrl_c = on_interrupt(&agent, &c, name.as_deref(), said, cancel_on_interrupt);
             agent.follow_job("backup", s, json, ctrl_c).await
         }
+        VmCmd::Files { name, target, archive, limit, page_token } => {
+            let req = VmFilesRequest {
+                name: name.clone(),
+                target: target.clone().unwrap_or_default(),
+                archive: archive.unwrap_or_default(),
+                page_token: page_token.unwrap_or_default(),
+                limit: limit.unwrap_or(0),
+            };
+            let r = agent.call("list files", c.list_files(req)).await?;
+            let page = crate::files::Page {
+                source: r.archive,
+                place: r.target,
+                total: r.total,
+                next_page_token: r.next_page_token,
+                entries: r
+                    .entries
+                    .into_iter()
+                    .map(|e| crate::files::Row {
+                        path: e.path,
+                        kind: e.r#type,
+                        mode: e.mode,
+                        size: e.size,
+                        mtime_unix: e.mtime_unix,
+                        link_target: e.link_target,
+                    })
+                    .collect(),
+            };
+            let mut next = format!("labctl vm files {name}");
+            if let Some(t) = &target {
+                next.push_str(" --target ");
+                next.push_str(&agent_core::runner::shell_quote(t));
+            }
+            crate::files::show(&page, "backup", "target", json, &next).map(|()| ExitCode::SUCCESS)
+        }
         VmCmd::Backups { name, target } => {
             let req = VmBackupsRequest { name, target: target.unwrap_or_default() };
             let list = agent.call("list backups", c.list_backups(req)).await?.backups;
@@ -434,6 +490,9 @@ mod tests {
         assert!(matches!(c.cmd, VmCmd::Drill { target: Some(t), .. } if t == "offsite"));
         let c = Cli::try_parse_from(["vm", "backups", "lab", "--target", "local"]).unwrap();
         assert!(matches!(c.cmd, VmCmd::Backups { target: Some(t), .. } if t == "local"));
+        let c = Cli::try_parse_from(["vm", "files", "lab", "--archive", "lab-1", "--limit", "50"]).unwrap();
+        assert!(matches!(c.cmd, VmCmd::Files { archive: Some(a), limit: Some(50), target: None, .. } if a == "lab-1"));
+        assert!(Cli::try_parse_from(["vm", "files"]).is_err());
         assert!(matches!(
             Cli::try_parse_from(["vm", "history"]).unwrap().cmd,
             VmCmd::History { name: None, target: None }

@@ -22,7 +22,7 @@ use crate::docker::{DockerError, Engine};
 use crate::journal::{step, Job, Journal, JournalError, Outcome, Quiesced, RepoRun, Trigger};
 use crate::lease::Gate;
 use crate::zfs::{self, ZfsError};
-use agent_core::notify::{self, Event, Layer, NotifyTarget, Phase};
+use agent_core::notify::{self, Event, NotifyTarget, Phase};
 use agent_core::repos::RepoSpec;
 
 /// Our snapshots are `strata-YYYYMMDDTHHMMSSZ`; safety snapshots before a restore `strata-prerestore-…`.
@@ -141,7 +141,7 @@ pub(crate) fn timestamp_now() -> String {
 }
 
 /// What this agent's notifications are about: services (`agent_core::notify`).
-pub(crate) const LAYER: Layer = Layer { name: "services", object: "service" };
+pub(crate) const LAYER: Layer = Layer::Services;
 
 /// How a job that ended in an error is recorded and told: `cancelled` when its job was cancelled (`Cancel`; the
 /// failure is the cancellation's doing), `failed` otherwise.

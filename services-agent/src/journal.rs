@@ -43,6 +43,9 @@ pub(crate) mod step {
     /// back, since a half-written dataset is worse than the state before the restore.
     pub(crate) const RESTORE_DATA: &str = "restore-data";
     pub(crate) const WAIT_HEALTHY: &str = "wait-healthy";
+    /// The one file or directory a single-path restore replaces (`detail`), recorded before anything changes so
+    /// that `--resume` of a held one restores that path again, not everything. Nothing to undo.
+    pub(crate) const RESTORE_PATH: &str = "restore-path";
 }
 
 /// A run's kind: the `runs.kind` column, the job registry's kind and the notifications' `job`.
@@ -531,6 +534,14 @@ impl Journal {
         Ok(())
     }
 
+    /// The `detail` of the last `step` recorded for `run`, if any.
+    pub(crate) fn run_detail(&self, run: i64, step: &str) -> Result<Option<String>, JournalError> {
+        let db = self.db();
+        let mut st = db.prepare("SELECT detail FROM journal WHERE run = ?1 AND step = ?2 ORDER BY id DESC LIMIT 1")?;
+        let mut rows = st.query_map(params![run, step], |r| r.get::<_, String>(0))?;
+        Ok(rows.next().transpose()?)
+    }
+
     /// The held restore of `service`, if any.
     pub(crate) fn held(&self, service: &str) -> Result<Option<Held>, JournalError> {
         Ok(self.all_held()?.into_iter().find(|h| h.service == service))
@@ -666,6 +677,8 @@ mod tests {
         let q = j.begin(run, "photos", step::QUIESCE, "stop abc def").unwrap();
         let s = j.begin(run, "photos", step::SNAPSHOT, "tank/p@strata-x").unwrap();
         j.done(s).unwrap();
+        assert_eq!(j.run_detail(run, step::SNAPSHOT).unwrap().as_deref(), Some("tank/p@strata-x"));
+        assert_eq!(j.run_detail(run, step::RESTORE_PATH).unwrap(), None);
         drop(j);
         let j = Journal::open(dir.path()).unwrap();
         let open = j.open_steps().unwrap();

@@ -9,6 +9,7 @@ mod compose;
 pub mod config;
 mod dns;
 mod docker;
+mod files;
 pub mod git;
 mod grpc;
 mod journal;

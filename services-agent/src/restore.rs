@@ -22,7 +22,7 @@ use agent_core::repos::RepoSpec;
 
 /// What a restore reads, once the request is resolved and checked to exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Picked {
+pub(crate) enum Picked {
     /// An archive in one of the service's repositories.
     Archive { repo: Box<RepoSpec>, name: String },
     /// A local snapshot, `DATASET@SNAP`.
@@ -30,7 +30,7 @@ enum Picked {
 }
 
 impl Picked {
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Picked::Archive { name: n, .. } | Picked::Snapshot(n) => n,
         }
@@ -117,7 +117,7 @@ impl Backups {
     }
 
     /// The archive `source` names (the newest for `Latest`) in repository `r`, checked to exist.
-    async fn pick_archive(
+    pub(crate) async fn pick_archive(
         &self,
         name: &str,
         b: &ServiceBackup,
@@ -163,6 +163,49 @@ impl Backups {
         Ok(format!("{}@{snap}", b.dataset))
     }
 
+    /// Refuses a single-path restore whose `path` its source does not hold (an archive is listed; a snapshot is
+    /// cloned to the scratch dataset, looked into, and the clone destroyed), before anything is stopped.
+    pub(crate) async fn check_source_path(
+        &self,
+        name: &str,
+        b: &ServiceBackup,
+        from: &Picked,
+        path: &str,
+    ) -> Result<(), JobError> {
+        let found = match from {
+            Picked::Archive { repo, name: a } => {
+                let list = self
+                    .repo(b, repo)
+                    .list_files(a, Some(path))
+                    .await
+                    .map_err(|e| JobError::step(name, step::PREFLIGHT, e))?;
+                list.iter().any(|e| e.path == path)
+            }
+            Picked::Snapshot(sn) => {
+                let snap = sn.split_once('@').map(|(_, s)| s).unwrap_or_default();
+                let scratch = format!("{}/{SCRATCH_PREFIX}{name}", zfs::pool_of(&b.dataset));
+                let at = self.cfg.backup.snapshot_mount_dir.join(format!("{name}.restore"));
+                let fail = |e: zfs::ZfsError| JobError::step(name, step::PREFLIGHT, e);
+                zfs::destroy(&scratch, true).await.map_err(fail)?;
+                let cloned = clone_tree(&b.dataset, snap, &scratch, &at).await;
+                let found = cloned.is_ok() && std::fs::symlink_metadata(at.join(path)).is_ok();
+                let destroyed = zfs::destroy(&scratch, true).await;
+                cloned.map_err(fail)?;
+                destroyed.map_err(fail)?;
+                found
+            }
+        };
+        if found {
+            Ok(())
+        } else {
+            let kind = if matches!(from, Picked::Archive { .. }) { "archive" } else { "snapshot" };
+            Err(JobError::Refused {
+                service: name.into(),
+                message: format!("--path {path} is not in {kind} {}", from.name()),
+            })
+        }
+    }
+
     /// Restores the service (see `labctl services restore`). To a path: the data is extracted there (the path must
     /// not exist or be empty) and the service is not touched. In place: the service is stopped, a safety snapshot
     /// `strata-prerestore-…` is taken (no safety snapshot, no restore), the dataset's contents are replaced from the
@@ -173,6 +216,7 @@ impl Backups {
         source: Source,
         to: Option<PathBuf>,
         label: Option<&str>,
+        path: Option<&str>,
         rep: &Reporter,
     ) -> Result<RunReport, JobError> {
         let (_, b) = self.settings(name)?;
@@ -190,7 +234,7 @@ impl Backups {
         let _repos = self.lock_repos(b).await;
         let run = self.journal.start_run(name, Job::Restore, Trigger::Manual)?;
         let started = Instant::now();
-        let result = self.restore_steps(run, name, b, source, to, label, rep, None).await;
+        let result = self.restore_steps(run, name, b, source, to, label, path, rep, None).await;
         self.end(run, name, b, Job::Restore, started, result).await
     }
 
@@ -259,9 +303,16 @@ impl Backups {
                         ),
                     })
                 };
-                match source {
-                    Ok(source) => self.restore_steps(run, name, b, source, None, None, rep, Some(&held)).await,
-                    Err(e) => Err(e),
+                // A single-path restore resumes that path only.
+                let path = match source {
+                    Ok(_) => self.journal.run_detail(held.run, step::RESTORE_PATH).map_err(JobError::from),
+                    Err(_) => Ok(None),
+                };
+                match (source, path) {
+                    (Ok(source), Ok(path)) => {
+                        self.restore_steps(run, name, b, source, None, None, path.as_deref(), rep, Some(&held)).await
+                    }
+                    (Err(e), _) | (_, Err(e)) => Err(e),
                 }
             }
             Decision::Abandon => self.abandon_steps(run, name, b, &held, rep).await,
@@ -304,7 +355,7 @@ impl Backups {
         ))
     }
 
-    /// `held`: the held restore this run resumes.
+    /// `held`: the held restore this run resumes. `path`: only this file or directory (see `files`).
     #[allow(clippy::too_many_arguments)]
     async fn restore_steps(
         &self,
@@ -314,6 +365,7 @@ impl Backups {
         source: Source,
         to: Option<PathBuf>,
         label: Option<&str>,
+        path: Option<&str>,
         rep: &Reporter,
         held: Option<&Held>,
     ) -> Result<(String, Outcome), JobError> {
@@ -335,9 +387,20 @@ impl Backups {
             Picked::Archive { name: a, .. } => (a.clone(), String::new()),
             Picked::Snapshot(sn) => (String::new(), sn.clone()),
         };
+        if let Some(p) = path {
+            // Before anything is stopped or written: the path must be in the source; and it is recorded, so that a
+            // held restore resumes this path only.
+            self.check_source_path(name, b, &from, p).await?;
+            let ps = j.begin(run, name, step::RESTORE_PATH, p)?;
+            j.done(ps)?;
+        }
         j.set_source(run, &archive, &snapshot)?;
         let outcome = Outcome { archive, snapshot, ..Default::default() };
         j.done(s)?;
+        let what = match path {
+            Some(p) => format!("{p} from {}", from.name()),
+            None => from.name().to_string(),
+        };
 
         if let Some(dest) = to {
             // For inspection: never into anything that holds data.
@@ -352,11 +415,9 @@ impl Backups {
             }
             std::fs::create_dir_all(&dest)
                 .map_err(|e| JobError::step(name, step::EXTRACT, format!("{}: {e}", dest.display())))?;
-            self.fill(run, name, b, &from, &dest, rep).await?;
-            return Ok((
-                format!("restored {} to {} (the service was not touched)", from.name(), dest.display()),
-                outcome,
-            ));
+            self.fill(run, name, b, &from, &dest, path, rep).await?;
+            let at = path.map_or_else(|| dest.clone(), |p| dest.join(p));
+            return Ok((format!("restored {what} to {} (the service was not touched)", at.display()), outcome));
         }
 
         let mount = zfs::mountpoint(&b.dataset)
@@ -370,6 +431,10 @@ impl Backups {
                 service: name.into(),
                 message: format!("in-place restore refused: {why}"),
             });
+        }
+        if let Some(p) = path {
+            crate::files::check_live_parents(&mount, p)
+                .map_err(|m| JobError::Refused { service: name.into(), message: format!("--path {m}") })?;
         }
         let engine =
             Engine::connect(&self.cfg.docker_socket).await.map_err(|e| JobError::step(name, step::RESTORE_STOP, e))?;
@@ -394,7 +459,7 @@ impl Backups {
         };
         let replaced = match stopped {
             Err(e) => Err(Failed { error: JobError::step(name, step::RESTORE_STOP, e), data_safe: true }),
-            Ok(()) => self.replace(run, name, b, &from, &mount, &stop_step, rep).await,
+            Ok(()) => self.replace(run, name, b, &from, &mount, path, &stop_step, rep).await,
         };
         // Half-replaced data whose rollback failed stays down (its journal step open for the next start to repair);
         // in every other case the service comes back, with the restored data or with the data it had before.
@@ -422,7 +487,8 @@ impl Backups {
             format!("its {} container(s) are running again", ids.len())
         };
         let resumed = held.map(|h| format!(" (resumed the interrupted restore, run {})", h.run)).unwrap_or_default();
-        Ok((format!("restored {} in place{resumed}; safety snapshot {safety}; {state}", from.name()), outcome))
+        let rest = if path.is_some() { " (the rest of the data was not touched)" } else { "" };
+        Ok((format!("restored {what} in place{rest}{resumed}; safety snapshot {safety}; {state}"), outcome))
     }
 
     /// Safety snapshot, then the dataset's contents replaced. Returns the safety snapshot; on failure, whether the
@@ -437,6 +503,7 @@ impl Backups {
         b: &ServiceBackup,
         from: &Picked,
         mount: &Path,
+        path: Option<&str>,
         stop: &OpenStep,
         rep: &Reporter,
     ) -> Result<String, Failed> {
@@ -459,14 +526,18 @@ impl Backups {
         j.done(s).map_err(|e| safe(e.into()))?;
         let data_started = now_unix();
         let d = j.begin(run, name, step::RESTORE_DATA, &safety).map_err(|e| safe(e.into()))?;
-        rep.say(step::RESTORE_DATA, format!("replacing the contents of {}", mount.display())).await;
-        let (m, ds) = (mount.to_path_buf(), b.dataset.clone());
+        let shown = path.map_or_else(|| mount.to_path_buf(), |p| mount.join(p));
+        rep.say(step::RESTORE_DATA, format!("replacing the contents of {}", shown.display())).await;
+        let (m, ds, p) = (mount.to_path_buf(), b.dataset.clone(), path.map(String::from));
         let replaced = async {
-            tokio::task::spawn_blocking(move || empty_tree(&ds, &m))
-                .await
-                .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?
-                .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?;
-            self.fill(run, name, b, from, mount, rep).await
+            tokio::task::spawn_blocking(move || match p {
+                Some(p) => crate::files::remove_live(&m, &p),
+                None => empty_tree(&ds, &m),
+            })
+            .await
+            .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?
+            .map_err(|e| JobError::step(name, step::RESTORE_DATA, e))?;
+            self.fill(run, name, b, from, mount, path, rep).await
         }
         .await;
         if let Err(e) = replaced {
@@ -515,7 +586,9 @@ impl Backups {
         Ok(safety)
     }
 
-    /// Writes the data of the archive or snapshot into the existing directory `dest`.
+    /// Writes the data of the archive or snapshot (only `path`, at its relative path, when given; it must not exist
+    /// in `dest`) into the existing directory `dest`.
+    #[allow(clippy::too_many_arguments)]
     async fn fill(
         &self,
         run: i64,
@@ -523,6 +596,7 @@ impl Backups {
         b: &ServiceBackup,
         from: &Picked,
         dest: &Path,
+        path: Option<&str>,
         rep: &Reporter,
     ) -> Result<(), JobError> {
         let j = &self.journal;
@@ -537,7 +611,11 @@ impl Backups {
                     Some(sink) => self.repo(b, r).progress(sink),
                     None => self.repo(b, r),
                 };
-                repo.extract(a, dest).await.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
+                let extracted = match path {
+                    Some(p) => repo.extract_paths(a, dest, &[p]).await,
+                    None => repo.extract(a, dest).await,
+                };
+                extracted.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
                 j.done(s)?;
                 return Ok(());
             }
@@ -550,13 +628,22 @@ impl Backups {
         clone_tree(&b.dataset, snap, &scratch, &at).await.map_err(|e| JobError::step(name, step::SCRATCH, e))?;
         let s = j.begin(run, name, step::EXTRACT, snapshot)?;
         rep.say(step::EXTRACT, format!("copying {snapshot} into {}", dest.display())).await;
-        let copy = Cmd::new("cp")
-            .args(["-a", "--reflink=auto", "--"])
-            .arg(at.join("."))
-            .arg(dest)
-            .env(crate::backup::OWNER_ENV, self.owner())
-            .timeout(COPY_TIMEOUT);
-        let copied = runner::run_ok(copy).await;
+        let (src, to) = match path {
+            Some(p) => (at.join(p), dest.join(p)),
+            None => (at.join("."), dest.to_path_buf()),
+        };
+        let copied = match crate::files::prepare_copy(&at, dest, path) {
+            Ok(()) => {
+                let copy = Cmd::new("cp")
+                    .args(["-a", "--reflink=auto", "--"])
+                    .arg(src)
+                    .arg(to)
+                    .env(crate::backup::OWNER_ENV, self.owner())
+                    .timeout(COPY_TIMEOUT);
+                runner::run_ok(copy).await.map(drop).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
         let destroyed = zfs::destroy(&scratch, true).await;
         copied.map_err(|e| JobError::step(name, step::EXTRACT, e))?;
         j.done(s)?;
@@ -737,38 +824,12 @@ impl Backups {
 }
 
 /// Empties the dataset mounted at `mount` and each filesystem mounted inside it (its child datasets: the caller
-/// refused anything else), each one never crossing into another (see [`empty_dir`]). The mount table is read again
+/// refused anything else), each one never crossing into another (see `files::empty_dir`). The mount table is read again
 /// here, so that a mount that appeared since the check is still never entered.
 fn empty_tree(dataset: &str, mount: &Path) -> std::io::Result<()> {
-    empty_dir(mount)?;
+    crate::files::empty_dir(mount)?;
     for inner in crate::mounts::children_inside(&crate::mounts::read()?, dataset, mount) {
-        empty_dir(&inner)?;
-    }
-    Ok(())
-}
-
-/// Removes everything inside `dir` that lies on `dir`'s own filesystem, like `find -xdev`: a directory that is a
-/// mount point (another filesystem) is neither entered nor removed.
-pub(crate) fn empty_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::symlink_metadata(dir)?.dev();
-    empty_on(dir, dev)
-}
-
-fn empty_on(dir: &Path, dev: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let meta = std::fs::symlink_metadata(&path)?;
-        if meta.dev() != dev {
-            continue;
-        }
-        if meta.is_dir() {
-            empty_on(&path, dev)?;
-            std::fs::remove_dir(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
+        crate::files::empty_dir(&inner)?;
     }
     Ok(())
 }

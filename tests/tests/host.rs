@@ -15,7 +15,7 @@ use agent_core::identity::Role;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use strata_proto::v1::host_client::HostClient;
-use strata_proto::v1::{ListVmsRequest, VmBackupsRequest, VmDrillRequest, VmRef, VmRestoreRequest};
+use strata_proto::v1::{ListVmsRequest, VmBackupsRequest, VmDrillRequest, VmFilesRequest, VmRef, VmRestoreRequest};
 use strata_tests::fixtures::borg::BorgRepo;
 use strata_tests::fixtures::btrfs::Btrfs;
 use strata_tests::fixtures::{cmd, unique_suffix, wait_until};
@@ -212,6 +212,37 @@ async fn modes_and_engines(vm_parent: &Path, reflinks: bool) -> Result<()> {
             let backups = c.list_backups(req).await?.into_inner().backups;
             let b = backups.iter().find(|b| b.id == id).with_context(|| format!("{case}: {id} not listed"))?;
             ensure!(b.downtime_seconds > 0.0, "{case}: downtime not recorded: {b:?}");
+
+            // What the backup holds: listed for a borg target (paged), refused saying why for the others.
+            let req = |token: String| VmFilesRequest {
+                name: "lab".into(),
+                archive: id.clone(),
+                page_token: token,
+                limit: 1,
+                ..Default::default()
+            };
+            let files = c.list_files(req(String::new())).await;
+            if engine == "borg" {
+                let first = files.with_context(|| format!("{case}: list files"))?.into_inner();
+                ensure!(first.archive == id && first.entries.len() == 1 && first.total >= 2, "{case}: {first:?}");
+                let mut all = first.entries;
+                let mut token = first.next_page_token;
+                while !token.is_empty() {
+                    let page = c.list_files(req(token)).await?.into_inner();
+                    all.extend(page.entries);
+                    token = page.next_page_token;
+                }
+                let disk =
+                    all.iter().find(|f| f.path.ends_with("data.raw")).with_context(|| format!("{case}: {all:?}"))?;
+                let live = std::fs::metadata(lab.vm_dir.join("data.raw"))?.len();
+                ensure!(disk.r#type == "file" && disk.size == live, "{case}: {disk:?} vs {live} bytes live");
+            } else {
+                let e = files.err().with_context(|| format!("{case}: an rsync backup's files were listed"))?;
+                ensure!(
+                    e.code() == tonic::Code::FailedPrecondition && e.message().contains("only borg does"),
+                    "{case}: {e:?}"
+                );
+            }
 
             let to = lab.dir.path().join(format!("restored-{mode}-{engine}"));
             restore(&mut c, "lab", &id, &to).await.with_context(|| format!("{case}: restore"))?;

@@ -3,7 +3,7 @@
 //! [`crate::runner`]; the passphrase reaches borg only as `BORG_PASSCOMMAND` in a secret environment variable.
 //! Must not know what is backed up (VMs, stacks, volumes), when backups run, or where a passphrase is kept beyond
 //! the command that prints it. Owns the one archive-naming scheme both agents use (`NAME-YYYYMMDDTHHMMSSZ`:
-//! `archive.rs`); `parse.rs` reads borg's output, `retention.rs` turns a retention into `borg prune` arguments.
+//! `archive.rs`); `parse.rs` reads borg's output, `files.rs` an archive's file list and the paths named in it, `retention.rs` turns a retention into `borg prune` arguments.
 //!
 //! Every command runs with `TZ=UTC` (borg prints archive times without a zone, in local time), without prompts
 //! (stdin is `/dev/null`, and `BORG_RELOCATED_REPO_ACCESS_IS_OK=no` / `BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=no`
@@ -22,10 +22,12 @@ use std::time::Duration;
 use crate::runner::{self, Cmd, Output, RunError};
 
 mod archive;
+mod files;
 mod parse;
 mod retention;
 
 pub use archive::{archive_glob, archive_stamp, borg_timestamp, is_stamp};
+pub use files::{archive_path, parse_file_lines, prefix_pattern, FileEntry};
 pub use parse::{
     parse_config_id, parse_create, parse_list, parse_log_line, parse_pruned, parse_repository_id, parse_roster, LogLine,
 };
@@ -353,10 +355,31 @@ impl Repo {
 
     /// Extracts `archive` into the existing directory `dest` (borg runs there), recreating sparse files.
     pub async fn extract(&self, archive: &str, dest: &Path) -> Result<(), BorgError> {
+        self.extract_paths(archive, dest, &[]).await
+    }
+
+    /// The entries of `archive` (`borg list --json-lines`), only `prefix` and what lies under it when given (a path
+    /// checked by [`archive_path`], passed as a `pp:` pattern after `--`). Borg's whole answer is read before it is
+    /// parsed: callers page the result, not borg's output.
+    pub async fn list_files(&self, archive: &str, prefix: Option<&str>) -> Result<Vec<FileEntry>, BorgError> {
+        self.require_repo()?;
+        let mut cmd =
+            self.cmd().args(["list", "--json-lines", "--lock-wait", LOCK_WAIT, "--"]).arg(self.archive_ref(archive));
+        if let Some(p) = prefix {
+            cmd = cmd.arg(prefix_pattern(p));
+        }
+        let out = self.exec(cmd.cancellable(), Some(archive)).await?;
+        parse_file_lines(&out.stdout).map_err(|message| self.parse_error("`borg list --json-lines`", message))
+    }
+
+    /// Extracts only `paths` (each checked by [`archive_path`]; a directory with everything under it; none: the whole
+    /// archive) of `archive` into the existing directory `dest`, at their paths relative to it. A path the archive
+    /// does not hold is an error (borg: "never matched").
+    pub async fn extract_paths(&self, archive: &str, dest: &Path, paths: &[&str]) -> Result<(), BorgError> {
         self.require_repo()?;
         let (cmd, total) = self.with_progress(self.cmd().args(["extract", "--sparse", "--lock-wait", LOCK_WAIT]));
-        let cmd = cmd.arg("--").arg(self.archive_ref(archive)).current_dir(dest).cancellable();
-        self.exec(cmd, Some(archive)).await?;
+        let cmd = cmd.arg("--").arg(self.archive_ref(archive)).args(paths.iter().map(|p| prefix_pattern(p)));
+        self.exec(cmd.current_dir(dest).cancellable(), Some(archive)).await?;
         self.progress_done(total.load(std::sync::atomic::Ordering::Relaxed));
         Ok(())
     }

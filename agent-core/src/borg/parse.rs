@@ -109,7 +109,7 @@ pub fn parse_config_id(text: &str) -> Result<String, String> {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.ffffff][Z|±HH:MM]` as Unix seconds; without a zone the time is UTC.
-fn parse_time(s: &str) -> Option<i64> {
+pub(super) fn parse_time(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return None;

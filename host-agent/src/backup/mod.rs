@@ -67,6 +67,11 @@ pub(crate) enum HostError {
     Check { vm: String, path: PathBuf, message: String },
     #[error("vm {vm}: no backups")]
     NoBackups { vm: String },
+    #[error(
+        "vm {vm}: its engine `{engine}` does not list a backup's files: only borg does (an rsync target's backup is a \
+         plain directory on the target, browse it there; Time Machine's are browsed with `tmutil`)"
+    )]
+    NoFileList { vm: String, engine: &'static str },
     #[error("vm {vm}: {message}")]
     Other { vm: String, message: String },
     #[error("vm {0}: not backed up: the job was cancelled before its turn")]

@@ -12,7 +12,7 @@ use super::{BackupReport, DrillReport, Host, HostError, RestoreReport};
 use crate::config::VmConfig;
 
 /// What this agent's notifications are about: VMs.
-pub(crate) const LAYER: Layer = Layer { name: "host", object: "vm" };
+pub(crate) const LAYER: Layer = Layer::Host;
 
 /// The job kinds told (the webhook's `job`): `backup` is the one healthchecks targets hear of.
 pub(super) const BACKUP: &str = notify::HEARTBEAT_JOB;
@@ -148,6 +148,6 @@ mod tests {
             assert!(said.message.contains(message), "{message:?} in {:?}", said.message);
             assert_eq!((said.archive.as_str(), said.downtime.as_secs_f64()), (archive, downtime), "{message}");
         }
-        assert_eq!((LAYER.name, LAYER.object, BACKUP), ("host", "vm", "backup"));
+        assert_eq!((LAYER.as_str(), LAYER.object(), BACKUP), ("host", "vm", "backup"));
     }
 }

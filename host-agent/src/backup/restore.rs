@@ -130,6 +130,24 @@ impl Host {
         Ok((picked.label, rows))
     }
 
+    /// The files backup `archive` (latest when `None`) of `name` holds on target `label` (or the first reachable
+    /// one that has it, local ones first); and the target's label and the backup's id.
+    pub(crate) async fn list_files(
+        &self,
+        name: &str,
+        label: Option<&str>,
+        archive: Option<&str>,
+    ) -> Result<(String, String, Vec<agent_core::borg::FileEntry>), HostError> {
+        let vm = self.vm(name)?;
+        if vm.engine.as_str() != "borg" {
+            return Err(HostError::NoFileList { vm: name.into(), engine: vm.engine.as_str() });
+        }
+        let picked = self.pick(vm, label, archive, true).await?;
+        let id = picked.id.ok_or(HostError::NoBackups { vm: name.into() })?;
+        let files = picked.engine.files(&id).await.map_err(|source| HostError::Engine { vm: name.into(), source })?;
+        Ok((picked.label, id, files))
+    }
+
     /// Restores backup `archive` (latest when `None`) of `name` from target `label` (or the first reachable one
     /// that has it, local ones first) into `to`, checks it, and optionally starts it. `to` must be confined (see
     /// `agent_core::target`: no `..`, no symlinked component, no system directory, not in the agent's state

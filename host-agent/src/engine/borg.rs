@@ -69,6 +69,10 @@ impl Engine for Borg {
         &self.target
     }
 
+    fn files<'a>(&'a self, id: &'a str) -> EngineFuture<'a, Vec<agent_core::borg::FileEntry>> {
+        Box::pin(async move { self.repo.list_files(id, None).await.map_err(|e| self.err(e)) })
+    }
+
     fn repository_id(&self) -> EngineFuture<'_, Option<String>> {
         Box::pin(async move { self.repo.id().await.map(Some).map_err(|e| self.err(e)) })
     }

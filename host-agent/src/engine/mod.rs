@@ -193,6 +193,19 @@ pub trait Engine: Send + Sync {
     fn repository_id(&self) -> EngineFuture<'_, Option<String>> {
         Box::pin(async { Ok(None) })
     }
+    /// The files backup `id` holds (borg: `borg list --json-lines`). Only Borg targets list files: an rsync
+    /// target's backup is a plain directory on the target, and Time Machine's are browsed with `tmutil`.
+    fn files<'a>(&'a self, id: &'a str) -> EngineFuture<'a, Vec<agent_core::borg::FileEntry>> {
+        Box::pin(async move {
+            Err(EngineError::Failed {
+                target: self.target().to_string(),
+                message: format!(
+                    "cannot list the files of backup `{id}`: only Borg targets list files (an rsync target's backup \
+                     is a plain directory on the target; Time Machine's are browsed with `tmutil`)"
+                ),
+            })
+        })
+    }
 }
 
 /// The id of the backup of `vm` taken at `unix`: `VM-YYYYMMDDTHHMMSSZ` (UTC).

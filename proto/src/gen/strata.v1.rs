@@ -1555,6 +1555,51 @@ pub struct VmRestoreRequest {
     #[prost(string, tag = "6")]
     pub target: ::prost::alloc::string::String,
 }
+/// archive: a backup id (empty: the newest); page_token: the previous answer's next_page_token (it names the backup
+/// it pages through); limit: entries per page (0: 500; at most 5000).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VmFilesRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub target: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub archive: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub page_token: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "5")]
+    pub limit: u32,
+}
+/// type: file, dir, symlink, …; mode as `ls -l` shows it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VmFile {
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub r#type: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    #[prost(int64, tag = "4")]
+    pub mtime_unix: i64,
+    #[prost(string, tag = "5")]
+    pub mode: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub link_target: ::prost::alloc::string::String,
+}
+/// target/archive: what was listed; total: entries in all pages; next_page_token: empty on the last page.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct VmFilesResponse {
+    #[prost(string, tag = "1")]
+    pub target: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub archive: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "3")]
+    pub entries: ::prost::alloc::vec::Vec<VmFile>,
+    #[prost(string, tag = "4")]
+    pub next_page_token: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "5")]
+    pub total: u64,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct VmDrillRequest {
     #[prost(string, tag = "1")]
@@ -1836,6 +1881,28 @@ pub mod host_client {
                 .insert(GrpcMethod::new("strata.v1.Host", "ListBackups"));
             self.inner.unary(req, path, codec).await
         }
+        /// One page of the files a VM backup holds (Borg targets only: other engines answer FAILED_PRECONDITION saying so).
+        pub async fn list_files(
+            &mut self,
+            request: impl tonic::IntoRequest<super::VmFilesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::VmFilesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/strata.v1.Host/ListFiles");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("strata.v1.Host", "ListFiles"));
+            self.inner.unary(req, path, codec).await
+        }
         pub async fn restore(
             &mut self,
             request: impl tonic::IntoRequest<super::VmRestoreRequest>,
@@ -1995,6 +2062,11 @@ pub mod host_server {
             tonic::Response<super::ListBackupsResponse>,
             tonic::Status,
         >;
+        /// One page of the files a VM backup holds (Borg targets only: other engines answer FAILED_PRECONDITION saying so).
+        async fn list_files(
+            &self,
+            request: tonic::Request<super::VmFilesRequest>,
+        ) -> std::result::Result<tonic::Response<super::VmFilesResponse>, tonic::Status>;
         /// Server streaming response type for the Restore method.
         type RestoreStream: tonic::codegen::tokio_stream::Stream<
                 Item = std::result::Result<super::Progress, tonic::Status>,
@@ -2405,6 +2477,49 @@ pub mod host_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListBackupsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/strata.v1.Host/ListFiles" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListFilesSvc<T: Host>(pub Arc<T>);
+                    impl<T: Host> tonic::server::UnaryService<super::VmFilesRequest>
+                    for ListFilesSvc<T> {
+                        type Response = super::VmFilesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::VmFilesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Host>::list_files(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListFilesSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
@@ -2855,6 +2970,9 @@ pub struct HistoryResponse {
 /// that nothing else wrote the dataset since): resume takes a new safety snapshot and restores again from the held
 /// restore's own source; abandon leaves the data as it is and starts the service. Both take no archive, snapshot or to.
 /// repo: the label of the repository to restore from (empty: the first reachable, local first).
+/// path: one file or directory (relative to the data's root, as ListFiles shows it) restored instead of everything:
+/// in place, only that path is replaced (behind the same safety snapshot); with `to`, it is written under `to` at its
+/// relative path.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RestoreRequest {
     #[prost(string, tag = "1")]
@@ -2871,6 +2989,56 @@ pub struct RestoreRequest {
     pub abandon: bool,
     #[prost(string, tag = "7")]
     pub repo: ::prost::alloc::string::String,
+    #[prost(string, tag = "8")]
+    pub path: ::prost::alloc::string::String,
+}
+/// archive: empty for the newest; repo: a repository label (empty: the first reachable, local first); path: only this
+/// file or directory and what lies under it; page_token: the previous answer's next_page_token (it names the archive
+/// it pages through); limit: entries per page (0: 500; at most 5000).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListFilesRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub archive: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub repo: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub page_token: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "6")]
+    pub limit: u32,
+}
+/// type: file, dir, symlink, hardlink, fifo, chardev, blockdev or socket; mode as `ls -l` shows it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FileEntry {
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub r#type: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    #[prost(int64, tag = "4")]
+    pub mtime_unix: i64,
+    #[prost(string, tag = "5")]
+    pub mode: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub link_target: ::prost::alloc::string::String,
+}
+/// archive/repo: what was listed; total: entries under `path` in all pages; next_page_token: empty on the last page.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListFilesResponse {
+    #[prost(string, tag = "1")]
+    pub archive: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub repo: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "3")]
+    pub entries: ::prost::alloc::vec::Vec<FileEntry>,
+    #[prost(string, tag = "4")]
+    pub next_page_token: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "5")]
+    pub total: u64,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PrepareHostBackupRequest {
@@ -3206,6 +3374,31 @@ pub mod services_client {
                 .insert(GrpcMethod::new("strata.v1.Services", "ListArchives"));
             self.inner.unary(req, path, codec).await
         }
+        /// One page of the files an archive holds (the newest archive when none is named), under `path` when given.
+        pub async fn list_files(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListFilesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListFilesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/strata.v1.Services/ListFiles",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("strata.v1.Services", "ListFiles"));
+            self.inner.unary(req, path, codec).await
+        }
         pub async fn history(
             &mut self,
             request: impl tonic::IntoRequest<super::HistoryRequest>,
@@ -3463,6 +3656,14 @@ pub mod services_server {
             request: tonic::Request<super::ServiceRef>,
         ) -> std::result::Result<
             tonic::Response<super::ListArchivesResponse>,
+            tonic::Status,
+        >;
+        /// One page of the files an archive holds (the newest archive when none is named), under `path` when given.
+        async fn list_files(
+            &self,
+            request: tonic::Request<super::ListFilesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListFilesResponse>,
             tonic::Status,
         >;
         async fn history(
@@ -4073,6 +4274,51 @@ pub mod services_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListArchivesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/strata.v1.Services/ListFiles" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListFilesSvc<T: Services>(pub Arc<T>);
+                    impl<
+                        T: Services,
+                    > tonic::server::UnaryService<super::ListFilesRequest>
+                    for ListFilesSvc<T> {
+                        type Response = super::ListFilesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListFilesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Services>::list_files(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListFilesSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

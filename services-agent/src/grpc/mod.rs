@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use agent_core::grpc::{cancelled, jobs_status, progress_stream, JobSummary};
 use agent_core::jobs::Registry;
+use agent_core::paging;
 use futures::{Stream, StreamExt};
 use strata_proto::v1 as pb;
 use strata_proto::v1::services_server::{Services, ServicesServer};
@@ -188,6 +189,59 @@ struct RestoreQuery {
     decision: Option<Decision>,
     /// The repository to read.
     repo: Option<String>,
+    /// Only this file or directory (checked by `agent_core::borg::archive_path`).
+    path: Option<String>,
+}
+
+/// The request's `path`, checked: a path inside an archive or snapshot (empty: none).
+fn check_path(field: &str, p: &str) -> Result<Option<String>, Status> {
+    if p.is_empty() {
+        return Ok(None);
+    }
+    if p.len() > 4096 {
+        return Err(Status::invalid_argument(format!("{field}: longer than 4096 bytes")));
+    }
+    agent_core::borg::archive_path(p).map(Some).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+/// A validated `ListFilesRequest`.
+#[derive(Debug, PartialEq, Eq)]
+struct FilesQuery {
+    name: String,
+    archive: Option<String>,
+    repo: Option<String>,
+    path: Option<String>,
+    offset: usize,
+    limit: usize,
+}
+
+impl TryFrom<pb::ListFilesRequest> for FilesQuery {
+    type Error = Status;
+    fn try_from(r: pb::ListFilesRequest) -> Result<Self, Status> {
+        let name = check_name("name", &r.name)?;
+        let repo = check_repo("repo", &r.repo)?;
+        let path = check_path("path", &r.path)?;
+        let mut archive = match r.archive.as_str() {
+            "" => None,
+            a if a.chars().any(char::is_control) || a.len() > 255 => {
+                return Err(Status::invalid_argument("archive: control characters or too long"))
+            }
+            a => Some(a.to_string()),
+        };
+        let mut offset = 0;
+        if !r.page_token.is_empty() {
+            let c =
+                paging::parse_token(&r.page_token).map_err(|e| Status::invalid_argument(format!("page_token: {e}")))?;
+            if archive.as_deref().is_some_and(|x| x != c.source) {
+                let msg = format!("page_token: pages archive {}, not {}", c.source, r.archive);
+                return Err(Status::invalid_argument(msg));
+            }
+            offset = c.offset;
+            archive = Some(c.source);
+        }
+        let limit = paging::limit(r.limit).map_err(|e| Status::invalid_argument(format!("limit: {e}")))?;
+        Ok(FilesQuery { name, archive, repo, path, offset, limit })
+    }
 }
 
 impl TryFrom<pb::RestoreRequest> for RestoreQuery {
@@ -201,14 +255,19 @@ impl TryFrom<pb::RestoreRequest> for RestoreQuery {
             (false, false) => None,
         };
         if decision.is_some()
-            && !(r.archive.is_empty() && r.snapshot.is_empty() && r.to.is_empty() && r.repo.is_empty())
+            && !(r.archive.is_empty()
+                && r.snapshot.is_empty()
+                && r.to.is_empty()
+                && r.repo.is_empty()
+                && r.path.is_empty())
         {
             let field = if r.resume { "resume" } else { "abandon" };
             return Err(Status::invalid_argument(format!(
-                "{field}: takes no archive, snapshot, to or repo (it decides the interrupted restore, from its own \
-                 source)"
+                "{field}: takes no archive, snapshot, to, repo or path (it decides the interrupted restore, from its \
+                 own source)"
             )));
         }
+        let path = check_path("path", &r.path)?;
         let repo = check_repo("repo", &r.repo)?;
         let source = match (r.archive.is_empty(), r.snapshot.is_empty()) {
             (true, true) => Source::Latest,
@@ -228,7 +287,7 @@ impl TryFrom<pb::RestoreRequest> for RestoreQuery {
             p if p.starts_with('/') => Some(std::path::PathBuf::from(p)),
             p => return Err(Status::invalid_argument(format!("to: `{p}` is not an absolute path"))),
         };
-        Ok(RestoreQuery { name, source, to, decision, repo })
+        Ok(RestoreQuery { name, source, to, decision, repo, path })
     }
 }
 
@@ -514,6 +573,34 @@ impl Services for ServicesSvc {
         }))
     }
 
+    async fn list_files(&self, req: Request<pb::ListFilesRequest>) -> Result<Response<pb::ListFilesResponse>, Status> {
+        let _slot = self.listings.enter(&req, "ListFiles")?;
+        let q: FilesQuery = req.into_inner().try_into()?;
+        let page = self
+            .backups
+            .files(&q.name, q.archive.as_deref(), q.repo.as_deref(), q.path.as_deref(), q.offset, q.limit)
+            .await
+            .map_err(job_status)?;
+        Ok(Response::new(pb::ListFilesResponse {
+            next_page_token: page.next.map(|o| paging::token(o, &page.archive)).unwrap_or_default(),
+            archive: page.archive,
+            repo: page.repo,
+            total: page.total as u64,
+            entries: page
+                .entries
+                .into_iter()
+                .map(|e| pb::FileEntry {
+                    path: e.path,
+                    r#type: e.kind,
+                    size: e.size,
+                    mtime_unix: e.mtime_unix,
+                    mode: e.mode,
+                    link_target: e.link_target,
+                })
+                .collect(),
+        }))
+    }
+
     type RestoreStream = PbStream<pb::Progress>;
 
     async fn restore(&self, req: Request<pb::RestoreRequest>) -> Result<Response<Self::RestoreStream>, Status> {
@@ -525,7 +612,7 @@ impl Services for ServicesSvc {
             match q.decision {
                 Some(d) => backups.decide(&q.name, d, &rep).await.map(Done::Restore).map_err(job_status),
                 None => backups
-                    .restore(&q.name, q.source, q.to, q.repo.as_deref(), &rep)
+                    .restore(&q.name, q.source, q.to, q.repo.as_deref(), q.path.as_deref(), &rep)
                     .await
                     .map(Done::Restore)
                     .map_err(job_status),
@@ -645,6 +732,40 @@ mod tests {
     }
 
     #[test]
+    fn file_queries_are_checked_naming_the_field() {
+        let req = |path: &str, archive: &str, token: &str, limit| pb::ListFilesRequest {
+            name: "photos".into(),
+            archive: archive.into(),
+            repo: String::new(),
+            path: path.into(),
+            page_token: token.into(),
+            limit,
+        };
+        let q = FilesQuery::try_from(req("sub/", "", "", 0)).ok().unwrap();
+        assert_eq!((q.path.as_deref(), q.offset, q.limit), (Some("sub"), 0, paging::DEFAULT_LIMIT));
+        let q = FilesQuery::try_from(req("", "", &paging::token(500, "photos-1"), 10)).ok().unwrap();
+        assert_eq!((q.archive.as_deref(), q.offset, q.limit), (Some("photos-1"), 500, 10));
+        for (r, want) in [
+            (req("../etc", "", "", 0), "path: `../etc` has a `..` component"),
+            (req("-rf", "", "", 0), "path: `-rf` starts with `-`"),
+            (req("/etc", "", "", 0), "path: `/etc` is absolute"),
+            (req("a\0b", "", "", 0), "path: contains a NUL byte"),
+            (req("", "", "x", 0), "page_token:"),
+            (req("", "photos-2", &paging::token(5, "photos-1"), 0), "page_token: pages archive photos-1"),
+            (req("", "", "", 5001), "limit: 5001"),
+        ] {
+            let e = FilesQuery::try_from(r).err().unwrap();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().starts_with(want), "{}", e.message());
+        }
+        let mut r = pb::RestoreRequest { name: "photos".into(), path: "a/../b".into(), ..Default::default() };
+        let e = RestoreQuery::try_from(r.clone()).err().unwrap();
+        assert!(e.message().starts_with("path: `a/../b`"), "{}", e.message());
+        r.path = "a/b".into();
+        assert_eq!(RestoreQuery::try_from(r).ok().unwrap().path.as_deref(), Some("a/b"));
+    }
+
+    #[test]
     fn resume_and_abandon_take_nothing_else() {
         let req = |resume, abandon, archive: &str, to: &str| pb::RestoreRequest {
             name: "photos".into(),
@@ -654,6 +775,7 @@ mod tests {
             resume,
             abandon,
             repo: String::new(),
+            path: String::new(),
         };
         let q = RestoreQuery::try_from(req(true, false, "", "")).ok().unwrap();
         assert_eq!(q.decision, Some(Decision::Resume));
