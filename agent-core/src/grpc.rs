@@ -146,6 +146,18 @@ pub fn job_key(
     }
 }
 
+/// One entry of a backup's listing as the wire carries it (both agents' `ListFiles`).
+pub fn file_entry_pb(e: crate::borg::FileEntry) -> strata_proto::v1::FileEntry {
+    strata_proto::v1::FileEntry {
+        path: e.path,
+        r#type: e.kind,
+        size: e.size,
+        mtime_unix: e.mtime_unix,
+        mode: e.mode,
+        link_target: e.link_target,
+    }
+}
+
 /// The error of a job that failed after it was cancelled: CANCELLED, naming the job and what stopped it.
 pub fn cancelled(id: &str, e: Status) -> Status {
     Status::cancelled(format!("job {id} cancelled: {}", e.message()))

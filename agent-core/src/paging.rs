@@ -38,6 +38,29 @@ pub fn limit(requested: u32) -> Result<usize, String> {
     }
 }
 
+/// Where a requested page starts: `source` as asked (`None`: the newest), the request's `page_token` (empty: the first
+/// page) and `limit` (0: [`DEFAULT_LIMIT`]). A token names its source, which must be the one asked for when one is
+/// (`what` names a source in the error: `archive`, `backup`). Returns the source, the offset and the limit; an error
+/// names the request's field (`page_token: …`, `limit: …`).
+pub fn start(
+    source: Option<String>,
+    page_token: &str,
+    limit: u32,
+    what: &str,
+) -> Result<(Option<String>, usize, usize), String> {
+    let (mut source, mut offset) = (source, 0);
+    if !page_token.is_empty() {
+        let c = parse_token(page_token).map_err(|e| format!("page_token: {e}"))?;
+        if let Some(asked) = source.as_deref().filter(|s| *s != c.source) {
+            return Err(format!("page_token: pages {what} {}, not {asked}", c.source));
+        }
+        offset = c.offset;
+        source = Some(c.source);
+    }
+    let limit = self::limit(limit).map_err(|e| format!("limit: {e}"))?;
+    Ok((source, offset, limit))
+}
+
 /// The page of `all` from `offset` (at most `limit` entries), and the offset of the next page (`None` on the last).
 pub fn page<T>(all: Vec<T>, offset: usize, limit: usize) -> (Vec<T>, Option<usize>) {
     let total = all.len();
@@ -79,5 +102,18 @@ mod tests {
         assert_eq!(limit(0), Ok(DEFAULT_LIMIT));
         assert_eq!(limit(7), Ok(7));
         assert_eq!(limit(5001).unwrap_err(), "5001 is more than 5000 entries per page");
+    }
+
+    #[test]
+    fn a_page_starts_where_its_token_says_and_only_in_the_source_asked_for() {
+        assert_eq!(start(None, "", 0, "archive"), Ok((None, 0, DEFAULT_LIMIT)));
+        assert_eq!(start(None, "500:p-1", 9, "archive"), Ok((Some("p-1".into()), 500, 9)));
+        assert_eq!(start(Some("p-1".into()), "500:p-1", 0, "archive"), Ok((Some("p-1".into()), 500, DEFAULT_LIMIT)));
+        assert_eq!(
+            start(Some("p-2".into()), "500:p-1", 0, "backup").unwrap_err(),
+            "page_token: pages backup p-1, not p-2"
+        );
+        assert!(start(None, "x", 0, "archive").unwrap_err().starts_with("page_token: "));
+        assert!(start(None, "", 5001, "archive").unwrap_err().starts_with("limit: "));
     }
 }

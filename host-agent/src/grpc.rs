@@ -94,25 +94,15 @@ impl TryFrom<pb::VmFilesRequest> for VmFilesQuery {
     fn try_from(r: pb::VmFilesRequest) -> Result<Self, Status> {
         let name = vm_name("name", &r.name)?;
         let target = target_label("target", &r.target)?;
-        let mut archive = match r.archive.as_str() {
+        let archive = match r.archive.as_str() {
             "" => None,
             a if a.chars().any(char::is_control) || a.len() > 255 || a.starts_with('-') => {
                 return Err(Status::invalid_argument(format!("archive: `{}` is not a backup id", a.escape_debug())))
             }
             a => Some(a.to_string()),
         };
-        let mut offset = 0;
-        if !r.page_token.is_empty() {
-            let c = agent_core::paging::parse_token(&r.page_token)
-                .map_err(|e| Status::invalid_argument(format!("page_token: {e}")))?;
-            if archive.as_deref().is_some_and(|a| a != c.source) {
-                let msg = format!("page_token: pages backup {}, not {}", c.source, r.archive);
-                return Err(Status::invalid_argument(msg));
-            }
-            offset = c.offset;
-            archive = Some(c.source);
-        }
-        let limit = agent_core::paging::limit(r.limit).map_err(|e| Status::invalid_argument(format!("limit: {e}")))?;
+        let (archive, offset, limit) =
+            agent_core::paging::start(archive, &r.page_token, r.limit, "backup").map_err(Status::invalid_argument)?;
         Ok(VmFilesQuery { name, target, archive, offset, limit })
     }
 }
@@ -386,17 +376,7 @@ impl HostRpc for HostGrpc {
             target,
             archive,
             total,
-            entries: entries
-                .into_iter()
-                .map(|e| pb::VmFile {
-                    path: e.path,
-                    r#type: e.kind,
-                    size: e.size,
-                    mtime_unix: e.mtime_unix,
-                    mode: e.mode,
-                    link_target: e.link_target,
-                })
-                .collect(),
+            entries: entries.into_iter().map(agent_core::grpc::file_entry_pb).collect(),
         }))
     }
 

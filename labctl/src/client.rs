@@ -347,6 +347,19 @@ impl From<strata_proto::v1::Progress> for Update {
     }
 }
 
+impl From<strata_proto::v1::FileEntry> for crate::files::Row {
+    fn from(e: strata_proto::v1::FileEntry) -> crate::files::Row {
+        crate::files::Row {
+            path: e.path,
+            kind: e.r#type,
+            mode: e.mode,
+            size: e.size,
+            mtime_unix: e.mtime_unix,
+            link_target: e.link_target,
+        }
+    }
+}
+
 fn vm_restore(r: strata_proto::v1::VmRestoreSummary) -> progress::VmRestore {
     progress::VmRestore {
         vm: r.vm,

@@ -631,18 +631,7 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
                 place: r.repo,
                 total: r.total,
                 next_page_token: r.next_page_token,
-                entries: r
-                    .entries
-                    .into_iter()
-                    .map(|e| crate::files::Row {
-                        path: e.path,
-                        kind: e.r#type,
-                        mode: e.mode,
-                        size: e.size,
-                        mtime_unix: e.mtime_unix,
-                        link_target: e.link_target,
-                    })
-                    .collect(),
+                entries: r.entries.into_iter().map(crate::files::Row::from).collect(),
             };
             let mut next = format!("labctl services files {name}");
             if let Some(p) = &path {

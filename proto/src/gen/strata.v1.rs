@@ -248,6 +248,23 @@ pub struct CancelResponse {
     #[prost(string, tag = "2")]
     pub message: ::prost::alloc::string::String,
 }
+/// One entry of a backup's listing (a service's archive, a VM backup): type file, dir, symlink, …; mode as `ls -l`
+/// shows it; link_target only for a symlink.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FileEntry {
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub r#type: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    #[prost(int64, tag = "4")]
+    pub mtime_unix: i64,
+    #[prost(string, tag = "5")]
+    pub mode: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub link_target: ::prost::alloc::string::String,
+}
 /// Generated client implementations.
 pub mod agent_client {
     #![allow(
@@ -1570,22 +1587,6 @@ pub struct VmFilesRequest {
     #[prost(uint32, tag = "5")]
     pub limit: u32,
 }
-/// type: file, dir, symlink, …; mode as `ls -l` shows it.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct VmFile {
-    #[prost(string, tag = "1")]
-    pub path: ::prost::alloc::string::String,
-    #[prost(string, tag = "2")]
-    pub r#type: ::prost::alloc::string::String,
-    #[prost(uint64, tag = "3")]
-    pub size: u64,
-    #[prost(int64, tag = "4")]
-    pub mtime_unix: i64,
-    #[prost(string, tag = "5")]
-    pub mode: ::prost::alloc::string::String,
-    #[prost(string, tag = "6")]
-    pub link_target: ::prost::alloc::string::String,
-}
 /// target/archive: what was listed; total: entries in all pages; next_page_token: empty on the last page.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct VmFilesResponse {
@@ -1594,7 +1595,7 @@ pub struct VmFilesResponse {
     #[prost(string, tag = "2")]
     pub archive: ::prost::alloc::string::String,
     #[prost(message, repeated, tag = "3")]
-    pub entries: ::prost::alloc::vec::Vec<VmFile>,
+    pub entries: ::prost::alloc::vec::Vec<FileEntry>,
     #[prost(string, tag = "4")]
     pub next_page_token: ::prost::alloc::string::String,
     #[prost(uint64, tag = "5")]
@@ -3009,22 +3010,6 @@ pub struct ListFilesRequest {
     pub page_token: ::prost::alloc::string::String,
     #[prost(uint32, tag = "6")]
     pub limit: u32,
-}
-/// type: file, dir, symlink, hardlink, fifo, chardev, blockdev or socket; mode as `ls -l` shows it.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct FileEntry {
-    #[prost(string, tag = "1")]
-    pub path: ::prost::alloc::string::String,
-    #[prost(string, tag = "2")]
-    pub r#type: ::prost::alloc::string::String,
-    #[prost(uint64, tag = "3")]
-    pub size: u64,
-    #[prost(int64, tag = "4")]
-    pub mtime_unix: i64,
-    #[prost(string, tag = "5")]
-    pub mode: ::prost::alloc::string::String,
-    #[prost(string, tag = "6")]
-    pub link_target: ::prost::alloc::string::String,
 }
 /// archive/repo: what was listed; total: entries under `path` in all pages; next_page_token: empty on the last page.
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -221,25 +221,15 @@ impl TryFrom<pb::ListFilesRequest> for FilesQuery {
         let name = check_name("name", &r.name)?;
         let repo = check_repo("repo", &r.repo)?;
         let path = check_path("path", &r.path)?;
-        let mut archive = match r.archive.as_str() {
+        let archive = match r.archive.as_str() {
             "" => None,
             a if a.chars().any(char::is_control) || a.len() > 255 => {
                 return Err(Status::invalid_argument("archive: control characters or too long"))
             }
             a => Some(a.to_string()),
         };
-        let mut offset = 0;
-        if !r.page_token.is_empty() {
-            let c =
-                paging::parse_token(&r.page_token).map_err(|e| Status::invalid_argument(format!("page_token: {e}")))?;
-            if archive.as_deref().is_some_and(|x| x != c.source) {
-                let msg = format!("page_token: pages archive {}, not {}", c.source, r.archive);
-                return Err(Status::invalid_argument(msg));
-            }
-            offset = c.offset;
-            archive = Some(c.source);
-        }
-        let limit = paging::limit(r.limit).map_err(|e| Status::invalid_argument(format!("limit: {e}")))?;
+        let (archive, offset, limit) =
+            paging::start(archive, &r.page_token, r.limit, "archive").map_err(Status::invalid_argument)?;
         Ok(FilesQuery { name, archive, repo, path, offset, limit })
     }
 }
@@ -586,18 +576,7 @@ impl Services for ServicesSvc {
             archive: page.archive,
             repo: page.repo,
             total: page.total as u64,
-            entries: page
-                .entries
-                .into_iter()
-                .map(|e| pb::FileEntry {
-                    path: e.path,
-                    r#type: e.kind,
-                    size: e.size,
-                    mtime_unix: e.mtime_unix,
-                    mode: e.mode,
-                    link_target: e.link_target,
-                })
-                .collect(),
+            entries: page.entries.into_iter().map(agent_core::grpc::file_entry_pb).collect(),
         }))
     }
 

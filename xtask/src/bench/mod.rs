@@ -32,7 +32,7 @@ pub(crate) enum Which {
     Backup,
     /// A service backup to an off-site repository over a shaped ssh link (1 GiB) vs a bare `borg create` to it.
     Offsite,
-    /// A 1 GiB borg create through the job runner with byte progress vs without.
+    /// The host-agent's 1 GiB VM backup watched (byte progress) vs scheduled (none), alternating each minute.
     Progress,
     /// dnsperf against dns-agent, unbound and dnsmasq on the same records; a 1,000,000-domain blocklist.
     Dns {
