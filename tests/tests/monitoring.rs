@@ -5,13 +5,12 @@
 //! Knows deploy/'s file layout, the agents' config formats and labctl's commands; nothing of the agents' internals.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agent_core::identity::Role;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use strata_tests::dnslab::{dig, Dns};
 use strata_tests::fixtures::cmd;
 use strata_tests::harness::{base_config, bin, write_inventory, AgentKind, AgentProc, Pki};
@@ -25,50 +24,11 @@ fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
-/// Runs `cmd` to its end with `input` on its stdin, killing it after `limit`; its stdout and stderr are read as it
-/// runs.
-fn output_within(cmd: &mut Command, input: &str, limit: Duration) -> Result<Output> {
-    use std::io::Write;
-    let described = cmd::describe(cmd);
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{described}`"))?;
-    let reader = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            buf
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().context("stdout")?));
-    let err = reader(Box::new(child.stderr.take().context("stderr")?));
-    let mut stdin = child.stdin.take().context("stdin")?;
-    let input = input.to_string();
-    std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("`{described}` did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = out.join().map_err(|_| anyhow::anyhow!("stdout reader panicked"))?;
-    let stderr = err.join().map_err(|_| anyhow::anyhow!("stderr reader panicked"))?;
-    Ok(Output { status, stdout, stderr })
-}
-
 /// `promtool ARGS` in `dir` with `input` on stdin; fails with its output unless it exits 0.
 fn promtool_with(dir: &Path, args: &[&str], input: &str) -> Result<String> {
     let promtool = cmd::require("promtool", "prometheus")?;
-    let out = output_within(Command::new(promtool).current_dir(dir).args(args), input, PROMTOOL_TIMEOUT)?;
+    let mut c = Command::new(promtool);
+    let out = cmd::output_within(c.current_dir(dir).args(args), Some(input.as_bytes()), PROMTOOL_TIMEOUT)?;
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     ensure!(out.status.success(), "promtool {} failed ({}):\n{text}", args.join(" "), out.status);
     Ok(text)
