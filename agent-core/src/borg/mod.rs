@@ -123,17 +123,22 @@ pub enum BorgError {
 
 /// What a `create` of `paths` (relative to `cwd`) reads, as borg's original size counts it: the lengths of the
 /// regular files below them (symbolic links not followed). The total of a create's byte progress.
+/// Walked with a stack of its own, not recursion: the tree is the backed-up data, as deep as whoever wrote it made it.
 pub fn source_bytes(cwd: &Path, paths: &[&str]) -> u64 {
-    fn walk(p: &Path) -> u64 {
-        match std::fs::symlink_metadata(p) {
-            Ok(m) if m.is_file() => m.len(),
+    let mut todo: Vec<PathBuf> = paths.iter().map(|p| cwd.join(p)).collect();
+    let mut total = 0u64;
+    while let Some(p) = todo.pop() {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_file() => total = total.saturating_add(m.len()),
             Ok(m) if m.is_dir() => {
-                std::fs::read_dir(p).map(|rd| rd.filter_map(Result::ok).map(|e| walk(&e.path())).sum()).unwrap_or(0)
+                if let Ok(rd) = std::fs::read_dir(&p) {
+                    todo.extend(rd.filter_map(Result::ok).map(|e| e.path()));
+                }
             }
-            _ => 0,
+            _ => {}
         }
     }
-    paths.iter().map(|p| walk(&cwd.join(p))).sum()
+    total
 }
 
 /// The [`ProgressSink`] of a job's step that moves bytes: reports go to `rep` under `step` (`estimate` is the total
@@ -647,6 +652,19 @@ mod tests {
         let repo = Repo::new("/r").passphrase_file(Path::new("/tmp/pw it's"));
         assert_eq!(repo.passcommand.as_deref(), Some(r"cat '/tmp/pw it'\''s'"));
         assert!(!format!("{repo:?}").contains("pw it"), "{repo:?}");
+    }
+
+    #[test]
+    fn source_bytes_sums_regular_files_below_the_paths_and_follows_no_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = (0..300).fold(dir.path().join("a"), |p, i| p.join(format!("d{i}")));
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("f"), [1u8; 700]).unwrap();
+        std::fs::write(dir.path().join("a/g"), [1u8; 300]).unwrap();
+        std::fs::write(dir.path().join("other"), [1u8; 5000]).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("other"), dir.path().join("a/link")).unwrap();
+        assert_eq!(source_bytes(dir.path(), &["a"]), 1000);
+        assert_eq!(source_bytes(dir.path(), &["a", "other", "missing"]), 6000);
     }
 
     /// An `Output` with the given exit code and stderr.
