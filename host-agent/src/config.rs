@@ -23,6 +23,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long one `vmrun` call may take before it is killed and the hard variant is tried.
 pub const DEFAULT_VMRUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where macOS keeps Time Machine's command-line tool.
+pub const DEFAULT_TMUTIL: &str = "/usr/bin/tmutil";
 
 /// Which hypervisor runs a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -117,6 +119,8 @@ struct RawVm {
     vmrun_timeout: Option<Duration>,
     /// QEMU: the user `qemu-system-x86_64` drops to once it opened its disks and QMP socket (`-runas`).
     runas: Option<String>,
+    /// The `tmutil` program (`engine = "timemachine"`); default `/usr/bin/tmutil`.
+    tmutil: Option<PathBuf>,
     /// This VM's own notification targets (the `[[notify]]` ones are told too).
     #[serde(default)]
     notify: Vec<RawTarget>,
@@ -151,6 +155,8 @@ pub struct VmConfig {
     pub shutdown_timeout: Duration,
     pub vmrun: PathBuf,
     pub vmrun_timeout: Duration,
+    /// The `tmutil` program (`engine = "timemachine"`).
+    pub tmutil: PathBuf,
     /// QEMU: `-runas` user; `None` leaves QEMU running as the agent's user (root).
     pub runas: Option<String>,
     /// Per-VM notification targets (the global `[[notify]]` ones apply too).
@@ -234,8 +240,13 @@ impl Config {
                 }
             }
             let notify = notify::targets(path, &key("notify"), &v.notify)?;
+            let program = |p: PathBuf| if p.components().count() > 1 { config::resolve(path, &p) } else { p };
+            if v.tmutil.is_some() && v.engine.as_str() != "timemachine" {
+                return Err(bad("tmutil", format!("only the timemachine engine uses it, not {}", v.engine.as_str())));
+            }
             vms.push(VmConfig {
                 notify,
+                tmutil: v.tmutil.map(program).unwrap_or_else(|| PathBuf::from(DEFAULT_TMUTIL)),
                 runas: v.runas,
                 shutdown_timeout: v.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
                 vmrun_timeout: v.vmrun_timeout.unwrap_or(DEFAULT_VMRUN_TIMEOUT),
@@ -253,10 +264,7 @@ impl Config {
                 guest: v.guest,
                 require_guest: v.require_guest,
                 require_encrypted_target: v.require_encrypted_target,
-                vmrun: v
-                    .vmrun
-                    .map(|p| if p.components().count() > 1 { config::resolve(path, &p) } else { p })
-                    .unwrap_or(vmrun_default),
+                vmrun: v.vmrun.map(program).unwrap_or(vmrun_default),
             });
         }
         let notify = notify::targets(path, "notify", &raw.notify)?;
@@ -546,6 +554,10 @@ mod tests {
             (
                 vm("timemachine", "targets = [{ label = \"a\", url = \"/b\" }, { label = \"b\", url = \"/c\" }]"),
                 "key `vms[0].targets`: the timemachine engine backs up to the destinations its own settings name",
+            ),
+            (
+                vm("borg", "target = \"/b\"\ntmutil = \"/usr/local/bin/tmutil\""),
+                "key `vms[0].tmutil`: only the timemachine engine uses it, not borg",
             ),
             (
                 vm("timemachine", "targets = [{ label = \"a\", url = \"/b\", upload_ratelimit = \"1MiB\" }]"),

@@ -137,13 +137,26 @@ impl TryFrom<pb::VmRestoreRequest> for RestoreInput {
         if !to.is_absolute() || to.parent().is_none() {
             return Err(Status::invalid_argument(format!("to: `{}` must be an absolute path below /", r.to)));
         }
-        if r.archive.contains('/') {
-            return Err(Status::invalid_argument(format!("archive: `{}` is not an archive name", r.archive)));
+        if r.archive.contains('/') && !is_backup_path(&r.archive) {
+            return Err(Status::invalid_argument(format!(
+                "archive: `{}` is neither an archive name nor a Time Machine backup's path",
+                r.archive.escape_debug()
+            )));
         }
         let archive = (!r.archive.is_empty()).then_some(r.archive);
         let target = target_label("target", &r.target)?;
         Ok(RestoreInput { name, archive, target, to, force: r.force, start: r.start })
     }
+}
+
+/// A Time Machine backup's id is its path (`/Volumes/.timemachine/…/DATE.backup/DATE.backup`): absolute, no `..`, no
+/// control character, at most 4 KiB. Every engine then reads only a backup its own list names.
+fn is_backup_path(s: &str) -> bool {
+    let p = std::path::Path::new(s);
+    s.len() <= 4096
+        && p.is_absolute()
+        && !s.chars().any(char::is_control)
+        && !p.components().any(|c| matches!(c, std::path::Component::ParentDir))
 }
 
 /// What a finished job of this agent did (the summary its last update carries).
@@ -533,6 +546,9 @@ mod tests {
         };
         let r = RestoreInput::try_from(ok.clone()).unwrap();
         assert_eq!((r.archive, r.to, r.start, r.target), (None, PathBuf::from("/r/lab"), true, None));
+        let tm = "/Volumes/.timemachine/ABC/2026-06-22-071617.backup/2026-06-22-071617.backup";
+        let r = RestoreInput::try_from(pb::VmRestoreRequest { archive: tm.into(), ..ok.clone() }).unwrap();
+        assert_eq!(r.archive.as_deref(), Some(tm));
         let r = RestoreInput::try_from(pb::VmRestoreRequest { target: "offsite".into(), ..ok.clone() }).unwrap();
         assert_eq!(r.target.as_deref(), Some("offsite"));
         let cases = [
@@ -540,7 +556,11 @@ mod tests {
             (pb::VmRestoreRequest { name: "../x".into(), ..ok.clone() }, "name: `../x` is not a vm name"),
             (pb::VmRestoreRequest { to: "rel".into(), ..ok.clone() }, "to: `rel` must be an absolute path"),
             (pb::VmRestoreRequest { to: "/".into(), ..ok.clone() }, "to: `/` must be"),
-            (pb::VmRestoreRequest { archive: "a/b".into(), ..ok.clone() }, "archive: `a/b`"),
+            (pb::VmRestoreRequest { archive: "a/b".into(), ..ok.clone() }, "archive: `a/b` is neither"),
+            (
+                pb::VmRestoreRequest { archive: "/Volumes/TM/../etc".into(), ..ok.clone() },
+                "archive: `/Volumes/TM/../etc`",
+            ),
             (pb::VmRestoreRequest { target: "-o x".into(), ..ok }, "target: `-o x` is not a target label"),
         ];
         for (req, want) in cases {

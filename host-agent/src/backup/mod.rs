@@ -341,7 +341,13 @@ impl Host {
 
     /// The engine writing `vm`'s backups to its target `t`.
     fn engine(&self, vm: &VmConfig, t: &RepoSpec) -> Arc<dyn Engine> {
-        vm.engine.open(&engine::Spec { vm: &vm.name, target: t, passphrase: &vm.passphrase })
+        vm.engine.open(&engine::Spec {
+            vm: &vm.name,
+            target: t,
+            passphrase: &vm.passphrase,
+            bundle: &vm.path,
+            tmutil: &vm.tmutil,
+        })
     }
 
     /// [`Host::engine`], once the target's ssh files are as they must be (a private key only its owner reads, a

@@ -45,6 +45,10 @@ pub struct Spec<'a> {
     pub target: &'a RepoSpec,
     /// The passphrase source of a target that names none (the VM's `passcommand`).
     pub passphrase: &'a Passphrase,
+    /// The VM's bundle (where Time Machine finds it again inside a backup).
+    pub bundle: &'a Path,
+    /// The `tmutil` program (the `timemachine` engine).
+    pub tmutil: &'a Path,
 }
 
 impl Spec<'_> {
@@ -288,7 +292,13 @@ mod tests {
             let k = EngineKind::named(n).unwrap();
             assert_eq!(k.as_str(), n);
             assert_eq!(EngineKind::deserialize(name(n)).unwrap(), k);
-            let spec = Spec { vm: "lab", target: &target, passphrase: &Passphrase::None };
+            let spec = Spec {
+                vm: "lab",
+                target: &target,
+                passphrase: &Passphrase::None,
+                bundle: Path::new("/vms/lab"),
+                tmutil: Path::new("tmutil"),
+            };
             assert_eq!(k.open(&spec).target(), "`default` (/b/lab)");
         }
         assert_eq!(EngineKind::names_where(EngineKind::takes_passcommand), ["borg"]);
