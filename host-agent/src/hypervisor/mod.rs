@@ -94,8 +94,14 @@ pub(crate) trait Hypervisor: Send + Sync {
     fn start(&self) -> HvFuture<'_, ()>;
     /// Pauses (QEMU) or suspends (VMware) the VM so that its disks stop changing.
     fn quiesce(&self) -> HvFuture<'_, Quiesced>;
-    /// Brings the VM back from `how`.
+    /// Brings the VM back from `how` (the journal's word after a crash: a backend that cannot tell may check).
     fn resume(&self, how: Quiesced) -> HvFuture<'_, ()>;
+    /// A clone-mode quiesce that keeps memory in RAM where `quiesce` does more (VMware: `vmrun pause`, where
+    /// `quiesce` suspends to disk); leaves the VM [`Quiesced::Paused`]. `None` when `quiesce` already pauses (QEMU).
+    /// When it fails, the caller falls back to `quiesce`.
+    fn pause(&self) -> Option<HvFuture<'_, ()>> {
+        None
+    }
     /// Clean shutdown within the configured timeout, then the hard way.
     fn shutdown(&self) -> HvFuture<'_, ()>;
     /// How `quiesce` leaves the VM (journaled before it is tried, so that a crashed run is undone the right way).
