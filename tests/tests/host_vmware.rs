@@ -192,6 +192,7 @@ async fn fusion_clone_mode_pauses_and_unpauses_and_every_failure_ends_running() 
     let copies: Vec<PathBuf> = std::fs::read_dir(&target)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
     ensure!(copies.len() == 1 && copies[0].join("vm.vmdk").is_file(), "{copies:?}");
     ensure!(!path.join("vm.vmss").exists() && !copies[0].join("vm.vmss").exists(), "a pause wrote a .vmss");
+    ensure!(!copies[0].join("vm.vmx.lck").exists(), "the paused VM's .lck was backed up");
     ensure!(state_of(&mut c, "services").await? == "running" && states(&bin, "paused") == 0);
 
     // A vmrun without pause: suspended instead, the warning in the history row; started again.

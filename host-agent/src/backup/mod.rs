@@ -865,6 +865,9 @@ impl Host {
                 .map_err(|message| HostError::Other { vm: name.into(), message })?;
             let downtime = t0.elapsed();
             group.take();
+            if let Err(w) = hv.tidy_clone(&cpath) {
+                warnings.push(w);
+            }
             // The guest runs again: its backups may go on while the clone is copied.
             self.release_lease(vm, lease, warnings).await;
             send(

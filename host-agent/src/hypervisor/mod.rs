@@ -106,6 +106,11 @@ pub(crate) trait Hypervisor: Send + Sync {
     fn shutdown(&self) -> HvFuture<'_, ()>;
     /// How `quiesce` leaves the VM (journaled before it is tried, so that a crashed run is undone the right way).
     fn quiesces_as(&self) -> Quiesced;
+    /// Removes from a clone of the bundle, taken while the VM was paused, what only the live VM owns (VMware's
+    /// `*.lck`: a restored bundle holding one would look in use); `Err` says what could not be removed.
+    fn tidy_clone(&self, _dir: &Path) -> Result<(), String> {
+        Ok(())
+    }
     /// Whether `dir` holds a VM bundle of this backend (what `restore --force` may move aside); `Err` says what is
     /// missing.
     fn is_bundle(&self, dir: &Path) -> Result<(), String>;

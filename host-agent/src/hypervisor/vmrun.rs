@@ -241,6 +241,15 @@ impl Hypervisor for Vmrun {
         Quiesced::Suspended
     }
 
+    /// A paused VM keeps its `*.lck` (files or directories): the clone's copies are removed.
+    fn tidy_clone(&self, dir: &Path) -> Result<(), String> {
+        for lock in find_with_ext(dir, "lck") {
+            let gone = if lock.is_dir() { std::fs::remove_dir_all(&lock) } else { std::fs::remove_file(&lock) };
+            gone.map_err(|e| format!("cannot remove {} from the clone: {e}", lock.display()))?;
+        }
+        Ok(())
+    }
+
     /// A VMware bundle is a directory holding a `.vmx` file.
     fn is_bundle(&self, dir: &Path) -> Result<(), String> {
         if find_with_ext(dir, "vmx").is_empty() {
@@ -362,5 +371,8 @@ mod tests {
         std::fs::create_dir(dir.join("svc.vmx.lck")).unwrap();
         std::fs::write(dir.join("b.lck"), "").unwrap();
         assert_eq!(find_with_ext(dir, "lck"), [dir.join("b.lck"), dir.join("svc.vmx.lck")]);
+        std::fs::write(dir.join("svc.vmx.lck/M12345.lck"), "").unwrap();
+        v.tidy_clone(dir).unwrap();
+        assert!(find_with_ext(dir, "lck").is_empty() && dir.join("svc.vmx").is_file());
     }
 }
