@@ -233,13 +233,25 @@ async fn fusion_clone_mode_pauses_and_unpauses_and_every_failure_ends_running() 
     ensure!(log.matches(&unpause).count() == 2 && !log.contains("suspend"), "{log}");
     ensure!(state_of(&mut c, "services").await? == "running" && states(&bin, "paused") == 0);
     ensure!(agent.logs().contains("vmrun unpause failed"), "{}", agent.logs());
+
+    // An unpause that always hangs: 3 tries, then the last way back, suspend hard and start; logged as an error.
+    set(&bin, "hang-unpause", "")?;
+    let before = calls(&bin).len();
+    backup(&mut c, "services").await?;
+    unset(&bin, "hang-unpause")?;
+    let log = calls(&bin)[before..].to_string();
+    let hard = log.find(&format!("suspend {} hard", vmx.display())).context("no suspend hard")?;
+    let start = log.rfind(&format!("start {} nogui", vmx.display())).context("not started again")?;
+    ensure!(log.matches(&unpause).count() == 3 && log.rfind(&unpause).unwrap_or(0) < hard && hard < start, "{log}");
+    ensure!(state_of(&mut c, "services").await? == "running" && states(&bin, "paused") == 0);
+    ensure!(agent.logs().contains("vmrun unpause failed 3 times: suspending hard and starting it again"));
     Ok(())
 }
 
 /// SIGKILL while the Fusion VM is paused (right after the clone step is journaled): the restart unpauses it and
-/// removes the clone.
+/// removes the clone; SIGKILL while it is suspended by the fallback: the restart starts it.
 #[tokio::test(flavor = "multi_thread")]
-async fn sigkill_while_a_fusion_vm_is_paused_then_restart_unpauses_it() -> Result<()> {
+async fn sigkill_while_a_fusion_vm_is_paused_or_suspended_then_restart_brings_it_back_that_way() -> Result<()> {
     let fs = Btrfs::create(1 << 30)?;
     let s = Setup::new("strata-vmpause-crash-")?;
     let bin = standin(&s.dir.path().join("fusion-bin"))?;
@@ -267,8 +279,28 @@ async fn sigkill_while_a_fusion_vm_is_paused_then_restart_unpauses_it() -> Resul
     ensure!(states(&bin, "paused") == 0 && states(&bin, "run") == 1, "{}", calls(&bin));
     let mut c = s.client(&agent).await?;
     ensure!(state_of(&mut c, "services").await? == "running");
-    let clones = std::fs::read_dir(fs.path())?.filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != "services.vmwarevm"));
-    ensure!(clones.count() == 0, "a clone was left behind");
+    let clones = || {
+        std::fs::read_dir(fs.path())
+            .map(|d| d.filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != "services.vmwarevm")).count())
+    };
+    ensure!(clones()? == 0, "a clone was left behind");
+    drop(agent);
+
+    // A vmrun without pause: the journal says `suspended` before the fallback suspends; a crash then is undone by a
+    // start, not an unpause.
+    set(&bin, "no-pause", "")?;
+    let mut agent = AgentProc::start_with_env(AgentKind::Host, &s.config, &[("STRATA_TEST_CRASH_AT", "clone")])?;
+    let mut held = s.client(&agent).await?;
+    let run = tokio::spawn(async move { backup(&mut held, "services").await });
+    agent.wait_log("test hook: holding at step clone", Duration::from_secs(20))?;
+    agent.kill()?;
+    run.abort();
+    ensure!(states(&bin, "run") == 0 && path.join("vm.vmss").is_file(), "not suspended at the crash: {}", calls(&bin));
+    let before = calls(&bin).len();
+    let agent = AgentProc::start_with_config(AgentKind::Host, &s.config)?;
+    agent.wait_log("resumed vm services (suspended by a crashed run)", Duration::from_secs(20))?;
+    ensure!(calls(&bin)[before..].contains(&format!("start {} nogui", vmx.display())), "{}", calls(&bin));
+    ensure!(states(&bin, "run") == 1 && clones()? == 0, "{}", calls(&bin));
     Ok(())
 }
 
