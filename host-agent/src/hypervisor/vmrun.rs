@@ -144,15 +144,24 @@ impl Vmrun {
         })
     }
 
-    /// Brings the VM back whatever a quiesce left, whatever the journal says (a pause that timed out may still have
-    /// happened; a suspend fallback may have failed half-way): listed by vmrun (running or paused) → unpause;
-    /// not listed (suspended or off) → start.
-    async fn bring_back(&self) -> Result<(), HvError> {
-        if self.running().await? {
-            self.unpause().await
-        } else {
-            self.do_start().await
+    /// Brings the VM back whatever a quiesce left, whatever the journal says: not listed by vmrun (suspended or off)
+    /// → start; listed after a pause → [`Vmrun::unpause`]; listed although it was to be suspended or stopped → it
+    /// runs (the suspend failed), or a pause that timed out before the suspend fallback happened after all: one
+    /// unpause covers that, and its failure is taken as "running" (no suspend hard for a VM that most likely runs).
+    async fn bring_back(&self, how: Quiesced) -> Result<(), HvError> {
+        if !self.running().await? {
+            return self.do_start().await;
         }
+        if how == Quiesced::Paused {
+            return self.unpause().await;
+        }
+        let vmx = self.vmx()?;
+        if let Err(e) = self.run(&["unpause"], Some(&vmx), self.timeout).await {
+            if !says_not_paused(&e) {
+                tracing::warn!(vm = %self.name, error = %e, "listed by vmrun and not unpaused: taken as running");
+            }
+        }
+        Ok(())
     }
 
     /// Waits until VMware has released the bundle (no `*.lck` left), or fails naming the lock.
@@ -220,8 +229,8 @@ impl Hypervisor for Vmrun {
     }
 
     /// Any way it was quiesced: see [`Vmrun::bring_back`].
-    fn resume(&self, _how: Quiesced) -> HvFuture<'_, ()> {
-        Box::pin(self.bring_back())
+    fn resume(&self, how: Quiesced) -> HvFuture<'_, ()> {
+        Box::pin(self.bring_back(how))
     }
 
     fn pause(&self) -> Option<HvFuture<'_, ()>> {
