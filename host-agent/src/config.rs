@@ -121,6 +121,8 @@ struct RawVm {
     runas: Option<String>,
     /// The `tmutil` program (`engine = "timemachine"`); default `/usr/bin/tmutil`.
     tmutil: Option<PathBuf>,
+    /// VMs naming the same group are never quiesced at the same time (a DNS primary and its secondary).
+    exclusive: Option<String>,
     /// This VM's own notification targets (the `[[notify]]` ones are told too).
     #[serde(default)]
     notify: Vec<RawTarget>,
@@ -159,6 +161,8 @@ pub struct VmConfig {
     pub tmutil: PathBuf,
     /// QEMU: `-runas` user; `None` leaves QEMU running as the agent's user (root).
     pub runas: Option<String>,
+    /// The exclusive group: no two VMs of one group are quiesced (paused, suspended, stopped) at once.
+    pub exclusive: Option<String>,
     /// Per-VM notification targets (the global `[[notify]]` ones apply too).
     pub notify: Vec<NotifyTarget>,
 }
@@ -239,6 +243,11 @@ impl Config {
                     return Err(bad("runas", format!("`{u}` is not a user name")));
                 }
             }
+            if let Some(g) = &v.exclusive {
+                if !valid_name(g) {
+                    return Err(bad("exclusive", format!("group `{g}` must be 1-63 of a-z, 0-9, `-`, `_`")));
+                }
+            }
             let notify = notify::targets(path, &key("notify"), &v.notify)?;
             let program = |p: PathBuf| if p.components().count() > 1 { config::resolve(path, &p) } else { p };
             if v.tmutil.is_some() && v.engine.as_str() != "timemachine" {
@@ -247,6 +256,7 @@ impl Config {
             vms.push(VmConfig {
                 notify,
                 tmutil: v.tmutil.map(program).unwrap_or_else(|| PathBuf::from(DEFAULT_TMUTIL)),
+                exclusive: v.exclusive,
                 runas: v.runas,
                 shutdown_timeout: v.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
                 vmrun_timeout: v.vmrun_timeout.unwrap_or(DEFAULT_VMRUN_TIMEOUT),
@@ -393,6 +403,7 @@ mod tests {
         assert!(s.target("offsite").is_some_and(|t| t.append_only && !t.location.is_local()));
         assert_eq!(cfg.vm("lab").unwrap().backend, Backend::Qemu);
         assert_eq!(cfg.vm("lab").unwrap().runas.as_deref(), Some("nobody"));
+        assert_eq!((s.exclusive.as_deref(), cfg.vm("lab").unwrap().exclusive.as_deref()), (Some("dns"), None));
         assert_eq!(cfg.timezone, agent_core::cron::zone("Europe/Berlin").unwrap());
         assert!(s.catch_up && !cfg.vm("lab").unwrap().catch_up);
         let kinds = |t: &[NotifyTarget]| t.iter().map(|t| t.kind).collect::<Vec<_>>();
@@ -465,6 +476,8 @@ mod tests {
             ),
             (VM.replace("borg", "tape"), "unknown variant `tape`, expected one of `borg`, `rsync`, `timemachine`"),
             (format!("{VM}runas = \"a b\"\n"), "key `vms[0].runas`"),
+            (format!("{VM}exclusive = \"DNS pair\"\n"), "key `vms[0].exclusive`: group `DNS pair` must be 1-63"),
+            (format!("{VM}exclusive = \"\"\n"), "key `vms[0].exclusive`"),
             (format!("{VM}catch_up = true\n"), "key `vms[0].catch_up`: is true but no `schedule` is set"),
             (format!("{VM}catch_up = \"yes\"\n"), "(key `catch_up`)"),
         ];

@@ -145,6 +145,12 @@ impl Journal {
         Ok(())
     }
 
+    /// Changes what an open step says (a quiesce that fell back from pause to suspend).
+    pub(crate) fn set_detail(&self, id: i64, detail: &str) -> Result<(), JournalError> {
+        self.db().execute("UPDATE journal SET detail = ?1 WHERE id = ?2", params![detail, id])?;
+        Ok(())
+    }
+
     /// Marks a step done (its effect is undone or no longer needs undoing).
     pub(crate) fn done(&self, id: i64) -> Result<(), JournalError> {
         self.db().execute("UPDATE journal SET done_unix = ?1 WHERE id = ?2", params![now_unix(), id])?;

@@ -1,12 +1,14 @@
 //! Orchestration: one backup run (guest lease, ONE quiesce, clone or not, resume, then every target's transfer in
 //! parallel, each target's retention, one history row per target) with the VM's downtime measured from quiesce to
-//! resume; VM actions; crash recovery from the journal (`restore` reads backups back). A target that fails does not
-//! fail the others: the run is then `partial`, naming it and why. Knows the order of steps and the promise that the
-//! VM is left running on every failure path; must not know proto/tonic types (the grpc module converts), any
-//! program's command line, a VM bundle's files (its hypervisor backend knows them: `Hypervisor::is_bundle`,
-//! `check_bundle`) or which engines exist (`engine::ENGINES`).
+//! resume (`quiesce` takes the VM down: exclusive groups, pause or its fallback); VM actions; crash recovery from the
+//! journal (`restore` reads backups back). A target that fails does not fail the others: the run is then `partial`,
+//! naming it and why. Knows the order of steps and the promise that the VM is left running on every failure path;
+//! must not know proto/tonic types (the grpc module converts), any program's command line, a VM bundle's files (its
+//! hypervisor backend knows them: `Hypervisor::is_bundle`, `check_bundle`) or which engines exist
+//! (`engine::ENGINES`).
 
 mod notify;
+mod quiesce;
 mod restore;
 
 use std::collections::HashSet;
@@ -24,6 +26,7 @@ use crate::encryption;
 use crate::engine::{self, Engine, EngineError};
 use crate::hypervisor::{self, HvError, Hypervisor, Quiesced, VmState};
 use crate::journal::{step, Journal, JournalError};
+use quiesce::Quiesce;
 
 /// One history row: what one target got in one run (the journal's).
 pub(crate) use crate::journal::HistoryRow;
@@ -269,6 +272,8 @@ pub(crate) struct Host {
     observer: Box<dyn Fn(&BackupReport) + Send + Sync>,
     /// The last look at each configured VM through its hypervisor (name → why it could not be seen).
     unseen: Mutex<std::collections::BTreeMap<String, String>>,
+    /// One lock per `exclusive` group, held from quiesce to resume: two VMs of a group are never down together.
+    groups: std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// Released on drop: the VM is free for the next operation.
@@ -292,7 +297,9 @@ async fn send(tx: &Reporter, step: &str, done: u64, total: u64, message: impl In
 impl Host {
     pub(crate) fn new(cfg: Config, guest: Arc<dyn Guest>) -> Result<Host, HostError> {
         let journal = Journal::open(&cfg.common.state_dir)?;
+        let groups = cfg.vms.iter().filter_map(|v| v.exclusive.clone()).map(|g| (g, Arc::default())).collect();
         Ok(Host {
+            groups,
             cfg,
             journal,
             guest,
@@ -757,8 +764,11 @@ impl Host {
             return Ok(RunInfo { mode_used: vm.mode, downtime: Duration::ZERO, warnings });
         }
 
+        let mut group = self.exclusive(vm, tx).await;
         let mut lease = self.lease(vm, &mut warnings).await?;
-        let result = self.quiesced_backup(vm, id, &*hv, &targets, tx, &mut lease, &mut warnings, runs).await;
+        let result =
+            self.quiesced_backup(vm, id, &*hv, &targets, tx, &mut lease, &mut group, &mut warnings, runs).await;
+        drop(group);
         self.release_lease(vm, &mut lease, &mut warnings).await;
         let (mode_used, downtime) = result?;
         self.prune(vm, tx, runs).await;
@@ -797,6 +807,7 @@ impl Host {
     /// Quiesce once → (clone → resume → back up the clone to every target → delete it) or (back up to every target
     /// → resume). The VM is resumed on every path; the downtime is the time from just before quiesce to just after
     /// resume. Each target's outcome goes to `runs`; the error is the run's own (quiesce, clone, resume, journal).
+    /// `group` (the VM's exclusive group) is released as soon as the VM runs again.
     #[allow(clippy::too_many_arguments)]
     async fn quiesced_backup(
         &self,
@@ -806,24 +817,13 @@ impl Host {
         targets: &[&RepoSpec],
         tx: &Reporter,
         lease: &mut Option<String>,
+        group: &mut Option<tokio::sync::OwnedMutexGuard<()>>,
         warnings: &mut Vec<String>,
         runs: &mut Vec<(TargetRun, Option<HostError>)>,
     ) -> Result<(Mode, Duration), HostError> {
         let name = vm.name.as_str();
         let j = &self.journal;
-        let planned = if vm.mode == Mode::Stop { Quiesced::Stopped } else { hv.quiesces_as() };
-        let jq = j.begin(name, step::QUIESCE, planned.as_str())?;
-        send(
-            tx,
-            "quiesce",
-            1,
-            6,
-            format!("{} vm {name}", if vm.mode == Mode::Stop { "shutting down" } else { "pausing" }),
-        )
-        .await;
-        let t0 = Instant::now();
-        let quiesced =
-            if vm.mode == Mode::Stop { hv.shutdown().await.map(|()| Quiesced::Stopped) } else { hv.quiesce().await };
+        let Quiesce { jq, planned, t0, outcome: quiesced } = self.quiesce_for_backup(vm, hv, tx, warnings).await?;
         let how = match quiesced {
             Ok(h) => h,
             Err(e) => {
@@ -870,6 +870,10 @@ impl Host {
                 .await
                 .map_err(|message| HostError::Other { vm: name.into(), message })?;
             let downtime = t0.elapsed();
+            group.take();
+            if let Err(w) = hv.tidy_clone(&cpath) {
+                warnings.push(w);
+            }
             // The guest runs again: its backups may go on while the clone is copied.
             self.release_lease(vm, lease, warnings).await;
             send(
@@ -916,7 +920,7 @@ impl Host {
 
     /// A journal write failed while the vm is quiesced: resume it first, then report the journal error. The quiesce
     /// row may stay open (the journal is failing): the next start then resumes a running vm, which does nothing.
-    async fn resume_on_journal_error(
+    pub(super) async fn resume_on_journal_error(
         &self,
         name: &str,
         hv: &dyn Hypervisor,

@@ -94,12 +94,23 @@ pub(crate) trait Hypervisor: Send + Sync {
     fn start(&self) -> HvFuture<'_, ()>;
     /// Pauses (QEMU) or suspends (VMware) the VM so that its disks stop changing.
     fn quiesce(&self) -> HvFuture<'_, Quiesced>;
-    /// Brings the VM back from `how`.
+    /// Brings the VM back from `how` (the journal's word after a crash: a backend that cannot tell may check).
     fn resume(&self, how: Quiesced) -> HvFuture<'_, ()>;
+    /// A clone-mode quiesce that keeps memory in RAM where `quiesce` does more (VMware: `vmrun pause`, where
+    /// `quiesce` suspends to disk); leaves the VM [`Quiesced::Paused`]. `None` when `quiesce` already pauses (QEMU).
+    /// When it fails, the caller falls back to `quiesce`.
+    fn pause(&self) -> Option<HvFuture<'_, ()>> {
+        None
+    }
     /// Clean shutdown within the configured timeout, then the hard way.
     fn shutdown(&self) -> HvFuture<'_, ()>;
     /// How `quiesce` leaves the VM (journaled before it is tried, so that a crashed run is undone the right way).
     fn quiesces_as(&self) -> Quiesced;
+    /// Removes from a clone of the bundle, taken while the VM was paused, what only the live VM owns (VMware's
+    /// `*.lck`: a restored bundle holding one would look in use); `Err` says what could not be removed.
+    fn tidy_clone(&self, _dir: &Path) -> Result<(), String> {
+        Ok(())
+    }
     /// Whether `dir` holds a VM bundle of this backend (what `restore --force` may move aside); `Err` says what is
     /// missing.
     fn is_bundle(&self, dir: &Path) -> Result<(), String>;

@@ -1,5 +1,6 @@
-//! VMware Fusion (`vmrun -T fusion`) and Workstation on Linux (`vmrun -T ws`): list, start nogui, suspend and stop
-//! soft with a hard fallback, every call under a timeout (vmrun can hang), and `*.lck` detection.
+//! VMware Fusion (`vmrun -T fusion`) and Workstation on Linux (`vmrun -T ws`): list, start nogui, pause/unpause (the
+//! VM's memory stays in RAM; unpause retried, then suspend hard + start as the last way back), suspend and stop soft
+//! with a hard fallback, every call under a timeout (vmrun can hang), and `*.lck` detection.
 //! Knows the vmrun CLI and VMware bundle layout; must not know backups.
 
 use std::path::{Path, PathBuf};
@@ -67,9 +68,20 @@ impl Vmrun {
         c
     }
 
+    /// Runs vmrun; a failure carries vmrun's `Error: …` line from stderr, or from stdout when stderr is empty (where
+    /// vmrun prints it is not documented).
     async fn run(&self, args: &[&str], vmx: Option<&Path>, timeout: Duration) -> Result<String, RunError> {
-        let out = runner::run_ok(self.cmd(args, vmx, timeout)).await?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let cmd = self.cmd(args, vmx, timeout);
+        let shown = cmd.display();
+        let out = runner::run(cmd).await?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            return Ok(stdout);
+        }
+        let said = if out.stderr.trim().is_empty() { &stdout } else { &out.stderr };
+        let tail: Vec<&str> = said.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let tail = tail[tail.len().saturating_sub(runner::STDERR_TAIL_LINES)..].join("\n");
+        Err(RunError::Failed { cmd: shown, code: out.status.code(), stderr: tail })
     }
 
     fn err(&self, source: RunError) -> HvError {
@@ -86,6 +98,70 @@ impl Vmrun {
                 self.run(&[op, "hard"], Some(&vmx), self.timeout).await.map(drop).map_err(|e| self.err(e))
             }
         }
+    }
+
+    /// `vmrun pause VMX`: the vCPUs stop, memory stays in RAM, the VM stays in `list` and its `.lck` stays.
+    async fn do_pause(&self) -> Result<(), HvError> {
+        if !self.running().await? {
+            return Err(HvError::Failed { vm: self.name.clone(), message: "is not running".into() });
+        }
+        let vmx = self.vmx()?;
+        self.run(&["pause"], Some(&vmx), self.timeout).await.map(drop).map_err(|e| self.err(e))
+    }
+
+    /// Brings a VM listed by vmrun back from a pause: `unpause`, up to [`UNPAUSE_TRIES`] times (each under the
+    /// timeout); an answer saying it is not paused means it runs. When every try fails, the last way back is
+    /// `suspend hard` then `start` (from disk: a longer downtime, but running); when that fails too, the error says
+    /// the VM may still be paused, loudly.
+    async fn unpause(&self) -> Result<(), HvError> {
+        let vmx = self.vmx()?;
+        let mut last = None;
+        for attempt in 1..=UNPAUSE_TRIES {
+            match self.run(&["unpause"], Some(&vmx), self.timeout).await {
+                Ok(_) => return Ok(()),
+                Err(e) if says_not_paused(&e) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(vm = %self.name, attempt, error = %e, "vmrun unpause failed");
+                    last = Some(e);
+                }
+            }
+        }
+        let last = last.map(|e| e.to_string()).unwrap_or_default();
+        tracing::error!(vm = %self.name, error = %last, "vmrun unpause failed {UNPAUSE_TRIES} times: suspending hard and starting it again");
+        let back = async {
+            self.run(&["suspend", "hard"], Some(&vmx), self.timeout).await.map_err(|e| self.err(e))?;
+            self.wait_unlocked().await?;
+            self.do_start().await
+        };
+        back.await.map_err(|e| {
+            let message = format!(
+                "MAY STILL BE PAUSED: unpause failed {UNPAUSE_TRIES} times ({last}) and suspend hard + start failed \
+                 ({e}); run `vmrun unpause {}` by hand",
+                vmx.display()
+            );
+            tracing::error!(vm = %self.name, "{message}");
+            HvError::Failed { vm: self.name.clone(), message }
+        })
+    }
+
+    /// Brings the VM back whatever a quiesce left, whatever the journal says: not listed by vmrun (suspended or off)
+    /// → start; listed after a pause → [`Vmrun::unpause`]; listed although it was to be suspended or stopped → it
+    /// runs (the suspend failed), or a pause that timed out before the suspend fallback happened after all: one
+    /// unpause covers that, and its failure is taken as "running" (no suspend hard for a VM that most likely runs).
+    async fn bring_back(&self, how: Quiesced) -> Result<(), HvError> {
+        if !self.running().await? {
+            return self.do_start().await;
+        }
+        if how == Quiesced::Paused {
+            return self.unpause().await;
+        }
+        let vmx = self.vmx()?;
+        if let Err(e) = self.run(&["unpause"], Some(&vmx), self.timeout).await {
+            if !says_not_paused(&e) {
+                tracing::warn!(vm = %self.name, error = %e, "listed by vmrun and not unpaused: taken as running");
+            }
+        }
+        Ok(())
     }
 
     /// Waits until VMware has released the bundle (no `*.lck` left), or fails naming the lock.
@@ -152,8 +228,13 @@ impl Hypervisor for Vmrun {
         })
     }
 
-    fn resume(&self, _how: Quiesced) -> HvFuture<'_, ()> {
-        Box::pin(self.do_start())
+    /// Any way it was quiesced: see [`Vmrun::bring_back`].
+    fn resume(&self, how: Quiesced) -> HvFuture<'_, ()> {
+        Box::pin(self.bring_back(how))
+    }
+
+    fn pause(&self) -> Option<HvFuture<'_, ()>> {
+        Some(Box::pin(self.do_pause()))
     }
 
     fn shutdown(&self) -> HvFuture<'_, ()> {
@@ -167,6 +248,15 @@ impl Hypervisor for Vmrun {
 
     fn quiesces_as(&self) -> Quiesced {
         Quiesced::Suspended
+    }
+
+    /// A paused VM keeps its `*.lck` (files or directories): the clone's copies are removed.
+    fn tidy_clone(&self, dir: &Path) -> Result<(), String> {
+        for lock in find_with_ext(dir, "lck") {
+            let gone = if lock.is_dir() { std::fs::remove_dir_all(&lock) } else { std::fs::remove_file(&lock) };
+            gone.map_err(|e| format!("cannot remove {} from the clone: {e}", lock.display()))?;
+        }
+        Ok(())
     }
 
     /// A VMware bundle is a directory holding a `.vmx` file.
@@ -186,6 +276,22 @@ impl Hypervisor for Vmrun {
             }
             Ok(())
         })
+    }
+}
+
+/// How many times an unpause is tried before the suspend-hard-and-start way back.
+const UNPAUSE_TRIES: u32 = 3;
+
+/// Whether vmrun's answer to `unpause` says the VM was not paused (so it runs: nothing to do): any error naming
+/// "not paused" (VMware does not document the exact wording), or `Error: Unrecognized command: unpause` from a vmrun
+/// without pause — then we cannot have paused it. Any other answer counts as a failed unpause.
+fn says_not_paused(e: &RunError) -> bool {
+    match e {
+        RunError::Failed { stderr, .. } => {
+            let s = stderr.to_ascii_lowercase();
+            s.contains("not paused") || s.contains("unrecognized command")
+        }
+        _ => false,
     }
 }
 
@@ -233,6 +339,23 @@ mod tests {
         assert!(parse_list("Total running VMs: 0\n").is_empty());
     }
 
+    /// vmrun's answers to `unpause`: "not paused" (in any wording that says it) and a vmrun without pause mean the
+    /// VM runs; anything else (a timeout, another error) is a failed unpause.
+    #[test]
+    fn unpause_answers_that_mean_running() {
+        let failed = |stderr: &str| RunError::Failed { cmd: "vmrun".into(), code: Some(255), stderr: stderr.into() };
+        for (answer, running) in [
+            ("Error: The virtual machine is not paused", true),
+            ("Error: Unrecognized command: unpause", true),
+            ("Error: The operation was canceled", false),
+            ("Error: Cannot open VM: /v/vm.vmx, The virtual machine cannot be found", false),
+        ] {
+            assert_eq!(says_not_paused(&failed(answer)), running, "{answer}");
+        }
+        let timeout = RunError::Timeout { cmd: "vmrun".into(), after: Duration::from_secs(1) };
+        assert!(!says_not_paused(&timeout));
+    }
+
     /// The VMware bundle layout: a `.vmx` makes a bundle (and a restored one startable); `.lck` entries are found
     /// whether they are files or directories.
     #[tokio::test]
@@ -257,5 +380,8 @@ mod tests {
         std::fs::create_dir(dir.join("svc.vmx.lck")).unwrap();
         std::fs::write(dir.join("b.lck"), "").unwrap();
         assert_eq!(find_with_ext(dir, "lck"), [dir.join("b.lck"), dir.join("svc.vmx.lck")]);
+        std::fs::write(dir.join("svc.vmx.lck/M12345.lck"), "").unwrap();
+        v.tidy_clone(dir).unwrap();
+        assert!(find_with_ext(dir, "lck").is_empty() && dir.join("svc.vmx").is_file());
     }
 }
