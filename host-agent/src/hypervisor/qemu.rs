@@ -491,11 +491,12 @@ mod tests {
             "-chardev socket,id=qga0,path=/s,,t/qemu/lab.qga,server=on,wait=off -device virtio-serial \
              -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"
         );
-        // Captured from QEMU 7.2 (`query-chardev`): a guest whose qemu-ga has the port open, then one without.
+        // Captured from QEMU 7.2 (`query-chardev`): a guest whose qemu-ga has the port open (no host client
+        // connected), then a guest without an agent.
         let open: Value = serde_json::from_str(
             r#"[{"frontend-open": true, "filename": "file", "label": "con"},
-                {"frontend-open": true, "filename": "unix:/s/qemu/lab.qmp,server=on", "label": "compat_monitor0"},
-                {"frontend-open": true, "filename": "unix:/s/qemu/lab.qga,server=on", "label": "qga0"}]"#,
+                {"frontend-open": true, "filename": "unix:/tmp/guest/qmp.sock,server=on", "label": "compat_monitor0"},
+                {"frontend-open": true, "filename": "disconnected:unix:/tmp/guest/qga.sock,server=on", "label": "qga0"}]"#,
         )
         .unwrap();
         assert_eq!(qga_frontend_open(&open), Some(true));
