@@ -74,8 +74,9 @@ impl Lab {
     }
 
     /// A VM directory `lab` under `vm_parent` whose guest is a real Linux running qemu-ga (`fixtures::guest`): one
-    /// 32 MiB raw disk holding ext4 (mounted by the guest), its console written to [`Lab::console`].
-    pub fn with_guest(vm_parent: &Path) -> Result<Lab> {
+    /// 32 MiB raw disk holding ext4 (mounted by the guest), its console written to [`Lab::console`];
+    /// `kernel_extra` goes on the guest kernel's command line (e.g. `guest::slow_freeze`).
+    pub fn with_guest(vm_parent: &Path, kernel_extra: &str) -> Result<Lab> {
         cmd::require("qemu-system-x86_64", "qemu-system-x86")?;
         let dir = tempfile::Builder::new().prefix("strata-host-").tempdir()?;
         let vm_dir = vm_parent.join("lab");
@@ -84,7 +85,7 @@ impl Lab {
         let test_qmp = dir.path().join(format!("t{}.qmp", unique_suffix()));
         let console = dir.path().join("console.log");
         let mut args = vec!["-qmp".to_string(), format!("unix:{},server=on,wait=off", test_qmp.display())];
-        args.extend(guest::qemu_args(&console)?);
+        args.extend(guest::qemu_args(&console, kernel_extra)?);
         let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
         let vm_toml = format!("memory_mb = 128\ncpus = 1\ndisks = [\"data.raw\"]\nargs = [{}]\n", args.join(", "));
         std::fs::write(vm_dir.join("vm.toml"), vm_toml)?;
