@@ -31,8 +31,14 @@ impl Host {
                 let plural = if n == 1 { "" } else { "s" };
                 *consistency = format!("consistency: file systems frozen by the guest agent ({n} file system{plural})");
                 let took = t0.elapsed().as_secs_f64();
-                send(tx, "freeze", 1, 6, format!("vm {name}: the guest agent froze {n} file system{plural} in {took:.3}s"))
-                    .await;
+                send(
+                    tx,
+                    "freeze",
+                    1,
+                    6,
+                    format!("vm {name}: the guest agent froze {n} file system{plural} in {took:.3}s"),
+                )
+                .await;
                 Ok(Some(jf))
             }
             Ok(GuestFreeze::NoAgent(why)) => {
@@ -45,7 +51,9 @@ impl Host {
                 *consistency = "crash-consistent: the guest agent did not freeze the file systems".into();
                 let thawed = self.thaw_journaled(name, hv, jf).await;
                 warnings.push(match &thawed {
-                    Ok(()) => format!("freezing the guest's file systems failed ({e}): thawed, backing up crash-consistent"),
+                    Ok(()) => {
+                        format!("freezing the guest's file systems failed ({e}): thawed, backing up crash-consistent")
+                    }
                     Err(t) => format!("freezing the guest's file systems failed ({e}); {t}: retried after the resume"),
                 });
                 tracing::warn!(vm = name, "{}", warnings.last().map(String::as_str).unwrap_or(""));

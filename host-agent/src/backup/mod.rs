@@ -411,7 +411,9 @@ impl Host {
                 },
                 step::FREEZE => match self.cfg.vm(&s.vm) {
                     Some(vm) => match self.hv(vm).thaw_guest().await {
-                        Ok(Some(n)) => Ok(format!("thawed the file systems of vm {} ({n}) frozen by a crashed run", s.vm)),
+                        Ok(Some(n)) => {
+                            Ok(format!("thawed the file systems of vm {} ({n}) frozen by a crashed run", s.vm))
+                        }
                         Ok(None) => Ok(format!("vm {}: no guest agent to thaw (frozen by a crashed run)", s.vm)),
                         Err(e) => Err(e.to_string()),
                     },

@@ -121,7 +121,9 @@ async fn read_more(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<(), Str
 /// The resync request: a 0xFF byte (qemu-ga resets its parser on it) and `guest-sync-delimited` with `id`.
 pub(super) fn sync_request(id: u64) -> Vec<u8> {
     let mut b = vec![DELIMITER];
-    b.extend_from_slice(format!("{}\n", json!({"execute": "guest-sync-delimited", "arguments": {"id": id}})).as_bytes());
+    b.extend_from_slice(
+        format!("{}\n", json!({"execute": "guest-sync-delimited", "arguments": {"id": id}})).as_bytes(),
+    );
     b
 }
 
@@ -226,7 +228,9 @@ mod tests {
         assert_eq!(parse_count("t", &parse_reply("t", l[5]).unwrap()).unwrap(), 1);
         assert_eq!(parse_reply("s", l[6]).unwrap(), json!("thawed"));
         assert_eq!(parse_count("t", &parse_reply("t", l[7]).unwrap()).unwrap(), 0);
-        assert!(matches!(parse_reply("guest-nope", l[8]), Err(QgaError::Refused { class, .. }) if class == "CommandNotFound"));
+        assert!(
+            matches!(parse_reply("guest-nope", l[8]), Err(QgaError::Refused { class, .. }) if class == "CommandNotFound")
+        );
         assert!(parse_count("t", &json!("x")).is_err());
         assert!(matches!(parse_reply("x", b"{\"QMP\": 1}"), Err(QgaError::Protocol { .. })));
     }
@@ -262,7 +266,8 @@ mod tests {
                 }
                 let v: Value = serde_json::from_slice(sync.strip_prefix(&[DELIMITER]).unwrap()).unwrap();
                 let id = v["arguments"]["id"].as_u64().unwrap();
-                let mut out = b"{\"return\": 0}\n{\"error\": {\"class\": \"GenericError\", \"desc\": \"stray\"}}\n".to_vec();
+                let mut out =
+                    b"{\"return\": 0}\n{\"error\": {\"class\": \"GenericError\", \"desc\": \"stray\"}}\n".to_vec();
                 out.push(DELIMITER);
                 out.extend_from_slice(format!("{{\"return\": {id}}}\n").as_bytes());
                 w.write_all(&out).await.unwrap();
