@@ -134,14 +134,26 @@ fn candidate_version(pkg: &str) -> Result<String> {
         .with_context(|| format!("apt-cache policy {pkg} shows no candidate version"))
 }
 
-/// The test guest's kernel in the guest fixture's cache: kept while it is the one `linux-image-amd64` depends on.
+/// The test guest's kernel in the guest fixture's cache: kept while it is the one `linux-image-amd64` depends on (or
+/// while apt cannot say which that is). Stale package lists (a newer kernel replaced the one they name) are updated
+/// once and the download tried again.
 fn ensure_guest_kernel(root: bool) -> Result<()> {
     use strata_tests::fixtures::guest;
-    let out = Command::new("apt-cache").args(["depends", KERNEL_META]).output().context("cannot run apt-cache")?;
-    let pkg = kernel_package(&String::from_utf8_lossy(&out.stdout))
-        .with_context(|| format!("`apt-cache depends {KERNEL_META}` names no kernel package (run apt-get update)"))?;
     let cached = fs::read_to_string(std::path::Path::new(guest::KERNEL_DIR).join("VERSION")).unwrap_or_default();
-    if cached.trim() == pkg && guest::kernel().is_ok() {
+    let have = guest::kernel().is_ok().then(|| cached.trim().to_string());
+    let pkg = match (current_kernel_package()?, &have) {
+        (Some(p), _) => p,
+        (None, Some(h)) => {
+            println!("deps: apt names no {KERNEL_META} dependency: keeping guest kernel {h}");
+            return Ok(());
+        }
+        (None, None) if root => {
+            apt(&["update"])?;
+            current_kernel_package()?.with_context(|| format!("apt-cache depends {KERNEL_META} names no kernel"))?
+        }
+        (None, None) => bail!("`apt-cache depends {KERNEL_META}` names no kernel package (run apt-get update)"),
+    };
+    if have.as_deref() == Some(pkg.as_str()) {
         println!("deps: guest kernel {pkg} already in {}", guest::KERNEL_DIR);
         return Ok(());
     }
@@ -151,13 +163,21 @@ fn ensure_guest_kernel(root: bool) -> Result<()> {
     let scratch = tempfile::Builder::new().prefix("strata-deb-").tempdir()?;
     // apt's download sandbox user must be able to write there.
     Command::new("chmod").arg("0777").arg(scratch.path()).status()?;
-    let status = Command::new("apt-get")
-        .args(["download", "-q", &pkg])
-        .current_dir(scratch.path())
-        .status()
-        .context("cannot run apt-get download")?;
-    if !status.success() {
-        bail!("`apt-get download {pkg}` failed ({status})");
+    let download = |pkg: &str| -> Result<bool> {
+        let status = Command::new("apt-get")
+            .args(["download", "-q", pkg])
+            .current_dir(scratch.path())
+            .status()
+            .context("cannot run apt-get download")?;
+        Ok(status.success())
+    };
+    let mut pkg = pkg;
+    if !download(&pkg)? {
+        apt(&["update"])?;
+        pkg = current_kernel_package()?.with_context(|| format!("apt-cache depends {KERNEL_META} names no kernel"))?;
+        if !download(&pkg)? {
+            bail!("`apt-get download {pkg}` failed, after an apt-get update too");
+        }
     }
     let deb = fs::read_dir(scratch.path())?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -166,6 +186,12 @@ fn ensure_guest_kernel(root: bool) -> Result<()> {
     guest::install_kernel(&deb, &pkg)?;
     println!("deps: guest kernel {pkg} unpacked into {}", guest::KERNEL_DIR);
     Ok(())
+}
+
+/// The kernel package `linux-image-amd64` depends on, as apt's package lists say.
+fn current_kernel_package() -> Result<Option<String>> {
+    let out = Command::new("apt-cache").args(["depends", KERNEL_META]).output().context("cannot run apt-cache")?;
+    Ok(kernel_package(&String::from_utf8_lossy(&out.stdout)))
 }
 
 /// The kernel package in `apt-cache depends linux-image-amd64`'s output (`  Depends: linux-image-6.1.0-57-amd64`).
