@@ -327,6 +327,16 @@ impl VmToml {
         if self.disks.is_empty() {
             return Err(ConfigError::invalid(path, "disks", "must name at least one disk"));
         }
+        if let Some(a) = self.args.iter().find(|a| a.contains(&format!("id={QGA_CHARDEV}")) || a.contains(QGA_PORT)) {
+            return Err(ConfigError::invalid(
+                path,
+                "args",
+                format!(
+                    "`{a}`: the agent adds the guest agent's channel itself (chardev {QGA_CHARDEV}, port {QGA_PORT}); \
+                     remove it"
+                ),
+            ));
+        }
         for (i, d) in self.disks.iter().enumerate() {
             let escapes = d.is_absolute() || d.components().any(|c| matches!(c, std::path::Component::ParentDir));
             if escapes || d.as_os_str().is_empty() {
@@ -538,6 +548,11 @@ mod tests {
         std::fs::write(dir.path().join(VM_TOML), "memory_mb = 512\ncpus = 1\ndisks = [\"../x.raw\"]\n").unwrap();
         let e = VmToml::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("disks[0]"), "{e}");
+        let own_qga =
+            "memory_mb = 512\ncpus = 1\ndisks = [\"d.raw\"]\nargs = [\"-chardev\", \"socket,id=qga0,path=/x\"]\n";
+        std::fs::write(dir.path().join(VM_TOML), own_qga).unwrap();
+        let e = VmToml::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("args") && e.contains("adds the guest agent's channel itself"), "{e}");
         std::fs::write(dir.path().join(VM_TOML), "memory_mb = 512\ncpus = 1\ndisks = []\nram = 1\n").unwrap();
         assert!(VmToml::load(dir.path()).unwrap_err().to_string().contains("unknown field `ram`"));
     }
