@@ -590,6 +590,7 @@ mod tests {
             started_unix: 1_796_454_000,
             mode_used: crate::config::Mode::Suspend,
             downtime: Duration::from_millis(1500),
+            consistency: String::new(),
             size: 42,
             warnings: vec!["w".into()],
             targets: vec![crate::backup::TargetRun {

@@ -1,5 +1,5 @@
 //! The crash journal and the backup history, in the agent's SQLite database (`STATE/host.db`). Every disruptive step
-//! (quiesce, clone, resume, clone delete) is written BEFORE it is done and marked done after; `open_steps` tells
+//! (guest freeze, quiesce, clone, resume, clone delete) is written BEFORE it is done and marked done after; `open_steps` tells
 //! recovery what may still need undoing. The history has one row per run and target (a run writes to every target
 //! of its VM). Knows the schema; must not know hypervisors, engines or how to undo.
 //!
@@ -17,6 +17,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 pub(crate) mod step {
     /// The VM was paused, suspended or stopped by us; `detail` is how (`paused`, `suspended`, `stopped`).
     pub(crate) const QUIESCE: &str = "quiesce";
+    /// The guest's file systems were frozen through its agent (begun before the freeze, done once thawed); `detail`
+    /// says by what (`guest agent`). Recovery thaws them after resuming the VM.
+    pub(crate) const FREEZE: &str = "freeze";
     /// A clone was made; `detail` is its path.
     pub(crate) const CLONE: &str = "clone";
     pub(crate) const RESUME: &str = "resume";
@@ -157,11 +160,11 @@ impl Journal {
         Ok(())
     }
 
-    /// Every quiesce or clone step not marked done, oldest first.
+    /// Every freeze, quiesce or clone step not marked done, oldest first.
     pub(crate) fn open_steps(&self) -> Result<Vec<OpenStep>, JournalError> {
         let db = self.db();
         let mut st = db.prepare(
-            "SELECT id, vm, step, detail FROM journal WHERE done_unix IS NULL AND step IN ('quiesce', 'clone') ORDER BY id",
+            "SELECT id, vm, step, detail FROM journal WHERE done_unix IS NULL AND step IN ('freeze', 'quiesce', 'clone') ORDER BY id",
         )?;
         let rows =
             st.query_map([], |r| Ok(OpenStep { id: r.get(0)?, vm: r.get(1)?, step: r.get(2)?, detail: r.get(3)? }))?;
@@ -171,7 +174,7 @@ impl Journal {
     /// Closes the bookkeeping rows (resume, delete-clone) left open by a crash: the recovery redoes their effect.
     pub(crate) fn close_stale(&self) -> Result<(), JournalError> {
         self.db().execute(
-            "UPDATE journal SET done_unix = ?1 WHERE done_unix IS NULL AND step NOT IN ('quiesce', 'clone')",
+            "UPDATE journal SET done_unix = ?1 WHERE done_unix IS NULL AND step NOT IN ('freeze', 'quiesce', 'clone')",
             params![now_unix()],
         )?;
         Ok(())
@@ -261,14 +264,18 @@ mod tests {
     fn open_steps_survive_a_reopen_until_done() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
+        let f = j.begin("lab", step::FREEZE, "guest agent").unwrap();
         let q = j.begin("lab", step::QUIESCE, "paused").unwrap();
         let c = j.begin("lab", step::CLONE, "/vms/strata-clone-lab-x").unwrap();
         j.begin("lab", step::RESUME, "").unwrap();
         drop(j);
         let j = Journal::open(dir.path()).unwrap();
         let open = j.open_steps().unwrap();
-        assert_eq!(open.iter().map(|s| s.step.as_str()).collect::<Vec<_>>(), ["quiesce", "clone"]);
-        assert_eq!(open[1].detail, "/vms/strata-clone-lab-x");
+        assert_eq!(open.iter().map(|s| s.step.as_str()).collect::<Vec<_>>(), ["freeze", "quiesce", "clone"]);
+        assert_eq!(open[2].detail, "/vms/strata-clone-lab-x");
+        j.close_stale().unwrap();
+        assert_eq!(j.open_steps().unwrap().len(), 3, "a freeze is not a bookkeeping row: recovery thaws it");
+        j.done(f).unwrap();
         j.done(q).unwrap();
         j.done(c).unwrap();
         j.close_stale().unwrap();

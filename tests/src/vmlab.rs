@@ -1,5 +1,6 @@
 //! A QEMU VM for the host-agent tests: a PKI, a VM directory (`lab`: a 16 MiB qcow2 system disk, a 1 MiB raw data
-//! disk, a `vm.toml` with a second QMP socket for the test), the agent's config written per case (the `target`
+//! disk, a `vm.toml` with a second QMP socket for the test; or, with a guest, a real Linux running qemu-ga on a
+//! 32 MiB ext4 disk: `fixtures::guest`), the agent's config written per case (the `target`
 //! shorthand, or a VM section as written) and the agent restarted on it; a Backup or Restore followed to its end.
 //! Knows the host-agent's config format and gRPC API; asserts nothing itself.
 
@@ -14,6 +15,7 @@ use strata_proto::v1::{ListVmsRequest, VmBackupRequest, VmRestoreRequest};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
+use crate::fixtures::guest::{self, GuestAgent};
 use crate::fixtures::{cmd, unique_suffix, wait_until};
 use crate::harness::{base_config, AgentKind, AgentProc, Pki};
 
@@ -36,6 +38,8 @@ pub struct Lab {
     pub vm_dir: PathBuf,
     /// A second QMP socket of the VM, for the test (the agent has its own).
     pub test_qmp: PathBuf,
+    /// The guest's console (a guest lab only).
+    pub console: PathBuf,
     pub agent: Option<AgentProc>,
 }
 
@@ -65,7 +69,32 @@ impl Lab {
             test_qmp.display()
         );
         std::fs::write(vm_dir.join("vm.toml"), vm_toml)?;
-        Ok(Lab { pki: Pki::new()?, dir, vm_dir, test_qmp, agent: None })
+        let console = dir.path().join("console.log");
+        Ok(Lab { pki: Pki::new()?, dir, vm_dir, test_qmp, console, agent: None })
+    }
+
+    /// A VM directory `lab` under `vm_parent` whose guest is a real Linux running qemu-ga (`fixtures::guest`): one
+    /// 32 MiB raw disk holding ext4 (mounted by the guest), its console written to [`Lab::console`];
+    /// `kernel_extra` goes on the guest kernel's command line (e.g. `guest::slow_freeze`).
+    pub fn with_guest(vm_parent: &Path, kernel_extra: &str) -> Result<Lab> {
+        cmd::require("qemu-system-x86_64", "qemu-system-x86")?;
+        let dir = tempfile::Builder::new().prefix("strata-host-").tempdir()?;
+        let vm_dir = vm_parent.join("lab");
+        std::fs::create_dir_all(&vm_dir)?;
+        guest::ext4_disk(&vm_dir.join("data.raw"), 32)?;
+        let test_qmp = dir.path().join(format!("t{}.qmp", unique_suffix()));
+        let console = dir.path().join("console.log");
+        let mut args = vec!["-qmp".to_string(), format!("unix:{},server=on,wait=off", test_qmp.display())];
+        args.extend(guest::qemu_args(&console, kernel_extra)?);
+        let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+        let vm_toml = format!("memory_mb = 128\ncpus = 1\ndisks = [\"data.raw\"]\nargs = [{}]\n", args.join(", "));
+        std::fs::write(vm_dir.join("vm.toml"), vm_toml)?;
+        Ok(Lab { pki: Pki::new()?, dir, vm_dir, test_qmp, console, agent: None })
+    }
+
+    /// A client of the guest's qemu-ga, on the socket the agent gives every QEMU VM.
+    pub fn guest_agent(&self) -> GuestAgent {
+        GuestAgent { socket: self.dir.path().join("state/qemu/lab.qga") }
     }
 
     /// The agent's config with one `[[vms]]` per entry (`target` shorthand).
@@ -154,6 +183,9 @@ impl Drop for Lab {
         if let Some(a) = &self.agent {
             if std::thread::panicking() {
                 eprintln!("host-agent log:\n{}", a.logs());
+                if let Ok(console) = std::fs::read_to_string(&self.console) {
+                    eprintln!("guest console:\n{console}");
+                }
             }
         }
         self.agent = None;

@@ -1,7 +1,9 @@
 //! `cargo xtask deps`: installs (apt, Debian only) and starts the real components the integration tests drive:
 //! Docker, zfs-fuse, Borg, QEMU, btrfs, DNS tools, busybox-static, Prometheus (for `promtool`; its own server is not
-//! started), tzdata, adduser, util-linux (`setpriv`), OpenSSH server and client, socat and ping (the off-site host).
-//! Idempotent; one output line per action.
+//! started), tzdata, adduser, util-linux (`setpriv`), OpenSSH server and client, socat and ping (the off-site host),
+//! qemu-guest-agent, and the guest kernel: Debian's `linux-image-amd64` kernel package is downloaded (`apt-get
+//! download`, never installed on this machine) and the guest fixture unpacks what the test guest boots into its
+//! cache directory. Idempotent; one output line per action.
 //! Owns the machine set-up only; starting dockerd and zfs-fuse is the test fixtures' own code, reused here. The
 //! system's own sshd is neither started nor stopped here: the tests start their own sshd (own config, host key and
 //! address, in a network namespace) and never use port 22 of the root namespace, so whether the package's service
@@ -44,7 +46,15 @@ const PACKAGES: &[&str] = &[
     "openssh-client",
     "socat",
     "iputils-ping",
+    // The QEMU test guest (tests/src/fixtures/guest.rs): Debian's qemu-ga binary and its libraries go into its
+    // initramfs; mkfs.ext4 makes its data disk; xz unpacks its kernel.
+    "qemu-guest-agent",
+    "e2fsprogs",
+    "xz-utils",
 ];
+
+/// The metapackage naming the current Debian kernel package (its one `Depends:`).
+const KERNEL_META: &str = "linux-image-amd64";
 
 pub(crate) fn run() -> Result<()> {
     if Command::new("dpkg-query").arg("--version").output().is_err() {
@@ -80,6 +90,7 @@ pub(crate) fn run() -> Result<()> {
         apt(&args)?;
         println!("deps: installed {}", missing.join(" "));
     }
+    ensure_guest_kernel(root)?;
     ensure_dockerd()?;
     ensure_zfs_fuse()?;
     if fs::File::open("/dev/kvm").is_ok() {
@@ -123,6 +134,74 @@ fn candidate_version(pkg: &str) -> Result<String> {
         .with_context(|| format!("apt-cache policy {pkg} shows no candidate version"))
 }
 
+/// The test guest's kernel in the guest fixture's cache: kept while it is the one `linux-image-amd64` depends on (or
+/// while apt cannot say which that is). Stale package lists (a newer kernel replaced the one they name) are updated
+/// once and the download tried again.
+fn ensure_guest_kernel(root: bool) -> Result<()> {
+    use strata_tests::fixtures::guest;
+    let cached = fs::read_to_string(std::path::Path::new(guest::KERNEL_DIR).join("VERSION")).unwrap_or_default();
+    let have = guest::kernel().is_ok().then(|| cached.trim().to_string());
+    let pkg = match (current_kernel_package()?, &have) {
+        (Some(p), _) => p,
+        (None, Some(h)) => {
+            println!("deps: apt names no {KERNEL_META} dependency: keeping guest kernel {h}");
+            return Ok(());
+        }
+        (None, None) if root => {
+            apt(&["update"])?;
+            current_kernel_package()?.with_context(|| format!("apt-cache depends {KERNEL_META} names no kernel"))?
+        }
+        (None, None) => bail!("`apt-cache depends {KERNEL_META}` names no kernel package (run apt-get update)"),
+    };
+    if have.as_deref() == Some(pkg.as_str()) {
+        println!("deps: guest kernel {pkg} already in {}", guest::KERNEL_DIR);
+        return Ok(());
+    }
+    if !root {
+        bail!("unpacking the guest kernel into {} needs root: rerun as root", guest::KERNEL_DIR);
+    }
+    let scratch = tempfile::Builder::new().prefix("strata-deb-").tempdir()?;
+    // apt's download sandbox user must be able to write there.
+    Command::new("chmod").arg("0777").arg(scratch.path()).status()?;
+    let download = |pkg: &str| -> Result<bool> {
+        let status = Command::new("apt-get")
+            .args(["download", "-q", pkg])
+            .current_dir(scratch.path())
+            .status()
+            .context("cannot run apt-get download")?;
+        Ok(status.success())
+    };
+    let mut pkg = pkg;
+    if !download(&pkg)? {
+        apt(&["update"])?;
+        pkg = current_kernel_package()?.with_context(|| format!("apt-cache depends {KERNEL_META} names no kernel"))?;
+        if !download(&pkg)? {
+            bail!("`apt-get download {pkg}` failed, after an apt-get update too");
+        }
+    }
+    let deb = fs::read_dir(scratch.path())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .with_context(|| format!("apt-get download {pkg} left no .deb"))?;
+    guest::install_kernel(&deb, &pkg)?;
+    println!("deps: guest kernel {pkg} unpacked into {}", guest::KERNEL_DIR);
+    Ok(())
+}
+
+/// The kernel package `linux-image-amd64` depends on, as apt's package lists say.
+fn current_kernel_package() -> Result<Option<String>> {
+    let out = Command::new("apt-cache").args(["depends", KERNEL_META]).output().context("cannot run apt-cache")?;
+    Ok(kernel_package(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The kernel package in `apt-cache depends linux-image-amd64`'s output (`  Depends: linux-image-6.1.0-57-amd64`).
+fn kernel_package(depends: &str) -> Option<String> {
+    depends.lines().find_map(|l| {
+        let p = l.trim().strip_prefix("Depends:")?.trim();
+        p.starts_with("linux-image-").then(|| p.to_string())
+    })
+}
+
 fn ensure_dockerd() -> Result<()> {
     let engine = strata_tests::fixtures::docker::DockerEngine::ensure()?;
     println!("deps: dockerd answering (engine {})", engine.server_version());
@@ -133,4 +212,19 @@ fn ensure_zfs_fuse() -> Result<()> {
     strata_tests::fixtures::zfs::ensure_daemon()?;
     println!("deps: zfs-fuse answering");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_package_is_the_metapackages_dependency() {
+        // Captured: `apt-cache depends linux-image-amd64` on Debian 12 (bookworm-security, late 2026).
+        assert_eq!(
+            kernel_package("linux-image-amd64\n  Depends: linux-image-6.1.0-57-amd64\n").as_deref(),
+            Some("linux-image-6.1.0-57-amd64")
+        );
+        assert_eq!(kernel_package("linux-image-amd64\n"), None);
+    }
 }

@@ -1,4 +1,5 @@
-//! Orchestration: one backup run (guest lease, ONE quiesce, clone or not, resume, then every target's transfer in
+//! Orchestration: one backup run (guest lease, guest file systems frozen through the guest's agent when one answers,
+//! ONE quiesce, clone or not, resume, thaw, then every target's transfer in
 //! parallel, each target's retention, one history row per target) with the VM's downtime measured from quiesce to
 //! resume (`quiesce` takes the VM down: exclusive groups, pause or its fallback); VM actions; crash recovery from the
 //! journal (`restore` reads backups back). A target that fails does not fail the others: the run is then `partial`,
@@ -7,6 +8,7 @@
 //! hypervisor backend knows them: `Hypervisor::is_bundle`, `check_bundle`) or which engines exist
 //! (`engine::ENGINES`).
 
+mod freeze;
 mod notify;
 mod quiesce;
 mod restore;
@@ -133,6 +135,9 @@ pub(crate) struct BackupReport {
     pub started_unix: i64,
     pub mode_used: Mode,
     pub downtime: Duration,
+    /// How consistent the copy is (file systems frozen by the guest's agent, or crash-consistent and why); empty
+    /// when the VM was not running or was shut down for the run.
+    pub consistency: String,
     /// The largest size a target reported.
     pub size: u64,
     pub warnings: Vec<String>,
@@ -160,9 +165,10 @@ impl BackupReport {
     pub(crate) fn summary(&self) -> String {
         let warnings =
             if self.warnings.is_empty() { String::new() } else { format!("; warnings: {}", self.warnings.join("; ")) };
+        let consistency = if self.consistency.is_empty() { String::new() } else { format!("; {}", self.consistency) };
         let partly = if self.status() == "ok" { "" } else { "partly " };
         let mut s = format!(
-            "vm {} {partly}backed up as {} ({} mode, downtime {:.3}s, {} bytes){warnings}",
+            "vm {} {partly}backed up as {} ({} mode, downtime {:.3}s, {} bytes){consistency}{warnings}",
             self.vm,
             self.id,
             self.mode_used.as_str(),
@@ -194,6 +200,7 @@ pub(super) fn target_error(vm: &str, e: &HostError) -> String {
 struct RunInfo {
     mode_used: Mode,
     downtime: Duration,
+    consistency: String,
     warnings: Vec<String>,
 }
 
@@ -392,17 +399,20 @@ impl Host {
         Ok(BusyGuard { host: self, vm: vm.to_string() })
     }
 
-    /// Undoes what a crashed run left: resumes every VM the journal says we quiesced and deletes our clones.
+    /// Undoes what a crashed run left: resumes every VM the journal says we quiesced, deletes our clones, then
+    /// thaws the guests whose file systems we froze (after the resumes: a paused guest's agent cannot answer).
     /// Returns one line per action taken; failures are logged and left open for the next start.
     pub(crate) async fn recover(&self) -> Vec<String> {
         let mut done = Vec::new();
-        let open = match self.journal.open_steps() {
+        let mut open = match self.journal.open_steps() {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(error = %e, "recovery: cannot read the journal");
                 return done;
             }
         };
+        // Stable: the resumes and clones in their order, then the thaws.
+        open.sort_by_key(|s| s.step == step::FREEZE);
         for s in open {
             let result: Result<String, String> = match s.step.as_str() {
                 step::QUIESCE => match (self.cfg.vm(&s.vm), Quiesced::parse(&s.detail)) {
@@ -411,6 +421,16 @@ impl Host {
                         Err(e) => Err(e.to_string()),
                     },
                     _ => Err(format!("vm {} ({}) is no longer configured: left as it is", s.vm, s.detail)),
+                },
+                step::FREEZE => match self.cfg.vm(&s.vm) {
+                    Some(vm) => match self.hv(vm).thaw_guest().await {
+                        Ok(Some(n)) => {
+                            Ok(format!("thawed the file systems of vm {} ({n}) frozen by a crashed run", s.vm))
+                        }
+                        Ok(None) => Ok(format!("vm {}: no guest agent to thaw (frozen by a crashed run)", s.vm)),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    None => Err(format!("vm {} is no longer configured: its guest left as it is", s.vm)),
                 },
                 step::CLONE => {
                     let p = PathBuf::from(&s.detail);
@@ -581,9 +601,9 @@ impl Host {
                 None => TargetRun::failed(t, run_error.clone().unwrap_or_else(|| "not attempted".into())),
             })
             .collect();
-        let (mode_used, downtime, warnings) = match &result {
-            Ok(info) => (info.mode_used, info.downtime, info.warnings.clone()),
-            Err(_) => (vm.mode, Duration::ZERO, Vec::new()),
+        let (mode_used, downtime, consistency, warnings) = match &result {
+            Ok(info) => (info.mode_used, info.downtime, info.consistency.clone(), info.warnings.clone()),
+            Err(_) => (vm.mode, Duration::ZERO, String::new(), Vec::new()),
         };
         let report = BackupReport {
             vm: vm.name.clone(),
@@ -591,6 +611,7 @@ impl Host {
             started_unix: started,
             mode_used,
             downtime,
+            consistency,
             size: targets.iter().filter(|t| t.ok).map(|t| t.size).max().unwrap_or(0),
             warnings,
             targets,
@@ -599,7 +620,10 @@ impl Host {
         let cancelled = agent_core::runner::is_cancelled();
         for t in &report.targets {
             let mut message = match (t.ok, cancelled) {
-                (true, _) => report.warnings.clone(),
+                (true, _) => {
+                    let c = Some(report.consistency.clone()).filter(|c| !c.is_empty());
+                    c.into_iter().chain(report.warnings.iter().cloned()).collect()
+                }
                 (false, true) => vec![format!("cancelled: vm {}: {}", vm.name, t.error)],
                 (false, false) => vec![t.error.clone()],
             };
@@ -752,7 +776,7 @@ impl Host {
         let targets = self.usable_targets(vm, runs).await;
         if targets.is_empty() {
             // Nothing to write to: the vm is not touched. The targets' errors are the run's.
-            return Ok(RunInfo { mode_used: vm.mode, downtime: Duration::ZERO, warnings });
+            return Ok(RunInfo { mode_used: vm.mode, downtime: Duration::ZERO, consistency: String::new(), warnings });
         }
 
         if state != VmState::Running {
@@ -761,13 +785,15 @@ impl Host {
                 .await;
             self.transfer(vm, &targets, &vm.path, id, tx, runs).await;
             self.prune(vm, tx, runs).await;
-            return Ok(RunInfo { mode_used: vm.mode, downtime: Duration::ZERO, warnings });
+            return Ok(RunInfo { mode_used: vm.mode, downtime: Duration::ZERO, consistency: String::new(), warnings });
         }
 
         let mut group = self.exclusive(vm, tx).await;
         let mut lease = self.lease(vm, &mut warnings).await?;
-        let result =
-            self.quiesced_backup(vm, id, &*hv, &targets, tx, &mut lease, &mut group, &mut warnings, runs).await;
+        let mut consistency = String::new();
+        let result = self
+            .quiesced_backup(vm, id, &*hv, &targets, tx, &mut lease, &mut group, &mut consistency, &mut warnings, runs)
+            .await;
         drop(group);
         self.release_lease(vm, &mut lease, &mut warnings).await;
         let (mode_used, downtime) = result?;
@@ -776,7 +802,7 @@ impl Host {
             tracing::warn!(vm = name, "{w}");
         }
         send(tx, "done", total, total, format!("backup {id}: downtime {:.3}s", downtime.as_secs_f64())).await;
-        Ok(RunInfo { mode_used, downtime, warnings })
+        Ok(RunInfo { mode_used, downtime, consistency, warnings })
     }
 
     async fn lease(&self, vm: &VmConfig, warnings: &mut Vec<String>) -> Result<Option<String>, HostError> {
@@ -804,9 +830,10 @@ impl Host {
         }
     }
 
-    /// Quiesce once → (clone → resume → back up the clone to every target → delete it) or (back up to every target
-    /// → resume). The VM is resumed on every path; the downtime is the time from just before quiesce to just after
-    /// resume. Each target's outcome goes to `runs`; the error is the run's own (quiesce, clone, resume, journal).
+    /// Freeze the guest's file systems (when its agent answers; not for a shutdown) → quiesce once → (clone → resume
+    /// → thaw → back up the clone to every target → delete it) or (back up to every target → resume → thaw). The VM
+    /// is resumed and thawed on every path; the downtime is the time from just before quiesce to just after resume.
+    /// Each target's outcome goes to `runs`; the error is the run's own (quiesce, clone, resume, thaw, journal).
     /// `group` (the VM's exclusive group) is released as soon as the VM runs again.
     #[allow(clippy::too_many_arguments)]
     async fn quiesced_backup(
@@ -818,17 +845,34 @@ impl Host {
         tx: &Reporter,
         lease: &mut Option<String>,
         group: &mut Option<tokio::sync::OwnedMutexGuard<()>>,
+        consistency: &mut String,
         warnings: &mut Vec<String>,
         runs: &mut Vec<(TargetRun, Option<HostError>)>,
     ) -> Result<(Mode, Duration), HostError> {
         let name = vm.name.as_str();
         let j = &self.journal;
-        let Quiesce { jq, planned, t0, outcome: quiesced } = self.quiesce_for_backup(vm, hv, tx, warnings).await?;
+        let jf = match vm.mode {
+            Mode::Stop => None,
+            _ => self.freeze_journaled(name, hv, tx, consistency, warnings).await?,
+        };
+        let Quiesce { jq, planned, t0, outcome: quiesced } = match self.quiesce_for_backup(vm, hv, tx, warnings).await {
+            Ok(q) => q,
+            Err(e) => {
+                // The journal failed: the VM is not quiesced (or was resumed first); thaw before reporting it.
+                return Err(match jf {
+                    Some(jf) => match self.thaw_journaled(name, hv, jf).await {
+                        Ok(()) => e,
+                        Err(t) => HostError::Other { vm: name.into(), message: format!("{e}; and {t}") },
+                    },
+                    None => e,
+                });
+            }
+        };
         let how = match quiesced {
             Ok(h) => h,
             Err(e) => {
                 // Whatever state it reached, bring it back.
-                self.resume_journaled(name, hv, planned, jq)
+                self.resume_journaled(name, hv, planned, jq, jf)
                     .await
                     .map_err(|r| HostError::Other { vm: name.into(), message: format!("{e}; and {r}") })?;
                 return Err(e.into());
@@ -842,21 +886,21 @@ impl Host {
             // Not journaled, not cloned: the vm is resumed before the journal error is reported.
             let jc = match j.begin(name, step::CLONE, &cpath.to_string_lossy()) {
                 Ok(jc) => jc,
-                Err(e) => return Err(self.resume_on_journal_error(name, hv, how, jq, e).await),
+                Err(e) => return Err(self.resume_on_journal_error(name, hv, how, jq, jf, e).await),
             };
             send(tx, "clone", 2, 6, format!("cloning {} copy-on-write", vm.path.display())).await;
             match clone::clone_dir(&vm.path, &cpath).await {
                 Ok(()) => clone_dir = Some((cpath, jc)),
                 Err(CloneError::Unsupported { dir, message }) => {
                     if let Err(e) = j.done(jc) {
-                        return Err(self.resume_on_journal_error(name, hv, how, jq, e).await);
+                        return Err(self.resume_on_journal_error(name, hv, how, jq, jf, e).await);
                     }
                     mode = Mode::Suspend;
                     warnings.push(format!("{} cannot clone ({message}): fell back to suspend mode", dir.display()));
                     tracing::warn!(vm = name, "{}", warnings.last().map(String::as_str).unwrap_or(""));
                 }
                 Err(e) => {
-                    self.resume_journaled(name, hv, how, jq)
+                    self.resume_journaled(name, hv, how, jq, jf)
                         .await
                         .map_err(|r| HostError::Other { vm: name.into(), message: format!("{e}; and {r}") })?;
                     j.done(jc)?;
@@ -866,7 +910,7 @@ impl Host {
         }
 
         if let Some((cpath, jc)) = clone_dir {
-            self.resume_journaled(name, hv, how, jq)
+            self.resume_journaled(name, hv, how, jq, jf)
                 .await
                 .map_err(|message| HostError::Other { vm: name.into(), message })?;
             let downtime = t0.elapsed();
@@ -899,7 +943,7 @@ impl Host {
 
         send(tx, "backup", 3, 6, format!("backing up {} while the vm is {}", vm.path.display(), how.as_str())).await;
         self.transfer(vm, targets, &vm.path, id, tx, runs).await;
-        self.resume_journaled(name, hv, how, jq)
+        self.resume_journaled(name, hv, how, jq, jf)
             .await
             .map_err(|message| HostError::Other { vm: name.into(), message })?;
         let downtime = t0.elapsed();
@@ -907,15 +951,28 @@ impl Host {
         Ok((mode, downtime))
     }
 
-    /// Journals the resume, resumes, then closes both the resume and the quiesce rows. The vm is resumed even when
-    /// the journal cannot be written (a full disk, a locked database); that error is reported after.
-    async fn resume_journaled(&self, name: &str, hv: &dyn Hypervisor, how: Quiesced, jq: i64) -> Result<(), String> {
+    /// Journals the resume, resumes, thaws the guest's file systems when `jf` (their freeze row) says they were
+    /// frozen, then closes the resume and the quiesce rows. The vm is resumed and thawed even when the journal cannot
+    /// be written (a full disk, a locked database); that error is reported after.
+    async fn resume_journaled(
+        &self,
+        name: &str,
+        hv: &dyn Hypervisor,
+        how: Quiesced,
+        jq: i64,
+        jf: Option<i64>,
+    ) -> Result<(), String> {
         let jr = self.journal.begin(name, step::RESUME, how.as_str());
         hv.resume(how).await.map_err(|e| format!("resuming failed: {e}"))?;
+        let thawed = match jf {
+            Some(jf) => self.thaw_journaled(name, hv, jf).await,
+            None => Ok(()),
+        };
         let journal_error =
             |e: JournalError| format!("the journal could not be written ({e}); the vm was resumed first");
         self.journal.done(jr.map_err(journal_error)?).map_err(journal_error)?;
-        self.journal.done(jq).map_err(journal_error)
+        self.journal.done(jq).map_err(journal_error)?;
+        thawed
     }
 
     /// A journal write failed while the vm is quiesced: resume it first, then report the journal error. The quiesce
@@ -926,15 +983,21 @@ impl Host {
         hv: &dyn Hypervisor,
         how: Quiesced,
         jq: i64,
+        jf: Option<i64>,
         e: JournalError,
     ) -> HostError {
         let resumed = hv.resume(how).await;
+        let mut thawed = Ok(());
         if resumed.is_ok() {
+            if let Some(jf) = jf {
+                thawed = self.thaw_journaled(name, hv, jf).await;
+            }
             let _ = self.journal.done(jq);
         }
-        let message = match resumed {
-            Ok(()) => format!("the journal could not be written ({e}); the vm was resumed first"),
-            Err(r) => format!("the journal could not be written ({e}); and resuming failed: {r}"),
+        let message = match (resumed, thawed) {
+            (Ok(()), Ok(())) => format!("the journal could not be written ({e}); the vm was resumed first"),
+            (Ok(()), Err(t)) => format!("the journal could not be written ({e}); the vm was resumed, and {t}"),
+            (Err(r), _) => format!("the journal could not be written ({e}); and resuming failed: {r}"),
         };
         HostError::Other { vm: name.into(), message }
     }

@@ -120,6 +120,7 @@ mod tests {
             started_unix: 0,
             mode_used: Mode::Suspend,
             downtime: Duration::from_millis(1500),
+            consistency: String::new(),
             size: 10,
             warnings: vec![],
             targets,

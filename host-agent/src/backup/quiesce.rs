@@ -43,7 +43,7 @@ impl Host {
 
     /// Journals, then quiesces `vm` for a backup in its mode. A failed pause (unsupported, an error, a timeout) is a
     /// warning in `warnings` and the backend's `quiesce` instead, journaled before it is tried. `Err` only when the
-    /// journal cannot be written (the VM is then resumed first).
+    /// journal cannot be written (the VM is then resumed first; the caller thaws what it froze).
     pub(super) async fn quiesce_for_backup(
         &self,
         vm: &VmConfig,
@@ -82,7 +82,7 @@ impl Host {
                     send(tx, "quiesce", 1, 6, format!("vm {name}: {w}")).await;
                     warnings.push(w);
                     if let Err(e) = j.set_detail(jq, planned.as_str()) {
-                        return Err(self.resume_on_journal_error(name, hv, Quiesced::Paused, jq, e).await);
+                        return Err(self.resume_on_journal_error(name, hv, Quiesced::Paused, jq, None, e).await);
                     }
                     hv.quiesce().await
                 }

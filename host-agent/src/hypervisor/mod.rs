@@ -1,5 +1,5 @@
-//! The `Hypervisor` trait: what backups need from a hypervisor (state, start, quiesce, resume, shut down) and from
-//! its bundle layout (what a bundle is, whether a restored one can start), and the constructor choosing a backend
+//! The `Hypervisor` trait: what backups need from a hypervisor (state, start, quiesce, resume, shut down, freeze and
+//! thaw the guest's file systems through its agent where the backend reaches one) and from its bundle layout (what a bundle is, whether a restored one can start), and the constructor choosing a backend
 //! (`qemu`, `vmrun`) from a VM's config. Knows VM states; must not know QMP, vmrun or any bundle's files.
 
 use std::future::Future;
@@ -13,6 +13,7 @@ use crate::config::{Backend, VmConfig};
 
 mod qemu;
 mod qemu_img;
+mod qga;
 mod vmrun;
 
 /// A boxed future, so that `Hypervisor` can be used as `dyn`.
@@ -73,6 +74,15 @@ impl Quiesced {
     }
 }
 
+/// What asking the guest to freeze its file systems gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GuestFreeze {
+    /// The guest's agent froze this many file systems: they must be thawed.
+    Frozen(u64),
+    /// No guest agent answers (why): nothing was frozen, the backup is crash-consistent.
+    NoAgent(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HvError {
     #[error("vm {vm}: bundle {} does not exist", path.display())]
@@ -116,6 +126,16 @@ pub(crate) trait Hypervisor: Send + Sync {
     fn is_bundle(&self, dir: &Path) -> Result<(), String>;
     /// Whether the bundle restored into `dir` can be started.
     fn check_bundle<'a>(&'a self, dir: &'a Path) -> BundleFuture<'a>;
+    /// Freezes the running guest's file systems through its agent, if one answers a short ping (each step under a
+    /// timeout). `Err`: an agent answered but the freeze failed or timed out (thaw all the same).
+    fn freeze_guest(&self) -> HvFuture<'_, GuestFreeze> {
+        Box::pin(async { Ok(GuestFreeze::NoAgent("this backend reaches no guest agent".into())) })
+    }
+    /// Thaws the guest's file systems (the VM must run: a paused guest's agent cannot answer): how many were thawed,
+    /// `None` when no agent can be asked (the VM is off, or no agent is in the guest).
+    fn thaw_guest(&self) -> HvFuture<'_, Option<u64>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// The backend for `vm`; QEMU keeps its sockets under `state_dir`.

@@ -1,5 +1,6 @@
-//! QEMU/KVM: an async QMP client over the VM's unix socket (query-status, stop, cont, system_powerdown, quit) and
-//! starting `qemu-system-x86_64` from a VM directory's `vm.toml`, confined: seccomp (`-sandbox`), the configured
+//! QEMU/KVM: an async QMP client over the VM's unix socket (query-status, stop, cont, system_powerdown, quit,
+//! query-chardev), the guest agent's channel (every VM gets one; `qga` speaks its protocol) and starting
+//! `qemu-system-x86_64` from a VM directory's `vm.toml`, confined: seccomp (`-sandbox`), the configured
 //! `-runas` user, and an environment of its own (nothing of the agent's). Knows QEMU, QMP and the QEMU bundle (a
 //! directory: `vm.toml` and the disks it names); must not know backups.
 
@@ -13,11 +14,21 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use super::{qemu_img, BundleFuture, HvError, HvFuture, Hypervisor, Quiesced, VmState};
+use super::qga::{Qga, QgaError};
+use super::{qemu_img, BundleFuture, GuestFreeze, HvError, HvFuture, Hypervisor, Quiesced, VmState};
 use crate::config::VmConfig;
 
 /// How long one QMP exchange (connect, greeting, command) may take.
 pub(super) const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The id of the guest agent's chardev, and the name of its virtio-serial port in the guest (qemu-ga's default).
+pub(super) const QGA_CHARDEV: &str = "qga0";
+pub(super) const QGA_PORT: &str = "org.qemu.guest_agent.0";
+/// How long the guest agent may take to answer a ping (a guest without one costs at most this), to freeze its file
+/// systems (it flushes them first), and to thaw them.
+pub(super) const QGA_PING_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const QGA_FREEZE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const QGA_THAW_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The program started for every QEMU VM.
 pub(super) const QEMU: &str = "qemu-system-x86_64";
@@ -58,6 +69,11 @@ impl Qemu {
 
     pub(super) fn qmp_socket(&self) -> PathBuf {
         self.run_dir.join(format!("{}.qmp", self.name))
+    }
+
+    /// The unix socket of the guest agent's virtio-serial channel.
+    pub(super) fn qga_socket(&self) -> PathBuf {
+        self.run_dir.join(format!("{}.qga", self.name))
     }
 
     fn pid_file(&self) -> PathBuf {
@@ -120,7 +136,9 @@ impl Qemu {
         agent_core::state::ensure_dir(&self.run_dir)
             .map_err(|e| HvError::Failed { vm: self.name.clone(), message: e.to_string() })?;
         let _ = std::fs::remove_file(self.qmp_socket());
+        let _ = std::fs::remove_file(self.qga_socket());
         let mut argv = start_args(&self.name, &self.dir, &spec, &self.qmp_socket(), &self.pid_file());
+        argv.extend(qga_args(&self.qga_socket()));
         argv.extend(confine_args(self.runas.as_deref()));
         let cmd = Cmd::new(QEMU).args(&argv).env_clear().env("PATH", QEMU_PATH).timeout(Duration::from_secs(60));
         runner::run_ok(cmd).await.map_err(|source| HvError::Run { vm: self.name.clone(), source })?;
@@ -128,6 +146,53 @@ impl Qemu {
             return Err(HvError::Failed { vm: self.name.clone(), message: "qemu started but is not running".into() });
         }
         Ok(())
+    }
+
+    /// Whether the guest has opened its agent channel (`query-chardev`'s `frontend-open`); why not when it has not.
+    async fn qga_channel_open(&self) -> Result<Result<(), String>, HvError> {
+        let v = self.execute("query-chardev", None).await?;
+        Ok(match qga_frontend_open(&v) {
+            Some(true) => Ok(()),
+            Some(false) => Err("no guest agent has opened its channel in the guest".into()),
+            None => Err("the vm was started without a guest agent channel (restart it through the agent)".into()),
+        })
+    }
+
+    async fn do_freeze(&self) -> Result<GuestFreeze, HvError> {
+        if let Err(why) = self.qga_channel_open().await? {
+            return Ok(GuestFreeze::NoAgent(why));
+        }
+        let qga = Qga::new(&self.qga_socket());
+        if let Err(e) = qga.ping(QGA_PING_TIMEOUT).await {
+            return Ok(GuestFreeze::NoAgent(e.to_string()));
+        }
+        let n = qga.freeze(QGA_FREEZE_TIMEOUT).await.map_err(|e| self.qga_err(e))?;
+        Ok(GuestFreeze::Frozen(n))
+    }
+
+    async fn do_thaw(&self) -> Result<Option<u64>, HvError> {
+        match self.status().await? {
+            VmState::Off => return Ok(None),
+            VmState::Running => {}
+            other => {
+                return Err(HvError::Failed {
+                    vm: self.name.clone(),
+                    message: format!("cannot thaw the guest's file systems while the vm is {}", other.as_str()),
+                })
+            }
+        }
+        if self.qga_channel_open().await?.is_err() {
+            return Ok(None);
+        }
+        match Qga::new(&self.qga_socket()).thaw(QGA_THAW_TIMEOUT).await {
+            Ok(n) => Ok(Some(n)),
+            Err(QgaError::NoSocket { .. }) => Ok(None),
+            Err(e) => Err(self.qga_err(e)),
+        }
+    }
+
+    fn qga_err(&self, e: QgaError) -> HvError {
+        HvError::Failed { vm: self.name.clone(), message: e.to_string() }
     }
 
     async fn do_shutdown(&self) -> Result<(), HvError> {
@@ -193,6 +258,14 @@ impl Hypervisor for Qemu {
         Quiesced::Paused
     }
 
+    fn freeze_guest(&self) -> HvFuture<'_, GuestFreeze> {
+        Box::pin(self.do_freeze())
+    }
+
+    fn thaw_guest(&self) -> HvFuture<'_, Option<u64>> {
+        Box::pin(self.do_thaw())
+    }
+
     /// A QEMU bundle is a directory holding a `vm.toml` file.
     fn is_bundle(&self, dir: &Path) -> Result<(), String> {
         match std::fs::symlink_metadata(dir.join(VM_TOML)) {
@@ -254,6 +327,16 @@ impl VmToml {
         if self.disks.is_empty() {
             return Err(ConfigError::invalid(path, "disks", "must name at least one disk"));
         }
+        if let Some(a) = self.args.iter().find(|a| a.contains(&format!("id={QGA_CHARDEV}")) || a.contains(QGA_PORT)) {
+            return Err(ConfigError::invalid(
+                path,
+                "args",
+                format!(
+                    "`{a}`: the agent adds the guest agent's channel itself (chardev {QGA_CHARDEV}, port {QGA_PORT}); \
+                     remove it"
+                ),
+            ));
+        }
         for (i, d) in self.disks.iter().enumerate() {
             let escapes = d.is_absolute() || d.components().any(|c| matches!(c, std::path::Component::ParentDir));
             if escapes || d.as_os_str().is_empty() {
@@ -283,6 +366,27 @@ pub(super) fn start_args(name: &str, dir: &Path, spec: &VmToml, qmp: &Path, pid_
     }
     a.extend(spec.args.iter().cloned());
     a
+}
+
+/// The guest agent's channel: a unix socket server (QEMU listens, one client at a time; `wait=off` so QEMU does not
+/// wait for a client at start), a virtio-serial bus and the port qemu-ga opens by default.
+pub(super) fn qga_args(socket: &Path) -> Vec<String> {
+    let path = socket.display().to_string().replace(',', ",,");
+    vec![
+        "-chardev".into(),
+        format!("socket,id={QGA_CHARDEV},path={path},server=on,wait=off"),
+        "-device".into(),
+        "virtio-serial".into(),
+        "-device".into(),
+        format!("virtserialport,chardev={QGA_CHARDEV},name={QGA_PORT}"),
+    ]
+}
+
+/// From `query-chardev`'s answer: whether the guest has opened the agent's port (`None`: no such chardev).
+pub(super) fn qga_frontend_open(v: &Value) -> Option<bool> {
+    let devs = v.as_array()?;
+    let qga = devs.iter().find(|d| d.get("label").and_then(Value::as_str) == Some(QGA_CHARDEV))?;
+    Some(qga.get("frontend-open").and_then(Value::as_bool).unwrap_or(false))
 }
 
 /// `-sandbox` (seccomp) and, with a user, `-runas USER`: QEMU opens its disks, pid file and QMP socket as the
@@ -390,6 +494,31 @@ mod tests {
     }
 
     #[test]
+    fn the_guest_agent_channel() {
+        let a = qga_args(Path::new("/s,t/qemu/lab.qga")).join(" ");
+        assert_eq!(
+            a,
+            "-chardev socket,id=qga0,path=/s,,t/qemu/lab.qga,server=on,wait=off -device virtio-serial \
+             -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"
+        );
+        // Captured from QEMU 7.2 (`query-chardev`): a guest whose qemu-ga has the port open (no host client
+        // connected), then a guest without an agent.
+        let open: Value = serde_json::from_str(
+            r#"[{"frontend-open": true, "filename": "file", "label": "con"},
+                {"frontend-open": true, "filename": "unix:/tmp/guest/qmp.sock,server=on", "label": "compat_monitor0"},
+                {"frontend-open": true, "filename": "disconnected:unix:/tmp/guest/qga.sock,server=on", "label": "qga0"}]"#,
+        )
+        .unwrap();
+        assert_eq!(qga_frontend_open(&open), Some(true));
+        let closed: Value = serde_json::from_str(
+            r#"[{"frontend-open": false, "filename": "disconnected:unix:/s/qemu/lab.qga,server=on", "label": "qga0"}]"#,
+        )
+        .unwrap();
+        assert_eq!(qga_frontend_open(&closed), Some(false));
+        assert_eq!(qga_frontend_open(&json!([{"label": "compat_monitor0", "frontend-open": true}])), None);
+    }
+
+    #[test]
     fn confinement_args() {
         assert_eq!(confine_args(Some("qemu")), ["-sandbox", SANDBOX, "-runas", "qemu"]);
         assert_eq!(confine_args(None), ["-sandbox", SANDBOX]);
@@ -419,6 +548,11 @@ mod tests {
         std::fs::write(dir.path().join(VM_TOML), "memory_mb = 512\ncpus = 1\ndisks = [\"../x.raw\"]\n").unwrap();
         let e = VmToml::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("disks[0]"), "{e}");
+        let own_qga =
+            "memory_mb = 512\ncpus = 1\ndisks = [\"d.raw\"]\nargs = [\"-chardev\", \"socket,id=qga0,path=/x\"]\n";
+        std::fs::write(dir.path().join(VM_TOML), own_qga).unwrap();
+        let e = VmToml::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("args") && e.contains("adds the guest agent's channel itself"), "{e}");
         std::fs::write(dir.path().join(VM_TOML), "memory_mb = 512\ncpus = 1\ndisks = []\nram = 1\n").unwrap();
         assert!(VmToml::load(dir.path()).unwrap_err().to_string().contains("unknown field `ram`"));
     }
