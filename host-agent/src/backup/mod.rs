@@ -187,6 +187,13 @@ pub(super) fn target_error(vm: &str, e: &HostError) -> String {
     s.strip_prefix(&format!("vm {vm}: ")).map(str::to_string).unwrap_or(s)
 }
 
+/// What a run backs up: the bundle itself, or its clone (made afresh at one path, mtimes kept: `Engine::create_clone`).
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Bundle(&'a Path),
+    Clone(&'a Path),
+}
+
 /// What a run's quiesce part did (the targets' outcomes are apart).
 struct RunInfo {
     mode_used: Mode,
@@ -664,12 +671,25 @@ impl Host {
         usable
     }
 
+    /// Before a clone-mode run, with the vm untouched: a clone a crashed run left at the clone's one path is
+    /// removed, journaled like any removal (recovery at start removes the ones the journal names).
+    async fn remove_leftover_clone(&self, name: &str, cpath: &Path) -> Result<(), HostError> {
+        if tokio::fs::symlink_metadata(cpath).await.is_err() {
+            return Ok(());
+        }
+        let jd = self.journal.begin(name, step::DELETE_CLONE, &cpath.to_string_lossy())?;
+        clone::remove_clone(cpath).await.map_err(|source| HostError::Clone { vm: name.into(), source })?;
+        self.journal.done(jd)?;
+        tracing::warn!(vm = name, "removed clone {} left by an earlier run", cpath.display());
+        Ok(())
+    }
+
     /// Backs up `src` as `id` to every target of `targets` at once; each target's outcome goes to `runs`.
     async fn transfer(
         &self,
         vm: &VmConfig,
         targets: &[&RepoSpec],
-        src: &Path,
+        src: Source<'_>,
         id: &str,
         tx: &Reporter,
         runs: &mut Vec<(TargetRun, Option<HostError>)>,
@@ -677,7 +697,10 @@ impl Host {
         let name = vm.name.as_str();
         let all = targets.iter().map(|t| async move {
             let t0 = Instant::now();
-            let created = self.engine(vm, t).create_reporting(src, id, tx).await;
+            let created = match src {
+                Source::Bundle(p) => self.engine(vm, t).create_reporting(p, id, tx).await,
+                Source::Clone(p) => self.engine(vm, t).create_clone(p, id, tx).await,
+            };
             let took = t0.elapsed();
             let line = match &created {
                 Ok(b) => format!("target `{}`: {} bytes in {:.1}s", t.label, b.size, took.as_secs_f64()),
@@ -746,7 +769,7 @@ impl Host {
             // Not running: its disks are not changing; back it up as it is and leave it so.
             send(tx, "backup", 3, total, format!("vm {name} is {}: backing up without touching it", state.as_str()))
                 .await;
-            self.transfer(vm, &targets, &vm.path, id, tx, runs).await;
+            self.transfer(vm, &targets, Source::Bundle(&vm.path), id, tx, runs).await;
             self.prune(vm, tx, runs).await;
             return Ok(RunInfo { mode_used: vm.mode, downtime: Duration::ZERO, warnings });
         }
@@ -805,6 +828,10 @@ impl Host {
     ) -> Result<(Mode, Duration), HostError> {
         let name = vm.name.as_str();
         let j = &self.journal;
+        let cpath = clone::clone_path(&vm.path, name);
+        if vm.mode == Mode::Clone {
+            self.remove_leftover_clone(name, &cpath).await?;
+        }
         let planned = if vm.mode == Mode::Stop { Quiesced::Stopped } else { hv.quiesces_as() };
         let jq = j.begin(name, step::QUIESCE, planned.as_str())?;
         send(
@@ -832,7 +859,6 @@ impl Host {
         let mut mode = vm.mode;
         let mut clone_dir = None;
         if vm.mode == Mode::Clone {
-            let cpath = clone::clone_path(&vm.path, name, &engine::stamp(now_unix()));
             // Not journaled, not cloned: the vm is resumed before the journal error is reported.
             let jc = match j.begin(name, step::CLONE, &cpath.to_string_lossy()) {
                 Ok(jc) => jc,
@@ -874,7 +900,7 @@ impl Host {
                 format!("vm {name} resumed after {:.3}s; backing up the clone", downtime.as_secs_f64()),
             )
             .await;
-            self.transfer(vm, targets, &cpath, id, tx, runs).await;
+            self.transfer(vm, targets, Source::Clone(&cpath), id, tx, runs).await;
             let jd = j.begin(name, step::DELETE_CLONE, &cpath.to_string_lossy())?;
             let removed = clone::remove_clone(&cpath).await;
             match &removed {
@@ -888,7 +914,7 @@ impl Host {
         }
 
         send(tx, "backup", 3, 6, format!("backing up {} while the vm is {}", vm.path.display(), how.as_str())).await;
-        self.transfer(vm, targets, &vm.path, id, tx, runs).await;
+        self.transfer(vm, targets, Source::Bundle(&vm.path), id, tx, runs).await;
         self.resume_journaled(name, hv, how, jq)
             .await
             .map_err(|message| HostError::Other { vm: name.into(), message })?;
