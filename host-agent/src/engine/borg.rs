@@ -227,7 +227,9 @@ mod tests {
             let (src, dst) = (src.clone(), dir.path().join(clone));
             async move {
                 let _ = std::fs::remove_dir_all(&dst);
-                assert!(std::process::Command::new("cp").arg("-a").arg(&src).arg(&dst).status().unwrap().success());
+                agent_core::runner::run_ok(agent_core::runner::Cmd::new("cp").arg("-a").arg(&src).arg(&dst))
+                    .await
+                    .unwrap();
                 let id = format!("lab-202601{:02}T040000Z", n);
                 let stats = engine.create_stats(&dst, &id).await.unwrap();
                 let mut read = stats.files_read.unwrap().paths;
