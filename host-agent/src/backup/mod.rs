@@ -677,6 +677,10 @@ impl Host {
         if tokio::fs::symlink_metadata(cpath).await.is_err() {
             return Ok(());
         }
+        if self.cfg.vms.iter().any(|v| v.path == cpath) {
+            let message = format!("its clone path {} is a configured vm's bundle: not removed", cpath.display());
+            return Err(HostError::Other { vm: name.into(), message });
+        }
         let jd = self.journal.begin(name, step::DELETE_CLONE, &cpath.to_string_lossy())?;
         clone::remove_clone(cpath).await.map_err(|source| HostError::Clone { vm: name.into(), source })?;
         self.journal.done(jd)?;
