@@ -1,6 +1,7 @@
 //! Copy-on-write clones of a VM bundle next to it (APFS clonefile via `cp -c` on macOS, FICLONE via
-//! `cp --reflink=always` on Linux btrfs/xfs), and removing them — only ever a directory named `strata-clone-…`.
-//! Knows cp and the clone naming rule; must not know hypervisors or backup engines.
+//! `cp --reflink=always` on Linux btrfs/xfs), at one path per VM (`strata-clone-VM`) with the bundle's file mtimes,
+//! so that a backup engine can tell the files unchanged since the last clone; and removing them — only ever a
+//! directory named `strata-clone-…`. Knows cp and the clone naming rule; must not know hypervisors or backup engines.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,14 +22,17 @@ pub(crate) enum CloneError {
     Run { src: PathBuf, source: RunError },
     #[error("{}: not a clone made by strata (its name does not start with `{CLONE_PREFIX}`)", path.display())]
     NotOurs { path: PathBuf },
+    #[error("{}: already exists (a clone left behind is removed before the next one)", path.display())]
+    Exists { path: PathBuf },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
 
-/// Where the clone of `bundle` for the run stamped `stamp` goes: next to the bundle, on the same volume.
-pub(crate) fn clone_path(bundle: &Path, vm: &str, stamp: &str) -> PathBuf {
+/// Where the clone of `vm`'s `bundle` goes, every run the same: next to the bundle, on the same volume. One path
+/// per VM because borg knows a file by its absolute path: a new path each run would make every file new to it.
+pub(crate) fn clone_path(bundle: &Path, vm: &str) -> PathBuf {
     let parent = bundle.parent().unwrap_or(Path::new("/"));
-    parent.join(format!("{CLONE_PREFIX}{vm}-{stamp}"))
+    parent.join(format!("{CLONE_PREFIX}{vm}"))
 }
 
 /// Whether `path` is named like one of our clones.
@@ -38,7 +42,8 @@ pub(crate) fn is_ours(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with(CLONE_PREFIX) && n.len() > CLONE_PREFIX.len())
 }
 
-/// The `cp` command cloning `src` (a directory) to `dst` copy-on-write, refusing a plain copy.
+/// The `cp` command cloning `src` (a directory) to `dst` copy-on-write, refusing a plain copy, keeping each file's
+/// mtime (GNU `-a`, BSD `-p`).
 pub(crate) fn clone_cmd(src: &Path, dst: &Path) -> Cmd {
     let cmd = if cfg!(target_os = "macos") {
         // macOS cp -c uses clonefile(2) and fails where the volume cannot clone.
@@ -57,11 +62,14 @@ pub(crate) fn is_unsupported(stderr: &str) -> bool {
         .any(|m| s.contains(m))
 }
 
-/// Clones `src` to `dst` (which must not exist). A refusal of the filesystem is `Unsupported`; any partial clone
-/// is removed before returning an error.
+/// Clones `src` to `dst`, which must not exist (`cp` would copy into it). A refusal of the filesystem is
+/// `Unsupported`; any partial clone is removed before returning an error.
 pub(crate) async fn clone_dir(src: &Path, dst: &Path) -> Result<(), CloneError> {
     if !is_ours(dst) {
         return Err(CloneError::NotOurs { path: dst.to_path_buf() });
+    }
+    if tokio::fs::symlink_metadata(dst).await.is_ok() {
+        return Err(CloneError::Exists { path: dst.to_path_buf() });
     }
     let result = runner::run_ok(clone_cmd(src, dst)).await;
     match result {
@@ -97,8 +105,9 @@ mod tests {
 
     #[test]
     fn naming_and_refusals() {
-        let p = clone_path(Path::new("/vms/lab"), "lab", "20261125T175707Z");
-        assert_eq!(p, Path::new("/vms/strata-clone-lab-20261125T175707Z"));
+        let p = clone_path(Path::new("/vms/lab"), "lab");
+        assert_eq!(p, Path::new("/vms/strata-clone-lab"));
+        assert_eq!(clone_path(Path::new("/vms/lab.vmwarevm"), "lab"), p, "one path per vm, every run");
         assert!(is_ours(&p));
         assert!(!is_ours(Path::new("/vms/lab")) && !is_ours(Path::new("/vms/strata-clone-")));
         // Captured from GNU cp 9.1 on ext4.
@@ -114,7 +123,7 @@ mod tests {
         std::fs::write(vm.join("disk.raw"), vec![7u8; 8192]).unwrap();
         assert!(matches!(remove_clone(&vm).await, Err(CloneError::NotOurs { .. })));
         assert!(vm.join("disk.raw").exists());
-        let dst = clone_path(&vm, "lab", "x");
+        let dst = clone_path(&vm, "lab");
         match clone_dir(&vm, &dst).await {
             // A reflink-capable temp dir clones; others must refuse with Unsupported and leave nothing behind.
             Ok(()) => assert_eq!(std::fs::read(dst.join("disk.raw")).unwrap(), vec![7u8; 8192]),

@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
-use strata_proto::v1::VmBackupsRequest;
+use strata_proto::v1::{VmBackupsRequest, VmRef};
+use strata_tests::fixtures::btrfs::Btrfs;
 use strata_tests::vmlab::{backup, restore, sha256, Lab, VmSpec, BLOCK};
 
 /// tmutil's verbs as the engine uses them, over a directory: `startbackup` copies the directory named in `volume`
@@ -129,5 +130,29 @@ async fn a_stopped_vm_backs_up_to_time_machine_and_restores_checked() -> Result<
     let e = backup(&mut c, "lab").await.err().context("a backup to a non-destination succeeded")?;
     let e = format!("{e:#}");
     ensure!(e.contains("is not the mount point of a Time Machine destination") && e.contains("TMBackup"), "{e}");
+    Ok(())
+}
+/// A running VM in clone mode on btrfs: Time Machine backs up the clone (a copy made while the VM was paused), and a
+/// restore takes the clone, not the live bundle the backup also holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_vm_in_clone_mode_restores_from_its_clone() -> Result<()> {
+    let fs = Btrfs::create(1 << 30)?;
+    let mut lab = Lab::new(fs.path())?;
+    let tm = lab.dir.path().join("tm");
+    let dest = lab.dir.path().join("TMBackup");
+    let tmutil = standin(&tm, fs.path(), Some(&dest))?;
+    lab.restart(&spec("clone", &dest, &tmutil))?;
+    let mut c = lab.client().await?;
+    let started = c.start(VmRef { name: "lab".into() }).await?.into_inner();
+    ensure!(started.message.contains("running"), "{started:?}");
+    let msg = backup(&mut c, "lab").await.context("backup")?;
+    ensure!(msg.contains("clone mode") && !msg.contains("fell back"), "{msg}");
+    ensure!(lab.state().await? == "running", "the vm is not running after its backup");
+    let to = lab.dir.path().join("restored");
+    restore(&mut c, "lab", "", &to).await.context("restore")?;
+    let log = calls(&tm);
+    let line = log.lines().find(|l| l.starts_with("restore ")).context("no restore call")?;
+    ensure!(line.contains("/strata-clone-lab/"), "the restore did not read the clone: {line}");
+    ensure!(sha256(&to.join("disk.qcow2"))? == sha256(&lab.vm_dir.join("disk.qcow2"))?, "system disk differs");
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! [`crate::runner`]; the passphrase reaches borg only as `BORG_PASSCOMMAND` in a secret environment variable.
 //! Must not know what is backed up (VMs, stacks, volumes), when backups run, or where a passphrase is kept beyond
 //! the command that prints it. Owns the one archive-naming scheme both agents use (`NAME-YYYYMMDDTHHMMSSZ`:
-//! `archive.rs`); `parse.rs` reads borg's output, `files.rs` an archive's file list and the paths named in it, `retention.rs` turns a retention into `borg prune` arguments.
+//! `archive.rs`); `parse.rs` reads borg's output, `stderr.rs` what it says while it runs, `files.rs` an archive's file list and the paths named in it, `retention.rs` turns a retention into `borg prune` arguments.
 //!
 //! Every command runs with `TZ=UTC` (borg prints archive times without a zone, in local time), without prompts
 //! (stdin is `/dev/null`, and `BORG_RELOCATED_REPO_ACCESS_IS_OK=no` / `BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=no`
@@ -25,6 +25,7 @@ mod archive;
 mod files;
 mod parse;
 mod retention;
+mod stderr;
 
 pub use archive::{archive_glob, archive_stamp, borg_timestamp, is_stamp};
 pub use files::{archive_path, parse_file_lines, prefix_pattern, FileEntry};
@@ -32,6 +33,7 @@ pub use parse::{
     parse_config_id, parse_create, parse_list, parse_log_line, parse_pruned, parse_repository_id, parse_roster, LogLine,
 };
 pub use retention::{keep_within_arg, prune_args, Retention};
+pub use stderr::FilesRead;
 
 /// A backup of a large disk can take long; the timeout only catches a hung borg.
 pub const BORG_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
@@ -51,6 +53,8 @@ pub struct CreateStats {
     pub duration_seconds: f64,
     /// The id of the repository the archive went to.
     pub repository_id: String,
+    /// The files borg read, when asked ([`Repo::report_read_files`]); the others were unchanged.
+    pub files_read: Option<FilesRead>,
 }
 
 /// One archive as `borg list --json` shows it.
@@ -168,6 +172,10 @@ pub struct Repo {
     ssh: Option<crate::ssh::SshOptions>,
     /// Where `create` and `extract` report the bytes they moved (`--progress --log-json`), if anywhere.
     progress: Option<ProgressSink>,
+    /// `create` compares files by mtime and size only ([`Repo::files_by_mtime`]).
+    files_by_mtime: bool,
+    /// `create` lists the files it reads ([`Repo::report_read_files`]).
+    report_read: bool,
 }
 
 /// Bytes a `create` or `extract` has moved so far: `total` is known for an extract (borg sums the archive first),
@@ -192,6 +200,8 @@ impl fmt::Debug for Repo {
             .field("upload_ratelimit_kib", &self.upload_ratelimit_kib)
             .field("ssh", &self.ssh)
             .field("progress", &self.progress.is_some())
+            .field("files_by_mtime", &self.files_by_mtime)
+            .field("report_read", &self.report_read)
             .finish()
     }
 }
@@ -214,7 +224,25 @@ impl Repo {
             upload_ratelimit_kib: None,
             ssh: None,
             progress: None,
+            files_by_mtime: false,
+            report_read: false,
         }
+    }
+
+    /// `create` knows a file unchanged by its mtime and size alone (`--files-cache=mtime,size`; borg's default also
+    /// compares inode and ctime): for a source made afresh at the same path for every backup with its files' mtimes
+    /// kept (a copy-on-write clone: new inodes, new ctimes), so that borg does not read its unchanged files again.
+    /// Borg keys its files cache on the absolute path (the directory it runs in joined with the path given).
+    pub fn files_by_mtime(mut self) -> Repo {
+        self.files_by_mtime = true;
+        self
+    }
+
+    /// `create` lists the files borg reads (`--list --filter=AME`: added, modified, errored) into
+    /// [`CreateStats::files_read`]; the unchanged ones it does not read.
+    pub fn report_read_files(mut self) -> Repo {
+        self.report_read = true;
+        self
     }
 
     /// `create` and `extract` report the bytes they move to `sink` (borg runs with `--progress --log-json`; its
@@ -294,7 +322,13 @@ impl Repo {
         if let Some(t) = timestamp {
             cmd = cmd.arg("--timestamp").arg(t);
         }
-        let (cmd, _) = self.with_progress(cmd);
+        if self.files_by_mtime {
+            cmd = cmd.arg("--files-cache=mtime,size");
+        }
+        if self.report_read {
+            cmd = cmd.args(["--list", "--filter=AME"]);
+        }
+        let (cmd, seen) = self.with_log(cmd, self.report_read);
         // `--`: a path starting with `-` is a path, not an option.
         let cmd = cmd.arg("--").arg(self.archive_ref(archive)).args(paths).current_dir(cwd).cancellable();
         let shown = cmd.display();
@@ -306,7 +340,9 @@ impl Repo {
             }
             _ => return Err(self.classify(&shown, &out, Some(archive), &ssh_log)),
         };
-        let stats = parse_create(&out.stdout).map_err(|message| self.parse_error("`borg create --json`", message))?;
+        let mut stats =
+            parse_create(&out.stdout).map_err(|message| self.parse_error("`borg create --json`", message))?;
+        stats.files_read = self.report_read.then(|| seen.files_read());
         self.progress_done(stats.original_size);
         Ok((stats, warnings))
     }
@@ -382,10 +418,10 @@ impl Repo {
     /// does not hold is an error (borg: "never matched").
     pub async fn extract_paths(&self, archive: &str, dest: &Path, paths: &[&str]) -> Result<(), BorgError> {
         self.require_repo()?;
-        let (cmd, total) = self.with_progress(self.cmd().args(["extract", "--sparse", "--lock-wait", LOCK_WAIT]));
+        let (cmd, seen) = self.with_log(self.cmd().args(["extract", "--sparse", "--lock-wait", LOCK_WAIT]), false);
         let cmd = cmd.arg("--").arg(self.archive_ref(archive)).args(paths.iter().map(|p| prefix_pattern(p)));
         self.exec(cmd.current_dir(dest).cancellable(), Some(archive)).await?;
-        self.progress_done(total.load(std::sync::atomic::Ordering::Relaxed));
+        self.progress_done(seen.last_total());
         Ok(())
     }
 
@@ -432,27 +468,15 @@ impl Repo {
         c
     }
 
-    /// `--progress --log-json` and a stderr filter feeding the sink, when there is one; the total an extract
-    /// reported last is kept in the returned cell (borg throttles its reports: the last one may come before the end).
-    fn with_progress(&self, cmd: Cmd) -> (Cmd, std::sync::Arc<std::sync::atomic::AtomicU64>) {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        let last_total = std::sync::Arc::new(AtomicU64::new(0));
-        let Some(sink) = self.progress.clone() else { return (cmd, last_total) };
-        let seen = last_total.clone();
-        let filter: runner::LineFilter = std::sync::Arc::new(move |line: &str| match parse_log_line(line) {
-            LogLine::Created { original_size, .. } => {
-                sink(Transferred { done: original_size, total: None });
-                None
-            }
-            LogLine::Extracted { done, total } => {
-                seen.store(total, Ordering::Relaxed);
-                sink(Transferred { done, total: Some(total) });
-                None
-            }
-            LogLine::OtherProgress => None,
-            LogLine::Message(text) | LogLine::Text(text) => Some(text),
-        });
-        (cmd.args(["--progress", "--log-json"]).stderr_lines(filter), last_total)
+    /// `--log-json` and a stderr filter ([`stderr::filter`]) when there is a progress sink (then `--progress`) or
+    /// `listing` (the files `--list` names are collected); what the filter saw is in the returned cell.
+    fn with_log(&self, cmd: Cmd, listing: bool) -> (Cmd, std::sync::Arc<stderr::Seen>) {
+        let seen = std::sync::Arc::new(stderr::Seen::default());
+        if self.progress.is_none() && !listing {
+            return (cmd, seen);
+        }
+        let cmd = if self.progress.is_some() { cmd.arg("--progress") } else { cmd };
+        (cmd.arg("--log-json").stderr_lines(stderr::filter(self.progress.clone(), seen.clone())), seen)
     }
 
     /// Tells the sink, if any, that a transfer of `total` bytes is complete.

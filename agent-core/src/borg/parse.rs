@@ -40,6 +40,7 @@ pub fn parse_create(out: &[u8]) -> Result<CreateStats, String> {
         nfiles: s.nfiles,
         duration_seconds: v.archive.duration,
         repository_id,
+        files_read: None,
     })
 }
 
@@ -174,6 +175,8 @@ pub enum LogLine {
     Extracted { done: u64, total: u64 },
     /// Any other progress report (a cache transaction, a `finished` marker, extract's first sum): nothing to show.
     OtherProgress,
+    /// `file_status` of `create --list`: a file borg listed (with `--filter=AME`: one it read) and its status letter.
+    FileStatus { status: String, path: String },
     /// A `log_message`: its text, as borg prints it without `--log-json` (warnings and errors are read from it).
     Message(String),
     /// Not borg's JSON (a traceback, ssh's own words): the line as it is.
@@ -188,6 +191,7 @@ pub fn parse_log_line(line: &str) -> LogLine {
     }
     let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { return text() };
     let int = |key: &str| v.get(key).and_then(serde_json::Value::as_u64);
+    let str_of = |key: &str| v.get(key).and_then(serde_json::Value::as_str).map(str::to_string);
     let finished = v.get("finished").and_then(serde_json::Value::as_bool).unwrap_or(false);
     match v.get("type").and_then(serde_json::Value::as_str) {
         Some("archive_progress") => match (finished, int("original_size"), int("nfiles")) {
@@ -201,6 +205,10 @@ pub fn parse_log_line(line: &str) -> LogLine {
             }
         }
         Some("progress_percent" | "progress_message") => LogLine::OtherProgress,
+        Some("file_status") => match (str_of("status"), str_of("path")) {
+            (Some(status), Some(path)) => LogLine::FileStatus { status, path },
+            _ => text(),
+        },
         Some("log_message") => match v.get("message").and_then(serde_json::Value::as_str) {
             Some(message) => LogLine::Message(message.to_string()),
             None => text(),
@@ -275,6 +283,14 @@ mod tests {
             ("Traceback (most recent call last):", LogLine::Text("Traceback (most recent call last):".into())),
             ("{not json", LogLine::Text("{not json".into())),
             (r#"{"type": "log_message"}"#, LogLine::Text(r#"{"type": "log_message"}"#.into())),
+            (
+                r#"{"type": "file_status", "status": "M", "path": "disk.raw"}"#,
+                LogLine::FileStatus { status: "M".into(), path: "disk.raw".into() },
+            ),
+            (
+                r#"{"type": "file_status", "status": "M"}"#,
+                LogLine::Text(r#"{"type": "file_status", "status": "M"}"#.into()),
+            ),
             (r#"{"type": "archive_progress", "original_size": -1, "nfiles": 0}"#, LogLine::OtherProgress),
             (r#"{"type": "progress_percent", "msgid": "check", "current": 1, "total": 2}"#, LogLine::OtherProgress),
             ("", LogLine::Text(String::new())),
@@ -418,6 +434,7 @@ Would prune:                             svc-20260106T040000Z                 Tu
                 nfiles: 2,
                 duration_seconds: 0.008067,
                 repository_id: "9bf30216893b24b9dca1f43a76d44ab0851203a8e5ec8fcde0aaab1c1e15772b".into(),
+                files_read: None,
             }
         );
         assert!(parse_create(b"{}").is_err());

@@ -11,6 +11,7 @@
 mod freeze;
 mod notify;
 mod quiesce;
+mod report;
 mod restore;
 
 use std::collections::HashSet;
@@ -23,12 +24,14 @@ use agent_core::jobs::Reporter;
 use agent_core::repos::RepoSpec;
 
 use crate::clone::{self, CloneError};
-use crate::config::{Backend, Config, Mode, VmConfig};
+use crate::config::{Config, Mode, VmConfig};
 use crate::encryption;
 use crate::engine::{self, Engine, EngineError};
 use crate::hypervisor::{self, HvError, Hypervisor, Quiesced, VmState};
 use crate::journal::{step, Journal, JournalError};
 use quiesce::Quiesce;
+
+pub(crate) use report::{BackupReport, DrillReport, RestoreReport, TargetRun, VmSummary};
 
 /// One history row: what one target got in one run (the journal's).
 pub(crate) use crate::journal::HistoryRow;
@@ -91,109 +94,17 @@ pub(crate) enum HostError {
     AllTargets { vm: String, id: String, message: String },
 }
 
-/// What one target got in one backup run.
-#[derive(Debug, Clone)]
-pub(crate) struct TargetRun {
-    pub label: String,
-    /// The target's location as its engine reads it.
-    pub url: String,
-    pub ok: bool,
-    /// Why it failed (empty when ok).
-    pub error: String,
-    /// What the engine reported it stored (0 when failed).
-    pub size: u64,
-    /// How long its transfer took.
-    pub duration: Duration,
-    /// It succeeded despite these (retention failed).
-    pub warnings: Vec<String>,
-}
-
-impl TargetRun {
-    fn new(t: &RepoSpec) -> TargetRun {
-        TargetRun {
-            label: t.label.clone(),
-            url: t.url(),
-            ok: false,
-            error: String::new(),
-            size: 0,
-            duration: Duration::ZERO,
-            warnings: Vec::new(),
-        }
-    }
-
-    fn failed(t: &RepoSpec, error: String) -> TargetRun {
-        TargetRun { error, ..TargetRun::new(t) }
-    }
-}
-
-/// What one backup run did.
-#[derive(Debug, Clone)]
-pub(crate) struct BackupReport {
-    pub vm: String,
-    pub id: String,
-    /// When the run started (Unix seconds; the time its id names).
-    pub started_unix: i64,
-    pub mode_used: Mode,
-    pub downtime: Duration,
-    /// How consistent the copy is (file systems frozen by the guest's agent, or crash-consistent and why); empty
-    /// when the VM was not running or was shut down for the run.
-    pub consistency: String,
-    /// The largest size a target reported.
-    pub size: u64,
-    pub warnings: Vec<String>,
-    /// What each target got, in config order.
-    pub targets: Vec<TargetRun>,
-}
-
-impl BackupReport {
-    /// `ok` when every target got the backup, `partial` when some did, `failed` when none did.
-    pub(crate) fn status(&self) -> &'static str {
-        match self.targets.iter().filter(|t| t.ok).count() {
-            n if n == self.targets.len() => "ok",
-            0 => "failed",
-            _ => "partial",
-        }
-    }
-
-    /// The failed targets and why, `target `b` failed: …; …`.
-    pub(crate) fn failures(&self) -> String {
-        let failed = self.targets.iter().filter(|t| !t.ok);
-        failed.map(|t| format!("target `{}` failed: {}", t.label, t.error)).collect::<Vec<_>>().join("; ")
-    }
-
-    /// The outcome in one line; each target's when there are several.
-    pub(crate) fn summary(&self) -> String {
-        let warnings =
-            if self.warnings.is_empty() { String::new() } else { format!("; warnings: {}", self.warnings.join("; ")) };
-        let consistency = if self.consistency.is_empty() { String::new() } else { format!("; {}", self.consistency) };
-        let partly = if self.status() == "ok" { "" } else { "partly " };
-        let mut s = format!(
-            "vm {} {partly}backed up as {} ({} mode, downtime {:.3}s, {} bytes){consistency}{warnings}",
-            self.vm,
-            self.id,
-            self.mode_used.as_str(),
-            self.downtime.as_secs_f64(),
-            self.size,
-        );
-        if self.targets.len() > 1 {
-            let per: Vec<String> = self
-                .targets
-                .iter()
-                .map(|t| match t.ok {
-                    true => format!("`{}` ok ({} bytes in {:.1}s)", t.label, t.size, t.duration.as_secs_f64()),
-                    false => format!("`{}` failed: {}", t.label, t.error),
-                })
-                .collect();
-            s.push_str(&format!("; targets: {}", per.join("; ")));
-        }
-        s
-    }
-}
-
 /// A target's error without the `vm NAME: ` its run's message already says.
 pub(super) fn target_error(vm: &str, e: &HostError) -> String {
     let s = e.to_string();
     s.strip_prefix(&format!("vm {vm}: ")).map(str::to_string).unwrap_or(s)
+}
+
+/// What a run backs up: the bundle itself, or its clone (made afresh at one path, mtimes kept: `Engine::create_clone`).
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Bundle(&'a Path),
+    Clone(&'a Path),
 }
 
 /// What a run's quiesce part did (the targets' outcomes are apart).
@@ -202,71 +113,6 @@ struct RunInfo {
     downtime: Duration,
     consistency: String,
     warnings: Vec<String>,
-}
-
-/// What one restore did.
-#[derive(Debug, Clone)]
-pub(crate) struct RestoreReport {
-    pub vm: String,
-    /// The backup restored.
-    pub archive: String,
-    /// The label of the target it was read from.
-    pub target: String,
-    pub to: PathBuf,
-    /// Where the bundle that was at `to` went (`--force`).
-    pub moved_aside: Option<PathBuf>,
-    /// The name the restored VM was started as (`--start`).
-    pub started_as: Option<String>,
-}
-
-impl RestoreReport {
-    /// The outcome in one line.
-    pub(crate) fn summary(&self) -> String {
-        let mut msg = format!(
-            "restored {} of vm {} from target `{}` into {}",
-            self.archive,
-            self.vm,
-            self.target,
-            self.to.display()
-        );
-        if let Some(aside) = &self.moved_aside {
-            msg.push_str(&format!("; the previous bundle was moved to {}", aside.display()));
-        }
-        if let Some(name) = &self.started_as {
-            msg.push_str(&format!("; started as {name}"));
-        }
-        msg
-    }
-}
-
-/// What one drill did: its restore into scratch space (removed since) and how long it all took.
-#[derive(Debug, Clone)]
-pub(crate) struct DrillReport {
-    pub restore: RestoreReport,
-    pub duration: Duration,
-}
-
-impl DrillReport {
-    /// The outcome in one line.
-    pub(crate) fn summary(&self) -> String {
-        format!("drill ok in {:.1}s: {}; scratch copy removed", self.duration.as_secs_f64(), self.restore.summary())
-    }
-}
-
-/// A VM as `ListVms` shows it.
-#[derive(Debug, Clone)]
-pub(crate) struct VmSummary {
-    pub name: String,
-    pub backend: Backend,
-    pub state: String,
-    pub mode: Mode,
-    pub engine: String,
-    pub storage_encrypted: bool,
-    /// Every local target is on an encrypted volume (false when it has none).
-    pub target_encrypted: bool,
-    pub last_backup_unix: i64,
-    /// The targets' labels, in config order.
-    pub targets: Vec<String>,
 }
 
 /// The host agent's domain: the configured VMs and what can be done to them.
@@ -701,12 +547,29 @@ impl Host {
         usable
     }
 
+    /// Before a clone-mode run, with the vm untouched: a clone a crashed run left at the clone's one path is
+    /// removed, journaled like any removal (recovery at start removes the ones the journal names).
+    async fn remove_leftover_clone(&self, name: &str, cpath: &Path) -> Result<(), HostError> {
+        if tokio::fs::symlink_metadata(cpath).await.is_err() {
+            return Ok(());
+        }
+        if self.cfg.vms.iter().any(|v| v.path == cpath) {
+            let message = format!("its clone path {} is a configured vm's bundle: not removed", cpath.display());
+            return Err(HostError::Other { vm: name.into(), message });
+        }
+        let jd = self.journal.begin(name, step::DELETE_CLONE, &cpath.to_string_lossy())?;
+        clone::remove_clone(cpath).await.map_err(|source| HostError::Clone { vm: name.into(), source })?;
+        self.journal.done(jd)?;
+        tracing::warn!(vm = name, "removed clone {} left by an earlier run", cpath.display());
+        Ok(())
+    }
+
     /// Backs up `src` as `id` to every target of `targets` at once; each target's outcome goes to `runs`.
     async fn transfer(
         &self,
         vm: &VmConfig,
         targets: &[&RepoSpec],
-        src: &Path,
+        src: Source<'_>,
         id: &str,
         tx: &Reporter,
         runs: &mut Vec<(TargetRun, Option<HostError>)>,
@@ -714,7 +577,10 @@ impl Host {
         let name = vm.name.as_str();
         let all = targets.iter().map(|t| async move {
             let t0 = Instant::now();
-            let created = self.engine(vm, t).create_reporting(src, id, tx).await;
+            let created = match src {
+                Source::Bundle(p) => self.engine(vm, t).create_reporting(p, id, tx).await,
+                Source::Clone(p) => self.engine(vm, t).create_clone(p, id, tx).await,
+            };
             let took = t0.elapsed();
             let line = match &created {
                 Ok(b) => format!("target `{}`: {} bytes in {:.1}s", t.label, b.size, took.as_secs_f64()),
@@ -783,7 +649,7 @@ impl Host {
             // Not running: its disks are not changing; back it up as it is and leave it so.
             send(tx, "backup", 3, total, format!("vm {name} is {}: backing up without touching it", state.as_str()))
                 .await;
-            self.transfer(vm, &targets, &vm.path, id, tx, runs).await;
+            self.transfer(vm, &targets, Source::Bundle(&vm.path), id, tx, runs).await;
             self.prune(vm, tx, runs).await;
             return Ok(RunInfo { mode_used: vm.mode, downtime: Duration::ZERO, consistency: String::new(), warnings });
         }
@@ -851,6 +717,10 @@ impl Host {
     ) -> Result<(Mode, Duration), HostError> {
         let name = vm.name.as_str();
         let j = &self.journal;
+        let cpath = clone::clone_path(&vm.path, name);
+        if vm.mode == Mode::Clone {
+            self.remove_leftover_clone(name, &cpath).await?;
+        }
         let jf = match vm.mode {
             Mode::Stop => None,
             _ => self.freeze_journaled(name, hv, tx, consistency, warnings).await?,
@@ -882,7 +752,6 @@ impl Host {
         let mut mode = vm.mode;
         let mut clone_dir = None;
         if vm.mode == Mode::Clone {
-            let cpath = clone::clone_path(&vm.path, name, &engine::stamp(now_unix()));
             // Not journaled, not cloned: the vm is resumed before the journal error is reported.
             let jc = match j.begin(name, step::CLONE, &cpath.to_string_lossy()) {
                 Ok(jc) => jc,
@@ -928,7 +797,7 @@ impl Host {
                 format!("vm {name} resumed after {:.3}s; backing up the clone", downtime.as_secs_f64()),
             )
             .await;
-            self.transfer(vm, targets, &cpath, id, tx, runs).await;
+            self.transfer(vm, targets, Source::Clone(&cpath), id, tx, runs).await;
             let jd = j.begin(name, step::DELETE_CLONE, &cpath.to_string_lossy())?;
             let removed = clone::remove_clone(&cpath).await;
             match &removed {
@@ -942,7 +811,7 @@ impl Host {
         }
 
         send(tx, "backup", 3, 6, format!("backing up {} while the vm is {}", vm.path.display(), how.as_str())).await;
-        self.transfer(vm, targets, &vm.path, id, tx, runs).await;
+        self.transfer(vm, targets, Source::Bundle(&vm.path), id, tx, runs).await;
         self.resume_journaled(name, hv, how, jq, jf)
             .await
             .map_err(|message| HostError::Other { vm: name.into(), message })?;

@@ -181,6 +181,13 @@ pub trait Engine: Send + Sync {
         let _ = rep;
         self.create(src, id)
     }
+    /// [`Engine::create_reporting`] of a copy-on-write clone of the bundle, made afresh for every backup at the same
+    /// path with the bundle's mtimes (new inodes, new ctimes): an engine that knows unchanged files by inode or
+    /// ctime compares mtime and size instead, so that the clone's unchanged files are not read again (borg; rsync
+    /// compares size and mtime already).
+    fn create_clone<'a>(&'a self, src: &'a Path, id: &'a str, rep: &'a Reporter) -> EngineFuture<'a, BackupInfo> {
+        self.create_reporting(src, id, rep)
+    }
     /// Backups of this VM, oldest first.
     fn list(&self) -> EngineFuture<'_, Vec<BackupInfo>>;
     /// Applies retention (and frees space where the engine needs it).
