@@ -167,7 +167,19 @@ async fn a_clone_that_fails_half_way_otherwise_fails_the_run_and_leaves_nothing_
 /// the clone is removed, the journal closed, the history row failed. Once the volume is bigger, the next run
 /// succeeds to the same repository.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_full_target_volume_fails_the_run_and_the_next_one_succeeds_once_freed() -> Result<()> {
+async fn a_full_target_volume_fails_a_clone_run_and_the_next_one_succeeds_once_freed() -> Result<()> {
+    full_target("clone").await
+}
+
+/// [`a_full_target_volume_fails_a_clone_run_and_the_next_one_succeeds_once_freed`] in suspend mode: the transfer
+/// fails while the VM is paused and its guest frozen; both are undone all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_target_volume_fails_a_suspend_run_and_the_next_one_succeeds_once_freed() -> Result<()> {
+    full_target("suspend").await
+}
+
+/// A backup of `mode` to a full borg target, then to the same target with room.
+async fn full_target(mode: &str) -> Result<()> {
     cmd::require("debugfs", "e2fsprogs")?;
     let fs = Btrfs::create(1 << 30)?;
     let mut lab = Lab::with_guest(fs.path(), "")?;
@@ -185,7 +197,7 @@ async fn a_full_target_volume_fails_the_run_and_the_next_one_succeeds_once_freed
     cmd::run(borg.command().args(["init", "--encryption=repokey"]).arg(&repo))?;
     let passcommand =
         borg.env().into_iter().find(|(k, _)| k == "BORG_PASSCOMMAND").map(|(_, v)| v).context("passcommand")?;
-    let spec = VmSpec { mode: "clone", engine: "borg", target: &repo, extra: format!("passcommand = {passcommand:?}") };
+    let spec = VmSpec { mode, engine: "borg", target: &repo, extra: format!("passcommand = {passcommand:?}") };
     lab.restart(&spec)?;
     boot(&lab).await?;
 
@@ -200,7 +212,7 @@ async fn a_full_target_volume_fails_the_run_and_the_next_one_succeeds_once_freed
     ensure!(!err.contains("Traceback") && !err.contains("File \"/usr/lib"), "a traceback in the error: {err}");
     nothing_left(&lab, "full target").await?;
     let row = sql(&lab, "SELECT mode, ok, message FROM history WHERE vm = 'lab'")?;
-    ensure!(row.starts_with("clone|0|") && row.contains(said), "history: {row}");
+    ensure!(row.starts_with(&format!("{mode}|0|")) && row.contains(said), "history: {row}");
 
     volume.resize("64m")?;
     let msg = tokio::time::timeout(Duration::from_secs(120), backup(&mut lab.client().await?, "lab")).await??;
