@@ -589,9 +589,13 @@ impl Repo {
         if let Some(name) = archive_line(" already exists") {
             return BorgError::ArchiveExists { repo, archive: archive.map_or(name, String::from) };
         }
-        // The runner's own message, from a stderr tail cleared of anything about the passcommand.
+        // The runner's own message, from a stderr tail (a traceback: borg's messages and its exception) cleared of
+        // anything about the passcommand.
         let passcommand = self.passcommand.as_deref().filter(|p| !p.is_empty());
-        let kept: Vec<String> = lines()
+        let text = parse::unhandled_error(stderr).unwrap_or_else(|| stderr.to_string());
+        let kept: Vec<String> = text
+            .lines()
+            .map(str::trim)
             .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().contains("passcommand"))
             .map(|l| passcommand.map_or_else(|| l.to_string(), |p| l.replace(p, runner::MASK)))
             .collect();

@@ -1,5 +1,6 @@
 //! What borg prints, read: `create --json`, `list --json`, the `prune --list` lines, the stderr lines of
-//! `--progress --log-json` and a repository's `lock.roster`. Pure functions over text; must not know how borg is run (`mod.rs`).
+//! `--progress --log-json`, a traceback borg stopped on, and a repository's `lock.roster`. Pure functions over text;
+//! must not know how borg is run (`mod.rs`).
 
 use serde::Deserialize;
 
@@ -234,6 +235,26 @@ pub fn parse_roster(json: &str) -> Vec<LockHolder> {
     holders
 }
 
+/// What borg said before stopping on an error it does not handle (its stderr as the runner keeps it, a `--log-json`
+/// run's messages as text): borg's own messages before the traceback ("No space left on device, cleaning up partial
+/// transaction to free space.") and the exception the traceback ends with, its frames and borg's platform lines left
+/// out. `None` when there is no traceback.
+pub(super) fn unhandled_error(stderr: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr.lines().map(str::trim).collect();
+    let start = lines.iter().position(|l| *l == "Traceback (most recent call last):")?;
+    let end = lines[start..].iter().position(|l| l.starts_with("Platform: ")).map_or(lines.len(), |i| start + i);
+    let mut out: Vec<String> =
+        lines[..start].iter().filter(|l| !l.is_empty() && **l != "Local Exception").map(|l| l.to_string()).collect();
+    // The last exception line: "OSError: [Errno 28] No space left on device" (not a frame, nor the code under it).
+    let exception = lines[start..end].iter().rev().find(|l| {
+        l.split_once(": ").is_some_and(|(name, _)| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        })
+    });
+    out.push(format!("borg stopped on an error it does not handle: {}", exception.unwrap_or(&"(no exception line)")));
+    Some(out.join("\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +269,34 @@ mod tests {
     const CREATE_NOREPO: &str = include_str!("../testdata/borg_create_norepo.jsonl");
     /// `borg extract --progress --log-json repo::a1`, its first five lines and last three.
     const EXTRACT_PROGRESS: &str = include_str!("../testdata/borg_extract_progress.jsonl");
+    /// `borg create --json --progress --list --filter=AME --log-json repo::lab-1 .` of 20 MiB of random data to a
+    /// repository on an 8 MiB tmpfs: exit code 2, a traceback.
+    const CREATE_ENOSPC: &str = include_str!("../testdata/borg_create_enospc.jsonl");
+
+    #[test]
+    fn an_unhandled_error_is_borgs_messages_and_the_exception_without_the_traceback() {
+        // The stderr as the runner keeps it: each log message's text (`stderr::filter`).
+        let kept: Vec<String> = CREATE_ENOSPC
+            .lines()
+            .filter_map(|l| match parse_log_line(l) {
+                LogLine::Message(t) | LogLine::Text(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            unhandled_error(&kept.join("\n")).unwrap(),
+            "data.raw: read: [Errno 28] No space left on device\n\
+             No space left on device, cleaning up partial transaction to free space.\n\
+             borg stopped on an error it does not handle: OSError: [Errno 28] No space left on device"
+        );
+        assert_eq!(unhandled_error("Repository /r does not exist."), None);
+        assert_eq!(
+            unhandled_error(
+                "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n    g()\nKeyError: 'k'"
+            ),
+            Some("borg stopped on an error it does not handle: KeyError: 'k'".into())
+        );
+    }
 
     #[test]
     fn progress_lines_give_bytes_and_log_messages_their_text() {
