@@ -11,7 +11,7 @@ use std::time::Duration;
 use agent_core::identity::Role;
 use anyhow::{anyhow, Result};
 use strata_proto::v1::host_client::HostClient;
-use strata_proto::v1::{ListVmsRequest, VmBackupRequest, VmRestoreRequest};
+use strata_proto::v1::{ListVmsRequest, VmBackupRequest, VmRef, VmRestoreRequest};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
@@ -90,6 +90,16 @@ impl Lab {
         let vm_toml = format!("memory_mb = 128\ncpus = 1\ndisks = [\"data.raw\"]\nargs = [{}]\n", args.join(", "));
         std::fs::write(vm_dir.join("vm.toml"), vm_toml)?;
         Ok(Lab { pki: Pki::new()?, dir, vm_dir, test_qmp, console, agent: None })
+    }
+
+    /// Starts the VM `lab` through the agent and waits (90 s at most: TCG boots the guest) for its qemu-ga.
+    pub async fn boot_guest(&self) -> Result<()> {
+        self.client().await?.start(VmRef { name: "lab".into() }).await?;
+        let (qga, console) = (self.guest_agent(), self.console.clone());
+        let t0 = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || qga.wait_ready(Duration::from_secs(90), &console)).await??;
+        eprintln!("guest booted to a running qemu-ga in {:?}", t0.elapsed());
+        Ok(())
     }
 
     /// A client of the guest's qemu-ga, on the socket the agent gives every QEMU VM.

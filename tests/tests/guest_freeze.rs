@@ -13,9 +13,6 @@ use strata_tests::fixtures::{cmd, guest};
 use strata_tests::harness::{AgentKind, AgentProc};
 use strata_tests::vmlab::{backup, Lab, VmSpec};
 
-/// How long the guest may take to boot to a running qemu-ga (≈ 3 s measured under TCG here).
-const BOOT: Duration = Duration::from_secs(90);
-
 /// `SELECT …` on the agent's database.
 fn sql(lab: &Lab, query: &str) -> Result<String> {
     let db = lab.dir.path().join("state/host.db");
@@ -38,17 +35,6 @@ fn qmp_status(lab: &Lab) -> Result<String> {
     anyhow::bail!("no query-status answer")
 }
 
-/// Starts the VM through the agent and waits for its qemu-ga.
-async fn boot(lab: &Lab) -> Result<()> {
-    lab.client().await?.start(VmRef { name: "lab".into() }).await?;
-    let qga = lab.guest_agent();
-    let console = lab.console.clone();
-    let t0 = Instant::now();
-    tokio::task::spawn_blocking(move || qga.wait_ready(BOOT, &console)).await??;
-    eprintln!("guest booted to a running qemu-ga in {:?}", t0.elapsed());
-    Ok(())
-}
-
 /// A clone-mode backup (reflink clones on btrfs) of a running guest: frozen while the agent is about to pause it
 /// (seen from the guest's own agent), thawed after; the history and the summary say the file systems were frozen.
 #[tokio::test(flavor = "multi_thread")]
@@ -61,7 +47,7 @@ async fn a_backup_freezes_the_guest_before_the_pause_and_thaws_it_after() -> Res
     let go = lab.dir.path().join("go");
     let hook = format!("quiesce:{}", go.display());
     lab.agent = Some(AgentProc::start_with_env(AgentKind::Host, &config, &[("STRATA_TEST_WAIT_AT", hook.as_str())])?);
-    boot(&lab).await?;
+    lab.boot_guest().await?;
     let qga = lab.guest_agent();
     ensure!(qga.freeze_status()? == "thawed", "the guest starts thawed");
 
@@ -97,7 +83,7 @@ async fn sigkill_between_freeze_and_thaw_is_repaired_on_restart() -> Result<()> 
     let config =
         lab.write_config(&VmSpec { mode: "suspend", engine: "rsync", target: &target, extra: String::new() })?;
     lab.agent = Some(AgentProc::start_with_env(AgentKind::Host, &config, &[("STRATA_TEST_CRASH_AT", "resume")])?);
-    boot(&lab).await?;
+    lab.boot_guest().await?;
     let mut c = lab.client().await?;
     let call = tokio::spawn(async move { backup(&mut c, "lab").await });
     lab.agent()?.wait_log("test hook: holding at step resume", Duration::from_secs(120))?;
@@ -132,7 +118,7 @@ async fn a_freeze_that_times_out_is_thawed_and_the_backup_goes_on_crash_consiste
     let target = lab.dir.path().join("rsync");
     std::fs::create_dir(&target)?;
     lab.restart(&VmSpec { mode: "suspend", engine: "rsync", target: &target, extra: String::new() })?;
-    boot(&lab).await?;
+    lab.boot_guest().await?;
     let t0 = Instant::now();
     let msg = tokio::time::timeout(Duration::from_secs(120), backup(&mut lab.client().await?, "lab")).await??;
     let took = t0.elapsed();

@@ -7,17 +7,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use strata_proto::v1::VmRef;
 use strata_tests::fixtures::borg::BorgRepo;
 use strata_tests::fixtures::btrfs::Btrfs;
 use strata_tests::fixtures::{cmd, require_root};
 use strata_tests::vmlab::{backup, Lab, VmSpec};
-
-/// How long the guest may take to boot to a running qemu-ga (≈ 3 s measured under TCG here).
-const BOOT: Duration = Duration::from_secs(90);
 
 /// A tmpfs of a given size mounted on a directory; unmounted on Drop (also when a test panics).
 struct Tmpfs {
@@ -58,17 +54,6 @@ fn sql(lab: &Lab, query: &str) -> Result<String> {
     Ok(cmd::run_args("sqlite3", [db.to_str().context("utf-8")?, query])?.trim().to_string())
 }
 
-/// Starts the VM through the agent and waits for its qemu-ga.
-async fn boot(lab: &Lab) -> Result<()> {
-    lab.client().await?.start(VmRef { name: "lab".into() }).await?;
-    let qga = lab.guest_agent();
-    let console = lab.console.clone();
-    let t0 = Instant::now();
-    tokio::task::spawn_blocking(move || qga.wait_ready(BOOT, &console)).await??;
-    eprintln!("guest booted to a running qemu-ga in {:?}", t0.elapsed());
-    Ok(())
-}
-
 /// What every failure must leave: the VM running, its guest thawed, no clone next to the bundle, no open journal row.
 async fn nothing_left(lab: &Lab, case: &str) -> Result<()> {
     ensure!(lab.state().await? == "running", "{case}: the vm is not running");
@@ -98,7 +83,7 @@ async fn a_clone_that_fails_half_way_falls_back_and_leaves_nothing_behind() -> R
     let target = lab.dir.path().join("rsync");
     std::fs::create_dir(&target)?;
     lab.restart(&VmSpec { mode: "clone", engine: "rsync", target: &target, extra: String::new() })?;
-    boot(&lab).await?;
+    lab.boot_guest().await?;
 
     let msg = tokio::time::timeout(Duration::from_secs(120), backup(&mut lab.client().await?, "lab")).await??;
     eprintln!("summary: {msg}");
@@ -141,7 +126,7 @@ async fn a_clone_that_fails_half_way_otherwise_fails_the_run_and_leaves_nothing_
     let target = lab.dir.path().join("rsync");
     std::fs::create_dir(&target)?;
     lab.restart(&VmSpec { mode: "clone", engine: "rsync", target: &target, extra: String::new() })?;
-    boot(&lab).await?;
+    lab.boot_guest().await?;
 
     let failed = tokio::time::timeout(Duration::from_secs(120), backup(&mut lab.client().await?, "lab")).await?;
     let failed = failed.err().context("a backup whose clone failed succeeded")?;
@@ -199,7 +184,7 @@ async fn full_target(mode: &str) -> Result<()> {
         borg.env().into_iter().find(|(k, _)| k == "BORG_PASSCOMMAND").map(|(_, v)| v).context("passcommand")?;
     let spec = VmSpec { mode, engine: "borg", target: &repo, extra: format!("passcommand = {passcommand:?}") };
     lab.restart(&spec)?;
-    boot(&lab).await?;
+    lab.boot_guest().await?;
 
     let failed = tokio::time::timeout(Duration::from_secs(120), backup(&mut lab.client().await?, "lab")).await?;
     let failed = failed.err().context("a backup to a full volume succeeded")?;
