@@ -171,6 +171,18 @@ impl Journal {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The open `clone` and `delete-clone` rows of `vm` naming `path`: the clone there is one this agent made and
+    /// has not removed yet.
+    pub(crate) fn open_clone_rows(&self, vm: &str, path: &str) -> Result<Vec<i64>, JournalError> {
+        let db = self.db();
+        let mut st = db.prepare(
+            "SELECT id FROM journal WHERE done_unix IS NULL AND vm = ?1 AND detail = ?2 \
+             AND step IN ('clone', 'delete-clone') ORDER BY id",
+        )?;
+        let rows = st.query_map(params![vm, path], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Closes the bookkeeping rows (resume, delete-clone) left open by a crash: the recovery redoes their effect.
     pub(crate) fn close_stale(&self) -> Result<(), JournalError> {
         self.db().execute(
@@ -273,6 +285,9 @@ mod tests {
         let open = j.open_steps().unwrap();
         assert_eq!(open.iter().map(|s| s.step.as_str()).collect::<Vec<_>>(), ["freeze", "quiesce", "clone"]);
         assert_eq!(open[2].detail, "/vms/strata-clone-lab-x");
+        assert_eq!(j.open_clone_rows("lab", "/vms/strata-clone-lab-x").unwrap(), [c], "this agent's clone");
+        assert!(j.open_clone_rows("web", "/vms/strata-clone-lab-x").unwrap().is_empty(), "another vm's row");
+        assert!(j.open_clone_rows("lab", "/vms/strata-clone-lab").unwrap().is_empty(), "no row names that path");
         j.close_stale().unwrap();
         assert_eq!(j.open_steps().unwrap().len(), 3, "a freeze is not a bookkeeping row: recovery thaws it");
         j.done(f).unwrap();
@@ -280,6 +295,7 @@ mod tests {
         j.done(c).unwrap();
         j.close_stale().unwrap();
         assert!(j.open_steps().unwrap().is_empty());
+        assert!(j.open_clone_rows("lab", "/vms/strata-clone-lab-x").unwrap().is_empty(), "removed: done");
         let h = HistoryRow {
             vm: "lab".into(),
             backup_id: "lab-1".into(),

@@ -12,6 +12,7 @@ use anyhow::{ensure, Context, Result};
 use strata_proto::v1::{VmFilesRequest, VmRef};
 use strata_tests::fixtures::borg::BorgRepo;
 use strata_tests::fixtures::btrfs::Btrfs;
+use strata_tests::fixtures::cmd;
 use strata_tests::vmlab::{backup, restore, sha256, Lab, VmSpec};
 
 /// Split extents in the bundle beside the VM's disks (as Fusion's `-s001.vmdk` files), 256 KiB each.
@@ -80,14 +81,32 @@ async fn a_second_clone_backup_reads_only_what_changed_and_restores_it() -> Resu
     let (read, total, line) = files_read(&lab, &first)?;
     ensure!(read.len() == files && total == files, "the first backup reads everything: {line}");
 
-    // A clone a crashed run left at the clone's path is removed before the new clone.
+    // A directory at the clone's path that the journal does not name is not this agent's to remove: the run is
+    // refused before the vm is touched, naming it, and the directory is left as it was.
     let leftover = fs.path().join("strata-clone-lab");
     std::fs::create_dir(&leftover)?;
-    std::fs::write(leftover.join("stale"), b"left by a crashed run")?;
+    std::fs::write(leftover.join("stale"), b"not the agent's")?;
+    let refused = backup(&mut c, "lab").await.err().context("a run removed a clone path no journal row names")?;
+    ensure!(format!("{refused:#}").contains("no open journal row says this agent made it"), "{refused:#}");
+    ensure!(std::fs::read(leftover.join("stale"))? == b"not the agent's", "the unnamed directory was touched");
+    ensure!(lab.state().await? == "running", "the vm is not running after the refusal");
+    // The same directory named by an open `clone` row (what a run whose removal failed leaves): removed before the
+    // new clone, the row closed.
+    let db = lab.dir.path().join("state/host.db");
+    let insert = format!(
+        "INSERT INTO journal (vm, step, detail, started_unix) VALUES ('lab', 'clone', '{}', 1)",
+        leftover.display()
+    );
+    cmd::run_args("sqlite3", [db.to_str().context("utf-8")?, insert.as_str()])?;
     let msg = backup(&mut c, "lab").await?;
     ensure!(!msg.contains("fell back"), "clone mode fell back: {msg}");
     let second = backup_id(&msg)?;
     ensure!(lab.agent()?.logs().contains("left by an earlier run"), "the leftover removal is not logged");
+    let open = cmd::run_args(
+        "sqlite3",
+        [db.to_str().context("utf-8")?, "SELECT count(*) FROM journal WHERE done_unix IS NULL"],
+    )?;
+    ensure!(open.trim() == "0", "journal rows left open: {open}");
     // Borg never keeps the newest-mtime file of a run that read files in its files cache (its guard against
     // timestamp granularity), so vm.toml, the newest, may be read again; no disk or extent is.
     let (read, total, line) = files_read(&lab, &second)?;

@@ -547,19 +547,32 @@ impl Host {
         usable
     }
 
-    /// Before a clone-mode run, with the vm untouched: a clone a crashed run left at the clone's one path is
-    /// removed, journaled like any removal (recovery at start removes the ones the journal names).
+    /// Before a clone-mode run, with the vm untouched: a clone an earlier run could not remove (its journal rows
+    /// still open) is removed, journaled like any removal, and those rows closed. Anything else at the clone's path
+    /// (no open row names it) was not made by this agent, or not that the journal knows: it is left as it is and the
+    /// run refused, naming it.
     async fn remove_leftover_clone(&self, name: &str, cpath: &Path) -> Result<(), HostError> {
         if tokio::fs::symlink_metadata(cpath).await.is_err() {
             return Ok(());
         }
+        let refuse = |why: &str| HostError::Other {
+            vm: name.into(),
+            message: format!("its clone path {} exists and {why}: not removed; move it away", cpath.display()),
+        };
         if self.cfg.vms.iter().any(|v| v.path == cpath) {
-            let message = format!("its clone path {} is a configured vm's bundle: not removed", cpath.display());
-            return Err(HostError::Other { vm: name.into(), message });
+            return Err(refuse("is a configured vm's bundle"));
         }
-        let jd = self.journal.begin(name, step::DELETE_CLONE, &cpath.to_string_lossy())?;
+        let path = cpath.to_string_lossy();
+        let rows = self.journal.open_clone_rows(name, &path)?;
+        if rows.is_empty() {
+            return Err(refuse("no open journal row says this agent made it"));
+        }
+        let jd = self.journal.begin(name, step::DELETE_CLONE, &path)?;
         clone::remove_clone(cpath).await.map_err(|source| HostError::Clone { vm: name.into(), source })?;
         self.journal.done(jd)?;
+        for r in rows {
+            self.journal.done(r)?;
+        }
         tracing::warn!(vm = name, "removed clone {} left by an earlier run", cpath.display());
         Ok(())
     }
