@@ -151,6 +151,29 @@ impl Setup {
     }
 }
 
+/// The Fusion VM `services` in clone mode on btrfs (a volume that clones), backed up by rsync to `target`, driven
+/// through the stand-in `bin`; its config written.
+struct FusionClone {
+    _fs: Btrfs,
+    s: Setup,
+    bin: PathBuf,
+    path: PathBuf,
+    vmx: PathBuf,
+    target: PathBuf,
+}
+
+fn fusion_clone(prefix: &str) -> Result<FusionClone> {
+    let fs = Btrfs::create(1 << 30)?;
+    let s = Setup::new(prefix)?;
+    let bin = standin(&s.dir.path().join("fusion-bin"))?;
+    let path = fs.path().join("services.vmwarevm");
+    let vmx = bundle(&path)?;
+    let target = s.dir.path().join("rsync");
+    std::fs::create_dir(&target)?;
+    s.write_config(&vm_toml("services", "fusion", &path, "clone", &target, &bin, ""))?;
+    Ok(FusionClone { _fs: fs, s, bin, path, vmx, target })
+}
+
 async fn state_of(c: &mut HostClient<Channel>, name: &str) -> Result<String> {
     let vms = c.list_vms(ListVmsRequest {}).await?.into_inner().vms;
     Ok(vms.iter().find(|v| v.name == name).map(|v| v.state.clone()).unwrap_or_default())
@@ -166,14 +189,7 @@ async fn last_row(c: &mut HostClient<Channel>, name: &str) -> Result<VmHistoryEn
 /// once all end with the VM running, the fallback a warning in the history row.
 #[tokio::test(flavor = "multi_thread")]
 async fn fusion_clone_mode_pauses_and_unpauses_and_every_failure_ends_running() -> Result<()> {
-    let fs = Btrfs::create(1 << 30)?;
-    let s = Setup::new("strata-vmpause-")?;
-    let bin = standin(&s.dir.path().join("fusion-bin"))?;
-    let path = fs.path().join("services.vmwarevm");
-    let vmx = bundle(&path)?;
-    let target = s.dir.path().join("rsync");
-    std::fs::create_dir(&target)?;
-    s.write_config(&vm_toml("services", "fusion", &path, "clone", &target, &bin, ""))?;
+    let FusionClone { _fs, s, bin, path, vmx, target } = fusion_clone("strata-vmpause-")?;
     let agent = AgentProc::start_with_config(AgentKind::Host, &s.config)?;
     let mut c = s.client(&agent).await?;
     c.start(VmRef { name: "services".into() }).await?;
@@ -252,14 +268,7 @@ async fn fusion_clone_mode_pauses_and_unpauses_and_every_failure_ends_running() 
 /// removes the clone; SIGKILL while it is suspended by the fallback: the restart starts it.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_while_a_fusion_vm_is_paused_or_suspended_then_restart_brings_it_back_that_way() -> Result<()> {
-    let fs = Btrfs::create(1 << 30)?;
-    let s = Setup::new("strata-vmpause-crash-")?;
-    let bin = standin(&s.dir.path().join("fusion-bin"))?;
-    let path = fs.path().join("services.vmwarevm");
-    let vmx = bundle(&path)?;
-    let target = s.dir.path().join("rsync");
-    std::fs::create_dir(&target)?;
-    s.write_config(&vm_toml("services", "fusion", &path, "clone", &target, &bin, ""))?;
+    let FusionClone { _fs, s, bin, path, vmx, .. } = fusion_clone("strata-vmpause-crash-")?;
     let mut agent = AgentProc::start_with_env(AgentKind::Host, &s.config, &[("STRATA_TEST_CRASH_AT", "clone")])?;
     let mut c = s.client(&agent).await?;
     c.start(VmRef { name: "services".into() }).await?;
@@ -280,7 +289,7 @@ async fn sigkill_while_a_fusion_vm_is_paused_or_suspended_then_restart_brings_it
     let mut c = s.client(&agent).await?;
     ensure!(state_of(&mut c, "services").await? == "running");
     let clones = || {
-        std::fs::read_dir(fs.path())
+        std::fs::read_dir(path.parent().unwrap_or(&path))
             .map(|d| d.filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != "services.vmwarevm")).count())
     };
     ensure!(clones()? == 0, "a clone was left behind");
