@@ -377,6 +377,38 @@ fn run<C: Send + 'static>(def: AgentDef<C>, cfg: C, tls: TlsMaterial, crl: Optio
     }
 }
 
+/// Calls `reload` on every SIGHUP (systemd's `reload`, `launchctl kill HUP`) until `shutdown`: the one way an agent
+/// that sets `reloads_on_sighup` reloads on the signal. `reload` logs its own outcome (applied, or refused with the
+/// running config kept); it runs on the runtime, so it may spawn.
+pub fn reload_on_sighup<F>(shutdown: Shutdown, reload: F)
+where
+    F: Fn() + Send + 'static,
+{
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP: reload only over gRPC");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let mut stop = std::pin::pin!(shutdown.wait());
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP: reloading the config");
+                    reload();
+                }
+            }
+        }
+    });
+}
+
 /// Waits for SIGTERM or SIGINT. SIGHUP (systemd's `reload`) must never kill an agent: agents that reload handle it
 /// themselves; for the others it is logged and ignored.
 async fn wait_for_signal(reloads: bool) {

@@ -52,6 +52,9 @@ pub static TABLE: &[Rule] = rules! {
         // Re-attaching to a job only reads its progress; cancelling one changes what it does.
         "Watch" => READERS,
         "Cancel" => ADMIN,
+        "Reload" => ADMIN,
+        "Pull" => ADMIN,
+        "Acknowledge" => ADMIN,
     }
     "strata.v1.Host" {
         "ListVms" => READERS,
@@ -64,6 +67,7 @@ pub static TABLE: &[Rule] = rules! {
         "Drill" => ADMIN,
         "Watch" => READERS,
         "Cancel" => ADMIN,
+        "Reload" => ADMIN,
     }
 };
 

@@ -17,7 +17,6 @@ mod store;
 mod udp;
 mod zones;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::cli::{Listeners, Shutdown};
@@ -66,7 +65,11 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
 
     dns.blocklists.spawn_refresh_loop(shutdown.clone().wait());
     dns.spawn_gauges(GAUGE_INTERVAL, shutdown.clone());
-    spawn_sighup_reload(dns.clone(), shutdown.clone());
+    let reloading = dns.clone();
+    agent_core::cli::reload_on_sighup(shutdown.clone(), move || match reloading.reload() {
+        Ok(o) => tracing::info!(changed = o.changed, "{}", o.message),
+        Err(e) => tracing::warn!("reload refused, keeping the running config: {e}"),
+    });
 
     let health_dns = dns.clone();
     let mut health = agent_core::health::Checks::new();
@@ -97,34 +100,4 @@ fn bind_encrypted(cfg: &config::DnsSection) -> Result<Option<server::Encrypted>,
         .map(|a| server::bind_encrypted(*a, "https", "dns.https_listen"))
         .collect::<Result<_, _>>()?;
     Ok(Some(server::Encrypted { tls, https, certs }))
-}
-
-/// Reloads the config on SIGHUP (the same as the Reload RPC); a refused config is logged and the old one kept.
-fn spawn_sighup_reload(dns: Arc<service::Dns>, shutdown: Shutdown) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGHUP: reload only over gRPC");
-            return;
-        }
-    };
-    tokio::spawn(async move {
-        let mut stop = std::pin::pin!(shutdown.wait());
-        loop {
-            tokio::select! {
-                _ = &mut stop => return,
-                got = hup.recv() => {
-                    if got.is_none() {
-                        return;
-                    }
-                    tracing::info!("SIGHUP: reloading the config");
-                    match dns.reload() {
-                        Ok(o) => tracing::info!(changed = o.changed, "{}", o.message),
-                        Err(e) => tracing::warn!("reload refused, keeping the running config: {e}"),
-                    }
-                }
-            }
-        }
-    });
 }

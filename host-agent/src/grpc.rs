@@ -439,6 +439,10 @@ impl HostRpc for HostGrpc {
         let message = format!("job {job_id} cancelled: it stops its program, resumes its vm and ends");
         Ok(Response::new(pb::CancelResponse { job_id, message }))
     }
+
+    async fn reload(&self, _req: Request<pb::ReloadRequest>) -> Result<Response<pb::ReloadResponse>, Status> {
+        Err(Status::unimplemented("reload: not built yet"))
+    }
 }
 
 /// How long the host waits for the guest's running backup jobs to finish.

@@ -265,6 +265,19 @@ pub struct FileEntry {
     #[prost(string, tag = "6")]
     pub link_target: ::prost::alloc::string::String,
 }
+/// Reload: the agent re-reads its config file and validates it in full. Invalid: the call fails with the reason and
+/// the running config keeps serving. Valid: it is applied without dropping running jobs (a running job finishes under
+/// the config it started with). changed: anything differed; message: what was applied, and what only a restart
+/// applies (listen addresses, TLS files, state_dir), named.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReloadRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReloadResponse {
+    #[prost(bool, tag = "1")]
+    pub changed: bool,
+    #[prost(string, tag = "2")]
+    pub message: ::prost::alloc::string::String,
+}
 /// Generated client implementations.
 pub mod agent_client {
     #![allow(
@@ -599,15 +612,6 @@ pub struct DeleteRecordRequest {
 pub struct DeleteRecordResponse {
     #[prost(uint32, tag = "1")]
     pub deleted: u32,
-}
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct ReloadRequest {}
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct ReloadResponse {
-    #[prost(bool, tag = "1")]
-    pub changed: bool,
-    #[prost(string, tag = "2")]
-    pub message: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RefreshBlocklistRequest {}
@@ -2009,6 +2013,25 @@ pub mod host_client {
             req.extensions_mut().insert(GrpcMethod::new("strata.v1.Host", "Cancel"));
             self.inner.unary(req, path, codec).await
         }
+        /// Re-reads the config file (the same as SIGHUP / `systemctl reload`); admin only.
+        pub async fn reload(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReloadRequest>,
+        ) -> std::result::Result<tonic::Response<super::ReloadResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/strata.v1.Host/Reload");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("strata.v1.Host", "Reload"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2112,6 +2135,11 @@ pub mod host_server {
             &self,
             request: tonic::Request<super::JobRef>,
         ) -> std::result::Result<tonic::Response<super::CancelResponse>, tonic::Status>;
+        /// Re-reads the config file (the same as SIGHUP / `systemctl reload`); admin only.
+        async fn reload(
+            &self,
+            request: tonic::Request<super::ReloadRequest>,
+        ) -> std::result::Result<tonic::Response<super::ReloadResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct HostServer<T> {
@@ -2758,6 +2786,49 @@ pub mod host_server {
                     };
                     Box::pin(fut)
                 }
+                "/strata.v1.Host/Reload" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReloadSvc<T: Host>(pub Arc<T>);
+                    impl<T: Host> tonic::server::UnaryService<super::ReloadRequest>
+                    for ReloadSvc<T> {
+                        type Response = super::ReloadResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReloadRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Host>::reload(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReloadSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 _ => {
                     Box::pin(async move {
                         let mut response = http::Response::new(
@@ -2809,6 +2880,8 @@ pub struct ServiceRef {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListServicesRequest {}
+/// image_digest: the image the container runs, as its repo digest (`name@sha256:…`) when the image has one, else its
+/// image id (`sha256:…`).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Container {
     #[prost(string, tag = "1")]
@@ -2825,7 +2898,12 @@ pub struct Container {
     pub uptime_seconds: u64,
     #[prost(uint32, tag = "7")]
     pub restarts: u32,
+    #[prost(string, tag = "8")]
+    pub image_digest: ::prost::alloc::string::String,
 }
+/// state "removed": the stack left the config and was taken down (containers and networks removed, volumes and
+/// datasets kept); it is listed until acknowledged. config_hash: the hash of the resolved compose configuration and
+/// image digests the stack was last deployed with (empty before a deploy).
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Service {
     #[prost(string, tag = "1")]
@@ -2840,6 +2918,8 @@ pub struct Service {
     pub error: ::prost::alloc::string::String,
     #[prost(message, repeated, tag = "6")]
     pub containers: ::prost::alloc::vec::Vec<Container>,
+    #[prost(string, tag = "7")]
+    pub config_hash: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListServicesResponse {
@@ -2900,6 +2980,26 @@ pub struct BackupRequest {
     pub all: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PullRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub all: bool,
+}
+/// One compose service whose image an update changed: the digest before and after (after is the old one again when
+/// the update was rolled back).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ImageChange {
+    #[prost(string, tag = "1")]
+    pub service: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub image: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub old_digest: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub new_digest: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Archive {
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
@@ -2943,6 +3043,8 @@ pub struct RepoResult {
     pub duration_seconds: f64,
 }
 /// result: ok, warning, partial (some repositories got the archive, `repos` says which), failed or cancelled.
+/// kind: backup, restore, check, drill, or update (an image update: `images` says what changed; result "rolled back"
+/// when the new images were not healthy and the old digests run again).
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HistoryEntry {
     #[prost(string, tag = "1")]
@@ -2961,6 +3063,8 @@ pub struct HistoryEntry {
     pub error: ::prost::alloc::string::String,
     #[prost(message, repeated, tag = "8")]
     pub repos: ::prost::alloc::vec::Vec<RepoResult>,
+    #[prost(message, repeated, tag = "9")]
+    pub images: ::prost::alloc::vec::Vec<ImageChange>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HistoryResponse {
@@ -3566,6 +3670,73 @@ pub mod services_client {
             req.extensions_mut().insert(GrpcMethod::new("strata.v1.Services", "Cancel"));
             self.inner.unary(req, path, codec).await
         }
+        /// Re-reads the config file (the same as SIGHUP / `systemctl reload`); admin only. Stacks the new config adds are
+        /// deployed and stacks it drops are taken down by the sync that follows.
+        pub async fn reload(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReloadRequest>,
+        ) -> std::result::Result<tonic::Response<super::ReloadResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/strata.v1.Services/Reload",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("strata.v1.Services", "Reload"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Pulls the images of one service (or all with `all`), redeploys only the services whose image digest changed,
+        /// waits for them to run and be healthy, and rolls back to the recorded previous digests when they are not.
+        pub async fn pull(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PullRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::Progress>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/strata.v1.Services/Pull");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("strata.v1.Services", "Pull"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// Acknowledges a stack that was taken down because it left the config: it is no longer listed.
+        pub async fn acknowledge(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ServiceRef>,
+        ) -> std::result::Result<tonic::Response<super::ActionResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/strata.v1.Services/Acknowledge",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("strata.v1.Services", "Acknowledge"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -3716,6 +3887,29 @@ pub mod services_server {
             &self,
             request: tonic::Request<super::JobRef>,
         ) -> std::result::Result<tonic::Response<super::CancelResponse>, tonic::Status>;
+        /// Re-reads the config file (the same as SIGHUP / `systemctl reload`); admin only. Stacks the new config adds are
+        /// deployed and stacks it drops are taken down by the sync that follows.
+        async fn reload(
+            &self,
+            request: tonic::Request<super::ReloadRequest>,
+        ) -> std::result::Result<tonic::Response<super::ReloadResponse>, tonic::Status>;
+        /// Server streaming response type for the Pull method.
+        type PullStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::Progress, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Pulls the images of one service (or all with `all`), redeploys only the services whose image digest changed,
+        /// waits for them to run and be healthy, and rolls back to the recorded previous digests when they are not.
+        async fn pull(
+            &self,
+            request: tonic::Request<super::PullRequest>,
+        ) -> std::result::Result<tonic::Response<Self::PullStream>, tonic::Status>;
+        /// Acknowledges a stack that was taken down because it left the config: it is no longer listed.
+        async fn acknowledge(
+            &self,
+            request: tonic::Request<super::ServiceRef>,
+        ) -> std::result::Result<tonic::Response<super::ActionResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct ServicesServer<T> {
@@ -4664,6 +4858,138 @@ pub mod services_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = CancelSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/strata.v1.Services/Reload" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReloadSvc<T: Services>(pub Arc<T>);
+                    impl<T: Services> tonic::server::UnaryService<super::ReloadRequest>
+                    for ReloadSvc<T> {
+                        type Response = super::ReloadResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReloadRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Services>::reload(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReloadSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/strata.v1.Services/Pull" => {
+                    #[allow(non_camel_case_types)]
+                    struct PullSvc<T: Services>(pub Arc<T>);
+                    impl<
+                        T: Services,
+                    > tonic::server::ServerStreamingService<super::PullRequest>
+                    for PullSvc<T> {
+                        type Response = super::Progress;
+                        type ResponseStream = T::PullStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PullRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Services>::pull(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PullSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/strata.v1.Services/Acknowledge" => {
+                    #[allow(non_camel_case_types)]
+                    struct AcknowledgeSvc<T: Services>(pub Arc<T>);
+                    impl<T: Services> tonic::server::UnaryService<super::ServiceRef>
+                    for AcknowledgeSvc<T> {
+                        type Response = super::ActionResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ServiceRef>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Services>::acknowledge(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AcknowledgeSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -150,8 +150,10 @@ impl From<model::ServiceRow> for pb::Service {
                     health: c.health,
                     uptime_seconds: c.uptime_seconds,
                     restarts: c.restarts,
+                    image_digest: String::new(),
                 })
                 .collect(),
+            config_hash: String::new(),
         }
     }
 }
@@ -544,6 +546,7 @@ impl Services for ServicesSvc {
                     downtime_seconds: h.outcome.downtime_seconds,
                     result: h.outcome.result,
                     error: h.outcome.error,
+                    images: Vec::new(),
                     repos: h
                         .repos
                         .into_iter()
@@ -665,6 +668,20 @@ impl Services for ServicesSvc {
         tracing::warn!(job = %job_id, "job cancelled by request");
         let message = format!("job {job_id} cancelled: it stops its program, undoes what a failure undoes and ends");
         Ok(Response::new(pb::CancelResponse { job_id, message }))
+    }
+
+    async fn reload(&self, _req: Request<pb::ReloadRequest>) -> Result<Response<pb::ReloadResponse>, Status> {
+        Err(Status::unimplemented("reload: not built yet"))
+    }
+
+    type PullStream = PbStream<pb::Progress>;
+
+    async fn pull(&self, _req: Request<pb::PullRequest>) -> Result<Response<Self::PullStream>, Status> {
+        Err(Status::unimplemented("pull: not built yet"))
+    }
+
+    async fn acknowledge(&self, _req: Request<pb::ServiceRef>) -> Result<Response<pb::ActionResponse>, Status> {
+        Err(Status::unimplemented("acknowledge: not built yet"))
     }
 }
 
