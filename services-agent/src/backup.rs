@@ -171,7 +171,9 @@ pub(crate) fn is_timestamp(ts: &str) -> bool {
 
 /// The services agent's jobs: see the module docs.
 pub(crate) struct Backups {
-    pub(crate) cfg: Arc<Config>,
+    /// The running config, swapped whole by a reload; a job reads its service's settings once, at its start, and
+    /// finishes under them.
+    cfg: crate::SharedConfig,
     pub(crate) journal: Journal,
     pub gate: Gate,
     parallel: Semaphore,
@@ -182,13 +184,14 @@ pub(crate) struct Backups {
 }
 
 impl Backups {
-    pub(crate) fn open(cfg: Arc<Config>) -> Result<Backups, JournalError> {
-        let journal = Journal::open(&cfg.common.state_dir)?;
+    pub(crate) fn open(cfg: crate::SharedConfig) -> Result<Backups, JournalError> {
+        let loaded = cfg.load_full();
+        let journal = Journal::open(&loaded.common.state_dir)?;
         let host = notify::this_host();
         let metrics = BackupWatch::new(Layer::Services, agent_core::clock::now_unix());
-        watch_services(&cfg, &journal, &metrics);
+        watch_services(&loaded, &journal, &metrics);
         Ok(Backups {
-            parallel: Semaphore::new(cfg.backup.parallel),
+            parallel: Semaphore::new(loaded.backup.parallel),
             cfg,
             journal,
             gate: Gate::default(),
@@ -198,38 +201,45 @@ impl Backups {
         })
     }
 
+    /// The running config (one snapshot).
+    pub(crate) fn cfg(&self) -> Arc<Config> {
+        self.cfg.load_full()
+    }
+
     pub(crate) fn journal(&self) -> &Journal {
         &self.journal
     }
 
     /// The service and its backup settings.
-    pub(crate) fn settings(&self, name: &str) -> Result<(&Service, &ServiceBackup), JobError> {
-        let svc = self.cfg.service(name).ok_or_else(|| JobError::Unknown(name.to_string()))?;
+    /// A copy taken from the running config: a job that reads it at its start finishes under it across reloads.
+    pub(crate) fn settings(&self, name: &str) -> Result<(Service, ServiceBackup), JobError> {
+        let cfg = self.cfg();
+        let svc = cfg.service(name).ok_or_else(|| JobError::Unknown(name.to_string()))?;
         let b = svc.backup.as_deref().ok_or_else(|| JobError::NotBackedUp(name.to_string()))?;
-        Ok((svc, b))
+        Ok((svc.clone(), b.clone()))
     }
 
     /// The time zone backup schedules are read in.
-    pub(crate) fn timezone(&self) -> &agent_core::cron::TimeZone {
-        &self.cfg.timezone
+    pub(crate) fn timezone(&self) -> agent_core::cron::TimeZone {
+        self.cfg().timezone.clone()
     }
 
     /// The services that have backup settings.
     pub(crate) fn backed_up(&self) -> Vec<String> {
-        self.cfg.services.iter().filter(|s| s.backup.is_some()).map(|s| s.name.clone()).collect()
+        self.cfg().services.iter().filter(|s| s.backup.is_some()).map(|s| s.name.clone()).collect()
     }
 
     /// The value of [`OWNER_ENV`] in the programs this agent runs for jobs.
     pub(crate) fn owner(&self) -> String {
-        format!("services-agent:{}", self.cfg.common.state_dir.display())
+        format!("services-agent:{}", self.cfg().common.state_dir.display())
     }
 
     pub(crate) fn mount_path(&self, service: &str) -> PathBuf {
-        self.cfg.backup.snapshot_mount_dir.join(service)
+        self.cfg().backup.snapshot_mount_dir.join(service)
     }
 
     pub(crate) fn targets(&self, b: &ServiceBackup) -> Vec<NotifyTarget> {
-        self.cfg.notify.iter().chain(&b.notify).cloned().collect()
+        self.cfg().notify.iter().chain(&b.notify).cloned().collect()
     }
 
     /// Tells the global and the service's targets (healthchecks ones hear of backups only: `agent_core::notify`).
@@ -273,7 +283,7 @@ impl Backups {
     /// One backup run of `name` (see the module docs). The run is recorded in the history whatever happens, a
     /// notification is sent, and the containers are running again whatever failed.
     pub(crate) async fn backup(&self, name: &str, trigger: Trigger, rep: &Reporter) -> Result<BackupReport, JobError> {
-        let (_, b) = self.settings(name)?;
+        let (_, b) = &self.settings(name)?;
         let _job = self
             .gate
             .enter(|lease| {
@@ -421,9 +431,9 @@ impl Backups {
             ));
         }
         let engine =
-            Engine::connect(&self.cfg.docker_socket).await.map_err(|e| JobError::step(name, step::PREFLIGHT, e))?;
+            Engine::connect(&self.cfg().docker_socket).await.map_err(|e| JobError::step(name, step::PREFLIGHT, e))?;
         let mount = self.mount_path(name);
-        agent_core::state::ensure_dir(&self.cfg.backup.snapshot_mount_dir)
+        agent_core::state::ensure_dir(&self.cfg().backup.snapshot_mount_dir)
             .map_err(|e| JobError::step(name, step::PREFLIGHT, e))?;
         let clone = format!("{}/{CLONE_PREFIX}{name}", zfs::pool_of(&b.dataset));
         // A clone left by an earlier run (recovery removes them; this covers a manual mount): ours by name.
@@ -506,7 +516,7 @@ impl Backups {
         let c = j.begin(run, name, step::CLONE, &clone)?;
         rep.say(step::CLONE, format!("mounting {snap} at {}", mount.display())).await;
         let cloned = clone_tree(&b.dataset, &snap, &clone, &mount).await;
-        let slots = Semaphore::new(self.cfg.backup.parallel.max(1));
+        let slots = Semaphore::new(self.cfg().backup.parallel.max(1));
         let mut created: Vec<RepoRun> = Vec::new();
         if cloned.is_ok() {
             let per_repo = usable.iter().map(|r| async {
@@ -712,7 +722,7 @@ impl Backups {
         name: &str,
         label: Option<&str>,
     ) -> Result<Vec<crate::model::ArchiveRow>, JobError> {
-        let (_, b) = self.settings(name)?;
+        let (_, b) = &self.settings(name)?;
         let r = self.pick_repo(name, b, label).await?;
         let _repos = self.lock_repos(b).await;
         let list =

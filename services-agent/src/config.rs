@@ -324,6 +324,8 @@ pub struct Config {
     pub backup: BackupGlobal,
     /// `[[notify]]`: targets told about every service's backups.
     pub notify: Vec<NotifyTarget>,
+    /// The file this config was read from (a reload reads it again).
+    pub path: PathBuf,
 }
 
 impl Config {
@@ -398,7 +400,18 @@ fn validate(path: &Path, raw: Raw) -> Result<Config, ConfigError> {
     let docker_socket = docker_socket(path, raw.docker)?;
     let backup = backup_global(path, raw.backup)?;
     let notify = notify::targets(path, "notify", &raw.notify)?;
-    Ok(Config { common, timezone, stacks, hub, dns_agent, docker_socket, services, backup, notify })
+    Ok(Config {
+        common,
+        timezone,
+        stacks,
+        hub,
+        dns_agent,
+        docker_socket,
+        services,
+        backup,
+        notify,
+        path: path.to_path_buf(),
+    })
 }
 
 /// `[stacks]`, `[hub]`, `[dns]` and `[[services]]` of an agent that manages stacks: the services with the hub stack

@@ -111,21 +111,28 @@ async fn apply(remote: &mut impl DnsApi, zone: &str, desired: &[DnsRecord], me: 
     Ok(desired.len())
 }
 
-/// Runs registration until `shutdown`, through the dns-agent client `A`. Without `[dns] agent` it does nothing.
-/// `tls` is the agent's own material, loaded and verified once at start.
+/// Runs registration until `shutdown`, through the dns-agent client `A`. Without `[dns] agent` (or without a hub:
+/// no domain to register names in) it only waits. Each round reads the running config, so a reload's services are
+/// registered (and dropped ones removed) at the next round. `tls` is the agent's own material, loaded and verified
+/// once at start.
 pub(crate) async fn run<A: DnsApi>(
-    cfg: Arc<Config>,
+    cfg: crate::SharedConfig,
     tls: TlsMaterial,
     status: Arc<RwLock<DnsStatus>>,
     shutdown: Shutdown,
 ) {
-    // Without a hub there is no domain to register names in.
-    let (Some(addr), Some(hub)) = (cfg.dns_agent.clone(), cfg.hub.clone()) else { return };
-    let want = desired(&cfg);
     let stop = shutdown.wait();
     tokio::pin!(stop);
     let mut backoff = FIRST_BACKOFF;
     loop {
+        let now = cfg.load_full();
+        let (Some(addr), Some(hub)) = (now.dns_agent.clone(), now.hub.clone()) else {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(RECHECK) => continue,
+            }
+        };
+        let want = desired(&now);
         let wait = match reconcile::<A>(&tls, &addr, &hub.domain, &want).await {
             Ok(n) => {
                 let mut s = status.write().unwrap_or_else(|e| e.into_inner());

@@ -34,7 +34,7 @@ impl Backups {
         offset: usize,
         limit: usize,
     ) -> Result<FilesPage, JobError> {
-        let (_, b) = self.settings(name)?;
+        let (_, b) = &self.settings(name)?;
         let r = self.pick_repo(name, b, label).await?;
         let _repos = self.lock_repos(b).await;
         let a = self.pick_archive(name, b, r, archive).await?.name().to_string();

@@ -36,6 +36,9 @@ use agent_core::telemetry::Metrics;
 pub use config::Config;
 use stacks::Stacks;
 
+/// The running config, shared by the stacks engine, the jobs and DNS registration; a reload swaps it whole.
+pub(crate) type SharedConfig = Arc<arc_swap::ArcSwap<Config>>;
+
 /// The role this agent's certificate must carry.
 pub const ROLE: Role = Role::ServicesAgent;
 
@@ -64,13 +67,13 @@ impl DnsStatus {
 /// Runs the agent until `shutdown` fires: the Docker watcher, the sync poller, DNS registration and the gRPC server.
 pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), ServeError> {
     let common = cfg.common.clone();
-    let cfg = Arc::new(cfg);
+    let cfg: SharedConfig = Arc::new(arc_swap::ArcSwap::from_pointee(cfg));
+    let state_dir = common.state_dir.clone();
     let stacks = Arc::new(Stacks::open(cfg.clone()).map_err(|e| match e {
         store::StoreError::Open(e) => ServeError::State(e),
-        store::StoreError::Sql(source) => ServeError::State(agent_core::state::StateError::Sqlite {
-            path: cfg.common.state_dir.join("services.db"),
-            source,
-        }),
+        store::StoreError::Sql(source) => {
+            ServeError::State(agent_core::state::StateError::Sqlite { path: state_dir.join("services.db"), source })
+        }
     })?);
     // Replies such as ListServices span several TCP segments: without TCP_NODELAY, Nagle plus the client's delayed
     // ACK add ~40 ms to each. Linux hands the listener's TCP_NODELAY down to every accepted connection.
@@ -79,10 +82,9 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     }
     let backups = Arc::new(backup::Backups::open(cfg.clone()).map_err(|e| match e {
         journal::JournalError::State(e) => ServeError::State(e),
-        journal::JournalError::Sql(source) => ServeError::State(agent_core::state::StateError::Sqlite {
-            path: cfg.common.state_dir.join("services.db"),
-            source,
-        }),
+        journal::JournalError::Sql(source) => {
+            ServeError::State(agent_core::state::StateError::Sqlite { path: state_dir.join("services.db"), source })
+        }
     })?);
     // Crash repair comes before anything else may start a job.
     let recovered = backups.recover().await;
@@ -95,7 +97,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
 
     let watcher = tokio::spawn(docker::watch(
         stacks.live.clone(),
-        cfg.docker_socket.clone(),
+        cfg.load().docker_socket.clone(),
         stacks.metrics.docker_events.clone(),
         stacks.metrics.containers.clone(),
         shutdown.clone(),
@@ -121,7 +123,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     let mut health = agent_core::health::Checks::new();
     let (health_stacks, health_backups) = (stacks.clone(), backups.clone());
     health.add(move |h| health_stacks.health(h));
-    if cfg.dns_agent.is_some() {
+    if cfg.load().dns_agent.is_some() {
         health.add(move |h| h.summary(dns_status.read().unwrap_or_else(|e| e.into_inner()).summary()));
     }
     health.add(move |h| h.summary(health_backups.summary()));

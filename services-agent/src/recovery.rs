@@ -50,7 +50,7 @@ impl Backups {
                     Ok(Quiesced { how, ids }) if ids.is_empty() || how == Quiesce::None => Ok(()),
                     Ok(Quiesced { how, ids }) => {
                         if engine.is_none() {
-                            engine = Engine::connect(&self.cfg.docker_socket)
+                            engine = Engine::connect(&self.cfg().docker_socket)
                                 .await
                                 .map_err(|e| out.errors.push(e.to_string()))
                                 .ok();
@@ -146,7 +146,7 @@ impl Backups {
         // Leftovers the journal may not name (a crash between creating and journaling cannot happen — steps are
         // journaled first — but a manual mount can): our prefixes only, per backed-up service.
         for name in self.backed_up() {
-            let Ok((_, b)) = self.settings(&name) else { continue };
+            let Ok((_, b)) = &self.settings(&name) else { continue };
             let pool = zfs::pool_of(&b.dataset);
             for prefix in [format!("{CLONE_PREFIX}{name}"), format!("{SCRATCH_PREFIX}{name}")] {
                 match zfs::children_with_prefix(pool, &prefix).await {
@@ -255,7 +255,7 @@ impl Backups {
                 return Err(format!("snapshot(s) newer than the safety snapshot exist: {}", newer.join(", ")));
             }
         }
-        let engine = Engine::connect(&self.cfg.docker_socket)
+        let engine = Engine::connect(&self.cfg().docker_socket)
             .await
             .map_err(|e| format!("cannot tell whether the stack's containers started since the restore began: {e}"))?;
         let containers = engine
@@ -308,7 +308,7 @@ impl Backups {
         let mut close = vec![data.id];
         close.extend(stop.map(|s| s.id));
         self.journal.hold(&h, &close).map_err(|e| e.to_string())?;
-        if let Ok((_, b)) = self.settings(name) {
+        if let Ok((_, b)) = &self.settings(name) {
             let mut event = self.event(name, Job::Restore);
             event.message = h.reason.clone();
             self.notify(b, Phase::Fail, event).await;

@@ -184,7 +184,7 @@ impl Backups {
             Picked::Snapshot(sn) => {
                 let snap = sn.split_once('@').map(|(_, s)| s).unwrap_or_default();
                 let scratch = format!("{}/{SCRATCH_PREFIX}{name}", zfs::pool_of(&b.dataset));
-                let at = self.cfg.backup.snapshot_mount_dir.join(format!("{name}.restore"));
+                let at = self.cfg().backup.snapshot_mount_dir.join(format!("{name}.restore"));
                 let fail = |e: zfs::ZfsError| JobError::step(name, step::PREFLIGHT, e);
                 zfs::destroy(&scratch, true).await.map_err(fail)?;
                 let cloned = clone_tree(&b.dataset, snap, &scratch, &at).await;
@@ -219,7 +219,7 @@ impl Backups {
         path: Option<&str>,
         rep: &Reporter,
     ) -> Result<RunReport, JobError> {
-        let (_, b) = self.settings(name)?;
+        let (_, b) = &self.settings(name)?;
         let to = match to {
             Some(p) => Some(self.confined_target(name, &p).await?),
             None => None,
@@ -241,15 +241,16 @@ impl Backups {
     /// `--to PATH` checked before anything is done: absolute, no `..`, no symlinked component, not a system or
     /// top-level directory, not in the agent's state or snapshot directories nor in any service's live data.
     async fn confined_target(&self, name: &str, p: &Path) -> Result<PathBuf, JobError> {
+        let cfg = self.cfg();
         let mut mounts = Vec::new();
-        for s in self.cfg.services.iter().filter_map(|s| s.backup.as_deref()) {
+        for s in cfg.services.iter().filter_map(|s| s.backup.as_deref()) {
             if let Ok(Some(m)) = zfs::mountpoint(&s.dataset).await {
                 mounts.push((m, format!("the live data of dataset {}", s.dataset)));
             }
         }
         let mut own: Vec<(&Path, &str)> = vec![
-            (self.cfg.common.state_dir.as_path(), "the agent's state directory"),
-            (self.cfg.backup.snapshot_mount_dir.as_path(), "the agent's snapshot_mount_dir"),
+            (cfg.common.state_dir.as_path(), "the agent's state directory"),
+            (cfg.backup.snapshot_mount_dir.as_path(), "the agent's snapshot_mount_dir"),
         ];
         own.extend(mounts.iter().map(|(m, what)| (m.as_path(), what.as_str())));
         agent_core::target::confined(p, &own)
@@ -274,7 +275,7 @@ impl Backups {
 
     /// Resumes or abandons the restore of `name` that recovery held (see [`Decision`]).
     pub(crate) async fn decide(&self, name: &str, decision: Decision, rep: &Reporter) -> Result<RunReport, JobError> {
-        let (_, b) = self.settings(name)?;
+        let (_, b) = &self.settings(name)?;
         let _job = self.gate.enter(|_| {}).await;
         let _repos = self.lock_repos(b).await;
         let held = self.journal.held(name)?.ok_or_else(|| JobError::Refused {
@@ -330,8 +331,9 @@ impl Backups {
         rep: &Reporter,
     ) -> Result<(String, Outcome), JobError> {
         let j = &self.journal;
-        let engine =
-            Engine::connect(&self.cfg.docker_socket).await.map_err(|e| JobError::step(name, step::WAIT_HEALTHY, e))?;
+        let engine = Engine::connect(&self.cfg().docker_socket)
+            .await
+            .map_err(|e| JobError::step(name, step::WAIT_HEALTHY, e))?;
         let ids = existing(&engine, name, &held.stopped).await?;
         let s = j.begin(run, name, step::WAIT_HEALTHY, "")?;
         rep.say(step::WAIT_HEALTHY, format!("starting {} container(s)", ids.len())).await;
@@ -436,8 +438,9 @@ impl Backups {
             crate::files::check_live_parents(&mount, p)
                 .map_err(|m| JobError::Refused { service: name.into(), message: format!("--path {m}") })?;
         }
-        let engine =
-            Engine::connect(&self.cfg.docker_socket).await.map_err(|e| JobError::step(name, step::RESTORE_STOP, e))?;
+        let engine = Engine::connect(&self.cfg().docker_socket)
+            .await
+            .map_err(|e| JobError::step(name, step::RESTORE_STOP, e))?;
         let mut ids = engine.running_in_project(name).await.map_err(|e| JobError::step(name, step::RESTORE_STOP, e))?;
         if let Some(h) = held {
             // The containers the held restore stopped come back at the end too.
@@ -622,7 +625,7 @@ impl Backups {
         };
         let snap = snapshot.split_once('@').map(|(_, s)| s).unwrap_or_default();
         let scratch = format!("{}/{SCRATCH_PREFIX}{name}", zfs::pool_of(&b.dataset));
-        let at = self.cfg.backup.snapshot_mount_dir.join(format!("{name}.restore"));
+        let at = self.cfg().backup.snapshot_mount_dir.join(format!("{name}.restore"));
         let sc = j.begin(run, name, step::SCRATCH, &scratch)?;
         zfs::destroy(&scratch, true).await.map_err(|e| JobError::step(name, step::SCRATCH, e))?;
         clone_tree(&b.dataset, snap, &scratch, &at).await.map_err(|e| JobError::step(name, step::SCRATCH, e))?;
@@ -664,7 +667,7 @@ impl Backups {
         label: Option<&str>,
         rep: &Reporter,
     ) -> Result<RunReport, JobError> {
-        let (_, b) = self.settings(name)?;
+        let (_, b) = &self.settings(name)?;
         let repos: Vec<&RepoSpec> = match label {
             Some(_) => vec![self.pick_repo(name, b, label).await?],
             None => b.repos.iter().collect(),
@@ -714,7 +717,7 @@ impl Backups {
         label: Option<&str>,
         rep: &Reporter,
     ) -> Result<RunReport, JobError> {
-        let (_, b) = self.settings(name)?;
+        let (_, b) = &self.settings(name)?;
         let _job = self.gate.enter(|_| {}).await;
         let _repos = self.lock_repos(b).await;
         let run = self.journal.start_run(name, Job::Drill, trigger)?;
@@ -756,7 +759,7 @@ impl Backups {
         let pool = zfs::pool_of(&b.dataset);
         let scratch = format!("{pool}/{SCRATCH_PREFIX}{name}");
         let clone = format!("{pool}/{CLONE_PREFIX}{name}");
-        let scratch_at = self.cfg.backup.snapshot_mount_dir.join(format!("{name}.drill"));
+        let scratch_at = self.cfg().backup.snapshot_mount_dir.join(format!("{name}.drill"));
         let clone_at = self.mount_path(name);
 
         let sc = j.begin(run, name, step::SCRATCH, &scratch)?;

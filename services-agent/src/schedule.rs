@@ -25,7 +25,7 @@ pub(crate) async fn run(backups: Arc<Backups>, shutdown: Shutdown) {
     // When each scheduled service's backup comes due next.
     let mut next: HashMap<String, Option<i64>> = HashMap::new();
     for name in backups.backed_up() {
-        let Ok((_, b)) = backups.settings(&name) else { continue };
+        let Ok((_, b)) = &backups.settings(&name) else { continue };
         let Some(cron) = &b.schedule else { continue };
         next.insert(name.clone(), cron.next_after(start, &tz));
         let last = backups.journal().last_run(&name, Job::Backup).ok().flatten().map(|t| t as i64);
@@ -41,7 +41,7 @@ pub(crate) async fn run(backups: Arc<Backups>, shutdown: Shutdown) {
         }
         let now = now_unix() as i64;
         for (name, due) in next.iter_mut() {
-            let Ok((_, b)) = backups.settings(name) else { continue };
+            let Ok((_, b)) = &backups.settings(name) else { continue };
             let Some(cron) = &b.schedule else { continue };
             if due.is_some_and(|d| d <= now) {
                 spawn_job(&backups, &busy, name, Job::Backup, agent_core::cron::jitter(name, b.jitter));
@@ -51,7 +51,7 @@ pub(crate) async fn run(backups: Arc<Backups>, shutdown: Shutdown) {
         // Checks: due when the last good one is older than the frequency.
         let now = now_unix();
         for name in backups.backed_up() {
-            let Ok((_, b)) = backups.settings(&name) else { continue };
+            let Ok((_, b)) = &backups.settings(&name) else { continue };
             // Each run checks every repository (with its own kinds): due when the most often checked one is.
             let every = |f: fn(&crate::config::Checks) -> Option<Duration>| {
                 b.repos.iter().filter_map(|r| f(&b.checks_of(r))).min()

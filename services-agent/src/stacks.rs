@@ -94,7 +94,8 @@ impl StackMetrics {
 }
 
 pub(crate) struct Stacks {
-    cfg: Arc<Config>,
+    /// The running config, swapped whole by a reload; each operation reads one snapshot of it.
+    cfg: crate::SharedConfig,
     /// `None` when the config has no `[stacks]`: nothing to sync.
     repo: Option<Repo>,
     store: Store,
@@ -112,9 +113,10 @@ fn short(commit: &str) -> &str {
 }
 
 impl Stacks {
-    pub(crate) fn open(cfg: Arc<Config>) -> Result<Stacks, StoreError> {
-        let store = Store::open(&cfg.common.state_dir)?;
-        let repo = cfg.stacks.as_ref().map(|s| Repo {
+    pub(crate) fn open(cfg: crate::SharedConfig) -> Result<Stacks, StoreError> {
+        let loaded = cfg.load_full();
+        let store = Store::open(&loaded.common.state_dir)?;
+        let repo = loaded.stacks.as_ref().map(|s| Repo {
             url: s.repo.clone(),
             branch: s.branch.clone(),
             dir: s.checkout_dir.clone(),
@@ -132,12 +134,17 @@ impl Stacks {
         })
     }
 
+    /// The running config (one snapshot: a reload during the caller's operation does not change what it reads).
+    fn cfg(&self) -> Arc<Config> {
+        self.cfg.load_full()
+    }
+
     async fn compose(&self) -> Result<Compose, ComposeError> {
         let mut c = self.compose.lock().await;
         if let Some(c) = c.as_ref() {
             return Ok(c.clone());
         }
-        let found = Compose::detect(&self.cfg.docker_socket).await?;
+        let found = Compose::detect(&self.cfg().docker_socket).await?;
         tracing::info!(flavor = ?found.flavor, version = found.version, "compose found");
         *c = Some(found.clone());
         Ok(found)
@@ -148,7 +155,7 @@ impl Stacks {
     }
 
     fn known(&self, name: &str) -> Result<(), StackError> {
-        match self.cfg.service(name) {
+        match self.cfg().service(name) {
             Some(_) => Ok(()),
             None => Err(StackError::Unknown(name.to_string())),
         }
@@ -156,9 +163,10 @@ impl Stacks {
 
     /// The deploy gate over what compose would run for `name` (see [`audit::gate`]): refused unless allowed.
     fn gate(&self, repo: &Repo, name: &str, mut plan: Vec<PlannedService>, at: String) -> Result<(), StackError> {
-        let svc = self.cfg.service(name).ok_or_else(|| StackError::Unknown(name.to_string()))?;
+        let cfg = self.cfg();
+        let svc = cfg.service(name).ok_or_else(|| StackError::Unknown(name.to_string()))?;
         let roots = audit::GateRoots {
-            roots: self.cfg.stacks.iter().flat_map(|s| s.bind_roots.iter()).map(|r| real_path(r)).collect(),
+            roots: cfg.stacks.iter().flat_map(|s| s.bind_roots.iter()).map(|r| real_path(r)).collect(),
             stack_dir: real_path(&self.stack_dir(repo, name)),
         };
         for b in plan.iter_mut().flat_map(|p| p.binds.iter_mut()) {
@@ -197,7 +205,7 @@ impl Stacks {
                 // Every URL userinfo masked: this text goes to the log and to every caller of ListServices.
                 let msg = crate::git::redact_userinfo(&format!("sync: {e}"));
                 tracing::warn!(error = msg, "sync failed; running stacks left as they are");
-                for s in &self.cfg.services {
+                for s in &self.cfg().services {
                     report.errors.insert(s.name.clone(), msg.clone());
                 }
                 self.set_repo_error(Some(msg));
@@ -209,7 +217,7 @@ impl Stacks {
         let compose = match self.compose().await {
             Ok(c) => c,
             Err(e) => {
-                for s in &self.cfg.services {
+                for s in &self.cfg().services {
                     if let Err(se) = self.store.set_error(&s.name, &e.to_string()) {
                         tracing::error!(stack = s.name, error = %se, "cannot record the error");
                     }
@@ -218,7 +226,7 @@ impl Stacks {
                 return report;
             }
         };
-        for svc in &self.cfg.services {
+        for svc in &self.cfg().services {
             let name = &svc.name;
             match self.sync_stack(&compose, repo, name, &commit, &trees).await {
                 Ok(true) => report.redeployed.push(name.clone()),
@@ -348,16 +356,16 @@ impl Stacks {
         tail: u32,
     ) -> Result<BoxStream<'static, Result<LogLine, DockerError>>, StackError> {
         self.known(name)?;
-        let engine = Engine::connect(&self.cfg.docker_socket).await?;
+        let engine = Engine::connect(&self.cfg().docker_socket).await?;
         let streams: Vec<_> = self.live.project(name).iter().map(|c| engine.logs(&c.name, follow, tail)).collect();
         Ok(futures::stream::select_all(streams).boxed())
     }
 
     /// The hub-and-spoke audit of the configured stacks, from the live picture.
     pub(crate) fn audit(&self) -> Vec<Violation> {
-        let Some(hub) = &self.cfg.hub else { return Vec::new() };
+        let Some(hub) = &self.cfg().hub else { return Vec::new() };
         let (containers, networks) = self.live.snapshot();
-        audit::audit(&self.cfg.services, hub, &containers, &networks)
+        audit::audit(&self.cfg().services, hub, &containers, &networks)
     }
 
     /// One row per configured service, from memory (no Docker call).
@@ -365,7 +373,7 @@ impl Stacks {
         let now = now_unix();
         let engine_error = self.live.engine_error();
         let repo_error = self.repo_error.read().unwrap_or_else(|e| e.into_inner()).clone();
-        self.cfg
+        self.cfg()
             .services
             .iter()
             .map(|svc| {
@@ -418,17 +426,17 @@ impl Stacks {
     pub(crate) fn health(&self, h: &mut agent_core::health::Health) {
         h.summary(self.summary());
         if let Some(e) = self.live.engine_error() {
-            h.degraded(docker_reason(&self.cfg.docker_socket, &e));
+            h.degraded(docker_reason(&self.cfg().docker_socket, &e));
             // Every stack's state is unknown: one reason says why.
             return;
         }
-        if self.cfg.stacks.is_none() {
+        if self.cfg().stacks.is_none() {
             return;
         }
         if let Some(e) = self.repo_error.read().unwrap_or_else(|e| e.into_inner()).clone() {
             h.degraded(format!("stacks repository: {e}"));
         }
-        for svc in &self.cfg.services {
+        for svc in &self.cfg().services {
             let (wanted, deployed, error) = match self.store.get(&svc.name) {
                 Ok(r) => (r.wanted, !r.commit.is_empty(), r.error),
                 Err(e) => (true, false, e.to_string()),
@@ -442,7 +450,7 @@ impl Stacks {
 
     /// Syncs now and then every `[stacks] poll` until `shutdown`.
     pub(crate) async fn poll(self: Arc<Self>, shutdown: Shutdown) {
-        let Some(every) = self.cfg.stacks.as_ref().map(|s| s.poll) else { return };
+        let Some(every) = self.cfg().stacks.as_ref().map(|s| s.poll) else { return };
         let stop = shutdown.wait();
         tokio::pin!(stop);
         // Let the watcher take its first snapshot so "no containers" is not mistaken for "engine not read yet".
