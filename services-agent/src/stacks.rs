@@ -105,6 +105,8 @@ pub(crate) struct Stacks {
     ops: tokio::sync::Mutex<()>,
     /// The last repository error (fetch, read), shown on every stack until a sync succeeds.
     repo_error: RwLock<Option<String>>,
+    /// Wakes the poller for a sync now (a reload, a webhook) instead of at the next `poll`.
+    sync_now: tokio::sync::Notify,
     pub metrics: StackMetrics,
 }
 
@@ -130,6 +132,7 @@ impl Stacks {
             compose: tokio::sync::Mutex::new(None),
             ops: tokio::sync::Mutex::new(()),
             repo_error: RwLock::new(None),
+            sync_now: tokio::sync::Notify::new(),
             metrics: StackMetrics::default(),
         })
     }
@@ -448,7 +451,13 @@ impl Stacks {
         }
     }
 
-    /// Syncs now and then every `[stacks] poll` until `shutdown`.
+    /// Asks the poller for a sync now; requests made while a sync runs are served by one more sync after it.
+    #[allow(dead_code)] // Called by reload and the webhook, which are being built on branches.
+    pub(crate) fn request_sync(&self) {
+        self.sync_now.notify_one();
+    }
+
+    /// Syncs now and then every `[stacks] poll` (or at once when [`Stacks::request_sync`] asks) until `shutdown`.
     pub(crate) async fn poll(self: Arc<Self>, shutdown: Shutdown) {
         let Some(every) = self.cfg().stacks.as_ref().map(|s| s.poll) else { return };
         let stop = shutdown.wait();
@@ -470,6 +479,7 @@ impl Stacks {
                 _ = &mut stop => return,
                 _ = tokio::time::sleep(every) => {}
                 _ = self.live.reconnected() => tracing::info!("docker engine back: syncing"),
+                _ = self.sync_now.notified() => tracing::info!("sync requested"),
             }
         }
     }
