@@ -100,6 +100,8 @@ pub struct Lab {
     pub repo: Option<(String, Option<PathBuf>)>,
     /// Extra environment of the agent (e.g. `RUST_LOG`).
     pub env: Vec<(&'static str, &'static str)>,
+    /// Config text appended as is (e.g. a `[stacks.webhook]` table).
+    pub extra_config: String,
     _cleanup: Cleanup,
 }
 
@@ -125,6 +127,7 @@ impl Lab {
             docker_socket: None,
             repo: None,
             env: Vec::new(),
+            extra_config: String::new(),
             _cleanup: cleanup,
         })
     }
@@ -166,6 +169,7 @@ impl Lab {
         for (stack, dns, allow) in services {
             text.push_str(&format!("[[services]]\nname = {:?}\ndns = {dns:?}\nallow = {allow:?}\n", self.name(stack)));
         }
+        text.push_str(&self.extra_config);
         let config = self.dir.path().join("services-agent.toml");
         std::fs::write(&config, text)?;
         self.agent = Some(AgentProc::start_with_env(AgentKind::Services, &config, &self.env)?);
