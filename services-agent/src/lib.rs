@@ -150,9 +150,11 @@ async fn start_webhook(
     shutdown: &Shutdown,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, ServeError> {
     let Some(w) = cfg.load().stacks.as_ref().and_then(|s| s.webhook.clone()) else { return Ok(None) };
-    let listener = tokio::net::TcpListener::bind(w.listen)
-        .await
-        .map_err(|source| ServeError::Listen { what: "webhook", addr: w.listen, source })?;
+    let listener = tokio::net::TcpListener::bind(w.listen).await.map_err(|source| ServeError::Listen {
+        what: "webhook",
+        addr: w.listen,
+        source,
+    })?;
     tracing::info!("webhook listening on {}", listener.local_addr().unwrap_or(w.listen));
     let s = stacks.clone();
     let hook = webhook::Webhook {

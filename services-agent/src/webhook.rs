@@ -387,7 +387,11 @@ mod tests {
             (vec![("x-gitea-signature", "not hex")], PUSH_MAIN, Outcome::BadSignature),
             (vec![("x-gitea-signature", &dev_sig)], PUSH_MAIN, Outcome::BadSignature),
             // GitHub's header is looked at first: a wrong one is not rescued by a right Gitea one.
-            (vec![("x-hub-signature-256", "sha256=00"), ("x-gitea-signature", PUSH_MAIN_SIG)], PUSH_MAIN, Outcome::BadSignature),
+            (
+                vec![("x-hub-signature-256", "sha256=00"), ("x-gitea-signature", PUSH_MAIN_SIG)],
+                PUSH_MAIN,
+                Outcome::BadSignature,
+            ),
         ];
         for (h, body, want) in cases {
             let h = headers(&h);

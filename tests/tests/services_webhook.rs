@@ -32,10 +32,8 @@ async fn a_signed_push_deploys_within_two_seconds_and_unsigned_or_badly_signed_r
     let secret_file = lab.dir.path().join("webhook.secret");
     std::fs::write(&secret_file, [SECRET, b"\n"].concat())?;
     std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))?;
-    lab.extra_config = format!(
-        "[stacks.webhook]\nlisten = \"127.0.0.1:0\"\nsecret_file = {:?}\n",
-        secret_file.display().to_string()
-    );
+    lab.extra_config =
+        format!("[stacks.webhook]\nlisten = \"127.0.0.1:0\"\nsecret_file = {:?}\n", secret_file.display().to_string());
     lab.start(&[("web", &[], &[])])?;
     let addr = lab.agent().logged_addr("webhook")?;
     // The sync at start deploys the first commit.
@@ -57,12 +55,19 @@ async fn a_signed_push_deploys_within_two_seconds_and_unsigned_or_badly_signed_r
         ("POST", "/hooks/git", vec![event], body.as_bytes(), 401, "unsigned"),
         ("POST", "/hooks/git", vec![event, ("X-Gitea-Signature", &wrong_key)], body.as_bytes(), 403, "bad_signature"),
         // A valid signature of another body (a replayed header on a forged payload).
-        ("POST", "/hooks/git", vec![event, ("X-Hub-Signature-256", &hub_good)], other_body.as_bytes(), 403, "bad_signature"),
+        (
+            "POST",
+            "/hooks/git",
+            vec![event, ("X-Hub-Signature-256", &hub_good)],
+            other_body.as_bytes(),
+            403,
+            "bad_signature",
+        ),
         ("GET", "/hooks/git", vec![event, ("X-Gitea-Signature", &good)], b"", 405, "wrong_method"),
         ("POST", "/hooks/gitea", vec![event, ("X-Gitea-Signature", &good)], body.as_bytes(), 404, "not_found"),
         // Signed, but a push to another branch: answered, nothing synced.
         ("POST", "/hooks/git", vec![event, ("X-Forgejo-Signature", &dev_sig)], dev.as_bytes(), 200, "other_ref"),
-        ("POST", "/hooks/git", vec![event, ("X-Gitea-Signature", &good)], &vec![b' '; 2 << 20], 413, "too_large"),
+        ("POST", "/hooks/git", vec![event, ("X-Gitea-Signature", &good)], &vec![b' '; (1 << 20) + 1], 413, "too_large"),
     ];
     for (method, path, headers, body, status, result) in &refused {
         let r = request(addr, method, path, headers, body)?;
