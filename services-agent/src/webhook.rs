@@ -186,7 +186,7 @@ fn signature(headers: &HeaderMap) -> Option<Option<Vec<u8>>> {
 }
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| (c as char).to_digit(16);
@@ -370,7 +370,8 @@ mod tests {
         };
         let (dev_sig, tag_sig, ping_sig, text_sig) =
             (sign(other_branch), sign(tag), sign(br#"{"zen":"hi","hook_id":1}"#), sign(b"payload=%7B%7D"));
-        let cases: Vec<(Vec<(&'static str, &str)>, &[u8], Outcome)> = vec![
+        type Case<'a> = (Vec<(&'static str, &'a str)>, &'a [u8], Outcome);
+        let cases: Vec<Case<'_>> = vec![
             (vec![("x-hub-signature-256", &hub)], PUSH_MAIN, Outcome::Accepted),
             (vec![("x-gitea-signature", PUSH_MAIN_SIG)], PUSH_MAIN, Outcome::Accepted),
             (vec![("x-forgejo-signature", PUSH_MAIN_SIG)], PUSH_MAIN, Outcome::Accepted),

@@ -51,7 +51,9 @@ async fn a_signed_push_deploys_within_two_seconds_and_unsigned_or_badly_signed_r
     let dev_sig = sign(SECRET, dev.as_bytes());
     let hub_good = format!("sha256={good}");
     let event = ("X-Gitea-Event", "push");
-    let refused: [(&str, &str, Vec<(&str, &str)>, &[u8], u16, &str); 7] = [
+    // (method, path, headers, body, status, result label)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a [u8], u16, &'a str);
+    let refused: [Case<'_>; 7] = [
         ("POST", "/hooks/git", vec![event], body.as_bytes(), 401, "unsigned"),
         ("POST", "/hooks/git", vec![event, ("X-Gitea-Signature", &wrong_key)], body.as_bytes(), 403, "bad_signature"),
         // A valid signature of another body (a replayed header on a forged payload).
