@@ -161,6 +161,7 @@ async fn start_webhook(
         cfg: cfg.clone(),
         trigger: Box::new(move || s.request_sync()),
         metrics: webhook::WebhookMetrics::default(),
+        limits: webhook::Limits::default(),
     };
     hook.metrics.register(metrics);
     Ok(Some(tokio::spawn(webhook::serve(listener, Arc::new(hook), shutdown.clone()))))

@@ -26,14 +26,30 @@ use crate::config::webhook::read_secret;
 pub(crate) const PATH: &str = "/hooks/git";
 /// The largest body accepted (a push of many commits stays far below); a larger one is refused with 413.
 pub(crate) const MAX_BODY: usize = 1 << 20;
-/// Connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 32;
-/// Time for the request line and headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time for the body, once the headers are in (a slow sender is refused with 408).
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection's whole life, whatever it does.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The endpoint's bounds besides the body size.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub connections: usize,
+    /// Time for the request line and headers (then the connection is closed).
+    pub header: Duration,
+    /// Time for the body, once the headers are in (a slow sender is refused with 408).
+    pub body: Duration,
+    /// A connection's whole life, whatever it does.
+    pub connection: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 32,
+            header: Duration::from_secs(10),
+            body: Duration::from_secs(10),
+            connection: Duration::from_secs(30),
+        }
+    }
+}
 
 /// The signature headers, in the order they are looked at: GitHub's (also sent by Gitea and Forgejo),
 /// `sha256=HEX`; Gitea's and Forgejo's own, bare hex.
@@ -225,6 +241,7 @@ pub(crate) struct Webhook {
     pub cfg: crate::SharedConfig,
     pub trigger: Box<dyn Fn() + Send + Sync>,
     pub metrics: WebhookMetrics,
+    pub limits: Limits,
 }
 
 impl Webhook {
@@ -260,7 +277,7 @@ impl Webhook {
             return Outcome::Unavailable;
         };
         let (parts, body) = req.into_parts();
-        let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+        let body = match tokio::time::timeout(self.limits.body, Limited::new(body, MAX_BODY).collect()).await {
             Err(_) => return Outcome::Timeout,
             Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Outcome::TooLarge,
             Ok(Err(_)) => return Outcome::BadRequest,
@@ -277,9 +294,10 @@ impl Webhook {
     }
 }
 
-/// Serves the endpoint on `listener` until `shutdown`: at most [`MAX_CONNECTIONS`] at once, one request each.
+/// Serves the endpoint on `listener` until `shutdown`: at most `limits.connections` at once, one request each.
 pub(crate) async fn serve(listener: tokio::net::TcpListener, hook: Arc<Webhook>, shutdown: Shutdown) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let limits = hook.limits;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections));
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {
@@ -308,11 +326,11 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, hook: Arc<Webhook>,
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(limits.header)
                 .keep_alive(false)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                Err(_) => tracing::warn!(%peer, "webhook: connection closed after {CONNECTION_TIMEOUT:?}"),
+            match tokio::time::timeout(limits.connection, conn).await {
+                Err(_) => tracing::warn!(%peer, "webhook: connection closed after {:?}", limits.connection),
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "webhook: connection ended"),
                 Ok(Ok(())) => {}
             }
@@ -422,6 +440,93 @@ mod tests {
         for (method, path, h, want) in cases {
             assert_eq!(precheck(&method, path, h), want, "{method} {path} {h:?}");
         }
+    }
+
+    /// The server on 127.0.0.1:0 with `limits`, a config whose secret is [`GITHUB_SECRET`], and a count of triggers.
+    async fn server(
+        dir: &std::path::Path,
+        limits: Limits,
+    ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>, tokio::sync::watch::Sender<bool>) {
+        use std::os::unix::fs::PermissionsExt;
+        let secret = dir.join("webhook.secret");
+        std::fs::write(&secret, GITHUB_SECRET).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!(
+            "state_dir = \"s\"\n[grpc]\nlisten = \"127.0.0.1:0\"\nca = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+             [stacks]\nrepo = \"r\"\ncheckout_dir = \"co\"\n[stacks.webhook]\nlisten = \"127.0.0.1:0\"\n\
+             secret_file = {:?}\n[hub]\nstack = \"proxy\"\nnetwork = \"hub\"\ndomain = \"lab.test\"\naddress = \"10.0.0.20\"\n",
+            secret.display().to_string()
+        );
+        let cfg = crate::config::Config::parse(&dir.join("services-agent.toml"), &text).unwrap();
+        let fired = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = fired.clone();
+        let hook = Webhook {
+            cfg: Arc::new(arc_swap::ArcSwap::from_pointee(cfg)),
+            trigger: Box::new(move || {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }),
+            metrics: WebhookMetrics::default(),
+            limits,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, shutdown) = Shutdown::new();
+        tokio::spawn(serve(listener, Arc::new(hook), shutdown));
+        (addr, fired, stop)
+    }
+
+    /// Writes `head` and `body` (then keeps the connection open), returning the answer's status line, or "" when
+    /// the server closed without one.
+    async fn send(addr: SocketAddr, head: &str, body: &[u8]) -> (String, Duration) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let t = std::time::Instant::now();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out).to_string();
+        (text.lines().next().unwrap_or("").to_string(), t.elapsed())
+    }
+
+    fn post(len: usize, sig: &str) -> String {
+        format!("POST /hooks/git HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nX-Gitea-Signature: {sig}\r\n\r\n")
+    }
+
+    /// The bounds on the wire: a body slower than `limits.body` gets 408, a connection sending no headers is closed
+    /// after `limits.header` without an answer, and beyond `limits.connections` a request waits for a free slot.
+    #[tokio::test]
+    async fn the_server_answers_signed_pushes_and_bounds_time_and_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            connections: 1,
+            header: Duration::from_millis(300),
+            body: Duration::from_millis(300),
+            connection: Duration::from_secs(5),
+        };
+        let (addr, fired, _stop) = server(dir.path(), limits).await;
+        let (status, _) = send(addr, &post(PUSH_MAIN.len(), PUSH_MAIN_SIG), PUSH_MAIN).await;
+        assert_eq!((status.as_str(), fired.load(std::sync::atomic::Ordering::SeqCst)), ("HTTP/1.1 202 Accepted", 1));
+        let (status, _) = send(addr, &post(PUSH_MAIN.len(), &"0".repeat(64)), PUSH_MAIN).await;
+        assert_eq!((status.as_str(), fired.load(std::sync::atomic::Ordering::SeqCst)), ("HTTP/1.1 403 Forbidden", 1));
+
+        // Half the body, then silence.
+        let (status, took) = send(addr, &post(PUSH_MAIN.len(), PUSH_MAIN_SIG), &PUSH_MAIN[..5]).await;
+        assert_eq!(status, "HTTP/1.1 408 Request Timeout");
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
+
+        // Half the headers, then silence: closed without an answer.
+        let (status, took) = send(addr, "POST /hooks/git HTTP/1.1\r\nHost: x\r\n", b"").await;
+        assert_eq!(status, "");
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
+
+        // The one slot held by a silent connection: the next request is answered only once it is closed.
+        let idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (status, took) = send(addr, &post(PUSH_MAIN.len(), PUSH_MAIN_SIG), PUSH_MAIN).await;
+        assert_eq!(status, "HTTP/1.1 202 Accepted");
+        assert!(took >= Duration::from_millis(200), "answered in {took:?} while the only slot was taken");
+        drop(idle);
     }
 
     #[test]
