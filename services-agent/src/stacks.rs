@@ -253,7 +253,7 @@ impl Stacks {
 
     /// Deploys one stack when its config hash changed (the resolved config, its profiles, the ids of its images) or
     /// it has no container; `Ok(true)` when it was redeployed. A commit that leaves the resolved config as it was
-    /// (a README) is recorded without touching the stack.
+    /// (a README) touches nothing: the stack stays at the commit it was deployed from.
     async fn sync_stack(
         &self,
         compose: &Compose,
@@ -285,8 +285,8 @@ impl Stacks {
             if rec.config_hash != hash {
                 self.store.set_config_hash(name, &hash)?;
             }
-            if rec.commit != commit || !rec.error.is_empty() {
-                self.store.set_synced(name, commit, tree)?;
+            if !rec.error.is_empty() {
+                self.store.set_error(name, "")?;
             }
             return Ok(false);
         }

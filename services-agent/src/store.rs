@@ -125,16 +125,6 @@ impl Store {
         Ok(())
     }
 
-    /// A sync found the running stack unchanged at a newer commit: commit and tree follow, nothing was deployed.
-    pub(crate) fn set_synced(&self, name: &str, commit: &str, tree: &str) -> Result<(), StoreError> {
-        self.ensure(name)?;
-        self.conn().execute(
-            "UPDATE stacks SET commit_id = ?2, tree = ?3, error = '' WHERE name = ?1",
-            params![name, commit, tree],
-        )?;
-        Ok(())
-    }
-
     pub(crate) fn set_wanted(&self, name: &str, wanted: bool) -> Result<(), StoreError> {
         self.ensure(name)?;
         self.conn().execute("UPDATE stacks SET wanted = ?2 WHERE name = ?1", params![name, wanted as i64])?;
@@ -173,9 +163,8 @@ mod tests {
         assert!(p.deployed_unix > 0);
         assert_eq!(p.config_hash, "");
         s.set_config_hash("photos", "h1").unwrap();
-        s.set_synced("photos", "c2", "t1").unwrap();
         let p = s.get("photos").unwrap();
-        assert_eq!((p.commit.as_str(), p.config_hash.as_str()), ("c2", "h1"));
+        assert_eq!((p.commit.as_str(), p.config_hash.as_str()), ("c1", "h1"));
         let w = s.get("wiki").unwrap();
         assert_eq!((w.error.as_str(), w.wanted, w.commit.as_str()), ("boom", false, ""));
     }

@@ -53,7 +53,7 @@ async fn compose_discovers_the_override_and_env_and_redeploys_on_the_resolved_co
     lab.origin.write(&format!("{a}/docker-compose.override.yml"), OVERRIDE)?;
     lab.origin.write(&format!("{a}/.env"), "GREETING=hello-from-dotenv\n")?;
     lab.origin.write("shared/x.env", "SHARED=one\n")?;
-    lab.origin.commit("a spoke with an override, .env and a shared env file")?;
+    let first = lab.origin.commit("a spoke with an override, .env and a shared env file")?;
     lab.start(&[("a", &[], &[])])?;
     let r = lab.sync().await?;
     ensure!(r.errors.is_empty(), "{:?}\n{}", r.errors, lab.agent().logs());
@@ -73,12 +73,12 @@ async fn compose_discovers_the_override_and_env_and_redeploys_on_the_resolved_co
 
     // A README in the stack folder: a new commit, the same resolved config: nothing is touched.
     lab.origin.write(&format!("{a}/README.md"), "# a\n")?;
-    let readme = lab.origin.commit("a: document it")?;
+    lab.origin.commit("a: document it")?;
     let r = lab.sync().await?;
     ensure!(r.errors.is_empty() && r.redeployed.is_empty(), "README only: {r:?}");
     let s = lab.service("a").await?;
     assert_eq!(ids(&s), first_ids, "a README redeployed the stack");
-    assert_eq!((s.deployed_commit.as_str(), s.config_hash.as_str()), (readme.as_str(), hash.as_str()));
+    assert_eq!((s.deployed_commit.as_str(), s.config_hash.as_str()), (first.as_str(), hash.as_str()));
 
     // The env file outside the stack folder changes: the stack is redeployed with it.
     lab.origin.write("shared/x.env", "SHARED=two\n")?;
