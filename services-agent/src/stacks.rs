@@ -627,6 +627,21 @@ pub(crate) fn stack_reason(name: &str, state: &str, wanted: bool, error: &str) -
 mod tests {
     use super::*;
 
+    /// The example's compose keys, as the stack's project will use them.
+    #[test]
+    fn the_example_config_names_compose_keys() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/services-agent.toml");
+        let cfg = Config::load(&path).unwrap();
+        let c = &cfg.service("wiki").unwrap().compose;
+        assert_eq!(c.files, [PathBuf::from("compose.yaml"), PathBuf::from("compose.prod.yaml")]);
+        assert_eq!(
+            (c.env_file.as_deref(), c.profiles.as_slice()),
+            (Some(Path::new("prod.env")), &["search".into()][..])
+        );
+        assert_eq!(c.secrets_dir.as_deref(), Some(Path::new("/etc/strata/secrets/wiki")));
+        assert_eq!(cfg.service("photos").unwrap().compose, Default::default(), "compose's own discovery");
+    }
+
     #[test]
     fn a_stack_degrades_the_agent_when_wanted_and_not_up_or_failing() {
         assert_eq!(stack_reason("web", "running", true, ""), None);
