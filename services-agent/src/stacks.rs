@@ -638,7 +638,7 @@ mod tests {
             (c.env_file.as_deref(), c.profiles.as_slice()),
             (Some(Path::new("prod.env")), &["search".into()][..])
         );
-        assert_eq!(c.secrets_dir.as_deref(), Some(Path::new("/etc/strata/secrets/wiki")));
+        assert_eq!(c.secrets_dir.as_deref(), Some(Path::new("/etc/strata/stack-secrets/wiki")));
         assert_eq!(cfg.service("photos").unwrap().compose, Default::default(), "compose's own discovery");
     }
 
