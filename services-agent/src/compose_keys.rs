@@ -32,7 +32,7 @@ pub fn validate(
     secrets_dir: Option<PathBuf>,
     checkout_dir: &Path,
 ) -> Result<StackCompose, ConfigError> {
-    let bad = |key: String, msg: String| ConfigError::invalid(path, &format!("services[{i}].{key}"), msg);
+    let bad = |key: String, msg: String| ConfigError::invalid(path, format!("services[{i}].{key}"), msg);
     for (j, f) in files.iter().enumerate() {
         if !inside(f) {
             return Err(bad(
@@ -102,7 +102,8 @@ mod tests {
         assert_eq!(ok.files, [PathBuf::from("compose.yaml"), PathBuf::from("prod/compose.prod.yaml")]);
         assert_eq!(ok.env_file.as_deref(), Some(Path::new("prod.env")));
         assert_eq!(v(&[], &[], &[], None).unwrap(), StackCompose::default());
-        let cases: [(&[&str], &[&str], &[&str], Option<&str>, &str); 8] = [
+        type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str], Option<&'a str>, &'a str);
+        let cases: [Case<'_>; 8] = [
             (&["../other/compose.yaml"], &[], &[], None, "key `services[1].files[0]`: `../other/compose.yaml` must be"),
             (&["a.yaml", "/etc/x.yaml"], &[], &[], None, "key `services[1].files[1]`"),
             (&[], &["../x.env"], &[], None, "key `services[1].env_files[0]`"),

@@ -142,7 +142,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("web");
         std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join("a.env"), format!("DB_PASSWORD=old\nUSER=web\n")).unwrap();
+        std::fs::write(dir.join("a.env"), "DB_PASSWORD=old\nUSER=web\n").unwrap();
         std::fs::write(dir.join("b.env"), format!("DB_PASSWORD={SECRET}\n")).unwrap();
         mode(&dir.join("a.env"), 0o600);
         mode(&dir.join("b.env"), 0o400);

@@ -19,7 +19,10 @@ fn env(engine: &DockerEngine, container: &str) -> Result<Vec<String>> {
 }
 
 fn label(engine: &DockerEngine, container: &str, key: &str) -> Result<String> {
-    Ok(engine.docker(["inspect", "-f", &format!("{{{{index .Config.Labels {key:?}}}}}"), container])?.trim().to_string())
+    Ok(engine
+        .docker(["inspect", "-f", &format!("{{{{index .Config.Labels {key:?}}}}}"), container])?
+        .trim()
+        .to_string())
 }
 
 /// A spoke without a compose `version:` (the compose spec, which has profiles): `web` reads `.env`'s GREETING and an
