@@ -250,8 +250,8 @@ pub(crate) fn resolve(stdout: &[u8]) -> Result<Resolved, String> {
     Ok(Resolved { plan, images, profiles, config_sha256: format!("{:x}", Sha256::digest(stdout)) })
 }
 
-/// The config hash of a deployed stack: the resolved config's SHA-256, the profiles it runs with, and the id (or
-/// digest) of each image its services use (`""` when the image is not present) — what a redeploy decision compares.
+/// The config hash of a deployed stack: the resolved config's SHA-256, the profiles it runs with, and the id of each
+/// image its services use (`""` when the image is not present) — what a redeploy decision compares.
 pub(crate) fn config_hash(r: &Resolved, profiles: &[String], image_ids: &[(String, String)]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();

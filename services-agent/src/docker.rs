@@ -158,13 +158,13 @@ impl Engine {
         Ok(list.into_iter().find_map(|c| c.id))
     }
 
-    /// The id of each image as present on the engine (its first repo digest when it has one, else its image id);
+    /// The id (`sha256:…` of its config: it changes whenever the image does) of each image as present on the engine;
     /// `""` for an image that is not present (compose will pull or build it).
     pub(crate) async fn image_ids(&self, images: &[String]) -> Result<Vec<(String, String)>, DockerError> {
         let mut out = Vec::with_capacity(images.len());
         for image in images {
             let id = match self.docker.inspect_image(image).await {
-                Ok(i) => i.repo_digests.unwrap_or_default().into_iter().next().or(i.id).unwrap_or_default(),
+                Ok(i) => i.id.unwrap_or_default(),
                 Err(e) if is_not_found(&e) => String::new(),
                 Err(e) => return Err(api(e)),
             };

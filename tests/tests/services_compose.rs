@@ -44,8 +44,9 @@ fn web(s: &strata_proto::v1::Service) -> Result<String> {
 
 /// docker-compose's own discovery in the stack directory: `docker-compose.override.yml` and `.env` take effect; the
 /// redeploy decision follows the resolved config (an `env_file:` outside the stack folder changes it, a README does
-/// not); a missing file named by the override and an unknown profile are refused naming them while the stack keeps
-/// running; a profile that exists starts its service.
+/// not); a missing file named by the override, an unknown profile and a missing `files` entry are refused naming them
+/// while the stack keeps running; a profile that exists starts its service, `files` turns the override discovery off
+/// and `env_files` replaces `.env`.
 #[tokio::test(flavor = "multi_thread")]
 async fn compose_discovers_the_override_and_env_and_redeploys_on_the_resolved_config() -> Result<()> {
     let mut lab = Lab::new()?;
@@ -114,13 +115,29 @@ async fn compose_discovers_the_override_and_env_and_redeploys_on_the_resolved_co
     let s = lab.service("a").await?;
     assert!(running(&s) && ids(&s) == second_ids, "{s:?}");
 
-    // A profile that exists: its service starts beside the others.
-    lab.service_keys.insert("a".into(), "profiles = [\"debug\"]\n".into());
+    // `files` naming one that is not there: refused naming it; the stack keeps running.
+    lab.service_keys.insert("a".into(), "files = [\"docker-compose.yml\", \"prod.yml\"]\n".into());
+    lab.start(&[("a", &[], &[])])?;
+    let r = lab.sync().await?;
+    let err = r.errors.get(&a).with_context(|| format!("no refusal: {r:?}"))?;
+    assert!(err.contains(&a) && err.contains("files names prod.yml, which does not exist"), "{err}");
+    assert!(ids(&lab.service("a").await?) == second_ids);
+
+    // A profile that exists: its service starts beside the others; explicit `files` (no override discovery) and an
+    // env file read instead of `.env`.
+    lab.origin.write(&format!("{a}/prod.env"), "GREETING=hello-from-prod\n")?;
+    lab.origin.commit("a: a prod env file")?;
+    lab.service_keys.insert(
+        "a".into(),
+        "profiles = [\"debug\"]\nfiles = [\"docker-compose.yml\"]\nenv_files = [\"prod.env\"]\n".into(),
+    );
     lab.start(&[("a", &[], &[])])?;
     let r = lab.sync().await?;
     ensure!(r.errors.is_empty(), "{r:?}");
     let s = lab.wait_service("a", Duration::from_secs(20), |s| running(s) && s.containers.len() == 2).await?;
     assert!(s.containers.iter().any(|c| c.name.contains("_tools_")), "{s:?}");
+    let e = env(&lab.engine, &web(&s)?)?;
+    assert!(e.contains(&"FROM_DOTENV=hello-from-prod".to_string()) && !e.contains(&"OVERRIDE=1".to_string()), "{e:?}");
     Ok(())
 }
 
