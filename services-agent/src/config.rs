@@ -150,6 +150,10 @@ struct RawService {
     healthy_timeout: Option<Duration>,
     #[serde(default)]
     notify: Vec<RawTarget>,
+    files: Option<Vec<PathBuf>>,
+    env_files: Option<Vec<PathBuf>>,
+    profiles: Option<Vec<String>>,
+    secrets_dir: Option<PathBuf>,
 }
 
 /// `[stacks]`: the Git repository of compose stacks.
@@ -177,7 +181,7 @@ pub struct Hub {
 }
 
 /// One managed service: a stack directory of the repo and the compose project of the same name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
     /// Relative names under the hub domain.
@@ -186,6 +190,8 @@ pub struct Service {
     pub allow: Vec<String>,
     /// `None`: the service is not backed up.
     pub backup: Option<Box<ServiceBackup>>,
+    /// `files`, `env_files`, `profiles`, `secrets_dir`: how compose runs the stack.
+    pub compose: crate::compose_keys::StackCompose,
 }
 
 /// Where `[backup] snapshot_mount_dir` defaults to.
@@ -535,7 +541,9 @@ fn managed(
             }
         }
         let backup = service_backup(path, i, &s)?.map(Box::new);
-        services.push(Service { name: s.name, dns, allow: s.allow, backup });
+        let keys = (s.files.unwrap_or_default(), s.env_files.unwrap_or_default(), s.profiles.unwrap_or_default());
+        let compose = crate::compose_keys::validate(path, i, keys, s.secrets_dir, &stacks.checkout_dir)?;
+        services.push(Service { name: s.name, dns, allow: s.allow, backup, compose });
     }
     // Two services may not claim the same name.
     let mut seen = std::collections::BTreeMap::new();
@@ -568,9 +576,7 @@ fn managed(
             let h = services.remove(i);
             services.insert(0, h);
         }
-        None => {
-            services.insert(0, Service { name: hub.stack.clone(), dns: Vec::new(), allow: Vec::new(), backup: None })
-        }
+        None => services.insert(0, Service { name: hub.stack.clone(), ..Default::default() }),
     }
     Ok((stacks, hub, dns_agent, services))
 }
@@ -811,7 +817,7 @@ mod tests {
         assert_eq!(c.hub.as_ref().unwrap().domain, "lab.test");
         assert_eq!(c.dns_agent, None);
         assert_eq!(c.docker_socket, Path::new("/var/run/docker.sock"));
-        assert_eq!(c.services[0], Service { name: "proxy".into(), dns: vec![], allow: vec![], backup: None });
+        assert_eq!(c.services[0], Service { name: "proxy".into(), ..Default::default() });
         assert_eq!(c.services[1].name, "photos");
         assert_eq!(c.timezone, agent_core::cron::TimeZone::UTC, "schedules are UTC by default");
         let zoned = |z: &str| Config::parse(Path::new("/x.toml"), &format!("timezone = {z:?}\n{BASE}"));

@@ -158,6 +158,21 @@ impl Engine {
         Ok(list.into_iter().find_map(|c| c.id))
     }
 
+    /// The id (`sha256:…` of its config: it changes whenever the image does) of each image as present on the engine;
+    /// `""` for an image that is not present (compose will pull or build it).
+    pub(crate) async fn image_ids(&self, images: &[String]) -> Result<Vec<(String, String)>, DockerError> {
+        let mut out = Vec::with_capacity(images.len());
+        for image in images {
+            let id = match self.docker.inspect_image(image).await {
+                Ok(i) => i.id.unwrap_or_default(),
+                Err(e) if is_not_found(&e) => String::new(),
+                Err(e) => return Err(api(e)),
+            };
+            out.push((image.clone(), id));
+        }
+        Ok(out)
+    }
+
     fn long(&self) -> Docker {
         let mut d = self.docker.clone();
         d.set_timeout(ACTION_TIMEOUT);
@@ -344,6 +359,7 @@ pub(crate) fn from_inspect(r: ContainerInspectResponse) -> Option<ContainerInfo>
         name: r.name.unwrap_or_default().trim_start_matches('/').to_string(),
         service: labels.get(SERVICE_LABEL).cloned().unwrap_or_default(),
         project,
+        image_id: r.image.clone().unwrap_or_default(),
         image: config.image.or(r.image).unwrap_or_default(),
         state: status,
         health,
@@ -492,6 +508,7 @@ mod tests {
         assert_eq!(c.name, "capweb_web_1");
         assert_eq!((c.project.as_str(), c.service.as_str()), ("capweb", "web"));
         assert_eq!(c.image, "strata-test/busybox:1");
+        assert!(c.image_id.starts_with("sha256:"), "{}", c.image_id);
         assert_eq!(c.state, "running");
         assert_eq!(c.health.as_deref(), Some("unhealthy"));
         assert_eq!(c.shown_state(), "unhealthy");

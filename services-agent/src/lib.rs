@@ -6,6 +6,7 @@
 mod audit;
 mod backup;
 mod compose;
+pub mod compose_keys;
 pub mod config;
 mod dns;
 mod docker;
@@ -21,6 +22,7 @@ mod recovery;
 mod repos;
 mod restore;
 mod schedule;
+mod secrets;
 mod stacks;
 mod store;
 mod verify;

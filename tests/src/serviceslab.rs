@@ -100,6 +100,8 @@ pub struct Lab {
     pub repo: Option<(String, Option<PathBuf>)>,
     /// Extra environment of the agent (e.g. `RUST_LOG`).
     pub env: Vec<(&'static str, &'static str)>,
+    /// Extra TOML lines of a service's `[[services]]` entry, by stack (e.g. `profiles = ["debug"]`).
+    pub service_keys: BTreeMap<String, String>,
     _cleanup: Cleanup,
 }
 
@@ -125,6 +127,7 @@ impl Lab {
             docker_socket: None,
             repo: None,
             env: Vec::new(),
+            service_keys: BTreeMap::new(),
             _cleanup: cleanup,
         })
     }
@@ -165,6 +168,7 @@ impl Lab {
         }
         for (stack, dns, allow) in services {
             text.push_str(&format!("[[services]]\nname = {:?}\ndns = {dns:?}\nallow = {allow:?}\n", self.name(stack)));
+            text.push_str(self.service_keys.get(*stack).map_or("", String::as_str));
         }
         let config = self.dir.path().join("services-agent.toml");
         std::fs::write(&config, text)?;

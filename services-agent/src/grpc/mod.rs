@@ -116,12 +116,17 @@ fn status(e: StackError) -> Status {
     let msg = e.to_string();
     match e {
         StackError::Unknown(_) => Status::not_found(msg),
-        StackError::NotSynced(_) | StackError::NotInRepo { .. } | StackError::Refused { .. } => {
-            Status::failed_precondition(msg)
-        }
-        StackError::Compose(ComposeError::Invalid { .. } | ComposeError::NoFile { .. }) => {
-            Status::failed_precondition(msg)
-        }
+        StackError::NotSynced(_)
+        | StackError::NotInRepo { .. }
+        | StackError::Refused { .. }
+        | StackError::Secrets { .. } => Status::failed_precondition(msg),
+        StackError::Compose(
+            ComposeError::Invalid { .. }
+            | ComposeError::NoFile { .. }
+            | ComposeError::SeveralFiles { .. }
+            | ComposeError::MissingFile { .. }
+            | ComposeError::UnknownProfile { .. },
+        ) => Status::failed_precondition(msg),
         StackError::Compose(ComposeError::Missing) | StackError::Docker(_) => Status::unavailable(msg),
         StackError::Git { .. } | StackError::Compose(_) | StackError::Store(_) => Status::internal(msg),
     }
@@ -150,10 +155,10 @@ impl From<model::ServiceRow> for pb::Service {
                     health: c.health,
                     uptime_seconds: c.uptime_seconds,
                     restarts: c.restarts,
-                    image_digest: String::new(),
+                    image_digest: c.image_digest,
                 })
                 .collect(),
-            config_hash: String::new(),
+            config_hash: s.config_hash,
         }
     }
 }
