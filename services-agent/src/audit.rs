@@ -152,7 +152,8 @@ mod tests {
     }
 
     fn svc(name: &str, allow: &[&str]) -> Service {
-        Service { name: name.into(), dns: vec![], allow: allow.iter().map(|s| s.to_string()).collect(), backup: None }
+        let allow = allow.iter().map(|s| s.to_string()).collect();
+        Service { name: name.into(), dns: vec![], allow, backup: None, update: Default::default() }
     }
 
     fn c(project: &str, networks: &[&str]) -> ContainerInfo {

@@ -118,6 +118,23 @@ impl Compose {
         self.action(project, file, "unpause", &["unpause"], ACTION_TIMEOUT).await
     }
 
+    /// `pull`: fetches the current image of every compose service of the project; nothing is restarted.
+    pub(crate) async fn pull(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
+        self.action(project, file, "pull", &["pull", "--quiet"], UP_TIMEOUT).await
+    }
+
+    /// `up -d --no-deps SERVICE…`: recreates just these compose services (their image changed), nothing else.
+    pub(crate) async fn up_services(
+        &self,
+        project: &str,
+        file: &Path,
+        services: &[String],
+    ) -> Result<(), ComposeError> {
+        let mut args = vec!["up", "-d", "--no-deps"];
+        args.extend(services.iter().map(String::as_str));
+        self.action(project, file, "up", &args, UP_TIMEOUT).await
+    }
+
     async fn action(
         &self,
         project: &str,

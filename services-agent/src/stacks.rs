@@ -298,6 +298,17 @@ impl Stacks {
         Ok((repo, compose::find_file(name, &self.stack_dir(repo, name))?))
     }
 
+    /// What an image update of `name` needs: the stack's change lock (no sync or lifecycle action meanwhile), the
+    /// compose program and the stack's compose file.
+    pub(crate) async fn for_update(
+        &self,
+        name: &str,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Compose, PathBuf), StackError> {
+        let op = self.ops.lock().await;
+        let (_, file) = self.file(name)?;
+        Ok((op, self.compose().await?, file))
+    }
+
     /// Validates and deploys the stack from the checkout; it stays wanted up.
     pub(crate) async fn up(&self, name: &str) -> Result<String, StackError> {
         let _op = self.ops.lock().await;
