@@ -2,7 +2,8 @@
 //! (busybox-static) and pushed under one tag version after version, the real services-agent and dockerd through
 //! docker-compose: `Pull` redeploys only the compose service whose image changed, an unhealthy new image is rolled
 //! back (history, notification), a SIGKILL during the healthy wait is repaired at restart, a registry that is down
-//! stops nothing. Knows the agent's config format and gRPC API; nothing of its internals.
+//! stops nothing, and the `update` cron pulls on its own. Knows the agent's config format and gRPC API; nothing of
+//! its internals.
 
 use std::time::Duration;
 
@@ -165,7 +166,24 @@ async fn pull_redeploys_what_changed_rolls_back_the_unhealthy_and_repairs_a_cras
     assert_eq!(runs(&lab, "web", "side")?, side0, "side keeps running");
     let h = updates(&lab, "web").await?;
     assert_eq!(h[0].result, "failed", "{h:?}");
-    for t in [&v1, &v2, &v3, &side_local, &web, &side] {
+
+    // The `update` cron: at the next minute the agent pulls v4 on its own and redeploys app.
+    registry.restart()?;
+    let v4 = version(&lab, "v4", true)?;
+    let id4 = image_id(&lab, &v4)?;
+    push(&lab, &v4, &web, Some(&id2))?;
+    lab.service_keys.insert("web".into(), "healthy_timeout = \"8s\"\nupdate = \"* * * * *\"\n".into());
+    lab.start(&[("web", &[], &[])])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    while runs(&lab, "web", "app")?.0 != id4 {
+        ensure!(std::time::Instant::now() < deadline, "no scheduled update within 150 s:\n{}", lab.agent().logs());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    lab.agent().wait_log("update done", Duration::from_secs(30))?;
+    let h = updates(&lab, "web").await?;
+    assert_eq!((h[0].result.as_str(), h[0].images[0].new_digest.as_str()), ("ok", id4.as_str()), "{h:?}");
+    assert_eq!(runs(&lab, "web", "side")?, side0, "side was not touched");
+    for t in [&v1, &v2, &v3, &v4, &side_local, &web, &side] {
         let _ = lab.engine.docker(["rmi", "-f", t.as_str()]);
     }
     Ok(())
