@@ -2,8 +2,8 @@
 //! (busybox-static) and pushed under one tag version after version, the real services-agent and dockerd through
 //! docker-compose: `Pull` redeploys only the compose service whose image changed, an unhealthy new image is rolled
 //! back (history, notification), a SIGKILL during the healthy wait is repaired at restart, a registry that is down
-//! stops nothing, and the `update` cron pulls on its own. Knows the agent's config format and gRPC API; nothing of
-//! its internals.
+//! stops nothing, the `update` cron pulls on its own, and a failed `backup_before_update` backup refuses the update.
+//! Knows the agent's config format and gRPC API; nothing of its internals.
 
 use std::time::Duration;
 
@@ -183,7 +183,21 @@ async fn pull_redeploys_what_changed_rolls_back_the_unhealthy_and_repairs_a_cras
     let h = updates(&lab, "web").await?;
     assert_eq!((h[0].result.as_str(), h[0].images[0].new_digest.as_str()), ("ok", id4.as_str()), "{h:?}");
     assert_eq!(runs(&lab, "web", "side")?, side0, "side was not touched");
-    for t in [&v1, &v2, &v3, &v4, &side_local, &web, &side] {
+
+    // `backup_before_update` with a backup that cannot succeed (no such dataset): the update is refused, nothing
+    // is pulled or recreated.
+    let v5 = version(&lab, "v5", true)?;
+    push(&lab, &v5, &web, Some(&id4))?;
+    let keys = "healthy_timeout = \"8s\"\ndataset = \"strata-missing/web\"\nrepo = \"/nonexistent/borg/web\"\n\
+                backup_before_update = true\n";
+    lab.service_keys.insert("web".into(), keys.into());
+    lab.start(&[("web", &[], &[])])?;
+    let app = runs(&lab, "web", "app")?;
+    let err = pull(&lab, "web").await.expect_err("the update is refused when its backup fails");
+    assert!(err.message().contains("update refused: the backup before it failed"), "{err:?}");
+    assert_eq!(runs(&lab, "web", "app")?, app, "app was not touched");
+    assert_eq!(image_id(&lab, &web)?, id4, "nothing was pulled");
+    for t in [&v1, &v2, &v3, &v4, &v5, &side_local, &web, &side] {
         let _ = lab.engine.docker(["rmi", "-f", t.as_str()]);
     }
     Ok(())
