@@ -271,15 +271,25 @@ impl Updates {
     }
 
     /// Waits until the containers of these compose services are running (and healthy, when they have a check).
+    /// A container that is not running yet (restarting) is waited for too, within the same time.
     async fn wait(&self, engine: &Engine, name: &str, services: &[String], within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
         let mut ids = Vec::new();
         for s in services {
-            match engine.service_container(name, s).await.map_err(|e| e.to_string())? {
-                Some(id) => ids.push(id),
-                None => return Err(format!("compose service {s} has no running container")),
+            loop {
+                if let Some(id) = engine.service_container(name, s).await.map_err(|e| e.to_string())? {
+                    ids.push(id);
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!("compose service {s} has no running container within {within:?}"));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
-        wait_healthy(engine, name, &ids, within).await.map_err(|e| e.to_string())
+        // Whole seconds: the error names this time.
+        let left = Duration::from_secs(deadline.saturating_duration_since(Instant::now()).as_secs_f64().ceil() as u64);
+        wait_healthy(engine, name, &ids, left).await.map_err(|e| e.to_string())
     }
 
     /// Tags the recorded images with their references again and recreates those compose services on them.

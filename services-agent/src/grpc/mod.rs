@@ -189,6 +189,14 @@ impl TryFrom<pb::BackupRequest> for BackupTarget {
     }
 }
 
+/// A `PullRequest` names its target as a `BackupRequest` does: one service or all.
+impl TryFrom<pb::PullRequest> for BackupTarget {
+    type Error = Status;
+    fn try_from(r: pb::PullRequest) -> Result<Self, Status> {
+        pb::BackupRequest { name: r.name, all: r.all }.try_into()
+    }
+}
+
 /// A validated `RestoreRequest`.
 struct RestoreQuery {
     name: String,
@@ -701,8 +709,7 @@ impl Services for ServicesSvc {
     type PullStream = PbStream<pb::Progress>;
 
     async fn pull(&self, req: Request<pb::PullRequest>) -> Result<Response<Self::PullStream>, Status> {
-        let r = req.into_inner();
-        let BackupTarget(target) = pb::BackupRequest { name: r.name, all: r.all }.try_into()?;
+        let BackupTarget(target) = req.into_inner().try_into()?;
         let updates = self.updates.clone();
         if let Some(name) = &target {
             if self.backups.cfg().service(name).is_none() {
@@ -781,6 +788,19 @@ mod tests {
         }
         let q = LogsQuery::try_from(pb::LogsRequest { name: "a".into(), follow: true, tail: 5 }).ok().unwrap();
         assert!(q.follow && q.tail == 5 && q.name == "a");
+    }
+
+    #[test]
+    fn pull_requests_name_one_service_or_all() {
+        let pull = |name: &str, all| BackupTarget::try_from(pb::PullRequest { name: name.into(), all });
+        assert_eq!(pull("photos", false).unwrap().0.as_deref(), Some("photos"));
+        assert_eq!(pull("", true).unwrap().0, None);
+        for (name, all, want) in [("", false, "name: must not be empty"), ("photos", true, "name: must be empty")] {
+            let e = pull(name, all).err().unwrap();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(want), "{e:?}");
+        }
+        assert!(pull("../x", false).err().unwrap().message().starts_with("name: "));
     }
 
     #[test]
