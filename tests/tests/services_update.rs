@@ -10,10 +10,32 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use strata_proto::v1::{HistoryEntry, HistoryRequest, PullRequest};
 use strata_tests::backuplab::Lab as JobLab;
-use strata_tests::fixtures::docker::TestImage;
+use strata_tests::fixtures::docker::{DockerEngine, TestImage};
 use strata_tests::fixtures::http::Receiver;
 use strata_tests::fixtures::registry::Registry;
 use strata_tests::serviceslab::{hub_compose, running, Lab};
+
+/// Removes every image of the test (its local variants and what it pulled from its registry) on Drop.
+struct Images {
+    engine: DockerEngine,
+    prefix: std::sync::OnceLock<String>,
+}
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        let Some(prefix) = self.prefix.get() else { return };
+        let list = self.engine.docker(["images", "--format", "{{.Repository}} {{.ID}}"]).unwrap_or_default();
+        let ids: Vec<&str> = list
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(repo, _)| repo.contains(&format!("/{prefix}")))
+            .map(|(_, id)| id)
+            .collect();
+        if !ids.is_empty() {
+            let _ = self.engine.docker(["rmi", "-f"].into_iter().chain(ids));
+        }
+    }
+}
 
 /// One version of the web image: healthy, or with a health check that always fails.
 fn version(lab: &Lab, v: &str, healthy: bool) -> Result<String> {
@@ -61,7 +83,10 @@ async fn updates(lab: &Lab, stack: &str) -> Result<Vec<HistoryEntry>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pull_redeploys_what_changed_rolls_back_the_unhealthy_and_repairs_a_crash() -> Result<()> {
+    // Declared before the lab: dropped after it, once its containers are gone.
+    let images = Images { engine: DockerEngine::ensure()?, prefix: std::sync::OnceLock::new() };
     let mut lab = Lab::new()?;
+    images.prefix.get_or_init(|| lab.prefix.clone());
     let mut registry = Registry::start()?;
     let hooks = Receiver::start()?;
     let (v1, v2, v3) = (version(&lab, "v1", true)?, version(&lab, "v2", true)?, version(&lab, "v3", false)?);
@@ -197,8 +222,5 @@ async fn pull_redeploys_what_changed_rolls_back_the_unhealthy_and_repairs_a_cras
     assert!(err.message().contains("update refused: the backup before it failed"), "{err:?}");
     assert_eq!(runs(&lab, "web", "app")?, app, "app was not touched");
     assert_eq!(image_id(&lab, &web)?, id4, "nothing was pulled");
-    for t in [&v1, &v2, &v3, &v4, &v5, &side_local, &web, &side] {
-        let _ = lab.engine.docker(["rmi", "-f", t.as_str()]);
-    }
     Ok(())
 }
