@@ -148,6 +148,18 @@ impl Compose {
         self.action(p, "unpause", &["unpause"], ACTION_TIMEOUT).await
     }
 
+    /// `pull`: fetches the current image of every compose service of the project; nothing is restarted.
+    pub(crate) async fn pull(&self, p: &Project) -> Result<(), ComposeError> {
+        self.action(p, "pull", &["pull", "--quiet"], UP_TIMEOUT).await
+    }
+
+    /// `up -d --no-deps SERVICE…`: recreates just these compose services (their image changed), nothing else.
+    pub(crate) async fn up_services(&self, p: &Project, services: &[String]) -> Result<(), ComposeError> {
+        let mut args = vec!["up", "-d", "--no-deps"];
+        args.extend(services.iter().map(String::as_str));
+        self.action(p, "up", &args, UP_TIMEOUT).await
+    }
+
     async fn action(
         &self,
         p: &Project,

@@ -1,7 +1,7 @@
 //! The services-agent library: compose stacks from Git (sync, deploy, lifecycle), state read from Docker's event
-//! stream, the hub-and-spoke audit, DNS registration, and per-service ZFS snapshot + Borg backups (restore, checks,
-//! drills, crash recovery, the host's lease). `main.rs` is only glue; `run` wires the tasks together (it hands `dns`
-//! the gRPC edge's dns-agent client and owns the registration's [`DnsStatus`]).
+//! stream, the hub-and-spoke audit, DNS registration, per-service ZFS snapshot + Borg backups (restore, checks,
+//! drills, crash recovery, the host's lease) and image updates with rollback. `main.rs` is only glue; `run` wires the
+//! tasks together (it hands `dns` the gRPC edge's dns-agent client and owns the registration's [`DnsStatus`]).
 
 mod audit;
 mod backup;
@@ -25,6 +25,7 @@ mod schedule;
 mod secrets;
 mod stacks;
 mod store;
+mod update;
 mod verify;
 mod zfs;
 
@@ -88,7 +89,13 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
             ServeError::State(agent_core::state::StateError::Sqlite { path: state_dir.join("services.db"), source })
         }
     })?);
-    // Crash repair comes before anything else may start a job.
+    // Crash repair comes before anything else may start a job; interrupted updates first (backups' recovery would
+    // only mark them failed).
+    let updates = Arc::new(update::Updates::new(stacks.clone(), backups.clone()));
+    let (actions, errors) = updates.recover().await;
+    if !actions.is_empty() || !errors.is_empty() {
+        tracing::warn!(?actions, ?errors, "update recovery done");
+    }
     let recovered = backups.recover().await;
     if !recovered.actions.is_empty() || !recovered.errors.is_empty() {
         tracing::warn!(actions = recovered.actions.len(), errors = recovered.errors.len(), "recovery done");
@@ -113,6 +120,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
         shutdown.clone(),
     ));
     let scheduler = tokio::spawn(schedule::run(backups.clone(), shutdown.clone()));
+    let update_scheduler = tokio::spawn(update::schedule(updates.clone(), shutdown.clone()));
 
     // The first look at the engine settles before serving (a missing socket fails at once), so that a Status just
     // after start does not report the engine as "not connected yet".
@@ -131,12 +139,12 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     health.add(move |h| h.summary(health_backups.summary()));
     let watch = backups.metrics.clone();
     health.add(move |h| watch.check(h));
-    let domain = grpc::routes(stacks, backups);
+    let domain = grpc::routes(stacks, backups, updates);
     let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), health, domain, metrics };
     let served = agent_core::grpc::run_agent(&common, parts, listeners, shutdown).await;
     // The background tasks stop on the same shutdown; a sync in progress is abandoned (compose is killed on drop). A
     // backup in progress is abandoned too: the journal lets the next start repair it.
-    for t in [watcher, poller, dns, scheduler] {
+    for t in [watcher, poller, dns, scheduler, update_scheduler] {
         t.abort();
     }
     served

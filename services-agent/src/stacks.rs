@@ -300,6 +300,16 @@ impl Stacks {
         Ok(true)
     }
 
+    /// Records the config hash of what `project` runs now (after an image update or its rollback changed the image
+    /// ids outside a sync), so that the next sync does not take the update for a change to deploy. The caller holds
+    /// the stack's change lock ([`Stacks::for_update`]).
+    pub(crate) async fn record_hash(&self, compose: &Compose, project: &compose::Project) -> Result<(), StackError> {
+        let resolved = compose.validate(project).await?;
+        let hash = self.config_hash(&project.name, project, &resolved).await?;
+        self.store.set_config_hash(&project.name, &hash)?;
+        Ok(())
+    }
+
     /// The config hash of `resolved` as `project` runs it, with the ids of its images as the engine has them now.
     async fn config_hash(
         &self,
@@ -350,6 +360,17 @@ impl Stacks {
             return Err(StackError::NotSynced(name.to_string()));
         }
         Ok((repo, self.project(repo, name)?))
+    }
+
+    /// What an image update of `name` needs: the stack's change lock (no sync or lifecycle action meanwhile), the
+    /// compose program and the stack's compose project.
+    pub(crate) async fn for_update(
+        &self,
+        name: &str,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Compose, compose::Project), StackError> {
+        let op = self.ops.lock().await;
+        let (_, project) = self.file(name)?;
+        Ok((op, self.compose().await?, project))
     }
 
     /// Validates and deploys the stack from the checkout; it stays wanted up.
