@@ -99,6 +99,25 @@ impl BackupWatch {
         }
     }
 
+    /// Stops watching every backup `keep(name, repo)` refuses (a reload dropped its VM, service or repository):
+    /// it leaves the freshness judgement and its metric series go.
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        let mut w = self.entries();
+        w.retain(|e| {
+            let kept = keep(&e.name, &e.repo);
+            if !kept {
+                let labels = self.labels(&e.name, &e.repo);
+                for family in [&self.last_success, &self.last_duration] {
+                    family.remove(&labels);
+                }
+                self.failures.remove(&labels);
+                self.size.remove(&labels);
+                self.check_failing.remove(&labels);
+            }
+            kept
+        });
+    }
+
     /// Records one run's result in one repository: it started at `started` (Unix seconds), its transfer there took
     /// `took`, and it stored `Ok(size in bytes)` or failed with `Err(why)`.
     pub fn record_run(&self, name: &str, repo: &str, started: i64, took: Duration, outcome: Result<u64, String>) {
@@ -306,6 +325,15 @@ mod tests {
         watch.check(&mut h);
         assert_eq!(h.summary_line(), "1 backup overdue");
         assert!(metrics.encode().contains(r#"strata_backup_failing{layer="services",name="db",repo="local"} 0"#));
+
+        // A reload dropped service db: it is no longer judged and its series go; web's stay.
+        watch.retain(|name, _| name != "db");
+        let text = metrics.encode();
+        assert!(!text.contains(r#"name="db""#), "{text}");
+        assert!(text.contains(r#"strata_backup_size_bytes{layer="services",name="web",repo="local"} 4096"#));
+        let mut h = Health::default();
+        watch.check(&mut h);
+        assert_eq!(h.backups().len(), 2);
     }
 
     #[test]

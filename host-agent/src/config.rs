@@ -176,6 +176,8 @@ pub struct Config {
     pub vms: Vec<VmConfig>,
     /// `[[notify]]`: targets told about every VM's backups, restores and drills.
     pub notify: Vec<NotifyTarget>,
+    /// The file this config was read from (a reload reads it again).
+    pub path: PathBuf,
 }
 
 impl Config {
@@ -278,7 +280,7 @@ impl Config {
             });
         }
         let notify = notify::targets(path, "notify", &raw.notify)?;
-        Ok(Config { common, timezone, vms, notify })
+        Ok(Config { common, timezone, vms, notify, path: path.to_path_buf() })
     }
 
     pub fn vm(&self, name: &str) -> Option<&VmConfig> {

@@ -21,13 +21,15 @@ use crate::hypervisor::HvError;
 /// The gRPC face of the host agent.
 pub(crate) struct HostGrpc {
     host: Arc<Host>,
+    /// Re-reads the config file (Reload).
+    reloader: Arc<crate::reload::Reloader>,
     /// The running long jobs (backup, restore, drill), which `Watch` re-attaches to.
     jobs: JobRegistry,
 }
 
 impl HostGrpc {
-    pub(crate) fn new(host: Arc<Host>) -> Self {
-        HostGrpc { host, jobs: JobRegistry::default() }
+    pub(crate) fn new(host: Arc<Host>, reloader: Arc<crate::reload::Reloader>) -> Self {
+        HostGrpc { host, reloader, jobs: JobRegistry::default() }
     }
 
     pub(crate) fn into_server(self) -> HostServer<HostGrpc> {
@@ -35,9 +37,9 @@ impl HostGrpc {
     }
 
     /// The agent's gRPC routes (this service), for `agent_core::grpc::run_agent`.
-    pub(crate) fn routes(host: Arc<Host>) -> tonic::service::RoutesBuilder {
+    pub(crate) fn routes(host: Arc<Host>, reloader: Arc<crate::reload::Reloader>) -> tonic::service::RoutesBuilder {
         let mut routes = tonic::service::RoutesBuilder::default();
-        routes.add_service(HostGrpc::new(host).into_server());
+        routes.add_service(HostGrpc::new(host, reloader).into_server());
         routes
     }
 }
@@ -441,7 +443,16 @@ impl HostRpc for HostGrpc {
     }
 
     async fn reload(&self, _req: Request<pb::ReloadRequest>) -> Result<Response<pb::ReloadResponse>, Status> {
-        Err(Status::unimplemented("reload: not built yet"))
+        let reloader = self.reloader.clone();
+        // Reading and validating the file is blocking work.
+        let out = tokio::task::spawn_blocking(move || reloader.reload())
+            .await
+            .map_err(|e| Status::internal(format!("reload: {e}")))?
+            .map_err(|e| {
+                tracing::warn!(error = %e, "reload refused: keeping the running config");
+                Status::failed_precondition(format!("config refused, the running config is kept: {e}"))
+            })?;
+        Ok(Response::new(pb::ReloadResponse { changed: out.changed, message: out.message }))
     }
 }
 

@@ -9,6 +9,7 @@ mod engine;
 mod grpc;
 mod hypervisor;
 mod journal;
+mod reload;
 mod schedule;
 
 use std::sync::Arc;
@@ -40,7 +41,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     let metrics = Metrics::new();
     let vms = Gauge::<i64>::default();
     vms.set(cfg.vms.len() as i64);
-    metrics.register("host_vms", "VMs in the host-agent config", vms);
+    metrics.register("host_vms", "VMs in the host-agent config", vms.clone());
     let common = cfg.common.clone();
     let host = backup::Host::new(cfg, Arc::new(grpc::GrpcGuest::new(tls)))
         .map_err(|e| ServeError::Transport(format!("host agent: {e}")))?;
@@ -57,17 +58,19 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     let host = Arc::new(host);
     let scheduler = tokio::spawn(schedule::run(host.clone()));
     let watcher = tokio::spawn(host.clone().watch_vms(VM_PROBE_EVERY));
-    let n = host.config().vms.len();
+    let reloader = Arc::new(reload::Reloader { host: host.clone(), watch: watch.clone(), vms });
+    let on_hup = reloader.clone();
+    agent_core::cli::reload_on_sighup(shutdown.clone(), move || on_hup.reload_logged());
     let mut health = agent_core::health::Checks::new();
     let health_host = host.clone();
     health.add(move |h| {
-        h.summary(format!("{n} vms"));
+        h.summary(format!("{} vms", health_host.config().vms.len()));
         for reason in health_host.unseen_vms() {
             h.degraded(reason);
         }
     });
     health.add(move |h| watch.check(h));
-    let domain = grpc::HostGrpc::routes(host);
+    let domain = grpc::HostGrpc::routes(host, reloader);
     let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), health, domain, metrics };
     let result = agent_core::grpc::run_agent(&common, parts, listeners, shutdown).await;
     scheduler.abort();
@@ -77,7 +80,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
 
 /// Declares every VM's targets to the watch, with what the history says of each (the last success and the last
 /// run's outcome survive a restart, so a stale or failing target shows at once), and when each is overdue.
-fn watch_vms(host: &backup::Host, watch: &BackupWatch) {
+pub(crate) fn watch_vms(host: &backup::Host, watch: &BackupWatch) {
     let tz = &host.config().timezone;
     let now = agent_core::clock::now_unix();
     for vm in &host.config().vms {

@@ -10,6 +10,7 @@ use agent_core::clock::now_unix;
 use agent_core::cron::Cron;
 
 use crate::backup::Host;
+use crate::config::Config;
 
 /// How often the scheduler looks at the clock.
 const TICK: Duration = Duration::from_secs(15);
@@ -17,43 +18,64 @@ const TICK: Duration = Duration::from_secs(15);
 /// Runs forever: every VM with a `schedule` is backed up each time it comes due. A run still going when the next one
 /// is due makes the next one fail as busy (logged), never run twice at once. Several due times passed between two
 /// ticks (the machine slept) start one run; due times passed while the agent was stopped start one run at start,
-/// for VMs with `catch_up` only.
+/// for VMs with `catch_up` only. After a reload the plans are read again at the next tick: a VM whose schedule did
+/// not change keeps its next due time, a new or changed one is due at its next time from then.
 pub(crate) async fn run(host: Arc<Host>) {
-    let tz = host.config().timezone.clone();
-    let plans: Vec<(String, Cron, bool)> = host
-        .config()
-        .vms
-        .iter()
-        .filter_map(|v| v.schedule.as_ref().map(|s| (v.name.clone(), s, v.catch_up)))
-        .filter_map(|(n, s, c)| match Cron::parse(s) {
-            Ok(cron) => Some((n, cron, c)),
-            Err(e) => {
-                tracing::error!(vm = %n, "schedule `{s}` ignored: {e}");
-                None
-            }
-        })
-        .collect();
-    if plans.is_empty() {
-        return;
-    }
+    let mut cfg = host.config();
+    let mut plans = plans_of(&cfg);
     let now = now_unix();
-    let mut next: Vec<Option<i64>> = plans.iter().map(|(_, c, _)| c.next_after(now, &tz)).collect();
-    for (name, cron, catch_up) in &plans {
-        if *catch_up && cron.missed(&tz, host.last_attempt(name), now) {
-            tracing::info!(vm = %name, "catch-up: a scheduled backup came due while the agent was down");
-            start(&host, name);
+    let mut next: Vec<Option<i64>> = plans.iter().map(|p| p.cron.next_after(now, &cfg.timezone)).collect();
+    for p in &plans {
+        if p.catch_up && p.cron.missed(&cfg.timezone, host.last_attempt(&p.vm), now) {
+            tracing::info!(vm = %p.vm, "catch-up: a scheduled backup came due while the agent was down");
+            start(&host, &p.vm);
         }
     }
     loop {
         tokio::time::sleep(TICK).await;
         let now = now_unix();
-        for ((name, cron, _), due) in plans.iter().zip(next.iter_mut()) {
+        let running = host.config();
+        if !Arc::ptr_eq(&running, &cfg) {
+            let new = plans_of(&running);
+            next = new
+                .iter()
+                .map(|p| match plans.iter().position(|o| o.vm == p.vm && o.text == p.text) {
+                    Some(i) if running.timezone == cfg.timezone => next[i],
+                    _ => p.cron.next_after(now, &running.timezone),
+                })
+                .collect();
+            (plans, cfg) = (new, running);
+        }
+        for (p, due) in plans.iter().zip(next.iter_mut()) {
             if due.is_some_and(|d| d <= now) {
-                start(&host, name);
-                *due = cron.next_after(now, &tz);
+                start(&host, &p.vm);
+                *due = p.cron.next_after(now, &cfg.timezone);
             }
         }
     }
+}
+
+/// One VM's schedule.
+struct Plan {
+    vm: String,
+    /// The schedule as written (a reload that keeps it keeps the VM's next due time).
+    text: String,
+    cron: Cron,
+    catch_up: bool,
+}
+
+fn plans_of(cfg: &Config) -> Vec<Plan> {
+    cfg.vms
+        .iter()
+        .filter_map(|v| v.schedule.as_ref().map(|s| (v, s)))
+        .filter_map(|(v, s)| match Cron::parse(s) {
+            Ok(cron) => Some(Plan { vm: v.name.clone(), text: s.clone(), cron, catch_up: v.catch_up }),
+            Err(e) => {
+                tracing::error!(vm = %v.name, "schedule `{s}` ignored: {e}");
+                None
+            }
+        })
+        .collect()
 }
 
 fn start(host: &Arc<Host>, name: &str) {

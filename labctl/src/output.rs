@@ -29,6 +29,16 @@ pub fn result(opts: &Opts, value: &impl Serialize, text: impl Display) -> anyhow
     }
 }
 
+/// Prints an agent's answer to Reload (every agent's `reload` subcommand): its message, or `reloaded`/`unchanged`.
+pub fn reloaded(opts: &Opts, changed: bool, message: &str) -> anyhow::Result<()> {
+    let text = match (message.is_empty(), changed) {
+        (false, _) => message.to_string(),
+        (true, true) => "reloaded".to_string(),
+        (true, false) => "unchanged".to_string(),
+    };
+    result(opts, &serde_json::json!({ "changed": changed, "message": message }), text)
+}
+
 /// The JSON document of a failed command: `{"error": "…"}` on one line.
 pub fn error_document(message: &str) -> String {
     serde_json::json!({ "error": message }).to_string()

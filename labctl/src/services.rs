@@ -1,7 +1,7 @@
-//! `labctl services …`: list, lifecycle, logs, sync, audit, and the backups (backup, archives, history, restore,
-//! check, drill) of the services-agent. One of labctl's gRPC edges: converts replies to rows and renders them (table
-//! or `--json`), follows streamed jobs with `Agent::follow_job`; knows nothing of how the agent drives compose, ZFS
-//! or Borg.
+//! `labctl services …`: list, lifecycle, logs, sync, audit, image updates (pull), and the backups (backup, archives,
+//! history, restore, check, drill) of the services-agent. One of labctl's gRPC edges: converts replies to rows and
+//! renders them (table or `--json`), follows streamed jobs with `Agent::follow_job`; knows nothing of how the agent
+//! drives compose, ZFS or Borg.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +13,7 @@ use serde::Serialize;
 use strata_proto::v1::services_client::ServicesClient;
 use strata_proto::v1::{
     AuditRequest, BackupRequest, HistoryRequest, JobRef, ListFilesRequest, ListServicesRequest, LogsRequest,
-    RestoreRequest, ServiceRef, SyncRequest,
+    PullRequest, RestoreRequest, ServiceRef, SyncRequest,
 };
 
 use crate::client::{self, Agent, Timeouts, DEPLOY_TIMEOUT};
@@ -87,6 +87,21 @@ pub enum ServicesCmd {
         all: bool,
         /// On Ctrl-C, cancel the job (the agent kills its program, undoes as a failure would: containers running
         /// again, no half-restored data; history says `cancelled`), follow it to its end, then exit 1.
+        #[arg(long)]
+        cancel_on_interrupt: bool,
+    },
+    /// Pull a service's images (or every service's with `--all`) and redeploy only the compose services whose image
+    /// changed; they must be running and healthy within `healthy_timeout`, else they are rolled back to the images
+    /// they ran before. `labctl services history` shows the images old → new.
+    #[command(after_help = "Example: labctl services pull photos\nExample: labctl services pull --all")]
+    Pull {
+        /// The service to update.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Update every service.
+        #[arg(long)]
+        all: bool,
+        /// On Ctrl-C, cancel the job and follow it to its end, then exit 1.
         #[arg(long)]
         cancel_on_interrupt: bool,
     },
@@ -263,6 +278,23 @@ struct HistoryRow {
     /// A backup's result per repository.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     repos: Vec<RepoResultRow>,
+    /// An update's images, old → new (old again when it was rolled back).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    images: Vec<ImageRow>,
+}
+
+#[derive(Debug, Serialize)]
+struct ImageRow {
+    service: String,
+    image: String,
+    old_digest: String,
+    new_digest: String,
+}
+
+/// An image ID as a history line shows it: its first 12 hex digits.
+fn short_id(id: &str) -> &str {
+    let id = id.trim_start_matches("sha256:");
+    &id[..id.len().min(12)]
 }
 
 #[derive(Debug, Serialize)]
@@ -342,6 +374,18 @@ fn render_history(rows: &[HistoryRow], verbose: bool) -> String {
             h.result.clone(),
             error,
         ]);
+        for i in &h.images {
+            let change = format!("{} → {}", short_id(&i.old_digest), short_id(&i.new_digest));
+            t.row([
+                String::new(),
+                format!("  {}", i.service),
+                String::new(),
+                String::new(),
+                String::new(),
+                change,
+                i.image.clone(),
+            ]);
+        }
         for r in &h.repos {
             let error =
                 t.error_cell(&format!("{} {} {} {}", h.service, h.kind, utc(h.started_unix), r.label), &r.error);
@@ -560,6 +604,11 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
             let s = agent.stream("backup", c.backup(req), true).await?;
             return follow(agent, "backup", name.as_deref(), s, json, cancel_on_interrupt.then_some(&c)).await;
         }
+        ServicesCmd::Pull { name, all, cancel_on_interrupt } => {
+            let req = PullRequest { name: name.clone().unwrap_or_default(), all };
+            let s = agent.stream("pull", c.pull(req), true).await?;
+            return follow(agent, "pull", name.as_deref(), s, json, cancel_on_interrupt.then_some(&c)).await;
+        }
         ServicesCmd::Archives { name, repo } => {
             let rows: Vec<ArchiveRow> = agent
                 .call("list archives", c.list_archives(ServiceRef { name, repo: repo.unwrap_or_default() }))
@@ -594,6 +643,16 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
                     downtime_seconds: h.downtime_seconds,
                     result: h.result,
                     error: h.error,
+                    images: h
+                        .images
+                        .into_iter()
+                        .map(|i| ImageRow {
+                            service: i.service,
+                            image: i.image,
+                            old_digest: i.old_digest,
+                            new_digest: i.new_digest,
+                        })
+                        .collect(),
                     repos: h
                         .repos
                         .into_iter()
@@ -868,6 +927,7 @@ mod tests {
                         duration_seconds: 15.0,
                     },
                 ],
+                images: Vec::new(),
             },
             HistoryRow {
                 service: "wiki".into(),
@@ -878,6 +938,7 @@ mod tests {
                 result: "failed".into(),
                 error: "borg check: exit 1".into(),
                 repos: Vec::new(),
+                images: Vec::new(),
             },
         ];
         let out = render_history(&rows, false);
@@ -894,5 +955,30 @@ mod tests {
         assert!(serde_json::to_value(&rows[1]).unwrap().get("error").is_some());
         assert!(serde_json::to_value(&rows[1]).unwrap().get("repos").is_none());
         assert_eq!(serde_json::to_value(&rows[0]).unwrap()["repos"][1]["label"], "offsite");
+    }
+
+    #[test]
+    fn history_table_shows_an_updates_images_old_to_new() {
+        let rows = [HistoryRow {
+            service: "web".into(),
+            kind: "update".into(),
+            started_unix: 1_795_629_427,
+            duration_seconds: 9.0,
+            downtime_seconds: 0.0,
+            result: "ok".into(),
+            error: String::new(),
+            repos: Vec::new(),
+            images: vec![ImageRow {
+                service: "app".into(),
+                image: "reg:5000/lab/web:stable".into(),
+                old_digest: "sha256:0123456789abcdef".into(),
+                new_digest: "sha256:fedcba9876543210".into(),
+            }],
+        }];
+        let out = render_history(&rows, false);
+        assert!(out.contains("  app") && out.contains("0123456789ab → fedcba987654  reg:5000/lab/web:stable"), "{out}");
+        assert_eq!(serde_json::to_value(&rows[0]).unwrap()["images"][0]["new_digest"], "sha256:fedcba9876543210");
+        assert!(matches!(parse(&["pull", "--all"]).unwrap(), ServicesCmd::Pull { name: None, all: true, .. }));
+        assert!(parse(&["pull"]).is_err() && parse(&["pull", "web", "--all"]).is_err());
     }
 }

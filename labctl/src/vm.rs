@@ -12,8 +12,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use strata_proto::v1::host_client::HostClient;
 use strata_proto::v1::{
-    JobRef, ListVmsRequest, VmBackupRequest, VmBackupsRequest, VmDrillRequest, VmFilesRequest, VmHistoryRequest, VmRef,
-    VmRestoreRequest,
+    JobRef, ListVmsRequest, ReloadRequest, VmBackupRequest, VmBackupsRequest, VmDrillRequest, VmFilesRequest,
+    VmHistoryRequest, VmRef, VmRestoreRequest,
 };
 
 use crate::client::{self, Agent, Timeouts};
@@ -24,6 +24,10 @@ use crate::table::Table;
 
 #[derive(Debug, Subcommand)]
 pub enum VmCmd {
+    /// Re-read the host-agent's config file (an invalid one is refused and the old one keeps serving; a running
+    /// backup finishes under the settings it started with).
+    #[command(after_help = "Example: labctl vm reload")]
+    Reload,
     /// List the VMs with their state, backup mode and engine, targets, and encryption of storage and local targets.
     #[command(after_help = "Example: labctl vm ls")]
     Ls,
@@ -318,6 +322,11 @@ pub async fn run(cmd: VmCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) ->
                 ]);
             }
             print!("{t}");
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCmd::Reload => {
+            let r = agent.call("reload", c.reload(ReloadRequest {})).await?;
+            output::reloaded(opts, r.changed, &r.message)?;
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Start { name } => {

@@ -1,5 +1,5 @@
-//! The crash journal and the job history of backups, restores, checks and drills, in the agent's SQLite database
-//! (`STATE/services.db`). Every step is written BEFORE it is done and marked done after; after a crash,
+//! The crash journal and the job history of backups, restores, checks, drills and image updates, in the agent's SQLite
+//! database (`STATE/services.db`). Every step is written BEFORE it is done and marked done after; after a crash,
 //! `open_steps` tells recovery what may still need undoing and `running` which runs died (and in which step).
 //! A restore that recovery could not safely undo is *held* (`held` table) until the operator resumes or abandons it.
 //! Knows the schema and the texts stored in it (a run's [`Job`] and [`Trigger`], the [`Quiesced`] detail), each with
@@ -46,6 +46,12 @@ pub(crate) mod step {
     /// The one file or directory a single-path restore replaces (`detail`), recorded before anything changes so
     /// that `--resume` of a held one restores that path again, not everything. Nothing to undo.
     pub(crate) const RESTORE_PATH: &str = "restore-path";
+    /// An update's record, written before anything is pulled: what each compose service ran (`detail`, JSON).
+    pub(crate) const UPDATE_IMAGES: &str = "update-images";
+    pub(crate) const PULL: &str = "pull";
+    /// Undo (by `update`'s recovery): the compose services recreated on new images (`detail`, JSON old → new).
+    pub(crate) const REDEPLOY: &str = "redeploy";
+    pub(crate) const ROLLBACK: &str = "rollback";
 }
 
 /// A run's kind: the `runs.kind` column, the job registry's kind and the notifications' `job`.
@@ -58,10 +64,12 @@ pub(crate) enum Job {
     /// A scheduled `borg check --verify-data` (its own frequency).
     VerifyData,
     Drill,
+    /// An image update (`Pull`, the `update` schedule).
+    Update,
 }
 
 impl Job {
-    const ALL: [Job; 5] = [Job::Backup, Job::Restore, Job::Check, Job::VerifyData, Job::Drill];
+    const ALL: [Job; 6] = [Job::Backup, Job::Restore, Job::Check, Job::VerifyData, Job::Drill, Job::Update];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -70,6 +78,7 @@ impl Job {
             Job::Check => "check",
             Job::VerifyData => "verify-data",
             Job::Drill => "drill",
+            Job::Update => "update",
         }
     }
 }
@@ -831,7 +840,10 @@ mod tests {
         let e = "nightly".parse::<Trigger>().unwrap_err().to_string();
         assert_eq!(e, "journal: `nightly` is not a job trigger (one of manual, schedule, resume, abandon)");
         let e = "scrub".parse::<Job>().unwrap_err().to_string();
-        assert!(e.contains("`scrub` is not a job kind (one of backup, restore, check, verify-data, drill)"), "{e}");
+        assert!(
+            e.contains("`scrub` is not a job kind (one of backup, restore, check, verify-data, drill, update)"),
+            "{e}"
+        );
         let e = "freeze abc".parse::<Quiesced>().unwrap_err().to_string();
         assert!(e.contains("`freeze` is not a way of quiescing (one of stop, pause, none)"), "{e}");
         assert!("".parse::<Quiesced>().is_err());

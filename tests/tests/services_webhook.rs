@@ -32,7 +32,7 @@ async fn a_signed_push_deploys_within_two_seconds_and_unsigned_or_badly_signed_r
     let secret_file = lab.dir.path().join("webhook.secret");
     std::fs::write(&secret_file, [SECRET, b"\n"].concat())?;
     std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))?;
-    lab.extra_config =
+    lab.tail =
         format!("[stacks.webhook]\nlisten = \"127.0.0.1:0\"\nsecret_file = {:?}\n", secret_file.display().to_string());
     lab.start(&[("web", &[], &[])])?;
     let addr = lab.agent().logged_addr("webhook")?;

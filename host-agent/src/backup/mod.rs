@@ -117,7 +117,9 @@ struct RunInfo {
 
 /// The host agent's domain: the configured VMs and what can be done to them.
 pub(crate) struct Host {
-    cfg: Config,
+    /// The running config, swapped whole by a reload; an operation reads one snapshot (a backup copies its VM's
+    /// settings at its start and finishes under them).
+    cfg: arc_swap::ArcSwap<Config>,
     journal: Journal,
     guest: Arc<dyn Guest>,
     busy: Mutex<HashSet<String>>,
@@ -126,7 +128,8 @@ pub(crate) struct Host {
     /// The last look at each configured VM through its hypervisor (name → why it could not be seen).
     unseen: Mutex<std::collections::BTreeMap<String, String>>,
     /// One lock per `exclusive` group, held from quiesce to resume: two VMs of a group are never down together.
-    groups: std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Made on first use, so a group a reload adds has its lock.
+    groups: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Released on drop: the VM is free for the next operation.
@@ -150,10 +153,9 @@ async fn send(tx: &Reporter, step: &str, done: u64, total: u64, message: impl In
 impl Host {
     pub(crate) fn new(cfg: Config, guest: Arc<dyn Guest>) -> Result<Host, HostError> {
         let journal = Journal::open(&cfg.common.state_dir)?;
-        let groups = cfg.vms.iter().filter_map(|v| v.exclusive.clone()).map(|g| (g, Arc::default())).collect();
         Ok(Host {
-            groups,
-            cfg,
+            groups: Mutex::default(),
+            cfg: arc_swap::ArcSwap::from_pointee(cfg),
             journal,
             guest,
             busy: Mutex::new(HashSet::new()),
@@ -187,16 +189,29 @@ impl Host {
         })
     }
 
-    pub(crate) fn config(&self) -> &Config {
-        &self.cfg
+    /// The running config (one snapshot: a reload during the caller's operation does not change what it reads).
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.cfg.load_full()
     }
 
-    fn vm(&self, name: &str) -> Result<&VmConfig, HostError> {
-        self.cfg.vm(name).ok_or_else(|| HostError::UnknownVm(name.to_string()))
+    /// Makes `new` the running config (a reload, validated in full by the caller). Operations already running keep
+    /// the snapshot they read.
+    pub(crate) fn replace_config(&self, new: Config) {
+        self.cfg.store(Arc::new(new));
+    }
+
+    /// A copy of `name`'s settings from the running config.
+    fn vm(&self, name: &str) -> Result<VmConfig, HostError> {
+        self.config().vm(name).cloned().ok_or_else(|| HostError::UnknownVm(name.to_string()))
+    }
+
+    /// The lock of exclusive group `group`.
+    pub(super) fn group_lock(&self, group: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner()).entry(group.to_string()).or_default().clone()
     }
 
     fn hv(&self, vm: &VmConfig) -> Arc<dyn Hypervisor> {
-        hypervisor::for_vm(vm, &self.cfg.common.state_dir)
+        hypervisor::for_vm(vm, &self.config().common.state_dir)
     }
 
     /// The engine writing `vm`'s backups to its target `t`.
@@ -261,14 +276,14 @@ impl Host {
         open.sort_by_key(|s| s.step == step::FREEZE);
         for s in open {
             let result: Result<String, String> = match s.step.as_str() {
-                step::QUIESCE => match (self.cfg.vm(&s.vm), Quiesced::parse(&s.detail)) {
+                step::QUIESCE => match (self.config().vm(&s.vm), Quiesced::parse(&s.detail)) {
                     (Some(vm), Some(how)) => match self.hv(vm).resume(how).await {
                         Ok(()) => Ok(format!("resumed vm {} ({} by a crashed run)", s.vm, s.detail)),
                         Err(e) => Err(e.to_string()),
                     },
                     _ => Err(format!("vm {} ({}) is no longer configured: left as it is", s.vm, s.detail)),
                 },
-                step::FREEZE => match self.cfg.vm(&s.vm) {
+                step::FREEZE => match self.config().vm(&s.vm) {
                     Some(vm) => match self.hv(vm).thaw_guest().await {
                         Ok(Some(n)) => {
                             Ok(format!("thawed the file systems of vm {} ({n}) frozen by a crashed run", s.vm))
@@ -307,7 +322,7 @@ impl Host {
     /// Asks each configured VM's hypervisor for its state and keeps which VMs it could not see (for
     /// [`Host::unseen_vms`]).
     pub(crate) async fn probe_vms(&self) {
-        for vm in &self.cfg.vms {
+        for vm in &self.config().vms {
             let seen = self.hv(vm).state().await;
             self.record_seen(&vm.name, &seen);
         }
@@ -337,7 +352,7 @@ impl Host {
 
     pub(crate) async fn list_vms(&self) -> Vec<VmSummary> {
         let mut out = Vec::new();
-        for vm in &self.cfg.vms {
+        for vm in &self.config().vms {
             let seen = self.hv(vm).state().await;
             self.record_seen(&vm.name, &seen);
             let state = match seen {
@@ -369,28 +384,28 @@ impl Host {
     }
 
     pub(crate) async fn start(&self, name: &str) -> Result<String, HostError> {
-        let vm = self.vm(name)?;
+        let vm = &self.vm(name)?;
         let _g = self.claim(name)?;
         self.hv(vm).start().await?;
         Ok(format!("vm {name} is running"))
     }
 
     pub(crate) async fn stop(&self, name: &str) -> Result<String, HostError> {
-        let vm = self.vm(name)?;
+        let vm = &self.vm(name)?;
         let _g = self.claim(name)?;
         self.hv(vm).shutdown().await?;
         Ok(format!("vm {name} is off"))
     }
 
     pub(crate) async fn suspend(&self, name: &str) -> Result<String, HostError> {
-        let vm = self.vm(name)?;
+        let vm = &self.vm(name)?;
         let _g = self.claim(name)?;
         let how = self.hv(vm).quiesce().await?;
         Ok(format!("vm {name} is {}", how.as_str()))
     }
 
     pub(crate) async fn resume(&self, name: &str) -> Result<String, HostError> {
-        let vm = self.vm(name)?;
+        let vm = &self.vm(name)?;
         let _g = self.claim(name)?;
         let hv = self.hv(vm);
         let how = match hv.state().await? {
@@ -417,7 +432,7 @@ impl Host {
     /// naming the failed targets and why); one that no target got is the error (the target's own with one target).
     /// The VM's notification targets hear of the run's start once the VM is claimed, and of its end.
     pub(crate) async fn backup(&self, name: &str, tx: &Reporter) -> Result<BackupReport, HostError> {
-        let vm = self.vm(name)?.clone();
+        let vm = self.vm(name)?;
         let _g = self.claim(name)?;
         let t0 = Instant::now();
         self.tell_start(&vm, notify::BACKUP).await;
@@ -559,7 +574,7 @@ impl Host {
             vm: name.into(),
             message: format!("its clone path {} exists and {why}: not removed; move it away", cpath.display()),
         };
-        if self.cfg.vms.iter().any(|v| v.path == cpath) {
+        if self.config().vms.iter().any(|v| v.path == cpath) {
             return Err(refuse("is a configured vm's bundle"));
         }
         let path = cpath.to_string_lossy();

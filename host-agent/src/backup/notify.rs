@@ -59,7 +59,7 @@ impl Said {
 impl Host {
     /// The global targets, then the VM's own.
     fn notify_targets(&self, vm: &VmConfig) -> Vec<NotifyTarget> {
-        self.cfg.notify.iter().chain(&vm.notify).cloned().collect()
+        self.config().notify.iter().chain(&vm.notify).cloned().collect()
     }
 
     /// Tells `vm`'s targets that `job` starts.

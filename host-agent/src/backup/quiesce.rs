@@ -28,7 +28,7 @@ impl Host {
     /// group until the guard is dropped (at resume). `None` for a VM in no group.
     pub(super) async fn exclusive(&self, vm: &VmConfig, tx: &Reporter) -> Option<OwnedMutexGuard<()>> {
         let group = vm.exclusive.as_ref()?;
-        let lock = self.groups.get(group)?.clone();
+        let lock = self.group_lock(group);
         if let Ok(g) = lock.clone().try_lock_owned() {
             return Some(g);
         }

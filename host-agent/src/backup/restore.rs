@@ -109,7 +109,7 @@ impl Host {
         name: &str,
         label: Option<&str>,
     ) -> Result<(String, Vec<(BackupInfo, f64)>), HostError> {
-        let vm = self.vm(name)?;
+        let vm = &self.vm(name)?;
         let picked = self.pick(vm, label, None, false).await?;
         let list = match picked.listed {
             Some(l) => l,
@@ -138,7 +138,7 @@ impl Host {
         label: Option<&str>,
         archive: Option<&str>,
     ) -> Result<(String, String, Vec<agent_core::borg::FileEntry>), HostError> {
-        let vm = self.vm(name)?;
+        let vm = &self.vm(name)?;
         if vm.engine.as_str() != "borg" {
             return Err(HostError::NoFileList { vm: name.into(), engine: vm.engine.as_str() });
         }
@@ -164,8 +164,9 @@ impl Host {
         start: bool,
         tx: &Reporter,
     ) -> Result<RestoreReport, HostError> {
-        let vm = self.vm(name)?;
-        let own = [(self.cfg.common.state_dir.as_path(), "the agent's state directory")];
+        let vm = &self.vm(name)?;
+        let cfg = self.config();
+        let own = [(cfg.common.state_dir.as_path(), "the agent's state directory")];
         let to = agent_core::target::confined(to, &own).map_err(|e| HostError::Refused {
             vm: vm.name.clone(),
             path: e.path,
@@ -189,7 +190,7 @@ impl Host {
         start: bool,
         tx: &Reporter,
     ) -> Result<RestoreReport, HostError> {
-        let vm = self.vm(name)?.clone();
+        let vm = self.vm(name)?;
         let eng_err = |source| HostError::Engine { vm: name.into(), source };
         let meta = std::fs::symlink_metadata(to).ok();
         if meta.as_ref().is_some_and(|m| !m.is_dir()) {
@@ -275,8 +276,9 @@ impl Host {
     /// scratch space under the state dir, checks it, reports, and removes it. The VM's notification targets hear how
     /// it ended.
     pub(crate) async fn drill(&self, name: &str, label: Option<&str>, tx: &Reporter) -> Result<DrillReport, HostError> {
-        let vm = self.vm(name)?;
-        let scratch = self.cfg.common.state_dir.join("drill").join(format!("{name}-{}", engine::stamp(now_unix())));
+        let vm = &self.vm(name)?;
+        let scratch =
+            self.config().common.state_dir.join("drill").join(format!("{name}-{}", engine::stamp(now_unix())));
         let t0 = Instant::now();
         let result = self.restore_into(&vm.name, None, label, &scratch, false, false, tx).await;
         let _ = tokio::fs::remove_dir_all(&scratch).await;
