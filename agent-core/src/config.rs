@@ -159,7 +159,8 @@ pub fn load_common(path: &Path, default_metrics_port: u16) -> Result<CommonConfi
     CommonConfig::validate(path, raw.state_dir, raw.grpc, raw.metrics, default_metrics_port)
 }
 
-fn parse_listen(s: &str, default_port: u16) -> Option<SocketAddr> {
+/// `IP:PORT`, or an IP alone with `default_port`.
+pub fn parse_listen(s: &str, default_port: u16) -> Option<SocketAddr> {
     s.parse::<SocketAddr>().ok().or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, default_port)))
 }
 

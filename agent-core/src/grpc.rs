@@ -78,6 +78,9 @@ pub enum ServeError {
     Metrics(std::io::Error),
     #[error("grpc server: {0}")]
     Transport(String),
+    /// An agent's own extra listener (e.g. the services-agent's webhook) could not be bound.
+    #[error("{what} listener on {addr}: {source}")]
+    Listen { what: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// What a finished job's summary is on the wire: its outcome in words (one line per target) and its typed facts.

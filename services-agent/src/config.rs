@@ -15,6 +15,7 @@ use serde::Deserialize;
 mod backup_settings;
 pub use backup_settings::valid_dataset;
 use backup_settings::{backup_global, service_backup};
+pub mod webhook;
 
 /// Port of `[metrics] listen` when only an address is given.
 pub const DEFAULT_METRICS_PORT: u16 = 9443;
@@ -98,6 +99,7 @@ struct RawStacks {
     credentials_file: Option<PathBuf>,
     #[serde(default)]
     bind_roots: Vec<PathBuf>,
+    webhook: Option<webhook::RawWebhook>,
 }
 
 fn default_branch() -> String {
@@ -176,6 +178,8 @@ pub struct Stacks {
     pub credentials_file: Option<PathBuf>,
     /// Host directories stacks may bind-mount from (besides their own directory in the checkout); absolute.
     pub bind_roots: Vec<PathBuf>,
+    /// `[stacks.webhook]`: the push trigger's HTTP endpoint, when configured.
+    pub webhook: Option<webhook::Webhook>,
 }
 
 /// `[hub]`: the reverse-proxy stack every spoke shares a network with, and where service names point.
@@ -515,7 +519,8 @@ fn managed(
         }
         bind_roots.push(r.clone());
     }
-    let stacks = Stacks { repo, branch: s.branch, checkout_dir, poll: s.poll, credentials_file, bind_roots };
+    let webhook = s.webhook.map(|w| webhook::validate(path, w)).transpose()?;
+    let stacks = Stacks { repo, branch: s.branch, checkout_dir, poll: s.poll, credentials_file, bind_roots, webhook };
 
     if !valid_name(&h.stack) {
         return Err(bad("hub.stack", format!("`{}` is not a valid stack name ([a-z0-9][a-z0-9_-]*)", h.stack)));

@@ -1,7 +1,8 @@
 //! The services-agent library: compose stacks from Git (sync, deploy, lifecycle), state read from Docker's event
 //! stream, the hub-and-spoke audit, DNS registration, per-service ZFS snapshot + Borg backups (restore, checks,
-//! drills, crash recovery, the host's lease) and image updates with rollback. `main.rs` is only glue; `run` wires the
-//! tasks together (it hands `dns` the gRPC edge's dns-agent client and owns the registration's [`DnsStatus`]).
+//! drills, crash recovery, the host's lease), image updates with rollback and the push-trigger webhook. `main.rs`
+//! is only glue; `run` wires the tasks together (it hands `dns` the gRPC edge's dns-agent client and owns the
+//! registration's [`DnsStatus`]).
 
 mod audit;
 mod backup;
@@ -27,6 +28,7 @@ mod stacks;
 mod store;
 mod update;
 mod verify;
+mod webhook;
 mod zfs;
 
 use std::sync::{Arc, RwLock};
@@ -121,6 +123,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     ));
     let scheduler = tokio::spawn(schedule::run(backups.clone(), shutdown.clone()));
     let update_scheduler = tokio::spawn(update::schedule(updates.clone(), shutdown.clone()));
+    let webhook = start_webhook(&cfg, &stacks, &metrics, &shutdown).await?;
 
     // The first look at the engine settles before serving (a missing socket fails at once), so that a Status just
     // after start does not report the engine as "not connected yet".
@@ -144,8 +147,33 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     let served = agent_core::grpc::run_agent(&common, parts, listeners, shutdown).await;
     // The background tasks stop on the same shutdown; a sync in progress is abandoned (compose is killed on drop). A
     // backup in progress is abandoned too: the journal lets the next start repair it.
-    for t in [watcher, poller, dns, scheduler, update_scheduler] {
+    for t in [watcher, poller, dns, scheduler, update_scheduler].into_iter().chain(webhook) {
         t.abort();
     }
     served
+}
+
+/// Binds and serves `[stacks.webhook]` when configured (a push wakes the poller); logs `webhook listening on ADDR`.
+async fn start_webhook(
+    cfg: &SharedConfig,
+    stacks: &Arc<Stacks>,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ServeError> {
+    let Some(w) = cfg.load().stacks.as_ref().and_then(|s| s.webhook.clone()) else { return Ok(None) };
+    let listener = tokio::net::TcpListener::bind(w.listen).await.map_err(|source| ServeError::Listen {
+        what: "webhook",
+        addr: w.listen,
+        source,
+    })?;
+    tracing::info!("webhook listening on {}", listener.local_addr().unwrap_or(w.listen));
+    let s = stacks.clone();
+    let hook = webhook::Webhook {
+        cfg: cfg.clone(),
+        trigger: Box::new(move || s.request_sync()),
+        metrics: webhook::WebhookMetrics::default(),
+        limits: webhook::Limits::default(),
+    };
+    hook.metrics.register(metrics);
+    Ok(Some(tokio::spawn(webhook::serve(listener, Arc::new(hook), shutdown.clone()))))
 }

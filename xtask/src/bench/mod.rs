@@ -24,7 +24,8 @@ pub(crate) enum Which {
         #[arg(long, default_value_t = 5000)]
         calls: usize,
     },
-    /// ListServices (served from the event-fed state) vs `docker ps`, with 50 running containers.
+    /// ListServices (served from the event-fed state) vs `docker ps`, with 50 running containers; a `git push` to the
+    /// new container running and healthy, by signed webhook vs by poll.
     Services,
     /// VM downtime: clone mode at 1 and 8 GiB vs suspend-copy-resume.
     Vm,

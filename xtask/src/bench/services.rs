@@ -1,15 +1,20 @@
 //! `cargo xtask bench services`: ListServices latency over mTLS with 50 running compose containers (answered from the
 //! agent's event-fed memory) against the time of `docker ps` listing the same containers, printed as a ratio (target
-//! ≥ 10×). Owns the stack generation and the measurement; reports, never fails on numbers.
+//! ≥ 10×); then the time from a `git push` to the changed stack's new container running and healthy, announced by
+//! the signed webhook vs found by the poll (`push`). Owns the stack generation, the agent's set-up and the printing;
+//! reports, never fails on numbers.
 
-use std::process::Command;
+mod push;
+
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use agent_core::identity::Role;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use strata_proto::v1::services_client::ServicesClient;
 use strata_proto::v1::{ListServicesRequest, SyncRequest};
 use strata_tests::fixtures::docker::{DockerEngine, TestImage, TEST_IMAGE_TAG};
+use strata_tests::fixtures::git::GitRepo;
 use strata_tests::harness::{base_config, AgentKind, AgentProc, Pki};
 
 use super::procs::release_bins;
@@ -18,26 +23,17 @@ use super::stats::{median, percentile};
 const CONTAINERS: usize = 50;
 const CALLS: usize = 2_000;
 const DOCKER_PS_RUNS: usize = 30;
-
-fn git(dir: &std::path::Path, args: &[&str]) -> Result<()> {
-    let st = Command::new("git")
-        .args(["-c", "user.name=bench", "-c", "user.email=bench@strata.invalid", "-C"])
-        .arg(dir)
-        .args(args)
-        .status()
-        .context("running git")?;
-    if !st.success() {
-        bail!("git {args:?} failed");
-    }
-    Ok(())
-}
+/// Pushes measured per path (webhook, poll).
+const PUSH_ROUNDS: usize = 7;
+/// `[stacks] poll` of the poll path (the default is 5 min; 2 s is the most eager setting one would run).
+const POLL: Duration = Duration::from_secs(2);
 
 /// Removes the bench's containers and networks, also on early return.
 struct Cleanup(DockerEngine, String);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for project in [format!("{}-proxy", self.1), format!("{}-many", self.1)] {
+        for project in ["proxy", "many", "app"].map(|s| format!("{}-{s}", self.1)) {
             let filter = format!("label=com.docker.compose.project={project}");
             let ids = self.0.docker(["ps", "-aq", "--filter", &filter]).unwrap_or_default();
             let ids: Vec<&str> = ids.split_whitespace().collect();
@@ -56,41 +52,53 @@ pub(crate) fn run() -> Result<()> {
     let prefix = format!("bench{}", std::process::id());
     let _cleanup = Cleanup(engine.clone(), prefix.clone());
     let dir = tempfile::tempdir()?;
-    let origin = dir.path().join("origin");
+    let origin = GitRepo::init(dir.path().join("origin"))?;
 
-    // The hub (one container) and a spoke of CONTAINERS - 1 services.
-    std::fs::create_dir_all(origin.join(format!("{prefix}-proxy")))?;
-    std::fs::create_dir_all(origin.join(format!("{prefix}-many")))?;
-    std::fs::write(
-        origin.join(format!("{prefix}-proxy/docker-compose.yml")),
-        format!("version: \"3.7\"\nservices:\n  proxy:\n    image: {TEST_IMAGE_TAG}\n"),
+    // The hub (one container), a spoke of CONTAINERS - 2 services and the one-container stack the pushes change.
+    origin.write(
+        &format!("{prefix}-proxy/docker-compose.yml"),
+        &format!("version: \"3.7\"\nservices:\n  proxy:\n    image: {TEST_IMAGE_TAG}\n"),
     )?;
     let mut many = String::from("version: \"3.7\"\nservices:\n");
-    for i in 0..CONTAINERS - 1 {
+    for i in 0..CONTAINERS - 2 {
         many.push_str(&format!("  s{i}:\n    image: {TEST_IMAGE_TAG}\n"));
     }
-    std::fs::write(origin.join(format!("{prefix}-many/docker-compose.yml")), many)?;
-    git(&origin, &["init", "-q", "-b", "main"])?;
-    git(&origin, &["add", "-A"])?;
-    git(&origin, &["commit", "-qm", "bench stacks"])?;
+    origin.write(&format!("{prefix}-many/docker-compose.yml"), &many)?;
+    let app = format!("{prefix}-app");
+    origin.write(&format!("{app}/docker-compose.yml"), &push::app_compose(0))?;
+    origin.commit("bench stacks")?;
+    let secret = dir.path().join("webhook.secret");
+    std::fs::write(&secret, push::SECRET)?;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
 
     let pki = Pki::new()?;
     let (cert, key) = pki.issue(Role::ServicesAgent, "services1")?;
-    let mut text = base_config(&dir.path().join("state"), &pki.ca(), &cert, &key);
-    text.push_str(&format!(
-        "[stacks]\nrepo = {:?}\ncheckout_dir = {:?}\npoll = \"1h\"\n[hub]\nstack = \"{prefix}-proxy\"\n\
-         network = \"{prefix}-hub\"\ndomain = \"bench.test\"\naddress = \"10.0.0.20\"\n\
-         [[services]]\nname = \"{prefix}-many\"\n",
-        origin.display().to_string(),
-        dir.path().join("checkout").display().to_string(),
-    ));
+    // `stacks_extra`: the rest of `[stacks]` (the poll, the webhook).
+    let config_text = |stacks_extra: &str| {
+        let mut text = base_config(&dir.path().join("state"), &pki.ca(), &cert, &key);
+        text.push_str(&format!(
+            "[stacks]\nrepo = {:?}\ncheckout_dir = {:?}\n{stacks_extra}[hub]\nstack = \"{prefix}-proxy\"\n\
+             network = \"{prefix}-hub\"\ndomain = \"bench.test\"\naddress = \"10.0.0.20\"\n\
+             [[services]]\nname = \"{prefix}-many\"\n[[services]]\nname = \"{app}\"\n",
+            origin.dir.display().to_string(),
+            dir.path().join("checkout").display().to_string(),
+        ));
+        text
+    };
     let config = dir.path().join("services-agent.toml");
-    std::fs::write(&config, text)?;
-    let agent = AgentProc::start_with_config(AgentKind::Services, &config)?;
+    std::fs::write(
+        &config,
+        config_text(&format!(
+            "poll = \"1h\"\n[stacks.webhook]\nlisten = \"127.0.0.1:0\"\nsecret_file = {:?}\n",
+            secret.display().to_string()
+        )),
+    )?;
+    let mut agent = AgentProc::start_with_config(AgentKind::Services, &config)?;
+    let hook = agent.logged_addr("webhook")?;
     let admin = pki.material(&pki.ca(), Role::Admin, "bench-admin")?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
 
-    let (lat, running) = rt.block_on(async {
+    let (lat, running, mut c) = rt.block_on(async {
         let ch = admin.connect(&agent.url(), Role::ServicesAgent, Duration::from_secs(900)).await?;
         let mut c = ServicesClient::new(ch);
         println!("\nbench services: deploying {CONTAINERS} containers with docker-compose…");
@@ -123,7 +131,7 @@ pub(crate) fn run() -> Result<()> {
             lat.push(t.elapsed());
             std::hint::black_box(r);
         }
-        Ok::<_, anyhow::Error>((lat, running))
+        Ok::<_, anyhow::Error>((lat, running, c))
     })?;
 
     // The same 50 containers: their names all start with the prefix.
@@ -148,6 +156,34 @@ pub(crate) fn run() -> Result<()> {
         "ratio docker ps / ListServices: {ratio:.1}x (target >= 10x){}",
         if ratio >= 10.0 { "" } else { "  BELOW TARGET" }
     );
+
+    // The push path: this agent (poll 1 h), told by the signed webhook.
+    println!("\npushing {PUSH_ROUNDS} commits to {app}, each announced by a signed webhook (poll 1 h)…");
+    let pushed = rt.block_on(push::rounds(&mut c, &origin, &app, &push::Path::Webhook(hook), 1, PUSH_ROUNDS))?;
+    drop(c);
+    // The poll path: the same agent, state and stacks, restarted with `poll = 2s` and no webhook.
+    agent.terminate()?;
+    std::fs::write(&config, config_text(&format!("poll = \"{}s\"\n", POLL.as_secs())))?;
+    let agent = AgentProc::start_with_config(AgentKind::Services, &config)?;
+    println!("pushing {PUSH_ROUNDS} commits to {app}, found by the poll (every {} s)…", POLL.as_secs());
+    let polled = rt.block_on(async {
+        let ch = admin.connect(&agent.url(), Role::ServicesAgent, Duration::from_secs(900)).await?;
+        let mut c = ServicesClient::new(ch);
+        push::rounds(&mut c, &origin, &app, &push::Path::Poll(POLL), 1 + PUSH_ROUNDS, PUSH_ROUNDS).await
+    })?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("{:<44} {:>8} {:>8} {:>8}", "git push -> new container running + healthy", "p50 ms", "min ms", "max ms");
+    for (what, s) in [("signed webhook (poll 1 h)", &pushed), (&*format!("poll every {} s", POLL.as_secs()), &polled)] {
+        let (min, max) = (s.iter().min().copied().unwrap_or_default(), s.iter().max().copied().unwrap_or_default());
+        println!("{what:<44} {:>8.0} {:>8.0} {:>8.0}", ms(median(s)), ms(min), ms(max));
+    }
+    println!(
+        "ratio poll / webhook (medians): {:.1}x; each round: webhook {:?} ms, poll {:?} ms",
+        median(&polled).as_secs_f64() / median(&pushed).as_secs_f64().max(1e-9),
+        pushed.iter().map(|d| d.as_millis()).collect::<Vec<_>>(),
+        polled.iter().map(|d| d.as_millis()).collect::<Vec<_>>(),
+    );
+    println!("(arithmetic, not measured: with the default poll of 5 min a push waits 150 s for it on average)");
     drop(agent);
     Ok(())
 }
