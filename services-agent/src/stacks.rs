@@ -231,14 +231,15 @@ impl Stacks {
                 return report;
             }
         };
-        // The hub first (its network is the spokes'), then the stacks whose directory changed, then the rest: a
-        // push deploys the stack it changed without waiting for every other stack's `config` (about 0.3 s each).
+        // The stacks whose directory changed first (the hub before them: its network is the spokes'), then the
+        // rest: a push deploys the stack it changed without waiting for every other stack's `config` (about 0.3 s
+        // each with compose v1).
         let cfg = self.cfg();
         let mut order: Vec<&str> = cfg.services.iter().map(|s| s.name.as_str()).collect();
         let hub = cfg.hub.as_ref().map(|h| h.stack.as_str());
         order.sort_by_key(|name| {
             let changed = self.store.get(name).map_or(true, |r| Some(&r.tree) != trees.get(*name));
-            (Some(*name) != hub, !changed)
+            (!changed, Some(*name) != hub)
         });
         for name in order {
             let name = &name.to_string();
