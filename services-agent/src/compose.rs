@@ -15,6 +15,9 @@ const UP_TIMEOUT: Duration = Duration::from_secs(600);
 const ACTION_TIMEOUT: Duration = Duration::from_secs(180);
 const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A compose file with no services: what a project whose own file is gone is brought down with.
+pub(crate) const EMPTY_FILE: &str = "version: \"3.7\"\nservices: {}\n";
+
 /// File names a stack directory may use, in the order compose itself prefers.
 pub(crate) const COMPOSE_FILES: &[&str] = &["compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml"];
 
@@ -104,6 +107,14 @@ impl Compose {
     /// `down --remove-orphans`; named volumes (the data) are kept.
     pub(crate) async fn down(&self, project: &str, file: &Path) -> Result<(), ComposeError> {
         self.action(project, file, "down", &["down", "--remove-orphans"], ACTION_TIMEOUT).await
+    }
+
+    /// `down --remove-orphans` of a project whose own compose file is gone (its stack left the config or the
+    /// repository), through `empty`, a compose file with no services (written by the caller): every container of
+    /// the project is an orphan and removed. Volumes are kept (no `-v`). Compose v1 (1.29) leaves the project's
+    /// networks (they are not in the file): the caller removes them by label.
+    pub(crate) async fn down_orphans(&self, project: &str, empty: &Path) -> Result<(), ComposeError> {
+        self.action(project, empty, "down", &["down", "--remove-orphans"], ACTION_TIMEOUT).await
     }
 
     pub(crate) async fn restart(&self, project: &str, file: &Path) -> Result<(), ComposeError> {

@@ -94,6 +94,9 @@ struct RawStacks {
     credentials_file: Option<PathBuf>,
     #[serde(default)]
     bind_roots: Vec<PathBuf>,
+    /// Leave deployed stacks that left `[[services]]` (or the repository) running instead of taking them down.
+    #[serde(default)]
+    keep_unlisted: bool,
 }
 
 fn default_branch() -> String {
@@ -164,6 +167,9 @@ pub struct Stacks {
     pub credentials_file: Option<PathBuf>,
     /// Host directories stacks may bind-mount from (besides their own directory in the checkout); absolute.
     pub bind_roots: Vec<PathBuf>,
+    /// `keep_unlisted`: a deployed stack no longer in `[[services]]` (or whose directory left the repository) is
+    /// left running and listed as `unlisted`, instead of being taken down by the sync.
+    pub keep_unlisted: bool,
 }
 
 /// `[hub]`: the reverse-proxy stack every spoke shares a network with, and where service names point.
@@ -482,7 +488,15 @@ fn managed(
         }
         bind_roots.push(r.clone());
     }
-    let stacks = Stacks { repo, branch: s.branch, checkout_dir, poll: s.poll, credentials_file, bind_roots };
+    let stacks = Stacks {
+        repo,
+        branch: s.branch,
+        checkout_dir,
+        poll: s.poll,
+        credentials_file,
+        bind_roots,
+        keep_unlisted: s.keep_unlisted,
+    };
 
     if !valid_name(&h.stack) {
         return Err(bad("hub.stack", format!("`{}` is not a valid stack name ([a-z0-9][a-z0-9_-]*)", h.stack)));

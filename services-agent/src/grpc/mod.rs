@@ -20,6 +20,7 @@ use crate::compose::ComposeError;
 use crate::config::valid_name;
 use crate::journal::{Job, Trigger};
 use crate::model;
+use crate::reload::Reloader;
 use crate::restore::{Decision, RunReport, Source};
 use crate::stacks::{StackError, Stacks};
 
@@ -29,11 +30,16 @@ pub(crate) use dns_client::DnsRemote;
 type PbStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The `Services` service over the stacks engine and the backup jobs, as the routes `agent_core::grpc` serves.
-pub(crate) fn routes(stacks: Arc<Stacks>, backups: Arc<Backups>) -> tonic::service::RoutesBuilder {
+pub(crate) fn routes(
+    stacks: Arc<Stacks>,
+    backups: Arc<Backups>,
+    reloader: Arc<Reloader>,
+) -> tonic::service::RoutesBuilder {
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(ServicesServer::new(ServicesSvc {
         stacks,
         backups,
+        reloader,
         listings: PerCaller::new(LISTINGS_PER_CALLER),
         jobs: JobRegistry::default(),
     }));
@@ -43,6 +49,8 @@ pub(crate) fn routes(stacks: Arc<Stacks>, backups: Arc<Backups>) -> tonic::servi
 pub(crate) struct ServicesSvc {
     stacks: Arc<Stacks>,
     backups: Arc<Backups>,
+    /// `Reload` re-reads the config file.
+    reloader: Arc<Reloader>,
     /// ListArchives calls in flight per caller: each runs a borg of its own.
     listings: PerCaller,
     /// The running long jobs (backup, restore, check, drill).
@@ -116,9 +124,10 @@ fn status(e: StackError) -> Status {
     let msg = e.to_string();
     match e {
         StackError::Unknown(_) => Status::not_found(msg),
-        StackError::NotSynced(_) | StackError::NotInRepo { .. } | StackError::Refused { .. } => {
-            Status::failed_precondition(msg)
-        }
+        StackError::NotSynced(_)
+        | StackError::NotInRepo { .. }
+        | StackError::Refused { .. }
+        | StackError::NotRemoved(_) => Status::failed_precondition(msg),
         StackError::Compose(ComposeError::Invalid { .. } | ComposeError::NoFile { .. }) => {
             Status::failed_precondition(msg)
         }
@@ -671,7 +680,13 @@ impl Services for ServicesSvc {
     }
 
     async fn reload(&self, _req: Request<pb::ReloadRequest>) -> Result<Response<pb::ReloadResponse>, Status> {
-        Err(Status::unimplemented("reload: not built yet"))
+        match self.reloader.reload() {
+            Ok(o) => Ok(Response::new(pb::ReloadResponse { changed: o.changed, message: o.message })),
+            Err(e) => {
+                tracing::warn!(error = %e, "reload refused: keeping the running config");
+                Err(Status::failed_precondition(format!("config refused, the running config is kept: {e}")))
+            }
+        }
     }
 
     type PullStream = PbStream<pb::Progress>;
@@ -680,8 +695,9 @@ impl Services for ServicesSvc {
         Err(Status::unimplemented("pull: not built yet"))
     }
 
-    async fn acknowledge(&self, _req: Request<pb::ServiceRef>) -> Result<Response<pb::ActionResponse>, Status> {
-        Err(Status::unimplemented("acknowledge: not built yet"))
+    async fn acknowledge(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::ActionResponse>, Status> {
+        let Name(n) = req.into_inner().try_into()?;
+        action(self.stacks.acknowledge(&n).await)
     }
 }
 
