@@ -13,7 +13,7 @@ use serde::Serialize;
 use strata_proto::v1::services_client::ServicesClient;
 use strata_proto::v1::{
     AuditRequest, BackupRequest, HistoryRequest, JobRef, ListFilesRequest, ListServicesRequest, LogsRequest,
-    RestoreRequest, ServiceRef, SyncRequest,
+    ReloadRequest, RestoreRequest, ServiceRef, SyncRequest,
 };
 
 use crate::client::{self, Agent, Timeouts, DEPLOY_TIMEOUT};
@@ -200,6 +200,16 @@ pub enum ServicesCmd {
         #[arg(long)]
         cancel_on_interrupt: bool,
     },
+    /// Re-read the services-agent's config file (an invalid one is refused and the running one keeps serving);
+    /// prints what was applied and what waits for a restart.
+    #[command(after_help = "Example: labctl services reload")]
+    Reload,
+    /// Forget a stack the sync took down because it left the config (listed `removed`): its record is deleted.
+    #[command(after_help = "Example: labctl services ack oldwiki")]
+    Ack {
+        /// The removed stack.
+        name: String,
+    },
     /// Re-attach to a service's running backup, restore, check or drill (one left with Ctrl-C) and follow it to its
     /// end, as the command that started it would have.
     #[command(after_help = "Example: labctl services watch photos")]
@@ -385,9 +395,10 @@ async fn follow(
     agent.follow_job(what, stream, json, on_interrupt).await
 }
 
-/// A service that needs a look: an error, or a state other than running / deliberately down.
+/// A service that needs a look: an error, or a state other than running / deliberately down / left running by
+/// `keep_unlisted` (a removed stack needs one until acknowledged).
 fn troubled(s: &ServiceRow) -> bool {
-    !s.error.is_empty() || !matches!(s.state.as_str(), "running" | "down" | "paused")
+    !s.error.is_empty() || !matches!(s.state.as_str(), "running" | "down" | "paused" | "unlisted")
 }
 
 fn render(rows: &[ServiceRow], verbose: bool) -> String {
@@ -513,6 +524,23 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
                     println!("{} | {}", line.container, line.line);
                 }
             }
+        }
+        ServicesCmd::Reload => {
+            let r = agent.call("reload", c.reload(ReloadRequest {})).await?;
+            let text = match (r.message.is_empty(), r.changed) {
+                (false, _) => r.message.clone(),
+                (true, true) => "reloaded".to_string(),
+                (true, false) => "unchanged".to_string(),
+            };
+            output::result(opts, &serde_json::json!({ "changed": r.changed, "message": r.message }), text)?;
+        }
+        ServicesCmd::Ack { name } => {
+            let message = agent
+                .call("acknowledge", c.acknowledge(ServiceRef { name: name.clone(), ..Default::default() }))
+                .await?
+                .message;
+            let value = serde_json::json!({ "action": "ack", "name": name, "message": message });
+            output::result(opts, &value, &message)?;
         }
         ServicesCmd::Sync => {
             let r = agent.call("sync", c.sync(SyncRequest {})).await?;
