@@ -527,12 +527,7 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
         }
         ServicesCmd::Reload => {
             let r = agent.call("reload", c.reload(ReloadRequest {})).await?;
-            let text = match (r.message.is_empty(), r.changed) {
-                (false, _) => r.message.clone(),
-                (true, true) => "reloaded".to_string(),
-                (true, false) => "unchanged".to_string(),
-            };
-            output::result(opts, &serde_json::json!({ "changed": r.changed, "message": r.message }), text)?;
+            output::reloaded(opts, r.changed, &r.message)?;
         }
         ServicesCmd::Ack { name } => {
             let message = agent

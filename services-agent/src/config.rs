@@ -94,7 +94,6 @@ struct RawStacks {
     credentials_file: Option<PathBuf>,
     #[serde(default)]
     bind_roots: Vec<PathBuf>,
-    /// Leave deployed stacks that left `[[services]]` (or the repository) running instead of taking them down.
     #[serde(default)]
     keep_unlisted: bool,
 }
@@ -167,8 +166,7 @@ pub struct Stacks {
     pub credentials_file: Option<PathBuf>,
     /// Host directories stacks may bind-mount from (besides their own directory in the checkout); absolute.
     pub bind_roots: Vec<PathBuf>,
-    /// `keep_unlisted`: a deployed stack no longer in `[[services]]` (or whose directory left the repository) is
-    /// left running and listed as `unlisted`, instead of being taken down by the sync.
+    /// Deployed stacks that left `[[services]]` or the repository stay running (`unlisted`), not taken down.
     pub keep_unlisted: bool,
 }
 
@@ -488,15 +486,8 @@ fn managed(
         }
         bind_roots.push(r.clone());
     }
-    let stacks = Stacks {
-        repo,
-        branch: s.branch,
-        checkout_dir,
-        poll: s.poll,
-        credentials_file,
-        bind_roots,
-        keep_unlisted: s.keep_unlisted,
-    };
+    let (branch, poll, keep_unlisted) = (s.branch, s.poll, s.keep_unlisted);
+    let stacks = Stacks { repo, branch, checkout_dir, poll, credentials_file, bind_roots, keep_unlisted };
 
     if !valid_name(&h.stack) {
         return Err(bad("hub.stack", format!("`{}` is not a valid stack name ([a-z0-9][a-z0-9_-]*)", h.stack)));
