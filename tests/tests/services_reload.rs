@@ -118,8 +118,22 @@ async fn sighup_deploys_an_added_stack_refuses_an_invalid_file_and_takes_dropped
     let b_net = networks_of(&lab, &lab.name("b"))?;
     ensure!(!b_net.is_empty(), "b has its default network");
     write_config(&lab, &["a"], "")?;
-    let msg = reload(&lab).await?;
-    assert_eq!(msg, format!("config reloaded: applied services (removed {})", lab.name("b")));
+    let (cert, key) = lab.pki.issue(agent_core::identity::Role::Admin, "alice")?;
+    let inventory = lab.dir.path().join("labctl.toml");
+    strata_tests::harness::write_inventory(&inventory, &lab.pki.ca(), &cert, &key, &[lab.agent()])?;
+    let labctl = |args: &[&str]| -> Result<(Option<i32>, String)> {
+        let out =
+            Command::new(strata_tests::harness::bin("labctl")?).arg("--config").arg(&inventory).args(args).output()?;
+        Ok((
+            out.status.code(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        ))
+    };
+    let (code, text) = labctl(&["services", "reload"])?;
+    assert_eq!(
+        (code, text.trim()),
+        (Some(0), format!("config reloaded: applied services (removed {})", lab.name("b")).as_str())
+    );
     let b = lab.wait_service("b", Duration::from_secs(30), |s| s.state == "removed" && s.containers.is_empty()).await?;
     assert!(b.containers.is_empty() && b.error.contains("no longer in [[services]]"), "{b:?}");
     assert!(containers_of(&lab, &lab.name("b"))?.is_empty(), "b's containers are removed");
@@ -129,8 +143,11 @@ async fn sighup_deploys_an_added_stack_refuses_an_invalid_file_and_takes_dropped
     assert!(running(&lab.service("a").await?), "a is untouched");
     let err = ack(&lab, "a").await.expect_err("a is not removed");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
-    let m = ack(&lab, "b").await?;
-    assert!(m.contains("acknowledged"), "{m}");
+    let (code, text) = labctl(&["services", "ls"])?;
+    let row = text.lines().find(|l| l.starts_with(&lab.name("b"))).unwrap_or_default();
+    assert!(row.contains("removed") && code == Some(1), "a removed stack needs attention: {text}");
+    let (code, text) = labctl(&["services", "ack", &lab.name("b")])?;
+    assert!(code == Some(0) && text.contains("acknowledged"), "{text}");
     ensure!(!lab.services().await?.contains_key(&lab.name("b")), "an acknowledged stack is no longer listed");
     assert_eq!(ack(&lab, "b").await.expect_err("forgotten").code(), tonic::Code::NotFound);
 

@@ -71,6 +71,15 @@ impl Stacks {
             tracing::warn!(stacks = ?names, "stacks left the config; left running (keep_unlisted = true)");
             return;
         }
+        // Without the engine nothing can be taken down: no run journaled per sync while it is away.
+        if let Some(e) = self.live.engine_error() {
+            for (name, reason) in gone {
+                report
+                    .errors
+                    .insert(name.clone(), format!("stack {name} left the config ({reason}); not taken down: {e}"));
+            }
+            return;
+        }
         for (name, reason) in gone {
             match self.take_down(compose, &cfg, &name, &reason).await {
                 Ok(msg) => tracing::warn!(stack = name, "{msg}"),
