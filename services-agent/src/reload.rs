@@ -74,6 +74,13 @@ impl Changes {
 /// kept at its running value) and the changes.
 pub(crate) fn compare(old: &Config, mut new: Config) -> (Config, Changes) {
     let mut c = Changes::default();
+    // Managing stacks or not (`[stacks]` with `[hub]` and `[[services]]`, or none of them) is decided at start: the
+    // repository's checkout and the poller exist or not. Nothing of such a file is applied (dropping `[stacks]` live
+    // would take every stack down).
+    if old.stacks.is_some() != new.stacks.is_some() {
+        c.restart.push("stacks");
+        return (old.clone(), c);
+    }
     // Bound at start: the state database and job owner, the listeners and TLS files, the engine's socket (the
     // watcher's connection, the compose found), the stacks repository (its checkout), the backup slots and the
     // snapshot mount paths a running backup unmounts later.
@@ -110,11 +117,7 @@ pub(crate) fn compare(old: &Config, mut new: Config) -> (Config, Changes) {
                 n.credentials_file = o.credentials_file.clone();
             }
         }
-        (None, None) => {}
-        // No repository (and no poller) at start, or one to drop: both only at start.
-        _ => {
-            keep(true, "stacks");
-        }
+        _ => {}
     }
     if keep(new.backup.parallel != old.backup.parallel, "backup.parallel") {
         new.backup.parallel = old.backup.parallel;
@@ -238,6 +241,12 @@ mod tests {
                 "config reloaded: applied services (removed old, wiki), stacks.keep_unlisted, hub",
             ),
         ];
+        // Dropping [stacks] (with [hub] and the services): nothing applied, every stack stays.
+        let common = BASE.split("[stacks]").next().unwrap();
+        let (run, changes) = compare(&old, cfg(common));
+        assert_eq!(changes.message(), "config reloaded: nothing to apply; stacks changed: restart the agent to apply");
+        assert_eq!(run.services, old.services);
+        assert!(run.stacks.is_some() && run.hub.is_some());
         for (text, want) in cases {
             let new = cfg(&text);
             let (run, changes) = compare(&old, new.clone());
