@@ -1,6 +1,7 @@
 //! The services-agent reloading its config without a restart (SIGHUP and `Services/Reload`) and taking down the
 //! stacks that leave the config or the repository: the real binary on a real dockerd through docker-compose, a real
-//! Git repository of stacks, a zfs-fuse dataset bound into a stack, Borg for the backup that runs across a reload.
+//! Git repository of stacks, a zfs-fuse dataset bound into a stack, Borg for the backup that runs across a reload
+//! (and the scheduler picking up a schedule a reload gave).
 //! Knows the agent's config format, gRPC API and log lines; nothing of its internals.
 
 use std::collections::BTreeMap;
@@ -244,7 +245,7 @@ async fn a_dropped_stack_goes_down_with_its_data_byte_identical_and_keep_unliste
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_backup_running_across_a_reload_finishes_under_the_settings_it_started_with() -> Result<()> {
+async fn a_backup_running_across_a_reload_finishes_under_its_settings_and_the_scheduler_follows() -> Result<()> {
     // A slow pre-snapshot hook keeps the backup running while the config is reloaded.
     let hook = "hooks = [{ when = \"before-snapshot\", container = \"app\", command = [\"sleep\", \"3\"] }]\n";
     let mut lab = backuplab::Lab::new(hook)?;
@@ -277,5 +278,21 @@ async fn a_backup_running_across_a_reload_finishes_under_the_settings_it_started
     // The next backup runs under the reloaded retention.
     lab.backup().await.map_err(|s| anyhow::anyhow!("{s}\n{}", lab.agent().logs()))?;
     assert_eq!(lab.archives().await?.len(), 1, "pruned under the reloaded retention (last 1)");
+
+    // A schedule given by a reload is followed by the running scheduler (at its next tick), no restart.
+    let before = lab.history().await?.len();
+    lab.config("retention = { last = 1 }\nschedule = \"* * * * *\"\n")?;
+    let msg = c.reload(ReloadRequest {}).await?.into_inner().message;
+    assert_eq!(msg, format!("config reloaded: applied services (changed {})", lab.service));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let h = lab.history().await?;
+        if h.len() > before && h[0].result != "running" {
+            assert_eq!(h[0].result, "ok", "{:?}", h[0]);
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "no scheduled backup within 120 s\n{}", lab.agent().logs());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     Ok(())
 }
