@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use strata_proto::v1::{BackupRequest, HistoryRequest, ReloadRequest, ServiceRef, StatusRequest};
 use strata_tests::backuplab;
+use strata_tests::fixtures::borg::BorgRepo;
 use strata_tests::fixtures::docker::TEST_IMAGE_TAG;
 use strata_tests::fixtures::zfs::ZfsPool;
 use strata_tests::harness::{base_config, AgentKind, AgentProc};
@@ -19,6 +20,12 @@ use strata_tests::serviceslab::{hub_compose, ids, running, spoke_compose, Lab, D
 
 /// Writes the services lab's agent config: `services` (stack names), `stacks_extra` lines under `[stacks]`.
 fn write_config(lab: &Lab, services: &[&str], stacks_extra: &str) -> Result<PathBuf> {
+    let with: Vec<(&str, &str)> = services.iter().map(|s| (*s, "")).collect();
+    write_config_with(lab, &with, stacks_extra)
+}
+
+/// [`write_config`] with lines added to each service (`(stack, lines)`).
+fn write_config_with(lab: &Lab, services: &[(&str, &str)], stacks_extra: &str) -> Result<PathBuf> {
     let (cert, key) = lab.pki.issue(agent_core::identity::Role::ServicesAgent, "services1")?;
     let mut text = base_config(&lab.dir.path().join("state"), &lab.pki.ca(), &cert, &key);
     text.push_str(&format!(
@@ -29,8 +36,8 @@ fn write_config(lab: &Lab, services: &[&str], stacks_extra: &str) -> Result<Path
         lab.name("proxy"),
         lab.hub_net(),
     ));
-    for s in services {
-        text.push_str(&format!("[[services]]\nname = {:?}\n", lab.name(s)));
+    for (s, lines) in services {
+        text.push_str(&format!("[[services]]\nname = {:?}\n{lines}", lab.name(s)));
     }
     let path = lab.dir.path().join("services-agent.toml");
     std::fs::write(&path, text)?;
@@ -188,8 +195,14 @@ fn contents(dir: &Path) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
     Ok(out)
 }
 
+/// zfs-fuse fails to create mountpoints when pools and datasets are made in parallel: the tests of this file that
+/// make them take turns.
+static ZFS_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_dropped_stack_goes_down_with_its_data_byte_identical_and_keep_unlisted_keeps_one_running() -> Result<()> {
+async fn a_dropped_stack_goes_down_after_its_running_backup_with_its_data_byte_identical_and_keep_unlisted_keeps_one(
+) -> Result<()> {
+    let _turn = ZFS_TURN.lock().await;
     let mut lab = Lab::new()?;
     let pool = ZfsPool::create()?;
     let dataset = pool.create_dataset("appdata/data")?;
@@ -208,16 +221,46 @@ async fn a_dropped_stack_goes_down_with_its_data_byte_identical_and_keep_unliste
     lab.origin.write(&format!("{}/docker-compose.yml", lab.name("other")), &spoke_compose(&hub, ""))?;
     lab.origin.commit("a stack on a dataset and another")?;
     let roots = format!("bind_roots = [{:?}]\n", pool.mountpoint().display().to_string());
-    let config = write_config(&lab, &["data", "other"], &roots)?;
-    start(&mut lab, &config, &[])?;
-    lab.wait_service("data", Duration::from_secs(30), running).await?;
+    // data is backed up, with a slow hook: a backup is running when a reload drops it.
+    let borg = BorgRepo::init(backuplab::PASSPHRASE)?;
+    let pass = lab.dir.path().join("passphrase");
+    std::fs::write(&pass, backuplab::PASSPHRASE)?;
+    std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let backed_up = format!(
+        "dataset = {dataset:?}\nrepo = {:?}\npassphrase_file = {:?}\nquiesce = \"pause\"\n\
+         hooks = [{{ when = \"before-snapshot\", container = \"web\", command = [\"sleep\", \"4\"] }}]\n",
+        borg.path().display().to_string(),
+        pass.display().to_string(),
+    );
+    let config = write_config_with(&lab, &[("data", &backed_up), ("other", "")], &roots)?;
+    let base = borg.scratch_dir().join("agent-base");
+    std::fs::create_dir_all(&base)?;
+    start(&mut lab, &config, &[("BORG_BASE_DIR", base.to_str().context("utf-8")?)])?;
+    let data_ids = ids(&lab.wait_service("data", Duration::from_secs(30), running).await?);
     let other = lab.wait_service("other", Duration::from_secs(30), running).await?;
     let volume = format!("{}_keep", lab.name("data"));
     let before = contents(&mount)?;
     ensure!(before.len() == 2, "{before:?}");
 
+    let mut c = lab.client().await?;
+    let mut stream = c.backup(BackupRequest { name: lab.name("data"), all: false }).await?.into_inner();
+    loop {
+        let p = stream.message().await?.context("the backup stream ended before its hooks")?;
+        if p.step == "pre-hooks" {
+            break;
+        }
+    }
     write_config(&lab, &["other"], &roots)?;
     sighup(lab.agent())?;
+    // The take-down waits for the backup: the sync says so, data keeps running.
+    lab.agent().wait_log("config reloaded: applied services (removed", Duration::from_secs(10))?;
+    let r = lab.sync().await?;
+    let deferred = r.errors.get(&lab.name("data")).context("the take-down is deferred")?;
+    assert!(deferred.contains("its backup is running"), "{deferred}");
+    let done = backuplab::Lab::drain(stream).await.map_err(|s| anyhow::anyhow!("{s}\n{}", lab.agent().logs()))?;
+    assert!(done.contains("archive"), "{done}");
+    assert_eq!(ids(&lab.service("data").await?), data_ids, "the backup ended with data running as before");
+    lab.sync().await?;
     let gone =
         lab.wait_service("data", Duration::from_secs(30), |s| s.state == "removed" && s.containers.is_empty()).await?;
     assert!(gone.containers.is_empty(), "{gone:?}");
@@ -246,6 +289,7 @@ async fn a_dropped_stack_goes_down_with_its_data_byte_identical_and_keep_unliste
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_running_across_a_reload_finishes_under_its_settings_and_the_scheduler_follows() -> Result<()> {
+    let _turn = ZFS_TURN.lock().await;
     // A slow pre-snapshot hook keeps the backup running while the config is reloaded.
     let hook = "hooks = [{ when = \"before-snapshot\", container = \"app\", command = [\"sleep\", \"3\"] }]\n";
     let mut lab = backuplab::Lab::new(hook)?;
