@@ -209,6 +209,11 @@ impl Cmd {
             .join(" ")
     }
 
+    /// `text` (a program's output turned into a message by the caller) with this command's secrets masked.
+    pub fn redacted(&self, text: &str) -> String {
+        redact_with(text, &self.redactions())
+    }
+
     /// Every non-empty secret (redact substrings and secret env values), longest first so overlaps mask fully.
     fn redactions(&self) -> Vec<String> {
         let mut all: Vec<String> = self
@@ -704,6 +709,8 @@ mod tests {
         assert!(!message.contains(SECRET), "{message}");
         assert!(!format!("{err:?}").contains(SECRET), "{err:?}");
         assert!(message.contains("'--password=***'") && message.contains("bad password ***"), "{message}");
+        let cmd = sh("true").secret_env("SECRET", SECRET);
+        assert_eq!(cmd.redacted(&format!("x {SECRET} y")), "x *** y", "output the caller turns into a message");
 
         let cmd = sh("sleep 5").arg(SECRET).secret_env("SECRET", SECRET).timeout(Duration::from_millis(50));
         let err = run(cmd).await.unwrap_err();

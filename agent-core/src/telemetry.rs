@@ -19,10 +19,19 @@ pub enum LogFormat {
 /// The default log filter: info, with hickory's per-query INFO lines (two per DNS query) kept out of the journal.
 pub const DEFAULT_FILTER: &str = "info,hickory_server=warn,hickory_net=warn,hickory_proto=warn,hickory_resolver=warn";
 
-/// Installs the global tracing subscriber. `RUST_LOG` overrides the default filter.
+/// Targets held at `info` whatever `RUST_LOG` says: bollard logs every Docker API answer at debug, and a container's
+/// inspect answer carries its environment (the secrets a stack was given).
+pub const CAPPED_TARGETS: &[&str] = &["bollard=info"];
+
+/// Installs the global tracing subscriber. `RUST_LOG` overrides the default filter (but not [`CAPPED_TARGETS`]).
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    for cap in CAPPED_TARGETS {
+        if let Ok(d) = cap.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let on_journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let result = match format {

@@ -1,7 +1,7 @@
-//! `labctl services …`: list, lifecycle, logs, sync, audit, and the backups (backup, archives, history, restore,
-//! check, drill) of the services-agent. One of labctl's gRPC edges: converts replies to rows and renders them (table
-//! or `--json`), follows streamed jobs with `Agent::follow_job`; knows nothing of how the agent drives compose, ZFS
-//! or Borg.
+//! `labctl services …`: list, lifecycle, logs, sync, audit, image updates (pull), and the backups (backup, archives,
+//! history, restore, check, drill) of the services-agent. One of labctl's gRPC edges: converts replies to rows and
+//! renders them (table or `--json`), follows streamed jobs with `Agent::follow_job`; knows nothing of how the agent
+//! drives compose, ZFS or Borg.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,13 +13,13 @@ use serde::Serialize;
 use strata_proto::v1::services_client::ServicesClient;
 use strata_proto::v1::{
     AuditRequest, BackupRequest, HistoryRequest, JobRef, ListFilesRequest, ListServicesRequest, LogsRequest,
-    ReloadRequest, RestoreRequest, ServiceRef, SyncRequest,
+    PullRequest, ReloadRequest, RestoreRequest, ServiceRef, SyncRequest,
 };
 
 use crate::client::{self, Agent, Timeouts, DEPLOY_TIMEOUT};
 use crate::inventory::Inventory;
 use crate::output::{self, Opts};
-use crate::table::{size, utc, Table};
+use crate::table::{human, size, utc, Table};
 
 #[derive(Debug, Subcommand)]
 pub enum ServicesCmd {
@@ -87,6 +87,21 @@ pub enum ServicesCmd {
         all: bool,
         /// On Ctrl-C, cancel the job (the agent kills its program, undoes as a failure would: containers running
         /// again, no half-restored data; history says `cancelled`), follow it to its end, then exit 1.
+        #[arg(long)]
+        cancel_on_interrupt: bool,
+    },
+    /// Pull a service's images (or every service's with `--all`) and redeploy only the compose services whose image
+    /// changed; they must be running and healthy within `healthy_timeout`, else they are rolled back to the images
+    /// they ran before. `labctl services history` shows the images old → new.
+    #[command(after_help = "Example: labctl services pull photos\nExample: labctl services pull --all")]
+    Pull {
+        /// The service to update.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Update every service.
+        #[arg(long)]
+        all: bool,
+        /// On Ctrl-C, cancel the job and follow it to its end, then exit 1.
         #[arg(long)]
         cancel_on_interrupt: bool,
     },
@@ -200,8 +215,7 @@ pub enum ServicesCmd {
         #[arg(long)]
         cancel_on_interrupt: bool,
     },
-    /// Re-read the services-agent's config file (an invalid one is refused and the running one keeps serving);
-    /// prints what was applied and what waits for a restart.
+    /// Re-read the agent's config file (an invalid one is refused, the running one kept); says what was applied.
     #[command(after_help = "Example: labctl services reload")]
     Reload,
     /// Forget a stack the sync took down because it left the config (listed `removed`): its record is deleted.
@@ -273,6 +287,23 @@ struct HistoryRow {
     /// A backup's result per repository.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     repos: Vec<RepoResultRow>,
+    /// An update's images, old → new (old again when it was rolled back).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    images: Vec<ImageRow>,
+}
+
+#[derive(Debug, Serialize)]
+struct ImageRow {
+    service: String,
+    image: String,
+    old_digest: String,
+    new_digest: String,
+}
+
+/// An image ID as a history line shows it: its first 12 hex digits.
+fn short_id(id: &str) -> &str {
+    let id = id.trim_start_matches("sha256:");
+    &id[..id.len().min(12)]
 }
 
 #[derive(Debug, Serialize)]
@@ -293,17 +324,6 @@ struct SyncRow {
     commit: String,
     redeployed: Vec<String>,
     errors: std::collections::BTreeMap<String, String>,
-}
-
-/// `3d4h`, `5m`, `12s`.
-fn human(secs: u64) -> String {
-    match secs {
-        0 => "-".to_string(),
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m", s / 60),
-        s if s < 86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
-        s => format!("{}d{}h", s / 86400, s % 86400 / 3600),
-    }
 }
 
 /// A duration: `4.2s`, `3m7s`, `2h5m`.
@@ -352,6 +372,18 @@ fn render_history(rows: &[HistoryRow], verbose: bool) -> String {
             h.result.clone(),
             error,
         ]);
+        for i in &h.images {
+            let change = format!("{} → {}", short_id(&i.old_digest), short_id(&i.new_digest));
+            t.row([
+                String::new(),
+                format!("  {}", i.service),
+                String::new(),
+                String::new(),
+                String::new(),
+                change,
+                i.image.clone(),
+            ]);
+        }
         for r in &h.repos {
             let error =
                 t.error_cell(&format!("{} {} {} {}", h.service, h.kind, utc(h.started_unix), r.label), &r.error);
@@ -395,8 +427,7 @@ async fn follow(
     agent.follow_job(what, stream, json, on_interrupt).await
 }
 
-/// A service that needs a look: an error, or a state other than running / deliberately down / left running by
-/// `keep_unlisted` (a removed stack needs one until acknowledged).
+/// A service that needs a look: an error, or a state other than running / deliberately down / kept (`unlisted`).
 fn troubled(s: &ServiceRow) -> bool {
     !s.error.is_empty() || !matches!(s.state.as_str(), "running" | "down" | "paused" | "unlisted")
 }
@@ -530,12 +561,10 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
             output::reloaded(opts, r.changed, &r.message)?;
         }
         ServicesCmd::Ack { name } => {
-            let message = agent
-                .call("acknowledge", c.acknowledge(ServiceRef { name: name.clone(), ..Default::default() }))
-                .await?
-                .message;
-            let value = serde_json::json!({ "action": "ack", "name": name, "message": message });
-            output::result(opts, &value, &message)?;
+            let message =
+                agent.call("ack", c.acknowledge(ServiceRef { name: name.clone(), ..Default::default() })).await?;
+            let message = message.message;
+            output::result(opts, &serde_json::json!({ "action": "ack", "name": name, "message": message }), &message)?;
         }
         ServicesCmd::Sync => {
             let r = agent.call("sync", c.sync(SyncRequest {})).await?;
@@ -583,6 +612,11 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
             let s = agent.stream("backup", c.backup(req), true).await?;
             return follow(agent, "backup", name.as_deref(), s, json, cancel_on_interrupt.then_some(&c)).await;
         }
+        ServicesCmd::Pull { name, all, cancel_on_interrupt } => {
+            let req = PullRequest { name: name.clone().unwrap_or_default(), all };
+            let s = agent.stream("pull", c.pull(req), true).await?;
+            return follow(agent, "pull", name.as_deref(), s, json, cancel_on_interrupt.then_some(&c)).await;
+        }
         ServicesCmd::Archives { name, repo } => {
             let rows: Vec<ArchiveRow> = agent
                 .call("list archives", c.list_archives(ServiceRef { name, repo: repo.unwrap_or_default() }))
@@ -617,6 +651,16 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
                     downtime_seconds: h.downtime_seconds,
                     result: h.result,
                     error: h.error,
+                    images: h
+                        .images
+                        .into_iter()
+                        .map(|i| ImageRow {
+                            service: i.service,
+                            image: i.image,
+                            old_digest: i.old_digest,
+                            new_digest: i.new_digest,
+                        })
+                        .collect(),
                     repos: h
                         .repos
                         .into_iter()
@@ -891,6 +935,7 @@ mod tests {
                         duration_seconds: 15.0,
                     },
                 ],
+                images: Vec::new(),
             },
             HistoryRow {
                 service: "wiki".into(),
@@ -901,6 +946,7 @@ mod tests {
                 result: "failed".into(),
                 error: "borg check: exit 1".into(),
                 repos: Vec::new(),
+                images: Vec::new(),
             },
         ];
         let out = render_history(&rows, false);
@@ -917,5 +963,30 @@ mod tests {
         assert!(serde_json::to_value(&rows[1]).unwrap().get("error").is_some());
         assert!(serde_json::to_value(&rows[1]).unwrap().get("repos").is_none());
         assert_eq!(serde_json::to_value(&rows[0]).unwrap()["repos"][1]["label"], "offsite");
+    }
+
+    #[test]
+    fn history_table_shows_an_updates_images_old_to_new() {
+        let rows = [HistoryRow {
+            service: "web".into(),
+            kind: "update".into(),
+            started_unix: 1_795_629_427,
+            duration_seconds: 9.0,
+            downtime_seconds: 0.0,
+            result: "ok".into(),
+            error: String::new(),
+            repos: Vec::new(),
+            images: vec![ImageRow {
+                service: "app".into(),
+                image: "reg:5000/lab/web:stable".into(),
+                old_digest: "sha256:0123456789abcdef".into(),
+                new_digest: "sha256:fedcba9876543210".into(),
+            }],
+        }];
+        let out = render_history(&rows, false);
+        assert!(out.contains("  app") && out.contains("0123456789ab → fedcba987654  reg:5000/lab/web:stable"), "{out}");
+        assert_eq!(serde_json::to_value(&rows[0]).unwrap()["images"][0]["new_digest"], "sha256:fedcba9876543210");
+        assert!(matches!(parse(&["pull", "--all"]).unwrap(), ServicesCmd::Pull { name: None, all: true, .. }));
+        assert!(parse(&["pull"]).is_err() && parse(&["pull", "web", "--all"]).is_err());
     }
 }

@@ -152,7 +152,7 @@ mod tests {
     }
 
     fn svc(name: &str, allow: &[&str]) -> Service {
-        Service { name: name.into(), dns: vec![], allow: allow.iter().map(|s| s.to_string()).collect(), backup: None }
+        Service { name: name.into(), allow: allow.iter().map(|s| s.to_string()).collect(), ..Default::default() }
     }
 
     fn c(project: &str, networks: &[&str]) -> ContainerInfo {

@@ -12,6 +12,10 @@ use agent_core::notify::{self, NotifyTarget, RawTarget};
 use agent_core::repos::{RawChecks, RawRepo, RepoSpec};
 use serde::Deserialize;
 
+mod backup_settings;
+pub use backup_settings::valid_dataset;
+use backup_settings::{backup_global, service_backup};
+
 /// Port of `[metrics] listen` when only an address is given.
 pub const DEFAULT_METRICS_PORT: u16 = 9443;
 
@@ -152,6 +156,14 @@ struct RawService {
     healthy_timeout: Option<Duration>,
     #[serde(default)]
     notify: Vec<RawTarget>,
+    files: Option<Vec<PathBuf>>,
+    env_files: Option<Vec<PathBuf>>,
+    profiles: Option<Vec<String>>,
+    secrets_dir: Option<PathBuf>,
+    /// Image updates: a cron, like `schedule`.
+    update: Option<String>,
+    #[serde(default)]
+    backup_before_update: bool,
 }
 
 /// `[stacks]`: the Git repository of compose stacks.
@@ -181,7 +193,7 @@ pub struct Hub {
 }
 
 /// One managed service: a stack directory of the repo and the compose project of the same name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
     /// Relative names under the hub domain.
@@ -190,6 +202,27 @@ pub struct Service {
     pub allow: Vec<String>,
     /// `None`: the service is not backed up.
     pub backup: Option<Box<ServiceBackup>>,
+    /// `files`, `env_files`, `profiles`, `secrets_dir`: how compose runs the stack.
+    pub compose: crate::compose_keys::StackCompose,
+    pub update: ServiceUpdate,
+}
+
+/// A service's image updates (`labctl services pull`, or its `update` schedule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceUpdate {
+    /// `update`: when its images are pulled and the changed ones redeployed (read in `timezone`); `None`: by hand.
+    pub schedule: Option<agent_core::cron::Cron>,
+    /// `backup_before_update`: back the service up first and refuse the update when that fails.
+    pub backup_first: bool,
+    /// `healthy_timeout` (shared with restores): how long updated containers may take to be running and healthy
+    /// before the update is rolled back.
+    pub healthy_timeout: Duration,
+}
+
+impl Default for ServiceUpdate {
+    fn default() -> Self {
+        ServiceUpdate { schedule: None, backup_first: false, healthy_timeout: DEFAULT_HEALTHY_TIMEOUT }
+    }
 }
 
 /// Where `[backup] snapshot_mount_dir` defaults to.
@@ -540,7 +573,25 @@ fn managed(
             }
         }
         let backup = service_backup(path, i, &s)?.map(Box::new);
-        services.push(Service { name: s.name, dns, allow: s.allow, backup });
+        let keys = (s.files.unwrap_or_default(), s.env_files.unwrap_or_default(), s.profiles.unwrap_or_default());
+        let compose = crate::compose_keys::validate(path, i, keys, s.secrets_dir, &stacks.checkout_dir)?;
+        let update = ServiceUpdate {
+            schedule: s
+                .update
+                .as_deref()
+                .map(agent_core::cron::Cron::parse)
+                .transpose()
+                .map_err(|e| bad(&format!("services[{i}].update"), e))?,
+            backup_first: s.backup_before_update,
+            healthy_timeout: s.healthy_timeout.unwrap_or(DEFAULT_HEALTHY_TIMEOUT),
+        };
+        if update.backup_first && backup.is_none() {
+            return Err(bad(
+                &format!("services[{i}].backup_before_update"),
+                "is true but the service has no backup settings (dataset, repo)".into(),
+            ));
+        }
+        services.push(Service { name: s.name, dns, allow: s.allow, backup, compose, update });
     }
     // Two services may not claim the same name.
     let mut seen = std::collections::BTreeMap::new();
@@ -573,123 +624,9 @@ fn managed(
             let h = services.remove(i);
             services.insert(0, h);
         }
-        None => {
-            services.insert(0, Service { name: hub.stack.clone(), dns: Vec::new(), allow: Vec::new(), backup: None })
-        }
+        None => services.insert(0, Service { name: hub.stack.clone(), ..Default::default() }),
     }
     Ok((stacks, hub, dns_agent, services))
-}
-
-fn backup_global(path: &Path, raw: RawBackup) -> Result<BackupGlobal, ConfigError> {
-    if !(1..=64).contains(&raw.parallel) {
-        return Err(ConfigError::invalid(path, "backup.parallel", format!("{} is not within 1-64", raw.parallel)));
-    }
-    if raw.snapshot_mount_dir.as_os_str().is_empty() {
-        return Err(ConfigError::invalid(path, "backup.snapshot_mount_dir", "must not be empty"));
-    }
-    Ok(BackupGlobal { parallel: raw.parallel, snapshot_mount_dir: config::resolve(path, &raw.snapshot_mount_dir) })
-}
-
-/// A valid ZFS dataset name: `pool/child/…`, components of `[A-Za-z0-9_.:-]`, no snapshot part.
-pub fn valid_dataset(d: &str) -> bool {
-    !d.is_empty()
-        && d.len() <= 200
-        && d.split('/').all(|c| {
-            !c.is_empty()
-                && c != "."
-                && c != ".."
-                && !c.starts_with('-')
-                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
-        })
-}
-
-fn service_backup(path: &Path, i: usize, s: &RawService) -> Result<Option<ServiceBackup>, ConfigError> {
-    let key = |k: &str| format!("services[{i}].{k}");
-    let bad = |k: &str, msg: String| ConfigError::invalid(path, key(k), msg);
-    let dataset = match (&s.dataset, s.repo.is_some() || s.repos.is_some()) {
-        (None, false) => {
-            let stray = [
-                ("passcommand", s.passcommand.is_some()),
-                ("passphrase_file", s.passphrase_file.is_some()),
-                ("quiesce", s.quiesce.is_some()),
-                ("hooks", !s.hooks.is_empty()),
-                ("schedule", s.schedule.is_some()),
-                ("catch_up", s.catch_up),
-                ("warn_after", s.warn_after.is_some()),
-                ("local_snapshots", s.local_snapshots.is_some()),
-                ("retention", s.retention.is_some()),
-                ("checks", s.checks.is_some()),
-            ];
-            if let Some((k, _)) = stray.iter().find(|(_, set)| *set) {
-                return Err(bad(k, "is a backup setting: give `dataset` and `repo` (or `repos`) too".into()));
-            }
-            return Ok(None);
-        }
-        (Some(_), false) => {
-            return Err(bad(
-                "repo",
-                "missing: a backed-up service needs its own Borg repository (`repo` or `repos`)".into(),
-            ))
-        }
-        (None, true) => return Err(bad("dataset", "missing: a backed-up service needs its ZFS dataset".into())),
-        (Some(d), true) => d.clone(),
-    };
-    if !valid_dataset(&dataset) || !dataset.contains('/') {
-        return Err(bad("dataset", format!("`{dataset}` is not a ZFS dataset below a pool (pool/name)")));
-    }
-    let repos = match (&s.repo, &s.repos) {
-        (Some(_), Some(_)) => return Err(bad("repos", "give either `repo` or `repos`, not both".into())),
-        // The shorthand: one repository with the service's own settings, named as written (`repo`).
-        (Some(url), None) => vec![agent_core::repos::validate_shorthand(path, &key("repo"), "repos", url)?],
-        (_, Some(list)) => agent_core::repos::validate_list(path, &key("repos"), list)?,
-        (None, None) => Vec::new(),
-    };
-    let passphrase = Passphrase::from_raw(path, &key(""), s.passcommand.as_deref(), s.passphrase_file.as_deref())?
-        .unwrap_or(Passphrase::None);
-    let quiesce = s.quiesce.unwrap_or(Quiesce::Stop);
-    let mut hooks = Vec::new();
-    for (j, h) in s.hooks.iter().enumerate() {
-        let hk = |k: &str| format!("hooks[{j}].{k}");
-        if !valid_name(&h.container) {
-            return Err(bad(&hk("container"), format!("`{}` is not a compose service name", h.container)));
-        }
-        if h.command.is_empty() || h.command[0].is_empty() {
-            return Err(bad(&hk("command"), "must name a program".into()));
-        }
-        let timeout = h.timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT);
-        hooks.push(Hook { when: h.when, container: h.container.clone(), command: h.command.clone(), timeout });
-    }
-    let schedule = match &s.schedule {
-        None => None,
-        Some(c) => Some(agent_core::cron::Cron::parse(c).map_err(|e| bad("schedule", e))?),
-    };
-    if s.catch_up && schedule.is_none() {
-        return Err(bad("catch_up", "is true but no `schedule` is set".into()));
-    }
-    let jitter = s.jitter.unwrap_or(Duration::ZERO);
-    let retention = s.retention.clone().unwrap_or_default();
-    let checks = match &s.checks {
-        None => Checks::default(),
-        Some(c) => RawChecks::validate(c, path, &key("checks"))?,
-    };
-    let healthy_timeout = s.healthy_timeout.unwrap_or(DEFAULT_HEALTHY_TIMEOUT);
-    let notify = notify::targets(path, &key("notify"), &s.notify)?;
-    Ok(Some(ServiceBackup {
-        dataset,
-        repos,
-        passphrase,
-        quiesce,
-        hooks,
-        schedule,
-        catch_up: s.catch_up,
-        jitter,
-        warn_after: s.warn_after,
-        local_snapshots: s.local_snapshots.unwrap_or(DEFAULT_LOCAL_SNAPSHOTS),
-        retention,
-        checks,
-        healthy_timeout,
-        notify,
-    }))
 }
 
 #[cfg(test)]
@@ -816,7 +753,7 @@ mod tests {
         assert_eq!(c.hub.as_ref().unwrap().domain, "lab.test");
         assert_eq!(c.dns_agent, None);
         assert_eq!(c.docker_socket, Path::new("/var/run/docker.sock"));
-        assert_eq!(c.services[0], Service { name: "proxy".into(), dns: vec![], allow: vec![], backup: None });
+        assert_eq!(c.services[0], Service { name: "proxy".into(), ..Default::default() });
         assert_eq!(c.services[1].name, "photos");
         assert_eq!(c.timezone, agent_core::cron::TimeZone::UTC, "schedules are UTC by default");
         let zoned = |z: &str| Config::parse(Path::new("/x.toml"), &format!("timezone = {z:?}\n{BASE}"));
@@ -856,6 +793,8 @@ mod tests {
             ),
             ("[dns]\nagent = \"10.0.0.53:7442\"\n", "key `dns.agent`"),
             ("[[services]]\nname = \"a\"\ncolour = 1\n", "unknown field `colour`"),
+            ("[[services]]\nname = \"a\"\nupdate = \"61 * * * *\"\n", "key `services[0].update`"),
+            ("[[services]]\nname = \"a\"\nbackup_before_update = true\n", "key `services[0].backup_before_update`"),
         ];
         for (extra, want) in cases {
             let err = parse(extra).unwrap_err();

@@ -1,7 +1,8 @@
 //! All bollard access: the local Docker engine (socket, negotiated API version), compose containers by their project
 //! label, inspection, networks, logs, and the event watcher that keeps `live::Live` current (reconnecting with
-//! backoff when the engine goes away), and the few container actions a backup needs (stop/start, pause/unpause, exec
-//! of a hook). Deploying is `compose`'s job. Must not know git, proto/tonic, ZFS, Borg or the audit rules.
+//! backoff when the engine goes away), the few container actions a backup needs (stop/start, pause/unpause, exec
+//! of a hook), and an update's image look-ups and re-tagging. Deploying is `compose`'s job. Must not know git,
+//! proto/tonic, ZFS, Borg or the audit rules.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -176,6 +177,21 @@ impl Engine {
         Ok(list.into_iter().find_map(|c| c.id))
     }
 
+    /// The id (`sha256:…` of its config: it changes whenever the image does) of each image as present on the engine;
+    /// `""` for an image that is not present (compose will pull or build it).
+    pub(crate) async fn image_ids(&self, images: &[String]) -> Result<Vec<(String, String)>, DockerError> {
+        let mut out = Vec::with_capacity(images.len());
+        for image in images {
+            let id = match self.docker.inspect_image(image).await {
+                Ok(i) => i.id.unwrap_or_default(),
+                Err(e) if is_not_found(&e) => String::new(),
+                Err(e) => return Err(api(e)),
+            };
+            out.push((image.clone(), id));
+        }
+        Ok(out)
+    }
+
     fn long(&self) -> Docker {
         let mut d = self.docker.clone();
         d.set_timeout(ACTION_TIMEOUT);
@@ -216,6 +232,47 @@ impl Engine {
             }
             Err(e) => Err(api(e)),
         }
+    }
+
+    /// What each compose service of `project` runs (running or not): the image reference as configured and the
+    /// image ID the container was created from, one per compose service (the first container), by service name.
+    pub(crate) async fn project_images(&self, project: &str) -> Result<Vec<ServiceImage>, DockerError> {
+        let label = format!("{PROJECT_LABEL}={project}");
+        let filters = HashMap::from([("label", vec![label.as_str()])]);
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let list = self.docker.list_containers(Some(opts)).await.map_err(api)?;
+        let mut out: Vec<ServiceImage> = Vec::new();
+        for id in list.into_iter().filter_map(|c| c.id) {
+            let r = match self.docker.inspect_container(&id, None::<InspectContainerOptions>).await {
+                Ok(r) => r,
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => return Err(api(e)),
+            };
+            let config = r.config.unwrap_or_default();
+            let service = config.labels.unwrap_or_default().get(SERVICE_LABEL).cloned().unwrap_or_default();
+            let (Some(image), Some(image_id)) = (config.image, r.image) else { continue };
+            if !service.is_empty() && !out.iter().any(|s| s.service == service) {
+                out.push(ServiceImage { service, image, image_id });
+            }
+        }
+        out.sort_by(|a, b| a.service.cmp(&b.service));
+        Ok(out)
+    }
+
+    /// The ID of the local image `reference` (`None`: no such image here).
+    pub(crate) async fn image_id(&self, reference: &str) -> Result<Option<String>, DockerError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(i) => Ok(i.id),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(api(e)),
+        }
+    }
+
+    /// Points `reference` (`REPO[:TAG]`, tag `latest` when none) at the local image `id` (`docker tag`).
+    pub(crate) async fn tag(&self, id: &str, reference: &str) -> Result<(), DockerError> {
+        let (repo, tag) = split_reference(reference);
+        let opts = bollard::query_parameters::TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
+        self.docker.tag_image(id, Some(opts)).await.map_err(api)
     }
 
     /// Runs `cmd` inside container `id` and waits for it (at most `timeout`): its exit code and the tail of its
@@ -362,6 +419,7 @@ pub(crate) fn from_inspect(r: ContainerInspectResponse) -> Option<ContainerInfo>
         name: r.name.unwrap_or_default().trim_start_matches('/').to_string(),
         service: labels.get(SERVICE_LABEL).cloned().unwrap_or_default(),
         project,
+        image_id: r.image.clone().unwrap_or_default(),
         image: config.image.or(r.image).unwrap_or_default(),
         state: status,
         health,
@@ -374,6 +432,28 @@ pub(crate) fn from_inspect(r: ContainerInspectResponse) -> Option<ContainerInfo>
         privileged: host.privileged.unwrap_or(false),
         binds,
     })
+}
+
+/// What one compose service runs (see [`Engine::project_images`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServiceImage {
+    pub service: String,
+    /// The reference as configured (`registry:5000/lab/web:stable`).
+    pub image: String,
+    /// The ID of the image the container was created from (`sha256:…`).
+    pub image_id: String,
+}
+
+/// `REPO[:TAG]` → (REPO, TAG), `latest` when no tag; a registry port is not a tag (`host:5000/x`). A digest
+/// reference (`@sha256:…`) keeps its digest as the "tag" (it cannot be re-pointed; callers skip those).
+pub(crate) fn split_reference(reference: &str) -> (&str, &str) {
+    if let Some((repo, digest)) = reference.split_once('@') {
+        return (repo, digest);
+    }
+    match reference.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (reference, "latest"),
+    }
 }
 
 /// A container of a project and when it last started (see [`Engine::project_starts`]).
@@ -510,6 +590,7 @@ mod tests {
         assert_eq!(c.name, "capweb_web_1");
         assert_eq!((c.project.as_str(), c.service.as_str()), ("capweb", "web"));
         assert_eq!(c.image, "strata-test/busybox:1");
+        assert!(c.image_id.starts_with("sha256:"), "{}", c.image_id);
         assert_eq!(c.state, "running");
         assert_eq!(c.health.as_deref(), Some("unhealthy"));
         assert_eq!(c.shown_state(), "unhealthy");
@@ -539,6 +620,19 @@ mod tests {
         let mut r = all.remove(0);
         r.config.as_mut().unwrap().labels.as_mut().unwrap().remove(PROJECT_LABEL);
         assert_eq!(from_inspect(r), None);
+    }
+
+    #[test]
+    fn references_split_into_repo_and_tag() {
+        for (r, want) in [
+            ("127.0.0.1:5000/lab/web:stable", ("127.0.0.1:5000/lab/web", "stable")),
+            ("127.0.0.1:5000/lab/web", ("127.0.0.1:5000/lab/web", "latest")),
+            ("busybox", ("busybox", "latest")),
+            ("strata-test/busybox:1", ("strata-test/busybox", "1")),
+            ("x/y@sha256:ab", ("x/y", "sha256:ab")),
+        ] {
+            assert_eq!(split_reference(r), want, "{r}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The crash journal and the job history of backups, restores, checks and drills, in the agent's SQLite database
-//! (`STATE/services.db`). Every step is written BEFORE it is done and marked done after; after a crash,
+//! The crash journal and the job history of backups, restores, checks, drills and image updates, in the agent's SQLite
+//! database (`STATE/services.db`). Every step is written BEFORE it is done and marked done after; after a crash,
 //! `open_steps` tells recovery what may still need undoing and `running` which runs died (and in which step).
 //! A restore that recovery could not safely undo is *held* (`held` table) until the operator resumes or abandons it.
 //! Knows the schema and the texts stored in it (a run's [`Job`] and [`Trigger`], the [`Quiesced`] detail), each with
@@ -49,6 +49,12 @@ pub(crate) mod step {
     /// A stack that left the config (or the repository) being taken down (`compose down`, never its volumes;
     /// `detail` the reason). Nothing to undo: recovery closes it and the next sync takes the stack down again.
     pub(crate) const TAKE_DOWN: &str = "take-down";
+    /// An update's record, written before anything is pulled: what each compose service ran (`detail`, JSON).
+    pub(crate) const UPDATE_IMAGES: &str = "update-images";
+    pub(crate) const PULL: &str = "pull";
+    /// Undo (by `update`'s recovery): the compose services recreated on new images (`detail`, JSON old → new).
+    pub(crate) const REDEPLOY: &str = "redeploy";
+    pub(crate) const ROLLBACK: &str = "rollback";
 }
 
 /// A run's kind: the `runs.kind` column, the job registry's kind and the notifications' `job`.
@@ -61,12 +67,15 @@ pub(crate) enum Job {
     /// A scheduled `borg check --verify-data` (its own frequency).
     VerifyData,
     Drill,
+    /// An image update (`Pull`, the `update` schedule).
+    Update,
     /// The sync taking down a stack that left the config or the repository.
     TakeDown,
 }
 
 impl Job {
-    const ALL: [Job; 6] = [Job::Backup, Job::Restore, Job::Check, Job::VerifyData, Job::Drill, Job::TakeDown];
+    const ALL: [Job; 7] =
+        [Job::Backup, Job::Restore, Job::Check, Job::VerifyData, Job::Drill, Job::Update, Job::TakeDown];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -75,6 +84,7 @@ impl Job {
             Job::Check => "check",
             Job::VerifyData => "verify-data",
             Job::Drill => "drill",
+            Job::Update => "update",
             Job::TakeDown => "take-down",
         }
     }
@@ -841,7 +851,9 @@ mod tests {
         assert_eq!(e, "journal: `nightly` is not a job trigger (one of manual, schedule, resume, abandon, sync)");
         let e = "scrub".parse::<Job>().unwrap_err().to_string();
         assert!(
-            e.contains("`scrub` is not a job kind (one of backup, restore, check, verify-data, drill, take-down)"),
+            e.contains(
+                "`scrub` is not a job kind (one of backup, restore, check, verify-data, drill, update, take-down)"
+            ),
             "{e}"
         );
         let e = "freeze abc".parse::<Quiesced>().unwrap_err().to_string();

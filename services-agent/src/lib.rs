@@ -1,11 +1,13 @@
 //! The services-agent library: compose stacks from Git (sync, deploy, lifecycle), state read from Docker's event
-//! stream, the hub-and-spoke audit, DNS registration, and per-service ZFS snapshot + Borg backups (restore, checks,
-//! drills, crash recovery, the host's lease), reloaded on SIGHUP. `main.rs` is only glue; `run` wires the tasks
-//! together (it hands `dns` the gRPC edge's dns-agent client and owns the registration's [`DnsStatus`]).
+//! stream, the hub-and-spoke audit, DNS registration, per-service ZFS snapshot + Borg backups (restore, checks,
+//! drills, crash recovery, the host's lease) and image updates with rollback; the config reloads on SIGHUP. `main.rs`
+//! is only glue; `run` wires the tasks together (it hands `dns` the gRPC edge's dns-agent client and owns the
+//! registration's [`DnsStatus`]).
 
 mod audit;
 mod backup;
 mod compose;
+pub mod compose_keys;
 pub mod config;
 mod dns;
 mod docker;
@@ -22,8 +24,10 @@ mod reload;
 mod repos;
 mod restore;
 mod schedule;
+mod secrets;
 mod stacks;
 mod store;
+mod update;
 mod verify;
 mod zfs;
 
@@ -87,7 +91,13 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
             ServeError::State(agent_core::state::StateError::Sqlite { path: state_dir.join("services.db"), source })
         }
     })?);
-    // Crash repair comes before anything else may start a job.
+    // Crash repair comes before anything else may start a job; interrupted updates first (backups' recovery would
+    // only mark them failed).
+    let updates = Arc::new(update::Updates::new(stacks.clone(), backups.clone()));
+    let (actions, errors) = updates.recover().await;
+    if !actions.is_empty() || !errors.is_empty() {
+        tracing::warn!(?actions, ?errors, "update recovery done");
+    }
     let recovered = backups.recover().await;
     if !recovered.actions.is_empty() || !recovered.errors.is_empty() {
         tracing::warn!(actions = recovered.actions.len(), errors = recovered.errors.len(), "recovery done");
@@ -112,6 +122,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
         shutdown.clone(),
     ));
     let scheduler = tokio::spawn(schedule::run(backups.clone(), shutdown.clone()));
+    let update_scheduler = tokio::spawn(update::schedule(updates.clone(), shutdown.clone()));
     // SIGHUP (`systemctl reload`) and `Services/Reload` re-read the config file.
     let reloader = Arc::new(reload::Reloader::new(cfg.clone(), stacks.clone(), backups.clone()));
     let on_hup = reloader.clone();
@@ -138,12 +149,12 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     health.add(move |h| h.summary(health_backups.summary()));
     let watch = backups.metrics.clone();
     health.add(move |h| watch.check(h));
-    let domain = grpc::routes(stacks, backups, reloader);
+    let domain = grpc::routes(stacks, backups, updates, reloader);
     let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), health, domain, metrics };
     let served = agent_core::grpc::run_agent(&common, parts, listeners, shutdown).await;
     // The background tasks stop on the same shutdown; a sync in progress is abandoned (compose is killed on drop). A
     // backup in progress is abandoned too: the journal lets the next start repair it.
-    for t in [watcher, poller, dns, scheduler] {
+    for t in [watcher, poller, dns, scheduler, update_scheduler] {
         t.abort();
     }
     served

@@ -17,6 +17,8 @@ pub(crate) struct ContainerInfo {
     pub service: String,
     /// The image as configured (`strata-test/busybox:1`).
     pub image: String,
+    /// The id of the image it runs (`sha256:…`).
+    pub image_id: String,
     /// created, running, paused, restarting, removing, exited, dead.
     pub state: String,
     /// healthy, unhealthy, starting; `None` when the image has no health check.
@@ -68,6 +70,8 @@ pub struct ContainerRow {
     pub name: String,
     pub id: String,
     pub image: String,
+    /// The id of the image the container runs.
+    pub image_digest: String,
     pub state: String,
     pub health: String,
     pub uptime_seconds: u64,
@@ -83,6 +87,8 @@ pub struct ServiceRow {
     /// healthy, unhealthy, starting, none.
     pub health: String,
     pub deployed_commit: String,
+    /// What the running stack was deployed from (see `compose::config_hash`); empty before the first deploy.
+    pub config_hash: String,
     /// The last error for this stack (sync, validation, deploy, Docker engine), empty when none.
     pub error: String,
     pub containers: Vec<ContainerRow>,

@@ -849,7 +849,12 @@ async fn existing(engine: &Engine, name: &str, ids: &[String]) -> Result<Vec<Str
 }
 
 /// Waits until every container of `ids` is running and, when it has a health check, healthy.
-async fn wait_healthy(engine: &Engine, name: &str, ids: &[String], within: Duration) -> Result<(), JobError> {
+pub(crate) async fn wait_healthy(
+    engine: &Engine,
+    name: &str,
+    ids: &[String],
+    within: Duration,
+) -> Result<(), JobError> {
     let deadline = Instant::now() + within;
     loop {
         let mut waiting = None;

@@ -1,5 +1,6 @@
-//! The stacks engine: syncing the repository and redeploying only the stacks whose directory changed (taking down
-//! those that left the config: the `removed` child), lifecycle actions, and the service report built from the live (event-fed) picture. One operation at a time changes stacks;
+//! The stacks engine: syncing the repository and redeploying only the stacks whose resolved configuration (or an
+//! image it uses) changed, taking down those that left the config (the `removed` child), lifecycle actions, and the
+//! service report built from the live (event-fed) picture. One operation at a time changes stacks;
 //! reads never wait for it. Must not know proto/tonic (the `grpc` module converts) nor bollard (that is `docker`).
 
 use std::collections::BTreeMap;
@@ -36,6 +37,8 @@ pub(crate) enum StackError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("stack {stack}: {source}; the running stack was left as it was")]
+    Secrets { stack: String, source: crate::secrets::SecretsError },
     #[error("stack {stack}: no directory {stack} in the repository at commit {commit}")]
     NotInRepo { stack: String, commit: String },
     #[error("stack {0}: the stacks repository has not been synced yet")]
@@ -255,7 +258,9 @@ impl Stacks {
         report
     }
 
-    /// Deploys one stack when its tree changed; `Ok(true)` when it was redeployed.
+    /// Deploys one stack when its config hash changed (the resolved config, its profiles, the ids of its images) or
+    /// it has no container; `Ok(true)` when it was redeployed. A commit that leaves the resolved config as it was
+    /// (a README) touches nothing: the stack stays at the commit it was deployed from.
     async fn sync_stack(
         &self,
         compose: &Compose,
@@ -271,89 +276,165 @@ impl Stacks {
         let tree = trees
             .get(name)
             .ok_or_else(|| StackError::NotInRepo { stack: name.to_string(), commit: short(commit).to_string() })?;
-        let file = compose::find_file(name, &self.stack_dir(repo, name))?;
+        let project = self.project(repo, name)?;
         let running = !self.live.project(name).is_empty() || !self.live.seeded();
-        if rec.tree == *tree && running {
+        let kept = format!(" (commit {}; the running stack was left as it was)", short(commit));
+        let resolved = compose.validate(&project).await.map_err(|e| match e {
+            ComposeError::Invalid { stack, message } => {
+                ComposeError::Invalid { stack, message: format!("{message}{kept}") }
+            }
+            other => other,
+        })?;
+        let hash = self.config_hash(name, &project, &resolved).await?;
+        // A record from before config hashes: the tree decided then, and still does once.
+        let adopted = rec.config_hash.is_empty() && rec.tree == *tree && !rec.commit.is_empty();
+        if running && (rec.config_hash == hash || adopted) {
+            if rec.config_hash != hash {
+                self.store.set_config_hash(name, &hash)?;
+            }
             if !rec.error.is_empty() {
                 self.store.set_error(name, "")?;
             }
             return Ok(false);
         }
-        let plan = compose.validate(name, &file).await.map_err(|e| match e {
-            ComposeError::Invalid { stack, message } => ComposeError::Invalid {
-                stack,
-                message: format!("{message} (commit {}; the running stack was left as it was)", short(commit)),
-            },
-            other => other,
-        })?;
-        self.gate(repo, name, plan, format!(" (commit {}; the running stack was left as it was)", short(commit)))?;
-        compose.up(name, &file).await?;
+        self.gate(repo, name, resolved.plan.clone(), kept)?;
+        compose.up(&project).await?;
         self.store.set_deployed(name, commit, tree)?;
+        // Images pulled or built by `up` have ids now: the hash of what runs.
+        self.store.set_config_hash(name, &self.config_hash(name, &project, &resolved).await?)?;
         self.metrics.deploys.inc();
         tracing::info!(stack = name, commit = short(commit), "stack deployed");
         Ok(true)
     }
 
-    /// The compose file of a configured stack in the checkout.
-    fn file(&self, name: &str) -> Result<(&Repo, PathBuf), StackError> {
+    /// Records the config hash of what `project` runs now (after an image update or its rollback changed the image
+    /// ids outside a sync), so that the next sync does not take the update for a change to deploy. The caller holds
+    /// the stack's change lock ([`Stacks::for_update`]).
+    pub(crate) async fn record_hash(&self, compose: &Compose, project: &compose::Project) -> Result<(), StackError> {
+        let resolved = compose.validate(project).await?;
+        let hash = self.config_hash(&project.name, project, &resolved).await?;
+        self.store.set_config_hash(&project.name, &hash)?;
+        Ok(())
+    }
+
+    /// The config hash of `resolved` as `project` runs it, with the ids of its images as the engine has them now.
+    async fn config_hash(
+        &self,
+        name: &str,
+        project: &compose::Project,
+        resolved: &compose::Resolved,
+    ) -> Result<String, StackError> {
+        let images: Vec<String> = resolved
+            .images
+            .iter()
+            .map(|(service, image)| if image.is_empty() { format!("{name}_{service}") } else { image.clone() })
+            .collect();
+        let ids = Engine::connect(&self.cfg().docker_socket).await?.image_ids(&images).await?;
+        Ok(compose::config_hash(resolved, &project.profiles, &ids))
+    }
+
+    /// How compose runs a configured stack of the checkout: its directory, its `files` (each must exist) or the one
+    /// file compose discovers, its env file, profiles and secrets (mode-checked, read now).
+    fn project(&self, repo: &Repo, name: &str) -> Result<compose::Project, StackError> {
+        let cfg = self.cfg();
+        let svc = cfg.service(name).ok_or_else(|| StackError::Unknown(name.to_string()))?;
+        let dir = self.stack_dir(repo, name);
+        let c = &svc.compose;
+        let exists = |key: &'static str, rel: &Path| {
+            let p = dir.join(rel);
+            match p.is_file() {
+                true => Ok(p),
+                false => Err(ComposeError::MissingFile { stack: name.into(), key, path: rel.to_path_buf() }),
+            }
+        };
+        let files = c.files.iter().map(|f| exists("files", f)).collect::<Result<Vec<_>, _>>()?;
+        if files.is_empty() {
+            compose::find_file(name, &dir)?;
+        }
+        let env_file = c.env_file.as_deref().map(|f| exists("env_files", f)).transpose()?;
+        let secrets = match &c.secrets_dir {
+            Some(d) => crate::secrets::read(d).map_err(|source| StackError::Secrets { stack: name.into(), source })?,
+            None => Vec::new(),
+        };
+        Ok(compose::Project { name: name.into(), dir, files, env_file, profiles: c.profiles.clone(), secrets })
+    }
+
+    /// The project of a configured stack in the checkout.
+    fn file(&self, name: &str) -> Result<(&Repo, compose::Project), StackError> {
         self.known(name)?;
         let repo = self.repo.as_ref().ok_or_else(|| StackError::NotSynced(name.to_string()))?;
         if !repo.dir.join(".git").is_dir() {
             return Err(StackError::NotSynced(name.to_string()));
         }
-        Ok((repo, compose::find_file(name, &self.stack_dir(repo, name))?))
+        Ok((repo, self.project(repo, name)?))
+    }
+
+    /// What an image update of `name` needs: the stack's change lock (no sync or lifecycle action meanwhile), the
+    /// compose program and the stack's compose project.
+    pub(crate) async fn for_update(
+        &self,
+        name: &str,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Compose, compose::Project), StackError> {
+        let op = self.ops.lock().await;
+        let (_, project) = self.file(name)?;
+        Ok((op, self.compose().await?, project))
     }
 
     /// Validates and deploys the stack from the checkout; it stays wanted up.
     pub(crate) async fn up(&self, name: &str) -> Result<String, StackError> {
         let _op = self.ops.lock().await;
-        let (repo, file) = self.file(name)?;
         let compose = self.compose().await?;
         let outcome = async {
-            let plan = compose.validate(name, &file).await?;
-            self.gate(repo, name, plan, String::new())?;
-            compose.up(name, &file).await?;
-            Ok::<_, StackError>(())
+            let (repo, project) = self.file(name)?;
+            let resolved = compose.validate(&project).await?;
+            self.gate(repo, name, resolved.plan.clone(), String::new())?;
+            compose.up(&project).await?;
+            self.config_hash(name, &project, &resolved).await
         }
         .await;
-        if let Err(e) = outcome {
-            self.store.set_error(name, &e.to_string())?;
-            return Err(e);
-        }
+        let hash = match outcome {
+            Ok(h) => h,
+            Err(e) => {
+                self.store.set_error(name, &e.to_string())?;
+                return Err(e);
+            }
+        };
+        let repo = self.repo.as_ref().ok_or_else(|| StackError::NotSynced(name.to_string()))?;
         self.store.set_wanted(name, true)?;
         let commit = repo.head().await.map_err(|source| StackError::Git { stack: name.into(), source })?;
         let trees = repo.trees().await.map_err(|source| StackError::Git { stack: name.into(), source })?;
         self.store.set_deployed(name, &commit, trees.get(name).map_or("", |t| t.as_str()))?;
+        self.store.set_config_hash(name, &hash)?;
         Ok(format!("{name} is up at commit {}", short(&commit)))
     }
 
     /// Stops and removes the stack's containers (volumes stay); sync leaves it down until `Up`.
     pub(crate) async fn down(&self, name: &str) -> Result<String, StackError> {
         let _op = self.ops.lock().await;
-        let (_, file) = self.file(name)?;
-        self.compose().await?.down(name, &file).await?;
+        let (_, project) = self.file(name)?;
+        self.compose().await?.down(&project).await?;
         self.store.set_wanted(name, false)?;
         Ok(format!("{name} is down"))
     }
 
     pub(crate) async fn restart(&self, name: &str) -> Result<String, StackError> {
         let _op = self.ops.lock().await;
-        let (_, file) = self.file(name)?;
-        self.compose().await?.restart(name, &file).await?;
+        let (_, project) = self.file(name)?;
+        self.compose().await?.restart(&project).await?;
         Ok(format!("{name} restarted"))
     }
 
     pub(crate) async fn pause(&self, name: &str) -> Result<String, StackError> {
         let _op = self.ops.lock().await;
-        let (_, file) = self.file(name)?;
-        self.compose().await?.pause(name, &file).await?;
+        let (_, project) = self.file(name)?;
+        self.compose().await?.pause(&project).await?;
         Ok(format!("{name} paused"))
     }
 
     pub(crate) async fn unpause(&self, name: &str) -> Result<String, StackError> {
         let _op = self.ops.lock().await;
-        let (_, file) = self.file(name)?;
-        self.compose().await?.unpause(name, &file).await?;
+        let (_, project) = self.file(name)?;
+        self.compose().await?.unpause(&project).await?;
         Ok(format!("{name} unpaused"))
     }
 
@@ -389,9 +470,9 @@ impl Stacks {
             .iter()
             .map(|svc| {
                 let rec = self.store.get(&svc.name);
-                let (commit, wanted, stack_error) = match &rec {
-                    Ok(r) => (r.commit.clone(), r.wanted, r.error.clone()),
-                    Err(e) => (String::new(), true, e.to_string()),
+                let (commit, wanted, stack_error, config_hash) = match &rec {
+                    Ok(r) => (r.commit.clone(), r.wanted, r.error.clone(), r.config_hash.clone()),
+                    Err(e) => (String::new(), true, e.to_string(), String::new()),
                 };
                 let containers = self.live.project(&svc.name);
                 let errors: Vec<String> = [repo_error.clone(), Some(stack_error), engine_error.clone()]
@@ -408,6 +489,7 @@ impl Stacks {
                     state,
                     health,
                     deployed_commit: commit,
+                    config_hash,
                     error: errors.join("; "),
                     containers: containers.iter().map(|c| row(c, now)).collect(),
                 }
@@ -504,6 +586,7 @@ fn row(c: &ContainerInfo, now: i64) -> ContainerRow {
         name: c.name.clone(),
         id: c.id.clone(),
         image: c.image.clone(),
+        image_digest: c.image_id.clone(),
         state: c.shown_state().to_string(),
         health: c.health.clone().unwrap_or_else(|| "none".into()),
         uptime_seconds: match (up, c.started_unix) {
@@ -578,6 +661,21 @@ pub(crate) fn stack_reason(name: &str, state: &str, wanted: bool, error: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The example's compose keys, as the stack's project will use them.
+    #[test]
+    fn the_example_config_names_compose_keys() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/services-agent.toml");
+        let cfg = Config::load(&path).unwrap();
+        let c = &cfg.service("wiki").unwrap().compose;
+        assert_eq!(c.files, [PathBuf::from("compose.yaml"), PathBuf::from("compose.prod.yaml")]);
+        assert_eq!(
+            (c.env_file.as_deref(), c.profiles.as_slice()),
+            (Some(Path::new("prod.env")), &["search".into()][..])
+        );
+        assert_eq!(c.secrets_dir.as_deref(), Some(Path::new("/etc/strata/stack-secrets/wiki")));
+        assert_eq!(cfg.service("photos").unwrap().compose, Default::default(), "compose's own discovery");
+    }
 
     #[test]
     fn a_stack_degrades_the_agent_when_wanted_and_not_up_or_failing() {

@@ -29,6 +29,9 @@ pub(crate) struct StackRecord {
     pub wanted: bool,
     /// The last error (sync, validation, deploy); empty when the last attempt succeeded.
     pub error: String,
+    /// What the running stack was deployed from (resolved config, profiles, image ids; `compose::config_hash`);
+    /// empty before the first deploy that recorded one.
+    pub config_hash: String,
 }
 
 impl StackRecord {
@@ -40,6 +43,7 @@ impl StackRecord {
             deployed_unix: 0,
             wanted: true,
             error: String::new(),
+            config_hash: String::new(),
         }
     }
 }
@@ -66,6 +70,7 @@ impl Store {
     pub(crate) fn open(state_dir: &Path) -> Result<Store, StoreError> {
         let db = state::open_db(state_dir, "services")?;
         db.execute_batch(SCHEMA)?;
+        migrate(&db)?;
         Ok(Store { db: Mutex::new(db) })
     }
 
@@ -78,7 +83,7 @@ impl Store {
         let r = self
             .conn()
             .query_row(
-                "SELECT commit_id, tree, deployed_unix, wanted, error FROM stacks WHERE name = ?1",
+                "SELECT commit_id, tree, deployed_unix, wanted, error, config_hash FROM stacks WHERE name = ?1",
                 params![name],
                 |r| {
                     Ok(StackRecord {
@@ -88,6 +93,7 @@ impl Store {
                         deployed_unix: r.get(2)?,
                         wanted: r.get::<_, i64>(3)? != 0,
                         error: r.get(4)?,
+                        config_hash: r.get(5)?,
                     })
                 },
             )
@@ -119,6 +125,13 @@ impl Store {
         Ok(())
     }
 
+    /// Records the config hash of what runs now (after a deploy, or when a sync found it unchanged).
+    pub(crate) fn set_config_hash(&self, name: &str, hash: &str) -> Result<(), StoreError> {
+        self.ensure(name)?;
+        self.conn().execute("UPDATE stacks SET config_hash = ?2 WHERE name = ?1", params![name, hash])?;
+        Ok(())
+    }
+
     pub(crate) fn set_wanted(&self, name: &str, wanted: bool) -> Result<(), StoreError> {
         self.ensure(name)?;
         self.conn().execute("UPDATE stacks SET wanted = ?2 WHERE name = ?1", params![name, wanted as i64])?;
@@ -140,7 +153,8 @@ impl Store {
     pub(crate) fn deployed(&self) -> Result<Vec<StackRecord>, StoreError> {
         let db = self.conn();
         let mut st = db.prepare(
-            "SELECT name, commit_id, tree, deployed_unix, wanted, error FROM stacks WHERE commit_id != '' ORDER BY name",
+            "SELECT name, commit_id, tree, deployed_unix, wanted, error, config_hash FROM stacks WHERE commit_id != ''
+             ORDER BY name",
         )?;
         let rows = st.query_map([], |r| {
             Ok(StackRecord {
@@ -150,6 +164,7 @@ impl Store {
                 deployed_unix: r.get(3)?,
                 wanted: r.get::<_, i64>(4)? != 0,
                 error: r.get(5)?,
+                config_hash: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -187,6 +202,16 @@ impl Store {
     }
 }
 
+/// Columns added after the first schema, each added to an existing table with its rows kept.
+fn migrate(db: &rusqlite::Connection) -> Result<(), StoreError> {
+    let mut stmt = db.prepare("SELECT name FROM pragma_table_info('stacks')")?;
+    let columns: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    if !columns.iter().any(|c| c == "config_hash") {
+        db.execute_batch("ALTER TABLE stacks ADD COLUMN config_hash TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +231,10 @@ mod tests {
         let p = s.get("photos").unwrap();
         assert_eq!((p.commit.as_str(), p.tree.as_str(), p.error.as_str(), p.wanted), ("c1", "t1", "", true));
         assert!(p.deployed_unix > 0);
+        assert_eq!(p.config_hash, "");
+        s.set_config_hash("photos", "h1").unwrap();
+        let p = s.get("photos").unwrap();
+        assert_eq!((p.commit.as_str(), p.config_hash.as_str()), ("c1", "h1"));
         let w = s.get("wiki").unwrap();
         assert_eq!((w.error.as_str(), w.wanted, w.commit.as_str()), ("boom", false, ""));
     }
@@ -231,5 +260,25 @@ mod tests {
         assert!(s.forget_removed("old").unwrap());
         assert!(s.removed().unwrap().is_empty());
         assert_eq!(s.get("old").unwrap(), StackRecord::new("old"), "its row is gone");
+    }
+
+    /// A database written before `config_hash` existed keeps its rows and gains the column.
+    #[test]
+    fn an_old_database_gains_the_config_hash_column() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = state::open_db(dir.path(), "services").unwrap();
+            db.execute_batch(
+                "CREATE TABLE stacks (name TEXT PRIMARY KEY, commit_id TEXT NOT NULL DEFAULT '', tree TEXT NOT NULL \
+                 DEFAULT '', deployed_unix INTEGER NOT NULL DEFAULT 0, wanted INTEGER NOT NULL DEFAULT 1, error TEXT \
+                 NOT NULL DEFAULT ''); INSERT INTO stacks (name, commit_id, wanted) VALUES ('old', 'c0', 0);",
+            )
+            .unwrap();
+        }
+        for _ in 0..2 {
+            let s = Store::open(dir.path()).unwrap();
+            let r = s.get("old").unwrap();
+            assert_eq!((r.commit.as_str(), r.wanted, r.config_hash.as_str()), ("c0", false, ""));
+        }
     }
 }

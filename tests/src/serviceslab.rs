@@ -100,6 +100,10 @@ pub struct Lab {
     pub repo: Option<(String, Option<PathBuf>)>,
     /// Extra environment of the agent (e.g. `RUST_LOG`).
     pub env: Vec<(&'static str, &'static str)>,
+    /// Extra keys of one service's `[[services]]` entry, by stack (TOML lines).
+    pub service_keys: BTreeMap<String, String>,
+    /// Extra tables appended to the config (e.g. `[[notify]]`).
+    pub tail: String,
     _cleanup: Cleanup,
 }
 
@@ -125,6 +129,8 @@ impl Lab {
             docker_socket: None,
             repo: None,
             env: Vec::new(),
+            service_keys: BTreeMap::new(),
+            tail: String::new(),
             _cleanup: cleanup,
         })
     }
@@ -165,7 +171,9 @@ impl Lab {
         }
         for (stack, dns, allow) in services {
             text.push_str(&format!("[[services]]\nname = {:?}\ndns = {dns:?}\nallow = {allow:?}\n", self.name(stack)));
+            text.push_str(self.service_keys.get(*stack).map_or("", String::as_str));
         }
+        text.push_str(&self.tail);
         let config = self.dir.path().join("services-agent.toml");
         std::fs::write(&config, text)?;
         self.agent = Some(AgentProc::start_with_env(AgentKind::Services, &config, &self.env)?);

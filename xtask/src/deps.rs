@@ -51,6 +51,9 @@ const PACKAGES: &[&str] = &[
     "qemu-guest-agent",
     "e2fsprogs",
     "xz-utils",
+    // The registry of the image-update tests (tests/src/fixtures/registry.rs): Docker Distribution 2, started by
+    // each test on loopback with its own config and storage (the package's own service is not used).
+    "docker-registry",
 ];
 
 /// The metapackage naming the current Debian kernel package (its one `Depends:`).

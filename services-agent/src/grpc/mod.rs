@@ -23,6 +23,7 @@ use crate::model;
 use crate::reload::Reloader;
 use crate::restore::{Decision, RunReport, Source};
 use crate::stacks::{StackError, Stacks};
+use crate::update::{UpdateReport, Updates};
 
 mod dns_client;
 pub(crate) use dns_client::DnsRemote;
@@ -33,12 +34,14 @@ type PbStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub(crate) fn routes(
     stacks: Arc<Stacks>,
     backups: Arc<Backups>,
+    updates: Arc<Updates>,
     reloader: Arc<Reloader>,
 ) -> tonic::service::RoutesBuilder {
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(ServicesServer::new(ServicesSvc {
         stacks,
         backups,
+        updates,
         reloader,
         listings: PerCaller::new(LISTINGS_PER_CALLER),
         jobs: JobRegistry::default(),
@@ -49,6 +52,7 @@ pub(crate) fn routes(
 pub(crate) struct ServicesSvc {
     stacks: Arc<Stacks>,
     backups: Arc<Backups>,
+    updates: Arc<Updates>,
     /// `Reload` re-reads the config file.
     reloader: Arc<Reloader>,
     /// ListArchives calls in flight per caller: each runs a borg of its own.
@@ -127,10 +131,15 @@ fn status(e: StackError) -> Status {
         StackError::NotSynced(_)
         | StackError::NotInRepo { .. }
         | StackError::Refused { .. }
+        | StackError::Secrets { .. }
         | StackError::NotRemoved(_) => Status::failed_precondition(msg),
-        StackError::Compose(ComposeError::Invalid { .. } | ComposeError::NoFile { .. }) => {
-            Status::failed_precondition(msg)
-        }
+        StackError::Compose(
+            ComposeError::Invalid { .. }
+            | ComposeError::NoFile { .. }
+            | ComposeError::SeveralFiles { .. }
+            | ComposeError::MissingFile { .. }
+            | ComposeError::UnknownProfile { .. },
+        ) => Status::failed_precondition(msg),
         StackError::Compose(ComposeError::Missing) | StackError::Docker(_) => Status::unavailable(msg),
         StackError::Git { .. } | StackError::Compose(_) | StackError::Store(_) => Status::internal(msg),
     }
@@ -159,10 +168,10 @@ impl From<model::ServiceRow> for pb::Service {
                     health: c.health,
                     uptime_seconds: c.uptime_seconds,
                     restarts: c.restarts,
-                    image_digest: String::new(),
+                    image_digest: c.image_digest,
                 })
                 .collect(),
-            config_hash: String::new(),
+            config_hash: s.config_hash,
         }
     }
 }
@@ -188,6 +197,14 @@ impl TryFrom<pb::BackupRequest> for BackupTarget {
             (true, false) => Err(Status::invalid_argument("name: must be empty when all is set")),
             (false, _) => Ok(BackupTarget(Some(check_name("name", &r.name)?))),
         }
+    }
+}
+
+/// A `PullRequest` names its target as a `BackupRequest` does: one service or all.
+impl TryFrom<pb::PullRequest> for BackupTarget {
+    type Error = Status;
+    fn try_from(r: pb::PullRequest) -> Result<Self, Status> {
+        pb::BackupRequest { name: r.name, all: r.all }.try_into()
     }
 }
 
@@ -306,6 +323,8 @@ enum Done {
     Restore(RunReport),
     Check(RunReport),
     Drill(RunReport),
+    /// One report per service updated (`Pull`); the proto has no typed summary for it: its words say it.
+    Updates(Vec<UpdateReport>),
 }
 
 fn run_pb(r: &RunReport) -> pb::ServiceRunSummary {
@@ -318,6 +337,7 @@ impl JobSummary for Done {
         match self {
             Done::Backups(b) => b.iter().map(BackupReport::summary).collect::<Vec<_>>().join("\n"),
             Done::Restore(r) | Done::Check(r) | Done::Drill(r) => r.message.clone(),
+            Done::Updates(u) => u.iter().map(|r| r.message.as_str()).collect::<Vec<_>>().join("\n"),
         }
     }
 
@@ -344,6 +364,7 @@ impl JobSummary for Done {
             Done::Restore(r) => Kind::ServiceRestore(run_pb(r)),
             Done::Check(r) => Kind::ServiceCheck(run_pb(r)),
             Done::Drill(r) => Kind::ServiceDrill(run_pb(r)),
+            Done::Updates(_) => return pb::Summary { kind: None },
         };
         pb::Summary { kind: Some(kind) }
     }
@@ -548,6 +569,20 @@ impl Services for ServicesSvc {
             entries: rows
                 .into_iter()
                 .map(|h| pb::HistoryEntry {
+                    images: match h.kind {
+                        Job::Update => self
+                            .updates
+                            .images_of(h.id, &h.outcome.result)
+                            .into_iter()
+                            .map(|c| pb::ImageChange {
+                                service: c.service,
+                                image: c.image,
+                                old_digest: c.old,
+                                new_digest: c.new,
+                            })
+                            .collect(),
+                        _ => Vec::new(),
+                    },
                     service: h.service,
                     kind: h.kind.to_string(),
                     started_unix: h.started_unix as i64,
@@ -555,7 +590,6 @@ impl Services for ServicesSvc {
                     downtime_seconds: h.outcome.downtime_seconds,
                     result: h.outcome.result,
                     error: h.outcome.error,
-                    images: Vec::new(),
                     repos: h
                         .repos
                         .into_iter()
@@ -691,8 +725,39 @@ impl Services for ServicesSvc {
 
     type PullStream = PbStream<pb::Progress>;
 
-    async fn pull(&self, _req: Request<pb::PullRequest>) -> Result<Response<Self::PullStream>, Status> {
-        Err(Status::unimplemented("pull: not built yet"))
+    async fn pull(&self, req: Request<pb::PullRequest>) -> Result<Response<Self::PullStream>, Status> {
+        let BackupTarget(target) = req.into_inner().try_into()?;
+        let updates = self.updates.clone();
+        if let Some(name) = &target {
+            if self.backups.cfg().service(name).is_none() {
+                return Err(job_status(JobError::Unknown(name.clone())));
+            }
+        }
+        let who = target.clone().unwrap_or_default();
+        Ok(Response::new(job_stream(&self.jobs, Job::Update.as_str(), &who, move |rep| async move {
+            match target {
+                Some(name) => updates
+                    .update(&name, Trigger::Manual, &rep)
+                    .await
+                    .map(|r| Done::Updates(vec![r]))
+                    .map_err(job_status),
+                None => {
+                    let results = updates.update_all(Trigger::Manual, &rep).await;
+                    let failed: Vec<String> =
+                        results.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}"))).collect();
+                    if failed.is_empty() {
+                        Ok(Done::Updates(results.into_iter().filter_map(|(_, r)| r.ok()).collect()))
+                    } else {
+                        Err(Status::aborted(format!(
+                            "{} of {} updates failed: {}",
+                            failed.len(),
+                            results.len(),
+                            failed.join("; ")
+                        )))
+                    }
+                }
+            }
+        })?))
     }
 
     async fn acknowledge(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::ActionResponse>, Status> {
@@ -741,6 +806,19 @@ mod tests {
         }
         let q = LogsQuery::try_from(pb::LogsRequest { name: "a".into(), follow: true, tail: 5 }).ok().unwrap();
         assert!(q.follow && q.tail == 5 && q.name == "a");
+    }
+
+    #[test]
+    fn pull_requests_name_one_service_or_all() {
+        let pull = |name: &str, all| BackupTarget::try_from(pb::PullRequest { name: name.into(), all });
+        assert_eq!(pull("photos", false).unwrap().0.as_deref(), Some("photos"));
+        assert_eq!(pull("", true).unwrap().0, None);
+        for (name, all, want) in [("", false, "name: must not be empty"), ("photos", true, "name: must be empty")] {
+            let e = pull(name, all).err().unwrap();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(want), "{e:?}");
+        }
+        assert!(pull("../x", false).err().unwrap().message().starts_with("name: "));
     }
 
     #[test]

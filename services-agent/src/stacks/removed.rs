@@ -179,15 +179,13 @@ impl Stacks {
             .filter(|r| cfg.service(&r.name).is_none())
             .map(|r| {
                 let containers = self.live.project(&r.name);
+                let rec = deployed.iter().find(|d| d.name == r.name);
                 ServiceRow {
                     name: r.name.clone(),
                     state: REMOVED.into(),
                     health: "none".into(),
-                    deployed_commit: deployed
-                        .iter()
-                        .find(|d| d.name == r.name)
-                        .map(|d| d.commit.clone())
-                        .unwrap_or_default(),
+                    deployed_commit: rec.map(|d| d.commit.clone()).unwrap_or_default(),
+                    config_hash: rec.map(|d| d.config_hash.clone()).unwrap_or_default(),
                     error: format!("taken down: {}; `labctl services ack {}` forgets it", r.reason, r.name),
                     containers: containers.iter().map(|c| row(c, now)).collect(),
                 }
@@ -203,6 +201,7 @@ impl Stacks {
                 state,
                 health,
                 deployed_commit: d.commit.clone(),
+                config_hash: d.config_hash.clone(),
                 error: if keep {
                     String::new()
                 } else {
@@ -230,6 +229,7 @@ mod tests {
             deployed_unix: 1,
             wanted: true,
             error: String::new(),
+            config_hash: String::new(),
         }
     }
 
