@@ -108,7 +108,10 @@ impl Stacks {
         let run = journal.start_run(name, Job::TakeDown, Trigger::Sync).map_err(|e| e.to_string())?;
         let done = async {
             let id = journal.begin(run, name, step::TAKE_DOWN, reason).map_err(|e| e.to_string())?;
-            let empty = cfg.common.state_dir.join("empty-compose.yml");
+            // Alone in its directory: compose reads no `.env` or override beside it.
+            let dir = cfg.common.state_dir.join("take-down");
+            agent_core::state::ensure_dir(&dir).map_err(|e| e.to_string())?;
+            let empty = dir.join("compose.yml");
             agent_core::state::write_atomic(&empty, EMPTY_FILE.as_bytes(), 0o600).map_err(|e| e.to_string())?;
             compose.down_orphans(name, &empty).await.map_err(|e| e.to_string())?;
             let engine = Engine::connect(&cfg.docker_socket).await.map_err(|e| e.to_string())?;
