@@ -102,22 +102,19 @@ pub(crate) fn compare(old: &Config, mut new: Config) -> (Config, Changes) {
     if keep(new.docker_socket != old.docker_socket, "docker.socket") {
         new.docker_socket = old.docker_socket.clone();
     }
-    match (&old.stacks, &mut new.stacks) {
-        (Some(o), Some(n)) => {
-            if keep(n.repo != o.repo, "stacks.repo") {
-                n.repo = o.repo.clone();
-            }
-            if keep(n.branch != o.branch, "stacks.branch") {
-                n.branch = o.branch.clone();
-            }
-            if keep(n.checkout_dir != o.checkout_dir, "stacks.checkout_dir") {
-                n.checkout_dir = o.checkout_dir.clone();
-            }
-            if keep(n.credentials_file != o.credentials_file, "stacks.credentials_file") {
-                n.credentials_file = o.credentials_file.clone();
-            }
+    if let (Some(o), Some(n)) = (&old.stacks, &mut new.stacks) {
+        if keep(n.repo != o.repo, "stacks.repo") {
+            n.repo = o.repo.clone();
         }
-        _ => {}
+        if keep(n.branch != o.branch, "stacks.branch") {
+            n.branch = o.branch.clone();
+        }
+        if keep(n.checkout_dir != o.checkout_dir, "stacks.checkout_dir") {
+            n.checkout_dir = o.checkout_dir.clone();
+        }
+        if keep(n.credentials_file != o.credentials_file, "stacks.credentials_file") {
+            n.credentials_file = o.credentials_file.clone();
+        }
     }
     if keep(new.backup.parallel != old.backup.parallel, "backup.parallel") {
         new.backup.parallel = old.backup.parallel;
