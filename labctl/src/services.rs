@@ -13,13 +13,13 @@ use serde::Serialize;
 use strata_proto::v1::services_client::ServicesClient;
 use strata_proto::v1::{
     AuditRequest, BackupRequest, HistoryRequest, JobRef, ListFilesRequest, ListServicesRequest, LogsRequest,
-    PullRequest, RestoreRequest, ServiceRef, SyncRequest,
+    PullRequest, ReloadRequest, RestoreRequest, ServiceRef, SyncRequest,
 };
 
 use crate::client::{self, Agent, Timeouts, DEPLOY_TIMEOUT};
 use crate::inventory::Inventory;
 use crate::output::{self, Opts};
-use crate::table::{size, utc, Table};
+use crate::table::{human, size, utc, Table};
 
 #[derive(Debug, Subcommand)]
 pub enum ServicesCmd {
@@ -215,6 +215,15 @@ pub enum ServicesCmd {
         #[arg(long)]
         cancel_on_interrupt: bool,
     },
+    /// Re-read the agent's config file (an invalid one is refused, the running one kept); says what was applied.
+    #[command(after_help = "Example: labctl services reload")]
+    Reload,
+    /// Forget a stack the sync took down because it left the config (listed `removed`): its record is deleted.
+    #[command(after_help = "Example: labctl services ack oldwiki")]
+    Ack {
+        /// The removed stack.
+        name: String,
+    },
     /// Re-attach to a service's running backup, restore, check or drill (one left with Ctrl-C) and follow it to its
     /// end, as the command that started it would have.
     #[command(after_help = "Example: labctl services watch photos")]
@@ -315,17 +324,6 @@ struct SyncRow {
     commit: String,
     redeployed: Vec<String>,
     errors: std::collections::BTreeMap<String, String>,
-}
-
-/// `3d4h`, `5m`, `12s`.
-fn human(secs: u64) -> String {
-    match secs {
-        0 => "-".to_string(),
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m", s / 60),
-        s if s < 86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
-        s => format!("{}d{}h", s / 86400, s % 86400 / 3600),
-    }
 }
 
 /// A duration: `4.2s`, `3m7s`, `2h5m`.
@@ -429,9 +427,9 @@ async fn follow(
     agent.follow_job(what, stream, json, on_interrupt).await
 }
 
-/// A service that needs a look: an error, or a state other than running / deliberately down.
+/// A service that needs a look: an error, or a state other than running / deliberately down / kept (`unlisted`).
 fn troubled(s: &ServiceRow) -> bool {
-    !s.error.is_empty() || !matches!(s.state.as_str(), "running" | "down" | "paused")
+    !s.error.is_empty() || !matches!(s.state.as_str(), "running" | "down" | "paused" | "unlisted")
 }
 
 fn render(rows: &[ServiceRow], verbose: bool) -> String {
@@ -557,6 +555,16 @@ pub async fn run(cmd: ServicesCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Op
                     println!("{} | {}", line.container, line.line);
                 }
             }
+        }
+        ServicesCmd::Reload => {
+            let r = agent.call("reload", c.reload(ReloadRequest {})).await?;
+            output::reloaded(opts, r.changed, &r.message)?;
+        }
+        ServicesCmd::Ack { name } => {
+            let message =
+                agent.call("ack", c.acknowledge(ServiceRef { name: name.clone(), ..Default::default() })).await?;
+            let message = message.message;
+            output::result(opts, &serde_json::json!({ "action": "ack", "name": name, "message": message }), &message)?;
         }
         ServicesCmd::Sync => {
             let r = agent.call("sync", c.sync(SyncRequest {})).await?;

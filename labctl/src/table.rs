@@ -1,8 +1,19 @@
 //! Aligned text tables for labctl's read commands, with errors kept to one line per cell (the full text below the
-//! table with `-v`), and the cell formats read commands share (UTC times, binary sizes). Knows layout and those
-//! formats only, nothing about what the cells mean.
+//! table with `-v`), and the cell formats read commands share (UTC times, binary sizes, uptimes). Knows layout and
+//! those formats only, nothing about what the cells mean.
 
 use std::fmt;
+
+/// An uptime or age in whole seconds, roughly: `3d4h`, `5m`, `12s`; `-` for none.
+pub fn human(secs: u64) -> String {
+    match secs {
+        0 => "-".to_string(),
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
 
 /// Unix seconds as an RFC 3339 UTC date-time; `-` for none.
 pub fn utc(unix: i64) -> String {

@@ -210,6 +210,16 @@ impl Backups {
         &self.journal
     }
 
+    /// Declares the running config's backups to the freshness watch again (after a reload): added services and
+    /// repositories are watched, changed `warn_after`s apply, and dropped ones are no longer judged.
+    pub(crate) fn rewatch(&self) {
+        let cfg = self.cfg();
+        watch_services(&cfg, &self.journal, &self.metrics);
+        self.metrics.retain(|name, repo| {
+            cfg.service(name).and_then(|s| s.backup.as_deref()).is_some_and(|b| b.repo(repo).is_some())
+        });
+    }
+
     /// The service and its backup settings.
     /// A copy taken from the running config: a job that reads it at its start finishes under it across reloads.
     pub(crate) fn settings(&self, name: &str) -> Result<(Service, ServiceBackup), JobError> {

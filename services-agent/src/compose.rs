@@ -18,6 +18,9 @@ const UP_TIMEOUT: Duration = Duration::from_secs(600);
 const ACTION_TIMEOUT: Duration = Duration::from_secs(180);
 const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A compose file with no services: what a project whose own file is gone is brought down with.
+pub(crate) const EMPTY_FILE: &str = "version: \"3.7\"\nservices: {}\n";
+
 /// File names compose discovers in a stack directory (v1.29 and v2 both know all four; they prefer different ones).
 pub(crate) const COMPOSE_FILES: &[&str] = &["compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml"];
 
@@ -134,6 +137,22 @@ impl Compose {
     /// `down --remove-orphans`; named volumes (the data) are kept.
     pub(crate) async fn down(&self, p: &Project) -> Result<(), ComposeError> {
         self.action(p, "down", &["down", "--remove-orphans"], ACTION_TIMEOUT).await
+    }
+
+    /// `down --remove-orphans` of project `name` whose own compose files are gone (its stack left the config or the
+    /// repository), through `empty`, [`EMPTY_FILE`] written by the caller alone in its directory: every container
+    /// of the project is an orphan and removed. Volumes are kept (no `-v`). Compose v1 (1.29) leaves the project's
+    /// networks (they are not in the file): the caller removes them by label.
+    pub(crate) async fn down_orphans(&self, name: &str, empty: &Path) -> Result<(), ComposeError> {
+        let p = Project {
+            name: name.to_string(),
+            dir: empty.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            files: vec![empty.to_path_buf()],
+            env_file: None,
+            profiles: Vec::new(),
+            secrets: Vec::new(),
+        };
+        self.action(&p, "down", &["down", "--remove-orphans"], ACTION_TIMEOUT).await
     }
 
     pub(crate) async fn restart(&self, p: &Project) -> Result<(), ComposeError> {

@@ -100,6 +100,8 @@ struct RawStacks {
     #[serde(default)]
     bind_roots: Vec<PathBuf>,
     webhook: Option<webhook::RawWebhook>,
+    #[serde(default)]
+    keep_unlisted: bool,
 }
 
 fn default_branch() -> String {
@@ -180,6 +182,8 @@ pub struct Stacks {
     pub bind_roots: Vec<PathBuf>,
     /// `[stacks.webhook]`: the push trigger's HTTP endpoint, when configured.
     pub webhook: Option<webhook::Webhook>,
+    /// Deployed stacks that left `[[services]]` or the repository stay running (`unlisted`), not taken down.
+    pub keep_unlisted: bool,
 }
 
 /// `[hub]`: the reverse-proxy stack every spoke shares a network with, and where service names point.
@@ -520,7 +524,8 @@ fn managed(
         bind_roots.push(r.clone());
     }
     let webhook = s.webhook.map(|w| webhook::validate(path, w)).transpose()?;
-    let stacks = Stacks { repo, branch: s.branch, checkout_dir, poll: s.poll, credentials_file, bind_roots, webhook };
+    let (branch, poll, keep_unlisted) = (s.branch, s.poll, s.keep_unlisted);
+    let stacks = Stacks { repo, branch, checkout_dir, poll, credentials_file, bind_roots, webhook, keep_unlisted };
 
     if !valid_name(&h.stack) {
         return Err(bad("hub.stack", format!("`{}` is not a valid stack name ([a-z0-9][a-z0-9_-]*)", h.stack)));

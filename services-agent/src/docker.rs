@@ -112,6 +112,24 @@ impl Engine {
             .collect())
     }
 
+    /// Removes the networks compose created for `project` (labelled with it; a network the project only joined,
+    /// such as the hub's, carries another project's label and stays). Returns the names removed and, for each that
+    /// could not be (still in use by another project's container), why.
+    pub(crate) async fn remove_project_networks(
+        &self,
+        project: &str,
+    ) -> Result<(Vec<String>, Vec<String>), DockerError> {
+        let (mut removed, mut left) = (Vec::new(), Vec::new());
+        for n in self.networks().await?.into_iter().filter(|n| n.project.as_deref() == Some(project)) {
+            match self.docker.remove_network(&n.name).await {
+                Ok(()) => removed.push(n.name),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => left.push(format!("network {}: {}", n.name, api(e))),
+            }
+        }
+        Ok((removed, left))
+    }
+
     /// The ids of the project's containers that are running now (paused, exited and restarting ones excluded).
     pub(crate) async fn running_in_project(&self, project: &str) -> Result<Vec<String>, DockerError> {
         let label = format!("{PROJECT_LABEL}={project}");

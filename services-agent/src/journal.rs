@@ -46,6 +46,9 @@ pub(crate) mod step {
     /// The one file or directory a single-path restore replaces (`detail`), recorded before anything changes so
     /// that `--resume` of a held one restores that path again, not everything. Nothing to undo.
     pub(crate) const RESTORE_PATH: &str = "restore-path";
+    /// A stack that left the config (or the repository) being taken down (`compose down`, never its volumes;
+    /// `detail` the reason). Nothing to undo: recovery closes it and the next sync takes the stack down again.
+    pub(crate) const TAKE_DOWN: &str = "take-down";
     /// An update's record, written before anything is pulled: what each compose service ran (`detail`, JSON).
     pub(crate) const UPDATE_IMAGES: &str = "update-images";
     pub(crate) const PULL: &str = "pull";
@@ -66,10 +69,13 @@ pub(crate) enum Job {
     Drill,
     /// An image update (`Pull`, the `update` schedule).
     Update,
+    /// The sync taking down a stack that left the config or the repository.
+    TakeDown,
 }
 
 impl Job {
-    const ALL: [Job; 6] = [Job::Backup, Job::Restore, Job::Check, Job::VerifyData, Job::Drill, Job::Update];
+    const ALL: [Job; 7] =
+        [Job::Backup, Job::Restore, Job::Check, Job::VerifyData, Job::Drill, Job::Update, Job::TakeDown];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -79,6 +85,7 @@ impl Job {
             Job::VerifyData => "verify-data",
             Job::Drill => "drill",
             Job::Update => "update",
+            Job::TakeDown => "take-down",
         }
     }
 }
@@ -94,10 +101,12 @@ pub(crate) enum Trigger {
     Resume,
     /// `labctl services restore --abandon` of a held restore.
     Abandon,
+    /// A sync of the stacks repository (poll, reload, `labctl services sync`).
+    Sync,
 }
 
 impl Trigger {
-    const ALL: [Trigger; 4] = [Trigger::Manual, Trigger::Schedule, Trigger::Resume, Trigger::Abandon];
+    const ALL: [Trigger; 5] = [Trigger::Manual, Trigger::Schedule, Trigger::Resume, Trigger::Abandon, Trigger::Sync];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -105,6 +114,7 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::Resume => "resume",
             Trigger::Abandon => "abandon",
+            Trigger::Sync => "sync",
         }
     }
 }
@@ -838,10 +848,12 @@ mod tests {
     #[test]
     fn unknown_texts_are_errors_naming_them() {
         let e = "nightly".parse::<Trigger>().unwrap_err().to_string();
-        assert_eq!(e, "journal: `nightly` is not a job trigger (one of manual, schedule, resume, abandon)");
+        assert_eq!(e, "journal: `nightly` is not a job trigger (one of manual, schedule, resume, abandon, sync)");
         let e = "scrub".parse::<Job>().unwrap_err().to_string();
         assert!(
-            e.contains("`scrub` is not a job kind (one of backup, restore, check, verify-data, drill, update)"),
+            e.contains(
+                "`scrub` is not a job kind (one of backup, restore, check, verify-data, drill, update, take-down)"
+            ),
             "{e}"
         );
         let e = "freeze abc".parse::<Quiesced>().unwrap_err().to_string();

@@ -1,8 +1,8 @@
 //! The services-agent library: compose stacks from Git (sync, deploy, lifecycle), state read from Docker's event
 //! stream, the hub-and-spoke audit, DNS registration, per-service ZFS snapshot + Borg backups (restore, checks,
-//! drills, crash recovery, the host's lease), image updates with rollback and the push-trigger webhook. `main.rs`
-//! is only glue; `run` wires the tasks together (it hands `dns` the gRPC edge's dns-agent client and owns the
-//! registration's [`DnsStatus`]).
+//! drills, crash recovery, the host's lease), image updates with rollback and the push-trigger webhook; the config
+//! reloads on SIGHUP. `main.rs` is only glue; `run` wires the tasks together (it hands `dns` the gRPC edge's
+//! dns-agent client and owns the registration's [`DnsStatus`]).
 
 mod audit;
 mod backup;
@@ -20,6 +20,7 @@ mod live;
 mod model;
 mod mounts;
 mod recovery;
+mod reload;
 mod repos;
 mod restore;
 mod schedule;
@@ -124,6 +125,14 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     let scheduler = tokio::spawn(schedule::run(backups.clone(), shutdown.clone()));
     let update_scheduler = tokio::spawn(update::schedule(updates.clone(), shutdown.clone()));
     let webhook = start_webhook(&cfg, &stacks, &metrics, &shutdown).await?;
+    // SIGHUP (`systemctl reload`) and `Services/Reload` re-read the config file.
+    let reloader = Arc::new(reload::Reloader::new(cfg.clone(), stacks.clone(), backups.clone()));
+    let on_hup = reloader.clone();
+    agent_core::cli::reload_on_sighup(shutdown.clone(), move || {
+        if let Err(e) = on_hup.reload() {
+            tracing::warn!("reload refused, keeping the running config: {e}");
+        }
+    });
 
     // The first look at the engine settles before serving (a missing socket fails at once), so that a Status just
     // after start does not report the engine as "not connected yet".
@@ -142,7 +151,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     health.add(move |h| h.summary(health_backups.summary()));
     let watch = backups.metrics.clone();
     health.add(move |h| watch.check(h));
-    let domain = grpc::routes(stacks, backups, updates);
+    let domain = grpc::routes(stacks, backups, updates, reloader);
     let parts = AgentParts { role: ROLE, version: env!("CARGO_PKG_VERSION"), health, domain, metrics };
     let served = agent_core::grpc::run_agent(&common, parts, listeners, shutdown).await;
     // The background tasks stop on the same shutdown; a sync in progress is abandoned (compose is killed on drop). A

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         },
         reads: |_| vec![],
         secrets: |_| vec![],
-        reloads_on_sighup: false,
+        reloads_on_sighup: true,
         load: Config::load,
         common: |c| &c.common,
         run: |cfg, listeners, shutdown| {

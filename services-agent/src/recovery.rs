@@ -2,9 +2,10 @@
 //! container it stopped or paused, puts a half-restored dataset back to its safety snapshot (only when nothing but
 //! the restore can have written it since: see [`Backups::may_roll_back`]; otherwise the restore is *held*, the
 //! service stays stopped and the operator decides), destroys its own clones and scratch datasets (only names with its
-//! own prefix), breaks Borg locks left by its own dead borg processes on this host (any other lock is reported, never
-//! broken), and marks the interrupted runs failed with the step they died in. Must not know proto/tonic, nor the
-//! CLIs of zfs/borg/docker.
+//! own prefix), closes an interrupted take-down of a stack that left the config (no data is touched; the next sync
+//! takes it down again), breaks Borg locks left by its own dead borg processes on this host (any other lock is
+//! reported, never broken), and marks the interrupted runs failed with the step they died in. Must not know
+//! proto/tonic, nor the CLIs of zfs/borg/docker.
 
 use std::collections::HashSet;
 
@@ -104,6 +105,12 @@ impl Backups {
                             }
                         }
                     }
+                }
+                // Nothing of its to undo (compose down never touches volumes or datasets): the stack's row is not
+                // marked removed yet, so the next sync takes it down again (or deploys it, if it is listed again).
+                step::TAKE_DOWN => {
+                    out.actions.push(format!("{}: take-down interrupted; the next sync finishes it", s.service));
+                    Ok(())
                 }
                 _ => Ok(()),
             };

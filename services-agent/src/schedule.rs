@@ -20,14 +20,16 @@ const TICK: Duration = Duration::from_secs(15);
 /// one backup.
 pub(crate) async fn run(backups: Arc<Backups>, shutdown: Shutdown) {
     let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let tz = backups.timezone().clone();
+    let mut tz = backups.timezone().clone();
     let start = now_unix() as i64;
-    // When each scheduled service's backup comes due next.
+    // When each scheduled service's backup comes due next, and under which schedule (a reload may change it).
     let mut next: HashMap<String, Option<i64>> = HashMap::new();
+    let mut under: HashMap<String, agent_core::cron::Cron> = HashMap::new();
     for name in backups.backed_up() {
         let Ok((_, b)) = &backups.settings(&name) else { continue };
         let Some(cron) = &b.schedule else { continue };
         next.insert(name.clone(), cron.next_after(start, &tz));
+        under.insert(name.clone(), cron.clone());
         let last = backups.journal().last_run(&name, Job::Backup).ok().flatten().map(|t| t as i64);
         if b.catch_up && cron.missed(&tz, last, start) {
             tracing::info!(service = %name, "catch-up: a scheduled backup came due while the agent was down");
@@ -40,6 +42,7 @@ pub(crate) async fn run(backups: Arc<Backups>, shutdown: Shutdown) {
             _ = shutdown.clone().wait() => return,
         }
         let now = now_unix() as i64;
+        follow_reloads(&backups, &mut tz, &mut next, &mut under, now);
         for (name, due) in next.iter_mut() {
             let Ok((_, b)) = &backups.settings(name) else { continue };
             let Some(cron) = &b.schedule else { continue };
@@ -66,6 +69,32 @@ pub(crate) async fn run(backups: Arc<Backups>, shutdown: Shutdown) {
             }
         }
     }
+}
+
+/// After a reload: services added with a schedule (or given a new schedule or time zone) are due at their next
+/// time from `now`; those dropped or without a schedule any more are no longer scheduled.
+fn follow_reloads(
+    backups: &Backups,
+    tz: &mut agent_core::cron::TimeZone,
+    next: &mut HashMap<String, Option<i64>>,
+    under: &mut HashMap<String, agent_core::cron::Cron>,
+    now: i64,
+) {
+    let zone = backups.timezone();
+    let moved = zone != *tz;
+    *tz = zone;
+    let mut scheduled = HashSet::new();
+    for name in backups.backed_up() {
+        let Ok((_, b)) = &backups.settings(&name) else { continue };
+        let Some(cron) = &b.schedule else { continue };
+        scheduled.insert(name.clone());
+        if moved || under.get(&name) != Some(cron) {
+            next.insert(name.clone(), cron.next_after(now, tz));
+            under.insert(name, cron.clone());
+        }
+    }
+    next.retain(|n, _| scheduled.contains(n));
+    under.retain(|n, _| scheduled.contains(n));
 }
 
 fn spawn_job(backups: &Arc<Backups>, busy: &Arc<Mutex<HashSet<String>>>, name: &str, kind: Job, delay: Duration) {

@@ -1,5 +1,6 @@
 //! The stacks engine: syncing the repository and redeploying only the stacks whose resolved configuration (or an
-//! image it uses) changed, lifecycle actions, and the service report built from the live (event-fed) picture. One operation at a time changes stacks;
+//! image it uses) changed, taking down those that left the config (the `removed` child), lifecycle actions, and the
+//! service report built from the live (event-fed) picture. One operation at a time changes stacks;
 //! reads never wait for it. Must not know proto/tonic (the `grpc` module converts) nor bollard (that is `docker`).
 
 use std::collections::BTreeMap;
@@ -21,6 +22,8 @@ use crate::git::{GitError, Repo};
 use crate::live::Live;
 use crate::model::{ContainerInfo, ContainerRow, LogLine, PlannedService, ServiceRow, SyncReport, Violation};
 use crate::store::{Store, StoreError};
+
+mod removed;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StackError {
@@ -46,6 +49,8 @@ pub(crate) enum StackError {
         violations.iter().map(|v| format!("service {} {}: {}", v.container, v.rule, v.detail)).collect::<Vec<_>>().join("; ")
     )]
     Refused { stack: String, at: String, violations: Vec<Violation> },
+    #[error("stack {0} was not taken down for leaving the config: only a removed stack is acknowledged")]
+    NotRemoved(String),
 }
 
 /// `p` with symlinks resolved as far as it exists (the rest appended as written): the path a bind would really
@@ -231,6 +236,8 @@ impl Stacks {
                 return report;
             }
         };
+        // Stacks that left the config or the repository go first (their ports and names are free for the rest).
+        self.take_down_leaving(&compose, &commit, &trees, &mut report).await;
         // The stacks whose directory changed first (the hub before them: its network is the spokes'), then the
         // rest: a push deploys the stack it changed without waiting for every other stack's `config` (about 0.3 s
         // each with compose v1).
@@ -468,7 +475,9 @@ impl Stacks {
         let now = now_unix();
         let engine_error = self.live.engine_error();
         let repo_error = self.repo_error.read().unwrap_or_else(|e| e.into_inner()).clone();
-        self.cfg()
+        let removed = self.removed_names();
+        let mut rows: Vec<ServiceRow> = self
+            .cfg()
             .services
             .iter()
             .map(|svc| {
@@ -483,7 +492,10 @@ impl Stacks {
                     .flatten()
                     .filter(|e| !e.is_empty())
                     .collect();
-                let (state, health) = aggregate(&containers, wanted, !commit.is_empty(), engine_error.is_some());
+                let (mut state, health) = aggregate(&containers, wanted, !commit.is_empty(), engine_error.is_some());
+                if removed.contains(&svc.name) {
+                    state = removed::REMOVED.to_string();
+                }
                 ServiceRow {
                     name: svc.name.clone(),
                     state,
@@ -494,7 +506,9 @@ impl Stacks {
                     containers: containers.iter().map(|c| row(c, now)).collect(),
                 }
             })
-            .collect()
+            .collect();
+        rows.extend(self.unlisted_rows());
+        rows
     }
 
     /// The one-line summary of `Agent/Status`.
@@ -545,7 +559,6 @@ impl Stacks {
     }
 
     /// Asks the poller for a sync now; requests made while a sync runs are served by one more sync after it.
-    #[allow(dead_code)] // Called by reload and the webhook, which are being built on branches.
     pub(crate) fn request_sync(&self) {
         self.sync_now.notify_one();
     }
@@ -570,7 +583,8 @@ impl Stacks {
             // Also sync when the engine comes back: a deploy refused while it was away is retried at once.
             tokio::select! {
                 _ = &mut stop => return,
-                _ = tokio::time::sleep(every) => {}
+                // The running config's interval: a reload changes it from the next wait on.
+                _ = tokio::time::sleep(self.cfg().stacks.as_ref().map_or(every, |s| s.poll)) => {}
                 _ = self.live.reconnected() => tracing::info!("docker engine back: syncing"),
                 _ = self.sync_now.notified() => tracing::info!("sync requested"),
             }

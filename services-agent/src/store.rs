@@ -1,5 +1,5 @@
 //! The agent's SQLite state (`STATE_DIR/services.db`): per stack the deployed commit and tree, whether it is wanted
-//! up, and its last error. Knows this schema only; must not know git, compose, Docker or proto/tonic.
+//! up, and its last error; and the stacks the sync took down for leaving the config, until acknowledged. Knows this schema only; must not know git, compose, Docker or proto/tonic.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -59,6 +59,11 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS stacks (
     deployed_unix INTEGER NOT NULL DEFAULT 0,
     wanted INTEGER NOT NULL DEFAULT 1,
     error TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS removed (
+    name TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    removed_unix INTEGER NOT NULL
 );";
 
 impl Store {
@@ -108,6 +113,8 @@ impl Store {
             "UPDATE stacks SET commit_id = ?2, tree = ?3, deployed_unix = ?4, error = '' WHERE name = ?1",
             params![name, commit, tree, now_unix()],
         )?;
+        // Deployed again: no longer a removed stack.
+        self.conn().execute("DELETE FROM removed WHERE name = ?1", params![name])?;
         Ok(())
     }
 
@@ -129,6 +136,69 @@ impl Store {
         self.ensure(name)?;
         self.conn().execute("UPDATE stacks SET wanted = ?2 WHERE name = ?1", params![name, wanted as i64])?;
         Ok(())
+    }
+}
+
+/// A stack the sync took down because it left the config or the repository, until acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Removed {
+    pub name: String,
+    /// Why it was taken down (`no longer in [[services]]`, …).
+    pub reason: String,
+    pub removed_unix: i64,
+}
+
+impl Store {
+    /// Every stack that was deployed (a commit recorded), by name.
+    pub(crate) fn deployed(&self) -> Result<Vec<StackRecord>, StoreError> {
+        let db = self.conn();
+        let mut st = db.prepare(
+            "SELECT name, commit_id, tree, deployed_unix, wanted, error, config_hash FROM stacks WHERE commit_id != ''
+             ORDER BY name",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(StackRecord {
+                name: r.get(0)?,
+                commit: r.get(1)?,
+                tree: r.get(2)?,
+                deployed_unix: r.get(3)?,
+                wanted: r.get::<_, i64>(4)? != 0,
+                error: r.get(5)?,
+                config_hash: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records that the sync took `name` down (its row stays until acknowledged).
+    pub(crate) fn set_removed(&self, name: &str, reason: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO removed (name, reason, removed_unix) VALUES (?1, ?2, ?3)",
+            params![name, reason, now_unix()],
+        )?;
+        Ok(())
+    }
+
+    /// Every removed stack not yet acknowledged, by name.
+    pub(crate) fn removed(&self) -> Result<Vec<Removed>, StoreError> {
+        let db = self.conn();
+        let mut st = db.prepare("SELECT name, reason, removed_unix FROM removed ORDER BY name")?;
+        let rows = st.query_map([], |r| Ok(Removed { name: r.get(0)?, reason: r.get(1)?, removed_unix: r.get(2)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets a removed stack (the acknowledgement): its row and its removal, in one transaction. False when
+    /// `name` is not a removed stack (nothing is deleted then).
+    pub(crate) fn forget_removed(&self, name: &str) -> Result<bool, StoreError> {
+        let mut db = self.conn();
+        let tx = db.transaction()?;
+        let n = tx.execute("DELETE FROM removed WHERE name = ?1", params![name])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        tx.execute("DELETE FROM stacks WHERE name = ?1", params![name])?;
+        tx.commit()?;
+        Ok(true)
     }
 }
 
@@ -167,6 +237,29 @@ mod tests {
         assert_eq!((p.commit.as_str(), p.config_hash.as_str()), ("c1", "h1"));
         let w = s.get("wiki").unwrap();
         assert_eq!((w.error.as_str(), w.wanted, w.commit.as_str()), ("boom", false, ""));
+    }
+
+    #[test]
+    fn a_removed_stack_stays_until_acknowledged_or_deployed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.set_deployed("old", "c1", "t1").unwrap();
+        s.set_deployed("web", "c1", "t2").unwrap();
+        s.set_error("never", "no compose file").unwrap();
+        let names = |v: Vec<StackRecord>| v.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        assert_eq!(names(s.deployed().unwrap()), ["old", "web"], "only stacks with a commit");
+        s.set_removed("old", "no longer in [[services]]").unwrap();
+        s.set_removed("web", "its directory left the repository").unwrap();
+        let removed = s.removed().unwrap();
+        assert_eq!(removed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["old", "web"]);
+        assert_eq!(removed[0].reason, "no longer in [[services]]");
+        s.set_deployed("web", "c2", "t3").unwrap();
+        assert_eq!(s.removed().unwrap().len(), 1, "deployed again: no longer removed");
+        assert!(!s.forget_removed("web").unwrap(), "web is not removed: nothing forgotten");
+        assert_eq!(s.get("web").unwrap().commit, "c2");
+        assert!(s.forget_removed("old").unwrap());
+        assert!(s.removed().unwrap().is_empty());
+        assert_eq!(s.get("old").unwrap(), StackRecord::new("old"), "its row is gone");
     }
 
     /// A database written before `config_hash` existed keeps its rows and gains the column.

@@ -20,6 +20,7 @@ use crate::compose::ComposeError;
 use crate::config::valid_name;
 use crate::journal::{Job, Trigger};
 use crate::model;
+use crate::reload::Reloader;
 use crate::restore::{Decision, RunReport, Source};
 use crate::stacks::{StackError, Stacks};
 use crate::update::{UpdateReport, Updates};
@@ -34,12 +35,14 @@ pub(crate) fn routes(
     stacks: Arc<Stacks>,
     backups: Arc<Backups>,
     updates: Arc<Updates>,
+    reloader: Arc<Reloader>,
 ) -> tonic::service::RoutesBuilder {
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(ServicesServer::new(ServicesSvc {
         stacks,
         backups,
         updates,
+        reloader,
         listings: PerCaller::new(LISTINGS_PER_CALLER),
         jobs: JobRegistry::default(),
     }));
@@ -50,6 +53,8 @@ pub(crate) struct ServicesSvc {
     stacks: Arc<Stacks>,
     backups: Arc<Backups>,
     updates: Arc<Updates>,
+    /// `Reload` re-reads the config file.
+    reloader: Arc<Reloader>,
     /// ListArchives calls in flight per caller: each runs a borg of its own.
     listings: PerCaller,
     /// The running long jobs (backup, restore, check, drill).
@@ -126,7 +131,8 @@ fn status(e: StackError) -> Status {
         StackError::NotSynced(_)
         | StackError::NotInRepo { .. }
         | StackError::Refused { .. }
-        | StackError::Secrets { .. } => Status::failed_precondition(msg),
+        | StackError::Secrets { .. }
+        | StackError::NotRemoved(_) => Status::failed_precondition(msg),
         StackError::Compose(
             ComposeError::Invalid { .. }
             | ComposeError::NoFile { .. }
@@ -708,7 +714,13 @@ impl Services for ServicesSvc {
     }
 
     async fn reload(&self, _req: Request<pb::ReloadRequest>) -> Result<Response<pb::ReloadResponse>, Status> {
-        Err(Status::unimplemented("reload: not built yet"))
+        match self.reloader.reload() {
+            Ok(o) => Ok(Response::new(pb::ReloadResponse { changed: o.changed, message: o.message })),
+            Err(e) => {
+                tracing::warn!(error = %e, "reload refused: keeping the running config");
+                Err(Status::failed_precondition(format!("config refused, the running config is kept: {e}")))
+            }
+        }
     }
 
     type PullStream = PbStream<pb::Progress>;
@@ -748,8 +760,9 @@ impl Services for ServicesSvc {
         })?))
     }
 
-    async fn acknowledge(&self, _req: Request<pb::ServiceRef>) -> Result<Response<pb::ActionResponse>, Status> {
-        Err(Status::unimplemented("acknowledge: not built yet"))
+    async fn acknowledge(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::ActionResponse>, Status> {
+        let Name(n) = req.into_inner().try_into()?;
+        action(self.stacks.acknowledge(&n).await)
     }
 }
 
