@@ -159,6 +159,22 @@ pub fn load_common(path: &Path, default_metrics_port: u16) -> Result<CommonConfi
     CommonConfig::validate(path, raw.state_dir, raw.grpc, raw.metrics, default_metrics_port)
 }
 
+/// The answer to a reload, the same on every agent: `config reloaded: applied A, B; X, Y changed: restart the agent
+/// to apply` (or `… nothing to apply`).
+pub fn reload_message<A: AsRef<str>, R: AsRef<str>>(applied: &[A], restart: &[R]) -> String {
+    let applied: Vec<&str> = applied.iter().map(AsRef::as_ref).collect();
+    let restart: Vec<&str> = restart.iter().map(AsRef::as_ref).collect();
+    let mut message = if applied.is_empty() {
+        "config reloaded: nothing to apply".to_string()
+    } else {
+        format!("config reloaded: applied {}", applied.join(", "))
+    };
+    if !restart.is_empty() {
+        message.push_str(&format!("; {} changed: restart the agent to apply", restart.join(", ")));
+    }
+    message
+}
+
 /// `IP:PORT`, or an IP alone with `default_port`.
 pub fn parse_listen(s: &str, default_port: u16) -> Option<SocketAddr> {
     s.parse::<SocketAddr>().ok().or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, default_port)))

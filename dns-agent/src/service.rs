@@ -314,14 +314,7 @@ impl Dns {
             }
         }
         let changed = !applied.is_empty() || !restart.is_empty();
-        let mut message = if applied.is_empty() {
-            "config reloaded: nothing to apply".to_string()
-        } else {
-            format!("config reloaded: applied {}", applied.join(", "))
-        };
-        if !restart.is_empty() {
-            message.push_str(&format!("; {} changed: restart the agent to apply", restart.join(", ")));
-        }
+        let message = agent_core::config::reload_message(&applied, &restart);
         tracing::info!("{message}");
         Ok(ReloadOutcome { changed, message })
     }

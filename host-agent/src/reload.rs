@@ -93,14 +93,7 @@ pub(crate) fn compare(old: &Config, new: &Config) -> ReloadOutcome {
     if old.common.metrics_listen != new.common.metrics_listen {
         restart.push("[metrics] listen");
     }
-    let mut message = if applied.is_empty() {
-        "config reloaded: nothing to apply".to_string()
-    } else {
-        format!("config reloaded: applied {}", applied.join(", "))
-    };
-    if !restart.is_empty() {
-        message.push_str(&format!("; {} changed: restart the agent to apply", restart.join(", ")));
-    }
+    let message = agent_core::config::reload_message(&applied, &restart);
     ReloadOutcome { changed: !applied.is_empty() || !restart.is_empty(), message }
 }
 

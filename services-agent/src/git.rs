@@ -52,15 +52,8 @@ impl std::fmt::Debug for Credentials {
 /// Reads `USER:PASSWORD` from the first non-empty line of `path`, which must be a regular file that neither group
 /// nor others can read. The reason never quotes the file's content.
 pub fn read_credentials(path: &Path) -> Result<Credentials, String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
-    if !meta.is_file() {
-        return Err("is not a regular file".into());
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(format!("mode {:04o} lets others read it: chmod 600", meta.mode() & 0o7777));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let bytes = crate::secrets::read_private_file(path)?;
+    let text = String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_string())?;
     let line = text.lines().map(str::trim).find(|l| !l.is_empty()).ok_or("is empty")?;
     match line.split_once(':') {
         Some((user, password)) if !user.is_empty() && !password.is_empty() => {

@@ -58,15 +58,7 @@ impl Changes {
             applied.push(format!("services ({})", svc.join("; ")));
         }
         applied.extend(self.applied.iter().map(|k| k.to_string()));
-        let mut message = if applied.is_empty() {
-            "config reloaded: nothing to apply".to_string()
-        } else {
-            format!("config reloaded: applied {}", applied.join(", "))
-        };
-        if !self.restart.is_empty() {
-            message.push_str(&format!("; {} changed: restart the agent to apply", self.restart.join(", ")));
-        }
-        message
+        agent_core::config::reload_message(&applied, &self.restart)
     }
 }
 

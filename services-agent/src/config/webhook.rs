@@ -47,15 +47,7 @@ pub(super) fn validate(path: &Path, raw: RawWebhook) -> Result<Webhook, ConfigEr
 /// the Git server does not sign with). The file must be a regular file that neither group nor others can read, like
 /// `stacks.credentials_file`. The reason never quotes the content.
 pub fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
-    if !meta.is_file() {
-        return Err("is not a regular file".into());
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(format!("mode {:04o} lets others read it: chmod 600", meta.mode() & 0o7777));
-    }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let bytes = crate::secrets::read_private_file(path)?;
     let secret = bytes.trim_ascii();
     if secret.is_empty() {
         return Err("is empty".into());
