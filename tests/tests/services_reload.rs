@@ -101,7 +101,8 @@ async fn sighup_deploys_an_added_stack_refuses_an_invalid_file_and_takes_dropped
     // The signal is handled in the background: b is listed once the reload is logged.
     lab.agent()
         .wait_log(&format!("config reloaded: applied services (added {})", lab.name("b")), Duration::from_secs(10))?;
-    lab.wait_service("b", Duration::from_secs(30), running).await?;
+    // Running, and its deploy recorded (the containers run before `up` returns and the sync records the commit).
+    lab.wait_service("b", Duration::from_secs(30), |s| running(s) && !s.deployed_commit.is_empty()).await?;
     ensure!(ids(&lab.service("a").await?) == ids(&a), "a was redeployed by the reload");
 
     // An invalid file: SIGHUP and Reload refuse it naming the key; the agent serves the running config unchanged.

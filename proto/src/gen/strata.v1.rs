@@ -2880,8 +2880,8 @@ pub struct ServiceRef {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListServicesRequest {}
-/// image_digest: the image the container runs, as its repo digest (`name@sha256:…`) when the image has one, else its
-/// image id (`sha256:…`).
+/// image_digest: the id of the image the container runs (`sha256:…`, the engine's image id; not the registry's repo
+/// digest).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Container {
     #[prost(string, tag = "1")]
