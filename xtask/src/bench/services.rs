@@ -161,6 +161,15 @@ pub(crate) fn run() -> Result<()> {
     println!("\npushing {PUSH_ROUNDS} commits to {app}, each announced by a signed webhook (poll 1 h)…");
     let pushed = rt.block_on(push::rounds(&mut c, &origin, &app, &push::Path::Webhook(hook), 1, PUSH_ROUNDS))?;
     drop(c);
+    // Where a webhook round's time goes, from the agent's own log: sync requested → the app deployed → sync done.
+    let (deployed, done) = push::sync_phases(&agent.logs(), &app);
+    println!(
+        "agent log, per webhook round (p50): sync requested -> {app} deployed {:.0} ms, -> sync done {:.0} ms \
+         ({} rounds read)",
+        ms_of(median(&deployed)),
+        ms_of(median(&done)),
+        deployed.len()
+    );
     // The poll path: the same agent, state and stacks, restarted with `poll = 2s` and no webhook.
     agent.terminate()?;
     std::fs::write(&config, config_text(&format!("poll = \"{}s\"\n", POLL.as_secs())))?;
@@ -171,7 +180,7 @@ pub(crate) fn run() -> Result<()> {
         let mut c = ServicesClient::new(ch);
         push::rounds(&mut c, &origin, &app, &push::Path::Poll(POLL), 1 + PUSH_ROUNDS, PUSH_ROUNDS).await
     })?;
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let ms = ms_of;
     println!("{:<44} {:>8} {:>8} {:>8}", "git push -> new container running + healthy", "p50 ms", "min ms", "max ms");
     for (what, s) in [("signed webhook (poll 1 h)", &pushed), (&*format!("poll every {} s", POLL.as_secs()), &polled)] {
         let (min, max) = (s.iter().min().copied().unwrap_or_default(), s.iter().max().copied().unwrap_or_default());
@@ -186,4 +195,8 @@ pub(crate) fn run() -> Result<()> {
     println!("(arithmetic, not measured: with the default poll of 5 min a push waits 150 s for it on average)");
     drop(agent);
     Ok(())
+}
+
+fn ms_of(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }

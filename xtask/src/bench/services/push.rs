@@ -89,3 +89,47 @@ pub(super) async fn rounds(
     }
     Ok(took)
 }
+
+/// The time of day of a log line (`2026-12-05T21:17:10.498933Z …`), in seconds; `None` for other lines.
+fn line_time(line: &str) -> Option<f64> {
+    let t = line.get(11..26)?;
+    let (h, m, s) =
+        (t.get(0..2)?.parse::<f64>().ok()?, t.get(3..5)?.parse::<f64>().ok()?, t.get(6..)?.parse::<f64>().ok()?);
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// From the agent's log: for every sync that a request started (`sync requested`), the time until stack `app` was
+/// deployed and until the sync was done.
+pub(super) fn sync_phases(logs: &str, app: &str) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut deployed, mut done) = (Vec::new(), Vec::new());
+    let mut start: Option<f64> = None;
+    let app_deployed = format!("stack deployed stack=\"{app}\"");
+    for line in logs.lines() {
+        let Some(t) = line_time(line) else { continue };
+        if line.contains("sync requested") && !line.contains("webhook") {
+            start = Some(t);
+        } else if let Some(t0) = start {
+            if line.contains(&app_deployed) {
+                deployed.push(Duration::from_secs_f64((t - t0).max(0.0)));
+            } else if line.contains("sync done") {
+                done.push(Duration::from_secs_f64((t - t0).max(0.0)));
+                start = None;
+            }
+        }
+    }
+    (deployed, done)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sync_phases_are_read_from_the_agents_log() {
+        let log = "2026-12-05T21:17:10.498780Z  INFO services_agent::webhook: webhook: signed push, sync requested peer=x\n\
+                   2026-12-05T21:17:10.498933Z  INFO services_agent::stacks: sync requested\n\
+                   2026-12-05T21:17:11.676344Z  INFO services_agent::stacks: stack deployed stack=\"app\" commit=\"1\"\n\
+                   2026-12-05T21:17:12.000933Z  INFO services_agent::stacks: sync done commit=\"1\"\n";
+        let (deployed, done) = super::sync_phases(log, "app");
+        assert_eq!(deployed.iter().map(|d| d.as_millis()).collect::<Vec<_>>(), [1177]);
+        assert_eq!(done.iter().map(|d| d.as_millis()).collect::<Vec<_>>(), [1502]);
+    }
+}
