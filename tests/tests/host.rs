@@ -410,6 +410,8 @@ async fn sigkill_while_paused_then_restart_resumes_the_vm_and_removes_only_our_c
     let removed = wait_until(Duration::from_secs(10), || clones().is_ok_and(|c| c.is_empty()));
     ensure!(removed, "our clone was not removed: {:?}", clones()?);
     ensure!(bystander.is_dir() && lab.vm_dir.join("data.raw").is_file(), "recovery removed something not ours");
+    // The clone is gone before its log line is written: wait for the line.
+    lab.agent()?.wait_log("removed clone", Duration::from_secs(10))?;
     let log = lab.agent()?.logs();
     ensure!(log.contains("resumed vm lab") && log.contains("removed clone"), "{log}");
     Ok(())
