@@ -337,9 +337,11 @@ impl Host {
     }
 
     /// One reason per configured VM its hypervisor could not see at the last look ("vm dns: bundle … does not
-    /// exist"); the hypervisor's errors already name the VM.
+    /// exist"); the hypervisor's errors already name the VM. A VM a reload dropped is no longer a reason.
     pub(crate) fn unseen_vms(&self) -> Vec<String> {
-        self.unseen.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        let cfg = self.config();
+        let unseen = self.unseen.lock().unwrap_or_else(|e| e.into_inner());
+        unseen.iter().filter(|(vm, _)| cfg.vm(vm).is_some()).map(|(_, why)| why.clone()).collect()
     }
 
     /// Probes now and every `every`, forever (the caller aborts the task).
