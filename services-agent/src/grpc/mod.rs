@@ -714,7 +714,12 @@ impl Services for ServicesSvc {
     }
 
     async fn reload(&self, _req: Request<pb::ReloadRequest>) -> Result<Response<pb::ReloadResponse>, Status> {
-        match self.reloader.reload() {
+        // Reading the file and the history the freshness watches start from is blocking work.
+        let reloader = self.reloader.clone();
+        let done = tokio::task::spawn_blocking(move || reloader.reload())
+            .await
+            .map_err(|e| Status::internal(format!("reload: {e}")))?;
+        match done {
             Ok(o) => Ok(Response::new(pb::ReloadResponse { changed: o.changed, message: o.message })),
             Err(e) => {
                 tracing::warn!(error = %e, "reload refused: keeping the running config");
