@@ -244,7 +244,7 @@ impl Stacks {
         let cfg = self.cfg();
         let mut order: Vec<&str> = cfg.services.iter().map(|s| s.name.as_str()).collect();
         let hub = cfg.hub.as_ref().map(|h| h.stack.as_str());
-        order.sort_by_key(|name| {
+        order.sort_by_cached_key(|name| {
             let changed = self.store.get(name).map_or(true, |r| Some(&r.tree) != trees.get(*name));
             (!changed, Some(*name) != hub)
         });
