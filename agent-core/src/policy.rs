@@ -33,6 +33,7 @@ pub static TABLE: &[Rule] = rules! {
         "GetBlocklist" => READERS,
         "QueryLog" => READERS,
         "Stats" => READERS,
+        "ListZones" => READERS,
     }
     "strata.v1.Services" {
         "ListServices" => READERS,

@@ -14,6 +14,7 @@ use crate::metrics::Outcome;
 use crate::querylog::{Filter, LogEntry};
 use crate::records::{parse_name, LocalRecord, RecordError};
 use crate::service::{Dns, OpError};
+use crate::zones::ZoneSummary;
 
 /// The gRPC face of the DNS service.
 pub(crate) struct DnsGrpc {
@@ -228,6 +229,25 @@ impl DnsRpc for DnsGrpc {
             cache_entries: self.dns.cache_entries() as u64,
             blocklist_entries: self.dns.blocklists.entries() as u64,
         }))
+    }
+
+    async fn list_zones(&self, _req: Request<pb::ListZonesRequest>) -> Result<Response<pb::ListZonesResponse>, Status> {
+        let zones = self.dns.zones().summaries().into_iter().map(|z| pb::ZoneStatus::from(&z)).collect();
+        Ok(Response::new(pb::ListZonesResponse { zones }))
+    }
+}
+
+impl From<&ZoneSummary> for pb::ZoneStatus {
+    fn from(z: &ZoneSummary) -> Self {
+        pb::ZoneStatus {
+            zone: z.origin.to_ascii(),
+            role: "primary".into(),
+            serial: z.serial,
+            records: z.records,
+            serving: true,
+            lag_seconds: -1,
+            ..Default::default()
+        }
     }
 }
 

@@ -65,6 +65,14 @@ pub struct ZoneConfig {
     pub records: Vec<LocalRecord>,
 }
 
+/// One local zone as `ListZones` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ZoneSummary {
+    pub origin: Name,
+    pub serial: u32,
+    pub records: u64,
+}
+
 /// What a local zone answers for one question.
 #[derive(Debug)]
 pub(crate) struct LocalAnswer<'a> {
@@ -293,6 +301,26 @@ impl ZoneSet {
         self.zones.iter().any(|z| z.name.zone_of(name))
     }
 
+    /// Each configured zone's origin, SOA serial and record count (every record served in it, SOA and NS included),
+    /// in the order of the snapshot (longest origin first).
+    pub(crate) fn summaries(&self) -> Vec<ZoneSummary> {
+        let mut counts = vec![0u64; self.zones.len()];
+        for e in self.names.values() {
+            counts[e.zone] += e.records.len() as u64;
+        }
+        self.zones
+            .iter()
+            .zip(counts)
+            .map(|(z, records)| {
+                let serial = match &z.soa.data {
+                    RData::SOA(soa) => soa.serial,
+                    _ => 0,
+                };
+                ZoneSummary { origin: z.name.clone(), serial, records }
+            })
+            .collect()
+    }
+
     pub(crate) fn zone_count(&self) -> usize {
         self.zones.len()
     }
@@ -471,6 +499,11 @@ mod tests {
         assert_eq!(s.lookup(&q("lab.home.arpa."), RecordType::NS).unwrap().answers.len(), 1);
         assert_eq!(s.lookup(&q("lab.home.arpa."), RecordType::MX).unwrap().answers.len(), 1);
         assert_eq!((s.zone_count(), s.record_count()), (2, 9));
+        let sums: Vec<(String, u32)> = s.summaries().iter().map(|z| (z.origin.to_ascii(), z.serial)).collect();
+        assert_eq!(sums.len(), 2);
+        assert!(sums.iter().all(|(_, serial)| *serial == 7), "{sums:?}");
+        let total: u64 = s.summaries().iter().map(|z| z.records).sum();
+        assert!(total > 9, "served records include the synthesized SOA, NS and PTRs: {total}");
     }
 
     #[test]

@@ -112,6 +112,11 @@ fn cargo_test() -> Result<(u64, u64)> {
 }
 
 fn test() -> Result<()> {
+    // A run builds the workspace once and every test binary; incremental state would only double what lands on
+    // disk (17 GB of it once). An explicit CARGO_INCREMENTAL from the caller wins.
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        std::env::set_var("CARGO_INCREMENTAL", "0");
+    }
     deps::run()?;
     sh("cargo", &["fmt", "--all", "--check"])?;
     sh("cargo", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;

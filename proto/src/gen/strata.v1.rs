@@ -704,6 +704,53 @@ pub struct StatsResponse {
     #[prost(uint64, tag = "3")]
     pub blocklist_entries: u64,
 }
+/// Every zone the agent answers authoritatively: its own (`\[[zones]\]`, role "primary") and the copies it transfers
+/// (`\[[secondaries]\]`, role "secondary").
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListZonesRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ZoneStatus {
+    /// fully qualified, e.g. "lab.home.arpa."
+    #[prost(string, tag = "1")]
+    pub zone: ::prost::alloc::string::String,
+    /// primary, secondary
+    #[prost(string, tag = "2")]
+    pub role: ::prost::alloc::string::String,
+    /// the SOA serial served now (0: a secondary with no copy yet)
+    #[prost(uint32, tag = "3")]
+    pub serial: u32,
+    #[prost(uint64, tag = "4")]
+    pub records: u64,
+    /// Secondary: the primaries; primary: the peers NOTIFY goes to.
+    #[prost(string, repeated, tag = "5")]
+    pub peers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// secondary: the last transfer that changed or confirmed the copy (0: never)
+    #[prost(int64, tag = "6")]
+    pub last_transfer_unix: i64,
+    /// AXFR, IXFR, up-to-date
+    #[prost(string, tag = "7")]
+    pub last_transfer_kind: ::prost::alloc::string::String,
+    /// secondary: the last refresh's failure, empty when it succeeded
+    #[prost(string, tag = "8")]
+    pub last_error: ::prost::alloc::string::String,
+    /// secondary: seconds since the copy was last confirmed current (-1: never)
+    #[prost(int64, tag = "9")]
+    pub lag_seconds: i64,
+    /// secondary: when the copy stops being served without a refresh (0: not held)
+    #[prost(int64, tag = "10")]
+    pub expires_unix: i64,
+    /// false: a secondary answers SERVFAIL (no copy, or expired)
+    #[prost(bool, tag = "11")]
+    pub serving: bool,
+    /// primary: NOTIFYs not yet acknowledged
+    #[prost(uint64, tag = "12")]
+    pub notifies_pending: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListZonesResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub zones: ::prost::alloc::vec::Vec<ZoneStatus>,
+}
 /// Generated client implementations.
 pub mod dns_client {
     #![allow(
@@ -968,6 +1015,27 @@ pub mod dns_client {
             req.extensions_mut().insert(GrpcMethod::new("strata.v1.Dns", "Stats"));
             self.inner.unary(req, path, codec).await
         }
+        pub async fn list_zones(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListZonesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListZonesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/strata.v1.Dns/ListZones");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("strata.v1.Dns", "ListZones"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1024,6 +1092,13 @@ pub mod dns_server {
             &self,
             request: tonic::Request<super::StatsRequest>,
         ) -> std::result::Result<tonic::Response<super::StatsResponse>, tonic::Status>;
+        async fn list_zones(
+            &self,
+            request: tonic::Request<super::ListZonesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListZonesResponse>,
+            tonic::Status,
+        >;
     }
     #[derive(Debug)]
     pub struct DnsServer<T> {
@@ -1432,6 +1507,49 @@ pub mod dns_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = StatsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/strata.v1.Dns/ListZones" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListZonesSvc<T: Dns>(pub Arc<T>);
+                    impl<T: Dns> tonic::server::UnaryService<super::ListZonesRequest>
+                    for ListZonesSvc<T> {
+                        type Response = super::ListZonesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListZonesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Dns>::list_zones(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListZonesSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
