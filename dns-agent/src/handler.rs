@@ -15,6 +15,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
 use crate::blocklist::BlockResponse;
+use crate::forward::dnssec;
 use crate::forward::{Answer, AnswerSource, ForwardError};
 use crate::metrics::Outcome;
 use crate::querylog::LogEntry;
@@ -74,14 +75,33 @@ fn bad_edns_version(request: &Request) -> bool {
 }
 
 /// The OPT record of a response to `request`: present when the request had one, always of our version (hickory's
-/// emitter puts an extended rcode's upper 8 bits, BADVERS's among them, into it).
+/// emitter puts an extended rcode's upper 8 bits, BADVERS's among them, into it), with the request's DO bit
+/// (RFC 3225).
 pub(crate) fn response_edns(request: &Request) -> Option<Edns> {
     request.edns.as_ref().map(|req| {
         let mut e = Edns::new();
         e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
         e.set_version(EDNS_VERSION);
+        e.set_dnssec_ok(req.flags().dnssec_ok);
         e
     })
+}
+
+/// The OPT record of a forwarded answer's response: [`response_edns`], with the Extended DNS Error "DNSSEC Bogus"
+/// (RFC 8914) when the agent's validation found the answer bogus.
+pub(crate) fn forwarded_edns(request: &Request, ans: &Answer) -> Option<Edns> {
+    let mut edns = response_edns(request);
+    if ans.bogus {
+        if let Some(e) = edns.as_mut() {
+            e.options_mut().insert(dnssec::bogus_ede());
+        }
+    }
+    edns
+}
+
+/// The client's DO bit.
+fn dnssec_ok(request: &Request) -> bool {
+    request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok)
 }
 
 /// The SOA in the authority section of a blocked name's NXDOMAIN or NODATA (RFC 2308): owned by the name itself
@@ -214,17 +234,22 @@ fn plain_name<'b>(name: &Name, buf: &'b mut [u8; 256]) -> Option<&'b str> {
 
 /// The records of a forwarded answer that may be given: the chain up to the first record at a local-zone name, and
 /// the authority records outside the local zones. Upstreams never speak for local names (the forwarder already
-/// dropped whatever lay outside the question's chain). Lazy, without allocation.
+/// dropped whatever lay outside the question's chain). DNSSEC records only to a client that set DO (or asked for
+/// their type: RFC 4035 §3.2.1). Lazy, without allocation.
 fn not_local<'q>(
     zones: &'q ZoneSet,
     ans: &'q Answer,
+    request: &Request,
 ) -> (impl Iterator<Item = &'q Record> + Send + 'q, impl Iterator<Item = &'q Record> + Send + 'q) {
-    let answers = ans.answers.iter().take_while(move |r| !zones.is_local(&r.name));
-    let authority = ans.authority.iter().filter(move |r| !zones.is_local(&r.name));
+    let (qtype, dnssec_ok) = (qtype_of(request), dnssec_ok(request));
+    let visible = move |r: &&Record| dnssec::visible(r.record_type(), qtype, dnssec_ok);
+    let answers = ans.answers.iter().take_while(move |r| !zones.is_local(&r.name)).filter(visible);
+    let authority = ans.authority.iter().filter(move |r| !zones.is_local(&r.name)).filter(visible);
     (answers, authority)
 }
 
-/// The response carrying a forwarded (or cached) answer, and how it counts.
+/// The response carrying a forwarded (or cached) answer, and how it counts; AD as RFC 6840 §5.8 says
+/// ([`dnssec::reply_ad`]). `edns` is [`forwarded_edns`]'s.
 pub(crate) fn forwarded<'q>(
     request: &'q Request,
     edns: Option<&'q Edns>,
@@ -244,13 +269,14 @@ pub(crate) fn forwarded<'q>(
 ) {
     let mut m = meta;
     m.response_code = ans.rcode;
+    m.authentic_data = dnssec::reply_ad(ans.authenticated, dnssec_ok(request), request.metadata.authentic_data);
     let by_source = match ans.source {
         AnswerSource::Forwarded => Outcome::Forwarded,
         AnswerSource::Cached => Outcome::Cached,
         AnswerSource::Stale => Outcome::Stale,
     };
     let outcome = outcome_of_rcode(ans.rcode, by_source);
-    let (answers, authority) = not_local(zones, ans);
+    let (answers, authority) = not_local(zones, ans, request);
     (build(request, edns, m, answers, authority), outcome)
 }
 
@@ -396,18 +422,20 @@ impl Handler {
         let edns = response_edns(request);
         let edns = edns.as_ref();
         let qtype = qtype_of(request);
+        let cd = request.metadata.checking_disabled;
         match (self.decide(request, &zones, forwarder.is_some()), forwarder.as_ref()) {
             (Decision::Ready(ready), _) => (send(handle, ready.message(request, edns)).await, ready.outcome),
-            (Decision::External { local, target }, Some(fwd)) => match fwd.lookup(target, qtype).await {
-                Ok(ext) => {
+            // The local part is not signed: no AD. A bogus target is left out, as a failed one.
+            (Decision::External { local, target }, Some(fwd)) => match fwd.lookup(target, qtype, cd).await {
+                Ok(ext) if !ext.bogus => {
                     let mut m = local.meta;
                     m.response_code = ext.rcode;
-                    let (ext_answers, ext_authority) = not_local(&zones, &ext);
+                    let (ext_answers, ext_authority) = not_local(&zones, &ext, request);
                     let answers = local.answers.iter().chain(local.chained.iter()).chain(ext_answers);
                     let response = build(request, edns, m, answers, ext_authority);
                     (send(handle, response).await, local.outcome)
                 }
-                Err(_) => (send(handle, local.message(request, edns)).await, local.outcome),
+                Ok(_) | Err(_) => (send(handle, local.message(request, edns)).await, local.outcome),
             },
             (Decision::Forward { meta, qname }, Some(fwd)) => {
                 let refuse = |code: ResponseCode| {
@@ -416,9 +444,10 @@ impl Handler {
                     m
                 };
                 let none = std::iter::empty::<&Record>;
-                match fwd.lookup(qname, qtype).await {
+                match fwd.lookup(qname, qtype, cd).await {
                     Ok(ans) => {
-                        let (response, outcome) = forwarded(request, edns, meta, &ans, &zones);
+                        let edns = forwarded_edns(request, &ans);
+                        let (response, outcome) = forwarded(request, edns.as_ref(), meta, &ans, &zones);
                         (send(handle, response).await, outcome)
                     }
                     Err(ForwardError::NoUpstream) => {

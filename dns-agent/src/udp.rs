@@ -28,7 +28,7 @@ use hickory_server::net::NetError;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 
-use crate::handler::{forwarded, qtype_of, query_name, response_edns, Decision, Handler};
+use crate::handler::{forwarded, forwarded_edns, qtype_of, query_name, response_edns, Decision, Handler};
 use crate::metrics::{self, MetricsShard, Outcome};
 
 /// Largest datagram read (longer ones are cut, as hickory's own UDP listener does).
@@ -274,8 +274,12 @@ impl Worker {
             }
             // Forwarding: answered here only when the forwarder's cache has it (a fresh answer is kept while its
             // TTLs stay the same); a miss waits for an upstream on the runtime.
-            Decision::Forward { meta, qname } => match forwarder.as_ref().and_then(|f| f.lookup_cached(qname, qtype)) {
+            Decision::Forward { meta, qname } => match forwarder
+                .as_ref()
+                .and_then(|f| f.lookup_cached(qname, qtype, request.metadata.checking_disabled))
+            {
                 Some((ans, until)) => {
+                    let edns = forwarded_edns(&request, &ans);
                     let (response, outcome) = forwarded(&request, edns.as_ref(), meta, &ans, &zones);
                     let keep = until.map_or(Keep::Never, Keep::Until);
                     encode(response).map(|(_, bytes)| (bytes, outcome, keep))

@@ -43,6 +43,9 @@ pub(crate) struct Key {
     pub(crate) name: Name,
     pub(crate) rtype: RecordType,
     pub(crate) group: usize,
+    /// The client's CD bit: an answer asked for without validation upstream (CD) is never given for a query with
+    /// validation, nor the other way round.
+    pub(crate) cd: bool,
 }
 
 #[derive(Debug)]
@@ -50,6 +53,8 @@ struct Entry {
     rcode: ResponseCode,
     answers: Vec<Record>,
     authority: Vec<Record>,
+    authenticated: bool,
+    bogus: bool,
     stored: Instant,
     ttl: Duration,
     hits: u32,
@@ -80,7 +85,14 @@ impl Entry {
                 })
                 .collect()
         };
-        Answer { rcode: self.rcode, answers: adjust(&self.answers), authority: adjust(&self.authority), source }
+        Answer {
+            rcode: self.rcode,
+            answers: adjust(&self.answers),
+            authority: adjust(&self.authority),
+            authenticated: self.authenticated,
+            bogus: self.bogus,
+            source,
+        }
     }
 }
 
@@ -272,6 +284,8 @@ impl Cache {
             rcode: reply.rcode,
             answers: answers.clone(),
             authority: authority.clone(),
+            authenticated: reply.authenticated,
+            bogus: reply.bogus,
             source: AnswerSource::Forwarded,
         };
         if self.capacity == 0 {
@@ -296,6 +310,8 @@ impl Cache {
             rcode: reply.rcode,
             answers,
             authority,
+            authenticated: reply.authenticated,
+            bogus: reply.bogus,
             stored: now,
             ttl: Duration::from_secs(u64::from(ttl)),
             hits: 0,
@@ -356,12 +372,22 @@ mod tests {
     use super::*;
 
     fn key(name: &str, rtype: RecordType) -> Key {
-        Key { name: Name::from_str(name).unwrap(), rtype, group: 0 }
+        Key { name: Name::from_str(name).unwrap(), rtype, group: 0, cd: false }
+    }
+
+    fn plain() -> Reply {
+        Reply {
+            rcode: ResponseCode::NoError,
+            answers: vec![],
+            authority: vec![],
+            authenticated: false,
+            bogus: false,
+        }
     }
 
     fn a_reply(name: &str, ttl: u32) -> Reply {
         let record = Record::from_rdata(Name::from_str(name).unwrap(), ttl, RData::A(A::new(192, 0, 2, 1)));
-        Reply { rcode: ResponseCode::NoError, answers: vec![record], authority: vec![] }
+        Reply { rcode: ResponseCode::NoError, answers: vec![record], authority: vec![], ..plain() }
     }
 
     fn soa(ttl: u32, minimum: u32) -> Record {
@@ -409,7 +435,7 @@ mod tests {
         assert_eq!(until, t0 + Duration::from_secs(3), "the same TTLs until the age reaches 3 s");
         assert_eq!(answer.source, AnswerSource::Cached);
 
-        let nx = Reply { rcode: ResponseCode::NXDomain, answers: vec![], authority: vec![soa(3600, 7)] };
+        let nx = Reply { rcode: ResponseCode::NXDomain, answers: vec![], authority: vec![soa(3600, 7)], ..plain() };
         let answer = cache.insert(key("nx.t.", RecordType::A), nx, t0);
         assert_eq!(answer.authority[0].ttl, 7);
         let Hit::Fresh { until, .. } = cache.get(&key("nx.t.", RecordType::A), t0 + Duration::from_millis(6500)) else {
@@ -435,10 +461,10 @@ mod tests {
         assert!(cache.stale(&key("nx.t.", RecordType::A), t0 + MAX_STALE + Duration::from_secs(10)).is_none());
         assert_eq!(cache.len(), 1);
 
-        let huge_soa = Reply { rcode: ResponseCode::NoError, answers: vec![], authority: vec![soa(99_999, 99_999)] };
+        let huge_soa = Reply { rcode: ResponseCode::NoError, answers: vec![], authority: vec![soa(99_999, 99_999)], ..plain() };
         let answer = cache.insert(key("a.t.", RecordType::AAAA), huge_soa, t0);
         assert_eq!(answer.authority[0].ttl, MAX_NEGATIVE_TTL);
-        let no_soa = Reply { rcode: ResponseCode::NXDomain, answers: vec![], authority: vec![] };
+        let no_soa = Reply { rcode: ResponseCode::NXDomain, answers: vec![], authority: vec![], ..plain() };
         cache.insert(key("x.t.", RecordType::A), no_soa, t0);
         assert!(matches!(cache.get(&key("x.t.", RecordType::A), t0 + Duration::from_secs(6)), Hit::Miss));
         let zero = cache.insert(key("z.t.", RecordType::A), a_reply("z.t.", 0), t0);
@@ -470,7 +496,7 @@ mod tests {
     fn txt_reply(name: &str, strings: usize, len: usize) -> Reply {
         let txt = hickory_proto::rr::rdata::TXT::new(vec!["x".repeat(len); strings]);
         let record = Record::from_rdata(Name::from_str(name).unwrap(), 60, RData::TXT(txt));
-        Reply { rcode: ResponseCode::NoError, answers: vec![record], authority: vec![] }
+        Reply { rcode: ResponseCode::NoError, answers: vec![record], authority: vec![], ..plain() }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Knows nothing of the DNS server, local zones or blocklists: callers hand it a name and a type.
 
 mod cache;
+pub(crate) mod dnssec;
 mod upstream;
 
 // Tests run programs directly.
@@ -12,7 +13,7 @@ mod upstream;
 mod tests;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use serde::Deserialize;
 
 use crate::metrics::UpstreamCounters;
 use cache::{Cache, Hit, Key};
+use dnssec::{Anchors, DnssecMode};
 use upstream::UpstreamGroup;
 pub(crate) use upstream::{parse_upstream, Upstream};
 
@@ -51,6 +53,10 @@ pub struct RawForward {
     pub cache_max_bytes: Option<u64>,
     #[serde(default)]
     pub conditional: Vec<RawConditional>,
+    /// `"transparent"` (default), `"validate"` or `"off"` (see [`DnssecMode`]).
+    pub dnssec: Option<String>,
+    /// `validate` mode: file of DNSKEY records to trust instead of hickory's built-in root keys.
+    pub trust_anchor: Option<PathBuf>,
 }
 
 /// `[[forward.conditional]]` as written.
@@ -70,6 +76,9 @@ pub struct ForwardConfig {
     pub cache_max_bytes: usize,
     /// (lowercase domain without trailing dot, its upstreams).
     pub conditional: Vec<(String, Vec<Upstream>)>,
+    pub dnssec: DnssecMode,
+    /// The keys `validate` mode trusts (loaded at config time, so a bad file fails the load or reload).
+    pub anchors: Anchors,
 }
 
 impl ForwardConfig {
@@ -126,7 +135,23 @@ impl ForwardConfig {
             let list = parse_list(&c.upstreams, &format!("{key}.upstreams"))?;
             conditional.push((domain, list));
         }
-        Ok(ForwardConfig { upstreams, cache_size, cache_max_bytes, conditional })
+        let dnssec = match raw.dnssec.as_deref() {
+            None => DnssecMode::default(),
+            Some(s) => DnssecMode::parse(s).map_err(|e| ConfigError::invalid(config_path, "forward.dnssec", e))?,
+        };
+        let anchors = match &raw.trust_anchor {
+            None => Anchors::builtin(),
+            Some(_) if dnssec != DnssecMode::Validate => {
+                return Err(ConfigError::invalid(
+                    config_path,
+                    "forward.trust_anchor",
+                    format!("a trust anchor is only used with dnssec = \"validate\" (dnssec is \"{dnssec}\")"),
+                ))
+            }
+            Some(p) => Anchors::load(&agent_core::config::resolve(config_path, p))
+                .map_err(|e| ConfigError::invalid(config_path, "forward.trust_anchor", e))?,
+        };
+        Ok(ForwardConfig { upstreams, cache_size, cache_max_bytes, conditional, dnssec, anchors })
     }
 }
 
@@ -165,8 +190,12 @@ pub(crate) enum AnswerSource {
 pub(crate) struct Answer {
     pub rcode: ResponseCode,
     pub answers: Vec<Record>,
-    /// SOA of a negative answer.
+    /// SOA of a negative answer; with it (and in positive answers) the NSEC/NSEC3 and RRSIG records of the proof.
     pub authority: Vec<Record>,
+    /// The upstream set AD, or (`validate`) the agent found the answer secure.
+    pub authenticated: bool,
+    /// `validate`: the agent found the answer bogus (rcode SERVFAIL, no records).
+    pub bogus: bool,
     pub source: AnswerSource,
 }
 
@@ -250,13 +279,14 @@ impl Forwarder {
         } else {
             None
         };
-        let mut groups = vec![UpstreamGroup::new(&cfg.upstreams, tls.as_ref(), UPSTREAM_BUDGET, counters)];
+        let dnssec = (cfg.dnssec, &cfg.anchors);
+        let mut groups = vec![UpstreamGroup::new(&cfg.upstreams, tls.as_ref(), UPSTREAM_BUDGET, counters, dnssec)];
         let mut conditional = HashMap::new();
         for (domain, upstreams) in &cfg.conditional {
             match Name::from_ascii(format!("{domain}.")) {
                 Ok(name) => {
                     conditional.insert(name.to_lowercase(), groups.len());
-                    groups.push(UpstreamGroup::new(upstreams, tls.as_ref(), UPSTREAM_BUDGET, counters));
+                    groups.push(UpstreamGroup::new(upstreams, tls.as_ref(), UPSTREAM_BUDGET, counters, dnssec));
                 }
                 Err(e) => tracing::error!(%domain, error = %e, "conditional domain is not a valid name; ignored"),
             }
@@ -275,12 +305,13 @@ impl Forwarder {
 
     /// Answers from the cache, or asks the group of the longest matching conditional domain (else the default
     /// group). Popular entries about to expire are refreshed in the background; when every upstream fails, an
-    /// answer that expired less than a day ago is given as `Stale`.
-    pub(crate) async fn lookup(&self, name: &Name, rtype: RecordType) -> Result<Answer, ForwardError> {
+    /// answer that expired less than a day ago is given as `Stale`. `cd` is the client's CD bit (RFC 4035
+    /// §3.2.2): passed upstream, and part of the cache key.
+    pub(crate) async fn lookup(&self, name: &Name, rtype: RecordType, cd: bool) -> Result<Answer, ForwardError> {
         let mut name = name.to_lowercase();
         name.set_fqdn(true);
         let group = self.inner.group_for(&name).ok_or(ForwardError::NoUpstream)?;
-        let key = Key { name, rtype, group };
+        let key = Key { name, rtype, group, cd };
         match self.inner.cache.get(&key, Instant::now()) {
             Hit::Fresh { answer, refresh, .. } | Hit::StaleHeld { answer, refresh } => {
                 if refresh {
@@ -306,11 +337,16 @@ impl Forwarder {
     /// an upstream (a miss, or no upstream for the name). Counts the hit and starts prefetch exactly as `lookup`
     /// does (on the current tokio runtime). With a fresh answer comes the instant until which the cache would give
     /// this very answer, TTLs included (callers may keep its encoding until then); stale answers come without.
-    pub(crate) fn lookup_cached(&self, name: &Name, rtype: RecordType) -> Option<(Answer, Option<Instant>)> {
+    pub(crate) fn lookup_cached(
+        &self,
+        name: &Name,
+        rtype: RecordType,
+        cd: bool,
+    ) -> Option<(Answer, Option<Instant>)> {
         let mut name = name.to_lowercase();
         name.set_fqdn(true);
         let group = self.inner.group_for(&name)?;
-        let key = Key { name, rtype, group };
+        let key = Key { name, rtype, group, cd };
         let now = Instant::now();
         let (answer, refresh, until) = match self.inner.cache.get(&key, now) {
             Hit::Fresh { answer, refresh, until } => (answer, refresh, Some(until)),
@@ -403,7 +439,7 @@ impl Inner {
     async fn ask(&self, key: &Key) -> Result<upstream::Reply, String> {
         #[cfg(test)]
         self.upstream_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.groups[key.group].query(&key.name, key.rtype).await
+        self.groups[key.group].query(&key.name, key.rtype, key.cd).await
     }
 
     /// Background refresh (prefetch, or retry after serving stale); at most one per key runs at a time.

@@ -138,6 +138,8 @@ fn config(upstreams: Vec<Upstream>, cache_size: usize, conditional: Vec<(&str, V
         cache_size,
         cache_max_bytes: usize::try_from(DEFAULT_CACHE_MAX_BYTES).unwrap(),
         conditional: conditional.into_iter().map(|(d, u)| (d.to_string(), u)).collect(),
+        dnssec: dnssec::DnssecMode::default(),
+        anchors: dnssec::Anchors::builtin(),
     }
 }
 
@@ -162,38 +164,38 @@ async fn forwards_caches_and_tells_nxdomain_from_nodata() {
     let unbound = Unbound::start();
     let fwd = Forwarder::new(&config(vec![Upstream::Udp(unbound.addr())], 100, vec![]));
 
-    let first = fwd.lookup(&name("a.up.test."), RecordType::A).await.expect("forwarded");
+    let first = fwd.lookup(&name("a.up.test."), RecordType::A, false).await.expect("forwarded");
     assert_eq!(first.source, AnswerSource::Forwarded);
     assert_eq!(first.rcode, ResponseCode::NoError);
     assert_eq!(first_a(&first), (Ipv4Addr::new(192, 0, 2, 1), 60));
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Same name, other case and without the trailing dot: one cache entry.
-    let second = fwd.lookup(&name("A.Up.Test"), RecordType::A).await.expect("cached");
+    let second = fwd.lookup(&name("A.Up.Test"), RecordType::A, false).await.expect("cached");
     assert_eq!(second.source, AnswerSource::Cached);
     let (ip, ttl) = first_a(&second);
     assert_eq!(ip, Ipv4Addr::new(192, 0, 2, 1));
     assert!((57..=58).contains(&ttl), "ttl {ttl} should be decremented by the ~1.1 s spent in cache");
 
-    let nx = fwd.lookup(&name("missing.up.test."), RecordType::A).await.expect("nxdomain");
+    let nx = fwd.lookup(&name("missing.up.test."), RecordType::A, false).await.expect("nxdomain");
     assert_eq!((nx.rcode, nx.source), (ResponseCode::NXDomain, AnswerSource::Forwarded));
     assert!(nx.answers.is_empty());
     assert!(nx.authority.iter().any(|r| r.record_type() == RecordType::SOA), "nxdomain keeps the SOA: {nx:?}");
     assert!(nx.authority.iter().all(|r| r.ttl <= 5), "negative ttl is the SOA minimum: {nx:?}");
 
-    let nodata = fwd.lookup(&name("a.up.test."), RecordType::AAAA).await.expect("nodata");
+    let nodata = fwd.lookup(&name("a.up.test."), RecordType::AAAA, false).await.expect("nodata");
     assert_eq!((nodata.rcode, nodata.source), (ResponseCode::NoError, AnswerSource::Forwarded));
     assert!(nodata.answers.is_empty());
     assert!(nodata.authority.iter().any(|r| r.record_type() == RecordType::SOA), "nodata keeps the SOA");
 
-    let nx_again = fwd.lookup(&name("missing.up.test."), RecordType::A).await.expect("cached nxdomain");
+    let nx_again = fwd.lookup(&name("missing.up.test."), RecordType::A, false).await.expect("cached nxdomain");
     assert_eq!((nx_again.rcode, nx_again.source), (ResponseCode::NXDomain, AnswerSource::Cached));
     assert_eq!(fwd.cache_len(), 3);
     assert_eq!(fwd.upstream_queries(), 3);
 
     // Plain TCP reaches the same server.
     let tcp = Forwarder::new(&config(vec![Upstream::Tcp(unbound.addr())], 100, vec![]));
-    let answer = tcp.lookup(&name("a.up.test."), RecordType::A).await.expect("over tcp");
+    let answer = tcp.lookup(&name("a.up.test."), RecordType::A, false).await.expect("over tcp");
     assert_eq!(first_a(&answer).0, Ipv4Addr::new(192, 0, 2, 1));
 }
 
@@ -202,25 +204,25 @@ async fn serves_stale_after_the_upstream_dies_and_fails_fast_without_cache() {
     install_crypto();
     let mut unbound = Unbound::start();
     let fwd = Forwarder::new(&config(vec![Upstream::Udp(unbound.addr())], 100, vec![]));
-    let fresh = fwd.lookup(&name("stale.up.test."), RecordType::A).await.expect("forwarded");
+    let fresh = fwd.lookup(&name("stale.up.test."), RecordType::A, false).await.expect("forwarded");
     assert_eq!(fresh.source, AnswerSource::Forwarded);
     unbound.stop();
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let started = Instant::now();
-    let stale = fwd.lookup(&name("stale.up.test."), RecordType::A).await.expect("stale answer");
+    let stale = fwd.lookup(&name("stale.up.test."), RecordType::A, false).await.expect("stale answer");
     assert!(started.elapsed() < Duration::from_secs(3), "stale took {:?}", started.elapsed());
     assert_eq!(stale.source, AnswerSource::Stale);
     assert_eq!(first_a(&stale), (Ipv4Addr::new(192, 0, 2, 3), 30));
 
     // Right after a failure, the stale answer comes without waiting for the dead upstream again.
     let started = Instant::now();
-    let again = fwd.lookup(&name("stale.up.test."), RecordType::A).await.expect("stale again");
+    let again = fwd.lookup(&name("stale.up.test."), RecordType::A, false).await.expect("stale again");
     assert_eq!(again.source, AnswerSource::Stale);
     assert!(started.elapsed() < Duration::from_millis(200), "held stale took {:?}", started.elapsed());
 
     let started = Instant::now();
-    let err = fwd.lookup(&name("never.up.test."), RecordType::A).await.expect_err("nothing cached, upstream dead");
+    let err = fwd.lookup(&name("never.up.test."), RecordType::A, false).await.expect_err("nothing cached, upstream dead");
     assert!(started.elapsed() < Duration::from_secs(3), "failure took {:?}", started.elapsed());
     assert!(matches!(err, ForwardError::Failed(ref m) if m.contains("udp://127.0.0.1")), "{err}");
 }
@@ -236,32 +238,32 @@ async fn conditional_forwarding_picks_the_longest_matching_domain() {
         vec![("up.test", vec![up.clone()]), ("deep.up.test", vec![dead_upstream()])],
     ));
 
-    let answer = fwd.lookup(&name("a.up.test."), RecordType::A).await.expect("via up.test group");
+    let answer = fwd.lookup(&name("a.up.test."), RecordType::A, false).await.expect("via up.test group");
     assert_eq!((answer.source, first_a(&answer).0), (AnswerSource::Forwarded, Ipv4Addr::new(192, 0, 2, 1)));
     // a.deep.up.test exists upstream, but deep.up.test is the longer match and its upstream is dead.
-    let err = fwd.lookup(&name("a.deep.up.test."), RecordType::A).await.expect_err("deep.up.test group is dead");
+    let err = fwd.lookup(&name("a.deep.up.test."), RecordType::A, false).await.expect_err("deep.up.test group is dead");
     assert!(matches!(err, ForwardError::Failed(_)));
-    let err = fwd.lookup(&name("other.test."), RecordType::A).await.expect_err("default group is dead");
+    let err = fwd.lookup(&name("other.test."), RecordType::A, false).await.expect_err("default group is dead");
     assert!(matches!(err, ForwardError::Failed(_)));
     // The domain itself belongs to its group; a suffix that is not a label boundary does not.
-    let apex = fwd.lookup(&name("UP.test."), RecordType::SOA).await.expect("apex via up.test group");
+    let apex = fwd.lookup(&name("UP.test."), RecordType::SOA, false).await.expect("apex via up.test group");
     assert_eq!(apex.rcode, ResponseCode::NoError);
-    assert!(fwd.lookup(&name("notup.test."), RecordType::A).await.is_err());
+    assert!(fwd.lookup(&name("notup.test."), RecordType::A, false).await.is_err());
 
     // Upstreams are tried in order; a dead first one costs at most its share of the budget.
     let ordered = Forwarder::new(&config(vec![dead_upstream(), up.clone()], 100, vec![]));
     let started = Instant::now();
-    let answer = ordered.lookup(&name("a.up.test."), RecordType::A).await.expect("second upstream answers");
+    let answer = ordered.lookup(&name("a.up.test."), RecordType::A, false).await.expect("second upstream answers");
     assert_eq!(first_a(&answer).0, Ipv4Addr::new(192, 0, 2, 1));
     assert!(started.elapsed() < Duration::from_millis(2500), "took {:?}", started.elapsed());
 
     // Without default upstreams, names outside every conditional domain have nowhere to go.
     let only_conditional = Forwarder::new(&config(vec![], 100, vec![("up.test", vec![up])]));
     assert!(matches!(
-        only_conditional.lookup(&name("example.com."), RecordType::A).await,
+        only_conditional.lookup(&name("example.com."), RecordType::A, false).await,
         Err(ForwardError::NoUpstream)
     ));
-    assert!(only_conditional.lookup(&name("a.up.test."), RecordType::A).await.is_ok());
+    assert!(only_conditional.lookup(&name("a.up.test."), RecordType::A, false).await.is_ok());
 }
 
 #[tokio::test]
@@ -270,14 +272,14 @@ async fn cache_stays_within_its_size() {
     let unbound = Unbound::start();
     let fwd = Forwarder::new(&config(vec![Upstream::Udp(unbound.addr())], 3, vec![]));
     for i in 0..6 {
-        let a = fwd.lookup(&name(&format!("n{i}.up.test.")), RecordType::A).await.expect("nxdomain");
+        let a = fwd.lookup(&name(&format!("n{i}.up.test.")), RecordType::A, false).await.expect("nxdomain");
         assert_eq!(a.rcode, ResponseCode::NXDomain);
         assert!(fwd.cache_len() <= 3);
     }
     assert_eq!(fwd.cache_len(), 3);
-    let recent = fwd.lookup(&name("n5.up.test."), RecordType::A).await.expect("recent");
+    let recent = fwd.lookup(&name("n5.up.test."), RecordType::A, false).await.expect("recent");
     assert_eq!(recent.source, AnswerSource::Cached);
-    let evicted = fwd.lookup(&name("n0.up.test."), RecordType::A).await.expect("evicted");
+    let evicted = fwd.lookup(&name("n0.up.test."), RecordType::A, false).await.expect("evicted");
     assert_eq!(evicted.source, AnswerSource::Forwarded);
     assert_eq!(fwd.cache_len(), 3);
 }
@@ -289,16 +291,16 @@ async fn prefetch_refreshes_a_popular_entry_before_it_expires() {
     let fwd = Forwarder::new(&config(vec![Upstream::Udp(unbound.addr())], 100, vec![]));
     let n = name("short.up.test."); // TTL 2 s: prefetch window is the last second
     let start = Instant::now();
-    assert_eq!(fwd.lookup(&n, RecordType::A).await.expect("forwarded").source, AnswerSource::Forwarded);
-    assert_eq!(fwd.lookup(&n, RecordType::A).await.expect("hit 1").source, AnswerSource::Cached);
+    assert_eq!(fwd.lookup(&n, RecordType::A, false).await.expect("forwarded").source, AnswerSource::Forwarded);
+    assert_eq!(fwd.lookup(&n, RecordType::A, false).await.expect("hit 1").source, AnswerSource::Cached);
     tokio::time::sleep_until((start + Duration::from_millis(1300)).into()).await;
-    assert_eq!(fwd.lookup(&n, RecordType::A).await.expect("hit 2").source, AnswerSource::Cached);
+    assert_eq!(fwd.lookup(&n, RecordType::A, false).await.expect("hit 2").source, AnswerSource::Cached);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(fwd.upstream_queries(), 2, "one background refresh after the second hit");
 
     // Past the original TTL (2 s) the name is still served from cache: the refresh at ~1.3 s renewed it.
     tokio::time::sleep_until((start + Duration::from_millis(2500)).into()).await;
-    let later = fwd.lookup(&n, RecordType::A).await.expect("refreshed");
+    let later = fwd.lookup(&n, RecordType::A, false).await.expect("refreshed");
     assert_eq!(later.source, AnswerSource::Cached);
     assert_eq!(first_a(&later).0, Ipv4Addr::new(192, 0, 2, 2));
     assert!(first_a(&later).1 <= 2);
@@ -377,6 +379,8 @@ fn validate_names_the_offending_key() {
                 upstreams: u.iter().map(|s| s.to_string()).collect(),
             })
             .collect(),
+        dnssec: None,
+        trust_anchor: None,
     };
 
     let good = ForwardConfig::validate(
@@ -471,19 +475,19 @@ async fn a_group_whose_every_upstream_fails_is_reported_until_one_answers() {
     let fwd = Forwarder::new(&config(vec![dead.clone()], 100, vec![("up.test", vec![up.clone()])]));
     for i in 0..upstream::FAILING_AFTER {
         assert_eq!(fwd.failing(), Vec::<String>::new(), "after {i} failures");
-        fwd.lookup(&name(&format!("n{i}.other.test.")), RecordType::A).await.expect_err("dead upstream");
+        fwd.lookup(&name(&format!("n{i}.other.test.")), RecordType::A, false).await.expect_err("dead upstream");
     }
     let reasons = fwd.failing();
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     assert!(reasons[0].starts_with(&format!("upstream {dead}: last 3 queries failed (")), "{reasons:?}");
     // The conditional group answers: only the default group is reported.
-    fwd.lookup(&name("a.up.test."), RecordType::A).await.expect("via up.test");
+    fwd.lookup(&name("a.up.test."), RecordType::A, false).await.expect("via up.test");
     assert_eq!(fwd.failing().len(), 1);
 
     // One dead and one live upstream: the group answers, nothing is failing.
     let mixed = Forwarder::new(&config(vec![dead_upstream(), up], 100, vec![]));
     for i in 0..upstream::FAILING_AFTER {
-        mixed.lookup(&name(&format!("n{i}.up.test.")), RecordType::A).await.expect("second upstream answers");
+        mixed.lookup(&name(&format!("n{i}.up.test.")), RecordType::A, false).await.expect("second upstream answers");
     }
     assert_eq!(mixed.failing(), Vec::<String>::new());
 }
@@ -518,11 +522,11 @@ async fn each_upstream_counts_the_queries_sent_to_it_and_their_failures() {
         registry.encode().lines().find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok())
     };
     // The dead one is asked first and fails; the second answers.
-    fwd.lookup(&name("a.up.test."), RecordType::A).await.expect("second upstream answers");
+    fwd.lookup(&name("a.up.test."), RecordType::A, false).await.expect("second upstream answers");
     // The dead one is held down now, so asked last: the live one answers alone.
-    fwd.lookup(&name("b.up.test."), RecordType::A).await.expect("live upstream answers");
+    fwd.lookup(&name("b.up.test."), RecordType::A, false).await.expect("live upstream answers");
     // A cache hit asks nobody.
-    fwd.lookup(&name("a.up.test."), RecordType::A).await.expect("cached");
+    fwd.lookup(&name("a.up.test."), RecordType::A, false).await.expect("cached");
     let counts =
         [(sample("queries", &dead), sample("failures", &dead)), (sample("queries", &up), sample("failures", &up))];
     assert_eq!(counts, [(Some(1), Some(1)), (Some(2), Some(0))], "{}", registry.encode());

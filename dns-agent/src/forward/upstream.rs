@@ -1,24 +1,29 @@
 //! Upstream DNS servers: parsing `udp://`, `tcp://`, `tls://`, `https://` addresses, querying a group of them in
 //! order over hickory's transports, and keeping of each reply only what answers the question (the records of the
 //! CNAME chain from the query name, the SOA of the zone it ends in); each query sent and each failure is counted on
-//! the upstream's counters. Knows nothing of caching, prefetch, serve-stale or config files.
+//! the upstream's counters. Asks with DO and passes CD on (unless `dnssec = "off"`), keeps the RRSIG/NSEC/NSEC3
+//! records that belong to the answer and its AD bit, and in `validate` mode validates with hickory's validator.
+//! Knows nothing of caching, prefetch, serve-stale or config files.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{DnsRequestOptions, Query, ResponseCode};
+use hickory_proto::dnssec::Proof;
+use hickory_proto::op::{DnsRequest, DnsRequestOptions, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverOpts, ServerOrderingStrategy,
 };
+use hickory_resolver::net::dnssec::DnssecDnsHandle;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::xfer::{DnsHandle, FirstAnswer};
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 use rustls::pki_types::ServerName;
 
+use super::dnssec::{self, Anchors, DnssecMode, Verdict};
 use crate::metrics::UpstreamCounters;
 
 /// Default path of a DNS-over-HTTPS endpoint (RFC 8484).
@@ -199,8 +204,19 @@ fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), String> {
 pub(crate) struct Reply {
     pub(crate) rcode: ResponseCode,
     pub(crate) answers: Vec<Record>,
-    /// SOA records from the authority section, if any.
+    /// SOA records from the authority section, if any, and (unless `dnssec = "off"`) the RRSIG/NSEC/NSEC3 records
+    /// that prove it.
     pub(crate) authority: Vec<Record>,
+    /// Authenticated: the upstream set AD, or (`validate`) the agent's validation found it secure.
+    pub(crate) authenticated: bool,
+    /// The agent's validation found it bogus: rcode SERVFAIL, no records.
+    pub(crate) bogus: bool,
+}
+
+impl Reply {
+    fn bogus() -> Self {
+        Reply { rcode: ResponseCode::ServFail, answers: vec![], authority: vec![], authenticated: false, bogus: true }
+    }
 }
 
 /// How long a failed upstream is tried only after the healthy ones.
@@ -237,6 +253,9 @@ struct Member {
     down_until: Mutex<Option<Instant>>,
     failures: Mutex<Failures>,
     counters: UpstreamCounters,
+    mode: DnssecMode,
+    /// `validate` mode: the pool behind hickory's validator (used for queries without CD).
+    validator: Option<DnssecDnsHandle<NameServerPool<TokioRuntimeProvider>>>,
 }
 
 /// A set of upstreams tried in order (those that failed recently last), within a total time budget.
@@ -248,23 +267,36 @@ pub(crate) struct UpstreamGroup {
 
 impl UpstreamGroup {
     /// Builds one hickory name-server pool per upstream, counting on `counters(upstream)`. Connections are opened
-    /// lazily, on the first query.
+    /// lazily, on the first query. In `validate` mode each pool is wrapped in hickory's validator, trusting
+    /// `anchors`.
     pub(crate) fn new(
         upstreams: &[Upstream],
         tls: Option<&rustls::ClientConfig>,
         budget: Duration,
         counters: &dyn Fn(&Upstream) -> UpstreamCounters,
+        (mode, anchors): (DnssecMode, &Anchors),
     ) -> Self {
         let n = u32::try_from(upstreams.len().max(1)).unwrap_or(u32::MAX);
         let per_upstream = (budget / n).max(MIN_PER_UPSTREAM).min(budget);
         let members = upstreams
             .iter()
-            .map(|u| Member {
-                upstream: u.clone(),
-                pool: build_pool(u, tls, per_upstream),
-                down_until: Mutex::new(None),
-                failures: Mutex::new(Failures::default()),
-                counters: counters(u),
+            .map(|u| {
+                let pool = build_pool(u, tls, per_upstream);
+                let validator = match (&pool, mode) {
+                    (Ok(p), DnssecMode::Validate) => {
+                        Some(DnssecDnsHandle::with_trust_anchor(p.clone(), anchors.0.clone()))
+                    }
+                    _ => None,
+                };
+                Member {
+                    upstream: u.clone(),
+                    pool,
+                    down_until: Mutex::new(None),
+                    failures: Mutex::new(Failures::default()),
+                    counters: counters(u),
+                    mode,
+                    validator,
+                }
             })
             .collect();
         UpstreamGroup { members, budget, per_upstream }
@@ -290,8 +322,9 @@ impl UpstreamGroup {
     }
 
     /// Asks the upstreams in order until one answers with data, NXDOMAIN or NODATA. Errors (timeouts, refused
-    /// connections, SERVFAIL, REFUSED…) move on to the next one; the error lists what each said.
-    pub(crate) async fn query(&self, name: &Name, rtype: RecordType) -> Result<Reply, String> {
+    /// connections, SERVFAIL, REFUSED…) move on to the next one; the error lists what each said. `cd` is the
+    /// client's CD bit, passed on (and in `validate` mode: no validation by the agent either).
+    pub(crate) async fn query(&self, name: &Name, rtype: RecordType, cd: bool) -> Result<Reply, String> {
         let start = Instant::now();
         let deadline = start + self.budget;
         let mut order: Vec<(bool, usize)> =
@@ -307,7 +340,7 @@ impl UpstreamGroup {
                 continue;
             }
             member.counters.sent();
-            match member.query(name, rtype, remaining.min(self.per_upstream)).await {
+            match member.query(name, rtype, cd, remaining.min(self.per_upstream)).await {
                 Ok(reply) => {
                     member.set_down(None);
                     *member.failures.lock().unwrap_or_else(|e| e.into_inner()) = Failures::default();
@@ -343,33 +376,77 @@ impl Member {
         *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
     }
 
-    async fn query(&self, name: &Name, rtype: RecordType, timeout: Duration) -> Result<Reply, String> {
+    async fn query(&self, name: &Name, rtype: RecordType, cd: bool, timeout: Duration) -> Result<Reply, String> {
         let pool = self.pool.as_ref().map_err(Clone::clone)?;
-        let lookup = pool.lookup(Query::query(name.clone(), rtype), DnsRequestOptions::default()).first_answer();
-        let result = tokio::time::timeout(timeout, lookup).await.map_err(|_| format!("timed out after {timeout:?}"))?;
-        match result {
-            Ok(response) => match response.response_code {
-                ResponseCode::NoError | ResponseCode::NXDomain => {
-                    let (answers, end) = answer_chain(name, rtype, &response.answers);
-                    let authority = soa_of_zone(&end, response.authorities.iter());
-                    Ok(Reply { rcode: response.response_code, answers, authority })
-                }
-                other => Err(format!("answered {other}")),
-            },
-            Err(NetError::Dns(DnsError::NoRecordsFound(no_records))) => match no_records.response_code {
-                code @ (ResponseCode::NoError | ResponseCode::NXDomain) => {
-                    let mut authority =
-                        no_records.authorities.as_deref().map(|a| soa_of_zone(name, a.iter())).unwrap_or_default();
-                    if authority.is_empty() {
-                        if let Some(soa) = no_records.soa {
-                            authority = soa_of_zone(name, std::iter::once(&soa.into_record_of_rdata()));
+        let keep = self.mode.keeps_dnssec();
+        let mut options = DnsRequestOptions::default();
+        // Always DO (unless off): the cache then serves clients with and without DO alike, stripping for the latter.
+        options.edns_set_dnssec_ok = keep;
+        let mut request = DnsRequest::from_query(Query::query(name.clone(), rtype), options);
+        request.metadata.checking_disabled = cd && keep;
+        let validator = self.validator.as_ref().filter(|_| !cd);
+        let send = async {
+            match validator {
+                Some(v) => v.send(request).first_answer().await,
+                None => pool.send(request).first_answer().await,
+            }
+        };
+        let result = tokio::time::timeout(timeout, send).await.map_err(|_| format!("timed out after {timeout:?}"))?;
+        // A negative answer whose NSEC proof hickory found wanting: bogus, or insecure (given as forwarded).
+        let mut proven_insecure = false;
+        let response = match result {
+            Ok(response) => response,
+            Err(NetError::Dns(DnsError::NoRecordsFound(no_records))) => {
+                return match no_records.response_code {
+                    code @ (ResponseCode::NoError | ResponseCode::NXDomain) => {
+                        let all = no_records.authorities.as_deref().unwrap_or_default();
+                        let mut authority = soa_of_zone(name, all.iter());
+                        if authority.is_empty() {
+                            if let Some(soa) = no_records.soa {
+                                authority = soa_of_zone(name, std::iter::once(&soa.into_record_of_rdata()));
+                            }
                         }
+                        if keep {
+                            let proofs = dnssec::proofs(name, &authority, all);
+                            authority.extend(proofs);
+                        }
+                        // hickory's pool keeps no header of a negative answer: its AD bit is lost.
+                        Ok(Reply { rcode: code, answers: Vec::new(), authority, authenticated: false, bogus: false })
                     }
-                    Ok(Reply { rcode: code, answers: Vec::new(), authority })
+                    other => Err(format!("answered {other}")),
+                };
+            }
+            Err(NetError::Dns(DnsError::Nsec { response, proof, .. })) if validator.is_some() => {
+                if proof == Proof::Bogus {
+                    tracing::info!(upstream = %self.upstream, %name, %rtype, "dnssec validation failed: bogus denial of existence");
+                    return Ok(Reply::bogus());
                 }
-                other => Err(format!("answered {other}")),
-            },
-            Err(e) => Err(e.to_string()),
+                proven_insecure = true;
+                *response
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        match response.response_code {
+            ResponseCode::NoError | ResponseCode::NXDomain => {
+                let (kept, end) = answer_chain(name, rtype, &response.answers);
+                let mut authority = soa_of_zone(&end, response.authorities.iter());
+                let proofs = if keep { dnssec::proofs(&end, &authority, &response.authorities) } else { Vec::new() };
+                let authenticated = match validator {
+                    Some(_) => match dnssec::verdict(kept.iter().chain(&authority).chain(&proofs)) {
+                        Verdict::Bogus => {
+                            tracing::info!(upstream = %self.upstream, %name, %rtype, "dnssec validation failed: bogus answer");
+                            return Ok(Reply::bogus());
+                        }
+                        Verdict::Secure => !proven_insecure,
+                        Verdict::Insecure => false,
+                    },
+                    None => keep && response.metadata.authentic_data,
+                };
+                let answers = if keep { dnssec::with_signatures(kept, &response.answers) } else { kept };
+                authority.extend(proofs);
+                Ok(Reply { rcode: response.response_code, answers, authority, authenticated, bogus: false })
+            }
+            other => Err(format!("answered {other}")),
         }
     }
 }
