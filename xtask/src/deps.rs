@@ -54,6 +54,9 @@ const PACKAGES: &[&str] = &[
     // The registry of the image-update tests (tests/src/fixtures/registry.rs): Docker Distribution 2, started by
     // each test on loopback with its own config and storage (the package's own service is not used).
     "docker-registry",
+    // The DNSSEC test (tests/tests/dns_dnssec.rs): ldns-keygen and ldns-signzone sign its zone, drill -S chases
+    // the signatures through the dns-agent.
+    "ldnsutils",
 ];
 
 /// The metapackage naming the current Debian kernel package (its one `Depends:`).
