@@ -609,6 +609,30 @@ mod tests {
         assert_eq!(ok.edns.as_ref().map(|e| (e.version(), e.rcode_high())), Some((0, 0)));
     }
 
+    #[tokio::test]
+    async fn the_do_bit_is_copied_into_every_reply_and_nothing_local_is_authenticated() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handler(dir.path(), "zero").await;
+        // (name, DO): a local name, a blocked one, one refused (no upstream).
+        let cases = [
+            ("nas.lab.home.arpa.", true),
+            ("nas.lab.home.arpa.", false),
+            ("ads.example.com.", true),
+            ("example.org.", true),
+        ];
+        for (name, dnssec_ok) in cases {
+            let m = ask_with(&h, OpCode::Query, &[(name, RecordType::A)], |m| {
+                let mut e = Edns::new();
+                e.set_dnssec_ok(dnssec_ok);
+                m.metadata.authentic_data = true;
+                m.edns = Some(e);
+            })
+            .await;
+            assert_eq!(m.edns.as_ref().map(|e| e.flags().dnssec_ok), Some(dnssec_ok), "{name} DO={dnssec_ok}");
+            assert!(!m.metadata.authentic_data, "{name}: local data is not signed");
+        }
+    }
+
     #[test]
     fn plain_names_without_allocation() {
         let mut buf = [0u8; 256];

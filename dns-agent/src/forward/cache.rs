@@ -375,7 +375,7 @@ mod tests {
         Key { name: Name::from_str(name).unwrap(), rtype, group: 0, cd: false }
     }
 
-    fn plain() -> Reply {
+    fn plain_reply() -> Reply {
         Reply {
             rcode: ResponseCode::NoError,
             answers: vec![],
@@ -387,7 +387,7 @@ mod tests {
 
     fn a_reply(name: &str, ttl: u32) -> Reply {
         let record = Record::from_rdata(Name::from_str(name).unwrap(), ttl, RData::A(A::new(192, 0, 2, 1)));
-        Reply { rcode: ResponseCode::NoError, answers: vec![record], authority: vec![], ..plain() }
+        Reply { rcode: ResponseCode::NoError, answers: vec![record], authority: vec![], ..plain_reply() }
     }
 
     fn soa(ttl: u32, minimum: u32) -> Record {
@@ -435,7 +435,7 @@ mod tests {
         assert_eq!(until, t0 + Duration::from_secs(3), "the same TTLs until the age reaches 3 s");
         assert_eq!(answer.source, AnswerSource::Cached);
 
-        let nx = Reply { rcode: ResponseCode::NXDomain, answers: vec![], authority: vec![soa(3600, 7)], ..plain() };
+        let nx = Reply { rcode: ResponseCode::NXDomain, answers: vec![], authority: vec![soa(3600, 7)], ..plain_reply() };
         let answer = cache.insert(key("nx.t.", RecordType::A), nx, t0);
         assert_eq!(answer.authority[0].ttl, 7);
         let Hit::Fresh { until, .. } = cache.get(&key("nx.t.", RecordType::A), t0 + Duration::from_millis(6500)) else {
@@ -461,10 +461,10 @@ mod tests {
         assert!(cache.stale(&key("nx.t.", RecordType::A), t0 + MAX_STALE + Duration::from_secs(10)).is_none());
         assert_eq!(cache.len(), 1);
 
-        let huge_soa = Reply { rcode: ResponseCode::NoError, answers: vec![], authority: vec![soa(99_999, 99_999)], ..plain() };
+        let huge_soa = Reply { rcode: ResponseCode::NoError, answers: vec![], authority: vec![soa(99_999, 99_999)], ..plain_reply() };
         let answer = cache.insert(key("a.t.", RecordType::AAAA), huge_soa, t0);
         assert_eq!(answer.authority[0].ttl, MAX_NEGATIVE_TTL);
-        let no_soa = Reply { rcode: ResponseCode::NXDomain, answers: vec![], authority: vec![], ..plain() };
+        let no_soa = Reply { rcode: ResponseCode::NXDomain, answers: vec![], authority: vec![], ..plain_reply() };
         cache.insert(key("x.t.", RecordType::A), no_soa, t0);
         assert!(matches!(cache.get(&key("x.t.", RecordType::A), t0 + Duration::from_secs(6)), Hit::Miss));
         let zero = cache.insert(key("z.t.", RecordType::A), a_reply("z.t.", 0), t0);
@@ -496,7 +496,7 @@ mod tests {
     fn txt_reply(name: &str, strings: usize, len: usize) -> Reply {
         let txt = hickory_proto::rr::rdata::TXT::new(vec!["x".repeat(len); strings]);
         let record = Record::from_rdata(Name::from_str(name).unwrap(), 60, RData::TXT(txt));
-        Reply { rcode: ResponseCode::NoError, answers: vec![record], authority: vec![], ..plain() }
+        Reply { rcode: ResponseCode::NoError, answers: vec![record], authority: vec![], ..plain_reply() }
     }
 
     #[test]
@@ -527,6 +527,27 @@ mod tests {
         assert_eq!(answer.answers.len(), 1);
         assert!(matches!(small.get(&key("huge.t.", RecordType::TXT), t0), Hit::Miss));
         assert_eq!(small.len(), 1);
+    }
+
+    #[test]
+    fn cd_and_validated_answers_are_kept_apart() {
+        let cache = Cache::new(10, usize::MAX);
+        let t0 = Instant::now();
+        let plain = key("a.t.", RecordType::A);
+        let cd = Key { cd: true, ..plain.clone() };
+        // A bogus answer (validate mode) for the ordinary query; the CD query's data is another entry.
+        let bogus = Reply { rcode: ResponseCode::ServFail, bogus: true, ..plain_reply() };
+        cache.insert(plain.clone(), bogus, t0);
+        assert!(matches!(cache.get(&cd, t0), Hit::Miss), "a CD query never gets the validated answer");
+        cache.insert(cd.clone(), Reply { authenticated: false, ..a_reply("a.t.", 60) }, t0);
+        let Hit::Fresh { answer, .. } = cache.get(&plain, t0) else { panic!("expected a fresh hit") };
+        assert_eq!((answer.rcode, answer.bogus, answer.answers.len()), (ResponseCode::ServFail, true, 0));
+        let Hit::Fresh { answer, .. } = cache.get(&cd, t0) else { panic!("expected a fresh hit") };
+        assert_eq!((answer.rcode, answer.bogus, answer.answers.len()), (ResponseCode::NoError, false, 1));
+        // AD is kept with the entry.
+        cache.insert(plain.clone(), Reply { authenticated: true, ..a_reply("a.t.", 60) }, t0);
+        let Hit::Fresh { answer, .. } = cache.get(&plain, t0) else { panic!("expected a fresh hit") };
+        assert!(answer.authenticated);
     }
 
     #[test]

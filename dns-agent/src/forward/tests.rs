@@ -424,6 +424,25 @@ fn validate_names_the_offending_key() {
             "forward.conditional[1].domain",
             "already listed in forward.conditional[0]",
         ),
+        (
+            RawForward { dnssec: Some("on".into()), ..raw(&[], None, &[]) },
+            "forward.dnssec",
+            "`on` is not a dnssec mode",
+        ),
+        (
+            RawForward { trust_anchor: Some("anchors".into()), ..raw(&[], None, &[]) },
+            "forward.trust_anchor",
+            "only used with dnssec = \"validate\" (dnssec is \"transparent\")",
+        ),
+        (
+            RawForward {
+                dnssec: Some("validate".into()),
+                trust_anchor: Some("/nonexistent/anchors".into()),
+                ..raw(&[], None, &[])
+            },
+            "forward.trust_anchor",
+            "cannot read /nonexistent/anchors",
+        ),
     ];
     for (raw, want_key, want_msg) in cases {
         match ForwardConfig::validate(raw.clone(), path) {
@@ -434,6 +453,24 @@ fn validate_names_the_offending_key() {
             other => panic!("{raw:?}: expected an invalid-config error, got {other:?}"),
         }
     }
+    // The modes, and a trust anchor file relative to the config file.
+    assert_eq!(good.dnssec, dnssec::DnssecMode::Transparent, "the default");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("anchors"),
+        "example.test. IN DNSKEY 257 3 13 \
+         mdsswUyr3DPW132mOi8V9xESWE8jTo0dxCjjnopKl+GqJxpVXckHAeF+KkxLbxILfDLUT0rAK9iUzy1L53eKGQ== ;{id = 2371}\n",
+    )
+    .expect("write anchors");
+    let validating = RawForward {
+        dnssec: Some("validate".into()),
+        trust_anchor: Some("anchors".into()),
+        ..raw(&["udp://10.0.0.1"], None, &[])
+    };
+    let cfg = ForwardConfig::validate(validating, &dir.path().join("dns.toml")).expect("valid");
+    assert_eq!(cfg.dnssec, dnssec::DnssecMode::Validate);
+    let off = ForwardConfig::validate(RawForward { dnssec: Some("off".into()), ..raw(&[], None, &[]) }, path);
+    assert_eq!(off.expect("valid").dnssec, dnssec::DnssecMode::Off);
     // Only conditional forwarding, cache disabled: fine.
     let only = ForwardConfig::validate(raw(&[], Some(0), &[("lab", &["udp://10.0.0.1"])]), path).expect("valid");
     assert!(only.upstreams.is_empty());
