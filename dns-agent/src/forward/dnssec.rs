@@ -12,6 +12,7 @@ use hickory_proto::dnssec::rdata::DNSSECRData;
 use hickory_proto::dnssec::{Proof, TrustAnchors};
 use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::serialize::txt::trust_anchor::{Entry, Parser};
 
 /// What the forwarder does with DNSSEC (`[forward] dnssec`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,14 +58,19 @@ impl fmt::Display for DnssecMode {
     }
 }
 
-/// The keys validation starts from: those of a `trust_anchor` file, else hickory's built-in root keys.
+/// The keys validation starts from: hickory's built-in root keys, and those of a `trust_anchor` file.
 #[derive(Clone)]
-pub struct Anchors(pub(crate) Arc<TrustAnchors>);
+pub struct Anchors {
+    pub(crate) keys: Arc<TrustAnchors>,
+    /// What the file said (its DNSKEY records): a reload compares configs by their `Debug` text, so a rolled key
+    /// must show there.
+    file: Option<String>,
+}
 
 impl Anchors {
     /// hickory's built-in root keys (KSK-2017 and KSK-2024).
     pub(crate) fn builtin() -> Self {
-        Anchors(Arc::new(TrustAnchors::default()))
+        Anchors { keys: Arc::new(TrustAnchors::default()), file: None }
     }
 
     /// Reads a file of DNSKEY records in zone-file syntax (`example. IN DNSKEY 257 3 13 …`, as `ldns-keygen` and
@@ -84,18 +90,30 @@ impl Anchors {
         if has_type("DS") {
             return Err("DS records are not supported as trust anchors; give the DNSKEY records".to_string());
         }
-        let anchors: TrustAnchors = cleaned.parse().map_err(|e| format!("not a list of DNSKEY records: {e}"))?;
-        // `len` counts root keys only; an anchor file may hold keys for other zones, but not nothing at all.
-        if !has_type("DNSKEY") {
+        let entries = Parser::new(cleaned.as_str())
+            .parse()
+            .map_err(|e| format!("not a list of DNSKEY records: {e}"))?;
+        let mut keys = TrustAnchors::default();
+        let mut added = Vec::new();
+        for entry in entries {
+            let Entry::DNSKEY(record) = entry else { continue };
+            let dnskey = record.data();
+            keys.insert_with_name(dnskey.public_key(), record.name().into());
+            added.push(format!("{} DNSKEY {dnskey}", record.name()));
+        }
+        if added.is_empty() {
             return Err("no DNSKEY record in the trust anchor file".to_string());
         }
-        Ok(Anchors(Arc::new(anchors)))
+        Ok(Anchors { keys: Arc::new(keys), file: Some(added.join("; ")) })
     }
 }
 
 impl fmt::Debug for Anchors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Anchors(root keys: {})", self.0.len())
+        match &self.file {
+            None => f.write_str("Anchors(built-in root keys)"),
+            Some(keys) => write!(f, "Anchors(built-in root keys and {keys})"),
+        }
     }
 }
 
@@ -394,7 +412,9 @@ mod tests {
         // As ldns-keygen writes a KSK's .key file.
         let key = "example.test.\tIN\tDNSKEY\t257 3 13 \
                    mdsswUyr3DPW132mOi8V9xESWE8jTo0dxCjjnopKl+GqJxpVXckHAeF+KkxLbxILfDLUT0rAK9iUzy1L53eKGQ== ;{id = 2371}\n";
-        assert!(Anchors::parse(key).is_ok(), "{:?}", Anchors::parse(key).err());
+        let anchors = Anchors::parse(key).expect("parses");
+        assert!(format!("{anchors:?}").contains("example.test. DNSKEY 257 3 13 mdss"), "{anchors:?}");
+        assert_eq!(anchors.keys.len(), 2, "the built-in root keys stay");
         let ds = "example.test. IN DS 2371 13 2 ABCD\n";
         assert!(Anchors::parse(ds).unwrap_err().contains("DS records are not supported"));
         assert!(Anchors::parse("\n; nothing\n").unwrap_err().contains("no DNSKEY"));

@@ -55,7 +55,7 @@ pub struct RawForward {
     pub conditional: Vec<RawConditional>,
     /// `"transparent"` (default), `"validate"` or `"off"` (see [`DnssecMode`]).
     pub dnssec: Option<String>,
-    /// `validate` mode: file of DNSKEY records to trust instead of hickory's built-in root keys.
+    /// `validate` mode: file of DNSKEY records to trust besides hickory's built-in root keys.
     pub trust_anchor: Option<PathBuf>,
 }
 

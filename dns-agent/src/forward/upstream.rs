@@ -284,7 +284,7 @@ impl UpstreamGroup {
                 let pool = build_pool(u, tls, per_upstream);
                 let validator = match (&pool, mode) {
                     (Ok(p), DnssecMode::Validate) => {
-                        Some(DnssecDnsHandle::with_trust_anchor(p.clone(), anchors.0.clone()))
+                        Some(DnssecDnsHandle::with_trust_anchor(p.clone(), anchors.keys.clone()))
                     }
                     _ => None,
                 };
