@@ -274,18 +274,18 @@ impl Worker {
             }
             // Forwarding: answered here only when the forwarder's cache has it (a fresh answer is kept while its
             // TTLs stay the same); a miss waits for an upstream on the runtime.
-            Decision::Forward { meta, qname } => match forwarder
-                .as_ref()
-                .and_then(|f| f.lookup_cached(qname, qtype, request.metadata.checking_disabled))
-            {
-                Some((ans, until)) => {
-                    let edns = forwarded_edns(&request, &ans);
-                    let (response, outcome) = forwarded(&request, edns.as_ref(), meta, &ans, &zones);
-                    let keep = until.map_or(Keep::Never, Keep::Until);
-                    encode(response).map(|(_, bytes)| (bytes, outcome, keep))
+            Decision::Forward { meta, qname } => {
+                match forwarder.as_ref().and_then(|f| f.lookup_cached(qname, qtype, request.metadata.checking_disabled))
+                {
+                    Some((ans, until)) => {
+                        let edns = forwarded_edns(&request, &ans);
+                        let (response, outcome) = forwarded(&request, edns.as_ref(), meta, &ans, &zones);
+                        let keep = until.map_or(Keep::Never, Keep::Until);
+                        encode(response).map(|(_, bytes)| (bytes, outcome, keep))
+                    }
+                    None => return Action::Forward(Box::new(request)),
                 }
-                None => return Action::Forward(Box::new(request)),
-            },
+            }
             Decision::External { .. } => return Action::Forward(Box::new(request)),
         };
         let Ok((reply, outcome, keep)) = got else { return Action::Drop };

@@ -376,13 +376,7 @@ mod tests {
     }
 
     fn plain_reply() -> Reply {
-        Reply {
-            rcode: ResponseCode::NoError,
-            answers: vec![],
-            authority: vec![],
-            authenticated: false,
-            bogus: false,
-        }
+        Reply { rcode: ResponseCode::NoError, answers: vec![], authority: vec![], authenticated: false, bogus: false }
     }
 
     fn a_reply(name: &str, ttl: u32) -> Reply {
@@ -435,7 +429,8 @@ mod tests {
         assert_eq!(until, t0 + Duration::from_secs(3), "the same TTLs until the age reaches 3 s");
         assert_eq!(answer.source, AnswerSource::Cached);
 
-        let nx = Reply { rcode: ResponseCode::NXDomain, answers: vec![], authority: vec![soa(3600, 7)], ..plain_reply() };
+        let nx =
+            Reply { rcode: ResponseCode::NXDomain, answers: vec![], authority: vec![soa(3600, 7)], ..plain_reply() };
         let answer = cache.insert(key("nx.t.", RecordType::A), nx, t0);
         assert_eq!(answer.authority[0].ttl, 7);
         let Hit::Fresh { until, .. } = cache.get(&key("nx.t.", RecordType::A), t0 + Duration::from_millis(6500)) else {
@@ -461,7 +456,12 @@ mod tests {
         assert!(cache.stale(&key("nx.t.", RecordType::A), t0 + MAX_STALE + Duration::from_secs(10)).is_none());
         assert_eq!(cache.len(), 1);
 
-        let huge_soa = Reply { rcode: ResponseCode::NoError, answers: vec![], authority: vec![soa(99_999, 99_999)], ..plain_reply() };
+        let huge_soa = Reply {
+            rcode: ResponseCode::NoError,
+            answers: vec![],
+            authority: vec![soa(99_999, 99_999)],
+            ..plain_reply()
+        };
         let answer = cache.insert(key("a.t.", RecordType::AAAA), huge_soa, t0);
         assert_eq!(answer.authority[0].ttl, MAX_NEGATIVE_TTL);
         let no_soa = Reply { rcode: ResponseCode::NXDomain, answers: vec![], authority: vec![], ..plain_reply() };

@@ -84,15 +84,13 @@ impl Anchors {
         // hickory's parser knows no comments: drop everything from `;` (`.key` files end lines with `;{id = …}`).
         let cleaned: String = text.lines().map(|l| l.split(';').next().unwrap_or("")).collect::<Vec<_>>().join("\n");
         // The type follows the owner and an optional TTL and class.
-        let has_type = |t: &str| {
-            cleaned.lines().any(|l| l.split_whitespace().skip(1).take(3).any(|w| w.eq_ignore_ascii_case(t)))
-        };
+        let has_type =
+            |t: &str| cleaned.lines().any(|l| l.split_whitespace().skip(1).take(3).any(|w| w.eq_ignore_ascii_case(t)));
         if has_type("DS") {
             return Err("DS records are not supported as trust anchors; give the DNSKEY records".to_string());
         }
-        let entries = Parser::new(cleaned.as_str())
-            .parse()
-            .map_err(|e| format!("not a list of DNSKEY records: {e}"))?;
+        let entries =
+            Parser::new(cleaned.as_str()).parse().map_err(|e| format!("not a list of DNSKEY records: {e}"))?;
         let mut keys = TrustAnchors::default();
         let mut added = Vec::new();
         for entry in entries {
@@ -252,7 +250,7 @@ mod tests {
         let input = SigInput {
             type_covered: covered,
             algorithm: Algorithm::ECDSAP256SHA256,
-            num_labels: u8::try_from(n(owner).num_labels()).unwrap(),
+            num_labels: n(owner).num_labels(),
             original_ttl: 60,
             sig_expiration: SerialNumber::new(2_000_000_000),
             sig_inception: SerialNumber::new(1_000_000_000),

@@ -337,12 +337,7 @@ impl Forwarder {
     /// an upstream (a miss, or no upstream for the name). Counts the hit and starts prefetch exactly as `lookup`
     /// does (on the current tokio runtime). With a fresh answer comes the instant until which the cache would give
     /// this very answer, TTLs included (callers may keep its encoding until then); stale answers come without.
-    pub(crate) fn lookup_cached(
-        &self,
-        name: &Name,
-        rtype: RecordType,
-        cd: bool,
-    ) -> Option<(Answer, Option<Instant>)> {
+    pub(crate) fn lookup_cached(&self, name: &Name, rtype: RecordType, cd: bool) -> Option<(Answer, Option<Instant>)> {
         let mut name = name.to_lowercase();
         name.set_fqdn(true);
         let group = self.inner.group_for(&name)?;

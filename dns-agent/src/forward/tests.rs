@@ -222,7 +222,8 @@ async fn serves_stale_after_the_upstream_dies_and_fails_fast_without_cache() {
     assert!(started.elapsed() < Duration::from_millis(200), "held stale took {:?}", started.elapsed());
 
     let started = Instant::now();
-    let err = fwd.lookup(&name("never.up.test."), RecordType::A, false).await.expect_err("nothing cached, upstream dead");
+    let err =
+        fwd.lookup(&name("never.up.test."), RecordType::A, false).await.expect_err("nothing cached, upstream dead");
     assert!(started.elapsed() < Duration::from_secs(3), "failure took {:?}", started.elapsed());
     assert!(matches!(err, ForwardError::Failed(ref m) if m.contains("udp://127.0.0.1")), "{err}");
 }
