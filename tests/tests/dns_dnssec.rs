@@ -189,6 +189,12 @@ fn transparent_forwarding_lets_a_validating_client_validate() -> Result<()> {
         .context("running /usr/bin/drill (install ldnsutils)")?;
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("Chase successful"), "drill -S through the agent: {text}");
+
+    // dnssec = "off": the agent as before DNSSEC support (no DO upstream, nothing passed on), DO still copied.
+    let off = Dns::start(&pki, &forward(upstream.port, "dnssec = \"off\"\n"))?;
+    let d = off.dig(&["+dnssec", &www, "A"])?;
+    assert_eq!(d.values("A"), vec![WWW.to_string()], "{}", d.raw);
+    assert!(rrsigs(&d) == 0 && !has_flag(&d, "ad") && edns_do(&d), "off: {}", d.raw);
     drop(zone.dir);
     Ok(())
 }
