@@ -62,6 +62,8 @@ impl fmt::Display for DnssecMode {
 #[derive(Clone)]
 pub struct Anchors {
     pub(crate) keys: Arc<TrustAnchors>,
+    /// The zones the file holds keys for (lowercase).
+    zones: Vec<Name>,
     /// What the file said (its DNSKEY records): a reload compares configs by their `Debug` text, so a rolled key
     /// must show there.
     file: Option<String>,
@@ -70,7 +72,7 @@ pub struct Anchors {
 impl Anchors {
     /// hickory's built-in root keys (KSK-2017 and KSK-2024).
     pub(crate) fn builtin() -> Self {
-        Anchors { keys: Arc::new(TrustAnchors::default()), file: None }
+        Anchors { keys: Arc::new(TrustAnchors::default()), zones: Vec::new(), file: None }
     }
 
     /// Reads a file of DNSKEY records in zone-file syntax (`example. IN DNSKEY 257 3 13 …`, as `ldns-keygen` and
@@ -93,16 +95,26 @@ impl Anchors {
             Parser::new(cleaned.as_str()).parse().map_err(|e| format!("not a list of DNSKEY records: {e}"))?;
         let mut keys = TrustAnchors::default();
         let mut added = Vec::new();
+        let mut zones: Vec<Name> = Vec::new();
         for entry in entries {
             let Entry::DNSKEY(record) = entry else { continue };
             let dnskey = record.data();
             keys.insert_with_name(dnskey.public_key(), record.name().into());
             added.push(format!("{} DNSKEY {dnskey}", record.name()));
+            let zone = record.name().to_lowercase();
+            if !zone.is_root() && !zones.contains(&zone) {
+                zones.push(zone);
+            }
         }
         if added.is_empty() {
             return Err("no DNSKEY record in the trust anchor file".to_string());
         }
-        Ok(Anchors { keys: Arc::new(keys), file: Some(added.join("; ")) })
+        Ok(Anchors { keys: Arc::new(keys), zones, file: Some(added.join("; ")) })
+    }
+
+    /// Whether `name` lies at or under a zone the file holds keys for: its answers must validate.
+    pub(crate) fn covers(&self, name: &Name) -> bool {
+        self.zones.iter().any(|z| z.zone_of(name))
     }
 }
 
@@ -212,6 +224,17 @@ pub(crate) fn verdict<'a>(records: impl IntoIterator<Item = &'a Record>) -> Verd
         Verdict::Secure
     } else {
         Verdict::Insecure
+    }
+}
+
+/// The verdict on an answer for a name at or under an anchored zone (`covered`): there an answer that is not proven
+/// secure is bogus (RFC 4035 §5: data under a trust anchor must validate). hickory calls a DNSKEY set insecure when
+/// its keys are not all anchors and the parent proves there is no DS — the case of a private zone anchored by its
+/// KSK alone — which would let a tampered answer through as insecure.
+pub(crate) fn under_anchor(verdict: Verdict, covered: bool) -> Verdict {
+    match verdict {
+        Verdict::Insecure if covered => Verdict::Bogus,
+        v => v,
     }
 }
 
@@ -397,6 +420,30 @@ mod tests {
             records.push(unproven_sig.clone());
             assert_eq!(verdict(&records), want, "{proofs:?}");
         }
+    }
+
+    #[test]
+    fn answers_under_an_anchored_zone_must_be_secure() {
+        // (verdict, covered by an anchor, final verdict)
+        let cases = [
+            (Verdict::Secure, true, Verdict::Secure),
+            (Verdict::Insecure, true, Verdict::Bogus),
+            (Verdict::Bogus, true, Verdict::Bogus),
+            (Verdict::Secure, false, Verdict::Secure),
+            (Verdict::Insecure, false, Verdict::Insecure),
+            (Verdict::Bogus, false, Verdict::Bogus),
+        ];
+        for (verdict, covered, want) in cases {
+            assert_eq!(under_anchor(verdict, covered), want, "{verdict:?} covered={covered}");
+        }
+        let key = "Example.TEST. IN DNSKEY 257 3 13 \
+                   mdsswUyr3DPW132mOi8V9xESWE8jTo0dxCjjnopKl+GqJxpVXckHAeF+KkxLbxILfDLUT0rAK9iUzy1L53eKGQ==\n";
+        let anchors = Anchors::parse(key).expect("parses");
+        for (name, want) in [("example.test.", true), ("www.EXAMPLE.test.", true), ("test.", false), ("x.org.", false)]
+        {
+            assert_eq!(anchors.covers(&n(name).to_lowercase()), want, "{name}");
+        }
+        assert!(!Anchors::builtin().covers(&n("example.test.")), "the root keys cover everything only by the chain");
     }
 
     #[test]

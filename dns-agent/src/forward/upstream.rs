@@ -256,6 +256,7 @@ struct Member {
     mode: DnssecMode,
     /// `validate` mode: the pool behind hickory's validator (used for queries without CD).
     validator: Option<DnssecDnsHandle<NameServerPool<TokioRuntimeProvider>>>,
+    anchors: Anchors,
 }
 
 /// A set of upstreams tried in order (those that failed recently last), within a total time budget.
@@ -296,6 +297,7 @@ impl UpstreamGroup {
                     counters: counters(u),
                     mode,
                     validator,
+                    anchors: anchors.clone(),
                 }
             })
             .collect();
@@ -417,7 +419,7 @@ impl Member {
                 };
             }
             Err(NetError::Dns(DnsError::Nsec { response, proof, .. })) if validator.is_some() => {
-                if proof == Proof::Bogus {
+                if proof == Proof::Bogus || self.anchors.covers(name) {
                     tracing::info!(upstream = %self.upstream, %name, %rtype, "dnssec validation failed: bogus denial of existence");
                     return Ok(Reply::bogus());
                 }
@@ -432,7 +434,10 @@ impl Member {
                 let mut authority = soa_of_zone(&end, response.authorities.iter());
                 let proofs = if keep { dnssec::proofs(&end, &authority, &response.authorities) } else { Vec::new() };
                 let authenticated = match validator {
-                    Some(_) => match dnssec::verdict(kept.iter().chain(&authority).chain(&proofs)) {
+                    Some(_) => match dnssec::under_anchor(
+                        dnssec::verdict(kept.iter().chain(&authority).chain(&proofs)),
+                        self.anchors.covers(name) || self.anchors.covers(&end),
+                    ) {
                         Verdict::Bogus => {
                             tracing::info!(upstream = %self.upstream, %name, %rtype, "dnssec validation failed: bogus answer");
                             return Ok(Reply::bogus());
