@@ -152,7 +152,7 @@ fn stage_guest_disk(root: &Path, pki: &Pki) -> Result<()> {
          RUST_LOG=info exec {agent} --log-format human run --config /mnt/data/dns-agent.toml\n"
     );
     std::fs::write(root.join("rc"), rc)?;
-    std::process::Command::new("chmod").arg("0755").arg(root.join("rc")).status()?;
+    std::fs::set_permissions(root.join("rc"), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     Ok(())
 }
 
@@ -184,13 +184,13 @@ async fn a_client_with_both_servers_keeps_resolving_while_the_primary_vm_is_back
     lab.agent = Some(AgentProc::start_with_env(AgentKind::Host, &config, &[("STRATA_TEST_WAIT_AT", hook.as_str())])?);
     lab.boot_guest().await?;
 
-    // The guest runs the dns-agent under TCG: give it time, and say how long it took.
+    // The guest runs the dns-agent under TCG (≈ 2-4 s here after qemu-ga answers): give it time, say what it took.
     let t0 = Instant::now();
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     let mut id = 1u16;
     while !ask(&sock, primary, id, Duration::from_millis(500)) {
         id = id.wrapping_add(1);
-        if t0.elapsed() > Duration::from_secs(20) {
+        if t0.elapsed() > Duration::from_secs(120) {
             bail!("the guest's dns-agent never answered on {primary}; console:\n{}", console(&lab));
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -235,7 +235,9 @@ async fn a_client_with_both_servers_keeps_resolving_while_the_primary_vm_is_back
         probes.len(),
         probes.iter().filter(|s| !s.ok).count()
     );
-    ensure!(outage >= HOLD, "the primary's outage ({outage:?}) is shorter than the hold: {probes:?}");
+    // At least the hold, give or take one probe's timeout and interval at either end.
+    let least = HOLD.saturating_sub(PROBE_TIMEOUT + EVERY);
+    ensure!(outage >= least, "the primary's outage ({outage:?}) is shorter than the hold: {probes:?}");
     ensure!(probes.first().is_some_and(|s| s.ok) && probes.last().is_some_and(|s| s.ok), "{probes:?}");
     let down: Vec<Duration> = probes.iter().filter(|s| !s.ok).map(|s| s.at).collect();
     ensure!(
