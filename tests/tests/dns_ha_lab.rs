@@ -2,8 +2,10 @@
 //! `fixtures::guest` with a network: the real dns-agent binary on its data disk, started by the guest's init, its
 //! port 53 forwarded to the host), a second dns-agent with the same zone config runs on the host, and the real
 //! host-agent backs the guest's VM up in suspend mode (the guest's file systems frozen, the vCPUs stopped over QMP
-//! while the disk goes to a borg repository, then resumed and thawed) while a client with both servers configured
-//! resolves a local name every 100 ms. Knows the agents' config formats and the fixtures; asserts what a client sees.
+//! while the disk goes to a borg repository, held paused a few seconds more by the agent's wait hook, then resumed
+//! and thawed) while two clients with both servers configured (a glibc-style stub and hickory-resolver) and a probe
+//! of the primary alone resolve a local name every 100 ms. Knows the agents' config formats and the fixtures;
+//! asserts what the clients see.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
@@ -32,8 +34,8 @@ const ADDRESS: &str = "10.0.0.10";
 /// The guest's data disk (the dns-agent's debug build is 53 MB of it).
 const DISK_MB: u64 = 128;
 /// How long the test holds the paused VM once its disk is copied (the host-agent's `resume` wait hook), standing in
-/// for a bigger disk: copying 128 MiB takes 1-2 s here, a real VM's disk keeps it paused for minutes; 4 s is longer
-/// than any client's whole wait on one server, so only the second server can answer during it.
+/// for a bigger disk: copying 128 MiB takes 1-2 s here, a real VM's disk keeps it paused for minutes; 4 s is several
+/// times the clients' 1 s timeout for one server, so several of their queries can only be answered by the second.
 const HOLD: Duration = Duration::from_secs(4);
 /// How often the client and the primary-only probe ask.
 const EVERY: Duration = Duration::from_millis(100);
