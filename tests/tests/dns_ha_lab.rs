@@ -239,6 +239,15 @@ async fn a_client_with_both_servers_keeps_resolving_while_the_primary_vm_is_back
     // At least the hold, give or take one probe's timeout and interval at either end.
     let least = HOLD.saturating_sub(PROBE_TIMEOUT + EVERY);
     ensure!(outage >= least, "the primary's outage ({outage:?}) is shorter than the hold: {probes:?}");
+    // And no longer than the pause: the guest answers while its file systems are frozen, before and after it.
+    let downtime: f64 = summary
+        .split("downtime ")
+        .nth(1)
+        .and_then(|r| r.split('s').next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no downtime in the summary: {summary}"))?;
+    let most = Duration::from_secs_f64(downtime) + PROBE_TIMEOUT + EVERY;
+    ensure!(outage <= most, "the primary's outage ({outage:?}) is longer than the pause ({downtime}s): {probes:?}");
     ensure!(probes.first().is_some_and(|s| s.ok) && probes.last().is_some_and(|s| s.ok), "{probes:?}");
     let down: Vec<Duration> = probes.iter().filter(|s| !s.ok).map(|s| s.at).collect();
     ensure!(
