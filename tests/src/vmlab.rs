@@ -1,7 +1,8 @@
 //! A QEMU VM for the host-agent tests: a PKI, a VM directory (`lab`: a 16 MiB qcow2 system disk, a 1 MiB raw data
 //! disk, a `vm.toml` with a second QMP socket for the test; or, with a guest, a real Linux running qemu-ga on a
-//! 32 MiB ext4 disk: `fixtures::guest`), the agent's config written per case (the `target`
-//! shorthand, or a VM section as written) and the agent restarted on it; a Backup or Restore followed to its end.
+//! 32 MiB ext4 disk, or on a network with a disk filled by the test: `fixtures::guest`), the agent's config written
+//! per case (the `target` shorthand, or a VM section as written) and the agent restarted on it; a Backup or Restore
+//! followed to its end.
 //! Knows the host-agent's config format and gRPC API; asserts nothing itself.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use strata_proto::v1::{ListVmsRequest, VmBackupRequest, VmRef, VmRestoreRequest}
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
-use crate::fixtures::guest::{self, GuestAgent};
+use crate::fixtures::guest::{self, GuestAgent, GuestNet};
 use crate::fixtures::{cmd, unique_suffix, wait_until};
 use crate::harness::{base_config, AgentKind, AgentProc, Pki};
 
@@ -77,15 +78,30 @@ impl Lab {
     /// 32 MiB raw disk holding ext4 (mounted by the guest), its console written to [`Lab::console`];
     /// `kernel_extra` goes on the guest kernel's command line (e.g. `guest::slow_freeze`).
     pub fn with_guest(vm_parent: &Path, kernel_extra: &str) -> Result<Lab> {
+        Self::guest_lab(vm_parent, kernel_extra, |disk| guest::ext4_disk(disk, 32), None)
+    }
+
+    /// Like [`Lab::with_guest`], the guest on a network (`net`: `fixtures::guest::GuestNet`), its data disk of
+    /// `disk_mb` MiB filled with the tree under `disk_from` (the guest's init runs its `rc`, if any).
+    pub fn with_net_guest(vm_parent: &Path, disk_from: &Path, disk_mb: u64, net: &GuestNet) -> Result<Lab> {
+        Self::guest_lab(vm_parent, "", |disk| guest::ext4_disk_from(disk, disk_mb, disk_from), Some(net))
+    }
+
+    fn guest_lab(
+        vm_parent: &Path,
+        kernel_extra: &str,
+        make_disk: impl FnOnce(&Path) -> Result<()>,
+        net: Option<&GuestNet>,
+    ) -> Result<Lab> {
         cmd::require("qemu-system-x86_64", "qemu-system-x86")?;
         let dir = tempfile::Builder::new().prefix("strata-host-").tempdir()?;
         let vm_dir = vm_parent.join("lab");
         std::fs::create_dir_all(&vm_dir)?;
-        guest::ext4_disk(&vm_dir.join("data.raw"), 32)?;
+        make_disk(&vm_dir.join("data.raw"))?;
         let test_qmp = dir.path().join(format!("t{}.qmp", unique_suffix()));
         let console = dir.path().join("console.log");
         let mut args = vec!["-qmp".to_string(), format!("unix:{},server=on,wait=off", test_qmp.display())];
-        args.extend(guest::qemu_args(&console, kernel_extra)?);
+        args.extend(guest::qemu_args_with(&console, kernel_extra, net)?);
         let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
         let vm_toml = format!("memory_mb = 128\ncpus = 1\ndisks = [\"data.raw\"]\nargs = [{}]\n", args.join(", "));
         std::fs::write(vm_dir.join("vm.toml"), vm_toml)?;

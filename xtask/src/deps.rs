@@ -146,7 +146,7 @@ fn candidate_version(pkg: &str) -> Result<String> {
 fn ensure_guest_kernel(root: bool) -> Result<()> {
     use strata_tests::fixtures::guest;
     let cached = fs::read_to_string(std::path::Path::new(guest::KERNEL_DIR).join("VERSION")).unwrap_or_default();
-    let have = guest::kernel().is_ok().then(|| cached.trim().to_string());
+    let have = (guest::kernel().is_ok() && guest::modules_complete()).then(|| cached.trim().to_string());
     let pkg = match (current_kernel_package()?, &have) {
         (Some(p), _) => p,
         (None, Some(h)) => {
