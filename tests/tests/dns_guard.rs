@@ -165,7 +165,8 @@ fn rate_limiting_drops_and_slips_a_burst_from_one_prefix_and_spares_another() ->
     let dir = tempfile::tempdir()?;
     let rrl = "[dns.rrl]\nresponses_per_second = 5\nwindow = \"2s\"\nslip = 2\nexempt = []\n";
     let (agent, addr) = start(&pki, dir.path(), "127.0.0.1:0", rrl)?;
-    agent.wait_log("rrl 5/s per bucket, window 2s, slip 2, /24 and /56 per client, exempt []", Duration::from_secs(5))?;
+    agent
+        .wait_log("rrl 5/s per bucket, window 2s, slip 2, /24 and /56 per client, exempt []", Duration::from_secs(5))?;
 
     // One client (127.0.0.1, prefix 127.0.0.0/24) asks the same question 41 times at once: 5 answered (the
     // bucket's second of credit), then every other one slipped and the rest dropped.

@@ -26,7 +26,11 @@ pub(crate) struct RawRrl {
 }
 
 /// Validates `allow_clients` (absent: the default list) and `[dns.rrl]` (absent: the defaults).
-pub(crate) fn validate(path: &Path, allow_clients: Option<Vec<String>>, rrl: Option<RawRrl>) -> Result<Policy, ConfigError> {
+pub(crate) fn validate(
+    path: &Path,
+    allow_clients: Option<Vec<String>>,
+    rrl: Option<RawRrl>,
+) -> Result<Policy, ConfigError> {
     let invalid = |(key, message): (String, String)| ConfigError::invalid(path, key, message);
     let allow = match allow_clients {
         None => PrefixList::default_allow(),
@@ -61,10 +65,7 @@ pub(crate) fn validate(path: &Path, allow_clients: Option<Vec<String>>, rrl: Opt
         None => d.exempt,
         Some(items) => PrefixList::parse("dns.rrl.exempt", &items, true).map_err(invalid)?,
     };
-    Ok(Policy {
-        allow,
-        rrl: RrlConfig { responses_per_second: rate, window, slip, ipv4_prefix, ipv6_prefix, exempt },
-    })
+    Ok(Policy { allow, rrl: RrlConfig { responses_per_second: rate, window, slip, ipv4_prefix, ipv6_prefix, exempt } })
 }
 
 impl Default for Policy {
@@ -101,7 +102,10 @@ mod tests {
         );
         assert!(g.rrl.exempt.contains(ip("127.0.0.1")) && !g.rrl.exempt.contains(ip("10.0.0.1")));
         assert_eq!(c.dns.guard, Config::parse(std::path::Path::new("x"), BASE).unwrap().dns.guard);
-        assert_eq!(Config::parse(std::path::Path::new("x"), &BASE[..BASE.find("[dns]").unwrap()]).unwrap().dns.guard, *g);
+        assert_eq!(
+            Config::parse(std::path::Path::new("x"), &BASE[..BASE.find("[dns]").unwrap()]).unwrap().dns.guard,
+            *g
+        );
 
         let c = parse(
             "allow_clients = [\"0.0.0.0/0\", \"::/0\"]\n[dns.rrl]\nresponses_per_second = 0\nwindow = \"1min\"\n\
@@ -121,7 +125,10 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let cases = [
-            ("allow_clients = [\"10.0.0.0/8\", \"lan\"]\n", "key `dns.allow_clients[1]`: `lan` is not an address or prefix"),
+            (
+                "allow_clients = [\"10.0.0.0/8\", \"lan\"]\n",
+                "key `dns.allow_clients[1]`: `lan` is not an address or prefix",
+            ),
             ("allow_clients = [\"10.0.0.1/8\"]\n", "key `dns.allow_clients[0]`: `10.0.0.1/8` has host bits set"),
             ("allow_clients = []\n", "key `dns.allow_clients`: must name at least one prefix"),
             ("[dns.rrl]\nexempt = [\"::1/200\"]\n", "key `dns.rrl.exempt[0]`"),

@@ -163,7 +163,7 @@ impl RrlTable {
         b.limited += 1;
         match self.cfg.slip {
             0 => Verdict::Drop,
-            s if b.limited % u64::from(s) == 0 => Verdict::Slip,
+            s if b.limited.is_multiple_of(u64::from(s)) => Verdict::Slip,
             _ => Verdict::Drop,
         }
     }

@@ -251,7 +251,8 @@ pub(crate) fn run(seconds: u32, blocklist_only: bool) -> Result<()> {
     }
     let guard_line = agent.logs().lines().find_map(|l| l.split_once("dns clients: ").map(|(_, g)| g.to_string()));
     let held_back = agent.metrics_text().map(|t| {
-        t.lines().filter(|l| l.starts_with("strata_dns_rrl_total") || l.starts_with("strata_dns_refused_clients_total"))
+        t.lines()
+            .filter(|l| l.starts_with("strata_dns_rrl_total") || l.starts_with("strata_dns_refused_clients_total"))
             .map(str::to_string)
             .collect::<Vec<_>>()
             .join(", ")
