@@ -135,8 +135,9 @@ impl UdpGuard {
             }
             (self.version, self.policy) = (version, policy);
         }
-        // Opcode: bits 3..7 of byte 2. AXFR/IXFR over UDP are refused whoever asks, so only the opcode matters here.
-        let query = packet.get(2).is_some_and(|b| (b >> 3) & 0x0f == 0);
+        // QR and the opcode: the top 5 bits of byte 2. A response (QR=1) is dropped later, whoever sends it; AXFR and
+        // IXFR over UDP are refused whoever asks, so only the opcode matters here.
+        let query = packet.get(2).is_some_and(|b| b & 0xf8 == 0);
         if !query || self.policy.allow.contains(client) {
             return true;
         }
@@ -215,11 +216,12 @@ mod tests {
         assert_eq!(counters.refused_clients.get(), 2);
 
         let mut u = UdpGuard::new(&g);
-        // (flags byte 2, admitted): RD query, plain query, NOTIFY (opcode 4), UPDATE (5), a header of a response.
-        for (flags, want) in [(0x01, false), (0x00, false), (0x20, true), (0x28, true), (0x80, false)] {
+        // (flags byte 2, admitted): RD query, plain query, NOTIFY (opcode 4), UPDATE (5), a response (dropped by the
+        // loop, not refused).
+        for (flags, want) in [(0x01, false), (0x00, false), (0x20, true), (0x28, true), (0x80, true)] {
             assert_eq!(u.admits(&g, &query(flags, 1), stranger), want, "flags {flags:#x}");
         }
-        assert_eq!(counters.refused_clients.get(), 5);
+        assert_eq!(counters.refused_clients.get(), 4);
     }
 
     #[test]
