@@ -46,6 +46,9 @@ struct RawDns {
     https_listen: Vec<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    /// Absent: loopback and the private ranges (`guard::allow::DEFAULT_ALLOW`).
+    allow_clients: Option<Vec<String>>,
+    rrl: Option<crate::guard::config::RawRrl>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +85,8 @@ pub struct DnsSection {
     pub https_listen: Vec<SocketAddr>,
     /// Certificate chain and key (PEM) for DoT and DoH; set whenever either has a listener.
     pub tls: Option<TlsFiles>,
+    /// Who may ask (`allow_clients`) and the UDP response rate limit (`[dns.rrl]`).
+    pub guard: crate::guard::Policy,
 }
 
 /// PEM files of the certificate DoT and DoH clients see.
@@ -168,7 +173,8 @@ fn validate_dns(path: &Path, raw: RawDns) -> Result<DnsSection, ConfigError> {
             "is required for dns.tls_listen and dns.https_listen (with dns.tls_key)",
         ));
     }
-    Ok(DnsSection { listen, query_log: raw.query_log, tls_listen, https_listen, tls })
+    let guard = crate::guard::config::validate(path, raw.allow_clients, raw.rrl)?;
+    Ok(DnsSection { listen, query_log: raw.query_log, tls_listen, https_listen, tls, guard })
 }
 
 fn validate_zones(path: &Path, raw: Vec<RawZone>) -> Result<Vec<ZoneConfig>, ConfigError> {

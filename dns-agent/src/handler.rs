@@ -46,6 +46,11 @@ impl Handler {
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response_handle: R) -> ResponseInfo {
+        // `[dns] allow_clients`: a stranger's query is refused here, counted and not logged (on every transport).
+        if !self.dns.guard.admits(request.src().ip(), request.metadata.op_code, qtype_of(request)) {
+            let edns = response_edns(request);
+            return send(response_handle, crate::guard::refused(request, edns.as_ref())).await;
+        }
         let started = Instant::now();
         let (info, outcome) = self.answer(request, response_handle).await;
         let latency = started.elapsed();

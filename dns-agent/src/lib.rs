@@ -6,6 +6,7 @@ pub mod config;
 mod forward;
 pub mod fuzz;
 mod grpc;
+mod guard;
 mod handler;
 mod metrics;
 mod querylog;
@@ -62,6 +63,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     let mut dns_server = server::serve(bound, encrypted, handler::Handler::new(dns.clone()))
         .map_err(|e| RunError::Dns(format!("cannot register sockets: {e}")))?;
     tracing::info!(summary = dns.summary(), "dns serving");
+    tracing::info!("dns clients: {}", dns.guard.policy().describe());
 
     dns.blocklists.spawn_refresh_loop(shutdown.clone().wait());
     dns.spawn_gauges(GAUGE_INTERVAL, shutdown.clone());

@@ -135,6 +135,20 @@ impl UpstreamCounters {
     }
 }
 
+/// The counters of `guard`: queries refused by `[dns] allow_clients` and UDP responses held back by `[dns.rrl]`
+/// (created up front: counting is one atomic add).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GuardCounters {
+    pub refused_clients: Counter,
+    pub rrl_dropped: Counter,
+    pub rrl_slipped: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RrlLabels {
+    action: &'static str,
+}
+
 /// One blocklist source's refresh record, as the metrics show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ListHealth {
@@ -209,6 +223,7 @@ pub(crate) struct DnsMetrics {
     list_success: Family<ListLabels, Gauge>,
     /// The lists shown now (those of the config in use), to drop the series of lists no longer configured.
     lists_shown: Arc<Mutex<Vec<String>>>,
+    pub(crate) guard: GuardCounters,
 }
 
 impl DnsMetrics {
@@ -229,7 +244,29 @@ impl DnsMetrics {
             list_failing: Family::default(),
             list_success: Family::default(),
             lists_shown: Arc::default(),
+            guard: GuardCounters::default(),
         };
+        registry.register(
+            "dns_refused_clients",
+            "Queries refused because the client is outside dns.allow_clients",
+            m.guard.refused_clients.clone(),
+        );
+        let rrl = Family::<RrlLabels, Counter>::default();
+        rrl.get_or_create(&RrlLabels { action: "dropped" }).inc_by(0);
+        rrl.get_or_create(&RrlLabels { action: "slipped" }).inc_by(0);
+        let m = DnsMetrics {
+            guard: GuardCounters {
+                refused_clients: m.guard.refused_clients.clone(),
+                rrl_dropped: rrl.get_or_create(&RrlLabels { action: "dropped" }).clone(),
+                rrl_slipped: rrl.get_or_create(&RrlLabels { action: "slipped" }).clone(),
+            },
+            ..m
+        };
+        registry.register(
+            "dns_rrl",
+            "UDP responses held back by response rate limiting (dns.rrl): dropped, or slipped (sent truncated)",
+            rrl,
+        );
         registry.register("dns_queries", "DNS queries by query type and outcome", QueryCounters(m.inner.clone()));
         registry.register(
             "dns_query_duration_seconds",

@@ -54,6 +54,8 @@ pub(crate) struct Dns {
     zones: ArcSwap<ZoneSet>,
     forwarder: ArcSwapOption<Forwarder>,
     pub blocklists: Arc<Blocklists>,
+    /// `[dns] allow_clients` and `[dns.rrl]` in force.
+    pub guard: crate::guard::Guard,
     pub metrics: DnsMetrics,
     pub query_log: QueryLog,
     store: Store,
@@ -99,12 +101,14 @@ impl Dns {
             cfg.common.state_dir.join("blocklists"),
         );
         let forwarder = cfg.forward.as_ref().map(|f| Arc::new(forwarder(f, &metrics)));
+        let cfg_guard = cfg.dns.guard.clone();
         let dns = Dns {
             query_log: QueryLog::new(cfg.dns.query_log, CAPACITY),
             cfg: ArcSwap::from_pointee(cfg),
             zones: ArcSwap::from_pointee(ZoneSet::default()),
             forwarder: ArcSwapOption::new(forwarder),
             blocklists,
+            guard: crate::guard::Guard::new(cfg_guard, metrics.guard.clone()),
             metrics,
             store,
             dynamic: Mutex::new(dynamic),
@@ -303,6 +307,9 @@ impl Dns {
         if log_changed {
             self.query_log.set_enabled(new.dns.query_log);
             applied.push("dns.query_log");
+        }
+        if self.guard.set(new.dns.guard.clone()) {
+            applied.push("dns.allow_clients/dns.rrl");
         }
         let new = Arc::new(new);
         {

@@ -28,6 +28,7 @@ use hickory_server::net::NetError;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 
+use crate::guard::UdpGuard;
 use crate::handler::{forwarded, forwarded_edns, qtype_of, query_name, response_edns, Decision, Handler};
 use crate::metrics::{self, MetricsShard, Outcome};
 
@@ -204,12 +205,15 @@ pub(crate) struct Worker {
     shard: MetricsShard,
     /// The last uncached reply.
     scratch: Vec<u8>,
+    /// `[dns] allow_clients` and this loop's `[dns.rrl]` table.
+    guard: UdpGuard,
 }
 
 impl Worker {
     pub(crate) fn new(handler: Handler) -> Self {
         let shard = handler.dns().metrics.shard();
-        Worker { handler, cache: AnswerCache::default(), shard, scratch: Vec::new() }
+        let guard = UdpGuard::new(&handler.dns().guard);
+        Worker { handler, cache: AnswerCache::default(), shard, scratch: Vec::new(), guard }
     }
 
     pub(crate) fn handler(&self) -> &Handler {
@@ -224,6 +228,11 @@ impl Worker {
         if packet.len() < 12 {
             return Action::Drop;
         }
+        // `[dns] allow_clients`, before the answer cache: a stranger never gets a cached answer, and its REFUSED is
+        // never cached for anyone.
+        if !self.guard.admits(&self.handler.dns().guard, packet, src.ip()) {
+            return self.refuse(packet, src, started);
+        }
         self.cache.sync(self.handler.dns().generation());
         let cacheable = packet.len() <= MAX_CACHED_REQUEST;
         if cacheable {
@@ -235,7 +244,7 @@ impl Worker {
                     self.shard.record_slot(e.slot, latency);
                     let name = &e.name;
                     self.handler.log_query(src.ip(), || name.to_string(), e.qtype, e.outcome, latency);
-                    return Action::Reply(&e.reply);
+                    return self.guard.limit(packet, &e.reply, src.ip(), started).map_or(Action::Drop, Action::Reply);
                 }
             }
         }
@@ -257,7 +266,7 @@ impl Worker {
                 return match encode(response) {
                     Ok((_, bytes)) => {
                         self.scratch = bytes;
-                        Action::Reply(&self.scratch)
+                        self.guard.limit(packet, &self.scratch, src.ip(), started).map_or(Action::Drop, Action::Reply)
                     }
                     Err(_) => Action::Drop,
                 };
@@ -298,19 +307,31 @@ impl Worker {
             Keep::Until(t) => Some(t),
             Keep::Never => {
                 self.scratch = reply;
-                return Action::Reply(&self.scratch);
+                return self.guard.limit(packet, &self.scratch, src.ip(), started).map_or(Action::Drop, Action::Reply);
             }
         };
         if !cacheable {
             self.scratch = reply;
-            return Action::Reply(&self.scratch);
+            return self.guard.limit(packet, &self.scratch, src.ip(), started).map_or(Action::Drop, Action::Reply);
         }
         let name = query_name(&request).into_boxed_str();
         let i = self.cache.insert(&packet[2..], Entry { reply, slot, qtype, outcome, name, until });
         match self.cache.entries.get(i) {
-            Some(e) => Action::Reply(&e.reply),
+            Some(e) => self.guard.limit(packet, &e.reply, src.ip(), started).map_or(Action::Drop, Action::Reply),
             None => Action::Drop,
         }
+    }
+
+    /// The REFUSED reply to a client outside `[dns] allow_clients`: never cached, rate-limited like any other.
+    fn refuse(&mut self, packet: &[u8], src: SocketAddr, now: Instant) -> Action<'_> {
+        let Ok(request) = Request::from_bytes(packet.to_vec(), src, Protocol::Udp) else { return Action::Drop };
+        if request.metadata.message_type == MessageType::Response {
+            return Action::Drop;
+        }
+        let edns = response_edns(&request);
+        let Ok((_, bytes)) = encode(crate::guard::refused(&request, edns.as_ref())) else { return Action::Drop };
+        self.scratch = bytes;
+        self.guard.limit(packet, &self.scratch, src.ip(), now).map_or(Action::Drop, Action::Reply)
     }
 }
 

@@ -272,3 +272,42 @@ async fn answers_from_the_forwarders_cache_are_given_in_the_loop() {
         ]
     );
 }
+
+/// `[dns] allow_clients` (the default list here) is checked before the cache: a stranger asking what loopback just
+/// had cached gets REFUSED, byte for byte what the handler (TCP, DoT, DoH) says, and loopback never gets that REFUSED.
+#[tokio::test]
+async fn a_stranger_is_refused_before_the_cache_as_the_handler_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns(dir.path(), "zero").await;
+    let handler = Handler::new(dns.clone());
+    let mut w = Worker::new(handler.clone());
+    let stranger: SocketAddr = "198.18.0.2:5353".parse().unwrap();
+    let q = query(7, "nas.lab.home.arpa.", RecordType::A, Some((1232, false)));
+    let ask = |w: &mut Worker, src: SocketAddr| match w.process(&q, src) {
+        Action::Reply(b) => Message::from_vec(b).unwrap(),
+        _ => panic!("no reply"),
+    };
+    for _ in 0..2 {
+        let local = ask(&mut w, SRC.parse().unwrap());
+        assert_eq!((local.metadata.response_code, local.answers.len()), (ResponseCode::NoError, 1));
+        let refused = ask(&mut w, stranger);
+        assert_eq!((refused.metadata.response_code, refused.answers.len()), (ResponseCode::Refused, 0));
+        assert!(!refused.metadata.recursion_available && refused.edns.is_some(), "{refused:?}");
+    }
+    let udp = match w.process(&q, stranger) {
+        Action::Reply(b) => b.to_vec(),
+        _ => panic!("no reply"),
+    };
+    let req = Request::from_bytes(q.clone(), stranger, Protocol::Udp).unwrap();
+    let cap = Capture::default();
+    handler.handle_request::<_, TokioTime>(&req, cap.clone()).await;
+    assert_eq!(cap.take(), Some(udp), "the loop and the handler refuse alike");
+    // A NOTIFY is not a query: its own path answers it (NOTIMP here), whoever sends it.
+    let mut notify = q.clone();
+    notify[2] = 0x20;
+    match w.process(&notify, stranger) {
+        Action::Reply(b) => assert_eq!(Message::from_vec(b).unwrap().metadata.response_code, ResponseCode::NotImp),
+        _ => panic!("no reply"),
+    }
+    assert_eq!(dns.metrics.guard.refused_clients.get(), 4);
+}

@@ -19,8 +19,9 @@ pub(super) fn release_bins(needed: &[&str]) -> Result<()> {
         args.extend(["-p", p]);
     }
     sh("cargo", &args)?;
-    // The harness starts binaries from here.
-    std::env::set_var("STRATA_BIN_DIR", project_root().join("target/release"));
+    // The harness starts binaries from here (cargo's target dir, which CARGO_TARGET_DIR may move).
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| project_root().join("target"), Into::into);
+    std::env::set_var("STRATA_BIN_DIR", project_root().join(target).join("release"));
     Ok(())
 }
 
