@@ -14,7 +14,9 @@ mod scope;
 mod server;
 mod service;
 mod store;
+mod tsig;
 mod udp;
+mod xfr;
 mod zones;
 
 use std::time::Duration;
