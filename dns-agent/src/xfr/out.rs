@@ -1,5 +1,6 @@
 //! The messages of an outgoing zone transfer (RFC 5936 AXFR, RFC 1995 IXFR): records packed into messages of about
-//! [`MESSAGE_TARGET`] bytes with name compression, the question in the first message only, and error replies.
+//! [`MESSAGE_TARGET`] bytes, the question (the zone) in every message and every owner name compressed against it,
+//! and error replies.
 //! Knows the DNS wire format of transfer responses; must not know sockets, TSIG keys, policy or where records come
 //! from.
 
@@ -12,18 +13,6 @@ use super::journal::Delta;
 /// A transfer message is closed once it holds this many bytes (compression pointers reach the first 16 KiB, so
 /// bigger messages compress worse; TSIG and TCP framing cost per message).
 pub(crate) const MESSAGE_TARGET: usize = 16 * 1024;
-/// Names one message may hold: hickory's encoder compresses the first 120 names of a message only (a limit against
-/// decompression bombs, as in Unbound), so a message is closed before that and every name in it is compressed.
-const NAMES_PER_MESSAGE: usize = 118;
-
-/// Names a record puts in a message (its owner and the names in its data).
-fn names_in(r: &Record) -> usize {
-    1 + match r.record_type() {
-        RecordType::SOA => 2,
-        RecordType::CNAME | RecordType::NS | RecordType::PTR | RecordType::MX | RecordType::SRV => 1,
-        _ => 0,
-    }
-}
 /// Room kept for the TSIG record under the 65535-byte limit.
 const TSIG_ROOM: usize = 512;
 
@@ -32,7 +21,6 @@ pub(crate) struct Stream {
     id: u16,
     qname: Name,
     qtype: RecordType,
-    first: bool,
     /// Bytes and messages produced so far (TSIG not counted).
     pub bytes: u64,
     pub messages: u64,
@@ -40,61 +28,88 @@ pub(crate) struct Stream {
 
 impl Stream {
     pub(crate) fn new(id: u16, qname: &Name, qtype: RecordType) -> Stream {
-        Stream { id, qname: qname.clone(), qtype, first: true, bytes: 0, messages: 0 }
+        Stream { id, qname: qname.clone(), qtype, bytes: 0, messages: 0 }
     }
 
-    /// Encodes the next message from `records`: as many as fit in about [`MESSAGE_TARGET`] bytes (at least one),
-    /// names compressed within the message. A record too big for any message is skipped.
-    /// `records[*pos..]` are those not sent yet; `pos` moves past the ones encoded.
+    /// Encodes the next message from `records`: as many as fit in about [`MESSAGE_TARGET`] bytes (at least one).
+    /// `records[*pos..]` are those not sent yet; `pos` moves past the ones encoded. A record too big for any message
+    /// is skipped.
     pub(crate) fn next_message(&mut self, records: &[&Record], pos: &mut usize) -> Vec<u8> {
         let mut buf = Vec::with_capacity(MESSAGE_TARGET + 2048);
+        buf.extend_from_slice(&[0u8; 12]);
+        // The question in every message (RFC 5936 §2.2.1 allows it): the zone's name at offset 12 is what each owner
+        // name points to. (hickory's encoder compresses only the first 120 names of a message, a limit against
+        // decompression bombs; a transfer message holds hundreds.)
+        for label in self.qname.iter() {
+            push_label(&mut buf, label);
+        }
+        buf.push(0);
+        buf.extend_from_slice(&u16::from(self.qtype).to_be_bytes());
+        buf.extend_from_slice(&u16::from(DNSClass::IN).to_be_bytes());
         let mut answers: u16 = 0;
-        let mut names = usize::from(self.first);
-        {
-            let mut enc = BinEncoder::new(&mut buf);
-            enc.set_max_size((u16::MAX as usize - TSIG_ROOM) as u16);
-            let _ = Header {
-                metadata: Metadata::new(0, MessageType::Response, OpCode::Query),
-                counts: HeaderCounts::default(),
-            }
-            .emit(&mut enc);
-            if self.first {
-                let _ = self.qname.emit(&mut enc);
-                let _ = enc.emit_u16(u16::from(self.qtype));
-                let _ = enc.emit_u16(u16::from(DNSClass::IN));
-            }
-            while enc.len() < MESSAGE_TARGET && answers < u16::MAX {
-                let Some(r) = records.get(*pos) else { break };
-                if answers > 0 && names + names_in(r) > NAMES_PER_MESSAGE {
-                    break;
+        while buf.len() < MESSAGE_TARGET && answers < u16::MAX {
+            let Some(r) = records.get(*pos) else { break };
+            let mark = buf.len();
+            if !self.push_record(&mut buf, r) || buf.len() > u16::MAX as usize - TSIG_ROOM {
+                buf.truncate(mark);
+                if answers == 0 {
+                    tracing::warn!(name = %r.name, "a record too big for a transfer message: skipped");
+                    *pos += 1;
+                    continue;
                 }
-                let mark = enc.offset();
-                if r.emit(&mut enc).is_err() {
-                    enc.set_offset(mark);
-                    enc.trim();
-                    if answers == 0 {
-                        tracing::warn!(name = %r.name, "a record too big for a transfer message: skipped");
-                        *pos += 1;
-                        continue;
-                    }
-                    break;
-                }
-                *pos += 1;
-                answers += 1;
-                names += names_in(r);
+                break;
             }
+            *pos += 1;
+            answers += 1;
         }
         let mut meta = Metadata::new(self.id, MessageType::Response, OpCode::Query);
         meta.authoritative = true;
-        let counts = HeaderCounts { queries: u16::from(self.first), answers, authorities: 0, additionals: 0 };
+        let counts = HeaderCounts { queries: 1, answers, authorities: 0, additionals: 0 };
         let mut head = Vec::with_capacity(12);
         let _ = Header { metadata: meta, counts }.emit(&mut BinEncoder::new(&mut head));
         buf[..12].copy_from_slice(&head);
-        self.first = false;
         self.bytes += buf.len() as u64;
         self.messages += 1;
         buf
     }
+
+    /// Appends one record: its owner as the labels below the zone and a pointer to the zone's name (offset 12), its
+    /// data by hickory's encoder (names in it compressed within the record).
+    fn push_record(&self, buf: &mut Vec<u8>, r: &Record) -> bool {
+        if self.qname.zone_of(&r.name) {
+            let below = usize::from(r.name.num_labels().saturating_sub(self.qname.num_labels()));
+            for label in r.name.iter().take(below) {
+                push_label(buf, label);
+            }
+            buf.extend_from_slice(&(0xC000u16 | 12).to_be_bytes());
+        } else {
+            for label in r.name.iter() {
+                push_label(buf, label);
+            }
+            buf.push(0);
+        }
+        buf.extend_from_slice(&u16::from(r.record_type()).to_be_bytes());
+        buf.extend_from_slice(&u16::from(r.dns_class).to_be_bytes());
+        buf.extend_from_slice(&r.ttl.to_be_bytes());
+        let len_at = buf.len();
+        buf.extend_from_slice(&[0, 0]);
+        let start = buf.len();
+        {
+            let mut enc = BinEncoder::new(buf);
+            enc.set_offset(start);
+            if r.data.emit(&mut enc).is_err() {
+                return false;
+            }
+        }
+        let Ok(len) = u16::try_from(buf.len() - start) else { return false };
+        buf[len_at..len_at + 2].copy_from_slice(&len.to_be_bytes());
+        true
+    }
+}
+
+fn push_label(buf: &mut Vec<u8>, label: &[u8]) {
+    buf.push(label.len() as u8);
+    buf.extend_from_slice(label);
 }
 
 /// An error reply to a transfer request: the question echoed, `rcode`, no records.
@@ -146,7 +161,7 @@ mod tests {
     use hickory_proto::rr::rdata::{A, SOA};
 
     /// Thousands of records are split into several messages, each within the size limits, names compressed, the
-    /// question only in the first, every record exactly once and in order.
+    /// question in each, every record exactly once and in order.
     #[test]
     fn transfers_split_into_compressed_messages() {
         let origin = Name::from_ascii("lab.home.arpa.").unwrap();
@@ -157,6 +172,9 @@ mod tests {
             let name = Name::from_ascii(format!("host-{i}.lab.home.arpa.")).unwrap();
             recs.push(Record::from_rdata(name, 60, RData::A(A::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)))));
         }
+        let apex_cname = Name::from_ascii("alias.LAB.home.arpa.").unwrap();
+        let target = Name::from_ascii("host-7.lab.home.arpa.").unwrap();
+        recs.push(Record::from_rdata(apex_cname, 60, RData::CNAME(hickory_proto::rr::rdata::CNAME(target))));
         recs.push(soa);
         let refs: Vec<&Record> = recs.iter().collect();
         let mut pos = 0;
@@ -169,7 +187,7 @@ mod tests {
             let parsed = Message::from_vec(&m).unwrap();
             assert_eq!(parsed.id, 42);
             assert!(parsed.authoritative);
-            assert_eq!(parsed.queries.len(), usize::from(msgs == 0));
+            assert_eq!(parsed.queries.len(), 1);
             got.extend(parsed.answers);
             msgs += 1;
         }
