@@ -266,6 +266,17 @@ impl ResponseHandler for Capture {
     }
 }
 
+/// A byte string that sorts names in canonical order (RFC 4034 §6.1): labels from the right, lowercased, each
+/// ended by a 0 byte (which sorts a name before its children).
+fn canonical_key(name: &hickory_proto::rr::Name) -> Vec<u8> {
+    let mut key = Vec::with_capacity(64);
+    for label in name.iter().rev() {
+        key.extend(label.iter().map(u8::to_ascii_lowercase));
+        key.push(0);
+    }
+    key
+}
+
 /// The serial of a zone's SOA record.
 fn soa_serial(r: &Record) -> Option<u32> {
     match &r.data {
@@ -356,10 +367,24 @@ pub(crate) async fn serve_transfer<W: AsyncWrite + Unpin + Send>(
             ("ixfr", refs.len() as u64)
         }
         None => {
-            // Collected first: an iterator of closures held across the writes' awaits is not `Send` to the compiler.
-            let all: Vec<&Record> = std::iter::once(soa).chain(rest).chain(std::iter::once(soa)).collect();
-            send_all(&mut stream, &all, &mut signer, now, w).await?;
-            ("axfr", all.len() as u64)
+            // The zone's messages at this serial are encoded once (sorted, compressed) and kept; each transfer patches
+            // in its id and signs them.
+            let cached = dns.xfr.axfr_messages(&qname, qtype, current, || {
+                // In canonical order (names compared label by label from the right), as Knot and BIND send a zone:
+                // the secondary builds its tree from sorted names faster.
+                let mut all: Vec<&Record> = std::iter::once(soa).chain(rest).collect();
+                all[1..].sort_by_cached_key(|r| canonical_key(&r.name));
+                all.push(soa);
+                let mut enc = xfr::out::Stream::new(0, &qname, qtype);
+                let mut pos = 0;
+                let mut msgs = Vec::new();
+                while pos < all.len() {
+                    msgs.push(enc.next_message(&all, &mut pos));
+                }
+                (msgs, all.len() as u64)
+            });
+            send_encoded(&mut stream, &cached.0, id, &mut signer, now, w).await?;
+            ("axfr", cached.1)
         }
     };
     log_served(&zone, peer, kind, sent_records, &stream, started);
@@ -399,7 +424,8 @@ async fn send_all<W: AsyncWrite + Unpin + Send>(
         batch.extend_from_slice(&(msg.len() as u16).to_be_bytes());
         batch.extend_from_slice(&msg);
         let done = pos >= records.len();
-        if done || batch.len() >= BATCH {
+        // The first message goes out at once (the secondary starts on it while the rest is encoded).
+        if done || batch.len() >= BATCH || stream.messages == 1 {
             write_raw(w, &batch).await?;
             batch.clear();
         }
@@ -407,6 +433,35 @@ async fn send_all<W: AsyncWrite + Unpin + Send>(
             return Ok(());
         }
     }
+}
+
+/// Sends messages encoded before (id 0): each gets `id`, and a TSIG when the request was signed.
+async fn send_encoded<W: AsyncWrite + Unpin + Send>(
+    stream: &mut xfr::out::Stream,
+    messages: &[Vec<u8>],
+    id: u16,
+    signer: &mut Option<ResponseSigner>,
+    now: u64,
+    w: &mut W,
+) -> std::io::Result<()> {
+    const BATCH: usize = 60 * 1024;
+    let mut batch = Vec::with_capacity(BATCH + 4096);
+    for (i, m) in messages.iter().enumerate() {
+        let mut msg = m.clone();
+        msg[..2].copy_from_slice(&id.to_be_bytes());
+        if let Some(s) = signer.as_mut() {
+            s.sign(&mut msg, now);
+        }
+        stream.bytes += m.len() as u64;
+        stream.messages += 1;
+        batch.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        batch.extend_from_slice(&msg);
+        if i == 0 || i + 1 == messages.len() || batch.len() >= BATCH {
+            write_raw(w, &batch).await?;
+            batch.clear();
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

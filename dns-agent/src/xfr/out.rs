@@ -21,7 +21,7 @@ pub(crate) struct Stream {
     id: u16,
     qname: Name,
     qtype: RecordType,
-    /// Bytes and messages produced so far (TSIG not counted).
+    /// Bytes and messages produced or sent so far (TSIG not counted).
     pub bytes: u64,
     pub messages: u64,
 }
