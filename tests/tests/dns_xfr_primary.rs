@@ -68,8 +68,8 @@ fn wait(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Result<Dur
 }
 
 /// Knot as the agent's secondary: the first transfer is an AXFR signed with the key; a dynamic record added over
-/// gRPC is NOTIFYed and reaches knot by IXFR within seconds, its removal too; ListZones shows the NOTIFY peer; the
-/// serial stays across an agent restart with the same content.
+/// gRPC is NOTIFYed and reaches knot by IXFR within seconds, its removal too, and a record added by a reload;
+/// ListZones shows the NOTIFY peer; the serial stays across an unchanged reload and an agent restart.
 #[test]
 fn knot_secondary_follows_axfr_ixfr_and_notify_with_tsig() -> Result<()> {
     let pki = Pki::new()?;
@@ -148,10 +148,30 @@ fn knot_secondary_follows_axfr_ixfr_and_notify_with_tsig() -> Result<()> {
         ensure!(metrics.contains(want), "metrics lack {want}:\n{metrics}");
     }
 
+    // A reload that changes the zone's records: the next serial, NOTIFY, knot follows.
+    let text = std::fs::read_to_string(&dns.config)?;
+    let text = text.replace(
+        "{ name = \"nas\", type = \"A\", value = \"10.0.0.10\" },",
+        "{ name = \"nas\", type = \"A\", value = \"10.0.0.10\" },\n  { name = \"printer\", type = \"A\", value = \"10.0.0.77\" },",
+    );
+    std::fs::write(&dns.config, text)?;
+    cmd::run_args("kill", ["-HUP", &dns.agent.pid().to_string()])?;
+    wait("the reload bumps the serial", Duration::from_secs(5), || soa_serial(&dns).is_ok_and(|s| s == serial2 + 1))?;
+    let serial3 = serial2 + 1;
+    wait("knot follows the reload", Duration::from_secs(5), || {
+        kdig(&["@127.0.0.1", "-p", &port, "+short", "printer.lab.home.arpa", "A"])
+            .is_ok_and(|o| o.trim() == "10.0.0.77")
+    })
+    .with_context(|| knot.log())?;
+    // A reload that changes nothing keeps the serial.
+    cmd::run_args("kill", ["-HUP", &dns.agent.pid().to_string()])?;
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(soa_serial(&dns)? == serial3, "an unchanged reload keeps the serial");
+
     // Restart on the same state: same content, same serial; never back.
     drop(admin);
     dns.restart()?;
-    ensure!(soa_serial(&dns)? == serial2, "the serial survives a restart unchanged");
+    ensure!(soa_serial(&dns)? == serial3, "the serial survives a restart unchanged");
     Ok(())
 }
 
