@@ -49,6 +49,7 @@ struct RawDns {
     /// Absent: loopback and the private ranges (`guard::allow::DEFAULT_ALLOW`).
     allow_clients: Option<Vec<String>>,
     rrl: Option<crate::guard::config::RawRrl>,
+    tsig_keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +58,9 @@ struct RawZone {
     name: String,
     #[serde(default)]
     records: Vec<RawRecord>,
+    transfer: Option<crate::xfr::policy::RawTransfer>,
+    #[serde(default)]
+    notify: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +91,9 @@ pub struct DnsSection {
     pub tls: Option<TlsFiles>,
     /// Who may ask (`allow_clients`) and the UDP response rate limit (`[dns.rrl]`).
     pub guard: crate::guard::Policy,
+    /// The TSIG keys file (`tsig_keys`, private) and its keys.
+    pub tsig_keys: Option<PathBuf>,
+    pub tsig: crate::tsig::TsigKeys,
 }
 
 /// PEM files of the certificate DoT and DoH clients see.
@@ -104,6 +111,8 @@ pub struct Config {
     pub common: CommonConfig,
     pub dns: DnsSection,
     pub zones: Vec<ZoneConfig>,
+    /// Transfer policy (`transfer`, `notify`) of each zone that has one.
+    pub transfers: std::collections::BTreeMap<Name, crate::xfr::policy::TransferPolicy>,
     pub forward: Option<ForwardConfig>,
     pub blocklist: Option<BlocklistConfig>,
     /// What each services-agent may write (`[services_agents.NAME]`); none may write without its section.
@@ -125,11 +134,11 @@ impl Config {
             None => DnsSection::default(),
             Some(d) => validate_dns(path, d)?,
         };
-        let zones = validate_zones(path, raw.zones)?;
+        let (zones, transfers) = validate_zones(path, raw.zones, &dns.tsig)?;
         let forward = raw.forward.map(|f| ForwardConfig::validate(f, path)).transpose()?;
         let blocklist = raw.blocklist.map(|b| BlocklistConfig::validate(b, path)).transpose()?;
         let services_agents = Scopes::validate(raw.services_agents, &zones, path)?;
-        Ok(Config { path: path.to_path_buf(), common, dns, zones, forward, blocklist, services_agents })
+        Ok(Config { path: path.to_path_buf(), common, dns, zones, transfers, forward, blocklist, services_agents })
     }
 }
 
@@ -174,16 +183,33 @@ fn validate_dns(path: &Path, raw: RawDns) -> Result<DnsSection, ConfigError> {
         ));
     }
     let guard = crate::guard::config::validate(path, raw.allow_clients, raw.rrl)?;
-    Ok(DnsSection { listen, query_log: raw.query_log, tls_listen, https_listen, tls, guard })
+    let tsig_keys = raw.tsig_keys.map(|p| config::resolve(path, &p));
+    let tsig = match &tsig_keys {
+        Some(p) => crate::tsig::TsigKeys::load(p)?,
+        None => crate::tsig::TsigKeys::default(),
+    };
+    Ok(DnsSection { listen, query_log: raw.query_log, tls_listen, https_listen, tls, guard, tsig_keys, tsig })
 }
 
-fn validate_zones(path: &Path, raw: Vec<RawZone>) -> Result<Vec<ZoneConfig>, ConfigError> {
+type Transfers = std::collections::BTreeMap<Name, crate::xfr::policy::TransferPolicy>;
+
+fn validate_zones(
+    path: &Path,
+    raw: Vec<RawZone>,
+    keys: &crate::tsig::TsigKeys,
+) -> Result<(Vec<ZoneConfig>, Transfers), ConfigError> {
     let mut zones: Vec<ZoneConfig> = Vec::new();
+    let mut transfers = Transfers::new();
     for (zi, z) in raw.into_iter().enumerate() {
         let key = format!("zones[{zi}]");
         let origin = parse_name(&z.name, None).map_err(|m| ConfigError::invalid(path, format!("{key}.name"), m))?;
         if zones.iter().any(|o| o.origin == origin) {
             return Err(ConfigError::invalid(path, format!("{key}.name"), format!("zone {origin} is listed twice")));
+        }
+        if let Some(policy) = crate::xfr::policy::validate(&key, z.transfer, z.notify, keys)
+            .map_err(|(k, m)| ConfigError::invalid(path, k, m))?
+        {
+            transfers.insert(origin.clone(), policy);
         }
         let mut records: Vec<LocalRecord> = Vec::new();
         // Name → its records' indexes, so that the checks below look at the records of one name, not all of them
@@ -216,7 +242,7 @@ fn validate_zones(path: &Path, raw: Vec<RawZone>) -> Result<Vec<ZoneConfig>, Con
         }
         zones.push(ZoneConfig { origin, records });
     }
-    Ok(zones)
+    Ok((zones, transfers))
 }
 
 #[cfg(test)]
@@ -310,6 +336,10 @@ mod tests {
             (z("{ name = \"a\", type = \"HINFO\", value = \"x\" }"), "key `zones[0].records[0].type`: unknown record type"),
             (z("{ name = \"a\", type = \"A\", value = \"10.0.0.1\", ttl = 0 }"), "key `zones[0].records[0].ttl`"),
             (z("{ name = \"a\", type = \"A\", value = \"10.0.0.1\", colour = 1 }"), "unknown field `colour`"),
+            (format!("{}transfer = {{ allow = [\"x\"] }}\n", z("")), "key `zones[0].transfer.allow[0]`: `x` is not an address or prefix"),
+            (format!("{}transfer = {{ tsig = \"k\" }}\n", z("")), "key `zones[0].transfer.tsig`: no key \"k\" in dns.tsig_keys"),
+            (format!("{}notify = [\"10.0.0.1:99999\"]\n", z("")), "key `zones[0].notify[0]`"),
+            ("[dns]\nlisten = [\"127.0.0.1\"]\ntsig_keys = \"/nonexistent/tsig.toml\"\n".to_string(), "/nonexistent/tsig.toml: key `tsig keys file`: cannot read it"),
         ];
         for (text, want) in cases {
             let e = load(&text).unwrap_err();

@@ -15,7 +15,10 @@ mod scope;
 mod server;
 mod service;
 mod store;
+mod tcp;
+mod tsig;
 mod udp;
+mod xfr;
 mod zones;
 
 use std::time::Duration;
@@ -64,6 +67,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
         .map_err(|e| RunError::Dns(format!("cannot register sockets: {e}")))?;
     tracing::info!(summary = dns.summary(), "dns serving");
     tracing::info!("dns clients: {}", dns.guard.policy().describe());
+    dns.notify_all();
 
     dns.blocklists.spawn_refresh_loop(shutdown.clone().wait());
     dns.spawn_gauges(GAUGE_INTERVAL, shutdown.clone());
