@@ -212,6 +212,35 @@ fn plain_name<'b>(name: &Name, buf: &'b mut [u8; 256]) -> Option<&'b str> {
     std::str::from_utf8(&buf[..len]).ok()
 }
 
+impl Handler {
+    /// A NOTIFY (RFC 1996): for a secondary zone from one of its primaries, NOERROR with AA (and the zone is
+    /// refreshed); for an unknown zone NOTAUTH; from a stranger REFUSED; anything malformed FORMERR.
+    async fn notify<R: ResponseHandler>(&self, request: &Request, handle: R) -> (ResponseInfo, Outcome) {
+        let mut meta = Metadata::response_from_request(&request.metadata);
+        meta.recursion_desired = false;
+        meta.checking_disabled = false;
+        let code = match request.queries.queries() {
+            [q] if q.query_type() == RecordType::SOA && q.query_class() == DNSClass::IN => {
+                match self.dns.secondaries.notify(&Name::from(q.name().clone()), request.src()) {
+                    crate::secondary::NotifyVerdict::Accepted => ResponseCode::NoError,
+                    crate::secondary::NotifyVerdict::UnknownZone => ResponseCode::NotAuth,
+                    crate::secondary::NotifyVerdict::Stranger => ResponseCode::Refused,
+                }
+            }
+            _ => {
+                tracing::warn!(peer = %request.src(), "malformed notify (not one SOA question of class IN): FORMERR");
+                ResponseCode::FormErr
+            }
+        };
+        meta.authoritative = code == ResponseCode::NoError;
+        meta.response_code = code;
+        let edns = response_edns(request);
+        let none = std::iter::empty::<&Record>;
+        let info = send(handle, build(request, edns.as_ref(), meta, none(), none())).await;
+        (info, if code == ResponseCode::NoError { Outcome::Local } else { Outcome::Refused })
+    }
+}
+
 /// The records of a forwarded answer that may be given: the chain up to the first record at a local-zone name, and
 /// the authority records outside the local zones. Upstreams never speak for local names (the forwarder already
 /// dropped whatever lay outside the question's chain). Lazy, without allocation.
@@ -334,7 +363,7 @@ impl Handler {
             let mut m = meta;
             m.authoritative = true;
             m.response_code = local.rcode;
-            let outcome = if local.rcode == ResponseCode::NXDomain { Outcome::NxDomain } else { Outcome::Local };
+            let outcome = outcome_of_rcode(local.rcode, Outcome::Local);
             let ready = Ready {
                 meta: m,
                 answers: local.answers,
@@ -391,6 +420,9 @@ impl Handler {
     }
 
     async fn answer<R: ResponseHandler>(&self, request: &Request, handle: R) -> (ResponseInfo, Outcome) {
+        if request.metadata.op_code == OpCode::Notify && !bad_edns_version(request) {
+            return self.notify(request, handle).await;
+        }
         let zones = Arc::clone(&*self.dns.zones());
         let forwarder = self.dns.forwarder();
         let edns = response_edns(request);
@@ -539,7 +571,7 @@ mod tests {
             m.metadata.checking_disabled = true;
         })
         .await;
-        assert_eq!(rc(&notify), ResponseCode::NotImp);
+        assert_eq!(rc(&notify), ResponseCode::NotAuth, "a NOTIFY for a zone that is not a secondary one");
         assert_eq!(notify.metadata.id, 42);
         let flags =
             |m: &Message| (m.metadata.recursion_desired, m.metadata.recursion_available, m.metadata.checking_disabled);

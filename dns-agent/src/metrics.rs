@@ -209,6 +209,8 @@ pub(crate) struct DnsMetrics {
     list_success: Family<ListLabels, Gauge>,
     /// The lists shown now (those of the config in use), to drop the series of lists no longer configured.
     lists_shown: Arc<Mutex<Vec<String>>>,
+    /// Zone transfers, NOTIFY, serials and lag.
+    xfr: XfrMetrics,
 }
 
 impl DnsMetrics {
@@ -229,6 +231,7 @@ impl DnsMetrics {
             list_failing: Family::default(),
             list_success: Family::default(),
             lists_shown: Arc::default(),
+            xfr: XfrMetrics::new(registry),
         };
         registry.register("dns_queries", "DNS queries by query type and outcome", QueryCounters(m.inner.clone()));
         registry.register(
@@ -397,6 +400,100 @@ impl EncodeMetric for LatencyHistogram {
 
     fn metric_type(&self) -> MetricType {
         MetricType::Histogram
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransferLabels {
+    zone: String,
+    /// "in" (this agent a secondary) or "out" (a primary).
+    direction: String,
+    /// AXFR, IXFR or SOA (a serial check).
+    kind: String,
+    /// ok, up_to_date, refused (bad input), failed (network, timeout, error answer).
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ZoneRoleLabels {
+    zone: String,
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ZoneLabels {
+    zone: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotifyLabels {
+    zone: String,
+    /// accepted, refused (a stranger), unknown_zone, bad_tsig.
+    result: String,
+}
+
+/// Zone transfer metrics: transfers both ways, NOTIFYs received, serials and how far each secondary is behind.
+#[derive(Clone)]
+struct XfrMetrics {
+    transfers: Family<TransferLabels, Counter>,
+    notify_received: Family<NotifyLabels, Counter>,
+    zone_serial: Family<ZoneRoleLabels, Gauge>,
+    seconds_behind: Family<ZoneLabels, Gauge>,
+}
+
+impl XfrMetrics {
+    fn new(registry: &Metrics) -> Self {
+        let m = XfrMetrics {
+            transfers: Family::default(),
+            notify_received: Family::default(),
+            zone_serial: Family::default(),
+            seconds_behind: Family::default(),
+        };
+        registry.register(
+            "dns_transfers",
+            "Zone transfers by zone, direction (in: as secondary, out: as primary), kind and result",
+            m.transfers.clone(),
+        );
+        registry.register(
+            "dns_notify_received",
+            "NOTIFY messages received, by zone and result",
+            m.notify_received.clone(),
+        );
+        registry.register("dns_zone_serial", "The SOA serial served for each zone, by role", m.zone_serial.clone());
+        registry.register(
+            "dns_secondary_seconds_behind",
+            "Seconds since each secondary zone's copy was last confirmed current (-1: never)",
+            m.seconds_behind.clone(),
+        );
+        m
+    }
+}
+
+impl DnsMetrics {
+    /// Counts one zone transfer (or serial check) of `zone`.
+    pub(crate) fn transfer(&self, zone: &str, direction: &str, kind: &str, result: &str) {
+        let labels = TransferLabels {
+            zone: zone.to_string(),
+            direction: direction.to_string(),
+            kind: kind.to_string(),
+            result: result.to_string(),
+        };
+        self.xfr.transfers.get_or_create(&labels).inc();
+    }
+
+    /// Counts one NOTIFY received for `zone`.
+    pub(crate) fn notify_received(&self, zone: &str, result: &str) {
+        let labels = NotifyLabels { zone: zone.to_string(), result: result.to_string() };
+        self.xfr.notify_received.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn set_zone_serial(&self, zone: &str, role: &str, serial: u32) {
+        let labels = ZoneRoleLabels { zone: zone.to_string(), role: role.to_string() };
+        self.xfr.zone_serial.get_or_create(&labels).set(i64::from(serial));
+    }
+
+    pub(crate) fn set_seconds_behind(&self, zone: &str, seconds: i64) {
+        self.xfr.seconds_behind.get_or_create(&ZoneLabels { zone: zone.to_string() }).set(seconds);
     }
 }
 

@@ -18,6 +18,7 @@ use crate::metrics::{DnsMetrics, ListHealth};
 use crate::querylog::{QueryLog, CAPACITY};
 use crate::records::{check_cname_exclusive, parse_name, parse_value, Field, Kind, LocalRecord, RecordError};
 use crate::scope::Refusal;
+use crate::secondary::Secondaries;
 use crate::store::{Store, StoreError};
 use crate::zones::ZoneSet;
 
@@ -37,6 +38,8 @@ pub(crate) enum OpError {
     OutOfScope(Refusal),
     #[error("record {0} is defined in the config file: edit the config and reload")]
     FromConfig(String),
+    #[error("{0} is in a secondary zone: change it on the zone's primary")]
+    Secondary(Name),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -63,6 +66,8 @@ pub(crate) struct Dns {
     serial: AtomicU32,
     /// Bumped after every swap of the zones or the forwarder (see [`Dns::generation`]).
     generation: AtomicU64,
+    /// The `[[secondaries]]` zones' copies (read by every rebuild).
+    pub secondaries: Arc<Secondaries>,
 }
 
 impl std::fmt::Debug for Dns {
@@ -99,6 +104,7 @@ impl Dns {
             cfg.common.state_dir.join("blocklists"),
         );
         let forwarder = cfg.forward.as_ref().map(|f| Arc::new(forwarder(f, &metrics)));
+        let secondaries = Arc::new(Secondaries::open(&cfg.secondaries, &cfg.common.state_dir, metrics.clone()));
         let dns = Dns {
             query_log: QueryLog::new(cfg.dns.query_log, CAPACITY),
             cfg: ArcSwap::from_pointee(cfg),
@@ -110,6 +116,7 @@ impl Dns {
             dynamic: Mutex::new(dynamic),
             serial: AtomicU32::new(now_unix()),
             generation: AtomicU64::new(0),
+            secondaries,
         };
         {
             let dynamic = dns.lock_dynamic();
@@ -134,12 +141,30 @@ impl Dns {
             .flat_map(|f| f.conditional.iter())
             .filter_map(|(domain, _)| Name::from_ascii(format!("{domain}.")).ok())
             .collect();
-        let (zones, warnings) = ZoneSet::build(&cfg.zones, dynamic, serial, &elsewhere);
+        let (zones, warnings) =
+            ZoneSet::build_with_secondaries(&cfg.zones, dynamic, serial, &elsewhere, &self.secondaries.zones());
         for w in warnings {
             tracing::warn!("{w}");
         }
         self.zones.store(Arc::new(zones));
         self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Rebuilds the zones now (a secondary zone's copy changed, or started or stopped being served).
+    pub(crate) fn rebuild_now(&self) {
+        let dynamic = self.lock_dynamic();
+        self.rebuild(&self.cfg.load(), &dynamic);
+    }
+
+    /// Starts the secondary zones' transfer tasks (each refreshes at once, then on its timers and NOTIFY).
+    pub(crate) fn spawn_secondaries(self: &Arc<Self>, shutdown: agent_core::cli::Shutdown) {
+        let weak = Arc::downgrade(self);
+        let on_change: crate::secondary::OnChange = Arc::new(move || {
+            if let Some(dns) = weak.upgrade() {
+                dns.rebuild_now();
+            }
+        });
+        self.secondaries.spawn(on_change, shutdown);
     }
 
     /// Changes whenever anything a query's answer is made of changes without going through the forwarder: the
@@ -167,8 +192,10 @@ impl Dns {
     /// owner. Written to the store before the new zones are served.
     pub(crate) fn upsert(&self, caller: &Identity, mut rec: LocalRecord) -> Result<LocalRecord, OpError> {
         rec.owner = caller.uri();
-        if self.zones.load().zone_of(&rec.name).is_none() {
-            return Err(OpError::NotInZone(rec.name));
+        match self.zones.load().zone_of(&rec.name) {
+            None => return Err(OpError::NotInZone(rec.name)),
+            Some(z) if self.secondaries.has_zone(z) => return Err(OpError::Secondary(rec.name)),
+            Some(_) => {}
         }
         let cfg = self.cfg.load_full();
         let mut dynamic = self.lock_dynamic();
@@ -284,6 +311,9 @@ impl Dns {
         let forward_changed = format!("{:?}", new.forward) != format!("{:?}", old.forward);
         let blocklist_changed = format!("{:?}", new.blocklist) != format!("{:?}", old.blocklist);
         let log_changed = new.dns.query_log != old.dns.query_log;
+        if new.secondaries != old.secondaries {
+            restart.push("secondaries");
+        }
         if new.services_agents != old.services_agents {
             applied.push("services_agents");
         }
@@ -338,6 +368,10 @@ impl Dns {
             .map(|h| ListHealth { list: h.source, failing: h.failing, last_success_unix: h.last_success_unix })
             .collect();
         self.metrics.set_blocklists(&lists);
+        for z in self.zones.load().summaries() {
+            self.metrics.set_zone_serial(&z.origin.to_ascii(), "primary", z.serial);
+        }
+        self.secondaries.update_gauges();
     }
 
     pub(crate) fn cache_entries(&self) -> usize {

@@ -263,6 +263,10 @@ impl Worker {
                 };
             }
         };
+        // NOTIFY wakes a secondary zone's refresh: answered on the runtime, never cached.
+        if request.metadata.op_code == OpCode::Notify {
+            return Action::Forward(Box::new(request));
+        }
         let dns = self.handler.dns().clone();
         let zones = dns.zones();
         let forwarder = dns.forwarder();
