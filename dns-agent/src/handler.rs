@@ -213,18 +213,26 @@ fn plain_name<'b>(name: &Name, buf: &'b mut [u8; 256]) -> Option<&'b str> {
 }
 
 impl Handler {
-    /// A NOTIFY (RFC 1996): for a secondary zone from one of its primaries, NOERROR with AA (and the zone is
-    /// refreshed); for an unknown zone NOTAUTH; from a stranger REFUSED; anything malformed FORMERR.
-    async fn notify<R: ResponseHandler>(&self, request: &Request, handle: R) -> (ResponseInfo, Outcome) {
+    /// What a NOTIFY (RFC 1996) gets: for a secondary zone from one of its primaries (TSIG-verified when the zone
+    /// has a key), NOERROR with AA (and the zone is refreshed); for an unknown zone or a bad TSIG NOTAUTH; from a
+    /// stranger REFUSED; anything malformed FORMERR. Also the signer of the answer when the NOTIFY was signed.
+    fn notify_verdict(&self, request: &Request) -> (Metadata, Option<crate::tsig::ResponseSigner>, Outcome) {
+        use crate::secondary::NotifyVerdict;
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.recursion_desired = false;
         meta.checking_disabled = false;
+        let mut signer = None;
         let code = match request.queries.queries() {
             [q] if q.query_type() == RecordType::SOA && q.query_class() == DNSClass::IN => {
-                match self.dns.secondaries.notify(&Name::from(q.name().clone()), request.src()) {
-                    crate::secondary::NotifyVerdict::Accepted => ResponseCode::NoError,
-                    crate::secondary::NotifyVerdict::UnknownZone => ResponseCode::NotAuth,
-                    crate::secondary::NotifyVerdict::Stranger => ResponseCode::Refused,
+                let raw = request.as_slice();
+                let signed = hickory_proto::op::Message::from_vec(raw).is_ok_and(|m| m.signature.is_some());
+                let zone = Name::from(q.name().clone());
+                let (verdict, sig) = self.dns.secondaries.notify(&zone, request.src(), raw, signed);
+                signer = sig;
+                match verdict {
+                    NotifyVerdict::Accepted => ResponseCode::NoError,
+                    NotifyVerdict::UnknownZone | NotifyVerdict::BadTsig => ResponseCode::NotAuth,
+                    NotifyVerdict::Stranger => ResponseCode::Refused,
                 }
             }
             _ => {
@@ -234,10 +242,28 @@ impl Handler {
         };
         meta.authoritative = code == ResponseCode::NoError;
         meta.response_code = code;
+        let outcome = if code == ResponseCode::NoError { Outcome::Local } else { Outcome::Refused };
+        (meta, signer, outcome)
+    }
+
+    /// The encoded answer to a NOTIFY, TSIG-signed when the NOTIFY was (the UDP loops send it as it is).
+    pub(crate) fn notify_reply(&self, request: &Request) -> Option<(Vec<u8>, Outcome)> {
+        let (meta, signer, outcome) = self.notify_verdict(request);
         let edns = response_edns(request);
         let none = std::iter::empty::<&Record>;
-        let info = send(handle, build(request, edns.as_ref(), meta, none(), none())).await;
-        (info, if code == ResponseCode::NoError { Outcome::Local } else { Outcome::Refused })
+        let (_, mut bytes) = crate::udp::encode(build(request, edns.as_ref(), meta, none(), none())).ok()?;
+        if let Some(mut s) = signer {
+            s.sign(&mut bytes, u64::try_from(agent_core::clock::now_unix()).unwrap_or(0));
+        }
+        Some((bytes, outcome))
+    }
+
+    /// A NOTIFY over TCP (hickory's response handler cannot carry a TSIG computed here: that answer goes unsigned).
+    async fn notify<R: ResponseHandler>(&self, request: &Request, handle: R) -> (ResponseInfo, Outcome) {
+        let (meta, _signer, outcome) = self.notify_verdict(request);
+        let edns = response_edns(request);
+        let none = std::iter::empty::<&Record>;
+        (send(handle, build(request, edns.as_ref(), meta, none(), none())).await, outcome)
     }
 }
 

@@ -15,7 +15,9 @@ mod secondary;
 mod server;
 mod service;
 mod store;
+mod tsig;
 mod udp;
+mod xfr;
 mod zones;
 
 use std::time::Duration;

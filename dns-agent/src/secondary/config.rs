@@ -9,6 +9,7 @@ use hickory_proto::rr::Name;
 use serde::Deserialize;
 
 use crate::records::parse_name;
+use crate::tsig::{parse_key_name, TsigKey, TsigKeys};
 
 /// Port of a primary given as an address only.
 pub(crate) const DEFAULT_PRIMARY_PORT: u16 = 53;
@@ -32,16 +33,17 @@ pub struct SecondaryConfig {
     pub origin: Name,
     /// Tried in order; NOTIFY is accepted from their addresses only.
     pub primaries: Vec<SocketAddr>,
-    pub tsig: Option<String>,
+    /// Signs SOA queries and transfers (whose answers must be signed with it) and must sign NOTIFYs.
+    pub(crate) tsig: Option<TsigKey>,
 }
 
 /// Validates every `[[secondaries]]` entry. `zones` are the origins of `[[zones]]` (a zone is one or the other);
-/// `tsig_keys` the key names `[dns] tsig_keys` defines.
+/// `tsig_keys` the keys of `[dns] tsig_keys`.
 pub(crate) fn validate(
     path: &Path,
     raw: Vec<RawSecondary>,
     zones: &[Name],
-    tsig_keys: &[String],
+    tsig_keys: &TsigKeys,
 ) -> Result<Vec<SecondaryConfig>, ConfigError> {
     let mut out: Vec<SecondaryConfig> = Vec::new();
     for (i, s) in raw.into_iter().enumerate() {
@@ -81,16 +83,17 @@ pub(crate) fn validate(
             }
             primaries.push(addr);
         }
-        if let Some(k) = &s.tsig {
-            if !tsig_keys.iter().any(|n| n == k) {
-                return Err(ConfigError::invalid(
-                    path,
-                    format!("{key}.tsig"),
-                    format!("no key named `{k}` in dns.tsig_keys"),
-                ));
+        let tsig = match &s.tsig {
+            None => None,
+            Some(k) => {
+                let name = parse_key_name(k).map_err(|m| ConfigError::invalid(path, format!("{key}.tsig"), m))?;
+                let found = tsig_keys.get(&name).cloned().ok_or_else(|| {
+                    ConfigError::invalid(path, format!("{key}.tsig"), format!("no key \"{k}\" in dns.tsig_keys"))
+                })?;
+                Some(found)
             }
-        }
-        out.push(SecondaryConfig { origin, primaries, tsig: s.tsig });
+        };
+        out.push(SecondaryConfig { origin, primaries, tsig });
     }
     Ok(out)
 }

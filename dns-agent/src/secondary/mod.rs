@@ -26,6 +26,7 @@ use transfer::Limits;
 use xfr::{check_zone, schedule, serial_gt, soa_of, Timers, Transfer, XfrError};
 
 use crate::metrics::DnsMetrics;
+use crate::tsig::{verify_request, ResponseSigner, TsigKeys};
 use crate::zones::SecondaryZone;
 
 /// What a NOTIFY for a zone from a peer gets.
@@ -37,6 +38,8 @@ pub(crate) enum NotifyVerdict {
     UnknownZone,
     /// From an address that is not one of the zone's primaries (REFUSED).
     Stranger,
+    /// The zone has a TSIG key and the NOTIFY was not signed with it (NOTAUTH).
+    BadTsig,
 }
 
 impl NotifyVerdict {
@@ -45,6 +48,7 @@ impl NotifyVerdict {
             NotifyVerdict::Accepted => "accepted",
             NotifyVerdict::UnknownZone => "unknown_zone",
             NotifyVerdict::Stranger => "refused",
+            NotifyVerdict::BadTsig => "bad_tsig",
         }
     }
 }
@@ -195,19 +199,50 @@ impl Secondaries {
         self.slots.iter().any(|s| &s.cfg.origin == name)
     }
 
-    /// A NOTIFY (RFC 1996) for `zone` from `peer`: accepted only from one of the zone's primaries' addresses, and
-    /// then the zone is refreshed at once. Logged with the peer either way.
-    pub(crate) fn notify(&self, zone: &Name, peer: SocketAddr) -> NotifyVerdict {
+    /// A NOTIFY (RFC 1996) for `zone` from `peer` (`raw`: the request as received, `signed`: whether it carries
+    /// a TSIG): accepted only from one of the zone's primaries' addresses, signed with the zone's key when it has
+    /// one, and then the zone is refreshed at once. Logged with the peer either way. The signer of the answer is
+    /// returned when the NOTIFY was verified.
+    pub(crate) fn notify(
+        &self,
+        zone: &Name,
+        peer: SocketAddr,
+        raw: &[u8],
+        signed: bool,
+    ) -> (NotifyVerdict, Option<ResponseSigner>) {
         let zone = zone.to_lowercase();
+        let mut signer = None;
+        let mut tsig_error = String::new();
         let verdict = match self.slots.iter().find(|s| s.cfg.origin == zone) {
             None => NotifyVerdict::UnknownZone,
             Some(s) if !s.cfg.primaries.iter().any(|p| same_ip(p.ip(), peer.ip())) => NotifyVerdict::Stranger,
             Some(s) => {
-                s.wake.notify_one();
-                NotifyVerdict::Accepted
+                let verified = match &s.cfg.tsig {
+                    None => Ok(None),
+                    Some(_) if !signed => Err("not signed".to_string()),
+                    Some(key) => {
+                        let keys = TsigKeys::from_keys([key.clone()]);
+                        let now = u64::try_from(now()).unwrap_or(0);
+                        verify_request(&keys, raw, now).map(Some).map_err(|r| r.failure.to_string())
+                    }
+                };
+                match verified {
+                    Ok(sig) => {
+                        signer = sig;
+                        s.wake.notify_one();
+                        NotifyVerdict::Accepted
+                    }
+                    Err(e) => {
+                        tsig_error = e;
+                        NotifyVerdict::BadTsig
+                    }
+                }
             }
         };
         match verdict {
+            NotifyVerdict::BadTsig => {
+                tracing::warn!(zone = %zone, %peer, error = tsig_error, "notify refused: bad or missing tsig")
+            }
             NotifyVerdict::Accepted => tracing::info!(zone = %zone, %peer, "notify from a primary: refreshing"),
             NotifyVerdict::UnknownZone => {
                 tracing::warn!(zone = %zone, %peer, "notify refused: not a secondary zone of this agent")
@@ -217,7 +252,7 @@ impl Secondaries {
             }
         }
         self.metrics.notify_received(&zone.to_ascii(), verdict.as_str());
-        verdict
+        (verdict, signer)
     }
 
     /// Starts one task per zone: a refresh at once, then on the timers and on NOTIFY, until `shutdown`.
@@ -301,7 +336,8 @@ impl Secondaries {
             let st = slot.lock();
             (st.copy.clone(), st.serial())
         };
-        let theirs = transfer::soa_serial(primary, origin, self.limits).await?;
+        let key = slot.cfg.tsig.as_ref();
+        let theirs = transfer::soa_serial(primary, origin, key, self.limits).await?;
         if let Some(ours) = ours {
             if serial_gt(ours, theirs) {
                 self.metrics.transfer(&zone, "in", "SOA", "refused");
@@ -336,7 +372,8 @@ impl Secondaries {
         let asked = if copy.is_some() { "IXFR" } else { "AXFR" };
         let ours = copy.and_then(|c| c.first()).and_then(soa_of).map(|s| s.serial);
         let result = async {
-            let (t, _bytes) = transfer::fetch(primary, origin, copy.and_then(|c| c.first()), self.limits).await?;
+            let key = slot.cfg.tsig.as_ref();
+            let (t, _bytes) = transfer::fetch(primary, origin, copy.and_then(|c| c.first()), key, self.limits).await?;
             let (records, kind) = match t {
                 Transfer::UpToDate { .. } => return Ok(None),
                 Transfer::Full { records } => (records, "AXFR"),
@@ -346,13 +383,13 @@ impl Secondaries {
                 }
             };
             check_zone(origin, &records, ours)?;
-            Ok(Some((records, kind)))
+            Ok::<_, FetchError>(Some((records, kind)))
         }
         .await;
         let label = match &result {
             Ok(Some((_, kind))) => (*kind, "ok"),
             Ok(None) => (asked, "up_to_date"),
-            Err(FetchError::Xfr(_)) => (asked, "refused"),
+            Err(e) if e.is_bad_input() => (asked, "refused"),
             Err(_) => (asked, "failed"),
         };
         self.metrics.transfer(&zone, "in", label.0, label.1);

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::xfr::{soa_of, Asked, Assembler, Transfer, XfrError};
+use crate::tsig::{sign_request, StreamVerifier, TsigFailure, TsigKey};
 
 /// Bounds of one exchange with a primary.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +61,19 @@ pub(crate) enum FetchError {
     NoSoa,
     #[error(transparent)]
     Xfr(#[from] XfrError),
+    #[error("{0}")]
+    Tsig(TsigFailure),
+}
+
+impl FetchError {
+    /// Whether the primary sent something this agent refuses (as opposed to a network failure or an error answer).
+    pub(crate) fn is_bad_input(&self) -> bool {
+        matches!(self, FetchError::Xfr(_) | FetchError::Tsig(_) | FetchError::Malformed(_))
+    }
+}
+
+fn unix_now() -> u64 {
+    u64::try_from(agent_core::clock::now_unix()).unwrap_or(0)
 }
 
 /// One TCP connection to a primary, reading length-prefixed messages under the limits.
@@ -69,6 +83,8 @@ struct Conn {
     deadline: Instant,
     bytes: usize,
     messages: usize,
+    /// Set when the request was signed: every answer must verify.
+    verifier: Option<StreamVerifier>,
 }
 
 impl Conn {
@@ -78,11 +94,16 @@ impl Conn {
             .map_err(|_| FetchError::Timeout("connecting"))?
             .map_err(|e| FetchError::Connect(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        Ok(Conn { stream, limits, deadline: Instant::now() + limits.total, bytes: 0, messages: 0 })
+        let deadline = Instant::now() + limits.total;
+        Ok(Conn { stream, limits, deadline, bytes: 0, messages: 0, verifier: None })
     }
 
-    async fn send(&mut self, msg: &Message) -> Result<(), FetchError> {
-        let body = msg.to_vec().map_err(|e| FetchError::Malformed(e.to_string()))?;
+    /// Sends `msg`, signed with `key` when given.
+    async fn send(&mut self, msg: &Message, key: Option<&TsigKey>) -> Result<(), FetchError> {
+        let mut body = msg.to_vec().map_err(|e| FetchError::Malformed(e.to_string()))?;
+        if let Some(key) = key {
+            self.verifier = Some(sign_request(key, &mut body, unix_now()));
+        }
         let len = u16::try_from(body.len()).map_err(|_| FetchError::Malformed("query too long".into()))?;
         let mut framed = Vec::with_capacity(body.len() + 2);
         framed.extend_from_slice(&len.to_be_bytes());
@@ -127,7 +148,18 @@ impl Conn {
         if msg.metadata.response_code != ResponseCode::NoError {
             return Err(FetchError::Rcode(msg.metadata.response_code));
         }
+        if let Some(v) = self.verifier.as_mut() {
+            v.verify(&body, msg.signature.is_some(), unix_now()).map_err(FetchError::Tsig)?;
+        }
         Ok(msg)
+    }
+
+    /// After the last message: a signed exchange must end on a signed message.
+    fn finish(&self) -> Result<(), FetchError> {
+        match &self.verifier {
+            Some(v) => v.finish().map_err(FetchError::Tsig),
+            None => Ok(()),
+        }
     }
 }
 
@@ -139,11 +171,17 @@ fn query(origin: &Name, qtype: RecordType) -> Message {
 }
 
 /// The serial of the zone's SOA at `primary`.
-pub(crate) async fn soa_serial(primary: SocketAddr, origin: &Name, limits: Limits) -> Result<u32, FetchError> {
+pub(crate) async fn soa_serial(
+    primary: SocketAddr,
+    origin: &Name,
+    key: Option<&TsigKey>,
+    limits: Limits,
+) -> Result<u32, FetchError> {
     let mut conn = Conn::open(primary, Limits { total: limits.idle, ..limits }).await?;
     let msg = query(origin, RecordType::SOA);
-    conn.send(&msg).await?;
+    conn.send(&msg, key).await?;
     let answer = conn.recv(msg.metadata.id).await?;
+    conn.finish()?;
     answer
         .answers
         .iter()
@@ -159,6 +197,7 @@ pub(crate) async fn fetch(
     primary: SocketAddr,
     origin: &Name,
     copy_soa: Option<&Record>,
+    key: Option<&TsigKey>,
     limits: Limits,
 ) -> Result<(Transfer, usize), FetchError> {
     let mut conn = Conn::open(primary, limits).await?;
@@ -171,7 +210,7 @@ pub(crate) async fn fetch(
         None => (query(origin, RecordType::AXFR), Asked::Axfr),
     };
     msg.metadata.recursion_desired = false;
-    conn.send(&msg).await?;
+    conn.send(&msg, key).await?;
     let mut asm = Assembler::new(asked, limits.max_records);
     loop {
         let answer = conn.recv(msg.metadata.id).await?;
@@ -182,5 +221,6 @@ pub(crate) async fn fetch(
             break;
         }
     }
+    conn.finish()?;
     Ok((asm.finish()?, conn.bytes))
 }
