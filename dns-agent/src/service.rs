@@ -104,7 +104,8 @@ impl Dns {
             cfg.common.state_dir.join("blocklists"),
         );
         let forwarder = cfg.forward.as_ref().map(|f| Arc::new(forwarder(f, &metrics)));
-        let secondaries = Arc::new(Secondaries::open(&cfg.secondaries, &cfg.common.state_dir, metrics.clone()));
+        let secondaries =
+            Arc::new(Secondaries::open(&cfg.secondaries, &cfg.dns.tsig, &cfg.common.state_dir, metrics.clone()));
         let dns = Dns {
             query_log: QueryLog::new(cfg.dns.query_log, CAPACITY),
             cfg: ArcSwap::from_pointee(cfg),

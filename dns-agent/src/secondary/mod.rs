@@ -119,6 +119,8 @@ pub(crate) type OnChange = Arc<dyn Fn() + Send + Sync>;
 /// Every secondary zone of the agent.
 pub(crate) struct Secondaries {
     slots: Vec<Arc<Slot>>,
+    /// `[dns] tsig_keys`, to verify signed NOTIFYs.
+    keys: TsigKeys,
     limits: Limits,
     metrics: DnsMetrics,
 }
@@ -130,7 +132,12 @@ fn now() -> i64 {
 impl Secondaries {
     /// Loads each zone's persisted copy from `STATE_DIR/secondaries` (served at once if not expired); a copy that
     /// cannot be read is logged and the zone starts without one.
-    pub(crate) fn open(cfgs: &[SecondaryConfig], state_dir: &Path, metrics: DnsMetrics) -> Secondaries {
+    pub(crate) fn open(
+        cfgs: &[SecondaryConfig],
+        keys: &TsigKeys,
+        state_dir: &Path,
+        metrics: DnsMetrics,
+    ) -> Secondaries {
         let dir = state_dir.join("secondaries");
         let now = now();
         let slots = cfgs
@@ -155,7 +162,7 @@ impl Secondaries {
                 Arc::new(Slot { cfg: cfg.clone(), files, state: Mutex::new(st), wake: tokio::sync::Notify::new() })
             })
             .collect();
-        Secondaries { slots, limits: Limits::default(), metrics }
+        Secondaries { slots, keys: keys.clone(), limits: Limits::default(), metrics }
     }
 
     /// The copies the zone snapshot serves: each zone, its records (none without a copy) and whether it is served.
@@ -221,9 +228,12 @@ impl Secondaries {
                     None => Ok(None),
                     Some(_) if !signed => Err("not signed".to_string()),
                     Some(key) => {
-                        let keys = TsigKeys::from_keys([key.clone()]);
                         let now = u64::try_from(now()).unwrap_or(0);
-                        verify_request(&keys, raw, now).map(Some).map_err(|r| r.failure.to_string())
+                        match verify_request(&self.keys, raw, now) {
+                            Ok(sig) if sig.key() == key => Ok(Some(sig)),
+                            Ok(sig) => Err(format!("signed with key {}, not the zone's", sig.key().name())),
+                            Err(r) => Err(r.failure.to_string()),
+                        }
                     }
                 };
                 match verified {
