@@ -1,4 +1,4 @@
-//! `labctl dns …`: records, blocklist, query log and stats of the dns-agent. One of labctl's gRPC edges: converts
+//! `labctl dns …`: records, zones, blocklist, query log and stats of the dns-agent. One of labctl's gRPC edges: converts
 //! replies to rows and renders them; knows nothing of how the agent serves DNS.
 
 use std::process::ExitCode;
@@ -9,8 +9,8 @@ use clap::Subcommand;
 use serde::Serialize;
 use strata_proto::v1::dns_client::DnsClient;
 use strata_proto::v1::{
-    DeleteRecordRequest, GetBlocklistRequest, ListRecordsRequest, QueryLogRequest, Record, RefreshBlocklistRequest,
-    ReloadRequest, StatsRequest, UpsertRecordRequest,
+    DeleteRecordRequest, GetBlocklistRequest, ListRecordsRequest, ListZonesRequest, QueryLogRequest, Record,
+    RefreshBlocklistRequest, ReloadRequest, StatsRequest, UpsertRecordRequest, ZoneStatus,
 };
 
 use crate::client::{self, Timeouts};
@@ -27,6 +27,9 @@ pub enum DnsCmd {
         #[arg(long)]
         zone: Option<String>,
     },
+    /// Each zone the agent serves: role (primary, secondary), serial, records, last transfer, lag and state.
+    #[command(after_help = "Example: labctl dns zones\nExample: labctl --json dns zones")]
+    Zones,
     /// Add or replace a dynamic record (owned by your identity).
     #[command(after_help = "Example: labctl dns add nas.lab.home.arpa A 10.0.0.10 --ttl 300")]
     Add {
@@ -100,6 +103,73 @@ struct RecordRow {
 impl From<Record> for RecordRow {
     fn from(r: Record) -> Self {
         RecordRow { name: r.name, r#type: r.r#type, value: r.value, ttl: r.ttl, owner: r.owner }
+    }
+}
+
+/// One zone as `labctl dns zones` shows it (`--json`).
+#[derive(Debug, Serialize)]
+struct ZoneRow {
+    /// The agent (inventory key) that serves it.
+    agent: String,
+    zone: String,
+    role: String,
+    serial: u32,
+    records: u64,
+    /// Secondary: its primaries; primary: where NOTIFY goes.
+    peers: Vec<String>,
+    last_transfer_unix: i64,
+    last_transfer_kind: String,
+    last_error: String,
+    /// -1: never confirmed (or a primary).
+    lag_seconds: i64,
+    expires_unix: i64,
+    serving: bool,
+    notifies_pending: u64,
+}
+
+impl ZoneRow {
+    fn new(agent: &str, z: ZoneStatus) -> Self {
+        ZoneRow {
+            agent: agent.to_string(),
+            zone: z.zone,
+            role: z.role,
+            serial: z.serial,
+            records: z.records,
+            peers: z.peers,
+            last_transfer_unix: z.last_transfer_unix,
+            last_transfer_kind: z.last_transfer_kind,
+            last_error: z.last_error,
+            lag_seconds: z.lag_seconds,
+            expires_unix: z.expires_unix,
+            serving: z.serving,
+            notifies_pending: z.notifies_pending,
+        }
+    }
+
+    /// "AXFR 12:03:04" (UTC), or "-" when there was none.
+    fn last_transfer(&self) -> String {
+        if self.last_transfer_unix <= 0 {
+            return "-".to_string();
+        }
+        format!("{} {}", self.last_transfer_kind, clock(self.last_transfer_unix.saturating_mul(1000)))
+            .trim()
+            .to_string()
+    }
+
+    fn lag(&self) -> String {
+        match u64::try_from(self.lag_seconds) {
+            Ok(0) => "0s".to_string(),
+            Ok(s) => agent_core::duration::format(std::time::Duration::from_secs(s)),
+            Err(_) => "-".to_string(),
+        }
+    }
+
+    fn state(&self) -> String {
+        match (self.serving, self.role.as_str(), self.serial) {
+            (true, _, _) => "serving".to_string(),
+            (false, "secondary", 0) => "SERVFAIL (no copy yet)".to_string(),
+            (false, _, _) => "SERVFAIL (expired)".to_string(),
+        }
     }
 }
 
@@ -177,6 +247,34 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) -
                 t.row([r.name.clone(), r.r#type.clone(), r.value.clone(), r.ttl.to_string(), owner]);
             }
             print!("{t}");
+        }
+        DnsCmd::Zones => {
+            let zones = agent.call("list zones", c.list_zones(ListZonesRequest {})).await?.zones;
+            let rows: Vec<ZoneRow> = zones.into_iter().map(|z| ZoneRow::new(agent.addr.key, z)).collect();
+            let stopped = rows.iter().any(|r| !r.serving);
+            if json {
+                output::json(&rows)?;
+            } else {
+                let mut t = Table::new(["AGENT", "ZONE", "ROLE", "SERIAL", "RECORDS", "LAST TRANSFER", "LAG", "STATE"]);
+                for r in &rows {
+                    let state = t.error_cell(&r.zone, &r.last_error);
+                    let state = if r.last_error.is_empty() { r.state() } else { format!("{} ({state})", r.state()) };
+                    t.row([
+                        r.agent.clone(),
+                        r.zone.clone(),
+                        r.role.clone(),
+                        r.serial.to_string(),
+                        r.records.to_string(),
+                        r.last_transfer(),
+                        r.lag(),
+                        state,
+                    ]);
+                }
+                print!("{}", t.render(opts.verbose));
+            }
+            if stopped {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         DnsCmd::Add { name, rtype, value, ttl } => {
             let record =

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use agent_core::identity::Role;
 use anyhow::{Context, Result};
 use strata_proto::v1::ListZonesRequest;
+use strata_tests::binrun::run;
 use strata_tests::dnslab::{reply_header, wait_for, Dns};
 use strata_tests::fixtures::knot::Knot;
-use strata_tests::harness::Pki;
+use strata_tests::harness::{write_inventory, Pki};
 
 const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTEyMzQ="; // 32 bytes, base64
 
@@ -119,6 +120,34 @@ async fn a_secondary_of_knot_transfers_axfr_then_ixfr_on_notify() -> Result<()> 
     ] {
         assert!(metrics.contains(want), "{want} in\n{metrics}");
     }
+
+    // `labctl dns zones`: the table and the JSON rows.
+    let (cert, key) = pki.issue(Role::Admin, "alice")?;
+    let inv = keys_dir.path().join("labctl.toml");
+    write_inventory(&inv, &pki.ca(), &cert, &key, &[&dns.agent])?;
+    let inv = inv.display().to_string();
+    let table = run("labctl", ["--config", inv.as_str(), "dns", "zones"])?;
+    assert_eq!(table.code, Some(0), "{table}");
+    let line = table.stdout.lines().find(|l| l.contains("sec.test.")).unwrap_or_default().to_string();
+    for want in ["dns", "secondary", " 2 ", "IXFR", "serving"] {
+        assert!(
+            line.contains(want),
+            "{want:?} in {line:?}
+{table}"
+        );
+    }
+    assert!(table.stdout.starts_with("AGENT") && table.stdout.contains("LAST TRANSFER"), "{table}");
+    let json = run("labctl", ["--config", inv.as_str(), "--json", "dns", "zones"])?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json.stdout).with_context(|| json.to_string())?;
+    let row = rows.iter().find(|r| r["zone"] == "sec.test.").context("sec.test. row")?;
+    assert_eq!(
+        (row["role"].as_str(), row["serial"].as_u64(), row["serving"].as_bool()),
+        (Some("secondary"), Some(2), Some(true)),
+        "{row}"
+    );
+    assert_eq!(row["last_transfer_kind"], "IXFR", "{row}");
+    assert_eq!(row["agent"], "dns", "{row}");
+
     wait_for("the serial gauge", Duration::from_secs(8), || {
         Ok(dns.agent.metrics_text()?.contains("strata_dns_zone_serial{zone=\"sec.test.\",role=\"secondary\"} 2"))
     })?;
