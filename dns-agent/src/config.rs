@@ -317,6 +317,9 @@ mod tests {
         assert!(cfg.zones[0].records.len() >= 7, "every record type is shown");
         assert!(cfg.forward.is_some() && cfg.blocklist.is_some());
         assert!(cfg.services_agents.0.contains_key("services1"));
+        assert_eq!(cfg.zones[0].soa, SoaTimers { refresh: 3600, retry: 600, expire: 604_800, minimum: 60 });
+        assert_eq!(cfg.secondaries.len(), 1);
+        assert_eq!(cfg.secondaries[0].primaries, ["10.0.0.54:53".parse::<SocketAddr>().unwrap()]);
     }
 
     const BASE: &str =
