@@ -251,7 +251,9 @@ impl Handler {
         let (meta, signer, outcome) = self.notify_verdict(request);
         let edns = response_edns(request);
         let none = std::iter::empty::<&Record>;
-        let (_, mut bytes) = crate::udp::encode(build(request, edns.as_ref(), meta, none(), none())).ok()?;
+        let mut bytes = Vec::with_capacity(128);
+        let response = build(request, edns.as_ref(), meta, none(), none());
+        response.destructive_emit(&mut hickory_proto::serialize::binary::BinEncoder::new(&mut bytes)).ok()?;
         if let Some(mut s) = signer {
             s.sign(&mut bytes, u64::try_from(agent_core::clock::now_unix()).unwrap_or(0));
         }

@@ -677,7 +677,8 @@ mod tests {
         let local = zone("home.arpa.", &[("y", "A", "10.0.0.8")]);
         let origin2 = origin.clone();
         let dynamic = vec![LocalRecord::parse("z.sec.home.arpa.", "A", "10.0.0.7", None, "o", Some(&origin2)).unwrap()];
-        let (s, warnings) = ZoneSet::build_with_secondaries(&[local.clone()], &dynamic, 1, &[], &[sec(true)]);
+        let (s, warnings) =
+            ZoneSet::build_with_secondaries(std::slice::from_ref(&local), &dynamic, 1, &[], &[sec(true)]);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("is in secondary zone sec.home.arpa."), "{warnings:?}");
         let x = s.lookup(&q("x.sec.home.arpa."), RecordType::A).unwrap();
@@ -691,7 +692,7 @@ mod tests {
         for stopped in
             [sec(false), SecondaryZone { origin: origin.clone(), records: Default::default(), serving: true }]
         {
-            let (s, _) = ZoneSet::build_with_secondaries(&[local.clone()], &[], 1, &[], &[stopped]);
+            let (s, _) = ZoneSet::build_with_secondaries(std::slice::from_ref(&local), &[], 1, &[], &[stopped]);
             let x = s.lookup(&q("x.sec.home.arpa."), RecordType::A).unwrap();
             assert_eq!((x.rcode, x.answers.len()), (ResponseCode::ServFail, 0));
             assert_eq!(s.lookup(&q("sec.home.arpa."), RecordType::SOA).unwrap().rcode, ResponseCode::ServFail);

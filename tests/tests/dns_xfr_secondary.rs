@@ -169,6 +169,8 @@ enum Mode {
     OnlySoa { serial: u32 },
     /// A transfer holding a record of another zone.
     OutOfZone { serial: u32 },
+    /// A transfer never answered (the connection stays open, silent).
+    Stall { serial: u32 },
     /// Connections closed at once.
     Down,
 }
@@ -257,7 +259,8 @@ fn serve_one(mut stream: std::net::TcpStream, mode: &Mode) {
         | Mode::Truncated { serial }
         | Mode::Malformed { serial }
         | Mode::OnlySoa { serial }
-        | Mode::OutOfZone { serial } => *serial,
+        | Mode::OutOfZone { serial }
+        | Mode::Stall { serial } => *serial,
         Mode::Down => return,
     };
     let mut body = Vec::new();
@@ -297,6 +300,10 @@ fn serve_one(mut stream: std::net::TcpStream, mode: &Mode) {
             soa_rr(&mut body, &zone, serial, expire);
             3
         }
+        Mode::Stall { .. } => {
+            std::thread::sleep(Duration::from_secs(15));
+            return;
+        }
         Mode::Down => return,
     };
     send(&mut stream, &response(&q, qend, count, &body));
@@ -311,7 +318,7 @@ fn fake_primary() -> Result<(SocketAddr, Arc<Mutex<Mode>>)> {
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let mode = m.lock().unwrap().clone();
-            serve_one(stream, &mode);
+            std::thread::spawn(move || serve_one(stream, &mode));
         }
     });
     Ok((addr, mode))
@@ -366,11 +373,13 @@ fn bad_input_from_a_primary_never_changes_the_served_copy() -> Result<()> {
         ),
         (Mode::OnlySoa { serial: 13 }, "the zone holds only its SOA"),
         (Mode::OutOfZone { serial: 14 }, "record a.elsewhere.test. A is outside zone bad.test."),
+        // A primary that stops sending is dropped after the idle timeout (10 s; IXFR, then AXFR).
+        (Mode::Stall { serial: 14 }, "timed out waiting for the primary (stalled)"),
     ];
     for (m, want) in cases {
         *mode.lock().unwrap() = m.clone();
         assert_eq!(notify(&dns, "127.0.0.1", "bad.test")?, (NOERROR, true), "{m:?}");
-        wait_line(&dns, &["zone=bad.test.", &format!("primary={peer}"), want], Duration::from_secs(10))?;
+        wait_line(&dns, &["zone=bad.test.", &format!("primary={peer}"), want], Duration::from_secs(30))?;
         assert_eq!(served_serial(&dns, "bad.test"), Some(10), "{m:?}: the copy is unchanged");
         assert_eq!(a(&dns)?, ["10.0.0.1"], "{m:?}");
         assert_eq!(dns.dig(&["c.bad.test", "A"])?.status, "NXDOMAIN", "{m:?}");
@@ -393,10 +402,10 @@ fn bad_input_from_a_primary_never_changes_the_served_copy() -> Result<()> {
     )?;
     assert_eq!(dns.dig(&["a.signed.test", "A"])?.status, "SERVFAIL", "no copy: SERVFAIL, never forwarded");
 
-    // A good transfer goes through after all that.
+    // A good transfer goes through after all that (once the stalled AXFR timed out too).
     *mode.lock().unwrap() = Mode::Serve { serial: 15, expire: 4, extra: vec![("c", 3)] };
     assert_eq!(notify(&dns, "127.0.0.1", "bad.test")?, (NOERROR, true));
-    wait_for("serial 15", Duration::from_secs(5), || Ok(served_serial(&dns, "bad.test") == Some(15)))?;
+    wait_for("serial 15", Duration::from_secs(25), || Ok(served_serial(&dns, "bad.test") == Some(15)))?;
     assert_eq!(dns.dig(&["c.bad.test", "A"])?.values("A"), ["10.0.0.3"]);
     let metrics = dns.agent.metrics_text()?;
     for want in [

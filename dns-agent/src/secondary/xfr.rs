@@ -84,7 +84,7 @@ pub(crate) enum Transfer {
     /// A whole zone (AXFR, or an IXFR answered with the whole zone): the SOA first, then every other record.
     Full { records: Vec<Record> },
     /// IXFR differences, in order.
-    Incremental { soa: Record, diffs: Vec<Diff> },
+    Incremental { soa: Box<Record>, diffs: Vec<Diff> },
 }
 
 #[derive(Debug)]
@@ -200,7 +200,9 @@ impl Assembler {
             State::AfterFirst if matches!(self.asked, Asked::Ixfr { ours } if !serial_gt(self.serial, ours)) => {
                 Ok(Transfer::UpToDate { serial: self.serial })
             }
-            State::Done if !self.diffs.is_empty() => Ok(Transfer::Incremental { soa: first, diffs: self.diffs }),
+            State::Done if !self.diffs.is_empty() => {
+                Ok(Transfer::Incremental { soa: Box::new(first), diffs: self.diffs })
+            }
             State::Done => {
                 let mut records = Vec::with_capacity(self.records.len() + 1);
                 records.push(first);

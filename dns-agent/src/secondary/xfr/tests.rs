@@ -154,7 +154,8 @@ fn whole_zone_checks() {
 fn timers_schedule_refresh_retry_and_expiry() {
     let t = Some(Timers { refresh: 100, retry: 10, expire: 1000 });
     // (timers, last_ok, last_failure, now) → (next_check, expires, serving)
-    let cases: &[(Option<Timers>, Option<i64>, Option<i64>, i64, (i64, Option<i64>, bool))] = &[
+    type Case = (Option<Timers>, Option<i64>, Option<i64>, i64, (i64, Option<i64>, bool));
+    let cases: &[Case] = &[
         (None, None, None, 50, (50, None, false)),
         (None, None, Some(40), 50, (40 + NO_COPY_RETRY, None, false)),
         (t, Some(0), None, 50, (100, Some(1000), true)),
