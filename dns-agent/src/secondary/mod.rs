@@ -280,30 +280,15 @@ impl Secondaries {
         let mut stop = std::pin::pin!(shutdown.wait());
         let mut first = true;
         loop {
-            let now = now();
-            let (wait, flipped) = {
-                let mut st = slot.lock();
-                let sched = st.schedule(now);
-                let serving = st.copy.is_some() && sched.serving;
-                let flipped = serving != st.published_serving;
-                if flipped {
-                    st.published_serving = serving;
-                    if !serving && st.copy.is_some() {
-                        tracing::error!(zone = %slot.cfg.origin, last_ok = st.last_ok.unwrap_or(0),
-                            "secondary zone expired without a successful refresh: answering SERVFAIL");
-                    }
-                }
-                (Duration::from_secs(u64::try_from(sched.next_check - now).unwrap_or(0)), flipped)
-            };
-            if flipped {
-                on_change();
-            }
+            let wait = publish(&slot, &on_change);
             if !first {
                 tokio::select! {
                     _ = &mut stop => return,
                     _ = tokio::time::sleep(wait) => {}
                     _ = slot.wake.notified() => {}
                 }
+                // An expiry is answered at once, not after a refresh attempt that may take a while.
+                publish(&slot, &on_change);
             }
             first = false;
             if self.refresh(&slot).await {
@@ -452,6 +437,30 @@ impl Secondaries {
             self.metrics.set_seconds_behind(&zone, s.lag_seconds);
         }
     }
+}
+
+/// Rebuilds the snapshot when the zone started or stopped being served (logging an expiry); returns how long to
+/// wait for the next check.
+fn publish(slot: &Slot, on_change: &OnChange) -> Duration {
+    let now = now();
+    let (wait, flipped) = {
+        let mut st = slot.lock();
+        let sched = st.schedule(now);
+        let serving = st.copy.is_some() && sched.serving;
+        let flipped = serving != st.published_serving;
+        if flipped {
+            st.published_serving = serving;
+            if !serving && st.copy.is_some() {
+                tracing::error!(zone = %slot.cfg.origin, last_ok = st.last_ok.unwrap_or(0),
+                    "secondary zone expired without a successful refresh: answering SERVFAIL");
+            }
+        }
+        (Duration::from_secs(u64::try_from(sched.next_check - now).unwrap_or(0)), flipped)
+    };
+    if flipped {
+        on_change();
+    }
+    wait
 }
 
 /// IPv4 and IPv4-mapped IPv6 addresses are the same peer.
