@@ -408,7 +408,7 @@ struct TransferLabels {
     zone: String,
     /// "in" (this agent a secondary) or "out" (a primary).
     direction: String,
-    /// AXFR, IXFR or SOA (a serial check).
+    /// axfr, ixfr or soa (a serial check).
     kind: String,
     /// ok, up_to_date, refused (bad input), failed (network, timeout, error answer).
     result: String,

@@ -114,8 +114,8 @@ async fn a_secondary_of_knot_transfers_axfr_then_ixfr_on_notify() -> Result<()> 
     assert!(z.records >= 7, "{z:?}");
     let metrics = dns.agent.metrics_text()?;
     for want in [
-        "strata_dns_transfers_total{zone=\"sec.test.\",direction=\"in\",kind=\"AXFR\",result=\"ok\"} 1",
-        "strata_dns_transfers_total{zone=\"sec.test.\",direction=\"in\",kind=\"IXFR\",result=\"ok\"} 1",
+        "strata_dns_transfers_total{zone=\"sec.test.\",direction=\"in\",kind=\"axfr\",result=\"ok\"} 1",
+        "strata_dns_transfers_total{zone=\"sec.test.\",direction=\"in\",kind=\"ixfr\",result=\"ok\"} 1",
         "strata_dns_notify_received_total{zone=\"sec.test.\",result=\"accepted\"}",
     ] {
         assert!(metrics.contains(want), "{want} in\n{metrics}");
@@ -409,7 +409,7 @@ fn bad_input_from_a_primary_never_changes_the_served_copy() -> Result<()> {
     assert_eq!(dns.dig(&["c.bad.test", "A"])?.values("A"), ["10.0.0.3"]);
     let metrics = dns.agent.metrics_text()?;
     for want in [
-        "strata_dns_transfers_total{zone=\"bad.test.\",direction=\"in\",kind=\"IXFR\",result=\"refused\"}",
+        "strata_dns_transfers_total{zone=\"bad.test.\",direction=\"in\",kind=\"ixfr\",result=\"refused\"}",
         "strata_dns_notify_received_total{zone=\"bad.test.\",result=\"refused\"} 1",
         "strata_dns_notify_received_total{zone=\"signed.test.\",result=\"bad_tsig\"} 1",
     ] {

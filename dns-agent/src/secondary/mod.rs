@@ -335,7 +335,7 @@ impl Secondaries {
         let theirs = transfer::soa_serial(primary, origin, key, self.limits).await?;
         if let Some(ours) = ours {
             if serial_gt(ours, theirs) {
-                self.metrics.transfer(&zone, "in", "SOA", "refused");
+                self.metrics.transfer(&zone, "in", "soa", "refused");
                 return Err(XfrError::Backwards { ours, theirs }.into());
             }
             if !serial_gt(theirs, ours) {
@@ -387,7 +387,9 @@ impl Secondaries {
             Err(e) if e.is_bad_input() => (asked, "refused"),
             Err(_) => (asked, "failed"),
         };
-        self.metrics.transfer(&zone, "in", label.0, label.1);
+        // Metric labels are lowercase (`kind="ixfr"`), as the primary side's.
+        let kind = if label.0 == "IXFR" { "ixfr" } else { "axfr" };
+        self.metrics.transfer(&zone, "in", kind, label.1);
         result
     }
 
@@ -426,7 +428,7 @@ impl Secondaries {
         if let Err(e) = slot.files.save_refreshed(serial, now) {
             tracing::warn!(zone = %slot.cfg.origin, error = %e, "cannot persist the secondary zone's refresh time");
         }
-        self.metrics.transfer(&slot.cfg.origin.to_ascii(), "in", "SOA", "up_to_date");
+        self.metrics.transfer(&slot.cfg.origin.to_ascii(), "in", "soa", "up_to_date");
     }
 
     /// Updates the per-zone gauges (serial, seconds behind).
