@@ -151,6 +151,19 @@ async fn a_secondary_of_knot_transfers_axfr_then_ixfr_on_notify() -> Result<()> 
     wait_for("the serial gauge", Duration::from_secs(8), || {
         Ok(dns.agent.metrics_text()?.contains("strata_dns_zone_serial{zone=\"sec.test.\",role=\"secondary\"} 2"))
     })?;
+
+    // Knot gone, the agent restarted: the persisted copy is served at once (the failed refresh is reported).
+    drop(knot);
+    let mut dns = dns;
+    dns.restart()?;
+    assert_eq!(dns.dig(&["new.sec.test", "A"])?.values("A"), ["10.0.1.9"], "{}", dns.agent.logs());
+    assert_eq!(served_serial(&dns, "sec.test"), Some(2));
+    wait_line(&dns, &["zone=sec.test.", "persisted copy loaded", "serving=true"], Duration::from_secs(2))?;
+    wait_line(&dns, &["zone=sec.test.", "secondary zone refresh failed", "cannot connect"], Duration::from_secs(10))?;
+    let mut client = dns.client(&pki, Role::Admin, "admin").await?;
+    let zones = client.list_zones(ListZonesRequest {}).await?.into_inner().zones;
+    let z = zones.iter().find(|z| z.zone == "sec.test.").context("sec.test. in ListZones")?;
+    assert!(z.serving && z.serial == 2 && z.last_error.contains("cannot connect"), "{z:?}");
     Ok(())
 }
 
