@@ -15,6 +15,7 @@ mod secondary;
 mod server;
 mod service;
 mod store;
+mod tcp;
 mod tsig;
 mod udp;
 mod xfr;
@@ -65,6 +66,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     let mut dns_server = server::serve(bound, encrypted, handler::Handler::new(dns.clone()))
         .map_err(|e| RunError::Dns(format!("cannot register sockets: {e}")))?;
     tracing::info!(summary = dns.summary(), "dns serving");
+    dns.notify_all();
 
     dns.blocklists.spawn_refresh_loop(shutdown.clone().wait());
     dns.spawn_gauges(GAUGE_INTERVAL, shutdown.clone());

@@ -209,8 +209,10 @@ pub(crate) struct DnsMetrics {
     list_success: Family<ListLabels, Gauge>,
     /// The lists shown now (those of the config in use), to drop the series of lists no longer configured.
     lists_shown: Arc<Mutex<Vec<String>>>,
-    /// Zone transfers, NOTIFY, serials and lag.
-    xfr: XfrMetrics,
+    /// Zone transfers, NOTIFYs and serials.
+    pub xfr: XfrMetrics,
+    /// NOTIFYs received and secondary lag.
+    secondary: SecondaryMetrics,
 }
 
 impl DnsMetrics {
@@ -231,8 +233,11 @@ impl DnsMetrics {
             list_failing: Family::default(),
             list_success: Family::default(),
             lists_shown: Arc::default(),
-            xfr: XfrMetrics::new(registry),
+            xfr: XfrMetrics::default(),
+            secondary: SecondaryMetrics::default(),
         };
+        m.xfr.register(registry);
+        m.secondary.register(registry);
         registry.register("dns_queries", "DNS queries by query type and outcome", QueryCounters(m.inner.clone()));
         registry.register(
             "dns_query_duration_seconds",
@@ -404,96 +409,57 @@ impl EncodeMetric for LatencyHistogram {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TransferLabels {
-    zone: String,
-    /// "in" (this agent a secondary) or "out" (a primary).
-    direction: String,
-    /// axfr, ixfr or soa (a serial check).
-    kind: String,
-    /// ok, up_to_date, refused (bad input), failed (network, timeout, error answer).
-    result: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ZoneRoleLabels {
-    zone: String,
-    role: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ZoneLabels {
     zone: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NotifyLabels {
+struct NotifyReceivedLabels {
     zone: String,
     /// accepted, refused (a stranger), unknown_zone, bad_tsig.
     result: String,
 }
 
-/// Zone transfer metrics: transfers both ways, NOTIFYs received, serials and how far each secondary is behind.
-#[derive(Clone)]
-struct XfrMetrics {
-    transfers: Family<TransferLabels, Counter>,
-    notify_received: Family<NotifyLabels, Counter>,
-    zone_serial: Family<ZoneRoleLabels, Gauge>,
+/// The secondary side's own metrics: NOTIFYs received and how far each secondary zone is behind.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SecondaryMetrics {
+    notify_received: Family<NotifyReceivedLabels, Counter>,
     seconds_behind: Family<ZoneLabels, Gauge>,
 }
 
-impl XfrMetrics {
-    fn new(registry: &Metrics) -> Self {
-        let m = XfrMetrics {
-            transfers: Family::default(),
-            notify_received: Family::default(),
-            zone_serial: Family::default(),
-            seconds_behind: Family::default(),
-        };
-        registry.register(
-            "dns_transfers",
-            "Zone transfers by zone, direction (in: as secondary, out: as primary), kind and result",
-            m.transfers.clone(),
-        );
+impl SecondaryMetrics {
+    fn register(&self, registry: &Metrics) {
         registry.register(
             "dns_notify_received",
             "NOTIFY messages received, by zone and result",
-            m.notify_received.clone(),
+            self.notify_received.clone(),
         );
-        registry.register("dns_zone_serial", "The SOA serial served for each zone, by role", m.zone_serial.clone());
         registry.register(
             "dns_secondary_seconds_behind",
             "Seconds since each secondary zone's copy was last confirmed current (-1: never)",
-            m.seconds_behind.clone(),
+            self.seconds_behind.clone(),
         );
-        m
     }
 }
 
 impl DnsMetrics {
-    /// Counts one zone transfer (or serial check) of `zone`.
-    pub(crate) fn transfer(&self, zone: &str, direction: &str, kind: &str, result: &str) {
-        let labels = TransferLabels {
-            zone: zone.to_string(),
-            direction: direction.to_string(),
-            kind: kind.to_string(),
-            result: result.to_string(),
-        };
-        self.xfr.transfers.get_or_create(&labels).inc();
+    /// Counts one zone transfer (or serial check, kind `soa`) of `zone`.
+    pub(crate) fn transfer(&self, zone: &str, direction: &'static str, kind: &'static str, result: &'static str) {
+        self.xfr.transfer(zone, direction, kind, result);
     }
 
     /// Counts one NOTIFY received for `zone`.
     pub(crate) fn notify_received(&self, zone: &str, result: &str) {
-        let labels = NotifyLabels { zone: zone.to_string(), result: result.to_string() };
-        self.xfr.notify_received.get_or_create(&labels).inc();
+        let labels = NotifyReceivedLabels { zone: zone.to_string(), result: result.to_string() };
+        self.secondary.notify_received.get_or_create(&labels).inc();
     }
 
-    pub(crate) fn set_zone_serial(&self, zone: &str, role: &str, serial: u32) {
-        let labels = ZoneRoleLabels { zone: zone.to_string(), role: role.to_string() };
-        self.xfr.zone_serial.get_or_create(&labels).set(i64::from(serial));
+    pub(crate) fn set_zone_serial(&self, zone: &str, role: &'static str, serial: u32) {
+        self.xfr.serial(zone, role, serial);
     }
 
     pub(crate) fn set_seconds_behind(&self, zone: &str, seconds: i64) {
-        self.xfr.seconds_behind.get_or_create(&ZoneLabels { zone: zone.to_string() }).set(seconds);
+        self.secondary.seconds_behind.get_or_create(&ZoneLabels { zone: zone.to_string() }).set(seconds);
     }
 }
 
@@ -593,5 +559,67 @@ mod tests {
         assert!(text.contains("strata_dns_query_duration_seconds_bucket{le=\"0.00005\"} 2"), "{text}");
         let totals = m.totals();
         assert!(totals.contains(&("local", 3)) && totals.contains(&("blocked", 1)), "{totals:?}");
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransferLabels {
+    zone: String,
+    /// "out" (served by this agent as primary) or "in" (fetched as secondary).
+    direction: &'static str,
+    /// "axfr" or "ixfr".
+    kind: &'static str,
+    /// "ok", "refused", "notauth", "failed".
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotifyLabels {
+    zone: String,
+    /// "ok" (acknowledged), "timeout", "error", "gave_up".
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SerialLabels {
+    zone: String,
+    /// "primary" or "secondary".
+    role: &'static str,
+}
+
+/// `strata_dns_transfers_total{zone,direction,kind,result}`, `strata_dns_notify_sent_total{zone,result}` and
+/// `strata_dns_zone_serial{zone,role}`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct XfrMetrics {
+    transfers: Family<TransferLabels, Counter>,
+    notify_sent: Family<NotifyLabels, Counter>,
+    serial: Family<SerialLabels, Gauge>,
+}
+
+impl XfrMetrics {
+    fn register(&self, registry: &Metrics) {
+        registry.register(
+            "dns_transfers",
+            "Zone transfers by zone, direction (out: served, in: fetched), kind (axfr, ixfr) and result",
+            self.transfers.clone(),
+        );
+        registry.register("dns_notify_sent", "NOTIFY messages sent by zone and result", self.notify_sent.clone());
+        registry.register(
+            "dns_zone_serial",
+            "Each zone's SOA serial by role (primary, secondary)",
+            self.serial.clone(),
+        );
+    }
+
+    pub(crate) fn transfer(&self, zone: &str, direction: &'static str, kind: &'static str, result: &'static str) {
+        self.transfers.get_or_create(&TransferLabels { zone: zone.to_string(), direction, kind, result }).inc();
+    }
+
+    pub(crate) fn notify(&self, zone: &str, result: &'static str) {
+        self.notify_sent.get_or_create(&NotifyLabels { zone: zone.to_string(), result }).inc();
+    }
+
+    pub(crate) fn serial(&self, zone: &str, role: &'static str, serial: u32) {
+        self.serial.get_or_create(&SerialLabels { zone: zone.to_string(), role }).set(i64::from(serial));
     }
 }

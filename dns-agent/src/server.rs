@@ -1,6 +1,6 @@
 //! The DNS listeners: binds UDP (several SO_REUSEPORT sockets per address, one per core) and TCP on every
-//! `[dns] listen` address; serves UDP on our own loops (`udp`) and TCP, DoT and DoH with hickory's `Server` until
-//! shutdown. Knows sockets and hickory's server; must not know what the answers are (that is `handler`).
+//! `[dns] listen` address; serves UDP on our own loops (`udp`), TCP on ours (`tcp`), and DoT and DoH with hickory's
+//! `Server` until shutdown. Knows sockets and hickory's server; must not know what the answers are (that is `handler`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,8 +20,6 @@ use crate::udp::UdpServer;
 
 /// Idle timeout of a TCP connection.
 pub(crate) const TCP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Responses buffered per TCP connection (a count of messages).
-const TCP_RESPONSE_BUFFER: usize = 32;
 /// Attempts to find a port free for both UDP and TCP when the config asks for port 0.
 const PORT_ATTEMPTS: usize = 20;
 
@@ -167,12 +165,14 @@ pub(crate) fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<Bound>, BindError> {
 pub(crate) struct Servers {
     hickory: Server<Handler>,
     udp: UdpServer,
+    tcp: crate::tcp::TcpServer,
 }
 
 impl Servers {
     /// Stops the UDP loops and drains hickory's listeners.
     pub(crate) async fn shutdown_gracefully(&mut self) -> Result<(), NetError> {
         self.udp.shutdown().await;
+        self.tcp.shutdown();
         self.hickory.shutdown_gracefully().await
     }
 }
@@ -182,11 +182,13 @@ impl Servers {
 pub(crate) fn serve(bound: Vec<Bound>, encrypted: Option<Encrypted>, handler: Handler) -> std::io::Result<Servers> {
     let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
     let mut udp = Vec::new();
+    let mut tcp = Vec::new();
     let mut server = Server::new(handler.clone());
     for b in bound {
         udp.extend(b.udp);
-        server.register_listener(tokio::net::TcpListener::from_std(b.tcp)?, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
+        tcp.push(b.tcp);
     }
+    let tcp = crate::tcp::TcpServer::spawn(tcp, &handler)?;
     if let Some(enc) = encrypted {
         for l in enc.tls {
             server.register_tls_listener(tokio::net::TcpListener::from_std(l)?, TLS_TIMEOUT, enc.certs.clone())?;
@@ -202,7 +204,7 @@ pub(crate) fn serve(bound: Vec<Bound>, encrypted: Option<Encrypted>, handler: Ha
         }
     }
     let udp = UdpServer::spawn(udp, &handler, runtime)?;
-    Ok(Servers { hickory: server, udp })
+    Ok(Servers { hickory: server, udp, tcp })
 }
 
 #[cfg(test)]

@@ -75,10 +75,6 @@ impl TsigKey {
         &self.name
     }
 
-    pub(crate) fn algorithm(&self) -> &TsigAlgorithm {
-        &self.algorithm
-    }
-
     fn mac(&self, data: &[u8]) -> Vec<u8> {
         // Only supported algorithms are ever constructed (`new`), so this cannot fail.
         self.algorithm.mac_data(&self.secret, data).unwrap_or_default()
@@ -160,10 +156,6 @@ impl TsigKeys {
         self.by_name.get(&name.to_lowercase())
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
-
     #[cfg(test)]
     pub(crate) fn from_keys(keys: impl IntoIterator<Item = TsigKey>) -> TsigKeys {
         TsigKeys { by_name: keys.into_iter().map(|k| (k.name.clone(), k)).collect() }
@@ -239,6 +231,11 @@ pub(crate) struct RequestRejection {
 }
 
 impl RequestRejection {
+    /// A request signed with a valid key other than the one required: answered like an unknown key (BADKEY).
+    pub(crate) fn bad_key(key: &Name) -> RequestRejection {
+        RequestRejection { failure: TsigFailure::BadKey(key.clone()), signed_by: None }
+    }
+
     /// Appends the TSIG RR of an error response (RCODE NOTAUTH) to `msg`: unsigned with BADKEY/BADSIG; for
     /// BADTIME signed, with the request's time and this clock in Other Data (RFC 8945 §5.2.3).
     pub(crate) fn append_error_tsig(&self, msg: &mut Vec<u8>, now: u64) {
@@ -351,6 +348,7 @@ impl StreamVerifier {
     }
 
     /// Called after the last message: the stream must end on a signed message.
+    #[allow(dead_code)] // the transfer client (secondary side) calls it; tested here
     pub(crate) fn finish(&self) -> Result<(), TsigFailure> {
         if self.first || self.unsigned_count > 0 {
             return Err(TsigFailure::Malformed("the last response message is not signed".into()));
