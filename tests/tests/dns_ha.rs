@@ -167,6 +167,10 @@ async fn a_secondary_in_another_namespace_follows_the_primary_and_outlives_it_un
     assert_eq!((z.role.as_str(), z.serving), ("secondary", true), "{z:?}");
     assert_eq!(z.peers, [format!("{}:53", pair.ip1())], "{z:?}");
     ensure!(killed.elapsed() < EXPIRE, "the restart took until the expiry; cannot tell (c) from (d)");
+    // Records of a secondary zone are written on its primary only.
+    let e = c2.upsert_record(upsert(record("x.lab.home.arpa", "A", "10.0.0.99"))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("is in a secondary zone"), "{e:?}");
 
     // (d) After `expire` without a successful refresh: SERVFAIL (never forwarded, never stale beyond expire).
     wait_for("SERVFAIL after expire", EXPIRE + Duration::from_secs(15), || {

@@ -148,8 +148,10 @@ async fn a_secondary_of_knot_transfers_axfr_then_ixfr_on_notify() -> Result<()> 
     assert_eq!(row["last_transfer_kind"], "IXFR", "{row}");
     assert_eq!(row["agent"], "dns", "{row}");
 
-    wait_for("the serial gauge", Duration::from_secs(8), || {
-        Ok(dns.agent.metrics_text()?.contains("strata_dns_zone_serial{zone=\"sec.test.\",role=\"secondary\"} 2"))
+    wait_for("the serial and lag gauges", Duration::from_secs(8), || {
+        let text = dns.agent.metrics_text()?;
+        Ok(text.contains("strata_dns_zone_serial{zone=\"sec.test.\",role=\"secondary\"} 2")
+            && text.contains("strata_dns_secondary_seconds_behind{zone=\"sec.test.\"}"))
     })?;
 
     // Knot gone, the agent restarted: the persisted copy is served at once (the failed refresh is reported).
