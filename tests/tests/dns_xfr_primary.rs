@@ -194,7 +194,10 @@ fn transfers_refused_to_strangers_and_bad_keys() -> Result<()> {
         "tsig BADSIG (key xfr-key.",
         "tsig BADKEY (key nobody.",
     ] {
-        ensure!(logs.contains(want) || logs.contains(&want.replace(" peer=127.0.0.2", "")), "log lacks {want:?}:\n{logs}");
+        ensure!(
+            logs.contains(want) || logs.contains(&want.replace(" peer=127.0.0.2", "")),
+            "log lacks {want:?}:\n{logs}"
+        );
     }
     ensure!(logs.contains("127.0.0.2"), "the refused peer is named:\n{logs}");
     // AXFR and IXFR over UDP stay refused.
