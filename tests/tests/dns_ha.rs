@@ -1,7 +1,8 @@
 //! Two dns-agents in two network namespaces on one LAN, the second a secondary of the first by standard zone
 //! transfer: a dynamic record added on the primary is answered by the secondary within a second (NOTIFY, IXFR);
 //! with the primary killed the secondary answers every local and dynamic name; restarted while the primary is
-//! still down it answers from its persisted copy at once; after the zone's SOA `expire` it answers SERVFAIL.
+//! still down it answers from its persisted copy at once; after the zone's SOA `expire` it answers SERVFAIL. Every
+//! exchange between them (SOA checks, transfers, NOTIFYs) is TSIG-signed, as `docs/operations.md` recommends.
 //! Knows the agents' config, DNS answers and gRPC API; nothing of their internals.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,6 +18,8 @@ use strata_tests::fixtures::netns::{Lan, Link, Netns};
 use strata_tests::harness::{base_config_on, AgentKind, AgentProc, Pki};
 
 const ZONE: &str = "lab.home.arpa";
+/// The key both agents share (transfers, SOA checks and NOTIFYs are signed with it): 32 bytes, base64.
+const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTEyMzQ=";
 /// The zone's SOA timers: a secondary checks every 10 s and gives the copy up 20 s after the last good check.
 const EXPIRE: Duration = Duration::from_secs(20);
 
@@ -60,11 +63,18 @@ impl Pair {
         self.link2.addr()
     }
 
+    /// The agent's config: DNS on port 53 of its LAN address, the shared TSIG key file, then `body`.
     fn config(&self, name: &str, ip: Ipv4Addr, body: &str) -> Result<PathBuf> {
         let (cert, key) = self.pki.issue_for(Role::DnsAgent, name, &[IpAddr::V4(ip)])?;
         let state = self.dir.path().join(name).join("state");
+        let keys = self.dir.path().join(format!("{name}-tsig.toml"));
+        std::fs::write(
+            &keys,
+            format!("[[key]]\nname = \"xfr-key\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{SECRET}\"\n"),
+        )?;
+        std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let text = base_config_on(&state, &self.pki.ca(), &cert, &key, IpAddr::V4(ip))
-            + &format!("[dns]\nlisten = [\"{ip}:53\"]\n{body}");
+            + &format!("[dns]\nlisten = [\"{ip}:53\"]\ntsig_keys = {:?}\n{body}", keys.display().to_string());
         let path = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, text)?;
         Ok(path)
@@ -81,7 +91,7 @@ impl Pair {
              {{ name = \"mail\", type = \"A\", value = \"10.0.0.11\" }},\n\
              {{ name = \"@\", type = \"TXT\", value = \"v=spf1 mx -all\" }},\n]\n\
              soa = {{ refresh = \"10s\", retry = \"1s\", expire = \"{}s\" }}\n\
-             transfer = {{ allow = [\"{ip2}/32\"] }}\nnotify = [\"{ip2}:53\"]\n",
+             transfer = {{ allow = [\"{ip2}/32\"], tsig = \"xfr-key\" }}\nnotify = [\"{ip2}:53\"]\n",
             EXPIRE.as_secs()
         );
         let config = self.config("dns1", ip1, &body)?;
@@ -93,7 +103,7 @@ impl Pair {
 
     fn start_secondary(&mut self) -> Result<()> {
         let (ip1, ip2) = (self.ip1(), self.ip2());
-        let body = format!("[[secondaries]]\nzone = \"{ZONE}\"\nprimaries = [\"{ip1}:53\"]\n");
+        let body = format!("[[secondaries]]\nzone = \"{ZONE}\"\nprimaries = [\"{ip1}:53\"]\ntsig = \"xfr-key\"\n");
         let config = self.config("dns2", ip2, &body)?;
         let agent = AgentProc::start_with_prefix(&self.ns2.exec_prefix(), AgentKind::Dns, &config, &[])?;
         agent.wait_log(&format!("dns udp listening on {ip2}:53"), Duration::from_secs(5))?;

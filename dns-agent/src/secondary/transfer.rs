@@ -83,8 +83,11 @@ struct Conn {
     deadline: Instant,
     bytes: usize,
     messages: usize,
-    /// Set when the request was signed: every answer must verify.
+    /// Set when the request was signed: answers must verify.
     verifier: Option<StreamVerifier>,
+    /// Whether an unsigned answer to a signed request is refused (transfers) or taken (the SOA check: a signature
+    /// there is verified when present, as a dns-agent primary answers plain queries unsigned).
+    require_signed: bool,
 }
 
 impl Conn {
@@ -95,7 +98,7 @@ impl Conn {
             .map_err(|e| FetchError::Connect(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let deadline = Instant::now() + limits.total;
-        Ok(Conn { stream, limits, deadline, bytes: 0, messages: 0, verifier: None })
+        Ok(Conn { stream, limits, deadline, bytes: 0, messages: 0, verifier: None, require_signed: true })
     }
 
     /// Sends `msg`, signed with `key` when given.
@@ -148,8 +151,11 @@ impl Conn {
         if msg.metadata.response_code != ResponseCode::NoError {
             return Err(FetchError::Rcode(msg.metadata.response_code));
         }
-        if let Some(v) = self.verifier.as_mut() {
-            v.verify(&body, msg.signature.is_some(), unix_now()).map_err(FetchError::Tsig)?;
+        let signed = msg.signature.is_some();
+        if let Some(v) = self.verifier.as_mut().filter(|_| signed || self.require_signed) {
+            v.verify(&body, signed, unix_now()).map_err(FetchError::Tsig)?;
+        } else if self.verifier.is_some() {
+            self.verifier = None;
         }
         Ok(msg)
     }
@@ -170,7 +176,8 @@ fn query(origin: &Name, qtype: RecordType) -> Message {
     msg
 }
 
-/// The serial of the zone's SOA at `primary`.
+/// The serial of the zone's SOA at `primary`. With a key the query is signed and a signed answer verified; an
+/// unsigned answer is taken (it only decides whether to transfer; the transfer's answers must be signed).
 pub(crate) async fn soa_serial(
     primary: SocketAddr,
     origin: &Name,
@@ -178,6 +185,7 @@ pub(crate) async fn soa_serial(
     limits: Limits,
 ) -> Result<u32, FetchError> {
     let mut conn = Conn::open(primary, Limits { total: limits.idle, ..limits }).await?;
+    conn.require_signed = false;
     let msg = query(origin, RecordType::SOA);
     conn.send(&msg, key).await?;
     let answer = conn.recv(msg.metadata.id).await?;
