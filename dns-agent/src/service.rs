@@ -410,8 +410,9 @@ impl Dns {
         )
     }
 
-    /// The agent's part of `Agent/Status`: the summary, and a reason per blocklist source never loaded and per
-    /// upstream when every upstream of a forwarding group is failing.
+    /// The agent's part of `Agent/Status`: the summary, and a reason per blocklist source never loaded, per
+    /// upstream when every upstream of a forwarding group is failing, and per secondary zone not served or failing
+    /// to refresh.
     pub(crate) fn health(&self, h: &mut agent_core::health::Health) {
         h.summary(self.summary());
         for reason in crate::blocklist::never_loaded(&self.blocklists.status()) {
@@ -421,6 +422,9 @@ impl Dns {
             for reason in f.failing() {
                 h.degraded(reason);
             }
+        }
+        for reason in self.secondaries.degraded() {
+            h.degraded(reason);
         }
     }
 

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use agent_core::identity::Role;
 use anyhow::{ensure, Context, Result};
+use strata_proto::v1::agent_client::AgentClient;
 use strata_proto::v1::dns_client::DnsClient;
-use strata_proto::v1::ListZonesRequest;
+use strata_proto::v1::{ListZonesRequest, StatusRequest};
 use strata_tests::dnslab::{dig, record, upsert, wait_for, Dig};
 use strata_tests::fixtures::netns::{Lan, Link, Netns};
 use strata_tests::harness::{base_config_on, AgentKind, AgentProc, Pki};
@@ -177,6 +178,19 @@ async fn a_secondary_in_another_namespace_follows_the_primary_and_outlives_it_un
     assert_eq!((z.role.as_str(), z.serving), ("secondary", true), "{z:?}");
     assert_eq!(z.peers, [format!("{}:53", pair.ip1())], "{z:?}");
     ensure!(killed.elapsed() < EXPIRE, "the restart took until the expiry; cannot tell (c) from (d)");
+    // The failing refresh makes the secondary degraded (`labctl status`), naming the zone.
+    let ch = pair.pki.material(&pair.pki.ca(), Role::Viewer, "viewer")?;
+    let ch = ch
+        .connect(&pair.secondary.as_ref().context("secondary")?.url(), Role::DnsAgent, Duration::from_secs(5))
+        .await?;
+    let status = AgentClient::new(ch).status(StatusRequest {}).await?.into_inner();
+    assert!(
+        status
+            .degraded
+            .iter()
+            .any(|d| d.starts_with("secondary zone lab.home.arpa.: refresh failing, serving its copy until")),
+        "{status:?}"
+    );
     // Records of a secondary zone are written on its primary only.
     let e = c2.upsert_record(upsert(record("x.lab.home.arpa", "A", "10.0.0.99"))).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");

@@ -201,6 +201,31 @@ impl Secondaries {
             .collect()
     }
 
+    /// Why the secondary zones make the agent degraded: one line per zone not served (SERVFAIL) or whose last
+    /// refresh failed, naming the zone.
+    pub(crate) fn degraded(&self) -> Vec<String> {
+        self.status()
+            .into_iter()
+            .filter_map(|s| match (s.serving, s.last_error.is_empty()) {
+                (false, _) if s.serial == 0 => Some(format!(
+                    "secondary zone {}: no copy yet, answering SERVFAIL ({})",
+                    s.origin,
+                    if s.last_error.is_empty() { "no transfer tried yet" } else { &s.last_error }
+                )),
+                (false, _) => Some(format!(
+                    "secondary zone {}: expired, answering SERVFAIL (last refresh: {})",
+                    s.origin,
+                    if s.last_error.is_empty() { "none" } else { &s.last_error }
+                )),
+                (true, false) => Some(format!(
+                    "secondary zone {}: refresh failing, serving its copy until {} ({})",
+                    s.origin, s.expires_unix, s.last_error
+                )),
+                (true, true) => None,
+            })
+            .collect()
+    }
+
     /// Whether `name` is one of the secondary zones.
     pub(crate) fn has_zone(&self, name: &Name) -> bool {
         self.slots.iter().any(|s| &s.cfg.origin == name)
