@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use agent_core::identity::Role;
 use agent_core::tls::TlsMaterial;
 use anyhow::Result;
 use clap::Subcommand;
@@ -202,6 +203,57 @@ impl From<strata_proto::v1::QueryLogEntry> for LogRow {
     }
 }
 
+/// `labctl dns zones`: the zones of `dns`, then of every other dns-agent of the inventory (`dns2`). One that cannot
+/// be reached is reported (stderr; a `{agent, error}` row with `--json`) while the others are shown; when none
+/// answers, the first error is the command's. Exit 1 when an agent failed or a zone answers SERVFAIL.
+async fn zones(inv: &Inventory, tls: &TlsMaterial, opts: &Opts) -> Result<ExitCode> {
+    let mut keys: Vec<&'static str> = vec!["dns"];
+    keys.extend(inv.agents.iter().filter(|a| a.role == Role::DnsAgent && a.key != "dns").map(|a| a.key));
+    let mut rows: Vec<ZoneRow> = Vec::new();
+    let mut errors: Vec<(&'static str, anyhow::Error)> = Vec::new();
+    for key in keys {
+        let got = async {
+            let a = client::open(inv, tls, key, Timeouts::new(opts.timeout)).await?;
+            let mut c = DnsClient::new(a.channel.clone());
+            a.call("list zones", c.list_zones(ListZonesRequest {})).await
+        };
+        match got.await {
+            Ok(r) => rows.extend(r.zones.into_iter().map(|z| ZoneRow::new(key, z))),
+            Err(e) => errors.push((key, e)),
+        }
+    }
+    if rows.is_empty() && !errors.is_empty() {
+        return Err(errors.swap_remove(0).1);
+    }
+    for (_, e) in &errors {
+        eprintln!("error: {e}");
+    }
+    if opts.json {
+        let mut doc: Vec<serde_json::Value> = rows.iter().map(serde_json::to_value).collect::<Result<_, _>>()?;
+        doc.extend(errors.iter().map(|(key, e)| serde_json::json!({ "agent": key, "error": e.to_string() })));
+        output::json(&doc)?;
+    } else {
+        let mut t = Table::new(["AGENT", "ZONE", "ROLE", "SERIAL", "RECORDS", "LAST TRANSFER", "LAG", "STATE"]);
+        for r in &rows {
+            let state = t.error_cell(&r.zone, &r.last_error);
+            let state = if r.last_error.is_empty() { r.state() } else { format!("{} ({state})", r.state()) };
+            t.row([
+                r.agent.clone(),
+                r.zone.clone(),
+                r.role.clone(),
+                r.serial.to_string(),
+                r.records.to_string(),
+                r.last_transfer(),
+                r.lag(),
+                state,
+            ]);
+        }
+        print!("{}", t.render(opts.verbose));
+    }
+    let failed = !errors.is_empty() || rows.iter().any(|r| !r.serving);
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
 /// An entry's time of day (UTC).
 fn clock(time_unix_ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_unix_ms) * 1_000_000)
@@ -226,6 +278,9 @@ const LOG_HEADER: [&str; 7] = ["TIME", "CLIENT", "NAME", "TYPE", "OUTCOME", "LAT
 
 pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) -> Result<ExitCode> {
     let json = opts.json;
+    if matches!(cmd, DnsCmd::Zones) {
+        return zones(inv, tls, opts).await;
+    }
     let agent = client::open(inv, tls, "dns", Timeouts::new(opts.timeout)).await?;
     let mut c = DnsClient::new(agent.channel.clone());
     match cmd {
@@ -248,34 +303,8 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) -
             }
             print!("{t}");
         }
-        DnsCmd::Zones => {
-            let zones = agent.call("list zones", c.list_zones(ListZonesRequest {})).await?.zones;
-            let rows: Vec<ZoneRow> = zones.into_iter().map(|z| ZoneRow::new(agent.addr.key, z)).collect();
-            let stopped = rows.iter().any(|r| !r.serving);
-            if json {
-                output::json(&rows)?;
-            } else {
-                let mut t = Table::new(["AGENT", "ZONE", "ROLE", "SERIAL", "RECORDS", "LAST TRANSFER", "LAG", "STATE"]);
-                for r in &rows {
-                    let state = t.error_cell(&r.zone, &r.last_error);
-                    let state = if r.last_error.is_empty() { r.state() } else { format!("{} ({state})", r.state()) };
-                    t.row([
-                        r.agent.clone(),
-                        r.zone.clone(),
-                        r.role.clone(),
-                        r.serial.to_string(),
-                        r.records.to_string(),
-                        r.last_transfer(),
-                        r.lag(),
-                        state,
-                    ]);
-                }
-                print!("{}", t.render(opts.verbose));
-            }
-            if stopped {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
+        // Answered above, before `dns` is opened (its zones are shown even when `dns` is down).
+        DnsCmd::Zones => return zones(inv, tls, opts).await,
         DnsCmd::Add { name, rtype, value, ttl } => {
             let record =
                 Record { name, r#type: rtype.to_uppercase(), value, ttl: ttl.unwrap_or(0), owner: String::new() };

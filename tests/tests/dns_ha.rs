@@ -14,6 +14,7 @@ use anyhow::{ensure, Context, Result};
 use strata_proto::v1::agent_client::AgentClient;
 use strata_proto::v1::dns_client::DnsClient;
 use strata_proto::v1::{ListZonesRequest, StatusRequest};
+use strata_tests::binrun::run;
 use strata_tests::dnslab::{dig, record, upsert, wait_for, Dig};
 use strata_tests::fixtures::netns::{Lan, Link, Netns};
 use strata_tests::harness::{base_config_on, AgentKind, AgentProc, Pki};
@@ -125,6 +126,32 @@ impl Pair {
         Ok(DnsClient::new(m.connect(&agent.url(), Role::DnsAgent, Duration::from_secs(5)).await?))
     }
 
+    /// labctl's inventory: `dns` the primary, `dns2` the secondary.
+    fn inventory(&self) -> Result<String> {
+        let (cert, key) = self.pki.issue(Role::Admin, "alice")?;
+        let url = |a: &Option<AgentProc>| a.as_ref().map(|a| a.url()).unwrap_or_default();
+        let path = self.dir.path().join("labctl.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "ca = {:?}\ncert = {:?}\nkey = {:?}\n[agents]\ndns = \"{}\"\ndns2 = \"{}\"\n",
+                self.pki.ca(),
+                cert,
+                key,
+                url(&self.primary),
+                url(&self.secondary)
+            ),
+        )?;
+        Ok(path.display().to_string())
+    }
+
+    /// `labctl --json dns zones`: its exit code and rows.
+    fn labctl_zones(&self, inv: &str) -> Result<(Option<i32>, Vec<serde_json::Value>, String)> {
+        let ran = run("labctl", ["--config", inv, "--timeout", "3", "--json", "dns", "zones"])?;
+        let rows = serde_json::from_str(&ran.stdout).with_context(|| ran.to_string())?;
+        Ok((ran.code, rows, ran.stderr))
+    }
+
     fn logs(&self) -> String {
         let l = |a: &Option<AgentProc>| a.as_ref().map(|a| a.logs()).unwrap_or_default();
         format!("--- primary ---\n{}\n--- secondary ---\n{}", l(&self.primary), l(&self.secondary))
@@ -162,10 +189,28 @@ async fn a_secondary_in_another_namespace_follows_the_primary_and_outlives_it_un
     let mut names = LOCAL.to_vec();
     names.push(("app.lab.home.arpa", "A", "10.0.0.30"));
 
+    // `labctl dns zones` shows the zone on both agents: the primary's row and the secondary's, same serial.
+    let inv = pair.inventory()?;
+    let (code, rows, stderr) = pair.labctl_zones(&inv)?;
+    assert_eq!(code, Some(0), "{rows:?} {stderr}");
+    let row = |rows: &[serde_json::Value], agent: &str| {
+        rows.iter().find(|r| r["agent"] == agent && r["zone"] == "lab.home.arpa.").cloned().unwrap_or_default()
+    };
+    let (p, s) = (row(&rows, "dns"), row(&rows, "dns2"));
+    assert_eq!((p["role"].as_str(), s["role"].as_str()), (Some("primary"), Some("secondary")), "{rows:?}");
+    assert_eq!(p["serial"], s["serial"], "the secondary is current: {rows:?}");
+    assert_eq!(s["last_transfer_kind"], "IXFR", "{rows:?}");
+
     // (b) The primary killed: the secondary answers every local and dynamic name.
     pair.primary.as_mut().context("primary")?.kill()?;
     let killed = Instant::now();
     answers_all(&pair, &names).with_context(|| pair.logs())?;
+    // labctl still shows the secondary's zone, and says the primary is unreachable (exit 1).
+    let (code, rows, stderr) = pair.labctl_zones(&inv)?;
+    assert_eq!(code, Some(1), "{rows:?} {stderr}");
+    assert_eq!(row(&rows, "dns2")["serving"], true, "{rows:?}");
+    assert!(rows.iter().any(|r| r["agent"] == "dns" && r["error"].is_string()), "{rows:?}");
+    assert!(stderr.starts_with("error: ") && stderr.contains("dns"), "{stderr}");
 
     // (c) The secondary restarted while the primary is down: it answers from its persisted copy at once.
     let sec = pair.secondary.as_mut().context("secondary")?;
