@@ -12,7 +12,8 @@ use crate::blocklist::{BlocklistConfig, RawBlocklist};
 use crate::forward::{ForwardConfig, RawForward};
 use crate::records::{check_cname_exclusive, parse_name, Field, LocalRecord};
 use crate::scope::{RawScope, Scopes};
-use crate::zones::ZoneConfig;
+use crate::secondary::{RawSecondary, SecondaryConfig};
+use crate::zones::{SoaTimers, ZoneConfig};
 
 /// Port of `[metrics] listen` when only an address is given.
 pub const DEFAULT_METRICS_PORT: u16 = 9442;
@@ -32,6 +33,8 @@ struct RawConfig {
     blocklist: Option<RawBlocklist>,
     #[serde(default)]
     services_agents: std::collections::BTreeMap<String, RawScope>,
+    #[serde(default)]
+    secondaries: Vec<RawSecondary>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +64,22 @@ struct RawZone {
     transfer: Option<crate::xfr::policy::RawTransfer>,
     #[serde(default)]
     notify: Vec<String>,
+    soa: Option<RawSoa>,
+}
+
+/// `[[zones]] soa = { refresh = "1h", retry = "10m", expire = "1d", minimum = "60s" }`: the synthesized SOA's
+/// timers (durations in the one grammar of `agent_core::duration`); each key optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSoa {
+    #[serde(default, deserialize_with = "agent_core::duration::deserialize_option")]
+    refresh: Option<std::time::Duration>,
+    #[serde(default, deserialize_with = "agent_core::duration::deserialize_option")]
+    retry: Option<std::time::Duration>,
+    #[serde(default, deserialize_with = "agent_core::duration::deserialize_option")]
+    expire: Option<std::time::Duration>,
+    #[serde(default, deserialize_with = "agent_core::duration::deserialize_option")]
+    minimum: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +136,8 @@ pub struct Config {
     pub blocklist: Option<BlocklistConfig>,
     /// What each services-agent may write (`[services_agents.NAME]`); none may write without its section.
     pub services_agents: Scopes,
+    /// Zones copied from primaries by zone transfer (`[[secondaries]]`).
+    pub secondaries: Vec<SecondaryConfig>,
 }
 
 impl Config {
@@ -138,7 +159,19 @@ impl Config {
         let forward = raw.forward.map(|f| ForwardConfig::validate(f, path)).transpose()?;
         let blocklist = raw.blocklist.map(|b| BlocklistConfig::validate(b, path)).transpose()?;
         let services_agents = Scopes::validate(raw.services_agents, &zones, path)?;
-        Ok(Config { path: path.to_path_buf(), common, dns, zones, transfers, forward, blocklist, services_agents })
+        let origins: Vec<Name> = zones.iter().map(|z| z.origin.clone()).collect();
+        let secondaries = crate::secondary::validate(path, raw.secondaries, &origins, &dns.tsig)?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            common,
+            dns,
+            zones,
+            transfers,
+            forward,
+            blocklist,
+            services_agents,
+            secondaries,
+        })
     }
 }
 
@@ -240,9 +273,39 @@ fn validate_zones(
             same_name.push(records.len());
             records.push(rec);
         }
-        zones.push(ZoneConfig { origin, records });
+        let soa = match z.soa {
+            None => SoaTimers::default(),
+            Some(raw) => validate_soa(path, &format!("{key}.soa"), raw)?,
+        };
+        zones.push(ZoneConfig { origin, records, soa });
     }
     Ok((zones, transfers))
+}
+
+/// A zone's SOA timers: each one whole seconds that fit the SOA field; refresh, retry and expire not zero.
+fn validate_soa(path: &Path, key: &str, raw: RawSoa) -> Result<SoaTimers, ConfigError> {
+    let d = SoaTimers::default();
+    let secs = |name: &str, v: Option<std::time::Duration>, default: u32, min: u64| {
+        let Some(v) = v else { return Ok(default) };
+        let s = v.as_secs();
+        if s < min {
+            return Err(ConfigError::invalid(path, format!("{key}.{name}"), format!("must be at least {min}s")));
+        }
+        u32::try_from(s)
+            .ok()
+            .filter(|s| *s <= i32::MAX as u32)
+            .ok_or_else(|| ConfigError::invalid(path, format!("{key}.{name}"), "is longer than the SOA field holds"))
+    };
+    let t = SoaTimers {
+        refresh: secs("refresh", raw.refresh, d.refresh, 1)?,
+        retry: secs("retry", raw.retry, d.retry, 1)?,
+        expire: secs("expire", raw.expire, d.expire, 1)?,
+        minimum: secs("minimum", raw.minimum, d.minimum, 0)?,
+    };
+    if t.expire < t.refresh {
+        return Err(ConfigError::invalid(path, format!("{key}.expire"), "must not be shorter than refresh"));
+    }
+    Ok(t)
 }
 
 #[cfg(test)]
@@ -260,6 +323,9 @@ mod tests {
         assert!(cfg.zones[0].records.len() >= 7, "every record type is shown");
         assert!(cfg.forward.is_some() && cfg.blocklist.is_some());
         assert!(cfg.services_agents.0.contains_key("services1"));
+        assert_eq!(cfg.zones[0].soa, SoaTimers { refresh: 3600, retry: 600, expire: 604_800, minimum: 60 });
+        assert_eq!(cfg.secondaries.len(), 1);
+        assert_eq!(cfg.secondaries[0].primaries, ["10.0.0.54:53".parse::<SocketAddr>().unwrap()]);
     }
 
     const BASE: &str =
@@ -270,6 +336,21 @@ mod tests {
         let p = dir.path().join("dns.toml");
         std::fs::write(&p, format!("{BASE}{text}")).unwrap();
         Config::load(&p).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn secondaries_and_soa_timers_validate() {
+        let c = load(
+            "[[zones]]\nname = \"lab.home.arpa\"\nsoa = { refresh = \"2s\", retry = \"1s\", expire = \"10s\" }\n\
+             [[secondaries]]\nzone = \"Other.Home.Arpa\"\nprimaries = [\"10.0.0.53\", \"[fd00::53]:5353\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.zones[0].soa, SoaTimers { refresh: 2, retry: 1, expire: 10, minimum: 60 });
+        assert_eq!(c.secondaries[0].origin.to_ascii(), "other.home.arpa.");
+        let p: Vec<String> = c.secondaries[0].primaries.iter().map(|p| p.to_string()).collect();
+        assert_eq!(p, ["10.0.0.53:53", "[fd00::53]:5353"]);
+        assert_eq!(c.secondaries[0].tsig, None);
+        assert_eq!(load("").unwrap().zones.len(), 0);
     }
 
     #[test]
@@ -304,6 +385,7 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let z = |records: &str| format!("[[zones]]\nname = \"lab.home.arpa\"\nrecords = [{records}]\n");
+        let sec = |body: &str| format!("[[secondaries]]\n{body}\n");
         let cases = [
             ("[dns]\nlisten = [\"here\"]\n".to_string(), "key `dns.listen[0]`: `here` is not an IP address"),
             ("[dns]\nlisten = []\n".to_string(), "key `dns.listen`: must name at least one"),
@@ -336,6 +418,33 @@ mod tests {
             (z("{ name = \"a\", type = \"HINFO\", value = \"x\" }"), "key `zones[0].records[0].type`: unknown record type"),
             (z("{ name = \"a\", type = \"A\", value = \"10.0.0.1\", ttl = 0 }"), "key `zones[0].records[0].ttl`"),
             (z("{ name = \"a\", type = \"A\", value = \"10.0.0.1\", colour = 1 }"), "unknown field `colour`"),
+            (format!("{}soa = {{ expire = \"0s\" }}\n", z("")), "(key `expire`)"),
+            (format!("{}soa = {{ refresh = \"2d\" }}\n", z("")), "key `zones[0].soa.expire`: must not be shorter"),
+            (format!("{}soa = {{ colour = \"2d\" }}\n", z("")), "unknown field `colour`"),
+            (sec("zone = \"bad zone\"\nprimaries = [\"10.0.0.53\"]"), "key `secondaries[0].zone`"),
+            (sec("zone = \"s.arpa\"\nprimaries = []"), "key `secondaries[0].primaries`: must name at least one"),
+            (
+                sec("zone = \"s.arpa\"\nprimaries = [\"10.0.0.53\", \"here\"]"),
+                "key `secondaries[0].primaries[1]`: `here` is not an IP address",
+            ),
+            (
+                sec("zone = \"s.arpa\"\nprimaries = [\"10.0.0.53\", \"10.0.0.53:53\"]"),
+                "key `secondaries[0].primaries[1]`: 10.0.0.53:53 is listed twice",
+            ),
+            (sec("zone = \"s.arpa\"\nprimaries = [\"0.0.0.0\"]"), "key `secondaries[0].primaries[0]`: 0.0.0.0:53 cannot"),
+            (
+                sec("zone = \"s.arpa\"\nprimaries = [\"10.0.0.53\"]\ntsig = \"nokey\""),
+                "key `secondaries[0].tsig`: no key \"nokey\" in dns.tsig_keys",
+            ),
+            (
+                format!("{}{}", sec("zone = \"s.arpa\"\nprimaries = [\"10.0.0.53\"]"), sec("zone = \"S.arpa.\"\nprimaries = [\"10.0.0.54\"]")),
+                "key `secondaries[1].zone`: zone s.arpa. is listed twice",
+            ),
+            (
+                format!("{}{}", z(""), sec("zone = \"lab.home.arpa\"\nprimaries = [\"10.0.0.53\"]")),
+                "key `secondaries[0].zone`: zone lab.home.arpa. is also a [[zones]] entry",
+            ),
+            (sec("zone = \"s.arpa\"\nprimaries = [\"10.0.0.53\"]\ncolour = 1"), "unknown field `colour`"),
             (format!("{}transfer = {{ allow = [\"x\"] }}\n", z("")), "key `zones[0].transfer.allow[0]`: `x` is not an address or prefix"),
             (format!("{}transfer = {{ tsig = \"k\" }}\n", z("")), "key `zones[0].transfer.tsig`: no key \"k\" in dns.tsig_keys"),
             (format!("{}notify = [\"10.0.0.1:99999\"]\n", z("")), "key `zones[0].notify[0]`"),

@@ -13,6 +13,7 @@ use crate::blocklist::SourceStatus;
 use crate::metrics::Outcome;
 use crate::querylog::{Filter, LogEntry};
 use crate::records::{parse_name, LocalRecord, RecordError};
+use crate::secondary::SecondaryStatus;
 use crate::service::{Dns, OpError};
 use crate::zones::ZoneSummary;
 
@@ -132,7 +133,7 @@ fn status(prefix: &str, e: OpError) -> Status {
         OpError::NotInZone(name) => Status::invalid_argument(format!("{prefix}name: {name} is not in any zone")),
         e @ (OpError::NotOwner { .. } | OpError::Role(_)) => Status::permission_denied(e.to_string()),
         OpError::OutOfScope(r) => Status::permission_denied(format!("{prefix}{}: {}", r.field, r.message)),
-        e @ OpError::FromConfig(_) => Status::failed_precondition(e.to_string()),
+        e @ (OpError::FromConfig(_) | OpError::Secondary(_)) => Status::failed_precondition(e.to_string()),
         OpError::Store(e) => {
             tracing::error!(error = %e, "record store failed");
             Status::internal(e.to_string())
@@ -233,7 +234,7 @@ impl DnsRpc for DnsGrpc {
 
     async fn list_zones(&self, _req: Request<pb::ListZonesRequest>) -> Result<Response<pb::ListZonesResponse>, Status> {
         let cfg = self.dns.config();
-        let zones = self
+        let mut zones: Vec<pb::ZoneStatus> = self
             .dns
             .zones()
             .summaries()
@@ -248,6 +249,7 @@ impl DnsRpc for DnsGrpc {
                 s
             })
             .collect();
+        zones.extend(self.dns.secondaries.status().iter().map(pb::ZoneStatus::from));
         Ok(Response::new(pb::ListZonesResponse { zones }))
     }
 }
@@ -262,6 +264,25 @@ impl From<&ZoneSummary> for pb::ZoneStatus {
             serving: true,
             lag_seconds: -1,
             ..Default::default()
+        }
+    }
+}
+
+impl From<&SecondaryStatus> for pb::ZoneStatus {
+    fn from(z: &SecondaryStatus) -> Self {
+        pb::ZoneStatus {
+            zone: z.origin.to_ascii(),
+            role: "secondary".into(),
+            serial: z.serial,
+            records: z.records,
+            peers: z.primaries.clone(),
+            last_transfer_unix: z.last_transfer_unix,
+            last_transfer_kind: z.last_transfer_kind.clone(),
+            last_error: z.last_error.clone(),
+            lag_seconds: z.lag_seconds,
+            expires_unix: z.expires_unix,
+            serving: z.serving,
+            notifies_pending: 0,
         }
     }
 }

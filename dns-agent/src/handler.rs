@@ -237,6 +237,63 @@ fn plain_name<'b>(name: &Name, buf: &'b mut [u8; 256]) -> Option<&'b str> {
     std::str::from_utf8(&buf[..len]).ok()
 }
 
+impl Handler {
+    /// What a NOTIFY (RFC 1996) gets: for a secondary zone from one of its primaries (TSIG-verified when the zone
+    /// has a key), NOERROR with AA (and the zone is refreshed); for an unknown zone or a bad TSIG NOTAUTH; from a
+    /// stranger REFUSED; anything malformed FORMERR. Also the signer of the answer when the NOTIFY was signed.
+    fn notify_verdict(&self, request: &Request) -> (Metadata, Option<crate::tsig::ResponseSigner>, Outcome) {
+        use crate::secondary::NotifyVerdict;
+        let mut meta = Metadata::response_from_request(&request.metadata);
+        meta.recursion_desired = false;
+        meta.checking_disabled = false;
+        let mut signer = None;
+        let code = match request.queries.queries() {
+            [q] if q.query_type() == RecordType::SOA && q.query_class() == DNSClass::IN => {
+                let raw = request.as_slice();
+                let signed = hickory_proto::op::Message::from_vec(raw).is_ok_and(|m| m.signature.is_some());
+                let zone = Name::from(q.name().clone());
+                let (verdict, sig) = self.dns.secondaries.notify(&zone, request.src(), raw, signed);
+                signer = sig;
+                match verdict {
+                    NotifyVerdict::Accepted => ResponseCode::NoError,
+                    NotifyVerdict::UnknownZone | NotifyVerdict::BadTsig => ResponseCode::NotAuth,
+                    NotifyVerdict::Stranger => ResponseCode::Refused,
+                }
+            }
+            _ => {
+                tracing::warn!(peer = %request.src(), "malformed notify (not one SOA question of class IN): FORMERR");
+                ResponseCode::FormErr
+            }
+        };
+        meta.authoritative = code == ResponseCode::NoError;
+        meta.response_code = code;
+        let outcome = if code == ResponseCode::NoError { Outcome::Local } else { Outcome::Refused };
+        (meta, signer, outcome)
+    }
+
+    /// The encoded answer to a NOTIFY, TSIG-signed when the NOTIFY was (the UDP loops send it as it is).
+    pub(crate) fn notify_reply(&self, request: &Request) -> Option<(Vec<u8>, Outcome)> {
+        let (meta, signer, outcome) = self.notify_verdict(request);
+        let edns = response_edns(request);
+        let none = std::iter::empty::<&Record>;
+        let mut bytes = Vec::with_capacity(128);
+        let response = build(request, edns.as_ref(), meta, none(), none());
+        response.destructive_emit(&mut hickory_proto::serialize::binary::BinEncoder::new(&mut bytes)).ok()?;
+        if let Some(mut s) = signer {
+            s.sign(&mut bytes, u64::try_from(agent_core::clock::now_unix()).unwrap_or(0));
+        }
+        Some((bytes, outcome))
+    }
+
+    /// A NOTIFY over TCP (hickory's response handler cannot carry a TSIG computed here: that answer goes unsigned).
+    async fn notify<R: ResponseHandler>(&self, request: &Request, handle: R) -> (ResponseInfo, Outcome) {
+        let (meta, _signer, outcome) = self.notify_verdict(request);
+        let edns = response_edns(request);
+        let none = std::iter::empty::<&Record>;
+        (send(handle, build(request, edns.as_ref(), meta, none(), none())).await, outcome)
+    }
+}
+
 /// The records of a forwarded answer that may be given: the chain up to the first record at a local-zone name, and
 /// the authority records outside the local zones. Upstreams never speak for local names (the forwarder already
 /// dropped whatever lay outside the question's chain). DNSSEC records only to a client that set DO (or asked for
@@ -365,7 +422,7 @@ impl Handler {
             let mut m = meta;
             m.authoritative = true;
             m.response_code = local.rcode;
-            let outcome = if local.rcode == ResponseCode::NXDomain { Outcome::NxDomain } else { Outcome::Local };
+            let outcome = outcome_of_rcode(local.rcode, Outcome::Local);
             let ready = Ready {
                 meta: m,
                 answers: local.answers,
@@ -422,6 +479,9 @@ impl Handler {
     }
 
     async fn answer<R: ResponseHandler>(&self, request: &Request, handle: R) -> (ResponseInfo, Outcome) {
+        if request.metadata.op_code == OpCode::Notify && !bad_edns_version(request) {
+            return self.notify(request, handle).await;
+        }
         let zones = Arc::clone(&*self.dns.zones());
         let forwarder = self.dns.forwarder();
         let edns = response_edns(request);
@@ -573,7 +633,7 @@ mod tests {
             m.metadata.checking_disabled = true;
         })
         .await;
-        assert_eq!(rc(&notify), ResponseCode::NotImp);
+        assert_eq!(rc(&notify), ResponseCode::NotAuth, "a NOTIFY for a zone that is not a secondary one");
         assert_eq!(notify.metadata.id, 42);
         let flags =
             |m: &Message| (m.metadata.recursion_desired, m.metadata.recursion_available, m.metadata.checking_disabled);

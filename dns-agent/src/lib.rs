@@ -12,6 +12,7 @@ mod metrics;
 mod querylog;
 mod records;
 mod scope;
+mod secondary;
 mod server;
 mod service;
 mod store;
@@ -71,6 +72,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
 
     dns.blocklists.spawn_refresh_loop(shutdown.clone().wait());
     dns.spawn_gauges(GAUGE_INTERVAL, shutdown.clone());
+    dns.spawn_secondaries(shutdown.clone());
     let reloading = dns.clone();
     agent_core::cli::reload_on_sighup(shutdown.clone(), move || match reloading.reload() {
         Ok(o) => tracing::info!(changed = o.changed, "{}", o.message),

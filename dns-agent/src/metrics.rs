@@ -226,6 +226,8 @@ pub(crate) struct DnsMetrics {
     pub(crate) guard: GuardCounters,
     /// Zone transfers, NOTIFYs and serials.
     pub xfr: XfrMetrics,
+    /// NOTIFYs received and secondary lag.
+    secondary: SecondaryMetrics,
 }
 
 impl DnsMetrics {
@@ -248,8 +250,10 @@ impl DnsMetrics {
             lists_shown: Arc::default(),
             guard: GuardCounters::default(),
             xfr: XfrMetrics::default(),
+            secondary: SecondaryMetrics::default(),
         };
         m.xfr.register(registry);
+        m.secondary.register(registry);
         registry.register(
             "dns_refused_clients",
             "Queries refused because the client is outside dns.allow_clients",
@@ -438,6 +442,61 @@ impl EncodeMetric for LatencyHistogram {
 
     fn metric_type(&self) -> MetricType {
         MetricType::Histogram
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ZoneLabels {
+    zone: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotifyReceivedLabels {
+    zone: String,
+    /// accepted, refused (a stranger), unknown_zone, bad_tsig.
+    result: String,
+}
+
+/// The secondary side's own metrics: NOTIFYs received and how far each secondary zone is behind.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SecondaryMetrics {
+    notify_received: Family<NotifyReceivedLabels, Counter>,
+    seconds_behind: Family<ZoneLabels, Gauge>,
+}
+
+impl SecondaryMetrics {
+    fn register(&self, registry: &Metrics) {
+        registry.register(
+            "dns_notify_received",
+            "NOTIFY messages received, by zone and result",
+            self.notify_received.clone(),
+        );
+        registry.register(
+            "dns_secondary_seconds_behind",
+            "Seconds since each secondary zone's copy was last confirmed current (-1: never)",
+            self.seconds_behind.clone(),
+        );
+    }
+}
+
+impl DnsMetrics {
+    /// Counts one zone transfer (or serial check, kind `soa`) of `zone`.
+    pub(crate) fn transfer(&self, zone: &str, direction: &'static str, kind: &'static str, result: &'static str) {
+        self.xfr.transfer(zone, direction, kind, result);
+    }
+
+    /// Counts one NOTIFY received for `zone`.
+    pub(crate) fn notify_received(&self, zone: &str, result: &str) {
+        let labels = NotifyReceivedLabels { zone: zone.to_string(), result: result.to_string() };
+        self.secondary.notify_received.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn set_zone_serial(&self, zone: &str, role: &'static str, serial: u32) {
+        self.xfr.serial(zone, role, serial);
+    }
+
+    pub(crate) fn set_seconds_behind(&self, zone: &str, seconds: i64) {
+        self.secondary.seconds_behind.get_or_create(&ZoneLabels { zone: zone.to_string() }).set(seconds);
     }
 }
 

@@ -18,6 +18,7 @@ use crate::metrics::{DnsMetrics, ListHealth};
 use crate::querylog::{QueryLog, CAPACITY};
 use crate::records::{check_cname_exclusive, parse_name, parse_value, Field, Kind, LocalRecord, RecordError};
 use crate::scope::Refusal;
+use crate::secondary::Secondaries;
 use crate::store::{Store, StoreError};
 use crate::zones::ZoneSet;
 
@@ -37,6 +38,8 @@ pub(crate) enum OpError {
     OutOfScope(Refusal),
     #[error("record {0} is defined in the config file: edit the config and reload")]
     FromConfig(String),
+    #[error("{0} is in a secondary zone: change it on the zone's primary")]
+    Secondary(Name),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -66,6 +69,8 @@ pub(crate) struct Dns {
     pub xfr: crate::xfr::Primary,
     /// Bumped after every swap of the zones or the forwarder (see [`Dns::generation`]).
     generation: AtomicU64,
+    /// The `[[secondaries]]` zones' copies (read by every rebuild).
+    pub secondaries: Arc<Secondaries>,
 }
 
 impl std::fmt::Debug for Dns {
@@ -99,6 +104,8 @@ impl Dns {
         );
         let forwarder = cfg.forward.as_ref().map(|f| Arc::new(forwarder(f, &metrics)));
         let cfg_guard = cfg.dns.guard.clone();
+        let secondaries =
+            Arc::new(Secondaries::open(&cfg.secondaries, &cfg.dns.tsig, &cfg.common.state_dir, metrics.clone()));
         let dns = Dns {
             query_log: QueryLog::new(cfg.dns.query_log, CAPACITY),
             cfg: ArcSwap::from_pointee(cfg),
@@ -111,6 +118,7 @@ impl Dns {
             dynamic: Mutex::new(dynamic),
             xfr: crate::xfr::Primary::open(&cfg_state_dir)?,
             generation: AtomicU64::new(0),
+            secondaries,
         };
         {
             let dynamic = dns.lock_dynamic();
@@ -132,7 +140,8 @@ impl Dns {
             .flat_map(|f| f.conditional.iter())
             .filter_map(|(domain, _)| Name::from_ascii(format!("{domain}.")).ok())
             .collect();
-        let (mut zones, warnings) = ZoneSet::build(&cfg.zones, dynamic, 0, &elsewhere);
+        let (mut zones, warnings) =
+            ZoneSet::build_with_secondaries(&cfg.zones, dynamic, 0, &elsewhere, &self.secondaries.zones());
         // Each zone's serial: kept while its content stays the same, the next one (persisted, journaled) on a change.
         let changed = self.xfr.version(&mut zones, &self.metrics.xfr);
         for w in warnings {
@@ -161,6 +170,23 @@ impl Dns {
         self.notify(&cfg, &zones);
     }
 
+    /// Rebuilds the zones now (a secondary zone's copy changed, or started or stopped being served).
+    pub(crate) fn rebuild_now(&self) {
+        let dynamic = self.lock_dynamic();
+        self.rebuild(&self.cfg.load(), &dynamic);
+    }
+
+    /// Starts the secondary zones' transfer tasks (each refreshes at once, then on its timers and NOTIFY).
+    pub(crate) fn spawn_secondaries(self: &Arc<Self>, shutdown: agent_core::cli::Shutdown) {
+        let weak = Arc::downgrade(self);
+        let on_change: crate::secondary::OnChange = Arc::new(move || {
+            if let Some(dns) = weak.upgrade() {
+                dns.rebuild_now();
+            }
+        });
+        self.secondaries.spawn(on_change, shutdown);
+    }
+
     /// Changes whenever anything a query's answer is made of changes without going through the forwarder: the
     /// zones (config or dynamic records), the forwarder (present or not), the blocklist or its response. Callers
     /// that cache answers read it *before* reading the state and drop their cache when it moved; writers bump it
@@ -186,8 +212,10 @@ impl Dns {
     /// owner. Written to the store before the new zones are served.
     pub(crate) fn upsert(&self, caller: &Identity, mut rec: LocalRecord) -> Result<LocalRecord, OpError> {
         rec.owner = caller.uri();
-        if self.zones.load().zone_of(&rec.name).is_none() {
-            return Err(OpError::NotInZone(rec.name));
+        match self.zones.load().zone_of(&rec.name) {
+            None => return Err(OpError::NotInZone(rec.name)),
+            Some(z) if self.secondaries.has_zone(z) => return Err(OpError::Secondary(rec.name)),
+            Some(_) => {}
         }
         let cfg = self.cfg.load_full();
         let mut dynamic = self.lock_dynamic();
@@ -303,6 +331,9 @@ impl Dns {
         let forward_changed = format!("{:?}", new.forward) != format!("{:?}", old.forward);
         let blocklist_changed = format!("{:?}", new.blocklist) != format!("{:?}", old.blocklist);
         let log_changed = new.dns.query_log != old.dns.query_log;
+        if new.secondaries != old.secondaries {
+            restart.push("secondaries");
+        }
         if new.services_agents != old.services_agents {
             applied.push("services_agents");
         }
@@ -365,6 +396,7 @@ impl Dns {
             .map(|h| ListHealth { list: h.source, failing: h.failing, last_success_unix: h.last_success_unix })
             .collect();
         self.metrics.set_blocklists(&lists);
+        self.secondaries.update_gauges();
     }
 
     pub(crate) fn cache_entries(&self) -> usize {
@@ -385,8 +417,9 @@ impl Dns {
         )
     }
 
-    /// The agent's part of `Agent/Status`: the summary, and a reason per blocklist source never loaded and per
-    /// upstream when every upstream of a forwarding group is failing.
+    /// The agent's part of `Agent/Status`: the summary, and a reason per blocklist source never loaded, per
+    /// upstream when every upstream of a forwarding group is failing, and per secondary zone not served or failing
+    /// to refresh.
     pub(crate) fn health(&self, h: &mut agent_core::health::Health) {
         h.summary(self.summary());
         for reason in crate::blocklist::never_loaded(&self.blocklists.status()) {
@@ -396,6 +429,9 @@ impl Dns {
             for reason in f.failing() {
                 h.degraded(reason);
             }
+        }
+        for reason in self.secondaries.degraded() {
+            h.degraded(reason);
         }
     }
 

@@ -272,6 +272,16 @@ impl Worker {
                 };
             }
         };
+        // NOTIFY wakes a secondary zone's refresh: answered here (signed when it was), never cached.
+        if request.metadata.op_code == OpCode::Notify && request.edns.as_ref().is_none_or(|e| e.version() == 0) {
+            let Some((reply, outcome)) = self.handler.notify_reply(&request) else { return Action::Drop };
+            let qtype = qtype_of(&request);
+            let latency = started.elapsed();
+            self.shard.record_slot(metrics::slot(qtype, outcome), latency);
+            self.handler.log_query(src.ip(), || query_name(&request), qtype, outcome, latency);
+            self.scratch = reply;
+            return Action::Reply(&self.scratch);
+        }
         let dns = self.handler.dns().clone();
         let zones = dns.zones();
         let forwarder = dns.forwarder();

@@ -63,6 +63,33 @@ const EMPTY_ZONE_TTL: u32 = 10800;
 pub struct ZoneConfig {
     pub origin: Name,
     pub records: Vec<LocalRecord>,
+    /// The timers of the zone's synthesized SOA (what its secondaries follow).
+    pub soa: SoaTimers,
+}
+
+/// The refresh, retry, expire and minimum fields of a synthesized SOA, in seconds (`[[zones]] soa = { ... }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoaTimers {
+    pub refresh: u32,
+    pub retry: u32,
+    pub expire: u32,
+    pub minimum: u32,
+}
+
+impl Default for SoaTimers {
+    fn default() -> Self {
+        SoaTimers { refresh: 3600, retry: 600, expire: 86400, minimum: SOA_TTL }
+    }
+}
+
+/// A secondary zone's copy as the snapshot serves it (see `secondary`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SecondaryZone {
+    pub origin: Name,
+    /// SOA first; empty without a copy.
+    pub records: std::sync::Arc<Vec<Record>>,
+    /// False without a copy or once it expired: the zone answers SERVFAIL.
+    pub serving: bool,
 }
 
 /// One local zone as `ListZones` reports it.
@@ -123,6 +150,10 @@ struct ZoneInfo {
     origin: LowerName,
     name: Name,
     soa: Record,
+    /// A copy from a primary (`SecondaryZone`): served as transferred, nothing synthesized.
+    secondary: bool,
+    /// False: every name in the zone answers SERVFAIL (a secondary without a current copy).
+    serving: bool,
 }
 
 /// One RFC 6303 empty zone: its apex records, nothing else.
@@ -150,11 +181,23 @@ impl ZoneSet {
     /// every zone, or a CNAME beside other data once merged with the config) are skipped; the reasons are returned.
     /// `served_elsewhere` are domains another resolver answers (conditional forwarding): an RFC 6303 empty zone
     /// related to one of them (equal, above or below) is not served, nor one at or below a configured zone.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn build(
         config: &[ZoneConfig],
         dynamic: &[LocalRecord],
         serial: u32,
         served_elsewhere: &[Name],
+    ) -> (ZoneSet, Vec<String>) {
+        Self::build_with_secondaries(config, dynamic, serial, served_elsewhere, &[])
+    }
+
+    /// [`ZoneSet::build`] with secondary zones' copies beside the configured zones.
+    pub(crate) fn build_with_secondaries(
+        config: &[ZoneConfig],
+        dynamic: &[LocalRecord],
+        serial: u32,
+        served_elsewhere: &[Name],
+        secondaries: &[SecondaryZone],
     ) -> (ZoneSet, Vec<String>) {
         let mut warnings = Vec::new();
         let mut zones: Vec<ZoneInfo> = config
@@ -162,20 +205,41 @@ impl ZoneSet {
             .map(|z| ZoneInfo {
                 origin: LowerName::new(&z.origin),
                 name: z.origin.clone(),
-                soa: soa(&z.origin, serial),
+                soa: soa(&z.origin, serial, &z.soa),
+                secondary: false,
+                serving: true,
             })
             .collect();
+        zones.extend(secondaries.iter().map(|s| {
+            let copy_soa = s.records.first().filter(|r| r.record_type() == RecordType::SOA);
+            ZoneInfo {
+                origin: LowerName::new(&s.origin),
+                name: s.origin.clone(),
+                soa: copy_soa.cloned().unwrap_or_else(|| soa(&s.origin, 0, &SoaTimers::default())),
+                secondary: true,
+                serving: s.serving && copy_soa.is_some(),
+            }
+        }));
         zones.sort_by_key(|z| std::cmp::Reverse(z.name.num_labels()));
-        let empty = empty_zones(config, served_elsewhere);
+        let mut empty = empty_zones(config, served_elsewhere);
+        empty.retain(|e| !secondaries.iter().any(|s| s.origin.zone_of(&Name::from(e.origin.clone()))));
         let mut set = ZoneSet { zones, names: HashMap::new(), records: 0, empty };
 
         // Accepted records, per name, in the order given: config first, then dynamic.
         let mut by_name: HashMap<LowerName, Vec<&LocalRecord>> = HashMap::new();
         let mut accepted: Vec<&LocalRecord> = Vec::new();
         for r in config.iter().flat_map(|z| z.records.iter()).chain(dynamic.iter()) {
-            if set.zone_index(&LowerName::new(&r.name)).is_none() {
-                warnings.push(format!("record {} {} is not in any zone: not served", r.name, r.kind));
-                continue;
+            match set.zone_index(&LowerName::new(&r.name)) {
+                None => {
+                    warnings.push(format!("record {} {} is not in any zone: not served", r.name, r.kind));
+                    continue;
+                }
+                Some(z) if set.zones[z].secondary => {
+                    let zone = &set.zones[z].name;
+                    warnings.push(format!("record {} {} is in secondary zone {zone}: not served", r.name, r.kind));
+                    continue;
+                }
+                Some(_) => {}
             }
             let at = by_name.entry(LowerName::new(&r.name)).or_default();
             if at.iter().any(|o| o.kind == r.kind && o.rdata == r.rdata) {
@@ -204,7 +268,7 @@ impl ZoneSet {
             };
             let rev = reverse_name(ip);
             let lower = LowerName::new(&rev);
-            if set.zone_index(&lower).is_none() {
+            if set.zone_index(&lower).is_none_or(|z| set.zones[z].secondary) {
                 continue;
             }
             let existing = by_name.get(&lower).map(Vec::as_slice).unwrap_or_default();
@@ -217,8 +281,11 @@ impl ZoneSet {
             }
             records.push(Record::from_rdata(rev, r.ttl, ptr));
         }
-        // SOA and NS at every apex.
-        for z in &set.zones {
+        // SOA and NS at every configured apex; a secondary zone's copy as transferred (SOA first).
+        for s in secondaries.iter().filter(|s| s.serving) {
+            records.extend(s.records.iter().cloned());
+        }
+        for z in set.zones.iter().filter(|z| !z.secondary) {
             records.push(z.soa.clone());
             let ns = Name::from_ascii("ns").and_then(|n| n.append_domain(&z.name)).unwrap_or_else(|_| z.name.clone());
             records.push(Record::from_rdata(z.name.clone(), SOA_TTL, RData::NS(NS(ns))));
@@ -311,6 +378,7 @@ impl ZoneSet {
         self.zones
             .iter()
             .zip(counts)
+            .filter(|(z, _)| !z.secondary)
             .map(|(z, records)| {
                 let serial = match &z.soa.data {
                     RData::SOA(soa) => soa.serial,
@@ -328,7 +396,7 @@ impl ZoneSet {
         origin: &Name,
     ) -> Option<(&'a Record, impl Iterator<Item = &'a Record> + Send + 'a)> {
         let lower = LowerName::new(origin);
-        let zone = self.zones.iter().position(|z| z.origin == lower)?;
+        let zone = self.zones.iter().position(|z| z.origin == lower && !z.secondary)?;
         let records = self
             .names
             .values()
@@ -340,7 +408,7 @@ impl ZoneSet {
 
     /// Sets the SOA serial of each configured zone to `serial_of(origin)` (zones it gives `None` keep theirs).
     pub(crate) fn set_serials(&mut self, serial_of: impl Fn(&Name) -> Option<u32>) {
-        for z in &mut self.zones {
+        for z in self.zones.iter_mut().filter(|z| !z.secondary) {
             let Some(serial) = serial_of(&z.name) else { continue };
             if let RData::SOA(soa) = &mut z.soa.data {
                 soa.serial = serial;
@@ -353,9 +421,9 @@ impl ZoneSet {
         }
     }
 
-    /// The origins of the configured zones.
+    /// The origins of the configured zones (secondary zones' copies keep their primary's serial: not listed).
     pub(crate) fn origins(&self) -> impl Iterator<Item = &Name> {
-        self.zones.iter().map(|z| &z.name)
+        self.zones.iter().filter(|z| !z.secondary).map(|z| &z.name)
     }
 
     pub(crate) fn zone_count(&self) -> usize {
@@ -373,6 +441,10 @@ impl ZoneSet {
         let soa = Some(&self.zones[zone].soa);
         let mut ans =
             LocalAnswer { rcode: ResponseCode::NoError, answers: &[], chained: &[], soa: None, external: None };
+        if !self.zones[zone].serving {
+            ans.rcode = ResponseCode::ServFail;
+            return Some(ans);
+        }
         let Some(e) = self.names.get(qname) else {
             ans.rcode = ResponseCode::NXDomain;
             ans.soa = soa;
@@ -460,9 +532,11 @@ fn empty_zones(config: &[ZoneConfig], served_elsewhere: &[Name]) -> Vec<EmptyZon
         .collect()
 }
 
-fn soa(origin: &Name, serial: u32) -> Record {
+fn soa(origin: &Name, serial: u32, t: &SoaTimers) -> Record {
     let sub = |l: &str| Name::from_ascii(l).and_then(|n| n.append_domain(origin)).unwrap_or_else(|_| origin.clone());
-    let data = SOA::new(sub("ns"), sub("hostmaster"), serial, 3600, 600, 86400, SOA_TTL);
+    let secs = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    let data =
+        SOA::new(sub("ns"), sub("hostmaster"), serial, secs(t.refresh), secs(t.retry), secs(t.expire), t.minimum);
     Record::from_rdata(origin.clone(), SOA_TTL, RData::SOA(data))
 }
 
@@ -474,7 +548,7 @@ mod tests {
         let origin = Name::from_ascii(origin).unwrap();
         let records =
             recs.iter().map(|(n, k, v)| LocalRecord::parse(n, k, v, None, "", Some(&origin)).unwrap()).collect();
-        ZoneConfig { origin, records }
+        ZoneConfig { origin, records, soa: SoaTimers::default() }
     }
 
     fn q(s: &str) -> LowerName {
@@ -627,6 +701,39 @@ mod tests {
         assert_eq!(s.lookup(&q("photos.lab.home.arpa."), RecordType::A).unwrap().answers.len(), 1);
         assert_eq!(s.lookup(&q("nas.lab.home.arpa."), RecordType::A).unwrap().answers.len(), 1);
         assert_eq!(s.record_count(), 2);
+    }
+
+    #[test]
+    fn secondary_copies_are_served_as_transferred_until_they_stop_serving() {
+        use hickory_proto::rr::rdata::A;
+        let origin = Name::from_ascii("sec.home.arpa.").unwrap();
+        let soa_rec = soa(&origin, 42, &SoaTimers { refresh: 5, retry: 2, expire: 30, minimum: 60 });
+        let a = Record::from_rdata(Name::from_ascii("x.sec.home.arpa.").unwrap(), 300, RData::A(A::new(10, 0, 0, 9)));
+        let copy = std::sync::Arc::new(vec![soa_rec, a]);
+        let sec = |serving| SecondaryZone { origin: origin.clone(), records: copy.clone(), serving };
+        let local = zone("home.arpa.", &[("y", "A", "10.0.0.8")]);
+        let origin2 = origin.clone();
+        let dynamic = vec![LocalRecord::parse("z.sec.home.arpa.", "A", "10.0.0.7", None, "o", Some(&origin2)).unwrap()];
+        let (s, warnings) =
+            ZoneSet::build_with_secondaries(std::slice::from_ref(&local), &dynamic, 1, &[], &[sec(true)]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("is in secondary zone sec.home.arpa."), "{warnings:?}");
+        let x = s.lookup(&q("x.sec.home.arpa."), RecordType::A).unwrap();
+        assert_eq!((x.rcode, x.answers.len()), (ResponseCode::NoError, 1));
+        let soa = s.lookup(&q("sec.home.arpa."), RecordType::SOA).unwrap();
+        assert!(matches!(&soa.answers[0].data, RData::SOA(d) if d.serial == 42 && d.expire == 30));
+        assert_eq!(s.lookup(&q("sec.home.arpa."), RecordType::NS).unwrap().answers.len(), 0, "nothing synthesized");
+        assert_eq!(s.lookup(&q("z.sec.home.arpa."), RecordType::A).unwrap().rcode, ResponseCode::NXDomain);
+        assert_eq!(s.lookup(&q("y.home.arpa."), RecordType::A).unwrap().answers.len(), 1);
+        assert_eq!(s.summaries().len(), 1, "secondary zones are reported by the secondary module");
+        for stopped in
+            [sec(false), SecondaryZone { origin: origin.clone(), records: Default::default(), serving: true }]
+        {
+            let (s, _) = ZoneSet::build_with_secondaries(std::slice::from_ref(&local), &[], 1, &[], &[stopped]);
+            let x = s.lookup(&q("x.sec.home.arpa."), RecordType::A).unwrap();
+            assert_eq!((x.rcode, x.answers.len()), (ResponseCode::ServFail, 0));
+            assert_eq!(s.lookup(&q("sec.home.arpa."), RecordType::SOA).unwrap().rcode, ResponseCode::ServFail);
+        }
     }
 
     #[test]

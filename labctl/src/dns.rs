@@ -1,16 +1,17 @@
-//! `labctl dns …`: records, blocklist, query log and stats of the dns-agent. One of labctl's gRPC edges: converts
+//! `labctl dns …`: records, zones, blocklist, query log and stats of the dns-agent. One of labctl's gRPC edges: converts
 //! replies to rows and renders them; knows nothing of how the agent serves DNS.
 
 use std::process::ExitCode;
 
+use agent_core::identity::Role;
 use agent_core::tls::TlsMaterial;
 use anyhow::Result;
 use clap::Subcommand;
 use serde::Serialize;
 use strata_proto::v1::dns_client::DnsClient;
 use strata_proto::v1::{
-    DeleteRecordRequest, GetBlocklistRequest, ListRecordsRequest, QueryLogRequest, Record, RefreshBlocklistRequest,
-    ReloadRequest, StatsRequest, UpsertRecordRequest,
+    DeleteRecordRequest, GetBlocklistRequest, ListRecordsRequest, ListZonesRequest, QueryLogRequest, Record,
+    RefreshBlocklistRequest, ReloadRequest, StatsRequest, UpsertRecordRequest, ZoneStatus,
 };
 
 use crate::client::{self, Timeouts};
@@ -27,6 +28,9 @@ pub enum DnsCmd {
         #[arg(long)]
         zone: Option<String>,
     },
+    /// Each zone the agent serves: role (primary, secondary), serial, records, last transfer, lag and state.
+    #[command(after_help = "Example: labctl dns zones\nExample: labctl --json dns zones")]
+    Zones,
     /// Add or replace a dynamic record (owned by your identity).
     #[command(after_help = "Example: labctl dns add nas.lab.home.arpa A 10.0.0.10 --ttl 300")]
     Add {
@@ -103,6 +107,73 @@ impl From<Record> for RecordRow {
     }
 }
 
+/// One zone as `labctl dns zones` shows it (`--json`).
+#[derive(Debug, Serialize)]
+struct ZoneRow {
+    /// The agent (inventory key) that serves it.
+    agent: String,
+    zone: String,
+    role: String,
+    serial: u32,
+    records: u64,
+    /// Secondary: its primaries; primary: where NOTIFY goes.
+    peers: Vec<String>,
+    last_transfer_unix: i64,
+    last_transfer_kind: String,
+    last_error: String,
+    /// -1: never confirmed (or a primary).
+    lag_seconds: i64,
+    expires_unix: i64,
+    serving: bool,
+    notifies_pending: u64,
+}
+
+impl ZoneRow {
+    fn new(agent: &str, z: ZoneStatus) -> Self {
+        ZoneRow {
+            agent: agent.to_string(),
+            zone: z.zone,
+            role: z.role,
+            serial: z.serial,
+            records: z.records,
+            peers: z.peers,
+            last_transfer_unix: z.last_transfer_unix,
+            last_transfer_kind: z.last_transfer_kind,
+            last_error: z.last_error,
+            lag_seconds: z.lag_seconds,
+            expires_unix: z.expires_unix,
+            serving: z.serving,
+            notifies_pending: z.notifies_pending,
+        }
+    }
+
+    /// "AXFR 12:03:04" (UTC), or "-" when there was none.
+    fn last_transfer(&self) -> String {
+        if self.last_transfer_unix <= 0 {
+            return "-".to_string();
+        }
+        format!("{} {}", self.last_transfer_kind, clock(self.last_transfer_unix.saturating_mul(1000)))
+            .trim()
+            .to_string()
+    }
+
+    fn lag(&self) -> String {
+        match u64::try_from(self.lag_seconds) {
+            Ok(0) => "0s".to_string(),
+            Ok(s) => agent_core::duration::format(std::time::Duration::from_secs(s)),
+            Err(_) => "-".to_string(),
+        }
+    }
+
+    fn state(&self) -> String {
+        match (self.serving, self.role.as_str(), self.serial) {
+            (true, _, _) => "serving".to_string(),
+            (false, "secondary", 0) => "SERVFAIL (no copy yet)".to_string(),
+            (false, _, _) => "SERVFAIL (expired)".to_string(),
+        }
+    }
+}
+
 /// One query log entry as `labctl dns log` shows it.
 #[derive(Debug, Serialize)]
 struct LogRow {
@@ -132,6 +203,57 @@ impl From<strata_proto::v1::QueryLogEntry> for LogRow {
     }
 }
 
+/// `labctl dns zones`: the zones of `dns`, then of every other dns-agent of the inventory (`dns2`). One that cannot
+/// be reached is reported (stderr; a `{agent, error}` row with `--json`) while the others are shown; when none
+/// answers, the first error is the command's. Exit 1 when an agent failed or a zone answers SERVFAIL.
+async fn zones(inv: &Inventory, tls: &TlsMaterial, opts: &Opts) -> Result<ExitCode> {
+    let mut keys: Vec<&'static str> = vec!["dns"];
+    keys.extend(inv.agents.iter().filter(|a| a.role == Role::DnsAgent && a.key != "dns").map(|a| a.key));
+    let mut rows: Vec<ZoneRow> = Vec::new();
+    let mut errors: Vec<(&'static str, anyhow::Error)> = Vec::new();
+    for key in keys {
+        let got = async {
+            let a = client::open(inv, tls, key, Timeouts::new(opts.timeout)).await?;
+            let mut c = DnsClient::new(a.channel.clone());
+            a.call("list zones", c.list_zones(ListZonesRequest {})).await
+        };
+        match got.await {
+            Ok(r) => rows.extend(r.zones.into_iter().map(|z| ZoneRow::new(key, z))),
+            Err(e) => errors.push((key, e)),
+        }
+    }
+    if rows.is_empty() && !errors.is_empty() {
+        return Err(errors.swap_remove(0).1);
+    }
+    for (_, e) in &errors {
+        eprintln!("error: {e}");
+    }
+    if opts.json {
+        let mut doc: Vec<serde_json::Value> = rows.iter().map(serde_json::to_value).collect::<Result<_, _>>()?;
+        doc.extend(errors.iter().map(|(key, e)| serde_json::json!({ "agent": key, "error": e.to_string() })));
+        output::json(&doc)?;
+    } else {
+        let mut t = Table::new(["AGENT", "ZONE", "ROLE", "SERIAL", "RECORDS", "LAST TRANSFER", "LAG", "STATE"]);
+        for r in &rows {
+            let state = t.error_cell(&r.zone, &r.last_error);
+            let state = if r.last_error.is_empty() { r.state() } else { format!("{} ({state})", r.state()) };
+            t.row([
+                r.agent.clone(),
+                r.zone.clone(),
+                r.role.clone(),
+                r.serial.to_string(),
+                r.records.to_string(),
+                r.last_transfer(),
+                r.lag(),
+                state,
+            ]);
+        }
+        print!("{}", t.render(opts.verbose));
+    }
+    let failed = !errors.is_empty() || rows.iter().any(|r| !r.serving);
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
 /// An entry's time of day (UTC).
 fn clock(time_unix_ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_unix_ms) * 1_000_000)
@@ -156,6 +278,9 @@ const LOG_HEADER: [&str; 7] = ["TIME", "CLIENT", "NAME", "TYPE", "OUTCOME", "LAT
 
 pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) -> Result<ExitCode> {
     let json = opts.json;
+    if matches!(cmd, DnsCmd::Zones) {
+        return zones(inv, tls, opts).await;
+    }
     let agent = client::open(inv, tls, "dns", Timeouts::new(opts.timeout)).await?;
     let mut c = DnsClient::new(agent.channel.clone());
     match cmd {
@@ -178,6 +303,8 @@ pub async fn run(cmd: DnsCmd, inv: &Inventory, tls: &TlsMaterial, opts: &Opts) -
             }
             print!("{t}");
         }
+        // Answered above, before `dns` is opened (its zones are shown even when `dns` is down).
+        DnsCmd::Zones => return zones(inv, tls, opts).await,
         DnsCmd::Add { name, rtype, value, ttl } => {
             let record =
                 Record { name, r#type: rtype.to_uppercase(), value, ttl: ttl.unwrap_or(0), owner: String::new() };

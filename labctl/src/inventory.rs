@@ -22,6 +22,9 @@ struct Raw {
 struct RawAgents {
     host: Option<String>,
     dns: Option<String>,
+    /// A second dns-agent (a secondary of `dns`'s zones): `status` and `dns zones` include it; the other dns
+    /// commands talk to `dns`.
+    dns2: Option<String>,
     services: Option<String>,
 }
 
@@ -61,6 +64,7 @@ impl Inventory {
         for (key, role, addr) in [
             ("host", Role::HostAgent, raw.agents.host),
             ("dns", Role::DnsAgent, raw.agents.dns),
+            ("dns2", Role::DnsAgent, raw.agents.dns2),
             ("services", Role::ServicesAgent, raw.agents.services),
         ] {
             if let Some(addr) = addr {
@@ -98,6 +102,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
             ("ca='a'\ncert='b'\nkey='c'\n[agents]\ndns='http://x:1'\n", "key `agents.dns`: must be https://HOST:PORT"),
+            ("ca='a'\ncert='b'\nkey='c'\n[agents]\ndns2='x:1'\n", "key `agents.dns2`: must be https://HOST:PORT"),
             ("ca='a'\ncert='b'\nkey='c'\n[agents]\nweb='https://x:1'\n", ":5:1: unknown field `web`"),
             ("ca='a'\ncert='b'\n", "missing field `key`"),
         ];

@@ -247,6 +247,12 @@ fn labctl_json_documents_have_their_documented_shape() -> Result<()> {
         JsonCase { args: &["dns", "blocklist", "--refresh"], code: 0, keys: &["entries", "sources"], array: false },
         JsonCase { args: &["dns", "reload"], code: 0, keys: &["changed", "message"], array: false },
         JsonCase { args: &["dns", "log"], code: 0, keys: &[], array: true },
+        JsonCase {
+            args: &["dns", "zones"],
+            code: 0,
+            keys: &["agent", "zone", "role", "serial", "records", "last_transfer_kind", "lag_seconds", "serving"],
+            array: true,
+        },
         JsonCase { args: &["vm", "ls"], code: 0, keys: &[], array: true },
         JsonCase { args: &["vm", "start", "nosuch"], code: 1, keys: &["error"], array: false },
         JsonCase { args: &["services", "ls"], code: 0, keys: &[], array: true },

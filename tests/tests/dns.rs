@@ -325,12 +325,13 @@ fn malformed_packets_never_kill_the_agent() -> Result<()> {
     let mut cut_response = good[..good.len() - 3].to_vec();
     cut_response[2] |= 0x80;
     assert!(udp_exchange(dns.addr, &cut_response, short)?.is_none(), "nor unparsable ones (no FORMERR)");
-    // NOTIFY (not served yet) with RD and CD set: NOTIMP, and the reply carries neither, nor RA.
+    // NOTIFY for a zone that is not one of its [[secondaries]], with RD and CD set: NOTAUTH, and the reply carries
+    // neither, nor RA.
     let mut notify = query_packet(13, "lab.home.arpa", 6);
     notify[2] = (4 << 3) | 0x01;
     notify[3] |= 0x10;
     let r = udp_exchange(dns.addr, &notify, short)?.context("no reply to NOTIFY")?;
-    assert_eq!((reply_header(&r).1, r[2] & 0x01, r[3] & 0x90), (4, 0, 0), "{r:?}");
+    assert_eq!((reply_header(&r).1, r[2] & 0x01, r[3] & 0x90), (9, 0, 0), "{r:?}");
     // Unknown type (65000) in a local zone: NODATA, not an error.
     let r = udp_exchange(dns.addr, &query_packet(12, "nas.lab.home.arpa", 65000), short)?.context("no reply")?;
     assert_eq!(reply_header(&r), (12, 0, 0));

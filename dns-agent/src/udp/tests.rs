@@ -116,8 +116,11 @@ async fn the_loop_answers_byte_for_byte_as_the_handler_and_from_its_cache() {
         query(1, "lab.home.arpa.", RecordType::AXFR, None),
         query(1, "lab.home.arpa.", RecordType::SOA, None),
         edns1,
-        notify,
     ];
+    // A NOTIFY wakes a secondary zone: answered as the handler does, never from the loop's cache.
+    let want = via_handler(&handler, &notify).await.expect("the handler answers a notify");
+    assert_eq!(reply(&mut w, &notify), Some(want));
+    assert!(w.cache.entries.is_empty());
     for p in &packets {
         let want = via_handler(&handler, p).await.expect("the handler answers");
         for id in [1u16, 0xbeef, 7] {
@@ -302,11 +305,11 @@ async fn a_stranger_is_refused_before_the_cache_as_the_handler_refuses_it() {
     let cap = Capture::default();
     handler.handle_request::<_, TokioTime>(&req, cap.clone()).await;
     assert_eq!(cap.take(), Some(udp), "the loop and the handler refuse alike");
-    // A NOTIFY is not a query: its own path answers it (NOTIMP here), whoever sends it.
+    // A NOTIFY is not a query: its own path answers it, whoever sends it (FORMERR here: its question is not an SOA).
     let mut notify = q.clone();
     notify[2] = 0x20;
     match w.process(&notify, stranger) {
-        Action::Reply(b) => assert_eq!(Message::from_vec(b).unwrap().metadata.response_code, ResponseCode::NotImp),
+        Action::Reply(b) => assert_eq!(Message::from_vec(b).unwrap().metadata.response_code, ResponseCode::FormErr),
         _ => panic!("no reply"),
     }
     assert_eq!(dns.metrics.guard.refused_clients.get(), 4);
