@@ -15,6 +15,7 @@ mod server;
 mod service;
 mod store;
 mod udp;
+mod wire;
 mod zones;
 
 use std::time::Duration;
