@@ -3,6 +3,7 @@
 
 mod blocklist;
 pub mod config;
+mod doh;
 mod forward;
 pub mod fuzz;
 mod grpc;

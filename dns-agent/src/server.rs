@@ -1,6 +1,6 @@
 //! The DNS listeners: binds UDP (several SO_REUSEPORT sockets per address, one per core) and TCP on every
-//! `[dns] listen` address; serves UDP on our own loops (`udp`) and TCP, DoT and DoH with hickory's `Server` until
-//! shutdown. Knows sockets and hickory's server; must not know what the answers are (that is `handler`).
+//! `[dns] listen` address; serves UDP on our own loops (`udp`), DoH on our own HTTP server (`doh`), and TCP and DoT
+//! with hickory's `Server` until shutdown. Knows sockets and hickory's server; must not know what the answers are (that is `handler`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ use rustls::server::ResolvesServerCert;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::TlsFiles;
+use crate::doh::DohServer;
 use crate::handler::Handler;
 use crate::udp::UdpServer;
 
@@ -163,16 +164,21 @@ pub(crate) fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<Bound>, BindError> {
     Ok(out)
 }
 
-/// The running DNS listeners: UDP on our own loops (`udp`), TCP, DoT and DoH on hickory's `Server`.
+/// The running DNS listeners: UDP on our own loops (`udp`), DoH on our own HTTP server (`doh`), TCP and DoT on
+/// hickory's `Server`.
 pub(crate) struct Servers {
     hickory: Server<Handler>,
     udp: UdpServer,
+    doh: Option<DohServer>,
 }
 
 impl Servers {
-    /// Stops the UDP loops and drains hickory's listeners.
+    /// Stops the UDP loops and the DoH listeners and drains hickory's listeners.
     pub(crate) async fn shutdown_gracefully(&mut self) -> Result<(), NetError> {
         self.udp.shutdown().await;
+        if let Some(doh) = &mut self.doh {
+            doh.shutdown().await;
+        }
         self.hickory.shutdown_gracefully().await
     }
 }
@@ -182,6 +188,7 @@ impl Servers {
 pub(crate) fn serve(bound: Vec<Bound>, encrypted: Option<Encrypted>, handler: Handler) -> std::io::Result<Servers> {
     let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
     let mut udp = Vec::new();
+    let mut doh = None;
     let mut server = Server::new(handler.clone());
     for b in bound {
         udp.extend(b.udp);
@@ -191,18 +198,12 @@ pub(crate) fn serve(bound: Vec<Bound>, encrypted: Option<Encrypted>, handler: Ha
         for l in enc.tls {
             server.register_tls_listener(tokio::net::TcpListener::from_std(l)?, TLS_TIMEOUT, enc.certs.clone())?;
         }
-        for l in enc.https {
-            server.register_https_listener(
-                tokio::net::TcpListener::from_std(l)?,
-                TLS_TIMEOUT,
-                enc.certs.clone(),
-                None,
-                DOH_PATH.to_string(),
-            )?;
+        if !enc.https.is_empty() {
+            doh = Some(DohServer::spawn(enc.https, enc.certs.clone(), handler.clone())?);
         }
     }
     let udp = UdpServer::spawn(udp, &handler, runtime)?;
-    Ok(Servers { hickory: server, udp })
+    Ok(Servers { hickory: server, udp, doh })
 }
 
 #[cfg(test)]
