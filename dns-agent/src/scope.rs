@@ -168,7 +168,11 @@ mod tests {
     use super::*;
 
     fn zones() -> Vec<ZoneConfig> {
-        vec![ZoneConfig { origin: Name::from_ascii("lab.home.arpa.").unwrap(), records: Vec::new() }]
+        vec![ZoneConfig {
+            origin: Name::from_ascii("lab.home.arpa.").unwrap(),
+            records: Vec::new(),
+            ns: Default::default(),
+        }]
     }
 
     fn scopes(text: &str) -> Result<Scopes, String> {

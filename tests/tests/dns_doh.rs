@@ -298,3 +298,22 @@ fn a_255_octet_name_is_answered_in_512_bytes_over_udp_as_unbound_does() -> Resul
     assert_eq!(d.values("A"), vec!["10.0.0.99"], "{}", d.raw);
     Ok(())
 }
+
+#[test]
+fn the_ns_target_has_an_address_the_agents_own_or_the_configured_one() -> Result<()> {
+    let pki = Pki::new()?;
+    let zones = format!("{ZONES}\n[[zones]]\nname = \"b.test\"\nns = {{ name = \"dns1\", addresses = [\"10.0.0.53\"] }}\n");
+    let dns = Dns::start(&pki, &zones)?;
+    // The default target, ns.ZONE, has the address the agent listens on (127.0.0.1 here).
+    let ns = dns.dig(&["lab.home.arpa", "NS"])?;
+    assert_eq!(ns.values("NS"), vec!["ns.lab.home.arpa."], "{}", ns.raw);
+    let a = dns.dig(&["ns.lab.home.arpa", "A"])?;
+    assert_eq!((a.status.as_str(), a.aa(), a.values("A")), ("NOERROR", true, vec!["127.0.0.1".to_string()]), "{}", a.raw);
+    // A configured one: its name in NS and SOA, its address.
+    let b = dns.dig(&["b.test", "NS"])?;
+    assert_eq!(b.values("NS"), vec!["dns1.b.test."], "{}", b.raw);
+    assert!(dns.dig(&["b.test", "SOA"])?.values("SOA")[0].starts_with("dns1.b.test. "));
+    assert_eq!(dns.dig(&["dns1.b.test", "A"])?.values("A"), vec!["10.0.0.53"]);
+    assert_eq!(dns.dig(&["dns1.b.test", "AAAA"])?.status, "NOERROR", "NODATA, not NXDOMAIN");
+    Ok(())
+}
