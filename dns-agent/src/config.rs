@@ -254,7 +254,11 @@ fn validate_ns(
                 let mut out = Vec::new();
                 for (i, a) in list.iter().enumerate() {
                     let ip = a.trim().parse::<IpAddr>().map_err(|_| {
-                        ConfigError::invalid(path, format!("{key}.addresses[{i}]"), format!("`{a}` is not an IP address"))
+                        ConfigError::invalid(
+                            path,
+                            format!("{key}.addresses[{i}]"),
+                            format!("`{a}` is not an IP address"),
+                        )
                     })?;
                     if ip.is_unspecified() {
                         let why = format!("{ip} is not an address a client can reach");

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{HeaderValue, ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 use hickory_proto::op::MessageType;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::RequestHandler;
+use http::header::{HeaderValue, ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -29,10 +29,11 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::handler::Handler;
-use crate::server::{DOH_PATH, TLS_TIMEOUT};
 use crate::udp::Capture;
 use crate::wire;
 
+/// The DoH path (RFC 8484).
+pub(crate) const DOH_PATH: &str = "/dns-query";
 /// The media type of DNS messages (RFC 8484 section 6).
 pub(crate) const DNS_MESSAGE: &str = "application/dns-message";
 /// DoH connections open at once, over all listeners; more are closed at accept.
@@ -53,18 +54,21 @@ pub(crate) struct DohServer {
 }
 
 impl DohServer {
-    /// Serves every listener (must run inside the tokio runtime), presenting `certs`.
+    /// Serves every listener (must run inside the tokio runtime), presenting `certs`; `timeout` bounds the TLS
+    /// handshake, reading a request's head and body, and an idle connection.
     pub(crate) fn spawn(
         listeners: Vec<std::net::TcpListener>,
         certs: Arc<dyn ResolvesServerCert>,
         handler: Handler,
+        timeout: Duration,
     ) -> std::io::Result<DohServer> {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(certs).map_err(std::io::Error::other)?);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut tasks = Vec::new();
         for l in listeners {
             let listener = tokio::net::TcpListener::from_std(l)?;
-            tasks.push(tokio::spawn(accept_loop(listener, acceptor.clone(), handler.clone(), slots.clone())));
+            let conn = Conn { acceptor: acceptor.clone(), handler: handler.clone(), timeout };
+            tasks.push(tokio::spawn(accept_loop(listener, conn, slots.clone())));
         }
         Ok(DohServer { tasks })
     }
@@ -91,12 +95,15 @@ fn tls_config(certs: Arc<dyn ResolvesServerCert>) -> Result<Arc<rustls::ServerCo
     Ok(Arc::new(cfg))
 }
 
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
+/// What every connection of a listener shares.
+#[derive(Clone)]
+struct Conn {
     acceptor: tokio_rustls::TlsAcceptor,
     handler: Handler,
-    slots: Arc<Semaphore>,
-) {
+    timeout: Duration,
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, conn: Conn, slots: Arc<Semaphore>) {
     let mut connections = JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -113,23 +120,19 @@ async fn accept_loop(
             tracing::debug!(%peer, "dns https: {MAX_CONNECTIONS} connections open, closing the new one");
             continue;
         };
-        let (acceptor, handler) = (acceptor.clone(), handler.clone());
+        let conn = conn.clone();
         connections.spawn(async move {
-            serve_connection(stream, peer, acceptor, handler).await;
+            serve_connection(stream, peer, conn).await;
             drop(slot);
         });
     }
 }
 
-/// Serves one connection: the TLS handshake within [`TLS_TIMEOUT`], then HTTP/1.1 or HTTP/2 until the client
-/// closes it or it has been idle (no request in flight, nothing read or written) for [`TLS_TIMEOUT`].
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    acceptor: tokio_rustls::TlsAcceptor,
-    handler: Handler,
-) {
-    let tls = match tokio::time::timeout(TLS_TIMEOUT, acceptor.accept(stream)).await {
+/// Serves one connection: the TLS handshake within the timeout, then HTTP/1.1 or HTTP/2 until the client closes it
+/// or it has been idle (no request in flight, nothing read or written) for the timeout.
+async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, conn: Conn) {
+    let Conn { acceptor, handler, timeout } = conn;
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "dns https: tls handshake failed");
@@ -147,7 +150,7 @@ async fn serve_connection(
         let (handler, in_flight) = (handler.clone(), in_flight.clone());
         async move {
             in_flight.requests.fetch_add(1, Ordering::Relaxed);
-            let response = respond(req, peer, &handler).await;
+            let response = respond(req, peer, &handler, timeout).await;
             in_flight.requests.fetch_sub(1, Ordering::Relaxed);
             in_flight.touch();
             Ok::<_, Infallible>(response)
@@ -157,15 +160,15 @@ async fn serve_connection(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(TLS_TIMEOUT)
+        .header_read_timeout(timeout)
         .max_buf_size(MAX_HEAD)
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(MAX_HEAD as u32)
         .max_pending_accept_reset_streams(MAX_STREAMS as usize)
-        .keep_alive_interval(TLS_TIMEOUT)
-        .keep_alive_timeout(TLS_TIMEOUT);
+        .keep_alive_interval(timeout)
+        .keep_alive_timeout(timeout);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     loop {
@@ -176,8 +179,8 @@ async fn serve_connection(
                 }
                 return;
             }
-            _ = tokio::time::sleep(TLS_TIMEOUT / 4) => {
-                if activity.requests.load(Ordering::Relaxed) == 0 && activity.idle() >= TLS_TIMEOUT {
+            _ = tokio::time::sleep(timeout / 4) => {
+                if activity.requests.load(Ordering::Relaxed) == 0 && activity.idle() >= timeout {
                     tracing::debug!(%peer, "dns https: closing an idle connection");
                     return;
                 }
@@ -215,7 +218,11 @@ struct Tracked<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -226,7 +233,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -327,10 +338,7 @@ fn accepts_dns<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> bool {
             let mut parts = range.split(';');
             let media = parts.next().unwrap_or("").trim();
             let refused = parts.any(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
+                p.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f32>().ok()).is_some_and(|q| q <= 0.0)
             });
             let matches = media == "*/*"
                 || media.eq_ignore_ascii_case("application/*")
@@ -344,17 +352,22 @@ fn accepts_dns<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> bool {
 }
 
 /// Answers one HTTP request.
-async fn respond(req: Request<Incoming>, peer: SocketAddr, handler: &Handler) -> Response<Full<Bytes>> {
+async fn respond(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    handler: &Handler,
+    timeout: Duration,
+) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let query = match check_head(&parts) {
         Ok(Some(query)) => query,
-        Ok(None) => match read_body(body, peer).await {
+        Ok(None) => match read_body(body, peer, timeout).await {
             Ok(query) => query,
             Err(r) => return refused(r),
         },
         Err(r) => {
             // Read what the client is sending (bounded) so that it sees the status, not a reset stream.
-            let _ = read_body(body, peer).await;
+            let _ = read_body(body, peer, timeout).await;
             return refused(r);
         }
     };
@@ -373,10 +386,10 @@ async fn respond(req: Request<Incoming>, peer: SocketAddr, handler: &Handler) ->
     }
 }
 
-/// Reads a request body within [`TLS_TIMEOUT`]: the DNS message when it is at most [`MAX_BODY`] octets; a longer one
+/// Reads a request body within `timeout`: the DNS message when it is at most [`MAX_BODY`] octets; a longer one
 /// is read on (and dropped) up to [`MAX_DRAIN`] octets before 413, so that an HTTP/2 client gets the status rather
 /// than a reset stream.
-async fn read_body(mut body: Incoming, peer: SocketAddr) -> Result<Vec<u8>, Refusal> {
+async fn read_body(mut body: Incoming, peer: SocketAddr, timeout: Duration) -> Result<Vec<u8>, Refusal> {
     let mut message = Vec::new();
     let mut seen = 0usize;
     let read = async {
@@ -396,9 +409,11 @@ async fn read_body(mut body: Incoming, peer: SocketAddr) -> Result<Vec<u8>, Refu
         }
         Ok(())
     };
-    match tokio::time::timeout(TLS_TIMEOUT, read).await {
+    match tokio::time::timeout(timeout, read).await {
         Ok(Ok(())) if seen <= MAX_BODY => Ok(message),
-        Ok(Ok(())) => Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, "payload too large: a DNS message is at most 65535 bytes")),
+        Ok(Ok(())) => {
+            Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, "payload too large: a DNS message is at most 65535 bytes"))
+        }
         Ok(Err(r)) => Err(r),
         Err(_) => Err(refuse(StatusCode::REQUEST_TIMEOUT, "request timeout: the body came too slowly")),
     }
@@ -455,7 +470,8 @@ mod tests {
             Err(r) => r.status,
         };
         let dns = [("content-type", DNS_MESSAGE)];
-        let cases: &[(&str, &str, &[(&str, &str)], StatusCode)] = &[
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], StatusCode);
+        let cases: &[Case<'_>] = &[
             ("GET", q, &[], StatusCode::OK),
             ("GET", q, &[("accept", "*/*")], StatusCode::OK),
             ("GET", q, &[("accept", "application/*")], StatusCode::OK),

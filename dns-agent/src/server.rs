@@ -47,8 +47,6 @@ pub const TLS_KEY_CREDENTIAL: &str = "dns.tls_key";
 
 /// Handshake and idle timeout of DoT and DoH connections.
 pub(crate) const TLS_TIMEOUT: Duration = Duration::from_secs(10);
-/// The DoH path (RFC 8484).
-pub(crate) const DOH_PATH: &str = "/dns-query";
 
 /// The DoT and DoH listeners and the certificate they present.
 pub(crate) struct Encrypted {
@@ -199,7 +197,7 @@ pub(crate) fn serve(bound: Vec<Bound>, encrypted: Option<Encrypted>, handler: Ha
             server.register_tls_listener(tokio::net::TcpListener::from_std(l)?, TLS_TIMEOUT, enc.certs.clone())?;
         }
         if !enc.https.is_empty() {
-            doh = Some(DohServer::spawn(enc.https, enc.certs.clone(), handler.clone())?);
+            doh = Some(DohServer::spawn(enc.https, enc.certs.clone(), handler.clone(), TLS_TIMEOUT)?);
         }
     }
     let udp = UdpServer::spawn(udp, &handler, runtime)?;

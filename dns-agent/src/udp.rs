@@ -275,9 +275,8 @@ impl Worker {
         let edns = response_edns(&request);
         let qtype = qtype_of(&request);
         let got = match self.handler.decide(&request, &zones, forwarder.is_some()) {
-            Decision::Ready(ready) => {
-                encode(ready.message(&request, edns.as_ref()), request.queries.as_bytes()).map(|(_, bytes)| (bytes, ready.outcome, Keep::Always))
-            }
+            Decision::Ready(ready) => encode(ready.message(&request, edns.as_ref()), request.queries.as_bytes())
+                .map(|(_, bytes)| (bytes, ready.outcome, Keep::Always)),
             // Forwarding: answered here only when the forwarder's cache has it (a fresh answer is kept while its
             // TTLs stay the same); a miss waits for an upstream on the runtime.
             Decision::Forward { meta, qname } => match forwarder.as_ref().and_then(|f| f.lookup_cached(qname, qtype)) {

@@ -263,23 +263,31 @@ mod tests {
     fn answer_names_point_into_the_question() {
         let name = long_name();
         assert_eq!(name.to_bytes().unwrap().len(), 255, "octets on the wire");
-        let compressed = answer(&name, &[name.clone()], None, Limit::Stream, true);
+        let compressed = answer(&name, std::slice::from_ref(&name), None, Limit::Stream, true);
         // 12 header + 259 question + (2 pointer + 10 fixed + 4 address): what unbound sends.
         assert_eq!(compressed.len(), 287);
-        assert_eq!(answer(&name, &[name.clone()], None, Limit::Stream, false).len(), 540, "hickory alone");
+        assert_eq!(answer(&name, std::slice::from_ref(&name), None, Limit::Stream, false).len(), 540, "hickory alone");
         let m = Message::from_vec(&compressed).unwrap();
         assert_eq!((m.answers[0].name.clone(), m.metadata.truncation), (name.clone(), false));
         // Over UDP without EDNS (512 octets) it fits instead of being truncated.
-        let udp = answer(&name, &[name.clone()], None, Limit::Datagram, true);
+        let udp = answer(&name, std::slice::from_ref(&name), None, Limit::Datagram, true);
         assert_eq!(Message::from_vec(&udp).unwrap().answers.len(), 1);
-        assert!(Message::from_vec(&answer(&name, &[name.clone()], None, Limit::Datagram, false))
-            .unwrap()
-            .metadata
-            .truncation);
+        assert!(
+            Message::from_vec(&answer(&name, std::slice::from_ref(&name), None, Limit::Datagram, false))
+                .unwrap()
+                .metadata
+                .truncation
+        );
 
         // A sibling shares the question's parent: its name ends in a pointer to the question's second label.
         let sibling = Name::from_ascii("x.lab.home.arpa.").unwrap();
-        let bytes = answer(&Name::from_ascii("nas.lab.home.arpa.").unwrap(), &[sibling.clone()], None, Limit::Stream, true);
+        let bytes = answer(
+            &Name::from_ascii("nas.lab.home.arpa.").unwrap(),
+            std::slice::from_ref(&sibling),
+            None,
+            Limit::Stream,
+            true,
+        );
         let owner = HEADER_LEN + 19 + 4;
         assert_eq!(&bytes[owner..owner + 4], &[1, b'x', 0xC0, (HEADER_LEN + 4) as u8]);
         assert_eq!(Message::from_vec(&bytes).unwrap().answers[0].name, sibling);
@@ -321,7 +329,7 @@ mod tests {
         let name = Name::from_ascii("nas.lab.home.arpa.").unwrap();
         let mut e = Edns::new();
         e.set_max_payload(1232);
-        let mut msg = answer(&name, &[name.clone()], Some(&e), Limit::Stream, true);
+        let mut msg = answer(&name, std::slice::from_ref(&name), Some(&e), Limit::Stream, true);
         let before = Message::from_vec(&msg).unwrap();
         assert!(pad(&mut msg, RESPONSE_PAD_BLOCK));
         assert_eq!(msg.len(), RESPONSE_PAD_BLOCK);
@@ -330,7 +338,7 @@ mod tests {
         let padding = after.edns.as_ref().and_then(|e| e.option(EdnsCode::Padding)).map(|o| o.len());
         assert_eq!(padding.map(usize::from), Some(RESPONSE_PAD_BLOCK - before.to_vec().unwrap().len() - 4));
         // Without an OPT there is nowhere to put it.
-        let mut plain = answer(&name, &[name.clone()], None, Limit::Stream, true);
+        let mut plain = answer(&name, std::slice::from_ref(&name), None, Limit::Stream, true);
         let len = plain.len();
         assert!(!pad(&mut plain, RESPONSE_PAD_BLOCK));
         assert_eq!(plain.len(), len);

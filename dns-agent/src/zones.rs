@@ -664,7 +664,11 @@ mod tests {
         assert_eq!(data("ns.lab.home.arpa.", RecordType::AAAA), vec!["fd00::2"]);
         // A configured name: the NS and the SOA MNAME name it; the zone's own A record wins over the addresses.
         assert_eq!(data("b.test.", RecordType::NS), vec!["dns1.b.test."]);
-        assert!(data("b.test.", RecordType::SOA)[0].starts_with("dns1.b.test. "), "{:?}", data("b.test.", RecordType::SOA));
+        assert!(
+            data("b.test.", RecordType::SOA)[0].starts_with("dns1.b.test. "),
+            "{:?}",
+            data("b.test.", RecordType::SOA)
+        );
         assert_eq!(data("dns1.b.test.", RecordType::A), vec!["10.0.0.9"]);
         // Outside the zone: the NS only (its own zone serves its addresses).
         assert_eq!(data("c.test.", RecordType::NS), vec!["ns1.example."]);

@@ -18,7 +18,8 @@ use strata_tests::fixtures::http::Receiver;
 use strata_tests::harness::Pki;
 
 /// A zone whose `web` name points at the test's own HTTP receiver (curl resolves it through DoH).
-const WEB_ZONE: &str = "\n[[zones]]\nname = \"doh.test\"\nrecords = [{ name = \"web\", type = \"A\", value = \"127.0.0.1\" }]\n";
+const WEB_ZONE: &str =
+    "\n[[zones]]\nname = \"doh.test\"\nrecords = [{ name = \"web\", type = \"A\", value = \"127.0.0.1\" }]\n";
 /// How long any client command may take.
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -164,7 +165,10 @@ fn doh_answers_curl_and_kdig_over_http1_and_http2() -> Result<()> {
             (&get, vec![version]),
             (&get, vec![version, "-H", "accept: */*"]),
             ("/dns-query", vec![version, "-H", dns_type, "--data-binary", &data]),
-            ("/dns-query", vec![version, "-H", dns_type, "-H", "accept: application/dns-message", "--data-binary", &data]),
+            (
+                "/dns-query",
+                vec![version, "-H", dns_type, "-H", "accept: application/dns-message", "--data-binary", &data],
+            ),
         ];
         for (path, args) in cases {
             let c = curl(e.doh, &ca, path, &args)?;
@@ -302,13 +306,19 @@ fn a_255_octet_name_is_answered_in_512_bytes_over_udp_as_unbound_does() -> Resul
 #[test]
 fn the_ns_target_has_an_address_the_agents_own_or_the_configured_one() -> Result<()> {
     let pki = Pki::new()?;
-    let zones = format!("{ZONES}\n[[zones]]\nname = \"b.test\"\nns = {{ name = \"dns1\", addresses = [\"10.0.0.53\"] }}\n");
+    let zones =
+        format!("{ZONES}\n[[zones]]\nname = \"b.test\"\nns = {{ name = \"dns1\", addresses = [\"10.0.0.53\"] }}\n");
     let dns = Dns::start(&pki, &zones)?;
     // The default target, ns.ZONE, has the address the agent listens on (127.0.0.1 here).
     let ns = dns.dig(&["lab.home.arpa", "NS"])?;
     assert_eq!(ns.values("NS"), vec!["ns.lab.home.arpa."], "{}", ns.raw);
     let a = dns.dig(&["ns.lab.home.arpa", "A"])?;
-    assert_eq!((a.status.as_str(), a.aa(), a.values("A")), ("NOERROR", true, vec!["127.0.0.1".to_string()]), "{}", a.raw);
+    assert_eq!(
+        (a.status.as_str(), a.aa(), a.values("A")),
+        ("NOERROR", true, vec!["127.0.0.1".to_string()]),
+        "{}",
+        a.raw
+    );
     // A configured one: its name in NS and SOA, its address.
     let b = dns.dig(&["b.test", "NS"])?;
     assert_eq!(b.values("NS"), vec!["dns1.b.test."], "{}", b.raw);

@@ -54,6 +54,10 @@ const PACKAGES: &[&str] = &[
     // The registry of the image-update tests (tests/src/fixtures/registry.rs): Docker Distribution 2, started by
     // each test on loopback with its own config and storage (the package's own service is not used).
     "docker-registry",
+    // The DoH/DoT tests (tests/tests/dns_doh.rs): kdig (+https, +https-get, +tls, +padding) and curl (--doh-url,
+    // --http1.1/--http2 straight at /dns-query) are the real clients.
+    "knot-dnsutils",
+    "curl",
 ];
 
 /// The metapackage naming the current Debian kernel package (its one `Depends:`).
