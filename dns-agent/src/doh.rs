@@ -499,6 +499,137 @@ mod tests {
         assert_eq!(decode_param("AAAB%3D").unwrap(), decode_param("AAAB").unwrap());
     }
 
+    /// A DoH server on 127.0.0.1 with `timeout`, a self-signed certificate and no zones.
+    async fn server(timeout: Duration) -> (DohServer, SocketAddr, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "state_dir = \"state\"\n[grpc]\nlisten = \"127.0.0.1:0\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n";
+        std::fs::write(dir.path().join("dns.toml"), text).unwrap();
+        let cfg = crate::config::Config::load(&dir.path().join("dns.toml")).unwrap();
+        let metrics = crate::metrics::DnsMetrics::new(&agent_core::telemetry::Metrics::new());
+        let dns = crate::service::Dns::new(cfg, metrics).unwrap();
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into());
+        let signing = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
+        let certified = rustls::sign::CertifiedKey::new(vec![key.cert.der().clone()], signing);
+        let certs = Arc::new(rustls::sign::SingleCertAndKey::from(certified));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        (DohServer::spawn(vec![l], certs, Handler::new(dns), timeout).unwrap(), addr, dir)
+    }
+
+    /// How long until the server closes `c` (a read ends or fails), if it does within 10 s.
+    async fn closed_after(c: &mut tokio::net::TcpStream) -> Option<Duration> {
+        use tokio::io::AsyncReadExt;
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+                Ok(Ok(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_closed_at_the_timeout_and_one_over_the_cap_at_once() {
+        let timeout = Duration::from_secs(2);
+        let (mut s, addr, _dir) = server(timeout).await;
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let t = closed_after(&mut silent).await.expect("a silent connection is closed");
+        assert!(t >= timeout - Duration::from_millis(200) && t < timeout * 2, "{t:?}");
+
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let t = closed_after(&mut extra).await.expect("one over the cap is closed");
+        assert!(t < timeout / 2, "closed at accept, not at the handshake timeout: {t:?}");
+        // Once the held ones are gone, there is room again.
+        drop(held);
+        tokio::time::sleep(timeout + Duration::from_millis(500)).await;
+        let mut again = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let t = closed_after(&mut again).await.expect("closed at its timeout");
+        assert!(t >= timeout - Duration::from_millis(200), "{t:?}");
+        s.shutdown().await;
+    }
+
+    /// A TLS client connection (HTTP/1.1 by ALPN) to the test server, trusting its certificate blindly.
+    async fn tls_client(addr: SocketAddr) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        #[derive(Debug)]
+        struct AnyCert;
+        impl rustls::client::danger::ServerCertVerifier for AnyCert {
+            fn verify_server_cert(
+                &self,
+                _: &rustls::pki_types::CertificateDer<'_>,
+                _: &[rustls::pki_types::CertificateDer<'_>],
+                _: &rustls::pki_types::ServerName<'_>,
+                _: &[u8],
+                _: rustls::pki_types::UnixTime,
+            ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            fn verify_tls12_signature(
+                &self,
+                _: &[u8],
+                _: &rustls::pki_types::CertificateDer<'_>,
+                _: &rustls::DigitallySignedStruct,
+            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+                Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+            }
+            fn verify_tls13_signature(
+                &self,
+                _: &[u8],
+                _: &rustls::pki_types::CertificateDer<'_>,
+                _: &rustls::DigitallySignedStruct,
+            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+                Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+            }
+            fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+                rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert))
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_and_a_stalled_request_head_are_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let timeout = Duration::from_secs(1);
+        let (mut s, addr, _dir) = server(timeout).await;
+        // A whole request answered (REFUSED: no zones, no upstream), then the connection kept alive and idle.
+        let mut c = tls_client(addr).await;
+        let get = "GET /dns-query?dns=AAABAAABAAAAAAAAA2ZvbwAAAQAB HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        c.write_all(get.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = c.read(&mut buf).await.unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+        assert!(head.starts_with("http/1.1 200") && head.contains("content-type: application/dns-message"), "{head}");
+        let start = Instant::now();
+        let end = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await;
+        assert!(matches!(end, Ok(Ok(0)) | Ok(Err(_))), "closed, not {end:?}");
+        assert!(start.elapsed() >= timeout - Duration::from_millis(300), "{:?}", start.elapsed());
+        // Half a request head, then nothing: closed within the timeout (hyper's header timer or the idle watch).
+        let mut c = tls_client(addr).await;
+        c.write_all(b"GET /dns-query?dns=AAAB HTTP/1.1\r\nHost: loc").await.unwrap();
+        let start = Instant::now();
+        let end = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await;
+        assert!(end.is_ok() && start.elapsed() < timeout * 3, "{end:?} after {:?}", start.elapsed());
+        s.shutdown().await;
+    }
+
     #[test]
     fn a_refused_method_names_the_allowed_ones() {
         let r = refused(refuse(StatusCode::METHOD_NOT_ALLOWED, "x"));
