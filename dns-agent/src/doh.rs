@@ -25,9 +25,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::server::ResolvesServerCert;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Semaphore;
-use tokio::task::{JoinHandle, JoinSet};
 
+use crate::encrypted::{TlsListeners, TlsStream};
 use crate::handler::Handler;
 use crate::udp::Capture;
 use crate::wire;
@@ -50,7 +49,7 @@ const MAX_HEAD: usize = 16 * 1024;
 
 /// The running DoH listeners; [`DohServer::shutdown`] stops them and closes their connections.
 pub(crate) struct DohServer {
-    tasks: Vec<JoinHandle<()>>,
+    listeners: TlsListeners,
 }
 
 impl DohServer {
@@ -62,87 +61,21 @@ impl DohServer {
         handler: Handler,
         timeout: Duration,
     ) -> std::io::Result<DohServer> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(certs).map_err(std::io::Error::other)?);
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let mut tasks = Vec::new();
-        for l in listeners {
-            let listener = tokio::net::TcpListener::from_std(l)?;
-            let conn = Conn { acceptor: acceptor.clone(), handler: handler.clone(), timeout };
-            tasks.push(tokio::spawn(accept_loop(listener, conn, slots.clone())));
-        }
-        Ok(DohServer { tasks })
+        let alpn: &[&[u8]] = &[b"h2", b"http/1.1"];
+        let serve = move |tls, peer| serve_connection(tls, peer, handler.clone(), timeout);
+        let listeners = TlsListeners::spawn("https", listeners, certs, alpn, MAX_CONNECTIONS, timeout, serve)?;
+        Ok(DohServer { listeners })
     }
 
-    /// Stops accepting and drops every open connection (the accept loops own them).
+    /// Stops accepting and drops every open connection.
     pub(crate) async fn shutdown(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-        for t in self.tasks.drain(..) {
-            let _ = t.await;
-        }
+        self.listeners.shutdown().await;
     }
 }
 
-/// TLS with the agent's DoT/DoH certificate, ALPN h2 and http/1.1.
-fn tls_config(certs: Arc<dyn ResolvesServerCert>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(certs);
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
-
-/// What every connection of a listener shares.
-#[derive(Clone)]
-struct Conn {
-    acceptor: tokio_rustls::TlsAcceptor,
-    handler: Handler,
-    timeout: Duration,
-}
-
-async fn accept_loop(listener: tokio::net::TcpListener, conn: Conn, slots: Arc<Semaphore>) {
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let (stream, peer) = match listener.accept().await {
-            Ok(got) => got,
-            Err(e) => {
-                // Out of file descriptors and the like: wait a little rather than spin.
-                tracing::warn!(error = %e, "dns https: cannot accept a connection");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "dns https: {MAX_CONNECTIONS} connections open, closing the new one");
-            continue;
-        };
-        let conn = conn.clone();
-        connections.spawn(async move {
-            serve_connection(stream, peer, conn).await;
-            drop(slot);
-        });
-    }
-}
-
-/// Serves one connection: the TLS handshake within the timeout, then HTTP/1.1 or HTTP/2 until the client closes it
-/// or it has been idle (no request in flight, nothing read or written) for the timeout.
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, conn: Conn) {
-    let Conn { acceptor, handler, timeout } = conn;
-    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "dns https: tls handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "dns https: tls handshake timed out");
-            return;
-        }
-    };
+/// Serves one established connection with HTTP/1.1 or HTTP/2 until the client closes it or it has been idle (no
+/// request in flight, nothing read or written) for `timeout`.
+async fn serve_connection(tls: TlsStream, peer: SocketAddr, handler: Handler, timeout: Duration) {
     let activity = Activity::new();
     let io = TokioIo::new(Tracked { inner: tls, activity: activity.clone() });
     let in_flight = activity.clone();

@@ -4,6 +4,7 @@
 mod blocklist;
 pub mod config;
 mod doh;
+mod encrypted;
 mod forward;
 pub mod fuzz;
 mod grpc;
