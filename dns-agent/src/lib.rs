@@ -4,6 +4,7 @@
 mod blocklist;
 pub mod config;
 mod doh;
+mod dot;
 mod encrypted;
 mod forward;
 pub mod fuzz;

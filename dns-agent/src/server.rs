@@ -1,6 +1,6 @@
 //! The DNS listeners: binds UDP (several SO_REUSEPORT sockets per address, one per core) and TCP on every
-//! `[dns] listen` address; serves UDP on our own loops (`udp`), DoH on our own HTTP server (`doh`), and TCP and DoT
-//! with hickory's `Server` until shutdown. Knows sockets and hickory's server; must not know what the answers are (that is `handler`).
+//! `[dns] listen` address; serves UDP on our own loops (`udp`), DoH on our own HTTP server (`doh`), DoT on our own
+//! listener (`dot`), and TCP with hickory's `Server` until shutdown. Knows sockets and hickory's server; must not know what the answers are (that is `handler`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::TlsFiles;
 use crate::doh::DohServer;
+use crate::dot::DotServer;
 use crate::handler::Handler;
 use crate::udp::UdpServer;
 
@@ -162,46 +163,51 @@ pub(crate) fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<Bound>, BindError> {
     Ok(out)
 }
 
-/// The running DNS listeners: UDP on our own loops (`udp`), DoH on our own HTTP server (`doh`), TCP and DoT on
-/// hickory's `Server`.
+/// The running DNS listeners: UDP on our own loops (`udp`), DoH (`doh`) and DoT (`dot`) on our own listeners, TCP
+/// on hickory's `Server`.
 pub(crate) struct Servers {
     hickory: Server<Handler>,
     udp: UdpServer,
     doh: Option<DohServer>,
+    dot: Option<DotServer>,
 }
 
 impl Servers {
-    /// Stops the UDP loops and the DoH listeners and drains hickory's listeners.
+    /// Stops the UDP loops and the DoH and DoT listeners and drains hickory's listeners.
     pub(crate) async fn shutdown_gracefully(&mut self) -> Result<(), NetError> {
         self.udp.shutdown().await;
         if let Some(doh) = &mut self.doh {
             doh.shutdown().await;
+        }
+        if let Some(dot) = &mut self.dot {
+            dot.shutdown().await;
         }
         self.hickory.shutdown_gracefully().await
     }
 }
 
 /// Serves the bound sockets with `handler` (must run inside the tokio runtime): every UDP socket on its own loop
-/// (see `udp`), TCP and the encrypted listeners on hickory's `Server`.
+/// (see `udp`), DoH and DoT on ours (`doh`, `dot`), TCP on hickory's `Server`.
 pub(crate) fn serve(bound: Vec<Bound>, encrypted: Option<Encrypted>, handler: Handler) -> std::io::Result<Servers> {
     let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
     let mut udp = Vec::new();
     let mut doh = None;
+    let mut dot = None;
     let mut server = Server::new(handler.clone());
     for b in bound {
         udp.extend(b.udp);
         server.register_listener(tokio::net::TcpListener::from_std(b.tcp)?, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
     }
     if let Some(enc) = encrypted {
-        for l in enc.tls {
-            server.register_tls_listener(tokio::net::TcpListener::from_std(l)?, TLS_TIMEOUT, enc.certs.clone())?;
+        if !enc.tls.is_empty() {
+            dot = Some(DotServer::spawn(enc.tls, enc.certs.clone(), handler.clone(), TLS_TIMEOUT)?);
         }
         if !enc.https.is_empty() {
             doh = Some(DohServer::spawn(enc.https, enc.certs.clone(), handler.clone(), TLS_TIMEOUT)?);
         }
     }
     let udp = UdpServer::spawn(udp, &handler, runtime)?;
-    Ok(Servers { hickory: server, udp, doh })
+    Ok(Servers { hickory: server, udp, doh, dot })
 }
 
 #[cfg(test)]
