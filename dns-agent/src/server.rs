@@ -1,6 +1,7 @@
 //! The DNS listeners: binds UDP (several SO_REUSEPORT sockets per address, one per core) and TCP on every
 //! `[dns] listen` address; serves UDP on our own loops (`udp`), DoH on our own HTTP server (`doh`), DoT on our own
-//! listener (`dot`), and TCP with hickory's `Server` until shutdown. Knows sockets and hickory's server; must not know what the answers are (that is `handler`).
+//! listener (`dot`), and TCP with hickory's `Server` until shutdown. Knows sockets and hickory's server; must not
+//! know what the answers are (that is `handler`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
