@@ -104,10 +104,40 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateErr
     result
 }
 
+/// Reads a private file (a credentials or secret file named in the config): a regular file that neither group nor
+/// others can read (mode 0600/0400 or stricter). The reason (`Err`) never quotes the content; the caller names the
+/// file and key.
+pub fn read_private_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!("mode {:04o} lets others read it: chmod 600", meta.mode() & 0o7777));
+    }
+    std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn private_files_refuse_group_and_other_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o604, false), (0o660, false)] {
+            write_atomic(&p, b"secret", mode).unwrap();
+            let r = read_private_file(&p);
+            assert_eq!(r.is_ok(), ok, "mode {mode:o}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.contains("chmod 600") && !e.contains("secret"), "{e}");
+            }
+        }
+        assert!(read_private_file(dir.path()).unwrap_err().contains("not a regular file"));
+    }
 
     #[test]
     fn atomic_write_sets_mode_and_replaces() {

@@ -46,6 +46,7 @@ struct RawDns {
     https_listen: Vec<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    tsig_keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +55,9 @@ struct RawZone {
     name: String,
     #[serde(default)]
     records: Vec<RawRecord>,
+    transfer: Option<crate::xfr::policy::RawTransfer>,
+    #[serde(default)]
+    notify: Vec<String>,
     ns: Option<RawNs>,
 }
 
@@ -91,6 +95,9 @@ pub struct DnsSection {
     pub https_listen: Vec<SocketAddr>,
     /// Certificate chain and key (PEM) for DoT and DoH; set whenever either has a listener.
     pub tls: Option<TlsFiles>,
+    /// The TSIG keys file (`tsig_keys`, private) and its keys.
+    pub tsig_keys: Option<PathBuf>,
+    pub tsig: crate::tsig::TsigKeys,
 }
 
 /// PEM files of the certificate DoT and DoH clients see.
@@ -108,6 +115,8 @@ pub struct Config {
     pub common: CommonConfig,
     pub dns: DnsSection,
     pub zones: Vec<ZoneConfig>,
+    /// Transfer policy (`transfer`, `notify`) of each zone that has one.
+    pub transfers: std::collections::BTreeMap<Name, crate::xfr::policy::TransferPolicy>,
     pub forward: Option<ForwardConfig>,
     pub blocklist: Option<BlocklistConfig>,
     /// What each services-agent may write (`[services_agents.NAME]`); none may write without its section.
@@ -130,12 +139,12 @@ impl Config {
             Some(d) => validate_dns(path, d)?,
         };
         let ns: Vec<Option<RawNs>> = raw.zones.iter_mut().map(|z| z.ns.take()).collect();
-        let mut zones = validate_zones(path, raw.zones)?;
+        let (mut zones, transfers) = validate_zones(path, raw.zones, &dns.tsig)?;
         validate_ns(path, &mut zones, ns, &dns.listen)?;
         let forward = raw.forward.map(|f| ForwardConfig::validate(f, path)).transpose()?;
         let blocklist = raw.blocklist.map(|b| BlocklistConfig::validate(b, path)).transpose()?;
         let services_agents = Scopes::validate(raw.services_agents, &zones, path)?;
-        Ok(Config { path: path.to_path_buf(), common, dns, zones, forward, blocklist, services_agents })
+        Ok(Config { path: path.to_path_buf(), common, dns, zones, transfers, forward, blocklist, services_agents })
     }
 }
 
@@ -179,16 +188,33 @@ fn validate_dns(path: &Path, raw: RawDns) -> Result<DnsSection, ConfigError> {
             "is required for dns.tls_listen and dns.https_listen (with dns.tls_key)",
         ));
     }
-    Ok(DnsSection { listen, query_log: raw.query_log, tls_listen, https_listen, tls })
+    let tsig_keys = raw.tsig_keys.map(|p| config::resolve(path, &p));
+    let tsig = match &tsig_keys {
+        Some(p) => crate::tsig::TsigKeys::load(p)?,
+        None => crate::tsig::TsigKeys::default(),
+    };
+    Ok(DnsSection { listen, query_log: raw.query_log, tls_listen, https_listen, tls, tsig_keys, tsig })
 }
 
-fn validate_zones(path: &Path, raw: Vec<RawZone>) -> Result<Vec<ZoneConfig>, ConfigError> {
+type Transfers = std::collections::BTreeMap<Name, crate::xfr::policy::TransferPolicy>;
+
+fn validate_zones(
+    path: &Path,
+    raw: Vec<RawZone>,
+    keys: &crate::tsig::TsigKeys,
+) -> Result<(Vec<ZoneConfig>, Transfers), ConfigError> {
     let mut zones: Vec<ZoneConfig> = Vec::new();
+    let mut transfers = Transfers::new();
     for (zi, z) in raw.into_iter().enumerate() {
         let key = format!("zones[{zi}]");
         let origin = parse_name(&z.name, None).map_err(|m| ConfigError::invalid(path, format!("{key}.name"), m))?;
         if zones.iter().any(|o| o.origin == origin) {
             return Err(ConfigError::invalid(path, format!("{key}.name"), format!("zone {origin} is listed twice")));
+        }
+        if let Some(policy) = crate::xfr::policy::validate(&key, z.transfer, z.notify, keys)
+            .map_err(|(k, m)| ConfigError::invalid(path, k, m))?
+        {
+            transfers.insert(origin.clone(), policy);
         }
         let mut records: Vec<LocalRecord> = Vec::new();
         // Name → its records' indexes, so that the checks below look at the records of one name, not all of them
@@ -221,7 +247,7 @@ fn validate_zones(path: &Path, raw: Vec<RawZone>) -> Result<Vec<ZoneConfig>, Con
         }
         zones.push(ZoneConfig { origin, records, ns: Default::default() });
     }
-    Ok(zones)
+    Ok((zones, transfers))
 }
 
 /// Each zone's name server (`zones[i].ns`): the name (relative to the zone without a trailing dot; default
@@ -395,6 +421,10 @@ mod tests {
                 "key `zones[0].ns.addresses`: dns.example. is not in zone lab.home.arpa.",
             ),
             (format!("{}ns = {{ colour = 1 }}\n", z("")), "unknown field `colour`"),
+            (format!("{}transfer = {{ allow = [\"x\"] }}\n", z("")), "key `zones[0].transfer.allow[0]`: `x` is not an address or prefix"),
+            (format!("{}transfer = {{ tsig = \"k\" }}\n", z("")), "key `zones[0].transfer.tsig`: no key \"k\" in dns.tsig_keys"),
+            (format!("{}notify = [\"10.0.0.1:99999\"]\n", z("")), "key `zones[0].notify[0]`"),
+            ("[dns]\nlisten = [\"127.0.0.1\"]\ntsig_keys = \"/nonexistent/tsig.toml\"\n".to_string(), "/nonexistent/tsig.toml: key `tsig keys file`: cannot read it"),
         ];
         for (text, want) in cases {
             let e = load(&text).unwrap_err();

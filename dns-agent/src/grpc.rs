@@ -232,7 +232,22 @@ impl DnsRpc for DnsGrpc {
     }
 
     async fn list_zones(&self, _req: Request<pb::ListZonesRequest>) -> Result<Response<pb::ListZonesResponse>, Status> {
-        let zones = self.dns.zones().summaries().into_iter().map(|z| pb::ZoneStatus::from(&z)).collect();
+        let cfg = self.dns.config();
+        let zones = self
+            .dns
+            .zones()
+            .summaries()
+            .into_iter()
+            .map(|z| {
+                let mut s = pb::ZoneStatus::from(&z);
+                // Primary: the peers NOTIFY goes to, and the NOTIFYs they have not acknowledged yet.
+                if let Some(p) = cfg.transfers.get(&z.origin) {
+                    s.peers = p.notify.iter().map(|a| a.to_string()).collect();
+                }
+                s.notifies_pending = u64::from(self.dns.xfr.notifier.pending(&z.origin));
+                s
+            })
+            .collect();
         Ok(Response::new(pb::ListZonesResponse { zones }))
     }
 }

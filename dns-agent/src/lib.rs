@@ -17,8 +17,11 @@ mod scope;
 mod server;
 mod service;
 mod store;
+mod tcp;
+mod tsig;
 mod udp;
 mod wire;
+mod xfr;
 mod zones;
 
 use std::time::Duration;
@@ -66,6 +69,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     let mut dns_server = server::serve(bound, encrypted, handler::Handler::new(dns.clone()))
         .map_err(|e| RunError::Dns(format!("cannot register sockets: {e}")))?;
     tracing::info!(summary = dns.summary(), "dns serving");
+    dns.notify_all();
 
     dns.blocklists.spawn_refresh_loop(shutdown.clone().wait());
     dns.spawn_gauges(GAUGE_INTERVAL, shutdown.clone());
@@ -83,9 +87,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     let served = agent_core::grpc::run_agent(&dns.config().common, parts, listeners, shutdown).await;
 
     if !listen.is_empty() {
-        if let Err(e) = dns_server.shutdown_gracefully().await {
-            tracing::warn!(error = %e, "dns server did not stop cleanly");
-        }
+        dns_server.shutdown().await;
     }
     served.map_err(RunError::from)
 }

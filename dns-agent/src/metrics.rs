@@ -209,6 +209,8 @@ pub(crate) struct DnsMetrics {
     list_success: Family<ListLabels, Gauge>,
     /// The lists shown now (those of the config in use), to drop the series of lists no longer configured.
     lists_shown: Arc<Mutex<Vec<String>>>,
+    /// Zone transfers, NOTIFYs and serials.
+    pub xfr: XfrMetrics,
 }
 
 impl DnsMetrics {
@@ -229,7 +231,9 @@ impl DnsMetrics {
             list_failing: Family::default(),
             list_success: Family::default(),
             lists_shown: Arc::default(),
+            xfr: XfrMetrics::default(),
         };
+        m.xfr.register(registry);
         registry.register("dns_queries", "DNS queries by query type and outcome", QueryCounters(m.inner.clone()));
         registry.register(
             "dns_query_duration_seconds",
@@ -496,5 +500,63 @@ mod tests {
         assert!(text.contains("strata_dns_query_duration_seconds_bucket{le=\"0.00005\"} 2"), "{text}");
         let totals = m.totals();
         assert!(totals.contains(&("local", 3)) && totals.contains(&("blocked", 1)), "{totals:?}");
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransferLabels {
+    zone: String,
+    /// "out" (served by this agent as primary) or "in" (fetched as secondary).
+    direction: &'static str,
+    /// "axfr" or "ixfr".
+    kind: &'static str,
+    /// "ok", "refused", "notauth", "failed".
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotifyLabels {
+    zone: String,
+    /// "ok" (acknowledged), "timeout", "error", "gave_up".
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SerialLabels {
+    zone: String,
+    /// "primary" or "secondary".
+    role: &'static str,
+}
+
+/// `strata_dns_transfers_total{zone,direction,kind,result}`, `strata_dns_notify_sent_total{zone,result}` and
+/// `strata_dns_zone_serial{zone,role}`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct XfrMetrics {
+    transfers: Family<TransferLabels, Counter>,
+    notify_sent: Family<NotifyLabels, Counter>,
+    serial: Family<SerialLabels, Gauge>,
+}
+
+impl XfrMetrics {
+    fn register(&self, registry: &Metrics) {
+        registry.register(
+            "dns_transfers",
+            "Zone transfers by zone, direction (out: served, in: fetched), kind (axfr, ixfr) and result",
+            self.transfers.clone(),
+        );
+        registry.register("dns_notify_sent", "NOTIFY messages sent by zone and result", self.notify_sent.clone());
+        registry.register("dns_zone_serial", "Each zone's SOA serial by role (primary, secondary)", self.serial.clone());
+    }
+
+    pub(crate) fn transfer(&self, zone: &str, direction: &'static str, kind: &'static str, result: &'static str) {
+        self.transfers.get_or_create(&TransferLabels { zone: zone.to_string(), direction, kind, result }).inc();
+    }
+
+    pub(crate) fn notify(&self, zone: &str, result: &'static str) {
+        self.notify_sent.get_or_create(&NotifyLabels { zone: zone.to_string(), result }).inc();
+    }
+
+    pub(crate) fn serial(&self, zone: &str, role: &'static str, serial: u32) {
+        self.serial.get_or_create(&SerialLabels { zone: zone.to_string(), role }).set(i64::from(serial));
     }
 }

@@ -1,15 +1,13 @@
 //! The DNS listeners: binds UDP (several SO_REUSEPORT sockets per address, one per core) and TCP on every
-//! `[dns] listen` address; serves UDP on our own loops (`udp`), DoH on our own HTTP server (`doh`), DoT on our own
-//! listener (`dot`), and TCP with hickory's `Server` until shutdown. Knows sockets and hickory's server; must not
-//! know what the answers are (that is `handler`).
+//! `[dns] listen` address; serves UDP on our own loops (`udp`), TCP on ours (`tcp`), DoH on our own HTTP server
+//! (`doh`) and DoT through `dot` until shutdown. Knows sockets; must not know what the answers are (that is
+//! `handler`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_server::net::NetError;
-use hickory_server::Server;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::ResolvesServerCert;
@@ -23,8 +21,6 @@ use crate::udp::UdpServer;
 
 /// Idle timeout of a TCP connection.
 pub(crate) const TCP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Responses buffered per TCP connection (a count of messages).
-const TCP_RESPONSE_BUFFER: usize = 32;
 /// Attempts to find a port free for both UDP and TCP when the config asks for port 0.
 const PORT_ATTEMPTS: usize = 20;
 
@@ -164,18 +160,17 @@ pub(crate) fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<Bound>, BindError> {
     Ok(out)
 }
 
-/// The running DNS listeners: UDP on our own loops (`udp`), DoH (`doh`) and DoT (`dot`) on our own listeners, TCP
-/// on hickory's `Server`.
+/// The running DNS listeners: UDP on our own loops (`udp`), TCP (`tcp`), DoH (`doh`) and DoT (`dot`).
 pub(crate) struct Servers {
-    hickory: Server<Handler>,
     udp: UdpServer,
     doh: Option<DohServer>,
     dot: Option<DotServer>,
+    tcp: crate::tcp::TcpServer,
 }
 
 impl Servers {
-    /// Stops the UDP loops and the DoH and DoT listeners and drains hickory's listeners.
-    pub(crate) async fn shutdown_gracefully(&mut self) -> Result<(), NetError> {
+    /// Stops the UDP loops and every listener.
+    pub(crate) async fn shutdown(&mut self) {
         self.udp.shutdown().await;
         if let Some(doh) = &mut self.doh {
             doh.shutdown().await;
@@ -183,22 +178,23 @@ impl Servers {
         if let Some(dot) = &mut self.dot {
             dot.shutdown().await;
         }
-        self.hickory.shutdown_gracefully().await
+        self.tcp.shutdown();
     }
 }
 
 /// Serves the bound sockets with `handler` (must run inside the tokio runtime): every UDP socket on its own loop
-/// (see `udp`), DoH and DoT on ours (`doh`, `dot`), TCP on hickory's `Server`.
+/// (see `udp`), TCP, DoH and DoT on their own listeners (`tcp`, `doh`, `dot`).
 pub(crate) fn serve(bound: Vec<Bound>, encrypted: Option<Encrypted>, handler: Handler) -> std::io::Result<Servers> {
     let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
     let mut udp = Vec::new();
     let mut doh = None;
     let mut dot = None;
-    let mut server = Server::new(handler.clone());
+    let mut tcp = Vec::new();
     for b in bound {
         udp.extend(b.udp);
-        server.register_listener(tokio::net::TcpListener::from_std(b.tcp)?, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
+        tcp.push(b.tcp);
     }
+    let tcp = crate::tcp::TcpServer::spawn(tcp, &handler)?;
     if let Some(enc) = encrypted {
         if !enc.tls.is_empty() {
             dot = Some(DotServer::spawn(enc.tls, enc.certs.clone(), handler.clone(), TLS_TIMEOUT)?);
@@ -208,7 +204,7 @@ pub(crate) fn serve(bound: Vec<Bound>, encrypted: Option<Encrypted>, handler: Ha
         }
     }
     let udp = UdpServer::spawn(udp, &handler, runtime)?;
-    Ok(Servers { hickory: server, udp, doh, dot })
+    Ok(Servers { udp, tcp, doh, dot })
 }
 
 #[cfg(test)]

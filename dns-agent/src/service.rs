@@ -2,7 +2,7 @@
 //! records with their ownership rules, the forwarder, the blocklists, metrics and the query log; reload.
 //! Knows the agent's domain operations; must not know sockets, DNS wire handling or proto/tonic types.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,7 +60,8 @@ pub(crate) struct Dns {
     /// The dynamic records (mirror of the store); writers hold this lock for the whole write, so writes and
     /// rebuilds are serialized.
     dynamic: Mutex<Vec<LocalRecord>>,
-    serial: AtomicU32,
+    /// Zone transfers, primary side: per-zone serials (persisted), the journal, NOTIFYs in flight.
+    pub xfr: crate::xfr::Primary,
     /// Bumped after every swap of the zones or the forwarder (see [`Dns::generation`]).
     generation: AtomicU64,
 }
@@ -80,16 +81,12 @@ fn empty_blocklist() -> BlocklistConfig {
     BlocklistConfig { sources: Vec::new(), allow: Vec::new(), refresh: DEFAULT_REFRESH, response: BlockResponse::Zero }
 }
 
-/// The clock as a zone serial (`agent_core::clock`'s time, converted; wraps in 2106 as serial arithmetic allows).
-fn now_unix() -> u32 {
-    agent_core::clock::now_unix() as u32
-}
-
 impl Dns {
     /// Opens the record store and builds the zones: everything local is served as soon as this returns. Nothing
     /// here touches the network (blocklists load later, upstreams are contacted on the first query).
     pub(crate) fn new(cfg: Config, metrics: DnsMetrics) -> Result<Arc<Dns>, StoreError> {
         let store = Store::open(&cfg.common.state_dir)?;
+        let cfg_state_dir = cfg.common.state_dir.clone();
         let (dynamic, bad) = store.load()?;
         for b in bad {
             tracing::warn!(name = b.name, r#type = b.kind, reason = b.reason, "stored record is not valid: not served");
@@ -108,7 +105,7 @@ impl Dns {
             metrics,
             store,
             dynamic: Mutex::new(dynamic),
-            serial: AtomicU32::new(now_unix()),
+            xfr: crate::xfr::Primary::open(&cfg_state_dir)?,
             generation: AtomicU64::new(0),
         };
         {
@@ -124,9 +121,6 @@ impl Dns {
 
     /// Builds new zones from `cfg` and `dynamic` and swaps them in.
     fn rebuild(&self, cfg: &Config, dynamic: &[LocalRecord]) {
-        // A new, larger serial on every change (secondaries and caches see the zone changed).
-        let serial = self.serial.fetch_add(1, Ordering::Relaxed).wrapping_add(1).max(now_unix());
-        self.serial.fetch_max(serial, Ordering::Relaxed);
         // Conditionally forwarded domains are answered by their resolvers: no RFC 6303 empty zone shadows them.
         let elsewhere: Vec<Name> = cfg
             .forward
@@ -134,12 +128,33 @@ impl Dns {
             .flat_map(|f| f.conditional.iter())
             .filter_map(|(domain, _)| Name::from_ascii(format!("{domain}.")).ok())
             .collect();
-        let (zones, warnings) = ZoneSet::build(&cfg.zones, dynamic, serial, &elsewhere);
+        let (mut zones, warnings) = ZoneSet::build(&cfg.zones, dynamic, 0, &elsewhere);
+        // Each zone's serial: kept while its content stays the same, the next one (persisted, journaled) on a change.
+        let changed = self.xfr.version(&mut zones, &self.metrics.xfr);
         for w in warnings {
             tracing::warn!("{w}");
         }
         self.zones.store(Arc::new(zones));
         self.generation.fetch_add(1, Ordering::Release);
+        self.notify(cfg, &changed);
+    }
+
+    /// Sends NOTIFY for `zones` (those that have `notify` peers) with their serial now.
+    pub(crate) fn notify(&self, cfg: &Config, zones: &[Name]) {
+        let snapshot = self.zones();
+        for zone in zones {
+            let Some(policy) = cfg.transfers.get(zone).filter(|p| !p.notify.is_empty()) else { continue };
+            let Some((soa, _)) = snapshot.zone_records(zone) else { continue };
+            let key = policy.tsig.as_ref().and_then(|k| cfg.dns.tsig.get(k)).cloned();
+            self.xfr.notifier.send(zone, soa, &policy.notify, key, &self.metrics.xfr);
+        }
+    }
+
+    /// Sends NOTIFY for every zone with `notify` peers (at start and after a reload).
+    pub(crate) fn notify_all(&self) {
+        let cfg = self.cfg.load_full();
+        let zones: Vec<Name> = cfg.transfers.keys().cloned().collect();
+        self.notify(&cfg, &zones);
     }
 
     /// Changes whenever anything a query's answer is made of changes without going through the forwarder: the
@@ -313,6 +328,11 @@ impl Dns {
                 applied.push("zones");
             }
         }
+        if new.transfers != old.transfers || new.dns.tsig != old.dns.tsig {
+            applied.push("transfers");
+        }
+        // Secondaries hear of the (possibly) new zone data and notify lists at every reload.
+        self.notify_all();
         let changed = !applied.is_empty() || !restart.is_empty();
         let message = agent_core::config::reload_message(&applied, &restart);
         tracing::info!("{message}");

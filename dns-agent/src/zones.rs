@@ -351,6 +351,43 @@ impl ZoneSet {
             .collect()
     }
 
+    /// The SOA of the configured zone `origin` and every other record it serves (NS, synthesized PTRs, config and
+    /// dynamic records), unordered: what a zone transfer sends. `None` when `origin` is not a configured zone.
+    pub(crate) fn zone_records<'a>(
+        &'a self,
+        origin: &Name,
+    ) -> Option<(&'a Record, impl Iterator<Item = &'a Record> + Send + 'a)> {
+        let lower = LowerName::new(origin);
+        let zone = self.zones.iter().position(|z| z.origin == lower)?;
+        let records = self
+            .names
+            .values()
+            .filter(move |e| e.zone == zone)
+            .flat_map(|e| e.records.iter())
+            .filter(|r| r.record_type() != RecordType::SOA);
+        Some((&self.zones[zone].soa, records))
+    }
+
+    /// Sets the SOA serial of each configured zone to `serial_of(origin)` (zones it gives `None` keep theirs).
+    pub(crate) fn set_serials(&mut self, serial_of: impl Fn(&Name) -> Option<u32>) {
+        for z in &mut self.zones {
+            let Some(serial) = serial_of(&z.name) else { continue };
+            if let RData::SOA(soa) = &mut z.soa.data {
+                soa.serial = serial;
+            }
+            if let Some(e) = self.names.get_mut(&z.origin) {
+                for r in e.records.iter_mut().filter(|r| r.record_type() == RecordType::SOA) {
+                    *r = z.soa.clone();
+                }
+            }
+        }
+    }
+
+    /// The origins of the configured zones.
+    pub(crate) fn origins(&self) -> impl Iterator<Item = &Name> {
+        self.zones.iter().map(|z| &z.name)
+    }
+
     pub(crate) fn zone_count(&self) -> usize {
         self.zones.len()
     }

@@ -43,18 +43,7 @@ fn check(path: &Path, m: &std::fs::Metadata, want: &'static str) -> Result<(), S
     Ok(())
 }
 
-/// Reads a private file (a credentials or secret file named in the config): a regular file that neither group nor
-/// others can read. The reason (`Err`) never quotes the content; the caller names the file and key.
-pub(crate) fn read_private_file(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
-    if !meta.is_file() {
-        return Err("is not a regular file".into());
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(format!("mode {:04o} lets others read it: chmod 600", meta.mode() & 0o7777));
-    }
-    std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))
-}
+pub(crate) use agent_core::state::read_private_file;
 
 /// Reads every regular file of `dir` (in name order; a later file's key wins) as `KEY=VALUE` lines (`#` comments
 /// and blank lines skipped, the value taken as written up to the end of the line). The directory must be 0700 and

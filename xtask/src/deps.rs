@@ -24,6 +24,10 @@ const PACKAGES: &[&str] = &[
     "btrfs-progs",
     "dnsutils",
     "dnsperf",
+    // Knot DNS (knotd, knotc) and its kdig: the zone-transfer interop tests and `bench dns-xfr` run it as the
+    // dns-agent's secondary (and as the primary the agent is compared with).
+    "knot",
+    "knot-dnsutils",
     "unbound",
     "dnsmasq-base",
     "busybox-static",

@@ -1,0 +1,251 @@
+//! DNS over plain TCP (RFC 7766) on the `[dns] listen` addresses: 2-byte length framing, pipelined queries answered
+//! in order through the same `Handler` as UDP, zone transfers handed to `xfr`. Bounded: connections in all and per
+//! client address, an idle timeout, messages of at most 65535 bytes. `serve_connection` takes any byte stream, so
+//! an encrypted listener can run its streams through it.
+//! Knows sockets and framing; must not know what the answers are (that is `handler` and `xfr`).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use hickory_proto::op::{Header, HeaderCounts, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
+use hickory_proto::rr::RecordType;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinHandle;
+
+use crate::handler::Handler;
+use crate::server::TCP_TIMEOUT;
+use crate::udp::Capture;
+use crate::wire;
+
+/// Open TCP connections at most (all clients).
+pub(crate) const MAX_CONNECTIONS: usize = 512;
+/// Open TCP connections at most from one client address.
+pub(crate) const MAX_PER_CLIENT: usize = 32;
+
+/// Counts open connections, in all and per client address.
+#[derive(Default)]
+struct Limits {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One admitted connection; dropping it frees its place.
+struct Permit {
+    limits: Arc<Limits>,
+    ip: IpAddr,
+}
+
+impl Limits {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Permit> {
+        let mut g = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let per = g.1.get(&ip).copied().unwrap_or(0);
+        if g.0 >= MAX_CONNECTIONS || per >= MAX_PER_CLIENT {
+            return None;
+        }
+        g.0 += 1;
+        g.1.insert(ip, per + 1);
+        Some(Permit { limits: self.clone(), ip })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut g = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 = g.0.saturating_sub(1);
+        if let Some(n) = g.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                g.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The running TCP listeners; [`TcpServer::shutdown`] stops accepting (open connections end at their timeout).
+pub(crate) struct TcpServer {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl TcpServer {
+    /// Serves every listener on the current tokio runtime.
+    pub(crate) fn spawn(listeners: Vec<std::net::TcpListener>, handler: &Handler) -> std::io::Result<TcpServer> {
+        let limits = Arc::new(Limits::default());
+        let mut tasks = Vec::new();
+        for l in listeners {
+            let l = tokio::net::TcpListener::from_std(l)?;
+            let handler = handler.clone();
+            let limits = limits.clone();
+            tasks.push(tokio::spawn(accept_loop(l, handler, limits)));
+        }
+        Ok(TcpServer { tasks })
+    }
+
+    pub(crate) fn shutdown(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+async fn accept_loop(l: tokio::net::TcpListener, handler: Handler, limits: Arc<Limits>) {
+    loop {
+        let (stream, peer) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "dns tcp accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Some(permit) = limits.admit(peer.ip()) else {
+            tracing::debug!(%peer, "dns tcp connection refused: too many open connections");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_connection(stream, peer, &handler, Protocol::Tcp).await;
+        });
+    }
+}
+
+/// Serves one connection until the peer closes it, sends something that is not DNS framing, or stays idle for
+/// [`TCP_TIMEOUT`]: each message is answered before the next is read, so pipelined answers come back in order.
+/// `protocol` is what the stream is (`Tcp`, or `Tls` for DoT): over an encrypted one, the answer to a padded query
+/// is padded (RFC 8467).
+pub(crate) async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    stream: S,
+    peer: SocketAddr,
+    handler: &Handler,
+    protocol: Protocol,
+) {
+    let (mut r, mut w) = tokio::io::split(stream);
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(TCP_TIMEOUT, r.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let n = usize::from(u16::from_be_bytes(len));
+        if n < 12 {
+            tracing::debug!(%peer, "dns tcp message shorter than a header: closing");
+            return;
+        }
+        let mut buf = vec![0u8; n];
+        match tokio::time::timeout(TCP_TIMEOUT, r.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        if let Err(e) = answer(buf, peer, handler, protocol, &mut w).await {
+            tracing::debug!(%peer, error = %e, "dns tcp connection ends");
+            return;
+        }
+    }
+}
+
+/// Writes one framed message (with the idle timeout: a peer that stops reading is dropped).
+pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, msg: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len()).map_err(|_| std::io::Error::other("message longer than 65535 bytes"))?;
+    let mut framed = Vec::with_capacity(msg.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(msg);
+    write_raw(w, &framed).await
+}
+
+/// Writes bytes already framed (one or more messages), with the idle timeout.
+pub(crate) async fn write_raw<W: AsyncWrite + Unpin>(w: &mut W, framed: &[u8]) -> std::io::Result<()> {
+    match tokio::time::timeout(TCP_TIMEOUT, async {
+        w.write_all(framed).await?;
+        w.flush().await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer does not read")),
+    }
+}
+
+/// Whether a request asks for a zone transfer (a query whose question is AXFR or IXFR).
+fn transfer_question(header: &Header, buf: &[u8]) -> bool {
+    if header.metadata.op_code != OpCode::Query || header.counts.queries == 0 {
+        return false;
+    }
+    let mut d = BinDecoder::new(buf);
+    if Header::read(&mut d).is_err() {
+        return false;
+    }
+    Query::read(&mut d).is_ok_and(|q| matches!(q.query_type(), RecordType::AXFR | RecordType::IXFR))
+}
+
+async fn answer<W: AsyncWrite + Unpin + Send>(
+    buf: Vec<u8>,
+    peer: SocketAddr,
+    handler: &Handler,
+    protocol: Protocol,
+    w: &mut W,
+) -> std::io::Result<()> {
+    let Ok(header) = Header::read(&mut BinDecoder::new(&buf)) else { return Ok(()) };
+    // A response (QR=1) is never answered.
+    if header.metadata.message_type == MessageType::Response {
+        return Ok(());
+    }
+    if transfer_question(&header, &buf) {
+        return match Message::from_vec(&buf) {
+            Ok(m) => crate::xfr::serve_transfer(handler.dns(), &buf, &m, peer, w).await,
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "unparsable transfer request: FORMERR");
+                write_frame(w, &formerr(header.metadata.id)).await
+            }
+        };
+    }
+    let request = match Request::from_bytes(buf, peer, protocol) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "unparsable request: FORMERR");
+            return write_frame(w, &formerr(header.metadata.id)).await;
+        }
+    };
+    let capture = Capture::stream(&request);
+    handler.handle_request::<_, TokioTime>(&request, capture.clone()).await;
+    match capture.take() {
+        Some(mut b) => {
+            if protocol.is_encrypted() && wire::wants_padding(request.edns.as_ref()) {
+                wire::pad(&mut b, wire::RESPONSE_PAD_BLOCK);
+            }
+            write_frame(w, &b).await
+        }
+        None => Ok(()),
+    }
+}
+
+fn formerr(id: u16) -> Vec<u8> {
+    let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+    metadata.response_code = ResponseCode::FormErr;
+    let mut out = Vec::with_capacity(12);
+    let _ = Header { metadata, counts: HeaderCounts::default() }.emit(&mut BinEncoder::new(&mut out));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_count_per_client_and_in_all() {
+        let limits = Arc::new(Limits::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let held: Vec<Permit> = (0..MAX_PER_CLIENT).map(|_| limits.admit(a).unwrap()).collect();
+        assert!(limits.admit(a).is_none(), "one client is capped");
+        let other = limits.admit(b).expect("another client still gets in");
+        drop(held);
+        assert!(limits.admit(a).is_some(), "closing frees the places");
+        drop(other);
+        assert_eq!(limits.open.lock().unwrap().0, 0);
+    }
+}
