@@ -545,7 +545,11 @@ impl XfrMetrics {
             self.transfers.clone(),
         );
         registry.register("dns_notify_sent", "NOTIFY messages sent by zone and result", self.notify_sent.clone());
-        registry.register("dns_zone_serial", "Each zone's SOA serial by role (primary, secondary)", self.serial.clone());
+        registry.register(
+            "dns_zone_serial",
+            "Each zone's SOA serial by role (primary, secondary)",
+            self.serial.clone(),
+        );
     }
 
     pub(crate) fn transfer(&self, zone: &str, direction: &'static str, kind: &'static str, result: &'static str) {

@@ -19,8 +19,6 @@ use crate::dot::DotServer;
 use crate::handler::Handler;
 use crate::udp::UdpServer;
 
-/// Idle timeout of a TCP connection.
-pub(crate) const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts to find a port free for both UDP and TCP when the config asks for port 0.
 const PORT_ATTEMPTS: usize = 20;
 

@@ -1,15 +1,17 @@
 //! DNS over plain TCP (RFC 7766) on the `[dns] listen` addresses: 2-byte length framing, pipelined queries answered
-//! in order through the same `Handler` as UDP, zone transfers handed to `xfr`. Bounded: connections in all and per
+//! in order through the same `Handler` as UDP; zone transfers (AXFR, IXFR) answered with `xfr`'s parts. Bounded: connections in all and per
 //! client address, an idle timeout, messages of at most 65535 bytes. `serve_connection` takes any byte stream, so
-//! an encrypted listener can run its streams through it.
+//! an encrypted listener (DoT, `dot`) runs its streams through it; over an encrypted stream the answer to a padded
+//! query is padded (RFC 8467).
 //! Knows sockets and framing; must not know what the answers are (that is `handler` and `xfr`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use hickory_proto::op::{Header, HeaderCounts, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
-use hickory_proto::rr::RecordType;
+use hickory_proto::rr::{RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
@@ -18,10 +20,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use crate::handler::Handler;
-use crate::server::TCP_TIMEOUT;
+use crate::service::Dns;
+use crate::tsig::{self, ResponseSigner};
 use crate::udp::Capture;
 use crate::wire;
+use crate::xfr;
 
+/// Idle timeout of a TCP connection (also the longest a write may wait for the peer to read).
+pub(crate) const TCP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Open TCP connections at most (all clients).
 pub(crate) const MAX_CONNECTIONS: usize = 512;
 /// Open TCP connections at most from one client address.
@@ -196,7 +202,7 @@ async fn answer<W: AsyncWrite + Unpin + Send>(
     }
     if transfer_question(&header, &buf) {
         return match Message::from_vec(&buf) {
-            Ok(m) => crate::xfr::serve_transfer(handler.dns(), &buf, &m, peer, w).await,
+            Ok(m) => serve_transfer(handler.dns(), &buf, &m, peer, w).await,
             Err(e) => {
                 tracing::info!(%peer, error = %e, "unparsable transfer request: FORMERR");
                 write_frame(w, &formerr(header.metadata.id)).await
@@ -229,6 +235,149 @@ fn formerr(id: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(12);
     let _ = Header { metadata, counts: HeaderCounts::default() }.emit(&mut BinEncoder::new(&mut out));
     out
+}
+
+/// The serial of a zone's SOA record.
+fn soa_serial(r: &Record) -> Option<u32> {
+    match &r.data {
+        RData::SOA(s) => Some(s.serial),
+        _ => None,
+    }
+}
+
+/// Answers one AXFR or IXFR request read from a TCP connection: REFUSED unless the zone is served here and lets
+/// `peer` transfer it; NOTAUTH (with the TSIG error) when its key is missing or wrong; otherwise the zone (AXFR), the
+/// changes since the client's serial (IXFR, AXFR when the journal does not reach back), or just the SOA (current).
+pub(crate) async fn serve_transfer<W: AsyncWrite + Unpin + Send>(
+    dns: &Dns,
+    raw: &[u8],
+    request: &Message,
+    peer: SocketAddr,
+    w: &mut W,
+) -> std::io::Result<()> {
+    let started = Instant::now();
+    let Some(q) = request.queries.first() else { return Ok(()) };
+    let qname = q.name().to_lowercase();
+    let qtype = q.query_type();
+    let zone = qname.to_ascii();
+    let asked = if qtype == RecordType::IXFR { "ixfr" } else { "axfr" };
+    let metrics = &dns.metrics.xfr;
+    let cfg = dns.config();
+    let now = agent_core::clock::now_unix() as u64;
+    let id = request.metadata.id;
+    let refuse = |why: &str| {
+        tracing::warn!(%peer, zone, kind = asked, "zone transfer refused: {why}");
+        metrics.transfer(&zone, "out", asked, "refused");
+        xfr::out::error_reply(id, &qname, qtype, ResponseCode::Refused)
+    };
+    let Some(policy) = cfg.transfers.get(&qname).filter(|p| !p.allow.is_empty()) else {
+        return write_frame(w, &refuse("the zone is not served here or allows no transfers")).await;
+    };
+    if !policy.allows(peer.ip()) {
+        return write_frame(w, &refuse("the peer is not in the zone's transfer.allow")).await;
+    }
+    let notauth = |why: String| {
+        tracing::warn!(%peer, zone, kind = asked, "zone transfer refused (NOTAUTH): {why}");
+        metrics.transfer(&zone, "out", asked, "notauth");
+        xfr::out::error_reply(id, &qname, qtype, ResponseCode::NotAuth)
+    };
+    let mut signer: Option<ResponseSigner> = match (request.signature(), &policy.tsig) {
+        (None, None) => None,
+        (None, Some(k)) => return write_frame(w, &notauth(format!("no TSIG (the zone asks for key {k})"))).await,
+        (Some(_), want) => match tsig::verify_request(&cfg.dns.tsig, raw, now) {
+            Err(rejection) => {
+                let mut msg = notauth(rejection.failure.to_string());
+                rejection.append_error_tsig(&mut msg, now);
+                return write_frame(w, &msg).await;
+            }
+            Ok(s) => match want {
+                Some(k) if k != s.key().name() => {
+                    let rejection = tsig::RequestRejection::bad_key(s.key().name());
+                    let mut msg = notauth(format!("signed with key {}, the zone asks for {k}", s.key().name()));
+                    rejection.append_error_tsig(&mut msg, now);
+                    return write_frame(w, &msg).await;
+                }
+                _ => Some(s),
+            },
+        },
+    };
+
+    let zones = std::sync::Arc::clone(&*dns.zones());
+    let Some((soa, rest)) = zones.zone_records(&qname) else {
+        return write_frame(w, &refuse("the zone is not served here")).await;
+    };
+    let current = soa_serial(soa).unwrap_or(0);
+    // IXFR: the client's serial is the SOA in the authority section.
+    let client = (qtype == RecordType::IXFR).then(|| request.authorities.iter().find_map(soa_serial)).flatten();
+    let mut stream = xfr::out::Stream::new(id, &qname, qtype);
+    if let Some(c) = client.filter(|c| *c == current || xfr::journal::serial_lt(current, *c)) {
+        // Current (or ahead of us): just the SOA.
+        send_all(&mut stream, &[soa], &mut signer, now, w).await?;
+        tracing::debug!(%peer, zone, client = c, "ixfr client is current");
+        log_served(&zone, peer, "ixfr", 1, &stream, started);
+        metrics.transfer(&zone, "out", "ixfr", "ok");
+        return Ok(());
+    }
+    let deltas = client.and_then(|c| dns.xfr.journal.since(&qname, c)).filter(|(cur, _)| *cur == current);
+    let (kind, sent_records) = match deltas {
+        Some((_, deltas)) => {
+            let recs = xfr::out::ixfr_records(soa, &deltas);
+            let refs: Vec<&Record> = recs.iter().collect();
+            send_all(&mut stream, &refs, &mut signer, now, w).await?;
+            ("ixfr", refs.len() as u64)
+        }
+        None => {
+            // Collected first: an iterator of closures held across the writes' awaits is not `Send` to the compiler.
+            let all: Vec<&Record> = std::iter::once(soa).chain(rest).chain(std::iter::once(soa)).collect();
+            send_all(&mut stream, &all, &mut signer, now, w).await?;
+            ("axfr", all.len() as u64)
+        }
+    };
+    log_served(&zone, peer, kind, sent_records, &stream, started);
+    metrics.transfer(&zone, "out", kind, "ok");
+    Ok(())
+}
+
+fn log_served(zone: &str, peer: SocketAddr, kind: &str, records: u64, s: &xfr::out::Stream, started: Instant) {
+    tracing::info!(
+        %peer,
+        zone,
+        kind,
+        records,
+        messages = s.messages,
+        bytes = s.bytes,
+        ms = started.elapsed().as_millis() as u64,
+        "zone transfer served"
+    );
+}
+
+async fn send_all<W: AsyncWrite + Unpin + Send>(
+    stream: &mut xfr::out::Stream,
+    records: &[&Record],
+    signer: &mut Option<ResponseSigner>,
+    now: u64,
+    w: &mut W,
+) -> std::io::Result<()> {
+    // Messages are small (see `out`): several go out in one write.
+    const BATCH: usize = 60 * 1024;
+    let mut pos = 0;
+    let mut batch = Vec::with_capacity(BATCH + 4096);
+    loop {
+        let mut msg = stream.next_message(records, &mut pos);
+        if let Some(s) = signer.as_mut() {
+            s.sign(&mut msg, now);
+        }
+        batch.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        batch.extend_from_slice(&msg);
+        let done = pos >= records.len();
+        if done || batch.len() >= BATCH {
+            write_raw(w, &batch).await?;
+            batch.clear();
+        }
+        if done {
+            return Ok(());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -255,8 +255,8 @@ impl RequestRejection {
 
 /// Verifies a request's TSIG (its last additional record; the caller saw one there). `Ok` gives the signer of
 /// the response.
-pub(crate) fn verify_request(keys: &TsigKeys, msg: &[u8], now: u64) -> Result<ResponseSigner, RequestRejection> {
-    let reject = |failure| RequestRejection { failure, signed_by: None };
+pub(crate) fn verify_request(keys: &TsigKeys, msg: &[u8], now: u64) -> Result<ResponseSigner, Box<RequestRejection>> {
+    let reject = |failure| Box::new(RequestRejection { failure, signed_by: None });
     let (tbs, rr) = signed_bitmessage_to_buf(msg, None, true)
         .map_err(|e| reject(TsigFailure::Malformed(format!("cannot read the TSIG record: {e}"))))?;
     let tsig = &rr.data;
@@ -268,10 +268,10 @@ pub(crate) fn verify_request(keys: &TsigKeys, msg: &[u8], now: u64) -> Result<Re
         return Err(reject(TsigFailure::BadSig(key.name.clone())));
     }
     if now.abs_diff(tsig.time) > u64::from(tsig.fudge) {
-        return Err(RequestRejection {
+        return Err(Box::new(RequestRejection {
             failure: TsigFailure::BadTime { key: key.name.clone(), signed: tsig.time },
             signed_by: Some((key, tsig.mac.clone(), tsig.time)),
-        });
+        }));
     }
     Ok(ResponseSigner { key, prior_mac: tsig.mac.clone(), first: true })
 }

@@ -194,7 +194,10 @@ fn transfers_refused_to_strangers_and_bad_keys() -> Result<()> {
         "tsig BADSIG (key xfr-key.",
         "tsig BADKEY (key nobody.",
     ] {
-        ensure!(logs.contains(want) || logs.contains(&want.replace(" peer=127.0.0.2", "")), "log lacks {want:?}:\n{logs}");
+        ensure!(
+            logs.contains(want) || logs.contains(&want.replace(" peer=127.0.0.2", "")),
+            "log lacks {want:?}:\n{logs}"
+        );
     }
     ensure!(logs.contains("127.0.0.2"), "the refused peer is named:\n{logs}");
     // AXFR and IXFR over UDP stay refused.
@@ -205,5 +208,52 @@ fn transfers_refused_to_strangers_and_bad_keys() -> Result<()> {
     }
     dns.assert_alive()?;
     ensure!(soa_serial(&dns)? == serial, "refused transfers change nothing");
+    Ok(())
+}
+
+fn read_frame(s: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// The agent's own TCP listener: queries pipelined in one write are answered in order on the same connection; more
+/// than 32 connections from one address are not kept open; a message shorter than a header closes the connection.
+#[test]
+fn tcp_answers_pipelined_queries_in_order_and_caps_connections() -> Result<()> {
+    use std::io::Write;
+    let pki = Pki::new()?;
+    let dir = tempfile::tempdir()?;
+    let dns = Dns::start(&pki, &primary_config(dir.path(), None)?)?;
+    let mut s = std::net::TcpStream::connect(dns.addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut batch = Vec::new();
+    for (id, name) in [(1u16, "nas.lab.home.arpa"), (2, "www.lab.home.arpa"), (3, "missing.lab.home.arpa")] {
+        let q = query_packet(id, name, 1);
+        batch.extend_from_slice(&(q.len() as u16).to_be_bytes());
+        batch.extend_from_slice(&q);
+    }
+    s.write_all(&batch)?;
+    let got: Vec<(u16, u8, u16)> =
+        (0..3).map(|_| read_frame(&mut s).map(|r| reply_header(&r))).collect::<Result<_, _>>()?;
+    ensure!(got == vec![(1, 0, 1), (2, 0, 2), (3, 3, 0)], "answers in order (id, rcode, answers): {got:?}");
+    s.write_all(&[0, 5, 1, 2, 3, 4, 5])?;
+    ensure!(read_frame(&mut s).is_err(), "a runt message closes the connection");
+
+    let held: Vec<std::net::TcpStream> = (0..40).filter_map(|_| std::net::TcpStream::connect(dns.addr).ok()).collect();
+    let mut open = 0;
+    for mut c in held {
+        c.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let q = query_packet(9, "nas.lab.home.arpa", 1);
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        if c.write_all(&framed).is_ok() && read_frame(&mut c).is_ok() {
+            open += 1;
+        }
+    }
+    ensure!(open == 32, "{open} of 40 connections from one address were served (cap 32)");
     Ok(())
 }

@@ -141,7 +141,8 @@ impl Journal {
         let mut zones: HashMap<Name, ZoneState> = HashMap::new();
         {
             let mut stmt = conn.prepare("SELECT zone, serial, digest FROM zone_serials")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
             for row in rows {
                 let (zone, serial, digest) = row?;
                 if let Ok(name) = Name::from_ascii(&zone) {
@@ -226,7 +227,14 @@ impl Journal {
         Versioned { serial, changed: true }
     }
 
-    fn persist(&self, zone: &Name, serial: u32, digest: &str, delta: Option<&Delta>, clear: bool) -> rusqlite::Result<()> {
+    fn persist(
+        &self,
+        zone: &Name,
+        serial: u32,
+        digest: &str,
+        delta: Option<&Delta>,
+        clear: bool,
+    ) -> rusqlite::Result<()> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction()?;
         let z = zone.to_ascii();

@@ -47,7 +47,14 @@ impl Notifier {
     /// Sends a NOTIFY for `soa` (the zone's apex SOA) to every peer, each on its own task, retried until
     /// acknowledged or superseded. Peers no longer listed for the zone are forgotten. Needs a tokio runtime (without
     /// one, nothing is sent).
-    pub(crate) fn send(&self, zone: &Name, soa: &Record, peers: &[SocketAddr], key: Option<TsigKey>, metrics: &XfrMetrics) {
+    pub(crate) fn send(
+        &self,
+        zone: &Name,
+        soa: &Record,
+        peers: &[SocketAddr],
+        key: Option<TsigKey>,
+        metrics: &XfrMetrics,
+    ) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let serial = match &soa.data {
             hickory_proto::rr::RData::SOA(s) => s.serial,
@@ -127,8 +134,10 @@ impl Job {
         let err = |e: std::io::Error| ("error", e.to_string());
         let id: u16 = rand_id();
         let mut msg = notify_message(id, &self.zone, &self.soa).map_err(|e| ("error", e))?;
-        let mut verifier = self.key.as_ref().map(|k| tsig::sign_request(k, &mut msg, agent_core::clock::now_unix() as u64));
-        let local: IpAddr = if self.peer.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+        let mut verifier =
+            self.key.as_ref().map(|k| tsig::sign_request(k, &mut msg, agent_core::clock::now_unix() as u64));
+        let local: IpAddr =
+            if self.peer.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
         let sock = tokio::net::UdpSocket::bind(SocketAddr::new(local, 0)).await.map_err(err)?;
         sock.send_to(&msg, self.peer).await.map_err(err)?;
         let mut buf = vec![0u8; 4096];

@@ -3,7 +3,7 @@
 //! Knows the DNS wire format of transfer responses; must not know sockets, TSIG keys, policy or where records come
 //! from.
 
-use hickory_proto::op::{Header, HeaderCounts, Metadata, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
@@ -53,8 +53,11 @@ impl Stream {
         {
             let mut enc = BinEncoder::new(&mut buf);
             enc.set_max_size((u16::MAX as usize - TSIG_ROOM) as u16);
-            let _ = Header { metadata: Metadata::new(0, MessageType::Response, OpCode::Query), counts: HeaderCounts::default() }
-                .emit(&mut enc);
+            let _ = Header {
+                metadata: Metadata::new(0, MessageType::Response, OpCode::Query),
+                counts: HeaderCounts::default(),
+            }
+            .emit(&mut enc);
             if self.first {
                 let _ = self.qname.emit(&mut enc);
                 let _ = enc.emit_u16(u16::from(self.qtype));
@@ -147,11 +150,8 @@ mod tests {
     #[test]
     fn transfers_split_into_compressed_messages() {
         let origin = Name::from_ascii("lab.home.arpa.").unwrap();
-        let soa = Record::from_rdata(
-            origin.clone(),
-            60,
-            RData::SOA(SOA::new(origin.clone(), origin.clone(), 7, 1, 1, 1, 1)),
-        );
+        let soa =
+            Record::from_rdata(origin.clone(), 60, RData::SOA(SOA::new(origin.clone(), origin.clone(), 7, 1, 1, 1, 1)));
         let mut recs = vec![soa.clone()];
         for i in 0..5000u32 {
             let name = Name::from_ascii(format!("host-{i}.lab.home.arpa.")).unwrap();

@@ -1,6 +1,6 @@
 //! `cargo xtask bench …`: benchmarks on release builds, each printed beside its target. Benchmarks, not timed tests:
 //! they report numbers and never fail on them. Owns measurement only. This file is the subcommand and its dispatch;
-//! each benchmark is a submodule (`grpc`, `dns`, `services`, `vm`, `backup`, `offsite`, `progress`) that uses only the leaves `procs` (the
+//! each benchmark is a submodule (`grpc`, `dns`, `dns_xfr`, `services`, `vm`, `backup`, `offsite`, `progress`) that uses only the leaves `procs` (the
 //! release build, a process's memory) and `stats` (median and percentiles), never another benchmark.
 
 use anyhow::Result;
@@ -8,6 +8,7 @@ use clap::Subcommand;
 
 mod backup;
 mod dns;
+mod dns_xfr;
 mod grpc;
 mod offsite;
 mod procs;
@@ -44,12 +45,19 @@ pub(crate) enum Which {
         #[arg(long)]
         blocklist_only: bool,
     },
+    /// A 100,000-record zone by AXFR to a knotd secondary: from the dns-agent and from a knotd primary.
+    DnsXfr {
+        /// Transfers from each primary (alternating).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 pub(crate) fn run(which: Which) -> Result<()> {
     match which {
         Which::Grpc { calls } => grpc::run(calls),
         Which::Dns { seconds, blocklist_only } => dns::run(seconds, blocklist_only),
+        Which::DnsXfr { rounds } => dns_xfr::run(rounds),
         Which::Services => services::run(),
         Which::Vm => vm::run(),
         Which::Backup => backup::run(),

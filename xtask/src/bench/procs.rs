@@ -19,8 +19,11 @@ pub(super) fn release_bins(needed: &[&str]) -> Result<()> {
         args.extend(["-p", p]);
     }
     sh("cargo", &args)?;
-    // The harness starts binaries from here.
-    std::env::set_var("STRATA_BIN_DIR", project_root().join("target/release"));
+    // The harness starts binaries from here (cargo's target dir: CARGO_TARGET_DIR when set).
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target"));
+    std::env::set_var("STRATA_BIN_DIR", target.join("release"));
     Ok(())
 }
 
