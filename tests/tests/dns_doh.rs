@@ -297,9 +297,12 @@ fn a_255_octet_name_is_answered_in_512_bytes_over_udp_as_unbound_does() -> Resul
     assert_eq!((reply_header(&theirs), tc(&theirs)), ((7, 0, 1), false));
     assert_eq!(ours.len(), theirs.len(), "the agent's answer is as small as unbound's");
     assert_eq!(ours.len(), 287, "12 header + 259 question + 16 answer (its name a pointer)");
-    // dig reads the address out of it.
+    // dig reads the address out of it; over TCP the answer is compressed the same way.
     let d = dns.dig(&[&name, "A"])?;
     assert_eq!(d.values("A"), vec!["10.0.0.99"], "{}", d.raw);
+    let tcp = dns.dig(&[&name, "A", "+tcp", "+noedns"])?;
+    assert_eq!(tcp.values("A"), vec!["10.0.0.99"], "{}", tcp.raw);
+    assert!(tcp.raw.contains("MSG SIZE  rcvd: 287"), "{}", tcp.raw);
     Ok(())
 }
 
