@@ -65,6 +65,7 @@ struct RawZone {
     #[serde(default)]
     notify: Vec<String>,
     soa: Option<RawSoa>,
+    ns: Option<RawNs>,
 }
 
 /// `[[zones]] soa = { refresh = "1h", retry = "10m", expire = "1d", minimum = "60s" }`: the synthesized SOA's
@@ -80,6 +81,14 @@ struct RawSoa {
     expire: Option<std::time::Duration>,
     #[serde(default, deserialize_with = "agent_core::duration::deserialize_option")]
     minimum: Option<std::time::Duration>,
+}
+
+/// `[[zones]] ns = { name = "dns1.lab.home.arpa.", addresses = ["10.0.0.53"] }`: the zone's name server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNs {
+    name: Option<String>,
+    addresses: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,13 +158,15 @@ impl Config {
 
     /// Parses and validates config text; `path` names the file in errors and anchors relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = config::parse(path, text)?;
+        let mut raw: RawConfig = config::parse(path, text)?;
         let common = CommonConfig::validate(path, raw.state_dir, raw.grpc, raw.metrics, DEFAULT_METRICS_PORT)?;
         let dns = match raw.dns {
             None => DnsSection::default(),
             Some(d) => validate_dns(path, d)?,
         };
-        let (zones, transfers) = validate_zones(path, raw.zones, &dns.tsig)?;
+        let ns: Vec<Option<RawNs>> = raw.zones.iter_mut().map(|z| z.ns.take()).collect();
+        let (mut zones, transfers) = validate_zones(path, raw.zones, &dns.tsig)?;
+        validate_ns(path, &mut zones, ns, &dns.listen)?;
         let forward = raw.forward.map(|f| ForwardConfig::validate(f, path)).transpose()?;
         let blocklist = raw.blocklist.map(|b| BlocklistConfig::validate(b, path)).transpose()?;
         let services_agents = Scopes::validate(raw.services_agents, &zones, path)?;
@@ -277,7 +288,7 @@ fn validate_zones(
             None => SoaTimers::default(),
             Some(raw) => validate_soa(path, &format!("{key}.soa"), raw)?,
         };
-        zones.push(ZoneConfig { origin, records, soa });
+        zones.push(ZoneConfig { origin, records, soa, ns: Default::default() });
     }
     Ok((zones, transfers))
 }
@@ -306,6 +317,56 @@ fn validate_soa(path: &Path, key: &str, raw: RawSoa) -> Result<SoaTimers, Config
         return Err(ConfigError::invalid(path, format!("{key}.expire"), "must not be shorter than refresh"));
     }
     Ok(t)
+}
+
+/// Each zone's name server (`zones[i].ns`): the name (relative to the zone without a trailing dot; default
+/// `ns.ZONE`) and its addresses (default: the specific addresses of `[dns] listen`, none for 0.0.0.0 or ::).
+/// Addresses are served only for a name in the zone.
+fn validate_ns(
+    path: &Path,
+    zones: &mut [ZoneConfig],
+    raw: Vec<Option<RawNs>>,
+    listen: &[SocketAddr],
+) -> Result<(), ConfigError> {
+    let own: Vec<IpAddr> = listen.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect();
+    for (zi, (zone, raw)) in zones.iter_mut().zip(raw).enumerate() {
+        let key = format!("zones[{zi}].ns");
+        let raw = raw.unwrap_or(RawNs { name: None, addresses: None });
+        let name = raw
+            .name
+            .map(|n| parse_name(&n, Some(&zone.origin)))
+            .transpose()
+            .map_err(|m| ConfigError::invalid(path, format!("{key}.name"), m))?;
+        let in_zone = name.as_ref().is_none_or(|n| zone.origin.zone_of(n));
+        let addresses = match raw.addresses {
+            None if in_zone => own.clone(),
+            None => Vec::new(),
+            Some(list) => {
+                if let Some(n) = name.as_ref().filter(|_| !in_zone && !list.is_empty()) {
+                    let why = format!("{n} is not in zone {}: its own zone serves its addresses", zone.origin);
+                    return Err(ConfigError::invalid(path, format!("{key}.addresses"), why));
+                }
+                let mut out = Vec::new();
+                for (i, a) in list.iter().enumerate() {
+                    let ip = a.trim().parse::<IpAddr>().map_err(|_| {
+                        ConfigError::invalid(
+                            path,
+                            format!("{key}.addresses[{i}]"),
+                            format!("`{a}` is not an IP address"),
+                        )
+                    })?;
+                    if ip.is_unspecified() {
+                        let why = format!("{ip} is not an address a client can reach");
+                        return Err(ConfigError::invalid(path, format!("{key}.addresses[{i}]"), why));
+                    }
+                    out.push(ip);
+                }
+                out
+            }
+        };
+        zone.ns = crate::zones::NsServer { name, addresses };
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -364,6 +425,28 @@ mod tests {
         assert!(c.dns.tls.as_ref().is_some_and(|t| t.cert.is_absolute() && t.key.ends_with("c.key")));
         let c = load("").unwrap();
         assert!(c.dns.listen.is_empty() && c.zones.is_empty() && c.forward.is_none() && c.blocklist.is_none());
+    }
+
+    #[test]
+    fn each_zone_names_its_name_server_and_its_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let zones = "[[zones]]\nname = \"a.lab\"\n\
+                     [[zones]]\nname = \"b.lab\"\nns = { name = \"dns1\", addresses = [\"10.0.0.53\", \"fd00::53\"] }\n\
+                     [[zones]]\nname = \"c.lab\"\nns = { name = \"ns1.example.\" }\n\
+                     [[zones]]\nname = \"d.lab\"\nns = { addresses = [] }\n";
+        let c = load(&format!("[dns]\nlisten = [\"0.0.0.0:53\", \"10.0.0.2:53\", \"[::]:53\"]\n{zones}")).unwrap();
+        let ns: Vec<_> = c.zones.iter().map(|z| (z.ns.target(&z.origin).to_ascii(), z.ns.addresses.clone())).collect();
+        assert_eq!(
+            ns,
+            vec![
+                ("ns.a.lab.".to_string(), vec![ip("10.0.0.2")]),
+                ("dns1.b.lab.".to_string(), vec![ip("10.0.0.53"), ip("fd00::53")]),
+                ("ns1.example.".to_string(), vec![]),
+                ("ns.d.lab.".to_string(), vec![]),
+            ]
+        );
+        let wildcard = load("[dns]\nlisten = [\"0.0.0.0\"]\n[[zones]]\nname = \"a.lab\"\n").unwrap();
+        assert!(wildcard.zones[0].ns.addresses.is_empty(), "no address is known for a wildcard listener");
     }
 
     /// The duration key of this config (`blocklist.refresh`) takes the shared grammar tables of
@@ -445,6 +528,14 @@ mod tests {
                 "key `secondaries[0].zone`: zone lab.home.arpa. is also a [[zones]] entry",
             ),
             (sec("zone = \"s.arpa\"\nprimaries = [\"10.0.0.53\"]\ncolour = 1"), "unknown field `colour`"),
+            (format!("{}ns = {{ name = \"bad name\" }}\n", z("")), "key `zones[0].ns.name`"),
+            (format!("{}ns = {{ addresses = [\"x\"] }}\n", z("")), "key `zones[0].ns.addresses[0]`: `x` is not an IP address"),
+            (format!("{}ns = {{ addresses = [\"0.0.0.0\"] }}\n", z("")), "key `zones[0].ns.addresses[0]`: 0.0.0.0 is not"),
+            (
+                format!("{}ns = {{ name = \"dns.example.\", addresses = [\"10.0.0.53\"] }}\n", z("")),
+                "key `zones[0].ns.addresses`: dns.example. is not in zone lab.home.arpa.",
+            ),
+            (format!("{}ns = {{ colour = 1 }}\n", z("")), "unknown field `colour`"),
             (format!("{}transfer = {{ allow = [\"x\"] }}\n", z("")), "key `zones[0].transfer.allow[0]`: `x` is not an address or prefix"),
             (format!("{}transfer = {{ tsig = \"k\" }}\n", z("")), "key `zones[0].transfer.tsig`: no key \"k\" in dns.tsig_keys"),
             (format!("{}notify = [\"10.0.0.1:99999\"]\n", z("")), "key `zones[0].notify[0]`"),

@@ -75,7 +75,7 @@ pub fn packet(data: &[u8]) {
     }
     if let Ok(request) = Request::from_bytes(data.to_vec(), src, Protocol::Udp) {
         if request.metadata.message_type == MessageType::Query {
-            let capture = Capture::default();
+            let capture = Capture::new(&request);
             let handler = t.worker.handler().clone();
             t.runtime.block_on(handler.handle_request::<_, TokioTime>(&request, capture.clone()));
             let want = capture.take();

@@ -568,7 +568,7 @@ mod tests {
         }
         edit(&mut m);
         let req = Request::from_bytes(m.to_vec().unwrap(), "127.0.0.1:5353".parse().unwrap(), Protocol::Udp).unwrap();
-        let cap = Capture::default();
+        let cap = Capture::new(&req);
         h.handle_request::<_, TokioTime>(&req, cap.clone()).await;
         let bytes = cap.take().expect("a response");
         Message::from_vec(&bytes).unwrap()

@@ -3,6 +3,9 @@
 
 mod blocklist;
 pub mod config;
+mod doh;
+mod dot;
+mod encrypted;
 mod forward;
 pub mod fuzz;
 mod grpc;
@@ -19,6 +22,7 @@ mod store;
 mod tcp;
 mod tsig;
 mod udp;
+mod wire;
 mod xfr;
 mod zones;
 
@@ -87,9 +91,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: Shutdown) -> Resul
     let served = agent_core::grpc::run_agent(&dns.config().common, parts, listeners, shutdown).await;
 
     if !listen.is_empty() {
-        if let Err(e) = dns_server.shutdown_gracefully().await {
-            tracing::warn!(error = %e, "dns server did not stop cleanly");
-        }
+        dns_server.shutdown().await;
     }
     served.map_err(RunError::from)
 }

@@ -172,6 +172,7 @@ mod tests {
             origin: Name::from_ascii("lab.home.arpa.").unwrap(),
             records: Vec::new(),
             soa: Default::default(),
+            ns: Default::default(),
         }]
     }
 

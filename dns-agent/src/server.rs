@@ -1,20 +1,21 @@
 //! The DNS listeners: binds UDP (several SO_REUSEPORT sockets per address, one per core) and TCP on every
-//! `[dns] listen` address; serves UDP on our own loops (`udp`), TCP on ours (`tcp`), and DoT and DoH with hickory's
-//! `Server` until shutdown. Knows sockets and hickory's server; must not know what the answers are (that is `handler`).
+//! `[dns] listen` address; serves UDP on our own loops (`udp`), TCP on ours (`tcp`), DoH on our own HTTP server
+//! (`doh`) and DoT through `dot` until shutdown. Knows sockets; must not know what the answers are (that is
+//! `handler`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_server::net::NetError;
-use hickory_server::Server;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::ResolvesServerCert;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::TlsFiles;
+use crate::doh::DohServer;
+use crate::dot::DotServer;
 use crate::handler::Handler;
 use crate::udp::UdpServer;
 
@@ -42,8 +43,6 @@ pub const TLS_KEY_CREDENTIAL: &str = "dns.tls_key";
 
 /// Handshake and idle timeout of DoT and DoH connections.
 pub(crate) const TLS_TIMEOUT: Duration = Duration::from_secs(10);
-/// The DoH path (RFC 8484).
-pub(crate) const DOH_PATH: &str = "/dns-query";
 
 /// The DoT and DoH listeners and the certificate they present.
 pub(crate) struct Encrypted {
@@ -159,50 +158,51 @@ pub(crate) fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<Bound>, BindError> {
     Ok(out)
 }
 
-/// The running DNS listeners: UDP on our own loops (`udp`), TCP, DoT and DoH on hickory's `Server`.
+/// The running DNS listeners: UDP on our own loops (`udp`), TCP (`tcp`), DoH (`doh`) and DoT (`dot`).
 pub(crate) struct Servers {
-    hickory: Server<Handler>,
     udp: UdpServer,
+    doh: Option<DohServer>,
+    dot: Option<DotServer>,
     tcp: crate::tcp::TcpServer,
 }
 
 impl Servers {
-    /// Stops the UDP loops and drains hickory's listeners.
-    pub(crate) async fn shutdown_gracefully(&mut self) -> Result<(), NetError> {
+    /// Stops the UDP loops and every listener.
+    pub(crate) async fn shutdown(&mut self) {
         self.udp.shutdown().await;
+        if let Some(doh) = &mut self.doh {
+            doh.shutdown().await;
+        }
+        if let Some(dot) = &mut self.dot {
+            dot.shutdown().await;
+        }
         self.tcp.shutdown();
-        self.hickory.shutdown_gracefully().await
     }
 }
 
 /// Serves the bound sockets with `handler` (must run inside the tokio runtime): every UDP socket on its own loop
-/// (see `udp`), TCP and the encrypted listeners on hickory's `Server`.
+/// (see `udp`), TCP, DoH and DoT on their own listeners (`tcp`, `doh`, `dot`).
 pub(crate) fn serve(bound: Vec<Bound>, encrypted: Option<Encrypted>, handler: Handler) -> std::io::Result<Servers> {
     let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
     let mut udp = Vec::new();
+    let mut doh = None;
+    let mut dot = None;
     let mut tcp = Vec::new();
-    let mut server = Server::new(handler.clone());
     for b in bound {
         udp.extend(b.udp);
         tcp.push(b.tcp);
     }
     let tcp = crate::tcp::TcpServer::spawn(tcp, &handler)?;
     if let Some(enc) = encrypted {
-        for l in enc.tls {
-            server.register_tls_listener(tokio::net::TcpListener::from_std(l)?, TLS_TIMEOUT, enc.certs.clone())?;
+        if !enc.tls.is_empty() {
+            dot = Some(DotServer::spawn(enc.tls, enc.certs.clone(), handler.clone(), TLS_TIMEOUT)?);
         }
-        for l in enc.https {
-            server.register_https_listener(
-                tokio::net::TcpListener::from_std(l)?,
-                TLS_TIMEOUT,
-                enc.certs.clone(),
-                None,
-                DOH_PATH.to_string(),
-            )?;
+        if !enc.https.is_empty() {
+            doh = Some(DohServer::spawn(enc.https, enc.certs.clone(), handler.clone(), TLS_TIMEOUT)?);
         }
     }
     let udp = UdpServer::spawn(udp, &handler, runtime)?;
-    Ok(Servers { hickory: server, udp, tcp })
+    Ok(Servers { udp, tcp, doh, dot })
 }
 
 #[cfg(test)]

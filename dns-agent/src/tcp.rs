@@ -1,7 +1,8 @@
 //! DNS over plain TCP (RFC 7766) on the `[dns] listen` addresses: 2-byte length framing, pipelined queries answered
 //! in order through the same `Handler` as UDP; zone transfers (AXFR, IXFR) answered with `xfr`'s parts. Bounded: connections in all and per
 //! client address, an idle timeout, messages of at most 65535 bytes. `serve_connection` takes any byte stream, so
-//! an encrypted listener can run its streams through it.
+//! an encrypted listener (DoT, `dot`) runs its streams through it; over an encrypted stream the answer to a padded
+//! query is padded (RFC 8467).
 //! Knows sockets and framing; must not know what the answers are (that is `handler` and `xfr`).
 
 use std::collections::HashMap;
@@ -14,15 +15,15 @@ use hickory_proto::rr::{RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::net::NetError;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
+use hickory_server::server::{Request, RequestHandler};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use crate::handler::Handler;
 use crate::service::Dns;
 use crate::tsig::{self, ResponseSigner};
+use crate::udp::Capture;
+use crate::wire;
 use crate::xfr;
 
 /// Idle timeout of a TCP connection (also the longest a write may wait for the peer to read).
@@ -114,17 +115,20 @@ async fn accept_loop(l: tokio::net::TcpListener, handler: Handler, limits: Arc<L
         let handler = handler.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(stream, peer, &handler).await;
+            serve_connection(stream, peer, &handler, Protocol::Tcp).await;
         });
     }
 }
 
 /// Serves one connection until the peer closes it, sends something that is not DNS framing, or stays idle for
 /// [`TCP_TIMEOUT`]: each message is answered before the next is read, so pipelined answers come back in order.
+/// `protocol` is what the stream is (`Tcp`, or `Tls` for DoT): over an encrypted one, the answer to a padded query
+/// is padded (RFC 8467).
 pub(crate) async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
     stream: S,
     peer: SocketAddr,
     handler: &Handler,
+    protocol: Protocol,
 ) {
     let (mut r, mut w) = tokio::io::split(stream);
     loop {
@@ -143,7 +147,7 @@ pub(crate) async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
             Ok(Ok(_)) => {}
             _ => return,
         }
-        if let Err(e) = answer(buf, peer, handler, &mut w).await {
+        if let Err(e) = answer(buf, peer, handler, protocol, &mut w).await {
             tracing::debug!(%peer, error = %e, "dns tcp connection ends");
             return;
         }
@@ -188,6 +192,7 @@ async fn answer<W: AsyncWrite + Unpin + Send>(
     buf: Vec<u8>,
     peer: SocketAddr,
     handler: &Handler,
+    protocol: Protocol,
     w: &mut W,
 ) -> std::io::Result<()> {
     let Ok(header) = Header::read(&mut BinDecoder::new(&buf)) else { return Ok(()) };
@@ -204,18 +209,22 @@ async fn answer<W: AsyncWrite + Unpin + Send>(
             }
         };
     }
-    let request = match Request::from_bytes(buf, peer, Protocol::Tcp) {
+    let request = match Request::from_bytes(buf, peer, protocol) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "unparsable request: FORMERR");
             return write_frame(w, &formerr(header.metadata.id)).await;
         }
     };
-    let capture = Capture::default();
+    let capture = Capture::stream(&request);
     handler.handle_request::<_, TokioTime>(&request, capture.clone()).await;
-    let bytes = capture.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-    match bytes {
-        Some(b) => write_frame(w, &b).await,
+    match capture.take() {
+        Some(mut b) => {
+            if protocol.is_encrypted() && wire::wants_padding(request.edns.as_ref()) {
+                wire::pad(&mut b, wire::RESPONSE_PAD_BLOCK);
+            }
+            write_frame(w, &b).await
+        }
         None => Ok(()),
     }
 }
@@ -226,44 +235,6 @@ fn formerr(id: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(12);
     let _ = Header { metadata, counts: HeaderCounts::default() }.emit(&mut BinEncoder::new(&mut out));
     out
-}
-
-/// Keeps the response `Handler` sends, encoded for TCP (up to 65535 bytes, never truncated for size).
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
-
-#[async_trait::async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let id = response.metadata().id;
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(u16::MAX);
-        let info = match response.destructive_emit(&mut encoder) {
-            Ok(info) => info,
-            Err(error) => {
-                tracing::error!(%error, "error encoding message");
-                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-                metadata.response_code = ResponseCode::ServFail;
-                let header = Header { metadata, counts: HeaderCounts::default() };
-                bytes.clear();
-                header.emit(&mut BinEncoder::new(&mut bytes))?;
-                ResponseInfo::from(header)
-            }
-        };
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
-        Ok(info)
-    }
 }
 
 /// A byte string that sorts names in canonical order (RFC 4034 §6.1): labels from the right, lowercased, each

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Header, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{Record, RecordType};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_proto::ProtoError;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
@@ -31,6 +31,7 @@ use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Quer
 use crate::guard::UdpGuard;
 use crate::handler::{forwarded, forwarded_edns, qtype_of, query_name, response_edns, Decision, Handler};
 use crate::metrics::{self, MetricsShard, Outcome};
+use crate::wire::{self, Limit};
 
 /// Largest datagram read (longer ones are cut, as hickory's own UDP listener does).
 pub(crate) const RECV_BUFFER: usize = 4096;
@@ -41,8 +42,9 @@ const MAX_ENTRIES: usize = 8192;
 /// How often an idle loop looks at the stop flag.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Encodes a response for UDP exactly as hickory's own UDP response handler does: at most the EDNS payload size
-/// (512 bytes without EDNS; larger answers are truncated with TC set), and a bare SERVFAIL if encoding fails.
+/// Encodes a response for UDP as hickory's own UDP response handler does (at most the EDNS payload size, 512
+/// bytes without EDNS; larger answers are truncated with TC set; a bare SERVFAIL if encoding fails), its names
+/// compressed against `question` (the request's raw question section, see [`wire::encode`]).
 pub(crate) fn encode<'a>(
     response: MessageResponse<
         '_,
@@ -52,25 +54,9 @@ pub(crate) fn encode<'a>(
         impl Iterator<Item = &'a Record> + Send + 'a,
         impl Iterator<Item = &'a Record> + Send + 'a,
     >,
+    question: &[u8],
 ) -> Result<(ResponseInfo, Vec<u8>), ProtoError> {
-    let id = response.metadata().id;
-    let max = response.edns().map(|e| e.max_payload()).unwrap_or(512);
-    let mut bytes = Vec::with_capacity(512);
-    let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(max);
-    let error = match response.destructive_emit(&mut encoder) {
-        Ok(info) => return Ok((info, bytes)),
-        Err(e) => e,
-    };
-    tracing::error!(%error, "error encoding message");
-    bytes.clear();
-    let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(512);
-    let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-    metadata.response_code = ResponseCode::ServFail;
-    let header = Header { metadata, counts: HeaderCounts::default() };
-    hickory_proto::serialize::binary::BinEncodable::emit(&header, &mut encoder)?;
-    Ok((ResponseInfo::from(header), bytes))
+    wire::encode(response, question, Limit::Datagram)
 }
 
 /// Sends a response to one client over one of the UDP sockets (the forwarding path, run on tokio).
@@ -78,6 +64,8 @@ pub(crate) fn encode<'a>(
 pub(crate) struct Responder {
     socket: Arc<UdpSocket>,
     dst: SocketAddr,
+    /// The request's question section (names are compressed against it).
+    question: Box<[u8]>,
 }
 
 #[async_trait::async_trait]
@@ -93,21 +81,39 @@ impl ResponseHandler for Responder {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = encode(response)?;
+        let (info, bytes) = encode(response, &self.question)?;
         self.socket.send_to(&bytes, self.dst)?;
         Ok(info)
     }
 }
 
-/// Keeps what `Handler` sends, encoded exactly as the loop would send it (the fuzz entry points and the tests compare
-/// the two paths with it).
-#[derive(Clone, Default)]
-pub(crate) struct Capture(Arc<std::sync::Mutex<Option<Vec<u8>>>>);
+/// Keeps what `Handler` sends for one request, encoded exactly as the loop would send it (the fuzz entry points and
+/// the tests compare the two paths with it) or, [`Capture::stream`], as a stream transport (DoH) sends it.
+#[derive(Clone)]
+pub(crate) struct Capture {
+    sent: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    question: Arc<[u8]>,
+    limit: Limit,
+}
 
 impl Capture {
+    /// For a response to `request` over UDP.
+    pub(crate) fn new(request: &Request) -> Self {
+        Self::with_limit(request, Limit::Datagram)
+    }
+
+    /// For a response to `request` over a stream (up to 65535 bytes).
+    pub(crate) fn stream(request: &Request) -> Self {
+        Self::with_limit(request, Limit::Stream)
+    }
+
+    fn with_limit(request: &Request, limit: Limit) -> Self {
+        Capture { sent: Arc::default(), question: request.queries.as_bytes().into(), limit }
+    }
+
     /// The response sent since the last call, if any.
     pub(crate) fn take(&self) -> Option<Vec<u8>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -124,8 +130,8 @@ impl ResponseHandler for Capture {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = encode(response)?;
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        let (info, bytes) = wire::encode(response, &self.question, self.limit)?;
+        *self.sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
         Ok(info)
     }
 }
@@ -263,7 +269,7 @@ impl Worker {
                 let Ok(queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else { return Action::Drop };
                 let response =
                     MessageResponseBuilder::new(&queries, None).error_msg(&header.metadata, ResponseCode::FormErr);
-                return match encode(response) {
+                return match encode(response, &[]) {
                     Ok((_, bytes)) => {
                         self.scratch = bytes;
                         self.guard.limit(packet, &self.scratch, src.ip(), started).map_or(Action::Drop, Action::Reply)
@@ -288,9 +294,8 @@ impl Worker {
         let edns = response_edns(&request);
         let qtype = qtype_of(&request);
         let got = match self.handler.decide(&request, &zones, forwarder.is_some()) {
-            Decision::Ready(ready) => {
-                encode(ready.message(&request, edns.as_ref())).map(|(_, bytes)| (bytes, ready.outcome, Keep::Always))
-            }
+            Decision::Ready(ready) => encode(ready.message(&request, edns.as_ref()), request.queries.as_bytes())
+                .map(|(_, bytes)| (bytes, ready.outcome, Keep::Always)),
             // Forwarding: answered here only when the forwarder's cache has it (a fresh answer is kept while its
             // TTLs stay the same); a miss waits for an upstream on the runtime.
             Decision::Forward { meta, qname } => {
@@ -300,7 +305,7 @@ impl Worker {
                         let edns = forwarded_edns(&request, &ans);
                         let (response, outcome) = forwarded(&request, edns.as_ref(), meta, &ans, &zones);
                         let keep = until.map_or(Keep::Never, Keep::Until);
-                        encode(response).map(|(_, bytes)| (bytes, outcome, keep))
+                        encode(response, request.queries.as_bytes()).map(|(_, bytes)| (bytes, outcome, keep))
                     }
                     None => return Action::Forward(Box::new(request)),
                 }
@@ -339,7 +344,9 @@ impl Worker {
             return Action::Drop;
         }
         let edns = response_edns(&request);
-        let Ok((_, bytes)) = encode(crate::guard::refused(&request, edns.as_ref())) else { return Action::Drop };
+        let Ok((_, bytes)) = encode(crate::guard::refused(&request, edns.as_ref()), request.queries.as_bytes()) else {
+            return Action::Drop;
+        };
         self.scratch = bytes;
         self.guard.limit(packet, &self.scratch, src.ip(), now).map_or(Action::Drop, Action::Reply)
     }
@@ -433,7 +440,8 @@ fn serve(socket: Arc<UdpSocket>, mut worker: Worker, runtime: tokio::runtime::Ha
             Ok(None) => {}
             Ok(Some(request)) => {
                 let handler = worker.handler().clone();
-                let responder = Responder { socket: socket.clone(), dst: src };
+                let question = request.queries.as_bytes().into();
+                let responder = Responder { socket: socket.clone(), dst: src, question };
                 runtime.spawn(async move {
                     handler.handle_request::<_, TokioTime>(&request, responder).await;
                 });

@@ -58,13 +58,14 @@ const EMPTY_ZONES: &[&str] = &[
 /// TTL of an empty zone's SOA and NS, and its SOA minimum (RFC 6303 section 3: 10800).
 const EMPTY_ZONE_TTL: u32 = 10800;
 
-/// One zone from the config: its origin (fully qualified, lowercase) and its records.
+/// One zone from the config: its origin (fully qualified, lowercase), its records and its name server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZoneConfig {
     pub origin: Name,
     pub records: Vec<LocalRecord>,
     /// The timers of the zone's synthesized SOA (what its secondaries follow).
     pub soa: SoaTimers,
+    pub ns: NsServer,
 }
 
 /// The refresh, retry, expire and minimum fields of a synthesized SOA, in seconds (`[[zones]] soa = { ... }`).
@@ -90,6 +91,22 @@ pub(crate) struct SecondaryZone {
     pub records: std::sync::Arc<Vec<Record>>,
     /// False without a copy or once it expired: the zone answers SERVFAIL.
     pub serving: bool,
+}
+
+/// The name server of a zone's synthesized NS record (and its SOA MNAME), and the addresses served for it when it
+/// lies in the zone (unless the zone has its own records at that name).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NsServer {
+    /// `None`: `ns.ZONE`.
+    pub name: Option<Name>,
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+impl NsServer {
+    /// The target name for the zone `origin`.
+    pub(crate) fn target(&self, origin: &Name) -> Name {
+        self.name.clone().unwrap_or_else(|| sub(origin, "ns"))
+    }
 }
 
 /// One local zone as `ListZones` reports it.
@@ -205,7 +222,7 @@ impl ZoneSet {
             .map(|z| ZoneInfo {
                 origin: LowerName::new(&z.origin),
                 name: z.origin.clone(),
-                soa: soa(&z.origin, serial, &z.soa),
+                soa: with_mname(soa(&z.origin, serial, &z.soa), z.ns.target(&z.origin)),
                 secondary: false,
                 serving: true,
             })
@@ -287,8 +304,21 @@ impl ZoneSet {
         }
         for z in set.zones.iter().filter(|z| !z.secondary) {
             records.push(z.soa.clone());
-            let ns = Name::from_ascii("ns").and_then(|n| n.append_domain(&z.name)).unwrap_or_else(|_| z.name.clone());
-            records.push(Record::from_rdata(z.name.clone(), SOA_TTL, RData::NS(NS(ns))));
+        }
+        // The NS target's addresses, when it is in its zone and the zone says nothing else about that name.
+        for z in config {
+            let target = z.ns.target(&z.origin);
+            records.push(Record::from_rdata(z.origin.clone(), SOA_TTL, RData::NS(NS(target.clone()))));
+            if !z.origin.zone_of(&target) || by_name.contains_key(&LowerName::new(&target)) {
+                continue;
+            }
+            for ip in &z.ns.addresses {
+                let data = match *ip {
+                    std::net::IpAddr::V4(v4) => RData::A(v4.into()),
+                    std::net::IpAddr::V6(v6) => RData::AAAA(v6.into()),
+                };
+                records.push(Record::from_rdata(target.clone(), SOA_TTL, data));
+            }
         }
 
         for rec in records {
@@ -533,11 +563,24 @@ fn empty_zones(config: &[ZoneConfig], served_elsewhere: &[Name]) -> Vec<EmptyZon
 }
 
 fn soa(origin: &Name, serial: u32, t: &SoaTimers) -> Record {
-    let sub = |l: &str| Name::from_ascii(l).and_then(|n| n.append_domain(origin)).unwrap_or_else(|_| origin.clone());
+    let sub = |l: &str| sub(origin, l);
     let secs = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
     let data =
         SOA::new(sub("ns"), sub("hostmaster"), serial, secs(t.refresh), secs(t.retry), secs(t.expire), t.minimum);
     Record::from_rdata(origin.clone(), SOA_TTL, RData::SOA(data))
+}
+
+/// `label.origin` (the origin itself if that is not a name).
+fn sub(origin: &Name, label: &str) -> Name {
+    Name::from_ascii(label).and_then(|n| n.append_domain(origin)).unwrap_or_else(|_| origin.clone())
+}
+
+/// The SOA record `soa` with `mname` as its primary name server.
+fn with_mname(mut soa: Record, mname: Name) -> Record {
+    if let RData::SOA(data) = &mut soa.data {
+        data.mname = mname;
+    }
+    soa
 }
 
 #[cfg(test)]
@@ -548,7 +591,7 @@ mod tests {
         let origin = Name::from_ascii(origin).unwrap();
         let records =
             recs.iter().map(|(n, k, v)| LocalRecord::parse(n, k, v, None, "", Some(&origin)).unwrap()).collect();
-        ZoneConfig { origin, records, soa: SoaTimers::default() }
+        ZoneConfig { origin, records, soa: SoaTimers::default(), ns: NsServer::default() }
     }
 
     fn q(s: &str) -> LowerName {
@@ -744,5 +787,35 @@ mod tests {
         assert_eq!(s.zone_of(&Name::from_ascii("b.lab.home.arpa.").unwrap()).unwrap().to_ascii(), "lab.home.arpa.");
         assert_eq!(s.zone_of(&Name::from_ascii("a.home.arpa.").unwrap()).unwrap().to_ascii(), "home.arpa.");
         assert_eq!(s.lookup(&q("lab.home.arpa."), RecordType::SOA).unwrap().answers.len(), 1);
+    }
+
+    #[test]
+    fn the_ns_target_has_its_addresses_unless_the_zone_has_records_there() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let mut own = zone("lab.home.arpa.", &[]);
+        own.ns.addresses = vec![ip("10.0.0.2"), ip("fd00::2")];
+        let mut named = zone("b.test.", &[("dns1", "A", "10.0.0.9")]);
+        named.ns = NsServer { name: Some(Name::from_ascii("dns1.b.test.").unwrap()), addresses: vec![ip("10.0.0.53")] };
+        let mut outside = zone("c.test.", &[]);
+        outside.ns.name = Some(Name::from_ascii("ns1.example.").unwrap());
+        let (s, warnings) = ZoneSet::build(&[own, named, outside], &[], 1, &[]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let data = |name: &str, t| -> Vec<String> {
+            s.lookup(&q(name), t).map(|a| a.answers.iter().map(|r| r.data.to_string()).collect()).unwrap_or_default()
+        };
+        assert_eq!(data("lab.home.arpa.", RecordType::NS), vec!["ns.lab.home.arpa."]);
+        assert_eq!(data("ns.lab.home.arpa.", RecordType::A), vec!["10.0.0.2"]);
+        assert_eq!(data("ns.lab.home.arpa.", RecordType::AAAA), vec!["fd00::2"]);
+        // A configured name: the NS and the SOA MNAME name it; the zone's own A record wins over the addresses.
+        assert_eq!(data("b.test.", RecordType::NS), vec!["dns1.b.test."]);
+        assert!(
+            data("b.test.", RecordType::SOA)[0].starts_with("dns1.b.test. "),
+            "{:?}",
+            data("b.test.", RecordType::SOA)
+        );
+        assert_eq!(data("dns1.b.test.", RecordType::A), vec!["10.0.0.9"]);
+        // Outside the zone: the NS only (its own zone serves its addresses).
+        assert_eq!(data("c.test.", RecordType::NS), vec!["ns1.example."]);
+        assert_eq!(s.record_count(), 1, "synthesized records are not counted");
     }
 }

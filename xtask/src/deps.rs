@@ -61,6 +61,10 @@ const PACKAGES: &[&str] = &[
     // The DNSSEC test (tests/tests/dns_dnssec.rs): ldns-keygen and ldns-signzone sign its zone, drill -S chases
     // the signatures through the dns-agent.
     "ldnsutils",
+    // The DoH/DoT tests (tests/tests/dns_doh.rs): kdig (+https, +https-get, +tls, +padding) and curl (--doh-url,
+    // --http1.1/--http2 straight at /dns-query) are the real clients.
+    "knot-dnsutils",
+    "curl",
 ];
 
 /// The metapackage naming the current Debian kernel package (its one `Depends:`).

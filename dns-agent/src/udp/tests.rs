@@ -3,7 +3,7 @@
 
 use agent_core::identity::{Identity, Role};
 use agent_core::telemetry::Metrics;
-use hickory_proto::op::{Edns, Message, Query};
+use hickory_proto::op::{Edns, Message, OpCode, Query};
 use hickory_proto::rr::{Name, RData};
 
 use super::*;
@@ -50,7 +50,7 @@ fn query(id: u16, name: &str, t: RecordType, edns: Option<(u16, bool)>) -> Vec<u
 /// What `Handler` answers for `packet` through hickory's own request parsing (the path the fast path replaces).
 async fn via_handler(handler: &Handler, packet: &[u8]) -> Option<Vec<u8>> {
     let req = Request::from_bytes(packet.to_vec(), SRC.parse().unwrap(), Protocol::Udp).ok()?;
-    let cap = Capture::default();
+    let cap = Capture::new(&req);
     handler.handle_request::<_, TokioTime>(&req, cap.clone()).await;
     cap.take()
 }
@@ -246,7 +246,7 @@ async fn answers_from_the_forwarders_cache_are_given_in_the_loop() {
 
     // A miss goes to the runtime; the handler asks the upstream and fills the forwarder's cache.
     let Action::Forward(req) = w.process(&q, SRC.parse().unwrap()) else { panic!("a miss is forwarded") };
-    let cap = Capture::default();
+    let cap = Capture::new(&req);
     handler.handle_request::<_, TokioTime>(&req, cap.clone()).await;
     let first = Message::from_vec(&cap.take().unwrap()).unwrap();
     assert_eq!(a_values(&first.to_vec().unwrap()), vec!["192.0.2.7"]);
@@ -302,7 +302,7 @@ async fn a_stranger_is_refused_before_the_cache_as_the_handler_refuses_it() {
         _ => panic!("no reply"),
     };
     let req = Request::from_bytes(q.clone(), stranger, Protocol::Udp).unwrap();
-    let cap = Capture::default();
+    let cap = Capture::new(&req);
     handler.handle_request::<_, TokioTime>(&req, cap.clone()).await;
     assert_eq!(cap.take(), Some(udp), "the loop and the handler refuse alike");
     // A NOTIFY is not a query: its own path answers it, whoever sends it (FORMERR here: its question is not an SOA).

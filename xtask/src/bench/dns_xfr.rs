@@ -149,7 +149,10 @@ pub(crate) fn run(rounds: usize) -> Result<()> {
     );
     let walls: Vec<f64> = wall.iter().map(|w| median(w)).collect();
     for (i, (name, _)) in servers.iter().enumerate() {
-        println!("  kdig AXFR wall clock (request to last record, end to end) from {name:<10} median {:.3} s", walls[i]);
+        println!(
+            "  kdig AXFR wall clock (request to last record, end to end) from {name:<10} median {:.3} s",
+            walls[i]
+        );
     }
     println!("  ratio dns-agent / knotd, kdig wall clock: {:.2}× (target ≤ 1.0×)", walls[0] / walls[1].max(1e-9));
     let logs = agent.logs();
