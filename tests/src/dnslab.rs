@@ -2,7 +2,7 @@
 //! log), queried with `dig` and raw UDP packets, driven over mTLS gRPC, restarted on the same state dir.
 //! Knows the agent's config format, log lines and gRPC API; asserts nothing itself (tests do).
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -188,18 +188,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<boo
     }
 }
 
-/// Sends a raw UDP packet; returns the reply, if one came within `wait`.
-pub fn udp_exchange(addr: SocketAddr, packet: &[u8], wait: Duration) -> Result<Option<Vec<u8>>> {
-    let s = UdpSocket::bind("127.0.0.1:0")?;
-    s.set_read_timeout(Some(wait))?;
-    s.send_to(packet, addr)?;
-    let mut buf = [0u8; 4096];
-    match s.recv_from(&mut buf) {
-        Ok((n, _)) => Ok(Some(buf[..n].to_vec())),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
+pub use crate::fixtures::dnswire::udp_exchange;
 
 /// (id, rcode, answer count) of a reply.
 pub fn reply_header(r: &[u8]) -> (u16, u8, u16) {

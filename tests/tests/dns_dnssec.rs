@@ -3,14 +3,12 @@
 //! and a copy whose A record was edited after signing), the agent in `transparent` and `validate` mode, checked
 //! with `dig` and `drill -S`. Knows the agent's config format; nothing of its internals.
 
-use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
-use strata_tests::dnslab::{udp_exchange, wait_for, Dig, Dns, ZONES};
-use strata_tests::fixtures::dnswire::query_packet;
+use strata_tests::dnslab::{Dig, Dns, ZONES};
+use strata_tests::fixtures::unbound::Unbound;
 use strata_tests::harness::Pki;
 
 const ZONE: &str = "example.test";
@@ -68,57 +66,19 @@ fn sign_zone() -> Result<SignedZone> {
     })
 }
 
-/// A real unbound on 127.0.0.1:PORT serving a zone file; killed on Drop.
-struct Unbound {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Unbound {
-    /// With `anchor`, unbound validates (the zone is its upstream, via `auth-zone` for-upstream) and sets AD;
-    /// without, it answers the zone file authoritatively as it is.
-    fn start(zone_file: &Path, anchor: Option<&Path>) -> Result<Unbound> {
-        let dir = tempfile::tempdir()?;
-        let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
-        let (modules, downstream) = match anchor {
-            Some(a) => (format!("\"validator iterator\"\n  trust-anchor-file: {:?}", a.display().to_string()), "no"),
-            None => ("\"iterator\"".to_string(), "yes"),
-        };
-        let conf = dir.path().join("unbound.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  \
-                 directory: {d:?}\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  do-ip6: no\n  \
-                 access-control: 127.0.0.0/8 allow\n  local-zone: \"test.\" nodefault\n  module-config: {modules}\n\
-                 auth-zone:\n  name: \"{ZONE}.\"\n  zonefile: {z:?}\n  for-upstream: yes\n  for-downstream: {downstream}\n\
-                 remote-control:\n  control-enable: no\n",
-                d = dir.path().display().to_string(),
-                z = zone_file.display().to_string(),
-            ),
-        )?;
-        let child = Command::new("/usr/sbin/unbound")
-            .args(["-d", "-c"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting /usr/sbin/unbound")?;
-        let u = Unbound { child, port, _dir: dir };
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_for("unbound to answer", Duration::from_secs(10), || {
-            Ok(udp_exchange(addr, &query_packet(1, &format!("www.{ZONE}"), 1), Duration::from_millis(200))?.is_some())
-        })?;
-        Ok(u)
-    }
-}
-
-impl Drop for Unbound {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A real unbound serving a zone file. With `anchor`, unbound validates (the zone is its upstream, via `auth-zone`
+/// for-upstream) and sets AD; without, it answers the zone file authoritatively as it is.
+fn upstream(zone_file: &Path, anchor: Option<&Path>) -> Result<Unbound> {
+    let (modules, downstream) = match anchor {
+        Some(a) => (format!("\"validator iterator\"\n  trust-anchor-file: {:?}", a.display().to_string()), "no"),
+        None => ("\"iterator\"".to_string(), "yes"),
+    };
+    let server = format!("  local-zone: \"test.\" nodefault\n  module-config: {modules}\n");
+    let clauses = format!(
+        "auth-zone:\n  name: \"{ZONE}.\"\n  zonefile: {z:?}\n  for-upstream: yes\n  for-downstream: {downstream}\n",
+        z = zone_file.display().to_string(),
+    );
+    Unbound::start(&server, &clauses, &format!("www.{ZONE}"))
 }
 
 fn has_flag(d: &Dig, flag: &str) -> bool {
@@ -142,8 +102,8 @@ fn forward(port: u16, extra: &str) -> String {
 fn transparent_forwarding_lets_a_validating_client_validate() -> Result<()> {
     let pki = Pki::new()?;
     let zone = sign_zone()?;
-    let upstream = Unbound::start(&zone.signed, Some(&zone.anchor))?;
-    let dns = Dns::start(&pki, &forward(upstream.port, ""))?;
+    let upstream = upstream(&zone.signed, Some(&zone.anchor))?;
+    let dns = Dns::start(&pki, &forward(upstream.port(), ""))?;
     let www = format!("www.{ZONE}");
 
     // DO: the RRSIG and the upstream's AD come through, and the OPT carries DO (RFC 3225).
@@ -193,7 +153,7 @@ fn transparent_forwarding_lets_a_validating_client_validate() -> Result<()> {
     assert!(text.contains("Chase successful"), "drill -S through the agent: {text}");
 
     // dnssec = "off": the agent as before DNSSEC support (no DO upstream, nothing passed on), DO still copied.
-    let off = Dns::start(&pki, &forward(upstream.port, "dnssec = \"off\"\n"))?;
+    let off = Dns::start(&pki, &forward(upstream.port(), "dnssec = \"off\"\n"))?;
     let d = off.dig(&["+dnssec", &www, "A"])?;
     assert_eq!(d.values("A"), vec![WWW.to_string()], "{}", d.raw);
     assert!(rrsigs(&d) == 0 && !has_flag(&d, "ad") && edns_do(&d), "off: {}", d.raw);
@@ -206,12 +166,12 @@ fn validate_mode_fails_a_tampered_answer_and_sets_ad_on_a_good_one() -> Result<(
     let pki = Pki::new()?;
     let zone = sign_zone()?;
     // Neither upstream validates: whatever AD or SERVFAIL comes back is the agent's.
-    let good = Unbound::start(&zone.signed, None)?;
-    let bad = Unbound::start(&zone.tampered, None)?;
+    let good = upstream(&zone.signed, None)?;
+    let bad = upstream(&zone.tampered, None)?;
     let settings = format!("dnssec = \"validate\"\ntrust_anchor = {:?}\n", zone.keys.display().to_string());
     let www = format!("www.{ZONE}");
 
-    let dns = Dns::start(&pki, &forward(good.port, &settings))?;
+    let dns = Dns::start(&pki, &forward(good.port(), &settings))?;
     let d = dns.dig(&["+dnssec", &www, "A"])?;
     assert_eq!((d.status.as_str(), d.values("A")), ("NOERROR", vec![WWW.to_string()]), "{}", d.raw);
     assert!(has_flag(&d, "ad") && rrsigs(&d) >= 1, "validated by the agent: {}", d.raw);
@@ -220,8 +180,8 @@ fn validate_mode_fails_a_tampered_answer_and_sets_ad_on_a_good_one() -> Result<(
     let d = dns.dig(&["+dnssec", &format!("nope.{ZONE}"), "A"])?;
     assert!(d.status == "NXDOMAIN" && has_flag(&d, "ad"), "a validated denial: {}", d.raw);
 
-    let dns = Dns::start(&pki, &forward(bad.port, &settings))?;
-    let direct = strata_tests::dnslab::dig(([127, 0, 0, 1], bad.port).into(), &["+dnssec", &www, "A"])?;
+    let dns = Dns::start(&pki, &forward(bad.port(), &settings))?;
+    let direct = strata_tests::dnslab::dig(([127, 0, 0, 1], bad.port()).into(), &["+dnssec", &www, "A"])?;
     assert_eq!(direct.values("A"), vec![TAMPERED.to_string()], "the upstream serves the tampered copy");
     for args in [&["+dnssec", &www, "A"][..], &[&www, "A"][..]] {
         let d = dns.dig(args)?;

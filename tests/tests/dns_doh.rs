@@ -4,9 +4,9 @@
 //! answered over UDP within 512 bytes as unbound answers it (names compressed against the question).
 //! Knows the agent's config format, log lines and the DNS wire format; nothing of its internals.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use agent_core::identity::Role;
@@ -15,6 +15,7 @@ use strata_tests::dnslab::{reply_header, udp_exchange, wait_for, Dns, ZONES};
 use strata_tests::fixtures::cmd::{output_within, require};
 use strata_tests::fixtures::dnswire::query_packet;
 use strata_tests::fixtures::http::Receiver;
+use strata_tests::fixtures::unbound::Unbound;
 use strata_tests::harness::Pki;
 
 /// A zone whose `web` name points at the test's own HTTP receiver (curl resolves it through DoH).
@@ -234,48 +235,10 @@ fn encrypted_answers_are_padded_to_468_byte_blocks_when_the_query_is() -> Result
     Ok(())
 }
 
-/// A real unbound on 127.0.0.1 serving `name` as local data; killed on Drop.
-struct Unbound {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Unbound {
-    fn start(name: &str) -> Result<Unbound> {
-        let dir = tempfile::tempdir()?;
-        let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
-        let conf = dir.path().join("unbound.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  \
-                 directory: \"{d}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  do-ip6: no\n  \
-                 access-control: 127.0.0.0/8 allow\n  local-zone: \"lab.home.arpa.\" static\n  \
-                 local-data: \"{name} 300 IN A 10.0.0.99\"\nremote-control:\n  control-enable: no\n",
-                d = dir.path().display()
-            ),
-        )?;
-        let child = Command::new(require("unbound", "unbound")?)
-            .args(["-d", "-c"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting unbound")?;
-        let u = Unbound { child, addr: ([127, 0, 0, 1], port).into(), _dir: dir };
-        wait_for("unbound to answer", Duration::from_secs(10), || {
-            Ok(udp_exchange(u.addr, &query_packet(1, name, 1), Duration::from_millis(200))?.is_some())
-        })?;
-        Ok(u)
-    }
-}
-
-impl Drop for Unbound {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A real unbound serving `name` as local data.
+fn unbound_serving(name: &str) -> Result<Unbound> {
+    let server = format!("  local-zone: \"lab.home.arpa.\" static\n  local-data: \"{name} 300 IN A 10.0.0.99\"\n");
+    Unbound::start(&server, "", name)
 }
 
 #[test]
@@ -287,7 +250,7 @@ fn a_255_octet_name_is_answered_in_512_bytes_over_udp_as_unbound_does() -> Resul
     let zones = ZONES.replacen("\n]", &format!("\n{record}"), 1);
     let pki = Pki::new()?;
     let dns = Dns::start(&pki, &zones)?;
-    let unbound = Unbound::start(&name)?;
+    let unbound = unbound_serving(&name)?;
     let query = query_packet(7, &name, 1);
     assert_eq!(query.len(), 12 + 255 + 4, "a 255-octet name");
     let ours = udp_exchange(dns.addr, &query, Duration::from_secs(2))?.context("no answer from the agent")?;

@@ -3,7 +3,7 @@
 //! `labctl`. Knows the agent's config format, logs and gRPC API; nothing of its internals.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,63 +21,22 @@ use strata_proto::v1::dns_client::DnsClient;
 use strata_proto::v1::{StatsRequest, StatusRequest};
 use strata_tests::dnslab::{self, reply_header, udp_exchange, wait_for, Dns, ZONES};
 use strata_tests::fixtures::dnswire::query_packet;
+use strata_tests::fixtures::unbound::Unbound;
 use strata_tests::harness::Pki;
 
-/// A real unbound on 127.0.0.1:PORT answering `fwd.example.` and `other.example.`; killed on Drop.
-struct Unbound {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Unbound {
-    fn start() -> Result<Unbound> {
-        let dir = tempfile::tempdir()?;
-        let port = {
-            let s = UdpSocket::bind("127.0.0.1:0")?;
-            s.local_addr()?.port()
-        };
-        let conf = dir.path().join("unbound.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  \
-                 directory: \"{d}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  do-ip6: no\n  \
-                 access-control: 127.0.0.0/8 allow\n  local-zone: \"example.\" static\n  \
-                 local-data: \"fwd.example. 300 IN A 192.0.2.7\"\n  local-data: \"other.example. 300 IN A 192.0.2.8\"\n  \
-                 local-data: \"short.example. 1 IN A 192.0.2.9\"\n  local-data: \"ok.ads.example.com. 300 IN A 192.0.2.10\"\n  \
-                 local-zone: \"example.com.\" transparent\n\
-                 remote-control:\n  control-enable: no\n",
-                d = dir.path().display()
-            ),
-        )?;
-        let child = Command::new("/usr/sbin/unbound")
-            .args(["-d", "-c"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting /usr/sbin/unbound")?;
-        let u = Unbound { child, port, _dir: dir };
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_for("unbound to answer", Duration::from_secs(10), || {
-            Ok(udp_exchange(addr, &query_packet(1, "fwd.example", 1), Duration::from_millis(200))?.is_some())
-        })?;
-        Ok(u)
-    }
-}
-
-impl Drop for Unbound {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A real unbound answering `fwd.example.` and `other.example.` (and passing `example.com.` through).
+fn upstream() -> Result<Unbound> {
+    let server = "  local-zone: \"example.\" static\n  \
+                  local-data: \"fwd.example. 300 IN A 192.0.2.7\"\n  local-data: \"other.example. 300 IN A 192.0.2.8\"\n  \
+                  local-data: \"short.example. 1 IN A 192.0.2.9\"\n  local-data: \"ok.ads.example.com. 300 IN A 192.0.2.10\"\n  \
+                  local-zone: \"example.com.\" transparent\n";
+    Unbound::start(server, "", "fwd.example")
 }
 
 #[test]
 fn forwarding_via_unbound_and_blocklist_end_to_end() -> Result<()> {
     let pki = Pki::new()?;
-    let unbound = Unbound::start()?;
+    let unbound = upstream()?;
     let lists = tempfile::tempdir()?;
     let list = lists.path().join("ads.txt");
     // All three formats: hosts, plain domain, adblock; the allowlist wins over every list.
@@ -85,7 +44,7 @@ fn forwarding_via_unbound_and_blocklist_end_to_end() -> Result<()> {
     let extra = format!(
         "{ZONES}\n[forward]\nupstreams = [\"udp://127.0.0.1:{}\"]\n\n[blocklist]\nsources = [{:?}]\n\
          allow = [\"ok.ads.example.com\"]\n",
-        unbound.port,
+        unbound.port(),
         list.display().to_string()
     );
     let extra = extra.replace(
@@ -104,7 +63,7 @@ fn forwarding_via_unbound_and_blocklist_end_to_end() -> Result<()> {
     // ANY is forwarded (no longer NOTIMP) and the client gets what the upstream answers (at most one RRset of it,
     // RFC 8482; unbound answers ANY for its local data with no records at all).
     let any = dns.dig(&["other.example", "ANY"])?;
-    let direct = dnslab::dig(format!("127.0.0.1:{}", unbound.port).parse()?, &["other.example", "ANY"])?;
+    let direct = dnslab::dig(format!("127.0.0.1:{}", unbound.port()).parse()?, &["other.example", "ANY"])?;
     assert_eq!((any.status.as_str(), &any.answers), (direct.status.as_str(), &direct.answers), "{}", any.raw);
     // A private address's PTR never leaves the agent (RFC 6303): answered from the empty zone, authoritatively.
     let private = dns.dig(&["-x", "192.168.1.5"])?;
@@ -484,14 +443,14 @@ fn names_of(entries: &[serde_json::Value]) -> Vec<String> {
 #[test]
 fn query_log_shows_outcome_blocking_list_and_latency_filters_narrow_and_follow_prints_new_queries() -> Result<()> {
     let pki = Pki::new()?;
-    let unbound = Unbound::start()?;
+    let unbound = upstream()?;
     let lists = tempfile::tempdir()?;
     let (ads, trackers) = (lists.path().join("ads.txt"), lists.path().join("trackers.txt"));
     std::fs::write(&ads, "0.0.0.0 ads.example.com\nshared.example.org\n")?;
     std::fs::write(&trackers, "tracker.example.net\nshared.example.org\n")?;
     let extra = format!(
         "query_log = true\n{ZONES}\n[forward]\nupstreams = [\"udp://127.0.0.1:{}\"]\n\n[blocklist]\nsources = [{:?}, {:?}]\n",
-        unbound.port,
+        unbound.port(),
         ads.display().to_string(),
         trackers.display().to_string()
     );
