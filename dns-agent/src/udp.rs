@@ -202,6 +202,8 @@ pub(crate) enum Action<'a> {
     Drop,
     /// The answer needs the forwarder: hand the request to `Handler` on the runtime.
     Forward(Box<Request>),
+    /// A request carrying a TSIG: `signed::answer` on the runtime.
+    Signed(Box<Request>),
 }
 
 /// The per-socket state of one loop: the answer cache and the loop's own metrics counters.
@@ -287,6 +289,11 @@ impl Worker {
             self.handler.log_query(src.ip(), || query_name(&request), qtype, outcome, latency);
             self.scratch = reply;
             return Action::Reply(&self.scratch);
+        }
+        // A query carrying a TSIG is verified and its answer signed on the runtime (`signed`), never cached: its
+        // bytes carry a time and a MAC, and a cached answer would go out unsigned.
+        if request.signature.is_some() {
+            return Action::Signed(Box::new(request));
         }
         let dns = self.handler.dns().clone();
         let zones = dns.zones();
@@ -434,11 +441,24 @@ fn serve(socket: Arc<UdpSocket>, mut worker: Worker, runtime: tokio::runtime::Ha
                 None
             }
             Action::Drop => None,
-            Action::Forward(request) => Some(request),
+            Action::Forward(request) => Some((request, false)),
+            Action::Signed(request) => Some((request, true)),
         }));
         match handled {
             Ok(None) => {}
-            Ok(Some(request)) => {
+            Ok(Some((request, true))) => {
+                let handler = worker.handler().clone();
+                let socket = socket.clone();
+                runtime.spawn(async move {
+                    let reply = crate::signed::answer(&handler, &request, Limit::Datagram, false).await;
+                    if let Some(bytes) = reply {
+                        if let Err(e) = socket.send_to(&bytes, src) {
+                            tracing::debug!(error = %e, %src, "cannot send dns response");
+                        }
+                    }
+                });
+            }
+            Ok(Some((request, false))) => {
                 let handler = worker.handler().clone();
                 let question = request.queries.as_bytes().into();
                 let responder = Responder { socket: socket.clone(), dst: src, question };

@@ -170,7 +170,7 @@ fn records(msg: &[u8]) -> Option<(usize, Vec<Rr>)> {
 /// Cuts a message to at most `max` octets as a truncated UDP answer: the records that fit, in order, up to the first
 /// that does not (pointers only point back, so they stay valid), then its OPT record, with TC set and the counts
 /// fixed (RFC 2181 section 9). `None` if the message is not well formed.
-fn truncate(msg: &[u8], max: usize) -> Option<Vec<u8>> {
+pub(crate) fn truncate(msg: &[u8], max: usize) -> Option<Vec<u8>> {
     let (question_end, rrs) = records(msg)?;
     let opt = rrs.last().filter(|r| r.section == 2 && r.rtype == OPT);
     let opt_bytes = opt.map_or(&[][..], |r| &msg[r.start..r.end]);
