@@ -16,7 +16,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use crate::handler::{qtype_of, query_name, response_edns, Handler};
 use crate::metrics::Outcome;
 use crate::tsig::{self, TsigFailure};
-use crate::udp::Capture;
+use crate::wire::Capture;
 use crate::wire::{self, Limit};
 
 /// Whether [`answer`] answers `request` over a stream (rather than `Handler` through a response handler): a NOTIFY

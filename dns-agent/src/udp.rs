@@ -87,54 +87,8 @@ impl ResponseHandler for Responder {
     }
 }
 
-/// Keeps what `Handler` sends for one request, encoded exactly as the loop would send it (the fuzz entry points and
-/// the tests compare the two paths with it) or, [`Capture::stream`], as a stream transport (DoH) sends it.
-#[derive(Clone)]
-pub(crate) struct Capture {
-    sent: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
-    question: Arc<[u8]>,
-    limit: Limit,
-}
-
-impl Capture {
-    /// For a response to `request` over UDP.
-    pub(crate) fn new(request: &Request) -> Self {
-        Self::with_limit(request, Limit::Datagram)
-    }
-
-    /// For a response to `request` over a stream (up to 65535 bytes).
-    pub(crate) fn stream(request: &Request) -> Self {
-        Self::with_limit(request, Limit::Stream)
-    }
-
-    fn with_limit(request: &Request, limit: Limit) -> Self {
-        Capture { sent: Arc::default(), question: request.queries.as_bytes().into(), limit }
-    }
-
-    /// The response sent since the last call, if any.
-    pub(crate) fn take(&self) -> Option<Vec<u8>> {
-        self.sent.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = wire::encode(response, &self.question, self.limit)?;
-        *self.sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
-        Ok(info)
-    }
-}
+/// `Handler`'s answer to one request as bytes (it lives in `wire`, shared with `signed`).
+pub(crate) use crate::wire::Capture;
 
 /// Whether a reply may be sent to `src` (hickory's rule: not port 0, not an unspecified or broadcast address).
 fn answerable(src: SocketAddr) -> bool {
