@@ -322,9 +322,12 @@ async fn dns_with_key(dir: &std::path::Path, secret: &[u8]) -> Arc<Dns> {
     let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
     let keys = format!("[[key]]\nname = \"xfr-key\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{b64}\"\n");
     agent_core::state::write_atomic(&dir.join("tsig.toml"), keys.as_bytes(), 0o600).unwrap();
-    let text = "state_dir = \"state\"\n[grpc]\nlisten = \"127.0.0.1:0\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n\
+    let x = "x".repeat(99);
+    let text = format!("state_dir = \"state\"\n[grpc]\nlisten = \"127.0.0.1:0\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n\
          [dns]\nlisten = [\"127.0.0.1:0\"]\ntsig_keys = \"tsig.toml\"\n\
-         [[zones]]\nname = \"lab.home.arpa\"\nrecords = [{ name = \"nas\", type = \"A\", value = \"10.0.0.10\" }]\n";
+         [[zones]]\nname = \"lab.home.arpa\"\nrecords = [{{ name = \"nas\", type = \"A\", value = \"10.0.0.10\" }}, \
+         {{ name = \"big\", type = \"TXT\", value = \"a{x}\" }}, {{ name = \"big\", type = \"TXT\", value = \"b{x}\" }}, \
+         {{ name = \"big\", type = \"TXT\", value = \"c{x}\" }}, {{ name = \"big\", type = \"TXT\", value = \"d{x}\" }}]\n");
     std::fs::write(dir.join("dns.toml"), text).unwrap();
     Dns::new(Config::load(&dir.join("dns.toml")).unwrap(), DnsMetrics::new(&Metrics::new())).unwrap()
 }
@@ -380,6 +383,16 @@ async fn signed_queries_get_signed_answers_and_bad_ones_notauth() {
             }
         }
     }
+    // An answer the TSIG would push past 512 octets (four TXT records of 100) is cut to fit with it, TC set, signed.
+    let mut q = query(77, "big.lab.home.arpa.", RecordType::TXT, None);
+    let unsigned = via_handler(&handler, &q).await.unwrap();
+    assert_eq!(Message::from_vec(&unsigned).unwrap().answers.len(), 4, "the whole answer fits unsigned");
+    let mut verifier = sign_request(&key("xfr-key", SECRET), &mut q, now);
+    let Action::Signed(req) = w.process(&q, SRC.parse().unwrap()) else { panic!("not signed") };
+    let cut = crate::signed::answer(&handler, &req, Limit::Datagram, false).await.unwrap();
+    let m = Message::from_vec(&cut).unwrap();
+    assert!(cut.len() <= 512 && m.metadata.truncation && m.answers.len() < 4, "{} octets: {m:?}", cut.len());
+    assert!(verifier.verify(&cut, true, now).unwrap(), "the truncated answer is signed");
     // Unsigned, the same question is the loop's: answered and cached as before.
     let q = query(5, "nas.lab.home.arpa.", RecordType::A, None);
     let first = reply(&mut w, &q).unwrap();
