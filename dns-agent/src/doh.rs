@@ -1,6 +1,6 @@
 //! DNS over HTTPS (RFC 8484) on the agent's own HTTP server: TLS (ALPN h2 and http/1.1) and HTTP/1.1 or HTTP/2 on
 //! each `[dns] https_listen` address; GET `?dns=` and POST `application/dns-message` on `/dns-query`, answered by
-//! `Handler` like any other query, with plain HTTP statuses for what is not a DNS query. Bounded: connections per
+//! `Handler` like any other query (a signed one through `signed`), with plain HTTP statuses for what is not a DNS query. Bounded: connections per
 //! agent, TLS handshake, request headers, body size, streams per connection, idle time.
 //! Knows HTTP and TLS; must not know what the answers are (that is `handler`) or how they are encoded (`wire`).
 
@@ -362,6 +362,13 @@ async fn answer(query: Vec<u8>, peer: SocketAddr, handler: &Handler) -> Result<V
     if request.metadata.message_type != MessageType::Query {
         return Err(not_dns());
     }
+    // A NOTIFY, and a query carrying a TSIG: answered signed when they were (RFC 8945 §5.3).
+    if crate::signed::takes(handler, &request) {
+        let pad = wire::wants_padding(request.edns.as_ref());
+        return crate::signed::answer(handler, &request, wire::Limit::Stream, pad)
+            .await
+            .ok_or_else(|| refuse(StatusCode::INTERNAL_SERVER_ERROR, "no answer"));
+    }
     let capture = Capture::stream(&request);
     handler.handle_request::<_, TokioTime>(&request, capture.clone()).await;
     let mut bytes = capture.take().ok_or_else(|| refuse(StatusCode::INTERNAL_SERVER_ERROR, "no answer"))?;
@@ -430,6 +437,42 @@ mod tests {
         let got = check_head(&head("GET", &format!("{q}&ct=x"), &[])).unwrap().unwrap();
         assert_eq!(got, [0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'f', b'o', b'o', 0, 0, 1, 0, 1]);
         assert_eq!(decode_param("AAAB%3D").unwrap(), decode_param("AAAB").unwrap());
+    }
+
+    /// A query signed with a key of `[dns] tsig_keys` gets a signed answer over DoH too (padded first when asked).
+    #[tokio::test]
+    async fn a_signed_query_gets_a_signed_answer() {
+        use crate::tsig::{parse_key_name, sign_request, TsigKey};
+        use hickory_proto::op::{Edns, Message, OpCode, Query};
+        use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
+        use hickory_proto::rr::{Name, RecordType};
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let dir = tempfile::tempdir().unwrap();
+        let keys = format!(
+            "[[key]]\nname = \"k\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{}\"\n",
+            base64::engine::general_purpose::STANDARD.encode(secret)
+        );
+        agent_core::state::write_atomic(&dir.path().join("tsig.toml"), keys.as_bytes(), 0o600).unwrap();
+        let text = "state_dir = \"state\"\n[grpc]\nlisten = \"127.0.0.1:0\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n\
+                    [dns]\nlisten = [\"127.0.0.1:0\"]\ntsig_keys = \"tsig.toml\"\n[[zones]]\nname = \"lab.home.arpa\"\n";
+        std::fs::write(dir.path().join("dns.toml"), text).unwrap();
+        let cfg = crate::config::Config::load(&dir.path().join("dns.toml")).unwrap();
+        let metrics = crate::metrics::DnsMetrics::new(&agent_core::telemetry::Metrics::new());
+        let handler = Handler::new(crate::service::Dns::new(cfg, metrics).unwrap());
+        let key = TsigKey::new(&parse_key_name("k").unwrap(), TsigAlgorithm::HmacSha256, secret).unwrap();
+        let now = u64::try_from(agent_core::clock::now_unix()).unwrap();
+        let mut m = Message::new(3, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(Name::from_ascii("lab.home.arpa.").unwrap(), RecordType::SOA));
+        let mut e = Edns::new();
+        e.options_mut().insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(12, vec![]));
+        m.set_edns(e);
+        let mut q = m.to_vec().unwrap();
+        let mut verifier = sign_request(&key, &mut q, now);
+        let bytes = answer(q, "127.0.0.1:4443".parse().unwrap(), &handler).await.unwrap();
+        assert!(verifier.verify(&bytes, true, now).unwrap(), "the answer is signed");
+        let got = Message::from_vec(&bytes).unwrap();
+        assert_eq!(got.answers.len(), 1, "{got:?}");
+        assert!(got.edns.is_some_and(|e| e.option(hickory_proto::rr::rdata::opt::EdnsCode::Padding).is_some()));
     }
 
     /// A DoH server on 127.0.0.1 with `timeout`, a self-signed certificate and no zones.

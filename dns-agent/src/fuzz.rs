@@ -14,6 +14,7 @@ use crate::blocklist::{self, Line};
 use crate::forward::parse_upstream;
 use crate::records::{Kind, LocalRecord};
 use crate::udp::Capture;
+use crate::wire::Limit;
 
 /// A whole config file.
 pub fn config(data: &[u8]) {
@@ -66,6 +67,15 @@ pub fn packet(data: &[u8]) {
         crate::udp::Action::Reply(b) => Some(b.to_vec()),
         crate::udp::Action::Drop => None,
         crate::udp::Action::Forward(_) => panic!("forwarded without an upstream"),
+        // Signed (no keys here): answered NOTAUTH or FORMERR on the runtime, never by the loop itself.
+        crate::udp::Action::Signed(request) => {
+            let handler = t.worker.handler().clone();
+            let reply = t.runtime.block_on(crate::signed::answer(&handler, &request, Limit::Datagram, false));
+            if let Some(r) = reply {
+                assert!(r.len() >= 12 && r[..2] == data[..2] && r[2] & 0x80 != 0, "reply {r:?} to {data:?}");
+            }
+            None
+        }
     };
     let first = run(&mut t);
     let again = run(&mut t);
@@ -74,7 +84,7 @@ pub fn packet(data: &[u8]) {
         assert!(r.len() >= 12 && r[..2] == data[..2] && r[2] & 0x80 != 0, "reply {r:?} to {data:?}");
     }
     if let Ok(request) = Request::from_bytes(data.to_vec(), src, Protocol::Udp) {
-        if request.metadata.message_type == MessageType::Query {
+        if request.metadata.message_type == MessageType::Query && request.signature.is_none() {
             let capture = Capture::new(&request);
             let handler = t.worker.handler().clone();
             t.runtime.block_on(handler.handle_request::<_, TokioTime>(&request, capture.clone()));

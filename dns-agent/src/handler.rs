@@ -285,7 +285,8 @@ impl Handler {
         Some((bytes, outcome))
     }
 
-    /// A NOTIFY over TCP (hickory's response handler cannot carry a TSIG computed here: that answer goes unsigned).
+    /// A NOTIFY through a response handler (DoH; UDP and TCP answer with `notify_reply`): hickory's response handler
+    /// cannot carry a TSIG computed here, so that answer goes unsigned.
     async fn notify<R: ResponseHandler>(&self, request: &Request, handle: R) -> (ResponseInfo, Outcome) {
         let (meta, _signer, outcome) = self.notify_verdict(request);
         let edns = response_edns(request);

@@ -18,6 +18,7 @@ mod scope;
 mod secondary;
 mod server;
 mod service;
+mod signed;
 mod store;
 mod tcp;
 mod tsig;

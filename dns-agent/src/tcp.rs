@@ -1,5 +1,6 @@
 //! DNS over plain TCP (RFC 7766) on the `[dns] listen` addresses: 2-byte length framing, pipelined queries answered
-//! in order through the same `Handler` as UDP; zone transfers (AXFR, IXFR) answered with `xfr`'s parts. Bounded: connections in all and per
+//! in order through the same `Handler` as UDP (a NOTIFY or a TSIG-signed query through `signed`, answered signed);
+//! zone transfers (AXFR, IXFR) answered with `xfr`'s parts. Bounded: connections in all and per
 //! client address, an idle timeout, messages of at most 65535 bytes. `serve_connection` takes any byte stream, so
 //! an encrypted listener (DoT, `dot`) runs its streams through it; over an encrypted stream the answer to a padded
 //! query is padded (RFC 8467).
@@ -21,9 +22,10 @@ use tokio::task::JoinHandle;
 
 use crate::handler::Handler;
 use crate::service::Dns;
+use crate::signed;
 use crate::tsig::{self, ResponseSigner};
 use crate::udp::Capture;
-use crate::wire;
+use crate::wire::{self, Limit};
 use crate::xfr;
 
 /// Idle timeout of a TCP connection (also the longest a write may wait for the peer to read).
@@ -216,11 +218,19 @@ async fn answer<W: AsyncWrite + Unpin + Send>(
             return write_frame(w, &formerr(header.metadata.id)).await;
         }
     };
+    let pad = protocol.is_encrypted() && wire::wants_padding(request.edns.as_ref());
+    // A NOTIFY, and a query carrying a TSIG: answered signed when they were (RFC 8945 §5.3).
+    if signed::takes(handler, &request) {
+        return match signed::answer(handler, &request, Limit::Stream, pad).await {
+            Some(b) => write_frame(w, &b).await,
+            None => Ok(()),
+        };
+    }
     let capture = Capture::stream(&request);
     handler.handle_request::<_, TokioTime>(&request, capture.clone()).await;
     match capture.take() {
         Some(mut b) => {
-            if protocol.is_encrypted() && wire::wants_padding(request.edns.as_ref()) {
+            if pad {
                 wire::pad(&mut b, wire::RESPONSE_PAD_BLOCK);
             }
             write_frame(w, &b).await
@@ -438,6 +448,93 @@ async fn send_encoded<W: AsyncWrite + Unpin + Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tsig::{parse_key_name, sign_request, TsigKey};
+    use hickory_proto::rr::rdata::tsig::{TsigAlgorithm, TsigError};
+    use hickory_proto::rr::Name;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    /// An agent with a zone, a secondary zone from 127.0.0.1 (key `xfr-key`) and the keys file.
+    fn dns(dir: &std::path::Path) -> Arc<Dns> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(SECRET);
+        let keys = format!("[[key]]\nname = \"xfr-key\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{b64}\"\n");
+        agent_core::state::write_atomic(&dir.join("tsig.toml"), keys.as_bytes(), 0o600).unwrap();
+        let text = "state_dir = \"state\"\n[grpc]\nlisten = \"127.0.0.1:0\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n\
+             [dns]\nlisten = [\"127.0.0.1:0\"]\ntsig_keys = \"tsig.toml\"\n\
+             [[zones]]\nname = \"lab.home.arpa\"\nrecords = [{ name = \"nas\", type = \"A\", value = \"10.0.0.10\" }]\n\
+             [[secondaries]]\nzone = \"s.arpa\"\nprimaries = [\"127.0.0.1\"]\ntsig = \"xfr-key\"\n";
+        std::fs::write(dir.join("dns.toml"), text).unwrap();
+        let cfg = crate::config::Config::load(&dir.join("dns.toml")).unwrap();
+        let metrics = crate::metrics::DnsMetrics::new(&agent_core::telemetry::Metrics::new());
+        Dns::new(cfg, metrics).unwrap()
+    }
+
+    /// One message over a connection served by `serve_connection`: the answer's bytes.
+    async fn exchange(handler: &Handler, msg: &[u8]) -> Vec<u8> {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let h = handler.clone();
+        let task = tokio::spawn(async move { serve_connection(server, peer, &h, Protocol::Tcp).await });
+        write_frame(&mut client, msg).await.unwrap();
+        let mut len = [0u8; 2];
+        client.read_exact(&mut len).await.unwrap();
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        client.read_exact(&mut buf).await.unwrap();
+        drop(client);
+        task.await.unwrap();
+        buf
+    }
+
+    /// Over TCP a signed query (the SOA query a secondary sends first) and a signed NOTIFY get signed answers that
+    /// verify; a wrong secret gets NOTAUTH with BADSIG, unsigned; an unsigned query an unsigned answer.
+    #[tokio::test]
+    async fn signed_queries_and_notify_over_tcp_are_answered_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let handler = Handler::new(dns(dir.path()));
+        let key = |secret: &[u8]| {
+            TsigKey::new(&parse_key_name("xfr-key").unwrap(), TsigAlgorithm::HmacSha256, secret).unwrap()
+        };
+        let now = u64::try_from(agent_core::clock::now_unix()).unwrap();
+        let msg = |op: OpCode, zone: &str| {
+            let mut m = Message::new(31, MessageType::Query, op);
+            m.add_query(Query::query(Name::from_ascii(zone).unwrap(), RecordType::SOA));
+            m.to_vec().unwrap()
+        };
+        // (opcode, zone, signing secret, rcode wanted, TSIG error wanted)
+        let cases = [
+            (OpCode::Query, "lab.home.arpa.", Some(SECRET), ResponseCode::NoError, None),
+            (OpCode::Notify, "s.arpa.", Some(SECRET), ResponseCode::NoError, None),
+            (
+                OpCode::Query,
+                "lab.home.arpa.",
+                Some(&b"another secret, not the real one"[..]),
+                ResponseCode::NotAuth,
+                Some(TsigError::BadSig),
+            ),
+            (OpCode::Query, "lab.home.arpa.", None, ResponseCode::NoError, None),
+        ];
+        for (op, zone, secret, rcode, error) in cases {
+            let mut q = msg(op, zone);
+            let verifier = secret.map(|s| sign_request(&key(s), &mut q, now));
+            let reply = exchange(&handler, &q).await;
+            let m = Message::from_vec(&reply).unwrap();
+            let what = format!("{op:?} {zone} signed={}", secret.is_some());
+            assert_eq!((m.metadata.id, m.metadata.response_code), (31, rcode), "{what}");
+            match (verifier, error) {
+                (Some(mut v), None) => {
+                    assert!(v.verify(&reply, m.signature().is_some(), now).unwrap(), "{what}: signed");
+                    v.finish().unwrap();
+                    assert!(m.metadata.authoritative, "{what}");
+                }
+                (Some(_), Some(e)) => {
+                    let sig = m.signature().expect("the error answer carries a TSIG");
+                    assert_eq!((sig.data.error, sig.data.mac.is_empty()), (Some(e), true), "{what}");
+                }
+                (None, _) => assert!(m.signature().is_none() && m.answers.len() == 1, "{what}"),
+            }
+        }
+    }
 
     #[test]
     fn limits_count_per_client_and_in_all() {

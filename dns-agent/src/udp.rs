@@ -87,54 +87,8 @@ impl ResponseHandler for Responder {
     }
 }
 
-/// Keeps what `Handler` sends for one request, encoded exactly as the loop would send it (the fuzz entry points and
-/// the tests compare the two paths with it) or, [`Capture::stream`], as a stream transport (DoH) sends it.
-#[derive(Clone)]
-pub(crate) struct Capture {
-    sent: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
-    question: Arc<[u8]>,
-    limit: Limit,
-}
-
-impl Capture {
-    /// For a response to `request` over UDP.
-    pub(crate) fn new(request: &Request) -> Self {
-        Self::with_limit(request, Limit::Datagram)
-    }
-
-    /// For a response to `request` over a stream (up to 65535 bytes).
-    pub(crate) fn stream(request: &Request) -> Self {
-        Self::with_limit(request, Limit::Stream)
-    }
-
-    fn with_limit(request: &Request, limit: Limit) -> Self {
-        Capture { sent: Arc::default(), question: request.queries.as_bytes().into(), limit }
-    }
-
-    /// The response sent since the last call, if any.
-    pub(crate) fn take(&self) -> Option<Vec<u8>> {
-        self.sent.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = wire::encode(response, &self.question, self.limit)?;
-        *self.sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
-        Ok(info)
-    }
-}
+/// `Handler`'s answer to one request as bytes (it lives in `wire`, shared with `signed`).
+pub(crate) use crate::wire::Capture;
 
 /// Whether a reply may be sent to `src` (hickory's rule: not port 0, not an unspecified or broadcast address).
 fn answerable(src: SocketAddr) -> bool {
@@ -202,6 +156,8 @@ pub(crate) enum Action<'a> {
     Drop,
     /// The answer needs the forwarder: hand the request to `Handler` on the runtime.
     Forward(Box<Request>),
+    /// A request carrying a TSIG: `signed::answer` on the runtime.
+    Signed(Box<Request>),
 }
 
 /// The per-socket state of one loop: the answer cache and the loop's own metrics counters.
@@ -287,6 +243,11 @@ impl Worker {
             self.handler.log_query(src.ip(), || query_name(&request), qtype, outcome, latency);
             self.scratch = reply;
             return Action::Reply(&self.scratch);
+        }
+        // A query carrying a TSIG is verified and its answer signed on the runtime (`signed`), never cached: its
+        // bytes carry a time and a MAC, and a cached answer would go out unsigned.
+        if request.signature.is_some() {
+            return Action::Signed(Box::new(request));
         }
         let dns = self.handler.dns().clone();
         let zones = dns.zones();
@@ -434,11 +395,24 @@ fn serve(socket: Arc<UdpSocket>, mut worker: Worker, runtime: tokio::runtime::Ha
                 None
             }
             Action::Drop => None,
-            Action::Forward(request) => Some(request),
+            Action::Forward(request) => Some((request, false)),
+            Action::Signed(request) => Some((request, true)),
         }));
         match handled {
             Ok(None) => {}
-            Ok(Some(request)) => {
+            Ok(Some((request, true))) => {
+                let handler = worker.handler().clone();
+                let socket = socket.clone();
+                runtime.spawn(async move {
+                    let reply = crate::signed::answer(&handler, &request, Limit::Datagram, false).await;
+                    if let Some(bytes) = reply {
+                        if let Err(e) = socket.send_to(&bytes, src) {
+                            tracing::debug!(error = %e, %src, "cannot send dns response");
+                        }
+                    }
+                });
+            }
+            Ok(Some((request, false))) => {
                 let handler = worker.handler().clone();
                 let question = request.queries.as_bytes().into();
                 let responder = Responder { socket: socket.clone(), dst: src, question };

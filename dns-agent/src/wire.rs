@@ -1,15 +1,17 @@
 //! Responses as wire bytes for every transport: the size limit of the transport, names compressed against the
 //! question (hickory's emitter copies the question as raw bytes and records no pointer into its name, so an answer
 //! for a 255-octet name would repeat it whole), EDNS padding (RFC 7830, the 468-octet blocks of RFC 8467) for the
-//! encrypted transports, and the smallest TTL of an answer (DoH's Cache-Control). Knows hickory's message types
-//! and the DNS wire format; must not know sockets, HTTP or what the answers are.
+//! encrypted transports, the smallest TTL of an answer (DoH's Cache-Control), and `Capture`, which keeps what
+//! `Handler` sends for one request as those bytes. Knows hickory's message types and the DNS wire format; must not
+//! know sockets, HTTP or what the answers are.
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::EdnsCode;
 use hickory_proto::rr::Record;
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_proto::ProtoError;
-use hickory_server::server::ResponseInfo;
+use hickory_server::net::NetError;
+use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
 
 /// Where a response goes, which decides its size limit.
@@ -170,7 +172,7 @@ fn records(msg: &[u8]) -> Option<(usize, Vec<Rr>)> {
 /// Cuts a message to at most `max` octets as a truncated UDP answer: the records that fit, in order, up to the first
 /// that does not (pointers only point back, so they stay valid), then its OPT record, with TC set and the counts
 /// fixed (RFC 2181 section 9). `None` if the message is not well formed.
-fn truncate(msg: &[u8], max: usize) -> Option<Vec<u8>> {
+pub(crate) fn truncate(msg: &[u8], max: usize) -> Option<Vec<u8>> {
     let (question_end, rrs) = records(msg)?;
     let opt = rrs.last().filter(|r| r.section == 2 && r.rtype == OPT);
     let opt_bytes = opt.map_or(&[][..], |r| &msg[r.start..r.end]);
@@ -223,6 +225,55 @@ pub(crate) fn min_ttl(msg: &[u8]) -> Option<u32> {
     let (_, rrs) = records(msg)?;
     let smallest = |section| rrs.iter().filter(|r| r.section == section && r.rtype != OPT).map(|r| r.ttl).min();
     smallest(0).or_else(|| smallest(1))
+}
+
+/// Keeps what `Handler` sends for one request, encoded exactly as the loop would send it (the fuzz entry points and
+/// the tests compare the two paths with it) or, [`Capture::stream`], as a stream transport (DoH) sends it.
+#[derive(Clone)]
+pub(crate) struct Capture {
+    sent: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    question: std::sync::Arc<[u8]>,
+    limit: Limit,
+}
+
+impl Capture {
+    /// For a response to `request` over UDP.
+    pub(crate) fn new(request: &Request) -> Self {
+        Self::with_limit(request, Limit::Datagram)
+    }
+
+    /// For a response to `request` over a stream (up to 65535 bytes).
+    pub(crate) fn stream(request: &Request) -> Self {
+        Self::with_limit(request, Limit::Stream)
+    }
+
+    fn with_limit(request: &Request, limit: Limit) -> Self {
+        Capture { sent: std::sync::Arc::default(), question: request.queries.as_bytes().into(), limit }
+    }
+
+    /// The response sent since the last call, if any.
+    pub(crate) fn take(&self) -> Option<Vec<u8>> {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let (info, bytes) = encode(response, &self.question, self.limit)?;
+        *self.sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        Ok(info)
+    }
 }
 
 #[cfg(test)]

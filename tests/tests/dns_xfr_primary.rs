@@ -67,6 +67,51 @@ fn wait(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Result<Dur
     Ok(t0.elapsed())
 }
 
+/// A TSIG-signed plain query (the SOA query a secondary sends before a transfer) gets a signed answer, over UDP and
+/// TCP: the real `kdig -y` verifies it (kdig exits 0 even when verification fails: its `WARNING: reply
+/// verification` line is the verdict); with a wrong secret it gets NOTAUTH/BADSIG, unsigned.
+#[test]
+fn signed_soa_queries_get_signed_answers_over_udp_and_tcp() -> Result<()> {
+    let pki = Pki::new()?;
+    let dir = tempfile::tempdir()?;
+    let mut dns = Dns::start(&pki, &primary_config(dir.path(), None)?)?;
+    let port = dns.addr.port().to_string();
+    let good = format!("hmac-sha256:xfr-key:{SECRET}");
+    let wrong = format!("hmac-sha256:xfr-key:{OTHER_SECRET}");
+    for transport in ["+notcp", "+tcp"] {
+        let run = |key: &str| {
+            let args =
+                ["-y", key, "@127.0.0.1", "-p", &port, transport, "+timeout=5", "+retry=0", "lab.home.arpa", "SOA"];
+            cmd::output_within(Command::new("kdig").args(args), None, Duration::from_secs(15))
+        };
+        let ok = run(&good)?;
+        let out = format!("{}{}", String::from_utf8_lossy(&ok.stdout), String::from_utf8_lossy(&ok.stderr));
+        ensure!(
+            ok.status.success()
+                && out.contains("status: NOERROR")
+                && out.contains("lab.home.arpa.")
+                && out.contains("\tSOA\t")
+                && out.contains("xfr-key.")
+                && !out.contains("WARNING"), // "reply verification ... (failed to verify TSIG)" when unsigned
+            "{transport}: a signed SOA query gets a signed answer kdig verifies:\n{out}"
+        );
+        let bad = run(&wrong)?;
+        let out = format!("{}{}", String::from_utf8_lossy(&bad.stdout), String::from_utf8_lossy(&bad.stderr));
+        ensure!(
+            // kdig shows the TSIG error of a NOTAUTH answer as its status, and cannot verify the unsigned error
+            out.contains("status: BADSIG")
+                && out.contains("BADSIG 0")
+                && out.contains("failed to verify TSIG")
+                && !out.contains("\tSOA\t"),
+            "{transport}: a wrong secret gets NOTAUTH/BADSIG (kdig exit {:?}):\n{out}",
+            bad.status.code()
+        );
+    }
+    ensure!(dns.agent.logs().contains("signed query refused: tsig BADSIG (key xfr-key."), "the refusal is logged");
+    dns.assert_alive()?;
+    Ok(())
+}
+
 /// Knot as the agent's secondary: the first transfer is an AXFR signed with the key; a dynamic record added over
 /// gRPC is NOTIFYed and reaches knot by IXFR within seconds, its removal too, and a record added by a reload;
 /// ListZones shows the NOTIFY peer; the serial stays across an unchanged reload and an agent restart.

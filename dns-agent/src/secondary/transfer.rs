@@ -83,11 +83,8 @@ struct Conn {
     deadline: Instant,
     bytes: usize,
     messages: usize,
-    /// Set when the request was signed: answers must verify.
+    /// Set when the request was signed: answers must be signed and verify.
     verifier: Option<StreamVerifier>,
-    /// Whether an unsigned answer to a signed request is refused (transfers) or taken (the SOA check: a signature
-    /// there is verified when present, as a dns-agent primary answers plain queries unsigned).
-    require_signed: bool,
 }
 
 impl Conn {
@@ -98,7 +95,7 @@ impl Conn {
             .map_err(|e| FetchError::Connect(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let deadline = Instant::now() + limits.total;
-        Ok(Conn { stream, limits, deadline, bytes: 0, messages: 0, verifier: None, require_signed: true })
+        Ok(Conn { stream, limits, deadline, bytes: 0, messages: 0, verifier: None })
     }
 
     /// Sends `msg`, signed with `key` when given.
@@ -152,10 +149,8 @@ impl Conn {
             return Err(FetchError::Rcode(msg.metadata.response_code));
         }
         let signed = msg.signature.is_some();
-        if let Some(v) = self.verifier.as_mut().filter(|_| signed || self.require_signed) {
+        if let Some(v) = self.verifier.as_mut() {
             v.verify(&body, signed, unix_now()).map_err(FetchError::Tsig)?;
-        } else if self.verifier.is_some() {
-            self.verifier = None;
         }
         Ok(msg)
     }
@@ -176,8 +171,8 @@ fn query(origin: &Name, qtype: RecordType) -> Message {
     msg
 }
 
-/// The serial of the zone's SOA at `primary`. With a key the query is signed and a signed answer verified; an
-/// unsigned answer is taken (it only decides whether to transfer; the transfer's answers must be signed).
+/// The serial of the zone's SOA at `primary`. With a key the query is signed and the answer must be signed with it
+/// (an unsigned or wrongly signed answer is refused, as a transfer's).
 pub(crate) async fn soa_serial(
     primary: SocketAddr,
     origin: &Name,
@@ -185,7 +180,6 @@ pub(crate) async fn soa_serial(
     limits: Limits,
 ) -> Result<u32, FetchError> {
     let mut conn = Conn::open(primary, Limits { total: limits.idle, ..limits }).await?;
-    conn.require_signed = false;
     let msg = query(origin, RecordType::SOA);
     conn.send(&msg, key).await?;
     let answer = conn.recv(msg.metadata.id).await?;

@@ -60,6 +60,7 @@ fn reply(w: &mut Worker, packet: &[u8]) -> Option<Vec<u8>> {
         Action::Reply(b) => Some(b.to_vec()),
         Action::Drop => None,
         Action::Forward(_) => panic!("no forwarder: nothing is forwarded"),
+        Action::Signed(_) => panic!("no signed query here"),
     }
 }
 
@@ -313,4 +314,88 @@ async fn a_stranger_is_refused_before_the_cache_as_the_handler_refuses_it() {
         _ => panic!("no reply"),
     }
     assert_eq!(dns.metrics.guard.refused_clients.get(), 4);
+}
+
+/// A `Dns` with the zone of `dns` and a keys file holding `xfr-key` (`secret`).
+async fn dns_with_key(dir: &std::path::Path, secret: &[u8]) -> Arc<Dns> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    let keys = format!("[[key]]\nname = \"xfr-key\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{b64}\"\n");
+    agent_core::state::write_atomic(&dir.join("tsig.toml"), keys.as_bytes(), 0o600).unwrap();
+    let x = "x".repeat(99);
+    let text = format!("state_dir = \"state\"\n[grpc]\nlisten = \"127.0.0.1:0\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n\
+         [dns]\nlisten = [\"127.0.0.1:0\"]\ntsig_keys = \"tsig.toml\"\n\
+         [[zones]]\nname = \"lab.home.arpa\"\nrecords = [{{ name = \"nas\", type = \"A\", value = \"10.0.0.10\" }}, \
+         {{ name = \"big\", type = \"TXT\", value = \"a{x}\" }}, {{ name = \"big\", type = \"TXT\", value = \"b{x}\" }}, \
+         {{ name = \"big\", type = \"TXT\", value = \"c{x}\" }}, {{ name = \"big\", type = \"TXT\", value = \"d{x}\" }}]\n");
+    std::fs::write(dir.join("dns.toml"), text).unwrap();
+    Dns::new(Config::load(&dir.join("dns.toml")).unwrap(), DnsMetrics::new(&Metrics::new())).unwrap()
+}
+
+/// A signed query never touches the loop's cache and gets a signed answer (verified as a client verifies it); an
+/// unknown key, a wrong secret or a stale time gets NOTAUTH with the TSIG error (BADTIME signed, the others not);
+/// the same query unsigned is still answered (and cached) by the loop.
+#[tokio::test]
+async fn signed_queries_get_signed_answers_and_bad_ones_notauth() {
+    use crate::tsig::{parse_key_name, sign_request, TsigKey};
+    use hickory_proto::rr::rdata::tsig::{TsigAlgorithm, TsigError};
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns_with_key(dir.path(), SECRET).await;
+    let handler = Handler::new(dns.clone());
+    let mut w = Worker::new(handler.clone());
+    let key = |name: &str, secret: &[u8]| {
+        TsigKey::new(&parse_key_name(name).unwrap(), TsigAlgorithm::HmacSha256, secret).unwrap()
+    };
+    let now = u64::try_from(agent_core::clock::now_unix()).unwrap();
+    // (signing key, signed at, the TSIG error wanted)
+    let cases: [(TsigKey, u64, Option<TsigError>); 4] = [
+        (key("xfr-key", SECRET), now, None),
+        (key("nobody", SECRET), now, Some(TsigError::BadKey)),
+        (key("xfr-key", b"another secret, not the real one"), now, Some(TsigError::BadSig)),
+        (key("xfr-key", SECRET), now - 1000, Some(TsigError::BadTime)),
+    ];
+    for (signing, at, want) in cases {
+        for edns in [None, Some((1232, false))] {
+            // The same bytes twice: the second is not answered from any cache either.
+            for _ in 0..2 {
+                let mut q = query(99, "nas.lab.home.arpa.", RecordType::A, edns);
+                let mut verifier = sign_request(&signing, &mut q, at);
+                let Action::Signed(req) = w.process(&q, SRC.parse().unwrap()) else { panic!("{want:?}: not signed") };
+                let reply = crate::signed::answer(&handler, &req, Limit::Datagram, false).await.unwrap();
+                let m = Message::from_vec(&reply).unwrap();
+                let sig = m.signature().expect("the answer carries a TSIG");
+                assert_eq!(m.metadata.id, 99);
+                match want {
+                    None => {
+                        assert_eq!(a_values(&reply), vec!["10.0.0.10"]);
+                        assert_eq!(m.edns.is_some(), edns.is_some());
+                        assert!(verifier.verify(&reply, true, now).unwrap(), "the answer verifies");
+                        verifier.finish().unwrap();
+                    }
+                    Some(code) => {
+                        assert_eq!(m.metadata.response_code, ResponseCode::NotAuth, "{code:?}");
+                        assert!(m.answers.is_empty());
+                        assert_eq!(sig.data.error, Some(code));
+                        assert_eq!(sig.data.mac.is_empty(), code != TsigError::BadTime, "{code:?}");
+                    }
+                }
+            }
+        }
+    }
+    // An answer the TSIG would push past 512 octets (four TXT records of 100) is cut to fit with it, TC set, signed.
+    let mut q = query(77, "big.lab.home.arpa.", RecordType::TXT, None);
+    let unsigned = via_handler(&handler, &q).await.unwrap();
+    assert_eq!(Message::from_vec(&unsigned).unwrap().answers.len(), 4, "the whole answer fits unsigned");
+    let mut verifier = sign_request(&key("xfr-key", SECRET), &mut q, now);
+    let Action::Signed(req) = w.process(&q, SRC.parse().unwrap()) else { panic!("not signed") };
+    let cut = crate::signed::answer(&handler, &req, Limit::Datagram, false).await.unwrap();
+    let m = Message::from_vec(&cut).unwrap();
+    assert!(cut.len() <= 512 && m.metadata.truncation && m.answers.len() < 4, "{} octets: {m:?}", cut.len());
+    assert!(verifier.verify(&cut, true, now).unwrap(), "the truncated answer is signed");
+    // Unsigned, the same question is the loop's: answered and cached as before.
+    let q = query(5, "nas.lab.home.arpa.", RecordType::A, None);
+    let first = reply(&mut w, &q).unwrap();
+    assert_eq!(reply(&mut w, &q), Some(first.clone()));
+    assert!(Message::from_vec(&first).unwrap().signature().is_none());
 }
