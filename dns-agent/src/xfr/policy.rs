@@ -4,9 +4,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use hickory_proto::rr::Name;
-use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::guard::allow::{canonical, Prefix};
 use crate::tsig::{parse_key_name, TsigKeys};
 
 /// Port of `notify` entries given as an address only.
@@ -27,7 +27,7 @@ pub(crate) struct RawTransfer {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TransferPolicy {
     /// Peers allowed to transfer the zone (AXFR/IXFR over TCP).
-    pub allow: Vec<IpNet>,
+    pub allow: Vec<Prefix>,
     /// The key transfers (and NOTIFYs) must be signed with, when set.
     pub tsig: Option<Name>,
     /// Secondaries to NOTIFY on every change.
@@ -37,11 +37,8 @@ pub struct TransferPolicy {
 impl TransferPolicy {
     /// Whether `peer` may transfer the zone.
     pub fn allows(&self, peer: IpAddr) -> bool {
-        let peer = match peer {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
-        };
-        self.allow.iter().any(|n| n.contains(&peer))
+        let peer = canonical(peer);
+        self.allow.iter().any(|n| n.contains(peer))
     }
 }
 
@@ -62,8 +59,7 @@ pub(crate) fn validate(
             return Err((format!("{key}.transfer.allow"), format!("more than {MAX_ENTRIES} entries")));
         }
         for (i, s) in t.allow.iter().enumerate() {
-            let net = parse_prefix(s)
-                .ok_or_else(|| (format!("{key}.transfer.allow[{i}]"), format!("`{s}` is not an address or prefix")))?;
+            let net = Prefix::parse(s).map_err(|m| (format!("{key}.transfer.allow[{i}]"), m))?;
             policy.allow.push(net);
         }
         if let Some(name) = t.tsig {
@@ -89,10 +85,6 @@ pub(crate) fn validate(
     Ok(Some(policy))
 }
 
-fn parse_prefix(s: &str) -> Option<IpNet> {
-    s.parse::<IpNet>().ok().map(|n| n.trunc()).or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,7 +97,7 @@ mod tests {
     fn allow_matches_addresses_and_prefixes() {
         let p = validate(
             "zones[0]",
-            raw(&["10.0.0.54", "fd00::/64", "192.168.1.7/24"], None),
+            raw(&["10.0.0.54", "fd00::/64", "192.168.1.0/24"], None),
             vec![],
             &TsigKeys::default(),
         )
@@ -135,6 +127,7 @@ mod tests {
                 "zones[0].transfer.allow[1]: `nope` is not an address or prefix",
             ),
             (raw(&["10.0.0.0/33"], None), vec![], "zones[0].transfer.allow[0]"),
+            (raw(&["192.168.1.7/24"], None), vec![], "zones[0].transfer.allow[0]: `192.168.1.7/24` has host bits set"),
             (raw(&[], Some("x")), vec![], "zones[0].transfer.tsig: no key \"x\" in dns.tsig_keys"),
             (None, vec!["10.0.0.1", "here"], "zones[0].notify[1]: `here` is not"),
             (None, vec!["10.0.0.1", "10.0.0.1:53"], "zones[0].notify[1]: 10.0.0.1:53 is listed twice"),
